@@ -1,0 +1,1 @@
+"""The command-line tools: ``garage`` and ``garage-peer`` (thin, one module per group)."""

@@ -1,0 +1,19 @@
+"""``garage``: the user's command line."""
+
+from __future__ import annotations
+
+import typer
+
+from . import identity
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.")
+app.command("init")(identity.init)
+
+
+@app.callback()
+def _root() -> None:
+    """Garage P2P: pool GPUs into one OpenAI-compatible mesh."""
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,71 @@
+"""``garage-peer``: run the daemon in the foreground."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import trio
+import typer
+
+from ..daemon import open_peer
+from ..settings import Settings, SettingsError, load_settings, parse_backend
+from ..store.identity_file import IdentityFileError
+from .common import HomeOption, fail, setup_logging
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+async def run_peer(settings: Settings) -> None:
+    """Run until SIGINT/SIGTERM, then drain; a second signal stops at once."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_peer(settings) as peer:
+            await signals.__anext__()
+            async with trio.open_nursery() as nursery:
+
+                async def second_signal() -> None:
+                    await signals.__anext__()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(second_signal)
+                await peer.shutdown()
+                nursery.cancel_scope.cancel()
+
+
+@app.command()
+def main_command(
+    home: Path | None = HomeOption,
+    listen: list[str] = typer.Option(None, "--listen", help="libp2p listen multiaddr (repeatable)."),
+    api: str | None = typer.Option(None, "--api", help="HOST:PORT of the OpenAI endpoint (default 127.0.0.1:8000)."),
+    bootstrap: list[str] = typer.Option(None, "--bootstrap", help="MULTIADDR/p2p/ID of a peer to join through (repeatable)."),
+    backend: list[str] = typer.Option(None, "--backend", help="NAME=URL: serve model NAME from this OpenAI base URL (repeatable)."),
+    request_timeout: float | None = typer.Option(None, "--request-timeout", help="Seconds a request may take."),
+    log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    """Run the Garage P2P peer daemon in the foreground."""
+    try:
+        backends = dict(parse_backend(b) for b in backend or [])
+        settings = load_settings(
+            {
+                "home": home,
+                "listen": listen or None,
+                "api": api,
+                "bootstrap": bootstrap or None,
+                "backends": backends or None,
+                "request_timeout": request_timeout,
+                "log_level": log_level,
+            }
+        )
+    except SettingsError as exc:
+        fail(str(exc))
+    setup_logging(settings.log_level)
+    try:
+        trio.run(run_peer, settings)
+    except IdentityFileError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"{exc.strerror or exc} (is another garage-peer using the same --api or --listen port?)")
+
+
+def main() -> None:
+    app()

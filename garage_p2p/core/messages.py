@@ -1,0 +1,145 @@
+"""The JSON bodies of HEAD, END and ERROR frames.
+
+Decoders ignore unknown fields (a newer peer may add some) and reject
+anything malformed as the sender's fault.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import PeerFault
+
+PROTOCOL_OPENAI = "/garage/openai/1.0.0"
+
+ENDPOINT_PATHS = ("/v1/chat/completions", "/v1/completions")
+EndpointPath = Literal["/v1/chat/completions", "/v1/completions"]
+
+
+class WireModel(BaseModel):
+    """Base for messages: frozen, unknown fields ignored, docstrings as field docs."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore", use_attribute_docstrings=True)
+
+
+class RequestHead(WireModel):
+    """The first and only frame a consumer sends on an inference stream."""
+
+    request_id: str = Field(min_length=1, max_length=64)
+    """Chosen by the consumer; names the request in logs, timings and receipts."""
+    path: EndpointPath
+    """Which OpenAI endpoint the body is for."""
+    body: dict[str, Any]
+    """The OpenAI request body, as the client sent it."""
+    timeout: float = Field(gt=0, le=3600)
+    """Seconds the consumer will still wait; relative, so clocks need not agree."""
+
+    @property
+    def stream(self) -> bool:
+        """Whether the client asked for server-sent events."""
+        return self.body.get("stream") is True
+
+
+class OpenAIError(WireModel):
+    """An error object of the OpenAI API (``ErrorResponse.error``)."""
+
+    message: str = Field(max_length=8192)
+    """Human-readable explanation."""
+    type: str = Field(max_length=128)
+    """Error class, e.g. ``invalid_request_error``."""
+    param: str | None = Field(default=None, max_length=256)
+    """The request parameter at fault, if any."""
+    code: str | None = Field(default=None, max_length=128)
+    """Machine-readable code, e.g. ``model_not_found``."""
+
+
+class ErrorInfo(WireModel):
+    """Body of an ERROR frame: the request failed."""
+
+    status: int = Field(ge=400, le=599)
+    """The HTTP status the consumer's endpoint should answer with."""
+    error: OpenAIError
+    """What went wrong, as the OpenAI API reports it."""
+    retryable: bool = False
+    """True when nothing was served and another provider may succeed."""
+    retry_after: float | None = Field(default=None, ge=0, le=3600)
+    """Seconds to wait before asking this provider again, if it is busy."""
+
+
+class Usage(WireModel):
+    """Token counts of a served request."""
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    """Tokens in the prompt."""
+    completion_tokens: int = Field(default=0, ge=0)
+    """Tokens generated."""
+
+
+class Timings(WireModel):
+    """Where the provider's time went, in milliseconds."""
+
+    queue_ms: float = Field(default=0.0, ge=0)
+    """From the HEAD's arrival to the backend call."""
+    first_byte_ms: float | None = Field(default=None, ge=0)
+    """From the HEAD's arrival to the first response byte from the backend."""
+    total_ms: float = Field(default=0.0, ge=0)
+    """From the HEAD's arrival to the END frame."""
+
+
+class EndInfo(WireModel):
+    """Body of an END frame: the response is complete."""
+
+    usage: Usage | None = None
+    """Token counts, when the backend reported them."""
+    timings: Timings = Timings()
+    """The provider's timings."""
+
+
+M = TypeVar("M", bound=WireModel)
+
+
+def decode_json(model: type[M], payload: bytes) -> M:
+    """Parse and validate a frame body; PeerFault if it is not a valid ``model``."""
+    try:
+        return model.model_validate_json(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise PeerFault(f"invalid {model.__name__}: {where}: {first.get('msg')}") from None
+
+
+def encode_json(message: WireModel) -> bytes:
+    """Compact JSON of a message, unset optional fields left out."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def error_info(
+    status: int,
+    message: str,
+    *,
+    type: str,
+    code: str | None = None,
+    param: str | None = None,
+    retryable: bool = False,
+    retry_after: float | None = None,
+) -> ErrorInfo:
+    """Shorthand for building an ErrorInfo."""
+    return ErrorInfo(
+        status=status,
+        error=OpenAIError(message=message[:8192], type=type, code=code, param=param),
+        retryable=retryable,
+        retry_after=retry_after,
+    )
+
+
+def error_body(info: ErrorInfo) -> dict[str, Any]:
+    """The OpenAI ``ErrorResponse`` JSON object for an error."""
+    return {"error": info.error.model_dump()}
+
+
+def dumps(obj: Any) -> bytes:
+    """Compact JSON bytes."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()

@@ -1,0 +1,107 @@
+"""StandInBackend: a fast OpenAI-compatible server that is NOT a model.
+
+It is a measuring instrument: it answers chat and text completions with a
+fixed word per token, at a configurable delay per token, so benchmarks can
+see the mesh's own overhead without model time hiding it, and tests can
+build slow and fast providers at will. Real serving uses vLLM.
+
+Run: ``python -m garage_p2p.devtools.standin_backend --port 8101 --model tiny``
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import json
+import time
+import uuid
+
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+WORD = "tok"
+
+
+def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: float = 0.0) -> Starlette:
+    async def models(request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "standin", "max_model_len": 2048}]})
+
+    async def complete(request: Request) -> Response:
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return JSONResponse({"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": None, "code": None}}, status_code=400)
+        if body.get("model") != model:
+            return JSONResponse({"error": {"message": f"model {body.get('model')!r} not found", "type": "NotFoundError", "param": "model", "code": 404}}, status_code=404)
+        chat = request.url.path.endswith("/chat/completions")
+        n = int(body.get("max_tokens") or 16)
+        rid = f"standin-{uuid.uuid4().hex[:12]}"
+        usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
+        created = int(time.time())
+        if not body.get("stream"):
+            await trio.sleep(first_token_delay + token_delay * n)
+            text = " ".join([WORD] * n)
+            choice = {"index": 0, "finish_reason": "length"}
+            choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created, "model": model, "choices": [choice], "usage": usage})
+
+        include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+
+        async def events():
+            await trio.sleep(first_token_delay)
+            for i in range(n):
+                if token_delay:
+                    await trio.sleep(token_delay)
+                piece = WORD if i == 0 else " " + WORD
+                delta = {"index": 0, "finish_reason": "length" if i == n - 1 else None}
+                delta.update({"delta": {"content": piece}} if chat else {"text": piece})
+                chunk = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model, "choices": [delta]}
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            if include_usage:
+                chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
+                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+            yield b"data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def health(request: Request) -> Response:
+        return Response(b"")
+
+    return Starlette(
+        routes=[
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", complete, methods=["POST"]),
+            Route("/v1/completions", complete, methods=["POST"]),
+            Route("/health", health),
+        ]
+    )
+
+
+async def serve_standin(app: Starlette, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
+    config.keep_alive_timeout = 75.0
+    await serve(app, config, task_status=task_status)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8101)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per generated token")
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    args = parser.parse_args()
+    app = create_standin_app(args.model, args.token_delay, args.first_token_delay)
+    trio.run(serve_standin, app, args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

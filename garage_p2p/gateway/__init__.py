@@ -1,0 +1,1 @@
+"""The local OpenAI-compatible endpoint: an ASGI app served by hypercorn in the trio loop."""

@@ -1,0 +1,170 @@
+"""The OpenAI-compatible HTTP endpoint.
+
+Validates what it must (JSON, ``model``, ``messages``/``prompt``, size),
+hands the body unchanged to a provider and streams the answer back. Every
+error is an OpenAI error object. A response whose provider vanishes
+mid-stream ends with an SSE error event, never a silent truncation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
+from ..core.messages import ENDPOINT_PATHS, ErrorInfo, RequestHead, dumps, error_body, error_info
+from .dispatch import Dispatcher, DispatchFailed
+
+log = logging.getLogger(__name__)
+
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+
+class BadRequest(Exception):
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.error.message)
+        self.info = info
+
+
+def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
+    headers = dict(headers or {})
+    if info.retry_after is not None:
+        headers["retry-after"] = str(max(1, round(info.retry_after)))
+    return JSONResponse(error_body(info), status_code=info.status, headers=headers)
+
+
+def _invalid(message: str, *, param: str | None = None, code: str = "invalid_request", status: int = 400) -> BadRequest:
+    return BadRequest(error_info(status, message, type="invalid_request_error", param=param, code=code))
+
+
+async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, read with a size limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _invalid(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _invalid(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _invalid(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise _invalid("request body must be a JSON object", code="invalid_json")
+    return body
+
+
+def validate_body(path: str, body: dict[str, Any]) -> str:
+    """Check the fields the mesh needs; the backend validates the rest. Returns the model."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise _invalid("you must provide a model parameter", param="model", code="missing_model")
+    if path == "/v1/chat/completions":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise _invalid("messages must be a non-empty array", param="messages", code="missing_messages")
+    elif "prompt" not in body:
+        raise _invalid("you must provide a prompt parameter", param="prompt", code="missing_prompt")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise _invalid("stream must be a boolean", param="stream")
+    return model
+
+
+def sse_error(info: ErrorInfo) -> bytes:
+    """An error as an SSE event; the openai client raises on it."""
+    return b"data: " + dumps(error_body(info)) + b"\n\n"
+
+
+def create_app(dispatcher: Dispatcher, *, peer_id: str, max_body_bytes: int, request_timeout: float) -> Starlette:
+    async def completions(request: Request) -> Response:
+        path = request.url.path
+        request_id = f"req-{uuid.uuid4().hex[:24]}"
+        try:
+            body = await read_json_body(request, max_body_bytes)
+            model = validate_body(path, body)
+        except BadRequest as exc:
+            return error_response(exc.info)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        head = RequestHead(request_id=request_id, path=path, body=body, timeout=request_timeout)
+        try:
+            started = await dispatcher.start(head, model)
+        except DispatchFailed as exc:
+            return error_response(exc.info, {"x-request-id": request_id})
+        exchange = started.exchange
+        headers = {"x-garage-provider": exchange.provider, "x-request-id": request_id}
+        if not head.stream:
+            return await _collect(exchange, started.first, headers)
+
+        async def events() -> AsyncIterator[bytes]:
+            try:
+                event = started.first
+                while True:
+                    if isinstance(event, ResponseData):
+                        yield event.data
+                    elif isinstance(event, ResponseFailed):
+                        log.warning("%s failed mid-stream on %s: %s", request_id, exchange.provider, event.info.error.message)
+                        yield sse_error(event.info)
+                        return
+                    else:
+                        return
+                    event = await exchange.next_event()
+            finally:
+                await exchange.aclose()
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+
+    async def _collect(exchange, first, headers: dict[str, str]) -> Response:
+        chunks: list[bytes] = []
+        size = 0
+        event = first
+        try:
+            while not isinstance(event, ResponseEnd):
+                if isinstance(event, ResponseFailed):
+                    return error_response(event.info, headers)
+                size += len(event.data)
+                if size > MAX_RESPONSE_BYTES:
+                    return error_response(error_info(502, "the provider's response is too large", type="server_error", code="response_too_large"), headers)
+                chunks.append(event.data)
+                event = await exchange.next_event()
+        finally:
+            await exchange.aclose()
+        return Response(b"".join(chunks), media_type="application/json", headers=headers)
+
+    async def list_models(request: Request) -> Response:
+        created = int(time.time())
+        data = [
+            {"id": name, "object": "model", "created": created, "owned_by": "garage-mesh", "providers": peers}
+            for name, peers in sorted(dispatcher.known_models().items())
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"status": "ok", "peer_id": peer_id})
+
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return error_response(error_info(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", type="invalid_request_error", code=code))
+
+    async def server_error(request: Request, exc: Exception) -> Response:
+        log.exception("internal error on %s", request.url.path)
+        return error_response(error_info(500, "internal error in the garage peer", type="server_error", code="internal_error"))
+
+    routes = [Route(p, completions, methods=["POST"]) for p in ENDPOINT_PATHS]
+    routes += [Route("/v1/models", list_models, methods=["GET"]), Route("/health", health, methods=["GET"])]
+    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})

@@ -1,0 +1,89 @@
+"""One request's conversation with one provider, as a sequence of events.
+
+``next_event`` is a method, not an async generator, so that the deadline's
+cancel scope never spans a ``yield`` (trio forbids that pattern).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+
+from ..core.errors import PeerFault
+from ..core.exchange import ResponseEvent, ResponseFailed, ResponseReader, truncated_failure
+from ..core.messages import error_info
+from ..mesh.streams import StreamBroken, close_quietly, read_some
+
+log = logging.getLogger(__name__)
+
+
+def deadline_failure(timeout: float) -> ResponseFailed:
+    return ResponseFailed(error_info(504, f"no complete answer within {timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
+
+
+class FrameExchange:
+    """Events decoded from a source of frame bytes, under a deadline.
+
+    ``receive`` is an async callable returning the next bytes (b"" at the
+    end); it may raise StreamBroken. The source is a libp2p stream for a
+    remote provider, or a memory channel for our own.
+    """
+
+    def __init__(self, provider: str, receive, close, deadline: float, timeout: float) -> None:
+        self.provider = provider
+        self._receive = receive
+        self._close = close
+        self._deadline = deadline
+        self._timeout = timeout
+        self._reader = ResponseReader()
+        self._pending: list[ResponseEvent] = []
+        self.protocol_fault: str | None = None
+        """Set when the provider broke the protocol (the caller penalises it)."""
+
+    @property
+    def received_data(self) -> bool:
+        return self._reader.received_data
+
+    async def next_event(self) -> ResponseEvent:
+        """The next event; a ResponseFailed is always the last one."""
+        while not self._pending:
+            if self._reader.finished:
+                raise RuntimeError("next_event after the exchange finished")
+            data = None
+            with trio.move_on_at(self._deadline):
+                try:
+                    data = await self._receive()
+                except StreamBroken as exc:
+                    self._reader.finished = True
+                    return truncated_failure(str(exc))
+            if data is None:
+                self._reader.finished = True
+                return deadline_failure(self._timeout)
+            if not data:
+                failure = self._reader.eof()
+                if failure is not None:
+                    return failure
+                continue
+            try:
+                self._pending.extend(self._reader.feed(data))
+            except PeerFault as exc:
+                self.protocol_fault = str(exc)
+                self._reader.finished = True
+                log.warning("provider %s broke the protocol: %s", self.provider, exc)
+                return ResponseFailed(error_info(502, f"the provider sent an invalid response: {exc}", type="server_error", code="provider_protocol_error", retryable=True))
+        return self._pending.pop(0)
+
+    async def aclose(self) -> None:
+        await self._close(not self._reader.finished)
+
+
+def stream_exchange(provider: str, stream, deadline: float, timeout: float) -> FrameExchange:
+    async def receive() -> bytes:
+        return await read_some(stream)
+
+    async def close(unfinished: bool) -> None:
+        # An unfinished exchange is reset so the provider stops generating.
+        await close_quietly(stream, reset=unfinished)
+
+    return FrameExchange(provider, receive, close, deadline, timeout)

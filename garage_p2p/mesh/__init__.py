@@ -1,0 +1,1 @@
+"""The py-libp2p adapter: host assembly, library patches, stream plumbing."""

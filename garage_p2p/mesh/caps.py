@@ -1,0 +1,109 @@
+"""Gossip capability ads on ``garage/caps/1`` and keep the peer table fresh."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import trio
+from libp2p.peer.id import ID
+
+from ..core.capabilities import TOPIC_CAPS, AdRejected, ModelOffer, PeerTable, make_ad, open_ad, sign_ad
+from ..core.errors import PeerFault
+from .host import Mesh
+
+log = logging.getLogger(__name__)
+
+
+class CapsService:
+    """Publishes our ad every ``interval`` seconds and applies everyone else's."""
+
+    def __init__(
+        self,
+        mesh: Mesh,
+        table: PeerTable,
+        offers: Callable[[], tuple[ModelOffer, ...]],
+        *,
+        version: str,
+        interval: float = 5.0,
+        ttl: float = 20.0,
+    ) -> None:
+        self.mesh = mesh
+        self.table = table
+        self.offers = offers
+        self.version = version
+        self.interval = interval
+        self.ttl = ttl
+        self.rejected: dict[str, int] = {}
+        """Ads refused per forwarding peer (bad signature, forged id, malformed)."""
+        self._last_seq = 0
+        self._wake = trio.Event()
+
+    def _next_seq(self) -> int:
+        # Milliseconds of wall time, so a restarted peer's seq still grows
+        # without storing it; +1 when two ads fall in the same millisecond.
+        self._last_seq = max(self._last_seq + 1, int(time.time() * 1000))
+        return self._last_seq
+
+    def current_ad(self, withdrawn: bool = False) -> bytes:
+        ad = make_ad(
+            self.mesh.identity,
+            seq=self._next_seq(),
+            now=time.time(),
+            ttl=self.ttl,
+            addrs=tuple(self.mesh.addrs()),
+            models=() if withdrawn else self.offers(),
+            version=self.version,
+        )
+        return sign_ad(self.mesh.identity, ad)
+
+    def republish_soon(self) -> None:
+        """Publish at once instead of waiting for the next interval (models changed)."""
+        self._wake.set()
+
+    async def publish(self, withdrawn: bool = False) -> None:
+        try:
+            await self.mesh.pubsub.publish(TOPIC_CAPS, self.current_ad(withdrawn))
+        except Exception as exc:  # no peers yet, or shutting down: the next round retries
+            log.debug("publishing our ad failed: %s", exc)
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        subscription = await self.mesh.pubsub.subscribe(TOPIC_CAPS)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._receive, subscription)
+            nursery.start_soon(self._expire)
+            task_status.started()
+            while True:
+                await self.publish()
+                with trio.move_on_after(self.interval):
+                    await self._wake.wait()
+                self._wake = trio.Event()
+
+    async def _receive(self, subscription) -> None:
+        while True:
+            message = await subscription.get()
+            try:
+                ad = open_ad(message.data, time.time())
+                entry = self.table.apply(ad, time.time())
+                log.debug("ad from %s seq %d: %s", ad.peer_id, ad.seq, [m.name for m in entry.ad.models])
+            except AdRejected:
+                continue
+            except PeerFault as exc:
+                sender = _sender(message)
+                self.rejected[sender] = self.rejected.get(sender, 0) + 1
+                log.warning("rejected an ad relayed by %s: %s", sender, exc)
+
+    async def _expire(self) -> None:
+        while True:
+            for peer_id in self.table.expire(time.time()):
+                log.info("ad of %s expired", peer_id)
+            await trio.sleep(1.0)
+
+
+def _sender(message) -> str:
+    """The publishing peer gossipsub names (its signature was checked by pubsub)."""
+    try:
+        return str(ID(message.from_id))
+    except Exception:  # a malformed id is itself the evidence
+        return "unknown"

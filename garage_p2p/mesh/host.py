@@ -1,0 +1,183 @@
+"""Assemble and run the libp2p host: transports, security, muxer, gossipsub.
+
+``open_mesh`` owns a nursery: the host, pubsub and the bootstrap keeper run
+inside it and stop when the context exits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+
+import multiaddr
+import trio
+from multiaddr.utils import get_network_addrs
+from libp2p import new_host
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
+from libp2p.network.config import ConnectionConfig
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.pubsub.gossipsub import GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.tools.anyio_service import background_trio_service
+
+from ..core.identity import Identity
+from .patches import apply_library_patches
+
+log = logging.getLogger(__name__)
+
+GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
+DIAL_TIMEOUT = 5.0
+BOOTSTRAP_RETRY = 5.0
+
+
+def _local_ipv4() -> list[str]:
+    """This machine's IPv4 addresses, loopback included."""
+    try:
+        found = get_network_addrs(4) or []
+    except Exception:  # interface enumeration is best effort
+        found = []
+    return list(dict.fromkeys(["127.0.0.1", *found]))
+
+
+class DialError(Exception):
+    """A peer could not be reached (network, not the peer's fault)."""
+
+
+def libp2p_key_pair(identity: Identity) -> KeyPair:
+    private = Ed25519PrivateKey.from_bytes(identity.seed)
+    return KeyPair(private, private.get_public_key())
+
+
+def _transport_flags(listen: Sequence[multiaddr.Multiaddr]) -> dict[str, bool]:
+    protocols = {p.name for addr in listen for p in addr.protocols()}
+    return {"enable_quic": "quic-v1" in protocols or "quic" in protocols}
+
+
+@dataclass
+class Mesh:
+    """A running libp2p host with gossipsub."""
+
+    host: object
+    pubsub: Pubsub
+    identity: Identity
+
+    @property
+    def peer_id(self) -> str:
+        return self.identity.peer_id
+
+    def addrs(self) -> list[str]:
+        """Full dialable multiaddrs (with /p2p/) of this host; wildcards expanded."""
+        out: list[str] = []
+        for addr in self.host.get_addrs():
+            text = str(addr)
+            if text.startswith("/ip4/0.0.0.0/"):
+                out.extend(text.replace("/0.0.0.0/", f"/{ip}/", 1) for ip in _local_ipv4())
+            else:
+                out.append(text)
+        return list(dict.fromkeys(out))
+
+    def connected_peers(self) -> list[str]:
+        return [str(p) for p in self.host.get_connected_peers()]
+
+    async def connect(self, peer_id: str, addrs: Sequence[str], timeout: float = DIAL_TIMEOUT) -> None:
+        """Make sure we have a connection to ``peer_id``; DialError if not."""
+        pid = ID.from_base58(peer_id)
+        if pid in self.host.get_connected_peers():
+            return
+        maddrs = []
+        for a in addrs:
+            try:
+                m = multiaddr.Multiaddr(a)
+            except Exception:  # an address from the network we cannot parse
+                continue
+            maddrs.append(m.decapsulate_code(multiaddr.protocols.P_P2P) if "/p2p/" in a else m)
+        if not maddrs:
+            raise DialError(f"no usable address for {peer_id}")
+        try:
+            with trio.fail_after(timeout):
+                await self.host.connect(PeerInfo(pid, maddrs))
+        except trio.TooSlowError:
+            raise DialError(f"dialling {peer_id} timed out after {timeout:.0f} s") from None
+        except Exception as exc:  # the library raises many types for unreachable peers
+            raise DialError(f"cannot reach {peer_id}: {exc}") from None
+
+    async def open_stream(self, peer_id: str, addrs: Sequence[str], protocol: str, timeout: float = DIAL_TIMEOUT):
+        """A new stream to ``peer_id`` speaking ``protocol``; DialError if impossible."""
+        await self.connect(peer_id, addrs, timeout)
+        try:
+            with trio.fail_after(timeout):
+                return await self.host.new_stream(ID.from_base58(peer_id), [protocol])
+        except trio.TooSlowError:
+            raise DialError(f"opening a stream to {peer_id} timed out") from None
+        except Exception as exc:
+            raise DialError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+
+
+async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
+    """Stay connected to the bootstrap peers; retry the ones we lost."""
+    infos = []
+    for addr in bootstrap:
+        try:
+            infos.append(info_from_p2p_addr(multiaddr.Multiaddr(addr)))
+        except Exception as exc:
+            log.error("ignoring bootstrap address %s: %s", addr, exc)
+    while True:
+        for info in infos:
+            if info.peer_id in mesh.host.get_connected_peers():
+                continue
+            try:
+                await mesh.connect(str(info.peer_id), [str(a) for a in info.addrs])
+                log.info("connected to bootstrap peer %s", info.peer_id)
+            except DialError as exc:
+                log.warning("bootstrap peer unreachable: %s", exc)
+        await trio.sleep(BOOTSTRAP_RETRY)
+
+
+@asynccontextmanager
+async def open_mesh(
+    identity: Identity,
+    listen: Sequence[str],
+    bootstrap: Sequence[str] = (),
+) -> AsyncIterator[Mesh]:
+    """Run a libp2p host with gossipsub until the context exits."""
+    apply_library_patches()
+    listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
+    host = new_host(
+        key_pair=libp2p_key_pair(identity),
+        muxer_preference="YAMUX",
+        listen_addrs=listen_addrs,
+        # Keep the connection manager's marks consistent (PLATFORM.md).
+        connection_config=ConnectionConfig(
+            min_connections=8, low_watermark=32, high_watermark=192, max_connections=256
+        ),
+        **_transport_flags(listen_addrs),
+    )
+    gossipsub = GossipSub(
+        protocols=GOSSIPSUB_PROTOCOLS,
+        degree=6,
+        degree_low=4,
+        degree_high=12,
+        heartbeat_interval=1,
+        # The defaults cap a topic at 10 msg/s and demand 3 distinct IPs in a
+        # mesh (which a LAN or loopback mesh never has).
+        spam_protection_enabled=False,
+        eclipse_protection_enabled=False,
+    )
+    async with AsyncExitStack() as stack:
+        await stack.enter_async_context(host.run(listen_addrs))
+        pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        await stack.enter_async_context(background_trio_service(pubsub))
+        await stack.enter_async_context(background_trio_service(gossipsub))
+        await pubsub.wait_until_ready()
+        mesh = Mesh(host=host, pubsub=pubsub, identity=identity)
+        async with trio.open_nursery() as nursery:
+            if bootstrap:
+                nursery.start_soon(_keep_bootstrap, mesh, list(bootstrap))
+            try:
+                yield mesh
+            finally:
+                nursery.cancel_scope.cancel()

@@ -1,0 +1,49 @@
+"""Reading and writing libp2p streams in big chunks.
+
+``stream.read(n)`` returns what is available up to ``n`` bytes; reading in
+64 KiB chunks avoids the library's one-byte-per-call varint reader. A clean
+EOF returns b""; a reset or broken connection raises StreamBroken.
+"""
+
+from __future__ import annotations
+
+import trio
+from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
+
+READ_SIZE = 64 * 1024
+
+
+class StreamBroken(Exception):
+    """The stream was reset or its connection died."""
+
+
+async def read_some(stream) -> bytes:
+    """The next bytes from ``stream``; b"" once the remote closed its side."""
+    try:
+        data = await stream.read(READ_SIZE)
+    except StreamEOF:
+        return b""
+    except (StreamReset, StreamClosed, StreamError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise StreamBroken(str(exc) or type(exc).__name__) from None
+    return data or b""
+
+
+async def write_all(stream, data: bytes) -> None:
+    """Write ``data``; StreamBroken if the remote is gone."""
+    try:
+        await stream.write(data)
+    except (StreamReset, StreamClosed, StreamError, trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+        raise StreamBroken(str(exc) or type(exc).__name__) from None
+
+
+async def close_quietly(stream, reset: bool = False) -> None:
+    """Close (or reset) a stream, ignoring a remote that is already gone."""
+    with trio.move_on_after(2) as scope:
+        scope.shield = True  # runs in finally blocks of cancelled requests
+        try:
+            if reset:
+                await stream.reset()
+            else:
+                await stream.close()
+        except Exception:  # closing a dead stream can raise anything the library likes
+            pass

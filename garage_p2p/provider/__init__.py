@@ -1,0 +1,1 @@
+"""The serving side: admission, forwarding to the local backend, metering."""

@@ -1,0 +1,65 @@
+"""A local OpenAI-compatible backend (a vLLM server) that this peer serves."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Backend:
+    """One served model and where its server is."""
+
+    name: str
+    """The model name the mesh knows it by."""
+    base_url: str
+    """The backend's OpenAI base URL, e.g. ``http://127.0.0.1:8001/v1``."""
+    backend_model: str | None = None
+    """The model id the backend itself expects (found from its /models)."""
+    context_length: int | None = None
+    """The backend's max_model_len, if it reports one."""
+    healthy: bool = False
+    """Whether the last probe found it answering; only healthy models are advertised."""
+    failures: int = field(default=0)
+    """Consecutive failed probes."""
+
+    def url(self, path: str) -> str:
+        """The backend URL for an endpoint path such as ``/v1/chat/completions``."""
+        return self.base_url.rstrip("/") + path.removeprefix("/v1")
+
+    async def probe(self, client: httpx.AsyncClient, timeout: float = 3.0) -> bool:
+        """Ask the backend which models it serves; update health and the model id."""
+        try:
+            response = await client.get(self.url("/v1/models"), timeout=timeout)
+            response.raise_for_status()
+            models = response.json().get("data") or []
+        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            if self.healthy or self.failures == 0:
+                log.warning("backend %s at %s is not answering: %s", self.name, self.base_url, exc)
+            self.healthy = False
+            self.failures += 1
+            return False
+        ids = [m.get("id") for m in models if isinstance(m, dict)]
+        # Serve under our name whatever the backend calls it: the same id if it has
+        # it, else its only model.
+        if self.name in ids:
+            chosen = next(m for m in models if m.get("id") == self.name)
+        elif len(models) == 1:
+            chosen = models[0]
+        else:
+            log.warning("backend %s serves %s, not %s", self.base_url, ids, self.name)
+            self.healthy = False
+            self.failures += 1
+            return False
+        self.backend_model = chosen.get("id")
+        length = chosen.get("max_model_len")
+        self.context_length = length if isinstance(length, int) and length > 0 else None
+        if not self.healthy:
+            log.info("backend %s ready at %s (model %s)", self.name, self.base_url, self.backend_model)
+        self.healthy = True
+        self.failures = 0
+        return True

@@ -1,0 +1,302 @@
+"""Serve inference requests that arrive over the mesh (or from our own gateway).
+
+One request per stream: read the HEAD, admit it (concurrency limit, drain
+state), forward it to the backend with httpx, pass the response bytes back in
+coalesced DATA frames and finish with exactly one END or ERROR frame.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Awaitable, Callable
+
+import httpx
+import trio
+
+from ..core.coalesce import Coalescer
+from ..core.errors import PeerFault
+from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
+from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
+from ..core.sse import SseSplitter, event_data
+from ..trio_util import single_exceptions
+from ..mesh.streams import StreamBroken, close_quietly, read_some, write_all
+from .backend import Backend
+
+log = logging.getLogger(__name__)
+
+HEAD_TIMEOUT = 10.0
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+MAX_ERROR_BODY = 64 * 1024
+DATA_FRAME_MAX = 256 * 1024
+
+SendFrame = Callable[[bytes], Awaitable[None]]
+
+
+class ProviderService:
+    def __init__(
+        self,
+        backends: dict[str, Backend],
+        client: httpx.AsyncClient,
+        *,
+        max_concurrency: int = 64,
+        max_head_bytes: int = 4 * 1024 * 1024 + 64 * 1024,
+        coalesce_delay: float = 0.020,
+        coalesce_bytes: int = 16 * 1024,
+    ) -> None:
+        self.backends = backends
+        self.client = client
+        self.max_concurrency = max_concurrency
+        self.max_head_bytes = max_head_bytes
+        self.coalesce_delay = coalesce_delay
+        self.coalesce_bytes = coalesce_bytes
+        self.in_flight = 0
+        self.draining = False
+        self.faults: dict[str, int] = {}
+        """Protocol violations per consumer peer (penalties act on these)."""
+        self._idle = trio.Event()
+        self._idle.set()
+
+    def serves(self, model: str) -> bool:
+        backend = self.backends.get(model)
+        return backend is not None and backend.healthy
+
+    async def wait_idle(self) -> None:
+        """Return once no request is in flight."""
+        await self._idle.wait()
+
+    # -- the mesh side --------------------------------------------------------
+
+    async def handle_stream(self, stream) -> None:
+        """libp2p stream handler for ``/garage/openai/1.0.0``."""
+        consumer = str(stream.muxed_conn.peer_id)
+        reader = RequestReader(self.max_head_bytes)
+        try:
+            head = None
+            with trio.move_on_after(HEAD_TIMEOUT):
+                while head is None:
+                    data = await read_some(stream)
+                    if not data:
+                        reader.eof()
+                    head = reader.feed(data)
+            if head is None:
+                raise PeerFault("no request head within the time limit")
+        except PeerFault as exc:
+            self._penalise(consumer, str(exc))
+            with trio.move_on_after(2):
+                try:
+                    await write_all(stream, error_frame(error_info(400, f"bad request frame: {exc}", type="invalid_request_error", code="bad_frame")))
+                except StreamBroken:
+                    pass
+            await close_quietly(stream, reset=True)
+            return
+        except StreamBroken:
+            await close_quietly(stream, reset=True)
+            return
+
+        async def send(frame: bytes) -> None:
+            await write_all(stream, frame)
+
+        try:
+            await self.serve(head, send)
+        except StreamBroken:
+            log.info("consumer %s went away during %s", consumer, head.request_id)
+            await close_quietly(stream, reset=True)
+            return
+        await close_quietly(stream)
+
+    def _penalise(self, peer: str, reason: str) -> None:
+        self.faults[peer] = self.faults.get(peer, 0) + 1
+        log.warning("peer %s sent a bad request (%d so far): %s", peer, self.faults[peer], reason)
+
+    # -- serving --------------------------------------------------------------
+
+    async def serve(self, head: RequestHead, send: SendFrame) -> None:
+        """Serve one request, sending frames through ``send``; StreamBroken passes up."""
+        start = trio.current_time()
+        model = head.body.get("model")
+        backend = self.backends.get(model) if isinstance(model, str) else None
+        if self.draining:
+            await send(error_frame(error_info(503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True)))
+            return
+        if backend is None or not backend.healthy:
+            await send(error_frame(error_info(404, f"this provider does not serve model {model!r}", type="invalid_request_error", param="model", code="model_not_found", retryable=True)))
+            return
+        if self.in_flight >= self.max_concurrency:
+            await send(error_frame(error_info(429, "provider is at its concurrency limit", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=1.0)))
+            return
+        self.in_flight += 1
+        self._idle = trio.Event() if self.in_flight == 1 else self._idle
+        try:
+            with trio.move_on_after(head.timeout) as scope:
+                frame = await self._forward(head, backend, send, start)
+            if scope.cancelled_caught:
+                frame = error_frame(error_info(504, f"the provider did not finish within {head.timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
+            await send(frame)
+        finally:
+            self.in_flight -= 1
+            if self.in_flight == 0:
+                self._idle.set()
+
+    async def _forward(self, head: RequestHead, backend: Backend, send: SendFrame, start: float) -> bytes:
+        """Run the backend call; returns the final END or ERROR frame to send."""
+        body = dict(head.body)
+        body["model"] = backend.backend_model or backend.name
+        strip_usage = False
+        if head.stream:
+            # Meter every stream: ask for the usage chunk, and hide it again
+            # from a client that did not ask for it.
+            options = body.get("stream_options")
+            options = dict(options) if isinstance(options, dict) else {}
+            if not options.get("include_usage"):
+                strip_usage = True
+                options["include_usage"] = True
+            body["stream_options"] = options
+        queue_ms = (trio.current_time() - start) * 1000
+        try:
+            async with self.client.stream(
+                "POST",
+                backend.url(head.path),
+                content=json.dumps(body, separators=(",", ":")).encode(),
+                headers={"content-type": "application/json"},
+                timeout=httpx.Timeout(connect=5.0, read=head.timeout, write=30.0, pool=5.0),
+            ) as response:
+                first_byte_ms = (trio.current_time() - start) * 1000
+                if response.status_code >= 400:
+                    return error_frame(await _backend_error(response))
+                if head.stream:
+                    usage = await self._relay_stream(response, send, strip_usage)
+                else:
+                    usage = await self._relay_body(response, send)
+        except httpx.ConnectError as exc:
+            backend.healthy = False
+            return error_frame(error_info(502, f"the provider's backend is unreachable: {exc}", type="server_error", code="backend_unavailable", retryable=True))
+        except httpx.HTTPError as exc:
+            return error_frame(error_info(502, f"the provider's backend failed: {exc}", type="server_error", code="backend_error"))
+        timings = Timings(
+            queue_ms=queue_ms,
+            first_byte_ms=first_byte_ms,
+            total_ms=(trio.current_time() - start) * 1000,
+        )
+        return end_frame(EndInfo(usage=usage, timings=timings))
+
+    async def _relay_body(self, response: httpx.Response, send: SendFrame) -> Usage | None:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_RESPONSE_BYTES:
+                raise httpx.DecodingError("backend response exceeds the size limit")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        for offset in range(0, len(body), DATA_FRAME_MAX):
+            await send(data_frame(body[offset : offset + DATA_FRAME_MAX]))
+        try:
+            return _usage(json.loads(body).get("usage"))
+        except (ValueError, AttributeError):
+            return None
+
+    async def _relay_stream(self, response: httpx.Response, send: SendFrame, strip_usage: bool) -> Usage | None:
+        coalescer = Coalescer(self.coalesce_delay, self.coalesce_bytes)
+        splitter = SseSplitter()
+        usage_box: list[Usage] = []
+        chunks_send, chunks_receive = trio.open_memory_channel[bytes](64)
+
+        async def pump() -> None:
+            # Reading the backend in its own task keeps a cancelled read (the
+            # coalescing timer below) from tearing an httpx stream in half.
+            async with chunks_send:
+                async for chunk in response.aiter_bytes():
+                    await chunks_send.send(chunk)
+
+        with single_exceptions():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(pump)
+                await self._coalesce_loop(chunks_receive, coalescer, splitter, send, strip_usage, usage_box)
+        tail = (coalescer.flush(trio.current_time()) or b"") + splitter.rest()
+        if tail:
+            await send(data_frame(tail))
+        return usage_box[0] if usage_box else None
+
+    @staticmethod
+    async def _coalesce_loop(
+        chunks: trio.MemoryReceiveChannel[bytes],
+        coalescer: Coalescer,
+        splitter: SseSplitter,
+        send: SendFrame,
+        strip_usage: bool,
+        usage_box: list[Usage],
+    ) -> None:
+        async with chunks:
+            while True:
+                deadline = coalescer.deadline
+                chunk = None
+                with trio.move_on_at(deadline if deadline is not None else math.inf):
+                    try:
+                        chunk = await chunks.receive()
+                    except trio.EndOfChannel:
+                        return
+                now = trio.current_time()
+                if chunk is None:
+                    out = coalescer.due(now)
+                else:
+                    kept = []
+                    for event in splitter.feed(chunk):
+                        found, is_usage_only = _stream_usage(event)
+                        if found is not None:
+                            usage_box[:] = [found]
+                        if not (strip_usage and is_usage_only):
+                            kept.append(event)
+                    out = coalescer.push(b"".join(kept), now) if kept else coalescer.due(now)
+                if out:
+                    await send(data_frame(out))
+
+
+def _usage(raw: object) -> Usage | None:
+    if not isinstance(raw, dict):
+        return None
+    try:
+        return Usage(prompt_tokens=int(raw.get("prompt_tokens") or 0), completion_tokens=int(raw.get("completion_tokens") or 0))
+    except (TypeError, ValueError):
+        return None
+
+
+def _stream_usage(event: bytes) -> tuple[Usage | None, bool]:
+    """(usage, whether the event is a usage-only chunk) for one SSE event."""
+    if b'"usage"' not in event or b'"prompt_tokens"' not in event:
+        return None, False
+    data = event_data(event)
+    try:
+        chunk = json.loads(data) if data else None
+    except ValueError:
+        return None, False
+    if not isinstance(chunk, dict):
+        return None, False
+    return _usage(chunk.get("usage")), chunk.get("choices") == []
+
+
+async def _backend_error(response: httpx.Response) -> ErrorInfo:
+    """Map a backend's HTTP error to an OpenAI error (vLLM has used two shapes)."""
+    raw = b""
+    async for chunk in response.aiter_bytes():
+        raw += chunk
+        if len(raw) > MAX_ERROR_BODY:
+            break
+    status = response.status_code
+    message, type_, code, param = f"backend answered HTTP {status}", None, None, None
+    try:
+        payload = json.loads(raw[:MAX_ERROR_BODY])
+        error = payload.get("error", payload) if isinstance(payload, dict) else {}
+        if isinstance(error, dict):
+            message = str(error.get("message") or message)
+            type_ = error.get("type") if isinstance(error.get("type"), str) else None
+            code = str(error["code"]) if error.get("code") is not None else None
+            param = error.get("param") if isinstance(error.get("param"), str) else None
+    except ValueError:
+        if raw:
+            message = raw[:500].decode(errors="replace")
+    if type_ is None:
+        type_ = "invalid_request_error" if status < 500 else "server_error"
+    status = status if 400 <= status <= 599 else 502
+    return error_info(status, message, type=type_, code=code, param=param, retryable=status in (429, 502, 503, 504))

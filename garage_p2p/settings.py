@@ -1,0 +1,123 @@
+"""The peer's settings: defaults < HOME/config.toml < GARAGE_* variables < flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
+
+
+class SettingsError(Exception):
+    """Settings that cannot be used; the message says which and why."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("GARAGE_HOME") or Path.home() / ".garage")
+
+
+class Settings(BaseModel):
+    """Everything ``garage-peer`` can be told."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    home: Path = Field(default_factory=default_home)
+    """Where the identity, config and state live."""
+    listen: list[str] = list(DEFAULT_LISTEN)
+    """libp2p listen multiaddrs."""
+    api: str = "127.0.0.1:8000"
+    """HOST:PORT of the local OpenAI endpoint."""
+    bootstrap: list[str] = []
+    """Multiaddrs with /p2p/ of peers to join the mesh through."""
+    backends: dict[str, str] = {}
+    """Model name → OpenAI base URL of the local server that serves it."""
+    request_timeout: float = Field(default=600.0, gt=0, le=3600)
+    """Seconds a request may take end to end."""
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Largest request body the endpoint accepts."""
+    max_concurrency: int = Field(default=64, ge=1)
+    """Requests this peer serves at once; more get 429."""
+    ad_interval: float = Field(default=5.0, gt=0)
+    """Seconds between capability ads."""
+    ad_ttl: float = Field(default=20.0, gt=0, le=300)
+    """Seconds an ad stays valid without a newer one."""
+    drain_timeout: float = Field(default=30.0, ge=0)
+    """On shutdown, seconds in-flight requests get to finish."""
+    log_level: str = "INFO"
+    """Python logging level."""
+
+    @field_validator("api")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"expected HOST:PORT, got {value!r}")
+        return value
+
+    @field_validator("backends")
+    @classmethod
+    def _urls(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, url in value.items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"backend {name}: {url!r} is not an http(s) URL")
+        return value
+
+    @property
+    def api_host(self) -> str:
+        return self.api.rpartition(":")[0].strip("[]")
+
+    @property
+    def api_port(self) -> int:
+        return int(self.api.rpartition(":")[2])
+
+
+def parse_backend(spec: str) -> tuple[str, str]:
+    """``NAME=URL`` → (name, url)."""
+    name, sep, url = spec.partition("=")
+    if not sep or not name or not url:
+        raise SettingsError(f"--backend wants NAME=URL, got {spec!r}")
+    return name, url
+
+
+_LIST_KEYS = {"listen", "bootstrap"}
+
+
+def _from_env(environ: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for field in Settings.model_fields:
+        raw = environ.get(f"GARAGE_{field.upper()}")
+        if raw is None or field == "home":
+            continue
+        if field in _LIST_KEYS:
+            out[field] = [x.strip() for x in raw.split(",") if x.strip()]
+        elif field == "backends":
+            out[field] = dict(parse_backend(x.strip()) for x in raw.split(",") if x.strip())
+        else:
+            out[field] = raw
+    return out
+
+
+def load_settings(flags: dict[str, Any], environ: dict[str, str] | None = None) -> Settings:
+    """Merge the layers; flags that are None are not given."""
+    environ = dict(os.environ) if environ is None else environ
+    home = Path(flags.get("home") or environ.get("GARAGE_HOME") or default_home())
+    merged: dict[str, Any] = {}
+    config_path = home / "config.toml"
+    if config_path.exists():
+        try:
+            merged.update(tomllib.loads(config_path.read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise SettingsError(f"{config_path}: {exc}") from None
+    merged.update(_from_env(environ))
+    merged.update({k: v for k, v in flags.items() if v not in (None, [], {})})
+    merged["home"] = home
+    try:
+        return Settings(**merged)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "settings"
+        raise SettingsError(f"{where}: {first['msg']}") from None

@@ -1,0 +1,1 @@
+"""Persistence under the peer's home directory."""
