@@ -72,7 +72,7 @@ class Peer:
         self._stopping = True
         log.info("shutting down: draining for up to %.0f s", self.settings.drain_timeout)
         self.provider.draining = True
-        await self.caps.publish(withdrawn=True)
+        await self.caps.withdraw()
         self._http_stop.set()
         with trio.move_on_after(self.settings.drain_timeout) as scope:
             await self.provider.wait_idle()

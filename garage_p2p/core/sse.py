@@ -14,7 +14,10 @@ class SseSplitter:
 
     def feed(self, data: bytes) -> list[bytes]:
         """Whole events completed by ``data`` (each with its trailing blank line)."""
-        self._buffer += data.replace(b"\r\n", b"\n")
+        self._buffer += data
+        if b"\r" in self._buffer:
+            # Normalise on the whole pending buffer: a CRLF may straddle two feeds.
+            self._buffer = bytearray(self._buffer.replace(b"\r\n", b"\n"))
         events: list[bytes] = []
         start = 0
         while (end := self._buffer.find(b"\n\n", start)) != -1:

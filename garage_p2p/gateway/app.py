@@ -39,6 +39,9 @@ class BadRequest(Exception):
 
 def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
     headers = dict(headers or {})
+    if info.status == 413:
+        # The body may still be arriving: this connection cannot be reused.
+        headers["connection"] = "close"
     if info.retry_after is not None:
         headers["retry-after"] = str(max(1, round(info.retry_after)))
     return JSONResponse(error_body(info), status_code=info.status, headers=headers)

@@ -37,6 +37,8 @@ class CapsService:
         self.ttl = ttl
         self.rejected: dict[str, int] = {}
         """Ads refused per forwarding peer (bad signature, forged id, malformed)."""
+        self.withdrawn = False
+        """While True our ads offer no models (draining or shutting down)."""
         self._last_seq = 0
         self._wake = trio.Event()
 
@@ -46,14 +48,14 @@ class CapsService:
         self._last_seq = max(self._last_seq + 1, int(time.time() * 1000))
         return self._last_seq
 
-    def current_ad(self, withdrawn: bool = False) -> bytes:
+    def current_ad(self) -> bytes:
         ad = make_ad(
             self.mesh.identity,
             seq=self._next_seq(),
             now=time.time(),
             ttl=self.ttl,
             addrs=tuple(self.mesh.addrs()),
-            models=() if withdrawn else self.offers(),
+            models=() if self.withdrawn else self.offers(),
             version=self.version,
         )
         return sign_ad(self.mesh.identity, ad)
@@ -62,9 +64,14 @@ class CapsService:
         """Publish at once instead of waiting for the next interval (models changed)."""
         self._wake.set()
 
-    async def publish(self, withdrawn: bool = False) -> None:
+    async def withdraw(self) -> None:
+        """Stop offering models, and tell the mesh now."""
+        self.withdrawn = True
+        await self.publish()
+
+    async def publish(self) -> None:
         try:
-            await self.mesh.pubsub.publish(TOPIC_CAPS, self.current_ad(withdrawn))
+            await self.mesh.pubsub.publish(TOPIC_CAPS, self.current_ad())
         except Exception as exc:  # no peers yet, or shutting down: the next round retries
             log.debug("publishing our ad failed: %s", exc)
 

@@ -1,0 +1,75 @@
+"""Shared fixtures: peers in this process, on 127.0.0.1, with real libp2p and HTTP."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+
+from garage_p2p.daemon import Peer, open_peer
+from garage_p2p.devtools.standin_backend import create_standin_app, serve_standin
+from garage_p2p.settings import Settings
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
+OPENAPI = Path(__file__).resolve().parents[1].parent / "shared" / "openai" / "openapi.json"
+
+
+@asynccontextmanager
+async def running_peer(home: Path, **settings) -> AsyncIterator[Peer]:
+    settings.setdefault("listen", LOOPBACK)
+    settings.setdefault("api", "127.0.0.1:0")
+    settings.setdefault("ad_interval", 0.5)
+    async with open_peer(Settings(home=home, **settings)) as peer:
+        yield peer
+
+
+@asynccontextmanager
+async def standin_backend(model: str = "tiny", **delays) -> AsyncIterator[str]:
+    """A StandInBackend (not a model) on a free port; yields its base URL."""
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(serve_standin, create_standin_app(model, **delays), "127.0.0.1", 0)
+        yield bound[0] + "/v1"
+        nursery.cancel_scope.cancel()
+
+
+async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:
+    with trio.fail_after(timeout):
+        while not await predicate():
+            await trio.sleep(interval)
+
+
+async def wait_for_model(peer: Peer, model: str, providers: int = 1, timeout: float = 10.0) -> None:
+    async def known() -> bool:
+        return len(peer.dispatcher.known_models().get(model, [])) >= providers
+
+    await wait_for(known, timeout)
+
+
+def first_addr(peer: Peer) -> list[str]:
+    return [a for a in peer.mesh.addrs() if "/127.0.0.1/" in a][:1]
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def openai_schema():
+    """Validators for the official OpenAI schema's components (shared/openai)."""
+    document = json.loads(OPENAPI.read_text())
+    uri = "urn:openai"
+    registry = Registry().with_resource(uri, Resource.from_contents(document, default_specification=None) if False else Resource.opaque(document))
+
+    def validator(name: str) -> Draft202012Validator:
+        return Draft202012Validator({"$ref": f"{uri}#/components/schemas/{name}"}, registry=registry)
+
+    return validator

