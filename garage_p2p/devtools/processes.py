@@ -1,0 +1,120 @@
+"""Run ``garage-peer`` daemons as real child processes (demo, tests, benchmarks).
+
+Each peer gets its own home, log file and process group. Readiness is the
+daemon's own ``run/peer.json`` written by the process we started.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class PeerStartError(RuntimeError):
+    """The peer exited or did not become ready; the message quotes its log."""
+
+
+def log_tail(path: Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+@dataclass
+class PeerProcess:
+    """One ``garage-peer`` child process."""
+
+    home: Path
+    args: list[str]
+    log_path: Path = field(init=False)
+    process: subprocess.Popen | None = None
+    info: dict = field(default_factory=dict)
+    """The daemon's run/peer.json once it is ready."""
+
+    def __post_init__(self) -> None:
+        self.log_path = self.home / "peer.log"
+
+    @property
+    def peer_id(self) -> str:
+        return self.info["peer_id"]
+
+    @property
+    def api_url(self) -> str:
+        return self.info["api_url"]
+
+    @property
+    def addr(self) -> str:
+        """Its first loopback multiaddr (with /p2p/), for others to bootstrap from."""
+        return next(a for a in self.info["addrs"] if "/127.0.0.1/" in a)
+
+    def start(self) -> PeerProcess:
+        self.home.mkdir(parents=True, exist_ok=True)
+        run_file = self.home / "run" / "peer.json"
+        run_file.unlink(missing_ok=True)
+        log = open(self.log_path, "ab")
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "garage_p2p.cli.peer", "--home", str(self.home), *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> dict:
+        run_file = self.home / "run" / "peer.json"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise PeerStartError(f"garage-peer exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
+            try:
+                info = json.loads(run_file.read_text())
+                if info.get("pid") == self.process.pid:
+                    self.info = info
+                    return info
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise PeerStartError(f"garage-peer not ready after {timeout:.0f} s:\n{log_tail(self.log_path)}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40.0) -> int | None:
+        """Signal the peer and wait for it; returns its exit code."""
+        if self.process is None:
+            return None
+        if self.process.poll() is None:
+            try:
+                os.kill(self.process.pid, sig)
+            except ProcessLookupError:
+                pass
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(5)
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or a pulled plug would."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+
+
+def peer_args(*, api: str = "127.0.0.1:0", bootstrap: list[str] = (), backends: dict[str, str] | None = None, extra: list[str] = ()) -> list[str]:
+    """Command-line arguments for a loopback-only peer."""
+    args = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", api]
+    for b in bootstrap:
+        args += ["--bootstrap", b]
+    for name, url in (backends or {}).items():
+        args += ["--backend", f"{name}={url}"]
+    return args + list(extra)
