@@ -36,6 +36,9 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from garage_p2p.devtools.processes import PeerProcess, peer_args  # noqa: E402
 
+MASTER_KEY = "sk-garage-bench-0123456789abcdef0123456789abcdef"
+# Every path gets the key; only LiteLLM checks it (it refuses to start without one).
+HEADERS = {"authorization": f"Bearer {MASTER_KEY}"}
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
 DEFAULT_LITELLM = Path.home() / ".cache" / "garage" / "litellm-venv" / "bin" / "litellm"
 
@@ -65,7 +68,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def latency_round_robin(urls: dict[str, str], n: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in urls}
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=HEADERS) as client:
         for _ in range(n):
             for name, url in urls.items():
                 t = time.perf_counter()
@@ -78,7 +81,7 @@ async def latency_round_robin(urls: dict[str, str], n: int) -> dict[str, list[fl
 async def throughput(url: str, total: int, concurrency: int) -> float:
     done = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=60, limits=limits, headers=HEADERS) as client:
 
         async def worker() -> None:
             nonlocal done
@@ -111,7 +114,7 @@ async def stream_once(client: httpx.AsyncClient, url: str, max_tokens: int) -> t
 
 async def ttft_round_robin(urls: dict[str, str], n: int) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in urls}
-    async with httpx.AsyncClient(timeout=30) as client:
+    async with httpx.AsyncClient(timeout=30, headers=HEADERS) as client:
         for _ in range(n):
             for name, url in urls.items():
                 first, _, _ = await stream_once(client, url, 16)
@@ -122,7 +125,7 @@ async def ttft_round_robin(urls: dict[str, str], n: int) -> dict[str, list[float
 async def stream_rate(url: str, streams: int, max_tokens: int) -> float:
     limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
     results = []
-    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+    async with httpx.AsyncClient(timeout=120, limits=limits, headers=HEADERS) as client:
         t = time.perf_counter()
         async with trio.open_nursery() as nursery:
             for _ in range(streams):
@@ -149,7 +152,7 @@ def start_litellm(binary: Path, backend_url: str, tmp: Path) -> tuple[subprocess
         "      api_key: unused\n"
     )
     log = open(tmp / "litellm.log", "wb")
-    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", NO_DOCS="True")
+    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", NO_DOCS="True", LITELLM_MASTER_KEY=MASTER_KEY)
     proc = subprocess.Popen(
         [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
         stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
@@ -200,7 +203,7 @@ def main() -> None:
         for _ in range(2):  # alternate rounds so drift hits every path alike
             for name, url in urls.items():
                 rps[name].append(trio.run(throughput, url, args.throughput_requests // 2, args.concurrency))
-        ttft = trio.run(ttft_round_robin, {k: urls[k] for k in ("direct", "mesh")}, 100)
+        ttft = trio.run(ttft_round_robin, urls, 100)
         one_stream = {k: trio.run(stream_rate, urls[k], 1, 4000) for k in ("direct", "mesh")}
         many_streams = {k: trio.run(stream_rate, urls[k], 32, 500) for k in ("direct", "mesh")}
 
@@ -219,7 +222,8 @@ def main() -> None:
             print(f"{k:10} {f['p50']:8.2f} {f['p99']:8.2f} {f['p50'] - base:10.2f} {figures['requests_per_s'][k]:10.1f}")
         print("\nStreaming")
         t = figures["ttft_ms"]
-        print(f"time to first token p50: direct {t['direct']['p50']:.2f} ms, mesh {t['mesh']['p50']:.2f} ms (+{t['mesh']['p50'] - t['direct']['p50']:.2f} ms)")
+        for k in urls:
+            print(f"time to first token p50 {k:8}: {t[k]['p50']:6.2f} ms (+{t[k]['p50'] - t['direct']['p50']:.2f} ms)")
         print(f"one stream of 4000 tokens: direct {one_stream['direct']:.0f} tok/s, mesh {one_stream['mesh']:.0f} tok/s")
         print(f"32 streams of 500 tokens: direct {many_streams['direct']:.0f} tok/s, mesh {many_streams['mesh']:.0f} tok/s (aggregate)")
         if args.json:

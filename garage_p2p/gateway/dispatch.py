@@ -20,7 +20,6 @@ from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, head_fram
 from ..core.messages import PROTOCOL_OPENAI, ErrorInfo, RequestHead, error_info
 from ..core.routing import ProviderSelector
 from ..mesh.host import DialError, Mesh
-from ..mesh.streams import StreamBroken, close_quietly, write_all
 from ..provider.service import ProviderService
 from .exchange import FrameExchange, stream_exchange
 
@@ -123,12 +122,7 @@ class Dispatcher:
         if peer_id == self.mesh.peer_id:
             return self._open_local(head, deadline)
         timeout = max(0.1, min(DIAL_TIMEOUT, deadline - trio.current_time()))
-        stream = await self.mesh.open_stream(peer_id, addrs, PROTOCOL_OPENAI, timeout)
-        try:
-            await write_all(stream, head_frame(head))
-        except StreamBroken as exc:
-            await close_quietly(stream, reset=True)
-            raise DialError(f"stream to {peer_id} broke: {exc}") from None
+        stream = await self.mesh.open_stream_lazy(peer_id, addrs, PROTOCOL_OPENAI, head_frame(head), timeout)
         return stream_exchange(peer_id, stream, deadline, head.timeout)
 
     def _open_local(self, head: RequestHead, deadline: float) -> FrameExchange:

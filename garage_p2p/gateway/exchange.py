@@ -13,7 +13,7 @@ import trio
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseEvent, ResponseFailed, ResponseReader, truncated_failure
 from ..core.messages import error_info
-from ..mesh.streams import StreamBroken, close_quietly, read_some
+from ..mesh.streams import NegotiatingStream, StreamBroken
 
 log = logging.getLogger(__name__)
 
@@ -51,39 +51,35 @@ class FrameExchange:
             if self._reader.finished:
                 raise RuntimeError("next_event after the exchange finished")
             data = None
-            with trio.move_on_at(self._deadline):
-                try:
-                    data = await self._receive()
-                except StreamBroken as exc:
-                    self._reader.finished = True
-                    return truncated_failure(str(exc))
-            if data is None:
-                self._reader.finished = True
-                return deadline_failure(self._timeout)
-            if not data:
-                failure = self._reader.eof()
-                if failure is not None:
-                    return failure
-                continue
             try:
+                with trio.move_on_at(self._deadline):
+                    data = await self._receive()
+                if data is None:
+                    self._reader.finished = True
+                    return deadline_failure(self._timeout)
+                if not data:
+                    failure = self._reader.eof()
+                    if failure is not None:
+                        return failure
+                    continue
                 self._pending.extend(self._reader.feed(data))
+            except StreamBroken as exc:
+                self._reader.finished = True
+                return truncated_failure(str(exc))
             except PeerFault as exc:
                 self.protocol_fault = str(exc)
                 self._reader.finished = True
                 log.warning("provider %s broke the protocol: %s", self.provider, exc)
-                return ResponseFailed(error_info(502, f"the provider sent an invalid response: {exc}", type="server_error", code="provider_protocol_error", retryable=True))
+                return ResponseFailed(error_info(502, f"the provider sent an invalid response: {exc}", type="server_error", code="provider_protocol_error", retryable=not self.received_data))
         return self._pending.pop(0)
 
     async def aclose(self) -> None:
         await self._close(not self._reader.finished)
 
 
-def stream_exchange(provider: str, stream, deadline: float, timeout: float) -> FrameExchange:
-    async def receive() -> bytes:
-        return await read_some(stream)
-
+def stream_exchange(provider: str, stream: NegotiatingStream, deadline: float, timeout: float) -> FrameExchange:
     async def close(unfinished: bool) -> None:
         # An unfinished exchange is reset so the provider stops generating.
-        await close_quietly(stream, reset=unfinished)
+        await stream.close(reset=unfinished)
 
-    return FrameExchange(provider, receive, close, deadline, timeout)
+    return FrameExchange(provider, stream.read_some, close, deadline, timeout)

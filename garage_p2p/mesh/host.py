@@ -25,7 +25,9 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.identity import Identity
+from ..core.multistream import lazy_proposal
 from .patches import apply_library_patches
+from .streams import NegotiatingStream
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,23 @@ class Mesh:
             raise DialError(f"opening a stream to {peer_id} timed out") from None
         except Exception as exc:
             raise DialError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+
+
+    async def open_stream_lazy(
+        self, peer_id: str, addrs: Sequence[str], protocol: str, first_bytes: bytes, timeout: float = DIAL_TIMEOUT
+    ) -> NegotiatingStream:
+        """A stream to ``peer_id`` whose protocol proposal and first bytes go in one write."""
+        await self.connect(peer_id, addrs, timeout)
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.host.get_network().new_stream(ID.from_base58(peer_id))
+                stream.set_protocol(protocol)
+                await stream.write(lazy_proposal(protocol) + first_bytes)
+        except trio.TooSlowError:
+            raise DialError(f"opening a stream to {peer_id} timed out") from None
+        except Exception as exc:  # the library raises many types for dead connections
+            raise DialError(f"cannot open {protocol} to {peer_id}: {exc}") from None
+        return NegotiatingStream(stream, protocol)
 
 
 async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:

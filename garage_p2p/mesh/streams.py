@@ -10,6 +10,8 @@ from __future__ import annotations
 import trio
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 
+from ..core.multistream import LazySelectReader
+
 READ_SIZE = 64 * 1024
 
 
@@ -47,3 +49,32 @@ async def close_quietly(stream, reset: bool = False) -> None:
                 await stream.close()
         except Exception:  # closing a dead stream can raise anything the library likes
             pass
+
+
+class NegotiatingStream:
+    """A stream opened with a lazy protocol proposal (see core/multistream.py).
+
+    Its first reads carry the listener's echoes; ``read_some`` checks and
+    strips them, raising PeerFault (ProtocolRefused) if they are wrong.
+    """
+
+    def __init__(self, stream, protocol: str) -> None:
+        self.stream = stream
+        self._select = LazySelectReader(protocol)
+
+    async def read_some(self) -> bytes:
+        while True:
+            data = await read_some(self.stream)
+            if not data:
+                if not self._select.done:
+                    raise StreamBroken("stream closed during protocol negotiation")
+                return b""
+            rest = self._select.feed(data)
+            if rest:
+                return rest
+
+    async def write(self, data: bytes) -> None:
+        await write_all(self.stream, data)
+
+    async def close(self, reset: bool = False) -> None:
+        await close_quietly(self.stream, reset=reset)
