@@ -204,3 +204,34 @@ async def test_shutdown_drains_in_flight_streams_and_withdraws(tmp_path, http):
                 await wait_for(lambda: _true("tiny" not in c.dispatcher.known_models()), 5)
                 r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                 assert r.status_code == 404
+
+
+async def test_deadline_gives_504_before_and_after_the_first_byte(tmp_path, http):
+    async with standin_backend(first_token_delay=5.0) as slow, standin_backend(token_delay=0.5) as dribble:
+        async with running_peer(tmp_path / "a", backends={"tiny": slow}) as a:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a), request_timeout=1.0) as c:
+                await wait_for_model(c, "tiny")
+                with trio.fail_after(4):
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+        async with running_peer(tmp_path / "a2", backends={"tiny": dribble}) as a2:
+            async with running_peer(tmp_path / "c2", bootstrap=first_addr(a2), request_timeout=1.2) as c2:
+                await wait_for_model(c2, "tiny")
+                with trio.fail_after(4):
+                    async with http.stream("POST", c2.api_url + "/chat/completions", json={**CHAT, "max_tokens": 20, "stream": True}) as r:
+                        assert r.status_code == 200
+                        raw = b"".join([chunk async for chunk in r.aiter_bytes()])
+                events = [e for e in raw.split(b"\n\n") if e]
+                assert b'"content"' in events[0]
+                assert json.loads(events[-1][6:])["error"]["code"] == "deadline_exceeded"
+
+
+async def test_quic_transport(tmp_path, http):
+    quic = ["/ip4/127.0.0.1/udp/0/quic-v1"]
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}, listen=quic) as a:
+            [addr] = [x for x in a.mesh.addrs() if "/quic-v1/" in x]
+            async with running_peer(tmp_path / "c", bootstrap=[addr], listen=quic) as c:
+                await wait_for_model(c, "tiny")
+                r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                assert r.status_code == 200 and r.headers["x-garage-provider"] == a.identity.peer_id

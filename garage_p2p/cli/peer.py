@@ -11,6 +11,7 @@ import typer
 from ..daemon import open_peer
 from ..settings import Settings, SettingsError, load_settings, parse_backend
 from ..store.identity_file import IdentityFileError
+from ..trio_util import single_exceptions
 from .common import HomeOption, fail, setup_logging
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
@@ -60,7 +61,8 @@ def main_command(
         fail(str(exc))
     setup_logging(settings.log_level)
     try:
-        trio.run(run_peer, settings)
+        with single_exceptions():
+            trio.run(run_peer, settings)
     except IdentityFileError as exc:
         fail(str(exc))
     except OSError as exc:
