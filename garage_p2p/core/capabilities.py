@@ -32,6 +32,34 @@ MAX_CLOCK_SKEW = 300.0
 """Ads claiming to be issued further than this from our clock are refused."""
 
 
+class Benchmark(WireModel):
+    """What ``garage bench`` measured on a backend."""
+
+    single_stream_tps: float = Field(ge=0, le=1e7)
+    """Generated tokens per second of one stream alone."""
+    aggregate_tps: float = Field(ge=0, le=1e8)
+    """Generated tokens per second over ``concurrency`` parallel streams."""
+    concurrency: int = Field(ge=1, le=4096)
+    """How many streams ran at once for ``aggregate_tps``."""
+    ttft_p50_ms: float = Field(ge=0, le=3.6e6)
+    """Median time to first token of one stream alone, in milliseconds."""
+    measured_at: float = Field(ge=0)
+    """Unix time of the measurement."""
+
+
+class Load(WireModel):
+    """How busy a backend is right now."""
+
+    running: float = Field(default=0, ge=0, le=1e6)
+    """Requests the backend is running (vLLM ``num_requests_running``)."""
+    waiting: float = Field(default=0, ge=0, le=1e6)
+    """Requests queued in the backend (vLLM ``num_requests_waiting``)."""
+    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
+    """Fraction of the KV cache in use, if the backend reports it."""
+    in_flight: int = Field(default=0, ge=0, le=1_000_000)
+    """Mesh requests this peer is serving for the model."""
+
+
 class ModelOffer(WireModel):
     """One model a peer serves."""
 
@@ -41,6 +69,37 @@ class ModelOffer(WireModel):
     """Longest context the backend accepts, if known."""
     quantization: str | None = Field(default=None, max_length=64)
     """Weight format, e.g. ``fp16`` or ``awq``, if known."""
+    max_concurrency: int | None = Field(default=None, ge=1, le=1_000_000)
+    """Requests the peer admits at once for this model."""
+    benchmark: Benchmark | None = None
+    """The latest benchmark of the backend, if one was run."""
+    load: Load | None = None
+    """Live load when the ad was made."""
+
+
+class GpuSpec(WireModel):
+    """A kind of GPU in the rig."""
+
+    name: str = Field(min_length=1, max_length=128)
+    """Marketing name, as nvidia-smi reports it."""
+    vram_mib: int = Field(ge=0, le=10_000_000)
+    """Memory of one card, MiB."""
+    count: int = Field(default=1, ge=1, le=1024)
+    """How many such cards."""
+
+
+class Hardware(WireModel):
+    """The rig's accelerators; no GPUs means the CPU serves."""
+
+    gpus: tuple[GpuSpec, ...] = Field(default=(), max_length=64)
+    """GPUs by kind; empty on a CPU-only peer."""
+
+    @property
+    def label(self) -> str:
+        """``2x RTX 4090 (24564 MiB)`` or ``cpu``."""
+        if not self.gpus:
+            return "cpu"
+        return ", ".join(f"{g.count}x {g.name} ({g.vram_mib} MiB)" for g in self.gpus)
 
 
 class CapabilityAd(WireModel):
@@ -62,6 +121,10 @@ class CapabilityAd(WireModel):
     """Models the peer serves now; empty means none (or withdrawn)."""
     version: str = Field(default="", max_length=64)
     """The peer's software version."""
+    hardware: Hardware = Hardware()
+    """What the peer serves with."""
+    region: str | None = Field(default=None, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    """Self-declared location, e.g. ``se-sto``; ``x-garage-region: se`` matches it."""
 
     @field_validator("addrs")
     @classmethod
@@ -86,6 +149,8 @@ def make_ad(
     addrs: tuple[str, ...],
     models: tuple[ModelOffer, ...],
     version: str,
+    hardware: Hardware = Hardware(),
+    region: str | None = None,
 ) -> CapabilityAd:
     """An unsigned ad for ``identity``."""
     return CapabilityAd(
@@ -97,6 +162,8 @@ def make_ad(
         addrs=addrs,
         models=models,
         version=version,
+        hardware=hardware,
+        region=region,
     )
 
 
