@@ -1,9 +1,10 @@
 """The composition root: ``open_peer(settings)`` wires every part under one nursery.
 
-Start order: identity → libp2p host + gossipsub → provider (stream handler
-and backend probes) → capability gossip → HTTP endpoint → ``run/peer.json``.
-Shutdown (``Peer.shutdown``): stop taking requests, withdraw our ad, let
-in-flight requests finish up to ``drain_timeout``, then cancel the rest.
+Start order: identity → libp2p host + gossipsub (+ mDNS) → provider (stream
+handler, backend probes and load) → capability gossip → discovery (DHT, table
+sync, known peers) → HTTP endpoint → ``run/peer.json``. Shutdown
+(``Peer.shutdown``): stop taking requests, withdraw our ad, let in-flight
+requests finish up to ``drain_timeout``, then cancel the rest.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import json
 import logging
 import os
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 import trio
@@ -22,22 +25,30 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__
-from .core.capabilities import ModelOffer, PeerTable
+from .core.capabilities import Benchmark, Load, ModelOffer, PeerTable
 from .core.identity import Identity
 from .core.messages import PROTOCOL_OPENAI
 from .gateway.app import create_app
 from .gateway.dispatch import Dispatcher
 from .mesh.caps import CapsService
-from .mesh.host import Mesh, open_mesh
+from .mesh.discovery import Discovery
+from .mesh.host import DialError, Mesh, open_mesh
+from .mesh.paths import PathTracker
 from .provider.backend import Backend
+from .provider.backend_metrics import metrics_url, scrape_load
 from .provider.service import ProviderService
+from .runtime.hardware import detect_hardware
 from .settings import Settings
+from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
+from .store.known_peers import KnownPeers
 
 log = logging.getLogger(__name__)
 
 PROBE_INTERVAL_HEALTHY = 5.0
 PROBE_INTERVAL_DOWN = 1.0
+LOAD_INTERVAL = 2.0
+REJOIN_PEERS = 16
 
 
 @dataclass
@@ -51,11 +62,38 @@ class Peer:
     provider: ProviderService
     dispatcher: Dispatcher
     caps: CapsService
-    api_url: str
+    discovery: Discovery
+    paths: PathTracker
+    api_url: str = ""
+    backend_load: dict[str, Load] = field(default_factory=dict)
+    benchmarks: dict[str, Benchmark] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
     _http_stop: trio.Event = field(default_factory=trio.Event)
     _stopping: bool = False
 
-    def info(self) -> dict:
+    # -- what we advertise ------------------------------------------------------
+
+    def offers(self) -> tuple[ModelOffer, ...]:
+        offers = []
+        for backend in sorted(self.provider.backends.values(), key=lambda b: b.name):
+            if not backend.healthy:
+                continue
+            load = self.backend_load.get(backend.name) or Load()
+            load = load.model_copy(update={"in_flight": self.provider.in_flight_by_model.get(backend.name, 0)})
+            offers.append(
+                ModelOffer(
+                    name=backend.name,
+                    context_length=backend.context_length,
+                    max_concurrency=self.provider.max_concurrency,
+                    benchmark=self.benchmarks.get(backend.name),
+                    load=load,
+                )
+            )
+        return tuple(offers)
+
+    # -- the admin API's views ----------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
         """What ``run/peer.json`` says about this peer."""
         return {
             "peer_id": self.identity.peer_id,
@@ -64,6 +102,68 @@ class Peer:
             "models": sorted(n for n, b in self.provider.backends.items() if b.healthy),
             "pid": os.getpid(),
         }
+
+    def status(self) -> dict[str, Any]:
+        return {
+            **self.info(),
+            "version": __version__,
+            "uptime_s": time.time() - self.started_at,
+            "region": self.settings.region,
+            "reachability": "unknown",
+            "hardware": self.caps.hardware.label,
+            "connections": len(self.mesh.connected_peers()),
+            "known_peers": len(self.table.entries(time.time())),
+            "dht_mode": self.discovery.dht_mode,
+            "dht_table_size": self.discovery.dht.get_routing_table_size(),
+            "draining": self.provider.draining,
+            "in_flight": self.provider.in_flight,
+            "backends": [
+                {"model": b.name, "url": b.base_url, "healthy": b.healthy, "backend_model": b.backend_model}
+                for b in self.provider.backends.values()
+            ],
+        }
+
+    def peers(self) -> list[dict[str, Any]]:
+        now = time.time()
+        out = []
+        for entry in self.table.entries(now):
+            ad = entry.ad
+            kind = self.paths.connection_kind(ad.peer_id)
+            rtt = self.paths.rtt.get(ad.peer_id)
+            out.append(
+                {
+                    "peer_id": ad.peer_id,
+                    "addrs": list(ad.addrs),
+                    "connection": kind or "none",
+                    "rtt_ms": None if rtt is None else rtt * 1000,
+                    "models": [m.name for m in ad.models],
+                    "hardware": ad.hardware.label,
+                    "region": ad.region,
+                    "load": {m.name: m.load.model_dump() for m in ad.models if m.load},
+                    "version": ad.version,
+                    "last_seen_s": now - entry.received_at,
+                }
+            )
+        return out
+
+    def models(self) -> list[dict[str, Any]]:
+        out = []
+        by_model: dict[str, list[tuple[str, ModelOffer]]] = {}
+        for ad in self.dispatcher.provider_ads():
+            for offer in ad.models:
+                by_model.setdefault(offer.name, []).append((ad.peer_id, offer))
+        for name, providers in sorted(by_model.items()):
+            capacity = sum(o.benchmark.aggregate_tps for _, o in providers if o.benchmark)
+            out.append(
+                {
+                    "model": name,
+                    "providers": [p for p, _ in providers],
+                    "aggregate_tps": capacity,
+                    "running": sum((o.load.running + o.load.waiting) if o.load else 0 for _, o in providers),
+                    "context_length": max((o.context_length or 0 for _, o in providers), default=0) or None,
+                }
+            )
+        return out
 
     async def shutdown(self) -> None:
         """Graceful stop: no new requests, withdraw the ad, drain in-flight ones."""
@@ -80,16 +180,9 @@ class Peer:
             log.warning("%d requests still running after the drain timeout", self.provider.in_flight)
 
 
-def _offers(backends: dict[str, Backend]) -> tuple[ModelOffer, ...]:
-    return tuple(
-        ModelOffer(name=b.name, context_length=b.context_length)
-        for b in sorted(backends.values(), key=lambda b: b.name)
-        if b.healthy
-    )
-
-
-async def _probe_backends(backends: dict[str, Backend], client: httpx.AsyncClient, caps: CapsService) -> None:
+async def _probe_backends(peer: Peer, client: httpx.AsyncClient) -> None:
     """Keep backend health current; re-advertise at once when it changes."""
+    backends = peer.provider.backends
     while True:
         changed = False
         for backend in backends.values():
@@ -97,9 +190,38 @@ async def _probe_backends(backends: dict[str, Backend], client: httpx.AsyncClien
             await backend.probe(client)
             changed |= was != (backend.healthy, backend.backend_model)
         if changed:
-            caps.republish_soon()
+            peer.caps.republish_soon()
         healthy = all(b.healthy for b in backends.values())
         await trio.sleep(PROBE_INTERVAL_HEALTHY if healthy else PROBE_INTERVAL_DOWN)
+
+
+async def _watch_load(peer: Peer, client: httpx.AsyncClient) -> None:
+    """Scrape each backend's live load (vLLM's /metrics) for the ads."""
+    while True:
+        for backend in peer.provider.backends.values():
+            if backend.healthy:
+                load = await scrape_load(client, metrics_url(backend.base_url), backend.backend_model)
+                if load is not None:
+                    peer.backend_load[backend.name] = load
+        await trio.sleep(LOAD_INTERVAL)
+
+
+async def _rejoin_known_peers(peer: Peer, known: KnownPeers) -> None:
+    """Dial the peers we knew before a restart (no bootstrap list needed)."""
+    recent = await known.recent(REJOIN_PEERS)
+    async with trio.open_nursery() as nursery:
+        for known_peer in recent:
+            if known_peer.peer_id == peer.identity.peer_id:
+                continue
+
+            async def dial(p=known_peer) -> None:
+                try:
+                    await peer.mesh.connect(p.peer_id, p.addrs)
+                    log.info("rejoined known peer %s", p.peer_id)
+                except DialError as exc:
+                    log.debug("known peer %s unreachable: %s", p.peer_id, exc)
+
+            nursery.start_soon(dial)
 
 
 def _write_run_file(peer: Peer) -> None:
@@ -134,10 +256,12 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     if created:
         log.info("created a new identity %s in %s", identity.peer_id, settings.home)
     backends = {name: Backend(name, url) for name, url in settings.backends.items()}
+    hardware = await trio.to_thread.run_sync(detect_hardware)
+    known = KnownPeers(settings.home / "peers.sqlite")
     limits = httpx.Limits(max_connections=settings.max_concurrency + 8, max_keepalive_connections=settings.max_concurrency)
     async with (
         httpx.AsyncClient(limits=limits, trust_env=False) as client,
-        open_mesh(identity, settings.listen, settings.bootstrap) as mesh,
+        open_mesh(identity, settings.listen, settings.bootstrap, mdns=settings.mdns) as mesh,
         trio.open_nursery() as nursery,
     ):
         table = PeerTable(self_peer_id=identity.peer_id)
@@ -150,25 +274,55 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         mesh.host.set_stream_handler(PROTOCOL_OPENAI, provider.handle_stream)
         for backend in backends.values():
             await backend.probe(client)
+        offers_of: list[Peer] = []  # the Peer exists only once its parts do
         caps = CapsService(
             mesh,
             table,
-            lambda: _offers(backends),
+            lambda: offers_of[0].offers() if offers_of else (),
             version=__version__,
             interval=settings.ad_interval,
             ttl=settings.ad_ttl,
+            hardware=hardware,
+            region=settings.region,
         )
+        discovery = Discovery(
+            mesh,
+            table,
+            caps.current_ad,
+            lambda: [n for n, b in backends.items() if b.healthy],
+            dht_mode="client" if settings.dht_mode == "client" else "server",
+            on_peer_addrs=known.note,
+        )
+        caps.on_ad = lambda ad: known.note(ad.peer_id, ad.addrs)
+        paths = PathTracker(mesh)
+        dispatcher = Dispatcher(
+            mesh,
+            table,
+            provider,
+            nursery,
+            random.Random(),
+            own_ad=caps.build_ad,
+            path=paths.path,
+            lookup=discovery.lookup,
+        )
+        peer = Peer(settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths)
+        peer.benchmarks = await trio.to_thread.run_sync(load_benchmarks, settings.home)
+        offers_of.append(peer)
         await nursery.start(caps.serve)
+        await nursery.start(discovery.serve)
+        await nursery.start(known.serve)
+        await nursery.start(paths.serve, lambda: [e.ad.peer_id for e in table.entries(time.time()) if e.ad.models])
         if backends:
-            nursery.start_soon(_probe_backends, backends, client, caps)
-        dispatcher = Dispatcher(mesh, table, provider, nursery, random.Random())
+            nursery.start_soon(_probe_backends, peer, client)
+            nursery.start_soon(_watch_load, peer, client)
+        nursery.start_soon(_rejoin_known_peers, peer, known)
         app = create_app(
             dispatcher,
+            peer,
             peer_id=identity.peer_id,
             max_body_bytes=settings.max_body_bytes,
             request_timeout=settings.request_timeout,
         )
-        peer = Peer(settings, identity, mesh, table, provider, dispatcher, caps, api_url="")
         bound = await nursery.start(_serve_http, app, settings, peer._http_stop)
         peer.api_url = (bound[0] if bound else f"http://{settings.api}").rstrip("/") + "/v1"
         _write_run_file(peer)

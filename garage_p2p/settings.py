@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -49,6 +49,12 @@ class Settings(BaseModel):
     """On shutdown, seconds in-flight requests get to finish."""
     log_level: str = "INFO"
     """Python logging level."""
+    mdns: bool = True
+    """Find and dial peers on the LAN with mDNS."""
+    dht_mode: Literal["auto", "server", "client"] = "auto"
+    """Kademlia role: servers hold records; peers behind NAT should be clients."""
+    region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
+    """Self-declared location advertised to the mesh, e.g. ``se-sto``."""
 
     @field_validator("api")
     @classmethod
@@ -96,6 +102,8 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
             out[field] = [x.strip() for x in raw.split(",") if x.strip()]
         elif field == "backends":
             out[field] = dict(parse_backend(x.strip()) for x in raw.split(",") if x.strip())
+        elif field == "mdns":
+            out[field] = raw.strip().lower() not in ("0", "false", "no", "off")
         else:
             out[field] = raw
     return out

@@ -26,6 +26,9 @@ async def running_peer(home: Path, **settings) -> AsyncIterator[Peer]:
     settings.setdefault("listen", LOOPBACK)
     settings.setdefault("api", "127.0.0.1:0")
     settings.setdefault("ad_interval", 0.5)
+    # mDNS would multicast on the machine's real interface: only loopback here
+    # (the mDNS test runs in network namespaces of its own).
+    settings.setdefault("mdns", False)
     async with open_peer(Settings(home=home, **settings)) as peer:
         yield peer
 

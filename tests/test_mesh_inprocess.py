@@ -118,11 +118,14 @@ async def test_dead_provider_is_skipped_and_banned(tmp_path, http):
                     dead = a1.identity.peer_id
                 # a1 is gone without withdrawing (as after SIGKILL); its ad is still in C's table.
                 c.table.apply(c.table.get(dead, trio_now()).ad.model_copy(update={"seq": 2**62}), trio_now())
+                with trio.fail_after(10):
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": dead})
+                assert r.status_code == 503 and r.json()["error"]["code"] == "no_provider_available"
+                assert c.dispatcher.router.banned_until(dead) > trio_now()
                 for _ in range(4):
                     r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                     assert r.status_code == 200
                     assert r.headers["x-garage-provider"] == a2.identity.peer_id
-                assert c.dispatcher.selector.banned_until(dead) > 0
 
 
 def trio_now() -> float:

@@ -42,6 +42,9 @@ def main_command(
     backend: list[str] = typer.Option(None, "--backend", help="NAME=URL: serve model NAME from this OpenAI base URL (repeatable)."),
     request_timeout: float | None = typer.Option(None, "--request-timeout", help="Seconds a request may take."),
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    mdns: bool | None = typer.Option(None, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS (default on)."),
+    region: str | None = typer.Option(None, "--region", help="Advertised location, e.g. se-sto."),
+    dht_mode: str | None = typer.Option(None, "--dht-mode", help="auto, server or client."),
 ) -> None:
     """Run the Garage P2P peer daemon in the foreground."""
     try:
@@ -55,6 +58,9 @@ def main_command(
                 "backends": backends or None,
                 "request_timeout": request_timeout,
                 "log_level": log_level,
+                "mdns": mdns,
+                "region": region,
+                "dht_mode": dht_mode,
             }
         )
     except SettingsError as exc:

@@ -199,6 +199,8 @@ class PeerEntry:
     """Local time after which the ad no longer counts."""
     received_at: float
     """Local time the ad arrived."""
+    wire: bytes = b""
+    """The signed ad as received, to pass on to peers that ask for our table."""
 
 
 class AdRejected(Exception):
@@ -215,7 +217,7 @@ class PeerTable:
         self._seen_seq: OrderedDict[str, int] = OrderedDict()
         self._max_peers = max_peers
 
-    def apply(self, ad: CapabilityAd, now: float) -> PeerEntry:
+    def apply(self, ad: CapabilityAd, now: float, wire: bytes = b"") -> PeerEntry:
         """Store a verified ad. AdRejected if it is not newer than what we have."""
         if ad.peer_id == self._self:
             raise AdRejected("our own ad")
@@ -227,7 +229,7 @@ class PeerTable:
         while len(self._seen_seq) > self._max_peers:
             old, _ = self._seen_seq.popitem(last=False)
             self._entries.pop(old, None)
-        entry = PeerEntry(ad=ad, expires_at=now + ad.ttl, received_at=now)
+        entry = PeerEntry(ad=ad, expires_at=now + ad.ttl, received_at=now, wire=wire)
         self._entries[ad.peer_id] = entry
         return entry
 

@@ -1,61 +1,216 @@
-"""Choosing a provider for a request, and remembering who failed.
+"""Choosing the provider that will answer a request fastest.
 
-Pure: the caller passes ``now`` and owns the ``random.Random``. A provider
-that fails before its first byte is banned with exponential backoff (1 s,
-2 s, 4 s … up to a minute); a success clears its record. Among the providers
-not banned the order is random, so that many consumers do not herd onto one.
-Load- and latency-aware scoring builds on this (issue 3).
+Pure: the caller passes ``now``, owns the ``random.Random`` and tells us what
+it knows of the paths (RTT, relayed or direct). The estimate of a provider's
+completion time, in seconds:
+
+    rtt + relay_penalty + ttft × (1 + waiting / concurrency) + tokens / rate(n + 1)
+        + failure_penalty × recent failures
+
+where ``n`` is what runs there now (``running + waiting`` from its ad, plus
+the requests we sent since), ``tokens`` is the request's ``max_tokens`` (or
+a default) and ``rate(k)`` is the per-stream speed with ``k`` streams,
+interpolated between the benchmark's single-stream and aggregate figures. A
+provider with no benchmark gets pessimistic defaults. A KV cache over 95 %
+full scales the estimate by 1.5 (the backend starts preempting).
+
+The order to try: power of two choices (two eligible providers drawn at
+random, the better one first), then the rest best first. The random draw
+keeps many consumers from herding onto the one provider that looks best in
+everyone's slightly stale table; the score keeps them off slow ones.
+
+A provider that fails before its first byte is banned with exponential
+backoff (1 s, 2 s, 4 s … one minute); a success clears it.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from .capabilities import PeerEntry
+from .capabilities import CapabilityAd, ModelOffer
+
+DEFAULT_TOKENS = 256
+DEFAULT_SINGLE_TPS = 20.0
+DEFAULT_TTFT = 0.5
+RELAY_PENALTY = 0.15
+FAILURE_PENALTY = 1.0
+KV_FULL = 0.95
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRequest:
+    """What the client asked for, as far as routing cares."""
+
+    model: str
+    """The model name."""
+    expected_tokens: int = DEFAULT_TOKENS
+    """Tokens the request may generate (its ``max_tokens``)."""
+    region: str | None = None
+    """Only providers in this region (``se`` matches ``se`` and ``se-sto``)."""
+    pinned_peer: str | None = None
+    """Only this provider."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathInfo:
+    """How we reach a provider."""
+
+    rtt: float | None = None
+    """Round-trip time in seconds, if measured."""
+    relayed: bool = False
+    """True when the only connection runs through a relay."""
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One provider, scored and explained."""
+
+    peer_id: str
+    """The provider."""
+    estimate: float
+    """Expected seconds to complete the request; lower is better."""
+    eligible: bool
+    """False when a constraint or a ban rules it out."""
+    reason: str = ""
+    """Why it is not eligible."""
+    parts: Mapping[str, float] = field(default_factory=dict)
+    """The estimate's terms, for ``garage route``."""
+
+
+def region_matches(wanted: str | None, region: str | None) -> bool:
+    if wanted is None:
+        return True
+    return region is not None and (region == wanted or region.startswith(wanted + "-"))
+
+
+def per_stream_rate(offer: ModelOffer, streams: float) -> float:
+    """Tokens/s one stream gets while ``streams`` run at once."""
+    bench = offer.benchmark
+    single = bench.single_stream_tps if bench and bench.single_stream_tps > 0 else DEFAULT_SINGLE_TPS
+    if streams <= 1:
+        return single
+    if bench and bench.aggregate_tps > 0 and bench.concurrency > 1:
+        c = bench.concurrency
+        at_c = bench.aggregate_tps / c
+        if streams <= c:
+            # Linear from single at 1 stream to aggregate/c at c streams.
+            return single + (at_c - single) * (streams - 1) / (c - 1)
+        return bench.aggregate_tps / streams
+    return single / streams
 
 
 @dataclass(slots=True)
-class _FailureRecord:
-    failures: int
+class _Failures:
+    count: int
     banned_until: float
 
 
-class ProviderSelector:
+class Router:
     def __init__(
-        self, rng: random.Random, base_ban: float = 1.0, max_ban: float = 60.0
+        self,
+        rng: random.Random,
+        *,
+        base_ban: float = 1.0,
+        max_ban: float = 60.0,
+        relay_penalty: float = RELAY_PENALTY,
     ) -> None:
         self._rng = rng
         self._base_ban = base_ban
         self._max_ban = max_ban
-        self._failures: dict[str, _FailureRecord] = {}
+        self._relay_penalty = relay_penalty
+        self._failures: dict[str, _Failures] = {}
+        self.outstanding: dict[str, int] = {}
+        """Requests we have running at each provider."""
+
+    # -- bookkeeping ------------------------------------------------------------
 
     def banned_until(self, peer_id: str) -> float:
         record = self._failures.get(peer_id)
         return record.banned_until if record else 0.0
 
-    def order(
-        self, candidates: list[PeerEntry], now: float, exclude: frozenset[str] = frozenset()
-    ) -> list[PeerEntry]:
-        """The candidates to try, best first; banned and excluded ones left out."""
-        usable = [
-            c
-            for c in candidates
-            if c.ad.peer_id not in exclude and self.banned_until(c.ad.peer_id) <= now
-        ]
-        self._rng.shuffle(usable)
-        # Fewer recent failures first; the shuffle breaks ties.
-        usable.sort(key=lambda c: self._failures[c.ad.peer_id].failures if c.ad.peer_id in self._failures else 0)
-        return usable
+    def failures(self, peer_id: str) -> int:
+        record = self._failures.get(peer_id)
+        return record.count if record else 0
 
     def failed(self, peer_id: str, now: float) -> float:
-        """Record a failure before the first byte; returns the ban's end."""
-        record = self._failures.get(peer_id) or _FailureRecord(0, 0.0)
-        record.failures += 1
-        ban = min(self._max_ban, self._base_ban * 2 ** (record.failures - 1))
-        record.banned_until = now + ban
+        """A failure before the first byte; returns when the ban ends."""
+        record = self._failures.get(peer_id) or _Failures(0, 0.0)
+        record.count += 1
+        record.banned_until = now + min(self._max_ban, self._base_ban * 2 ** (record.count - 1))
         self._failures[peer_id] = record
         return record.banned_until
 
     def succeeded(self, peer_id: str) -> None:
         self._failures.pop(peer_id, None)
+
+    def started(self, peer_id: str) -> None:
+        self.outstanding[peer_id] = self.outstanding.get(peer_id, 0) + 1
+
+    def finished(self, peer_id: str) -> None:
+        left = self.outstanding.get(peer_id, 0) - 1
+        if left > 0:
+            self.outstanding[peer_id] = left
+        else:
+            self.outstanding.pop(peer_id, None)
+
+    # -- scoring ----------------------------------------------------------------
+
+    def score(self, ad: CapabilityAd, request: RouteRequest, path: PathInfo, now: float) -> Candidate:
+        offer = next((m for m in ad.models if m.name == request.model), None)
+        peer = ad.peer_id
+        if offer is None:
+            return Candidate(peer, float("inf"), False, "does not serve the model")
+        load = offer.load
+        running = (load.running + load.waiting) if load else 0.0
+        busy = running + self.outstanding.get(peer, 0)
+        bench = offer.benchmark
+        concurrency = bench.concurrency if bench else 1
+        ttft = bench.ttft_p50_ms / 1000 if bench and bench.ttft_p50_ms > 0 else DEFAULT_TTFT
+        queue_factor = 1 + (load.waiting if load else 0.0) / max(1, concurrency)
+        parts = {
+            "rtt": path.rtt or 0.0,
+            "relay": self._relay_penalty if path.relayed else 0.0,
+            "ttft": ttft * queue_factor,
+            "generate": request.expected_tokens / max(1e-6, per_stream_rate(offer, busy + 1)),
+            "failures": FAILURE_PENALTY * self.failures(peer),
+        }
+        estimate = sum(parts.values())
+        if load and load.kv_cache_usage is not None and load.kv_cache_usage > KV_FULL:
+            estimate *= 1.5
+            parts["kv_full_factor"] = 1.5
+        reason = ""
+        if request.pinned_peer is not None and peer != request.pinned_peer:
+            reason = "not the pinned peer"
+        elif not region_matches(request.region, ad.region):
+            reason = f"region {ad.region or 'unset'} is not {request.region}"
+        elif self.banned_until(peer) > now:
+            reason = f"banned for {self.banned_until(peer) - now:.1f} s after {self.failures(peer)} failures"
+        return Candidate(peer, estimate, not reason, reason, parts)
+
+    def rank(
+        self,
+        ads: Sequence[CapabilityAd],
+        request: RouteRequest,
+        paths: Mapping[str, PathInfo],
+        now: float,
+    ) -> list[Candidate]:
+        """Every provider scored, eligible ones first, best first (``garage route``)."""
+        scored = [self.score(ad, request, paths.get(ad.peer_id, PathInfo()), now) for ad in ads]
+        return sorted(scored, key=lambda c: (not c.eligible, c.estimate, c.peer_id))
+
+    def choose(
+        self,
+        ads: Sequence[CapabilityAd],
+        request: RouteRequest,
+        paths: Mapping[str, PathInfo],
+        now: float,
+    ) -> list[Candidate]:
+        """The eligible providers in the order to try them."""
+        ranked = [c for c in self.rank(ads, request, paths, now) if c.eligible]
+        if len(ranked) < 2:
+            return ranked
+        a, b = self._rng.sample(ranked, 2)
+        first = b if b.estimate < a.estimate else a  # a tie goes to the random draw
+        return [first] + [c for c in ranked if c is not first]

@@ -5,6 +5,10 @@ fixed word per token, at a configurable delay per token, so benchmarks can
 see the mesh's own overhead without model time hiding it, and tests can
 build slow and fast providers at will. Real serving uses vLLM.
 
+``GET /metrics`` imitates vLLM's Prometheus gauges (same names, a ``model_name`` label)
+so load reporting can be exercised without vLLM: requests in progress count as running,
+nothing ever waits, and the "KV cache" fills at 1/32 per running request.
+
 Run: ``python -m garage_p2p.devtools.standin_backend --port 8101 --model tiny``
 """
 
@@ -25,13 +29,38 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 WORD = "tok"
+KV_SLOTS = 32
+"""Running requests that "fill" the imitated KV cache (vLLM's --max-num-seqs in our runs)."""
+
+
+def _label_value(text: str) -> str:
+    """``text`` escaped for a Prometheus label value."""
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def metrics_text(model: str, running: int) -> str:
+    """A /metrics page with vLLM's load gauges for ``running`` requests in progress."""
+    labels = f'{{engine="0",model_name="{_label_value(model)}"}}'
+    gauges = [
+        ("vllm:num_requests_running", "Number of requests in model execution batches.", float(running)),
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", 0.0),
+        ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", min(running / KV_SLOTS, 1.0)),
+    ]
+    lines: list[str] = []
+    for name, help_text, value in gauges:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name}{labels} {value!r}"]
+    return "\n".join(lines) + "\n"
 
 
 def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: float = 0.0) -> Starlette:
+    # Requests being answered right now (a stream counts until its last event is sent).
+    running = 0
+
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "standin", "max_model_len": 2048}]})
 
     async def complete(request: Request) -> Response:
+        nonlocal running
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -44,7 +73,11 @@ def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: 
         usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
         created = int(time.time())
         if not body.get("stream"):
-            await trio.sleep(first_token_delay + token_delay * n)
+            running += 1
+            try:
+                await trio.sleep(first_token_delay + token_delay * n)
+            finally:
+                running -= 1
             text = " ".join([WORD] * n)
             choice = {"index": 0, "finish_reason": "length"}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
@@ -53,24 +86,33 @@ def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events():
-            await trio.sleep(first_token_delay)
-            for i in range(n):
-                if token_delay:
-                    await trio.sleep(token_delay)
-                piece = WORD if i == 0 else " " + WORD
-                delta = {"index": 0, "finish_reason": "length" if i == n - 1 else None}
-                delta.update({"delta": {"content": piece}} if chat else {"text": piece})
-                chunk = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model, "choices": [delta]}
-                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-            if include_usage:
-                chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
-                yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
-            yield b"data: [DONE]\n\n"
+            nonlocal running
+            # Counted inside the generator so that the decrement always pairs with it.
+            running += 1
+            try:
+                await trio.sleep(first_token_delay)
+                for i in range(n):
+                    if token_delay:
+                        await trio.sleep(token_delay)
+                    piece = WORD if i == 0 else " " + WORD
+                    delta = {"index": 0, "finish_reason": "length" if i == n - 1 else None}
+                    delta.update({"delta": {"content": piece}} if chat else {"text": piece})
+                    chunk = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model, "choices": [delta]}
+                    yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                if include_usage:
+                    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
+                    yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
+                yield b"data: [DONE]\n\n"
+            finally:
+                running -= 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
     async def health(request: Request) -> Response:
         return Response(b"")
+
+    async def metrics(request: Request) -> Response:
+        return Response(metrics_text(model, running), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(
         routes=[
@@ -78,6 +120,7 @@ def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: 
             Route("/v1/chat/completions", complete, methods=["POST"]),
             Route("/v1/completions", complete, methods=["POST"]),
             Route("/health", health),
+            Route("/metrics", metrics),
         ]
     )
 

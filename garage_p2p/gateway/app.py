@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import trio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -24,11 +24,14 @@ from starlette.routing import Route
 
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.messages import ENDPOINT_PATHS, ErrorInfo, RequestHead, dumps, error_body, error_info
+from ..core.routing import DEFAULT_TOKENS, RouteRequest
+from .admin import AdminSource, admin_routes
 from .dispatch import Dispatcher, DispatchFailed
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
 class BadRequest(Exception):
@@ -93,20 +96,34 @@ def sse_error(info: ErrorInfo) -> bytes:
     return b"data: " + dumps(error_body(info)) + b"\n\n"
 
 
-def create_app(dispatcher: Dispatcher, *, peer_id: str, max_body_bytes: int, request_timeout: float) -> Starlette:
+def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRequest:
+    """The routing constraints a client may set: ``x-garage-region``, ``x-garage-peer``."""
+    region = request.headers.get("x-garage-region", "").strip().lower() or None
+    pinned = request.headers.get("x-garage-peer", "").strip() or None
+    if region is not None and not REGION.fullmatch(region):
+        raise _invalid(f"x-garage-region {region!r} is not a region such as 'se' or 'se-sto'", param="x-garage-region")
+    if pinned is not None and not (0 < len(pinned) <= 128 and pinned.isalnum()):
+        raise _invalid("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
+    tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    expected = tokens if isinstance(tokens, int) and 0 < tokens <= 1_000_000 else DEFAULT_TOKENS
+    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
+
+
+def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_body_bytes: int, request_timeout: float) -> Starlette:
     async def completions(request: Request) -> Response:
         path = request.url.path
         request_id = f"req-{uuid.uuid4().hex[:24]}"
         try:
             body = await read_json_body(request, max_body_bytes)
             model = validate_body(path, body)
+            route = route_request(request, model, body)
         except BadRequest as exc:
             return error_response(exc.info)
         except ClientDisconnect:
             return Response(status_code=499)
         head = RequestHead(request_id=request_id, path=path, body=body, timeout=request_timeout)
         try:
-            started = await dispatcher.start(head, model)
+            started = await dispatcher.start(head, route)
         except DispatchFailed as exc:
             return error_response(exc.info, {"x-request-id": request_id})
         exchange = started.exchange
@@ -170,4 +187,5 @@ def create_app(dispatcher: Dispatcher, *, peer_id: str, max_body_bytes: int, req
 
     routes = [Route(p, completions, methods=["POST"]) for p in ENDPOINT_PATHS]
     routes += [Route("/v1/models", list_models, methods=["GET"]), Route("/health", health, methods=["GET"])]
+    routes += admin_routes(admin, dispatcher)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})

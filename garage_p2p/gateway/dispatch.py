@@ -1,9 +1,11 @@
 """Send a request to the best provider, retrying elsewhere before the first byte.
 
-The table of who serves what is filled by gossip (never looked up on the
-request path). A provider that cannot be dialled, is busy or fails before
-any response byte is banned for a while (``ProviderSelector``) and the next
-one is tried, within the request's deadline and a bounded number of attempts.
+Routing reads the local peer table (filled by gossip and table syncs), never
+the network. Only when no peer is known to serve a model does the consumer
+ask the DHT, once, before answering 404. Providers that cannot be dialled,
+are busy, or fail before any response byte are banned for a while and the
+next one is tried, within the request's deadline and a bounded number of
+attempts (``core.routing.Router``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,15 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
 
-from ..core.capabilities import PeerTable
+from ..core.capabilities import CapabilityAd, PeerTable
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, head_frame
 from ..core.messages import PROTOCOL_OPENAI, ErrorInfo, RequestHead, error_info
-from ..core.routing import ProviderSelector
+from ..core.routing import Candidate, PathInfo, RouteRequest, Router
 from ..mesh.host import DialError, Mesh
 from ..provider.service import ProviderService
 from .exchange import FrameExchange, stream_exchange
@@ -54,78 +57,111 @@ class Dispatcher:
         local: ProviderService | None,
         nursery: trio.Nursery,
         rng: random.Random,
+        *,
+        own_ad: Callable[[], CapabilityAd],
+        path: Callable[[str], PathInfo] = lambda peer_id: PathInfo(),
+        lookup: Callable[[str], Awaitable[int]] | None = None,
     ) -> None:
         self.mesh = mesh
         self.table = table
         self.local = local
-        self.selector = ProviderSelector(rng)
+        self.router = Router(rng)
         self._nursery = nursery
+        self._own_ad = own_ad
+        self._path = path
+        self._lookup = lookup
+
+    def provider_ads(self, model: str | None = None) -> list[CapabilityAd]:
+        """Ads of the providers of ``model`` (every peer if None), ourselves included."""
+        now = time.time()
+        entries = self.table.entries(now) if model is None else self.table.providers(model, now)
+        ads = [e.ad for e in entries]
+        own = self._own_ad()
+        if model is None or any(m.name == model for m in own.models):
+            ads.insert(0, own)
+        return ads
 
     def known_models(self) -> dict[str, list[str]]:
         """Model → peers serving it, ourselves included."""
-        models = self.table.models(time.time())
-        if self.local is not None:
-            for name, backend in self.local.backends.items():
-                if backend.healthy:
-                    models.setdefault(name, []).insert(0, self.mesh.peer_id)
+        models: dict[str, list[str]] = {}
+        for ad in self.provider_ads():
+            for offer in ad.models:
+                models.setdefault(offer.name, []).append(ad.peer_id)
         return models
 
-    def _candidates(self, model: str) -> list[tuple[str, tuple[str, ...]]]:
-        now = time.time()
-        ordered = [(e.ad.peer_id, e.ad.addrs) for e in self.selector.order(self.table.providers(model, now), now)]
-        if self.local is not None and self.local.serves(model):
-            # Our own backend first: no network hop at all.
-            ordered.insert(0, (self.mesh.peer_id, ()))
-        return ordered
+    def paths(self, ads: list[CapabilityAd]) -> dict[str, PathInfo]:
+        own = self.mesh.peer_id
+        return {ad.peer_id: PathInfo(rtt=0.0) if ad.peer_id == own else self._path(ad.peer_id) for ad in ads}
 
-    async def start(self, head: RequestHead, model: str) -> Started:
+    def explain(self, request: RouteRequest) -> list[Candidate]:
+        """Every provider of the model with its score (``garage route``)."""
+        ads = self.provider_ads(request.model)
+        return self.router.rank(ads, request, self.paths(ads), time.time())
+
+    async def start(self, head: RequestHead, request: RouteRequest) -> Started:
         """Find a provider that starts answering; DispatchFailed if none does."""
         deadline = trio.current_time() + head.timeout
-        candidates = self._candidates(model)
+        ads = self.provider_ads(request.model)
+        if not ads and self._lookup is not None:
+            await self._lookup(request.model)
+            ads = self.provider_ads(request.model)
+        if not ads:
+            raise DispatchFailed(error_info(404, f"no peer in the mesh serves the model {request.model!r}", type="invalid_request_error", param="model", code="model_not_found"))
+        candidates = self.router.choose(ads, request, self.paths(ads), time.time())
         if not candidates:
-            if model in self.table.models(time.time()):
-                raise DispatchFailed(error_info(503, f"every provider of {model!r} failed recently; try again shortly", type="server_error", code="no_provider_available"))
-            raise DispatchFailed(error_info(404, f"no peer in the mesh serves the model {model!r}", type="invalid_request_error", param="model", code="model_not_found"))
+            raise DispatchFailed(self._none_eligible(ads, request))
         busy: list[ErrorInfo] = []
         last: ErrorInfo | None = None
-        for peer_id, addrs in candidates[:MAX_ATTEMPTS]:
+        for candidate in candidates[:MAX_ATTEMPTS]:
+            peer_id = candidate.peer_id
             if trio.current_time() >= deadline:
                 break
+            addrs = next((ad.addrs for ad in ads if ad.peer_id == peer_id), ())
             try:
                 exchange = await self._open(peer_id, addrs, head, deadline)
             except DialError as exc:
                 log.info("provider %s unreachable: %s", peer_id, exc)
-                self.selector.failed(peer_id, time.time())
+                self.router.failed(peer_id, time.time())
                 last = error_info(503, f"provider unreachable: {exc}", type="server_error", code="provider_unreachable")
                 continue
+            self.router.started(peer_id)
             first = await exchange.next_event()
             if isinstance(first, ResponseFailed):
                 await exchange.aclose()
                 if not first.info.retryable:
                     raise DispatchFailed(first.info)
                 log.info("provider %s failed before answering: %s", peer_id, first.info.error.message)
-                self.selector.failed(peer_id, time.time())
+                self.router.failed(peer_id, time.time())
                 if first.info.status == 429:
                     busy.append(first.info)
                 last = first.info
                 continue
-            self.selector.succeeded(peer_id)
+            self.router.succeeded(peer_id)
             return Started(exchange, first)
         if trio.current_time() >= deadline:
             raise DispatchFailed(error_info(504, f"no provider answered within {head.timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
         if busy:
             raise DispatchFailed(error_info(429, "every provider of this model is busy", type="rate_limit_error", code="providers_busy", retry_after=min(b.retry_after or 1.0 for b in busy)))
         detail = f" (last: {last.error.message})" if last else ""
-        raise DispatchFailed(error_info(503, f"no provider of {model!r} could be reached{detail}", type="server_error", code="no_provider_available"))
+        raise DispatchFailed(error_info(503, f"no provider of {request.model!r} could be reached{detail}", type="server_error", code="no_provider_available"))
+
+    def _none_eligible(self, ads: list[CapabilityAd], request: RouteRequest) -> ErrorInfo:
+        if request.pinned_peer is not None and all(ad.peer_id != request.pinned_peer for ad in ads):
+            return error_info(503, f"peer {request.pinned_peer} does not serve {request.model!r} (x-garage-peer)", type="server_error", code="pinned_peer_unavailable")
+        if request.region is not None:
+            regions = sorted({ad.region or "unset" for ad in ads})
+            return error_info(503, f"no provider of {request.model!r} in region {request.region!r} (x-garage-region); providers are in: {', '.join(regions)}", type="server_error", code="no_provider_in_region")
+        return error_info(503, f"every provider of {request.model!r} failed recently; try again shortly", type="server_error", code="no_provider_available")
 
     async def _open(self, peer_id: str, addrs: tuple[str, ...], head: RequestHead, deadline: float) -> FrameExchange:
+        on_close = self.router.finished
         if peer_id == self.mesh.peer_id:
-            return self._open_local(head, deadline)
+            return self._open_local(head, deadline, on_close)
         timeout = max(0.1, min(DIAL_TIMEOUT, deadline - trio.current_time()))
         stream = await self.mesh.open_stream_lazy(peer_id, addrs, PROTOCOL_OPENAI, head_frame(head), timeout)
-        return stream_exchange(peer_id, stream, deadline, head.timeout)
+        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close)
 
-    def _open_local(self, head: RequestHead, deadline: float) -> FrameExchange:
+    def _open_local(self, head: RequestHead, deadline: float, on_close: Callable[[str], None]) -> FrameExchange:
         """Serve from our own backend through the same frames, in a task."""
         assert self.local is not None
         frames_send, frames_receive = trio.open_memory_channel[bytes](16)
@@ -152,5 +188,4 @@ class Dispatcher:
             scope.cancel()
             await frames_receive.aclose()
 
-        return FrameExchange(self.mesh.peer_id, receive, close, deadline, head.timeout)
-
+        return FrameExchange(self.mesh.peer_id, receive, close, deadline, head.timeout, on_close)

@@ -30,8 +30,10 @@ class FrameExchange:
     remote provider, or a memory channel for our own.
     """
 
-    def __init__(self, provider: str, receive, close, deadline: float, timeout: float) -> None:
+    def __init__(self, provider: str, receive, close, deadline: float, timeout: float, on_close=None) -> None:
         self.provider = provider
+        self._on_close = on_close
+        self._closed = False
         self._receive = receive
         self._close = close
         self._deadline = deadline
@@ -74,12 +76,19 @@ class FrameExchange:
         return self._pending.pop(0)
 
     async def aclose(self) -> None:
-        await self._close(not self._reader.finished)
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._close(not self._reader.finished)
+        finally:
+            if self._on_close is not None:
+                self._on_close(self.provider)
 
 
-def stream_exchange(provider: str, stream: NegotiatingStream, deadline: float, timeout: float) -> FrameExchange:
+def stream_exchange(provider: str, stream: NegotiatingStream, deadline: float, timeout: float, on_close=None) -> FrameExchange:
     async def close(unfinished: bool) -> None:
         # An unfinished exchange is reset so the provider stops generating.
         await stream.close(reset=unfinished)
 
-    return FrameExchange(provider, stream.read_some, close, deadline, timeout)
+    return FrameExchange(provider, stream.read_some, close, deadline, timeout, on_close)

@@ -9,7 +9,17 @@ from collections.abc import Callable
 import trio
 from libp2p.peer.id import ID
 
-from ..core.capabilities import TOPIC_CAPS, AdRejected, ModelOffer, PeerTable, make_ad, open_ad, sign_ad
+from ..core.capabilities import (
+    TOPIC_CAPS,
+    AdRejected,
+    CapabilityAd,
+    Hardware,
+    ModelOffer,
+    PeerTable,
+    make_ad,
+    open_ad,
+    sign_ad,
+)
 from ..core.errors import PeerFault
 from .host import Mesh
 
@@ -28,7 +38,11 @@ class CapsService:
         version: str,
         interval: float = 5.0,
         ttl: float = 20.0,
+        hardware: Hardware = Hardware(),
+        region: str | None = None,
     ) -> None:
+        self.hardware = hardware
+        self.region = region
         self.mesh = mesh
         self.table = table
         self.offers = offers
@@ -37,6 +51,8 @@ class CapsService:
         self.ttl = ttl
         self.rejected: dict[str, int] = {}
         """Ads refused per forwarding peer (bad signature, forged id, malformed)."""
+        self.on_ad: Callable[[CapabilityAd], None] | None = None
+        """Called with every ad the table accepts (the known-peers store listens)."""
         self.withdrawn = False
         """While True our ads offer no models (draining or shutting down)."""
         self._last_seq = 0
@@ -48,17 +64,23 @@ class CapsService:
         self._last_seq = max(self._last_seq + 1, int(time.time() * 1000))
         return self._last_seq
 
-    def current_ad(self) -> bytes:
-        ad = make_ad(
+    def build_ad(self, seq: int = 0) -> CapabilityAd:
+        """Our ad as it stands (unsigned; seq 0 unless given)."""
+        return make_ad(
             self.mesh.identity,
-            seq=self._next_seq(),
+            seq=seq,
             now=time.time(),
             ttl=self.ttl,
             addrs=tuple(self.mesh.addrs()),
             models=() if self.withdrawn else self.offers(),
             version=self.version,
+            hardware=self.hardware,
+            region=self.region,
         )
-        return sign_ad(self.mesh.identity, ad)
+
+    def current_ad(self) -> bytes:
+        """Our ad, signed, with a fresh seq."""
+        return sign_ad(self.mesh.identity, self.build_ad(self._next_seq()))
 
     def republish_soon(self) -> None:
         """Publish at once instead of waiting for the next interval (models changed)."""
@@ -92,7 +114,9 @@ class CapsService:
             message = await subscription.get()
             try:
                 ad = open_ad(message.data, time.time())
-                entry = self.table.apply(ad, time.time())
+                entry = self.table.apply(ad, time.time(), message.data)
+                if self.on_ad is not None:
+                    self.on_ad(ad)
                 log.debug("ad from %s seq %d: %s", ad.peer_id, ad.seq, [m.name for m in entry.ad.models])
             except AdRejected:
                 continue

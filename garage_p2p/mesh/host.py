@@ -16,6 +16,7 @@ import trio
 from multiaddr.utils import get_network_addrs
 from libp2p import new_host
 from libp2p.crypto.keys import KeyPair
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
@@ -133,7 +134,7 @@ class Mesh:
             raise DialError(f"opening a stream to {peer_id} timed out") from None
         except Exception as exc:  # the library raises many types for dead connections
             raise DialError(f"cannot open {protocol} to {peer_id}: {exc}") from None
-        return NegotiatingStream(stream, protocol)
+        return NegotiatingStream(stream, protocol, timeout)
 
 
 async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
@@ -156,11 +157,43 @@ async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
         await trio.sleep(BOOTSTRAP_RETRY)
 
 
+async def _connect_mdns_finds(mesh: Mesh) -> None:
+    """Dial the peers mDNS finds on the LAN (the library only notes them)."""
+    found_send, found = trio.open_memory_channel[PeerInfo](64)
+    token = trio.lowlevel.current_trio_token()
+
+    def on_found(info: PeerInfo) -> None:  # runs in zeroconf's thread
+        try:
+            trio.from_thread.run_sync(found_send.send_nowait, info, trio_token=token)
+        except (trio.WouldBlock, trio.RunFinishedError, trio.ClosedResourceError):
+            pass
+
+    peerDiscovery.register_peer_discovered_handler(on_found)
+    try:
+        async with trio.open_nursery() as nursery:
+            async for info in found:
+                if str(info.peer_id) == mesh.peer_id:
+                    continue
+
+                async def dial(info: PeerInfo = info) -> None:
+                    try:
+                        await mesh.connect(str(info.peer_id), [str(a) for a in info.addrs])
+                        log.info("connected to %s found by mDNS", info.peer_id)
+                    except DialError as exc:
+                        log.debug("mDNS peer unreachable: %s", exc)
+
+                nursery.start_soon(dial)
+    finally:
+        peerDiscovery.unregister_peer_discovered_handler(on_found)
+
+
 @asynccontextmanager
 async def open_mesh(
     identity: Identity,
     listen: Sequence[str],
     bootstrap: Sequence[str] = (),
+    *,
+    mdns: bool = False,
 ) -> AsyncIterator[Mesh]:
     """Run a libp2p host with gossipsub until the context exits."""
     apply_library_patches()
@@ -169,6 +202,7 @@ async def open_mesh(
         key_pair=libp2p_key_pair(identity),
         muxer_preference="YAMUX",
         listen_addrs=listen_addrs,
+        enable_mDNS=mdns,
         # Keep the connection manager's marks consistent (PLATFORM.md).
         connection_config=ConnectionConfig(
             min_connections=8, low_watermark=32, high_watermark=192, max_connections=256
@@ -196,6 +230,8 @@ async def open_mesh(
         async with trio.open_nursery() as nursery:
             if bootstrap:
                 nursery.start_soon(_keep_bootstrap, mesh, list(bootstrap))
+            if mdns:
+                nursery.start_soon(_connect_mdns_finds, mesh)
             try:
                 yield mesh
             finally:

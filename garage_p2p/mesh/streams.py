@@ -58,13 +58,23 @@ class NegotiatingStream:
     strips them, raising PeerFault (ProtocolRefused) if they are wrong.
     """
 
-    def __init__(self, stream, protocol: str) -> None:
+    def __init__(self, stream, protocol: str, negotiate_timeout: float = 5.0) -> None:
         self.stream = stream
         self._select = LazySelectReader(protocol)
+        self._negotiate_timeout = negotiate_timeout
 
     async def read_some(self) -> bytes:
         while True:
-            data = await read_some(self.stream)
+            if self._select.done:
+                data = await read_some(self.stream)
+            else:
+                # The listener echoes at once, whatever the request: silence
+                # means a dead connection that no one has noticed yet.
+                data = None
+                with trio.move_on_after(self._negotiate_timeout):
+                    data = await read_some(self.stream)
+                if data is None:
+                    raise StreamBroken(f"no protocol answer within {self._negotiate_timeout:.0f} s")
             if not data:
                 if not self._select.done:
                     raise StreamBroken("stream closed during protocol negotiation")

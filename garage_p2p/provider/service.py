@@ -52,6 +52,8 @@ class ProviderService:
         self.coalesce_delay = coalesce_delay
         self.coalesce_bytes = coalesce_bytes
         self.in_flight = 0
+        self.in_flight_by_model: dict[str, int] = {}
+        """Requests being served per model (advertised as live load)."""
         self.draining = False
         self.faults: dict[str, int] = {}
         """Protocol violations per consumer peer (penalties act on these)."""
@@ -127,6 +129,7 @@ class ProviderService:
             await send(error_frame(error_info(429, "provider is at its concurrency limit", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=1.0)))
             return
         self.in_flight += 1
+        self.in_flight_by_model[backend.name] = self.in_flight_by_model.get(backend.name, 0) + 1
         self._idle = trio.Event() if self.in_flight == 1 else self._idle
         try:
             with trio.move_on_after(head.timeout) as scope:
@@ -136,6 +139,7 @@ class ProviderService:
             await send(frame)
         finally:
             self.in_flight -= 1
+            self.in_flight_by_model[backend.name] -= 1
             if self.in_flight == 0:
                 self._idle.set()
 

@@ -1,0 +1,76 @@
+"""``garage status``, ``garage peers``, ``garage models``, ``garage route``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .client import ApiOption, JsonOption, get, print_json, print_table
+from .common import HomeOption
+
+
+def _short(peer_id: str) -> str:
+    return peer_id[:8] + "…" + peer_id[-6:]
+
+
+def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
+    """This peer: id, addresses, reachability, connections, DHT, models, backends."""
+    data = get(api, home, "/garage/v1/status")
+    if json_output:
+        return print_json(data)
+    typer.echo(f"peer        {data['peer_id']}")
+    typer.echo(f"api         {data['api_url']}")
+    for addr in data["addrs"]:
+        typer.echo(f"listening   {addr}")
+    typer.echo(f"reachability {data['reachability']}   region {data['region'] or '-'}   hardware {data['hardware']}")
+    typer.echo(f"connections {data['connections']}   known peers {data['known_peers']}   DHT {data['dht_mode']} ({data['dht_table_size']} in table)")
+    typer.echo(f"in flight   {data['in_flight']}{'   DRAINING' if data['draining'] else ''}")
+    for backend in data["backends"]:
+        state = "healthy" if backend["healthy"] else "DOWN"
+        typer.echo(f"backend     {backend['model']} → {backend['url']} ({state})")
+
+
+def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
+    """Peers this peer knows: connection, RTT, models, GPU, load, last seen."""
+    data = get(api, home, "/garage/v1/peers")["peers"]
+    if json_output:
+        return print_json(data)
+    rows = []
+    for p in data:
+        load = ", ".join(f"{m}:{int(v['running'] + v['waiting'])}+{v['in_flight']}" for m, v in p["load"].items())
+        rtt = None if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms"
+        rows.append([_short(p["peer_id"]), p["connection"], rtt, ",".join(p["models"]) or None, p["hardware"], load or None, p["region"], f"{p['last_seen_s']:.0f}s ago"])
+    print_table(["PEER", "CONN", "RTT", "MODELS", "HARDWARE", "LOAD", "REGION", "SEEN"], rows)
+
+
+def models(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
+    """Models in the mesh: providers and their total benchmarked capacity."""
+    data = get(api, home, "/garage/v1/models")["models"]
+    if json_output:
+        return print_json(data)
+    rows = [[m["model"], len(m["providers"]), f"{m['aggregate_tps']:.0f} tok/s" if m["aggregate_tps"] else None, int(m["running"]), m["context_length"]] for m in data]
+    print_table(["MODEL", "PROVIDERS", "CAPACITY", "RUNNING", "CONTEXT"], rows)
+
+
+def route(
+    model: str = typer.Argument(..., help="The model to route."),
+    tokens: int = typer.Option(256, "--tokens", help="Expected output tokens."),
+    region: str | None = typer.Option(None, "--region", help="As the x-garage-region header."),
+    peer: str | None = typer.Option(None, "--peer", help="As the x-garage-peer header."),
+    home: Path | None = HomeOption,
+    api: str | None = ApiOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """How this peer would route a request: every provider with its score."""
+    data = get(api, home, "/garage/v1/route", {"model": model, "tokens": tokens, "region": region or "", "peer": peer or ""})
+    if json_output:
+        return print_json(data)
+    rows = []
+    for c in data["candidates"]:
+        parts = " ".join(f"{k}={v:.3f}" for k, v in c["parts"].items() if v)
+        rows.append([_short(c["peer_id"]), f"{c['estimate_s']:.3f} s", "yes" if c["eligible"] else f"no: {c['reason']}", parts])
+    if not rows:
+        typer.echo(f"no provider of {model} is known")
+        return
+    print_table(["PROVIDER", "ESTIMATE", "ELIGIBLE", "TERMS"], rows)

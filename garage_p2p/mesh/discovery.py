@@ -1,0 +1,251 @@
+"""Finding peers and providers: Kademlia DHT, table sync on connect, mDNS.
+
+- Kademlia (py-libp2p ``KadDHT``) under our own protocol prefix
+  (``/garage/kad/1.0.0``), so the mesh's records stay out of the IPFS DHT.
+  Server mode holds records; client mode (peers behind NAT) only queries.
+  The library neither adds inbound peers to its routing table nor refreshes
+  it often (600 s), so both are done here.
+- Every served model has a provider record under ``/garage/model/<name>``;
+  a consumer with no ad for a model asks the DHT before answering 404.
+- ``/garage/caps/1.0.0``: on every new connection both sides fetch the
+  other's table of signed ads, so a joining peer knows the mesh at once
+  instead of after a gossip round. Each ad is verified like a gossiped one.
+- mDNS (LAN): discovered peers are dialled, not only noted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
+from libp2p.tools.anyio_service import background_trio_service
+
+from ..core.capabilities import MAX_AD_BYTES, AdRejected, PeerTable, open_ad
+from ..core.errors import PeerFault
+from ..core.wire import FrameDecoder, FrameType, encode_frame
+from .host import DialError, Mesh
+from .streams import StreamBroken, close_quietly, read_some, write_all
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_CAPS = "/garage/caps/1.0.0"
+DHT_PREFIX = "/garage"
+MAX_TABLE_ADS = 2000
+TABLE_FETCH_TIMEOUT = 5.0
+REFRESH_INTERVAL = 30.0
+REPROVIDE_INTERVAL = 300.0
+LOOKUP_TIMEOUT = 5.0
+
+
+def model_key(model: str) -> str:
+    """The DHT key of a model's provider records: a sha2-256 multihash, hex."""
+    digest = hashlib.sha256(f"/garage/model/{model}".encode()).digest()
+    return (bytes([0x12, 0x20]) + digest).hex()
+
+
+class _ConnectionWatch:
+    """libp2p notifee that hands every new connection's peer to a channel."""
+
+    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
+        self._send = send
+
+    async def connected(self, network, conn) -> None:
+        try:
+            self._send.send_nowait(str(conn.muxed_conn.peer_id))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # a burst of connections: the periodic sweep catches up
+
+    async def disconnected(self, network, conn) -> None:
+        pass
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def listen(self, network, maddr) -> None:
+        pass
+
+    async def listen_close(self, network, maddr) -> None:
+        pass
+
+
+class Discovery:
+    def __init__(
+        self,
+        mesh: Mesh,
+        table: PeerTable,
+        own_ad: Callable[[], bytes],
+        served_models: Callable[[], Sequence[str]],
+        *,
+        dht_mode: str = "server",
+        on_peer_addrs: Callable[[str, Sequence[str]], None] | None = None,
+    ) -> None:
+        self.mesh = mesh
+        self.table = table
+        self.own_ad = own_ad
+        self.served_models = served_models
+        self.dht = KadDHT(
+            mesh.host,
+            DHTMode.SERVER if dht_mode == "server" else DHTMode.CLIENT,
+            protocol_prefix=DHT_PREFIX,
+            # Loopback and LAN meshes share one subnet; the diversity cap would
+            # refuse them all. Eclipse resistance comes from signed ads instead.
+            max_peers_per_subnet=0,
+        )
+        self.on_peer_addrs = on_peer_addrs
+        self.rejected: dict[str, int] = {}
+        """Bad ads per peer that served its table to us."""
+        self._provided: set[str] = set()
+
+    @property
+    def dht_mode(self) -> str:
+        return "server" if self.dht.mode == DHTMode.SERVER else "client"
+
+    async def set_dht_mode(self, mode: str) -> None:
+        await self.dht.switch_mode(DHTMode.SERVER if mode == "server" else DHTMode.CLIENT)
+
+    # -- the ad table protocol -----------------------------------------------
+
+    async def handle_table_request(self, stream) -> None:
+        """Serve our ad and every live ad we hold."""
+        now = time.time()
+        ads = [self.own_ad()] + [e.wire for e in self.table.entries(now) if e.wire][: MAX_TABLE_ADS - 1]
+        try:
+            with trio.move_on_after(TABLE_FETCH_TIMEOUT):
+                await write_all(stream, b"".join(encode_frame(FrameType.DATA, ad) for ad in ads))
+        except StreamBroken:
+            pass
+        await close_quietly(stream)
+
+    async def fetch_table(self, peer_id: str, addrs: Sequence[str] = ()) -> int:
+        """Fetch and apply a peer's ads; returns how many were new."""
+        applied = 0
+        decoder = FrameDecoder({FrameType.DATA: MAX_AD_BYTES})
+        received = 0
+        try:
+            stream = await self.mesh.open_stream(peer_id, addrs, PROTOCOL_CAPS, TABLE_FETCH_TIMEOUT)
+        except DialError as exc:
+            log.debug("table fetch from %s failed: %s", peer_id, exc)
+            return 0
+        try:
+            with trio.move_on_after(TABLE_FETCH_TIMEOUT):
+                while data := await read_some(stream):
+                    for frame in decoder.feed(data):
+                        received += 1
+                        if received > MAX_TABLE_ADS:
+                            raise PeerFault("too many ads in a table")
+                        applied += self._apply(frame.payload, peer_id)
+        except PeerFault as exc:
+            self._penalise(peer_id, str(exc))
+        except StreamBroken:
+            pass
+        finally:
+            await close_quietly(stream)
+        return applied
+
+    def _apply(self, wire: bytes, source: str) -> int:
+        try:
+            ad = open_ad(wire, time.time())
+            self.table.apply(ad, time.time(), wire)
+        except AdRejected:
+            return 0
+        except PeerFault as exc:
+            self._penalise(source, str(exc))
+            return 0
+        if self.on_peer_addrs is not None:
+            self.on_peer_addrs(ad.peer_id, ad.addrs)
+        return 1
+
+    def _penalise(self, peer_id: str, reason: str) -> None:
+        self.rejected[peer_id] = self.rejected.get(peer_id, 0) + 1
+        log.warning("bad ad table from %s: %s", peer_id, reason)
+
+    # -- DHT --------------------------------------------------------------------
+
+    async def lookup(self, model: str, limit: int = 5) -> int:
+        """Ask the DHT who serves ``model`` and fetch their ads; returns ads learned."""
+        infos: list[PeerInfo] = []
+        with trio.move_on_after(LOOKUP_TIMEOUT):
+            try:
+                infos = await self.dht.find_providers(model_key(model), count=limit)
+            except Exception as exc:  # the library raises assorted errors on an empty table
+                log.debug("DHT lookup for %s failed: %s", model, exc)
+        learned = 0
+        own = self.mesh.peer_id
+        async with trio.open_nursery() as nursery:
+            for info in infos[:limit]:
+                if str(info.peer_id) == own:
+                    continue
+
+                async def fetch(info: PeerInfo = info) -> None:
+                    nonlocal learned
+                    learned += await self.fetch_table(str(info.peer_id), [str(a) for a in info.addrs])
+
+                nursery.start_soon(fetch)
+        log.info("DHT lookup for %s: %d providers, %d new ads", model, len(infos), learned)
+        return learned
+
+    async def provide(self) -> None:
+        """(Re)announce provider records for every model we serve."""
+        if self.dht.mode != DHTMode.SERVER and not self.dht.routing_table.get_peer_ids():
+            return
+        for model in self.served_models():
+            try:
+                with trio.move_on_after(10):
+                    await self.dht.provide(model_key(model))
+                    self._provided.add(model)
+            except Exception as exc:
+                log.debug("providing %s failed: %s", model, exc)
+
+    # -- running ---------------------------------------------------------------
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.mesh.host.set_stream_handler(PROTOCOL_CAPS, self.handle_table_request)
+        new_peers_send, new_peers = trio.open_memory_channel[str](256)
+        self.mesh.host.get_network().register_notifee(_ConnectionWatch(new_peers_send))
+        async with background_trio_service(self.dht), trio.open_nursery() as nursery:
+            nursery.start_soon(self._on_connections, new_peers)
+            nursery.start_soon(self._maintain)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _on_connections(self, new_peers: trio.MemoryReceiveChannel[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            async for peer_id in new_peers:
+                nursery.start_soon(self._greet, peer_id)
+
+    async def _greet(self, peer_id: str) -> None:
+        """A new connection: learn its table, and add it to the DHT table once identify ran."""
+        await self.fetch_table(peer_id)
+        await self._add_to_dht(peer_id)
+
+    async def _add_to_dht(self, peer_id: str) -> None:
+        try:
+            await self.dht.add_peer(ID.from_base58(peer_id))
+        except Exception as exc:  # a peer that does not run the DHT, or is gone already
+            log.debug("not adding %s to the DHT table: %s", peer_id, exc)
+
+    async def _maintain(self) -> None:
+        last_provide = -REPROVIDE_INTERVAL
+        while True:
+            for peer_id in self.mesh.connected_peers():
+                await self._add_to_dht(peer_id)
+            with trio.move_on_after(20):
+                try:
+                    await self.dht.refresh_routing_table()
+                except Exception as exc:
+                    log.debug("DHT refresh failed: %s", exc)
+            served = set(self.served_models())
+            if trio.current_time() - last_provide >= REPROVIDE_INTERVAL or not served <= self._provided:
+                await self.provide()
+                last_provide = trio.current_time()
+            await trio.sleep(REFRESH_INTERVAL if served <= self._provided else 2.0)
+
