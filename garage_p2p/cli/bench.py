@@ -89,7 +89,10 @@ def bench(
     if not backends:
         fail("no backend to benchmark: pass --backend NAME=URL or configure backends for the peer")
     target_home = resolve_home(home)
-    results, errors = trio.run(_measure, backends, concurrency, max_tokens, target_home)
+    try:
+        results, errors = trio.run(_measure, backends, concurrency, max_tokens, target_home)
+    except KeyboardInterrupt:
+        fail("interrupted; results measured so far are saved", 130)
     if results:
         if json_output:
             typer.echo(json.dumps({name: b.model_dump(mode="json") for name, b in results.items()}, indent=2))

@@ -30,8 +30,9 @@ def setup_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    # The library logs expected network churn at WARNING; keep its noise down.
-    logging.getLogger("libp2p").setLevel(logging.ERROR)
+    # The library logs expected network churn (a peer went away mid-dial) even
+    # at ERROR; our own modules report what matters. DEBUG shows it all.
+    logging.getLogger("libp2p").setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL)
     logging.getLogger("multiaddr").setLevel(logging.ERROR)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("hypercorn.error").setLevel(logging.WARNING)

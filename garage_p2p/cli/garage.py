@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import identity, mesh_views
+from . import bench, identity, mesh_views
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.")
 app.command("init")(identity.init)
@@ -12,6 +12,7 @@ app.command("status")(mesh_views.status)
 app.command("peers")(mesh_views.peers)
 app.command("models")(mesh_views.models)
 app.command("route")(mesh_views.route)
+app.command("bench")(bench.bench)
 
 
 @app.callback()

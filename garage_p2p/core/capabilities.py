@@ -233,6 +233,10 @@ class PeerTable:
         self._entries[ad.peer_id] = entry
         return entry
 
+    def forget(self, peer_id: str) -> None:
+        """Drop a peer's ad now (its seq stays remembered against replays)."""
+        self._entries.pop(peer_id, None)
+
     def expire(self, now: float) -> list[str]:
         """Drop expired entries; return their peer ids."""
         gone = [pid for pid, e in self._entries.items() if e.expires_at <= now]

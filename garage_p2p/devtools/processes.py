@@ -33,6 +33,8 @@ class PeerProcess:
 
     home: Path
     args: list[str]
+    prefix: list[str] = field(default_factory=list)
+    """Runs before the command, e.g. ``ip netns exec NAME`` (which execs: same pid)."""
     log_path: Path = field(init=False)
     process: subprocess.Popen | None = None
     info: dict = field(default_factory=dict)
@@ -54,6 +56,10 @@ class PeerProcess:
         """Its first loopback multiaddr (with /p2p/), for others to bootstrap from."""
         return next(a for a in self.info["addrs"] if "/127.0.0.1/" in a)
 
+    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a Python module where this peer runs (its namespace, if any)."""
+        return subprocess.run([*self.prefix, sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+
     def start(self) -> PeerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         run_file = self.home / "run" / "peer.json"
@@ -61,7 +67,7 @@ class PeerProcess:
         log = open(self.log_path, "ab")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "garage_p2p.cli.peer", "--home", str(self.home), *self.args],
+            [*self.prefix, sys.executable, "-m", "garage_p2p.cli.peer", "--home", str(self.home), *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

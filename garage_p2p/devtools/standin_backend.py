@@ -7,7 +7,8 @@ build slow and fast providers at will. Real serving uses vLLM.
 
 ``GET /metrics`` imitates vLLM's Prometheus gauges (same names, a ``model_name`` label)
 so load reporting can be exercised without vLLM: requests in progress count as running,
-nothing ever waits, and the "KV cache" fills at 1/32 per running request.
+and the "KV cache" fills at 1/32 per running request. With ``max_running`` it imitates a
+GPU's batch limit: further requests wait (and count as waiting) for a free slot.
 
 Run: ``python -m garage_p2p.devtools.standin_backend --port 8101 --model tiny``
 """
@@ -19,6 +20,7 @@ import logging
 import json
 import time
 import uuid
+from contextlib import asynccontextmanager
 
 import trio
 from hypercorn.config import Config
@@ -38,12 +40,12 @@ def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_text(model: str, running: int) -> str:
-    """A /metrics page with vLLM's load gauges for ``running`` requests in progress."""
+def metrics_text(model: str, running: int, waiting: int = 0) -> str:
+    """A /metrics page with vLLM's load gauges."""
     labels = f'{{engine="0",model_name="{_label_value(model)}"}}'
     gauges = [
         ("vllm:num_requests_running", "Number of requests in model execution batches.", float(running)),
-        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", 0.0),
+        ("vllm:num_requests_waiting", "Number of requests waiting to be processed.", float(waiting)),
         ("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.", min(running / KV_SLOTS, 1.0)),
     ]
     lines: list[str] = []
@@ -52,9 +54,31 @@ def metrics_text(model: str, running: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: float = 0.0) -> Starlette:
-    # Requests being answered right now (a stream counts until its last event is sent).
+def create_standin_app(
+    model: str, token_delay: float = 0.0, first_token_delay: float = 0.0, max_running: int | None = None
+) -> Starlette:
+    # Requests being answered right now (a stream counts until its last event is sent),
+    # and those queued for a slot when max_running is set.
     running = 0
+    waiting = 0
+    slots = trio.Semaphore(max_running) if max_running else None
+
+    @asynccontextmanager
+    async def slot():
+        nonlocal running, waiting
+        if slots is not None:
+            waiting += 1
+            try:
+                await slots.acquire()
+            finally:
+                waiting -= 1
+        running += 1
+        try:
+            yield
+        finally:
+            running -= 1
+            if slots is not None:
+                slots.release()
 
     async def models(request: Request) -> Response:
         return JSONResponse({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "standin", "max_model_len": 2048}]})
@@ -73,11 +97,8 @@ def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: 
         usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
         created = int(time.time())
         if not body.get("stream"):
-            running += 1
-            try:
+            async with slot():
                 await trio.sleep(first_token_delay + token_delay * n)
-            finally:
-                running -= 1
             text = " ".join([WORD] * n)
             choice = {"index": 0, "finish_reason": "length"}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
@@ -86,10 +107,8 @@ def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
         async def events():
-            nonlocal running
-            # Counted inside the generator so that the decrement always pairs with it.
-            running += 1
-            try:
+            # Counted inside the generator so that the release always pairs with it.
+            async with slot():
                 await trio.sleep(first_token_delay)
                 for i in range(n):
                     if token_delay:
@@ -103,8 +122,6 @@ def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: 
                     chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
-            finally:
-                running -= 1
 
         return StreamingResponse(events(), media_type="text/event-stream")
 
@@ -112,7 +129,7 @@ def create_standin_app(model: str, token_delay: float = 0.0, first_token_delay: 
         return Response(b"")
 
     async def metrics(request: Request) -> Response:
-        return Response(metrics_text(model, running), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics_text(model, running, waiting), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(
         routes=[
@@ -141,8 +158,9 @@ def main() -> None:
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per generated token")
     parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--max-running", type=int, default=None, help="batch limit; more requests wait")
     args = parser.parse_args()
-    app = create_standin_app(args.model, args.token_delay, args.first_token_delay)
+    app = create_standin_app(args.model, args.token_delay, args.first_token_delay, args.max_running)
     trio.run(serve_standin, app, args.host, args.port)
 
 

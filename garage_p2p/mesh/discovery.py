@@ -1,7 +1,8 @@
 """Finding peers and providers: Kademlia DHT, table sync on connect, mDNS.
 
-- Kademlia (py-libp2p ``KadDHT``) under our own protocol prefix
-  (``/garage/kad/1.0.0``), so the mesh's records stay out of the IPFS DHT.
+- Kademlia (py-libp2p ``KadDHT``). Its ``protocol_prefix`` is ignored by
+  0.8.1 (every stream uses ``/ipfs/kad/1.0.0``), so our records live under
+  keys of our own (``/garage/model/<name>``), not a protocol of our own.
   Server mode holds records; client mode (peers behind NAT) only queries.
   The library neither adds inbound peers to its routing table nor refreshes
   it often (600 s), so both are done here.
@@ -35,7 +36,6 @@ from .streams import StreamBroken, close_quietly, read_some, write_all
 log = logging.getLogger(__name__)
 
 PROTOCOL_CAPS = "/garage/caps/1.0.0"
-DHT_PREFIX = "/garage"
 MAX_TABLE_ADS = 2000
 TABLE_FETCH_TIMEOUT = 5.0
 REFRESH_INTERVAL = 30.0
@@ -95,7 +95,6 @@ class Discovery:
         self.dht = KadDHT(
             mesh.host,
             DHTMode.SERVER if dht_mode == "server" else DHTMode.CLIENT,
-            protocol_prefix=DHT_PREFIX,
             # Loopback and LAN meshes share one subnet; the diversity cap would
             # refuse them all. Eclipse resistance comes from signed ads instead.
             max_peers_per_subnet=0,

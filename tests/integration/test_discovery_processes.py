@@ -1,0 +1,108 @@
+"""Eleven real ``garage-peer`` processes on 127.0.0.1, all bootstrapped through one.
+
+Five of them serve a model each (StandInBackends: the point here is discovery,
+not inference). Checks what a user sees through ``garage models``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from garage_p2p.devtools.processes import PeerProcess, peer_args
+
+FAST_ADS = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
+
+
+def garage(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=30)
+
+
+def models_seen(peer: PeerProcess) -> dict[str, list[str]]:
+    result = garage("models", "--json", "--api", peer.api_url)
+    assert result.returncode == 0, result.stderr
+    return {m["model"]: m["providers"] for m in json.loads(result.stdout)}
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.2)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def standins():
+    procs, urls = [], []
+    for i in range(5):
+        port = 18600 + i
+        procs.append(subprocess.Popen([sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(port), "--model", f"m{i}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        urls.append(f"http://127.0.0.1:{port}/v1")
+    for url in urls:
+        wait_until(lambda: _up(url), 30, url)
+    yield urls
+    for p in procs:
+        p.terminate()
+        p.wait(10)
+
+
+def _up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/models", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_eleven_peers_learn_every_model_forget_dead_ones_and_rejoin(tmp_path, standins, monkeypatch):
+    for key, value in FAST_ADS.items():
+        monkeypatch.setenv(key, value)
+    hub = PeerProcess(tmp_path / "hub", peer_args()).start()
+    hub.wait_ready()
+    peers = []
+    for i in range(10):
+        backends = {f"m{i}": standins[i]} if i < 5 else {}
+        peers.append(PeerProcess(tmp_path / f"p{i}", peer_args(bootstrap=[hub.addr], backends=backends)).start())
+    try:
+        for p in peers:
+            p.wait_ready()
+        everyone = [hub, *peers]
+        expected = {f"m{i}": [peers[i].peer_id] for i in range(5)}
+
+        def all_know() -> bool:
+            return all({m: sorted(v) for m, v in _models(p).items()} == expected for p in everyone)
+
+        took = wait_until(all_know, 30, "every peer knowing every model")
+        print(f"11 peers knew all 5 models {took:.1f} s after the last one started")
+        assert models_seen(peers[9]) == expected  # the CLI's view
+
+        # A provider dies without a word (SIGKILL): its model goes when its ad expires.
+        peers[0].kill()
+        wait_until(lambda: "m0" not in models_seen(peers[7]), 6 + 6, "m0 expiring")
+
+        # A peer restarted WITHOUT --bootstrap rejoins through the peers it knew.
+        assert peers[8].stop() == 0
+        hub.kill()  # and the hub is gone too: only the stored peers can help
+        rejoined = PeerProcess(peers[8].home, peer_args()).start()
+        peers[8] = rejoined
+        rejoined.wait_ready()
+        wait_until(lambda: set(_models(rejoined)) == {"m1", "m2", "m3", "m4"}, 20, "the restarted peer relearning the mesh")
+        r = httpx.post(rejoined.api_url + "/chat/completions", json={"model": "m3", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, timeout=10)
+        assert r.status_code == 200 and r.headers["x-garage-provider"] == peers[3].peer_id
+    finally:
+        for p in [hub, *peers]:
+            p.kill()
+
+
+def _models(peer: PeerProcess) -> dict[str, list[str]]:
+    try:
+        data = httpx.get(peer.api_url.removesuffix("/v1") + "/garage/v1/models", timeout=5).json()["models"]
+    except (httpx.HTTPError, ValueError, KeyError):
+        return {}
+    return {m["model"]: m["providers"] for m in data}

@@ -1,0 +1,96 @@
+"""Routing decisions with real peers in one process: load, benchmarks, region, pinning, DHT.
+
+Backends are StandInBackends (not models) with chosen speeds, so that which
+provider is faster is known.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+
+import httpx
+import trio
+
+from garage_p2p.runtime.bench import run_benchmark
+from garage_p2p.store.bench_store import save_benchmark
+
+from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+
+
+async def _true(value) -> bool:
+    return bool(value)
+
+
+async def test_under_load_most_requests_go_to_the_fast_provider(tmp_path, http):
+    async with standin_backend(token_delay=0.002) as fast_url, standin_backend(token_delay=0.03) as slow_url:
+        # Each provider benchmarks its backend first, as `garage bench` does.
+        async with httpx.AsyncClient(timeout=30) as client:
+            for name, url in (("fast", fast_url), ("slow", slow_url)):
+                bench = await run_benchmark(client, url, "tiny", concurrency=4, max_tokens=20, rounds=1)
+                save_benchmark(tmp_path / name, "tiny", bench)
+        async with running_peer(tmp_path / "fast", backends={"tiny": fast_url}) as fast:
+            async with running_peer(tmp_path / "slow", backends={"tiny": slow_url}, bootstrap=first_addr(fast)) as slow:
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(fast)) as c:
+                    await wait_for_model(c, "tiny", providers=2)
+                    served = collections.Counter()
+
+                    async def client_loop(n: int) -> None:
+                        for _ in range(n):
+                            r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                            assert r.status_code == 200
+                            served[r.headers["x-garage-provider"]] += 1
+
+                    async with trio.open_nursery() as nursery:
+                        for _ in range(8):
+                            nursery.start_soon(client_loop, 10)
+                    share = served[fast.identity.peer_id] / sum(served.values())
+                    print(f"fast provider served {share:.0%} of 80 requests")
+                    assert sum(served.values()) == 80
+                    assert share >= 0.7
+                    # ...and the explanation agrees.
+                    route = (await http.get(c.api_url.removesuffix("/v1") + "/garage/v1/route", params={"model": "tiny"})).json()
+                    assert route["candidates"][0]["peer_id"] == fast.identity.peer_id
+                    assert route["candidates"][0]["estimate_s"] < route["candidates"][1]["estimate_s"]
+
+
+async def test_region_and_pin_headers(tmp_path, http):
+    async with standin_backend() as url:
+        async with running_peer(tmp_path / "se", backends={"tiny": url}, region="se-sto") as se:
+            async with running_peer(tmp_path / "de", backends={"tiny": url}, region="de-ber", bootstrap=first_addr(se)) as de:
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(se)) as c:
+                    await wait_for_model(c, "tiny", providers=2)
+                    for _ in range(6):
+                        r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "se"})
+                        assert r.headers["x-garage-provider"] == se.identity.peer_id
+                        r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": de.identity.peer_id})
+                        assert r.headers["x-garage-provider"] == de.identity.peer_id
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "fi"})
+                    assert r.status_code == 503
+                    error = r.json()["error"]
+                    assert error["code"] == "no_provider_in_region" and "de-ber" in error["message"] and "se-sto" in error["message"]
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": "12D3KooWnobody"})
+                    assert r.status_code == 503 and r.json()["error"]["code"] == "pinned_peer_unavailable"
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "Not A Region!"})
+                    assert r.status_code == 400
+
+
+async def test_unknown_model_is_looked_up_in_the_dht_before_404(tmp_path, http):
+    async with standin_backend() as url:
+        async with running_peer(tmp_path / "b") as b:
+            async with running_peer(tmp_path / "a", backends={"tiny": url}, bootstrap=first_addr(b), ad_interval=3600) as a:
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(b), ad_interval=3600) as c:
+                    # A's provider record reaches the DHT (B holds it).
+                    await wait_for(lambda: _true("tiny" in a.discovery._provided), 15)
+                    await wait_for_model(c, "tiny")
+                    c.table.forget(a.identity.peer_id)  # as if C had never heard A's ad
+                    assert "tiny" not in c.dispatcher.known_models()
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                    assert r.status_code == 200, r.text
+                    assert r.headers["x-garage-provider"] == a.identity.peer_id
+                    # A model no one serves is still a 404, after the lookup.
+                    start = time.monotonic()
+                    r = await http.post(c.api_url + "/chat/completions", json={**CHAT, "model": "nobody-serves-this"})
+                    assert r.status_code == 404 and time.monotonic() - start < 8
