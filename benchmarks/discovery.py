@@ -51,7 +51,7 @@ async def trial(n: int, rng: random.Random, root: Path, backend: str) -> tuple[f
         via = rng.choice(peers)
         t1 = time.perf_counter()
         await stack.enter_async_context(open_peer(settings(root / "provider", loopback(via), backends={model: backend})))
-        with trio.fail_after(60):
+        with trio.fail_after(300):
             while not all(model in p.dispatcher.known_models() for p in peers):
                 await trio.sleep(0.01)
         return time.perf_counter() - t1, started

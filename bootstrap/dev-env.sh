@@ -35,6 +35,21 @@ ensure_venv_module() {
     fi
 }
 
+# --- 0. system tools the tests use -------------------------------------------------------
+# iproute2 and iptables build the network-namespace test beds (mDNS on a LAN, NAT routers).
+ensure_system_packages() {
+    local missing=()
+    command -v ip >/dev/null || missing+=(iproute2)
+    command -v iptables >/dev/null || missing+=(iptables)
+    [[ ${#missing[@]} -eq 0 ]] && return
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
+        log "installing ${missing[*]}"
+        apt-get update -qq >&2 && apt-get install -y -qq "${missing[@]}" >&2
+    else
+        log "WARNING: ${missing[*]} missing (needs root): the namespace tests will fail"
+    fi
+}
+
 # --- 1. project venv ------------------------------------------------------------------------
 setup_project_venv() {
     local venv="$REPO/.venv" stamp="$REPO/.venv/.garage-stamp" want
@@ -111,6 +126,7 @@ setup_tiny_model() {
 }
 
 main() {
+    ensure_system_packages
     setup_project_venv
     setup_vllm_venv
     setup_tiny_model

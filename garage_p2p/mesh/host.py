@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 DIAL_TIMEOUT = 5.0
+HEARTBEAT = 1
 BOOTSTRAP_RETRY = 5.0
 
 
@@ -203,9 +204,12 @@ async def open_mesh(
         muxer_preference="YAMUX",
         listen_addrs=listen_addrs,
         enable_mDNS=mdns,
-        # Keep the connection manager's marks consistent (PLATFORM.md).
+        # The auto-connector dials known peers until it has (low + high) / 2
+        # connections. With the library's marks (target 112+) fifty peers in a
+        # mesh all dialled each other and one process spent its CPU on
+        # connections; a peer needs a handful (gossipsub's degree is 6).
         connection_config=ConnectionConfig(
-            min_connections=8, low_watermark=32, high_watermark=192, max_connections=256
+            min_connections=3, low_watermark=4, high_watermark=12, max_connections=128
         ),
         **_transport_flags(listen_addrs),
     )
@@ -214,7 +218,7 @@ async def open_mesh(
         degree=6,
         degree_low=4,
         degree_high=12,
-        heartbeat_interval=1,
+        heartbeat_interval=HEARTBEAT,
         # The defaults cap a topic at 10 msg/s and demand 3 distinct IPs in a
         # mesh (which a LAN or loopback mesh never has).
         spam_protection_enabled=False,
