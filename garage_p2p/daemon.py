@@ -109,7 +109,10 @@ class Peer:
             "version": __version__,
             "uptime_s": time.time() - self.started_at,
             "region": self.settings.region,
-            "reachability": "unknown",
+            "reachability": self.mesh.nat.reachability() if self.mesh.nat else "unknown",
+            "observed_addrs": self.mesh.nat.observed_addrs() if self.mesh.nat else [],
+            "relay_service": self.settings.relay,
+            "relay_reservations": dict(self.mesh.nat.reservations) if self.mesh.nat else {},
             "hardware": self.caps.hardware.label,
             "connections": len(self.mesh.connected_peers()),
             "known_peers": len(self.table.entries(time.time())),
@@ -224,6 +227,26 @@ async def _rejoin_known_peers(peer: Peer, known: KnownPeers) -> None:
             nursery.start_soon(dial)
 
 
+async def _follow_reachability(peer: Peer) -> None:
+    """Behind NAT, be a DHT client (hold no records); reachable, a server."""
+    last = None
+    while True:
+        nat = peer.mesh.nat
+        reachability = nat.reachability() if nat else "unknown"
+        state = (reachability, tuple(sorted(nat.reservations.values())) if nat else ())
+        if state != last:
+            log.info("reachability: %s, relayed addresses: %s", reachability, list(state[1]) or "none")
+            if peer.settings.dht_mode == "auto":
+                mode = "client" if reachability == "private" else "server"
+                if mode != peer.discovery.dht_mode:
+                    await peer.discovery.set_dht_mode(mode)
+                    log.info("DHT mode: %s", mode)
+            # Our addresses changed (relay reservations come and go): tell the mesh.
+            peer.caps.republish_soon()
+            last = state
+        await trio.sleep(1.0)
+
+
 def _write_run_file(peer: Peer) -> None:
     run_dir = peer.settings.home / "run"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -259,12 +282,31 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     hardware = await trio.to_thread.run_sync(detect_hardware)
     known = KnownPeers(settings.home / "peers.sqlite")
     limits = httpx.Limits(max_connections=settings.max_concurrency + 8, max_keepalive_connections=settings.max_concurrency)
+    table = PeerTable(self_peer_id=identity.peer_id)
+
+    def relay_candidates() -> list[str]:
+        # Bootstrap peers first (usually relays), then peers that advertise one.
+        relays = [
+            a
+            for e in table.entries(time.time())
+            if e.ad.relay
+            for a in e.ad.addrs
+            if "/p2p-circuit" not in a
+        ]
+        return list(dict.fromkeys([*settings.bootstrap, *relays]))
+
     async with (
         httpx.AsyncClient(limits=limits, trust_env=False) as client,
-        open_mesh(identity, settings.listen, settings.bootstrap, mdns=settings.mdns) as mesh,
+        open_mesh(
+            identity,
+            settings.listen,
+            settings.bootstrap,
+            mdns=settings.mdns,
+            relay_service=settings.relay,
+            relay_candidates=relay_candidates,
+        ) as mesh,
         trio.open_nursery() as nursery,
     ):
-        table = PeerTable(self_peer_id=identity.peer_id)
         provider = ProviderService(
             backends,
             client,
@@ -316,6 +358,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             nursery.start_soon(_probe_backends, peer, client)
             nursery.start_soon(_watch_load, peer, client)
         nursery.start_soon(_rejoin_known_peers, peer, known)
+        nursery.start_soon(_follow_reachability, peer)
         app = create_app(
             dispatcher,
             peer,

@@ -55,6 +55,8 @@ class Settings(BaseModel):
     """Kademlia role: servers hold records; peers behind NAT should be clients."""
     region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
     """Self-declared location advertised to the mesh, e.g. ``se-sto``."""
+    relay: bool = False
+    """Offer a circuit relay to peers behind NAT (for publicly reachable peers; on for bootstrap nodes)."""
 
     @field_validator("api")
     @classmethod
@@ -102,7 +104,7 @@ def _from_env(environ: dict[str, str]) -> dict[str, Any]:
             out[field] = [x.strip() for x in raw.split(",") if x.strip()]
         elif field == "backends":
             out[field] = dict(parse_backend(x.strip()) for x in raw.split(",") if x.strip())
-        elif field == "mdns":
+        elif field in ("mdns", "relay"):
             out[field] = raw.strip().lower() not in ("0", "false", "no", "off")
         else:
             out[field] = raw

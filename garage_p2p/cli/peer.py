@@ -45,6 +45,7 @@ def main_command(
     mdns: bool | None = typer.Option(None, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS (default on)."),
     region: str | None = typer.Option(None, "--region", help="Advertised location, e.g. se-sto."),
     dht_mode: str | None = typer.Option(None, "--dht-mode", help="auto, server or client."),
+    relay: bool | None = typer.Option(None, "--relay/--no-relay", help="Offer a circuit relay to peers behind NAT (public peers only)."),
 ) -> None:
     """Run the Garage P2P peer daemon in the foreground."""
     try:
@@ -61,6 +62,7 @@ def main_command(
                 "mdns": mdns,
                 "region": region,
                 "dht_mode": dht_mode,
+                "relay": relay,
             }
         )
     except SettingsError as exc:

@@ -125,6 +125,8 @@ class CapabilityAd(WireModel):
     """What the peer serves with."""
     region: str | None = Field(default=None, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")
     """Self-declared location, e.g. ``se-sto``; ``x-garage-region: se`` matches it."""
+    relay: bool = False
+    """The peer offers a circuit relay (v2) to peers behind NAT."""
 
     @field_validator("addrs")
     @classmethod
@@ -151,6 +153,7 @@ def make_ad(
     version: str,
     hardware: Hardware = Hardware(),
     region: str | None = None,
+    relay: bool = False,
 ) -> CapabilityAd:
     """An unsigned ad for ``identity``."""
     return CapabilityAd(
@@ -164,6 +167,7 @@ def make_ad(
         version=version,
         hardware=hardware,
         region=region,
+        relay=relay,
     )
 
 

@@ -128,6 +128,11 @@ class Dispatcher:
             first = await exchange.next_event()
             if isinstance(first, ResponseFailed):
                 await exchange.aclose()
+                if first.truncated and peer_id != self.mesh.peer_id:
+                    # No answer at all: the connection is dead (a relay that
+                    # vanished, a link that dropped) though it still looks
+                    # open. Close it, so the next dial finds another path.
+                    await self.mesh.disconnect(peer_id)
                 if not first.info.retryable:
                     raise DispatchFailed(first.info)
                 log.info("provider %s failed before answering: %s", peer_id, first.info.error.message)

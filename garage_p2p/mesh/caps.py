@@ -76,6 +76,7 @@ class CapsService:
             version=self.version,
             hardware=self.hardware,
             region=self.region,
+            relay=self.mesh.nat is not None and self.mesh.nat.relay_service,
         )
 
     def current_ad(self) -> bytes:

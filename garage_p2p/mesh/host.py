@@ -28,12 +28,14 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..core.identity import Identity
 from ..core.multistream import lazy_proposal
 from .patches import apply_library_patches
+from .nat import NatService, is_circuit
 from .streams import NegotiatingStream
 
 log = logging.getLogger(__name__)
 
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
 DIAL_TIMEOUT = 5.0
+RELAY_HEAD_START = 0.5
 HEARTBEAT = 1
 BOOTSTRAP_RETRY = 5.0
 
@@ -68,6 +70,8 @@ class Mesh:
     host: object
     pubsub: Pubsub
     identity: Identity
+    nat: NatService | None = None
+    """Relay client/service and hole punching."""
 
     @property
     def peer_id(self) -> str:
@@ -82,32 +86,95 @@ class Mesh:
                 out.extend(text.replace("/0.0.0.0/", f"/{ip}/", 1) for ip in _local_ipv4())
             else:
                 out.append(text)
+        if self.nat is not None:
+            out.extend(self.nat.reservations.values())
         return list(dict.fromkeys(out))
 
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self.host.get_connected_peers()]
 
     async def connect(self, peer_id: str, addrs: Sequence[str], timeout: float = DIAL_TIMEOUT) -> None:
-        """Make sure we have a connection to ``peer_id``; DialError if not."""
+        """Make sure we have a connection to ``peer_id``; DialError if not.
+
+        Direct addresses first; when the peer also has relayed addresses
+        and the direct dial has not succeeded within RELAY_HEAD_START, a
+        relayed dial races it (a peer behind NAT is not dialable directly,
+        and its LAN addresses time out rather than fail).
+        """
         pid = ID.from_base58(peer_id)
         if pid in self.host.get_connected_peers():
             return
-        maddrs = []
+        direct, circuits = [], []
         for a in addrs:
+            if is_circuit(a):
+                circuits.append(a)
+                continue
             try:
                 m = multiaddr.Multiaddr(a)
             except Exception:  # an address from the network we cannot parse
                 continue
-            maddrs.append(m.decapsulate_code(multiaddr.protocols.P_P2P) if "/p2p/" in a else m)
-        if not maddrs:
+            direct.append(m.decapsulate_code(multiaddr.protocols.P_P2P) if "/p2p/" in a else m)
+        if self.nat is None:
+            circuits = []
+        if not direct and not circuits:
             raise DialError(f"no usable address for {peer_id}")
-        try:
-            with trio.fail_after(timeout):
-                await self.host.connect(PeerInfo(pid, maddrs))
-        except trio.TooSlowError:
-            raise DialError(f"dialling {peer_id} timed out after {timeout:.0f} s") from None
-        except Exception as exc:  # the library raises many types for unreachable peers
-            raise DialError(f"cannot reach {peer_id}: {exc}") from None
+        errors: list[str] = []
+        done = trio.Event()
+
+        async def dial_direct() -> None:
+            try:
+                await self.host.connect(PeerInfo(pid, direct))
+                done.set()
+            except Exception as exc:  # the library raises many types for unreachable peers
+                errors.append(f"direct: {exc}")
+
+        async def dial_relayed() -> None:
+            if direct:
+                with trio.move_on_after(RELAY_HEAD_START):
+                    await done.wait()
+            for circuit in circuits:
+                if done.is_set():
+                    return
+                try:
+                    await self.nat.dial_relayed(circuit)
+                    done.set()
+                    return
+                except Exception as exc:
+                    errors.append(f"relay: {exc}")
+
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as nursery:
+                if direct:
+                    nursery.start_soon(dial_direct)
+                if circuits:
+                    nursery.start_soon(dial_relayed)
+
+                async def first_success() -> None:
+                    await done.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(first_success)
+
+                async def all_failed() -> None:
+                    while len(errors) < bool(direct) + len(circuits):
+                        await trio.sleep(0.05)
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(all_failed)
+        if pid in self.host.get_connected_peers() or done.is_set():
+            return
+        if not errors:
+            raise DialError(f"dialling {peer_id} timed out after {timeout:.0f} s")
+        raise DialError(f"cannot reach {peer_id}: {'; '.join(errors)[:500]}")
+
+    async def disconnect(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id`` (they are dead or unwanted)."""
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            try:
+                await self.host.disconnect(ID.from_base58(peer_id))
+            except Exception:  # already gone
+                pass
 
     async def open_stream(self, peer_id: str, addrs: Sequence[str], protocol: str, timeout: float = DIAL_TIMEOUT):
         """A new stream to ``peer_id`` speaking ``protocol``; DialError if impossible."""
@@ -195,6 +262,8 @@ async def open_mesh(
     bootstrap: Sequence[str] = (),
     *,
     mdns: bool = False,
+    relay_service: bool = False,
+    relay_candidates=None,
 ) -> AsyncIterator[Mesh]:
     """Run a libp2p host with gossipsub until the context exits."""
     apply_library_patches()
@@ -230,8 +299,10 @@ async def open_mesh(
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
-        mesh = Mesh(host=host, pubsub=pubsub, identity=identity)
+        mesh = Mesh(host=host, pubsub=pubsub, identity=identity, nat=NatService(host, relay_service=relay_service))
+        candidates = relay_candidates or (lambda: list(bootstrap))
         async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:
                 nursery.start_soon(_keep_bootstrap, mesh, list(bootstrap))
             if mdns:

@@ -1,0 +1,206 @@
+"""NAT traversal: circuit relay v2, DCUtR hole punching, reachability.
+
+Most rigs sit behind a home router. Public peers may offer a relay
+(``--relay``, HOP, with limits); private peers keep reservations on up to two
+relays and advertise ``…/p2p-circuit/p2p/<us>`` addresses; a peer reached
+through a relay tries to upgrade to a direct connection with DCUtR, and new
+streams take the direct connection once it exists.
+
+py-libp2p 0.8.1 assembles none of this in ``new_host``, and its swarm drops
+``/p2p-circuit`` addresses when dialling, so relayed dials go through the
+relay transport explicitly (``dial_relayed``). Measured in the NAT lab
+(devtools/natlab.py): reservation ~30 ms, relayed dial ~40 ms, punch through
+a cone NAT ~80 ms once the private-address pre-dial is skipped.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import multiaddr
+import trio
+from libp2p.host.ping import PingService
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.relay.circuit_v2.config import RelayConfig, RelayRole
+from libp2p.relay.circuit_v2.dcutr import DCUtRProtocol
+from libp2p.relay.circuit_v2.protocol import PROTOCOL_ID as HOP_PROTOCOL_ID
+from libp2p.relay.circuit_v2.protocol import CircuitV2Protocol
+from libp2p.relay.circuit_v2.resources import RelayLimits
+from libp2p.relay.circuit_v2.transport import CircuitV2Transport
+from libp2p.tools.anyio_service import background_trio_service
+
+log = logging.getLogger(__name__)
+
+DCUTR_DIAL_TIMEOUT = 2  # the library's 10 s made every punch take > 10 s
+MAX_RESERVATIONS = 2
+RESERVE_INTERVAL = 5.0
+RESERVE_TIMEOUT = 10.0
+RELAY_PING_TIMEOUT = 3.0
+
+_LAN_NETS = [
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16", "127.0.0.0/8")
+]
+
+
+def is_lan_addr(addr: str) -> bool:
+    """An RFC 1918, CGNAT, link-local or loopback IPv4 multiaddr.
+
+    Not ``ipaddress.is_private``: that also counts documentation ranges,
+    which the NAT lab uses as its "internet".
+    """
+    try:
+        ip = ipaddress.ip_address(multiaddr.Multiaddr(addr).value_for_protocol("ip4"))
+    except Exception:
+        return False
+    return any(ip in net for net in _LAN_NETS)
+
+
+def is_circuit(addr: str) -> bool:
+    return "/p2p-circuit" in addr
+
+
+class _PublicPredialDCUtR(DCUtRProtocol):
+    """DCUtR without the pre-dial to a relayed peer's private addresses.
+
+    Before punching, 0.8.1 dials every non-relay address it knows for the
+    peer (the LAN addresses identify reported) and waits ``dial_timeout``:
+    across the internet those are black holes, so every punch started 2 s
+    late. Skipped when the peer has no non-LAN address. (Overrides a private
+    method of 0.8.1: re-check on upgrade.)
+    """
+
+    async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
+        addrs = [str(a) for a in self.host.get_peerstore().addrs(peer_id) if "/p2p-circuit" not in str(a)]
+        if all(is_lan_addr(a) for a in addrs):
+            return False
+        return await super()._try_unilateral_upgrade(peer_id)
+
+
+def relay_limits(*, circuits: int = 64, reservations: int = 128, seconds: int = 120, data_bytes: int = 128 * 1024 * 1024) -> RelayLimits:
+    """What a relay gives each relayed connection: bounded, since relaying costs its owner."""
+    return RelayLimits(duration=seconds, data=data_bytes, max_circuit_conns=circuits, max_reservations=reservations)
+
+
+class NatService:
+    def __init__(self, host, *, relay_service: bool, limits: RelayLimits | None = None) -> None:
+        self.host = host
+        self.relay_service = relay_service
+        self.limits = limits or relay_limits()
+        self.protocol = CircuitV2Protocol(host, limits=self.limits, allow_hop=relay_service)
+        self.transport = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=self.limits))
+        self.dcutr = _PublicPredialDCUtR(host, dial_timeout=DCUTR_DIAL_TIMEOUT)
+        self.reservations: dict[str, str] = {}
+        """Relay peer id → our circuit address through it."""
+        self.reservation_ms: dict[str, float] = {}
+        self._nursery: trio.Nursery | None = None
+        self._ping = PingService(host)
+
+    # -- reachability -----------------------------------------------------------
+
+    def observed_addrs(self) -> list[str]:
+        """Our addresses as other peers saw them (identify), one observer enough."""
+        manager = getattr(self.host, "_observed_addr_manager", None)
+        try:
+            return [str(a) for a in manager.addrs(min_observers=1)] if manager else []
+        except Exception:
+            return []
+
+    def reachability(self) -> str:
+        """``public``, ``private`` (behind NAT) or ``unknown``.
+
+        AutoNAT v1 in 0.8.1 is not trustworthy (PLATFORM.md): it needs four
+        servers and reports a false OK over an existing connection. A peer
+        is private when others see it at an IP it does not listen on (a NAT
+        rewrote it), public when they see it at its own listen IP.
+        """
+        listen_ips = {_ip(str(a)) for a in self.host.get_transport_addrs()} - {None}
+        observed_ips = {_ip(a) for a in self.observed_addrs()} - {None}
+        if not observed_ips:
+            return "unknown"
+        if observed_ips - listen_ips - {"0.0.0.0"}:
+            return "private"
+        return "public"
+
+    # -- running ----------------------------------------------------------------
+
+    async def serve(self, relay_candidates: Callable[[], Sequence[str]], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with (
+            background_trio_service(self.protocol),
+            background_trio_service(self.dcutr),
+            trio.open_nursery() as nursery,
+        ):
+            await self.protocol.event_started.wait()
+            await self.dcutr.event_started.wait()
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                if self.reachability() != "public" and not self.relay_service:
+                    await self._keep_reservations(relay_candidates())
+                elif self.reservations:
+                    self.reservations.clear()
+                await trio.sleep(RESERVE_INTERVAL)
+
+    async def _alive(self, relay_id: str) -> bool:
+        """A relay whose link died silently still looks connected: ping it."""
+        with trio.move_on_after(RELAY_PING_TIMEOUT):
+            try:
+                await self._ping.ping(ID.from_base58(relay_id), 1)
+                return True
+            except Exception:
+                pass
+        with trio.move_on_after(2) as scope:
+            scope.shield = True
+            try:
+                await self.host.disconnect(ID.from_base58(relay_id))
+            except Exception:  # already gone
+                pass
+        return False
+
+    async def _keep_reservations(self, candidates: Sequence[str]) -> None:
+        for relay_id in list(self.reservations):
+            connected = {str(p) for p in self.host.get_connected_peers()}
+            if relay_id not in connected or not await self._alive(relay_id):
+                log.info("lost the relay %s", relay_id)
+                del self.reservations[relay_id]
+        own = str(self.host.get_id())
+        for addr in candidates:
+            if len(self.reservations) >= MAX_RESERVATIONS:
+                return
+            try:
+                info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+            except Exception:
+                continue
+            relay_id = str(info.peer_id)
+            if relay_id in self.reservations or relay_id == own:
+                continue
+            started = time.monotonic()
+            try:
+                with trio.fail_after(RESERVE_TIMEOUT):
+                    await self.host.connect(info)
+                    stream = await self.host.new_stream(info.peer_id, [HOP_PROTOCOL_ID])
+                    ok = await self.transport.reserve(stream, info.peer_id, self._nursery)
+                    await stream.close()
+            except Exception as exc:  # unreachable, or not a relay
+                log.debug("no reservation on %s: %s", relay_id, exc)
+                continue
+            if ok:
+                base = addr.split("/p2p/")[0]
+                self.reservations[relay_id] = f"{base}/p2p/{relay_id}/p2p-circuit/p2p/{own}"
+                self.reservation_ms[relay_id] = (time.monotonic() - started) * 1000
+                log.info("reserved a slot on relay %s (%.0f ms)", relay_id, self.reservation_ms[relay_id])
+
+    async def dial_relayed(self, circuit_addr: str) -> None:
+        """A relayed connection through ``circuit_addr`` (…/p2p/R/p2p-circuit/p2p/X)."""
+        await self.transport.dial(multiaddr.Multiaddr(circuit_addr))
+
+
+def _ip(addr: str) -> str | None:
+    try:
+        return multiaddr.Multiaddr(addr).value_for_protocol("ip4")
+    except Exception:
+        return None
