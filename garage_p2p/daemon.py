@@ -334,6 +334,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             lambda: [n for n, b in backends.items() if b.healthy],
             dht_mode="client" if settings.dht_mode == "client" else "server",
             on_peer_addrs=known.note,
+            on_new_connection=caps.republish_soon,
         )
         caps.on_ad = lambda ad: known.note(ad.peer_id, ad.addrs)
         paths = PathTracker(mesh)

@@ -25,6 +25,8 @@ from .host import Mesh
 
 log = logging.getLogger(__name__)
 
+MIN_GAP = 1.0
+
 
 class CapsService:
     """Publishes our ad every ``interval`` seconds and applies everyone else's."""
@@ -106,7 +108,9 @@ class CapsService:
             task_status.started()
             while True:
                 await self.publish()
-                with trio.move_on_after(self.interval):
+                # At most one early publish a second, however many changes.
+                await trio.sleep(min(MIN_GAP, self.interval))
+                with trio.move_on_after(max(0.0, self.interval - MIN_GAP)):
                     await self._wake.wait()
                 self._wake = trio.Event()
 

@@ -41,6 +41,7 @@ TABLE_FETCH_TIMEOUT = 5.0
 REFRESH_INTERVAL = 30.0
 REPROVIDE_INTERVAL = 300.0
 LOOKUP_TIMEOUT = 5.0
+GOSSIP_SETTLE = 0.5
 
 
 def model_key(model: str) -> str:
@@ -87,7 +88,9 @@ class Discovery:
         *,
         dht_mode: str = "server",
         on_peer_addrs: Callable[[str, Sequence[str]], None] | None = None,
+        on_new_connection: Callable[[], None] | None = None,
     ) -> None:
+        self.on_new_connection = on_new_connection
         self.mesh = mesh
         self.table = table
         self.own_ad = own_ad
@@ -222,9 +225,18 @@ class Discovery:
                 nursery.start_soon(self._greet, peer_id)
 
     async def _greet(self, peer_id: str) -> None:
-        """A new connection: learn its table, and add it to the DHT table once identify ran."""
-        await self.fetch_table(peer_id)
-        await self._add_to_dht(peer_id)
+        """A new connection: tell the mesh about us, learn its table, join its DHT table."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._announce_soon)
+            await self.fetch_table(peer_id)
+            await self._add_to_dht(peer_id)
+
+    async def _announce_soon(self) -> None:
+        if self.on_new_connection is not None:
+            # Give the pubsub hello (subscriptions) time to cross, so that a
+            # publish reaches the new neighbour and, through it, the mesh.
+            await trio.sleep(GOSSIP_SETTLE)
+            self.on_new_connection()
 
     async def _add_to_dht(self, peer_id: str) -> None:
         try:

@@ -40,6 +40,7 @@ MAX_RESERVATIONS = 2
 RESERVE_INTERVAL = 5.0
 RESERVE_TIMEOUT = 10.0
 RELAY_PING_TIMEOUT = 3.0
+NOT_A_RELAY_BACKOFF = 60.0
 
 _LAN_NETS = [
     ipaddress.ip_network(n)
@@ -99,6 +100,8 @@ class NatService:
         self.reservation_ms: dict[str, float] = {}
         self._nursery: trio.Nursery | None = None
         self._ping = PingService(host)
+        self._not_relays: dict[str, float] = {}
+        """Candidates that refused or failed a reservation, until when to skip them."""
 
     # -- reachability -----------------------------------------------------------
 
@@ -139,7 +142,9 @@ class NatService:
             self._nursery = nursery
             task_status.started()
             while True:
-                if self.reachability() != "public" and not self.relay_service:
+                # Only a peer known to be behind NAT needs relays; "unknown"
+                # lasts until identify's first observation, a second or so.
+                if self.reachability() == "private" and not self.relay_service:
                     await self._keep_reservations(relay_candidates())
                 elif self.reservations:
                     self.reservations.clear()
@@ -176,7 +181,7 @@ class NatService:
             except Exception:
                 continue
             relay_id = str(info.peer_id)
-            if relay_id in self.reservations or relay_id == own:
+            if relay_id in self.reservations or relay_id == own or self._not_relays.get(relay_id, 0) > time.monotonic():
                 continue
             started = time.monotonic()
             try:
@@ -187,6 +192,7 @@ class NatService:
                     await stream.close()
             except Exception as exc:  # unreachable, or not a relay
                 log.debug("no reservation on %s: %s", relay_id, exc)
+                self._not_relays[relay_id] = time.monotonic() + NOT_A_RELAY_BACKOFF
                 continue
             if ok:
                 base = addr.split("/p2p/")[0]
