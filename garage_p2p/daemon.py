@@ -37,7 +37,7 @@ from .mesh.paths import PathTracker
 from .provider.backend import Backend
 from .provider.backend_metrics import metrics_url, scrape_load
 from .provider.service import ProviderService
-from .runtime.hardware import detect_hardware
+from .runtime.hardware import detect_hardware, driver_version
 from .settings import Settings
 from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
@@ -68,6 +68,7 @@ class Peer:
     backend_load: dict[str, Load] = field(default_factory=dict)
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
+    driver_version: str | None = None
     _http_stop: trio.Event = field(default_factory=trio.Event)
     _stopping: bool = False
 
@@ -113,6 +114,9 @@ class Peer:
             "observed_addrs": self.mesh.nat.observed_addrs() if self.mesh.nat else [],
             "relay_service": self.settings.relay,
             "relay_reservations": dict(self.mesh.nat.reservations) if self.mesh.nat else {},
+            "known_relays": len([e for e in self.table.entries(time.time()) if e.ad.relay]),
+            "duplicate_identity_at": list(self.table.impostor_addrs),
+            "driver_version": self.driver_version,
             "hardware": self.caps.hardware.label,
             "connections": len(self.mesh.connected_peers()),
             "known_peers": len(self.table.entries(time.time())),
@@ -350,6 +354,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         )
         peer = Peer(settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths)
         peer.benchmarks = await trio.to_thread.run_sync(load_benchmarks, settings.home)
+        peer.driver_version = await trio.to_thread.run_sync(driver_version)
         offers_of.append(peer)
         await nursery.start(caps.serve)
         await nursery.start(discovery.serve)

@@ -220,10 +220,23 @@ class PeerTable:
         # Highest seq seen per peer, kept after expiry (bounded, oldest dropped).
         self._seen_seq: OrderedDict[str, int] = OrderedDict()
         self._max_peers = max_peers
+        self._own_seqs: OrderedDict[int, None] = OrderedDict()
+        self.impostor_addrs: tuple[str, ...] = ()
+        """Addresses of another peer signing ads with OUR key (a copied identity file)."""
+
+    def note_own_seq(self, seq: int) -> None:
+        """Remember a seq we issued, to tell our ads from an impostor's."""
+        self._own_seqs[seq] = None
+        while len(self._own_seqs) > 4096:
+            self._own_seqs.popitem(last=False)
 
     def apply(self, ad: CapabilityAd, now: float, wire: bytes = b"") -> PeerEntry:
         """Store a verified ad. AdRejected if it is not newer than what we have."""
         if ad.peer_id == self._self:
+            if ad.seq not in self._own_seqs:
+                # Validly signed with our key, yet not issued by us.
+                self.impostor_addrs = ad.addrs
+                raise AdRejected("an ad signed with our key that we did not issue")
             raise AdRejected("our own ad")
         last = self._seen_seq.get(ad.peer_id)
         if last is not None and ad.seq <= last:

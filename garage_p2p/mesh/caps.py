@@ -64,6 +64,7 @@ class CapsService:
         # Milliseconds of wall time, so a restarted peer's seq still grows
         # without storing it; +1 when two ads fall in the same millisecond.
         self._last_seq = max(self._last_seq + 1, int(time.time() * 1000))
+        self.table.note_own_seq(self._last_seq)
         return self._last_seq
 
     def build_ad(self, seq: int = 0) -> CapabilityAd:

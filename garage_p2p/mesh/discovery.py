@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -246,9 +247,15 @@ class Discovery:
 
     async def _maintain(self) -> None:
         last_provide = -REPROVIDE_INTERVAL
+        rng = random.Random()
         while True:
-            for peer_id in self.mesh.connected_peers():
+            connected = self.mesh.connected_peers()
+            for peer_id in connected:
                 await self._add_to_dht(peer_id)
+            if connected:
+                # Anti-entropy: gossip can lose an ad; a table sync with one
+                # random neighbour repairs it (and shows us an impostor's ads).
+                await self.fetch_table(rng.choice(connected))
             with trio.move_on_after(20):
                 try:
                     await self.dht.refresh_routing_table()

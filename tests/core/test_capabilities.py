@@ -127,3 +127,15 @@ def test_own_ad_ignored_and_table_bounded():
         table.apply(ad_of(other), NOW)
     assert len(table.entries(NOW)) == 3
     assert {e.ad.peer_id for e in table.entries(NOW)} == {o.peer_id for o in others[2:]}
+
+
+def test_an_ad_signed_with_our_key_that_we_did_not_issue_reveals_an_impostor():
+    me = ident()
+    table = PeerTable(self_peer_id=me.peer_id)
+    table.note_own_seq(7)
+    with pytest.raises(AdRejected, match="our own"):
+        table.apply(ad_of(me, seq=7), NOW)
+    assert table.impostor_addrs == ()
+    with pytest.raises(AdRejected, match="did not issue"):
+        table.apply(ad_of(me, seq=8), NOW)
+    assert table.impostor_addrs == (f"/ip4/127.0.0.1/tcp/4001/p2p/{me.peer_id}",)
