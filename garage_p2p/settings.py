@@ -94,6 +94,17 @@ def parse_backend(spec: str) -> tuple[str, str]:
 _LIST_KEYS = {"listen", "bootstrap"}
 
 
+def read_bootstrap_file(path: Path) -> list[str]:
+    """The multiaddrs in a bootstrap list (one per line, ``#`` comments); [] if there is none."""
+    try:
+        lines = path.read_text().splitlines()
+    except (FileNotFoundError, IsADirectoryError):
+        return []
+    except OSError as exc:
+        raise SettingsError(f"cannot read {path}: {exc.strerror}") from None
+    return [line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
 def _from_env(environ: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for field in Settings.model_fields:
@@ -125,6 +136,8 @@ def load_settings(flags: dict[str, Any], environ: dict[str, str] | None = None) 
     merged.update(_from_env(environ))
     merged.update({k: v for k, v in flags.items() if v not in (None, [], {})})
     merged["home"] = home
+    if not merged.get("bootstrap"):
+        merged["bootstrap"] = read_bootstrap_file(home / "bootstrap-peers.txt")
     try:
         return Settings(**merged)
     except ValidationError as exc:

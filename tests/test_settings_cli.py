@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from pathlib import Path
 
 from garage_p2p.settings import SettingsError, load_settings
 
@@ -87,3 +88,21 @@ def test_garage_peer_port_in_use_is_a_one_line_error(tmp_path):
         result = run("garage_p2p.cli.peer", "--home", str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "--api" in result.stderr
+
+
+def test_bootstrap_list_file_is_used_when_no_bootstrap_is_given(tmp_path):
+    (tmp_path / "bootstrap-peers.txt").write_text("# comment\n/ip4/127.0.0.1/tcp/1/p2p/a  # inline\n\n/ip4/127.0.0.1/tcp/2/p2p/b\n")
+    assert load_settings({"home": str(tmp_path)}, {}).bootstrap == ["/ip4/127.0.0.1/tcp/1/p2p/a", "/ip4/127.0.0.1/tcp/2/p2p/b"]
+    assert load_settings({"home": str(tmp_path), "bootstrap": ["/x/p2p/c"]}, {}).bootstrap == ["/x/p2p/c"]
+    shipped = Path(__file__).resolve().parents[1] / "bootstrap" / "bootstrap-peers.txt"
+    from garage_p2p.settings import read_bootstrap_file
+
+    assert read_bootstrap_file(shipped) == []  # no public nodes yet: nothing is dialled by default
+
+
+def test_shipped_relay_config_loads(tmp_path):
+    import shutil
+
+    shutil.copy(Path(__file__).resolve().parents[1] / "bootstrap" / "relay-node.toml", tmp_path / "config.toml")
+    s = load_settings({"home": str(tmp_path)}, {})
+    assert s.relay and s.dht_mode == "server" and not s.mdns and s.api == "127.0.0.1:8000"

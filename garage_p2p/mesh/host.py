@@ -28,7 +28,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..core.identity import Identity
 from ..core.multistream import lazy_proposal
 from .patches import apply_library_patches
-from .nat import NatService, is_circuit
+from .nat import NatService, is_circuit, is_lan_addr
 from .streams import NegotiatingStream
 
 log = logging.getLogger(__name__)
@@ -128,9 +128,13 @@ class Mesh:
             except Exception as exc:  # the library raises many types for unreachable peers
                 errors.append(f"direct: {exc}")
 
+        # A peer that advertises only LAN addresses besides its relayed ones
+        # is behind NAT: its LAN addresses will time out, so race at once.
+        head_start = 0.0 if all(is_lan_addr(str(m)) for m in direct) else RELAY_HEAD_START
+
         async def dial_relayed() -> None:
-            if direct:
-                with trio.move_on_after(RELAY_HEAD_START):
+            if direct and head_start:
+                with trio.move_on_after(head_start):
                     await done.wait()
             for circuit in circuits:
                 if done.is_set():

@@ -148,7 +148,8 @@ class NatService:
                     await self._keep_reservations(relay_candidates())
                 elif self.reservations:
                     self.reservations.clear()
-                await trio.sleep(RESERVE_INTERVAL)
+                # Look again soon while a peer behind NAT has no relay yet.
+                await trio.sleep(RESERVE_INTERVAL if self.reservations or self.reachability() != "private" else 1.0)
 
     async def _alive(self, relay_id: str) -> bool:
         """A relay whose link died silently still looks connected: ping it."""

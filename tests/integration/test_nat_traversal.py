@@ -8,79 +8,12 @@ made from B's namespace to B's endpoint.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from garage_p2p.devtools.natlab import nat_lab, netns_nat_available
-from garage_p2p.devtools.processes import PeerProcess
-
-CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-API = "http://127.0.0.1:8000/v1"
-
-
-class NatMesh:
-    def __init__(self, lab, root: Path) -> None:
-        self.lab = lab
-        self.peers: dict[str, PeerProcess] = {}
-        self.procs: list[subprocess.Popen] = []
-        relays = []
-        for name in ("r1", "r2"):
-            host = lab.hosts[name]
-            peer = self._start(name, root, ["--listen", f"/ip4/{host.ip}/tcp/4001", "--relay"])
-            relays.append(next(a for a in peer.info["addrs"] if host.ip in a))
-        a = lab.hosts["a"]
-        self.procs.append(subprocess.Popen([*a.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "8101", "--token-delay", "0.01"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        boot = [arg for r in relays for arg in ("--bootstrap", r)]
-        self._start("a", root, ["--listen", f"/ip4/{a.ip}/tcp/4001", "--backend", "tiny=http://127.0.0.1:8101/v1", *boot])
-        b = lab.hosts["b"]
-        self._start("b", root, ["--listen", f"/ip4/{b.ip}/tcp/4001", *boot])
-
-    def _start(self, name: str, root: Path, args: list[str]) -> PeerProcess:
-        host = self.lab.hosts[name]
-        env_args = ["--api", "127.0.0.1:8000", "--no-mdns", *args]
-        peer = PeerProcess(root / name, env_args, prefix=host.exec_prefix()).start()
-        self.peers[name] = peer
-        peer.wait_ready()
-        return peer
-
-    def cli(self, name: str, *args: str):
-        result = self.peers[name].run("garage_p2p.cli.garage", *args, "--json", "--api", API)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def chat_from_b(self) -> dict:
-        snippet = (
-            "import httpx, json, time; t = time.monotonic(); "
-            f"r = httpx.post('{API}/chat/completions', json={CHAT!r}, timeout=30); "
-            "print(json.dumps({'status': r.status_code, 'provider': r.headers.get('x-garage-provider'), 'ms': (time.monotonic() - t) * 1000}))"
-        )
-        result = subprocess.run([*self.lab.hosts["b"].exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
-
-    def connection_b_to_a(self) -> str:
-        a_id = self.peers["a"].info["peer_id"]
-        return next((p["connection"] for p in self.cli("b", "peers") if p["peer_id"] == a_id), "unknown")
-
-    def stop(self) -> None:
-        for peer in self.peers.values():
-            peer.kill()
-        for proc in self.procs:
-            proc.kill()
-            proc.wait(10)
-
-
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.25)
-    return time.monotonic() - start
+from garage_p2p.devtools.natmesh import NatMesh, wait_until
 
 
 def _lab(tmp_path, nat: str):

@@ -1,0 +1,95 @@
+"""Garage peers in the NAT lab: public relays R1 and R2, peers A and B behind home routers.
+
+Used by the NAT tests and benchmarks/nat.py. A serves ``tiny`` from a
+StandInBackend in its own namespace (the network is what is measured, not the
+model); requests are made from B's namespace to B's endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .processes import PeerProcess
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+API = "http://127.0.0.1:8000/v1"
+
+
+class NatMesh:
+    """garage-peer processes in a running lab (devtools/natlab.nat_lab)."""
+
+    def __init__(self, lab, root: Path) -> None:
+        self.lab = lab
+        self.peers: dict[str, PeerProcess] = {}
+        self.started_at: dict[str, float] = {}
+        """Monotonic time each peer process was started."""
+        self.procs: list[subprocess.Popen] = []
+        relays = []
+        for name in ("r1", "r2"):
+            host = lab.hosts[name]
+            peer = self._start(name, root, ["--listen", f"/ip4/{host.ip}/tcp/4001", "--relay"])
+            relays.append(next(a for a in peer.info["addrs"] if host.ip in a))
+        a = lab.hosts["a"]
+        self.procs.append(subprocess.Popen([*a.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "8101", "--token-delay", "0.01"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        boot = [arg for r in relays for arg in ("--bootstrap", r)]
+        self._start("a", root, ["--listen", f"/ip4/{a.ip}/tcp/4001", "--backend", "tiny=http://127.0.0.1:8101/v1", *boot])
+        b = lab.hosts["b"]
+        self._start("b", root, ["--listen", f"/ip4/{b.ip}/tcp/4001", *boot])
+
+    def _start(self, name: str, root: Path, args: list[str]) -> PeerProcess:
+        host = self.lab.hosts[name]
+        env_args = ["--api", "127.0.0.1:8000", "--no-mdns", *args]
+        self.started_at[name] = time.monotonic()
+        peer = PeerProcess(root / name, env_args, prefix=host.exec_prefix()).start()
+        self.peers[name] = peer
+        peer.wait_ready()
+        return peer
+
+    def cli(self, name: str, *args: str):
+        result = self.peers[name].run("garage_p2p.cli.garage", *args, "--json", "--api", API)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    def chat_from_b(self, n: int = 1) -> dict:
+        """``n`` requests from B's namespace over one HTTP client: statuses, provider, ms each."""
+        snippet = (
+            "import httpx, json, time\n"
+            "out = {'status': [], 'provider': None, 'ms': []}\n"
+            "with httpx.Client(timeout=30) as c:\n"
+            f"    for _ in range({n}):\n"
+            "        t = time.monotonic()\n"
+            f"        r = c.post('{API}/chat/completions', json={CHAT!r})\n"
+            "        out['ms'].append((time.monotonic() - t) * 1000)\n"
+            "        out['status'].append(r.status_code)\n"
+            "        out['provider'] = r.headers.get('x-garage-provider')\n"
+            "print(json.dumps(out))\n"
+        )
+        result = subprocess.run([*self.lab.hosts["b"].exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60 + 10 * n)
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        if n == 1:
+            return {"status": out["status"][0], "provider": out["provider"], "ms": out["ms"][0]}
+        return out
+
+    def connection_b_to_a(self) -> str:
+        a_id = self.peers["a"].info["peer_id"]
+        return next((p["connection"] for p in self.cli("b", "peers") if p["peer_id"] == a_id), "unknown")
+
+    def stop(self) -> None:
+        for peer in self.peers.values():
+            peer.kill()
+        for proc in self.procs:
+            proc.kill()
+            proc.wait(10)
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while not predicate():
+        assert time.monotonic() - start < timeout, f"{what}: not within {timeout} s"
+        time.sleep(0.25)
+    return time.monotonic() - start
