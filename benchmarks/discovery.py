@@ -1,10 +1,12 @@
-"""How long until every peer knows a new provider (10 and 50 peers, one process).
+"""How long until every peer knows a new provider (10 and 50 peers).
 
-Peers are full in-process garage peers (real libp2p hosts, gossipsub, DHT,
-HTTP endpoint) on 127.0.0.1; each joins through a random earlier peer, so
-the mesh is a random tree of bootstrap links, not a star. Once the mesh has
-settled, a new provider joins through a random peer and we time how long
-until every peer's table lists its model (polled every 10 ms).
+Each peer is a real ``garage-peer`` process on 127.0.0.1 (one process per
+peer, as on real rigs; 50 full peers in one Python process saturate a core
+by themselves). Each joins through a random earlier peer, so the bootstrap
+links form a random tree, not a star. Once the mesh has settled, a new
+provider joins through a random peer; we time, from the moment its process
+starts, until every peer's ``/garage/v1/models`` lists its model (all peers
+polled concurrently every 20 ms).
 
     .venv/bin/python benchmarks/discovery.py [--sizes 10 50] [--trials 3]
 """
@@ -14,74 +16,87 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
-from contextlib import AsyncExitStack
 from pathlib import Path
 
+import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from garage_p2p.cli.common import setup_logging  # noqa: E402
-from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.devtools.standin_backend import create_standin_app, serve_standin  # noqa: E402
-from garage_p2p.settings import Settings  # noqa: E402
+from garage_p2p.devtools.processes import PeerProcess, peer_args  # noqa: E402
+
+QUIET = ["--log-level", "WARNING"]
 
 
-def settings(home: Path, bootstrap: list[str], **extra) -> Settings:
-    return Settings(home=home, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", bootstrap=bootstrap, mdns=False, log_level="ERROR", **extra)
+async def all_know(urls: list[str], model: str, timeout: float) -> None:
+    known: set[str] = set()
+    async with httpx.AsyncClient(timeout=5) as client:
+        with trio.fail_after(timeout):
+            while len(known) < len(urls):
+
+                async def poll(url: str) -> None:
+                    try:
+                        data = (await client.get(url)).json()["models"]
+                    except (httpx.HTTPError, ValueError, KeyError):
+                        return
+                    if any(m["model"] == model for m in data):
+                        known.add(url)
+
+                async with trio.open_nursery() as nursery:
+                    for url in urls:
+                        if url not in known:
+                            nursery.start_soon(poll, url)
+                await trio.sleep(0.02)
 
 
-def loopback(peer) -> list[str]:
-    return [a for a in peer.mesh.addrs() if "/127.0.0.1/" in a][:1]
-
-
-async def trial(n: int, rng: random.Random, root: Path, backend: str) -> tuple[float, float]:
-    """(seconds until all n peers know the new provider, seconds to start the mesh)."""
-    async with AsyncExitStack() as stack:
-        t0 = time.perf_counter()
-        peers = []
+def trial(n: int, rng: random.Random, root: Path, backend: str, settle: float) -> tuple[float, float]:
+    peers: list[PeerProcess] = []
+    try:
+        t0 = time.monotonic()
         for i in range(n):
-            boot = loopback(rng.choice(peers)) if peers else []
-            peers.append(await stack.enter_async_context(open_peer(settings(root / f"p{i}", boot))))
-        started = time.perf_counter() - t0
-        await trio.sleep(5)  # let gossipsub meshes form
+            boot = [rng.choice(peers).addr] if peers else []
+            peers.append(PeerProcess(root / f"p{i}", peer_args(bootstrap=boot, extra=QUIET)).start())
+            peers[-1].wait_ready()
+        started = time.monotonic() - t0
+        time.sleep(settle)
         model = f"new-{rng.randrange(10**9)}"
-        via = rng.choice(peers)
+        urls = [p.api_url.removesuffix("/v1") + "/garage/v1/models" for p in peers]
+        provider = PeerProcess(root / "provider", peer_args(bootstrap=[rng.choice(peers).addr], backends={model: backend}, extra=QUIET))
+        peers.append(provider)
         t1 = time.perf_counter()
-        await stack.enter_async_context(open_peer(settings(root / "provider", loopback(via), backends={model: backend})))
-        with trio.fail_after(300):
-            while not all(model in p.dispatcher.known_models() for p in peers):
-                await trio.sleep(0.01)
+        provider.start()
+        trio.run(all_know, urls, model, 120.0)
         return time.perf_counter() - t1, started
-
-
-async def main_async(sizes: list[int], trials: int, seed: int) -> None:
-    setup_logging("ERROR")
-    rng = random.Random(seed)
-    async with trio.open_nursery() as nursery:
-        bound = await nursery.start(serve_standin, create_standin_app("any"), "127.0.0.1", 0)
-        backend = bound[0] + "/v1"
-        print(f"{'peers':>6} {'trial':>6} {'all know (s)':>13} {'mesh start (s)':>15}")
-        for n in sizes:
-            times = []
-            for t in range(trials):
-                with tempfile.TemporaryDirectory() as tmp:
-                    took, started = await trial(n, rng, Path(tmp), backend)
-                times.append(took)
-                print(f"{n:6d} {t + 1:6d} {took:13.3f} {started:15.1f}", flush=True)
-            print(f"{n:6d} median {statistics.median(times):13.3f}")
-        nursery.cancel_scope.cancel()
+    finally:
+        for p in peers:
+            p.kill()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[10, 50])
     parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--settle", type=float, default=10.0, help="seconds between the last join and the new provider")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
-    trio.run(main_async, args.sizes, args.trials, args.seed)
+    rng = random.Random(args.seed)
+    backend_proc = subprocess.Popen([sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "18555", "--model", "any"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        print(f"{'peers':>6} {'trial':>6} {'all know (s)':>13} {'mesh start (s)':>15}")
+        for n in args.sizes:
+            times = []
+            for t in range(args.trials):
+                with tempfile.TemporaryDirectory() as tmp:
+                    took, started = trial(n, rng, Path(tmp), "http://127.0.0.1:18555/v1", args.settle)
+                times.append(took)
+                print(f"{n:6d} {t + 1:6d} {took:13.2f} {started:15.1f}", flush=True)
+            print(f"{n:6d} median {statistics.median(times):13.2f}", flush=True)
+    finally:
+        backend_proc.terminate()
+        backend_proc.wait(10)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ REFRESH_INTERVAL = 30.0
 REPROVIDE_INTERVAL = 300.0
 LOOKUP_TIMEOUT = 5.0
 GOSSIP_SETTLE = 0.5
+JOINING_CONNECTIONS = 2
 
 
 def model_key(model: str) -> str:
@@ -233,7 +234,10 @@ class Discovery:
             await self._add_to_dht(peer_id)
 
     async def _announce_soon(self) -> None:
-        if self.on_new_connection is not None:
+        # Only while joining (first connections): later neighbours get our ad
+        # by table sync, and announcing on every connection turned connection
+        # churn into a flood of ads.
+        if self.on_new_connection is not None and len(self.mesh.connected_peers()) <= JOINING_CONNECTIONS:
             # Give the pubsub hello (subscriptions) time to cross, so that a
             # publish reaches the new neighbour and, through it, the mesh.
             await trio.sleep(GOSSIP_SETTLE)

@@ -29,7 +29,7 @@ from ..core.identity import Identity
 from ..core.multistream import lazy_proposal
 from .patches import apply_library_patches
 from .nat import NatService, is_circuit, is_lan_addr
-from .streams import NegotiatingStream
+from .streams import NegotiatingStream, disconnect_quietly
 
 log = logging.getLogger(__name__)
 
@@ -173,12 +173,7 @@ class Mesh:
 
     async def disconnect(self, peer_id: str) -> None:
         """Close every connection to ``peer_id`` (they are dead or unwanted)."""
-        with trio.move_on_after(2) as scope:
-            scope.shield = True
-            try:
-                await self.host.disconnect(ID.from_base58(peer_id))
-            except Exception:  # already gone
-                pass
+        await disconnect_quietly(self.host, peer_id)
 
     async def open_stream(self, peer_id: str, addrs: Sequence[str], protocol: str, timeout: float = DIAL_TIMEOUT):
         """A new stream to ``peer_id`` speaking ``protocol``; DialError if impossible."""
@@ -282,7 +277,7 @@ async def open_mesh(
         # mesh all dialled each other and one process spent its CPU on
         # connections; a peer needs a handful (gossipsub's degree is 6).
         connection_config=ConnectionConfig(
-            min_connections=3, low_watermark=4, high_watermark=12, max_connections=128
+            min_connections=4, low_watermark=6, high_watermark=24, max_connections=128
         ),
         **_transport_flags(listen_addrs),
     )

@@ -33,6 +33,8 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
+from .streams import disconnect_quietly
+
 log = logging.getLogger(__name__)
 
 DCUTR_DIAL_TIMEOUT = 2  # the library's 10 s made every punch take > 10 s
@@ -159,12 +161,7 @@ class NatService:
                 return True
             except Exception:
                 pass
-        with trio.move_on_after(2) as scope:
-            scope.shield = True
-            try:
-                await self.host.disconnect(ID.from_base58(relay_id))
-            except Exception:  # already gone
-                pass
+        await disconnect_quietly(self.host, relay_id)
         return False
 
     async def _keep_reservations(self, candidates: Sequence[str]) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import trio
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
 
+from libp2p.peer.id import ID
+
 from ..core.multistream import LazySelectReader
 
 READ_SIZE = 64 * 1024
@@ -48,6 +50,16 @@ async def close_quietly(stream, reset: bool = False) -> None:
             else:
                 await stream.close()
         except Exception:  # closing a dead stream can raise anything the library likes
+            pass
+
+
+async def disconnect_quietly(host, peer_id: str) -> None:
+    """Close every connection to ``peer_id`` (dead or unwanted); already gone is fine."""
+    with trio.move_on_after(2) as scope:
+        scope.shield = True
+        try:
+            await host.disconnect(ID.from_base58(peer_id))
+        except Exception:  # already gone, or a connection that breaks while closing
             pass
 
 
