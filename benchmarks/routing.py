@@ -49,7 +49,8 @@ def jain(values: list[float]) -> float:
 async def run_config(providers: int, requests: int, clients: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        async with AsyncExitStack() as stack, trio.open_nursery() as nursery:
+        # The backends' nursery outlives the peers (the exit stack closes first).
+        async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
             urls = []
             for i in range(providers):
                 bound = await nursery.start(serve_standin, create_standin_app("tiny", token_delay=TOKEN_DELAY, max_running=BATCH), "127.0.0.1", 0)
@@ -89,6 +90,7 @@ async def run_config(providers: int, requests: int, clients: int) -> dict:
                         load.start_soon(worker)
                 elapsed = time.perf_counter() - t0
             shares = [served[p.identity.peer_id] for p in peers]
+            await stack.aclose()
             nursery.cancel_scope.cancel()
             ordered = sorted(latencies)
             return {
