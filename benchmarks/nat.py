@@ -30,7 +30,6 @@ from garage_p2p.devtools.natmesh import NatMesh, wait_until  # noqa: E402
 
 def one_trial(nat: str, requests: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp, nat_lab(f"gpb{nat[0]}", {"a": nat, "b": nat}) as lab:
-        t0 = time.monotonic()
         mesh = NatMesh(lab, Path(tmp))
         try:
             since_a = time.monotonic() - mesh.started_at["a"]

@@ -12,7 +12,7 @@ from garage_p2p.core.wire import FrameType, encode_frame
 from garage_p2p.mesh.discovery import PROTOCOL_CAPS
 from garage_p2p.mesh.streams import read_some
 
-from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .conftest import first_addr, running_peer, standin_backend, wait_for_model
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 

@@ -32,7 +32,7 @@ async def test_under_load_most_requests_go_to_the_fast_provider(tmp_path, http):
                 bench = await run_benchmark(client, url, "tiny", concurrency=4, max_tokens=20, rounds=1)
                 save_benchmark(tmp_path / name, "tiny", bench)
         async with running_peer(tmp_path / "fast", backends={"tiny": fast_url}) as fast:
-            async with running_peer(tmp_path / "slow", backends={"tiny": slow_url}, bootstrap=first_addr(fast)) as slow:
+            async with running_peer(tmp_path / "slow", backends={"tiny": slow_url}, bootstrap=first_addr(fast)):
                 async with running_peer(tmp_path / "c", bootstrap=first_addr(fast)) as c:
                     await wait_for_model(c, "tiny", providers=2)
                     served = collections.Counter()

@@ -5,14 +5,13 @@ The tests run in file order; the last one kills A.
 
 from __future__ import annotations
 
-import json
 import time
 
 import httpx
 import openai
 import pytest
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.devtools.processes import PeerProcess
 
 from .conftest import LineMesh
 
