@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,8 +44,14 @@ async def standin_backend(model: str = "tiny", **delays) -> AsyncIterator[str]:
 
 
 async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> None:
+    """Poll ``predicate`` (plain or async) until it is true; TooSlowError after ``timeout``."""
     with trio.fail_after(timeout):
-        while not await predicate():
+        while True:
+            result = predicate()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
             await trio.sleep(interval)
 
 
@@ -70,7 +77,7 @@ def openai_schema():
     """Validators for the official OpenAI schema's components (shared/openai)."""
     document = json.loads(OPENAPI.read_text())
     uri = "urn:openai"
-    registry = Registry().with_resource(uri, Resource.from_contents(document, default_specification=None) if False else Resource.opaque(document))
+    registry = Registry().with_resource(uri, Resource.opaque(document))
 
     def validator(name: str) -> Draft202012Validator:
         return Draft202012Validator({"$ref": f"{uri}#/components/schemas/{name}"}, registry=registry)

@@ -22,15 +22,12 @@ def state(checks: list[dict], name: str) -> str:
     return next(c["state"] for c in checks if c["check"] == name)
 
 
-async def _true(value) -> bool:
-    return bool(value)
-
 
 async def test_doctor_reports_problems_with_their_fix(tmp_path):
     async with standin_backend() as url:
         async with running_peer(tmp_path / "hub") as hub:
             async with running_peer(tmp_path / "a", backends={"tiny": url, "gone": "http://127.0.0.1:9/v1"}, bootstrap=first_addr(hub)) as a:
-                await wait_for(lambda: _true(a.mesh.connected_peers()), 10)
+                await wait_for(lambda: a.mesh.connected_peers(), 10)
                 code, checks = await doctor(a.api_url)
                 assert code == 1  # the dead backend
                 assert state(checks, "backend tiny") == "ok"

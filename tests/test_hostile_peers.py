@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import os
 
 import trio
@@ -16,9 +18,6 @@ from .conftest import first_addr, running_peer, standin_backend, wait_for_model
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 
-
-async def _true(value) -> bool:
-    return bool(value)
 
 
 async def test_garbage_gossip_rpc_does_not_crash_the_peer(tmp_path, http):
@@ -41,7 +40,7 @@ async def test_a_poisoned_ad_table_is_rejected_and_counted(tmp_path):
     async with running_peer(tmp_path / "victim") as victim:
         async with running_peer(tmp_path / "evil") as evil:
             stranger = Identity.from_seed(b"\x09" * 32)
-            forged = bytearray(sign_ad(stranger, make_ad(stranger, seq=1, now=trio_now(), ttl=30, addrs=(), models=(ModelOffer(name="bait"),), version="x")))
+            forged = bytearray(sign_ad(stranger, make_ad(stranger, seq=1, now=time.time(), ttl=30, addrs=(), models=(ModelOffer(name="bait"),), version="x")))
             forged[70] ^= 1  # one flipped bit in the payload
 
             async def serve_poison(stream) -> None:
@@ -69,9 +68,3 @@ async def test_wrong_protocol_answer_is_not_a_crash(tmp_path, http):
                     assert "does not speak" in str(exc) or "negotiation" in str(exc) or "answer" in str(exc)
                 r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                 assert r.status_code == 200
-
-
-def trio_now() -> float:
-    import time
-
-    return time.time()

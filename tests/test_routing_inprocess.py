@@ -20,9 +20,6 @@ from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
 
 
-async def _true(value) -> bool:
-    return bool(value)
-
 
 async def test_under_load_most_requests_go_to_the_fast_provider(tmp_path, http):
     async with standin_backend(token_delay=0.002) as fast_url, standin_backend(token_delay=0.03) as slow_url:
@@ -83,7 +80,7 @@ async def test_unknown_model_is_looked_up_in_the_dht_before_404(tmp_path, http):
             async with running_peer(tmp_path / "a", backends={"tiny": url}, bootstrap=first_addr(b), ad_interval=3600) as a:
                 async with running_peer(tmp_path / "c", bootstrap=first_addr(b), ad_interval=3600) as c:
                     # A's provider record reaches the DHT (B holds it).
-                    await wait_for(lambda: _true("tiny" in a.discovery._provided), 15)
+                    await wait_for(lambda: "tiny" in a.discovery._provided, 15)
                     await wait_for_model(c, "tiny")
                     c.table.forget(a.identity.peer_id)  # as if C had never heard A's ad
                     assert "tiny" not in c.dispatcher.known_models()

@@ -13,6 +13,7 @@ from ..core.capabilities import Benchmark
 from ..runtime.bench import BenchError, resolve_model, run_benchmark
 from ..settings import SettingsError, load_settings, parse_backend
 from ..store.bench_store import bench_path, save_benchmark
+from .client import aligned
 from .common import HomeOption, fail, resolve_home
 
 BackendOption = typer.Option(
@@ -69,8 +70,7 @@ def format_table(results: dict[str, Benchmark]) -> str:
         [name, f"{b.single_stream_tps:.1f}", f"{b.aggregate_tps:.1f}" + ("" if at else f" @{b.concurrency}"), f"{b.ttft_p50_ms:.0f} ms"]
         for name, b in results.items()
     ]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in [header, *rows])
+    return aligned(header, rows)
 
 
 def bench(

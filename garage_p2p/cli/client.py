@@ -55,8 +55,12 @@ def print_json(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
-def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+def aligned(headers: list[str], rows: list[list[Any]]) -> str:
+    """Rows under headers in left-aligned columns (None shows as ``-``)."""
     cells = [headers] + [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    for row in cells:
-        typer.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+
+
+def print_table(headers: list[str], rows: list[list[Any]]) -> None:
+    typer.echo(aligned(headers, rows))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import ipaddress
 import json
 import logging
 import os
@@ -53,6 +52,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
+from ..mesh.nat import PublicPredialDCUtR
 from ..mesh.patches import apply_library_patches
 
 log = logging.getLogger("nat_probe")
@@ -77,37 +77,6 @@ def key_pair_from_seed(seed: str) -> KeyPair:
     """A stable Ed25519 identity from any string (the probe's peer ids are reproducible)."""
     private = Ed25519PrivateKey.from_bytes(hashlib.sha256(seed.encode()).digest())
     return KeyPair(private, private.get_public_key())
-
-
-_LAN_NETS = [ipaddress.ip_network(n) for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "169.254.0.0/16")]
-
-
-def is_lan_addr(addr: multiaddr.Multiaddr) -> bool:
-    """An RFC 1918 / CGNAT / link-local IPv4 address (not ipaddress.is_private:
-    that also counts the TEST-NET ranges the lab uses as "public")."""
-    try:
-        ip = ipaddress.ip_address(addr.value_for_protocol("ip4"))
-    except Exception:
-        return False
-    return any(ip in net for net in _LAN_NETS)
-
-
-class PublicPredialDCUtR(DCUtRProtocol):
-    """DCUtR without the blocking pre-dial to a relayed peer's private addresses.
-
-    Before the DCUtR exchange, 0.8.1 tries a plain ("unilateral") dial to
-    every non-relay address it knows for the peer, i.e. the LAN addresses
-    identify reported, and waits ``dial_timeout`` for them: on the internet
-    they are black holes, so every punch starts ``dial_timeout`` late. This
-    skips that step when the peer has no non-LAN address. (Overrides a
-    private method of 0.8.1: re-check on upgrade.)
-    """
-
-    async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
-        addrs = [a for a in self.host.get_peerstore().addrs(peer_id) if "/p2p-circuit" not in str(a)]
-        if not any(not is_lan_addr(a) for a in addrs):
-            return False
-        return await super()._try_unilateral_upgrade(peer_id)
 
 
 @dataclass

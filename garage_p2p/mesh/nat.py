@@ -67,7 +67,7 @@ def is_circuit(addr: str) -> bool:
     return "/p2p-circuit" in addr
 
 
-class _PublicPredialDCUtR(DCUtRProtocol):
+class PublicPredialDCUtR(DCUtRProtocol):
     """DCUtR without the pre-dial to a relayed peer's private addresses.
 
     Before punching, 0.8.1 dials every non-relay address it knows for the
@@ -96,7 +96,7 @@ class NatService:
         self.limits = limits or relay_limits()
         self.protocol = CircuitV2Protocol(host, limits=self.limits, allow_hop=relay_service)
         self.transport = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=self.limits))
-        self.dcutr = _PublicPredialDCUtR(host, dial_timeout=DCUTR_DIAL_TIMEOUT)
+        self.dcutr = PublicPredialDCUtR(host, dial_timeout=DCUTR_DIAL_TIMEOUT)
         self.reservations: dict[str, str] = {}
         """Relay peer id → our circuit address through it."""
         self.reservation_ms: dict[str, float] = {}

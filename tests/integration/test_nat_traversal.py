@@ -52,9 +52,13 @@ def test_symmetric_nat_stays_relayed_and_survives_losing_a_relay(tmp_path):
             wait_until(lambda: len(mesh.cli("a", "status")["relay_reservations"]) == 2, 30, "A reserving on both relays")
             wait_until(lambda: any(m["model"] == "tiny" for m in mesh.cli("b", "models")), 30, "B learning A's model")
             assert mesh.chat_from_b()["status"] == 200
-            time.sleep(8)  # DCUtR's attempts (every 2 s, 3 of them) fail through a symmetric NAT
-            assert mesh.connection_b_to_a() == "relayed"
+            # DCUtR tries three times, 2 s apart; through a symmetric NAT all fail.
+            # (A failed attempt may also drop the relayed connection: the next
+            # request then dials through the relay again.)
+            time.sleep(8)
+            assert mesh.connection_b_to_a() != "direct"
             assert mesh.chat_from_b()["status"] == 200
+            assert mesh.connection_b_to_a() == "relayed"
             # Which relay carries B-A? Kill both in turn is too much: kill R1 and expect R2 to carry on.
             lab.kill_host("r1")
             mesh.peers.pop("r1")
