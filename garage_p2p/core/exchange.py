@@ -95,19 +95,31 @@ class ResponseReader:
         return truncated_failure("stream closed before the END frame")
 
 
+COSIGN_BYTES = 64
+
+
 class RequestReader:
-    """Provider side: bytes from the consumer in, the request head out."""
+    """Provider side: bytes from the consumer in, the request head (and later its counter-signature) out."""
 
     def __init__(self, max_head_bytes: int = DEFAULT_LIMITS[FrameType.HEAD]) -> None:
-        self._decoder = FrameDecoder({FrameType.HEAD: max_head_bytes})
+        self._decoder = FrameDecoder({FrameType.HEAD: max_head_bytes, FrameType.COSIGN: COSIGN_BYTES})
         self.head: RequestHead | None = None
+        self.cosig: bytes | None = None
+        """The consumer's counter-signature of the receipt, once it arrived."""
 
     def feed(self, data: bytes) -> RequestHead | None:
-        """Returns the head once it is complete; PeerFault on anything else."""
+        """Returns the head once it is complete; PeerFault on anything out of order."""
         for frame in self._decoder.feed(data):
-            if self.head is not None:
-                raise FrameError("a second frame after the request head")
-            self.head = decode_json(RequestHead, frame.payload)
+            if self.head is None:
+                if frame.type is not FrameType.HEAD:
+                    raise FrameError(f"{frame.type.name} frame before the request head")
+                self.head = decode_json(RequestHead, frame.payload)
+            elif frame.type is FrameType.COSIGN and self.cosig is None:
+                if len(frame.payload) != COSIGN_BYTES:
+                    raise FrameError("a counter-signature has 64 bytes")
+                self.cosig = frame.payload
+            else:
+                raise FrameError(f"unexpected {frame.type.name} frame after the request head")
         return self.head
 
     def eof(self) -> None:
@@ -129,3 +141,7 @@ def end_frame(info: EndInfo) -> bytes:
 
 def error_frame(info: ErrorInfo) -> bytes:
     return encode_frame(FrameType.ERROR, encode_json(info))
+
+
+def cosign_frame(cosig: bytes) -> bytes:
+    return encode_frame(FrameType.COSIGN, cosig)

@@ -96,6 +96,8 @@ class EndInfo(WireModel):
     """Token counts, when the backend reported them."""
     timings: Timings = Timings()
     """The provider's timings."""
+    receipt: str | None = Field(default=None, max_length=4096)
+    """The provider-signed receipt, base64(signature | receipt JSON); the consumer counter-signs it."""
 
 
 M = TypeVar("M", bound=WireModel)

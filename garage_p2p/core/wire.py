@@ -25,6 +25,14 @@ class FrameType(enum.IntEnum):
     DATA = 2
     END = 3
     ERROR = 4
+    COSIGN = 5
+    """Consumer → provider after END: the 64-byte counter-signature of the receipt."""
+    LEDGER_REQUEST = 16
+    """``/garage/ledger/1.0.0``: a JSON request."""
+    LEDGER_REPLY = 17
+    """``/garage/ledger/1.0.0``: a JSON reply (heads, push result, error)."""
+    LEDGER_ENTRIES = 18
+    """``/garage/ledger/1.0.0``: a compressed page of entries."""
 
 
 KiB = 1024

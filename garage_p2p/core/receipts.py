@@ -1,0 +1,173 @@
+"""Receipts: what a provider served to a consumer, signed by both.
+
+The provider signs the receipt into the END frame; the consumer checks it
+against what it asked for and received, and answers with its counter-signature
+(a COSIGN frame). Only a counter-signed receipt enters the provider's log, so a
+provider cannot claim work that no consumer acknowledged, and a consumer
+cannot deny work it acknowledged.
+
+Signatures cover a domain tag and the exact receipt bytes (JSON as the
+provider wrote it), so peers never need to re-encode a receipt canonically and
+a newer peer may add fields that older peers ignore but still verify.
+"""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Callable
+
+from pydantic import Field
+
+from .errors import PeerFault
+from .identity import Identity, IdentityError, public_key_from_peer_id, verify
+from .messages import WireModel, decode_json
+
+RECEIPT_DOMAIN = b"garage-receipt/1\n"
+COSIGN_DOMAIN = b"garage-cosign/1\n"
+MAX_RECEIPT_BYTES = 2048
+MAX_GPUS = 64
+MAX_REQUEST_MS = 24 * 3600 * 1000
+CLOCK_SLACK_US = 1000
+"""GPU time may exceed wall time × GPUs by this much (two clocks measure them)."""
+
+
+class ReceiptInvalid(PeerFault):
+    """A receipt (or its signatures) that must not be accepted; the message says why."""
+
+
+class Receipt(WireModel):
+    """One served request, as the provider measured it."""
+
+    request_id: str = Field(min_length=1, max_length=64)
+    """The consumer's id for the request (RequestHead.request_id)."""
+    consumer: str = Field(min_length=1, max_length=128)
+    """Peer id of the peer that asked."""
+    provider: str = Field(min_length=1, max_length=128)
+    """Peer id of the peer that served; the receipt's signer and log author."""
+    model: str = Field(min_length=1, max_length=256)
+    """The model name as the mesh knows it."""
+    prompt_tokens: int = Field(ge=0, le=10_000_000)
+    """Tokens in the prompt."""
+    completion_tokens: int = Field(ge=0, le=10_000_000)
+    """Tokens generated."""
+    gpus: int = Field(ge=1, le=MAX_GPUS)
+    """Devices the model occupies on the provider (a CPU-only backend counts as one)."""
+    gpu_us: int = Field(ge=0)
+    """GPU time in microseconds: wall time × gpus, shared among concurrent requests."""
+    start_ms: int = Field(ge=0)
+    """When the provider received the request (ms since the Unix epoch, its clock)."""
+    end_ms: int = Field(ge=0)
+    """When the provider finished it (ms since the Unix epoch, its clock)."""
+
+    @property
+    def gpu_seconds(self) -> float:
+        return self.gpu_us / 1e6
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def check_receipt(receipt: Receipt) -> None:
+    """The rules every receipt obeys; ReceiptInvalid naming the broken one."""
+    if receipt.consumer == receipt.provider:
+        raise ReceiptInvalid("consumer and provider are the same peer")
+    if receipt.end_ms < receipt.start_ms:
+        raise ReceiptInvalid("ends before it starts")
+    wall_ms = receipt.end_ms - receipt.start_ms
+    if wall_ms > MAX_REQUEST_MS:
+        raise ReceiptInvalid("lasts longer than a day")
+    if receipt.gpu_us > wall_ms * 1000 * receipt.gpus + CLOCK_SLACK_US:
+        raise ReceiptInvalid(
+            f"claims {receipt.gpu_us} GPU-µs in {wall_ms} ms on {receipt.gpus} GPUs (more than the wall time allows)"
+        )
+
+
+def encode_receipt(receipt: Receipt) -> bytes:
+    """The receipt's bytes as the provider signs them."""
+    return receipt.model_dump_json().encode()
+
+
+def parse_receipt(raw: bytes) -> Receipt:
+    """Parse and check receipt bytes (no signatures involved)."""
+    if len(raw) > MAX_RECEIPT_BYTES:
+        raise ReceiptInvalid(f"receipt of {len(raw)} bytes exceeds {MAX_RECEIPT_BYTES}")
+    receipt = decode_json(Receipt, raw)
+    check_receipt(receipt)
+    return receipt
+
+
+KeyLookup = Callable[[str], bytes]
+
+
+def peer_key(peer_id: str) -> bytes:
+    """The public key of a peer id; ReceiptInvalid if it embeds none."""
+    try:
+        return public_key_from_peer_id(peer_id)
+    except IdentityError as exc:
+        raise ReceiptInvalid(f"peer id {peer_id[:60]!r}: {exc}") from None
+
+
+def sign_receipt(identity: Identity, raw: bytes) -> bytes:
+    """The provider's signature of receipt bytes."""
+    return identity.sign(RECEIPT_DOMAIN + raw)
+
+
+def cosign_receipt(identity: Identity, raw: bytes) -> bytes:
+    """The consumer's counter-signature of receipt bytes."""
+    return identity.sign(COSIGN_DOMAIN + raw)
+
+
+def check_provider_signature(receipt: Receipt, raw: bytes, signature: bytes, key: KeyLookup = peer_key) -> None:
+    if not verify(key(receipt.provider), signature, RECEIPT_DOMAIN + raw):
+        raise ReceiptInvalid("the provider's signature does not verify")
+
+
+def check_cosignature(receipt: Receipt, raw: bytes, cosig: bytes, key: KeyLookup = peer_key) -> None:
+    if len(cosig) != 64:
+        raise ReceiptInvalid("missing counter-signature")
+    if not verify(key(receipt.consumer), cosig, COSIGN_DOMAIN + raw):
+        raise ReceiptInvalid("the consumer's counter-signature does not verify")
+
+
+def pack_signed(raw: bytes, signature: bytes) -> str:
+    """A provider-signed receipt as it travels in the END frame: base64(sig | bytes)."""
+    return base64.b64encode(signature + raw).decode()
+
+
+def unpack_signed(blob: str) -> tuple[Receipt, bytes, bytes]:
+    """(receipt, raw bytes, provider signature) of an END frame's receipt, signature checked."""
+    try:
+        data = base64.b64decode(blob, validate=True)
+    except ValueError:
+        raise ReceiptInvalid("receipt is not base64") from None
+    if len(data) < 64 + 2:
+        raise ReceiptInvalid("receipt too short")
+    signature, raw = data[:64], data[64:]
+    receipt = parse_receipt(raw)
+    check_provider_signature(receipt, raw, signature)
+    return receipt, raw, signature
+
+
+def expected_receipt_problem(receipt: Receipt, *, consumer: str, provider: str, request_id: str, model: str) -> str | None:
+    """Why a consumer should refuse to counter-sign this receipt, or None.
+
+    The consumer checks what it can know: who served, that it asked, for which
+    request and model. Token counts and time it cannot check (the backend's
+    tokenizer and the provider's clock decide them).
+    """
+    if receipt.consumer != consumer:
+        return "receipt names another consumer"
+    if receipt.provider != provider:
+        return "receipt names another provider than the peer that served"
+    if receipt.request_id != request_id:
+        return "receipt is for another request"
+    if receipt.model != model:
+        return f"receipt is for model {receipt.model!r}, not {model!r}"
+    return None
+
+
+def gpu_us_of(seconds: float) -> int:
+    """GPU-seconds as the receipt's integer microseconds (rounded down: never over-claim)."""
+    return max(0, math.floor(seconds * 1e6))
