@@ -30,6 +30,10 @@ from .core.identity import Identity
 from .core.messages import PROTOCOL_OPENAI
 from .gateway.app import create_app
 from .gateway.dispatch import Dispatcher
+from .ledger.book import Ledger
+from .ledger.cosign import Cosigner
+from .ledger.sync import LedgerSync
+from .ledger.views import balances_view, ledger_summary
 from .mesh.caps import CapsService
 from .mesh.discovery import Discovery
 from .mesh.host import DialError, Mesh, open_mesh
@@ -64,6 +68,9 @@ class Peer:
     caps: CapsService
     discovery: Discovery
     paths: PathTracker
+    ledger: Ledger
+    ledger_sync: LedgerSync
+    cosigner: Cosigner
     api_url: str = ""
     backend_load: dict[str, Load] = field(default_factory=dict)
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
@@ -124,6 +131,7 @@ class Peer:
             "dht_table_size": self.discovery.dht.get_routing_table_size(),
             "draining": self.provider.draining,
             "in_flight": self.provider.in_flight,
+            "ledger": ledger_summary(self.ledger.state, self.identity.peer_id),
             "backends": [
                 {"model": b.name, "url": b.base_url, "healthy": b.healthy, "backend_model": b.backend_model}
                 for b in self.provider.backends.values()
@@ -149,6 +157,8 @@ class Peer:
                     "load": {m.name: m.load.model_dump() for m in ad.models if m.load},
                     "version": ad.version,
                     "last_seen_s": now - entry.received_at,
+                    "ledger_flagged": self.ledger.state.flagged(ad.peer_id),
+                    "cosign_refusals": self.ledger.refusals.get(ad.peer_id, 0),
                 }
             )
         return out
@@ -171,6 +181,9 @@ class Peer:
                 }
             )
         return out
+
+    def ledger_view(self, peer: str | None) -> dict[str, Any]:
+        return balances_view(self.ledger.state, peer)
 
     async def shutdown(self) -> None:
         """Graceful stop: no new requests, withdraw the ad, drain in-flight ones."""
@@ -276,6 +289,21 @@ async def _serve_http(app, settings: Settings, stop: trio.Event, *, task_status=
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
 
+def _addrs_of(table: PeerTable, peer_id: str) -> tuple[str, ...]:
+    entry = table.get(peer_id, time.time())
+    return entry.ad.addrs if entry else ()
+
+
+@asynccontextmanager
+async def _closing(ledger: Ledger) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with trio.CancelScope(shield=True):
+            await ledger.flush()
+            await ledger.aclose()
+
+
 @asynccontextmanager
 async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     """Run a peer until the context exits; call ``Peer.shutdown`` first to drain."""
@@ -299,7 +327,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         ]
         return list(dict.fromkeys([*settings.bootstrap, *relays]))
 
+    ledger = await Ledger.open(identity, settings.home / "ledger.sqlite")
     async with (
+        _closing(ledger),
         httpx.AsyncClient(limits=limits, trust_env=False) as client,
         open_mesh(
             identity,
@@ -314,6 +344,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         provider = ProviderService(
             backends,
             client,
+            identity=identity,
+            receipts=ledger,
             max_concurrency=settings.max_concurrency,
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
         )
@@ -342,6 +374,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         )
         caps.on_ad = lambda ad: known.note(ad.peer_id, ad.addrs)
         paths = PathTracker(mesh)
+        cosigner = Cosigner(identity, ledger)
+        ledger_sync = LedgerSync(mesh, ledger, lambda peer_id: _addrs_of(table, peer_id))
         dispatcher = Dispatcher(
             mesh,
             table,
@@ -351,14 +385,18 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             own_ad=caps.build_ad,
             path=paths.path,
             lookup=discovery.lookup,
+            countersign=cosigner.cosign,
+            flagged=ledger.state.flagged,
         )
-        peer = Peer(settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths)
+        peer = Peer(settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths, ledger, ledger_sync, cosigner)
         peer.benchmarks = await trio.to_thread.run_sync(load_benchmarks, settings.home)
         peer.driver_version = await trio.to_thread.run_sync(driver_version)
         offers_of.append(peer)
         await nursery.start(caps.serve)
         await nursery.start(discovery.serve)
         await nursery.start(known.serve)
+        await nursery.start(ledger.serve)
+        await nursery.start(ledger_sync.serve)
         await nursery.start(paths.serve, lambda: [e.ad.peer_id for e in table.entries(time.time()) if e.ad.models])
         if backends:
             nursery.start_soon(_probe_backends, peer, client)

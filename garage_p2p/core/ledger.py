@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from .identity import Identity, verify
 from .receipts import (
+    CLOCK_SLACK_US,
     MAX_RECEIPT_BYTES,
     Receipt,
     ReceiptInvalid,
@@ -395,3 +396,51 @@ def replay(entries: Iterable[Entry]) -> LedgerState:
     for entry in entries:
         state.add(entry)
     return state
+
+
+@dataclass(frozen=True, slots=True)
+class Overclaim:
+    """A busy period in which an author's receipts claim more GPU time than its GPUs had."""
+
+    start_ms: int
+    """Start of the busy period (receipts overlapping one another)."""
+    end_ms: int
+    """Its end."""
+    claimed_us: int
+    """GPU-µs the receipts in it claim."""
+    limit_us: int
+    """The most its GPUs could give: period × GPUs."""
+
+
+def overclaims(receipts: Iterable[Receipt]) -> list[Overclaim]:
+    """Busy periods of one author whose claimed GPU time exceeds period × GPUs.
+
+    Receipts that overlap in time form a busy period; its capacity is its
+    length times the GPUs of the models served in it (the most any receipt of
+    each model states). An honest provider's time-weighted meter never
+    exceeds it (``core.gpu_meter``).
+    """
+    out: list[Overclaim] = []
+    period: list[Receipt] = []
+    end = -1
+
+    def close() -> None:
+        if not period:
+            return
+        start = min(r.start_ms for r in period)
+        gpus: dict[str, int] = {}
+        for r in period:
+            gpus[r.model] = max(gpus.get(r.model, 0), r.gpus)
+        claimed = sum(r.gpu_us for r in period)
+        limit = (end - start) * 1000 * sum(gpus.values()) + CLOCK_SLACK_US * len(period)
+        if claimed > limit:
+            out.append(Overclaim(start, end, claimed, limit))
+
+    for r in sorted(receipts, key=lambda r: (r.start_ms, r.end_ms)):
+        if period and r.start_ms >= end:
+            close()
+            period = []
+        period.append(r)
+        end = max(end, r.end_ms)
+    close()
+    return out

@@ -146,8 +146,8 @@ class Want:
     """Whose log."""
     from_seq: int
     """First seq wanted."""
-    count: int | None = None
-    """How many seqs (None: up to the peer's head)."""
+    until: int
+    """Last seq wanted (the peer's head, or ``from_seq`` for one fork proof)."""
 
 
 def plan_pulls(state: LedgerState, remote: tuple[HeadInfo, ...] | list[HeadInfo]) -> list[Want]:
@@ -163,16 +163,16 @@ def plan_pulls(state: LedgerState, remote: tuple[HeadInfo, ...] | list[HeadInfo]
     for info in remote:
         local = state.head(info.author) if info.author in state.authors() else Head(0, bytes(32))
         if info.conflict is not None and local.conflict is None:
-            wants.append(Want(info.author, info.conflict, 1))
+            wants.append(Want(info.author, info.conflict, info.conflict))
             continue
         if local.conflict is not None:
             continue  # past a conflict nothing more counts
         if info.seq > local.seq:
-            wants.append(Want(info.author, local.seq + 1))
+            wants.append(Want(info.author, local.seq + 1, info.seq))
         elif info.seq > 0:
             ours = state.at(info.author, info.seq)
             if ours and ours[0].hash.hex() != info.hash:
-                wants.append(Want(info.author, info.seq, 1))
+                wants.append(Want(info.author, info.seq, info.seq))
     return wants
 
 

@@ -5,7 +5,7 @@ it knows of the paths (RTT, relayed or direct). The estimate of a provider's
 completion time, in seconds:
 
     rtt + relay_penalty + ttft × (1 + waiting / concurrency) + tokens / rate(n + 1)
-        + failure_penalty × recent failures
+        + failure_penalty × recent failures + fork_penalty if the ledger flags it
 
 where ``n`` is what runs there now (``running + waiting`` from its ad, plus
 the requests we sent since), ``tokens`` is the request's ``max_tokens`` (or
@@ -20,13 +20,15 @@ keeps many consumers from herding onto the one provider that looks best in
 everyone's slightly stale table; the score keeps them off slow ones.
 
 A provider that fails before its first byte is banned with exponential
-backoff (1 s, 2 s, 4 s … one minute); a success clears it.
+backoff (1 s, 2 s, 4 s … one minute); a success clears it. A provider whose
+ledger log forked (it signed two histories) stays eligible but is tried only
+when every honest provider is far worse.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .capabilities import CapabilityAd, ModelOffer
@@ -36,6 +38,7 @@ DEFAULT_SINGLE_TPS = 20.0
 DEFAULT_TTFT = 0.5
 RELAY_PENALTY = 0.15
 FAILURE_PENALTY = 1.0
+FORK_PENALTY = 30.0
 KV_FULL = 0.95
 
 
@@ -115,8 +118,10 @@ class Router:
         base_ban: float = 1.0,
         max_ban: float = 60.0,
         relay_penalty: float = RELAY_PENALTY,
+        flagged: Callable[[str], bool] = lambda peer_id: False,
     ) -> None:
         self._rng = rng
+        self._flagged = flagged
         self._base_ban = base_ban
         self._max_ban = max_ban
         self._relay_penalty = relay_penalty
@@ -175,6 +180,7 @@ class Router:
             "ttft": ttft * queue_factor,
             "generate": request.expected_tokens / max(1e-6, per_stream_rate(offer, busy + 1)),
             "failures": FAILURE_PENALTY * self.failures(peer),
+            "ledger_fork": FORK_PENALTY if self._flagged(peer) else 0.0,
         }
         estimate = sum(parts.values())
         if load and load.kv_cache_usage is not None and load.kv_cache_usage > KV_FULL:

@@ -25,6 +25,8 @@ class AdminSource(Protocol):
 
     def models(self) -> list[dict[str, Any]]: ...
 
+    def ledger_view(self, peer: str | None) -> dict[str, Any]: ...
+
 
 def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
     async def status(request: Request) -> Response:
@@ -35,6 +37,9 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
 
     async def models(request: Request) -> Response:
         return JSONResponse({"models": source.models()})
+
+    async def ledger(request: Request) -> Response:
+        return JSONResponse(source.ledger_view(request.query_params.get("peer") or None))
 
     async def route(request: Request) -> Response:
         model = request.query_params.get("model")
@@ -65,4 +70,5 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         Route("/garage/v1/peers", peers, methods=["GET"]),
         Route("/garage/v1/models", models, methods=["GET"]),
         Route("/garage/v1/route", route, methods=["GET"]),
+        Route("/garage/v1/ledger", ledger, methods=["GET"]),
     ]

@@ -20,7 +20,7 @@ import trio
 
 from ..core.capabilities import CapabilityAd, PeerTable
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, head_frame
-from ..core.messages import PROTOCOL_OPENAI, ErrorInfo, RequestHead, error_info
+from ..core.messages import PROTOCOL_OPENAI, EndInfo, ErrorInfo, RequestHead, error_info
 from ..core.routing import Candidate, PathInfo, RouteRequest, Router
 from ..mesh.host import DialError, Mesh
 from ..provider.service import ProviderService
@@ -61,11 +61,14 @@ class Dispatcher:
         own_ad: Callable[[], CapabilityAd],
         path: Callable[[str], PathInfo] = lambda peer_id: PathInfo(),
         lookup: Callable[[str], Awaitable[int]] | None = None,
+        countersign: Callable[[str, RequestHead, EndInfo], bytes | None] | None = None,
+        flagged: Callable[[str], bool] = lambda peer_id: False,
     ) -> None:
         self.mesh = mesh
         self.table = table
         self.local = local
-        self.router = Router(rng)
+        self.router = Router(rng, flagged=flagged)
+        self._countersign = countersign
         self._nursery = nursery
         self._own_ad = own_ad
         self._path = path
@@ -164,7 +167,14 @@ class Dispatcher:
             return self._open_local(head, deadline, on_close)
         timeout = max(0.1, min(DIAL_TIMEOUT, deadline - trio.current_time()))
         stream = await self.mesh.open_stream_lazy(peer_id, addrs, PROTOCOL_OPENAI, head_frame(head), timeout)
-        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close)
+        countersign = None
+        if self._countersign is not None:
+            sign = self._countersign
+
+            def countersign(end: EndInfo) -> bytes | None:
+                return sign(peer_id, head, end)
+
+        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close, countersign)
 
     def _open_local(self, head: RequestHead, deadline: float, on_close: Callable[[str], None]) -> FrameExchange:
         """Serve from our own backend through the same frames, in a task."""

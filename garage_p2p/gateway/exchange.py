@@ -11,11 +11,13 @@ import logging
 import trio
 
 from ..core.errors import PeerFault
-from ..core.exchange import ResponseEvent, ResponseFailed, ResponseReader, truncated_failure
-from ..core.messages import error_info
+from ..core.exchange import ResponseEnd, ResponseEvent, ResponseFailed, ResponseReader, truncated_failure
+from ..core.messages import EndInfo, error_info
 from ..mesh.streams import NegotiatingStream, StreamBroken
 
 log = logging.getLogger(__name__)
+
+COSIGN_WRITE_TIMEOUT = 2.0
 
 
 def deadline_failure(timeout: float) -> ResponseFailed:
@@ -42,6 +44,8 @@ class FrameExchange:
         self._pending: list[ResponseEvent] = []
         self.protocol_fault: str | None = None
         """Set when the provider broke the protocol (the caller penalises it)."""
+        self.end: EndInfo | None = None
+        """The END frame's contents, once it arrived."""
 
     @property
     def received_data(self) -> bool:
@@ -73,7 +77,10 @@ class FrameExchange:
                 self._reader.finished = True
                 log.warning("provider %s broke the protocol: %s", self.provider, exc)
                 return ResponseFailed(error_info(502, f"the provider sent an invalid response: {exc}", type="server_error", code="provider_protocol_error", retryable=not self.received_data))
-        return self._pending.pop(0)
+        event = self._pending.pop(0)
+        if isinstance(event, ResponseEnd):
+            self.end = event.info
+        return event
 
     async def aclose(self) -> None:
         if self._closed:
@@ -86,9 +93,22 @@ class FrameExchange:
                 self._on_close(self.provider)
 
 
-def stream_exchange(provider: str, stream: NegotiatingStream, deadline: float, timeout: float, on_close=None) -> FrameExchange:
+def stream_exchange(
+    provider: str, stream: NegotiatingStream, deadline: float, timeout: float, on_close=None, countersign=None
+) -> FrameExchange:
+    """An exchange on a libp2p stream; ``countersign(end)`` gives the COSIGN frame to send after END."""
+
     async def close(unfinished: bool) -> None:
+        if not unfinished and countersign is not None and exchange.end is not None:
+            frame = countersign(exchange.end)
+            if frame is not None:
+                with trio.move_on_after(COSIGN_WRITE_TIMEOUT):
+                    try:
+                        await stream.write(frame)
+                    except StreamBroken:
+                        pass  # the provider gets it pushed later (the ledger keeps it)
         # An unfinished exchange is reset so the provider stops generating.
         await stream.close(reset=unfinished)
 
-    return FrameExchange(provider, stream.read_some, close, deadline, timeout, on_close)
+    exchange = FrameExchange(provider, stream.read_some, close, deadline, timeout, on_close)
+    return exchange

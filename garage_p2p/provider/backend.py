@@ -22,6 +22,8 @@ class Backend:
     """The model id the backend itself expects (found from its /models)."""
     context_length: int | None = None
     """The backend's max_model_len, if it reports one."""
+    gpus: int = 1
+    """Devices the model occupies (a CPU-only backend counts as one); receipts bill GPU time by it."""
     healthy: bool = False
     """Whether the last probe found it answering; only healthy models are advertised."""
     failures: int = field(default=0)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 import httpx
 import trio
@@ -18,7 +20,10 @@ import trio
 from ..core.coalesce import Coalescer
 from ..core.errors import PeerFault
 from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
+from ..core.gpu_meter import GpuMeter
+from ..core.identity import Identity
 from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
+from ..core.receipts import Receipt, ReceiptInvalid, encode_receipt, gpu_us_of, pack_signed, sign_receipt
 from ..core.sse import SseSplitter, event_data
 from ..trio_util import single_exceptions
 from ..mesh.streams import StreamBroken, close_quietly, read_some, write_all
@@ -27,11 +32,33 @@ from .backend import Backend
 log = logging.getLogger(__name__)
 
 HEAD_TIMEOUT = 10.0
+COSIGN_TIMEOUT = 10.0
+"""How long a provider waits for the consumer's counter-signature after END."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BODY = 64 * 1024
 DATA_FRAME_MAX = 256 * 1024
 
 SendFrame = Callable[[bytes], Awaitable[None]]
+
+
+class ReceiptSink:
+    """Where counter-signed receipts go (the ledger); None disables receipts."""
+
+    async def append_own(self, raw: bytes, cosig: bytes) -> object: ...
+
+    async def note_refusal(self, consumer: str) -> None: ...
+
+
+@dataclass
+class _Metering:
+    """One request's GPU accounting, from admission to END."""
+
+    consumer: str | None
+    meter: GpuMeter
+    mark: float
+    start_ms: int
+    receipt: bytes | None = None
+    """The receipt bytes signed into the END frame, if any."""
 
 
 class ProviderService:
@@ -40,6 +67,8 @@ class ProviderService:
         backends: dict[str, Backend],
         client: httpx.AsyncClient,
         *,
+        identity: Identity | None = None,
+        receipts: ReceiptSink | None = None,
         max_concurrency: int = 64,
         max_head_bytes: int = 4 * 1024 * 1024 + 64 * 1024,
         coalesce_delay: float = 0.020,
@@ -47,6 +76,10 @@ class ProviderService:
     ) -> None:
         self.backends = backends
         self.client = client
+        self.identity = identity
+        self.receipts = receipts
+        self.meters: dict[str, GpuMeter] = {}
+        """Time-weighted GPU accounting per backend."""
         self.max_concurrency = max_concurrency
         self.max_head_bytes = max_head_bytes
         self.coalesce_delay = coalesce_delay
@@ -101,12 +134,37 @@ class ProviderService:
             await write_all(stream, frame)
 
         try:
-            await self.serve(head, send)
+            receipt = await self.serve(head, send, consumer=consumer)
         except StreamBroken:
             log.info("consumer %s went away during %s", consumer, head.request_id)
             await close_quietly(stream, reset=True)
             return
+        if receipt is not None:
+            await self._collect_cosignature(stream, reader, consumer, receipt)
         await close_quietly(stream)
+
+    async def _collect_cosignature(self, stream, reader: RequestReader, consumer: str, receipt: bytes) -> None:
+        """Wait for the consumer's COSIGN frame and log the receipt; remember a consumer that refuses."""
+        assert self.receipts is not None
+        try:
+            with trio.move_on_after(COSIGN_TIMEOUT):
+                while reader.cosig is None:
+                    data = await read_some(stream)
+                    if not data:
+                        break
+                    reader.feed(data)
+        except PeerFault as exc:
+            self._penalise(consumer, str(exc))
+        except StreamBroken:
+            pass
+        if reader.cosig is None:
+            await self.receipts.note_refusal(consumer)
+            return
+        try:
+            await self.receipts.append_own(receipt, reader.cosig)
+        except ReceiptInvalid as exc:
+            self._penalise(consumer, f"bad counter-signature: {exc}")
+            await self.receipts.note_refusal(consumer)
 
     def _penalise(self, peer: str, reason: str) -> None:
         self.faults[peer] = self.faults.get(peer, 0) + 1
@@ -114,36 +172,47 @@ class ProviderService:
 
     # -- serving --------------------------------------------------------------
 
-    async def serve(self, head: RequestHead, send: SendFrame) -> None:
-        """Serve one request, sending frames through ``send``; StreamBroken passes up."""
+    async def serve(self, head: RequestHead, send: SendFrame, consumer: str | None = None) -> bytes | None:
+        """Serve one request, sending frames through ``send``; StreamBroken passes up.
+
+        For a remote ``consumer`` (and a configured receipt sink) the END frame
+        carries a signed receipt; its bytes are returned, to be counter-signed.
+        """
         start = trio.current_time()
         model = head.body.get("model")
         backend = self.backends.get(model) if isinstance(model, str) else None
         if self.draining:
             await send(error_frame(error_info(503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True)))
-            return
+            return None
         if backend is None or not backend.healthy:
             await send(error_frame(error_info(404, f"this provider does not serve model {model!r}", type="invalid_request_error", param="model", code="model_not_found", retryable=True)))
-            return
+            return None
         if self.in_flight >= self.max_concurrency:
             await send(error_frame(error_info(429, "provider is at its concurrency limit", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=1.0)))
-            return
+            return None
+        meter = self.meters.setdefault(backend.name, GpuMeter(backend.gpus))
+        meter.gpus = backend.gpus
+        metering = _Metering(consumer if self.receipts is not None else None, meter, meter.begin(start), int(time.time() * 1000))
         self.in_flight += 1
         self.in_flight_by_model[backend.name] = self.in_flight_by_model.get(backend.name, 0) + 1
         self._idle = trio.Event() if self.in_flight == 1 else self._idle
         try:
             with trio.move_on_after(head.timeout) as scope:
-                frame = await self._forward(head, backend, send, start)
+                frame = await self._forward(head, backend, send, start, metering)
             if scope.cancelled_caught:
+                metering.receipt = None
                 frame = error_frame(error_info(504, f"the provider did not finish within {head.timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
             await send(frame)
+            return metering.receipt
         finally:
+            if metering.mark >= 0:
+                meter.end(metering.mark, trio.current_time())
             self.in_flight -= 1
             self.in_flight_by_model[backend.name] -= 1
             if self.in_flight == 0:
                 self._idle.set()
 
-    async def _forward(self, head: RequestHead, backend: Backend, send: SendFrame, start: float) -> bytes:
+    async def _forward(self, head: RequestHead, backend: Backend, send: SendFrame, start: float, metering: _Metering) -> bytes:
         """Run the backend call; returns the final END or ERROR frame to send."""
         body = dict(head.body)
         body["model"] = backend.backend_model or backend.name
@@ -183,8 +252,33 @@ class ProviderService:
             first_byte_ms=first_byte_ms,
             total_ms=(trio.current_time() - start) * 1000,
         )
+        signed = self._receipt(head, backend, usage, metering)
         # The last data and END go in one write: one muxer frame fewer per request.
-        return tail + end_frame(EndInfo(usage=usage, timings=timings))
+        return tail + end_frame(EndInfo(usage=usage, timings=timings, receipt=signed))
+
+    def _receipt(self, head: RequestHead, backend: Backend, usage: Usage | None, metering: _Metering) -> str | None:
+        """End the request's GPU metering; for a remote consumer, the signed receipt for END."""
+        gpu_seconds = metering.meter.end(metering.mark, trio.current_time())
+        metering.mark = -1.0
+        if metering.consumer is None or self.identity is None:
+            return None
+        end_ms = max(metering.start_ms, int(time.time() * 1000))
+        receipt = Receipt(
+            request_id=head.request_id,
+            consumer=metering.consumer,
+            provider=self.identity.peer_id,
+            model=backend.name,
+            prompt_tokens=usage.prompt_tokens if usage else 0,
+            completion_tokens=usage.completion_tokens if usage else 0,
+            gpus=backend.gpus,
+            # Two clocks: never claim more than the wall time the receipt shows.
+            gpu_us=min(gpu_us_of(gpu_seconds), (end_ms - metering.start_ms) * 1000 * backend.gpus),
+            start_ms=metering.start_ms,
+            end_ms=end_ms,
+        )
+        raw = encode_receipt(receipt)
+        metering.receipt = raw
+        return pack_signed(raw, sign_receipt(self.identity, raw))
 
     async def _relay_body(self, response: httpx.Response) -> tuple[Usage | None, bytes]:
         """Read the whole JSON body; (usage, its DATA frames)."""

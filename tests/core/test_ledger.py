@@ -174,12 +174,12 @@ def test_plan_pulls_ahead_fork_and_conflict():
     theirs = replay(CHAIN_A + FORK_C[:1] + CHAIN_C[:2])
     remote = [HeadInfo.of(a, h) for a, h in theirs.heads().items()]
     wants = plan_pulls(ours, remote)
-    assert Want(A.peer_id, 3) in wants
-    assert Want(C.peer_id, 3, 1) in wants  # they hold a conflict we lack
+    assert Want(A.peer_id, 3, 6) in wants
+    assert Want(C.peer_id, 3, 3) in wants  # they hold a conflict we lack
     # Their head inside our prefix but different: pull that entry (fork proof).
     other = replay(CHAIN_C[:2] + FORK_C[:1])
     other_heads = [HeadInfo(author=C.peer_id, seq=3, hash=FORK_C[0].hash.hex())]
-    assert plan_pulls(replay(CHAIN_C), other_heads) == [Want(C.peer_id, 3, 1)]
+    assert plan_pulls(replay(CHAIN_C), other_heads) == [Want(C.peer_id, 3, 3)]
     assert other.head(C.peer_id).seq == 3
     # Equal heads: nothing to pull.
     assert plan_pulls(theirs, remote) == []

@@ -1,0 +1,391 @@
+"""Replicating the ledger: heads on gossip, ranges over ``/garage/ledger/1.0.0``.
+
+See ``core.ledger_sync`` for the messages. This adapter:
+
+- publishes a heads announcement every ``interval`` seconds, and within a
+  second of a change;
+- on an announcement, pulls what it lacks from the announcer (one pull per
+  peer at a time, a few peers at a time);
+- on a new connection, pages through the peer's whole head list (at most once
+  a minute per peer);
+- serves heads, ranges and pushes to other peers, one request frame and one
+  reply frame at a time, with limits on sizes, requests per stream and time;
+- pushes receipts we counter-signed as a consumer to their provider again
+  until the provider's log shows them (a provider that crashed before
+  storing them gets them back).
+
+Entries that fail verification are the sending peer's fault: it is penalised,
+and disconnected after repeated faults.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import trio
+
+from ..core.errors import PeerFault
+from ..core.ledger_sync import (
+    LEDGER_LIMITS,
+    MAX_PUSH_RECEIPTS,
+    MAX_RANGE_ENTRIES,
+    PROTOCOL_LEDGER,
+    TOPIC_LEDGER,
+    ErrorReply,
+    HeadInfo,
+    HeadsAnnouncement,
+    HeadsPage,
+    LedgerRequest,
+    PushReply,
+    Want,
+    announcement,
+    decode_page,
+    encode_page,
+    heads_page,
+    plan_pulls,
+)
+from ..core.messages import decode_json, encode_json
+from ..core.receipts import ReceiptInvalid
+from ..core.wire import MiB, Frame, FrameDecoder, FrameType, encode_frame
+from ..mesh.caps import _sender
+from ..mesh.discovery import _ConnectionWatch
+from ..mesh.host import DialError, Mesh
+from ..mesh.streams import StreamBroken, close_quietly, read_some, write_all
+from .book import Ledger
+
+log = logging.getLogger(__name__)
+
+MIN_GAP = 1.0
+REQUEST_TIMEOUT = 15.0
+IDLE_TIMEOUT = 30.0
+MAX_REQUESTS_PER_STREAM = 10_000
+MAX_ANNOUNCEMENT_BYTES = 16 * 1024
+MAX_HEAD_PAGES = 20
+MAX_WANTS = 256
+PAGE_BYTES = 2 * MiB
+"""Uncompressed entries per page served (under the reader's 4 MiB bound)."""
+FULL_SYNC_EVERY = 60.0
+PUSH_INTERVAL = 10.0
+PUSH_AFTER = 5.0
+"""A counter-signed receipt is pushed again only once it is this old (the stream's COSIGN usually delivers it)."""
+PULLS_AT_ONCE = 4
+FAULTS_BEFORE_DISCONNECT = 3
+
+
+class _FrameStream:
+    """Request/reply framing on one stream."""
+
+    def __init__(self, stream, limits: dict[FrameType, int]) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder(limits)
+        self._frames: list[Frame] = []
+
+    async def read(self) -> Frame | None:
+        """The next frame; None at the end of the stream."""
+        while not self._frames:
+            data = await read_some(self.stream)
+            if not data:
+                self._decoder.close()
+                return None
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
+
+
+class LedgerSync:
+    def __init__(
+        self,
+        mesh: Mesh,
+        ledger: Ledger,
+        addrs_of: Callable[[str], Sequence[str]] = lambda peer_id: (),
+        *,
+        interval: float = 3.0,
+    ) -> None:
+        self.mesh = mesh
+        self.ledger = ledger
+        self.addrs_of = addrs_of
+        self.interval = interval
+        self.faults: dict[str, int] = {}
+        """Protocol violations and bad entries per peer."""
+        self.entries_pulled = 0
+        self.bytes_pulled = 0
+        self._wake = trio.Event()
+        self._pulling: set[str] = set()
+        self._again: dict[str, list[Want]] = {}
+        self._last_full_sync: dict[str, float] = {}
+        self._limiter = trio.CapacityLimiter(PULLS_AT_ONCE)
+        self._nursery: trio.Nursery | None = None
+        self._cursor = 0
+        ledger.on_change.append(self._changed)
+
+    # -- running ---------------------------------------------------------------------
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.mesh.host.set_stream_handler(PROTOCOL_LEDGER, self.handle_stream)
+        subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
+        new_peers_send, new_peers = trio.open_memory_channel[str](256)
+        self.mesh.host.get_network().register_notifee(_ConnectionWatch(new_peers_send))
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._receive, subscription)
+            nursery.start_soon(self._on_connections, new_peers)
+            nursery.start_soon(self._push_pending_forever)
+            task_status.started()
+            await self._announce_forever()
+
+    async def _announce_forever(self) -> None:
+        while True:
+            await self.publish()
+            # At most one early publish a second, however many changes.
+            await trio.sleep(min(MIN_GAP, self.interval))
+            with trio.move_on_after(max(0.0, self.interval - MIN_GAP)):
+                await self._wake.wait()
+            self._wake = trio.Event()
+
+    def _changed(self) -> None:
+        self._wake.set()
+
+    async def publish(self) -> None:
+        message, self._cursor = announcement(self.ledger.state, self.mesh.peer_id, self._cursor)
+        try:
+            await self.mesh.pubsub.publish(TOPIC_LEDGER, encode_json(message))
+        except Exception as exc:  # no peers yet, or shutting down: the next round retries
+            log.debug("publishing ledger heads failed: %s", exc)
+
+    async def _receive(self, subscription) -> None:
+        while True:
+            message = await subscription.get()
+            sender = _sender(message)
+            if sender == self.mesh.peer_id:
+                continue
+            try:
+                if len(message.data) > MAX_ANNOUNCEMENT_BYTES:
+                    raise PeerFault(f"heads announcement of {len(message.data)} bytes")
+                heads = decode_json(HeadsAnnouncement, message.data)
+            except PeerFault as exc:
+                self._penalise(sender, str(exc))
+                continue
+            if plan_pulls(self.ledger.state, heads.heads):
+                self._schedule(sender, heads.heads)
+
+    async def _on_connections(self, new_peers: trio.MemoryReceiveChannel[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            async for peer_id in new_peers:
+                last = self._last_full_sync.get(peer_id, -math.inf)
+                if trio.current_time() - last >= FULL_SYNC_EVERY:
+                    self._last_full_sync[peer_id] = trio.current_time()
+                    nursery.start_soon(self.full_sync, peer_id)
+
+    def _schedule(self, peer_id: str, heads: tuple[HeadInfo, ...]) -> None:
+        """Pull from ``peer_id`` now, or right after the pull from it that is running."""
+        if peer_id in self._pulling:
+            self._again[peer_id] = heads  # the newest heads win
+            return
+        assert self._nursery is not None
+        self._pulling.add(peer_id)
+        self._nursery.start_soon(self._pull_task, peer_id, heads)
+
+    async def _pull_task(self, peer_id: str, heads: tuple[HeadInfo, ...]) -> None:
+        try:
+            while heads is not None:
+                # Planned now, not when the heads arrived: an earlier pull may have covered them.
+                wants = plan_pulls(self.ledger.state, heads)
+                if wants:
+                    await self.pull(peer_id, wants)
+                heads = self._again.pop(peer_id, None)
+        finally:
+            self._pulling.discard(peer_id)
+
+    # -- the client side ----------------------------------------------------------------
+
+    async def _open(self, peer_id: str) -> _FrameStream:
+        stream = await self.mesh.open_stream(peer_id, self.addrs_of(peer_id), PROTOCOL_LEDGER, REQUEST_TIMEOUT)
+        return _FrameStream(stream, {t: LEDGER_LIMITS[t] for t in (FrameType.LEDGER_REPLY, FrameType.LEDGER_ENTRIES)})
+
+    async def _request(self, conn: _FrameStream, request: LedgerRequest) -> Frame:
+        with trio.fail_after(REQUEST_TIMEOUT):
+            await write_all(conn.stream, encode_frame(FrameType.LEDGER_REQUEST, encode_json(request)))
+            frame = await conn.read()
+        if frame is None:
+            raise StreamBroken("the peer closed the ledger stream")
+        self.bytes_pulled += len(frame.payload) + 5
+        return frame
+
+    async def full_sync(self, peer_id: str) -> int:
+        """Compare every head with ``peer_id`` and pull what we lack; entries added."""
+        try:
+            conn = await self._open(peer_id)
+        except DialError as exc:
+            log.debug("ledger sync with %s: %s", peer_id, exc)
+            return 0
+        try:
+            heads = []
+            after = None
+            for _ in range(MAX_HEAD_PAGES):
+                frame = await self._request(conn, LedgerRequest(op="heads", after=after))
+                page = decode_json(HeadsPage, self._reply(frame))
+                heads.extend(page.heads)
+                if not page.more or not page.heads:
+                    break
+                after = page.heads[-1].author
+            return await self._pull_on(conn, peer_id, plan_pulls(self.ledger.state, heads))
+        except PeerFault as exc:
+            self._penalise(peer_id, str(exc))
+        except (StreamBroken, trio.TooSlowError) as exc:
+            log.debug("ledger sync with %s broke off: %s", peer_id, exc)
+        finally:
+            await close_quietly(conn.stream)
+        return 0
+
+    async def pull(self, peer_id: str, wants: list[Want]) -> int:
+        """Pull ``wants`` from ``peer_id``; entries added."""
+        async with self._limiter:
+            try:
+                conn = await self._open(peer_id)
+            except DialError as exc:
+                log.debug("ledger pull from %s: %s", peer_id, exc)
+                return 0
+            try:
+                return await self._pull_on(conn, peer_id, wants)
+            except PeerFault as exc:
+                self._penalise(peer_id, str(exc))
+            except (StreamBroken, trio.TooSlowError) as exc:
+                log.debug("ledger pull from %s broke off: %s", peer_id, exc)
+            finally:
+                await close_quietly(conn.stream)
+            return 0
+
+    async def _pull_on(self, conn: _FrameStream, peer_id: str, wants: list[Want]) -> int:
+        added = 0
+        for want in wants[:MAX_WANTS]:
+            from_seq = want.from_seq
+            while from_seq <= want.until:
+                limit = min(MAX_RANGE_ENTRIES, want.until - from_seq + 1)
+                request = LedgerRequest(op="range", author=want.author, from_seq=from_seq, limit=limit)
+                frame = await self._request(conn, request)
+                if frame.type is not FrameType.LEDGER_ENTRIES:
+                    self._reply(frame)  # an error reply: raises
+                    raise PeerFault("a range request answered without entries")
+                blobs = await trio.to_thread.run_sync(decode_page, frame.payload)
+                if not blobs:
+                    break
+                result = await self.ledger.add_remote(blobs)
+                self.entries_pulled += len(result.added)
+                added += len(result.added)
+                if result.rejected:
+                    raise PeerFault(f"{len(result.rejected)} invalid ledger entries, e.g.: {result.rejected[0]}")
+                top = max((e.seq for e in self.ledger.state.range(want.author, from_seq, len(blobs))), default=from_seq - 1)
+                if top < from_seq:
+                    break  # entries of someone else: no progress on this author
+                from_seq = top + 1
+        return added
+
+    @staticmethod
+    def _reply(frame: Frame) -> bytes:
+        if frame.type is not FrameType.LEDGER_REPLY:
+            raise PeerFault(f"expected a ledger reply, got {frame.type.name}")
+        if frame.payload.startswith(b'{"error"'):
+            raise PeerFault(f"the peer refused: {decode_json(ErrorReply, frame.payload).error}")
+        return frame.payload
+
+    async def push(self, provider: str, blobs: list[str]) -> PushReply:
+        """Push counter-signed receipts to their provider."""
+        conn = await self._open(provider)
+        try:
+            reply = PushReply()
+            for i in range(0, len(blobs), MAX_PUSH_RECEIPTS):
+                frame = await self._request(conn, LedgerRequest(op="push", receipts=tuple(blobs[i : i + MAX_PUSH_RECEIPTS])))
+                part = decode_json(PushReply, self._reply(frame))
+                reply = PushReply(accepted=reply.accepted + part.accepted, known=reply.known + part.known, rejected=reply.rejected + part.rejected)
+            return reply
+        finally:
+            await close_quietly(conn.stream)
+
+    async def _push_pending_forever(self) -> None:
+        while True:
+            await trio.sleep(PUSH_INTERVAL)
+            await self.push_pending()
+
+    async def push_pending(self, min_age: float = PUSH_AFTER) -> int:
+        """Push counter-signed receipts their providers' logs do not show yet; how many were accepted."""
+        now = time.time()
+        by_provider: dict[str, list[str]] = {}
+        for item in await self.ledger.pending():
+            if now - item.created >= min_age:
+                by_provider.setdefault(item.provider, []).append(item.blob)
+        accepted = 0
+        for provider, blobs in by_provider.items():
+            try:
+                reply = await self.push(provider, blobs)
+            except (DialError, StreamBroken, trio.TooSlowError, PeerFault) as exc:
+                log.debug("pushing receipts to %s failed: %s", provider, exc)
+                continue
+            accepted += reply.accepted
+            if reply.accepted or reply.rejected:
+                log.info("pushed %d receipts to %s: %d accepted, %d known, %d refused", len(blobs), provider, reply.accepted, reply.known, len(reply.rejected))
+        return accepted
+
+    # -- the server side ----------------------------------------------------------------
+
+    async def handle_stream(self, stream) -> None:
+        peer_id = str(stream.muxed_conn.peer_id)
+        conn = _FrameStream(stream, {FrameType.LEDGER_REQUEST: LEDGER_LIMITS[FrameType.LEDGER_REQUEST]})
+        try:
+            for _ in range(MAX_REQUESTS_PER_STREAM):
+                frame = None
+                with trio.move_on_after(IDLE_TIMEOUT):
+                    frame = await conn.read()
+                if frame is None:
+                    break
+                request = decode_json(LedgerRequest, frame.payload)
+                reply = await self._answer(peer_id, request)
+                with trio.fail_after(REQUEST_TIMEOUT):
+                    await write_all(stream, reply)
+        except PeerFault as exc:
+            # Reply first: the penalty may disconnect the peer.
+            with trio.move_on_after(2):
+                try:
+                    await write_all(stream, encode_frame(FrameType.LEDGER_REPLY, encode_json(ErrorReply(error=str(exc)[:1000]))))
+                except StreamBroken:
+                    pass
+            self._penalise(peer_id, str(exc))
+        except (StreamBroken, trio.TooSlowError):
+            pass
+        finally:
+            await close_quietly(stream)
+
+    async def _answer(self, peer_id: str, request: LedgerRequest) -> bytes:
+        state = self.ledger.state
+        if request.op == "heads":
+            return encode_frame(FrameType.LEDGER_REPLY, encode_json(heads_page(state, request.after, request.limit)))
+        if request.op == "range":
+            if not request.author:
+                raise PeerFault("a range request names no author")
+            blobs, size = [], 0
+            for entry in state.range(request.author, request.from_seq, request.limit):
+                size += len(entry.encoded)
+                if size > PAGE_BYTES and blobs:
+                    break
+                blobs.append(entry.encoded)
+            page = await trio.to_thread.run_sync(encode_page, blobs)
+            return encode_frame(FrameType.LEDGER_ENTRIES, page)
+        accepted, known, rejected = 0, 0, []
+        for blob in request.receipts:
+            try:
+                if await self.ledger.accept_pushed(blob):
+                    accepted += 1
+                else:
+                    known += 1
+            except ReceiptInvalid as exc:
+                rejected.append(str(exc)[:200])
+        if rejected:
+            self._penalise(peer_id, f"pushed {len(rejected)} invalid receipts, e.g.: {rejected[0]}")
+        return encode_frame(FrameType.LEDGER_REPLY, encode_json(PushReply(accepted=accepted, known=known, rejected=tuple(rejected))))
+
+    def _penalise(self, peer_id: str, reason: str) -> None:
+        self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
+        log.warning("ledger: peer %s misbehaved (%d so far): %s", peer_id, self.faults[peer_id], reason)
+        if self.faults[peer_id] >= FAULTS_BEFORE_DISCONNECT and self._nursery is not None:
+            self._nursery.start_soon(self.mesh.disconnect, peer_id)

@@ -1,0 +1,150 @@
+"""The ledger between real peers in one process: receipts, counter-signatures, sync, hostile input.
+
+The backend is the StandInBackend (an instrument, not a model).
+"""
+
+from __future__ import annotations
+
+import base64
+
+import trio
+
+from garage_p2p.core.exchange import RequestReader, head_frame
+from garage_p2p.core.ledger import ZERO_HASH, make_entry
+from garage_p2p.core.ledger_sync import PROTOCOL_LEDGER, LedgerRequest, PushReply
+from garage_p2p.core.messages import PROTOCOL_OPENAI, EndInfo, RequestHead, decode_json, encode_json
+from garage_p2p.core.identity import Identity
+from garage_p2p.core.receipts import cosign_receipt, encode_receipt, sign_receipt
+from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
+from garage_p2p.ledger.book import pack_pending
+from garage_p2p.ledger.sync import LEDGER_LIMITS
+from garage_p2p.mesh.streams import read_some, write_all
+from garage_p2p.store.ledger_store import LedgerStore
+
+from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .core.ledger_helpers import identity as make_identity
+from .core.ledger_helpers import receipt as make_receipt
+
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+def holds(peer, provider: str, consumer: str, request_id: str) -> bool:
+    return peer.ledger.state.has_receipt(provider, consumer, request_id)
+
+
+async def test_requests_yield_counter_signed_receipts_that_every_peer_holds(tmp_path, http):
+    async with standin_backend(token_delay=0.01) as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            async with running_peer(tmp_path / "b", bootstrap=first_addr(a)) as b:
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(b)) as c:
+                    await wait_for_model(c, "tiny")
+                    ids = []
+                    for stream in (False, True, False):
+                        r = await http.post(c.api_url + "/chat/completions", json={**CHAT, "stream": stream})
+                        assert r.status_code == 200
+                        ids.append(r.headers["x-request-id"])
+                    pa, pc = a.identity.peer_id, c.identity.peer_id
+                    # Within a bounded time every peer holds every receipt.
+                    await wait_for(lambda: all(holds(p, pa, pc, i) for p in (a, b, c) for i in ids), timeout=15)
+                    for p in (a, b, c):
+                        balances = p.ledger.state.balances()
+                        assert balances[pa].contributed.requests == 3
+                        assert balances[pc].consumed.requests == 3
+                        assert balances[pc].consumed.completion_tokens == 12
+                        assert 0 < balances[pa].contributed.gpu_us
+                    entry = next(a.ledger.state.counted(pa))
+                    receipt = entry.receipt
+                    # GPU time never exceeds wall time × GPUs.
+                    assert receipt.gpu_us <= (receipt.end_ms - receipt.start_ms) * 1000 * receipt.gpus
+                    assert receipt.model == "tiny" and receipt.prompt_tokens > 0
+                    # The consumer's pending copies are settled once the log shows them.
+                    assert await c.ledger.pending() == []
+                    view = (await http.get(c.api_url.removesuffix("/v1") + "/garage/v1/ledger")).json()
+                    assert {p["peer_id"] for p in view["peers"]} == {pa, pc}
+                    assert view["models"][0]["requests"] == 3
+                    # Our own requests served locally make no receipt (no one to counter-sign).
+                    r = await http.post(a.api_url + "/chat/completions", json=CHAT)
+                    assert r.status_code == 200
+                    await trio.sleep(0.3)
+                    assert a.ledger.state.balances()[pa].contributed.requests == 3
+    # Everything survived on disk.
+    store = LedgerStore(tmp_path / "b" / "ledger.sqlite", readonly=True)
+    assert store.count() == 3
+    store.close()
+
+
+async def test_a_consumer_that_does_not_counter_sign_is_remembered(tmp_path):
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+                await wait_for_model(c, "tiny")
+                stream = await c.mesh.open_stream(a.identity.peer_id, first_addr(a), PROTOCOL_OPENAI)
+                head = RequestHead(request_id="rude-1", path="/v1/chat/completions", body=CHAT, timeout=10)
+                await write_all(stream, head_frame(head))
+                decoder = FrameDecoder({t: 1 << 20 for t in (FrameType.DATA, FrameType.END, FrameType.ERROR)})
+                end = None
+                while end is None:
+                    for frame in decoder.feed(await read_some(stream)):
+                        if frame.type is FrameType.END:
+                            end = decode_json(EndInfo, frame.payload)
+                assert end.receipt is not None
+                await stream.close()  # and no COSIGN
+                pc = c.identity.peer_id
+                await wait_for(lambda: a.ledger.refusals.get(pc) == 1, timeout=15)
+                assert a.ledger.state.head(a.identity.peer_id).seq == 0
+                assert [p for p in a.peers() if p["peer_id"] == pc][0]["cosign_refusals"] == 1
+
+
+async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
+    mallory = make_identity("mallory")
+    async with running_peer(tmp_path / "a") as a:
+        async with running_peer(tmp_path / "m") as m:
+            await m.mesh.connect(a.identity.peer_id, first_addr(a))
+            pa, pm = a.identity.peer_id, m.identity.peer_id
+            # 1. M pushes a receipt A never signed, with a forged counter-signature.
+            raw = encode_receipt(make_receipt(a.identity, m.identity, "forged"))
+            blob = pack_pending(sign_receipt(mallory, raw), raw, cosign_receipt(m.identity, raw))
+            reply = await m.ledger_sync.push(pa, [blob])
+            assert reply.accepted == 0 and "provider's signature" in reply.rejected[0]
+            assert a.ledger_sync.faults[pm] == 1
+            # 2. M serves a page with an entry whose counter-signature is forged
+            #    (signed by someone else than the consumer it names).
+            raw = encode_receipt(make_receipt(m.identity, a.identity, "fake-work"))
+            forged = make_entry(m.identity, 1, ZERO_HASH, raw, cosign_receipt(mallory, raw))
+            m.ledger.state.add(forged)
+            added = await a.ledger_sync.full_sync(pm)
+            assert added == 0 and not a.ledger.state.authors()
+            assert a.ledger_sync.faults[pm] == 2
+            # 3. Garbage on the ledger protocol: a rejected frame, a penalty, A keeps serving.
+            stream = await m.mesh.open_stream(pa, first_addr(a), PROTOCOL_LEDGER)
+            await write_all(stream, encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"nonsense"}'))
+            decoder = FrameDecoder({FrameType.LEDGER_REPLY: 1 << 16})
+            frames = []
+            while not frames:
+                data = await read_some(stream)
+                if not data:
+                    break
+                frames = decoder.feed(data)
+            assert frames and b"error" in frames[0].payload
+            await wait_for(lambda: a.ledger_sync.faults.get(pm, 0) >= 3, timeout=5)
+            # After repeated faults A disconnects M.
+            await wait_for(lambda: pm not in a.mesh.connected_peers(), timeout=5)
+
+
+async def test_a_provider_that_lost_a_counter_signature_gets_it_pushed(tmp_path):
+    """The consumer keeps what it counter-signed and pushes it until the provider's log shows it."""
+    async with running_peer(tmp_path / "a") as a:
+        async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+            await wait_for(lambda: a.identity.peer_id in c.mesh.connected_peers())
+            pa, pc = a.identity.peer_id, c.identity.peer_id
+            raw = encode_receipt(make_receipt(a.identity, c.identity, "lost-1"))
+            blob = pack_pending(sign_receipt(a.identity, raw), raw, cosign_receipt(c.identity, raw))
+            c.ledger.note_cosigned(pa, "lost-1", blob)
+            assert len(await c.ledger.pending()) == 1
+            assert await c.ledger_sync.push_pending(min_age=0) == 1
+            assert holds(a, pa, pc, "lost-1")
+            # Pushing again is harmless: the receipt is logged once.
+            assert await c.ledger_sync.push_pending(min_age=0) == 0
+            await wait_for(lambda: holds(c, pa, pc, "lost-1"), timeout=10)
+            assert await c.ledger.pending() == []
+            assert a.ledger.state.head(pa).seq == 1
