@@ -26,6 +26,8 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
     typer.echo(f"reachability {data['reachability']}   region {data['region'] or '-'}   hardware {data['hardware']}")
     typer.echo(f"connections {data['connections']}   known peers {data['known_peers']}   DHT {data['dht_mode']} ({data['dht_table_size']} in table)")
     typer.echo(f"in flight   {data['in_flight']}{'   DRAINING' if data['draining'] else ''}")
+    led = data["ledger"]
+    typer.echo(f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given {led['contributed_gpu_hours']:.6f}, used {led['consumed_gpu_hours']:.6f}")
     for backend in data["backends"]:
         state = "healthy" if backend["healthy"] else "DOWN"
         typer.echo(f"backend     {backend['model']} → {backend['url']} ({state})")
@@ -40,8 +42,11 @@ def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_outp
     for p in data:
         load = ", ".join(f"{m}:{int(v['running'] + v['waiting'])}+{v['in_flight']}" for m, v in p["load"].items())
         rtt = None if p["rtt_ms"] is None else f"{p['rtt_ms']:.1f} ms"
-        rows.append([_short(p["peer_id"]), p["connection"], rtt, ",".join(p["models"]) or None, p["hardware"], load or None, p["region"], f"{p['last_seen_s']:.0f}s ago"])
-    print_table(["PEER", "CONN", "RTT", "MODELS", "HARDWARE", "LOAD", "REGION", "SEEN"], rows)
+        flags = ["LEDGER-FORK"] if p["ledger_flagged"] else []
+        if p["cosign_refusals"]:
+            flags.append(f"unsigned:{p['cosign_refusals']}")
+        rows.append([_short(p["peer_id"]), p["connection"], rtt, ",".join(p["models"]) or None, p["hardware"], load or None, p["region"], f"{p['last_seen_s']:.0f}s ago", " ".join(flags) or None])
+    print_table(["PEER", "CONN", "RTT", "MODELS", "HARDWARE", "LOAD", "REGION", "SEEN", "FLAGS"], rows)
 
 
 def models(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:

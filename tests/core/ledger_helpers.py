@@ -31,6 +31,9 @@ def receipt(provider: Identity, consumer: Identity, request_id: str, **fields) -
 
 
 def entry(provider: Identity, consumer: Identity, seq: int, prev: bytes, request_id: str | None = None, **fields) -> Entry:
+    # One second per seq, so an honest chain never claims two requests' GPU time at once.
+    fields.setdefault("start_ms", 1_800_000_000_000 + seq * 1000)
+    fields.setdefault("end_ms", fields["start_ms"] + 1000)
     raw = encode_receipt(receipt(provider, consumer, request_id or f"r{seq}", **fields))
     return make_entry(provider, seq, prev, raw, cosign_receipt(consumer, raw))
 
