@@ -116,9 +116,16 @@ class PeerProcess:
             self.process.wait(5)
 
 
-def peer_args(*, api: str = "127.0.0.1:0", bootstrap: list[str] = (), backends: dict[str, str] | None = None, extra: list[str] = ()) -> list[str]:
+def peer_args(
+    *,
+    api: str = "127.0.0.1:0",
+    listen: str = "/ip4/127.0.0.1/tcp/0",
+    bootstrap: list[str] = (),
+    backends: dict[str, str] | None = None,
+    extra: list[str] = (),
+) -> list[str]:
     """Command-line arguments for a loopback-only peer (no mDNS multicast)."""
-    args = ["--listen", "/ip4/127.0.0.1/tcp/0", "--api", api, "--no-mdns"]
+    args = ["--listen", listen, "--api", api, "--no-mdns"]
     for b in bootstrap:
         args += ["--bootstrap", b]
     for name, url in (backends or {}).items():

@@ -76,8 +76,8 @@ class Ledger:
         self.keys = KeyCache()
         self.refusals: dict[str, int] = {}
         """Receipts each consumer did not counter-sign (remembered, and stored)."""
-        self.on_change: list[Callable[[], None]] = []
-        """Called after entries were added (the sync service republishes heads)."""
+        self.on_change: list[Callable[[bool], None]] = []
+        """Called after entries were added, with True when our own log grew (the sync service announces it)."""
         self._queue: list[_Queued] = []
         self._cosigned: list[Pending] = []
         self._own_lock = trio.Lock()
@@ -108,9 +108,9 @@ class Ledger:
         async with self._db_lock:
             return await trio.to_thread.run_sync(fn, *args)
 
-    def _changed(self) -> None:
+    def _changed(self, own: bool) -> None:
         for callback in self.on_change:
-            callback()
+            callback(own)
 
     # -- our own log -------------------------------------------------------------
 
@@ -158,7 +158,7 @@ class Ledger:
             self.state.add(entry)
             item.entry = entry
         if entries:
-            self._changed()
+            self._changed(True)
 
     def has_own_receipt(self, consumer: str, request_id: str) -> bool:
         return self.state.has_receipt(self.identity.peer_id, consumer, request_id)
@@ -195,7 +195,7 @@ class Ledger:
                     result.added.append(entry)
         if result.added:
             await self._db(self.store.add_entries, [(e.author, e.seq, e.hash, e.encoded) for e in result.added])
-            self._changed()
+            self._changed(False)
         return result
 
     # -- receipts we counter-signed ------------------------------------------------

@@ -2,8 +2,9 @@
 
 See ``core.ledger_sync`` for the messages. This adapter:
 
-- publishes a heads announcement every ``interval`` seconds, and within a
-  second of a change;
+- publishes a heads announcement within a second of a change, and every
+  ``interval`` seconds otherwise (rotating through the heads);
+- compares every head with one random neighbour now and then (anti-entropy);
 - on an announcement, pulls what it lacks from the announcer (one pull per
   peer at a time, a few peers at a time);
 - on a new connection, pages through the peer's whole head list (at most once
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 import time
 from collections.abc import Callable, Sequence
 
@@ -101,12 +103,14 @@ class LedgerSync:
         ledger: Ledger,
         addrs_of: Callable[[str], Sequence[str]] = lambda peer_id: (),
         *,
-        interval: float = 3.0,
+        interval: float = 30.0,
+        anti_entropy_interval: float = 15.0,
     ) -> None:
         self.mesh = mesh
         self.ledger = ledger
         self.addrs_of = addrs_of
         self.interval = interval
+        self.anti_entropy_interval = anti_entropy_interval
         self.faults: dict[str, int] = {}
         """Protocol violations and bad entries per peer."""
         self.entries_pulled = 0
@@ -132,20 +136,41 @@ class LedgerSync:
             nursery.start_soon(self._receive, subscription)
             nursery.start_soon(self._on_connections, new_peers)
             nursery.start_soon(self._push_pending_forever)
+            nursery.start_soon(self._anti_entropy)
             task_status.started()
             await self._announce_forever()
 
     async def _announce_forever(self) -> None:
+        """Heads go out within a second of a change, and every ``interval`` otherwise.
+
+        Every gossip message reaches every peer about D times (gossipsub's mesh
+        degree) and py-libp2p spends about a millisecond on each copy, so an
+        idle ledger stays quiet: the periodic round only rotates through the
+        heads, and ``_anti_entropy`` repairs what gossip missed.
+        """
         while True:
             await self.publish()
-            # At most one early publish a second, however many changes.
-            await trio.sleep(min(MIN_GAP, self.interval))
+            await trio.sleep(MIN_GAP)
             with trio.move_on_after(max(0.0, self.interval - MIN_GAP)):
                 await self._wake.wait()
             self._wake = trio.Event()
 
-    def _changed(self) -> None:
-        self._wake.set()
+    async def _anti_entropy(self) -> None:
+        """Every so often compare every head with one random neighbour (a missed message, a healed split)."""
+        rng = random.Random()
+        while True:
+            await trio.sleep(self.anti_entropy_interval * rng.uniform(0.5, 1.5))
+            connected = self.mesh.connected_peers()
+            if connected:
+                await self.full_sync(rng.choice(connected))
+
+    def _changed(self, own: bool) -> None:
+        # Only our own log's growth is announced at once: the author is the
+        # first source of its entries; peers that pulled them answer the
+        # periodic rounds and anti-entropy. (Every peer re-announcing every
+        # pull would multiply gossip by the size of the mesh.)
+        if own:
+            self._wake.set()
 
     async def publish(self) -> None:
         message, self._cursor = announcement(self.ledger.state, self.mesh.peer_id, self._cursor)

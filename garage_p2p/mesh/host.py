@@ -285,7 +285,7 @@ async def open_mesh(
         protocols=GOSSIPSUB_PROTOCOLS,
         degree=6,
         degree_low=4,
-        degree_high=12,
+        degree_high=8,
         heartbeat_interval=HEARTBEAT,
         # The defaults cap a topic at 10 msg/s and demand 3 distinct IPs in a
         # mesh (which a LAN or loopback mesh never has).

@@ -1,0 +1,133 @@
+"""Twenty real peers split in two halves by a firewall, both halves serve, the split heals, all converge.
+
+Two network namespaces joined by a veth pair (``devtools.netns.linked_hosts``),
+ten ``garage-peer`` processes in each, one of them serving a StandInBackend
+(an instrument, not a model) in its half. The partition is iptables DROP
+inside one namespace; healing removes it. Needs root, iproute2 and iptables
+(CI runs as root; bootstrap/dev-env.sh installs them).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+from garage_p2p.core.ledger import LedgerState, decode_entry
+from garage_p2p.devtools.netns import linked_hosts, sh
+from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.store.ledger_store import LedgerStore
+
+FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
+PER_HALF = 10
+BACKEND_PORT = 18710
+
+
+def ledger_of(peer: PeerProcess) -> LedgerState:
+    state = LedgerState()
+    try:
+        store = LedgerStore(peer.home / "ledger.sqlite", readonly=True)
+    except FileNotFoundError:
+        return state
+    try:
+        for blob in store.entries():
+            state.add(decode_entry(blob, check_signatures=False))
+    finally:
+        store.close()
+    return state
+
+
+def wait_until(predicate, timeout: float, what: str) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
+def inside(peer: PeerProcess, *module_args: str, timeout: float = 120) -> dict | list:
+    result = peer.run(*module_args, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def providers_seen(peer: PeerProcess) -> list[str]:
+    models = inside(peer, "garage_p2p.cli.garage", "models", "--json", "--api", peer.api_url)
+    return next((m["providers"] for m in models if m["model"] == "tiny"), [])
+
+
+def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
+    for key, value in FAST.items():
+        monkeypatch.setenv(key, value)
+    with linked_hosts("glp", "10.79.0") as (left, right):
+        backends, peers = [], {"L": [], "R": []}
+        try:
+            for host in (left, right):
+                backends.append(
+                    subprocess.Popen(
+                        [*host.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(BACKEND_PORT), "--token-delay", "0.005"],
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            hub = None
+            for half, host in (("L", left), ("R", right)):
+                for i in range(PER_HALF):
+                    serving = {"tiny": f"http://127.0.0.1:{BACKEND_PORT}/v1"} if i == 0 else None
+                    args = peer_args(listen=f"/ip4/{host.ip}/tcp/0", bootstrap=[hub] if hub else [], backends=serving)
+                    peer = PeerProcess(tmp_path / f"{half}{i}", args, prefix=host.exec_prefix()).start()
+                    peers[half].append(peer)
+                    if hub is None:
+                        hub = next(a for a in peer.wait_ready()["addrs"] if host.ip in a)
+            everyone = peers["L"] + peers["R"]
+            for p in everyone:
+                p.wait_ready()
+            both = {peers["L"][0].peer_id, peers["R"][0].peer_id}
+            for p in (peers["L"][1], peers["R"][1]):
+                wait_until(lambda: set(providers_seen(p)) == both, 60, f"{p.home.name} seeing both providers")
+
+            # Split: nothing passes between the halves.
+            for rule in (["INPUT", "-s", right.ip], ["OUTPUT", "-d", right.ip]):
+                sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-j", "DROP")
+            for half, other in (("L", "R"), ("R", "L")):
+                p = peers[half][1]
+                wait_until(lambda: providers_seen(p) == [peers[half][0].peer_id], 60, f"{half} forgetting the other half's provider")
+
+            # Both halves serve requests while split.
+            completed: dict[str, list[str]] = {}
+            for half in ("L", "R"):
+                ids = []
+                for consumer in peers[half][1:4]:
+                    out = inside(consumer, "garage_p2p.devtools.chat_burst", "--api", consumer.api_url, "--requests", "4", "--concurrency", "2")
+                    assert not out["failed"], out
+                    ids += [(consumer.peer_id, rid) for rid in out["completed"]]
+                completed[half] = ids
+            provider = {half: peers[half][0].peer_id for half in ("L", "R")}
+
+            def holds(peer: PeerProcess, halves) -> bool:
+                state = ledger_of(peer)
+                return all(state.has_receipt(provider[h], c, rid) for h in halves for c, rid in completed[h])
+
+            # Each half converges on its own receipts, and not on the other's.
+            wait_until(lambda: all(holds(p, ["L"]) for p in peers["L"]), 60, "L converging while split")
+            wait_until(lambda: all(holds(p, ["R"]) for p in peers["R"]), 60, "R converging while split")
+            assert not any(holds(p, ["R"]) for p in peers["L"])
+
+            # Heal, and every peer converges on all 24 receipts (and on one state).
+            sh(*left.exec_prefix(), "iptables", "-w", "-F")
+            healed = time.monotonic()
+            wait_until(lambda: all(holds(p, ["L", "R"]) for p in everyone), 120, "all twenty converging after the heal")
+            converge = time.monotonic() - healed
+            prints = {ledger_of(p).fingerprint() for p in everyone}
+            assert len(prints) == 1
+            print(f"20 peers: {len(completed['L']) + len(completed['R'])} receipts, converged {converge:.1f} s after the heal")
+            verify = inside(peers["R"][5], "garage_p2p.cli.garage", "ledger", "verify", "--json", "--home", str(peers["R"][5].home))
+            assert verify["ok"] and verify["entries"] == 24
+        finally:
+            for p in peers["L"] + peers["R"]:
+                p.stop(timeout=20)
+            for b in backends:
+                b.terminate()
+                b.wait(10)
