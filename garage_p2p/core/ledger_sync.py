@@ -179,6 +179,11 @@ def plan_pulls(state: LedgerState, remote: tuple[HeadInfo, ...] | list[HeadInfo]
 # -- pages of entries ----------------------------------------------------------------
 
 
+def entry_seq(blob: bytes) -> int:
+    """The seq an encoded entry claims (unverified; 0 if it is too short to say)."""
+    return struct.unpack_from(">Q", blob, 1)[0] if len(blob) >= 9 else 0
+
+
 def encode_page(entries: list[bytes]) -> bytes:
     """Entries as one compressed page: zlib(len | entry | len | entry …)."""
     return zlib.compress(b"".join(_LEN.pack(len(e)) + e for e in entries), 1)
