@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import random
 import sys
 import tempfile
 import time
@@ -52,21 +53,22 @@ def make_entries(n: int) -> list[Entry]:
     prev = {a.peer_id: ZERO_HASH for a in authors}
     entries = []
     base = 1_800_000_000_000
+    rng = random.Random(7)  # request ids as random as the gateway's (uuid4 hex), so compression is not flattered
     for i in range(n):
         author = authors[i % AUTHORS]
         consumer = consumers[i % CONSUMERS]
         seq = i // AUTHORS + 1
         receipt = Receipt(
-            request_id=f"req-{i:024x}",
+            request_id=f"req-{rng.getrandbits(96):024x}",
             consumer=consumer.peer_id,
             provider=author.peer_id,
             model="llama-3.1-8b-instruct",
-            prompt_tokens=120 + i % 97,
-            completion_tokens=200 + i % 311,
+            prompt_tokens=rng.randrange(10, 4000),
+            completion_tokens=rng.randrange(1, 2000),
             gpus=1,
-            gpu_us=800_000,
-            start_ms=base + seq * 1000,
-            end_ms=base + seq * 1000 + 900,
+            gpu_us=rng.randrange(100_000, 900_000),
+            start_ms=base + seq * 1000 + rng.randrange(100),
+            end_ms=base + seq * 1000 + 900 + rng.randrange(100),
         )
         raw = encode_receipt(receipt)
         entry = make_entry(author, seq, prev[author.peer_id], raw, cosign_receipt(consumer, raw))

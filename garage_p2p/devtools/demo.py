@@ -85,6 +85,7 @@ def main() -> int:
             print(f"  tokens    : {completion.usage.prompt_tokens} in, {completion.usage.completion_tokens} out")
             print(f"  latency   : {latency * 1000:.0f} ms for the whole answer (C → B's gossip → A → vLLM)")
             print(f"  streaming : first token after {first * 1000 if first else float('nan'):.0f} ms, {tokens} chunks in {total_stream * 1000:.0f} ms")
+            print(f"  ledger    : {ledger_line(b, a.peer_id, c.peer_id)}")
             print()
             codes = [p.stop() for p in reversed(peers)]
             say(f"peers stopped with exit codes {codes[::-1]} (A, B, C)")
@@ -97,6 +98,22 @@ def main() -> int:
             say(f"homes and logs kept in {root}")
         else:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def ledger_line(viewer: PeerProcess, provider: str, consumer: str, timeout: float = 20.0) -> str:
+    """What a third peer's ledger says once both receipts (chat, stream) reached it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        view = httpx.get(viewer.api_url.removesuffix("/v1") + "/garage/v1/ledger").json()
+        peers = {p["peer_id"]: p for p in view["peers"]}
+        given = peers.get(provider, {}).get("contributed", {})
+        if given.get("requests", 0) >= 2 or time.monotonic() > deadline:
+            used = peers.get(consumer, {}).get("consumed", {})
+            return (
+                f"B holds {given.get('requests', 0)} receipts signed by A and counter-signed by C: "
+                f"A gave {given.get('gpu_seconds', 0):.3f} GPU-s, C used {used.get('gpu_seconds', 0):.3f}"
+            )
+        time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -78,6 +78,11 @@ PULLS_AT_ONCE = 4
 FAULTS_BEFORE_DISCONNECT = 3
 
 
+FULL = "full"
+"""A sync job: compare every head (rather than pull after some announced heads)."""
+_Job = tuple[HeadInfo, ...] | str
+
+
 class _FrameStream:
     """Request/reply framing on one stream."""
 
@@ -118,7 +123,7 @@ class LedgerSync:
         self.bytes_pulled = 0
         self._wake = trio.Event()
         self._pulling: set[str] = set()
-        self._again: dict[str, list[Want]] = {}
+        self._again: dict[str, _Job] = {}
         self._last_full_sync: dict[str, float] = {}
         self._limiter = trio.CapacityLimiter(PULLS_AT_ONCE)
         self._nursery: trio.Nursery | None = None
@@ -163,7 +168,7 @@ class LedgerSync:
             await trio.sleep(self.anti_entropy_interval * rng.uniform(0.5, 1.5))
             connected = self.mesh.connected_peers()
             if connected:
-                await self.full_sync(rng.choice(connected))
+                self._schedule(rng.choice(connected), FULL)
 
     def _changed(self, own: bool) -> None:
         # Only our own log's growth is announced at once: the author is the
@@ -202,25 +207,33 @@ class LedgerSync:
                 last = self._last_full_sync.get(peer_id, -math.inf)
                 if trio.current_time() - last >= FULL_SYNC_EVERY:
                     self._last_full_sync[peer_id] = trio.current_time()
-                    nursery.start_soon(self.full_sync, peer_id)
+                    self._schedule(peer_id, FULL)
 
-    def _schedule(self, peer_id: str, heads: tuple[HeadInfo, ...]) -> None:
-        """Pull from ``peer_id`` now, or right after the pull from it that is running."""
+    def _schedule(self, peer_id: str, job: _Job) -> None:
+        """Sync with ``peer_id`` now, or right after the sync with it that is running.
+
+        One sync per peer at a time: a full sync on connect and a pull after
+        its gossip would otherwise fetch the same pages twice.
+        """
         if peer_id in self._pulling:
-            self._again[peer_id] = heads  # the newest heads win
+            if job is FULL or self._again.get(peer_id) is not FULL:
+                self._again[peer_id] = job  # a full sync covers any heads; the newest heads win
             return
         assert self._nursery is not None
         self._pulling.add(peer_id)
-        self._nursery.start_soon(self._pull_task, peer_id, heads)
+        self._nursery.start_soon(self._pull_task, peer_id, job)
 
-    async def _pull_task(self, peer_id: str, heads: tuple[HeadInfo, ...]) -> None:
+    async def _pull_task(self, peer_id: str, job: _Job | None) -> None:
         try:
-            while heads is not None:
-                # Planned now, not when the heads arrived: an earlier pull may have covered them.
-                wants = plan_pulls(self.ledger.state, heads)
-                if wants:
-                    await self.pull(peer_id, wants)
-                heads = self._again.pop(peer_id, None)
+            while job is not None:
+                if job is FULL:
+                    await self.full_sync(peer_id)
+                else:
+                    # Planned now, not when the heads arrived: an earlier pull may have covered them.
+                    wants = plan_pulls(self.ledger.state, job)
+                    if wants:
+                        await self.pull(peer_id, wants)
+                job = self._again.pop(peer_id, None)
         finally:
             self._pulling.discard(peer_id)
 
@@ -237,6 +250,10 @@ class LedgerSync:
 
     async def full_sync(self, peer_id: str) -> int:
         """Compare every head with ``peer_id`` and pull what we lack; entries added."""
+        async with self._limiter:
+            return await self._full_sync(peer_id)
+
+    async def _full_sync(self, peer_id: str) -> int:
         try:
             conn = await self._open(peer_id)
         except DialError as exc:
