@@ -66,7 +66,7 @@ def make_entries(n: int) -> list[Entry]:
             prompt_tokens=rng.randrange(10, 4000),
             completion_tokens=rng.randrange(1, 2000),
             gpus=1,
-            gpu_us=rng.randrange(100_000, 900_000),
+            gpu_us=rng.randrange(100_000, 800_000),
             start_ms=base + seq * 1000 + rng.randrange(100),
             end_ms=base + seq * 1000 + 900 + rng.randrange(100),
         )

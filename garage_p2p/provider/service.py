@@ -13,6 +13,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httpx
 import trio
@@ -41,7 +42,7 @@ DATA_FRAME_MAX = 256 * 1024
 SendFrame = Callable[[bytes], Awaitable[None]]
 
 
-class ReceiptSink:
+class ReceiptSink(Protocol):
     """Where counter-signed receipts go (the ledger); None disables receipts."""
 
     async def append_own(self, raw: bytes, cosig: bytes) -> object: ...
