@@ -37,16 +37,20 @@ ensure_venv_module() {
 
 # --- 0. system tools the tests use -------------------------------------------------------
 # iproute2 and iptables build the network-namespace test beds (mDNS on a LAN, NAT routers).
+# Podman (rootful, with runc, conmon, netavark and catatonit) runs the model server containers;
+# debootstrap makes the local Debian base image (no registry is needed, see images/README.md).
 ensure_system_packages() {
     local missing=()
     command -v ip >/dev/null || missing+=(iproute2)
     command -v iptables >/dev/null || missing+=(iptables)
+    command -v podman >/dev/null || missing+=(podman runc conmon netavark aardvark-dns catatonit fuse-overlayfs uidmap)
+    command -v debootstrap >/dev/null || missing+=(debootstrap)
     [[ ${#missing[@]} -eq 0 ]] && return
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         log "installing ${missing[*]}"
         apt-get update -qq >&2 && apt-get install -y -qq "${missing[@]}" >&2
     else
-        log "WARNING: ${missing[*]} missing (needs root): the namespace tests will fail"
+        log "WARNING: ${missing[*]} missing (needs root): the namespace and Podman tests will fail"
     fi
 }
 

@@ -41,8 +41,11 @@ from .mesh.paths import PathTracker
 from .provider.backend import Backend
 from .provider.backend_metrics import metrics_url, scrape_load
 from .provider.service import ProviderService
+from .runtime.container_spec import RuntimeSpec
 from .runtime.hardware import detect_hardware, driver_version
-from .settings import Settings
+from .runtime.model_runtime import ModelRuntime
+from .runtime.podman_service import open_podman
+from .settings import Settings, SettingsError
 from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
 from .store.known_peers import KnownPeers
@@ -71,6 +74,7 @@ class Peer:
     ledger: Ledger
     ledger_sync: LedgerSync
     cosigner: Cosigner
+    runtime: ModelRuntime | None = None
     api_url: str = ""
     backend_load: dict[str, Load] = field(default_factory=dict)
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
@@ -131,6 +135,7 @@ class Peer:
             "dht_table_size": self.discovery.dht.get_routing_table_size(),
             "draining": self.provider.draining,
             "in_flight": self.provider.in_flight,
+            "runtime": self.runtime.view() if self.runtime else None,
             "ledger": ledger_summary(self.ledger.state, self.identity.peer_id),
             "backends": [
                 {"model": b.name, "url": b.base_url, "healthy": b.healthy, "backend_model": b.backend_model}
@@ -185,6 +190,26 @@ class Peer:
     def ledger_view(self, peer: str | None) -> dict[str, Any]:
         return balances_view(self.ledger.state, peer)
 
+    async def drain(self) -> None:
+        """Stop taking requests, withdraw our models, let in-flight requests finish, stop the container."""
+        log.info("draining: no new requests; in flight: %d", self.provider.in_flight)
+        self.provider.draining = True
+        await self.caps.withdraw()
+        with trio.move_on_after(self.settings.drain_timeout):
+            await self.provider.wait_idle()
+        if self.runtime is not None:
+            await self.runtime.stop()
+        log.info("drained")
+
+    async def resume(self) -> None:
+        """Serve again after a drain."""
+        self.provider.draining = False
+        self.caps.withdrawn = False
+        if self.runtime is not None:
+            self.runtime.start()
+        self.caps.republish_soon()
+        log.info("resumed")
+
     async def shutdown(self) -> None:
         """Graceful stop: no new requests, withdraw the ad, drain in-flight ones."""
         if self._stopping:
@@ -206,12 +231,14 @@ async def _probe_backends(peer: Peer, client: httpx.AsyncClient) -> None:
     while True:
         changed = False
         for backend in backends.values():
+            if backend.managed:
+                continue
             was = (backend.healthy, backend.backend_model)
             await backend.probe(client)
             changed |= was != (backend.healthy, backend.backend_model)
         if changed:
             peer.caps.republish_soon()
-        healthy = all(b.healthy for b in backends.values())
+        healthy = all(b.healthy for b in backends.values() if not b.managed)
         await trio.sleep(PROBE_INTERVAL_HEALTHY if healthy else PROBE_INTERVAL_DOWN)
 
 
@@ -289,6 +316,35 @@ async def _serve_http(app, settings: Settings, stop: trio.Event, *, task_status=
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
 
+def _runtime_spec(settings: Settings, identity: Identity) -> RuntimeSpec | None:
+    """The container to run, if the settings name a model directory."""
+    if settings.runtime_model is None:
+        return None
+    model_dir = settings.runtime_model.expanduser().resolve()
+    if not model_dir.is_dir():
+        raise SettingsError(f"--model-dir {model_dir} is not a directory")
+    return RuntimeSpec(
+        image=settings.runtime_image,
+        model_dir=model_dir,
+        served_name=settings.runtime_name or model_dir.name,
+        host_port=settings.runtime_port,
+        peer_id=identity.peer_id,
+        gpus=settings.gpu_list,
+        gpu_memory_fraction=settings.runtime_gpu_memory,
+        memory=settings.runtime_memory,
+        vllm_args=tuple(settings.runtime_args),
+    )
+
+
+@asynccontextmanager
+async def _maybe_podman(settings: Settings, spec: RuntimeSpec | None) -> AsyncIterator[str | None]:
+    if spec is None:
+        yield None
+        return
+    async with open_podman(settings.home, settings.podman_socket) as url:
+        yield url
+
+
 def _addrs_of(table: PeerTable, peer_id: str) -> tuple[str, ...]:
     entry = table.get(peer_id, time.time())
     return entry.ad.addrs if entry else ()
@@ -327,9 +383,13 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         ]
         return list(dict.fromkeys([*settings.bootstrap, *relays]))
 
+    spec = _runtime_spec(settings, identity)
+    if spec is not None:
+        backends[spec.served_name] = Backend(spec.served_name, spec.base_url, gpus=spec.gpu_count, managed=True)
     ledger = await Ledger.open(identity, settings.home / "ledger.sqlite")
     async with (
         _closing(ledger),
+        _maybe_podman(settings, spec) as podman_url,
         httpx.AsyncClient(limits=limits, trust_env=False) as client,
         open_mesh(
             identity,
@@ -389,6 +449,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             flagged=ledger.state.flagged,
         )
         peer = Peer(settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths, ledger, ledger_sync, cosigner)
+        if spec is not None:
+            peer.runtime = ModelRuntime(spec, podman_url, backends[spec.served_name], on_change=caps.republish_soon)
+            await nursery.start(peer.runtime.serve)
         peer.benchmarks = await trio.to_thread.run_sync(load_benchmarks, settings.home)
         peer.driver_version = await trio.to_thread.run_sync(driver_version)
         offers_of.append(peer)

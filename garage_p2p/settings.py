@@ -57,6 +57,24 @@ class Settings(BaseModel):
     """Self-declared location advertised to the mesh, e.g. ``se-sto``."""
     relay: bool = False
     """Offer a circuit relay to peers behind NAT (for publicly reachable peers; on for bootstrap nodes)."""
+    runtime_model: Path | None = None
+    """Serve this model directory from a vLLM container that the daemon runs in Podman."""
+    runtime_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
+    """The model's name in the mesh (default: the directory's name)."""
+    runtime_image: str = "localhost/garage-vllm-cpu:0.32.0"
+    """The server image (``garage runtime build-image`` makes the CPU one; see images/)."""
+    runtime_gpus: str = ""
+    """GPUs for the container: empty for the CPU, ``all``, or indices such as ``0,1``."""
+    runtime_port: int = Field(default=8001, ge=1, le=65535)
+    """Loopback port the container's server is published on."""
+    runtime_memory: str = Field(default="16g", pattern=r"^[0-9]+[kmgKMG]?$")
+    """Memory limit of the container."""
+    runtime_gpu_memory: float = Field(default=0.85, gt=0, le=1)
+    """Share of GPU memory vLLM may take (the rest stays for the desktop)."""
+    runtime_args: list[str] = []
+    """Extra vLLM arguments."""
+    podman_socket: Path | None = None
+    """Use this Podman API socket instead of starting ``podman system service`` under HOME."""
 
     @field_validator("api")
     @classmethod
@@ -73,6 +91,21 @@ class Settings(BaseModel):
             if not url.startswith(("http://", "https://")):
                 raise ValueError(f"backend {name}: {url!r} is not an http(s) URL")
         return value
+
+    @field_validator("runtime_gpus")
+    @classmethod
+    def _gpus(cls, value: str) -> str:
+        value = value.strip()
+        if value and value != "all" and not all(p.strip().isdigit() for p in value.split(",")):
+            raise ValueError(f"expected '', 'all' or GPU indices like '0,1', got {value!r}")
+        return value
+
+    @property
+    def gpu_list(self) -> tuple[str, ...]:
+        """The runtime's GPUs as CDI names: () for the CPU."""
+        if not self.runtime_gpus:
+            return ()
+        return ("all",) if self.runtime_gpus == "all" else tuple(p.strip() for p in self.runtime_gpus.split(","))
 
     @property
     def api_host(self) -> str:
@@ -91,7 +124,7 @@ def parse_backend(spec: str) -> tuple[str, str]:
     return name, url
 
 
-_LIST_KEYS = {"listen", "bootstrap"}
+_LIST_KEYS = {"listen", "bootstrap", "runtime_args"}
 
 
 def read_bootstrap_file(path: Path) -> list[str]:

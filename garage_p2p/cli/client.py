@@ -37,9 +37,18 @@ def daemon_url(api: str | None, home: Path | None) -> str:
 
 
 def get(api: str | None, home: Path | None, path: str, params: dict[str, Any] | None = None) -> Any:
+    return call("GET", api, home, path, params)
+
+
+def post(api: str | None, home: Path | None, path: str, timeout: float = 120) -> Any:
+    """A control action; the daemon may take a while (a drain waits for requests in flight)."""
+    return call("POST", api, home, path, timeout=timeout)
+
+
+def call(method: str, api: str | None, home: Path | None, path: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
     base = daemon_url(api, home)
     try:
-        response = httpx.get(base + path, params=params, timeout=10)
+        response = httpx.request(method, base + path, params=params, timeout=timeout)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the peer at {base}: {exc}; is `garage-peer` running?")
     if response.status_code >= 400:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, doctor, identity, ledger, mesh_views
+from . import bench, doctor, identity, ledger, mesh_views, runtime
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.")
 app.command("init")(identity.init)
@@ -15,6 +15,9 @@ app.command("route")(mesh_views.route)
 app.command("bench")(bench.bench)
 app.command("doctor")(doctor.doctor)
 app.add_typer(ledger.app, name="ledger")
+app.command("drain")(runtime.drain)
+app.command("resume")(runtime.resume)
+app.add_typer(runtime.app, name="runtime")
 
 
 @app.callback()

@@ -10,6 +10,7 @@ import typer
 
 from ..daemon import open_peer
 from ..settings import Settings, SettingsError, load_settings, parse_backend
+from ..runtime.podman_service import PodmanUnavailable
 from ..store.identity_file import IdentityFileError
 from ..trio_util import single_exceptions
 from .common import HomeOption, fail, setup_logging
@@ -46,6 +47,12 @@ def main_command(
     region: str | None = typer.Option(None, "--region", help="Advertised location, e.g. se-sto."),
     dht_mode: str | None = typer.Option(None, "--dht-mode", help="auto, server or client."),
     relay: bool | None = typer.Option(None, "--relay/--no-relay", help="Offer a circuit relay to peers behind NAT (public peers only)."),
+    runtime_model: Path | None = typer.Option(None, "--model-dir", help="Serve this model directory from a vLLM container run in Podman."),
+    runtime_name: str | None = typer.Option(None, "--model-name", help="The model's name in the mesh (default: the directory's name)."),
+    runtime_image: str | None = typer.Option(None, "--image", help="Server image (default localhost/garage-vllm-cpu:0.32.0)."),
+    runtime_gpus: str | None = typer.Option(None, "--gpus", help="'all', indices like '0,1', or '' for the CPU."),
+    runtime_port: int | None = typer.Option(None, "--runtime-port", help="Loopback port for the container's server (default 8001)."),
+    podman_socket: Path | None = typer.Option(None, "--podman-socket", help="Use this Podman API socket instead of starting one."),
 ) -> None:
     """Run the Garage P2P peer daemon in the foreground."""
     try:
@@ -63,6 +70,12 @@ def main_command(
                 "region": region,
                 "dht_mode": dht_mode,
                 "relay": relay,
+                "runtime_model": runtime_model,
+                "runtime_name": runtime_name,
+                "runtime_image": runtime_image,
+                "runtime_gpus": runtime_gpus,
+                "runtime_port": runtime_port,
+                "podman_socket": podman_socket,
             }
         )
     except SettingsError as exc:
@@ -71,7 +84,7 @@ def main_command(
     try:
         with single_exceptions():
             trio.run(run_peer, settings)
-    except IdentityFileError as exc:
+    except (IdentityFileError, PodmanUnavailable, SettingsError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.strerror or exc} (is another garage-peer using the same --api or --listen port?)")

@@ -156,11 +156,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8101)
     parser.add_argument("--model", default="tiny")
+    parser.add_argument("--served-model-name", default=None, help="as vLLM's; overrides --model")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per generated token")
     parser.add_argument("--first-token-delay", type=float, default=0.0)
     parser.add_argument("--max-running", type=int, default=None, help="batch limit; more requests wait")
-    args = parser.parse_args()
-    app = create_standin_app(args.model, args.token_delay, args.first_token_delay, args.max_running)
+    # vLLM's other flags are accepted and ignored: the runtime starts this image like a vLLM one.
+    args, _ = parser.parse_known_args()
+    model = args.served_model_name or args.model
+    app = create_standin_app(model, args.token_delay, args.first_token_delay, args.max_running)
+    print(f"StandInBackend (an instrument, not a model) serving {model!r} on {args.host}:{args.port}", flush=True)
     trio.run(serve_standin, app, args.host, args.port)
 
 

@@ -1,6 +1,8 @@
 """The admin API under ``/garage/v1/`` on the endpoint's port: what the CLI reads.
 
-Read-only views of this peer and of the mesh as this peer sees it.
+Views of this peer and of the mesh as this peer sees it, and the control
+actions (drain, resume, restart the model container), accepted from this
+machine only.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ class AdminSource(Protocol):
 
     def ledger_view(self, peer: str | None) -> dict[str, Any]: ...
 
+    runtime: Any
+    """The container runtime (None when the peer runs none)."""
+
+    async def drain(self) -> None: ...
+
+    async def resume(self) -> None: ...
+
 
 def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
     async def status(request: Request) -> Response:
@@ -40,6 +49,50 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
 
     async def ledger(request: Request) -> Response:
         return JSONResponse(source.ledger_view(request.query_params.get("peer") or None))
+
+    def refuse_remote(request: Request) -> Response | None:
+        # Control actions only from this machine (the endpoint may listen wider, issue 9 adds keys).
+        host = request.client.host if request.client else ""
+        if host in ("127.0.0.1", "::1") or host.startswith("127."):
+            return None
+        info = error_info(403, "control actions are accepted from this machine only", type="permission_error", code="local_only")
+        return JSONResponse(error_body(info), status_code=403)
+
+    def no_runtime() -> Response:
+        info = error_info(404, "this peer runs no model container (start garage-peer with --model-dir)", type="invalid_request_error", code="no_runtime")
+        return JSONResponse(error_body(info), status_code=404)
+
+    async def drain(request: Request) -> Response:
+        if (refused := refuse_remote(request)) is not None:
+            return refused
+        await source.drain()
+        return JSONResponse(source.status())
+
+    async def resume(request: Request) -> Response:
+        if (refused := refuse_remote(request)) is not None:
+            return refused
+        await source.resume()
+        return JSONResponse(source.status())
+
+    async def runtime_status(request: Request) -> Response:
+        if source.runtime is None:
+            return no_runtime()
+        return JSONResponse(source.runtime.view())
+
+    async def runtime_logs(request: Request) -> Response:
+        if source.runtime is None:
+            return no_runtime()
+        tail = request.query_params.get("tail", "100")
+        lines = list(source.runtime.status.logs)
+        return JSONResponse({"lines": lines[-int(tail):] if tail.isdigit() and int(tail) > 0 else lines})
+
+    async def runtime_restart(request: Request) -> Response:
+        if (refused := refuse_remote(request)) is not None:
+            return refused
+        if source.runtime is None:
+            return no_runtime()
+        await source.runtime.restart()
+        return JSONResponse(source.runtime.view())
 
     async def route(request: Request) -> Response:
         model = request.query_params.get("model")
@@ -71,4 +124,9 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         Route("/garage/v1/models", models, methods=["GET"]),
         Route("/garage/v1/route", route, methods=["GET"]),
         Route("/garage/v1/ledger", ledger, methods=["GET"]),
+        Route("/garage/v1/drain", drain, methods=["POST"]),
+        Route("/garage/v1/resume", resume, methods=["POST"]),
+        Route("/garage/v1/runtime", runtime_status, methods=["GET"]),
+        Route("/garage/v1/runtime/logs", runtime_logs, methods=["GET"]),
+        Route("/garage/v1/runtime/restart", runtime_restart, methods=["POST"]),
     ]

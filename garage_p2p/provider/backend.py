@@ -24,6 +24,8 @@ class Backend:
     """The backend's max_model_len, if it reports one."""
     gpus: int = 1
     """Devices the model occupies (a CPU-only backend counts as one); receipts bill GPU time by it."""
+    managed: bool = False
+    """Run by the daemon's container runtime, which owns its health (the probe loop leaves it alone)."""
     healthy: bool = False
     """Whether the last probe found it answering; only healthy models are advertised."""
     failures: int = field(default=0)
