@@ -42,6 +42,7 @@ from .provider.backend import Backend
 from .provider.backend_metrics import metrics_url, scrape_load
 from .provider.service import ProviderService
 from .runtime.container_spec import RuntimeSpec
+from .runtime.model_dirs import resolve_model
 from .runtime.hardware import detect_hardware, driver_version
 from .runtime.model_runtime import ModelRuntime
 from .runtime.podman_service import open_podman
@@ -320,13 +321,11 @@ def _runtime_spec(settings: Settings, identity: Identity) -> RuntimeSpec | None:
     """The container to run, if the settings name a model directory."""
     if settings.runtime_model is None:
         return None
-    model_dir = settings.runtime_model.expanduser().resolve()
-    if not model_dir.is_dir():
-        raise SettingsError(f"--model-dir {model_dir} is not a directory")
+    model_dir, default_name = resolve_model(str(settings.runtime_model))
     return RuntimeSpec(
         image=settings.runtime_image,
         model_dir=model_dir,
-        served_name=settings.runtime_name or model_dir.name,
+        served_name=settings.runtime_name or default_name,
         host_port=settings.runtime_port,
         peer_id=identity.peer_id,
         gpus=settings.gpu_list,

@@ -58,7 +58,7 @@ class Settings(BaseModel):
     relay: bool = False
     """Offer a circuit relay to peers behind NAT (for publicly reachable peers; on for bootstrap nodes)."""
     runtime_model: Path | None = None
-    """Serve this model directory from a vLLM container that the daemon runs in Podman."""
+    """Serve this model (a directory, or a model id already in the local Hugging Face cache) from a vLLM container the daemon runs in Podman."""
     runtime_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
     """The model's name in the mesh (default: the directory's name)."""
     runtime_image: str = "localhost/garage-vllm-cpu:0.32.0"

@@ -28,6 +28,9 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
     typer.echo(f"in flight   {data['in_flight']}{'   DRAINING' if data['draining'] else ''}")
     led = data["ledger"]
     typer.echo(f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given {led['contributed_gpu_hours']:.6f}, used {led['consumed_gpu_hours']:.6f}")
+    if data.get("runtime"):
+        rt = data["runtime"]
+        typer.echo(f"runtime     {rt['container']} ({rt['image']}): {rt['state']}, {rt['restarts']} restarts")
     for backend in data["backends"]:
         state = "healthy" if backend["healthy"] else "DOWN"
         typer.echo(f"backend     {backend['model']} → {backend['url']} ({state})")

@@ -47,7 +47,7 @@ def main_command(
     region: str | None = typer.Option(None, "--region", help="Advertised location, e.g. se-sto."),
     dht_mode: str | None = typer.Option(None, "--dht-mode", help="auto, server or client."),
     relay: bool | None = typer.Option(None, "--relay/--no-relay", help="Offer a circuit relay to peers behind NAT (public peers only)."),
-    runtime_model: Path | None = typer.Option(None, "--model-dir", help="Serve this model directory from a vLLM container run in Podman."),
+    runtime_model: Path | None = typer.Option(None, "--model-dir", help="Serve this model (a directory, or a model id in the local Hugging Face cache) from a vLLM container run in Podman."),
     runtime_name: str | None = typer.Option(None, "--model-name", help="The model's name in the mesh (default: the directory's name)."),
     runtime_image: str | None = typer.Option(None, "--image", help="Server image (default localhost/garage-vllm-cpu:0.32.0)."),
     runtime_gpus: str | None = typer.Option(None, "--gpus", help="'all', indices like '0,1', or '' for the CPU."),

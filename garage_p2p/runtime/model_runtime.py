@@ -88,12 +88,15 @@ class ModelRuntime:
 
     # -- podman calls (in threads) ---------------------------------------------------
 
-    async def _call(self, fn, *args, **kwargs):
+    async def _call(self, fn, *args, abandon: bool = False):
+        """Run ``fn(client, *args)`` in a thread. Not abandoned on cancel unless asked: a
+        create that finished after our clean-up would leave a container behind."""
+
         def run():
             with PodmanClient(base_url=self.podman_url, timeout=API_TIMEOUT) as client:
-                return fn(client, *args, **kwargs)
+                return fn(client, *args)
 
-        return await trio.to_thread.run_sync(run, abandon_on_cancel=True)
+        return await trio.to_thread.run_sync(run, abandon_on_cancel=abandon)
 
     async def _create_and_start(self) -> str:
         def run(client: PodmanClient) -> str:
@@ -252,7 +255,7 @@ class ModelRuntime:
 
         stop: list[bool] = []
         try:
-            await self._call(run, self.status.logs, stop)
+            await self._call(run, self.status.logs, stop, abandon=True)  # it blocks until the container ends
         except (APIError, NotFound, OSError) as exc:
             log.debug("log stream of %s ended: %s", self.spec.name, exc)
         finally:
