@@ -30,6 +30,8 @@ from .core.identity import Identity
 from .core.messages import PROTOCOL_OPENAI
 from .gateway.app import create_app
 from .gateway.dispatch import Dispatcher
+from .jobs.submitter import JobManager
+from .jobs.worker import JobWorker
 from .ledger.book import Ledger
 from .ledger.cosign import Cosigner
 from .ledger.sync import LedgerSync
@@ -46,7 +48,7 @@ from .runtime.model_dirs import resolve_model
 from .runtime.hardware import detect_hardware, driver_version
 from .runtime.model_runtime import ModelRuntime
 from .runtime.podman_service import open_podman
-from .settings import Settings, SettingsError
+from .settings import Settings
 from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
 from .store.known_peers import KnownPeers
@@ -76,6 +78,8 @@ class Peer:
     ledger_sync: LedgerSync
     cosigner: Cosigner
     runtime: ModelRuntime | None = None
+    jobs: JobManager | None = None
+    job_worker: JobWorker | None = None
     api_url: str = ""
     backend_load: dict[str, Load] = field(default_factory=dict)
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
@@ -459,6 +463,16 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         await nursery.start(known.serve)
         await nursery.start(ledger.serve)
         await nursery.start(ledger_sync.serve)
+
+        async def model_known(model: str) -> bool:
+            if model not in dispatcher.known_models():
+                await discovery.lookup(model)
+            return model in dispatcher.known_models()
+
+        peer.jobs = JobManager(mesh, identity, ledger, settings.home, model_known=model_known)
+        peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
+        await nursery.start(peer.jobs.serve)
+        await nursery.start(peer.job_worker.serve)
         await nursery.start(paths.serve, lambda: [e.ad.peer_id for e in table.entries(time.time()) if e.ad.models])
         if backends:
             nursery.start_soon(_probe_backends, peer, client)

@@ -5,19 +5,16 @@ The backend is the StandInBackend (an instrument, not a model).
 
 from __future__ import annotations
 
-import base64
 
 import trio
 
-from garage_p2p.core.exchange import RequestReader, head_frame
+from garage_p2p.core.exchange import head_frame
 from garage_p2p.core.ledger import ZERO_HASH, make_entry
-from garage_p2p.core.ledger_sync import PROTOCOL_LEDGER, LedgerRequest, PushReply
-from garage_p2p.core.messages import PROTOCOL_OPENAI, EndInfo, RequestHead, decode_json, encode_json
-from garage_p2p.core.identity import Identity
+from garage_p2p.core.ledger_sync import PROTOCOL_LEDGER
+from garage_p2p.core.messages import PROTOCOL_OPENAI, EndInfo, RequestHead, decode_json
 from garage_p2p.core.receipts import cosign_receipt, encode_receipt, sign_receipt
 from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.ledger.book import pack_pending
-from garage_p2p.ledger.sync import LEDGER_LIMITS
 from garage_p2p.mesh.streams import read_some, write_all
 from garage_p2p.store.ledger_store import LedgerStore
 

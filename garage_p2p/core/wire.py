@@ -33,6 +33,10 @@ class FrameType(enum.IntEnum):
     """``/garage/ledger/1.0.0``: a JSON reply (heads, push result, error)."""
     LEDGER_ENTRIES = 18
     """``/garage/ledger/1.0.0``: a compressed page of entries."""
+    JOB_REQUEST = 32
+    """``/garage/jobs/1.0.0``: a JSON request (claim, results)."""
+    JOB_REPLY = 33
+    """``/garage/jobs/1.0.0``: a JSON reply (lease, acknowledgement, error)."""
 
 
 KiB = 1024

@@ -8,7 +8,6 @@ mid-stream ends with an SSE error event, never a silent truncation.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -26,18 +25,14 @@ from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.messages import ENDPOINT_PATHS, ErrorInfo, RequestHead, dumps, error_body, error_info
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
+from .bodies import BadRequest, invalid_request, read_json_body
+from .jobs_api import job_routes
 from .dispatch import Dispatcher, DispatchFailed
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
-
-
-class BadRequest(Exception):
-    def __init__(self, info: ErrorInfo) -> None:
-        super().__init__(info.error.message)
-        self.info = info
 
 
 def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -50,44 +45,19 @@ def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JS
     return JSONResponse(error_body(info), status_code=info.status, headers=headers)
 
 
-def _invalid(message: str, *, param: str | None = None, code: str = "invalid_request", status: int = 400) -> BadRequest:
-    return BadRequest(error_info(status, message, type="invalid_request_error", param=param, code=code))
-
-
-async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
-    """The request's JSON object, read with a size limit."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _invalid(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise _invalid(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
-        chunks.append(chunk)
-    try:
-        body = json.loads(b"".join(chunks))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise _invalid(f"request body is not valid JSON: {exc}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise _invalid("request body must be a JSON object", code="invalid_json")
-    return body
-
-
 def validate_body(path: str, body: dict[str, Any]) -> str:
     """Check the fields the mesh needs; the backend validates the rest. Returns the model."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise _invalid("you must provide a model parameter", param="model", code="missing_model")
+        raise invalid_request("you must provide a model parameter", param="model", code="missing_model")
     if path == "/v1/chat/completions":
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise _invalid("messages must be a non-empty array", param="messages", code="missing_messages")
+            raise invalid_request("messages must be a non-empty array", param="messages", code="missing_messages")
     elif "prompt" not in body:
-        raise _invalid("you must provide a prompt parameter", param="prompt", code="missing_prompt")
+        raise invalid_request("you must provide a prompt parameter", param="prompt", code="missing_prompt")
     if "stream" in body and not isinstance(body["stream"], bool):
-        raise _invalid("stream must be a boolean", param="stream")
+        raise invalid_request("stream must be a boolean", param="stream")
     return model
 
 
@@ -101,9 +71,9 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
     region = request.headers.get("x-garage-region", "").strip().lower() or None
     pinned = request.headers.get("x-garage-peer", "").strip() or None
     if region is not None and not REGION.fullmatch(region):
-        raise _invalid(f"x-garage-region {region!r} is not a region such as 'se' or 'se-sto'", param="x-garage-region")
+        raise invalid_request(f"x-garage-region {region!r} is not a region such as 'se' or 'se-sto'", param="x-garage-region")
     if pinned is not None and not (0 < len(pinned) <= 128 and pinned.isalnum()):
-        raise _invalid("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
+        raise invalid_request("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     expected = tokens if isinstance(tokens, int) and 0 < tokens <= 1_000_000 else DEFAULT_TOKENS
     return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
@@ -188,4 +158,5 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
     routes = [Route(p, completions, methods=["POST"]) for p in ENDPOINT_PATHS]
     routes += [Route("/v1/models", list_models, methods=["GET"]), Route("/health", health, methods=["GET"])]
     routes += admin_routes(admin, dispatcher)
+    routes += job_routes(lambda: admin.jobs)
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})

@@ -202,12 +202,11 @@ class LedgerSync:
                 self._schedule(sender, heads.heads)
 
     async def _on_connections(self, new_peers: trio.MemoryReceiveChannel[str]) -> None:
-        async with trio.open_nursery() as nursery:
-            async for peer_id in new_peers:
-                last = self._last_full_sync.get(peer_id, -math.inf)
-                if trio.current_time() - last >= FULL_SYNC_EVERY:
-                    self._last_full_sync[peer_id] = trio.current_time()
-                    self._schedule(peer_id, FULL)
+        async for peer_id in new_peers:
+            last = self._last_full_sync.get(peer_id, -math.inf)
+            if trio.current_time() - last >= FULL_SYNC_EVERY:
+                self._last_full_sync[peer_id] = trio.current_time()
+                self._schedule(peer_id, FULL)
 
     def _schedule(self, peer_id: str, job: _Job) -> None:
         """Sync with ``peer_id`` now, or right after the sync with it that is running.

@@ -194,8 +194,10 @@ class ModelRuntime:
         try:
             self.status.container_id = await self._create_and_start()
         except (APIError, OSError) as exc:
-            self.status.last_exit = f"could not start: {exc}"
+            hint = " (build it: `garage runtime build-image`)" if "image" in str(exc).lower() else ""
+            self.status.last_exit = f"could not start: {exc}{hint}"
             self.status.state = "failed"
+            log.error("model server %s %s", self.spec.name, self.status.last_exit)
             return 0.0
         self.status.started_at = time.time()
         log.info("model server %s started (%s)", self.spec.name, self.status.container_id[:12])

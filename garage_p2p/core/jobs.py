@@ -1,0 +1,271 @@
+"""Batch jobs: the OpenAI Batch file format, shards, leases and tail stealing (sans-IO).
+
+Input lines are the OpenAI Batch API's: ``{"custom_id", "method", "url", "body"}``.
+A malformed line becomes an error entry and the rest of the job proceeds.
+
+The submitter's ``JobState`` splits the lines into shards and leases them to
+providers that ask (pull-based, so providers behind NAT take part). A lease
+has a deadline; an expired lease, or one held by a provider that vanished,
+returns its shard to the pool. When no shard is left to lease, an idle
+provider gets a duplicate lease on a shard still running elsewhere (tail
+stealing); the first result per ``custom_id`` wins. Everything takes ``now``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import Field
+
+from .messages import ENDPOINT_PATHS, WireModel
+
+TOPIC_JOBS = "garage/jobs/1"
+PROTOCOL_JOBS = "/garage/jobs/1.0.0"
+MAX_LINE_BYTES = 1024 * 1024
+MAX_SHARD_SIZE = 1000
+MAX_CUSTOM_ID = 512
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """One valid input line."""
+
+    index: int
+    """0-based line number in the input."""
+    custom_id: str
+    """The caller's id, unique in the job."""
+    url: str
+    """``/v1/chat/completions`` or ``/v1/completions``."""
+    body: dict[str, Any]
+    """The OpenAI request body (the job's model is set on it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """A line that could not be run (malformed, or failed for good)."""
+
+    index: int
+    """0-based line number."""
+    custom_id: str | None
+    """Its custom_id, if it had a usable one."""
+    code: str
+    """Machine-readable reason."""
+    message: str
+    """Human-readable reason."""
+
+
+def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], list[LineError], str | None]:
+    """(valid lines, errors, the job's model). Every line must name the same model (or ``model`` overrides)."""
+    lines: list[BatchLine] = []
+    errors: list[LineError] = []
+    seen: set[str] = set()
+    models: set[str] = set()
+    for index, raw in enumerate(text.splitlines()):
+        if not raw.strip():
+            continue
+        error = None
+        custom_id = None
+        try:
+            if len(raw) > MAX_LINE_BYTES:
+                raise ValueError(f"line of {len(raw)} bytes exceeds {MAX_LINE_BYTES}")
+            item = json.loads(raw)
+            if not isinstance(item, dict):
+                raise ValueError("a line must be a JSON object")
+            custom_id = item.get("custom_id")
+            if not isinstance(custom_id, str) or not 0 < len(custom_id) <= MAX_CUSTOM_ID:
+                custom_id = None
+                raise ValueError("custom_id must be a non-empty string")
+            if custom_id in seen:
+                raise ValueError(f"duplicate custom_id {custom_id!r}")
+            if item.get("method", "POST") != "POST":
+                raise ValueError("method must be POST")
+            url = item.get("url")
+            if url not in ENDPOINT_PATHS:
+                raise ValueError(f"url must be one of {', '.join(ENDPOINT_PATHS)}")
+            body = item.get("body")
+            if not isinstance(body, dict):
+                raise ValueError("body must be a JSON object")
+            if body.get("stream"):
+                raise ValueError("streaming is not supported in a batch")
+            if model is not None:
+                body = {**body, "model": model}
+            if not isinstance(body.get("model"), str) or not body["model"]:
+                raise ValueError("body.model is missing")
+            models.add(body["model"])
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            error = LineError(index, custom_id, "invalid_line", str(exc)[:500])
+        if error is not None:
+            errors.append(error)
+            continue
+        seen.add(custom_id)
+        lines.append(BatchLine(index, custom_id, url, body))
+    if len(models) > 1:
+        # One model per job (providers claim jobs by model): the one most lines ask for.
+        counts: dict[str, int] = {}
+        for line in lines:
+            counts[line.body["model"]] = counts.get(line.body["model"], 0) + 1
+        first = max(counts, key=lambda m: counts[m])  # ties: the first seen
+        keep = []
+        for line in lines:
+            if line.body["model"] == first:
+                keep.append(line)
+            else:
+                errors.append(LineError(line.index, line.custom_id, "model_mismatch", f"the job's model is {first!r}; this line asks for {line.body['model']!r}"))
+        lines = keep
+    errors.sort(key=lambda e: e.index)
+    job_model = lines[0].body["model"] if lines else (model or (sorted(models)[0] if models else None))
+    return lines, errors, job_model
+
+
+# -- messages -----------------------------------------------------------------------
+
+
+class JobAnnouncement(WireModel):
+    """Gossip on ``garage/jobs/1``: work is available at the submitter."""
+
+    job_id: str = Field(min_length=1, max_length=64)
+    """The job."""
+    model: str = Field(min_length=1, max_length=256)
+    """The model every line asks for."""
+    submitter: str = Field(min_length=1, max_length=128)
+    """Peer id to claim shards from."""
+    shards_left: int = Field(ge=0)
+    """Shards not yet done."""
+    deadline: float | None = None
+    """Unix time after which the submitter gives up."""
+
+
+class JobRequest(WireModel):
+    """A provider's request on ``/garage/jobs/1.0.0``."""
+
+    op: Literal["claim", "results"]
+    """``claim`` a shard, or hand in ``results`` of a lease."""
+    job_id: str = Field(min_length=1, max_length=64)
+    """The job."""
+    lease_id: str | None = Field(default=None, max_length=64)
+    """results: the lease they are for."""
+    results: tuple[dict[str, Any], ...] = Field(default=(), max_length=MAX_SHARD_SIZE)
+    """results: ``{custom_id, status_code, body, receipt}`` or ``{custom_id, error}`` per line."""
+
+
+class LeaseGrant(WireModel):
+    """The reply to ``claim``."""
+
+    lease_id: str | None = None
+    """None when there is no work (the job is done, or everything is leased)."""
+    deadline_s: float = 0.0
+    """Seconds the provider has for the shard."""
+    lines: tuple[dict[str, Any], ...] = ()
+    """``{custom_id, url, body, request_id}`` per line."""
+    done: bool = False
+    """The job needs nothing more from anyone."""
+
+
+class ResultsAck(WireModel):
+    """The reply to ``results``."""
+
+    accepted: int = 0
+    """Results that were new."""
+    cosigs: dict[str, str] = {}
+    """request_id → the submitter's counter-signature (hex) of that line's receipt."""
+
+
+# -- the submitter's state machine ---------------------------------------------------
+
+
+@dataclass
+class Lease:
+    lease_id: str
+    shard: int
+    provider: str
+    deadline: float
+    duplicate: bool = False
+
+
+@dataclass
+class JobState:
+    """One job's shards and leases, as its submitter tracks them."""
+
+    job_id: str
+    shards: list[list[BatchLine]]
+    """Lines per shard."""
+    lease_time: float = 300.0
+    """Seconds a provider has for one shard."""
+    done_ids: set[str] = field(default_factory=set)
+    """custom_ids with a final result."""
+    leases: dict[str, Lease] = field(default_factory=dict)
+    """Open leases by id."""
+    cancelled: bool = False
+    granted: dict[str, int] = field(default_factory=dict)
+    """Every lease ever granted → its shard (late results of an expired lease still count)."""
+    _next_lease: int = 0
+
+    @classmethod
+    def of(cls, job_id: str, lines: list[BatchLine], shard_size: int, lease_time: float = 300.0) -> JobState:
+        size = max(1, min(shard_size, MAX_SHARD_SIZE))
+        return cls(job_id, [lines[i : i + size] for i in range(0, len(lines), size)], lease_time)
+
+    def shard_done(self, shard: int) -> bool:
+        return all(line.custom_id in self.done_ids for line in self.shards[shard])
+
+    @property
+    def finished(self) -> bool:
+        return self.cancelled or all(self.shard_done(i) for i in range(len(self.shards)))
+
+    def shards_left(self) -> int:
+        return sum(1 for i in range(len(self.shards)) if not self.shard_done(i))
+
+    def expire(self, now: float) -> list[Lease]:
+        """Drop leases past their deadline (their shards can be leased again)."""
+        gone = [lease for lease in self.leases.values() if lease.deadline <= now]
+        for lease in gone:
+            del self.leases[lease.lease_id]
+        return gone
+
+    def provider_gone(self, provider: str) -> list[Lease]:
+        """Drop every lease of a provider that vanished."""
+        gone = [lease for lease in self.leases.values() if lease.provider == provider]
+        for lease in gone:
+            del self.leases[lease.lease_id]
+        return gone
+
+    def claim(self, provider: str, now: float) -> Lease | None:
+        """A lease for ``provider``: a free shard first, else a duplicate of the tail."""
+        if self.cancelled:
+            return None
+        self.expire(now)
+        leased = {lease.shard for lease in self.leases.values()}
+        mine = {lease.shard for lease in self.leases.values() if lease.provider == provider}
+        for shard in range(len(self.shards)):
+            if not self.shard_done(shard) and shard not in leased:
+                return self._grant(shard, provider, now, duplicate=False)
+        # Tail stealing: an idle provider duplicates a shard running elsewhere, once.
+        duplicated = {lease.shard for lease in self.leases.values() if lease.duplicate}
+        for lease in sorted(self.leases.values(), key=lambda l: l.deadline):
+            if lease.shard not in duplicated and lease.shard not in mine and not self.shard_done(lease.shard):
+                return self._grant(lease.shard, provider, now, duplicate=True)
+        return None
+
+    def _grant(self, shard: int, provider: str, now: float, duplicate: bool) -> Lease:
+        self._next_lease += 1
+        lease = Lease(f"{self.job_id[:16]}-{self._next_lease}", shard, provider, now + self.lease_time, duplicate)
+        self.leases[lease.lease_id] = lease
+        self.granted[lease.lease_id] = shard
+        return lease
+
+    def complete(self, lease_id: str, custom_ids: list[str]) -> list[str] | None:
+        """Results for a lease arrived: the custom_ids that were new (first result wins).
+
+        None for a lease we never granted. Results of an expired lease still
+        count; ids outside the lease's shard are ignored.
+        """
+        shard = self.granted.get(lease_id)
+        if shard is None:
+            return None
+        self.leases.pop(lease_id, None)
+        allowed = {line.custom_id for line in self.shards[shard]}
+        new = [cid for cid in dict.fromkeys(custom_ids) if cid in allowed and cid not in self.done_ids]
+        self.done_ids.update(new)
+        return new

@@ -1,0 +1,41 @@
+"""Reading request bodies: JSON objects with a size limit, errors as OpenAI error objects."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.requests import Request
+
+from ..core.messages import ErrorInfo, error_info
+
+
+class BadRequest(Exception):
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.error.message)
+        self.info = info
+
+
+def invalid_request(message: str, *, param: str | None = None, code: str = "invalid_request", status: int = 400) -> BadRequest:
+    return BadRequest(error_info(status, message, type="invalid_request_error", param=param, code=code))
+
+
+async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
+    """The request's JSON object, read with a size limit."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise invalid_request(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise invalid_request(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
+        chunks.append(chunk)
+    try:
+        body = json.loads(b"".join(chunks))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise invalid_request("request body must be a JSON object", code="invalid_json")
+    return body

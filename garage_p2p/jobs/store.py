@@ -1,0 +1,96 @@
+"""Jobs on disk: ``HOME/jobs.sqlite`` (WAL). A submitter that restarts resumes its jobs.
+
+A result is written before the provider is told it was accepted, so an
+acknowledged result is never redone after a crash.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..core.jobs import BatchLine
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    id TEXT PRIMARY KEY, model TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
+    deadline REAL, shard_size INTEGER NOT NULL, max_providers INTEGER, total INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lines (
+    job_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, url TEXT NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+CREATE TABLE IF NOT EXISTS results (
+    job_id TEXT NOT NULL, custom_id TEXT, idx INTEGER NOT NULL, ok INTEGER NOT NULL, record TEXT NOT NULL,
+    provider TEXT, tokens INTEGER NOT NULL DEFAULT 0, at REAL NOT NULL,
+    PRIMARY KEY (job_id, idx)
+);
+"""
+
+
+@dataclass
+class JobRow:
+    id: str
+    model: str
+    status: str
+    created: float
+    deadline: float | None
+    shard_size: int
+    max_providers: int | None
+    total: int
+
+
+class JobStore:
+    """Synchronous; call from a worker thread."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, timeout=10, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def add_job(self, job: JobRow, lines: list[BatchLine]) -> None:
+        with self._db:
+            self._db.execute(
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (job.id, job.model, job.status, job.created, job.deadline, job.shard_size, job.max_providers, job.total),
+            )
+            self._db.executemany(
+                "INSERT INTO lines VALUES (?, ?, ?, ?, ?)",
+                [(job.id, l.index, l.custom_id, l.url, json.dumps(l.body, separators=(",", ":"))) for l in lines],
+            )
+
+    def set_status(self, job_id: str, status: str) -> None:
+        with self._db:
+            self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
+
+    def add_results(self, rows: Iterable[tuple[str, str | None, int, bool, dict[str, Any], str | None, int, float]]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(j, c, i, int(ok), json.dumps(rec, separators=(",", ":")), p, t, at) for j, c, i, ok, rec, p, t, at in rows],
+            )
+
+    def jobs(self) -> list[JobRow]:
+        return [JobRow(*row) for row in self._db.execute("SELECT * FROM jobs ORDER BY created")]
+
+    def lines(self, job_id: str) -> list[BatchLine]:
+        rows = self._db.execute("SELECT idx, custom_id, url, body FROM lines WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [BatchLine(idx, cid, url, json.loads(body)) for idx, cid, url, body in rows]
+
+    def done(self, job_id: str) -> list[tuple[str | None, int, bool, int]]:
+        """(custom_id, line, ok, tokens) of every result."""
+        rows = self._db.execute("SELECT custom_id, idx, ok, tokens FROM results WHERE job_id = ?", (job_id,))
+        return [(cid, idx, bool(ok), tokens) for cid, idx, ok, tokens in rows]
+
+    def records(self, job_id: str, ok: bool) -> list[str]:
+        rows = self._db.execute("SELECT record FROM results WHERE job_id = ? AND ok = ? ORDER BY idx", (job_id, int(ok)))
+        return [record for (record,) in rows]

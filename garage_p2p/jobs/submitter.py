@@ -1,0 +1,361 @@
+"""The submitter's side of batch jobs: the only coordinator of its own jobs.
+
+It announces each running job on ``garage/jobs/1`` (every 2 s), grants shard
+leases to providers that claim them over ``/garage/jobs/1.0.0``, stores
+results as they arrive (first result per custom_id wins), counter-signs each
+line's receipt like any other request's, re-leases shards whose lease ran out
+or whose provider disconnected, and writes the OpenAI batch output format.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from ..core.errors import PeerFault
+from ..core.identity import Identity
+from ..core.jobs import (
+    MAX_SHARD_SIZE,
+    PROTOCOL_JOBS,
+    TOPIC_JOBS,
+    BatchLine,
+    JobAnnouncement,
+    JobRequest,
+    JobState,
+    LeaseGrant,
+    ResultsAck,
+    parse_batch,
+)
+from ..core.messages import decode_json, encode_json
+from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
+from ..core.wire import MiB, FrameType, encode_frame
+from ..ledger.book import Ledger, pack_pending
+from ..ledger.sync import _FrameStream
+from ..mesh.host import Mesh
+from ..mesh.streams import StreamBroken, close_quietly, write_all
+from .store import JobRow, JobStore
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE_INTERVAL = 2.0
+GONE_AFTER = 3.0
+"""A provider not connected for this long loses its leases."""
+IDLE_TIMEOUT = 60.0
+JOB_LIMITS = {FrameType.JOB_REQUEST: 32 * MiB}
+MAX_INPUT_BYTES = 256 * MiB
+
+
+class JobRejected(Exception):
+    """A submission that cannot run; the message says why."""
+
+
+@dataclass
+class _Job:
+    row: JobRow
+    state: JobState
+    lines: dict[int, BatchLine]
+    by_id: dict[str, BatchLine]
+    failed: int = 0
+    tokens: int = 0
+    started: float = field(default_factory=time.monotonic)
+    absent_since: dict[str, float] = field(default_factory=dict)
+
+
+def request_id(job_id: str, index: int) -> str:
+    return f"{job_id}-{index}"
+
+
+class JobManager:
+    def __init__(
+        self,
+        mesh: Mesh,
+        identity: Identity,
+        ledger: Ledger,
+        home: Path,
+        *,
+        model_known: Callable[[str], Awaitable[bool]],
+        lease_time: float = 120.0,
+    ) -> None:
+        self.mesh = mesh
+        self.identity = identity
+        self.ledger = ledger
+        self.store = JobStore(home / "jobs.sqlite")
+        self.model_known = model_known
+        self.lease_time = lease_time
+        self.jobs: dict[str, _Job] = {}
+        self.faults: dict[str, int] = {}
+        self._lock = trio.Lock()
+
+    async def _db(self, fn, *args):
+        async with self._lock:
+            return await trio.to_thread.run_sync(fn, *args)
+
+    # -- running -----------------------------------------------------------------------
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        self.mesh.host.set_stream_handler(PROTOCOL_JOBS, self.handle_stream)
+        for row in await self._db(self.store.jobs):
+            if row.status == "running":
+                await self._load(row)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._announce_forever)
+                nursery.start_soon(self._watch_forever)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                async with self._lock:
+                    self.store.close()
+
+    async def _load(self, row: JobRow) -> None:
+        lines = await self._db(self.store.lines, row.id)
+        state = JobState.of(row.id, lines, row.shard_size, self.lease_time)
+        job = _Job(row, state, {l.index: l for l in lines}, {l.custom_id: l for l in lines})
+        for custom_id, _index, ok, tokens in await self._db(self.store.done, row.id):
+            if custom_id is not None:
+                state.done_ids.add(custom_id)
+            job.failed += 0 if ok else 1
+            job.tokens += tokens
+        self.jobs[row.id] = job
+        log.info("job %s resumed: %d of %d lines done", row.id, len(state.done_ids), len(lines))
+
+    async def _announce_forever(self) -> None:
+        while True:
+            for job in list(self.jobs.values()):
+                if job.row.status != "running":
+                    continue
+                message = JobAnnouncement(
+                    job_id=job.row.id, model=job.row.model, submitter=self.mesh.peer_id, shards_left=job.state.shards_left(), deadline=job.row.deadline
+                )
+                try:
+                    await self.mesh.pubsub.publish(TOPIC_JOBS, encode_json(message))
+                except Exception as exc:  # no peers yet: the next round retries
+                    log.debug("announcing job %s failed: %s", job.row.id, exc)
+            await trio.sleep(ANNOUNCE_INTERVAL)
+
+    async def _watch_forever(self) -> None:
+        """Leases of vanished providers go back to the pool; deadlines end jobs."""
+        while True:
+            now = time.monotonic()
+            connected = set(self.mesh.connected_peers())
+            for job in list(self.jobs.values()):
+                if job.row.status != "running":
+                    continue
+                for lease in list(job.state.leases.values()):
+                    if lease.provider in connected:
+                        job.absent_since.pop(lease.provider, None)
+                    elif now - job.absent_since.setdefault(lease.provider, now) >= GONE_AFTER:
+                        lost = job.state.provider_gone(lease.provider)
+                        log.info("job %s: provider %s vanished; %d shards back in the pool", job.row.id, lease.provider, len(lost))
+                job.state.expire(now)
+                if job.row.deadline is not None and time.time() > job.row.deadline:
+                    await self._finish(job, "expired", "deadline_exceeded", "the job's deadline passed before this line ran")
+            await trio.sleep(1.0)
+
+    # -- submitting ----------------------------------------------------------------------
+
+    async def submit(self, text: str, *, model: str | None, shard_size: int, max_providers: int | None, deadline_s: float | None) -> dict[str, Any]:
+        lines, errors, job_model = parse_batch(text, model)
+        if job_model is None:
+            raise JobRejected("no line names a model (and no --model was given)")
+        if lines and not await self.model_known(job_model):
+            raise JobRejected(f"no peer in the mesh serves the model {job_model!r}")
+        job_id = f"job-{secrets.token_hex(8)}"
+        row = JobRow(
+            job_id, job_model, "running", time.time(), time.time() + deadline_s if deadline_s else None,
+            max(1, min(shard_size, MAX_SHARD_SIZE)), max_providers, len(lines) + len(errors),
+        )  # fmt: skip
+        await self._db(self.store.add_job, row, lines)
+        now = time.time()
+        await self._db(
+            self.store.add_results,
+            [(job_id, e.custom_id, e.index, False, _error_record(e.custom_id, e.code, e.message), None, 0, now) for e in errors],
+        )
+        job = _Job(row, JobState.of(job_id, lines, row.shard_size, self.lease_time), {l.index: l for l in lines}, {l.custom_id: l for l in lines}, failed=len(errors))
+        self.jobs[job_id] = job
+        log.info("job %s: %d lines (%d invalid) of %s in %d shards", job_id, row.total, len(errors), job_model, len(job.state.shards))
+        if job.state.finished:
+            await self._finish(job, "completed")
+        return self.progress(job_id)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self._get(job_id)
+        if job.row.status == "running":
+            await self._finish(job, "cancelled", "cancelled", "the job was cancelled before this line ran")
+        return self.progress(job_id)
+
+    async def _finish(self, job: _Job, status: str, code: str | None = None, message: str = "") -> None:
+        if code is not None:
+            now = time.time()
+            left = [l for l in job.lines.values() if l.custom_id not in job.state.done_ids]
+            await self._db(self.store.add_results, [(job.row.id, l.custom_id, l.index, False, _error_record(l.custom_id, code, message), None, 0, now) for l in left])
+            job.failed += len(left)
+            job.state.done_ids.update(l.custom_id for l in left)
+        job.state.cancelled = True
+        job.row.status = status
+        await self._db(self.store.set_status, job.row.id, status)
+        log.info("job %s %s", job.row.id, status)
+
+    def _get(self, job_id: str) -> _Job:
+        job = self.jobs.get(job_id)
+        if job is None:
+            raise KeyError(job_id)
+        return job
+
+    # -- views -----------------------------------------------------------------------------
+
+    def progress(self, job_id: str) -> dict[str, Any]:
+        job = self._get(job_id)
+        total = job.row.total
+        invalid = total - len(job.lines)
+        done = len(job.state.done_ids.intersection(job.by_id)) + invalid
+        in_flight = sum(
+            1
+            for lease in job.state.leases.values()
+            if not lease.duplicate
+            for line in job.state.shards[lease.shard]
+            if line.custom_id not in job.state.done_ids
+        )
+        elapsed = max(1e-6, time.monotonic() - job.started)
+        rate = (done - invalid) / elapsed
+        return {
+            "id": job.row.id,
+            "model": job.row.model,
+            "status": job.row.status,
+            "total": total,
+            "done": done,
+            "succeeded": done - job.failed,
+            "failed": job.failed,
+            "in_flight": in_flight,
+            "tokens": job.tokens,
+            "tokens_per_s": job.tokens / elapsed,
+            "eta_s": (total - done) / rate if rate > 0 and job.row.status == "running" else None,
+            "shards": len(job.state.shards),
+            "providers": sorted({lease.provider for lease in job.state.leases.values()}),
+            "created": job.row.created,
+        }
+
+    def list(self) -> list[dict[str, Any]]:
+        return [self.progress(job_id) for job_id in self.jobs]
+
+    async def output(self, job_id: str, ok: bool) -> list[str]:
+        self._get(job_id)
+        return await self._db(self.store.records, job_id, ok)
+
+    # -- the protocol (providers ask) ----------------------------------------------------------
+
+    async def handle_stream(self, stream) -> None:
+        peer_id = str(stream.muxed_conn.peer_id)
+        conn = _FrameStream(stream, JOB_LIMITS)
+        try:
+            while True:
+                frame = None
+                with trio.move_on_after(IDLE_TIMEOUT):
+                    frame = await conn.read()
+                if frame is None:
+                    break
+                request = decode_json(JobRequest, frame.payload)
+                reply = await (self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request))
+                await write_all(stream, encode_frame(FrameType.JOB_REPLY, encode_json(reply)))
+        except PeerFault as exc:
+            self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
+            log.warning("job protocol: peer %s misbehaved: %s", peer_id, exc)
+        except StreamBroken:
+            pass
+        finally:
+            await close_quietly(stream)
+
+    async def _claim(self, peer_id: str, request: JobRequest) -> LeaseGrant:
+        job = self.jobs.get(request.job_id)
+        if job is None or job.row.status != "running":
+            return LeaseGrant(done=True)
+        providers = {lease.provider for lease in job.state.leases.values()}
+        if job.row.max_providers and peer_id not in providers and len(providers) >= job.row.max_providers:
+            return LeaseGrant()
+        lease = job.state.claim(peer_id, time.monotonic())
+        if lease is None:
+            return LeaseGrant(done=job.state.finished)
+        lines = [
+            {"custom_id": l.custom_id, "url": l.url, "body": l.body, "request_id": request_id(job.row.id, l.index)}
+            for l in job.state.shards[lease.shard]
+            if l.custom_id not in job.state.done_ids
+        ]
+        return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
+
+    async def _results(self, peer_id: str, request: JobRequest) -> ResultsAck:
+        job = self.jobs.get(request.job_id)
+        if job is None or request.lease_id is None:
+            raise PeerFault("results for an unknown job or lease")
+        parsed: dict[str, tuple[BatchLine, dict[str, Any]]] = {}
+        for result in request.results:
+            custom_id = result.get("custom_id")
+            line = job.by_id.get(custom_id) if isinstance(custom_id, str) else None
+            if line is None:
+                raise PeerFault("a result for a custom_id that is not in the job")
+            parsed[custom_id] = (line, result)
+        new = job.state.complete(request.lease_id, list(parsed))
+        if new is None:
+            raise PeerFault("results for a lease that was never granted")
+        cosigs = {}
+        for custom_id, (line, result) in parsed.items():
+            cosig = self._countersign(peer_id, job, line, result)
+            if cosig is not None:
+                cosigs[request_id(job.row.id, line.index)] = cosig.hex()
+        now = time.time()
+        rows = []
+        for custom_id in new:
+            line, result = parsed[custom_id]
+            ok, record, tokens = _output_record(job.row.id, line, result)
+            rows.append((job.row.id, custom_id, line.index, ok, record, peer_id, tokens, now))
+            job.failed += 0 if ok else 1
+            job.tokens += tokens
+        await self._db(self.store.add_results, rows)  # stored before the provider hears "accepted"
+        if job.row.status == "running" and job.state.finished:
+            await self._finish(job, "completed")
+        return ResultsAck(accepted=len(new), cosigs=cosigs)
+
+    def _countersign(self, provider: str, job: _Job, line: BatchLine, result: dict[str, Any]) -> bytes | None:
+        blob = result.get("receipt")
+        if not isinstance(blob, str):
+            return None
+        try:
+            receipt, raw, signature = unpack_signed(blob)
+        except ReceiptInvalid as exc:
+            log.warning("job %s: bad receipt from %s: %s", job.row.id, provider, exc)
+            return None
+        problem = expected_receipt_problem(receipt, consumer=self.identity.peer_id, provider=provider, request_id=request_id(job.row.id, line.index), model=job.row.model)
+        if problem is not None:
+            log.warning("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, problem)
+            return None
+        cosig = cosign_receipt(self.identity, raw)
+        self.ledger.note_cosigned(provider, receipt.request_id, pack_pending(signature, raw, cosig))
+        return cosig
+
+
+def _error_record(custom_id: str | None, code: str, message: str, response: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id, "response": response, "error": {"code": code, "message": message}}
+
+
+def _output_record(job_id: str, line: BatchLine, result: dict[str, Any]) -> tuple[bool, dict[str, Any], int]:
+    """(ok, the OpenAI batch output record, tokens) for a provider's result."""
+    rid = request_id(job_id, line.index)
+    status = result.get("status_code")
+    body = result.get("body")
+    if isinstance(status, int) and isinstance(body, dict):
+        usage = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+        tokens = int(usage.get("total_tokens") or 0) if isinstance(usage.get("total_tokens", 0), int) else 0
+        response = {"status_code": status, "request_id": rid, "body": body}
+        if status == 200:
+            return True, {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id, "response": response, "error": None}, tokens
+        return False, _error_record(line.custom_id, str(body.get("error", {}).get("code") or f"http_{status}"), json.dumps(body)[:500], response), 0
+    error = result.get("error") if isinstance(result.get("error"), dict) else {}
+    return False, _error_record(line.custom_id, str(error.get("code") or "provider_error")[:64], str(error.get("message") or "the provider failed")[:500]), 0

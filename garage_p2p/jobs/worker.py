@@ -1,0 +1,192 @@
+"""The provider's side of batch jobs: claim shards, run them, hand in the results.
+
+On a job announcement for a model this peer serves, a work loop claims a
+shard from the submitter over ``/garage/jobs/1.0.0`` (pull-based: a provider
+behind NAT dials out), runs its lines through the same ``ProviderService`` as
+interactive requests (so each line gets a signed receipt for the submitter),
+hands the results in and logs the receipts the submitter counter-signed.
+
+Batch work yields to interactive requests: a line starts only while the
+interactive requests in flight stay under half the provider's concurrency
+limit, and at most ``concurrency`` lines run at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import trio
+
+from ..core.errors import PeerFault
+from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, ResponseReader
+from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck
+from ..core.messages import RequestHead, decode_json, encode_json
+from ..core.receipts import ReceiptInvalid
+from ..core.wire import MiB, FrameType, encode_frame
+from ..ledger.book import Ledger
+from ..ledger.sync import _FrameStream
+from ..mesh.caps import _sender
+from ..mesh.host import DialError, Mesh
+from ..mesh.streams import StreamBroken, close_quietly, write_all
+from ..provider.service import ProviderService
+
+log = logging.getLogger(__name__)
+
+LINE_TIMEOUT = 300.0
+REQUEST_TIMEOUT = 60.0
+IDLE_CLAIMS = 5
+"""Empty claims in a row before a work loop stops (a new announcement starts another)."""
+MAX_JOBS = 4
+MAX_ANNOUNCEMENT_BYTES = 4096
+REPLY_LIMITS = {FrameType.JOB_REPLY: 32 * MiB}
+
+
+class JobWorker:
+    def __init__(
+        self,
+        mesh: Mesh,
+        provider: ProviderService,
+        ledger: Ledger,
+        addrs_of: Callable[[str], Sequence[str]] = lambda peer_id: (),
+        *,
+        concurrency: int = 4,
+    ) -> None:
+        self.mesh = mesh
+        self.provider = provider
+        self.ledger = ledger
+        self.addrs_of = addrs_of
+        self.concurrency = concurrency
+        self.batch_in_flight = 0
+        self.lines_done = 0
+        self._working: set[str] = set()
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        subscription = await self.mesh.pubsub.subscribe(TOPIC_JOBS)
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            while True:
+                message = await subscription.get()
+                if len(message.data) > MAX_ANNOUNCEMENT_BYTES:
+                    continue
+                try:
+                    job = decode_json(JobAnnouncement, message.data)
+                except PeerFault:
+                    continue
+                if job.submitter != _sender(message) or job.submitter == self.mesh.peer_id:
+                    continue  # only the submitter announces its jobs; our own we do not work on
+                if job.shards_left and self.provider.serves(job.model) and job.job_id not in self._working and len(self._working) < MAX_JOBS:
+                    self._working.add(job.job_id)
+                    nursery.start_soon(self._work, job)
+
+    async def _work(self, job: JobAnnouncement) -> None:
+        try:
+            stream = await self.mesh.open_stream(job.submitter, self.addrs_of(job.submitter), PROTOCOL_JOBS, REQUEST_TIMEOUT)
+        except DialError as exc:
+            log.info("job %s: cannot reach the submitter: %s", job.job_id, exc)
+            self._working.discard(job.job_id)
+            return
+        conn = _FrameStream(stream, REPLY_LIMITS)
+        idle = 0
+        try:
+            while idle < IDLE_CLAIMS and self.provider.serves(job.model) and not self.provider.draining:
+                grant = decode_json(LeaseGrant, await self._ask(conn, JobRequest(op="claim", job_id=job.job_id)))
+                if grant.done:
+                    break
+                if grant.lease_id is None:
+                    idle += 1
+                    await trio.sleep(1.0)
+                    continue
+                idle = 0
+                results, receipts = await self._run_shard(job, grant)
+                ack = decode_json(ResultsAck, await self._ask(conn, JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results))))
+                await self._log_receipts(job.submitter, receipts, ack)
+        except (PeerFault, StreamBroken, trio.TooSlowError) as exc:
+            log.info("job %s: stopped working on it: %s", job.job_id, exc)
+        finally:
+            self._working.discard(job.job_id)
+            await close_quietly(stream)
+
+    async def _ask(self, conn: _FrameStream, request: JobRequest) -> bytes:
+        with trio.fail_after(REQUEST_TIMEOUT):
+            await write_all(conn.stream, encode_frame(FrameType.JOB_REQUEST, encode_json(request)))
+            frame = await conn.read()
+        if frame is None:
+            raise StreamBroken("the submitter closed the stream")
+        return frame.payload
+
+    async def _run_shard(self, job: JobAnnouncement, grant: LeaseGrant) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+        results: list[dict[str, Any]] = []
+        receipts: dict[str, bytes] = {}
+        limiter = trio.CapacityLimiter(self.concurrency)
+
+        async def one(line: dict[str, Any]) -> None:
+            async with limiter:
+                await self._yield_to_interactive()
+                self.batch_in_flight += 1
+                try:
+                    result, raw = await self._run_line(job, line)
+                finally:
+                    self.batch_in_flight -= 1
+                results.append(result)
+                if raw is not None:
+                    receipts[line["request_id"]] = raw
+                self.lines_done += 1
+
+        with trio.move_on_after(grant.deadline_s):
+            async with trio.open_nursery() as nursery:
+                for line in grant.lines:
+                    nursery.start_soon(one, line)
+        return results, receipts
+
+    async def _yield_to_interactive(self) -> None:
+        """Wait while interactive requests use half the provider's concurrency or more."""
+        while self.provider.in_flight - self.batch_in_flight >= max(1, self.provider.max_concurrency // 2):
+            await trio.sleep(0.05)
+
+    async def _run_line(self, job: JobAnnouncement, line: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+        custom_id = str(line.get("custom_id"))
+        try:
+            head = RequestHead(request_id=str(line.get("request_id")), path=line.get("url"), body=line.get("body"), timeout=LINE_TIMEOUT)
+        except Exception as exc:  # a malformed line from the submitter: report it, do not crash
+            return {"custom_id": custom_id, "error": {"code": "invalid_line", "message": str(exc)[:300]}}, None
+        frames: list[bytes] = []
+
+        async def send(frame: bytes) -> None:
+            frames.append(frame)
+
+        raw = await self.provider.serve(head, send, consumer=job.submitter)
+        reader = ResponseReader()
+        body = b""
+        end = None
+        for event in reader.feed(b"".join(frames)):
+            if isinstance(event, ResponseData):
+                body += event.data
+            elif isinstance(event, ResponseEnd):
+                end = event.info
+            elif isinstance(event, ResponseFailed):
+                error = event.info.error
+                return {"custom_id": custom_id, "error": {"code": error.code or "provider_error", "message": error.message}}, None
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            return {"custom_id": custom_id, "error": {"code": "bad_response", "message": "the backend's answer is not JSON"}}, None
+        result = {"custom_id": custom_id, "status_code": 200, "body": parsed}
+        if end is not None and end.receipt is not None:
+            result["receipt"] = end.receipt
+        return result, raw
+
+    async def _log_receipts(self, submitter: str, receipts: dict[str, bytes], ack: ResultsAck) -> None:
+        for rid, raw in receipts.items():
+            cosig = ack.cosigs.get(rid)
+            if cosig is None:
+                await self.ledger.note_refusal(submitter)
+                continue
+            try:
+                await self.ledger.append_own(raw, bytes.fromhex(cosig))
+            except (ReceiptInvalid, ValueError) as exc:
+                log.warning("a counter-signature from a submitter does not verify: %s", exc)

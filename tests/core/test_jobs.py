@@ -1,0 +1,105 @@
+import json
+
+from hypothesis import given, settings, strategies as st
+
+from garage_p2p.core.jobs import JobState, parse_batch
+
+
+def line(i, model="tiny", **extra):
+    item = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": model, "messages": [{"role": "user", "content": str(i)}]}}
+    item.update(extra)
+    return json.dumps(item)
+
+
+def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
+    text = "\n".join(
+        [
+            line(0),
+            "not json",
+            line(1, url="/v1/embeddings"),
+            json.dumps({"custom_id": "c0", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny", "prompt": "x"}}),
+            line(2),
+            "",
+            line(3, model="other"),
+            json.dumps({"custom_id": "", "url": "/v1/completions", "body": {"model": "tiny"}}),
+        ]
+    )
+    lines, errors, model = parse_batch(text)
+    assert model == "tiny"
+    assert [l.custom_id for l in lines] == ["c0", "c2"]
+    by_index = {e.index: e for e in errors}
+    assert set(by_index) == {1, 2, 3, 6, 7}
+    assert "duplicate custom_id" in by_index[3].message
+    assert by_index[6].code == "model_mismatch" and by_index[6].custom_id == "c3"
+    assert by_index[7].custom_id is None
+    # --model overrides every line's model.
+    lines, errors, model = parse_batch(line(0) + "\n" + line(1, model="other"), model="big")
+    assert model == "big" and not errors and all(l.body["model"] == "big" for l in lines)
+
+
+def make(n=10, size=3):
+    lines, _, _ = parse_batch("\n".join(line(i) for i in range(n)))
+    return JobState.of("job-1", lines, size, lease_time=10)
+
+
+def test_leases_expire_and_vanished_providers_give_their_shards_back():
+    job = make()
+    assert len(job.shards) == 4
+    a = job.claim("A", 0)
+    b = job.claim("B", 0)
+    assert {a.shard, b.shard} == {0, 1}
+    assert job.provider_gone("B")[0].shard == b.shard
+    c = job.claim("C", 1)
+    assert c.shard == b.shard and not c.duplicate
+    assert job.expire(100)  # A's and C's leases lapse
+    assert job.claim("D", 100).shard == 0
+
+
+def test_tail_stealing_duplicates_once_and_first_result_wins():
+    job = make(n=4, size=2)
+    a = job.claim("A", 0)
+    b = job.claim("B", 0)
+    steal = job.claim("C", 0)
+    assert steal.duplicate and steal.shard in (a.shard, b.shard)
+    d = job.claim("D", 0)
+    assert d is not None and d.duplicate and d.shard != steal.shard  # each shard is duplicated once
+    assert job.claim("E", 0) is None
+    ids = [l.custom_id for l in job.shards[steal.shard]]
+    assert job.complete(steal.lease_id, ids) == ids
+    original = a if a.shard == steal.shard else b
+    assert job.complete(original.lease_id, ids) == []  # the duplicate's results came first
+    assert job.complete("never-granted", ids) is None
+    other = b if original is a else a
+    # ids from another shard are ignored.
+    assert job.complete(other.lease_id, ids + [l.custom_id for l in job.shards[other.shard]]) == [l.custom_id for l in job.shards[other.shard]]
+    assert job.finished
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 7), st.lists(st.tuples(st.sampled_from("ABC"), st.booleans(), st.booleans()), max_size=80))
+def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
+    """Claims, completions, losses and lapses in any order: every line done once, none twice."""
+    job = make(n, size)
+    now = 0.0
+    results: dict[str, int] = {}
+    for provider, finish, vanish in schedule:
+        now += 1
+        lease = job.claim(provider, now)
+        if lease is None:
+            continue
+        if vanish:
+            job.provider_gone(provider)
+        if finish:
+            for cid in job.complete(lease.lease_id, [l.custom_id for l in job.shards[lease.shard]]) or []:
+                results[cid] = results.get(cid, 0) + 1
+    # Drain: one provider finishes everything that is left.
+    for _ in range(len(job.shards) * 3):
+        now += 100
+        lease = job.claim("Z", now)
+        if lease is None:
+            break
+        for cid in job.complete(lease.lease_id, [l.custom_id for l in job.shards[lease.shard]]) or []:
+            results[cid] = results.get(cid, 0) + 1
+    assert job.finished
+    assert sorted(results) == sorted(f"c{i}" for i in range(n))
+    assert set(results.values()) == {1}
