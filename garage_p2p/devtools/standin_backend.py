@@ -40,8 +40,8 @@ def _label_value(text: str) -> str:
     return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def metrics_text(model: str, running: int, waiting: int = 0) -> str:
-    """A /metrics page with vLLM's load gauges."""
+def metrics_text(model: str, running: int, waiting: int = 0, served: int = 0) -> str:
+    """A /metrics page with vLLM's load gauges and its count of finished requests."""
     labels = f'{{engine="0",model_name="{_label_value(model)}"}}'
     gauges = [
         ("vllm:num_requests_running", "Number of requests in model execution batches.", float(running)),
@@ -51,6 +51,8 @@ def metrics_text(model: str, running: int, waiting: int = 0) -> str:
     lines: list[str] = []
     for name, help_text, value in gauges:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name}{labels} {value!r}"]
+    name = "vllm:request_success_total"
+    lines += [f"# HELP {name} Count of successfully processed requests.", f"# TYPE {name} counter", f"{name}{labels} {float(served)!r}"]
     return "\n".join(lines) + "\n"
 
 
@@ -61,11 +63,12 @@ def create_standin_app(
     # and those queued for a slot when max_running is set.
     running = 0
     waiting = 0
+    served = 0
     slots = trio.Semaphore(max_running) if max_running else None
 
     @asynccontextmanager
     async def slot():
-        nonlocal running, waiting
+        nonlocal running, waiting, served
         if slots is not None:
             waiting += 1
             try:
@@ -75,6 +78,7 @@ def create_standin_app(
         running += 1
         try:
             yield
+            served += 1
         finally:
             running -= 1
             if slots is not None:
@@ -129,7 +133,7 @@ def create_standin_app(
         return Response(b"")
 
     async def metrics(request: Request) -> Response:
-        return Response(metrics_text(model, running, waiting), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics_text(model, running, waiting, served), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return Starlette(
         routes=[
