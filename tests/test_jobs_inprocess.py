@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from contextlib import AsyncExitStack
 
 import trio
@@ -100,7 +102,29 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
         errors = await output(http, submitter, job_id, "errors")
         assert [e["error"]["code"] for e in errors] == ["invalid_line", "invalid_line"]
         assert errors[1]["custom_id"] == "x" and errors[0]["custom_id"] is None
-        # An unknown model is refused at once.
+        # The same through the CLI: --wait shows progress and writes both files at the end.
+        batch_file = tmp_path / "batch.jsonl"
+        batch_file.write_text(text)
+        out = tmp_path / "out.jsonl"
+        cli = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "submit", "--input", str(batch_file), "--wait", "-o", str(out), "--api", base],
+                capture_output=True, text=True, timeout=60,
+            )
+        )
+        assert cli.returncode == 0, cli.stderr
+        assert cli.stdout.strip().startswith("job-") and "completed: 5 succeeded, 2 failed" in cli.stderr
+        assert len(out.read_text().splitlines()) == 5
+        assert len((tmp_path / "out.errors.jsonl").read_text().splitlines()) == 2
+        # An unknown model is refused at once (a one-line error from the CLI).
+        (tmp_path / "unknown.jsonl").write_text(batch(2, model="nobody-serves-this"))
+        cli = await trio.to_thread.run_sync(
+            lambda: subprocess.run(
+                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "submit", "--input", str(tmp_path / "unknown.jsonl"), "--api", base],
+                capture_output=True, text=True, timeout=60,
+            )
+        )
+        assert cli.returncode == 1 and cli.stderr.startswith("error: no peer in the mesh serves") and "Traceback" not in cli.stderr
         r = await http.post(base + "/garage/v1/jobs", json={"input": batch(3, model="nobody-serves-this")})
         assert r.status_code == 404 and "nobody-serves-this" in r.json()["error"]["message"]
         # A cancelled job ends with the undone lines as errors.
