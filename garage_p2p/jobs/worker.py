@@ -132,6 +132,8 @@ class JobWorker:
                     result, raw = await self._run_line(job, line)
                 finally:
                     self.batch_in_flight -= 1
+                if result is None:
+                    return  # not run here (busy, draining): left out, so the submitter leases it again
                 results.append(result)
                 if raw is not None:
                     receipts[line["request_id"]] = raw
@@ -148,7 +150,7 @@ class JobWorker:
         while self.provider.in_flight - self.batch_in_flight >= max(1, self.provider.max_concurrency // 2):
             await trio.sleep(0.05)
 
-    async def _run_line(self, job: JobAnnouncement, line: dict[str, Any]) -> tuple[dict[str, Any], bytes | None]:
+    async def _run_line(self, job: JobAnnouncement, line: dict[str, Any]) -> tuple[dict[str, Any] | None, bytes | None]:
         custom_id = str(line.get("custom_id"))
         try:
             head = RequestHead(request_id=str(line.get("request_id")), path=line.get("url"), body=line.get("body"), timeout=LINE_TIMEOUT)
@@ -169,6 +171,8 @@ class JobWorker:
             elif isinstance(event, ResponseEnd):
                 end = event.info
             elif isinstance(event, ResponseFailed):
+                if event.info.retryable:
+                    return None, None
                 error = event.info.error
                 return {"custom_id": custom_id, "error": {"code": error.code or "provider_error", "message": error.message}}, None
         try:
