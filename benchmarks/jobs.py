@@ -60,14 +60,16 @@ async def run(providers: int, lines: int, shard: int) -> dict:
             async with httpx.AsyncClient(timeout=60) as client:
                 start = time.monotonic()
                 job = (await client.post(base + "/garage/v1/jobs", json={"input": batch(lines), "shard_size": shard})).json()
-                with trio.fail_after(600):  # a bounded wait: a stuck job is a failure, not a hang
+                status = job
+                with trio.move_on_after(600):  # a bounded wait: a stuck job is a failure, not a hang
                     while True:
                         status = (await client.get(f"{base}/garage/v1/jobs/{job['id']}")).json()
                         if status["status"] != "running":
                             break
                         await trio.sleep(0.1)
                 elapsed = time.monotonic() - start
-            assert status["status"] == "completed" and status["succeeded"] == lines, status
+            if status["status"] != "completed" or status["succeeded"] != lines:
+                raise SystemExit(f"the job did not complete: {status}")
             result = {"seconds": elapsed, "lines_per_s": lines / elapsed, "tokens_per_s": lines * TOKENS / elapsed}
             nursery.cancel_scope.cancel()
     return result

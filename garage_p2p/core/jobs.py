@@ -232,19 +232,22 @@ class JobState:
         return gone
 
     def claim(self, provider: str, now: float) -> Lease | None:
-        """A lease for ``provider``: a free shard first, else a duplicate of the tail."""
+        """A lease for ``provider`` (replacing any it held): a free shard first, else a duplicate of the tail."""
         if self.cancelled:
             return None
         self.expire(now)
+        # A provider works on one shard of a job at a time: asking again means it gave
+        # the last one up (its stream broke, it restarted). Waiting for that lease to
+        # expire would stall the job's tail for a whole lease time.
+        self.provider_gone(provider)
         leased = {lease.shard for lease in self.leases.values()}
-        mine = {lease.shard for lease in self.leases.values() if lease.provider == provider}
         for shard in range(len(self.shards)):
             if not self.shard_done(shard) and shard not in leased:
                 return self._grant(shard, provider, now, duplicate=False)
         # Tail stealing: an idle provider duplicates a shard running elsewhere, once.
         duplicated = {lease.shard for lease in self.leases.values() if lease.duplicate}
         for lease in sorted(self.leases.values(), key=lambda l: l.deadline):
-            if lease.shard not in duplicated and lease.shard not in mine and not self.shard_done(lease.shard):
+            if lease.shard not in duplicated and not self.shard_done(lease.shard):
                 return self._grant(lease.shard, provider, now, duplicate=True)
         return None
 

@@ -103,3 +103,12 @@ def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
     assert job.finished
     assert sorted(results) == sorted(f"c{i}" for i in range(n))
     assert set(results.values()) == {1}
+
+
+def test_a_provider_that_asks_again_gave_up_its_lease():
+    """One shard per provider at a time: a second claim (its stream broke) frees the first at once."""
+    job = make(n=2, size=2)
+    first = job.claim("A", 0)
+    again = job.claim("A", 1)
+    assert again is not None and again.shard == first.shard and not again.duplicate
+    assert list(job.leases) == [again.lease_id]
