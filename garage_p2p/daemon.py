@@ -1,10 +1,13 @@
 """The composition root: ``open_peer(settings)`` wires every part under one nursery.
 
-Start order: identity → libp2p host + gossipsub (+ mDNS) → provider (stream
-handler, backend probes and load) → capability gossip → discovery (DHT, table
-sync, known peers) → HTTP endpoint → ``run/peer.json``. Shutdown
-(``Peer.shutdown``): stop taking requests, withdraw our ad, let in-flight
-requests finish up to ``drain_timeout``, then cancel the rest.
+Start order: identity → ledger file → Podman service (when a model directory
+is given) → libp2p host + gossipsub (+ mDNS) → provider (stream handler,
+backend probes and load) → capability gossip → discovery (DHT, table sync,
+known peers) → model container runtime → ledger sync → batch jobs (submitter
+and worker) → HTTP endpoint → ``run/peer.json``. Shutdown (``Peer.shutdown``):
+stop taking requests, withdraw our ad, let in-flight requests finish up to
+``drain_timeout``, then cancel the rest; the container is removed, the Podman
+service stopped and the ledger flushed last.
 """
 
 from __future__ import annotations

@@ -93,6 +93,7 @@ class JobManager:
         self.jobs: dict[str, _Job] = {}
         self.faults: dict[str, int] = {}
         self._lock = trio.Lock()
+        self._new_job = trio.Event()
 
     async def _db(self, fn, *args):
         async with self._lock:
@@ -131,16 +132,18 @@ class JobManager:
     async def _announce_forever(self) -> None:
         while True:
             for job in list(self.jobs.values()):
-                if job.row.status != "running":
-                    continue
-                message = JobAnnouncement(
-                    job_id=job.row.id, model=job.row.model, submitter=self.mesh.peer_id, shards_left=job.state.shards_left(), deadline=job.row.deadline
-                )
-                try:
-                    await self.mesh.pubsub.publish(TOPIC_JOBS, encode_json(message))
-                except Exception as exc:  # no peers yet: the next round retries
-                    log.debug("announcing job %s failed: %s", job.row.id, exc)
-            await trio.sleep(ANNOUNCE_INTERVAL)
+                await self._announce(job)
+            with trio.move_on_after(ANNOUNCE_INTERVAL):
+                await self._new_job.wait()  # a new job is announced at once
+            self._new_job = trio.Event()
+
+    async def _announce(self, job: _Job) -> None:
+        if job.row.status != "running":
+            return
+        message = JobAnnouncement(
+            job_id=job.row.id, model=job.row.model, submitter=self.mesh.peer_id, shards_left=job.state.shards_left(), deadline=job.row.deadline
+        )
+        await self.mesh.publish(TOPIC_JOBS, encode_json(message))
 
     async def _watch_forever(self) -> None:
         """Leases of vanished providers go back to the pool; deadlines end jobs."""
@@ -185,6 +188,7 @@ class JobManager:
         log.info("job %s: %d lines (%d invalid) of %s in %d shards", job_id, row.total, len(errors), job_model, len(job.state.shards))
         if job.state.finished:
             await self._finish(job, "completed")
+        self._new_job.set()
         return self.progress(job_id)
 
     async def cancel(self, job_id: str) -> dict[str, Any]:

@@ -180,10 +180,7 @@ class LedgerSync:
 
     async def publish(self) -> None:
         message, self._cursor = announcement(self.ledger.state, self.mesh.peer_id, self._cursor)
-        try:
-            await self.mesh.pubsub.publish(TOPIC_LEDGER, encode_json(message))
-        except Exception as exc:  # no peers yet, or shutting down: the next round retries
-            log.debug("publishing ledger heads failed: %s", exc)
+        await self.mesh.publish(TOPIC_LEDGER, encode_json(message))
 
     async def _receive(self, subscription) -> None:
         while True:

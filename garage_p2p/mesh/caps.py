@@ -96,10 +96,7 @@ class CapsService:
         await self.publish()
 
     async def publish(self) -> None:
-        try:
-            await self.mesh.pubsub.publish(TOPIC_CAPS, self.current_ad())
-        except Exception as exc:  # no peers yet, or shutting down: the next round retries
-            log.debug("publishing our ad failed: %s", exc)
+        await self.mesh.publish(TOPIC_CAPS, self.current_ad())
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         subscription = await self.mesh.pubsub.subscribe(TOPIC_CAPS)

@@ -34,6 +34,7 @@ from .streams import NegotiatingStream, disconnect_quietly
 log = logging.getLogger(__name__)
 
 GOSSIPSUB_PROTOCOLS = ["/meshsub/1.1.0", "/meshsub/1.0.0"]
+PUBLISH_TIMEOUT = 5.0
 DIAL_TIMEOUT = 5.0
 RELAY_HEAD_START = 0.5
 HEARTBEAT = 1
@@ -89,6 +90,23 @@ class Mesh:
         if self.nat is not None:
             out.extend(self.nat.reservations.values())
         return list(dict.fromkeys(out))
+
+    async def publish(self, topic: str, data: bytes, timeout: float = PUBLISH_TIMEOUT) -> bool:
+        """Publish on a gossipsub topic; False if it failed or took too long.
+
+        Bounded: a write to a peer whose connection died silently (a partition,
+        a pulled cable) can block until TCP gives up, and a publish that waits
+        for it would hold up whoever called it (a shutdown, an ad round).
+        """
+        with trio.move_on_after(timeout):
+            try:
+                await self.pubsub.publish(topic, data)
+                return True
+            except Exception as exc:  # no peers yet, or shutting down: the next round retries
+                log.debug("publishing on %s failed: %s", topic, exc)
+                return False
+        log.warning("publishing on %s took over %.0f s; given up", topic, timeout)
+        return False
 
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self.host.get_connected_peers()]
