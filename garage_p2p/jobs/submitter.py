@@ -38,9 +38,8 @@ from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
 from ..core.wire import MiB, FrameType, encode_frame
 from ..ledger.book import Ledger, pack_pending
-from ..ledger.sync import _FrameStream
 from ..mesh.host import Mesh
-from ..mesh.streams import StreamBroken, close_quietly, write_all
+from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
 from .store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
@@ -259,7 +258,7 @@ class JobManager:
 
     async def handle_stream(self, stream) -> None:
         peer_id = str(stream.muxed_conn.peer_id)
-        conn = _FrameStream(stream, JOB_LIMITS)
+        conn = FrameStream(stream, JOB_LIMITS)
         try:
             while True:
                 frame = None

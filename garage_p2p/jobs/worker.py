@@ -27,10 +27,8 @@ from ..core.messages import RequestHead, decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import MiB, FrameType, encode_frame
 from ..ledger.book import Ledger
-from ..ledger.sync import _FrameStream
-from ..mesh.caps import _sender
-from ..mesh.host import DialError, Mesh
-from ..mesh.streams import StreamBroken, close_quietly, write_all
+from ..mesh.host import DialError, Mesh, gossip_sender
+from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
 from ..provider.service import ProviderService
 
 log = logging.getLogger(__name__)
@@ -77,7 +75,7 @@ class JobWorker:
                     job = decode_json(JobAnnouncement, message.data)
                 except PeerFault:
                     continue
-                if job.submitter != _sender(message) or job.submitter == self.mesh.peer_id:
+                if job.submitter != gossip_sender(message) or job.submitter == self.mesh.peer_id:
                     continue  # only the submitter announces its jobs; our own we do not work on
                 if job.shards_left and self.provider.serves(job.model) and job.job_id not in self._working and len(self._working) < MAX_JOBS:
                     self._working.add(job.job_id)
@@ -90,7 +88,7 @@ class JobWorker:
             log.info("job %s: cannot reach the submitter: %s", job.job_id, exc)
             self._working.discard(job.job_id)
             return
-        conn = _FrameStream(stream, REPLY_LIMITS)
+        conn = FrameStream(stream, REPLY_LIMITS)
         idle = 0
         try:
             while idle < IDLE_CLAIMS and self.provider.serves(job.model) and not self.provider.draining:
@@ -111,7 +109,7 @@ class JobWorker:
             self._working.discard(job.job_id)
             await close_quietly(stream)
 
-    async def _ask(self, conn: _FrameStream, request: JobRequest) -> bytes:
+    async def _ask(self, conn: FrameStream, request: JobRequest) -> bytes:
         with trio.fail_after(REQUEST_TIMEOUT):
             await write_all(conn.stream, encode_frame(FrameType.JOB_REQUEST, encode_json(request)))
             frame = await conn.read()

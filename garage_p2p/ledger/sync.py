@@ -52,11 +52,9 @@ from ..core.ledger_sync import (
 )
 from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
-from ..core.wire import MiB, Frame, FrameDecoder, FrameType, encode_frame
-from ..mesh.caps import _sender
-from ..mesh.discovery import _ConnectionWatch
-from ..mesh.host import DialError, Mesh
-from ..mesh.streams import StreamBroken, close_quietly, read_some, write_all
+from ..core.wire import MiB, Frame, FrameType, encode_frame
+from ..mesh.host import ConnectionWatch, DialError, Mesh, gossip_sender
+from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
 from .book import Ledger
 
 log = logging.getLogger(__name__)
@@ -81,25 +79,6 @@ FAULTS_BEFORE_DISCONNECT = 3
 FULL = "full"
 """A sync job: compare every head (rather than pull after some announced heads)."""
 _Job = tuple[HeadInfo, ...] | str
-
-
-class _FrameStream:
-    """Request/reply framing on one stream."""
-
-    def __init__(self, stream, limits: dict[FrameType, int]) -> None:
-        self.stream = stream
-        self._decoder = FrameDecoder(limits)
-        self._frames: list[Frame] = []
-
-    async def read(self) -> Frame | None:
-        """The next frame; None at the end of the stream."""
-        while not self._frames:
-            data = await read_some(self.stream)
-            if not data:
-                self._decoder.close()
-                return None
-            self._frames.extend(self._decoder.feed(data))
-        return self._frames.pop(0)
 
 
 class LedgerSync:
@@ -136,7 +115,7 @@ class LedgerSync:
         self.mesh.host.set_stream_handler(PROTOCOL_LEDGER, self.handle_stream)
         subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
-        self.mesh.host.get_network().register_notifee(_ConnectionWatch(new_peers_send))
+        self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._receive, subscription)
@@ -185,7 +164,7 @@ class LedgerSync:
     async def _receive(self, subscription) -> None:
         while True:
             message = await subscription.get()
-            sender = _sender(message)
+            sender = gossip_sender(message)
             if sender == self.mesh.peer_id:
                 continue
             try:
@@ -235,11 +214,11 @@ class LedgerSync:
 
     # -- the client side ----------------------------------------------------------------
 
-    async def _open(self, peer_id: str) -> _FrameStream:
+    async def _open(self, peer_id: str) -> FrameStream:
         stream = await self.mesh.open_stream(peer_id, self.addrs_of(peer_id), PROTOCOL_LEDGER, REQUEST_TIMEOUT)
-        return _FrameStream(stream, {t: LEDGER_LIMITS[t] for t in (FrameType.LEDGER_REPLY, FrameType.LEDGER_ENTRIES)})
+        return FrameStream(stream, {t: LEDGER_LIMITS[t] for t in (FrameType.LEDGER_REPLY, FrameType.LEDGER_ENTRIES)})
 
-    async def _request(self, conn: _FrameStream, request: LedgerRequest) -> Frame:
+    async def _request(self, conn: FrameStream, request: LedgerRequest) -> Frame:
         with trio.fail_after(REQUEST_TIMEOUT):
             await write_all(conn.stream, encode_frame(FrameType.LEDGER_REQUEST, encode_json(request)))
         return await self._read_reply(conn)
@@ -292,7 +271,7 @@ class LedgerSync:
                 await close_quietly(conn.stream)
             return 0
 
-    async def _pull_on(self, conn: _FrameStream, peer_id: str, wants: list[Want]) -> int:
+    async def _pull_on(self, conn: FrameStream, peer_id: str, wants: list[Want]) -> int:
         """Pull ranges page by page, asking for the next page before verifying this one.
 
         The cursor for the next request is read from the page's (not yet
@@ -324,13 +303,13 @@ class LedgerSync:
                     break
         return added
 
-    async def _send_range(self, conn: _FrameStream, want: Want, from_seq: int) -> None:
+    async def _send_range(self, conn: FrameStream, want: Want, from_seq: int) -> None:
         limit = min(MAX_RANGE_ENTRIES, want.until - from_seq + 1)
         request = LedgerRequest(op="range", author=want.author, from_seq=from_seq, limit=limit)
         with trio.fail_after(REQUEST_TIMEOUT):
             await write_all(conn.stream, encode_frame(FrameType.LEDGER_REQUEST, encode_json(request)))
 
-    async def _read_reply(self, conn: _FrameStream) -> Frame:
+    async def _read_reply(self, conn: FrameStream) -> Frame:
         with trio.fail_after(REQUEST_TIMEOUT):
             frame = await conn.read()
         if frame is None:
@@ -387,7 +366,7 @@ class LedgerSync:
 
     async def handle_stream(self, stream) -> None:
         peer_id = str(stream.muxed_conn.peer_id)
-        conn = _FrameStream(stream, {FrameType.LEDGER_REQUEST: LEDGER_LIMITS[FrameType.LEDGER_REQUEST]})
+        conn = FrameStream(stream, {FrameType.LEDGER_REQUEST: LEDGER_LIMITS[FrameType.LEDGER_REQUEST]})
         try:
             for _ in range(MAX_REQUESTS_PER_STREAM):
                 frame = None

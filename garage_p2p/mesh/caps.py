@@ -7,7 +7,6 @@ import time
 from collections.abc import Callable
 
 import trio
-from libp2p.peer.id import ID
 
 from ..core.capabilities import (
     TOPIC_CAPS,
@@ -21,7 +20,7 @@ from ..core.capabilities import (
     sign_ad,
 )
 from ..core.errors import PeerFault
-from .host import Mesh
+from .host import Mesh, gossip_sender
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +123,7 @@ class CapsService:
             except AdRejected:
                 continue
             except PeerFault as exc:
-                sender = _sender(message)
+                sender = gossip_sender(message)
                 self.rejected[sender] = self.rejected.get(sender, 0) + 1
                 log.warning("rejected an ad relayed by %s: %s", sender, exc)
 
@@ -133,11 +132,3 @@ class CapsService:
             for peer_id in self.table.expire(time.time()):
                 log.info("ad of %s expired", peer_id)
             await trio.sleep(1.0)
-
-
-def _sender(message) -> str:
-    """The publishing peer gossipsub names (its signature was checked by pubsub)."""
-    try:
-        return str(ID(message.from_id))
-    except Exception:  # a malformed id is itself the evidence
-        return "unknown"

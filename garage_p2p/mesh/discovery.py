@@ -31,7 +31,7 @@ from libp2p.tools.anyio_service import background_trio_service
 from ..core.capabilities import MAX_AD_BYTES, AdRejected, PeerTable, open_ad
 from ..core.errors import PeerFault
 from ..core.wire import FrameDecoder, FrameType, encode_frame
-from .host import DialError, Mesh
+from .host import ConnectionWatch, DialError, Mesh
 from .streams import StreamBroken, close_quietly, read_some, write_all
 
 log = logging.getLogger(__name__)
@@ -50,34 +50,6 @@ def model_key(model: str) -> str:
     """The DHT key of a model's provider records: a sha2-256 multihash, hex."""
     digest = hashlib.sha256(f"/garage/model/{model}".encode()).digest()
     return (bytes([0x12, 0x20]) + digest).hex()
-
-
-class _ConnectionWatch:
-    """libp2p notifee that hands every new connection's peer to a channel."""
-
-    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
-        self._send = send
-
-    async def connected(self, network, conn) -> None:
-        try:
-            self._send.send_nowait(str(conn.muxed_conn.peer_id))
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            pass  # a burst of connections: the periodic sweep catches up
-
-    async def disconnected(self, network, conn) -> None:
-        pass
-
-    async def opened_stream(self, network, stream) -> None:
-        pass
-
-    async def closed_stream(self, network, stream) -> None:
-        pass
-
-    async def listen(self, network, maddr) -> None:
-        pass
-
-    async def listen_close(self, network, maddr) -> None:
-        pass
 
 
 class Discovery:
@@ -214,7 +186,7 @@ class Discovery:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.mesh.host.set_stream_handler(PROTOCOL_CAPS, self.handle_table_request)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
-        self.mesh.host.get_network().register_notifee(_ConnectionWatch(new_peers_send))
+        self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))
         async with background_trio_service(self.dht), trio.open_nursery() as nursery:
             nursery.start_soon(self._on_connections, new_peers)
             nursery.start_soon(self._maintain)

@@ -13,6 +13,7 @@ from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamErro
 from libp2p.peer.id import ID
 
 from ..core.multistream import LazySelectReader
+from ..core.wire import Frame, FrameDecoder, FrameType
 
 READ_SIZE = 64 * 1024
 
@@ -100,3 +101,22 @@ class NegotiatingStream:
 
     async def close(self, reset: bool = False) -> None:
         await close_quietly(self.stream, reset=reset)
+
+
+class FrameStream:
+    """Request/reply framing on one stream."""
+
+    def __init__(self, stream, limits: dict[FrameType, int]) -> None:
+        self.stream = stream
+        self._decoder = FrameDecoder(limits)
+        self._frames: list[Frame] = []
+
+    async def read(self) -> Frame | None:
+        """The next frame; None at the end of the stream."""
+        while not self._frames:
+            data = await read_some(self.stream)
+            if not data:
+                self._decoder.close()
+                return None
+            self._frames.extend(self._decoder.feed(data))
+        return self._frames.pop(0)
