@@ -124,12 +124,15 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
                 capture_output=True, text=True, timeout=60,
             )
         )
-        assert cli.returncode == 1 and cli.stderr.startswith("error: no peer in the mesh serves") and "Traceback" not in cli.stderr
+        assert cli.returncode == 1 and cli.stderr.startswith("error: the peer answered 404: no peer in the mesh serves") and "Traceback" not in cli.stderr
         r = await http.post(base + "/garage/v1/jobs", json={"input": batch(3, model="nobody-serves-this")})
         assert r.status_code == 404 and "nobody-serves-this" in r.json()["error"]["message"]
         # A cancelled job ends with the undone lines as errors.
         job_id = (await http.post(base + "/garage/v1/jobs", json={"input": batch(200), "shard_size": 10})).json()["id"]
-        await trio.sleep(0.5)
+        async def started(job=job_id):
+            return (await job_status(http, submitter, job))["done"] > 0
+
+        await wait_for(started, timeout=30, interval=0.05)
         cancelled = (await http.post(f"{base}/garage/v1/jobs/{job_id}/cancel")).json()
         assert cancelled["status"] == "cancelled" and cancelled["done"] == 200
         errors = await output(http, submitter, job_id, "errors")

@@ -40,15 +40,26 @@ def get(api: str | None, home: Path | None, path: str, params: dict[str, Any] | 
     return call("GET", api, home, path, params)
 
 
-def post(api: str | None, home: Path | None, path: str, timeout: float = 120) -> Any:
-    """A control action; the daemon may take a while (a drain waits for requests in flight)."""
-    return call("POST", api, home, path, timeout=timeout)
+def post(api: str | None, home: Path | None, path: str, body: Any = None, timeout: float = 120) -> Any:
+    """A control action or a submission; the daemon may take a while (a drain waits for requests in flight)."""
+    return call("POST", api, home, path, body=body, timeout=timeout)
 
 
-def call(method: str, api: str | None, home: Path | None, path: str, params: dict[str, Any] | None = None, timeout: float = 10) -> Any:
+def call(
+    method: str,
+    api: str | None,
+    home: Path | None,
+    path: str,
+    params: dict[str, Any] | None = None,
+    *,
+    body: Any = None,
+    timeout: float = 10,
+    text: bool = False,
+) -> Any:
+    """The daemon's JSON answer (its text with ``text``); a one-line error, naming the fix, on failure."""
     base = daemon_url(api, home)
     try:
-        response = httpx.request(method, base + path, params=params, timeout=timeout)
+        response = httpx.request(method, base + path, params=params, json=body, timeout=timeout)
     except httpx.HTTPError as exc:
         fail(f"cannot reach the peer at {base}: {exc}; is `garage-peer` running?")
     if response.status_code >= 400:
@@ -57,7 +68,7 @@ def call(method: str, api: str | None, home: Path | None, path: str, params: dic
         except (ValueError, KeyError, TypeError):
             message = response.text[:200]
         fail(f"the peer answered {response.status_code}: {message}")
-    return response.json()
+    return response.text if text else response.json()
 
 
 def print_json(data: Any) -> None:

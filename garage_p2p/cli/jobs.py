@@ -6,10 +6,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import typer
 
-from .client import ApiOption, JsonOption, daemon_url, get, post, print_json, print_table
+from .client import ApiOption, JsonOption, call, get, post, print_json, print_table
 from .common import HomeOption, fail
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch jobs spread over the mesh (OpenAI Batch API file format).")
@@ -26,20 +25,14 @@ def _bar(p: dict) -> str:
 
 
 def _write_output(api: str | None, home: Path | None, job_id: str, output: Path) -> tuple[int, int]:
-    base = daemon_url(api, home)
     counts = []
     for kind, path in (("results", output), ("errors", output.with_name(output.stem + ".errors" + output.suffix))):
+        content = call("GET", api, home, f"/garage/v1/jobs/{job_id}/output", {"kind": kind}, timeout=120, text=True)
         try:
-            response = httpx.get(f"{base}/garage/v1/jobs/{job_id}/output", params={"kind": kind}, timeout=120)
-        except httpx.HTTPError as exc:
-            fail(f"cannot reach the peer at {base}: {exc}")
-        if response.status_code != 200:
-            fail(f"the peer answered {response.status_code} for {kind}: {response.text[:200]}")
-        try:
-            path.write_text(response.text)
+            path.write_text(content)
         except OSError as exc:
             fail(f"cannot write {path}: {exc}")
-        counts.append(response.text.count("\n"))
+        counts.append(content.count("\n"))
     return counts[0], counts[1]
 
 
@@ -61,18 +54,7 @@ def submit(
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {input}: {exc}")
     body = {"input": text, "model": model, "shard_size": shard_size, "max_providers": max_providers, "deadline_s": deadline}
-    base = daemon_url(api, home)
-    try:
-        response = httpx.post(base + "/garage/v1/jobs", json=body, timeout=120)
-    except httpx.HTTPError as exc:
-        fail(f"cannot reach the peer at {base}: {exc}; is `garage-peer` running?")
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text[:200]
-        fail(message)
-    progress = response.json()
+    progress = post(api, home, "/garage/v1/jobs", body)
     job_id = progress["id"]
     if not wait:
         typer.echo(job_id)

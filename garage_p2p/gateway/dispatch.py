@@ -174,7 +174,7 @@ class Dispatcher:
             def countersign(end: EndInfo) -> bytes | None:
                 return sign(peer_id, head, end)
 
-        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close, countersign)
+        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close, countersign, self._nursery)
 
     def _open_local(self, head: RequestHead, deadline: float, on_close: Callable[[str], None]) -> FrameExchange:
         """Serve from our own backend through the same frames, in a task."""

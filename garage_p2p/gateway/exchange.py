@@ -32,8 +32,9 @@ class FrameExchange:
     remote provider, or a memory channel for our own.
     """
 
-    def __init__(self, provider: str, receive, close, deadline: float, timeout: float, on_close=None) -> None:
+    def __init__(self, provider: str, receive, close, deadline: float, timeout: float, on_close=None, background: trio.Nursery | None = None) -> None:
         self.provider = provider
+        self._background = background
         self._on_close = on_close
         self._closed = False
         self._receive = receive
@@ -86,6 +87,13 @@ class FrameExchange:
         if self._closed:
             return
         self._closed = True
+        if self._background is not None and self.end is not None:
+            # A complete answer: the counter-signature and the stream's close
+            # happen after the client has its response, not before.
+            if self._on_close is not None:
+                self._on_close(self.provider)
+            self._background.start_soon(self._close, False)
+            return
         try:
             await self._close(not self._reader.finished)
         finally:
@@ -94,7 +102,7 @@ class FrameExchange:
 
 
 def stream_exchange(
-    provider: str, stream: NegotiatingStream, deadline: float, timeout: float, on_close=None, countersign=None
+    provider: str, stream: NegotiatingStream, deadline: float, timeout: float, on_close=None, countersign=None, background=None
 ) -> FrameExchange:
     """An exchange on a libp2p stream; ``countersign(end)`` gives the COSIGN frame to send after END."""
 
@@ -110,5 +118,5 @@ def stream_exchange(
         # An unfinished exchange is reset so the provider stops generating.
         await stream.close(reset=unfinished)
 
-    exchange = FrameExchange(provider, stream.read_some, close, deadline, timeout, on_close)
+    exchange = FrameExchange(provider, stream.read_some, close, deadline, timeout, on_close, background)
     return exchange

@@ -7,13 +7,13 @@ acknowledged result is never redone after a crash.
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ..core.jobs import BatchLine
+from ..store.sqlite import open_wal
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -48,11 +48,7 @@ class JobStore:
     """Synchronous; call from a worker thread."""
 
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=10, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(SCHEMA)
+        self._db = open_wal(path, SCHEMA)
 
     def close(self) -> None:
         self._db.close()

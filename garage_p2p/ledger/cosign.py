@@ -14,7 +14,8 @@ import logging
 from ..core.exchange import cosign_frame
 from ..core.identity import Identity
 from ..core.messages import EndInfo, RequestHead
-from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
+from ..core.errors import PeerFault
+from ..core.receipts import cosign_receipt, expected_receipt_problem, unpack_signed
 from .book import Ledger, pack_pending
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Cosigner:
             return None
         try:
             receipt, raw, signature = unpack_signed(end.receipt)
-        except ReceiptInvalid as exc:
+        except PeerFault as exc:  # a malformed or forged receipt: refused, never a crash
             return self._refuse(provider, str(exc))
         problem = expected_receipt_problem(
             receipt, consumer=self.identity.peer_id, provider=provider, request_id=head.request_id, model=str(head.body.get("model"))

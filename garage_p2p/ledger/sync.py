@@ -225,51 +225,41 @@ class LedgerSync:
 
     async def full_sync(self, peer_id: str) -> int:
         """Compare every head with ``peer_id`` and pull what we lack; entries added."""
-        async with self._limiter:
-            return await self._full_sync(peer_id)
-
-    async def _full_sync(self, peer_id: str) -> int:
-        try:
-            conn = await self._open(peer_id)
-        except DialError as exc:
-            log.debug("ledger sync with %s: %s", peer_id, exc)
-            return 0
-        try:
-            heads = []
-            after = None
-            for _ in range(MAX_HEAD_PAGES):
-                frame = await self._request(conn, LedgerRequest(op="heads", after=after))
-                page = decode_json(HeadsPage, self._reply(frame))
-                heads.extend(page.heads)
-                if not page.more or not page.heads:
-                    break
-                after = page.heads[-1].author
-            return await self._pull_on(conn, peer_id, plan_pulls(self.ledger.state, heads))
-        except PeerFault as exc:
-            self._penalise(peer_id, str(exc))
-        except (StreamBroken, trio.TooSlowError) as exc:
-            log.debug("ledger sync with %s broke off: %s", peer_id, exc)
-        finally:
-            await close_quietly(conn.stream)
-        return 0
+        return await self._session(peer_id, self._compare_and_pull)
 
     async def pull(self, peer_id: str, wants: list[Want]) -> int:
         """Pull ``wants`` from ``peer_id``; entries added."""
+        return await self._session(peer_id, lambda conn, peer: self._pull_on(conn, peer, wants))
+
+    async def _session(self, peer_id: str, work) -> int:
+        """Run ``work(conn, peer_id)`` on a new ledger stream; a misbehaving peer is penalised."""
         async with self._limiter:
             try:
                 conn = await self._open(peer_id)
             except DialError as exc:
-                log.debug("ledger pull from %s: %s", peer_id, exc)
+                log.debug("ledger sync with %s: %s", peer_id, exc)
                 return 0
             try:
-                return await self._pull_on(conn, peer_id, wants)
+                return await work(conn, peer_id)
             except PeerFault as exc:
                 self._penalise(peer_id, str(exc))
             except (StreamBroken, trio.TooSlowError) as exc:
-                log.debug("ledger pull from %s broke off: %s", peer_id, exc)
+                log.debug("ledger sync with %s broke off: %s", peer_id, exc)
             finally:
                 await close_quietly(conn.stream)
             return 0
+
+    async def _compare_and_pull(self, conn: FrameStream, peer_id: str) -> int:
+        heads = []
+        after = None
+        for _ in range(MAX_HEAD_PAGES):
+            frame = await self._request(conn, LedgerRequest(op="heads", after=after))
+            page = decode_json(HeadsPage, self._reply(frame))
+            heads.extend(page.heads)
+            if not page.more or not page.heads:
+                break
+            after = page.heads[-1].author
+        return await self._pull_on(conn, peer_id, plan_pulls(self.ledger.state, heads))
 
     async def _pull_on(self, conn: FrameStream, peer_id: str, wants: list[Want]) -> int:
         """Pull ranges page by page, asking for the next page before verifying this one.

@@ -38,6 +38,8 @@ PUBLISH_TIMEOUT = 5.0
 DIAL_TIMEOUT = 5.0
 RELAY_HEAD_START = 0.5
 HEARTBEAT = 1
+DEGREE_HIGH = 8
+"""Gossipsub's D_high. At 12 a dense mesh delivered each message to each peer ~11 times (benchmarks/idle.py)."""
 BOOTSTRAP_RETRY = 5.0
 
 
@@ -303,7 +305,7 @@ async def open_mesh(
         protocols=GOSSIPSUB_PROTOCOLS,
         degree=6,
         degree_low=4,
-        degree_high=8,
+        degree_high=DEGREE_HIGH,
         heartbeat_interval=HEARTBEAT,
         # The defaults cap a topic at 10 msg/s and demand 3 distinct IPs in a
         # mesh (which a LAN or loopback mesh never has).

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import trio
 
+from .sqlite import open_wal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS peers (
     peer_id TEXT PRIMARY KEY,
@@ -46,12 +48,7 @@ class KnownPeers:
         self._lock = trio.Lock()
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=10)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(SCHEMA)
-        return db
+        return open_wal(self.path, SCHEMA, "NORMAL")
 
     def note(self, peer_id: str, addrs: Sequence[str], now: float | None = None) -> None:
         """Remember a peer's addresses (written at the next flush)."""

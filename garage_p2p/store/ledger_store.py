@@ -21,6 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .sqlite import open_wal
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     author TEXT NOT NULL,
@@ -69,11 +71,7 @@ class LedgerStore:
                 raise FileNotFoundError(path)
             self._db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10, check_same_thread=False)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(path, timeout=10, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(SCHEMA)
+            self._db = open_wal(path, SCHEMA)
 
     def close(self) -> None:
         self._db.close()

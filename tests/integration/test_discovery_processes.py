@@ -7,20 +7,17 @@ not inference). Checks what a user sees through ``garage models``.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import time
 
 import httpx
 import pytest
 
 from garage_p2p.devtools.processes import PeerProcess, peer_args
 
+from .helpers import garage, models_of, standin_processes, wait_until
+
 FAST_ADS = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 
 
-def garage(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=30)
 
 
 def models_seen(peer: PeerProcess) -> dict[str, list[str]]:
@@ -29,35 +26,14 @@ def models_seen(peer: PeerProcess) -> dict[str, list[str]]:
     return {m["model"]: m["providers"] for m in json.loads(result.stdout)}
 
 
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 @pytest.fixture(scope="module")
 def standins():
-    procs, urls = [], []
-    for i in range(5):
-        port = 18600 + i
-        procs.append(subprocess.Popen([sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(port), "--model", f"m{i}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        urls.append(f"http://127.0.0.1:{port}/v1")
-    for url in urls:
-        wait_until(lambda: _up(url), 30, url)
-    yield urls
-    for p in procs:
-        p.terminate()
-        p.wait(10)
+    with standin_processes([18600 + i for i in range(5)], models=[f"m{i}" for i in range(5)]) as urls:
+        yield urls
 
 
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/models", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def test_eleven_peers_learn_every_model_forget_dead_ones_and_rejoin(tmp_path, standins, monkeypatch):
@@ -76,7 +52,7 @@ def test_eleven_peers_learn_every_model_forget_dead_ones_and_rejoin(tmp_path, st
         expected = {f"m{i}": [peers[i].peer_id] for i in range(5)}
 
         def all_know() -> bool:
-            return all({m: sorted(v) for m, v in _models(p).items()} == expected for p in everyone)
+            return all({m: sorted(v) for m, v in models_of(p).items()} == expected for p in everyone)
 
         took = wait_until(all_know, 30, "every peer knowing every model")
         print(f"11 peers knew all 5 models {took:.1f} s after the last one started")
@@ -92,17 +68,10 @@ def test_eleven_peers_learn_every_model_forget_dead_ones_and_rejoin(tmp_path, st
         rejoined = PeerProcess(peers[8].home, peer_args()).start()
         peers[8] = rejoined
         rejoined.wait_ready()
-        wait_until(lambda: set(_models(rejoined)) == {"m1", "m2", "m3", "m4"}, 20, "the restarted peer relearning the mesh")
+        wait_until(lambda: set(models_of(rejoined)) == {"m1", "m2", "m3", "m4"}, 20, "the restarted peer relearning the mesh")
         r = httpx.post(rejoined.api_url + "/chat/completions", json={"model": "m3", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, timeout=10)
         assert r.status_code == 200 and r.headers["x-garage-provider"] == peers[3].peer_id
     finally:
         for p in [hub, *peers]:
             p.kill()
 
-
-def _models(peer: PeerProcess) -> dict[str, list[str]]:
-    try:
-        data = httpx.get(peer.api_url.removesuffix("/v1") + "/garage/v1/models", timeout=5).json()["models"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        return {}
-    return {m["model"]: m["providers"] for m in data}

@@ -9,26 +9,16 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import subprocess
-import sys
-import time
 
 import httpx
 
 from garage_p2p.devtools.processes import PeerProcess, peer_args
 
+from .helpers import garage, models_of, standin_processes, wait_until
+
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 LINES = 300
 SHARD = 10
-
-
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 def served(url: str) -> int:
@@ -44,20 +34,14 @@ def results_stored(home, job_id: str) -> int:
         db.close()
 
 
-def garage(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=120)
-
-
 def test_submitter_killed_mid_job_resumes_without_redoing_finished_lines(tmp_path, monkeypatch):
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
-    backends, urls = [], []
-    for i in range(2):
-        port = 18730 + i
-        backends.append(subprocess.Popen([sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(port), "--token-delay", "0.02"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        urls.append(f"http://127.0.0.1:{port}/v1")
-    for url in urls:
-        wait_until(lambda: _up(url), 30, url)
+    with standin_processes([18730, 18731], "--token-delay", "0.02") as urls:
+        run_job(tmp_path, urls)
+
+
+def run_job(tmp_path, urls: list[str]) -> None:
     # A fixed port, as a rig has: the providers find the restarted submitter at the same address.
     s = PeerProcess(tmp_path / "s", peer_args(listen="/ip4/127.0.0.1/tcp/18735")).start()
     providers = []
@@ -67,7 +51,7 @@ def test_submitter_killed_mid_job_resumes_without_redoing_finished_lines(tmp_pat
             providers.append(PeerProcess(tmp_path / f"p{i}", peer_args(bootstrap=[s.addr], backends={"tiny": url})).start())
         for p in providers:
             p.wait_ready()
-        wait_until(lambda: len(_providers(s)) == 2, 30, "the submitter seeing both providers")
+        wait_until(lambda: len(models_of(s).get("tiny", [])) == 2, 30, "the submitter seeing both providers")
         lines = "\n".join(
             json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4}})
             for i in range(LINES)
@@ -103,21 +87,3 @@ def test_submitter_killed_mid_job_resumes_without_redoing_finished_lines(tmp_pat
     finally:
         for p in providers + [s]:
             p.stop()
-        for b in backends:
-            b.terminate()
-            b.wait(10)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/models", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _providers(peer: PeerProcess) -> list[str]:
-    try:
-        models = httpx.get(peer.api_url + "/models", timeout=2).json()["data"]
-    except (httpx.HTTPError, ValueError, KeyError):
-        return []
-    return next((m["providers"] for m in models if m["id"] == "tiny"), [])

@@ -6,98 +6,49 @@ instrument, not a model: the point is the ledger, not inference).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import threading
-import time
 
-import httpx
-
-from garage_p2p.core.ledger import LedgerState, decode_entry
 from garage_p2p.devtools.chat_burst import burst
 from garage_p2p.devtools.processes import PeerProcess, peer_args
-from garage_p2p.store.ledger_store import LedgerStore
+
+from .helpers import garage, ledger_of, models_of, standin_processes, wait_until
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
-
-
-def ledger_of(peer: PeerProcess) -> LedgerState:
-    store = LedgerStore(peer.home / "ledger.sqlite", readonly=True)
-    try:
-        state = LedgerState()
-        for blob in store.entries():
-            state.add(decode_entry(blob, check_signatures=False))
-        return state
-    finally:
-        store.close()
-
-
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.2)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 def test_sigkilled_provider_restarts_verifies_and_loses_no_receipt(tmp_path, monkeypatch):
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
-    backend = subprocess.Popen(
-        [sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "18690", "--token-delay", "0.02"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = "http://127.0.0.1:18690/v1"
-    wait_until(lambda: _up(url), 30, "the stand-in backend")
-    # A fixed port, as a rig has (4001 by default): the consumer finds it again after the restart.
-    a = PeerProcess(tmp_path / "a", peer_args(listen="/ip4/127.0.0.1/tcp/18691", backends={"tiny": url})).start()
-    a.wait_ready()
-    c = PeerProcess(tmp_path / "c", peer_args(bootstrap=[a.addr])).start()
-    try:
-        c.wait_ready()
-        wait_until(lambda: _models(c) == {"tiny"}, 30, "C learning A's model")
-        result: dict = {}
-        client = threading.Thread(target=lambda: result.update(burst(c.api_url, 120, 8)))
-        client.start()
-        # Kill A in the middle of the burst, after some requests completed.
-        wait_until(lambda: ledger_of(a).head(a.peer_id).seq >= 20, 60, "A logging 20 receipts")
-        a.kill()
-        client.join(120)
-        completed = result["completed"]
-        assert 20 <= len(completed) < 120, result  # some finished, some were cut off by the kill
-        a.start()
+    with standin_processes([18690], "--token-delay", "0.02") as (url,):
+        # A fixed port, as a rig has (4001 by default): the consumer finds it again after the restart.
+        a = PeerProcess(tmp_path / "a", peer_args(listen="/ip4/127.0.0.1/tcp/18691", backends={"tiny": url})).start()
         a.wait_ready()
-        # Every request the client saw complete has its receipt in A's log, and C holds them too.
-        a_id, c_id = a.peer_id, c.peer_id
-        settle = wait_until(
-            lambda: all(ledger_of(a).has_receipt(a_id, c_id, rid) for rid in completed), 60, "A's log holding every completed request"
-        )
-        wait_until(lambda: all(ledger_of(c).has_receipt(a_id, c_id, rid) for rid in completed), 60, "C holding them too")
-        print(f"{len(completed)} completed before the kill; all receipts in A's log {settle:.1f} s after restart")
-        a.stop()
-        verify = subprocess.run(
-            [sys.executable, "-m", "garage_p2p.cli.garage", "ledger", "verify", "--home", str(a.home)], capture_output=True, text=True, timeout=60
-        )
-        assert verify.returncode == 0, verify.stdout + verify.stderr
-        assert "ok" in verify.stdout
-    finally:
-        for p in (a, c):
-            p.stop()
-        backend.terminate()
-        backend.wait(10)
-
-
-def _up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/models", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def _models(peer: PeerProcess) -> set[str]:
-    try:
-        return {m["id"] for m in httpx.get(peer.api_url + "/models", timeout=2).json()["data"]}
-    except (httpx.HTTPError, ValueError, KeyError):
-        return set()
+        c = PeerProcess(tmp_path / "c", peer_args(bootstrap=[a.addr])).start()
+        try:
+            c.wait_ready()
+            wait_until(lambda: set(models_of(c)) == {"tiny"}, 30, "C learning A's model")
+            result: dict = {}
+            client = threading.Thread(target=lambda: result.update(burst(c.api_url, 120, 8)))
+            client.start()
+            # Kill A in the middle of the burst, after some requests completed.
+            wait_until(lambda: ledger_of(a).head(a.peer_id).seq >= 20, 60, "A logging 20 receipts")
+            a.kill()
+            client.join(120)
+            completed = result["completed"]
+            assert 20 <= len(completed) < 120, result  # some finished, some were cut off by the kill
+            a.start()
+            a.wait_ready()
+            # Every request the client saw complete has its receipt in A's log, and C holds them too.
+            a_id, c_id = a.peer_id, c.peer_id
+            settle = wait_until(
+                lambda: all(ledger_of(a).has_receipt(a_id, c_id, rid) for rid in completed), 60, "A's log holding every completed request"
+            )
+            wait_until(lambda: all(ledger_of(c).has_receipt(a_id, c_id, rid) for rid in completed), 60, "C holding them too")
+            print(f"{len(completed)} completed before the kill; all receipts in A's log {settle:.1f} s after restart")
+            a.stop()
+            verify = garage("ledger", "verify", "--home", str(a.home))
+            assert verify.returncode == 0, verify.stdout + verify.stderr
+            assert "ok" in verify.stdout
+        finally:
+            for p in (a, c):
+                p.stop()

@@ -15,37 +15,18 @@ import subprocess
 import sys
 import time
 
-from garage_p2p.core.ledger import LedgerState, decode_entry
 from garage_p2p.devtools.netns import linked_hosts, sh
 from garage_p2p.devtools.processes import PeerProcess, peer_args
-from garage_p2p.store.ledger_store import LedgerStore
+
+from .helpers import ledger_of, wait_until
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 PER_HALF = 10
 BACKEND_PORT = 18710
 
 
-def ledger_of(peer: PeerProcess) -> LedgerState:
-    state = LedgerState()
-    try:
-        store = LedgerStore(peer.home / "ledger.sqlite", readonly=True)
-    except FileNotFoundError:
-        return state
-    try:
-        for blob in store.entries():
-            state.add(decode_entry(blob, check_signatures=False))
-    finally:
-        store.close()
-    return state
 
 
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.5)
-    raise AssertionError(f"{what} not within {timeout} s")
 
 
 def inside(peer: PeerProcess, *module_args: str, timeout: float = 120) -> dict | list:

@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -26,17 +25,15 @@ from garage_p2p.runtime.container_spec import LABEL_PEER
 from garage_p2p.runtime.images import STANDIN_IMAGE, VLLM_CPU_IMAGE
 from garage_p2p.runtime.vllm_cpu import default_tiny_model
 
+from .helpers import garage, models_of, wait_until
+
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
-def garage(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout)
-
-
 def build(flags: list[str], home) -> dict:
     start = time.monotonic()
-    result = garage("runtime", "build-image", *flags, "--home", str(home))
+    result = garage("runtime", "build-image", *flags, "--home", str(home), timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     return {"seconds": time.monotonic() - start, "output": result.stdout}
 
@@ -50,20 +47,6 @@ def image_home(tmp_path_factory):
     return home
 
 
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not within {timeout} s")
-
-
-def models(peer: PeerProcess) -> set[str]:
-    try:
-        return {m["id"] for m in httpx.get(peer.api_url + "/models", timeout=2).json()["data"]}
-    except (httpx.HTTPError, ValueError, KeyError):
-        return set()
 
 
 def runtime_status(peer: PeerProcess) -> dict:
@@ -101,7 +84,7 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
         a.wait_ready()
         c = PeerProcess(tmp_path / "c", peer_args(bootstrap=[a.addr])).start()
         c.wait_ready()
-        cold = wait_until(lambda: "tiny" in models(c), 60, "C seeing the container's model")
+        cold = wait_until(lambda: "tiny" in set(models_of(c)), 60, "C seeing the container's model")
         r = httpx.post(c.api_url + "/chat/completions", json=CHAT, timeout=30)
         assert r.status_code == 200 and r.headers["x-garage-provider"] == a.peer_id
         assert r.json()["choices"][0]["message"]["content"] == "tok tok tok tok"
@@ -134,27 +117,32 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
 
         # Drain with a stream in flight: it completes, then the ad and the container go.
         done: dict = {}
+        first_token = threading.Event()
 
         def stream() -> None:
             llm = openai.OpenAI(base_url=c.api_url, api_key="x", max_retries=0)
-            chunks = llm.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=100, stream=True)
-            done["text"] = "".join(ch.choices[0].delta.content or "" for ch in chunks if ch.choices)
+            pieces = []
+            for chunk in llm.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=100, stream=True):
+                if chunk.choices:
+                    pieces.append(chunk.choices[0].delta.content or "")
+                    first_token.set()
+            done["text"] = "".join(pieces)
 
         client_thread = threading.Thread(target=stream)
         client_thread.start()
-        time.sleep(0.5)
+        assert first_token.wait(30), "the stream never started"
         drained = garage("drain", "--api", a.api_url, timeout=120)
         assert drained.returncode == 0, drained.stderr
         client_thread.join(30)
         assert done["text"].split() == ["tok"] * 100
         assert runtime_status(a)["state"] == "stopped"
         assert container_of(a)[1] == []
-        wait_until(lambda: "tiny" not in models(c), 15, "C seeing the model withdrawn")
+        wait_until(lambda: "tiny" not in set(models_of(c)), 15, "C seeing the model withdrawn")
         assert httpx.post(c.api_url + "/chat/completions", json=CHAT, timeout=30).status_code == 404
 
         resumed = garage("resume", "--api", a.api_url)
         assert resumed.returncode == 0, resumed.stderr
-        wait_until(lambda: "tiny" in models(c), 60, "the model back after resume")
+        wait_until(lambda: "tiny" in set(models_of(c)), 60, "the model back after resume")
         assert httpx.post(c.api_url + "/chat/completions", json=CHAT, timeout=30).status_code == 200
         logs = garage("runtime", "logs", "--api", a.api_url)
         assert logs.returncode == 0 and logs.stdout.strip()
@@ -180,7 +168,7 @@ def test_vllm_cpu_in_podman_serves_through_the_mesh(tmp_path, image_home, monkey
         a.wait_ready()
         c = PeerProcess(tmp_path / "c", peer_args(bootstrap=[a.addr])).start()
         c.wait_ready()
-        wait_until(lambda: "tiny" in models(c), 300, "vLLM-CPU in Podman becoming healthy")
+        wait_until(lambda: "tiny" in set(models_of(c)), 300, "vLLM-CPU in Podman becoming healthy")
         cold = runtime_status(a)["healthy_after_s"]
         llm = openai.OpenAI(base_url=c.api_url, api_key="x", max_retries=0)
         raw = llm.chat.completions.with_raw_response.create(model="tiny", messages=CHAT["messages"], max_tokens=8, temperature=0)
