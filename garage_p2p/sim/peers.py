@@ -1,0 +1,129 @@
+"""The simulated peers: identity, place, role and what each one holds.
+
+A peer here holds the daemon's own core objects: its ``Identity``, a
+``PeerTable`` and a ``Router`` (consumers), a ``GpuMeter`` and its log in a
+``LedgerState`` (providers), a replica ``LedgerState`` (sampled peers).
+"""
+
+from __future__ import annotations
+
+import random
+import unicodedata
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..core.capabilities import CapabilityAd, PeerTable
+from ..core.gpu_meter import GpuMeter
+from ..core.identity import Identity
+from ..core.ledger import ZERO_HASH, LedgerState
+from ..core.routing import Router
+from .hardware import GpuKind
+from .metrics import ProviderRecord, RequestRecord
+from .provider import SharedGpu
+
+PROVIDER, CONSUMER, RELAY = "provider", "consumer", "relay"
+
+
+def region_of(city: str) -> str:
+    """``se-sto`` for Stockholm: an ad's region field (ASCII, lower case)."""
+    ascii_name = unicodedata.normalize("NFKD", city).encode("ascii", "ignore").decode().lower()
+    return "se-" + ascii_name[:3]
+
+
+@dataclass(slots=True)
+class Conn:
+    """A consumer's connection to a provider, as the consumer sees it."""
+
+    kind: str
+    """``direct`` or ``relayed`` (until a hole punch makes it direct)."""
+    ready: float
+    """When the first stream can be opened."""
+    session: int
+    """The provider's session it reaches (a restarted provider answers an old one with a reset)."""
+    relay: int | None = None
+    """The relay carrying it, while relayed."""
+    direct_at: float | None = None
+    """When DCUtR makes it direct, if it will."""
+    expires: float | None = None
+    """When the relay cuts it (its per-connection time limit)."""
+    dead: bool = False
+    """The far end vanished without a word: the connection looks open but nothing comes back."""
+    closed: bool = False
+    """Reset or closed: requests still on their way find it gone."""
+    active: set[int] = field(default_factory=set)
+    """Requests running over it."""
+
+    def kind_at(self, now: float) -> str:
+        return "direct" if self.direct_at is not None and now >= self.direct_at else self.kind
+
+
+@dataclass(slots=True)
+class Flight:
+    """One request on its way: the consumer's side of the exchange."""
+
+    record: RequestRecord
+    consumer: int
+    head: bytes
+    """The HEAD frame, as the consumer encoded it."""
+    request_id: str
+    prompt_tokens: int
+    deadline: float
+    candidates: list[int] = field(default_factory=list)
+    tried: int = 0
+    busy: bool = False
+    last_error: str = ""
+    looked_up: bool = False
+    provider: int | None = None
+    conn: Conn | None = None
+    done: bool = False
+    # Provider side, while it runs there:
+    key: int = 0
+    arrived: float = 0.0
+    mark: float = 0.0
+    first_byte: float | None = None
+
+
+@dataclass(slots=True)
+class SimPeer:
+    idx: int
+    identity: Identity
+    peer_id: str
+    role: str
+    city: str
+    rng: random.Random
+    """This peer's own random stream (its router draws from it)."""
+    online: bool = False
+    session: int = 0
+    """Incremented each time it comes online."""
+    online_since: float = 0.0
+    # consumer
+    table: PeerTable | None = None
+    router: Router | None = None
+    applied_seq: dict[int, int] = field(default_factory=dict)
+    conns: dict[int, Conn] = field(default_factory=dict)
+    in_flight: int = 0
+    # provider
+    gpu_name: str = ""
+    kind: GpuKind | None = None
+    model: str = ""
+    gpu: SharedGpu | None = None
+    meter: GpuMeter | None = None
+    flights: dict[int, Flight] = field(default_factory=dict)
+    draining: bool = False
+    relays: list[int] = field(default_factory=list)
+    ad_seq: int = 0
+    ads: list[tuple[float, CapabilityAd, np.ndarray]] = field(default_factory=list)
+    """Recent ads: (published at, ad, gossip delay to each peer)."""
+    ad_content: tuple = ()
+    last_ad: float = -1e9
+    next_ad: float = 0.0
+    ad_version: int = 0
+    record: ProviderRecord | None = None
+    # ledger
+    state: LedgerState | None = None
+    replica: bool = False
+    log_seq: int = 0
+    log_prev: bytes = ZERO_HASH
+    last_heads: float = -1e9
+    heads_pending: bool = False

@@ -1,0 +1,870 @@
+"""The simulated mesh: peers switching on and off, ads, requests, receipts.
+
+Each handler is one thing the daemon does, run at a virtual time, through
+the daemon's own core: ads are made, signed and checked by
+``core.capabilities`` and kept in each consumer's ``PeerTable``; a request is
+routed by ``core.routing.Router``, travels as a HEAD frame that the provider
+decodes with ``core.exchange.RequestReader``, and comes back as an END frame
+(read by ``ResponseReader``) carrying a receipt signed, counter-signed and
+logged with ``core.receipts`` and ``core.ledger``. What py-libp2p would do
+(gossip, dials, relays, hole punches) is modelled in ``network`` with the
+constants of ``calibration``.
+
+Two economies keep 1,000 peers fast without changing what any peer sees:
+
+- A consumer's table is brought up to date when it routes, from each
+  provider's recent ads and their arrival times (publication + gossip
+  delay); the table is only ever read when routing, so it is the same table.
+- An ad is signed and checked when its content changes; the periodic
+  re-announcements of an unchanged ad (every 5 s) reuse the checked ad with
+  a new seq and time, instead of paying ~0.3 ms of ed25519 each.
+"""
+
+from __future__ import annotations
+
+import math
+
+from ..core.capabilities import AdRejected, Benchmark, GpuSpec, Hardware, Load, ModelOffer, PeerTable, make_ad, open_ad, sign_ad
+from ..core.exchange import RequestReader, ResponseEnd, ResponseReader, end_frame, head_frame
+from ..core.gpu_meter import GpuMeter
+from ..core.identity import Identity
+from ..core.ledger import LedgerState, make_entry
+from ..core.messages import EndInfo, RequestHead, Timings, Usage
+from ..core.receipts import Receipt, check_cosignature, cosign_receipt, encode_receipt, expected_receipt_problem, gpu_us_of, pack_signed, sign_receipt, unpack_signed
+from ..core.routing import PathInfo, RouteRequest, Router
+from . import calibration as cal
+from .engine import Engine, stream
+from .hardware import CONCURRENCY, GPUS
+from .ledger_model import LedgerNet
+from .metrics import JoinRecord, Observations, ProviderRecord, RequestRecord
+from .network import CONE, PUBLIC, SYMMETRIC, Place, Topology
+from .peers import CONSUMER, PROVIDER, RELAY, Conn, Flight, SimPeer, region_of
+from .provider import SharedGpu
+from .scenario import Scenario
+from .workload import draw_ask, peak_factor, rate_factor
+
+EPOCH = 1_800_000_000.0
+"""Unix time of the simulation's start (ads and receipts carry wall-clock times)."""
+
+VERSION = "sim"
+DRAIN_S = 30.0
+"""A peer switching off gracefully serves what it runs for at most this long."""
+
+
+def hour_share(curve: tuple[float, ...], hour: float) -> float:
+    return curve[0] if len(curve) == 1 else curve[int(hour) % 24]
+
+
+class World:
+    def __init__(self, scenario: Scenario, seed: int) -> None:
+        self.scenario = scenario
+        self.seed = seed
+        self.engine = Engine()
+        self.obs = Observations(duration_s=scenario.sim.duration_s, sample_s=scenario.sim.sample_s)
+        self.counters = self.obs.counters
+        for name in ("ads_signed", "ads_refreshed", "dials_direct", "dials_relayed", "dial_failures", "punches", "relay_cuts", "dht_lookups", "silent_hangs", "reset_retries"):
+            self.counters[name] = 0
+        self._build_peers()
+        self.ledger = LedgerNet(self)
+        self._request_rng = stream(seed, "requests")
+        self._ask_rng = stream(seed, "asks")
+        self._churn_rng = stream(seed, "churn")
+        self._next_request_id = 0
+        self._next_key = 0
+        self.online_consumers: list[int] = []
+        self._consumer_pos: dict[int, int] = {}
+
+    # == building the peers ===================================================================
+
+    def _build_peers(self) -> None:
+        sc, seed = self.scenario, self.seed
+        rng = stream(seed, "peers")
+        cities = list(sc.network.cities)
+        city_weights = [sc.network.cities[c] for c in cities]
+        gpus = list(sc.peers.gpus)
+        gpu_weights = [sc.peers.gpus[g] for g in gpus]
+        n = sc.peers.count
+        nats = [PUBLIC, CONE, SYMMETRIC]
+        nat_weights = [sc.network.public, sc.network.cone, sc.network.symmetric]
+        lo, hi = sc.network.access_ms
+        places: list[Place] = []
+        self.peers: list[SimPeer] = []
+        for i in range(n):
+            city = rng.choices(range(len(cities)), weights=city_weights)[0]
+            nat = rng.choices(nats, weights=nat_weights)[0]
+            places.append(Place(city, rng.uniform(lo, hi) / 1000, nat))
+            role = PROVIDER if rng.random() < sc.peers.provider_share else CONSUMER
+            if nat == PUBLIC and rng.random() < sc.peers.relay_share:
+                role = RELAY
+            identity = Identity.from_seed(stream(seed, "identity", i).randbytes(32))
+            peer = SimPeer(i, identity, identity.peer_id, role, cities[city], stream(seed, "peer", i))
+            if role == PROVIDER:
+                gpu = rng.choices(gpus, weights=gpu_weights)[0]
+                kind = GPUS[gpu]
+                fitting = [m for m, spec in sc.models.items() if spec.min_vram_gib <= kind.vram_gib] or list(sc.models)
+                model = rng.choices(fitting, weights=[sc.models[m].weight for m in fitting])[0]
+                peer.gpu_name, peer.kind, peer.model = gpu, kind, model
+                peer.gpu = SharedGpu(kind, sc.models[model].params_b)
+                peer.meter = GpuMeter(gpus=1)
+                peer.state = LedgerState()
+                peer.record = ProviderRecord(peer.peer_id, gpu, kind.aggregate_tps * 8.0 / sc.models[model].params_b)
+                self.obs.providers.append(peer.record)
+            elif role == CONSUMER:
+                peer.table = PeerTable(peer.peer_id)
+                peer.router = Router(peer.rng)
+            self.peers.append(peer)
+        self.by_id = {p.peer_id: p for p in self.peers}
+        self.topo = Topology(cities, places, stream(seed, "overlay"), loopback=sc.network.loopback)
+        self.providers_of: dict[str, list[SimPeer]] = {m: [] for m in sc.models}
+        for p in self.peers:
+            if p.role == PROVIDER:
+                self.providers_of[p.model].append(p)
+        self.relays = [p for p in self.peers if p.role == RELAY]
+        # Ledger replicas: every peer, or a fixed sample.
+        wanted = sc.ledger.replicas
+        chosen = self.peers if wanted == 0 or wanted >= n else stream(seed, "replicas").sample(self.peers, wanted)
+        for p in chosen:
+            p.replica = True
+            if p.state is None:
+                p.state = LedgerState()
+        self.replicas = [p for p in self.peers if p.replica]
+        self.obs.ledger_replicas = len(self.replicas)
+
+    # == running ===============================================================================
+
+    def run(self) -> Observations:
+        sc = self.scenario
+        eng = self.engine
+        joiners = self._joiners()
+        start_hour = sc.sim.start_hour
+        for p in self.peers:
+            if p.idx in joiners:
+                continue
+            if p.role == RELAY or self._online_share(p, start_hour) >= 1.0 or self._churn_rng.random() < self._online_share(p, start_hour):
+                self._come_online(p, initial=True)
+                self._schedule_switch(p, on=False)
+            else:
+                self._schedule_switch(p, on=True)
+        for event in sc.events:
+            eng.at(event.at_s, self._event, event)
+        eng.at(0.0, self._sample)
+        self._lam_max = self._rate_per_consumer() * max(1, sum(p.role == CONSUMER for p in self.peers)) * peak_factor(sc)
+        if self._lam_max > 0:
+            eng.at(self._request_rng.expovariate(self._lam_max), self._arrival)
+        end = sc.sim.duration_s + sc.sim.drain_s
+        eng.run(end)
+        for p in self.peers:
+            if p.online and p.record is not None:
+                p.record.online_s += min(sc.sim.duration_s, end) - min(p.online_since, sc.sim.duration_s)
+        self.obs.ledger_lag = self.ledger.lag
+        self.obs.ledger_entries = self.ledger.entries
+        self.obs.ledger_converged_after_heal = self.ledger.converged_after_heal
+        self.counters["events"] = eng.events_run
+        return self.obs
+
+    def _joiners(self) -> set[int]:
+        """Providers kept off until a ``join`` event switches them on."""
+        count = sum(e.count for e in self.scenario.events if e.kind == "join")
+        providers = [p.idx for p in self.peers if p.role == PROVIDER]
+        self._join_queue = providers[-count:] if count else []
+        return set(self._join_queue)
+
+    def _online_share(self, peer: SimPeer, hour: float) -> float:
+        churn = self.scenario.churn
+        return hour_share(churn.provider_online if peer.role == PROVIDER else churn.consumer_online, hour)
+
+    def _hour(self) -> float:
+        return (self.scenario.sim.start_hour + self.engine.now / 3600) % 24
+
+    def _sample(self) -> None:
+        providers = sum(1 for p in self.peers if p.online and p.role == PROVIDER)
+        consumers = len(self.online_consumers)
+        self.obs.online.append((self.engine.now, providers, consumers))
+        if self.engine.now + self.scenario.sim.sample_s <= self.scenario.sim.duration_s:
+            self.engine.after(self.scenario.sim.sample_s, self._sample)
+
+    # == churn ==================================================================================
+
+    def _schedule_switch(self, peer: SimPeer, *, on: bool) -> None:
+        churn = self.scenario.churn
+        share = self._online_share(peer, self._hour())
+        if share >= 1.0 or peer.role == RELAY:
+            if on:
+                self.engine.after(0.0, self._switch_on, peer)
+            return
+        mean_on = churn.mean_session_min * 60
+        mean = mean_on if not on else mean_on * (1 - share) / share
+        delay = self._churn_rng.expovariate(1 / mean)
+        self.engine.after(delay, self._switch_on if on else self._switch_off, peer)
+
+    def _switch_on(self, peer: SimPeer) -> None:
+        if not peer.online:
+            self._come_online(peer)
+            self._schedule_switch(peer, on=False)
+
+    def _switch_off(self, peer: SimPeer) -> None:
+        if not peer.online:
+            return
+        if peer.role == CONSUMER and peer.in_flight:
+            self.engine.after(5.0, self._switch_off, peer)  # the user waits for the answer
+            return
+        if peer.role == PROVIDER and self._churn_rng.random() < self.scenario.churn.graceful_share:
+            self._drain(peer)
+        else:
+            self._vanish(peer)
+        self._schedule_switch(peer, on=True)
+
+    def _come_online(self, peer: SimPeer, *, initial: bool = False) -> None:
+        now = self.engine.now
+        peer.online = True
+        peer.session += 1
+        peer.online_since = now
+        peer.draining = False
+        self.topo.come_online(peer.idx)
+        if peer.role == CONSUMER:
+            self._consumer_pos[peer.idx] = len(self.online_consumers)
+            self.online_consumers.append(peer.idx)
+            if not initial:
+                # A restarted daemon starts empty and fetches a neighbour's table (mesh/discovery.py).
+                peer.table = PeerTable(peer.peer_id)
+                peer.router = Router(peer.rng)
+                peer.applied_seq = {}
+                peer.conns = {}
+                self.engine.after(cal.HANDSHAKE_MS / 1000, self._fetch_table, peer, peer.session)
+        if peer.role == PROVIDER:
+            self._reserve_relays(peer)
+            peer.next_ad = now
+            self.engine.at(now if initial else now + cal.GOSSIP_SETTLE_S, self._ad_tick, peer, peer.session, peer.ad_version)
+        if peer.state is not None:
+            self.ledger.start_anti_entropy(peer)
+            for n in sorted(self.topo.neighbours[peer.idx]):
+                other = self.peers[n]
+                if other.state is not None and not initial:
+                    self.ledger.connected(peer, other)
+        if not initial:
+            self.engine.after(cal.GOSSIP_SETTLE_S, self._joined, peer, now)
+
+    def _fetch_table(self, peer: SimPeer, session: int) -> None:
+        """A neighbour serves its table: the newest ad of each provider that reached it."""
+        neighbours = sorted(self.topo.neighbours[peer.idx])
+        if not peer.online or peer.session != session or not neighbours:
+            return
+        source = peer.rng.choice(neighbours)
+        now = self.engine.now
+        for providers in self.providers_of.values():
+            for p in providers:
+                for published, ad, delay in reversed(p.ads):
+                    if published + delay[source] <= now:
+                        if ad.seq > peer.applied_seq.get(p.idx, 0) and published + ad.ttl > now:
+                            peer.applied_seq[p.idx] = ad.seq
+                            try:
+                                peer.table.apply(ad, now)
+                            except AdRejected:
+                                pass
+                        break
+
+    def _joined(self, peer: SimPeer, since: float) -> None:
+        """The new peer's first ad goes out: when does the mesh know it?"""
+        if not peer.online:
+            return
+        self._first_ad_checked(peer)
+        delay = self.topo.gossip_delay(peer.idx)
+        base = self.engine.now - since
+        arrivals = sorted(float(delay[q.idx]) for q in self.peers if q.online and q is not peer)
+        if not arrivals:
+            return
+        k = max(1, math.ceil(0.99 * len(arrivals)))
+        reach = arrivals[k - 1]
+        self.obs.joins.append(JoinRecord(peer.peer_id, since, base + reach if math.isfinite(reach) else None))
+
+    def _first_ad_checked(self, peer: SimPeer) -> None:
+        """A consumer's (model-less) first ad is made and checked too, as every peer's is."""
+        if peer.role == PROVIDER:
+            return
+        peer.ad_seq += 1
+        ad = make_ad(peer.identity, seq=peer.ad_seq, now=EPOCH + self.engine.now, ttl=cal.AD_TTL_S, addrs=self._addrs(peer), models=(), version=VERSION, region=region_of(peer.city), relay=peer.role == RELAY)
+        open_ad(sign_ad(peer.identity, ad), EPOCH + self.engine.now)
+        self.counters["ads_signed"] += 1
+
+    def _leave(self, peer: SimPeer) -> None:
+        now = self.engine.now
+        peer.online = False
+        if peer.record is not None:
+            peer.record.online_s += max(0.0, min(now, self.scenario.sim.duration_s) - min(peer.online_since, self.scenario.sim.duration_s))
+        former = self.topo.go_offline(peer.idx)
+        self.engine.after(cal.HEARTBEAT_S, self.topo.repair, former)
+        if peer.role == CONSUMER:
+            pos = self._consumer_pos.pop(peer.idx)
+            last = self.online_consumers.pop()
+            if last != peer.idx:
+                self.online_consumers[pos] = last
+                self._consumer_pos[last] = pos
+        if peer.role == RELAY:
+            self._relay_gone(peer)
+
+    def _vanish(self, peer: SimPeer) -> None:
+        """Power cut: nothing is said; its connections go silent (py-libp2p has no keepalive)."""
+        self._leave(peer)
+        if peer.gpu is not None:
+            stuck = set(peer.flights)
+            peer.gpu.drop(self.engine.now, stuck)
+            for key in sorted(stuck):
+                flight = peer.flights.pop(key)
+                if flight.conn is not None:
+                    flight.conn.dead = True
+                    flight.conn.active.discard(flight.record.id)
+            # The requests it ran hang until their deadline.
+
+    def _drain(self, peer: SimPeer) -> None:
+        """Withdraw the ad, finish what runs (30 s at most), then leave."""
+        peer.draining = True
+        self._publish_ad(peer)
+        self.engine.after(DRAIN_S, self._drained, peer, peer.session)
+        self._maybe_drained(peer)
+
+    def _maybe_drained(self, peer: SimPeer) -> None:
+        if peer.draining and peer.online and not peer.flights:
+            self._drained(peer, peer.session)
+
+    def _drained(self, peer: SimPeer, session: int) -> None:
+        if not peer.online or peer.session != session:
+            return
+        # The process exits: its connections close, what still runs is cut off.
+        for key in sorted(peer.flights):
+            flight = peer.flights[key]
+            self._cut(flight, "the provider shut down")
+        self._leave(peer)
+        for consumer in self.peers:
+            if consumer.role == CONSUMER:
+                consumer.conns.pop(peer.idx, None)
+
+    # == relays ==================================================================================
+
+    def _reserve_relays(self, peer: SimPeer) -> None:
+        if self.topo.places[peer.idx].nat == PUBLIC:
+            peer.relays = []
+            return
+        live = [r.idx for r in self.relays if r.online and self.topo.same_side(r.idx, peer.idx)]
+        peer.relays = sorted(peer.rng.sample(live, min(cal.RELAY_RESERVATIONS, len(live))))
+
+    def _relay_gone(self, relay: SimPeer) -> None:
+        self.counters["relay_cuts"] += 1
+        for consumer in self.peers:
+            if consumer.role != CONSUMER:
+                continue
+            for p_idx, conn in sorted(consumer.conns.items()):
+                if conn.relay == relay.idx and conn.kind_at(self.engine.now) == "relayed":
+                    self._break(consumer, p_idx, conn, "the relay went away")
+        for p in self.peers:
+            if p.role == PROVIDER and relay.idx in p.relays:
+                p.relays = [r for r in p.relays if r != relay.idx]
+                self.engine.after(cal.RELAY_RECOVERY_S, self._rereserve, p, p.session)
+                self._ad_changed(p)
+
+    def _rereserve(self, peer: SimPeer, session: int) -> None:
+        if not peer.online or peer.session != session:
+            return
+        live = [r.idx for r in self.relays if r.online and r.idx not in peer.relays and self.topo.same_side(r.idx, peer.idx)]
+        missing = cal.RELAY_RESERVATIONS - len(peer.relays)
+        if live and missing > 0:
+            peer.relays = sorted(peer.relays + peer.rng.sample(live, min(missing, len(live))))
+            self._ad_changed(peer)
+
+    # == ads =====================================================================================
+
+    def _addrs(self, peer: SimPeer) -> tuple[str, ...]:
+        i = peer.idx
+        if self.topo.loopback:
+            return (f"/ip4/127.0.0.1/tcp/{4001 + i}",)
+        if self.topo.places[i].nat == PUBLIC:
+            return (f"/ip4/10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/tcp/4001",)
+        return tuple(f"/ip4/10.{(r >> 16) & 255}.{(r >> 8) & 255}.{r & 255}/tcp/4001/p2p/{self.peers[r].peer_id}/p2p-circuit" for r in peer.relays)
+
+    def _offer(self, peer: SimPeer) -> ModelOffer:
+        kind = peer.kind
+        scale = 8.0 / peer.gpu.params_b
+        return ModelOffer(
+            name=peer.model,
+            max_concurrency=CONCURRENCY,
+            benchmark=Benchmark(single_stream_tps=kind.single_tps * scale, aggregate_tps=kind.aggregate_tps * scale, concurrency=CONCURRENCY, ttft_p50_ms=kind.ttft_ms / scale, measured_at=EPOCH),
+            load=Load(running=peer.gpu.running, waiting=0, in_flight=len(peer.flights)),
+        )
+
+    def _ad_changed(self, peer: SimPeer) -> None:
+        """Load or addresses changed: publish within a second (mesh/caps.py's MIN_GAP)."""
+        if not peer.online:
+            return
+        want = max(self.engine.now, peer.last_ad + cal.AD_MIN_GAP_S)
+        if want < peer.next_ad:
+            peer.next_ad = want
+            peer.ad_version += 1
+            self.engine.at(want, self._ad_tick, peer, peer.session, peer.ad_version)
+
+    def _ad_tick(self, peer: SimPeer, session: int, version: int) -> None:
+        if not peer.online or peer.session != session or peer.ad_version != version:
+            return
+        self._publish_ad(peer)
+        peer.next_ad = self.engine.now + cal.AD_INTERVAL_S
+        peer.ad_version += 1
+        self.engine.at(peer.next_ad, self._ad_tick, peer, peer.session, peer.ad_version)
+
+    def _publish_ad(self, peer: SimPeer) -> None:
+        now = self.engine.now
+        peer.ad_seq += 1
+        models = () if peer.draining else (self._offer(peer),)
+        addrs = self._addrs(peer)
+        content = (models, addrs)
+        if peer.ads and content == peer.ad_content:
+            ad = peer.ads[-1][1].model_copy(update={"seq": peer.ad_seq, "issued_at": EPOCH + now})
+            self.counters["ads_refreshed"] += 1
+        else:
+            spec = GpuSpec(name=peer.gpu_name, vram_mib=int(peer.kind.vram_gib * 1024))
+            unsigned = make_ad(peer.identity, seq=peer.ad_seq, now=EPOCH + now, ttl=cal.AD_TTL_S, addrs=addrs, models=models, version=VERSION, hardware=Hardware(gpus=(spec,)), region=region_of(peer.city))
+            ad = open_ad(sign_ad(peer.identity, unsigned), EPOCH + now)
+            peer.ad_content = content
+            self.counters["ads_signed"] += 1
+        peer.last_ad = now
+        peer.ads.append((now, ad, self.topo.gossip_delay(peer.idx)))
+        # Ads older than a TTL plus the slowest gossip can no longer be the newest to arrive.
+        horizon = now - cal.AD_TTL_S - 10.0
+        while len(peer.ads) > 2 and peer.ads[1][0] < horizon:
+            peer.ads.pop(0)
+
+    def _catch_up(self, consumer: SimPeer, model: str) -> None:
+        """Apply to the consumer's table the newest ad of each provider that has reached it."""
+        now = self.engine.now
+        table = consumer.table
+        c = consumer.idx
+        applied = consumer.applied_seq
+        for p in self.providers_of[model]:
+            for published, ad, delay in reversed(p.ads):
+                arrival = published + delay[c]
+                if arrival <= now:
+                    if ad.seq > applied.get(p.idx, 0):
+                        applied[p.idx] = ad.seq
+                        try:
+                            table.apply(ad, arrival)
+                        except AdRejected:
+                            pass
+                    break
+        table.expire(now)
+
+    # == requests ================================================================================
+
+    def _rate_per_consumer(self) -> float:
+        return self.scenario.load.requests_per_consumer_hour / 3600
+
+    def _arrival(self) -> None:
+        now = self.engine.now
+        if now >= self.scenario.sim.duration_s:
+            return
+        rate = self._rate_per_consumer() * len(self.online_consumers) * rate_factor(self.scenario, now)
+        if self.online_consumers and self._request_rng.random() < rate / self._lam_max:
+            consumer = self.peers[self._request_rng.choice(self.online_consumers)]
+            self._start(consumer)
+        self.engine.after(self._request_rng.expovariate(self._lam_max), self._arrival)
+
+    def _start(self, consumer: SimPeer) -> None:
+        now = self.engine.now
+        ask = draw_ask(self._ask_rng, self.scenario)
+        self._next_request_id += 1
+        rid = self._next_request_id
+        record = RequestRecord(rid, consumer.peer_id, ask.model, now, ask.max_tokens, ask.stream)
+        self.obs.requests.append(record)
+        request_id = f"sim-{rid}"
+        body = {"model": ask.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": ask.max_tokens, "stream": ask.stream}
+        head = head_frame(RequestHead(request_id=request_id, path="/v1/chat/completions", body=body, timeout=self.scenario.load.timeout_s))
+        flight = Flight(record, consumer.idx, head, request_id, ask.prompt_tokens, now + self.scenario.load.timeout_s)
+        consumer.in_flight += 1
+        self.engine.at(flight.deadline, self._deadline, flight)
+        self._route(flight)
+
+    def _route(self, flight: Flight) -> None:
+        consumer = self.peers[flight.consumer]
+        now = self.engine.now
+        model = flight.record.model
+        self._catch_up(consumer, model)
+        ads = [e.ad for e in consumer.table.providers(model, now)]
+        if not ads and not flight.looked_up:
+            # Nobody known: ask the DHT once (dispatch.py), then fetch the found peers' ads.
+            flight.looked_up = True
+            self.counters["dht_lookups"] += 1
+            self.engine.after(cal.DHT_LOOKUP_S, self._looked_up, flight)
+            return
+        if not ads:
+            self._finish(flight, 404, "model_not_found")
+            return
+        paths = {ad.peer_id: self._path(consumer, self.by_id[ad.peer_id].idx) for ad in ads}
+        request = RouteRequest(model, expected_tokens=flight.record.max_tokens)
+        candidates = consumer.router.choose(ads, request, paths, EPOCH + now)
+        if not candidates:
+            self._finish(flight, 503, "no_provider_available")
+            return
+        flight.candidates = [self.by_id[c.peer_id].idx for c in candidates[: cal.MAX_ATTEMPTS]]
+        self._attempt(flight)
+
+    def _looked_up(self, flight: Flight) -> None:
+        if flight.done:
+            return
+        consumer = self.peers[flight.consumer]
+        now = self.engine.now
+        found = [p for p in self.providers_of[flight.record.model] if p.online and not p.draining and p.ads and self.topo.same_side(p.idx, consumer.idx)]
+        for p in sorted(found, key=lambda p: p.peer_id)[:5]:
+            ad = p.ads[-1][1]
+            if ad.seq > consumer.applied_seq.get(p.idx, 0):
+                consumer.applied_seq[p.idx] = ad.seq
+                try:
+                    consumer.table.apply(ad, now)
+                except AdRejected:
+                    pass
+        self._route(flight)
+
+    def _path(self, consumer: SimPeer, p: int) -> PathInfo:
+        conn = consumer.conns.get(p)
+        if conn is None or conn.dead:
+            return PathInfo()
+        relayed = conn.kind_at(self.engine.now) == "relayed"
+        return PathInfo(rtt=self._rtt_over(consumer.idx, p, conn), relayed=relayed)
+
+    def _rtt_over(self, c: int, p: int, conn: Conn) -> float:
+        if conn.kind_at(self.engine.now) == "relayed" and conn.relay is not None:
+            return self.topo.rtt(c, conn.relay) + self.topo.rtt(conn.relay, p)
+        return self.topo.rtt(c, p)
+
+    def _attempt(self, flight: Flight) -> None:
+        if flight.done:
+            return
+        now = self.engine.now
+        consumer = self.peers[flight.consumer]
+        if flight.tried >= len(flight.candidates) or now >= flight.deadline:
+            if now >= flight.deadline:
+                self._finish(flight, 504, "deadline_exceeded")
+            elif flight.busy:
+                self._finish(flight, 429, "providers_busy")
+            else:
+                self._finish(flight, 503, "no_provider_available")
+            return
+        p_idx = flight.candidates[flight.tried]
+        flight.tried += 1
+        flight.record.attempts += 1
+        flight.provider = p_idx
+        flight.record.provider = self.peers[p_idx].peer_id
+        provider = self.peers[p_idx]
+        conn = consumer.conns.get(p_idx)
+        if conn is not None and (conn.dead or conn.session != provider.session or not provider.online):
+            if provider.online and conn.session != provider.session:
+                # A restarted provider answers the old connection with a reset: retry at once.
+                consumer.conns.pop(p_idx, None)
+                self.counters["reset_retries"] += 1
+                conn = None
+            else:
+                # The far end vanished silently: the HEAD goes out and nothing ever comes back.
+                conn.dead = True
+                consumer.router.started(provider.peer_id)
+                flight.conn = conn
+                self.counters["silent_hangs"] += 1
+                return
+        if conn is None:
+            conn = self._dial(consumer, provider)
+            if conn is None:
+                return self._dial_failed(flight, provider)
+            consumer.conns[p_idx] = conn
+        consumer.router.started(provider.peer_id)
+        flight.conn = conn
+        conn.active.add(flight.record.id)
+        send_at = max(now, conn.ready) + self._one_way_over(consumer.idx, p_idx, conn, max(now, conn.ready))
+        self.engine.at(send_at, self._at_provider, flight, provider, conn)
+
+    def _one_way_over(self, c: int, p: int, conn: Conn, at: float) -> float:
+        if conn.kind_at(at) == "relayed" and conn.relay is not None:
+            return self.topo.one_way(c, conn.relay) + self.topo.one_way(conn.relay, p)
+        return self.topo.one_way(c, p)
+
+    def _dial(self, consumer: SimPeer, provider: SimPeer) -> Conn | None:
+        """A new connection, or None if the provider cannot be reached now."""
+        now = self.engine.now
+        topo = self.topo
+        c, p = consumer.idx, provider.idx
+        if not provider.online or not topo.same_side(c, p):
+            return None
+        handshake = cal.HANDSHAKE_MS / 1000
+        if topo.places[p].nat == PUBLIC or topo.loopback:
+            self.counters["dials_direct"] += 1
+            return Conn("direct", now + cal.HANDSHAKE_RTTS * topo.rtt(c, p) + handshake, provider.session)
+        relays = [r for r in provider.relays if self.peers[r].online and topo.same_side(c, r)]
+        if not relays:
+            return None
+        relay = consumer.rng.choice(relays)
+        ready = now + cal.HANDSHAKE_RTTS * topo.rtt(c, relay) + topo.rtt(relay, p) + cal.RELAY_DIAL_MS / 1000 + handshake
+        conn = Conn("relayed", ready, provider.session, relay=relay, expires=ready + cal.RELAY_CONNECTION_LIMIT_S)
+        self.counters["dials_relayed"] += 1
+        self.engine.at(conn.expires, self._relay_limit, consumer, p, conn)
+        c_nat = topo.places[c].nat
+        p_nat = topo.places[p].nat
+        # DCUtR: a public consumer is dialled back; two cone NATs punch, and it works often.
+        if c_nat == PUBLIC or (c_nat == CONE and p_nat == CONE and consumer.rng.random() < self.scenario.network.punch_success):
+            conn.direct_at = ready + consumer.rng.uniform(*cal.PUNCH_S)
+            self.counters["punches"] += 1
+        return conn
+
+    def _relay_limit(self, consumer: SimPeer, p_idx: int, conn: Conn) -> None:
+        """The relay's per-connection time limit: it cuts the connection, streams and all."""
+        if not conn.closed and conn.kind_at(self.engine.now) == "relayed":
+            self.counters["relay_cuts"] += 1
+            self._break(consumer, p_idx, conn, "the relay's time limit")
+
+    def _dial_failed(self, flight: Flight, provider: SimPeer) -> None:
+        consumer = self.peers[flight.consumer]
+        now = self.engine.now
+        self.counters["dial_failures"] += 1
+        if provider.online:
+            # Refused (a partition with resets) or no relay to carry it: quick.
+            delay = self.topo.rtt(consumer.idx, provider.idx) + cal.RELAY_DIAL_MS / 1000
+        elif self.topo.places[provider.idx].nat != PUBLIC and any(self.peers[r].online for r in provider.relays):
+            delay = self.topo.rtt(consumer.idx, provider.relays[0]) + cal.RELAY_DIAL_MS / 1000  # the relay: no reservation
+        else:
+            delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.deadline - now))  # a host that is gone: time out
+        flight.last_error = "provider_unreachable"
+        self.engine.after(delay, self._retry, flight, provider)
+
+    def _retry(self, flight: Flight, provider: SimPeer) -> None:
+        if flight.done:
+            return
+        self.peers[flight.consumer].router.failed(provider.peer_id, EPOCH + self.engine.now)
+        self._attempt(flight)
+
+    # -- the provider's side -----------------------------------------------------------------
+
+    def _at_provider(self, flight: Flight, provider: SimPeer, conn: Conn) -> None:
+        if flight.done or flight.conn is not conn:
+            return
+        now = self.engine.now
+        if conn.closed:
+            return self._cut(flight, "the connection closed")
+        if not provider.online or provider.session != conn.session:
+            conn.dead = True
+            conn.active.discard(flight.record.id)
+            self.counters["silent_hangs"] += 1
+            return  # nobody there: the request hangs until its deadline
+        reader = RequestReader()
+        head = reader.feed(flight.head)
+        assert head is not None and head.request_id == flight.request_id
+        if provider.draining:
+            return self._refused(flight, provider, conn, busy=False)
+        if len(provider.flights) >= CONCURRENCY:
+            return self._refused(flight, provider, conn, busy=True)
+        self._next_key += 1
+        flight.key = self._next_key
+        flight.arrived = now
+        flight.mark = provider.meter.begin(now)
+        provider.flights[flight.key] = flight
+        kind = provider.kind
+        scale = 8.0 / provider.gpu.params_b
+        ttft = kind.ttft_ms / 1000 / scale * max(1.0, provider.gpu.running / 4)
+        # Prefill counts as work at the single-stream rate: the stream's first token comes after it.
+        provider.gpu.start(now, flight.record.max_tokens + ttft * provider.gpu.rate(1), flight.key)
+        flight.first_byte = now + ttft
+        if flight.record.stream:
+            back = self._one_way_over(flight.consumer, provider.idx, conn, now)
+            flight.record.first_byte = now + ttft + back + cal.MESH_OVERHEAD_MS / 1000
+        self._schedule_gpu(provider)
+        self._ad_changed(provider)
+
+    def _refused(self, flight: Flight, provider: SimPeer, conn: Conn, *, busy: bool) -> None:
+        conn.active.discard(flight.record.id)
+        flight.busy |= busy
+        flight.last_error = "provider_busy" if busy else "provider_draining"
+        back = self._one_way_over(flight.consumer, provider.idx, conn, self.engine.now)
+        self.engine.after(back, self._retry_refused, flight, provider)
+
+    def _retry_refused(self, flight: Flight, provider: SimPeer) -> None:
+        if flight.done:
+            return
+        router = self.peers[flight.consumer].router
+        router.finished(provider.peer_id)
+        router.failed(provider.peer_id, EPOCH + self.engine.now)
+        self._attempt(flight)
+
+    def _schedule_gpu(self, provider: SimPeer) -> None:
+        when = provider.gpu.next_completion(self.engine.now)
+        if when is not None:
+            self.engine.at(when, self._gpu_tick, provider, provider.gpu.version)
+
+    def _gpu_tick(self, provider: SimPeer, version: int) -> None:
+        if provider.gpu.version != version:
+            return
+        provider.gpu.finish_due(self.engine.now, lambda key: self._served(provider, key))
+        self._schedule_gpu(provider)
+
+    def _served(self, provider: SimPeer, key: int) -> None:
+        flight = provider.flights.pop(key)
+        now = self.engine.now
+        gpu_s = provider.meter.end(flight.mark, now)
+        record = flight.record
+        receipt = Receipt(
+            request_id=flight.request_id,
+            consumer=self.peers[flight.consumer].peer_id,
+            provider=provider.peer_id,
+            model=provider.model,
+            prompt_tokens=flight.prompt_tokens,
+            completion_tokens=record.max_tokens,
+            gpus=1,
+            gpu_us=gpu_us_of(gpu_s),
+            start_ms=int((EPOCH + flight.arrived) * 1000),
+            end_ms=int((EPOCH + now) * 1000),
+        )
+        raw = encode_receipt(receipt)
+        info = EndInfo(
+            usage=Usage(prompt_tokens=flight.prompt_tokens, completion_tokens=record.max_tokens),
+            timings=Timings(first_byte_ms=(flight.first_byte - flight.arrived) * 1000, total_ms=(now - flight.arrived) * 1000),
+            receipt=pack_signed(raw, sign_receipt(provider.identity, raw)),
+        )
+        conn = flight.conn
+        back = self._one_way_over(flight.consumer, provider.idx, conn, now) + cal.MESH_OVERHEAD_MS / 1000
+        self.engine.after(back, self._at_consumer, flight, provider, end_frame(info))
+        self._ad_changed(provider)
+        self._maybe_drained(provider)
+
+    def _at_consumer(self, flight: Flight, provider: SimPeer, data: bytes) -> None:
+        if flight.done:
+            return
+        consumer = self.peers[flight.consumer]
+        if flight.conn is not None:
+            flight.conn.active.discard(flight.record.id)
+        [event] = ResponseReader().feed(data)
+        assert isinstance(event, ResponseEnd)
+        receipt, raw, _ = unpack_signed(event.info.receipt)
+        problem = expected_receipt_problem(receipt, consumer=consumer.peer_id, provider=provider.peer_id, request_id=flight.request_id, model=flight.record.model)
+        assert problem is None, problem
+        consumer.router.succeeded(provider.peer_id)
+        record = flight.record
+        record.tokens = event.info.usage.completion_tokens
+        record.path = flight.conn.kind_at(self.engine.now) if flight.conn else None
+        if record.first_byte is None:
+            record.first_byte = self.engine.now
+        provider.record.tokens += record.tokens
+        provider.record.requests += 1
+        self._finish(flight, 200, None)
+        cosig = cosign_receipt(consumer.identity, raw)
+        back = self._one_way_over(flight.consumer, provider.idx, flight.conn, self.engine.now)
+        self.engine.after(back, self._cosigned, provider, provider.session, receipt, raw, cosig)
+
+    def _cosigned(self, provider: SimPeer, session: int, receipt: Receipt, raw: bytes, cosig: bytes) -> None:
+        if not provider.online or provider.session != session:
+            return  # it left before the COSIGN arrived: no entry (the daemon counts a refusal)
+        check_cosignature(receipt, raw, cosig)
+        provider.log_seq += 1
+        entry = make_entry(provider.identity, provider.log_seq, provider.log_prev, raw, cosig)
+        provider.log_prev = entry.hash
+        provider.state.add(entry)
+        self.ledger.on_entry(provider, entry)
+
+    # -- endings ---------------------------------------------------------------------------------
+
+    def _finish(self, flight: Flight, status: int, code: str | None) -> None:
+        if flight.done:
+            return
+        flight.done = True
+        consumer = self.peers[flight.consumer]
+        consumer.in_flight -= 1
+        record = flight.record
+        record.ended = self.engine.now
+        record.status = status
+        record.code = code
+        if flight.provider is not None and consumer.router.outstanding.get(self.peers[flight.provider].peer_id):
+            consumer.router.finished(self.peers[flight.provider].peer_id)
+
+    def _deadline(self, flight: Flight) -> None:
+        if flight.done:
+            return
+        if flight.provider is not None:
+            provider = self.peers[flight.provider]
+            if provider.flights.get(flight.key) is flight:
+                # The consumer gives up and resets the stream; the provider stops.
+                provider.flights.pop(flight.key)
+                provider.meter.end(flight.mark, self.engine.now)
+                provider.gpu.drop(self.engine.now, {flight.key})
+                self._schedule_gpu(provider)
+        if flight.conn is not None:
+            flight.conn.active.discard(flight.record.id)
+        self._finish(flight, 504, "deadline_exceeded")
+
+    def _cut(self, flight: Flight, why: str) -> None:
+        """The stream broke under the request (relay gone, reset, provider shut down)."""
+        if flight.done:
+            return
+        provider = self.peers[flight.provider]
+        if provider.flights.get(flight.key) is flight:
+            provider.flights.pop(flight.key)
+            provider.meter.end(flight.mark, self.engine.now)
+            provider.gpu.drop(self.engine.now, {flight.key})
+            self._schedule_gpu(provider)
+        if flight.conn is not None:
+            flight.conn.active.discard(flight.record.id)
+        data_seen = flight.record.stream and flight.record.first_byte is not None and flight.record.first_byte <= self.engine.now
+        if data_seen:
+            self._finish(flight, 502, "provider_disconnected")
+        else:
+            # Nothing reached the client yet: the dispatcher tries the next provider.
+            self.engine.after(0.0, self._retry, flight, provider)
+
+    def _break(self, consumer: SimPeer, p_idx: int, conn: Conn, why: str) -> None:
+        """A connection closes under its requests: those at the provider are cut; those on the way find it closed."""
+        if consumer.conns.get(p_idx) is conn:
+            consumer.conns.pop(p_idx)
+        conn.closed = True
+        ids = sorted(conn.active)
+        conn.active.clear()
+        provider = self.peers[p_idx]
+        for flight in [f for f in provider.flights.values() if f.record.id in ids]:
+            self._cut(flight, why)
+
+    # == scenario events ==========================================================================
+
+    def _event(self, event) -> None:
+        now = self.engine.now
+        if event.kind == "flash_crowd":
+            self.obs.events.append((now, f"flash crowd ×{event.factor:g}"))
+        elif event.kind == "join":
+            for _ in range(event.count):
+                if self._join_queue:
+                    peer = self.peers[self._join_queue.pop(0)]
+                    self._come_online(peer)
+            self.obs.events.append((now, f"{event.count} provider(s) join"))
+        elif event.kind == "partition":
+            side = [0 if self.peers[i].city in event.side else 1 for i in range(len(self.peers))]
+            self.topo.partition(side)
+            for consumer in self.peers:
+                if consumer.role == CONSUMER:
+                    for p_idx, conn in sorted(consumer.conns.items()):
+                        if side[p_idx] != side[consumer.idx] or (conn.relay is not None and side[conn.relay] != side[consumer.idx]):
+                            self._break(consumer, p_idx, conn, "partition")
+            self.obs.events.append((now, f"partition: {'/'.join(event.side)} | rest"))
+        elif event.kind == "heal":
+            cut = self.topo.heal()
+            rng = stream(self.seed, "heal")
+            for a, b in cut:
+                self.engine.after(rng.uniform(0, cal.RECONNECT_S), self._relink, a, b)
+            for p in self.peers:
+                if p.role == PROVIDER and p.online and len(p.relays) < cal.RELAY_RESERVATIONS:
+                    self._rereserve(p, p.session)
+            self.ledger.healed()
+            self.obs.events.append((now, "heal"))
+        elif event.kind == "relay_loss":
+            live = [r for r in self.relays if r.online]
+            gone = stream(self.seed, "relay_loss", now).sample(live, round(len(live) * event.share))
+            for relay in gone:
+                self._leave(relay)
+            self.obs.events.append((now, f"{len(gone)} of {len(live)} relays lost"))
+
+    def _relink(self, a: int, b: int) -> None:
+        if self.topo.link(a, b):
+            pa, pb = self.peers[a], self.peers[b]
+            if pa.state is not None and pb.state is not None:
+                self.ledger.connected(pa, pb)
+
+
+def run_world(scenario: Scenario, seed: int) -> Observations:
+    """Simulate the scenario with this seed; what it observed."""
+    return World(scenario, seed).run()
+
