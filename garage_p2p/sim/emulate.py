@@ -42,7 +42,7 @@ from ..settings import Settings
 from ..store.bench_store import save_benchmark
 from .engine import stream
 from .hardware import CONCURRENCY, GPUS, STANDIN_DELAYS
-from .metrics import JoinRecord, Observations, ProviderRecord, RequestRecord
+from .metrics import JoinRecord, Observations, ProviderRecord, RequestRecord, percentile
 from .scenario import TWIN_GPU, Scenario, twin_scenario
 from .workload import Ask, draw_ask, peak_factor, rate_factor
 
@@ -61,6 +61,9 @@ LEDGER_QUIET = 3.0
 """Seconds every replica must have held every entry before the ledger counts as settled."""
 STOP_TIMEOUT = 20.0
 """Seconds the peers get to stop before they are cancelled."""
+LOOP_PROBE = 0.05
+LOOP_SATURATED = 0.1
+"""A p99 event-loop lag above this many seconds means the host, not the mesh, sets the figures."""
 PROMPT = "Tell me something about GPUs in garages."
 
 STANDIN = GPUS[TWIN_GPU]
@@ -233,12 +236,19 @@ class _LedgerWatch:
         want = len(self.authored)
         return all(len(self._seen.get(n.index, ())) >= want for n in self.nodes if n.peer is not None)
 
-    def lags(self) -> list[float]:
+    def lags(self, online_only: bool = False) -> list[float]:
+        """Arrival at a replica minus appearance at the author, per (entry, replica).
+
+        With ``online_only``, only replicas that were running when the entry
+        was written (a provider that joins later catches up on the whole
+        history, which is not propagation delay).
+        """
         return [
             max(0.0, at - self.authored[h])
             for h, replicas in self.arrived.items()
             if h in self.authored
-            for at in replicas.values()
+            for i, at in replicas.items()
+            if not online_only or (self.nodes[i].started or 0.0) <= self.authored[h]
         ]
 
     async def run(self) -> None:
@@ -405,6 +415,18 @@ async def _join(node: _Node, nodes: list[_Node], start_peer, t0: float, obs: Obs
     log(f"emulation: provider {node.peer_id[-8:]} joined at {node.started:.1f} s; " + (f"known by 99 % after {known_99:.2f} s" if known_99 is not None else f"not known by 99 % after {KNOWN_GIVE_UP:.0f} s"))
 
 
+async def _probe_loop(lags: list[float]) -> None:
+    """How late the event loop wakes a sleeper.
+
+    Every peer shares this one loop: once it is saturated (about 15-20 peers
+    on one core), every delay measured is the host's, not the mesh's.
+    """
+    while True:
+        due = trio.current_time() + LOOP_PROBE
+        await trio.sleep_until(due)
+        lags.append(trio.current_time() - due)
+
+
 async def _sample_online(nodes: list[_Node], t0: float, obs: Observations) -> None:
     step, k = obs.sample_s, 0
     while k * step < obs.duration_s:
@@ -451,8 +473,10 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
                 node.started -= t0
             client = _Client(http, t0, timeout)
             ledger = _LedgerWatch(nodes, t0)
+            loop_lags: list[float] = []
             async with trio.open_nursery() as monitors:
                 monitors.start_soon(ledger.run)
+                monitors.start_soon(_probe_loop, loop_lags)
                 monitors.start_soon(_sample_online, nodes, t0, obs)
                 async with trio.open_nursery() as work:
                     for node in nodes:
@@ -481,6 +505,11 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
     obs.joins.sort(key=lambda j: j.at)
     obs.events.sort()
     obs.ledger_lag = sorted(ledger.lags())
+    online = ledger.lags(online_only=True)
+    log(
+        f"emulation: ledger lag p50/p99 {_ms(percentile(obs.ledger_lag, 50))}/{_ms(percentile(obs.ledger_lag, 99))}; "
+        f"at replicas online when the entry was written {_ms(percentile(online, 50))}/{_ms(percentile(online, 99))}"
+    )
     obs.ledger_entries = len(ledger.authored)
     obs.ledger_replicas = len(nodes)
     for node in providers:
@@ -499,15 +528,24 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
             )
         )
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    lag_p50, lag_p99 = (percentile(loop_lags, q) or 0.0 for q in (50, 99))
+    if lag_p99 > LOOP_SATURATED:
+        log(f"emulation: WARNING the event loop was saturated (wake-up lag p50 {lag_p50 * 1000:.0f} ms, p99 {lag_p99 * 1000:.0f} ms): the timings are this host's, use fewer peers")
     obs.counters = {
         "real_peers": len(nodes),
         "providers": len(providers),
         "consumers": len(consumers),
         "emulator_cpu_ms": round(cpu * 1000),
         "emulator_wall_ms": round(wall * 1000),
+        "loop_lag_p50_ms": round(lag_p50 * 1000),
+        "loop_lag_p99_ms": round(lag_p99 * 1000),
     }
     log(f"emulation: done in {wall:.1f} s wall, {cpu:.1f} s CPU ({cpu / wall:.0%} of a core)")
     return obs
+
+
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def run_emulation(scenario: Scenario, seed: int, *, log: Callable[[str], None] = print) -> Observations:

@@ -113,8 +113,10 @@ class SimPeer:
     draining: bool = False
     relays: list[int] = field(default_factory=list)
     ad_seq: int = 0
-    ads: list[tuple[float, CapabilityAd, np.ndarray]] = field(default_factory=list)
-    """Recent ads: (published at, ad, gossip delay to each peer)."""
+    ads: list[tuple[float, CapabilityAd, list[int] | None]] = field(default_factory=list)
+    """Recent ads: (published at, ad, partition sides then or None when whole)."""
+    last_row: np.ndarray | None = None
+    """Gossip delays from it to every peer when it left (its last ads still travel)."""
     ad_content: tuple = ()
     last_ad: float = -1e9
     next_ad: float = 0.0

@@ -249,12 +249,13 @@ class World:
         neighbours = sorted(self.topo.neighbours[peer.idx])
         if not peer.online or peer.session != session or not neighbours:
             return
-        source = peer.rng.choice(neighbours)
+        source = self.peers[peer.rng.choice(neighbours)]
+        row = self.topo.gossip_delay(source.idx)
         now = self.engine.now
         for providers in self.providers_of.values():
             for p in providers:
-                for published, ad, delay in reversed(p.ads):
-                    if published + delay[source] <= now:
+                for published, ad, sides in reversed(p.ads):
+                    if published + self._ad_delay(p, source, row, published, sides) <= now:
                         if ad.seq > peer.applied_seq.get(p.idx, 0) and published + ad.ttl > now:
                             peer.applied_seq[p.idx] = ad.seq
                             try:
@@ -291,6 +292,8 @@ class World:
         peer.online = False
         if peer.record is not None:
             peer.record.online_s += max(0.0, min(now, self.scenario.sim.duration_s) - min(peer.online_since, self.scenario.sim.duration_s))
+        if peer.role == PROVIDER:
+            peer.last_row = self.topo.gossip_delay(peer.idx)
         former = self.topo.go_offline(peer.idx)
         self.engine.after(cal.HEARTBEAT_S, self.topo.repair, former)
         if peer.role == CONSUMER:
@@ -424,21 +427,30 @@ class World:
             peer.ad_content = content
             self.counters["ads_signed"] += 1
         peer.last_ad = now
-        peer.ads.append((now, ad, self.topo.gossip_delay(peer.idx)))
+        peer.ads.append((now, ad, self.topo.side if self.topo.split else None))  # side lists are replaced, never changed
         # Ads older than a TTL plus the slowest gossip can no longer be the newest to arrive.
         horizon = now - cal.AD_TTL_S - 10.0
         while len(peer.ads) > 2 and peer.ads[1][0] < horizon:
             peer.ads.pop(0)
 
+    def _ad_delay(self, p: SimPeer, to: SimPeer, row, published: float, sides: list[int] | None) -> float:
+        """Seconds an ad of ``p`` published at ``published`` took to reach ``to`` (inf: never).
+
+        ``row`` is the gossip delay from ``to`` to every peer now (the overlay is
+        undirected); a provider that left uses the delays from when it left."""
+        if published < to.online_since or (sides is not None and sides[p.idx] != sides[to.idx]):
+            return math.inf  # it was not there, or the partition stood between them
+        return row[p.idx] if p.online else p.last_row[to.idx]
+
     def _catch_up(self, consumer: SimPeer, model: str) -> None:
         """Apply to the consumer's table the newest ad of each provider that has reached it."""
         now = self.engine.now
         table = consumer.table
-        c = consumer.idx
         applied = consumer.applied_seq
+        row = self.topo.gossip_delay(consumer.idx)
         for p in self.providers_of[model]:
-            for published, ad, delay in reversed(p.ads):
-                arrival = published + delay[c]
+            for published, ad, sides in reversed(p.ads):
+                arrival = published + self._ad_delay(p, consumer, row, published, sides)
                 if arrival <= now:
                     if ad.seq > applied.get(p.idx, 0):
                         applied[p.idx] = ad.seq
