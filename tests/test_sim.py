@@ -30,6 +30,7 @@ def scenario(**overrides) -> Scenario:
             {"at_s": 300, "kind": "partition", "side": ["Göteborg", "Malmö"]},
             {"at_s": 500, "kind": "heal"},
             {"at_s": 650, "kind": "relay_loss", "share": 0.5},
+            {"at_s": 60, "kind": "job", "lines": 200, "shard_size": 10},
         ],
     }
     for key, value in overrides.items():
@@ -62,6 +63,9 @@ def test_no_request_is_lost_and_the_ledger_converges_after_the_heal():
     # Relayed and direct paths both carried answers; the relays were used.
     assert requests["direct"] > 0 and requests["relayed"] > 0
     assert summary["ledger"]["converged_after_heal_s"] is not None
+    # The batch job finished, every line once, though providers came and went.
+    [job] = summary["jobs"]
+    assert job["lines_done"] == job["lines"] == 200 and job["duration_s"] is not None
     # After the drain every online replica holds the same ledger.
     prints = {p.state.fingerprint() for p in world.replicas if p.online}
     assert len(prints) == 1

@@ -33,7 +33,7 @@ class Engine:
     def at(self, when: float, callback: Callable[..., Any], *args: Any) -> None:
         """Run ``callback(*args)`` at ``when`` (now, if ``when`` has passed)."""
         self._seq += 1
-        heapq.heappush(self._queue, (max(when, self.now), self._seq, callback, args))
+        heapq.heappush(self._queue, (float(max(when, self.now)), self._seq, callback, args))
 
     def after(self, delay: float, callback: Callable[..., Any], *args: Any) -> None:
         self.at(self.now + delay, callback, *args)

@@ -79,6 +79,28 @@ class ProviderRecord:
     """Requests it completed."""
 
 
+@dataclass(slots=True)
+class JobRecord:
+    """One batch job."""
+
+    job_id: str
+    """The job."""
+    model: str
+    """Its model."""
+    lines: int
+    """Lines submitted."""
+    submitted: float
+    """When it was submitted."""
+    finished: float | None = None
+    """When its last line's result arrived; None if never."""
+    lines_done: int = 0
+    """Lines with a result."""
+    leases: int = 0
+    """Shards leased (re-leases and duplicates included)."""
+    duplicates: int = 0
+    """Duplicate leases of a running shard (tail stealing)."""
+
+
 @dataclass
 class Observations:
     """Everything a run saw; ``summarize`` makes the figures."""
@@ -98,6 +120,7 @@ class Observations:
     """Replicas simulated (or real peers checked)."""
     ledger_entries: int = 0
     """Log entries written in the run."""
+    jobs: list[JobRecord] = field(default_factory=list)
     events: list[tuple[float, str]] = field(default_factory=list)
     """Scenario events as they happened (time, description)."""
     online: list[tuple[float, int, int]] = field(default_factory=list)
@@ -200,6 +223,10 @@ def summarize(obs: Observations) -> dict:
             "lag_s": {f"p{q}": _r(percentile(obs.ledger_lag, q)) for q in (50, 99)},
             "converged_after_heal_s": _r(obs.ledger_converged_after_heal, 2),
         },
+        "jobs": [
+            {"id": j.job_id, "model": j.model, "lines": j.lines, "lines_done": j.lines_done, "duration_s": _r(None if j.finished is None else j.finished - j.submitted, 3), "leases": j.leases, "duplicates": j.duplicates}
+            for j in obs.jobs
+        ],
         "events": [[_r(t, 3), what] for t, what in obs.events],
         "online": [[_r(t, 1), p, c] for t, p, c in obs.online],
         "counters": dict(sorted(obs.counters.items())),

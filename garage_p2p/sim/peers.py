@@ -110,6 +110,8 @@ class SimPeer:
     gpu: SharedGpu | None = None
     meter: GpuMeter | None = None
     flights: dict[int, Flight] = field(default_factory=dict)
+    batch: dict[int, tuple] = field(default_factory=dict)
+    """Batch lines on the GPU: key → (job token, started, meter mark, tokens)."""
     draining: bool = False
     relays: list[int] = field(default_factory=list)
     ad_seq: int = 0

@@ -239,6 +239,7 @@ def render_markdown(*, scenario: Scenario, seed: int, summary: dict, twin: dict 
     ]
     lines += _headline_section(summary)
     lines += _errors_section(summary)
+    lines += _jobs_section(summary)
     lines += _events_section(summary)
     lines += _counters_section(summary)
     lines += _plots_section(summary)
@@ -271,6 +272,15 @@ def _errors_section(summary: dict) -> list[str]:
         share = fmt_share(count / ended) if ended and _is_number(count) else DASH
         rows.append([DASH if status == "None" else _cell(status), DASH if code in ("", "None") else f"`{_cell(code)}`", fmt_count(count), share])
     return lines + _table(["Status", "Code", "Requests", "Share of ended"], rows, "llrr") + [""]
+
+
+def _jobs_section(summary: dict) -> list[str]:
+    """Batch jobs: lines done, how long, leases and tail-stealing duplicates."""
+    jobs = summary.get("jobs") or []
+    if not jobs:
+        return []
+    rows = [[f"`{_cell(str(j['id']))}`", _cell(str(j["model"])), fmt_count(j["lines"]), fmt_count(j["lines_done"]), fmt_seconds(j["duration_s"]), fmt_count(j["leases"]), fmt_count(j["duplicates"])] for j in jobs]
+    return ["## Batch jobs", "", *_table(["Job", "Model", "Lines", "Done", "Took", "Leases", "Duplicates"], rows, "llrrrrr"), ""]
 
 
 def _events_section(summary: dict) -> list[str]:

@@ -116,10 +116,16 @@ class LoadSection(_Section):
 class Event(_Section):
     at_s: float = Field(ge=0)
     """When it happens, seconds from the start."""
-    kind: Literal["flash_crowd", "partition", "heal", "relay_loss", "join"]
+    kind: Literal["flash_crowd", "partition", "heal", "relay_loss", "join", "job"]
     """What happens."""
     count: int = Field(default=1, ge=1, le=10_000)
     """join: providers (offline until now) that switch on."""
+    lines: int = Field(default=200, ge=1, le=100_000)
+    """job: lines in the batch a random online consumer submits."""
+    shard_size: int = Field(default=20, ge=1, le=1000)
+    """job: lines per shard."""
+    model: str | None = None
+    """job: the model (default: the scenario's first)."""
     factor: float = Field(default=10.0, gt=0, le=1000)
     """flash_crowd: request rate multiplier at the peak."""
     ramp_s: float = Field(default=60.0, ge=0)

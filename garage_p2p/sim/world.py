@@ -35,6 +35,7 @@ from ..core.routing import PathInfo, RouteRequest, Router
 from . import calibration as cal
 from .engine import Engine, stream
 from .hardware import CONCURRENCY, GPUS
+from .jobs_model import JobsNet
 from .ledger_model import LedgerNet
 from .metrics import JoinRecord, Observations, ProviderRecord, RequestRecord
 from .network import CONE, PUBLIC, SYMMETRIC, Place, Topology
@@ -66,6 +67,7 @@ class World:
             self.counters[name] = 0
         self._build_peers()
         self.ledger = LedgerNet(self)
+        self.jobs = JobsNet(self)
         self._request_rng = stream(seed, "requests")
         self._ask_rng = stream(seed, "asks")
         self._churn_rng = stream(seed, "churn")
@@ -73,6 +75,10 @@ class World:
         self._next_key = 0
         self.online_consumers: list[int] = []
         self._consumer_pos: dict[int, int] = {}
+
+    def rng(self, *names: object):
+        """An independent random stream of this run, for one purpose."""
+        return stream(self.seed, *names)
 
     # == building the peers ===================================================================
 
@@ -309,6 +315,8 @@ class World:
         """Power cut: nothing is said; its connections go silent (py-libp2p has no keepalive)."""
         self._leave(peer)
         if peer.gpu is not None:
+            peer.gpu.drop(self.engine.now, set(peer.batch))
+            peer.batch.clear()  # its leases expire at the submitters
             stuck = set(peer.flights)
             peer.gpu.drop(self.engine.now, stuck)
             for key in sorted(stuck):
@@ -326,7 +334,7 @@ class World:
         self._maybe_drained(peer)
 
     def _maybe_drained(self, peer: SimPeer) -> None:
-        if peer.draining and peer.online and not peer.flights:
+        if peer.draining and peer.online and not peer.flights and not peer.batch:
             self._drained(peer, peer.session)
 
     def _drained(self, peer: SimPeer, session: int) -> None:
@@ -336,6 +344,8 @@ class World:
         for key in sorted(peer.flights):
             flight = peer.flights[key]
             self._cut(flight, "the provider shut down")
+        peer.gpu.drop(self.engine.now, set(peer.batch))
+        peer.batch.clear()
         self._leave(peer)
         for consumer in self.peers:
             if consumer.role == CONSUMER:
@@ -663,7 +673,7 @@ class World:
         assert head is not None and head.request_id == flight.request_id
         if provider.draining:
             return self._refused(flight, provider, conn, busy=False)
-        if len(provider.flights) >= CONCURRENCY:
+        if len(provider.flights) + len(provider.batch) >= CONCURRENCY:
             return self._refused(flight, provider, conn, busy=True)
         self._next_key += 1
         flight.key = self._next_key
@@ -708,9 +718,37 @@ class World:
         provider.gpu.finish_due(self.engine.now, lambda key: self._served(provider, key))
         self._schedule_gpu(provider)
 
-    def _served(self, provider: SimPeer, key: int) -> None:
-        flight = provider.flights.pop(key)
+    def start_batch_line(self, provider: SimPeer, tokens: int, token: object) -> None:
+        """A batch line starts on the provider's GPU, beside interactive requests."""
         now = self.engine.now
+        self._next_key += 1
+        key = self._next_key
+        scale = 8.0 / provider.gpu.params_b
+        ttft = provider.kind.ttft_ms / 1000 / scale
+        provider.batch[key] = (token, now, provider.meter.begin(now), tokens)
+        provider.gpu.start(now, tokens + ttft * provider.gpu.rate(1), key)
+        self._schedule_gpu(provider)
+        self._ad_changed(provider)
+
+    def batch_receipt(self, provider: SimPeer, session: int, submitter: SimPeer, request_id: str, model: str, tokens: int, started: float, gpu_s: float) -> None:
+        """A batch line's receipt: signed by the provider, counter-signed by the submitter, then logged."""
+        now = self.engine.now
+        receipt = Receipt(request_id=request_id, consumer=submitter.peer_id, provider=provider.peer_id, model=model, prompt_tokens=0, completion_tokens=tokens, gpus=1, gpu_us=gpu_us_of(gpu_s), start_ms=int((EPOCH + started) * 1000), end_ms=int((EPOCH + now) * 1000))
+        raw = encode_receipt(receipt)
+        checked, raw, _ = unpack_signed(pack_signed(raw, sign_receipt(provider.identity, raw)))
+        cosig = cosign_receipt(submitter.identity, raw)
+        self.engine.after(self.topo.one_way(provider.idx, submitter.idx), self._cosigned, provider, session, checked, raw, cosig)
+
+    def _served(self, provider: SimPeer, key: int) -> None:
+        now = self.engine.now
+        if key in provider.batch:
+            token, started, mark, tokens = provider.batch.pop(key)
+            provider.record.tokens += tokens
+            self.jobs.line_done(provider, token, tokens, started, provider.meter.end(mark, now))
+            self._ad_changed(provider)
+            self._maybe_drained(provider)
+            return
+        flight = provider.flights.pop(key)
         gpu_s = provider.meter.end(flight.mark, now)
         record = flight.record
         receipt = Receipt(
@@ -837,6 +875,8 @@ class World:
         now = self.engine.now
         if event.kind == "flash_crowd":
             self.obs.events.append((now, f"flash crowd ×{event.factor:g}"))
+        elif event.kind == "job":
+            self.jobs.submit(event)
         elif event.kind == "join":
             for _ in range(event.count):
                 if self._join_queue:
