@@ -18,9 +18,16 @@ def single_exceptions() -> Iterator[None]:
         yield
     except BaseExceptionGroup as group:
         leaves = list(_leaves(group))
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
+        if len(leaves) != 1:
+            raise
+        leaf = leaves[0]
+        try:
+            raise leaf from None
+        finally:
+            # Raising inside the handler makes the group the leaf's context: a
+            # cycle (the group holds the leaf) that py-libp2p's error
+            # classification followed until RecursionError killed the host.
+            leaf.__context__ = None
 
 
 def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:

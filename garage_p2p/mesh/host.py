@@ -330,6 +330,12 @@ async def open_mesh(
                 yield mesh
             finally:
                 nursery.cancel_scope.cancel()
+                # The library starts a thread for its seen-messages cache and
+                # never stops it: a process that opens meshes one after another
+                # (tests, the simulator's emulation) kept one thread per mesh.
+                cache = getattr(pubsub, "seen_messages", None)
+                if cache is not None and hasattr(cache, "stop"):
+                    cache.stop()
 
 
 def gossip_sender(message) -> str:

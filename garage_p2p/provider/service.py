@@ -309,8 +309,11 @@ class ProviderService:
             # Reading the backend in its own task keeps a cancelled read (the
             # coalescing timer below) from tearing an httpx stream in half.
             async with chunks_send:
-                async for chunk in response.aiter_bytes():
-                    await chunks_send.send(chunk)
+                try:
+                    async for chunk in response.aiter_bytes():
+                        await chunks_send.send(chunk)
+                except trio.BrokenResourceError:
+                    pass  # the loop below stopped reading: the answer is over, nothing to pass on
 
         with single_exceptions():
             async with trio.open_nursery() as nursery:

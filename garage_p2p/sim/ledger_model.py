@@ -61,7 +61,7 @@ class LedgerNet:
                 continue
             d = delay[replica.idx]
             if math.isfinite(d):
-                world.engine.at(now + d + world.topo.rtt(replica.idx, author.idx), self._pull, replica, author)
+                world.engine.at(now + d + world.topo.rtt(replica.idx, author.idx) + cal.LEDGER_PULL_S, self._pull, replica, author)
 
     # -- replicas ---------------------------------------------------------------------
 

@@ -45,6 +45,10 @@ class Topology:
         self.loopback = loopback
         n = len(places)
         self._city_s = [[city_one_way_ms(a, b) / 1000 for b in cities] for a in cities]
+        # The same as arrays, to weigh every overlay link at once.
+        self._city_matrix = np.array(self._city_s, dtype=float)
+        self._city = np.array([p.city for p in places], dtype=np.int64)
+        self._access = np.array([p.access_s for p in places], dtype=float)
         self.neighbours: list[set[int]] = [set() for _ in range(n)]
         self.online = [False] * n
         self._online_list: list[int] = []
@@ -186,14 +190,14 @@ class Topology:
         return dist
 
     def _build_graph(self) -> csr_matrix:
-        hop = cal.GOSSIP_HOP_MS / 1000
-        rows: list[int] = []
-        cols: list[int] = []
-        weights: list[float] = []
-        for a in self._online_list:
-            for b in self.neighbours[a]:
-                rows.append(a)
-                cols.append(b)
-                weights.append(self.one_way(a, b) + hop)
+        rows = [a for a in self._online_list for _ in self.neighbours[a]]
+        cols = [b for a in self._online_list for b in self.neighbours[a]]
+        r = np.array(rows, dtype=np.int64)
+        c = np.array(cols, dtype=np.int64)
+        if self.loopback:
+            weights = np.zeros(len(rows))
+        else:
+            weights = self._access[r] + self._access[c] + self._city_matrix[self._city[r], self._city[c]]
+        weights = weights + cal.GOSSIP_HOP_MS / 1000
         n = len(self.places)
-        return csr_matrix((np.array(weights, dtype=float), (np.array(rows, dtype=np.int64), np.array(cols, dtype=np.int64))), shape=(n, n))
+        return csr_matrix((weights, (r, c)), shape=(n, n))

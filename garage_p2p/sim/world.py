@@ -63,7 +63,7 @@ class World:
         self.engine = Engine()
         self.obs = Observations(duration_s=scenario.sim.duration_s, sample_s=scenario.sim.sample_s)
         self.counters = self.obs.counters
-        for name in ("ads_signed", "ads_refreshed", "dials_direct", "dials_relayed", "dial_failures", "punches", "relay_cuts", "dht_lookups", "silent_hangs", "reset_retries"):
+        for name in ("ads_signed", "ads_refreshed", "dials_direct", "dials_relayed", "dial_failures", "punches", "relays_lost", "relay_time_cuts", "dht_lookups", "silent_hangs", "reset_retries"):
             self.counters[name] = 0
         self._build_peers()
         self.ledger = LedgerNet(self)
@@ -95,12 +95,14 @@ class World:
         lo, hi = sc.network.access_ms
         places: list[Place] = []
         self.peers: list[SimPeer] = []
+        # Exactly the share of providers asked for (a small mesh would drift far from it).
+        providers = set(rng.sample(range(n), min(n - 1, round(n * sc.peers.provider_share))))
         for i in range(n):
             city = rng.choices(range(len(cities)), weights=city_weights)[0]
             nat = rng.choices(nats, weights=nat_weights)[0]
             places.append(Place(city, rng.uniform(lo, hi) / 1000, nat))
-            role = PROVIDER if rng.random() < sc.peers.provider_share else CONSUMER
-            if nat == PUBLIC and rng.random() < sc.peers.relay_share:
+            role = PROVIDER if i in providers else CONSUMER
+            if role == CONSUMER and nat == PUBLIC and rng.random() < sc.peers.relay_share:
                 role = RELAY
             identity = Identity.from_seed(stream(seed, "identity", i).randbytes(32))
             peer = SimPeer(i, identity, identity.peer_id, role, cities[city], stream(seed, "peer", i))
@@ -240,7 +242,7 @@ class World:
         if peer.role == PROVIDER:
             self._reserve_relays(peer)
             peer.next_ad = now
-            self.engine.at(now if initial else now + cal.GOSSIP_SETTLE_S, self._ad_tick, peer, peer.session, peer.ad_version)
+            self.engine.at(now if initial else now + cal.JOIN_FIRST_AD_S, self._ad_tick, peer, peer.session, peer.ad_version)
         if peer.state is not None:
             self.ledger.start_anti_entropy(peer)
             for n in sorted(self.topo.neighbours[peer.idx]):
@@ -248,7 +250,7 @@ class World:
                 if other.state is not None and not initial:
                     self.ledger.connected(peer, other)
         if not initial:
-            self.engine.after(cal.GOSSIP_SETTLE_S, self._joined, peer, now)
+            self.engine.after(cal.JOIN_FIRST_AD_S, self._joined, peer, now)
 
     def _fetch_table(self, peer: SimPeer, session: int) -> None:
         """A neighbour serves its table: the newest ad of each provider that reached it."""
@@ -361,7 +363,7 @@ class World:
         peer.relays = sorted(peer.rng.sample(live, min(cal.RELAY_RESERVATIONS, len(live))))
 
     def _relay_gone(self, relay: SimPeer) -> None:
-        self.counters["relay_cuts"] += 1
+        self.counters["relays_lost"] += 1
         for consumer in self.peers:
             if consumer.role != CONSUMER:
                 continue
@@ -424,13 +426,13 @@ class World:
     def _publish_ad(self, peer: SimPeer) -> None:
         now = self.engine.now
         peer.ad_seq += 1
-        models = () if peer.draining else (self._offer(peer),)
         addrs = self._addrs(peer)
-        content = (models, addrs)
+        content = (peer.draining, peer.gpu.running, len(peer.flights), addrs)
         if peer.ads and content == peer.ad_content:
             ad = peer.ads[-1][1].model_copy(update={"seq": peer.ad_seq, "issued_at": EPOCH + now})
             self.counters["ads_refreshed"] += 1
         else:
+            models = () if peer.draining else (self._offer(peer),)
             spec = GpuSpec(name=peer.gpu_name, vram_mib=int(peer.kind.vram_gib * 1024))
             unsigned = make_ad(peer.identity, seq=peer.ad_seq, now=EPOCH + now, ttl=cal.AD_TTL_S, addrs=addrs, models=models, version=VERSION, hardware=Hardware(gpus=(spec,)), region=region_of(peer.city))
             ad = open_ad(sign_ad(peer.identity, unsigned), EPOCH + now)
@@ -632,7 +634,7 @@ class World:
     def _relay_limit(self, consumer: SimPeer, p_idx: int, conn: Conn) -> None:
         """The relay's per-connection time limit: it cuts the connection, streams and all."""
         if not conn.closed and conn.kind_at(self.engine.now) == "relayed":
-            self.counters["relay_cuts"] += 1
+            self.counters["relay_time_cuts"] += 1
             self._break(consumer, p_idx, conn, "the relay's time limit")
 
     def _dial_failed(self, flight: Flight, provider: SimPeer) -> None:
