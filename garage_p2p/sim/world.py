@@ -460,16 +460,22 @@ class World:
         table = consumer.table
         applied = consumer.applied_seq
         row = self.topo.gossip_delay(consumer.idx)
+        since = consumer.online_since
+        c = consumer.idx
         for p in self.providers_of[model]:
+            last = applied.get(p.idx, 0)
             for published, ad, sides in reversed(p.ads):
-                arrival = published + self._ad_delay(p, consumer, row, published, sides)
+                if ad.seq <= last or published < since:
+                    break  # what we hold is as new, or it went out before we were there
+                if sides is not None and sides[p.idx] != sides[c]:
+                    continue  # the partition stood between us
+                arrival = published + (row[p.idx] if p.online else p.last_row[c])
                 if arrival <= now:
-                    if ad.seq > applied.get(p.idx, 0):
-                        applied[p.idx] = ad.seq
-                        try:
-                            table.apply(ad, arrival)
-                        except AdRejected:
-                            pass
+                    applied[p.idx] = ad.seq
+                    try:
+                        table.apply(ad, arrival)
+                    except AdRejected:
+                        pass
                     break
         table.expire(now)
 
@@ -518,7 +524,8 @@ class World:
         if not ads:
             self._finish(flight, 404, "model_not_found")
             return
-        paths = {ad.peer_id: self._path(consumer, self.by_id[ad.peer_id].idx) for ad in ads}
+        # Only providers we hold a connection to have a measured path; the rest are unknown (PathInfo()).
+        paths = {self.peers[p].peer_id: self._path(consumer, p) for p in consumer.conns}
         request = RouteRequest(model, expected_tokens=flight.record.max_tokens)
         candidates = consumer.router.choose(ads, request, paths, EPOCH + now)
         if not candidates:
