@@ -32,6 +32,8 @@ from .core.capabilities import Benchmark, Load, ModelOffer, PeerTable
 from .core.identity import Identity
 from .core.messages import PROTOCOL_OPENAI
 from .gateway.app import create_app
+from .gateway.auth import Gatekeeper, is_loopback
+from .store.keys import KeyStore
 from .gateway.dispatch import Dispatcher
 from .jobs.submitter import JobManager
 from .jobs.worker import JobWorker
@@ -51,7 +53,7 @@ from .runtime.model_dirs import resolve_model
 from .runtime.hardware import detect_hardware, driver_version
 from .runtime.model_runtime import ModelRuntime
 from .runtime.podman_service import open_podman
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
 from .store.known_peers import KnownPeers
@@ -366,9 +368,24 @@ async def _closing(ledger: Ledger) -> AsyncIterator[None]:
             await ledger.aclose()
 
 
+def open_gate(settings: Settings) -> Gatekeeper:
+    """The endpoint's key check; SettingsError if it would be open to the network without keys."""
+    keys = KeyStore(settings.home / "keys.sqlite")
+    required = settings.require_keys or not is_loopback(settings.api_host)
+    if required and keys.active_count() == 0:
+        keys.close()
+        where = "" if settings.require_keys and is_loopback(settings.api_host) else f" listens on {settings.api}, not loopback, so it"
+        raise SettingsError(
+            f"the endpoint{where} needs API keys and {settings.home} has none: create one with "
+            f"`garage keys create --home {settings.home}`, or keep --api on 127.0.0.1"
+        )
+    return Gatekeeper(keys, required=required, where=settings.api)
+
+
 @asynccontextmanager
 async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     """Run a peer until the context exits; call ``Peer.shutdown`` first to drain."""
+    gate = open_gate(settings)
     identity, created = load_or_create_identity(settings.home)
     if created:
         log.info("created a new identity %s in %s", identity.peer_id, settings.home)
@@ -488,7 +505,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             peer_id=identity.peer_id,
             max_body_bytes=settings.max_body_bytes,
             request_timeout=settings.request_timeout,
+            gate=gate,
         )
+        await nursery.start(gate.serve)
         bound = await nursery.start(_serve_http, app, settings, peer._http_stop)
         peer.api_url = (bound[0] if bound else f"http://{settings.api}").rstrip("/") + "/v1"
         _write_run_file(peer)

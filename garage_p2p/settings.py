@@ -55,6 +55,8 @@ class Settings(BaseModel):
     """Kademlia role: servers hold records; peers behind NAT should be clients."""
     region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
     """Self-declared location advertised to the mesh, e.g. ``se-sto``."""
+    require_keys: bool = False
+    """Ask for an API key even on a loopback endpoint (any other address always does)."""
     relay: bool = False
     """Offer a circuit relay to peers behind NAT (for publicly reachable peers; on for bootstrap nodes)."""
     runtime_model: Path | None = None

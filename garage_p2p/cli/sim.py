@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from .client import JsonOption
-from .common import fail
+from .common import fail, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The network simulator: scenarios in simulations/, reports with figures and plots.")
 
@@ -31,6 +31,7 @@ def run(
         sc = load_scenario(scenario)
     except ScenarioError as exc:
         fail(str(exc))
+    setup_logging("WARNING")  # the emulation's daemons: our warnings, not py-libp2p's shutdown noise
     seed = sc.sim.seed if seed is None else seed
     out = out if out is not None else Path("sim-out") / sc.sim.name
     log = (lambda *_: None) if json_out else (lambda message: typer.echo(message, err=True))

@@ -25,6 +25,7 @@ from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.messages import ENDPOINT_PATHS, ErrorInfo, RequestHead, dumps, error_body, error_info
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
+from .auth import ANONYMOUS, Gatekeeper, Refused, is_loopback
 from .bodies import BadRequest, invalid_request, read_json_body
 from .jobs_api import job_routes
 from .dispatch import Dispatcher, DispatchFailed
@@ -79,8 +80,19 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
     return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
 
 
-def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_body_bytes: int, request_timeout: float) -> Starlette:
+def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_body_bytes: int, request_timeout: float, gate: Gatekeeper) -> Starlette:
     async def completions(request: Request) -> Response:
+        try:
+            grant = gate.admit(request.headers.get("authorization"))
+        except Refused as exc:
+            return error_response(exc.info)
+        exchange = None
+
+        def settle() -> None:
+            # The key's token budget is charged with what the provider reported.
+            end = exchange.end if exchange is not None else None
+            gate.finish(grant, end.usage if end is not None else None)
+
         path = request.url.path
         request_id = f"req-{uuid.uuid4().hex[:24]}"
         try:
@@ -88,18 +100,24 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
             model = validate_body(path, body)
             route = route_request(request, model, body)
         except BadRequest as exc:
+            settle()
             return error_response(exc.info)
         except ClientDisconnect:
+            settle()
             return Response(status_code=499)
         head = RequestHead(request_id=request_id, path=path, body=body, timeout=request_timeout)
         try:
             started = await dispatcher.start(head, route)
         except DispatchFailed as exc:
+            settle()
             return error_response(exc.info, {"x-request-id": request_id})
         exchange = started.exchange
         headers = {"x-garage-provider": exchange.provider, "x-request-id": request_id}
         if not head.stream:
-            return await _collect(exchange, started.first, headers)
+            try:
+                return await _collect(exchange, started.first, headers)
+            finally:
+                settle()
 
         async def events() -> AsyncIterator[bytes]:
             try:
@@ -116,6 +134,7 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
                     event = await exchange.next_event()
             finally:
                 await exchange.aclose()
+                settle()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
@@ -155,8 +174,24 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
         log.exception("internal error on %s", request.url.path)
         return error_response(error_info(500, "internal error in the garage peer", type="server_error", code="internal_error"))
 
+    def gated(endpoint):
+        """The same key check for every route but /health (counted as a request, no tokens)."""
+
+        async def run(request: Request) -> Response:
+            # The peer's own CLI calls /garage/v1/* from this machine: no key needed for that.
+            local_admin = request.url.path.startswith("/garage/") and request.client is not None and is_loopback(request.client.host)
+            try:
+                grant = ANONYMOUS if local_admin else gate.admit(request.headers.get("authorization"))
+            except Refused as exc:
+                return error_response(exc.info)
+            try:
+                return await endpoint(request)
+            finally:
+                gate.finish(grant, None)
+
+        return run
+
     routes = [Route(p, completions, methods=["POST"]) for p in ENDPOINT_PATHS]
-    routes += [Route("/v1/models", list_models, methods=["GET"]), Route("/health", health, methods=["GET"])]
-    routes += admin_routes(admin, dispatcher)
-    routes += job_routes(lambda: admin.jobs)
+    routes += [Route("/v1/models", gated(list_models), methods=["GET"]), Route("/health", health, methods=["GET"])]
+    routes += [Route(r.path, gated(r.endpoint), methods=r.methods) for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)]
     return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})

@@ -833,19 +833,22 @@ class World:
         if flight.provider is not None and consumer.router.outstanding.get(self.peers[flight.provider].peer_id):
             consumer.router.finished(self.peers[flight.provider].peer_id)
 
-    def _deadline(self, flight: Flight) -> None:
-        if flight.done:
-            return
+    def _stop_at_provider(self, flight: Flight) -> None:
+        """The stream is gone: the provider stops generating for it, and the connection forgets it."""
         if flight.provider is not None:
             provider = self.peers[flight.provider]
             if provider.flights.get(flight.key) is flight:
-                # The consumer gives up and resets the stream; the provider stops.
                 provider.flights.pop(flight.key)
                 provider.meter.end(flight.mark, self.engine.now)
                 provider.gpu.drop(self.engine.now, {flight.key})
                 self._schedule_gpu(provider)
         if flight.conn is not None:
             flight.conn.active.discard(flight.record.id)
+
+    def _deadline(self, flight: Flight) -> None:
+        if flight.done:
+            return
+        self._stop_at_provider(flight)  # the consumer gives up and resets the stream
         self._finish(flight, 504, "deadline_exceeded")
 
     def _cut(self, flight: Flight, why: str) -> None:
@@ -853,13 +856,7 @@ class World:
         if flight.done:
             return
         provider = self.peers[flight.provider]
-        if provider.flights.get(flight.key) is flight:
-            provider.flights.pop(flight.key)
-            provider.meter.end(flight.mark, self.engine.now)
-            provider.gpu.drop(self.engine.now, {flight.key})
-            self._schedule_gpu(provider)
-        if flight.conn is not None:
-            flight.conn.active.discard(flight.record.id)
+        self._stop_at_provider(flight)
         data_seen = flight.record.stream and flight.record.first_byte is not None and flight.record.first_byte <= self.engine.now
         if data_seen:
             self._finish(flight, 502, "provider_disconnected")

@@ -1,0 +1,145 @@
+"""Who may use the endpoint: API keys, their limits and their usage.
+
+On a loopback endpoint keys are optional: a request without one (or with a
+token that is not one of ours, such as the ``api_key="unused"`` many clients
+need) is served without limits; one with a key is held to that key's limits.
+When the endpoint listens on any other address, or ``require_keys`` is set,
+every request needs an active key. A key that is unknown, wrong or revoked
+is a 401; a key over its limits is a 429 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+
+from ..core.limits import Limiter
+from ..core.messages import ErrorInfo, Usage, error_info
+from ..store.keys import ApiKey, KeyStore, Usage as KeyUsage, looks_like_key
+
+log = logging.getLogger(__name__)
+
+CACHE_S = 1.0
+"""How long a checked key is trusted before the store is read again (a revocation takes at most this long)."""
+FLUSH_S = 2.0
+"""Usage is written to the store this often."""
+MAX_CACHED = 10_000
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and ``localhost``."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Refused(Exception):
+    """The request may not go on; ``info`` is the OpenAI error to answer with."""
+
+    def __init__(self, info: ErrorInfo) -> None:
+        super().__init__(info.error.message)
+        self.info = info
+
+
+@dataclass(frozen=True, slots=True)
+class Pass:
+    """A request let in: by which key (None: anonymous, on loopback)."""
+
+    key_id: str | None
+
+
+ANONYMOUS = Pass(None)
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, token = authorization.strip().partition(" ")
+    return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class Gatekeeper:
+    def __init__(self, store: KeyStore | None, *, required: bool, where: str, clock: Callable[[], float] = time.monotonic) -> None:
+        self.store = store
+        self.required = required
+        self.where = where
+        """The endpoint's address, for error messages."""
+        self._clock = clock
+        self._cache: dict[str, tuple[ApiKey | None, float]] = {}
+        self._limiter = Limiter()
+        self._usage: dict[str, KeyUsage] = {}
+
+    def _lookup(self, token: str) -> ApiKey | None:
+        now = self._clock()
+        cached = self._cache.get(token)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        key = self.store.check(token) if self.store is not None else None
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[token] = (key, now + CACHE_S)
+        return key
+
+    def admit(self, authorization: str | None) -> Pass:
+        """Let the request in, or raise Refused (401, 429)."""
+        token = bearer_token(authorization)
+        if token is None or not looks_like_key(token):
+            if self.required:
+                raise Refused(error_info(401, f"You didn't provide an API key. The endpoint at {self.where} needs one: send `Authorization: Bearer gk-…` (create a key with `garage keys create`).", type="invalid_request_error", code="invalid_api_key"))
+            return ANONYMOUS
+        key = self._lookup(token)
+        if key is None:
+            shown = token[:11] + "…" if len(token) > 11 else token
+            raise Refused(error_info(401, f"Incorrect API key provided: {shown}. It is unknown here or revoked; `garage keys list` shows the keys of this peer.", type="invalid_request_error", code="invalid_api_key"))
+        verdict = self._limiter.admit(key.id, key.limits, self._clock())
+        if not verdict.ok:
+            self._count(key.id, refused=1)
+            raise Refused(error_info(429, f"Rate limit reached for key {key.id} on {verdict.limit}. Try again in {verdict.retry_after:.1f} s.", type="rate_limit_error", code="rate_limit_exceeded", retry_after=max(1.0, verdict.retry_after)))
+        self._count(key.id, requests=1)
+        return Pass(key.id)
+
+    def finish(self, grant: Pass, usage: Usage | None) -> None:
+        """An admitted request ended; ``usage`` as the provider reported it (None: unknown or failed)."""
+        if grant.key_id is None:
+            return
+        prompt = usage.prompt_tokens if usage else 0
+        completion = usage.completion_tokens if usage else 0
+        self._limiter.done(grant.key_id, prompt + completion, self._clock())
+        self._count(grant.key_id, prompt_tokens=prompt, completion_tokens=completion)
+
+    def _count(self, key_id: str, *, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0, refused: int = 0) -> None:
+        old = self._usage.get(key_id, KeyUsage())
+        self._usage[key_id] = KeyUsage(
+            old.requests + requests,
+            old.prompt_tokens + prompt_tokens,
+            old.completion_tokens + completion_tokens,
+            old.refused + refused,
+            time.time(),
+        )
+
+    async def flush(self) -> None:
+        if self._usage and self.store is not None:
+            batch, self._usage = self._usage, {}
+            await trio.to_thread.run_sync(self.store.add_usage, batch)
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        """Write usage every few seconds (and once more on the way out)."""
+        task_status.started()
+        try:
+            while True:
+                await trio.sleep(FLUSH_S)
+                await self.flush()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.flush()
+            if self.store is not None:
+                self.store.close()
