@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from .core.capabilities import Benchmark, Load, ModelOffer, PeerTable
 from .core.identity import Identity
 from .core.messages import PROTOCOL_OPENAI
 from .gateway.app import create_app
+from .core.limits import Limits
 from .gateway.auth import Gatekeeper, is_loopback
 from .store.keys import KeyStore
 from .gateway.dispatch import Dispatcher
@@ -368,6 +370,26 @@ async def _closing(ledger: Ledger) -> AsyncIterator[None]:
             await ledger.aclose()
 
 
+CONTRIBUTORS_EVERY = 5.0
+"""Seconds between recomputations of who gave the mesh more GPU time than it used."""
+
+
+def _contributors(ledger: Ledger) -> Callable[[str], bool]:
+    """Whether a peer's ledger balance is positive, from balances at most a few seconds old."""
+    cached: dict[str, bool] = {}
+    at = -math.inf
+
+    def contributor(peer_id: str) -> bool:
+        nonlocal cached, at
+        now = time.monotonic()
+        if now - at > CONTRIBUTORS_EVERY:
+            cached = {p: b.net_gpu_us > 0 and not b.flagged for p, b in ledger.state.balances().items()}
+            at = now
+        return cached.get(peer_id, False)
+
+    return contributor
+
+
 def open_gate(settings: Settings) -> Gatekeeper:
     """The endpoint's key check; SettingsError if it would be open to the network without keys."""
     keys = KeyStore(settings.home / "keys.sqlite")
@@ -430,6 +452,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             identity=identity,
             receipts=ledger,
             max_concurrency=settings.max_concurrency,
+            peer_limits=Limits(tpm=settings.peer_tpm, concurrency=settings.peer_concurrency or max(1, settings.max_concurrency // 2)),
+            contributor=_contributors(ledger),
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
         )
         mesh.host.set_stream_handler(PROTOCOL_OPENAI, provider.handle_stream)

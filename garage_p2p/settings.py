@@ -40,7 +40,11 @@ class Settings(BaseModel):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     """Largest request body the endpoint accepts."""
     max_concurrency: int = Field(default=64, ge=1)
-    """Requests this peer serves at once; more get 429."""
+    """Requests this peer serves at once, for all consumers together."""
+    peer_concurrency: int | None = Field(default=None, ge=1)
+    """Requests one consumer peer may have served at once (default: half of max_concurrency)."""
+    peer_tpm: int | None = Field(default=None, ge=1)
+    """Tokens per minute one consumer peer may use here (default: unlimited)."""
     ad_interval: float = Field(default=5.0, gt=0)
     """Seconds between capability ads."""
     ad_ttl: float = Field(default=20.0, gt=0, le=300)

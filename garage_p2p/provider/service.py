@@ -20,6 +20,8 @@ import trio
 
 from ..core.coalesce import Coalescer
 from ..core.errors import PeerFault
+from ..core.admission import Admission, Outcome
+from ..core.limits import Limits
 from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
@@ -60,6 +62,14 @@ class _Metering:
     start_ms: int
     receipt: bytes | None = None
     """The receipt bytes signed into the END frame, if any."""
+    tokens: int = 0
+    """Prompt + completion tokens the backend reported (charged to the consumer's rate)."""
+
+
+LOCAL = "local"
+"""The admission party of requests from this peer itself (its own users and job lines)."""
+QUEUE_WAIT = 2.0
+"""Seconds a request waits for a slot before a 429: the consumer would rather try another provider."""
 
 
 class ProviderService:
@@ -71,6 +81,8 @@ class ProviderService:
         identity: Identity | None = None,
         receipts: ReceiptSink | None = None,
         max_concurrency: int = 64,
+        peer_limits: Limits = Limits(),
+        contributor: Callable[[str], bool] = lambda peer: False,
         max_head_bytes: int = 4 * 1024 * 1024 + 64 * 1024,
         coalesce_delay: float = 0.020,
         coalesce_bytes: int = 16 * 1024,
@@ -82,6 +94,11 @@ class ProviderService:
         self.meters: dict[str, GpuMeter] = {}
         """Time-weighted GPU accounting per backend."""
         self.max_concurrency = max_concurrency
+        self.admission = Admission(max_concurrency, peer_limits)
+        """Slots shared among consumer peers: per-peer limits, a fair line, contributors first."""
+        self.contributor = contributor
+        """Whether a peer gave the mesh more GPU time than it used (its ledger balance)."""
+        self._started: dict[object, trio.Event] = {}
         self.max_head_bytes = max_head_bytes
         self.coalesce_delay = coalesce_delay
         self.coalesce_bytes = coalesce_bytes
@@ -188,12 +205,55 @@ class ProviderService:
         if backend is None or not backend.healthy:
             await send(error_frame(error_info(404, f"this provider does not serve model {model!r}", type="invalid_request_error", param="model", code="model_not_found", retryable=True)))
             return None
-        if self.in_flight >= self.max_concurrency:
-            await send(error_frame(error_info(429, "provider is at its concurrency limit", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=1.0)))
+        party = consumer or LOCAL
+        refusal = await self._admit(party)
+        if refusal is not None:
+            await send(error_frame(refusal))
             return None
         meter = self.meters.setdefault(backend.name, GpuMeter(backend.gpus))
         meter.gpus = backend.gpus
-        metering = _Metering(consumer if self.receipts is not None else None, meter, meter.begin(start), int(time.time() * 1000))
+        # GPU time counts from admission; the request's timings (queue_ms) from its arrival.
+        metering = _Metering(consumer if self.receipts is not None else None, meter, meter.begin(trio.current_time()), int(time.time() * 1000))
+        try:
+            return await self._serve_admitted(head, send, backend, metering, start)
+        finally:
+            self._release(party, metering.tokens)
+
+    def _release(self, party: str, tokens: int) -> None:
+        """A slot of ``party`` frees: start whoever the line says is next."""
+        for ticket in self.admission.release(party, tokens, trio.current_time()):
+            self._started.pop(ticket).set()
+
+    async def _admit(self, party: str) -> ErrorInfo | None:
+        """A slot now, or after a wait in line (QUEUE_WAIT at most); else the error to answer with."""
+        ticket = object()
+        contributor = party == LOCAL or self.contributor(party)
+        decision = self.admission.request(party, ticket, trio.current_time(), contributor=contributor)
+        if decision.outcome is Outcome.REFUSE:
+            verdict = decision.verdict
+            return error_info(429, f"provider limit reached for this peer: {verdict.limit}", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=max(1.0, verdict.retry_after))
+        if decision.outcome is Outcome.START:
+            return None
+        started = self._started[ticket] = trio.Event()
+        try:
+            with trio.move_on_after(QUEUE_WAIT):
+                await started.wait()
+        except BaseException:
+            # Cancelled in line (the stream broke, the peer stops): give the place, or the slot, back.
+            if started.is_set():
+                self._release(party, 0)
+            else:
+                self._started.pop(ticket, None)
+                self.admission.cancel(ticket)
+            raise
+        if started.is_set():
+            return None
+        self._started.pop(ticket, None)
+        self.admission.cancel(ticket)
+        return error_info(429, f"provider is at its concurrency limit ({self.max_concurrency} requests)", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=1.0)
+
+    async def _serve_admitted(self, head: RequestHead, send: SendFrame, backend: Backend, metering: _Metering, start: float) -> bytes | None:
+        meter = metering.meter
         self.in_flight += 1
         self.in_flight_by_model[backend.name] = self.in_flight_by_model.get(backend.name, 0) + 1
         self._idle = trio.Event() if self.in_flight == 1 else self._idle
@@ -261,6 +321,7 @@ class ProviderService:
         """End the request's GPU metering; for a remote consumer, the signed receipt for END."""
         gpu_seconds = metering.meter.end(metering.mark, trio.current_time())
         metering.mark = -1.0
+        metering.tokens = (usage.prompt_tokens + usage.completion_tokens) if usage else 0
         if metering.consumer is None or self.identity is None:
             return None
         end_ms = max(metering.start_ms, int(time.time() * 1000))
