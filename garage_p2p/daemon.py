@@ -34,6 +34,8 @@ from .core.identity import Identity
 from .core.messages import PROTOCOL_OPENAI
 from .gateway.app import create_app
 from .core.limits import Limits
+from .core.peer_filter import PeerFilter
+from .core.swarm_key import SwarmKeyError, fingerprint, parse_key
 from .gateway.auth import Gatekeeper, is_loopback
 from .store.keys import KeyStore
 from .gateway.dispatch import Dispatcher
@@ -390,6 +392,21 @@ def _contributors(ledger: Ledger) -> Callable[[str], bool]:
     return contributor
 
 
+def _swarm_key(settings: Settings) -> bytes | None:
+    """The private mesh's key, or None for the open mesh; SettingsError for an unusable file."""
+    path = settings.swarm_key_path()
+    if path is None:
+        return None
+    try:
+        key = parse_key(path.read_text())
+    except OSError as exc:
+        raise SettingsError(f"cannot read the swarm key {path}: {exc.strerror or exc}") from None
+    except SwarmKeyError as exc:
+        raise SettingsError(f"{path}: {exc} (`garage swarm-key create` writes a new one)") from None
+    log.info("private mesh: swarm key %s (fingerprint %s)", path, fingerprint(key))
+    return key
+
+
 def open_gate(settings: Settings) -> Gatekeeper:
     """The endpoint's key check; SettingsError if it would be open to the network without keys."""
     keys = KeyStore(settings.home / "keys.sqlite")
@@ -415,7 +432,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     hardware = await trio.to_thread.run_sync(detect_hardware)
     known = KnownPeers(settings.home / "peers.sqlite")
     limits = httpx.Limits(max_connections=settings.max_concurrency + 8, max_keepalive_connections=settings.max_concurrency)
-    table = PeerTable(self_peer_id=identity.peer_id)
+    peer_filter = PeerFilter.of(settings.allow_peers, settings.deny_peers)
+    psk = _swarm_key(settings)
+    table = PeerTable(self_peer_id=identity.peer_id, admits=peer_filter.allowed)
 
     def relay_candidates() -> list[str]:
         # Bootstrap peers first (usually relays), then peers that advertise one.
@@ -443,6 +462,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             mdns=settings.mdns,
             relay_service=settings.relay,
             relay_candidates=relay_candidates,
+            psk=psk,
+            peer_filter=peer_filter,
         ) as mesh,
         trio.open_nursery() as nursery,
     ):
@@ -456,7 +477,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             contributor=_contributors(ledger),
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
         )
-        mesh.host.set_stream_handler(PROTOCOL_OPENAI, provider.handle_stream)
+        mesh.set_handler(PROTOCOL_OPENAI, provider.handle_stream)
         for backend in backends.values():
             await backend.probe(client)
         offers_of: list[Peer] = []  # the Peer exists only once its parts do

@@ -59,6 +59,12 @@ class Settings(BaseModel):
     """Kademlia role: servers hold records; peers behind NAT should be clients."""
     region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")
     """Self-declared location advertised to the mesh, e.g. ``se-sto``."""
+    allow_peers: list[str] = []
+    """If not empty, the only peers this peer connects to, serves and routes to (a closed group)."""
+    deny_peers: list[str] = []
+    """Peers this peer never connects to, serves or routes to."""
+    swarm_key: Path | None = None
+    """A private mesh's swarm key file (default: HOME/swarm.key when it exists); only peers with the same key connect."""
     require_keys: bool = False
     """Ask for an API key even on a loopback endpoint (any other address always does)."""
     relay: bool = False
@@ -112,6 +118,13 @@ class Settings(BaseModel):
         if not self.runtime_gpus:
             return ()
         return ("all",) if self.runtime_gpus == "all" else tuple(p.strip() for p in self.runtime_gpus.split(","))
+
+    def swarm_key_path(self) -> Path | None:
+        """The swarm key file in force, if any."""
+        if self.swarm_key is not None:
+            return self.swarm_key
+        default = self.home / "swarm.key"
+        return default if default.exists() else None
 
     @property
     def api_host(self) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, doctor, identity, jobs, keys, ledger, mesh_views, runtime, sim
+from . import bench, doctor, identity, jobs, keys, ledger, mesh_views, runtime, sim, swarm
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.")
 app.command("init")(identity.init)
@@ -21,6 +21,7 @@ app.add_typer(runtime.app, name="runtime")
 app.add_typer(jobs.app, name="job")
 app.add_typer(sim.app, name="sim")
 app.add_typer(keys.app, name="keys")
+app.add_typer(swarm.app, name="swarm-key")
 
 
 @app.callback()

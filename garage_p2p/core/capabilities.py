@@ -16,6 +16,7 @@ replayed old ad is refused by its sequence number.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pydantic import Field, field_validator
@@ -214,8 +215,9 @@ class AdRejected(Exception):
 class PeerTable:
     """Newest ad per peer, with expiry; remembers seqs so replays are refused."""
 
-    def __init__(self, self_peer_id: str | None = None, max_peers: int = 10_000) -> None:
+    def __init__(self, self_peer_id: str | None = None, max_peers: int = 10_000, admits: Callable[[str], bool] = lambda peer_id: True) -> None:
         self._self = self_peer_id
+        self._admits = admits
         self._entries: dict[str, PeerEntry] = {}
         # Highest seq seen per peer, kept after expiry (bounded, oldest dropped).
         self._seen_seq: OrderedDict[str, int] = OrderedDict()
@@ -232,6 +234,8 @@ class PeerTable:
 
     def apply(self, ad: CapabilityAd, now: float, wire: bytes = b"") -> PeerEntry:
         """Store a verified ad. AdRejected if it is not newer than what we have."""
+        if not self._admits(ad.peer_id):
+            raise AdRejected("a peer this peer's allow/deny lists do not admit")
         if ad.peer_id == self._self:
             if ad.seq not in self._own_seqs:
                 # Validly signed with our key, yet not issued by us.

@@ -101,7 +101,7 @@ class JobManager:
     # -- running -----------------------------------------------------------------------
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self.mesh.host.set_stream_handler(PROTOCOL_JOBS, self.handle_stream)
+        self.mesh.set_handler(PROTOCOL_JOBS, self.handle_stream)
         for row in await self._db(self.store.jobs):
             if row.status == "running":
                 await self._load(row)

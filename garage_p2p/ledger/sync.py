@@ -112,7 +112,7 @@ class LedgerSync:
     # -- running ---------------------------------------------------------------------
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self.mesh.host.set_stream_handler(PROTOCOL_LEDGER, self.handle_stream)
+        self.mesh.set_handler(PROTOCOL_LEDGER, self.handle_stream)
         subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
         self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))

@@ -184,7 +184,7 @@ class Discovery:
     # -- running ---------------------------------------------------------------
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        self.mesh.host.set_stream_handler(PROTOCOL_CAPS, self.handle_table_request)
+        self.mesh.set_handler(PROTOCOL_CAPS, self.handle_table_request)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
         self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))
         async with background_trio_service(self.dht), trio.open_nursery() as nursery:

@@ -26,10 +26,11 @@ from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.identity import Identity
+from ..core.peer_filter import OPEN, PeerFilter
 from ..core.multistream import lazy_proposal
 from .patches import apply_library_patches
 from .nat import NatService, is_circuit, is_lan_addr
-from .streams import NegotiatingStream, disconnect_quietly
+from .streams import NegotiatingStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,26 @@ class Mesh:
     identity: Identity
     nat: NatService | None = None
     """Relay client/service and hole punching."""
+    peer_filter: PeerFilter = OPEN
+    """The allow/deny lists: who may connect and open our protocols' streams."""
+    turned_away: int = 0
+    """Connections closed because the lists do not admit the peer."""
 
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
+
+    def set_handler(self, protocol: str, handler) -> None:
+        """Serve ``protocol``; streams from peers the allow/deny lists do not admit are reset unread."""
+        peer_filter = self.peer_filter
+
+        async def guarded(stream) -> None:
+            if not peer_filter.allowed(str(stream.muxed_conn.peer_id)):
+                await close_quietly(stream, reset=True)
+                return
+            await handler(stream)
+
+        self.host.set_stream_handler(protocol, guarded if not peer_filter.open else handler)
 
     def addrs(self) -> list[str]:
         """Full dialable multiaddrs (with /p2p/) of this host; wildcards expanded."""
@@ -283,8 +300,15 @@ async def open_mesh(
     mdns: bool = False,
     relay_service: bool = False,
     relay_candidates=None,
+    psk: bytes | None = None,
+    peer_filter: PeerFilter = OPEN,
 ) -> AsyncIterator[Mesh]:
-    """Run a libp2p host with gossipsub until the context exits."""
+    """Run a libp2p host with gossipsub until the context exits.
+
+    With ``psk`` (a swarm key) every connection is encrypted with it first: a
+    private mesh. Peers ``peer_filter`` does not admit are disconnected as soon
+    as they connect, whichever side dialled.
+    """
     apply_library_patches()
     listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
     host = new_host(
@@ -299,6 +323,7 @@ async def open_mesh(
         connection_config=ConnectionConfig(
             min_connections=4, low_watermark=6, high_watermark=24, max_connections=128
         ),
+        psk=psk.hex() if psk is not None else None,
         **_transport_flags(listen_addrs),
     )
     gossipsub = GossipSub(
@@ -318,9 +343,13 @@ async def open_mesh(
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
-        mesh = Mesh(host=host, pubsub=pubsub, identity=identity, nat=NatService(host, relay_service=relay_service))
+        mesh = Mesh(host=host, pubsub=pubsub, identity=identity, nat=NatService(host, relay_service=relay_service), peer_filter=peer_filter)
         candidates = relay_candidates or (lambda: list(bootstrap))
         async with trio.open_nursery() as nursery:
+            if not peer_filter.open:
+                arrivals_send, arrivals = trio.open_memory_channel[str](256)
+                host.get_network().register_notifee(ConnectionWatch(arrivals_send))
+                nursery.start_soon(_turn_away, mesh, peer_filter, arrivals)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:
                 nursery.start_soon(_keep_bootstrap, mesh, list(bootstrap))
@@ -336,6 +365,15 @@ async def open_mesh(
                 cache = getattr(pubsub, "seen_messages", None)
                 if cache is not None and hasattr(cache, "stop"):
                     cache.stop()
+
+
+async def _turn_away(mesh: Mesh, peer_filter: PeerFilter, arrivals: trio.MemoryReceiveChannel[str]) -> None:
+    """Close the connections of peers the allow/deny lists do not admit."""
+    async for peer_id in arrivals:
+        if not peer_filter.allowed(peer_id):
+            mesh.turned_away += 1
+            log.info("turned away %s (allow/deny lists)", peer_id)
+            await mesh.disconnect(peer_id)
 
 
 def gossip_sender(message) -> str:
