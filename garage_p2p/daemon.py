@@ -35,6 +35,7 @@ from .core.messages import PROTOCOL_OPENAI
 from .gateway.app import create_app
 from .core.limits import Limits
 from .core.peer_filter import PeerFilter
+from .core.penalties import PenaltyBox
 from .core.swarm_key import SwarmKeyError, fingerprint, parse_key
 from .gateway.auth import Gatekeeper, is_loopback
 from .store.keys import KeyStore
@@ -434,7 +435,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     limits = httpx.Limits(max_connections=settings.max_concurrency + 8, max_keepalive_connections=settings.max_concurrency)
     peer_filter = PeerFilter.of(settings.allow_peers, settings.deny_peers)
     psk = _swarm_key(settings)
-    table = PeerTable(self_peer_id=identity.peer_id, admits=peer_filter.allowed)
+    penalties = PenaltyBox()
+    table = PeerTable(self_peer_id=identity.peer_id, admits=lambda peer: peer_filter.allowed(peer) and not penalties.banned(peer, time.monotonic()))
 
     def relay_candidates() -> list[str]:
         # Bootstrap peers first (usually relays), then peers that advertise one.
@@ -464,6 +466,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             relay_candidates=relay_candidates,
             psk=psk,
             peer_filter=peer_filter,
+            penalties=penalties,
         ) as mesh,
         trio.open_nursery() as nursery,
     ):
@@ -477,6 +480,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             contributor=_contributors(ledger),
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
         )
+        provider.on_fault = mesh.penalise
         mesh.set_handler(PROTOCOL_OPENAI, provider.handle_stream)
         for backend in backends.values():
             await backend.probe(client)

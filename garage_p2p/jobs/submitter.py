@@ -271,6 +271,7 @@ class JobManager:
                 await write_all(stream, encode_frame(FrameType.JOB_REPLY, encode_json(reply)))
         except PeerFault as exc:
             self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
+            self.mesh.penalise(peer_id, f"jobs: {exc}")
             log.warning("job protocol: peer %s misbehaved: %s", peer_id, exc)
         except StreamBroken:
             pass

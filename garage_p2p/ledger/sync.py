@@ -411,6 +411,7 @@ class LedgerSync:
 
     def _penalise(self, peer_id: str, reason: str) -> None:
         self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
+        self.mesh.penalise(peer_id, f"ledger: {reason}")
         log.warning("ledger: peer %s misbehaved (%d so far): %s", peer_id, self.faults[peer_id], reason)
         if self.faults[peer_id] >= FAULTS_BEFORE_DISCONNECT and self._nursery is not None:
             self._nursery.start_soon(self.mesh.disconnect, peer_id)

@@ -20,11 +20,14 @@ from ..core.capabilities import (
     sign_ad,
 )
 from ..core.errors import PeerFault
+from ..core.limits import Limiter, Limits
 from .host import Mesh, gossip_sender
 
 log = logging.getLogger(__name__)
 
 MIN_GAP = 1.0
+AD_RATE = Limits(rpm=120)
+"""Ads taken per origin peer: twice what an honest one publishes at most (one a second), for bursts."""
 
 
 class CapsService:
@@ -52,6 +55,9 @@ class CapsService:
         self.ttl = ttl
         self.rejected: dict[str, int] = {}
         """Ads refused per forwarding peer (bad signature, forged id, malformed)."""
+        self.flooded: dict[str, int] = {}
+        """Ads dropped per peer for coming faster than AD_RATE."""
+        self._rate = Limiter()
         self.on_ad: Callable[[CapabilityAd], None] | None = None
         """Called with every ad the table accepts (the known-peers store listens)."""
         self.withdrawn = False
@@ -116,6 +122,12 @@ class CapsService:
             message = await subscription.get()
             try:
                 ad = open_ad(message.data, time.time())
+                if not self._rate.admit(ad.peer_id, AD_RATE, time.monotonic()).ok:
+                    # An honest peer publishes at most once a second (MIN_GAP); this one floods.
+                    self.flooded[ad.peer_id] = self.flooded.get(ad.peer_id, 0) + 1
+                    self.mesh.penalise(ad.peer_id, "ads faster than one a second")
+                    continue
+                self._rate.done(ad.peer_id, 0, time.monotonic())
                 entry = self.table.apply(ad, time.time(), message.data)
                 if self.on_ad is not None:
                     self.on_ad(ad)
@@ -125,6 +137,7 @@ class CapsService:
             except PeerFault as exc:
                 sender = gossip_sender(message)
                 self.rejected[sender] = self.rejected.get(sender, 0) + 1
+                self.mesh.penalise(sender, f"ad: {exc}")
                 log.warning("rejected an ad relayed by %s: %s", sender, exc)
 
     async def _expire(self) -> None:

@@ -142,6 +142,7 @@ class Discovery:
 
     def _penalise(self, peer_id: str, reason: str) -> None:
         self.rejected[peer_id] = self.rejected.get(peer_id, 0) + 1
+        self.mesh.penalise(peer_id, reason)
         log.warning("bad ad table from %s: %s", peer_id, reason)
 
     # -- DHT --------------------------------------------------------------------

@@ -7,9 +7,10 @@ inside it and stop when the context exits.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import multiaddr
 import trio
@@ -27,6 +28,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.identity import Identity
 from ..core.peer_filter import OPEN, PeerFilter
+from ..core.penalties import PenaltyBox
 from ..core.multistream import lazy_proposal
 from .patches import apply_library_patches
 from .nat import NatService, is_circuit, is_lan_addr
@@ -79,23 +81,36 @@ class Mesh:
     peer_filter: PeerFilter = OPEN
     """The allow/deny lists: who may connect and open our protocols' streams."""
     turned_away: int = 0
-    """Connections closed because the lists do not admit the peer."""
+    """Connections closed because the lists or a ban do not admit the peer."""
+    penalties: PenaltyBox = field(default_factory=PenaltyBox)
+    """Faults of misbehaving peers, from every service; enough of them ban the peer."""
+    _nursery: trio.Nursery | None = None
+
+    def admits(self, peer_id: str) -> bool:
+        """Whether this peer deals with ``peer_id`` now (its lists, and no ban)."""
+        return self.peer_filter.allowed(peer_id) and not self.penalties.banned(peer_id, time.monotonic())
+
+    def penalise(self, peer_id: str, reason: str) -> None:
+        """A service rejected ``peer_id``'s input; past the threshold it is banned and disconnected."""
+        if self.penalties.fault(peer_id, reason, time.monotonic()):
+            log.warning("banned %s for %.0f s after repeated faults (last: %s)", peer_id, self.penalties.ban, reason)
+            if self._nursery is not None:
+                self._nursery.start_soon(self.disconnect, peer_id)
 
     @property
     def peer_id(self) -> str:
         return self.identity.peer_id
 
     def set_handler(self, protocol: str, handler) -> None:
-        """Serve ``protocol``; streams from peers the allow/deny lists do not admit are reset unread."""
-        peer_filter = self.peer_filter
+        """Serve ``protocol``; streams from peers not admitted (lists, bans) are reset unread."""
 
         async def guarded(stream) -> None:
-            if not peer_filter.allowed(str(stream.muxed_conn.peer_id)):
+            if not self.admits(str(stream.muxed_conn.peer_id)):
                 await close_quietly(stream, reset=True)
                 return
             await handler(stream)
 
-        self.host.set_stream_handler(protocol, guarded if not peer_filter.open else handler)
+        self.host.set_stream_handler(protocol, guarded)
 
     def addrs(self) -> list[str]:
         """Full dialable multiaddrs (with /p2p/) of this host; wildcards expanded."""
@@ -302,6 +317,7 @@ async def open_mesh(
     relay_candidates=None,
     psk: bytes | None = None,
     peer_filter: PeerFilter = OPEN,
+    penalties: PenaltyBox | None = None,
 ) -> AsyncIterator[Mesh]:
     """Run a libp2p host with gossipsub until the context exits.
 
@@ -343,13 +359,13 @@ async def open_mesh(
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
-        mesh = Mesh(host=host, pubsub=pubsub, identity=identity, nat=NatService(host, relay_service=relay_service), peer_filter=peer_filter)
+        mesh = Mesh(host=host, pubsub=pubsub, identity=identity, nat=NatService(host, relay_service=relay_service), peer_filter=peer_filter, penalties=penalties or PenaltyBox())
         candidates = relay_candidates or (lambda: list(bootstrap))
         async with trio.open_nursery() as nursery:
-            if not peer_filter.open:
-                arrivals_send, arrivals = trio.open_memory_channel[str](256)
-                host.get_network().register_notifee(ConnectionWatch(arrivals_send))
-                nursery.start_soon(_turn_away, mesh, peer_filter, arrivals)
+            mesh._nursery = nursery
+            arrivals_send, arrivals = trio.open_memory_channel[str](256)
+            host.get_network().register_notifee(ConnectionWatch(arrivals_send))
+            nursery.start_soon(_turn_away, mesh, arrivals)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:
                 nursery.start_soon(_keep_bootstrap, mesh, list(bootstrap))
@@ -367,10 +383,10 @@ async def open_mesh(
                     cache.stop()
 
 
-async def _turn_away(mesh: Mesh, peer_filter: PeerFilter, arrivals: trio.MemoryReceiveChannel[str]) -> None:
-    """Close the connections of peers the allow/deny lists do not admit."""
+async def _turn_away(mesh: Mesh, arrivals: trio.MemoryReceiveChannel[str]) -> None:
+    """Close the connections of peers not admitted (the allow/deny lists, a ban)."""
     async for peer_id in arrivals:
-        if not peer_filter.allowed(peer_id):
+        if not mesh.admits(peer_id):
             mesh.turned_away += 1
             log.info("turned away %s (allow/deny lists)", peer_id)
             await mesh.disconnect(peer_id)

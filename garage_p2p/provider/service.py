@@ -108,6 +108,8 @@ class ProviderService:
         self.draining = False
         self.faults: dict[str, int] = {}
         """Protocol violations per consumer peer (penalties act on these)."""
+        self.on_fault: Callable[[str, str], None] | None = None
+        """Told of every violation (the mesh's penalty box: enough of them ban the peer)."""
         self._idle = trio.Event()
         self._idle.set()
 
@@ -187,6 +189,8 @@ class ProviderService:
     def _penalise(self, peer: str, reason: str) -> None:
         self.faults[peer] = self.faults.get(peer, 0) + 1
         log.warning("peer %s sent a bad request (%d so far): %s", peer, self.faults[peer], reason)
+        if self.on_fault is not None:
+            self.on_fault(peer, reason)
 
     # -- serving --------------------------------------------------------------
 

@@ -1,0 +1,67 @@
+"""Faults per peer and bans (sans-IO).
+
+Every service that rejects a peer's input (a malformed frame, a forged ad
+or receipt, a flood) reports a fault here. ``threshold`` faults within
+``window`` seconds ban the peer for ``ban`` seconds: its connections are
+closed, new ones turned away, its streams reset and its ads ignored. Faults
+older than the window are forgiven, so a peer with a rare glitch is not
+banned for it.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+THRESHOLD = 5
+WINDOW = 600.0
+BAN = 600.0
+MAX_TRACKED = 10_000
+
+
+@dataclass(slots=True)
+class _Record:
+    times: deque[float] = field(default_factory=deque)
+    banned_until: float = 0.0
+    total: int = 0
+    last_reason: str = ""
+
+
+class PenaltyBox:
+    def __init__(self, threshold: int = THRESHOLD, window: float = WINDOW, ban: float = BAN) -> None:
+        self.threshold = threshold
+        self.window = window
+        self.ban = ban
+        self._records: dict[str, _Record] = {}
+
+    def fault(self, peer: str, reason: str, now: float) -> bool:
+        """Count a fault; True if it bans the peer (now, not already)."""
+        record = self._records.get(peer)
+        if record is None:
+            if len(self._records) >= MAX_TRACKED:
+                self._forget(now)
+            record = self._records[peer] = _Record()
+        record.total += 1
+        record.last_reason = reason
+        record.times.append(now)
+        while record.times and record.times[0] <= now - self.window:
+            record.times.popleft()
+        if len(record.times) >= self.threshold and record.banned_until <= now:
+            record.banned_until = now + self.ban
+            record.times.clear()
+            return True
+        return False
+
+    def banned(self, peer: str, now: float) -> bool:
+        record = self._records.get(peer)
+        return record is not None and record.banned_until > now
+
+    def faults(self, peer: str) -> int:
+        """Faults counted for ``peer`` in all (the window does not forget these)."""
+        record = self._records.get(peer)
+        return record.total if record else 0
+
+    def _forget(self, now: float) -> None:
+        stale = [p for p, r in self._records.items() if r.banned_until <= now and (not r.times or r.times[-1] <= now - self.window)]
+        for peer in stale[: max(1, len(stale))]:
+            del self._records[peer]
