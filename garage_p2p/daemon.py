@@ -328,6 +328,7 @@ async def _serve_http(app, settings: Settings, stop: trio.Event, *, task_status=
     config.errorlog = logging.getLogger("hypercorn.error")  # ours, not a second handler
     config.graceful_timeout = settings.drain_timeout
     config.keep_alive_timeout = 75.0  # longer than common client pools keep connections
+    config.h11_max_incomplete_size = 16 * 1024  # hypercorn's own bound on a request head; the app checks too
     await hypercorn_serve(app, config, shutdown_trigger=stop.wait, task_status=task_status)
 
 

@@ -122,3 +122,11 @@ async def test_a_peer_that_requires_keys_answers_401_429_and_serves_a_valid_key(
             assert status.status_code == 200
     [key, _] = store.all()
     assert key.requests == 2 and key.refused == 1 and key.completion_tokens == 8
+
+
+async def test_oversized_headers_are_refused_and_the_endpoint_goes_on(tmp_path, http):
+    async with running_peer(tmp_path / "a") as a:
+        headers = {f"x-junk-{i}": "y" * 100 for i in range(300)}  # ~33 KiB of headers
+        r = await http.get(a.api_url + "/models", headers=headers)
+        assert r.status_code in (400, 431)
+        assert (await http.get(a.api_url + "/models")).status_code == 200

@@ -80,7 +80,7 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
     return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
 
 
-def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_body_bytes: int, request_timeout: float, gate: Gatekeeper) -> Starlette:
+def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_body_bytes: int, request_timeout: float, gate: Gatekeeper):
     async def completions(request: Request) -> Response:
         try:
             grant = gate.admit(request.headers.get("authorization"))
@@ -194,4 +194,24 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
     routes = [Route(p, completions, methods=["POST"]) for p in ENDPOINT_PATHS]
     routes += [Route("/v1/models", gated(list_models), methods=["GET"]), Route("/health", health, methods=["GET"])]
     routes += [Route(r.path, gated(r.endpoint), methods=r.methods) for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)]
-    return Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    return HeaderLimits(Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}))
+
+
+MAX_HEADERS = 100
+MAX_HEADER_BYTES = 16 * 1024
+
+
+class HeaderLimits:
+    """ASGI guard: more than MAX_HEADERS headers, or more than MAX_HEADER_BYTES of them, is a 431."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            headers = scope.get("headers") or []
+            if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
+                info = error_info(431, f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes", type="invalid_request_error", code="headers_too_large")
+                await error_response(info, {"connection": "close"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
