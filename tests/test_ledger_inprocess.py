@@ -5,6 +5,8 @@ The backend is the StandInBackend (an instrument, not a model).
 
 from __future__ import annotations
 
+import time
+
 
 import trio
 
@@ -96,6 +98,7 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
     mallory = make_identity("mallory")
     async with running_peer(tmp_path / "a") as a:
         async with running_peer(tmp_path / "m") as m:
+            a.mesh.penalties.threshold = 3  # ban on the third fault (the default is 5)
             await m.mesh.connect(a.identity.peer_id, first_addr(a))
             pa, pm = a.identity.peer_id, m.identity.peer_id
             # 1. M pushes a receipt A never signed, with a forged counter-signature.
@@ -124,8 +127,9 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
                 frames = decoder.feed(data)
             assert frames and b"error" in frames[0].payload
             await wait_for(lambda: a.ledger_sync.faults.get(pm, 0) >= 3, timeout=5)
-            # After repeated faults A disconnects M.
+            # After repeated faults A bans M: disconnected.
             await wait_for(lambda: pm not in a.mesh.connected_peers(), timeout=5)
+            assert a.mesh.penalties.banned(pm, time.monotonic())
 
 
 async def test_a_provider_that_lost_a_counter_signature_gets_it_pushed(tmp_path):

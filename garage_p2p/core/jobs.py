@@ -17,7 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from .messages import ENDPOINT_PATHS, WireModel
 
@@ -155,12 +155,27 @@ class LeaseGrant(WireModel):
 
     lease_id: str | None = None
     """None when there is no work (the job is done, or everything is leased)."""
-    deadline_s: float = 0.0
+    deadline_s: float = Field(default=0.0, ge=0, le=86_400)
     """Seconds the provider has for the shard."""
-    lines: tuple[dict[str, Any], ...] = ()
+    lines: tuple[dict[str, Any], ...] = Field(default=(), max_length=MAX_SHARD_SIZE)
     """``{custom_id, url, body, request_id}`` per line."""
     done: bool = False
     """The job needs nothing more from anyone."""
+
+    @field_validator("lines")
+    @classmethod
+    def _lines(cls, lines: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], ...]:
+        # The worker runs these lines and signs receipts for them: a line it cannot
+        # run or name is the submitter's fault, caught here rather than mid-shard.
+        for line in lines:
+            request_id, custom_id = line.get("request_id"), line.get("custom_id")
+            if not (isinstance(request_id, str) and 0 < len(request_id) <= 64):
+                raise ValueError("a line needs a request_id of 1 to 64 characters")
+            if not (isinstance(custom_id, str) and 0 < len(custom_id) <= MAX_CUSTOM_ID):
+                raise ValueError("a line needs a custom_id")
+            if line.get("url") not in ENDPOINT_PATHS or not isinstance(line.get("body"), dict):
+                raise ValueError("a line needs a known url and an object body")
+        return lines
 
 
 class ResultsAck(WireModel):

@@ -28,6 +28,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .errors import PeerFault
 from .identity import Identity, verify
 from .receipts import (
     CLOCK_SLACK_US,
@@ -129,11 +130,13 @@ def decode_entry(data: bytes, *, check_signatures: bool = True, key: Callable[[s
     except ReceiptInvalid as exc:
         raise EntryInvalid(f"receipt: {exc}") from None
     if check_signatures:
-        if not verify(key(receipt.provider), data[body_end:], ENTRY_DOMAIN + data[:body_end]):
-            raise EntryInvalid("the author's signature does not verify")
         try:
+            if not verify(key(receipt.provider), data[body_end:], ENTRY_DOMAIN + data[:body_end]):
+                raise EntryInvalid("the author's signature does not verify")
             check_cosignature(receipt, raw, cosig, key)
-        except ReceiptInvalid as exc:
+        except EntryInvalid:
+            raise
+        except PeerFault as exc:  # a provider id with no key in it, a bad counter-signature
             raise EntryInvalid(str(exc)) from None
     return Entry(seq, prev, receipt, raw, cosig, bytes(data), hashlib.sha256(data).digest())
 

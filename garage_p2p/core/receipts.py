@@ -93,7 +93,10 @@ def parse_receipt(raw: bytes) -> Receipt:
     """Parse and check receipt bytes (no signatures involved)."""
     if len(raw) > MAX_RECEIPT_BYTES:
         raise ReceiptInvalid(f"receipt of {len(raw)} bytes exceeds {MAX_RECEIPT_BYTES}")
-    receipt = decode_json(Receipt, raw)
+    try:
+        receipt = decode_json(Receipt, raw)
+    except PeerFault as exc:
+        raise ReceiptInvalid(str(exc)) from None
     check_receipt(receipt)
     return receipt
 

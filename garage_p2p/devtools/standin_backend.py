@@ -123,7 +123,7 @@ def create_standin_app(
                     chunk = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model, "choices": [delta]}
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
                 if include_usage:
-                    chunk = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model, "choices": [], "usage": usage}
+                    chunk = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model, "choices": [], "usage": usage}
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
 

@@ -36,6 +36,38 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         body = json.loads(b"".join(chunks))
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise invalid_request(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     if not isinstance(body, dict):
         raise invalid_request("request body must be a JSON object", code="invalid_json")
+    # What a provider will take: the body travels in a request frame that the far
+    # side parses with a depth limit and that must encode as UTF-8. Refused here,
+    # the client gets a 400; sent, the provider would blame the honest peer.
+    if _depth(body) > MAX_DEPTH:
+        raise invalid_request(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json")
+    try:
+        json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        raise invalid_request("request body holds a string that is not valid Unicode (a lone surrogate)", code="invalid_json") from None
     return body
+
+
+MAX_DEPTH = 64
+"""Deepest nesting of objects and arrays a request body may have (OpenAI bodies need about 10)."""
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, dict):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item.values())
+        elif isinstance(item, list):
+            deepest = max(deepest, level)
+            stack.extend((v, level + 1) for v in item)
+        if deepest > MAX_DEPTH:
+            break
+    return deepest

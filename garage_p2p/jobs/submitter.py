@@ -360,6 +360,8 @@ def _output_record(job_id: str, line: BatchLine, result: dict[str, Any]) -> tupl
         response = {"status_code": status, "request_id": rid, "body": body}
         if status == 200:
             return True, {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id, "response": response, "error": None}, tokens
-        return False, _error_record(line.custom_id, str(body.get("error", {}).get("code") or f"http_{status}"), json.dumps(body)[:500], response), 0
+        error = body.get("error") if isinstance(body, dict) else None
+        code = error.get("code") if isinstance(error, dict) else None
+        return False, _error_record(line.custom_id, str(code or f"http_{status}")[:64], json.dumps(body)[:500], response), 0
     error = result.get("error") if isinstance(result.get("error"), dict) else {}
     return False, _error_record(line.custom_id, str(error.get("code") or "provider_error")[:64], str(error.get("message") or "the provider failed")[:500]), 0

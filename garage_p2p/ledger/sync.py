@@ -73,7 +73,6 @@ PUSH_INTERVAL = 10.0
 PUSH_AFTER = 5.0
 """A counter-signed receipt is pushed again only once it is this old (the stream's COSIGN usually delivers it)."""
 PULLS_AT_ONCE = 4
-FAULTS_BEFORE_DISCONNECT = 3
 
 
 FULL = "full"
@@ -411,7 +410,6 @@ class LedgerSync:
 
     def _penalise(self, peer_id: str, reason: str) -> None:
         self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
-        self.mesh.penalise(peer_id, f"ledger: {reason}")
         log.warning("ledger: peer %s misbehaved (%d so far): %s", peer_id, self.faults[peer_id], reason)
-        if self.faults[peer_id] >= FAULTS_BEFORE_DISCONNECT and self._nursery is not None:
-            self._nursery.start_soon(self.mesh.disconnect, peer_id)
+        # The mesh's penalty box decides when faults (from any service) ban the peer.
+        self.mesh.penalise(peer_id, f"ledger: {reason}")

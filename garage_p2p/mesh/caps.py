@@ -122,12 +122,16 @@ class CapsService:
             message = await subscription.get()
             try:
                 ad = open_ad(message.data, time.time())
-                if not self._rate.admit(ad.peer_id, AD_RATE, time.monotonic()).ok:
+                # Counted against the peer that published the gossip message (the
+                # origin of the message, not of the ad inside: anyone may replay a
+                # valid ad, and must not get its author banned).
+                sender = gossip_sender(message)
+                if not self._rate.admit(sender, AD_RATE, time.monotonic()).ok:
                     # An honest peer publishes at most once a second (MIN_GAP); this one floods.
-                    self.flooded[ad.peer_id] = self.flooded.get(ad.peer_id, 0) + 1
-                    self.mesh.penalise(ad.peer_id, "ads faster than one a second")
+                    self.flooded[sender] = self.flooded.get(sender, 0) + 1
+                    self.mesh.penalise(sender, "ads faster than one a second")
                     continue
-                self._rate.done(ad.peer_id, 0, time.monotonic())
+                self._rate.done(sender, 0, time.monotonic())
                 entry = self.table.apply(ad, time.time(), message.data)
                 if self.on_ad is not None:
                     self.on_ad(ad)
