@@ -254,6 +254,11 @@ class PeerTable:
         self._entries[ad.peer_id] = entry
         return entry
 
+    def is_new(self, ad: CapabilityAd) -> bool:
+        """Whether ``ad`` is newer than anything seen from its peer (a replay is not)."""
+        last = self._seen_seq.get(ad.peer_id)
+        return last is None or ad.seq > last
+
     def forget(self, peer_id: str) -> None:
         """Drop a peer's ad now (its seq stays remembered against replays)."""
         self._entries.pop(peer_id, None)

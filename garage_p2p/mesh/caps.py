@@ -122,16 +122,17 @@ class CapsService:
             message = await subscription.get()
             try:
                 ad = open_ad(message.data, time.time())
-                # Counted against the peer that published the gossip message (the
-                # origin of the message, not of the ad inside: anyone may replay a
-                # valid ad, and must not get its author banned).
-                sender = gossip_sender(message)
-                if not self._rate.admit(sender, AD_RATE, time.monotonic()).ok:
-                    # An honest peer publishes at most once a second (MIN_GAP); this one floods.
-                    self.flooded[sender] = self.flooded.get(sender, 0) + 1
-                    self.mesh.penalise(sender, "ads faster than one a second")
-                    continue
-                self._rate.done(sender, 0, time.monotonic())
+                # Only an ad's author can mint a newer seq, so new ads are counted against
+                # the author; replays of an old ad are not new and cost nobody anything.
+                # (The gossip sender is no better: py-libp2p reports the forwarding peer,
+                # and a hub forwards everyone's ads.)
+                if self.table.is_new(ad):
+                    if not self._rate.admit(ad.peer_id, AD_RATE, time.monotonic()).ok:
+                        # An honest peer publishes at most once a second (MIN_GAP); this one floods.
+                        self.flooded[ad.peer_id] = self.flooded.get(ad.peer_id, 0) + 1
+                        self.mesh.penalise(ad.peer_id, "new ads faster than one a second")
+                        continue
+                    self._rate.done(ad.peer_id, 0, time.monotonic())
                 entry = self.table.apply(ad, time.time(), message.data)
                 if self.on_ad is not None:
                     self.on_ad(ad)
