@@ -77,8 +77,10 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
                 sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
                 sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-j", "DROP")
             for half, other in (("L", "R"), ("R", "L")):
-                p = peers[half][1]
-                wait_until(lambda: providers_seen(p) == [peers[half][0].peer_id], 60, f"{half} forgetting the other half's provider")
+                # Every consumer asked below must know its own half's provider: one whose
+                # connections all crossed the cut finds its half again through discovery.
+                for p in peers[half][1:4]:
+                    wait_until(lambda p=p: providers_seen(p) == [peers[half][0].peer_id], 90, f"{half} forgetting the other half's provider")
 
             # Both halves serve requests while split.
             completed: dict[str, list[str]] = {}
