@@ -11,9 +11,9 @@ from pathlib import Path
 
 import httpx
 
-from garage_p2p.core.ledger import LedgerState, decode_entry
+from garage_p2p.core.ledger import LedgerState
 from garage_p2p.devtools.processes import PeerProcess
-from garage_p2p.store.ledger_store import LedgerStore
+from garage_p2p.devtools.soak import read_ledger
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> float:
@@ -73,14 +73,4 @@ def models_of(peer: PeerProcess) -> dict[str, list[str]]:
 
 def ledger_of(peer: PeerProcess) -> LedgerState:
     """The ledger as the peer's file holds it (empty before the file exists)."""
-    state = LedgerState()
-    try:
-        store = LedgerStore(Path(peer.home) / "ledger.sqlite", readonly=True)
-    except FileNotFoundError:
-        return state
-    try:
-        for blob in store.entries():
-            state.add(decode_entry(blob, check_signatures=False))
-    finally:
-        store.close()
-    return state
+    return read_ledger(Path(peer.home))
