@@ -28,6 +28,7 @@ verify`` must pass for every peer. Every process is killed on the way out, also 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -37,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -996,6 +998,25 @@ def _missing(report: SoakReport, mesh: Mesh, consumer_ids: dict[str, str]) -> tu
     return missing, batch_missing
 
 
+@contextlib.contextmanager
+def _sigterm_as_exit():
+    """While it lasts, SIGTERM raises SystemExit (if nobody else handles it), so that the
+    cleanup below runs: the peers and backends live in sessions of their own and would
+    outlive us otherwise."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _settle(predicate: Callable[[], bool], timeout: float, interval: float = 2.0) -> float | None:
     """Seconds until ``predicate()`` held, or None after ``timeout``."""
     start = time.monotonic()
@@ -1061,110 +1082,111 @@ def run_soak(
     settings = _Settings(duration_s, seed, concurrency, request_timeout, margin, token_delay, job_every, job_lines, job_timeout, sample_every, settle_timeout, kill_gap, down_time)
     report = SoakReport(duration_s, seed, str(root))
     mesh = Mesh(root, request_timeout=request_timeout, token_delay=token_delay, log=say)
-    try:
-        mesh.start()
-        report.peers = {label: p.process.peer_id for label, p in mesh.peers.items()}
-        consumer_ids = {c.label: c.process.peer_id for c in mesh.consumers}
-        run = _Run(mesh, settings, report, say)
-        entries_half: dict[str, int] = {}
-
-        async def drive() -> None:
-            async def snapshot_half() -> None:
-                await trio.sleep(duration_s / 2)
-                entries_half.update(await trio.to_thread.run_sync(_entry_counts, mesh))
-
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(snapshot_half)
-                await run.main()
-                nursery.cancel_scope.cancel()
-
-        say(f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s + {margin:.0f} s margin")
-        trio.run(drive)
-        entries_end = _entry_counts(mesh)
-        memory_summary(report, mesh, entries_half, entries_end, duration_s / 2, report.load_seconds)
-        say(f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} hangs; settling receipts")
-
-        # Receipts, with the daemons still running: consumers push again what a killed
-        # provider lost (every 10 s, for receipts older than 5 s), so this is a bounded wait.
-        def in_provider_logs() -> bool:
-            missing, batch_missing = _missing(report, mesh, consumer_ids)
-            return not missing and not batch_missing
-
-        report.receipts_settle_s = _settle(in_provider_logs, settle_timeout)
-        if report.receipts_settle_s is None:
-            missing, batch_missing = _missing(report, mesh, consumer_ids)
-            say(f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + {len(batch_missing)} (batch) missing")
-
-        # The consumers' side: each holds its receipts too (ledger sync) and drops them from
-        # its pending list (checked on its push round).
-        def consumers_settled() -> bool:
-            return _consumers_missing(report, mesh, consumer_ids) == 0 and all(pending_count(c.process.home) == 0 for c in mesh.consumers)
-
-        report.consumers_settle_s = _settle(consumers_settled, settle_timeout)
-        report.pending_at_consumers = {c.label: pending_count(c.process.home) for c in mesh.consumers}
-        report.receipts_missing_at_consumers = _consumers_missing(report, mesh, consumer_ids)
-        say(
-            f"receipts in the providers' logs after {_fmt_s(report.receipts_settle_s)}, "
-            f"at the consumers after {_fmt_s(report.consumers_settle_s)} (pending {report.pending_at_consumers})"
-        )
-
-        codes = mesh.stop_all()
-        say("stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))
-        for label, code in codes.items():
-            if code != 0:
-                report.errors.append(f"{label} exited {code} on SIGTERM at the end")
-
-        # The final count, from the CLI's export of each provider's ledger.
-        served: dict[str, set[tuple[str, str]]] = {}
-        for p in mesh.providers:
-            export = garage_cli("ledger", "export", "--home", str(p.process.home), "--format", "jsonl")
-            if export.returncode != 0:
-                report.errors.append(f"ledger export of {p.label} failed: {export.stderr[-300:]}")
-            rows = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
-            served[p.process.peer_id] = {(row["consumer"], row["request_id"]) for row in rows if row["author"] == p.process.peer_id}
-        kills = report.chaos
-        for r in report.requests:
-            if r.outcome != "ok":
-                continue
-            report.receipts_checked += 1
-            key = (consumer_ids[r.consumer], r.request_id)
-            if key in served.get(r.provider or "", set()):
-                continue
-            label = next((p.label for p in mesh.providers if p.process.peer_id == r.provider), r.provider)
-            end = r.start + r.latency
-            near = [f"{c.signal} at {c.at:.1f}s" for c in kills if c.peer == label and end - 2 <= c.at <= end + 15]
-            report.receipts_lost.append({"request_id": r.request_id, "kind": r.kind, "provider": label, "consumer": r.consumer, "ended_at": round(end, 2), "kill_nearby": near})
-        for job in report.jobs:
-            submitter = consumer_ids[job.consumer]
-            for rid in job.request_ids:
-                report.batch_receipts_checked += 1
-                if not any((submitter, rid) in rows for rows in served.values()):
-                    report.batch_receipts_lost.append(rid)
-
-        labels = {p.process.peer_id: label for label, p in mesh.peers.items()}
-        for label, peer in mesh.peers.items():
-            try:
-                text = peer.process.log_path.read_text(errors="replace")
-            except OSError:
-                continue
-            if peer in mesh.consumers:
-                report.receipts_pushed_again += sum(int(m.group(1)) for m in PUSHED.finditer(text))
-            for m in BANNED.finditer(text):
-                report.bans.append({"at": m.group(1), "by": label, "banned": labels.get(m.group(2), m.group(2)), "seconds": int(m.group(3)), "reason": m.group(4)})
-        report.bans.sort(key=lambda b: b["at"])
-
-        for label, peer in mesh.peers.items():
-            verify = garage_cli("ledger", "verify", "--home", str(peer.process.home))
-            report.verify[label] = {"ok": verify.returncode == 0 and verify.stdout.strip().endswith("ok"), "output": (verify.stdout + verify.stderr).strip()[-500:]}
-        say(f"receipts: {report.receipts_checked} checked, {len(report.receipts_lost)} lost; verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in report.verify.items()))
-    except BaseException as exc:
-        report.errors.append(f"the soak stopped early: {exc!r}")
-        raise
-    finally:
-        report.leaked = mesh.close()
+    with _sigterm_as_exit():
         try:
-            (root / "report.json").write_text(json.dumps(report.as_dict(), indent=1, default=str))
-        except OSError:
-            pass
-        logfile.close()
+            mesh.start()
+            report.peers = {label: p.process.peer_id for label, p in mesh.peers.items()}
+            consumer_ids = {c.label: c.process.peer_id for c in mesh.consumers}
+            run = _Run(mesh, settings, report, say)
+            entries_half: dict[str, int] = {}
+
+            async def drive() -> None:
+                async def snapshot_half() -> None:
+                    await trio.sleep(duration_s / 2)
+                    entries_half.update(await trio.to_thread.run_sync(_entry_counts, mesh))
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(snapshot_half)
+                    await run.main()
+                    nursery.cancel_scope.cancel()
+
+            say(f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s + {margin:.0f} s margin")
+            trio.run(drive)
+            entries_end = _entry_counts(mesh)
+            memory_summary(report, mesh, entries_half, entries_end, duration_s / 2, report.load_seconds)
+            say(f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} hangs; settling receipts")
+
+            # Receipts, with the daemons still running: consumers push again what a killed
+            # provider lost (every 10 s, for receipts older than 5 s), so this is a bounded wait.
+            def in_provider_logs() -> bool:
+                missing, batch_missing = _missing(report, mesh, consumer_ids)
+                return not missing and not batch_missing
+
+            report.receipts_settle_s = _settle(in_provider_logs, settle_timeout)
+            if report.receipts_settle_s is None:
+                missing, batch_missing = _missing(report, mesh, consumer_ids)
+                say(f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + {len(batch_missing)} (batch) missing")
+
+            # The consumers' side: each holds its receipts too (ledger sync) and drops them from
+            # its pending list (checked on its push round).
+            def consumers_settled() -> bool:
+                return _consumers_missing(report, mesh, consumer_ids) == 0 and all(pending_count(c.process.home) == 0 for c in mesh.consumers)
+
+            report.consumers_settle_s = _settle(consumers_settled, settle_timeout)
+            report.pending_at_consumers = {c.label: pending_count(c.process.home) for c in mesh.consumers}
+            report.receipts_missing_at_consumers = _consumers_missing(report, mesh, consumer_ids)
+            say(
+                f"receipts in the providers' logs after {_fmt_s(report.receipts_settle_s)}, "
+                f"at the consumers after {_fmt_s(report.consumers_settle_s)} (pending {report.pending_at_consumers})"
+            )
+
+            codes = mesh.stop_all()
+            say("stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))
+            for label, code in codes.items():
+                if code != 0:
+                    report.errors.append(f"{label} exited {code} on SIGTERM at the end")
+
+            # The final count, from the CLI's export of each provider's ledger.
+            served: dict[str, set[tuple[str, str]]] = {}
+            for p in mesh.providers:
+                export = garage_cli("ledger", "export", "--home", str(p.process.home), "--format", "jsonl")
+                if export.returncode != 0:
+                    report.errors.append(f"ledger export of {p.label} failed: {export.stderr[-300:]}")
+                rows = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
+                served[p.process.peer_id] = {(row["consumer"], row["request_id"]) for row in rows if row["author"] == p.process.peer_id}
+            kills = report.chaos
+            for r in report.requests:
+                if r.outcome != "ok":
+                    continue
+                report.receipts_checked += 1
+                key = (consumer_ids[r.consumer], r.request_id)
+                if key in served.get(r.provider or "", set()):
+                    continue
+                label = next((p.label for p in mesh.providers if p.process.peer_id == r.provider), r.provider)
+                end = r.start + r.latency
+                near = [f"{c.signal} at {c.at:.1f}s" for c in kills if c.peer == label and end - 2 <= c.at <= end + 15]
+                report.receipts_lost.append({"request_id": r.request_id, "kind": r.kind, "provider": label, "consumer": r.consumer, "ended_at": round(end, 2), "kill_nearby": near})
+            for job in report.jobs:
+                submitter = consumer_ids[job.consumer]
+                for rid in job.request_ids:
+                    report.batch_receipts_checked += 1
+                    if not any((submitter, rid) in rows for rows in served.values()):
+                        report.batch_receipts_lost.append(rid)
+
+            labels = {p.process.peer_id: label for label, p in mesh.peers.items()}
+            for label, peer in mesh.peers.items():
+                try:
+                    text = peer.process.log_path.read_text(errors="replace")
+                except OSError:
+                    continue
+                if peer in mesh.consumers:
+                    report.receipts_pushed_again += sum(int(m.group(1)) for m in PUSHED.finditer(text))
+                for m in BANNED.finditer(text):
+                    report.bans.append({"at": m.group(1), "by": label, "banned": labels.get(m.group(2), m.group(2)), "seconds": int(m.group(3)), "reason": m.group(4)})
+            report.bans.sort(key=lambda b: b["at"])
+
+            for label, peer in mesh.peers.items():
+                verify = garage_cli("ledger", "verify", "--home", str(peer.process.home))
+                report.verify[label] = {"ok": verify.returncode == 0 and verify.stdout.strip().endswith("ok"), "output": (verify.stdout + verify.stderr).strip()[-500:]}
+            say(f"receipts: {report.receipts_checked} checked, {len(report.receipts_lost)} lost; verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in report.verify.items()))
+        except BaseException as exc:
+            report.errors.append(f"the soak stopped early: {exc!r}")
+            raise
+        finally:
+            report.leaked = mesh.close()
+            try:
+                (root / "report.json").write_text(json.dumps(report.as_dict(), indent=1, default=str))
+            except OSError:
+                pass
+            logfile.close()
     return report

@@ -26,6 +26,8 @@ from .host import Mesh, gossip_sender
 log = logging.getLogger(__name__)
 
 MIN_GAP = 1.0
+FRESH_AD_S = 10.0
+"""An ad issued longer ago than this is history being replayed, not a flood by its author."""
 AD_RATE = Limits(rpm=120)
 """Ads taken per origin peer: twice what an honest one publishes at most (one a second), for bursts."""
 
@@ -122,11 +124,11 @@ class CapsService:
             message = await subscription.get()
             try:
                 ad = open_ad(message.data, time.time())
-                # Only an ad's author can mint a newer seq, so new ads are counted against
-                # the author; replays of an old ad are not new and cost nobody anything.
-                # (The gossip sender is no better: py-libp2p reports the forwarding peer,
-                # and a hub forwards everyone's ads.)
-                if self.table.is_new(ad):
+                # Only an ad's author can mint a newer seq, so new, fresh ads are counted
+                # against the author. Replays cost nobody: an old seq is not new, and a
+                # neighbour replaying its message cache after a reconnect (py-libp2p sent
+                # bursts of 100+ ads spanning minutes in the soak) delivers ads issued long ago.
+                if self.table.is_new(ad) and ad.issued_at > time.time() - FRESH_AD_S:
                     if not self._rate.admit(ad.peer_id, AD_RATE, time.monotonic()).ok:
                         # An honest peer publishes at most once a second (MIN_GAP); this one floods.
                         self.flooded[ad.peer_id] = self.flooded.get(ad.peer_id, 0) + 1
