@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 
-from ..core.capabilities import AdRejected, Benchmark, GpuSpec, Hardware, Load, ModelOffer, PeerTable, make_ad, open_ad, sign_ad
+from ..core.capabilities import AdRejected, CapabilityAd, Benchmark, GpuSpec, Hardware, Load, ModelOffer, PeerTable, make_ad, open_ad, sign_ad
 from ..core.exchange import RequestReader, ResponseEnd, ResponseReader, end_frame, head_frame
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
@@ -262,15 +262,13 @@ class World:
         now = self.engine.now
         for providers in self.providers_of.values():
             for p in providers:
-                for published, ad, sides in reversed(p.ads):
-                    if published + self._ad_delay(p, source, row, published, sides) <= now:
-                        if ad.seq > peer.applied_seq.get(p.idx, 0) and published + ad.ttl > now:
-                            peer.applied_seq[p.idx] = ad.seq
-                            try:
-                                peer.table.apply(ad, now)
-                            except AdRejected:
-                                pass
-                        break
+                found = self._newest_arrived(p, source, row, now, peer.applied_seq.get(p.idx, 0))
+                if found is not None and found[0].issued_at - EPOCH + found[0].ttl > now:
+                    peer.applied_seq[p.idx] = found[0].seq
+                    try:
+                        peer.table.apply(found[0], now)
+                    except AdRejected:
+                        pass
 
     def _joined(self, peer: SimPeer, since: float) -> None:
         """The new peer's first ad goes out: when does the mesh know it?"""
@@ -445,39 +443,38 @@ class World:
         while len(peer.ads) > 2 and peer.ads[1][0] < horizon:
             peer.ads.pop(0)
 
-    def _ad_delay(self, p: SimPeer, to: SimPeer, row, published: float, sides: list[int] | None) -> float:
-        """Seconds an ad of ``p`` published at ``published`` took to reach ``to`` (inf: never).
+    def _newest_arrived(self, p: SimPeer, to: SimPeer, row, now: float, after_seq: int = 0) -> tuple[CapabilityAd, float] | None:
+        """The newest ad of ``p`` newer than ``after_seq`` that has reached ``to`` by ``now``, and its arrival.
 
-        ``row`` is the gossip delay from ``to`` to every peer now (the overlay is
-        undirected); a provider that left uses the delays from when it left."""
-        if published < to.online_since or (sides is not None and sides[p.idx] != sides[to.idx]):
-            return math.inf  # it was not there, or the partition stood between them
-        return row[p.idx] if p.online else p.last_row[to.idx]
+        An ad arrives at its publication plus the gossip delay between the two
+        (``row``: from ``to`` to every peer now; the overlay is undirected); a
+        provider that left uses the delays from when it left. One published
+        before ``to`` came online, or across a partition, never arrives."""
+        for published, ad, sides in reversed(p.ads):
+            if ad.seq <= after_seq or published < to.online_since:
+                return None
+            if sides is not None and sides[p.idx] != sides[to.idx]:
+                continue
+            arrival = published + (row[p.idx] if p.online else p.last_row[to.idx])
+            if arrival <= now:
+                return ad, arrival
+        return None
 
     def _catch_up(self, consumer: SimPeer, model: str) -> None:
         """Apply to the consumer's table the newest ad of each provider that has reached it."""
         now = self.engine.now
-        table = consumer.table
         applied = consumer.applied_seq
         row = self.topo.gossip_delay(consumer.idx)
-        since = consumer.online_since
-        c = consumer.idx
         for p in self.providers_of[model]:
-            last = applied.get(p.idx, 0)
-            for published, ad, sides in reversed(p.ads):
-                if ad.seq <= last or published < since:
-                    break  # what we hold is as new, or it went out before we were there
-                if sides is not None and sides[p.idx] != sides[c]:
-                    continue  # the partition stood between us
-                arrival = published + (row[p.idx] if p.online else p.last_row[c])
-                if arrival <= now:
-                    applied[p.idx] = ad.seq
-                    try:
-                        table.apply(ad, arrival)
-                    except AdRejected:
-                        pass
-                    break
-        table.expire(now)
+            found = self._newest_arrived(p, consumer, row, now, applied.get(p.idx, 0))
+            if found is not None:
+                ad, arrival = found
+                applied[p.idx] = ad.seq
+                try:
+                    consumer.table.apply(ad, arrival)
+                except AdRejected:
+                    pass
+        consumer.table.expire(now)
 
     # == requests ================================================================================
 
