@@ -97,15 +97,31 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
                 state = ledger_of(peer)
                 return all(state.has_receipt(provider[h], c, rid) for h in halves for c, rid in completed[h])
 
-            # Each half converges on its own receipts, and not on the other's.
-            wait_until(lambda: all(holds(p, ["L"]) for p in peers["L"]), 60, "L converging while split")
-            wait_until(lambda: all(holds(p, ["R"]) for p in peers["R"]), 60, "R converging while split")
+            def lagging(group, halves) -> str:
+                """Who lacks receipts, with its connections (a peer cut off from its half is a finding)."""
+                out = []
+                for p in group:
+                    if not holds(p, halves):
+                        state = inside(p, "garage_p2p.cli.garage", "status", "--json", "--api", p.api_url)
+                        out.append(f"{p.home.name}: {state['connections']} connections, {state['known_peers']} known")
+                return "; ".join(out)
+
+            # Each half converges on its own receipts, and not on the other's. Anti-entropy
+            # (every 7.5-22.5 s with one random neighbour) bounds this; 90 s is several rounds.
+            for half in ("L", "R"):
+                try:
+                    wait_until(lambda: all(holds(p, [half]) for p in peers[half]), 90, f"{half} converging while split")
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: {lagging(peers[half], [half])}") from None
             assert not any(holds(p, ["R"]) for p in peers["L"])
 
             # Heal, and every peer converges on all 24 receipts (and on one state).
             sh(*left.exec_prefix(), "iptables", "-w", "-F")
             healed = time.monotonic()
-            wait_until(lambda: all(holds(p, ["L", "R"]) for p in everyone), 120, "all twenty converging after the heal")
+            try:
+                wait_until(lambda: all(holds(p, ["L", "R"]) for p in everyone), 120, "all twenty converging after the heal")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {lagging(everyone, ['L', 'R'])}") from None
             converge = time.monotonic() - healed
             prints = {ledger_of(p).fingerprint() for p in everyone}
             assert len(prints) == 1
