@@ -44,7 +44,7 @@ ALLOWED = {
     # clients and tools named in the docs
     "curl", "jq", "pip", "pip3", "litellm", "prometheus", "promtool", "sqlite3", "watch", "xargs",
 }
-PYTHONS = {"python", "python3", ".venv/bin/python", ".venv/bin/python3"}
+PYTHONS = {"python", "python3"}
 SHELLS = {"bash", "sh"}
 OPERATORS = {"&&", "||", ";", "|", "&", "(", ")", ";;", "|&"}
 REDIRECTS = {">", ">>", "<", "<<", "<<<", ">&", "<&", "&>", "&>>", ">|"}
@@ -259,6 +259,16 @@ def _repo_path_problem(word: str) -> str | None:
     return None
 
 
+def script_option_problems(script: Path, args: list[str]) -> list[str]:
+    """A script's options are not introspectable: each ``--option`` must at least appear in its text."""
+    text = script.read_text(errors="replace")
+    return [
+        f"{script.relative_to(ROOT)} never mentions {name}"
+        for name in (a.split("=", 1)[0] for a in args if a.startswith("--"))
+        if not re.search(re.escape(name) + r"(?![A-Za-z0-9-])", text)
+    ]
+
+
 def check_command(command: Command, tree=None, targets: set[str] | None = None) -> list[str]:
     """Problems with one documented command (empty: it exists)."""
     tree = tree if tree is not None else _garage_tree()
@@ -266,7 +276,8 @@ def check_command(command: Command, tree=None, targets: set[str] | None = None) 
     words = command.words
     program = words[0]
     problems = [p for p in map(_repo_path_problem, words[1:]) if p]
-    if program in (".venv/bin/garage", ".venv/bin/garage-peer"):
+    if program.startswith(("/", "~", ".venv/bin/")):
+        # An installed program (/opt/garage/venv/bin/garage, ~/venv/bin/pip): judged by its name.
         program = program.rsplit("/", 1)[1]
         words = (program, *words[1:])
     if program in tree:
@@ -285,10 +296,16 @@ def check_command(command: Command, tree=None, targets: set[str] | None = None) 
         elif args and args[0] != "-c" and not (ROOT / args[0]).exists():
             problems.append(f"{args[0]} does not exist in the repository")
     elif program in SHELLS:
-        scripts = [w for w in words[1:] if not w.startswith("-")]
-        if scripts and not scripts[0].startswith("/") and not (ROOT / scripts[0]).exists():
-            problems.append(f"{scripts[0]} does not exist in the repository")
-    elif "/" in program and not program.startswith("/"):
+        args = list(words[1:])
+        while args and args[0].startswith("-"):
+            args.pop(0)
+        if args and not args[0].startswith("/"):
+            script = ROOT / args[0]
+            if not script.exists():
+                problems.append(f"{args[0]} does not exist in the repository")
+            else:
+                problems += script_option_problems(script, args[1:])
+    elif "/" in program:
         if not (ROOT / program.removeprefix("./")).exists():
             problems.append(f"{program} does not exist in the repository")
     elif program not in ALLOWED:
@@ -330,6 +347,7 @@ garage ledger export --format csv -o out.csv --peer ID   # fine
 garage ledger shw
 make demo && make frobnicate
 bash bootstrap/no-such-script.sh
+bash bootstrap/dev-env.sh --frobnicate
 python benchmarks/no_such_benchmark.py
 .venv/bin/python -m garage_p2p.no_such_module
 frobtool --now
@@ -376,6 +394,7 @@ def test_made_up_commands_are_reported() -> None:
         "`garage ledger` has no subcommand 'shw'",
         "no target 'frobnicate'",
         "bootstrap/no-such-script.sh does not exist",
+        "bootstrap/dev-env.sh never mentions --frobnicate",
         "benchmarks/no_such_benchmark.py does not exist",
         "no module garage_p2p.no_such_module",
         "'frobtool' is neither a project command",
