@@ -269,13 +269,34 @@ def script_option_problems(script: Path, args: list[str]) -> list[str]:
     ]
 
 
-def check_command(command: Command, tree=None, targets: set[str] | None = None) -> list[str]:
+ENDPOINT_URL = re.compile(r"^https?://(?:127\.0\.0\.1|localhost):8000(/[^?#\s]*)")
+
+
+def _source_literals() -> str:
+    return "\n".join(p.read_text() for p in (ROOT / "garage_p2p").rglob("*.py"))
+
+
+def endpoint_path_problems(words: tuple[str, ...], source: str) -> list[str]:
+    """A URL on the default endpoint names a path the code serves (its string literal exists)."""
+    problems = []
+    for word in words:
+        match = ENDPOINT_URL.match(word)
+        if match and match.group(1) not in ("/", "/v1"):
+            path = match.group(1).rstrip("/")
+            if f'"{path}"' not in source:
+                problems.append(f"the endpoint serves no {path} (no such route literal in garage_p2p/)")
+    return problems
+
+
+def check_command(command: Command, tree=None, targets: set[str] | None = None, source: str | None = None) -> list[str]:
     """Problems with one documented command (empty: it exists)."""
     tree = tree if tree is not None else _garage_tree()
     targets = targets if targets is not None else makefile_targets()
+    source = source if source is not None else _source_literals()
     words = command.words
     program = words[0]
     problems = [p for p in map(_repo_path_problem, words[1:]) if p]
+    problems += endpoint_path_problems(words[1:], source)
     if program.startswith(("/", "~", ".venv/bin/")):
         # An installed program (/opt/garage/venv/bin/garage, ~/venv/bin/pip): judged by its name.
         program = program.rsplit("/", 1)[1]
@@ -314,8 +335,8 @@ def check_command(command: Command, tree=None, targets: set[str] | None = None) 
 
 
 def check_text(text: str, where: str = "doc.md") -> list[str]:
-    tree, targets = _garage_tree(), makefile_targets()
-    return [p for c in commands_in(text, where) for p in check_command(c, tree, targets)]
+    tree, targets, source = _garage_tree(), makefile_targets(), _source_literals()
+    return [p for c in commands_in(text, where) for p in check_command(c, tree, targets, source)]
 
 
 # -- the docs -------------------------------------------------------------------------
@@ -352,6 +373,7 @@ python benchmarks/no_such_benchmark.py
 .venv/bin/python -m garage_p2p.no_such_module
 frobtool --now
 garage sim run simulations/no-such-scenario.toml
+curl -s http://127.0.0.1:8000/v1/frobnicate
 ```
 
 ```console
@@ -399,6 +421,7 @@ def test_made_up_commands_are_reported() -> None:
         "no module garage_p2p.no_such_module",
         "'frobtool' is neither a project command",
         "simulations/no-such-scenario.toml does not exist",
+        "the endpoint serves no /v1/frobnicate",
         "`garage keys revoke` takes 1 argument(s), the docs give 2",
     ]
     for fragment in expected:
