@@ -46,6 +46,7 @@ from .ledger.book import Ledger
 from .ledger.cosign import Cosigner
 from .ledger.sync import LedgerSync
 from .ledger.views import balances_view, ledger_summary
+from .gateway.metrics import MeshSnapshot, Metrics
 from .mesh.caps import CapsService
 from .mesh.discovery import Discovery
 from .mesh.host import DialError, Mesh, open_mesh
@@ -268,6 +269,43 @@ async def _watch_load(peer: Peer, client: httpx.AsyncClient) -> None:
         await trio.sleep(LOAD_INTERVAL)
 
 
+def mesh_snapshot(peer: Peer) -> MeshSnapshot:
+    """What ``/metrics`` reads at scrape time."""
+    by_connection: dict[str, int] = {}
+    for entry in peer.table.entries(time.time()):
+        kind = peer.paths.connection_kind(entry.ad.peer_id) or "none"
+        by_connection[kind] = by_connection.get(kind, 0) + 1
+    jobs = peer.jobs.list() if peer.jobs else []
+    by_status: dict[str, int] = {}
+    for job in jobs:
+        by_status[job["status"]] = by_status.get(job["status"], 0) + 1
+    state = peer.ledger.state
+    now = time.monotonic()
+    return MeshSnapshot(
+        peers_by_connection=by_connection,
+        connections=len(peer.mesh.connected_peers()),
+        ads_received=peer.caps.received,
+        ads_rejected={
+            "invalid": sum(peer.caps.rejected.values()) + sum(peer.discovery.rejected.values()),
+            "flood": sum(peer.caps.flooded.values()),
+        },
+        banned_peers=peer.mesh.penalties.banned_count(now),
+        ledger_entries=len(state),
+        ledger_authors=len(state.authors()),
+        ledger_forked_authors=len(state.flagged_authors()),
+        jobs_by_status=by_status,
+        job_lines={
+            "total": sum(j["total"] for j in jobs),
+            "done": sum(j["done"] for j in jobs),
+            "failed": sum(j["failed"] for j in jobs),
+            "in_flight": sum(j["in_flight"] for j in jobs),
+        },
+        job_shards=sum(j["shards"] for j in jobs),
+        job_lines_served=peer.job_worker.lines_done if peer.job_worker else 0,
+        draining=peer.provider.draining,
+    )
+
+
 async def _rejoin_known_peers(peer: Peer, known: KnownPeers) -> None:
     """Dial the peers we knew before a restart (no bootstrap list needed)."""
     recent = await known.recent(REJOIN_PEERS)
@@ -482,6 +520,10 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
         )
         provider.on_fault = mesh.penalise
+        peers_of: list[Peer] = []  # the snapshot reads the Peer once it exists
+        metrics = Metrics(identity.peer_id, __version__, lambda: mesh_snapshot(peers_of[0]) if peers_of else MeshSnapshot())
+        metrics.serving(set(backends))
+        provider.metrics = metrics
         mesh.set_handler(PROTOCOL_OPENAI, provider.handle_stream)
         for backend in backends.values():
             await backend.probe(client)
@@ -528,6 +570,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         peer.benchmarks = await trio.to_thread.run_sync(load_benchmarks, settings.home)
         peer.driver_version = await trio.to_thread.run_sync(driver_version)
         offers_of.append(peer)
+        peers_of.append(peer)
         await nursery.start(caps.serve)
         await nursery.start(discovery.serve)
         await nursery.start(known.serve)
@@ -556,6 +599,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             max_body_bytes=settings.max_body_bytes,
             request_timeout=settings.request_timeout,
             gate=gate,
+            metrics=metrics,
+            path_kind=paths.connection_kind,
         )
         await nursery.start(gate.serve)
         bound = await nursery.start(_serve_http, app, settings, peer._http_stop)

@@ -56,6 +56,10 @@ class PenaltyBox:
         record = self._records.get(peer)
         return record is not None and record.banned_until > now
 
+    def banned_count(self, now: float) -> int:
+        """Peers banned at ``now``."""
+        return sum(1 for r in self._records.values() if r.banned_until > now)
+
     def faults(self, peer: str) -> int:
         """Faults counted for ``peer`` in all (the window does not forget these)."""
         record = self._records.get(peer)

@@ -12,8 +12,10 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
+
+import trio
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -21,6 +23,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .. import __version__
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.messages import ENDPOINT_PATHS, ErrorInfo, RequestHead, dumps, error_body, error_info
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
@@ -28,11 +31,14 @@ from .admin import AdminSource, admin_routes
 from .auth import ANONYMOUS, Gatekeeper, Refused, is_loopback
 from .bodies import BadRequest, invalid_request, read_json_body
 from .jobs_api import job_routes
+from .metrics import CONTENT_TYPE, Metrics
 from .dispatch import Dispatcher, DispatchFailed
 
 log = logging.getLogger(__name__)
 
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+CLOSE_TIMEOUT = 5.0
+"""Seconds to close an exchange the client abandoned (a stream reset), shielded from its cancellation."""
 REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
@@ -80,65 +86,97 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
     return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
 
 
-def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_body_bytes: int, request_timeout: float, gate: Gatekeeper):
+def create_app(
+    dispatcher: Dispatcher,
+    admin: AdminSource,
+    *,
+    peer_id: str,
+    max_body_bytes: int,
+    request_timeout: float,
+    gate: Gatekeeper,
+    metrics: Metrics | None = None,
+    path_kind: Callable[[str], str | None] = lambda peer: None,
+):
+    metrics = metrics or Metrics(peer_id, __version__, process=False)
+
     async def completions(request: Request) -> Response:
+        request_id = f"req-{uuid.uuid4().hex[:24]}"
+        live = metrics.begin("consumer", request_id, "", False)
+        exchange = None
+        grant = None
+
+        def settle(status: int) -> None:
+            # The key's token budget is charged with what the provider reported.
+            end = exchange.end if exchange is not None else None
+            usage = end.usage if end is not None else None
+            if grant is not None:
+                gate.finish(grant, usage)
+            metrics.end(live, status, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
+        def refuse(info: ErrorInfo, headers: dict[str, str] | None = None) -> Response:
+            settle(info.status)
+            return error_response(info, headers)
+
         try:
             grant = gate.admit(request.headers.get("authorization"))
         except Refused as exc:
-            return error_response(exc.info)
-        exchange = None
-
-        def settle() -> None:
-            # The key's token budget is charged with what the provider reported.
-            end = exchange.end if exchange is not None else None
-            gate.finish(grant, end.usage if end is not None else None)
-
+            return refuse(exc.info)
         path = request.url.path
-        request_id = f"req-{uuid.uuid4().hex[:24]}"
         try:
             body = await read_json_body(request, max_body_bytes)
             model = validate_body(path, body)
             route = route_request(request, model, body)
         except BadRequest as exc:
-            settle()
-            return error_response(exc.info)
+            return refuse(exc.info)
         except ClientDisconnect:
-            settle()
+            settle(499)
             return Response(status_code=499)
         head = RequestHead(request_id=request_id, path=path, body=body, timeout=request_timeout)
+        live.model, live.stream = model, head.stream
         try:
             started = await dispatcher.start(head, route)
         except DispatchFailed as exc:
-            settle()
-            return error_response(exc.info, {"x-request-id": request_id})
+            return refuse(exc.info, {"x-request-id": request_id})
         exchange = started.exchange
+        live.peer = exchange.provider
+        live.path = "local" if exchange.provider == peer_id else path_kind(exchange.provider)
         headers = {"x-garage-provider": exchange.provider, "x-request-id": request_id}
         if not head.stream:
+            status = 499  # cancelled: the client went away
             try:
-                return await _collect(exchange, started.first, headers)
+                response = await _collect(exchange, started.first, headers, live)
+                status = response.status_code
+                return response
             finally:
-                settle()
+                settle(status)
 
         async def events() -> AsyncIterator[bytes]:
+            status = 499  # the client went away, unless the answer ends first
             try:
                 event = started.first
                 while True:
                     if isinstance(event, ResponseData):
+                        metrics.data(live, event.data)
                         yield event.data
                     elif isinstance(event, ResponseFailed):
                         log.warning("%s failed mid-stream on %s: %s", request_id, exchange.provider, event.info.error.message)
+                        status = event.info.status
                         yield sse_error(event.info)
                         return
                     else:
+                        status = 200
                         return
                     event = await exchange.next_event()
             finally:
-                await exchange.aclose()
-                settle()
+                # Settle first: when the client hangs up, Starlette cancels this
+                # generator and every await below raises at once.
+                settle(status)
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                    await exchange.aclose()
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
 
-    async def _collect(exchange, first, headers: dict[str, str]) -> Response:
+    async def _collect(exchange, first, headers: dict[str, str], live) -> Response:
         chunks: list[bytes] = []
         size = 0
         event = first
@@ -149,6 +187,7 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
                 size += len(event.data)
                 if size > MAX_RESPONSE_BYTES:
                     return error_response(error_info(502, "the provider's response is too large", type="server_error", code="response_too_large"), headers)
+                metrics.data(live, event.data)
                 chunks.append(event.data)
                 event = await exchange.next_event()
         finally:
@@ -162,6 +201,12 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
             for name, peers in sorted(dispatcher.known_models().items())
         ]
         return JSONResponse({"object": "list", "data": data})
+
+    async def prometheus(request: Request) -> Response:
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE)
+
+    async def live_requests(request: Request) -> Response:
+        return JSONResponse(metrics.live.view(time.monotonic()))
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "peer_id": peer_id})
@@ -193,6 +238,7 @@ def create_app(dispatcher: Dispatcher, admin: AdminSource, *, peer_id: str, max_
 
     routes = [Route(p, completions, methods=["POST"]) for p in ENDPOINT_PATHS]
     routes += [Route("/v1/models", gated(list_models), methods=["GET"]), Route("/health", health, methods=["GET"])]
+    routes += [Route("/metrics", gated(prometheus), methods=["GET"]), Route("/garage/v1/requests", gated(live_requests), methods=["GET"])]
     routes += [Route(r.path, gated(r.endpoint), methods=r.methods) for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)]
     return HeaderLimits(Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}))
 

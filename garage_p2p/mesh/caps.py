@@ -55,6 +55,8 @@ class CapsService:
         self.version = version
         self.interval = interval
         self.ttl = ttl
+        self.received = 0
+        """Ads accepted from gossip (``garage_ads_received_total``)."""
         self.rejected: dict[str, int] = {}
         """Ads refused per forwarding peer (bad signature, forged id, malformed)."""
         self.flooded: dict[str, int] = {}
@@ -136,6 +138,7 @@ class CapsService:
                         continue
                     self._rate.done(ad.peer_id, 0, time.monotonic())
                 entry = self.table.apply(ad, time.time(), message.data)
+                self.received += 1
                 if self.on_ad is not None:
                     self.on_ad(ad)
                 log.debug("ad from %s seq %d: %s", ad.peer_id, ad.seq, [m.name for m in entry.ad.models])

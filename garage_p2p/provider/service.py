@@ -12,8 +12,8 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
 
 import httpx
 import trio
@@ -31,6 +31,9 @@ from ..core.sse import SseSplitter, event_data
 from ..trio_util import single_exceptions
 from ..mesh.streams import StreamBroken, close_quietly, read_some, write_all
 from .backend import Backend
+
+if TYPE_CHECKING:
+    from ..gateway.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,21 @@ class ReceiptSink(Protocol):
 
 
 @dataclass
+class _Outcome:
+    """How a served request ended: what ``/metrics`` counts."""
+
+    status: int = 499
+    """200 for an END; an error's status; 499 while unfinished (the consumer went away)."""
+    usage: Usage | None = None
+    """The usage the backend reported."""
+
+    def error(self, info: ErrorInfo) -> bytes:
+        """The ERROR frame for ``info``, noting its status."""
+        self.status = info.status
+        return error_frame(info)
+
+
+@dataclass
 class _Metering:
     """One request's GPU accounting, from admission to END."""
 
@@ -64,6 +82,8 @@ class _Metering:
     """The receipt bytes signed into the END frame, if any."""
     tokens: int = 0
     """Prompt + completion tokens the backend reported (charged to the consumer's rate)."""
+    outcome: _Outcome = field(default_factory=_Outcome)
+    """Where the request's status and usage are noted (the metrics read them)."""
 
 
 LOCAL = "local"
@@ -110,6 +130,8 @@ class ProviderService:
         """Protocol violations per consumer peer (penalties act on these)."""
         self.on_fault: Callable[[str, str], None] | None = None
         """Told of every violation (the mesh's penalty box: enough of them ban the peer)."""
+        self.metrics: Metrics | None = None
+        """Where served requests are counted (``/metrics``); None counts nothing."""
         self._idle = trio.Event()
         self._idle.set()
 
@@ -200,24 +222,41 @@ class ProviderService:
         For a remote ``consumer`` (and a configured receipt sink) the END frame
         carries a signed receipt; its bytes are returned, to be counter-signed.
         """
+        model = head.body.get("model")
+        outcome = _Outcome()
+        if self.metrics is None:
+            return await self._serve(head, send, consumer, outcome)
+        live = self.metrics.begin("provider", head.request_id, model if isinstance(model, str) else "", head.stream, consumer)
+
+        async def observed(frame: bytes) -> None:
+            self.metrics.data(live, frame)
+            await send(frame)
+
+        try:
+            return await self._serve(head, observed, consumer, outcome)
+        finally:
+            usage = outcome.usage
+            self.metrics.end(live, outcome.status, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+
+    async def _serve(self, head: RequestHead, send: SendFrame, consumer: str | None, outcome: _Outcome) -> bytes | None:
         start = trio.current_time()
         model = head.body.get("model")
         backend = self.backends.get(model) if isinstance(model, str) else None
         if self.draining:
-            await send(error_frame(error_info(503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True)))
+            await send(outcome.error(error_info(503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True)))
             return None
         if backend is None or not backend.healthy:
-            await send(error_frame(error_info(404, f"this provider does not serve model {model!r}", type="invalid_request_error", param="model", code="model_not_found", retryable=True)))
+            await send(outcome.error(error_info(404, f"this provider does not serve model {model!r}", type="invalid_request_error", param="model", code="model_not_found", retryable=True)))
             return None
         party = consumer or LOCAL
         refusal = await self._admit(party)
         if refusal is not None:
-            await send(error_frame(refusal))
+            await send(outcome.error(refusal))
             return None
         meter = self.meters.setdefault(backend.name, GpuMeter(backend.gpus))
         meter.gpus = backend.gpus
         # GPU time counts from admission; the request's timings (queue_ms) from its arrival.
-        metering = _Metering(consumer if self.receipts is not None else None, meter, meter.begin(trio.current_time()), int(time.time() * 1000))
+        metering = _Metering(consumer if self.receipts is not None else None, meter, meter.begin(trio.current_time()), int(time.time() * 1000), outcome=outcome)
         try:
             return await self._serve_admitted(head, send, backend, metering, start)
         finally:
@@ -266,7 +305,7 @@ class ProviderService:
                 frame = await self._forward(head, backend, send, start, metering)
             if scope.cancelled_caught:
                 metering.receipt = None
-                frame = error_frame(error_info(504, f"the provider did not finish within {head.timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
+                frame = metering.outcome.error(error_info(504, f"the provider did not finish within {head.timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
             await send(frame)
             return metering.receipt
         finally:
@@ -302,16 +341,16 @@ class ProviderService:
             ) as response:
                 first_byte_ms = (trio.current_time() - start) * 1000
                 if response.status_code >= 400:
-                    return error_frame(await _backend_error(response))
+                    return metering.outcome.error(await _backend_error(response))
                 if head.stream:
                     usage, tail = await self._relay_stream(response, send, strip_usage)
                 else:
                     usage, tail = await self._relay_body(response)
         except httpx.ConnectError as exc:
             backend.healthy = False
-            return error_frame(error_info(502, f"the provider's backend is unreachable: {exc}", type="server_error", code="backend_unavailable", retryable=True))
+            return metering.outcome.error(error_info(502, f"the provider's backend is unreachable: {exc}", type="server_error", code="backend_unavailable", retryable=True))
         except httpx.HTTPError as exc:
-            return error_frame(error_info(502, f"the provider's backend failed: {exc}", type="server_error", code="backend_error"))
+            return metering.outcome.error(error_info(502, f"the provider's backend failed: {exc}", type="server_error", code="backend_error"))
         timings = Timings(
             queue_ms=queue_ms,
             first_byte_ms=first_byte_ms,
@@ -326,6 +365,7 @@ class ProviderService:
         gpu_seconds = metering.meter.end(metering.mark, trio.current_time())
         metering.mark = -1.0
         metering.tokens = (usage.prompt_tokens + usage.completion_tokens) if usage else 0
+        metering.outcome.status, metering.outcome.usage = 200, usage
         if metering.consumer is None or self.identity is None:
             return None
         end_ms = max(metering.start_ms, int(time.time() * 1000))
