@@ -30,6 +30,7 @@ from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
 from .auth import ANONYMOUS, Gatekeeper, Refused, is_loopback
 from .bodies import BadRequest, invalid_request, read_json_body
+from .dashboard import dashboard_routes
 from .jobs_api import job_routes
 from .metrics import CONTENT_TYPE, Metrics
 from .dispatch import Dispatcher, DispatchFailed
@@ -240,6 +241,7 @@ def create_app(
     routes += [Route("/v1/models", gated(list_models), methods=["GET"]), Route("/health", health, methods=["GET"])]
     routes += [Route("/metrics", gated(prometheus), methods=["GET"]), Route("/garage/v1/requests", gated(live_requests), methods=["GET"])]
     routes += [Route(r.path, gated(r.endpoint), methods=r.methods) for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)]
+    routes += dashboard_routes()
     return HeaderLimits(Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}))
 
 
