@@ -45,6 +45,9 @@ ensure_system_packages() {
     command -v iptables >/dev/null || missing+=(iptables)
     command -v podman >/dev/null || missing+=(podman runc conmon netavark aardvark-dns catatonit fuse-overlayfs uidmap)
     command -v debootstrap >/dev/null || missing+=(debootstrap)
+    # Headless Chromium and its driver run the dashboard test (tests/integration/test_dashboard_chromium.py).
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     [[ ${#missing[@]} -eq 0 ]] && return
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null; then
         log "installing ${missing[*]}"
