@@ -28,7 +28,7 @@ from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.messages import ENDPOINT_PATHS, ErrorInfo, RequestHead, dumps, error_body, error_info
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
-from .auth import ANONYMOUS, Gatekeeper, Refused, is_loopback
+from .auth import Gatekeeper, Refused, browser_refusal, from_browser, is_loopback
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
 from .jobs_api import job_routes
@@ -118,6 +118,8 @@ def create_app(
             settle(info.status)
             return error_response(info, headers)
 
+        if (refusal := browser_refusal(request.headers, not gate.required)) is not None:
+            return refuse(refusal)
         try:
             grant = gate.admit(request.headers.get("authorization"))
         except Refused as exc:
@@ -221,15 +223,31 @@ def create_app(
         return error_response(error_info(500, "internal error in the garage peer", type="server_error", code="internal_error"))
 
     def gated(endpoint):
-        """The same key check for every route but /health (counted as a request, no tokens)."""
+        """The endpoint's access rules for every route but /health and the dashboard's shell.
+
+        Reads of this peer's state (GET /garage/v1/*, /metrics) need the key
+        where the endpoint needs one, but do not count against its limits.
+        The peer's own CLI (loopback, not a browser) needs no key for
+        /garage/v1/*; a browser always does where keys are required.
+        """
 
         async def run(request: Request) -> Response:
-            # The peer's own CLI calls /garage/v1/* from this machine: no key needed for that.
-            local_admin = request.url.path.startswith("/garage/") and request.client is not None and is_loopback(request.client.host)
+            if (refusal := browser_refusal(request.headers, not gate.required)) is not None:
+                return error_response(refusal)
+            path = request.url.path
+            local_cli = path.startswith("/garage/") and request.client is not None and is_loopback(request.client.host) and not from_browser(request.headers)
+            read = request.method == "GET" and (path.startswith("/garage/") or path == "/metrics")
+            authorization = request.headers.get("authorization")
+            grant = None
             try:
-                grant = ANONYMOUS if local_admin else gate.admit(request.headers.get("authorization"))
+                if read and not local_cli:
+                    gate.identify(authorization)
+                elif not local_cli:
+                    grant = gate.admit(authorization)
             except Refused as exc:
                 return error_response(exc.info)
+            if grant is None:
+                return await endpoint(request)
             try:
                 return await endpoint(request)
             finally:

@@ -42,6 +42,42 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_name(host: str) -> str:
+    """The name in a ``Host`` header, without the port (``[::1]:8000`` → ``::1``)."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def from_browser(headers) -> bool:
+    """Whether a browser sent the request: browsers add ``Origin`` or ``Sec-Fetch-*``; page scripts cannot remove them."""
+    return "origin" in headers or "sec-fetch-site" in headers
+
+
+def browser_refusal(headers, anonymous_allowed: bool) -> ErrorInfo | None:
+    """Why a browser's request must be refused, or None.
+
+    - Another site's page may not use this endpoint (a form POST to
+      ``/garage/v1/drain``, a ``fetch`` spending the owner's mesh credit): its
+      ``Origin`` differs from the ``Host`` it reached, or the browser says
+      ``Sec-Fetch-Site: cross-site``.
+    - Where requests without a key are served (a loopback endpoint), the
+      ``Host`` must be a loopback name: a DNS-rebinding page reaches
+      127.0.0.1 under a name of its own.
+    Requests that are not from a browser (the CLI, SDKs, curl) pass unchanged.
+    """
+    if not from_browser(headers):
+        return None
+    host = headers.get("host", "")
+    origin = headers.get("origin")
+    site = headers.get("sec-fetch-site", "")
+    if (origin is not None and origin.partition("://")[2] != host) or site in ("cross-site", "same-site"):
+        return error_info(403, "Requests from another site's web page are refused. Open the dashboard at this peer's own address.", type="permission_error", code="cross_origin_refused")
+    if anonymous_allowed and not is_loopback(host_name(host)):
+        return error_info(403, f"Host {host!r} is not this machine: without an API key the endpoint answers browsers only at 127.0.0.1 or localhost.", type="permission_error", code="host_refused")
+    return None
+
+
 class Refused(Exception):
     """The request may not go on; ``info`` is the OpenAI error to answer with."""
 
@@ -88,6 +124,19 @@ class Gatekeeper:
             self._cache.clear()
         self._cache[token] = (key, now + CACHE_S)
         return key
+
+    def identify(self, authorization: str | None) -> Pass:
+        """Check the key like ``admit`` (401), without counting the request against its limits.
+
+        For reads of this peer's own state (the dashboard polls them every
+        few seconds; they use no GPU and no mesh).
+        """
+        token = bearer_token(authorization)
+        if (token is None or not looks_like_key(token)) and not self.required:
+            return ANONYMOUS
+        if token is not None and looks_like_key(token) and (key := self._lookup(token)) is not None:
+            return Pass(key.id)
+        return self.admit(authorization)  # the same 401 as every other route
 
     def admit(self, authorization: str | None) -> Pass:
         """Let the request in, or raise Refused (401, 429)."""

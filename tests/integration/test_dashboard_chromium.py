@@ -170,10 +170,6 @@ def enter_key(driver, key: str) -> None:
     driver.find_element(By.ID, "key-submit").click()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the daemon serves /garage/v1/* to any loopback client without a key, browsers included (gated() in gateway/app.py)",
-)
 def test_a_browser_without_the_key_gets_401_from_the_json_apis(mesh, chromium):
     chromium.get(mesh.origin + "/dashboard")
     chromium.execute_script("sessionStorage.clear()")
