@@ -55,7 +55,7 @@ async def wait_for(predicate, timeout: float = 10.0, interval: float = 0.05) -> 
             await trio.sleep(interval)
 
 
-async def wait_for_model(peer: Peer, model: str, providers: int = 1, timeout: float = 10.0) -> None:
+async def wait_for_model(peer: Peer, model: str, providers: int = 1, timeout: float = 30.0) -> None:
     async def known() -> bool:
         return len(peer.dispatcher.known_models().get(model, [])) >= providers
 

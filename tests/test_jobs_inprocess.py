@@ -97,7 +97,7 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
         async def finished(job=job_id, status="completed"):
             return (await job_status(http, submitter, job))["status"] == status
 
-        await wait_for(finished, timeout=30, interval=0.2)
+        await wait_for(finished, timeout=60, interval=0.2)
         assert len(await output(http, submitter, job_id)) == 5
         errors = await output(http, submitter, job_id, "errors")
         assert [e["error"]["code"] for e in errors] == ["invalid_line", "invalid_line"]
@@ -132,7 +132,7 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
         async def started(job=job_id):
             return (await job_status(http, submitter, job))["done"] > 0
 
-        await wait_for(started, timeout=30, interval=0.05)
+        await wait_for(started, timeout=60, interval=0.05)
         cancelled = (await http.post(f"{base}/garage/v1/jobs/{job_id}/cancel")).json()
         assert cancelled["status"] == "cancelled" and cancelled["done"] == 200
         errors = await output(http, submitter, job_id, "errors")
