@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from garage_p2p.core.limits import Limits
 from garage_p2p.core.live_requests import LiveRequests
-from garage_p2p.gateway.metrics import Metrics
+from garage_p2p.gateway.metrics import MAX_PROVIDER_LABELS, Metrics
 from garage_p2p.store.keys import KeyStore
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
@@ -170,6 +170,12 @@ def test_label_values_stay_bounded_and_a_request_is_counted_once():
     assert value(parsed, "garage_served_requests_total", model="other", status="404") == 100
     assert value(parsed, "garage_completion_tokens_total", model="tiny") == 4
     assert len(metrics.live.recent) == LiveRequests().keep
+    for i in range(MAX_PROVIDER_LABELS + 10):  # a big mesh: providers beyond the cap count as "other"
+        metrics.end(metrics.begin("consumer", f"big-{i}", "tiny", False, peer=f"12D3KooWp{i}"), 200)
+    parsed = samples(metrics.exposition().decode())
+    providers = {dict(labels)["provider"] for (name, labels) in parsed if name == "garage_requests_total"}
+    assert len(providers) == MAX_PROVIDER_LABELS + 2  # the capped ones, "other" and "none"
+    assert value(parsed, "garage_requests_total", model="tiny", status="200", provider="other") == 11
 
 
 async def test_metrics_survive_a_broken_http_client(tmp_path):

@@ -12,7 +12,8 @@ Two kinds, as the Prometheus client guidelines suggest:
 Every peer has its own registry (several peers can share a process in the
 tests and the simulator's emulation). Label values are bounded: a model is
 named only once a provider answered for it (else ``other``), a provider by
-its peer id (bounded by the mesh), a status by its HTTP code.
+its peer id (the first ``MAX_PROVIDER_LABELS``, then ``other``), a status by
+its HTTP code.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0,
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 OTHER = "other"
 """The model label of requests for models no provider answered for (bounds the label's values)."""
+MAX_PROVIDER_LABELS = 256
+"""Providers named in labels; later ones count as ``other`` (a big mesh would otherwise make thousands of series)."""
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class Metrics:
         self.served_completion_tokens = Counter("garage_served_completion_tokens", "Completion tokens this provider generated.", ["model"], registry=r)
         self._info = {"peer_id": peer_id, "version": version}
         self._served_models: set[str] = set()
+        self._providers: set[str] = set()
         r.register(_Scraped(self))
         if process:
             ProcessCollector(registry=r)
@@ -105,7 +109,7 @@ class Metrics:
         if request.role == "consumer":
             # A model gets its own label once some provider answered for it.
             model = done.model if done.peer is not None and status < 500 and status != 404 else OTHER
-            self.requests.labels(model, str(status), done.peer or "none").inc()
+            self.requests.labels(model, str(status), self._provider_label(done.peer)).inc()
             self.latency.labels(model).observe(done.latency_s)
             if done.ttft_s is not None:
                 self.ttft.labels(model).observe(done.ttft_s)
@@ -117,6 +121,13 @@ class Metrics:
             self.served_latency.labels(model).observe(done.latency_s)
             self.served_prompt_tokens.labels(model).inc(prompt_tokens)
             self.served_completion_tokens.labels(model).inc(completion_tokens)
+
+    def _provider_label(self, peer: str | None) -> str:
+        if peer is None:
+            return "none"
+        if peer not in self._providers and len(self._providers) < MAX_PROVIDER_LABELS:
+            self._providers.add(peer)
+        return peer if peer in self._providers else OTHER
 
     def serving(self, models: set[str]) -> None:
         """The models this peer serves (their names may be labels on the provider side)."""
