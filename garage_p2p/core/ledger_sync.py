@@ -88,7 +88,7 @@ class LedgerRequest(WireModel):
     limit: int = Field(default=MAX_RANGE_ENTRIES, ge=1, le=MAX_RANGE_ENTRIES)
     """heads/range: most items wanted (the server may send fewer)."""
     receipts: tuple[str, ...] = Field(default=(), max_length=MAX_PUSH_RECEIPTS)
-    """push: base64 of provider signature | receipt | counter-signature."""
+    """push: base64 of provider signature (64 bytes) | counter-signature (64 bytes) | receipt (``ledger.book.pack_pending``)."""
 
 
 class HeadsPage(WireModel):
