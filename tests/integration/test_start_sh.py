@@ -1,0 +1,369 @@
+"""bootstrap/start.sh, the one-command rig install, in a throwaway root.
+
+The root is a Podman container running systemd as init (``--systemd=always``), so
+``systemctl enable --now garage-peer`` is real: systemd starts the daemon as the ``garage`` user
+under the unit's hardening and the script waits for its /health. The image is the project's
+debootstrapped base (``localhost/garage-debian:bookworm``, built through
+``garage_p2p.runtime.images.build_base`` if missing) plus systemd, python3-venv, podman and runc
+from the Debian mirror, built once and kept by tag. The container has no network
+(``--network none``): pip installs from a wheelhouse of the package's dependencies built once on
+this machine (``~/.cache/garage/startsh/wheels-*``) and passed as PIP_NO_INDEX/PIP_FIND_LINKS,
+which start.sh leaves to pip like any pip configuration. The GPU steps are skipped (--skip-gpu).
+
+The tests run in order on one container: a missing dependency first (nothing may change), then
+the install, a second run (a no-op), ``--uninstall`` (keeps the identity), a reinstall (same peer
+id) and ``--uninstall --purge``, after which the container's files and users must be as before.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from garage_p2p.runtime.images import BASE_IMAGE, build_base, image_exists
+from garage_p2p.runtime.podman_service import podman_env
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("GARAGE_STARTSH_CACHE") or Path.home() / ".cache" / "garage" / "startsh")
+HOME = "/var/lib/garage"
+PREFIX = "/opt/garage"
+STEPS = ["user", "home", "venv", "links", "identity", "unit", "enable", "start"]
+
+CONTAINERFILE = f"""\
+FROM {BASE_IMAGE}
+RUN apt-get update \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd systemd-sysv dbus python3-venv podman runc \\
+ && apt-get clean && rm -rf /var/lib/apt/lists/* \\
+ && systemctl mask podman.service podman.socket podman-auto-update.service podman-auto-update.timer podman-restart.service
+"""
+# (Podman's own units fail in a container without its settings; masked, the root is "running".)
+
+# What the comparison of the root before and after leaves out: kernel and runtime file systems,
+# logs and caches, systemd's own state (timers, random seed), the test's mounts, and the backups
+# shadow-utils writes itself on every useradd/userdel (/etc/passwd- & co. hold the previous copy).
+LISTING = r"""
+import hashlib, os, stat, sys
+SKIP = {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache", "/var/lib/systemd",
+        "/src", "/wheels", "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/etc/subuid-", "/etc/subgid-"}
+out = []
+def walk(d):
+    for n in sorted(os.listdir(d)):
+        p = "/" + n if d == "/" else d + "/" + n
+        if p in SKIP:
+            continue
+        st = os.lstat(p)
+        line = f"{p}\t{oct(st.st_mode)}\t{st.st_uid}:{st.st_gid}"
+        if stat.S_ISREG(st.st_mode):
+            h = hashlib.sha256()
+            with open(p, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+            line += "\t" + h.hexdigest()
+        elif stat.S_ISLNK(st.st_mode):
+            line += "\t-> " + os.readlink(p)
+        out.append(line)
+        if stat.S_ISDIR(st.st_mode):
+            walk(p)
+walk("/")
+sys.stdout.write("\n".join(out) + "\n")
+"""
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("podman") is None, reason="needs root and Podman (bootstrap/dev-env.sh)")
+
+
+def _env() -> dict[str, str]:
+    return podman_env(CACHE)
+
+
+def _rig_image() -> str:
+    """The systemd root image, built once per Containerfile text and kept by tag."""
+    tag = "localhost/garage-startsh-rig:" + hashlib.sha256(CONTAINERFILE.encode()).hexdigest()[:12]
+    env = _env()
+    if image_exists(tag, env):
+        return tag
+    build_base(CACHE)  # the project's debootstrap path; returns at once when the base exists
+    ctx = CACHE / "rig-image"
+    ctx.mkdir(parents=True, exist_ok=True)
+    (ctx / "Containerfile").write_text(CONTAINERFILE)
+    result = subprocess.run(["podman", "build", "--pull=never", "-t", tag, str(ctx)], env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return tag
+
+
+def _wheelhouse() -> Path:
+    """Wheels of the package's dependencies (and its build backend), built once per pyproject."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    reqs = sorted(project["project"]["dependencies"]) + sorted(project["build-system"]["requires"]) + ["wheel"]
+    key = hashlib.sha256(("\n".join(reqs) + sys.version).encode()).hexdigest()[:12]
+    final = CACHE / f"wheels-{key}"
+    if (final / ".complete").exists():
+        return final
+    tmp = CACHE / f"wheels-{key}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(tmp), *reqs],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (tmp / ".complete").touch()
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return final
+
+
+def _snapshot_source(dest: Path) -> Path:
+    """This checkout as it is now (the working tree), without the venv, caches and git."""
+    skip = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", "node_modules"}
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        parts = Path(info.name).parts
+        return None if any(p in skip or p.endswith(".egg-info") for p in parts) else info
+
+    archive = dest / "src.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(REPO, arcname="src", filter=keep)
+    with tarfile.open(archive) as tar:
+        tar.extractall(dest, filter="tar")
+    archive.unlink()
+    return dest / "src"
+
+
+class Rig:
+    """One systemd container; ``sh`` runs a command inside it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.env = _env()
+
+    def sh(self, command: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
+        return subprocess.run(["podman", "exec", *flags, self.name, "bash", "-c", command], env=self.env, capture_output=True, text=True, timeout=timeout)
+
+    def start_sh(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        # Offline: pip takes everything from the wheelhouse (plain pip configuration).
+        return self.sh("bash /src/bootstrap/start.sh " + " ".join(args), timeout=timeout, env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"})
+
+    def listing(self) -> list[str]:
+        result = subprocess.run(
+            ["podman", "exec", "-i", self.name, "python3", "-I", "-B", "-"], input=LISTING, env=self.env, capture_output=True, text=True, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.splitlines()
+
+    def file_hash(self, path: str) -> str:
+        result = self.sh(f"sha256sum {path}")
+        assert result.returncode == 0, result.stderr
+        return result.stdout.split()[0]
+
+
+@pytest.fixture(scope="module")
+def rig(tmp_path_factory):
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        image_job = pool.submit(_rig_image)
+        wheels_job = pool.submit(_wheelhouse)
+        image, wheels = image_job.result(), wheels_job.result()
+    src = _snapshot_source(tmp_path_factory.mktemp("startsh"))
+    name = f"garage-startsh-{os.getpid()}"
+    env = _env()
+    subprocess.run(["podman", "rm", "-f", name], env=env, capture_output=True)
+    # CAP_SYS_ADMIN is the one capability needed beyond Podman's defaults: without it systemd
+    # silently skips the unit's mount namespacing (ProtectSystem=, ReadWritePaths=, PrivateTmp=),
+    # with it the daemon runs under the unit's real hardening.
+    run = subprocess.run(
+        ["podman", "run", "-d", "--name", name, "--systemd=always", "--cap-add=SYS_ADMIN", "--network", "none",
+         "-v", f"{src}:/src:ro", "-v", f"{wheels}:/wheels:ro", image, "/sbin/init"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stderr
+    rig = Rig(name)
+    try:
+        deadline = time.monotonic() + 60
+        state = ""
+        while time.monotonic() < deadline:
+            state = rig.sh("systemctl is-system-running", timeout=30).stdout.strip()
+            if state in ("running", "degraded"):
+                break
+            time.sleep(0.5)
+        assert state in ("running", "degraded"), f"systemd in the container did not come up: {state!r}"
+        rig.before = rig.listing()
+        yield rig
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=env, capture_output=True, timeout=120)
+
+
+def _one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert "Traceback" not in result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1, result.stderr
+    return errors[0]
+
+
+def _step_lines(output: str) -> dict[str, str]:
+    """``garage: STEP  text`` lines → {step: text} (the last line of each step)."""
+    steps = {}
+    for line in output.splitlines():
+        m = re.match(r"garage: (\S+)\s+(.*)$", line)
+        if m:
+            steps[m.group(1)] = m.group(2)
+    return steps
+
+
+def _diff(before: list[str], after: list[str]) -> str:
+    b, a = set(before), set(after)
+    lines = [f"- {x}" for x in sorted(b - a)] + [f"+ {x}" for x in sorted(a - b)]
+    return "\n".join(lines[:60])
+
+
+def test_a_missing_dependency_stops_with_one_line_naming_the_fix(rig):
+    moved = rig.sh("mv /usr/bin/podman /usr/bin/podman.hidden")
+    assert moved.returncode == 0, moved.stderr
+    try:
+        result = rig.start_sh("--skip-gpu")
+    finally:
+        assert rig.sh("mv /usr/bin/podman.hidden /usr/bin/podman").returncode == 0
+    assert result.returncode != 0
+    line = _one_error_line(result)
+    assert "Podman" in line and "apt-get install -y podman" in line, line
+    # The checks come before any change.
+    assert rig.listing() == rig.before, _diff(rig.before, rig.listing())
+
+
+def test_install_starts_the_daemon_under_systemd(rig):
+    result = rig.start_sh("--skip-gpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = _step_lines(result.stdout)
+    assert steps["identity"].startswith("created "), steps
+    assert steps["gpu"] == "skipped (--skip-gpu)"
+    assert "skipped" in steps["bench"]
+    printed_id = re.search(r"peer id +(12D3Koo\w+)", result.stdout).group(1)
+
+    assert rig.sh("systemctl is-active garage-peer").stdout.strip() == "active"
+    assert rig.sh("systemctl is-enabled garage-peer").stdout.strip() == "enabled"
+    health = rig.sh(f"{PREFIX}/bin/python -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/health\", timeout=5).read().decode())'")
+    assert health.returncode == 0, health.stderr
+    assert json.loads(health.stdout)["peer_id"] == printed_id
+
+    # The identity is the one `garage init` made: asking it again (as the garage user) gives the same id.
+    init = rig.sh(f"runuser -u garage -- env GARAGE_HOME={HOME} garage init")
+    assert init.returncode == 0, init.stderr
+    assert init.stdout.strip() == printed_id
+    status = rig.sh(f"garage status --home {HOME} --json")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["peer_id"] == printed_id
+
+    # The daemon runs as garage, under the unit's hardening: its own mount namespace in which
+    # the system is read-only and only the home is writable; the home is private.
+    pid = rig.sh("systemctl show -p MainPID --value garage-peer").stdout.strip()
+    assert rig.sh(f"stat -c %U /proc/{pid}").stdout.strip() == "garage"
+    mounts = rig.sh(f"cat /proc/{pid}/mountinfo").stdout
+    assert re.search(rf"^\S+ \S+ \S+ \S+ {HOME} rw,", mounts, re.M), mounts
+    assert re.search(r"^\S+ \S+ \S+ / / ro,", mounts, re.M), mounts
+    perms = rig.sh(f"stat -c '%a %U' {HOME} {HOME}/identity.key; readlink /usr/local/bin/garage /usr/local/bin/garage-peer").stdout.split("\n")
+    assert perms[:4] == ["700 garage", "600 garage", f"{PREFIX}/bin/garage", f"{PREFIX}/bin/garage-peer"], perms
+    rig.peer_id = printed_id
+    rig.key_hash = rig.file_hash(f"{HOME}/identity.key")
+
+
+def _outside_home(listing: list[str]) -> list[str]:
+    """The listing without the daemon's own files (its databases change while it runs)."""
+    return [line for line in listing if not line.startswith(HOME + "/")]
+
+
+def test_a_second_run_changes_nothing(rig):
+    pid = rig.sh("systemctl show -p MainPID --value garage-peer").stdout.strip()
+    before = _outside_home(rig.listing())
+    result = rig.start_sh("--skip-gpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = _step_lines(result.stdout)
+    for name in STEPS:
+        assert steps[name].startswith("already done"), (name, steps)
+    assert "skipped" in steps["bench"]
+    assert _outside_home(rig.listing()) == before, _diff(before, _outside_home(rig.listing()))
+    assert rig.sh("systemctl show -p MainPID --value garage-peer").stdout.strip() == pid  # not restarted
+    assert rig.file_hash(f"{HOME}/identity.key") == rig.key_hash
+
+
+def test_uninstall_keeps_the_identity_and_removes_the_rest(rig):
+    result = rig.sh("bash /src/bootstrap/start.sh --uninstall")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{HOME}/identity.key" in result.stdout and "back it up" in result.stdout
+    assert rig.file_hash(f"{HOME}/identity.key") == rig.key_hash
+    assert rig.sh(f"ls -A {HOME}").stdout.split() == [".install-manifest", "identity.key"]
+    assert rig.sh("systemctl is-active garage-peer").stdout.strip() != "active"
+    gone = ["/etc/systemd/system/garage-peer.service", "/etc/systemd/system/multi-user.target.wants/garage-peer.service",
+            "/usr/local/bin/garage", "/usr/local/bin/garage-peer", PREFIX]
+    for path in gone:
+        assert rig.sh(f"test -e {path} || test -L {path}").returncode != 0, f"{path} is still there"
+    assert rig.sh("getent passwd garage").returncode != 0
+    assert rig.sh("getent group garage").returncode != 0
+    # Only the home (with the key) differs from the root before the install.
+    after = rig.listing()
+    extra = sorted(set(after) - set(rig.before))
+    assert [line.split("\t")[0] for line in extra] == [HOME, f"{HOME}/.install-manifest", f"{HOME}/identity.key"], _diff(rig.before, after)
+    assert not set(rig.before) - set(after), _diff(rig.before, after)
+
+
+def test_reinstall_reuses_the_identity_and_purge_leaves_the_root_as_before(rig):
+    result = rig.start_sh("--skip-gpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert _step_lines(result.stdout)["identity"] == f"already done (peer id {rig.peer_id})"
+    assert rig.sh("systemctl is-active garage-peer").stdout.strip() == "active"
+
+    result = rig.sh("bash /src/bootstrap/start.sh --uninstall --purge")
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = rig.listing()
+    assert after == rig.before, _diff(rig.before, after)
+    # And a second purge has nothing left to do.
+    again = rig.sh("bash /src/bootstrap/start.sh --uninstall --purge")
+    assert again.returncode == 0 and "nothing to uninstall" in again.stdout, again.stdout + again.stderr
+
+
+def test_install_deps_installs_what_is_missing_and_a_bad_source_is_one_line(tmp_path):
+    """--install-deps in a rig with network (the Debian mirror): podman removed, then put back by the script."""
+    image = _rig_image()
+    name = f"garage-startsh-deps-{os.getpid()}"
+    env = _env()
+    src = _snapshot_source(tmp_path)
+    run = subprocess.run(["podman", "run", "-d", "--name", name, "--systemd=always", "-v", f"{src}:/src:ro", image, "/sbin/init"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    try:
+        rig = Rig(name)
+        removed = rig.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq podman", timeout=120)
+        assert removed.returncode == 0 and rig.sh("command -v podman").returncode != 0, removed.stderr
+        # No package index: pip cannot find this version, so the install stops at the venv step.
+        result = rig.sh("bash /src/bootstrap/start.sh --skip-gpu --install-deps --source garage-p2p==999", env={"PIP_NO_INDEX": "1"}, timeout=600)
+        assert "deps      installing podman runc" in result.stdout, result.stdout + result.stderr
+        assert rig.sh("command -v podman").returncode == 0
+        assert result.returncode != 0
+        line = _one_error_line(result)
+        assert "pip install garage-p2p==999 failed" in line and "No matching distribution" in line, line
+    finally:
+        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=env, capture_output=True, timeout=120)
+
+
+def test_usage_errors_are_one_line():
+    script = str(REPO / "bootstrap" / "start.sh")
+    bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=30)
+    assert bad.returncode == 2 and _one_error_line(bad) == "garage: error: unknown option --bogus (see --help)"
+    purge = subprocess.run(["bash", script, "--purge"], capture_output=True, text=True, timeout=30)
+    assert purge.returncode == 2 and "--purge goes with --uninstall" in _one_error_line(purge)
+    not_root = subprocess.run(["runuser", "-u", "nobody", "--", "bash", script, "--skip-gpu"], capture_output=True, text=True, timeout=30)
+    assert not_root.returncode == 3 and "run as root" in _one_error_line(not_root)
+    usage = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30)
+    assert usage.returncode == 0 and "--uninstall" in usage.stdout and "set -euo" not in usage.stdout
+    if shutil.which("shellcheck"):
+        check = subprocess.run(["shellcheck", script], capture_output=True, text=True, timeout=60)
+        assert check.returncode == 0, check.stdout
