@@ -82,7 +82,7 @@ while [[ $# -gt 0 ]]; do
     esac
     shift
 done
-[[ "$SKIP_GPU" == 1 || "$SKIP_GPU" == 0 ]] || SKIP_GPU=1
+case "${SKIP_GPU,,}" in 1 | true | yes | on) SKIP_GPU=1 ;; *) SKIP_GPU=0 ;; esac
 if [[ $PURGE -eq 1 && $UNINSTALL -eq 0 ]]; then die "--purge goes with --uninstall" 2; fi
 [[ "$PREFIX" == /* && "$GHOME" == /* ]] || die "--prefix and --home must be absolute paths" 2
 PREFIX="${PREFIX%/}"
@@ -604,13 +604,14 @@ install_main() {
     bench_step
     unit_step
     service_step
-    local url
+    local url running=""
     url="$(health_url)"
+    [[ $NO_START -eq 0 ]] || running=" (once started: systemctl start garage-peer)"
     cat <<EOF
 
 Garage P2P is installed.
   peer id   $PEER_ID
-  endpoint  $url/v1   (OpenAI-compatible; any client, api_key unused on loopback)
+  endpoint  $url/v1$running   (OpenAI-compatible; any client, api_key unused on loopback)
   identity  $GHOME/identity.key  (back it up: it is the peer id)
 Next:
   garage status --home $GHOME        this peer: addresses, reachability, connections
@@ -623,6 +624,16 @@ EOF
 # --- uninstall -----------------------------------------------------------------------------
 uninstall_main() {
     [[ $(id -u) -eq 0 ]] || die "run as root: sudo bash $0 --uninstall" 3
+    # Installed with another --prefix? The unit this script wrote names it.
+    if [[ ! -f "$MANIFEST" && -f "$UNIT_PATH" ]] && grep -q '^# Installed by bootstrap/start.sh' "$UNIT_PATH"; then
+        local other
+        other="$(sed -n 's|^ExecStart=\(.*\)/bin/garage-peer$|\1|p' "$UNIT_PATH" | head -n1)"
+        if [[ -n "$other" && -f "$other/.install-manifest" ]]; then
+            PREFIX="$other"
+            MANIFEST="$PREFIX/.install-manifest"
+            say "found the install in $PREFIX (from $UNIT_PATH)"
+        fi
+    fi
     if [[ ! -f "$MANIFEST" ]]; then
         if [[ -f "$KEPT_MANIFEST" && "$(stat -c %u "$KEPT_MANIFEST")" == 0 ]]; then
             if [[ $PURGE -eq 1 ]]; then
