@@ -295,6 +295,28 @@ def test_a_second_run_changes_nothing(rig):
     assert rig.file_hash(f"{HOME}/identity.key") == rig.key_hash
 
 
+def test_bench_runs_once_a_backend_is_configured(rig):
+    """With a model server configured, the bench step measures it (a CPU server: --skip-gpu does not stop it)."""
+    started = rig.sh(f"nohup {PREFIX}/bin/python -m garage_p2p.devtools.standin_backend --port 18101 >/dev/null 2>&1 & echo $!")
+    pid = started.stdout.strip()
+    assert pid.isdigit(), started.stderr
+    try:
+        up = rig.sh(f"for i in $(seq 100); do {PREFIX}/bin/python -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:18101/v1/models\", timeout=1)' 2>/dev/null && exit 0; sleep 0.2; done; exit 1")
+        assert up.returncode == 0, "the stand-in backend did not come up"
+        config = rig.sh(f"printf 'backends = {{ tiny = \"http://127.0.0.1:18101/v1\" }}\\n' > {HOME}/config.toml && chown garage:garage {HOME}/config.toml")
+        assert config.returncode == 0, config.stderr
+        result = rig.start_sh("--skip-gpu")
+        assert result.returncode == 0, result.stdout + result.stderr
+        steps = _step_lines(result.stdout)
+        assert steps["bench"] == f"saved {HOME}/bench.json", steps
+        figures = json.loads(rig.sh(f"cat {HOME}/bench.json").stdout)
+        assert set(figures) == {"tiny"} and figures["tiny"]["aggregate_tps"] > 0, figures
+        again = _step_lines(rig.start_sh("--skip-gpu").stdout)
+        assert again["bench"].startswith("already done"), again
+    finally:
+        rig.sh(f"kill {pid}")
+
+
 def test_uninstall_keeps_the_identity_and_removes_the_rest(rig):
     result = rig.sh("bash /src/bootstrap/start.sh --uninstall")
     assert result.returncode == 0, result.stdout + result.stderr
