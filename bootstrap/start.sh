@@ -30,6 +30,9 @@
 #   --purge              with --uninstall: remove the identity too; the machine is as before
 #   -h, --help           this text
 #
+# Environment: GARAGE_SKIP_GPU=1 (as --skip-gpu), GARAGE_START_TIMEOUT (seconds to wait for
+# /health, default 90), PYTHON_FOR_GARAGE (the Python to build the venv with; default the
+# newest python3.x >= 3.11 on PATH).
 # pip reads its usual configuration (PIP_INDEX_URL, PIP_FIND_LINKS, PIP_NO_INDEX, pip.conf),
 # so an offline install from a wheelhouse works. Exit codes: 0 done, 1 a step failed,
 # 2 bad usage, 3 a missing dependency (the message names the command that installs it).
@@ -298,6 +301,7 @@ prefix_step() {
     for dir in "${CREATED_DIRS[@]}"; do [[ "$dir" == "$PREFIX" ]] || manifest_add dir "$dir"; done
     CREATED_DIRS=()
     # What a previous `--uninstall` (without --purge) kept in HOME: the home and identity were ours.
+    local kind value
     if [[ -f "$KEPT_MANIFEST" && "$(stat -c %u "$KEPT_MANIFEST")" == 0 && "$(stat -c %u "$GHOME")" == 0 ]]; then
         while IFS=$'\t' read -r kind value; do
             case "$kind" in home | identity | dir) manifest_add "$kind" "$value" ;; esac
@@ -748,9 +752,9 @@ purge_kept() {  # after `--uninstall`, `--uninstall --purge`: the kept home and 
         rm -f -- "$GHOME/identity.key" "$KEPT_MANIFEST"
     fi
     local dir
-    for dir in $(printf '%s\n' "${dirs[@]}" | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-); do
-        rmdir -- "$dir" 2>/dev/null || true
-    done
+    while IFS= read -r dir; do
+        [[ -z "$dir" ]] || rmdir -- "$dir" 2>/dev/null || true
+    done < <(printf '%s\n' "${dirs[@]}" | awk '{ print length($0) "\t" $0 }' | sort -rn | cut -f2-)
     step identity "removed $GHOME/identity.key (purge)"
     say "uninstalled; nothing of Garage P2P is left"
 }

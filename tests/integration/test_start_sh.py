@@ -97,7 +97,7 @@ def _rig_image() -> str:
     ctx = CACHE / "rig-image"
     ctx.mkdir(parents=True, exist_ok=True)
     (ctx / "Containerfile").write_text(CONTAINERFILE)
-    result = subprocess.run(["podman", "build", "--pull=never", "-t", tag, str(ctx)], env=env, capture_output=True, text=True, timeout=900)
+    result = subprocess.run(["podman", "build", "--pull=never", "-t", tag, str(ctx)], env=env, capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     return tag
 
@@ -114,7 +114,7 @@ def _wheelhouse() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(tmp), *reqs],
-        capture_output=True, text=True, timeout=900,
+        capture_output=True, text=True, timeout=900, check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (tmp / ".complete").touch()
@@ -149,7 +149,7 @@ class Rig:
 
     def sh(self, command: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
-        return subprocess.run(["podman", "exec", *flags, self.name, "bash", "-c", command], env=self.env, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(["podman", "exec", *flags, self.name, "bash", "-c", command], env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
 
     def start_sh(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         # Offline: pip takes everything from the wheelhouse (plain pip configuration).
@@ -157,7 +157,7 @@ class Rig:
 
     def listing(self) -> list[str]:
         result = subprocess.run(
-            ["podman", "exec", "-i", self.name, "python3", "-I", "-B", "-"], input=LISTING, env=self.env, capture_output=True, text=True, timeout=300
+            ["podman", "exec", "-i", self.name, "python3", "-I", "-B", "-"], input=LISTING, env=self.env, capture_output=True, text=True, timeout=300, check=False
         )
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout.splitlines()
@@ -177,14 +177,14 @@ def rig(tmp_path_factory):
     src = _snapshot_source(tmp_path_factory.mktemp("startsh"))
     name = f"garage-startsh-{os.getpid()}"
     env = _env()
-    subprocess.run(["podman", "rm", "-f", name], env=env, capture_output=True)
+    subprocess.run(["podman", "rm", "-f", name], env=env, capture_output=True, check=False)
     # CAP_SYS_ADMIN is the one capability needed beyond Podman's defaults: without it systemd
     # silently skips the unit's mount namespacing (ProtectSystem=, ReadWritePaths=, PrivateTmp=),
     # with it the daemon runs under the unit's real hardening.
     run = subprocess.run(
         ["podman", "run", "-d", "--name", name, "--systemd=always", "--cap-add=SYS_ADMIN", "--network", "none",
          "-v", f"{src}:/src:ro", "-v", f"{wheels}:/wheels:ro", image, "/sbin/init"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env, capture_output=True, text=True, timeout=120, check=False,
     )
     assert run.returncode == 0, run.stderr
     rig = Rig(name)
@@ -200,7 +200,7 @@ def rig(tmp_path_factory):
         rig.before = rig.listing()
         yield rig
     finally:
-        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=env, capture_output=True, timeout=120)
+        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=env, capture_output=True, timeout=120, check=False)
 
 
 def _one_error_line(result: subprocess.CompletedProcess) -> str:
@@ -243,6 +243,7 @@ def test_a_missing_dependency_stops_with_one_line_naming_the_fix(rig):
 def test_install_starts_the_daemon_under_systemd(rig):
     result = rig.start_sh("--skip-gpu")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "", result.stderr  # no warnings, no noise
     steps = _step_lines(result.stdout)
     assert steps["identity"].startswith("created "), steps
     assert steps["gpu"] == "skipped (--skip-gpu)"
@@ -268,8 +269,8 @@ def test_install_starts_the_daemon_under_systemd(rig):
     pid = rig.sh("systemctl show -p MainPID --value garage-peer").stdout.strip()
     assert rig.sh(f"stat -c %U /proc/{pid}").stdout.strip() == "garage"
     mounts = rig.sh(f"cat /proc/{pid}/mountinfo").stdout
-    assert re.search(rf"^\S+ \S+ \S+ \S+ {HOME} rw,", mounts, re.M), mounts
-    assert re.search(r"^\S+ \S+ \S+ / / ro,", mounts, re.M), mounts
+    assert re.search(rf"^\S+ \S+ \S+ \S+ {HOME} rw,", mounts, re.MULTILINE), mounts
+    assert re.search(r"^\S+ \S+ \S+ / / ro,", mounts, re.MULTILINE), mounts
     perms = rig.sh(f"stat -c '%a %U' {HOME} {HOME}/identity.key; readlink /usr/local/bin/garage /usr/local/bin/garage-peer").stdout.split("\n")
     assert perms[:4] == ["700 garage", "600 garage", f"{PREFIX}/bin/garage", f"{PREFIX}/bin/garage-peer"], perms
     rig.peer_id = printed_id
@@ -286,6 +287,7 @@ def test_a_second_run_changes_nothing(rig):
     before = _outside_home(rig.listing())
     result = rig.start_sh("--skip-gpu")
     assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stderr == "", result.stderr
     steps = _step_lines(result.stdout)
     for name in STEPS:
         assert steps[name].startswith("already done"), (name, steps)
@@ -359,7 +361,7 @@ def test_install_deps_installs_what_is_missing_and_a_bad_source_is_one_line(tmp_
     env = _env()
     src = _snapshot_source(tmp_path)
     run = subprocess.run(["podman", "run", "-d", "--name", name, "--systemd=always", "-v", f"{src}:/src:ro", image, "/sbin/init"],
-                         env=env, capture_output=True, text=True, timeout=120)
+                         env=env, capture_output=True, text=True, timeout=120, check=False)
     assert run.returncode == 0, run.stderr
     try:
         rig = Rig(name)
@@ -373,19 +375,50 @@ def test_install_deps_installs_what_is_missing_and_a_bad_source_is_one_line(tmp_
         line = _one_error_line(result)
         assert "pip install garage-p2p==999 failed" in line and "No matching distribution" in line, line
     finally:
-        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=env, capture_output=True, timeout=120)
+        subprocess.run(["podman", "rm", "-f", "-t", "5", name], env=env, capture_output=True, timeout=120, check=False)
 
 
 def test_usage_errors_are_one_line():
     script = str(REPO / "bootstrap" / "start.sh")
-    bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=30)
+    bad = subprocess.run(["bash", script, "--bogus"], capture_output=True, text=True, timeout=30, check=False)
     assert bad.returncode == 2 and _one_error_line(bad) == "garage: error: unknown option --bogus (see --help)"
-    purge = subprocess.run(["bash", script, "--purge"], capture_output=True, text=True, timeout=30)
+    purge = subprocess.run(["bash", script, "--purge"], capture_output=True, text=True, timeout=30, check=False)
     assert purge.returncode == 2 and "--purge goes with --uninstall" in _one_error_line(purge)
-    not_root = subprocess.run(["runuser", "-u", "nobody", "--", "bash", script, "--skip-gpu"], capture_output=True, text=True, timeout=30)
+    not_root = subprocess.run(["runuser", "-u", "nobody", "--", "bash", script, "--skip-gpu"], capture_output=True, text=True, timeout=30, check=False)
     assert not_root.returncode == 3 and "run as root" in _one_error_line(not_root)
-    usage = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30)
+    usage = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30, check=False)
     assert usage.returncode == 0 and "--uninstall" in usage.stdout and "set -euo" not in usage.stdout
     if shutil.which("shellcheck"):
-        check = subprocess.run(["shellcheck", script], capture_output=True, text=True, timeout=60)
+        check = subprocess.run(["shellcheck", script], capture_output=True, text=True, timeout=60, check=False)
         assert check.returncode == 0, check.stdout
+
+
+def test_other_prefix_and_home_no_start_then_uninstall_and_purge_in_two_steps(rig):
+    """--prefix/--home/--no-start; --uninstall finds the prefix from the unit; a later --purge ends the kept identity."""
+    prefix, home = "/srv/rig/garage", "/srv/garage-home"
+    result = rig.start_sh("--skip-gpu", "--no-start", "--prefix", prefix, "--home", home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    steps = _step_lines(result.stdout)
+    assert steps["start"].startswith("skipped (--no-start)"), steps
+    assert rig.sh("systemctl is-enabled garage-peer").stdout.strip() == "enabled"
+    assert rig.sh("systemctl is-active garage-peer").stdout.strip() != "active"
+    unit = rig.sh("cat /etc/systemd/system/garage-peer.service").stdout
+    assert f"ExecStart={prefix}/bin/garage-peer\n" in unit and f"Environment=GARAGE_HOME={home}\n" in unit
+    assert f"ReadWritePaths={home}\n" in unit and "StateDirectory=" not in unit  # StateDirectory= is for /var/lib/NAME only
+    assert rig.sh("readlink /usr/local/bin/garage").stdout.strip() == f"{prefix}/bin/garage"
+    # It starts from the unit as installed.
+    assert rig.sh("systemctl start garage-peer").returncode == 0
+    health = rig.sh(f"for i in $(seq 60); do {prefix}/bin/python -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/health\", timeout=2).read().decode())' 2>/dev/null && exit 0; sleep 1; done; exit 1")
+    assert health.returncode == 0 and json.loads(health.stdout)["status"] == "ok"
+    key_hash = rig.file_hash(f"{home}/identity.key")
+
+    result = rig.sh("bash /src/bootstrap/start.sh --uninstall")  # no --prefix: the unit names it
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"found the install in {prefix}" in result.stdout
+    assert rig.file_hash(f"{home}/identity.key") == key_hash
+    assert rig.sh(f"test -e {prefix} || test -e /srv/rig").returncode != 0
+
+    result = rig.sh(f"bash /src/bootstrap/start.sh --uninstall --purge --home {home}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    after = rig.listing()
+    assert after == rig.before, _diff(rig.before, after)
