@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
 import subprocess
 import sys
 import time
@@ -12,8 +14,8 @@ from pathlib import Path
 import httpx
 
 from garage_p2p.core.ledger import LedgerState
-from garage_p2p.devtools.processes import PeerProcess
-from garage_p2p.devtools.soak import read_ledger
+from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.devtools.soak import free_port, read_ledger
 
 
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> float:
@@ -74,3 +76,46 @@ def models_of(peer: PeerProcess) -> dict[str, list[str]]:
 def ledger_of(peer: PeerProcess) -> LedgerState:
     """The ledger as the peer's file holds it (empty before the file exists)."""
     return read_ledger(Path(peer.home))
+
+
+FAST_ADS = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
+
+
+@contextlib.contextmanager
+def provider_and_keyed_consumer(root: Path, key_name: str) -> Iterator[tuple[PeerProcess, PeerProcess, str]]:
+    """P serving ``tiny`` from a StandInBackend (an instrument), C bootstrapped from P and asking for keys.
+
+    Yields (P, C, a key of C's) once C knows that P serves ``tiny``.
+    """
+    created = garage("keys", "create", "--home", str(root / "c"), "--name", key_name, "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout)["key"]
+    peers: list[PeerProcess] = []
+    saved = {name: os.environ.get(name) for name in FAST_ADS}
+    os.environ.update(FAST_ADS)
+    try:
+        with standin_processes([free_port()], "--token-delay", "0.005") as [backend]:
+            try:
+                p = PeerProcess(root / "p", peer_args(backends={"tiny": backend})).start()
+                peers.append(p)
+                p.wait_ready()
+                c = PeerProcess(root / "c", peer_args(bootstrap=[p.addr], extra=["--require-keys"])).start()
+                peers.append(c)
+                c.wait_ready()
+                models = f"{c.api_url}/models"
+                auth = {"authorization": f"Bearer {key}"}
+
+                def knows_tiny() -> bool:
+                    return any(m["id"] == "tiny" and p.peer_id in m.get("providers", []) for m in httpx.get(models, headers=auth, timeout=5).json()["data"])
+
+                wait_until(knows_tiny, 30, "C seeing P serve tiny")
+                yield p, c, key
+            finally:
+                for peer in reversed(peers):
+                    peer.stop()
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

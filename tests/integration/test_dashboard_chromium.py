@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,25 +23,18 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.devtools.processes import PeerProcess
 
-from .helpers import garage, standin_processes, wait_until
+from .helpers import provider_and_keyed_consumer, wait_until
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 CHATS = 3
 JOB_LINES = 8
 WRONG_KEY = "gk-00000000-" + "x" * 43
 BROWSER_SCHEMES = {"chrome", "chrome-untrusted", "about", "data", "blob"}
 """Pages and resources inside the browser (its new-tab page): no network."""
 JSON_APIS = ["status", "peers", "models", "ledger", "jobs", "requests"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Mesh:
@@ -57,51 +49,29 @@ class Mesh:
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory) -> Iterator[Mesh]:
     root = tmp_path_factory.mktemp("dash")
-    created = garage("keys", "create", "--home", str(root / "c"), "--name", "dashboard", "--json")
-    assert created.returncode == 0, created.stderr
-    key = json.loads(created.stdout)["key"]
-    peers: list[PeerProcess] = []
-    with pytest.MonkeyPatch.context() as env, standin_processes([free_port()], "--token-delay", "0.005") as [backend]:
-        for name, value in FAST.items():
-            env.setenv(name, value)
-        try:
-            p = PeerProcess(root / "p", peer_args(backends={"tiny": backend})).start()
-            peers.append(p)
-            p.wait_ready()
-            c = PeerProcess(root / "c", peer_args(bootstrap=[p.addr], extra=["--require-keys"])).start()
-            peers.append(c)
-            c.wait_ready()
-            auth = {"authorization": f"Bearer {key}"}
-            origin = c.api_url.removesuffix("/v1")
+    with provider_and_keyed_consumer(root, "dashboard") as (p, c, key):
+        auth = {"authorization": f"Bearer {key}"}
+        origin = c.api_url.removesuffix("/v1")
+        for i in range(CHATS):
+            chat = {"model": "tiny", "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 4}
+            answer = httpx.post(c.api_url + "/chat/completions", json=chat, headers=auth, timeout=30)
+            assert answer.status_code == 200 and answer.headers["x-garage-provider"] == p.peer_id, answer.text
+        lines = "\n".join(
+            json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4}})
+            for i in range(JOB_LINES)
+        )
+        submitted = httpx.post(f"{origin}/garage/v1/jobs", json={"input": lines, "shard_size": 4}, headers=auth, timeout=30)
+        assert submitted.status_code == 201, submitted.text
+        job_id = submitted.json()["id"]
+        done = Mesh(p, c, key, job_id)
+        wait_until(lambda: done.api(f"jobs/{job_id}").json()["status"] == "completed", 60, "the job completing")
 
-            def providers() -> list[str]:
-                models = httpx.get(f"{origin}/garage/v1/models", headers=auth, timeout=5).json()["models"]
-                return next((m["providers"] for m in models if m["model"] == "tiny"), [])
+        def served_by_p() -> int:
+            rows = [b for b in done.api("ledger").json()["peers"] if b["peer_id"] == p.peer_id]
+            return rows[0]["contributed"]["requests"] if rows else 0
 
-            wait_until(lambda: providers() == [p.peer_id], 30, "C seeing P serve tiny")
-            for i in range(CHATS):
-                chat = {"model": "tiny", "messages": [{"role": "user", "content": f"hello {i}"}], "max_tokens": 4}
-                answer = httpx.post(c.api_url + "/chat/completions", json=chat, headers=auth, timeout=30)
-                assert answer.status_code == 200 and answer.headers["x-garage-provider"] == p.peer_id, answer.text
-            lines = "\n".join(
-                json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4}})
-                for i in range(JOB_LINES)
-            )
-            submitted = httpx.post(f"{origin}/garage/v1/jobs", json={"input": lines, "shard_size": 4}, headers=auth, timeout=30)
-            assert submitted.status_code == 201, submitted.text
-            job_id = submitted.json()["id"]
-            done = Mesh(p, c, key, job_id)
-            wait_until(lambda: done.api(f"jobs/{job_id}").json()["status"] == "completed", 60, "the job completing")
-
-            def served_by_p() -> int:
-                rows = [b for b in done.api("ledger").json()["peers"] if b["peer_id"] == p.peer_id]
-                return rows[0]["contributed"]["requests"] if rows else 0
-
-            wait_until(lambda: served_by_p() >= CHATS + JOB_LINES, 60, "C's ledger holding P's receipts")
-            yield done
-        finally:
-            for peer in reversed(peers):
-                peer.stop()
+        wait_until(lambda: served_by_p() >= CHATS + JOB_LINES, 60, "C's ledger holding P's receipts")
+        yield done
 
 
 @pytest.fixture(scope="module")

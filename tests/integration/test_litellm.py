@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +21,12 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.devtools.soak import free_port
 
-from .helpers import garage, standin_processes, wait_until
+from .helpers import garage, provider_and_keyed_consumer, wait_until
 
 LITELLM_VENV = Path(os.environ.get("GARAGE_LITELLM_VENV", Path.home() / ".cache" / "garage" / "litellm-venv"))
 MASTER_KEY = "sk-garage-litellm-test"
-FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 
 ROUTER_SCRIPT = """
 import json, sys, yaml
@@ -38,12 +36,6 @@ router = Router(model_list=config["model_list"], num_retries=0)
 answer = router.completion(model="tiny", messages=[{"role": "user", "content": "via the router"}], max_tokens=3)
 print(json.dumps({"model": answer.model, "content": answer.choices[0].message.content, "completion_tokens": answer.usage.completion_tokens}))
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def mesh_requests(origin: str, key: str, provider: str) -> float:
@@ -57,27 +49,13 @@ def mesh_requests(origin: str, key: str, provider: str) -> float:
     )
 
 
-def test_litellm_proxy_and_router_answer_through_the_mesh(tmp_path, monkeypatch):
+def test_litellm_proxy_and_router_answer_through_the_mesh(tmp_path):
     litellm = LITELLM_VENV / "bin" / "litellm"
     assert litellm.exists(), f"{litellm} is missing: run bootstrap/dev-env.sh (it builds the LiteLLM venv)"
-    created = garage("keys", "create", "--home", str(tmp_path / "c"), "--name", "litellm", "--json")
-    assert created.returncode == 0, created.stderr
-    key = json.loads(created.stdout)["key"]
-    for name, value in FAST.items():
-        monkeypatch.setenv(name, value)
-    peers: list[PeerProcess] = []
     proxy = None
-    with standin_processes([free_port()], "--token-delay", "0.005") as [backend]:
+    with provider_and_keyed_consumer(tmp_path, "litellm") as (p, c, key):
         try:
-            p = PeerProcess(tmp_path / "p", peer_args(backends={"tiny": backend})).start()
-            peers.append(p)
-            p.wait_ready()
-            c = PeerProcess(tmp_path / "c", peer_args(bootstrap=[p.addr], extra=["--require-keys"])).start()
-            peers.append(c)
-            c.wait_ready()
             origin = c.api_url.removesuffix("/v1")
-            auth = {"authorization": f"Bearer {key}"}
-            wait_until(lambda: "tiny" in [m["id"] for m in httpx.get(f"{origin}/v1/models", headers=auth, timeout=5).json()["data"]], 30, "C knowing tiny")
 
             # The config: from C's model list, with the key read from the environment.
             config = tmp_path / "litellm.yaml"
@@ -135,8 +113,6 @@ def test_litellm_proxy_and_router_answer_through_the_mesh(tmp_path, monkeypatch)
                 except subprocess.TimeoutExpired:
                     os.killpg(proxy.pid, signal.SIGKILL)
                     proxy.wait(5)
-            for peer in reversed(peers):
-                peer.stop()
 
 
 def proxy_up(port: int) -> bool:
