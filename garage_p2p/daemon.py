@@ -31,22 +31,21 @@ from hypercorn.trio import serve as hypercorn_serve
 from . import __version__
 from .core.capabilities import Benchmark, Load, ModelOffer, PeerTable
 from .core.identity import Identity
-from .core.messages import PROTOCOL_OPENAI
-from .gateway.app import create_app
 from .core.limits import Limits
+from .core.messages import PROTOCOL_OPENAI
 from .core.peer_filter import PeerFilter
 from .core.penalties import PenaltyBox
 from .core.swarm_key import SwarmKeyError, fingerprint, parse_key
+from .gateway.app import create_app
 from .gateway.auth import Gatekeeper, is_loopback
-from .store.keys import KeyStore
 from .gateway.dispatch import Dispatcher
+from .gateway.metrics import MeshSnapshot, Metrics
 from .jobs.submitter import JobManager
 from .jobs.worker import JobWorker
 from .ledger.book import Ledger
 from .ledger.cosign import Cosigner
 from .ledger.sync import LedgerSync
 from .ledger.views import balances_view, ledger_summary
-from .gateway.metrics import MeshSnapshot, Metrics
 from .mesh.caps import CapsService
 from .mesh.discovery import Discovery
 from .mesh.host import DialError, Mesh, open_mesh
@@ -55,13 +54,14 @@ from .provider.backend import Backend
 from .provider.backend_metrics import metrics_url, scrape_load
 from .provider.service import ProviderService
 from .runtime.container_spec import RuntimeSpec
-from .runtime.model_dirs import resolve_model
 from .runtime.hardware import detect_hardware, driver_version
+from .runtime.model_dirs import resolve_model
 from .runtime.model_runtime import ModelRuntime
 from .runtime.podman_service import open_podman
 from .settings import Settings, SettingsError
 from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
+from .store.keys import KeyStore
 from .store.known_peers import KnownPeers
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import trio
-
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -25,15 +24,23 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
-from ..core.messages import ENDPOINT_PATHS, ErrorInfo, RequestHead, dumps, error_body, error_info
+from ..core.live_requests import LiveRequest
+from ..core.messages import (
+    ENDPOINT_PATHS,
+    ErrorInfo,
+    RequestHead,
+    dumps,
+    error_body,
+    error_info,
+)
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
 from .auth import Gatekeeper, Refused, browser_refusal, from_browser, is_loopback
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
+from .dispatch import Dispatcher, DispatchFailed
 from .jobs_api import job_routes
 from .metrics import CONTENT_TYPE, Metrics
-from .dispatch import Dispatcher, DispatchFailed
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +110,14 @@ def create_app(
     async def completions(request: Request) -> Response:
         request_id = f"req-{uuid.uuid4().hex[:24]}"
         live = metrics.begin("consumer", request_id, "", False)
+        try:
+            return await complete(request, request_id, live)
+        except BaseException as exc:
+            # A bug, or cancelled before the answer began: the live view must not keep it (a second end is a no-op).
+            metrics.end(live, 499 if isinstance(exc, trio.Cancelled) else 500)
+            raise
+
+    async def complete(request: Request, request_id: str, live: LiveRequest) -> Response:
         exchange = None
         grant = None
 

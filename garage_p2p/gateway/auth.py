@@ -20,7 +20,8 @@ import trio
 
 from ..core.limits import Limiter
 from ..core.messages import ErrorInfo, Usage, error_info
-from ..store.keys import ApiKey, KeyStore, Usage as KeyUsage, looks_like_key
+from ..store.keys import ApiKey, KeyStore, looks_like_key
+from ..store.keys import Usage as KeyUsage
 
 log = logging.getLogger(__name__)
 

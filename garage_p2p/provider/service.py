@@ -18,18 +18,25 @@ from typing import TYPE_CHECKING, Protocol
 import httpx
 import trio
 
+from ..core.admission import Admission, Outcome
 from ..core.coalesce import Coalescer
 from ..core.errors import PeerFault
-from ..core.admission import Admission, Outcome
-from ..core.limits import Limits
 from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
+from ..core.limits import Limits
 from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
-from ..core.receipts import Receipt, ReceiptInvalid, encode_receipt, gpu_us_of, pack_signed, sign_receipt
+from ..core.receipts import (
+    Receipt,
+    ReceiptInvalid,
+    encode_receipt,
+    gpu_us_of,
+    pack_signed,
+    sign_receipt,
+)
 from ..core.sse import SseSplitter, event_data
-from ..trio_util import single_exceptions
 from ..mesh.streams import StreamBroken, close_quietly, read_some, write_all
+from ..trio_util import single_exceptions
 from .backend import Backend
 
 if TYPE_CHECKING:
