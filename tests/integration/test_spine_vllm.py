@@ -95,9 +95,12 @@ def test_killing_the_provider_mid_stream_is_an_error_then_503(line_mesh, client)
     with pytest.raises(openai.APIError) as exc:
         for chunk in stream:
             received += 1
-            if received == 3:
+            if received == 1:
+                # At the first chunk: the tiny model writes its 400 tokens in well under a
+                # second, and a client slowed by a busy machine (CI saw it) could otherwise
+                # read three chunks only after the whole answer was already on its way.
                 line_mesh.a.kill()
-    assert received >= 3
+    assert received >= 1
     assert "cut off" in str(exc.value) or "provider" in str(exc.value)
 
     start = time.monotonic()
