@@ -58,6 +58,13 @@ async def test_only_peers_with_the_swarm_key_join_a_private_mesh(tmp_path, http)
                 assert r.status_code == 404
 
 
+async def _refused_by(peer, provider, http) -> bool:
+    """True if ``peer`` gets no answer from ``provider`` (it may still hear of it from a third peer)."""
+    r = await http.post(peer.api_url + "/chat/completions", json=CHAT)
+    served = [e for e in provider.ledger.state.entries(provider.identity.peer_id) if e.receipt.consumer == peer.identity.peer_id]
+    return r.status_code != 200 and not served
+
+
 async def test_deny_and_allow_lists_keep_peers_out(tmp_path, http):
     evil, _ = load_or_create_identity(tmp_path / "evil")
     friend, _ = load_or_create_identity(tmp_path / "friend")
@@ -66,12 +73,13 @@ async def test_deny_and_allow_lists_keep_peers_out(tmp_path, http):
         async with running_peer(tmp_path / "a", backends={"tiny": backend}, deny_peers=[evil.peer_id]) as a:
             async with running_peer(tmp_path / "friend", bootstrap=first_addr(a)) as f, running_peer(tmp_path / "evil", bootstrap=first_addr(a)) as e:
                 await wait_for_model(f, "tiny")
-                assert await _stays_unaware(e)
+                # A deny list is A's own: E may hear of A from F, but A never serves it.
+                assert await _refused_by(e, a, http)
                 # It may dial again and again; each time it is turned away, and its ads are not taken.
                 assert a.mesh.turned_away > 0 and a.table.get(evil.peer_id, time.time()) is None
         async with running_peer(tmp_path / "a2", backends={"tiny": backend}, allow_peers=[friend.peer_id]) as a2:
             async with running_peer(tmp_path / "friend", bootstrap=first_addr(a2)) as f, running_peer(tmp_path / "stranger", bootstrap=first_addr(a2)) as s:
                 await wait_for_model(f, "tiny")
                 assert (await http.post(f.api_url + "/chat/completions", json=CHAT)).status_code == 200
-                assert await _stays_unaware(s)
+                assert await _refused_by(s, a2, http)
                 assert a2.mesh.turned_away > 0 and a2.table.get(stranger.peer_id, time.time()) is None
