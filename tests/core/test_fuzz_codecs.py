@@ -268,30 +268,35 @@ def flip(data: bytes, bit: int) -> bytes:
     return data[:at] + bytes([data[at] ^ (1 << mask)]) + data[at + 1 :]
 
 
-ad_mutation = st.one_of(
-    st.lists(st.integers(min_value=0), min_size=1, max_size=4).map(lambda bits: ("flip", bits)),
-    st.integers(min_value=0, max_value=len(VALID_AD) - 1).map(lambda n: ("cut", n)),
-    st.binary(min_size=1, max_size=200).map(lambda junk: ("append", junk)),
-    st.tuples(st.integers(min_value=0, max_value=len(VALID_AD)), st.binary(min_size=1, max_size=20)).map(lambda x: ("insert", x)),
-)
+def mutated(valid: bytes, *, flips: int, junk: int, insert: int):
+    """Bytes of ``valid`` with bits flipped, cut short, junk appended or junk inserted."""
+
+    def apply(mutation: tuple[str, object]) -> bytes:
+        kind, arg = mutation
+        if kind == "flip":
+            data = valid
+            for bit in arg:
+                data = flip(data, bit)
+            return data
+        if kind == "cut":
+            return valid[:arg]
+        if kind == "append":
+            return valid + arg
+        at, more = arg
+        return valid[:at] + more + valid[at:]
+
+    return st.one_of(
+        st.lists(st.integers(min_value=0), min_size=1, max_size=flips).map(lambda bits: ("flip", bits)),
+        st.integers(min_value=0, max_value=len(valid) - 1).map(lambda n: ("cut", n)),
+        st.binary(min_size=1, max_size=junk).map(lambda more: ("append", more)),
+        st.tuples(st.integers(min_value=0, max_value=len(valid)), st.binary(min_size=1, max_size=insert)).map(lambda x: ("insert", x)),
+    ).map(apply)
 
 
 @fuzz(600)
-@given(ad_mutation)
-def test_a_mutated_ad_is_refused_unless_unchanged(mutation):
+@given(mutated(VALID_AD, flips=4, junk=200, insert=20))
+def test_a_mutated_ad_is_refused_unless_unchanged(data):
     tried("open_ad: bit flips, cuts, junk")
-    kind, arg = mutation
-    if kind == "flip":
-        data = VALID_AD
-        for bit in arg:
-            data = flip(data, bit)
-    elif kind == "cut":
-        data = VALID_AD[:arg]
-    elif kind == "append":
-        data = VALID_AD + arg
-    else:
-        at, junk = arg
-        data = VALID_AD[:at] + junk + VALID_AD[at:]
     ad = open_or_fault(data)
     assert ad is None or data == VALID_AD
 
@@ -395,30 +400,10 @@ def test_decode_entry_on_random_bytes_only_raises_peer_fault(data):
         decode_entry(data)
 
 
-entry_mutation = st.one_of(
-    st.lists(st.integers(min_value=0), min_size=1, max_size=3).map(lambda bits: ("flip", bits)),
-    st.integers(min_value=0, max_value=len(VALID_ENTRY) - 1).map(lambda n: ("cut", n)),
-    st.binary(min_size=1, max_size=100).map(lambda junk: ("append", junk)),
-    st.tuples(st.integers(min_value=0, max_value=len(VALID_ENTRY)), st.binary(min_size=1, max_size=10)).map(lambda x: ("insert", x)),
-)
-
-
 @fuzz(500)
-@given(entry_mutation)
-def test_a_mutated_entry_is_refused_unless_unchanged(mutation):
+@given(mutated(VALID_ENTRY, flips=3, junk=100, insert=10))
+def test_a_mutated_entry_is_refused_unless_unchanged(data):
     tried("decode_entry: mutated entries")
-    kind, arg = mutation
-    if kind == "flip":
-        data = VALID_ENTRY
-        for bit in arg:
-            data = flip(data, bit)
-    elif kind == "cut":
-        data = VALID_ENTRY[:arg]
-    elif kind == "append":
-        data = VALID_ENTRY + arg
-    else:
-        at, junk = arg
-        data = VALID_ENTRY[:at] + junk + VALID_ENTRY[at:]
     try:
         entry = decode_entry(data)
     except PeerFault:  # see test_decode_entry_reports_every_problem_as_entry_invalid for which kind
@@ -477,14 +462,9 @@ VALID_PAGE = encode_page([e.encoded for e in ENTRIES])
 
 
 @fuzz(400)
-@given(st.one_of(st.lists(st.integers(min_value=0), min_size=1, max_size=3).map(lambda b: ("flip", b)), st.integers(0, len(VALID_PAGE) - 1).map(lambda n: ("cut", n))))
-def test_a_mutated_page_yields_a_fault_or_entries_that_verify_or_not(mutation):
+@given(mutated(VALID_PAGE, flips=3, junk=100, insert=10))
+def test_a_mutated_page_yields_a_fault_or_entries_that_verify_or_not(data):
     tried("decode_page: mutated pages")
-    kind, arg = mutation
-    data = VALID_PAGE[:arg] if kind == "cut" else VALID_PAGE
-    if kind == "flip":
-        for bit in arg:
-            data = flip(data, bit)
     try:
         blobs = decode_page(data)
     except PeerFault:
