@@ -14,40 +14,25 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.conftest import first_addr, running_peer, standin_backend, wait_for_model
-from tests.test_fuzz_endpoint import CHAT, Fuzz
+from tests.test_fuzz_endpoint import fuzz_two_peers
 
 
 async def run(scale: float, workdir: Path) -> int:
-    async with standin_backend() as backend:
-        async with running_peer(workdir / "a", backends={"tiny": backend}) as a:
-            async with running_peer(workdir / "c", bootstrap=first_addr(a)) as c:
-                await wait_for_model(c, "tiny")
-                fuzz = Fuzz([a.api_url, c.api_url], scale=scale)
-                started = time.monotonic()
-                await trio.to_thread.run_sync(fuzz.run)
-                elapsed = time.monotonic() - started
-                async with httpx.AsyncClient(timeout=30) as http:
-                    after = [(await http.post(url + "/chat/completions", json=CHAT)).status_code for url in (a.api_url, c.api_url)]
-                consumer_faults = a.provider.faults.get(c.identity.peer_id, 0)
-    total = sum(fuzz.tried.values())
-    print(f"schemathesis x{scale:g}: {total} requests in {elapsed:.1f} s ({total / elapsed:.1f}/s), {fuzz.to_backend} for model tiny")
-    for label, count in sorted(fuzz.tried.items()):
-        print(f"  {label}: {count} in {fuzz.seconds[label]:.1f} s")
-    print("  statuses:", dict(sorted(fuzz.statuses.items())))
-    print(f"  chats afterwards: {after}; faults charged to the honest consumer: {consumer_faults}")
-    problems = list(fuzz.failures)
+    fuzz_run = await fuzz_two_peers(workdir, scale)
+    print(f"x{scale:g}: ", end="")
+    fuzz_run.report()
+    after = [r.status_code for r in fuzz_run.after]
+    print(f"  chats afterwards: {after}; faults charged to the honest consumer: {fuzz_run.consumer_faults}")
+    problems = list(fuzz_run.fuzz.failures)
     if after != [200, 200]:
         problems.append(f"a peer stopped serving: {after}")
-    if consumer_faults:
-        problems.append(f"the provider counted {consumer_faults} faults against the honest consumer")
+    if fuzz_run.consumer_faults:
+        problems.append(f"the provider counted {fuzz_run.consumer_faults} faults against the honest consumer")
     for problem in problems:
         print("FAIL", problem)
     return 1 if problems else 0

@@ -38,8 +38,11 @@ import copy
 import json
 import time
 from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import requests
 import schemathesis
 import trio
@@ -263,32 +266,56 @@ class Fuzz:
                 return
 
 
-async def test_schemathesis_against_the_endpoint(tmp_path, http):
-    # Observations are asserted after the peers stopped: a failure inside their
-    # nurseries would surface as nested exception groups, too deep to read.
+@dataclass
+class FuzzRun:
+    """One schemathesis session against two peers, and what the peers did after it."""
+
+    fuzz: Fuzz
+    elapsed: float
+    """Seconds the session took."""
+    after: list[httpx.Response]
+    """A plain chat through each peer once the session ended."""
+    consumer_faults: int
+    """Protocol faults the provider counted against the honest consumer."""
+
+    def report(self) -> None:
+        total = sum(self.fuzz.tried.values())
+        print(f"schemathesis: {total} requests in {self.elapsed:.1f} s ({total / self.elapsed:.1f}/s), {self.fuzz.to_backend} of them for model tiny")
+        for label, count in sorted(self.fuzz.tried.items()):
+            print(f"  {label}: {count} in {self.fuzz.seconds[label]:.1f} s")
+        print("  statuses:", dict(sorted(self.fuzz.statuses.items())))
+
+
+async def fuzz_two_peers(workdir: Path, scale: float = 1.0) -> FuzzRun:
+    """A serves "tiny" from a StandInBackend; C reaches it over the mesh; both endpoints are fuzzed.
+
+    Observations are returned, to be asserted after the peers stopped: a failure
+    inside their nurseries would surface as nested exception groups, too deep to read.
+    """
     async with standin_backend() as backend:
-        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
-            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+        async with running_peer(workdir / "a", backends={"tiny": backend}) as a:
+            async with running_peer(workdir / "c", bootstrap=first_addr(a)) as c:
                 await wait_for_model(c, "tiny")
-                fuzz = Fuzz([a.api_url, c.api_url])
+                fuzz = Fuzz([a.api_url, c.api_url], scale=scale)
                 started = time.monotonic()
                 await trio.to_thread.run_sync(fuzz.run)
                 elapsed = time.monotonic() - started
-                # The peers still serve.
-                after = [await http.post(url + "/chat/completions", json=CHAT) for url in (a.api_url, c.api_url)]
-                consumer_faults = a.provider.faults.get(c.identity.peer_id, 0)
-    total = sum(fuzz.tried.values())
-    print(f"\nschemathesis: {total} requests in {elapsed:.1f} s, {fuzz.to_backend} of them for model tiny")
-    for label, count in sorted(fuzz.tried.items()):
-        print(f"  {label}: {count} in {fuzz.seconds[label]:.1f} s")
-    print("  statuses:", dict(sorted(fuzz.statuses.items())))
+                async with httpx.AsyncClient(timeout=30) as http:
+                    after = [await http.post(url + "/chat/completions", json=CHAT) for url in (a.api_url, c.api_url)]
+                return FuzzRun(fuzz, elapsed, after, a.provider.faults.get(c.identity.peer_id, 0))
+
+
+async def test_schemathesis_against_the_endpoint(tmp_path):
+    run = await fuzz_two_peers(tmp_path)
+    run.report()
+    fuzz = run.fuzz
     assert not fuzz.failures, f"{len(fuzz.failures)}+ failures:\n" + "\n".join(fuzz.failures)
     assert fuzz.statuses[200] > 0 and fuzz.to_backend > 0
-    for r in after:
+    for r in run.after:  # the peers still serve
         assert r.status_code == 200, r.text
         assert r.json()["choices"][0]["message"]["content"] == "tok tok"
     # An honest consumer's requests never counted as protocol faults at the provider.
-    assert consumer_faults == 0
+    assert run.consumer_faults == 0
 
 
 # -- bodies the generators do not reach ---------------------------------------------------
