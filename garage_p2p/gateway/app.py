@@ -256,7 +256,7 @@ def create_app(
             grant = None
             try:
                 if read and not local_cli:
-                    gate.identify(authorization)
+                    gate.admit(authorization, charge=False)
                 elif not local_cli:
                     grant = gate.admit(authorization)
             except Refused as exc:

@@ -126,21 +126,14 @@ class Gatekeeper:
         self._cache[token] = (key, now + CACHE_S)
         return key
 
-    def identify(self, authorization: str | None) -> Pass:
-        """Check the key like ``admit`` (401), without counting the request against its limits.
+    def admit(self, authorization: str | None, *, charge: bool = True) -> Pass:
+        """Let the request in, or raise Refused (401, 429).
 
-        For reads of this peer's own state (the dashboard polls them every
-        few seconds; they use no GPU and no mesh).
+        ``charge=False`` checks the key (401) without counting the request
+        against its limits or usage: reads of this peer's own state, which
+        the dashboard polls every few seconds and which use no GPU. Such a
+        pass needs no ``finish``.
         """
-        token = bearer_token(authorization)
-        if (token is None or not looks_like_key(token)) and not self.required:
-            return ANONYMOUS
-        if token is not None and looks_like_key(token) and (key := self._lookup(token)) is not None:
-            return Pass(key.id)
-        return self.admit(authorization)  # the same 401 as every other route
-
-    def admit(self, authorization: str | None) -> Pass:
-        """Let the request in, or raise Refused (401, 429)."""
         token = bearer_token(authorization)
         if token is None or not looks_like_key(token):
             if self.required:
@@ -150,6 +143,8 @@ class Gatekeeper:
         if key is None:
             shown = token[:11] + "…" if len(token) > 11 else token
             raise Refused(error_info(401, f"Incorrect API key provided: {shown}. It is unknown here or revoked; `garage keys list` shows the keys of this peer.", type="invalid_request_error", code="invalid_api_key"))
+        if not charge:
+            return Pass(key.id)
         verdict = self._limiter.admit(key.id, key.limits, self._clock())
         if not verdict.ok:
             self._count(key.id, refused=1)
