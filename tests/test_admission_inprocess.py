@@ -58,6 +58,8 @@ async def test_one_consumer_cannot_take_every_slot(tmp_path, http):
                         while a.provider.in_flight < 1:
                             await trio.sleep(0.01)
                     nursery.start_soon(ask, "c1-b", c1.api_url)  # over c1's own limit: refused at once
-                    await trio.sleep(0.3)
+                    with trio.fail_after(5):  # c2 asks only once c1's second request was answered
+                        while "c1-b" not in results:
+                            await trio.sleep(0.01)
                     nursery.start_soon(ask, "c2", c2.api_url)  # the second slot is still free for c2
                 assert results == {"c1-a": 200, "c1-b": 429, "c2": 200}
