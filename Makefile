@@ -8,7 +8,7 @@ setup:
 	bash bootstrap/dev-env.sh
 
 demo: setup
-	.venv/bin/python -m garage_p2p.devtools.demo
+	.venv/bin/garage demo
 
 test: setup
 	.venv/bin/python -m pytest -q -p no:cacheprovider

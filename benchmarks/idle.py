@@ -25,14 +25,15 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import libp2p.pubsub.pubsub as pubsub_module  # noqa: E402
+from libp2p.host.basic_host import BasicHost  # noqa: E402
+
 import garage_p2p.ledger.sync as ledger_sync  # noqa: E402
 import garage_p2p.mesh.host as mesh_host  # noqa: E402
-import libp2p.pubsub.pubsub as pubsub_module  # noqa: E402
 from garage_p2p.cli.common import setup_logging  # noqa: E402
+from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.devtools.processes import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
-from libp2p.host.basic_host import BasicHost  # noqa: E402
 
 counts: collections.Counter = collections.Counter()
 

@@ -25,8 +25,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from garage_p2p.cli.common import setup_logging  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.devtools.standin_backend import create_standin_app, serve_standin  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
+from tools.standin_backend import create_standin_app, serve_standin  # noqa: E402
 
 TOKEN_DELAY = 0.020
 BATCH = 4

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from garage_p2p.devtools.natlab import nat_lab, netns_nat_available  # noqa: E402
-from garage_p2p.devtools.natmesh import NatMesh, wait_until  # noqa: E402
+from tools.natlab import nat_lab, netns_nat_available  # noqa: E402
+from tools.natmesh import NatMesh  # noqa: E402
+from tools.testkit import wait_until  # noqa: E402
 
 
 def one_trial(nat: str, requests: int) -> dict:

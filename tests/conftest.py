@@ -15,8 +15,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from garage_p2p.daemon import Peer, open_peer
-from garage_p2p.devtools.standin_backend import create_standin_app, serve_standin
 from garage_p2p.settings import Settings
+from tools.standin_backend import create_standin_app, serve_standin
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 OPENAPI = Path(__file__).resolve().parents[1].parent / "shared" / "openai" / "openapi.json"

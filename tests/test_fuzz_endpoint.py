@@ -391,7 +391,7 @@ async def test_a_client_body_relayed_by_an_honest_consumer_is_not_held_against_t
 
 
 async def test_standin_text_completion_stream_labels_its_usage_chunk_as_text_completion(http):
-    """The stand-in (garage_p2p/devtools/standin_backend.py) writes object "chat.completion.chunk"
+    """The stand-in (tools/standin_backend.py) writes object "chat.completion.chunk"
     on the usage chunk of a /v1/completions stream; vLLM and OpenAI write "text_completion"."""
     body = {"model": "tiny", "prompt": "x", "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
     async with standin_backend() as backend:

@@ -1,7 +1,7 @@
 """The models of what py-libp2p does, and the measurements they rest on.
 
 Each constant names the measurement behind it (the command, the figure);
-``docs/simulator.md`` has the table, and ``garage sim run --emulate`` puts
+``docs/simulator.md`` has the table, and ``python -m tools.emulate`` puts
 the simulator beside real peers so the constants can be checked again.
 """
 

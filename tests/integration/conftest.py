@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from garage_p2p.runtime.vllm_cpu import VllmServer, default_tiny_model, default_vllm_python, run_vllm_cpu
 
 

@@ -23,9 +23,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from garage_p2p.devtools.processes import PeerProcess
+from garage_p2p.cli.peer_process import PeerProcess
+from tools.testkit import wait_until
 
-from .helpers import provider_and_keyed_consumer, wait_until
+from .helpers import provider_and_keyed_consumer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")

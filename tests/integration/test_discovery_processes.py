@@ -11,9 +11,10 @@ import json
 import httpx
 import pytest
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from tools.testkit import wait_until
 
-from .helpers import garage, models_of, standin_processes, wait_until
+from .helpers import garage, models_of, standin_processes
 
 FAST_ADS = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 

@@ -1,6 +1,6 @@
 """Twenty real peers split in two halves by a firewall, both halves serve, the split heals, all converge.
 
-Two network namespaces joined by a veth pair (``devtools.netns.linked_hosts``),
+Two network namespaces joined by a veth pair (``tools.netns.linked_hosts``),
 ten ``garage-peer`` processes in each, one of them serving a StandInBackend
 (an instrument, not a model) in its half. The partition is iptables DROP
 inside one namespace; healing removes it. Needs root, iproute2 and iptables
@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
-from garage_p2p.devtools.netns import linked_hosts, sh
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from tools.netns import linked_hosts, sh
+from tools.testkit import run_where, standin_command, wait_until
 
-from .helpers import ledger_of, wait_until
+from .helpers import ledger_of
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 PER_HALF = 10
@@ -30,7 +30,7 @@ BACKEND_PORT = 18710
 
 
 def inside(peer: PeerProcess, *module_args: str, timeout: float = 120) -> dict | list:
-    result = peer.run(*module_args, timeout=timeout)
+    result = run_where(peer, *module_args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -49,7 +49,7 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             for host in (left, right):
                 backends.append(
                     subprocess.Popen(
-                        [*host.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(BACKEND_PORT), "--token-delay", "0.005"],
+                        standin_command(BACKEND_PORT, token_delay=0.005, prefix=host.exec_prefix()),
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
@@ -87,7 +87,7 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             for half in ("L", "R"):
                 ids = []
                 for consumer in peers[half][1:4]:
-                    out = inside(consumer, "garage_p2p.devtools.chat_burst", "--api", consumer.api_url, "--requests", "4", "--concurrency", "2")
+                    out = inside(consumer, "tools.chat_burst", "--api", consumer.api_url, "--requests", "4", "--concurrency", "2")
                     assert not out["failed"], out
                     ids += [(consumer.peer_id, rid) for rid in out["completed"]]
                 completed[half] = ids

@@ -21,9 +21,9 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from garage_p2p.devtools.soak import free_port
+from tools.testkit import free_port, wait_until
 
-from .helpers import garage, provider_and_keyed_consumer, wait_until
+from .helpers import garage, provider_and_keyed_consumer
 
 LITELLM_VENV = Path(os.environ.get("GARAGE_LITELLM_VENV", Path.home() / ".cache" / "garage" / "litellm-venv"))
 MASTER_KEY = "sk-garage-litellm-test"

@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from garage_p2p.devtools.netns import linked_hosts, netns_available
-from garage_p2p.devtools.processes import PeerProcess
+from garage_p2p.cli.peer_process import PeerProcess
+from tools.netns import linked_hosts, netns_available
+from tools.testkit import run_where, standin_command
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -25,7 +26,7 @@ def test_peers_on_a_lan_find_each_other_by_mdns(tmp_path):
         pytest.fail(f"this test needs network namespaces: {reason} (CI runs as root)")
     with linked_hosts("gpmdns") as (a, b):
         backend = subprocess.Popen(
-            [*a.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "8101"],
+            standin_command(8101, prefix=a.exec_prefix()),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
         pa = PeerProcess(tmp_path / "a", ["--listen", f"/ip4/{a.ip}/tcp/4001", "--api", "127.0.0.1:8000", "--mdns", "--backend", "tiny=http://127.0.0.1:8101/v1"], prefix=a.exec_prefix())
@@ -37,7 +38,7 @@ def test_peers_on_a_lan_find_each_other_by_mdns(tmp_path):
             pb.wait_ready()
             deadline = time.monotonic() + 30
             while True:
-                status = pb.run("garage_p2p.cli.garage", "models", "--json", "--api", "http://127.0.0.1:8000/v1")
+                status = run_where(pb, "garage_p2p.cli.garage", "models", "--json", "--api", "http://127.0.0.1:8000/v1")
                 models = json.loads(status.stdout) if status.returncode == 0 else []
                 if any(m["model"] == "tiny" for m in models):
                     break

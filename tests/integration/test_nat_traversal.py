@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from garage_p2p.devtools.natlab import nat_lab, netns_nat_available
-from garage_p2p.devtools.natmesh import NatMesh, wait_until
+from tools.natlab import nat_lab, netns_nat_available
+from tools.natmesh import NatMesh
+from tools.testkit import wait_until
 
 
 def _lab(tmp_path, nat: str):

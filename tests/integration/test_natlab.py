@@ -1,8 +1,8 @@
 """Relay v2 and DCUtR hole punching through real NAT routers in network namespaces.
 
-The lab (garage_p2p.devtools.natlab): relay R1 on a public address; peers A
+The lab (tools.natlab): relay R1 on a public address; peers A
 and B each behind a home router (MASQUERADE + a firewall dropping NEW from
-the WAN). The probe (garage_p2p.devtools.nat_probe) runs one process per
+the WAN). The probe (tools.nat_probe) runs one process per
 machine; A reaches B through R1, then DCUtR punches a direct connection.
 Needs root, iproute2 and iptables (CI runs as root; bootstrap/dev-env.sh
 installs iptables). About 30 s in all.
@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from garage_p2p.devtools.nat_probe import LISTEN_PORT, run_probe
-from garage_p2p.devtools.natlab import Lab, lab_namespaces, nat_lab, netns_nat_available
+from tools.nat_probe import LISTEN_PORT, run_probe
+from tools.natlab import Lab, lab_namespaces, nat_lab, netns_nat_available
 
 
 @pytest.fixture(autouse=True)

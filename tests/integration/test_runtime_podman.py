@@ -20,12 +20,13 @@ import openai
 import pytest
 from podman import PodmanClient
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from garage_p2p.runtime.container_spec import LABEL_PEER
 from garage_p2p.runtime.images import STANDIN_IMAGE, VLLM_CPU_IMAGE
 from garage_p2p.runtime.vllm_cpu import default_tiny_model
+from tools.testkit import wait_until
 
-from .helpers import garage, models_of, wait_until
+from .helpers import garage, models_of
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}

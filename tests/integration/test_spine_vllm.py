@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from garage_p2p.devtools.processes import PeerProcess
+from garage_p2p.cli.peer_process import PeerProcess
 
 from .conftest import LineMesh
 

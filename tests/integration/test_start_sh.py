@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import pytest
 
 from garage_p2p.runtime.images import BASE_IMAGE, build_base, image_exists
 from garage_p2p.runtime.podman_service import podman_env
+from tools.testkit import standin_command
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GARAGE_STARTSH_CACHE") or Path.home() / ".cache" / "garage" / "startsh")
@@ -299,7 +301,9 @@ def test_a_second_run_changes_nothing(rig):
 
 def test_bench_runs_once_a_backend_is_configured(rig):
     """With a model server configured, the bench step measures it (a CPU server: --skip-gpu does not stop it)."""
-    started = rig.sh(f"nohup {PREFIX}/bin/python -m garage_p2p.devtools.standin_backend --port 18101 >/dev/null 2>&1 & echo $!")
+    # The stand-in is a tool of the checkout (mounted at /src), run by the rig's installed interpreter.
+    standin = shlex.join(standin_command(18101, python=f"{PREFIX}/bin/python"))
+    started = rig.sh(f"cd /src && nohup {standin} >/dev/null 2>&1 & echo $!")
     pid = started.stdout.strip()
     assert pid.isdigit(), started.stderr
     try:

@@ -10,14 +10,14 @@ so load reporting can be exercised without vLLM: requests in progress count as r
 and the "KV cache" fills at 1/32 per running request. With ``max_running`` it imitates a
 GPU's batch limit: further requests wait (and count as waiting) for a free slot.
 
-Run: ``python -m garage_p2p.devtools.standin_backend --port 8101 --model tiny``
+Run: ``python -m tools.standin_backend --port 8101 --model tiny``
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager

@@ -33,8 +33,8 @@ Use from pytest::
     with nat_lab("gpnat", {"a": "cone", "b": "cone"}) as lab:
         subprocess.run([*lab.hosts["a"].exec_prefix(), sys.executable, "-m", "some.module", lab.hosts["r1"].ip])
 
-or from a shell: ``python -m garage_p2p.devtools.natlab up --home a=cone --home b=symmetric``
-(prints the lab as JSON) and ``python -m garage_p2p.devtools.natlab down``.
+or from a shell: ``python -m tools.natlab up --home a=cone --home b=symmetric``
+(prints the lab as JSON) and ``python -m tools.natlab down``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from .netns import NetnsError, netns_available, sh
+from tools.netns import NetnsError, netns_available, sh
 
 NAT_TYPES = ("cone", "symmetric")
 PUBLIC_NET = "198.51.100"
@@ -316,7 +316,7 @@ def _parse_homes(items: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m garage_p2p.devtools.natlab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.natlab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build a lab (replacing one with the same prefix); prints it as JSON")
     up.add_argument("--prefix", default=DEFAULT_PREFIX)

@@ -1,5 +1,13 @@
 """Emulation: the scenario's twin run with real peers, to hold the simulator to account.
 
+A developer's instrument, run from a checkout (it starts real daemons, so it lives
+beside the other harnesses and not in the simulator, which must not depend on them)::
+
+    .venv/bin/python -m tools.emulate simulations/flash-crowd.toml [--seed S] [--out DIR] [--json]
+
+simulates the scenario as ``garage sim run`` does, then runs its twin here and puts
+both side by side in the report.
+
 ``run_emulation`` starts ``twin.peers.count`` real garage peers in this process
 (``daemon.open_peer`` on 127.0.0.1, daemon defaults apart from the loopback
 addresses and mDNS off), gives each provider a StandInBackend that generates
@@ -40,17 +48,20 @@ from pathlib import Path
 
 import httpx
 import trio
+import typer
 
-from ..core.capabilities import Benchmark
-from ..daemon import Peer, open_peer
-from ..devtools.standin_backend import create_standin_app, serve_standin
-from ..settings import Settings
-from ..store.bench_store import save_benchmark
-from .engine import stream
-from .hardware import CONCURRENCY, GPUS, STANDIN_DELAYS
-from .metrics import JoinRecord, Observations, ProviderRecord, RequestRecord, percentile
-from .scenario import TWIN_GPU, Scenario, twin_scenario
-from .workload import Ask, draw_ask, peak_factor, rate_factor
+from garage_p2p.cli.client import JsonOption
+from garage_p2p.cli.sim import simulate_and_report
+from garage_p2p.core.capabilities import Benchmark
+from garage_p2p.daemon import Peer, open_peer
+from garage_p2p.settings import Settings
+from garage_p2p.sim.engine import stream
+from garage_p2p.sim.hardware import CONCURRENCY, GPUS, STANDIN_DELAYS
+from garage_p2p.sim.metrics import JoinRecord, Observations, ProviderRecord, RequestRecord, percentile
+from garage_p2p.sim.scenario import TWIN_GPU, Scenario, twin_scenario
+from garage_p2p.sim.workload import Ask, draw_ask, peak_factor, rate_factor
+from garage_p2p.store.bench_store import save_benchmark
+from tools.standin_backend import create_standin_app, serve_standin
 
 MAX_IN_FLIGHT = 200
 """Requests in flight at once; an arrival beyond that is refused (429 ``emulator_overloaded``)."""
@@ -586,3 +597,17 @@ def run_emulation(scenario: Scenario, seed: int, *, log: Callable[[str], None] =
     if leftover:
         log(f"emulation: threads still running after the run: {leftover}")
     return obs
+
+
+def main(
+    scenario: Path = typer.Argument(..., help="A scenario file, e.g. simulations/flash-crowd.toml."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default: the scenario's)."),
+    out: Path | None = typer.Option(None, "--out", help="Report directory (default sim-out/<scenario name>)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Simulate a scenario, run its twin on real peers (127.0.0.1), and report both side by side."""
+    simulate_and_report(scenario, seed, out, json_out, emulator=run_emulation)
+
+
+if __name__ == "__main__":
+    typer.run(main)

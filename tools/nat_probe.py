@@ -1,18 +1,18 @@
 """Prototype: relay v2 + DCUtR hole punching through real NAT with py-libp2p 0.8.1.
 
-Runs inside the namespaces of ``garage_p2p.devtools.natlab`` (one process per
+Runs inside the namespaces of ``tools.natlab`` (one process per
 machine) with the project venv's python::
 
-    ip netns exec gpnat-r1 .venv/bin/python -m garage_p2p.devtools.nat_probe relay --ip 198.51.100.10
-    ip netns exec gpnat-b  .venv/bin/python -m garage_p2p.devtools.nat_probe peer --ip 192.168.11.2 --relay R1ADDR
-    ip netns exec gpnat-a  .venv/bin/python -m garage_p2p.devtools.nat_probe peer --ip 192.168.10.2 --relay R1ADDR --target B_ID
+    ip netns exec gpnat-r1 .venv/bin/python -m tools.nat_probe relay --ip 198.51.100.10
+    ip netns exec gpnat-b  .venv/bin/python -m tools.nat_probe peer --ip 192.168.11.2 --relay R1ADDR
+    ip netns exec gpnat-a  .venv/bin/python -m tools.nat_probe peer --ip 192.168.10.2 --relay R1ADDR --target B_ID
 
 Each prints JSON lines on stdout: ``{"event": "ready", ...}`` once serving, and
 the dialling peer one ``{"event": "result", ...}``: reservation time, relayed
 dial + echo, time to a direct (hole-punched) connection, an echo over it after
 the relayed connection is closed, what identify told us about our public
 address. ``run_probe(lab, ...)`` (root namespace) starts all three in a lab
-and returns the merged result; ``python -m garage_p2p.devtools.nat_probe lab
+and returns the merged result; ``python -m tools.nat_probe lab
 --nat cone`` does that end to end.
 
 ``open_nat_host`` is the assembly to fold into ``garage_p2p.mesh.host``.
@@ -52,8 +52,8 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..mesh.nat import PublicPredialDCUtR
-from ..mesh.patches import apply_library_patches
+from garage_p2p.mesh.nat import PublicPredialDCUtR
+from garage_p2p.mesh.patches import apply_library_patches
 
 log = logging.getLogger("nat_probe")
 
@@ -349,7 +349,7 @@ async def probe_target(node: NatHost, args, result: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m garage_p2p.devtools.nat_probe", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.nat_probe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("relay", "peer"):
         p = sub.add_parser(name)
@@ -371,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--runs", type=int, default=1, help="repeat in the same lab (fresh processes each time)")
     args = parser.parse_args(argv)
     if args.cmd == "lab":
-        from .natlab import nat_lab, netns_nat_available
+        from tools.natlab import nat_lab, netns_nat_available
 
         reason = netns_nat_available()
         if reason:
@@ -437,7 +437,7 @@ def run_probe(
         out = logs / f"{host}.out"
         with open(out, "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
             proc = subprocess.Popen(
-                [*lab.hosts[host].exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.nat_probe", *args, *extra],
+                [*lab.hosts[host].exec_prefix(), sys.executable, "-m", "tools.nat_probe", *args, *extra],
                 stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=os.getcwd(),
             )
         procs.append(proc)

@@ -21,7 +21,7 @@ receipts again) every completed request's receipt is looked up in its provider's
 peers are stopped, ``garage ledger export`` gives the final count and ``garage ledger
 verify`` must pass for every peer. Every process is killed on the way out, also on failure.
 
-    from garage_p2p.devtools.soak import run_soak
+    from tools.soak import run_soak
     report = run_soak(120, seed=1, workdir=Path("/tmp/soak"), log=print)
     print(report.render())
 """
@@ -35,7 +35,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,14 +46,16 @@ from pathlib import Path
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from ..core.ledger import LedgerState, decode_entry
-from ..store.ledger_store import LedgerStore
-from .processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from garage_p2p.core.ledger import LedgerState, decode_entry
+from garage_p2p.store.ledger_store import LedgerStore
+from tools.testkit import free_port, percentile, standin_command
 
 MODEL = "tiny"
-BANNED = re.compile(r"^(\S+ \S+) WARNING \S+: banned (\S+) for (\d+) s after repeated faults \(last: (.*)\)$", re.MULTILINE)
-"""The mesh's log line when its penalty box bans a peer (``mesh/host.py``)."""
+BANNED_GAUGE = "garage_banned_peers"
+"""The gauge of peers a penalty box holds banned now (``gateway/metrics.py``); read from each peer's /metrics."""
 PUSHED = re.compile(r"pushed \d+ receipts to \S+: (\d+) accepted")
 """The consumer's log line when it pushed receipts again (``ledger/sync.py``)."""
 EXPLICIT_ERRORS = ("http_", "sse_error")
@@ -67,7 +68,7 @@ VIOLATIONS = ("hang", "truncated", "bad_body", "transport")
 
 
 @dataclass
-class RequestRecord:
+class SoakRequest:
     kind: str
     """``chat`` (JSON) or ``stream`` (SSE)."""
     consumer: str
@@ -151,7 +152,7 @@ class SoakReport:
     """Label → peer id."""
     started: int = 0
     """Requests sent; each one ends in a record (``requests``)."""
-    requests: list[RequestRecord] = field(default_factory=list)
+    requests: list[SoakRequest] = field(default_factory=list)
     chaos: list[ChaosEvent] = field(default_factory=list)
     jobs: list[JobRecord] = field(default_factory=list)
     memory: list[MemorySample] = field(default_factory=list)
@@ -174,8 +175,9 @@ class SoakReport:
     batch_receipts_checked: int = 0
     batch_receipts_lost: list[str] = field(default_factory=list)
     bans: list[dict] = field(default_factory=list)
-    """Peers banned by another one's penalty box: {at, by, banned, seconds, reason}. Every peer
-    here is honest, so each one is a false positive."""
+    """Bans a peer's penalty box issued, seen as its ``garage_banned_peers`` gauge rising:
+    {at (soak seconds), by, banned (how many more)}. Every peer here is honest, so each one is a
+    false positive."""
     verify: dict[str, dict] = field(default_factory=dict)
     """Label → {ok, output}."""
     leaked: list[int] = field(default_factory=list)
@@ -229,7 +231,7 @@ class SoakReport:
 
     def latency(self, kind: str | None = None, q: float = 0.5) -> float | None:
         values = sorted(r.latency for r in self.requests if r.outcome == "ok" and (kind is None or r.kind == kind))
-        return quantile(values, q)
+        return percentile(values, q * 100)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -259,7 +261,7 @@ class SoakReport:
         out += table(["KIND", "P50", "P99", "MAX"], rows)
         errs = sorted(r.latency for r in self.requests if r.outcome != "ok")
         if errs:
-            out.append(f"latency of errors: p50 {fmt_ms(quantile(errs, 0.5))}, p99 {fmt_ms(quantile(errs, 0.99))}, max {fmt_ms(errs[-1])}")
+            out.append(f"latency of errors: p50 {fmt_ms(percentile(errs, 50))}, p99 {fmt_ms(percentile(errs, 99))}, max {fmt_ms(errs[-1])}")
         out.append("")
         out.append(f"chaos: {self.kills} kills/restarts")
         out += table(
@@ -286,7 +288,7 @@ class SoakReport:
         out.append("receipts still pending at the consumers: " + ", ".join(f"{k} {v}" for k, v in self.pending_at_consumers.items()))
         out.append(f"honest peers banned by a penalty box: {len(self.bans)}")
         for ban in self.bans[:12]:
-            out.append(f"  {ban['at']} {ban['by']} banned {ban['banned']} for {ban['seconds']} s (last fault: {ban['reason']})")
+            out.append(f"  at {ban['at']} s {ban['by']} banned {ban['banned']} more peer(s) (its /metrics)")
         out.append("ledger verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in self.verify.items()))
         out.append(f"leaked processes: {len(self.leaked)}")
         out.append("")
@@ -349,12 +351,6 @@ class SoakReport:
         return out
 
 
-def quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
-
-
 def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
@@ -380,12 +376,6 @@ def slope_per_min(points: list[tuple[float, float]]) -> float | None:
 
 
 # -- processes -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int | None:
@@ -450,7 +440,7 @@ def pending_count(home: Path) -> int:
 
 
 @dataclass
-class Peer:
+class SoakPeer:
     label: str
     process: PeerProcess
     backend_port: int | None = None
@@ -459,7 +449,7 @@ class Peer:
     down: bool = False
 
 
-class Mesh:
+class SoakMesh:
     """The five peers and three backends; ``close`` kills whatever is left."""
 
     def __init__(self, root: Path, *, request_timeout: float, token_delay: float, log: Callable[[str], None]) -> None:
@@ -468,7 +458,7 @@ class Mesh:
         self.token_delay = token_delay
         self.log = log
         self.backends: list[subprocess.Popen] = []
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, SoakPeer] = {}
         self.started: list[subprocess.Popen] = []
         """Every process we started, restarts included (for the leak check)."""
 
@@ -481,7 +471,7 @@ class Mesh:
     def _backend(self, port: int) -> None:
         with open(self.root / f"backend-{port}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(port), "--model", MODEL, "--token-delay", str(self.token_delay)],
+                standin_command(port, model=MODEL, token_delay=self.token_delay),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -490,7 +480,7 @@ class Mesh:
         self.backends.append(proc)
         self.started.append(proc)
 
-    def _start(self, peer: Peer) -> None:
+    def _start(self, peer: SoakPeer) -> None:
         peer.process.start()
         self.started.append(peer.process.process)
 
@@ -510,13 +500,13 @@ class Mesh:
                     raise RuntimeError(f"the stand-in backend on port {port} did not come up")
                 time.sleep(0.1)
 
-        def make(label: str, bootstrap: list[str], backend_port: int | None = None) -> Peer:
+        def make(label: str, bootstrap: list[str], backend_port: int | None = None) -> SoakPeer:
             home = self.root / label
             self._config(home)
             backends = {MODEL: f"http://127.0.0.1:{backend_port}/v1"} if backend_port else None
             # A fixed listen port, as a rig has: the others find a restarted provider again.
             args = peer_args(listen=f"/ip4/127.0.0.1/tcp/{free_port()}", bootstrap=bootstrap, backends=backends)
-            peer = Peer(label, PeerProcess(home, args), backend_port)
+            peer = SoakPeer(label, PeerProcess(home, args), backend_port)
             self.peers[label] = peer
             return peer
 
@@ -543,7 +533,7 @@ class Mesh:
         self.log("mesh up: " + ", ".join(f"{p.label}={p.process.peer_id[-8:]}" for p in self.peers.values()))
 
     @staticmethod
-    def _sees(consumer: Peer, providers: set[str]) -> bool:
+    def _sees(consumer: SoakPeer, providers: set[str]) -> bool:
         try:
             data = httpx.get(consumer.process.api_url + "/models", timeout=5).json()["data"]
         except (httpx.HTTPError, ValueError, KeyError):
@@ -551,14 +541,14 @@ class Mesh:
         return any(m["id"] == MODEL and providers <= set(m["providers"]) for m in data)
 
     @property
-    def consumers(self) -> list[Peer]:
+    def consumers(self) -> list[SoakPeer]:
         return [self.peers["c0"], self.peers["c1"]]
 
     @property
-    def providers(self) -> list[Peer]:
+    def providers(self) -> list[SoakPeer]:
         return [self.peers["p0"], self.peers["p1"], self.peers["p2"]]
 
-    def restart(self, peer: Peer, timeout: float = 60) -> float:
+    def restart(self, peer: SoakPeer, timeout: float = 60) -> float:
         start = time.monotonic()
         self._start(peer)
         peer.process.wait_ready(timeout)
@@ -632,7 +622,7 @@ class _Settings:
 
 
 class _Run:
-    def __init__(self, mesh: Mesh, s: _Settings, report: SoakReport, log: Callable[[str], None]) -> None:
+    def __init__(self, mesh: SoakMesh, s: _Settings, report: SoakReport, log: Callable[[str], None]) -> None:
         self.mesh = mesh
         self.s = s
         self.report = report
@@ -641,6 +631,7 @@ class _Run:
         self.end = 0.0
         self.rng_chaos = random.Random(f"{s.seed}-chaos")
         self._logged: dict[tuple[str, str | None], tuple[float, int]] = {}
+        self.bans = BanWatch(report)
 
     def now(self) -> float:
         return trio.current_time() - self.t0
@@ -653,6 +644,7 @@ class _Run:
         async with httpx.AsyncClient(timeout=httpx.Timeout(bound), limits=limits) as client:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self.sample_memory)
+                outer.start_soon(self.watch_bans, client)
                 async with trio.open_nursery() as nursery:
                     for i in range(self.s.concurrency):
                         nursery.start_soon(self.worker, client, self.mesh.consumers[i % 2], i)
@@ -663,7 +655,7 @@ class _Run:
 
     # -- load --------------------------------------------------------------------
 
-    async def worker(self, client: httpx.AsyncClient, consumer: Peer, index: int) -> None:
+    async def worker(self, client: httpx.AsyncClient, consumer: SoakPeer, index: int) -> None:
         rng = random.Random(f"{self.s.seed}-worker-{index}")
         while trio.current_time() < self.end:
             kind = "stream" if rng.random() < 0.5 else "chat"
@@ -676,13 +668,13 @@ class _Run:
             pause = rng.uniform(0.0, 0.3) if record.outcome == "ok" else max(rng.uniform(0.5, 1.0), min(5.0, record.retry_after or 0.0))
             await trio.sleep(pause)
 
-    async def one(self, client: httpx.AsyncClient, consumer: Peer, kind: str, tokens: int) -> RequestRecord:
+    async def one(self, client: httpx.AsyncClient, consumer: SoakPeer, kind: str, tokens: int) -> SoakRequest:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "soak"}], "max_tokens": tokens}
         if kind == "stream":
             body["stream"] = True
         url = consumer.process.api_url + "/chat/completions"
         start = trio.current_time()
-        record = RequestRecord(kind, consumer.label, start - self.t0, 0.0, "hang")
+        record = SoakRequest(kind, consumer.label, start - self.t0, 0.0, "hang")
         with trio.move_on_after(self.s.request_timeout + self.s.margin):
             try:
                 if kind == "chat":
@@ -698,7 +690,7 @@ class _Run:
             self._log_error(record)
         return record
 
-    def _log_error(self, record: RequestRecord) -> None:
+    def _log_error(self, record: SoakRequest) -> None:
         """One line per kind of error every 5 s at most, with the count of those not shown."""
         key = (record.outcome, record.error_code)
         now = trio.current_time()
@@ -716,7 +708,7 @@ class _Run:
             return str(payload["error"].get("code"))
         return None
 
-    async def _chat(self, client: httpx.AsyncClient, url: str, body: dict, record: RequestRecord) -> None:
+    async def _chat(self, client: httpx.AsyncClient, url: str, body: dict, record: SoakRequest) -> None:
         r = await client.post(url, json=body)
         record.request_id = r.headers.get("x-request-id")
         record.provider = r.headers.get("x-garage-provider")
@@ -735,7 +727,7 @@ class _Run:
             content = None
         record.outcome = "ok" if content else "bad_body"
 
-    async def _stream(self, client: httpx.AsyncClient, url: str, body: dict, record: RequestRecord) -> None:
+    async def _stream(self, client: httpx.AsyncClient, url: str, body: dict, record: SoakRequest) -> None:
         async with client.stream("POST", url, json=body) as r:
             record.request_id = r.headers.get("x-request-id")
             record.provider = r.headers.get("x-garage-provider")
@@ -826,7 +818,7 @@ class _Run:
                 at += self.s.job_every
                 n += 1
 
-    async def job(self, client: httpx.AsyncClient, consumer: Peer, record: JobRecord, n: int) -> None:
+    async def job(self, client: httpx.AsyncClient, consumer: SoakPeer, record: JobRecord, n: int) -> None:
         workdir = Path(self.report.workdir)
         batch = workdir / f"batch-{n}.jsonl"
         batch.write_text(
@@ -905,7 +897,62 @@ class _Run:
             await trio.sleep(self.s.sample_every)
 
 
-def _entry_counts(mesh: Mesh) -> dict[str, int]:
+    # -- bans --------------------------------------------------------------------
+
+    async def watch_bans(self, client: httpx.AsyncClient) -> None:
+        """Every ``sample_every`` s, each running peer's count of banned peers: a rise is a ban.
+
+        Sampled rather than read once at the end: a provider killed by the chaos forgets its
+        penalty box, and a ban lasts long enough (core/penalties.py) that no sample misses it.
+        """
+        while True:
+            for peer in list(self.mesh.peers.values()):
+                if peer.down or not peer.process.info:
+                    continue
+                try:
+                    with trio.fail_after(5):
+                        response = await client.get(metrics_url(peer.process))
+                except (httpx.HTTPError, trio.TooSlowError):
+                    continue
+                self.bans.note(peer, response.text, self.now())
+            await trio.sleep(self.s.sample_every)
+
+
+class BanWatch:
+    """Bans each peer's penalty box issued, from its ``garage_banned_peers`` gauge."""
+
+    def __init__(self, report: SoakReport) -> None:
+        self.report = report
+        self.last: dict[tuple[str, int], int] = {}
+        """(label, incarnation) → the gauge at the last read (a restarted peer starts from 0)."""
+
+    def note(self, peer: SoakPeer, metrics_text: str, at: float) -> None:
+        banned = banned_peers(metrics_text)
+        if banned is None:
+            return
+        key = (peer.label, peer.incarnation)
+        before = self.last.get(key, 0)
+        if banned > before:
+            self.report.bans.append({"at": round(at, 1), "by": peer.label, "banned": banned - before})
+        self.last[key] = banned
+
+
+def metrics_url(process: PeerProcess) -> str:
+    return process.api_url.removesuffix("/v1") + "/metrics"
+
+
+def banned_peers(metrics_text: str) -> int | None:
+    """The ``garage_banned_peers`` gauge of a /metrics page; None if the page lacks it."""
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            if family.name == BANNED_GAUGE and family.samples:
+                return int(family.samples[0].value)
+    except ValueError:
+        return None
+    return None
+
+
+def _entry_counts(mesh: SoakMesh) -> dict[str, int]:
     counts = {}
     for peer in mesh.peers.values():
         try:
@@ -946,7 +993,7 @@ def memory_bound_mib_min(entries_per_min: float, window_start_s: float) -> float
     return memory_slack_mib_min(window_start_s) + LEDGER_KIB_PER_ENTRY * entries_per_min / 1024
 
 
-def memory_summary(report: SoakReport, mesh: Mesh, entries_half: dict[str, int], entries_end: dict[str, int], half_t: float, end_t: float) -> None:
+def memory_summary(report: SoakReport, mesh: SoakMesh, entries_half: dict[str, int], entries_end: dict[str, int], half_t: float, end_t: float) -> None:
     minutes = max(1e-9, (end_t - half_t) / 60)
     report.memory_bound = (
         f"least-squares slope of RSS over the second half ≤ {memory_slack_mib_min(half_t):.0f} MiB/min "
@@ -976,11 +1023,11 @@ def memory_summary(report: SoakReport, mesh: Mesh, entries_half: dict[str, int],
             report.fresh_reference = {"peer": last.peer, "restarted_at": last.at + last.down_s, "end_mib": ends[-1].rss_kib / 1024}
 
 
-def _served(mesh: Mesh) -> dict[str, tuple[str, LedgerState]]:
+def _served(mesh: SoakMesh) -> dict[str, tuple[str, LedgerState]]:
     return {p.process.peer_id: (p.label, read_ledger(p.process.home)) for p in mesh.providers}
 
 
-def _missing(report: SoakReport, mesh: Mesh, consumer_ids: dict[str, str]) -> tuple[list[RequestRecord], list[str]]:
+def _missing(report: SoakReport, mesh: SoakMesh, consumer_ids: dict[str, str]) -> tuple[list[SoakRequest], list[str]]:
     served = _served(mesh)
     missing = []
     for r in report.requests:
@@ -1032,7 +1079,7 @@ def _fmt_s(seconds: float | None) -> str:
     return "never (timed out)" if seconds is None else f"{seconds:.1f} s"
 
 
-def _consumers_missing(report: SoakReport, mesh: Mesh, consumer_ids: dict[str, str]) -> int:
+def _consumers_missing(report: SoakReport, mesh: SoakMesh, consumer_ids: dict[str, str]) -> int:
     """Receipts of completed requests (and batch lines) their consumer's own ledger does not hold."""
     states = {c.label: read_ledger(c.process.home) for c in mesh.consumers}
     providers = [p.process.peer_id for p in mesh.providers]
@@ -1081,7 +1128,7 @@ def run_soak(
 
     settings = _Settings(duration_s, seed, concurrency, request_timeout, margin, token_delay, job_every, job_lines, job_timeout, sample_every, settle_timeout, kill_gap, down_time)
     report = SoakReport(duration_s, seed, str(root))
-    mesh = Mesh(root, request_timeout=request_timeout, token_delay=token_delay, log=say)
+    mesh = SoakMesh(root, request_timeout=request_timeout, token_delay=token_delay, log=say)
     with _sigterm_as_exit():
         try:
             mesh.start()
@@ -1130,6 +1177,11 @@ def run_soak(
                 f"at the consumers after {_fmt_s(report.consumers_settle_s)} (pending {report.pending_at_consumers})"
             )
 
+            for peer in mesh.peers.values():  # the bans of the settle phase, before the peers stop
+                try:
+                    run.bans.note(peer, httpx.get(metrics_url(peer.process), timeout=5).text, report.load_seconds)
+                except httpx.HTTPError:
+                    pass
             codes = mesh.stop_all()
             say("stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))
             for label, code in codes.items():
@@ -1163,17 +1215,12 @@ def run_soak(
                     if not any((submitter, rid) in rows for rows in served.values()):
                         report.batch_receipts_lost.append(rid)
 
-            labels = {p.process.peer_id: label for label, p in mesh.peers.items()}
-            for label, peer in mesh.peers.items():
+            for peer in mesh.consumers:
                 try:
                     text = peer.process.log_path.read_text(errors="replace")
                 except OSError:
                     continue
-                if peer in mesh.consumers:
-                    report.receipts_pushed_again += sum(int(m.group(1)) for m in PUSHED.finditer(text))
-                for m in BANNED.finditer(text):
-                    report.bans.append({"at": m.group(1), "by": label, "banned": labels.get(m.group(2), m.group(2)), "seconds": int(m.group(3)), "reason": m.group(4)})
-            report.bans.sort(key=lambda b: b["at"])
+                report.receipts_pushed_again += sum(int(m.group(1)) for m in PUSHED.finditer(text))
 
             for label, peer in mesh.peers.items():
                 verify = garage_cli("ledger", "verify", "--home", str(peer.process.home))

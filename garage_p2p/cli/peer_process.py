@@ -1,4 +1,4 @@
-"""Run ``garage-peer`` daemons as real child processes (demo, tests, benchmarks).
+"""Run ``garage-peer`` daemons as real child processes (``garage demo``; the tests and benchmarks reuse it).
 
 Each peer gets its own home, log file and process group. Readiness is the
 daemon's own ``run/peer.json`` written by the process we started.
@@ -55,10 +55,6 @@ class PeerProcess:
     def addr(self) -> str:
         """Its first loopback multiaddr (with /p2p/), for others to bootstrap from."""
         return next(a for a in self.info["addrs"] if "/127.0.0.1/" in a)
-
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a Python module where this peer runs (its namespace, if any)."""
-        return subprocess.run([*self.prefix, sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
 
     def start(self) -> PeerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
