@@ -52,17 +52,13 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
-from garage_p2p.mesh.nat import PublicPredialDCUtR
+from garage_p2p.mesh.nat import DCUTR_DIAL_TIMEOUT, PublicPredialDCUtR
 from garage_p2p.mesh.patches import apply_library_patches
 
 log = logging.getLogger("nat_probe")
 
 ECHO = "/garage/natprobe/echo/1.0.0"
 LISTEN_PORT = 4001
-# DCUtR first dials the peer's known non-relay addresses (its *private* ones,
-# learned by identify over the relayed connection) with this timeout, then
-# the punch rounds: the 10 s default made every punch take > 10 s.
-DCUTR_DIAL_TIMEOUT = 2
 
 # Relay limits: generous for a probe; size them for production.
 RELAY_LIMITS = RelayLimits(
