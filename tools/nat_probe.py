@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -54,6 +53,7 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from garage_p2p.mesh.nat import DCUTR_DIAL_TIMEOUT, PublicPredialDCUtR
 from garage_p2p.mesh.patches import apply_library_patches
+from tools.testkit import REPO
 
 log = logging.getLogger("nat_probe")
 
@@ -434,7 +434,7 @@ def run_probe(
         with open(out, "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
             proc = subprocess.Popen(
                 [*lab.hosts[host].exec_prefix(), sys.executable, "-m", "tools.nat_probe", *args, *extra],
-                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=os.getcwd(),
+                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO,
             )
         procs.append(proc)
         return proc, out

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from garage_p2p.cli.peer_process import PeerProcess
-from tools.testkit import standin_command
+from tools.testkit import REPO, standin_command
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 API = "http://127.0.0.1:8000/v1"
@@ -35,7 +35,7 @@ class NatMesh:
             peer = self._start(name, root, ["--listen", f"/ip4/{host.ip}/tcp/4001", "--relay"])
             relays.append(next(a for a in peer.info["addrs"] if host.ip in a))
         a = lab.hosts["a"]
-        self.procs.append(subprocess.Popen(standin_command(8101, token_delay=0.01, prefix=a.exec_prefix()), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(subprocess.Popen(standin_command(8101, token_delay=0.01, prefix=a.exec_prefix()), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         boot = [arg for r in relays for arg in ("--bootstrap", r)]
         self._start("a", root, ["--listen", f"/ip4/{a.ip}/tcp/4001", "--backend", "tiny=http://127.0.0.1:8101/v1", *boot])
         b = lab.hosts["b"]

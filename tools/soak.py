@@ -51,7 +51,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from garage_p2p.core.ledger import LedgerState, decode_entry
 from garage_p2p.store.ledger_store import LedgerStore
-from tools.testkit import free_port, percentile, standin_command
+from tools.testkit import REPO, free_port, percentile, standin_command
 
 MODEL = "tiny"
 BANNED_GAUGE = "garage_banned_peers"
@@ -472,6 +472,7 @@ class SoakMesh:
         with open(self.root / f"backend-{port}.log", "ab") as log:
             proc = subprocess.Popen(
                 standin_command(port, model=MODEL, token_delay=self.token_delay),
+                cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
