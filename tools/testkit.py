@@ -18,7 +18,7 @@ import httpx
 from garage_p2p.cli.peer_process import PeerProcess
 from garage_p2p.sim.metrics import percentile
 
-__all__ = ["free_port", "percentile", "run_where", "standin_command", "standin_process", "standin_up", "wait_until"]
+__all__ = ["REPO", "free_port", "percentile", "run_where", "standin_command", "standin_process", "standin_up", "wait_until"]
 
 REPO = Path(__file__).resolve().parents[1]
 """The checkout: ``python -m tools.…`` children need it as their working directory."""
