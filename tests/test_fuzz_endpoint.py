@@ -1,6 +1,6 @@
 """Schemathesis against the OpenAI-compatible endpoint of real in-process peers.
 
-The OpenAPI document is built from the official one (shared/openai/openapi.json):
+The OpenAPI document is built from the official one (tests/data/openai/openapi.json):
 only the operations a peer serves (POST /chat/completions, POST /completions,
 GET /models, under the server base /v1) and every schema they reference. The
 changes are all about what the document expects back, none about what is sent:

@@ -4,7 +4,7 @@
 with a containers.conf of our own (``HOME/podman/containers.conf``) and stops
 it on exit; with ``socket`` given it only checks that the API answers. The
 settings in our containers.conf are the ones a plain Debian host needs
-(shared/notes/PLATFORM.md): runc (crun fails with hybrid cgroups), cgroupfs,
+(docs/platform.md): runc (crun fails with hybrid cgroups), cgroupfs,
 file events, and ulimits within the host's hard limits.
 """
 
