@@ -45,6 +45,9 @@ def test_a_clone_with_no_sibling_folders_passes_the_pure_tests(tmp_path):
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(clone)], check=True, timeout=120)
     assert sorted(p.name for p in alone.iterdir()) == ["repo"]
     env = {**os.environ, "PYTHONPATH": str(clone)}
+    where = subprocess.run([sys.executable, "-c", "import garage_p2p; print(garage_p2p.__file__)"],
+                           cwd=clone, env=env, capture_output=True, text=True, check=True).stdout
+    assert where.startswith(str(clone)), f"the clone's tests would import {where}"
     run = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
          "tests/core", "tests/test_mesh_inprocess.py::test_errors_are_openai_error_objects",
