@@ -64,7 +64,9 @@ def trial(n: int, rng: random.Random, root: Path, backend: str, settle: float) -
         time.sleep(settle)
         model = f"new-{rng.randrange(10**9)}"
         urls = [p.api_url.removesuffix("/v1") + "/garage/v1/models" for p in peers]
-        provider = PeerProcess(root / "provider", peer_args(bootstrap=[rng.choice(peers).addr], backends={model: backend}, extra=QUIET))
+        provider = PeerProcess(
+            root / "provider", peer_args(bootstrap=[rng.choice(peers).addr], backends={model: backend}, extra=QUIET)
+        )
         peers.append(provider)
         t1 = time.perf_counter()
         provider.start()
@@ -83,7 +85,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    backend_proc = subprocess.Popen([sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "18555", "--model", "any"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    backend_proc = subprocess.Popen(
+        [sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "18555", "--model", "any"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         print(f"{'peers':>6} {'trial':>6} {'all know (s)':>13} {'mesh start (s)':>15}")
         for n in args.sizes:

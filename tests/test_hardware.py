@@ -107,7 +107,11 @@ def test_detect_without_nvidia_smi_is_cpu(tmp_path, monkeypatch):
 
 
 def test_detect_with_a_failing_driver_is_cpu(tmp_path, monkeypatch, caplog):
-    fake_nvidia_smi(tmp_path, monkeypatch, "echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\nexit 9\n")
+    fake_nvidia_smi(
+        tmp_path,
+        monkeypatch,
+        'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n',
+    )
     with caplog.at_level(logging.WARNING, logger="garage_p2p.runtime.hardware"):
         assert detect_hardware() == Hardware()
     assert "exited with 9" in caplog.text and "couldn't communicate" in caplog.text

@@ -34,7 +34,9 @@ def test_no_tracked_file_names_a_path_outside_the_repository():
             text = (REPO / name).read_text()
         except (UnicodeDecodeError, FileNotFoundError):
             continue
-        offenders += [f"{name}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if OUTSIDE.search(line)]
+        offenders += [
+            f"{name}:{n}: {line.strip()}" for n, line in enumerate(text.splitlines(), 1) if OUTSIDE.search(line)
+        ]
     assert not offenders, "paths outside the repository:\n" + "\n".join(offenders)
 
 
@@ -45,14 +47,33 @@ def test_a_clone_with_no_sibling_folders_passes_the_pure_tests(tmp_path):
     subprocess.run(["git", "clone", "-q", "--no-hardlinks", str(REPO), str(clone)], check=True, timeout=120)
     assert sorted(p.name for p in alone.iterdir()) == ["repo"]
     env = {**os.environ, "PYTHONPATH": str(clone)}
-    where = subprocess.run([sys.executable, "-c", "import garage_p2p; print(garage_p2p.__file__)"],
-                           cwd=clone, env=env, capture_output=True, text=True, check=True).stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import garage_p2p; print(garage_p2p.__file__)"],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert where.startswith(str(clone)), f"the clone's tests would import {where}"
     run = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-x",
-         "tests/core", "tests/test_mesh_inprocess.py::test_errors_are_openai_error_objects",
-         "tests/test_self_contained.py::test_no_tracked_file_names_a_path_outside_the_repository"],
-        cwd=clone, env=env, capture_output=True, text=True, timeout=900,
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-x",
+            "tests/core",
+            "tests/test_mesh_inprocess.py::test_errors_are_openai_error_objects",
+            "tests/test_self_contained.py::test_no_tracked_file_names_a_path_outside_the_repository",
+        ],
+        cwd=clone,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert re.search(r"\b\d+ passed\b", run.stdout), run.stdout[-2000:]

@@ -26,11 +26,7 @@ class Coalescer:
     def push(self, data: bytes, now: float) -> bytes | None:
         """Add bytes; return a chunk to send now, if one is due."""
         self._buffer += data
-        if (
-            self._last_flush is None
-            or len(self._buffer) >= self.max_bytes
-            or now - self._last_flush >= self.max_delay
-        ):
+        if self._last_flush is None or len(self._buffer) >= self.max_bytes or now - self._last_flush >= self.max_delay:
             return self._take(now)
         return None
 

@@ -112,7 +112,14 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
             if line.body["model"] == first:
                 keep.append(line)
             else:
-                errors.append(LineError(line.index, line.custom_id, "model_mismatch", f"the job's model is {first!r}; this line asks for {line.body['model']!r}"))
+                errors.append(
+                    LineError(
+                        line.index,
+                        line.custom_id,
+                        "model_mismatch",
+                        f"the job's model is {first!r}; this line asks for {line.body['model']!r}",
+                    )
+                )
         lines = keep
     errors.sort(key=lambda e: e.index)
     job_model = lines[0].body["model"] if lines else (model or (sorted(models)[0] if models else None))

@@ -381,8 +381,7 @@ class LedgerState:
                 consumed.setdefault(consumer, Totals()).merge(part)
         peers = sorted(set(contributed) | set(consumed) | set(self._logs))
         return {
-            p: PeerBalance(p, contributed.get(p, Totals()), consumed.get(p, Totals()), self.flagged(p))
-            for p in peers
+            p: PeerBalance(p, contributed.get(p, Totals()), consumed.get(p, Totals()), self.flagged(p)) for p in peers
         }
 
     def by_model(self) -> dict[str, Totals]:

@@ -25,7 +25,7 @@ from pydantic import Field
 from .errors import PeerFault
 from .ledger import MAX_ENTRY_BYTES, Head, LedgerState
 from .messages import WireModel
-from .wire import KiB, MiB, FrameType
+from .wire import FrameType, KiB, MiB
 
 TOPIC_LEDGER = "garage/ledger/1"
 PROTOCOL_LEDGER = "/garage/ledger/1.0.0"
@@ -118,7 +118,9 @@ class ErrorReply(WireModel):
     """Why."""
 
 
-def announcement(state: LedgerState, own: str, cursor: int, limit: int = MAX_ANNOUNCED_HEADS) -> tuple[HeadsAnnouncement, int]:
+def announcement(
+    state: LedgerState, own: str, cursor: int, limit: int = MAX_ANNOUNCED_HEADS
+) -> tuple[HeadsAnnouncement, int]:
     """The next gossip message and the next rotation cursor."""
     heads = state.heads()
     heads.setdefault(own, Head(0, bytes(32)))
@@ -129,7 +131,9 @@ def announcement(state: LedgerState, own: str, cursor: int, limit: int = MAX_ANN
         rotated = others[start:] + others[:start]
         picked += rotated[: limit - 1]
         cursor = (start + limit - 1) % len(others)
-    return HeadsAnnouncement(peer=own, heads=tuple(HeadInfo.of(a, heads[a]) for a in picked), authors=len(heads)), cursor
+    return HeadsAnnouncement(
+        peer=own, heads=tuple(HeadInfo.of(a, heads[a]) for a in picked), authors=len(heads)
+    ), cursor
 
 
 def heads_page(state: LedgerState, after: str | None, limit: int = MAX_HEADS_PAGE) -> HeadsPage:

@@ -58,7 +58,9 @@ class PeerProcess:
 
     def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Run a Python module where this peer runs (its namespace, if any)."""
-        return subprocess.run([*self.prefix, sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [*self.prefix, sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout
+        )
 
     def start(self) -> PeerProcess:
         self.home.mkdir(parents=True, exist_ok=True)

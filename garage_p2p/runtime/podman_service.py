@@ -66,7 +66,9 @@ async def open_podman(home: Path, socket: Path | None = None) -> AsyncIterator[s
     """Yield the API's base URL (``unix:///…/podman.sock``); PodmanUnavailable if it cannot be had."""
     if socket is not None:
         if not await ping(socket):
-            raise PodmanUnavailable(f"no Podman API answers on {socket}: start `podman system service` there, or drop --podman-socket")
+            raise PodmanUnavailable(
+                f"no Podman API answers on {socket}: start `podman system service` there, or drop --podman-socket"
+            )
         yield f"unix://{socket}"
         return
     podman = shutil.which("podman")

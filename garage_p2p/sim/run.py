@@ -68,11 +68,18 @@ def compare(simulated: dict, emulated: dict) -> dict:
     out = {}
     for name, (limit, check) in TWIN_BOUNDS.items():
         s, e = sim[name], emu[name]
-        out[name] = {"limit": limit, "simulated": s, "emulated": e, "ok": s is not None and e is not None and bool(check(s, e))}
+        out[name] = {
+            "limit": limit,
+            "simulated": s,
+            "emulated": e,
+            "ok": s is not None and e is not None and bool(check(s, e)),
+        }
     return out
 
 
-def run_scenario(scenario: Scenario, seed: int, out: Path, *, emulate: bool = False, log=print) -> tuple[dict, RunStats, dict | None]:
+def run_scenario(
+    scenario: Scenario, seed: int, out: Path, *, emulate: bool = False, log=print
+) -> tuple[dict, RunStats, dict | None]:
     """Simulate, optionally emulate the twin, and write the report into ``out``."""
     from .report import write_report
 

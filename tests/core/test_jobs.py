@@ -1,12 +1,18 @@
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from garage_p2p.core.jobs import JobState, parse_batch
 
 
 def line(i, model="tiny", **extra):
-    item = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": model, "messages": [{"role": "user", "content": str(i)}]}}
+    item = {
+        "custom_id": f"c{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": str(i)}]},
+    }
     item.update(extra)
     return json.dumps(item)
 
@@ -17,7 +23,14 @@ def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
             line(0),
             "not json",
             line(1, url="/v1/embeddings"),
-            json.dumps({"custom_id": "c0", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny", "prompt": "x"}}),
+            json.dumps(
+                {
+                    "custom_id": "c0",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"model": "tiny", "prompt": "x"},
+                }
+            ),
             line(2),
             "",
             line(3, model="other"),
@@ -71,12 +84,18 @@ def test_tail_stealing_duplicates_once_and_first_result_wins():
     assert job.complete("never-granted", ids) is None
     other = b if original is a else a
     # ids from another shard are ignored.
-    assert job.complete(other.lease_id, ids + [l.custom_id for l in job.shards[other.shard]]) == [l.custom_id for l in job.shards[other.shard]]
+    assert job.complete(other.lease_id, ids + [l.custom_id for l in job.shards[other.shard]]) == [
+        l.custom_id for l in job.shards[other.shard]
+    ]
     assert job.finished
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 7), st.lists(st.tuples(st.sampled_from("ABC"), st.booleans(), st.booleans()), max_size=80))
+@given(
+    st.integers(1, 40),
+    st.integers(1, 7),
+    st.lists(st.tuples(st.sampled_from("ABC"), st.booleans(), st.booleans()), max_size=80),
+)
 def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
     """Claims, completions, losses and lapses in any order: every line done once, none twice."""
     job = make(n, size)

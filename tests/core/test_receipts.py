@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.gpu_meter import GpuMeter
@@ -24,7 +25,10 @@ def test_signed_receipt_round_trip_and_cosign():
     blob = pack_signed(raw, sign_receipt(A, raw))
     parsed, raw2, _ = unpack_signed(blob)
     assert raw2 == raw and parsed.request_id == "req-1"
-    assert expected_receipt_problem(parsed, consumer=B.peer_id, provider=A.peer_id, request_id="req-1", model="tiny") is None
+    assert (
+        expected_receipt_problem(parsed, consumer=B.peer_id, provider=A.peer_id, request_id="req-1", model="tiny")
+        is None
+    )
     check_cosignature(parsed, raw, cosign_receipt(B, raw))
 
 

@@ -30,7 +30,9 @@ def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> f
 
 def garage(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the ``garage`` CLI."""
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def backend_up(url: str) -> bool:
@@ -106,7 +108,10 @@ def provider_and_keyed_consumer(root: Path, key_name: str) -> Iterator[tuple[Pee
                 auth = {"authorization": f"Bearer {key}"}
 
                 def knows_tiny() -> bool:
-                    return any(m["id"] == "tiny" and p.peer_id in m.get("providers", []) for m in httpx.get(models, headers=auth, timeout=5).json()["data"])
+                    return any(
+                        m["id"] == "tiny" and p.peer_id in m.get("providers", [])
+                        for m in httpx.get(models, headers=auth, timeout=5).json()["data"]
+                    )
 
                 wait_until(knows_tiny, 30, "C seeing P serve tiny")
                 yield p, c, key

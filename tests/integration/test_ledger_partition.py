@@ -25,10 +25,6 @@ PER_HALF = 10
 BACKEND_PORT = 18710
 
 
-
-
-
-
 def inside(peer: PeerProcess, *module_args: str, timeout: float = 120) -> dict | list:
     result = peer.run(*module_args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -49,7 +45,16 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             for host in (left, right):
                 backends.append(
                     subprocess.Popen(
-                        [*host.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(BACKEND_PORT), "--token-delay", "0.005"],
+                        [
+                            *host.exec_prefix(),
+                            sys.executable,
+                            "-m",
+                            "garage_p2p.devtools.standin_backend",
+                            "--port",
+                            str(BACKEND_PORT),
+                            "--token-delay",
+                            "0.005",
+                        ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
@@ -74,20 +79,47 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             # DROP, py-libp2p keeps the dead connections open (it has no keepalive) and
             # gossip writes to them stall; that liveness gap is a finding of its own.
             for rule in (["INPUT", "-s", right.ip], ["OUTPUT", "-d", right.ip]):
-                sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
+                sh(
+                    *left.exec_prefix(),
+                    "iptables",
+                    "-w",
+                    "-A",
+                    rule[0],
+                    rule[1],
+                    rule[2],
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "tcp-reset",
+                )
                 sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-j", "DROP")
             for half, other in (("L", "R"), ("R", "L")):
                 # Every consumer asked below must know its own half's provider: one whose
                 # connections all crossed the cut finds its half again through discovery.
                 for p in peers[half][1:4]:
-                    wait_until(lambda p=p: providers_seen(p) == [peers[half][0].peer_id], 90, f"{half} forgetting the other half's provider")
+                    wait_until(
+                        lambda p=p: providers_seen(p) == [peers[half][0].peer_id],
+                        90,
+                        f"{half} forgetting the other half's provider",
+                    )
 
             # Both halves serve requests while split.
             completed: dict[str, list[str]] = {}
             for half in ("L", "R"):
                 ids = []
                 for consumer in peers[half][1:4]:
-                    out = inside(consumer, "garage_p2p.devtools.chat_burst", "--api", consumer.api_url, "--requests", "4", "--concurrency", "2")
+                    out = inside(
+                        consumer,
+                        "garage_p2p.devtools.chat_burst",
+                        "--api",
+                        consumer.api_url,
+                        "--requests",
+                        "4",
+                        "--concurrency",
+                        "2",
+                    )
                     assert not out["failed"], out
                     ids += [(consumer.peer_id, rid) for rid in out["completed"]]
                 completed[half] = ids
@@ -119,14 +151,20 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             sh(*left.exec_prefix(), "iptables", "-w", "-F")
             healed = time.monotonic()
             try:
-                wait_until(lambda: all(holds(p, ["L", "R"]) for p in everyone), 120, "all twenty converging after the heal")
+                wait_until(
+                    lambda: all(holds(p, ["L", "R"]) for p in everyone), 120, "all twenty converging after the heal"
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}: {lagging(everyone, ['L', 'R'])}") from None
             converge = time.monotonic() - healed
             prints = {ledger_of(p).fingerprint() for p in everyone}
             assert len(prints) == 1
-            print(f"20 peers: {len(completed['L']) + len(completed['R'])} receipts, converged {converge:.1f} s after the heal")
-            verify = inside(peers["R"][5], "garage_p2p.cli.garage", "ledger", "verify", "--json", "--home", str(peers["R"][5].home))
+            print(
+                f"20 peers: {len(completed['L']) + len(completed['R'])} receipts, converged {converge:.1f} s after the heal"
+            )
+            verify = inside(
+                peers["R"][5], "garage_p2p.cli.garage", "ledger", "verify", "--json", "--home", str(peers["R"][5].home)
+            )
             assert verify["ok"] and verify["entries"] == 24
         finally:
             everyone = peers["L"] + peers["R"]
