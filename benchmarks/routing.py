@@ -60,7 +60,7 @@ async def run_config(providers: int, requests: int, clients: int) -> dict:
         # The backends' nursery outlives the peers (the exit stack closes first).
         async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
             urls = []
-            for i in range(providers):
+            for _ in range(providers):
                 bound = await nursery.start(
                     serve_standin,
                     create_standin_app("tiny", token_delay=TOKEN_DELAY, max_running=BATCH),

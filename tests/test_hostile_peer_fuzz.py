@@ -423,7 +423,7 @@ async def test_forged_and_replayed_ads_by_gossip_are_rejected(tmp_path, http):
         await wait_for(lambda: victim.table.get(peers.evil_id, time.time()).ad.seq > first, 10)
         old_honest = victim.table.get(honest_id, time.time())
         forged = forged_ads(peers, rng)
-        for name, wire in forged:
+        for _name, wire in forged:
             await peers.evil.mesh.pubsub.publish(TOPIC_CAPS, wire)
         await wait_for(lambda: victim.caps.rejected.get(peers.evil_id, 0) >= len(forged), 10)
         assert victim.caps.rejected[peers.evil_id] == len(forged)
@@ -778,7 +778,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             assert victim.jobs.faults[peers.evil_id] == i + 1, name
         # Random JSON requests: a fault unless the request happens to be a valid claim.
         fuzzed = 0
-        for i in range(20):
+        for _ in range(20):
             body = json.dumps(random_json(rng)).encode()
             try:
                 valid = decode_json(JobRequest, body).op == "claim"

@@ -8,6 +8,8 @@ parsed by ``prometheus_client``'s own parser.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import httpx
 import openai
 import pytest
@@ -107,7 +109,7 @@ async def test_metrics_count_what_was_sent_and_follow_the_key_rules(tmp_path, ht
                     if name == "garage_request_duration_seconds_bucket" and dict(labels)["model"] == "tiny"
                 ),
             )
-            assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+            assert all(a[1] <= b[1] for a, b in pairwise(buckets))
 
             # The provider counts what it served, tokens and its ledger.
             p = samples((await http.get(f"{provider.api_url.removesuffix('/v1')}/metrics")).text)

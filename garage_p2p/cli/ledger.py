@@ -10,7 +10,7 @@ import csv
 import json
 import sqlite3
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -147,7 +147,7 @@ def verify(home: Path | None = HomeOption, json_output: bool = JsonOption) -> No
         raise typer.Exit(1)
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     jsonl = "jsonl"
     csv = "csv"
 

@@ -268,7 +268,7 @@ class JobState:
                 return self._grant(shard, provider, now, duplicate=False)
         # Tail stealing: an idle provider duplicates a shard running elsewhere, once.
         duplicated = {lease.shard for lease in self.leases.values() if lease.duplicate}
-        for lease in sorted(self.leases.values(), key=lambda l: l.deadline):
+        for lease in sorted(self.leases.values(), key=lambda held: held.deadline):
             if lease.shard not in duplicated and not self.shard_done(lease.shard):
                 return self._grant(lease.shard, provider, now, duplicate=True)
         return None

@@ -54,7 +54,7 @@ def main() -> int:
             c = PeerProcess(root / "c", peer_args(bootstrap=[b.addr])).start()
             peers.append(c)
             c.wait_ready()
-            for name, peer in zip("ABC", peers):
+            for name, peer in zip("ABC", peers, strict=True):
                 say(f"peer {name} {peer.peer_id}  api {peer.api_url}")
             t1 = time.monotonic()
             while not any(m["id"] == "tiny" for m in httpx.get(c.api_url + "/models").json()["data"]):
@@ -72,7 +72,7 @@ def main() -> int:
             latency = time.monotonic() - t2
             completion = raw.parse()
             provider = raw.headers["x-garage-provider"]
-            who = {p.peer_id: n for n, p in zip("ABC", peers)}.get(provider, "?")
+            who = {p.peer_id: n for n, p in zip("ABC", peers, strict=True)}.get(provider, "?")
             t3 = time.monotonic()
             first = None
             tokens = 0

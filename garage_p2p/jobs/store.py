@@ -70,7 +70,10 @@ class JobStore:
             )
             self._db.executemany(
                 "INSERT INTO lines VALUES (?, ?, ?, ?, ?)",
-                [(job.id, l.index, l.custom_id, l.url, json.dumps(l.body, separators=(",", ":"))) for l in lines],
+                [
+                    (job.id, line.index, line.custom_id, line.url, json.dumps(line.body, separators=(",", ":")))
+                    for line in lines
+                ],
             )
 
     def set_status(self, job_id: str, status: str) -> None:

@@ -119,7 +119,7 @@ class JobManager:
     async def _load(self, row: JobRow) -> None:
         lines = await self._db(self.store.lines, row.id)
         state = JobState.of(row.id, lines, row.shard_size, self.lease_time)
-        job = _Job(row, state, {l.index: l for l in lines}, {l.custom_id: l for l in lines})
+        job = _Job(row, state, {line.index: line for line in lines}, {line.custom_id: line for line in lines})
         for custom_id, _index, ok, tokens in await self._db(self.store.done, row.id):
             if custom_id is not None:
                 state.done_ids.add(custom_id)
@@ -201,8 +201,8 @@ class JobManager:
         job = _Job(
             row,
             JobState.of(job_id, lines, row.shard_size, self.lease_time),
-            {l.index: l for l in lines},
-            {l.custom_id: l for l in lines},
+            {line.index: line for line in lines},
+            {line.custom_id: line for line in lines},
             failed=len(errors),
         )
         self.jobs[job_id] = job
@@ -228,16 +228,25 @@ class JobManager:
     async def _finish(self, job: _Job, status: str, code: str | None = None, message: str = "") -> None:
         if code is not None:
             now = time.time()
-            left = [l for l in job.lines.values() if l.custom_id not in job.state.done_ids]
+            left = [line for line in job.lines.values() if line.custom_id not in job.state.done_ids]
             await self._db(
                 self.store.add_results,
                 [
-                    (job.row.id, l.custom_id, l.index, False, _error_record(l.custom_id, code, message), None, 0, now)
-                    for l in left
+                    (
+                        job.row.id,
+                        line.custom_id,
+                        line.index,
+                        False,
+                        _error_record(line.custom_id, code, message),
+                        None,
+                        0,
+                        now,
+                    )
+                    for line in left
                 ],
             )
             job.failed += len(left)
-            job.state.done_ids.update(l.custom_id for l in left)
+            job.state.done_ids.update(line.custom_id for line in left)
         job.state.cancelled = True
         job.row.status = status
         await self._db(self.store.set_status, job.row.id, status)
@@ -326,9 +335,14 @@ class JobManager:
         if lease is None:
             return LeaseGrant(done=job.state.finished)
         lines = [
-            {"custom_id": l.custom_id, "url": l.url, "body": l.body, "request_id": request_id(job.row.id, l.index)}
-            for l in job.state.shards[lease.shard]
-            if l.custom_id not in job.state.done_ids
+            {
+                "custom_id": line.custom_id,
+                "url": line.url,
+                "body": line.body,
+                "request_id": request_id(job.row.id, line.index),
+            }
+            for line in job.state.shards[lease.shard]
+            if line.custom_id not in job.state.done_ids
         ]
         return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
 
@@ -347,7 +361,7 @@ class JobManager:
         if new is None:
             raise PeerFault("results for a lease that was never granted")
         cosigs = {}
-        for custom_id, (line, result) in parsed.items():
+        for line, result in parsed.values():
             cosig = self._countersign(peer_id, job, line, result)
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()

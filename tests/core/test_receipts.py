@@ -96,15 +96,15 @@ def test_gpu_seconds_never_exceed_wall_time_times_gpus(spans, gpus):
             marks[i] = meter.begin(now)
         else:
             used[i] = meter.end(marks[i], now)
-    for i, (start, length) in enumerate(spans):
+    for i, (_start, length) in enumerate(spans):
         assert used[i] <= length * gpus + 1e-9
-    lo = min(s for s, _ in spans)
-    hi = max(s + l for s, l in spans)
+    lo = min(start for start, _ in spans)
+    hi = max(start + length for start, length in spans)
     assert sum(used.values()) <= (hi - lo) * gpus + 1e-6
     # Busy all the time from lo to the end of the union of spans: exact.
     covered, end = 0.0, lo
-    for s, l in sorted(spans):
-        if s + l > end:
-            covered += s + l - max(s, end)
-            end = s + l
+    for start, length in sorted(spans):
+        if start + length > end:
+            covered += start + length - max(start, end)
+            end = start + length
     assert sum(used.values()) == pytest.approx(covered * gpus, rel=1e-6, abs=1e-6)

@@ -58,7 +58,7 @@ def standin_processes(ports: list[int], *flags: str, models: list[str] | None = 
             )
             urls.append(f"http://127.0.0.1:{port}/v1")
         for url in urls:
-            wait_until(lambda: backend_up(url), 30, url)
+            wait_until(lambda url=url: backend_up(url), 30, url)
         yield urls
     finally:
         for p in procs:

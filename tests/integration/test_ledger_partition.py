@@ -73,7 +73,7 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
                 p.wait_ready()
             both = {peers["L"][0].peer_id, peers["R"][0].peer_id}
             for p in (peers["L"][1], peers["R"][1]):
-                wait_until(lambda: set(providers_seen(p)) == both, 60, f"{p.home.name} seeing both providers")
+                wait_until(lambda p=p: set(providers_seen(p)) == both, 60, f"{p.home.name} seeing both providers")
 
             # Split: nothing passes between the halves. REJECT (a TCP reset), not DROP: with
             # DROP, py-libp2p keeps the dead connections open (it has no keepalive) and
@@ -95,12 +95,12 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
                     "tcp-reset",
                 )
                 sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-j", "DROP")
-            for half, other in (("L", "R"), ("R", "L")):
+            for half in ("L", "R"):
                 # Every consumer asked below must know its own half's provider: one whose
                 # connections all crossed the cut finds its half again through discovery.
                 for p in peers[half][1:4]:
                     wait_until(
-                        lambda p=p: providers_seen(p) == [peers[half][0].peer_id],
+                        lambda p=p, half=half: providers_seen(p) == [peers[half][0].peer_id],
                         90,
                         f"{half} forgetting the other half's provider",
                     )
@@ -142,7 +142,11 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             # (every 7.5-22.5 s with one random neighbour) bounds this; 90 s is several rounds.
             for half in ("L", "R"):
                 try:
-                    wait_until(lambda: all(holds(p, [half]) for p in peers[half]), 90, f"{half} converging while split")
+                    wait_until(
+                        lambda half=half: all(holds(p, [half]) for p in peers[half]),
+                        90,
+                        f"{half} converging while split",
+                    )
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}: {lagging(peers[half], [half])}") from None
             assert not any(holds(p, ["R"]) for p in peers["L"])

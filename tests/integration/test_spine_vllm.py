@@ -99,7 +99,7 @@ def test_killing_the_provider_mid_stream_is_an_error_then_503(line_mesh, client)
     )
     received = 0
     with pytest.raises(openai.APIError) as exc:
-        for chunk in stream:
+        for _chunk in stream:
             received += 1
             if received == 1:
                 # At the first chunk: the tiny model writes its 400 tokens in well under a
