@@ -65,7 +65,6 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
     for index, raw in enumerate(text.splitlines()):
         if not raw.strip():
             continue
-        error = None
         custom_id = None
         try:
             if len(raw) > MAX_LINE_BYTES:
@@ -94,13 +93,10 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
             if not isinstance(body.get("model"), str) or not body["model"]:
                 raise ValueError("body.model is missing")
             models.add(body["model"])
+            seen.add(custom_id)
+            lines.append(BatchLine(index, custom_id, url, body))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            error = LineError(index, custom_id, "invalid_line", str(exc)[:500])
-        if error is not None:
-            errors.append(error)
-            continue
-        seen.add(custom_id)
-        lines.append(BatchLine(index, custom_id, url, body))
+            errors.append(LineError(index, custom_id, "invalid_line", str(exc)[:500]))
     if len(models) > 1:
         # One model per job (providers claim jobs by model): the one most lines ask for.
         counts: dict[str, int] = {}

@@ -361,7 +361,7 @@ class LedgerState:
         totals = self._totals.get(author)
         return totals.duplicates if totals else 0
 
-    def fingerprint(self) -> tuple:
+    def fingerprint(self) -> tuple[tuple[str, int, tuple[bytes, ...]], ...]:
         """Everything that defines the state, comparable between replicas."""
         return tuple(
             (author, seq, tuple(e.hash for e in kept))
