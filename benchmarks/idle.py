@@ -112,7 +112,8 @@ def processes(peers: int, settle: float, seconds: float) -> float:
 def show(label: str, r: dict) -> None:
     streams = ", ".join(f"{k[7:]} {v:.1f}/s" for k, v in sorted(r.items()) if k.startswith("stream "))
     print(
-        f"  {label:<34} CPU {r['cpu'] * 100:5.1f}% of a core   pubsub RPCs received {r.get('rpc', 0):6.1f}/s   new streams: {streams or 'none'}",
+        f"  {label:<34} CPU {r['cpu'] * 100:5.1f}% of a core   pubsub RPCs received {r.get('rpc', 0):6.1f}/s   "
+        f"new streams: {streams or 'none'}",
         flush=True,
     )
 

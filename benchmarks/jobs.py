@@ -109,7 +109,8 @@ def main() -> None:
     setup_logging("ERROR")
     ideal = BATCH / (TOKEN_DELAY * TOKENS)
     print(
-        f"{args.lines} lines x {TOKENS} tokens; each provider: {TOKEN_DELAY * 1000:.0f} ms/token, batch of {BATCH} (ideal {ideal:.1f} lines/s)",
+        f"{args.lines} lines x {TOKENS} tokens; each provider: {TOKEN_DELAY * 1000:.0f} ms/token, batch of {BATCH} "
+        f"(ideal {ideal:.1f} lines/s)",
         flush=True,
     )
     results = {}
@@ -117,7 +118,8 @@ def main() -> None:
         results[n] = trio.run(run, n, args.lines, args.shard)
         r = results[n]
         print(
-            f"  {n} provider{'s' if n > 1 else ' '}: {r['seconds']:6.1f} s  {r['lines_per_s']:6.1f} lines/s  {r['tokens_per_s']:7.0f} tok/s  speed-up x{r['lines_per_s'] / results[1]['lines_per_s']:.2f}",
+            f"  {n} provider{'s' if n > 1 else ' '}: {r['seconds']:6.1f} s  {r['lines_per_s']:6.1f} lines/s  "
+            f"{r['tokens_per_s']:7.0f} tok/s  speed-up x{r['lines_per_s'] / results[1]['lines_per_s']:.2f}",
             flush=True,
         )
 

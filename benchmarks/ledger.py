@@ -145,7 +145,8 @@ async def main_async(args) -> None:
     print(f"  physical limit, entries (2 verifies each):  {raw / 2:10,.0f} /s per thread")
     print(f"  ledger entries verified, 1 thread:          {one:10,.0f} /s  ({one / (raw / 2):.0%} of the limit)")
     print(
-        f"  Ledger.add_remote (2 threads, stored):      {threaded:10,.0f} /s  ({threaded / (raw / 2):.0%} of one thread's limit)"
+        f"  Ledger.add_remote (2 threads, stored):      {threaded:10,.0f} /s  ({threaded / (raw / 2):.0%} "
+        "of one thread's limit)"
     )
 
     sync_entries = entries[: args.receipts]

@@ -76,7 +76,8 @@ def main() -> None:
     if reason:
         sys.exit(f"needs network namespaces with iptables NAT: {reason}")
     print(
-        f"{'NAT':10} {'trial':>5} {'verdict s':>9} {'reserve s':>9} {'1st req ms':>10} {'relayed ms':>10} {'direct ms':>9} {'punch':>12}"
+        f"{'NAT':10} {'trial':>5} {'verdict s':>9} {'reserve s':>9} {'1st req ms':>10} {'relayed ms':>10} "
+        f"{'direct ms':>9} {'punch':>12}"
     )
     for nat in ("cone", "symmetric"):
         results = []
@@ -85,14 +86,16 @@ def main() -> None:
             results.append(r)
             punch = f"ok {r['punch_s']:.2f} s" if r["punched"] else "no"
             print(
-                f"{nat:10} {trial + 1:5d} {r['verdict_s']:9.2f} {r['reservation_s']:9.2f} {r['first_request_ms']:10.0f} {med(r['relayed_ms']):>10} {med(r['direct_ms']):>9} {punch:>12}",
+                f"{nat:10} {trial + 1:5d} {r['verdict_s']:9.2f} {r['reservation_s']:9.2f} "
+                f"{r['first_request_ms']:10.0f} {med(r['relayed_ms']):>10} {med(r['direct_ms']):>9} {punch:>12}",
                 flush=True,
             )
         ok = sum(r["punched"] for r in results)
         relayed = [x for r in results for x in r["relayed_ms"]]
         direct = [x for r in results for x in r["direct_ms"]]
         print(
-            f"{nat:10} punch success {ok}/{len(results)}; request p50 relayed {med(relayed).strip()} ms, direct {med(direct).strip()} ms"
+            f"{nat:10} punch success {ok}/{len(results)}; request p50 relayed {med(relayed).strip()} ms, direct "
+            f"{med(direct).strip()} ms"
         )
 
 

@@ -246,7 +246,8 @@ def main() -> None:
             f"one stream of 4000 tokens: direct {one_stream['direct']:.0f} tok/s, mesh {one_stream['mesh']:.0f} tok/s"
         )
         print(
-            f"32 streams of 500 tokens: direct {many_streams['direct']:.0f} tok/s, mesh {many_streams['mesh']:.0f} tok/s (aggregate)"
+            f"32 streams of 500 tokens: direct {many_streams['direct']:.0f} tok/s, mesh {many_streams['mesh']:.0f} "
+            "tok/s (aggregate)"
         )
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))

@@ -123,7 +123,8 @@ async def run_config(providers: int, requests: int, clients: int) -> dict:
 async def main_async(requests: int, clients: int) -> None:
     setup_logging("ERROR")
     print(
-        f"closed loop: {clients} clients, {requests} requests of {TOKENS} tokens; each backend {TOKEN_DELAY * 1000:.0f} ms/token, batch {BATCH}"
+        f"closed loop: {clients} clients, {requests} requests of {TOKENS} tokens; each backend "
+        f"{TOKEN_DELAY * 1000:.0f} ms/token, batch {BATCH}"
     )
     print(f"{'providers':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'Jain':>5}  split")
     for providers in (1, 5, 1, 5):

@@ -40,7 +40,8 @@ def main() -> None:
     args = parser.parse_args()
     scenarios = args.scenarios + (["sweden-10k"] if args.with_10k else [])
     print(
-        f"{'scenario':<16} {'peer-hours':>10} {'wall s':>8} {'ms/peer-h':>10} {'peak MiB':>9} {'KiB/peer':>9} {'events':>9} {'× real time':>11} {'requests':>9} {'lost':>5}",
+        f"{'scenario':<16} {'peer-hours':>10} {'wall s':>8} {'ms/peer-h':>10} {'peak MiB':>9} {'KiB/peer':>9} "
+        f"{'events':>9} {'× real time':>11} {'requests':>9} {'lost':>5}",
         flush=True,
     )
     with tempfile.TemporaryDirectory() as tmp:
@@ -52,13 +53,17 @@ def main() -> None:
             cost = result["cost"]
             speedup = hours * 3600 / cost["wall_s"]
             print(
-                f"{scenario:<16} {cost['peer_hours']:>10.0f} {cost['wall_s']:>8.1f} {cost['wall_ms_per_peer_hour']:>10.1f} {cost['peak_rss_mib']:>9.1f} {cost['peak_rss_mib'] * 1024 / peers:>9.1f} {cost['events']:>9} {speedup:>11.1f} {result['requests']['total']:>9} {result['requests']['lost']:>5}",
+                f"{scenario:<16} {cost['peer_hours']:>10.0f} {cost['wall_s']:>8.1f} "
+                f"{cost['wall_ms_per_peer_hour']:>10.1f} {cost['peak_rss_mib']:>9.1f} "
+                f"{cost['peak_rss_mib'] * 1024 / peers:>9.1f} {cost['events']:>9} {speedup:>11.1f} "
+                f"{result['requests']['total']:>9} {result['requests']['lost']:>5}",
                 flush=True,
             )
             if scenario == "sweden-1k":
                 verdict = "meets" if cost["wall_s"] < TARGET_S else "MISSES"
                 print(
-                    f"  baseline: the target, one simulated hour of sweden-1k in < {TARGET_S:.0f} s: {verdict} it ({cost['wall_s']:.1f} s)",
+                    f"  baseline: the target, one simulated hour of sweden-1k in < {TARGET_S:.0f} s: {verdict} it "
+                    f"({cost['wall_s']:.1f} s)",
                     flush=True,
                 )
 

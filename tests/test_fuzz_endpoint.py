@@ -293,7 +293,8 @@ class FuzzRun:
     def report(self) -> None:
         total = sum(self.fuzz.tried.values())
         print(
-            f"schemathesis: {total} requests in {self.elapsed:.1f} s ({total / self.elapsed:.1f}/s), {self.fuzz.to_backend} of them for model tiny"
+            f"schemathesis: {total} requests in {self.elapsed:.1f} s ({total / self.elapsed:.1f}/s), "
+            f"{self.fuzz.to_backend} of them for model tiny"
         )
         for label, count in sorted(self.fuzz.tried.items()):
             print(f"  {label}: {count} in {self.fuzz.seconds[label]:.1f} s")

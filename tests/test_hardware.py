@@ -84,7 +84,9 @@ def fake_nvidia_smi(tmp_path: Path, monkeypatch, body: str) -> None:
 
 STANDIN_GPU_RIG = r"""
 case "$1" in
-  --query-gpu=name,memory.total) printf 'NVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 3060, 12288\n' ;;
+  --query-gpu=name,memory.total)
+    printf 'NVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 4090, 24564\n'
+    printf 'NVIDIA GeForce RTX 3060, 12288\n' ;;
   --query-gpu=driver_version) printf '550.54.15\n550.54.15\n550.54.15\n' ;;
   *) echo "unexpected arguments: $*" >&2; exit 2 ;;
 esac

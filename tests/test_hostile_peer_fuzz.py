@@ -330,7 +330,8 @@ async def test_malformed_and_oversized_frames_on_the_openai_protocol(tmp_path, h
         await wait_for(lambda: faults[peers.evil_id] == len(cases) + 1, 5)
         await peers.chat_ok()
         print(
-            f"\nopenai protocol: {len(cases) + 1} hostile streams, {faults[peers.evil_id]} faults counted, {peers.chats} honest chats served"
+            f"\nopenai protocol: {len(cases) + 1} hostile streams, {faults[peers.evil_id]} faults counted, "
+            f"{peers.chats} honest chats served"
         )
         # With the real threshold the next fault bans the evil peer.
         peers.victim.mesh.penalties.threshold = THRESHOLD
@@ -666,7 +667,8 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         assert honest.peer_id not in state.authors() and evil.peer_id not in state.authors()
         assert state.head(peers.victim_id).seq >= own_head.seq
         print(
-            f"\nledger: {len(requests)} bad requests ({len(pushes)} forged pushes), {fuzzed} random requests, {len(announcements)} bad announcements, {len(replies)} forged replies; {faults()} faults counted"
+            f"\nledger: {len(requests)} bad requests ({len(pushes)} forged pushes), {fuzzed} random requests, "
+            f"{len(announcements)} bad announcements, {len(replies)} forged replies; {faults()} faults counted"
         )
 
 
@@ -875,7 +877,8 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             await peers.chat_ok()
         assert victim.job_worker.lines_done <= 4  # only the last grant had lines to run
         print(
-            f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants to the worker; {victim.jobs.faults[peers.evil_id]} faults counted"
+            f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants "
+            f"to the worker; {victim.jobs.faults[peers.evil_id]} faults counted"
         )
 
 

@@ -235,7 +235,10 @@ def test_an_empty_run_still_reports(tmp_path):
 
 def test_the_same_bytes_from_another_process(with_twin, tmp_path):
     here = with_twin
-    code = "import sys; from pathlib import Path; from tests.test_sim_report import write; write(Path(sys.argv[1]), twin=True)"
+    code = (
+        "import sys; from pathlib import Path; from tests.test_sim_report import write; "
+        "write(Path(sys.argv[1]), twin=True)"
+    )
     # A different hash seed and locale: neither may reach the files.
     env = {**os.environ, "PYTHONHASHSEED": "12345", "LC_ALL": "C.UTF-8"}
     root = Path(__file__).resolve().parents[1]

@@ -133,14 +133,16 @@ def verify(home: Path | None = HomeOption, json_output: bool = JsonOption) -> No
         for problem in report.invalid:
             typer.echo(f"invalid entry: {problem}")
         for fork in report.forks:
+            proof = ", ".join(h[:16] for h in fork["proof"])
             typer.echo(
-                f"fork: {fork['author']} at seq {fork['seq']} (counted up to {fork['counted_up_to']}; proof {', '.join(h[:16] for h in fork['proof'])})"
+                f"fork: {fork['author']} at seq {fork['seq']} (counted up to {fork['counted_up_to']}; proof {proof})"
             )
         for author, n in report.duplicates.items():
             typer.echo(f"duplicate receipts: {author} logged {n} receipts twice")
         for o in report.overclaims:
             typer.echo(
-                f"over-claim: {o['author']} claims {o['claimed_us'] / 1e6:.3f} GPU-s in a period allowing {o['limit_us'] / 1e6:.3f}"
+                f"over-claim: {o['author']} claims {o['claimed_us'] / 1e6:.3f} GPU-s "
+                f"in a period allowing {o['limit_us'] / 1e6:.3f}"
             )
         typer.echo("ok" if report.ok else "PROBLEMS FOUND")
     if not report.ok:

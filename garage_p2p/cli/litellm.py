@@ -38,11 +38,13 @@ def _models(base: str, key: str | None) -> list[str]:
         response = httpx.get(f"{base}/v1/models", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
         fail(
-            f"cannot reach the peer at {base}: {exc}; start `garage-peer`, pass --api URL, or name the models with --model"
+            f"cannot reach the peer at {base}: {exc}; "
+            "start `garage-peer`, pass --api URL, or name the models with --model"
         )
     if response.status_code == 401:
         fail(
-            "the endpoint asks for an API key: create one with `garage keys create`, put it in an environment variable and pass --key-env VARIABLE"
+            "the endpoint asks for an API key: create one with `garage keys create`, put it in an environment variable "
+            "and pass --key-env VARIABLE"
         )
     if response.status_code != 200:
         fail(f"the peer answered {response.status_code} to /v1/models: {response.text[:200]}")
@@ -92,7 +94,10 @@ def litellm_config(
     key_env: str | None = typer.Option(
         None,
         "--key-env",
-        help="Environment variable holding a garage API key (gk-…) for endpoints that ask for one; LiteLLM reads it at start.",
+        help=(
+            "Environment variable holding a garage API key (gk-…) for endpoints that ask for one; "
+            "LiteLLM reads it at start."
+        ),
     ),
     wildcard: bool = typer.Option(
         True, "--wildcard/--no-wildcard", help="Also pass any other model name through to the mesh."
@@ -111,7 +116,8 @@ def litellm_config(
     models = sorted(set(model)) if model else _models(base, key)
     if not models and not wildcard:
         fail(
-            "the peer knows no model yet and --no-wildcard leaves nothing to route: wait for providers, or pass --model NAME"
+            "the peer knows no model yet and --no-wildcard leaves nothing to route: wait for providers, or pass "
+            "--model NAME"
         )
     text = render(
         base + "/v1",
@@ -129,6 +135,7 @@ def litellm_config(
     except OSError as exc:
         fail(f"cannot write {out}: {exc}")
     typer.echo(
-        f"wrote {out}: {len(models)} models{' and a wildcard' if wildcard else ''}; run `litellm --config {out} --port 4000`",
+        f"wrote {out}: {len(models)} models{' and a wildcard' if wildcard else ''}; "
+        f"run `litellm --config {out} --port 4000`",
         err=True,
     )

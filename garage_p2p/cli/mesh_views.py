@@ -25,12 +25,14 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
         typer.echo(f"listening   {addr}")
     typer.echo(f"reachability {data['reachability']}   region {data['region'] or '-'}   hardware {data['hardware']}")
     typer.echo(
-        f"connections {data['connections']}   known peers {data['known_peers']}   DHT {data['dht_mode']} ({data['dht_table_size']} in table)"
+        f"connections {data['connections']}   known peers {data['known_peers']}   DHT {data['dht_mode']} "
+        f"({data['dht_table_size']} in table)"
     )
     typer.echo(f"in flight   {data['in_flight']}{'   DRAINING' if data['draining'] else ''}")
     led = data["ledger"]
     typer.echo(
-        f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given {led['contributed_gpu_hours']:.6f}, used {led['consumed_gpu_hours']:.6f}"
+        f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given "
+        f"{led['contributed_gpu_hours']:.6f}, used {led['consumed_gpu_hours']:.6f}"
     )
     if data.get("runtime"):
         rt = data["runtime"]

@@ -77,7 +77,10 @@ def main_command(
     runtime_model: Path | None = typer.Option(
         None,
         "--model-dir",
-        help="Serve this model (a directory, or a model id in the local Hugging Face cache) from a vLLM container run in Podman.",
+        help=(
+            "Serve this model (a directory, or a model id in the local Hugging Face cache) "
+            "from a vLLM container run in Podman."
+        ),
     ),
     runtime_name: str | None = typer.Option(
         None, "--model-name", help="The model's name in the mesh (default: the directory's name)."

@@ -69,10 +69,12 @@ def run(
     r = summary["requests"]
     typer.echo(f"report: {out / 'report.md'}")
     typer.echo(
-        f"requests: {r['total']} ({r['ok']} ok, {r['lost']} lost), latency p50 {r['latency_s']['p50']} s, p99 {r['latency_s']['p99']} s"
+        f"requests: {r['total']} ({r['ok']} ok, {r['lost']} lost), latency p50 {r['latency_s']['p50']} s, p99 "
+        f"{r['latency_s']['p99']} s"
     )
     typer.echo(
-        f"cost: {cost['wall_s']} s wall, {cost['peak_rss_mib']} MiB peak, {cost['wall_ms_per_peer_hour']} ms per peer-hour, {cost['events']} events"
+        f"cost: {cost['wall_s']} s wall, {cost['peak_rss_mib']} MiB peak, {cost['wall_ms_per_peer_hour']} ms per "
+        f"peer-hour, {cost['events']} events"
     )
     if twin is not None:
         failed = [name for name, b in twin["bounds"].items() if not b["ok"]]

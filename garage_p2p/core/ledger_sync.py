@@ -78,7 +78,8 @@ class LedgerRequest(WireModel):
     """A request on ``/garage/ledger/1.0.0``."""
 
     op: Literal["heads", "range", "push"]
-    """``heads``: a page of heads; ``range``: entries of one author; ``push``: counter-signed receipts for the provider's log."""
+    """``heads``: a page of heads; ``range``: entries of one author; ``push``: counter-signed receipts for the
+    provider's log."""
     after: str | None = Field(default=None, max_length=128)
     """heads: return authors sorted after this one."""
     author: str | None = Field(default=None, max_length=128)
@@ -88,7 +89,8 @@ class LedgerRequest(WireModel):
     limit: int = Field(default=MAX_RANGE_ENTRIES, ge=1, le=MAX_RANGE_ENTRIES)
     """heads/range: most items wanted (the server may send fewer)."""
     receipts: tuple[str, ...] = Field(default=(), max_length=MAX_PUSH_RECEIPTS)
-    """push: base64 of provider signature (64 bytes) | counter-signature (64 bytes) | receipt (``ledger.book.pack_pending``)."""
+    """push: base64 of provider signature (64 bytes) | counter-signature (64 bytes) | receipt
+    (``ledger.book.pack_pending``)."""
 
 
 class HeadsPage(WireModel):

@@ -91,7 +91,8 @@ def main() -> int:
             print(f"  tokens    : {completion.usage.prompt_tokens} in, {completion.usage.completion_tokens} out")
             print(f"  latency   : {latency * 1000:.0f} ms for the whole answer (C → B's gossip → A → vLLM)")
             print(
-                f"  streaming : first token after {first * 1000 if first else float('nan'):.0f} ms, {tokens} chunks in {total_stream * 1000:.0f} ms"
+                f"  streaming : first token after {first * 1000 if first else float('nan'):.0f} ms, {tokens} chunks in "
+                f"{total_stream * 1000:.0f} ms"
             )
             print(f"  ledger    : {ledger_line(b, a.peer_id, c.peer_id)}")
             print()

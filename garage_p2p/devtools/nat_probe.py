@@ -5,7 +5,8 @@ machine) with the project venv's python::
 
     ip netns exec gpnat-r1 .venv/bin/python -m garage_p2p.devtools.nat_probe relay --ip 198.51.100.10
     ip netns exec gpnat-b  .venv/bin/python -m garage_p2p.devtools.nat_probe peer --ip 192.168.11.2 --relay R1ADDR
-    ip netns exec gpnat-a  .venv/bin/python -m garage_p2p.devtools.nat_probe peer --ip 192.168.10.2 --relay R1ADDR --target B_ID
+    ip netns exec gpnat-a  .venv/bin/python -m garage_p2p.devtools.nat_probe peer --ip 192.168.10.2 \\
+        --relay R1ADDR --target B_ID
 
 Each prints JSON lines on stdout: ``{"event": "ready", ...}`` once serving, and
 the dialling peer one ``{"event": "result", ...}``: reservation time, relayed

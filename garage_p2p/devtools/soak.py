@@ -240,11 +240,13 @@ class SoakReport:
         """The report as text: outcomes, latencies, chaos, jobs, receipts, verification, memory."""
         out: list[str] = []
         out.append(
-            f"soak: {self.load_seconds:.0f} s of load (asked {self.duration_s:.0f} s), seed {self.seed}, workdir {self.workdir}"
+            f"soak: {self.load_seconds:.0f} s of load (asked {self.duration_s:.0f} s), seed {self.seed}, "
+            f"workdir {self.workdir}"
         )
         out.append("")
         out.append(
-            f"requests: {self.started} sent, {self.total} ended ({self.ok} ok, success rate {self.success_rate:.3f}), hangs {self.hangs}"
+            f"requests: {self.started} sent, {self.total} ended ({self.ok} ok, success rate {self.success_rate:.3f}), "
+            f"hangs {self.hangs}"
         )
         kinds = ["chat", "stream"]
         names = sorted(self.outcomes(), key=lambda o: (o != "ok", o))
@@ -269,7 +271,8 @@ class SoakReport:
         errs = sorted(r.latency for r in self.requests if r.outcome != "ok")
         if errs:
             out.append(
-                f"latency of errors: p50 {fmt_ms(quantile(errs, 0.5))}, p99 {fmt_ms(quantile(errs, 0.99))}, max {fmt_ms(errs[-1])}"
+                f"latency of errors: p50 {fmt_ms(quantile(errs, 0.5))}, p99 {fmt_ms(quantile(errs, 0.99))}, "
+                f"max {fmt_ms(errs[-1])}"
             )
         out.append("")
         out.append(f"chaos: {self.kills} kills/restarts")
@@ -308,7 +311,8 @@ class SoakReport:
         )
         out.append("")
         out.append(
-            f"receipts: {self.receipts_checked} completed requests checked, {len(self.receipts_lost)} lost (ledger export of each provider)"
+            f"receipts: {self.receipts_checked} completed requests checked, {len(self.receipts_lost)} lost "
+            "(ledger export of each provider)"
         )
         out.append(f"  in the providers' logs {_fmt_s(self.receipts_settle_s)} after the load")
         out.append(
@@ -318,10 +322,12 @@ class SoakReport:
         for lost in self.receipts_lost[:10]:
             out.append(f"  lost: {lost}")
         out.append(
-            f"  pushed again by the consumers (the provider's log lacked them) and accepted: {self.receipts_pushed_again}"
+            "  pushed again by the consumers (the provider's log lacked them) and accepted: "
+            f"{self.receipts_pushed_again}"
         )
         out.append(
-            f"batch receipts: {self.batch_receipts_checked} succeeded lines checked, {len(self.batch_receipts_lost)} lost"
+            f"batch receipts: {self.batch_receipts_checked} succeeded lines checked, "
+            f"{len(self.batch_receipts_lost)} lost"
         )
         out.append(
             "receipts still pending at the consumers: "
@@ -361,7 +367,8 @@ class SoakReport:
                 f"{m.peer} {m.end_mib - ref['end_mib']:+.1f}" for m in self.memory_summary if not m.restarted
             )
             out.append(
-                f"against a fresh process: {ref['peer']} (restarted at {ref['restarted_at']:.0f} s, same ledger) ends at {ref['end_mib']:.1f} MiB; "
+                f"against a fresh process: {ref['peer']} (restarted at {ref['restarted_at']:.0f} s, same ledger) "
+                f"ends at {ref['end_mib']:.1f} MiB; "
                 f"peers that ran all along, at the end, differ by (MiB): {diffs}"
             )
         out.append("")
@@ -780,7 +787,8 @@ class _Run:
         more = f" (+{quiet} more like it)" if quiet else ""
         self._logged[key] = (now, 0)
         self.log(
-            f"{record.start:7.1f}s {record.consumer} {record.kind}: {record.outcome} {record.error_code or ''} after {record.latency:.2f} s{more}"
+            f"{record.start:7.1f}s {record.consumer} {record.kind}: {record.outcome} {record.error_code or ''} after "
+            f"{record.latency:.2f} s{more}"
         )
 
     @staticmethod
@@ -964,7 +972,8 @@ class _Run:
         if record.status == "running":
             record.status = "timed_out"
         self.log(
-            f"{self.now():7.1f}s job {n} ({record.job_id}): {record.status}, {record.succeeded} ok, {record.failed} failed in {record.seconds:.1f} s"
+            f"{self.now():7.1f}s job {n} ({record.job_id}): {record.status}, {record.succeeded} ok, {record.failed} "
+            f"failed in {record.seconds:.1f} s"
         )
         out = workdir / f"batch-{n}.out.jsonl"
         fetched = None
@@ -1066,8 +1075,10 @@ def memory_summary(
     minutes = max(1e-9, (end_t - half_t) / 60)
     report.memory_bound = (
         f"least-squares slope of RSS over the second half ≤ {memory_slack_mib_min(half_t):.0f} MiB/min "
-        f"(allocator warm-up; {MEMORY_SLACK_MIB_MIN[0]:.0f} if the half starts before {WARM_UP_S:.0f} s, else {MEMORY_SLACK_MIB_MIN[1]:.0f}) + "
-        f"{LEDGER_KIB_PER_ENTRY} KiB × ledger entries gained per minute (the ledger lives in memory by design); peers never restarted"
+        f"(allocator warm-up; {MEMORY_SLACK_MIB_MIN[0]:.0f} if the half starts before {WARM_UP_S:.0f} s, else "
+        f"{MEMORY_SLACK_MIB_MIN[1]:.0f}) + "
+        f"{LEDGER_KIB_PER_ENTRY} KiB × ledger entries gained per minute (the ledger lives in memory by design); "
+        "peers never restarted"
     )
     for peer in mesh.peers.values():
         samples = [s for s in report.memory if s.peer == peer.label]
@@ -1244,13 +1255,15 @@ def run_soak(
                     nursery.cancel_scope.cancel()
 
             say(
-                f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s + {margin:.0f} s margin"
+                f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s "
+                f"+ {margin:.0f} s margin"
             )
             trio.run(drive)
             entries_end = _entry_counts(mesh)
             memory_summary(report, mesh, entries_half, entries_end, duration_s / 2, report.load_seconds)
             say(
-                f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} hangs; settling receipts"
+                f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} "
+                "hangs; settling receipts"
             )
 
             # Receipts, with the daemons still running: consumers push again what a killed
@@ -1263,7 +1276,8 @@ def run_soak(
             if report.receipts_settle_s is None:
                 missing, batch_missing = _missing(report, mesh, consumer_ids)
                 say(
-                    f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + {len(batch_missing)} (batch) missing"
+                    f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + "
+                    f"{len(batch_missing)} (batch) missing"
                 )
 
             # The consumers' side: each holds its receipts too (ledger sync) and drops them from

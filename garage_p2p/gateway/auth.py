@@ -51,7 +51,8 @@ def host_name(host: str) -> str:
 
 
 def from_browser(headers) -> bool:
-    """Whether a browser sent the request: browsers add ``Origin`` or ``Sec-Fetch-*``; page scripts cannot remove them."""
+    """Whether a browser sent the request: browsers add ``Origin`` or ``Sec-Fetch-*``; page scripts cannot
+    remove them."""
     return "origin" in headers or "sec-fetch-site" in headers
 
 
@@ -82,7 +83,8 @@ def browser_refusal(headers, anonymous_allowed: bool) -> ErrorInfo | None:
     if anonymous_allowed and not is_loopback(host_name(host)):
         return error_info(
             403,
-            f"Host {host!r} is not this machine: without an API key the endpoint answers browsers only at 127.0.0.1 or localhost.",
+            f"Host {host!r} is not this machine: without an API key the endpoint answers browsers only at 127.0.0.1 "
+            "or localhost.",
             type="permission_error",
             code="host_refused",
         )
@@ -152,7 +154,8 @@ class Gatekeeper:
                 raise Refused(
                     error_info(
                         401,
-                        f"You didn't provide an API key. The endpoint at {self.where} needs one: send `Authorization: Bearer gk-…` (create a key with `garage keys create`).",
+                        f"You didn't provide an API key. The endpoint at {self.where} needs one: send "
+                        "`Authorization: Bearer gk-…` (create a key with `garage keys create`).",
                         type="invalid_request_error",
                         code="invalid_api_key",
                     )
@@ -164,7 +167,8 @@ class Gatekeeper:
             raise Refused(
                 error_info(
                     401,
-                    f"Incorrect API key provided: {shown}. It is unknown here or revoked; `garage keys list` shows the keys of this peer.",
+                    f"Incorrect API key provided: {shown}. It is unknown here or revoked; `garage keys list` shows "
+                    "the keys of this peer.",
                     type="invalid_request_error",
                     code="invalid_api_key",
                 )
@@ -177,7 +181,8 @@ class Gatekeeper:
             raise Refused(
                 error_info(
                     429,
-                    f"Rate limit reached for key {key.id} on {verdict.limit}. Try again in {verdict.retry_after:.1f} s.",
+                    f"Rate limit reached for key {key.id} on {verdict.limit}. "
+                    f"Try again in {verdict.retry_after:.1f} s.",
                     type="rate_limit_error",
                     code="rate_limit_exceeded",
                     retry_after=max(1.0, verdict.retry_after),

@@ -195,7 +195,8 @@ class Dispatcher:
             regions = sorted({ad.region or "unset" for ad in ads})
             return error_info(
                 503,
-                f"no provider of {request.model!r} in region {request.region!r} (x-garage-region); providers are in: {', '.join(regions)}",
+                f"no provider of {request.model!r} in region {request.region!r} (x-garage-region); "
+                f"providers are in: {', '.join(regions)}",
                 type="server_error",
                 code="no_provider_in_region",
             )

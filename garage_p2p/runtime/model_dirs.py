@@ -35,6 +35,7 @@ def resolve_model(spec: str, cache: Path | None = None) -> tuple[Path, str]:
         if snapshots:
             return snapshots[-1].resolve(), spec
         raise SettingsError(
-            f"model {spec!r} is not in the local Hugging Face cache ({repo.parent}): download it there first, or pass a directory"
+            f"model {spec!r} is not in the local Hugging Face cache ({repo.parent}): download it there first, or pass "
+            "a directory"
         )
     raise SettingsError(f"--model-dir {spec} is not a directory")

@@ -500,8 +500,10 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
             for node in initial:
                 node.started = trio.current_time()
                 await start_peer(node)
+            late = len(providers) - sum(n.provider for n in initial)
             log(
-                f"emulation: {len(initial)} peers started in {trio.current_time() - t_start:.1f} s ({len(providers)} providers, {len(providers) - sum(n.provider for n in initial)} of them join later; {len(consumers)} consumers)"
+                f"emulation: {len(initial)} peers started in {trio.current_time() - t_start:.1f} s "
+                f"({len(providers)} providers, {late} of them join later; {len(consumers)} consumers)"
             )
             ready = [(c.peer, p.peer_id, p.model) for c in consumers for p in initial if p.provider]
             with trio.move_on_after(READY_TIMEOUT) as waiting:
@@ -510,11 +512,13 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
             if waiting.cancelled_caught:
                 missing = sum(not _knows(*r) for r in ready)
                 log(
-                    f"emulation: after {READY_TIMEOUT:.0f} s, {missing} of {len(ready)} (consumer, provider) pairs still unknown; starting anyway"
+                    f"emulation: after {READY_TIMEOUT:.0f} s, {missing} of {len(ready)} (consumer, provider) pairs "
+                    "still unknown; starting anyway"
                 )
             else:
                 log(
-                    f"emulation: every consumer knows every initial provider after {trio.current_time() - t_start:.1f} s"
+                    "emulation: every consumer knows every initial provider "
+                    f"after {trio.current_time() - t_start:.1f} s"
                 )
 
             t0 = trio.current_time()
@@ -533,7 +537,8 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
                             work.start_soon(_join, node, nodes, start_peer, t0, obs, log)
                     work.start_soon(_arrivals, twin, seed, consumers, client, obs)
                 log(
-                    f"emulation: {len(obs.requests)} requests done at {trio.current_time() - t0:.1f} s; letting the ledger settle"
+                    f"emulation: {len(obs.requests)} requests done at {trio.current_time() - t0:.1f} s; letting the "
+                    "ledger settle"
                 )
                 # The last receipts are counter-signed just after their answers, and
                 # the heads go out within a second: settled must hold for a while.
@@ -584,7 +589,8 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
     lag_p50, lag_p99 = (percentile(loop_lags, q) or 0.0 for q in (50, 99))
     if lag_p99 > LOOP_SATURATED:
         log(
-            f"emulation: WARNING the event loop was saturated (wake-up lag p50 {lag_p50 * 1000:.0f} ms, p99 {lag_p99 * 1000:.0f} ms): the timings are this host's, use fewer peers"
+            f"emulation: WARNING the event loop was saturated (wake-up lag p50 {lag_p50 * 1000:.0f} ms, p99 "
+            f"{lag_p99 * 1000:.0f} ms): the timings are this host's, use fewer peers"
         )
     obs.counters = {
         "real_peers": len(nodes),

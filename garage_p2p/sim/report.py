@@ -79,18 +79,21 @@ PLOTS: tuple[tuple[str, str, str], ...] = (
     (
         "known_by",
         "Discovery: time until a new peer is known",
-        "Share of the joins known by 99 % of the peers online, against the seconds since the join; joins never known keep the curve below 1.",
+        "Share of the joins known by 99 % of the peers online, against the seconds since the join; joins never known "
+        "keep the curve below 1.",
     ),
     (
         "requests",
         "Requests over time",
-        "Success rate and relayed share of the answers per time bucket (left axis), requests per bucket as grey bars (right axis).",
+        "Success rate and relayed share of the answers per time bucket (left axis), requests per bucket as grey bars "
+        "(right axis).",
     ),
     ("latency", "Latency over time", "Latency p50 and p99 of the answered requests, per time bucket."),
     (
         "fairness",
         "Fairness of the providers' work",
-        "Utilisation of each provider online for at least a tenth of the run (tokens served ÷ what it could serve while online), busiest first.",
+        "Utilisation of each provider online for at least a tenth of the run (tokens served ÷ what it could serve "
+        "while online), busiest first.",
     ),
     ("online", "Peers online", "Providers and consumers online, with the scenario's events as dotted lines."),
 )

@@ -145,7 +145,8 @@ class LedgerSection(_Section):
 
 class EmulationSection(_Section):
     peers: int = Field(default=12, ge=3, le=100)
-    """Real peers started by ``--emulate``, in one process (12 keep one core of this 2-core machine below saturation)."""
+    """Real peers started by ``--emulate``, in one process (12 keep one core of this 2-core machine below
+    saturation)."""
     duration_s: float = Field(default=90.0, gt=0, le=1800)
     """Seconds of requests in the emulation (real time)."""
     requests_per_consumer_hour: float | None = Field(default=None, ge=0)

@@ -132,7 +132,8 @@ class KeyStore:
             secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
             created = time.time() if now is None else now
             self._db.execute(
-                "INSERT INTO keys (id, name, secret_sha256, created, rpm, tpm, concurrency) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO keys (id, name, secret_sha256, created, rpm, tpm, concurrency) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key_id, name, _hash(secret), created, limits.rpm, limits.tpm, limits.concurrency),
             )
         return ApiKey(key_id, name, created, None, limits), f"gk-{key_id}-{secret}"
@@ -181,7 +182,8 @@ class KeyStore:
             return
         with self._lock, self._db:
             self._db.executemany(
-                "UPDATE keys SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,"
+                "UPDATE keys SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, "
+                "completion_tokens = completion_tokens + ?,"
                 " refused = refused + ?, last_used = MAX(COALESCE(last_used, 0), ?) WHERE id = ?",
                 [
                     (u.requests, u.prompt_tokens, u.completion_tokens, u.refused, u.last_used, key_id)

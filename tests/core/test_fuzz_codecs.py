@@ -140,7 +140,8 @@ def reference_frames(data: bytes, limits: dict[FrameType, int]) -> tuple[list[tu
 
 
 def raw_frame_st(limits_max: int = 300):
-    """Bytes that are often frames, sometimes nearly: a type byte (known or not), a length (honest or not), a payload."""
+    """Bytes that are often frames, sometimes nearly: a type byte (known or not), a length (honest or not), a
+    payload."""
     return st.one_of(
         st.builds(lambda t, p: encode_frame(t, p), st.sampled_from(list(FrameType)), st.binary(max_size=limits_max)),
         st.builds(

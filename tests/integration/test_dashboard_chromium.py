@@ -129,7 +129,9 @@ return Array.from(document.querySelectorAll('#' + arguments[0] + ' tbody tr')).m
   cells: Array.from(tr.cells).map(c => c.innerText.trim()),
   peer: tr.cells[0].querySelector('[data-peer]')?.getAttribute('data-peer') ?? null,
   peers: Array.from(tr.querySelectorAll('[data-peer]')).map(e => e.getAttribute('data-peer')),
-  progress: tr.querySelector('progress') ? [tr.querySelector('progress').value, tr.querySelector('progress').max] : null,
+  progress: tr.querySelector('progress')
+    ? [tr.querySelector('progress').value, tr.querySelector('progress').max]
+    : null,
 }));
 """
 
@@ -156,7 +158,8 @@ def test_a_browser_without_the_key_gets_401_from_the_json_apis(mesh, chromium):
     chromium.execute_script("sessionStorage.clear()")
     statuses = chromium.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "Promise.all(arguments[0].map(n => fetch('/garage/v1/' + n, {cache: 'no-store'}).then(r => r.status))).then(done);",
+        "Promise.all(arguments[0].map(n => fetch('/garage/v1/' + n, {cache: 'no-store'}).then(r => r.status)))"
+        ".then(done);",
         JSON_APIS,
     )
     assert statuses == [401] * len(JSON_APIS)

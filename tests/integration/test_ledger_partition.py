@@ -164,7 +164,8 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             prints = {ledger_of(p).fingerprint() for p in everyone}
             assert len(prints) == 1
             print(
-                f"20 peers: {len(completed['L']) + len(completed['R'])} receipts, converged {converge:.1f} s after the heal"
+                f"20 peers: {len(completed['L']) + len(completed['R'])} receipts, "
+                f"converged {converge:.1f} s after the heal"
             )
             verify = inside(
                 peers["R"][5], "garage_p2p.cli.garage", "ledger", "verify", "--json", "--home", str(peers["R"][5].home)

@@ -34,7 +34,11 @@ from litellm import Router
 config = yaml.safe_load(open(sys.argv[1]))
 router = Router(model_list=config["model_list"], num_retries=0)
 answer = router.completion(model="tiny", messages=[{"role": "user", "content": "via the router"}], max_tokens=3)
-print(json.dumps({"model": answer.model, "content": answer.choices[0].message.content, "completion_tokens": answer.usage.completion_tokens}))
+print(json.dumps({
+    "model": answer.model,
+    "content": answer.choices[0].message.content,
+    "completion_tokens": answer.usage.completion_tokens,
+}))
 """
 
 

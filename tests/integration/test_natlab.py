@@ -62,7 +62,8 @@ def test_cone_nat_relayed_then_direct(tmp_path, skip_private_predial):
         assert after["peer_saw"]["socket_peer"] == f"{a_public}:{LISTEN_PORT}"
         assert direct["time_to_direct_ms"] < (1500 if skip_private_predial else 12000)
         print(
-            f"cone ({'no LAN pre-dial' if skip_private_predial else 'stock'}): reservation {result['reservation_ms']} ms, "
+            f"cone ({'no LAN pre-dial' if skip_private_predial else 'stock'}): "
+            f"reservation {result['reservation_ms']} ms, "
             f"relayed dial {result['relayed']['dial_ms']} ms, direct after {direct['time_to_direct_ms']} ms"
         )
 

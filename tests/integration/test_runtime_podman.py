@@ -160,7 +160,8 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
         logs = garage("runtime", "logs", "--api", a.api_url)
         assert logs.returncode == 0 and logs.stdout.strip()
         print(
-            f"standin container: healthy and seen by C {cold:.1f} s after A was ready; restart after SIGKILL {restart:.1f} s"
+            f"standin container: healthy and seen by C {cold:.1f} s after A was ready; restart after SIGKILL "
+            f"{restart:.1f} s"
         )
     finally:
         if c is not None:

@@ -44,9 +44,11 @@ STEPS = ["user", "home", "venv", "links", "identity", "unit", "enable", "start"]
 CONTAINERFILE = f"""\
 FROM {BASE_IMAGE}
 RUN apt-get update \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd systemd-sysv dbus python3-venv podman runc \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
+      systemd systemd-sysv dbus python3-venv podman runc \\
  && apt-get clean && rm -rf /var/lib/apt/lists/* \\
- && systemctl mask podman.service podman.socket podman-auto-update.service podman-auto-update.timer podman-restart.service
+ && systemctl mask podman.service podman.socket podman-auto-update.service podman-auto-update.timer \\
+      podman-restart.service
 """
 # (Podman's own units fail in a container without its settings; masked, the root is "running".)
 
@@ -56,7 +58,8 @@ RUN apt-get update \\
 LISTING = r"""
 import hashlib, os, stat, sys
 SKIP = {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache", "/var/lib/systemd",
-        "/src", "/wheels", "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/etc/subuid-", "/etc/subgid-"}
+        "/src", "/wheels",
+        "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/etc/subuid-", "/etc/subgid-"}
 out = []
 def walk(d):
     for n in sorted(os.listdir(d)):
@@ -311,7 +314,8 @@ def test_install_starts_the_daemon_under_systemd(rig):
     assert rig.sh("systemctl is-active garage-peer").stdout.strip() == "active"
     assert rig.sh("systemctl is-enabled garage-peer").stdout.strip() == "enabled"
     health = rig.sh(
-        f"{PREFIX}/bin/python -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/health\", timeout=5).read().decode())'"
+        f"{PREFIX}/bin/python -c 'import urllib.request; "
+        'print(urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=5).read().decode())\''
     )
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["peer_id"] == printed_id
@@ -368,11 +372,14 @@ def test_bench_runs_once_a_backend_is_configured(rig):
     assert pid.isdigit(), started.stderr
     try:
         up = rig.sh(
-            f"for i in $(seq 100); do {PREFIX}/bin/python -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:18101/v1/models\", timeout=1)' 2>/dev/null && exit 0; sleep 0.2; done; exit 1"
+            f"for i in $(seq 100); do {PREFIX}/bin/python -c 'import urllib.request; "
+            'urllib.request.urlopen("http://127.0.0.1:18101/v1/models", timeout=1)\' 2>/dev/null && exit 0; '
+            "sleep 0.2; done; exit 1"
         )
         assert up.returncode == 0, "the stand-in backend did not come up"
         config = rig.sh(
-            f"printf 'backends = {{ tiny = \"http://127.0.0.1:18101/v1\" }}\\n' > {HOME}/config.toml && chown garage:garage {HOME}/config.toml"
+            f"printf 'backends = {{ tiny = \"http://127.0.0.1:18101/v1\" }}\\n' > {HOME}/config.toml "
+            f"&& chown garage:garage {HOME}/config.toml"
         )
         assert config.returncode == 0, config.stderr
         result = rig.start_sh("--skip-gpu")
@@ -485,7 +492,8 @@ def test_usage_errors_are_one_line():
 
 
 def test_other_prefix_and_home_no_start_then_uninstall_and_purge_in_two_steps(rig):
-    """--prefix/--home/--no-start; --uninstall finds the prefix from the unit; a later --purge ends the kept identity."""
+    """--prefix/--home/--no-start; --uninstall finds the prefix from the unit; a later --purge ends the kept
+    identity."""
     prefix, home = "/srv/rig/garage", "/srv/garage-home"
     result = rig.start_sh("--skip-gpu", "--no-start", "--prefix", prefix, "--home", home)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -502,7 +510,9 @@ def test_other_prefix_and_home_no_start_then_uninstall_and_purge_in_two_steps(ri
     # It starts from the unit as installed.
     assert rig.sh("systemctl start garage-peer").returncode == 0
     health = rig.sh(
-        f"for i in $(seq 60); do {prefix}/bin/python -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/health\", timeout=2).read().decode())' 2>/dev/null && exit 0; sleep 1; done; exit 1"
+        f"for i in $(seq 60); do {prefix}/bin/python -c 'import urllib.request; "
+        'print(urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2).read().decode())\' 2>/dev/null && '
+        "exit 0; sleep 1; done; exit 1"
     )
     assert health.returncode == 0 and json.loads(health.stdout)["status"] == "ok"
     key_hash = rig.file_hash(f"{home}/identity.key")
