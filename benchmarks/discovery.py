@@ -64,7 +64,9 @@ def trial(n: int, rng: random.Random, root: Path, backend: str, settle: float) -
         time.sleep(settle)
         model = f"new-{rng.randrange(10**9)}"
         urls = [p.api_url.removesuffix("/v1") + "/garage/v1/models" for p in peers]
-        provider = PeerProcess(root / "provider", peer_args(bootstrap=[rng.choice(peers).addr], backends={model: backend}, extra=QUIET))
+        provider = PeerProcess(
+            root / "provider", peer_args(bootstrap=[rng.choice(peers).addr], backends={model: backend}, extra=QUIET)
+        )
         peers.append(provider)
         t1 = time.perf_counter()
         provider.start()

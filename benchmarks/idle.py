@@ -59,8 +59,16 @@ def instrument() -> None:
 async def in_process(peers: int, settle: float, seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         async with AsyncExitStack() as stack:
+
             def settings(name: str, **extra) -> Settings:
-                return Settings(home=Path(tmp) / name, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR", **extra)
+                return Settings(
+                    home=Path(tmp) / name,
+                    listen=["/ip4/127.0.0.1/tcp/0"],
+                    api="127.0.0.1:0",
+                    mdns=False,
+                    log_level="ERROR",
+                    **extra,
+                )
 
             hub = await stack.enter_async_context(open_peer(settings("hub")))
             addr = [a for a in hub.mesh.addrs() if "/127.0.0.1/" in a][:1]
@@ -103,7 +111,11 @@ def processes(peers: int, settle: float, seconds: float) -> float:
 
 def show(label: str, r: dict) -> None:
     streams = ", ".join(f"{k[7:]} {v:.1f}/s" for k, v in sorted(r.items()) if k.startswith("stream "))
-    print(f"  {label:<34} CPU {r['cpu'] * 100:5.1f}% of a core   pubsub RPCs received {r.get('rpc', 0):6.1f}/s   new streams: {streams or 'none'}", flush=True)
+    print(
+        f"  {label:<34} CPU {r['cpu'] * 100:5.1f}% of a core   pubsub RPCs received {r.get('rpc', 0):6.1f}/s   "
+        f"new streams: {streams or 'none'}",
+        flush=True,
+    )
 
 
 def main() -> None:

@@ -142,10 +142,16 @@ def start_litellm(binary: Path, backend_url: str, tmp: Path) -> tuple[subprocess
         "      api_key: unused\n"
     )
     log = open(tmp / "litellm.log", "wb")
-    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", NO_DOCS="True", LITELLM_MASTER_KEY=MASTER_KEY)
+    env = dict(
+        os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", NO_DOCS="True", LITELLM_MASTER_KEY=MASTER_KEY
+    )
     proc = subprocess.Popen(
         [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
     )
     wait_http(f"http://127.0.0.1:{port}/health/liveliness")
     return proc, f"http://127.0.0.1:{port}/v1"
@@ -196,7 +202,10 @@ def main() -> None:
         many_streams = {k: trio.run(stream_rate, urls[k], 32, 500) for k in ("direct", "mesh")}
 
         figures = {
-            "latency_ms": {k: {"p50": percentile(v, 50) * 1000, "p99": percentile(v, 99) * 1000, "mean": statistics.mean(v) * 1000} for k, v in lat.items()},
+            "latency_ms": {
+                k: {"p50": percentile(v, 50) * 1000, "p99": percentile(v, 99) * 1000, "mean": statistics.mean(v) * 1000}
+                for k, v in lat.items()
+            },
             "requests_per_s": {k: statistics.mean(v) for k, v in rps.items()},
             "ttft_ms": {k: {"p50": percentile(v, 50) * 1000, "p99": percentile(v, 99) * 1000} for k, v in ttft.items()},
             "tokens_per_s_one_stream": one_stream,
@@ -207,13 +216,20 @@ def main() -> None:
         base = figures["latency_ms"]["direct"]["p50"]
         for k in urls:
             f = figures["latency_ms"][k]
-            print(f"{k:10} {f['p50']:8.2f} {f['p99']:8.2f} {f['p50'] - base:10.2f} {figures['requests_per_s'][k]:10.1f}")
+            print(
+                f"{k:10} {f['p50']:8.2f} {f['p99']:8.2f} {f['p50'] - base:10.2f} {figures['requests_per_s'][k]:10.1f}"
+            )
         print("\nStreaming")
         t = figures["ttft_ms"]
         for k in urls:
             print(f"time to first token p50 {k:8}: {t[k]['p50']:6.2f} ms (+{t[k]['p50'] - t['direct']['p50']:.2f} ms)")
-        print(f"one stream of 4000 tokens: direct {one_stream['direct']:.0f} tok/s, mesh {one_stream['mesh']:.0f} tok/s")
-        print(f"32 streams of 500 tokens: direct {many_streams['direct']:.0f} tok/s, mesh {many_streams['mesh']:.0f} tok/s (aggregate)")
+        print(
+            f"one stream of 4000 tokens: direct {one_stream['direct']:.0f} tok/s, mesh {one_stream['mesh']:.0f} tok/s"
+        )
+        print(
+            f"32 streams of 500 tokens: direct {many_streams['direct']:.0f} tok/s, mesh {many_streams['mesh']:.0f} "
+            "tok/s (aggregate)"
+        )
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
     finally:

@@ -32,7 +32,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="seconds of load (default 600)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None, help="homes, logs and report.json (default: a new temporary directory, kept)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="homes, logs and report.json (default: a new temporary directory, kept)",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--rows", type=int, default=21, help="rows of the memory curve")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the report")

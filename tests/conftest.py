@@ -19,7 +19,8 @@ from garage_p2p.settings import Settings
 from tools.standin_backend import create_standin_app, serve_standin
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
-OPENAPI = Path(__file__).resolve().parents[1].parent / "shared" / "openai" / "openapi.json"
+OPENAPI = Path(__file__).resolve().parent / "data" / "openai" / "openapi.json"
+"""The part of OpenAI's OpenAPI document the tests use (tests/data/openai/README.md)."""
 
 
 @asynccontextmanager
@@ -74,7 +75,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="session")
 def openai_schema():
-    """Validators for the official OpenAI schema's components (shared/openai)."""
+    """Validators for the official OpenAI schema's components (tests/data/openai)."""
     document = json.loads(OPENAPI.read_text())
     uri = "urn:openai"
     registry = Registry().with_resource(uri, Resource.opaque(document))

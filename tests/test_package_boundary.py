@@ -29,7 +29,9 @@ def offending(root: Path, forbidden: str) -> dict[str, list[str]]:
     found = {}
     for path in sorted(root.rglob("*.py")):
         package = path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1]
-        bad = sorted(n for n in imported_modules(path.read_text(), package) if n == forbidden or n.startswith(forbidden + "."))
+        bad = sorted(
+            n for n in imported_modules(path.read_text(), package) if n == forbidden or n.startswith(forbidden + ".")
+        )
         if bad:
             found[str(path.relative_to(PACKAGE.parent))] = bad
     return found

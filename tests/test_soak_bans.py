@@ -11,7 +11,9 @@ from tools.soak import BanWatch, SoakPeer, SoakReport, banned_peers
 
 def metrics_page(banned: int) -> str:
     """What a peer's /metrics serves when its penalty box holds ``banned`` peers."""
-    return Metrics("12D3KooWPeer", "0.1.0", lambda: MeshSnapshot(banned_peers=banned), process=False).exposition().decode()
+    return (
+        Metrics("12D3KooWPeer", "0.1.0", lambda: MeshSnapshot(banned_peers=banned), process=False).exposition().decode()
+    )
 
 
 def test_the_gauge_is_read_from_a_real_metrics_page():

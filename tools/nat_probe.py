@@ -141,7 +141,9 @@ async def open_nat_host(
         # go through CircuitV2Transport.dial(circuit_addr) explicitly; it
         # upgrades (Noise + yamux) and adds the connection to the swarm.
         # Its built-in RelayDiscovery is not started: we reserve explicitly.
-        transport = CircuitV2Transport(host, relay_protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=RELAY_LIMITS))
+        transport = CircuitV2Transport(
+            host, relay_protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=RELAY_LIMITS)
+        )
         # DCUtR on both peers: it serves /libp2p/dcutr and every 2 s scans
         # for relayed connections and initiates a punch (3 attempts per peer).
         # dial_timeout bounds each punch dial too: keep it above 1 s, the first
@@ -274,12 +276,16 @@ async def wait_observed(node: NatHost, timeout: float) -> list[str]:
 
 async def run_relay(args) -> None:
     async with open_nat_host(args.seed, args.ip, args.port, is_relay=True) as node:
-        emit(event="ready", role="relay", peer_id=str(node.host.get_id()), addrs=[str(a) for a in node.host.get_addrs()])
+        emit(
+            event="ready", role="relay", peer_id=str(node.host.get_id()), addrs=[str(a) for a in node.host.get_addrs()]
+        )
         await trio.sleep(args.lifetime)
 
 
 async def run_peer(args) -> None:
-    async with open_nat_host(args.seed, args.ip, args.port, args.relay, is_relay=False, skip_private_predial=args.skip_private_predial) as node:
+    async with open_nat_host(
+        args.seed, args.ip, args.port, args.relay, is_relay=False, skip_private_predial=args.skip_private_predial
+    ) as node:
         node.host.set_stream_handler(ECHO, echo_handler)
         me = str(node.host.get_id())
         base = {
@@ -311,7 +317,11 @@ async def probe_target(node: NatHost, args, result: dict) -> None:
     with trio.fail_after(15):
         conn = await dial_via_relay(node, args.relay[0], args.target)
     relayed_at = time.monotonic()
-    result["relayed"] = {"dial_ms": round((relayed_at - started) * 1000, 1), "conn": describe_conn(conn), "is_relayed": is_relayed(conn)}
+    result["relayed"] = {
+        "dial_ms": round((relayed_at - started) * 1000, 1),
+        "conn": describe_conn(conn),
+        "is_relayed": is_relayed(conn),
+    }
     result["relayed"]["echo"] = await echo(node, target, "over the relay")
     # b) DCUtR: ask for the punch now rather than waiting for the 2 s
     # auto-drive loop (which also runs, on both sides).
@@ -358,7 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--relay", action="append", required=True, help="relay multiaddr with /p2p/ (repeatable)")
             p.add_argument("--target", help="peer id to reach through the first relay (then punch)")
             p.add_argument("--punch-wait", type=float, default=15, help="seconds to wait for a direct connection")
-            p.add_argument("--skip-private-predial", action="store_true", help="DCUtR without the pre-dial to the peer's LAN addresses")
+            p.add_argument(
+                "--skip-private-predial",
+                action="store_true",
+                help="DCUtR without the pre-dial to the peer's LAN addresses",
+            )
     lab = sub.add_parser("lab", help="build a NAT lab and run relay + two peers in it (root)")
     lab.add_argument("--nat", choices=("cone", "symmetric"), default="cone")
     lab.add_argument("--prefix", default="gpprobe")
@@ -375,9 +389,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         with nat_lab(args.prefix, {"a": args.nat, "b": args.nat}, ["r1"]) as built:
             for _ in range(max(1, min(args.runs, 50))):
-                print(json.dumps(run_probe(built, Path(f"/tmp/{args.prefix}-logs"), punch_wait=args.punch_wait, skip_private_predial=args.skip_private_predial)), flush=True)
+                print(
+                    json.dumps(
+                        run_probe(
+                            built,
+                            Path(f"/tmp/{args.prefix}-logs"),
+                            punch_wait=args.punch_wait,
+                            skip_private_predial=args.skip_private_predial,
+                        )
+                    ),
+                    flush=True,
+                )
         return 0
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     trio.run(run_relay if args.cmd == "relay" else run_peer, args)
     return 0
 
@@ -397,7 +425,9 @@ def _read_event(path: Path, event: str, proc: subprocess.Popen, timeout: float) 
                 if data.get("event") == event:
                     return data
         if proc.poll() is not None:
-            raise RuntimeError(f"{path.name}: exited {proc.returncode} before {event!r}: {_tail(path.with_suffix('.err'))}")
+            raise RuntimeError(
+                f"{path.name}: exited {proc.returncode} before {event!r}: {_tail(path.with_suffix('.err'))}"
+            )
         time.sleep(0.05)
     raise TimeoutError(f"{path.name}: no {event!r} within {timeout:.0f} s: {_tail(path.with_suffix('.err'))}")
 
@@ -434,7 +464,10 @@ def run_probe(
         with open(out, "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
             proc = subprocess.Popen(
                 [*lab.hosts[host].exec_prefix(), sys.executable, "-m", "tools.nat_probe", *args, *extra],
-                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=REPO,
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
             )
         procs.append(proc)
         return proc, out
@@ -449,7 +482,21 @@ def run_probe(
         proc, out = start(listener, "peer", "--ip", b.ip, "--seed", listener, "--relay", relay_addr, *peer_extra)
         b_ready = _read_event(out, "ready", proc, 30)
         a = lab.hosts[dialer]
-        proc, out = start(dialer, "peer", "--ip", a.ip, "--seed", dialer, "--relay", relay_addr, "--target", b_ready["peer_id"], "--punch-wait", str(punch_wait), *peer_extra)
+        proc, out = start(
+            dialer,
+            "peer",
+            "--ip",
+            a.ip,
+            "--seed",
+            dialer,
+            "--relay",
+            relay_addr,
+            "--target",
+            b_ready["peer_id"],
+            "--punch-wait",
+            str(punch_wait),
+            *peer_extra,
+        )
         result = _read_event(out, "result", proc, punch_wait + 60)
         result["listener"] = b_ready
         result["nat"] = {dialer: a.nat, listener: b.nat}

@@ -35,9 +35,18 @@ class NatMesh:
             peer = self._start(name, root, ["--listen", f"/ip4/{host.ip}/tcp/4001", "--relay"])
             relays.append(next(a for a in peer.info["addrs"] if host.ip in a))
         a = lab.hosts["a"]
-        self.procs.append(subprocess.Popen(standin_command(8101, token_delay=0.01, prefix=a.exec_prefix()), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(
+                standin_command(8101, token_delay=0.01, prefix=a.exec_prefix()),
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         boot = [arg for r in relays for arg in ("--bootstrap", r)]
-        self._start("a", root, ["--listen", f"/ip4/{a.ip}/tcp/4001", "--backend", "tiny=http://127.0.0.1:8101/v1", *boot])
+        self._start(
+            "a", root, ["--listen", f"/ip4/{a.ip}/tcp/4001", "--backend", "tiny=http://127.0.0.1:8101/v1", *boot]
+        )
         b = lab.hosts["b"]
         self._start("b", root, ["--listen", f"/ip4/{b.ip}/tcp/4001", *boot])
 
@@ -69,7 +78,12 @@ class NatMesh:
             "        out['provider'] = r.headers.get('x-garage-provider')\n"
             "print(json.dumps(out))\n"
         )
-        result = subprocess.run([*self.lab.hosts["b"].exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60 + 10 * n)
+        result = subprocess.run(
+            [*self.lab.hosts["b"].exec_prefix(), sys.executable, "-c", snippet],
+            capture_output=True,
+            text=True,
+            timeout=60 + 10 * n,
+        )
         assert result.returncode == 0, result.stderr
         out = json.loads(result.stdout)
         if n == 1:

@@ -239,9 +239,15 @@ class SoakReport:
     def render(self, memory_rows: int = 21) -> str:
         """The report as text: outcomes, latencies, chaos, jobs, receipts, verification, memory."""
         out: list[str] = []
-        out.append(f"soak: {self.load_seconds:.0f} s of load (asked {self.duration_s:.0f} s), seed {self.seed}, workdir {self.workdir}")
+        out.append(
+            f"soak: {self.load_seconds:.0f} s of load (asked {self.duration_s:.0f} s), seed {self.seed}, "
+            f"workdir {self.workdir}"
+        )
         out.append("")
-        out.append(f"requests: {self.started} sent, {self.total} ended ({self.ok} ok, success rate {self.success_rate:.3f}), hangs {self.hangs}")
+        out.append(
+            f"requests: {self.started} sent, {self.total} ended ({self.ok} ok, success rate {self.success_rate:.3f}), "
+            f"hangs {self.hangs}"
+        )
         kinds = ["chat", "stream"]
         names = sorted(self.outcomes(), key=lambda o: (o != "ok", o))
         rows = [[name] + [str(self.outcomes(k)[name]) for k in kinds] + [str(self.outcomes()[name])] for name in names]
@@ -255,27 +261,59 @@ class SoakReport:
         rows = []
         for kind in kinds + [None]:
             p50, p99 = self.latency(kind, 0.5), self.latency(kind, 0.99)
-            mx = max((r.latency for r in self.requests if r.outcome == "ok" and (kind is None or r.kind == kind)), default=None)
+            mx = max(
+                (r.latency for r in self.requests if r.outcome == "ok" and (kind is None or r.kind == kind)),
+                default=None,
+            )
             rows.append([kind or "all", fmt_ms(p50), fmt_ms(p99), fmt_ms(mx)])
         out.append("latency of ok requests:")
         out += table(["KIND", "P50", "P99", "MAX"], rows)
         errs = sorted(r.latency for r in self.requests if r.outcome != "ok")
         if errs:
-            out.append(f"latency of errors: p50 {fmt_ms(percentile(errs, 50))}, p99 {fmt_ms(percentile(errs, 99))}, max {fmt_ms(errs[-1])}")
+            out.append(
+                f"latency of errors: p50 {fmt_ms(percentile(errs, 50))}, p99 {fmt_ms(percentile(errs, 99))}, "
+                f"max {fmt_ms(errs[-1])}"
+            )
         out.append("")
         out.append(f"chaos: {self.kills} kills/restarts")
         out += table(
             ["AT", "PEER", "SIGNAL", "EXIT", "STOP", "DOWN", "READY"],
-            [[f"{c.at:.0f}s", c.peer, c.signal, str(c.exit_code), f"{c.stop_s:.1f}s", f"{c.down_s:.1f}s", f"{c.ready_s:.1f}s"] for c in self.chaos],
+            [
+                [
+                    f"{c.at:.0f}s",
+                    c.peer,
+                    c.signal,
+                    str(c.exit_code),
+                    f"{c.stop_s:.1f}s",
+                    f"{c.down_s:.1f}s",
+                    f"{c.ready_s:.1f}s",
+                ]
+                for c in self.chaos
+            ],
         )
         out.append("")
         out.append(f"batch jobs: {self.jobs_completed}/{len(self.jobs)} completed")
         out += table(
             ["AT", "VIA", "JOB", "STATUS", "OK", "FAILED", "LINES", "TIME"],
-            [[f"{j.at:.0f}s", j.consumer, (j.job_id or "-")[:12], j.status, str(j.succeeded), str(j.failed), str(j.lines), f"{j.seconds:.1f}s"] for j in self.jobs],
+            [
+                [
+                    f"{j.at:.0f}s",
+                    j.consumer,
+                    (j.job_id or "-")[:12],
+                    j.status,
+                    str(j.succeeded),
+                    str(j.failed),
+                    str(j.lines),
+                    f"{j.seconds:.1f}s",
+                ]
+                for j in self.jobs
+            ],
         )
         out.append("")
-        out.append(f"receipts: {self.receipts_checked} completed requests checked, {len(self.receipts_lost)} lost (ledger export of each provider)")
+        out.append(
+            f"receipts: {self.receipts_checked} completed requests checked, {len(self.receipts_lost)} lost "
+            "(ledger export of each provider)"
+        )
         out.append(f"  in the providers' logs {_fmt_s(self.receipts_settle_s)} after the load")
         out.append(
             f"  in the consumers' ledgers too, none pending: {_fmt_s(self.consumers_settle_s)} after that "
@@ -283,13 +321,24 @@ class SoakReport:
         )
         for lost in self.receipts_lost[:10]:
             out.append(f"  lost: {lost}")
-        out.append(f"  pushed again by the consumers (the provider's log lacked them) and accepted: {self.receipts_pushed_again}")
-        out.append(f"batch receipts: {self.batch_receipts_checked} succeeded lines checked, {len(self.batch_receipts_lost)} lost")
-        out.append("receipts still pending at the consumers: " + ", ".join(f"{k} {v}" for k, v in self.pending_at_consumers.items()))
+        out.append(
+            "  pushed again by the consumers (the provider's log lacked them) and accepted: "
+            f"{self.receipts_pushed_again}"
+        )
+        out.append(
+            f"batch receipts: {self.batch_receipts_checked} succeeded lines checked, "
+            f"{len(self.batch_receipts_lost)} lost"
+        )
+        out.append(
+            "receipts still pending at the consumers: "
+            + ", ".join(f"{k} {v}" for k, v in self.pending_at_consumers.items())
+        )
         out.append(f"honest peers banned by a penalty box: {len(self.bans)}")
         for ban in self.bans[:12]:
             out.append(f"  at {ban['at']} s {ban['by']} banned {ban['banned']} more peer(s) (its /metrics)")
-        out.append("ledger verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in self.verify.items()))
+        out.append(
+            "ledger verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in self.verify.items())
+        )
         out.append(f"leaked processes: {len(self.leaked)}")
         out.append("")
         out.append(f"memory (RSS, MiB); growth bound: {self.memory_bound}")
@@ -312,9 +361,12 @@ class SoakReport:
         )
         if self.fresh_reference:
             ref = self.fresh_reference
-            diffs = ", ".join(f"{m.peer} {m.end_mib - ref['end_mib']:+.1f}" for m in self.memory_summary if not m.restarted)
+            diffs = ", ".join(
+                f"{m.peer} {m.end_mib - ref['end_mib']:+.1f}" for m in self.memory_summary if not m.restarted
+            )
             out.append(
-                f"against a fresh process: {ref['peer']} (restarted at {ref['restarted_at']:.0f} s, same ledger) ends at {ref['end_mib']:.1f} MiB; "
+                f"against a fresh process: {ref['peer']} (restarted at {ref['restarted_at']:.0f} s, same ledger) "
+                f"ends at {ref['end_mib']:.1f} MiB; "
                 f"peers that ran all along, at the end, differ by (MiB): {diffs}"
             )
         out.append("")
@@ -357,8 +409,8 @@ def fmt_ms(seconds: float | None) -> str:
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return ["  " + line.rstrip() for line in lines]
 
 
@@ -410,7 +462,13 @@ def _ancestors() -> set[int]:
 
 
 def garage_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "garage_p2p.cli.garage", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def read_ledger(home: Path) -> LedgerState:
@@ -466,7 +524,9 @@ class SoakMesh:
         # Fast ads (a restarted provider is seen again within a few seconds) and a short
         # request deadline: what a hang is measured against.
         home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(f"ad_interval = 1.0\nad_ttl = 6.0\nrequest_timeout = {self.request_timeout}\n")
+        (home / "config.toml").write_text(
+            f"ad_interval = 1.0\nad_ttl = 6.0\nrequest_timeout = {self.request_timeout}\n"
+        )
 
     def _backend(self, port: int) -> None:
         with open(self.root / f"backend-{port}.log", "ab") as log:
@@ -666,7 +726,11 @@ class _Run:
             self.report.requests.append(record)
             # As a client would: after an error, back off (Retry-After when given, up to 5 s)
             # rather than hammer a mesh that just said no.
-            pause = rng.uniform(0.0, 0.3) if record.outcome == "ok" else max(rng.uniform(0.5, 1.0), min(5.0, record.retry_after or 0.0))
+            pause = (
+                rng.uniform(0.0, 0.3)
+                if record.outcome == "ok"
+                else max(rng.uniform(0.5, 1.0), min(5.0, record.retry_after or 0.0))
+            )
             await trio.sleep(pause)
 
     async def one(self, client: httpx.AsyncClient, consumer: SoakPeer, kind: str, tokens: int) -> SoakRequest:
@@ -701,7 +765,10 @@ class _Run:
             return
         more = f" (+{quiet} more like it)" if quiet else ""
         self._logged[key] = (now, 0)
-        self.log(f"{record.start:7.1f}s {record.consumer} {record.kind}: {record.outcome} {record.error_code or ''} after {record.latency:.2f} s{more}")
+        self.log(
+            f"{record.start:7.1f}s {record.consumer} {record.kind}: {record.outcome} {record.error_code or ''} after "
+            f"{record.latency:.2f} s{more}"
+        )
 
     @staticmethod
     def _error_code(payload: object) -> str | None:
@@ -824,7 +891,14 @@ class _Run:
         batch = workdir / f"batch-{n}.jsonl"
         batch.write_text(
             "\n".join(
-                json.dumps({"custom_id": f"job{n}-line{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": MODEL, "messages": [{"role": "user", "content": str(i)}], "max_tokens": 8}})
+                json.dumps(
+                    {
+                        "custom_id": f"job{n}-line{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": MODEL, "messages": [{"role": "user", "content": str(i)}], "max_tokens": 8},
+                    }
+                )
                 for i in range(self.s.job_lines)
             )
             + "\n"
@@ -834,14 +908,28 @@ class _Run:
         submitted = None
         with trio.move_on_after(120):
             submitted = await trio.run_process(
-                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "submit", "--input", str(batch), "--shard-size", "4", "--api", api],
+                [
+                    sys.executable,
+                    "-m",
+                    "garage_p2p.cli.garage",
+                    "job",
+                    "submit",
+                    "--input",
+                    str(batch),
+                    "--shard-size",
+                    "4",
+                    "--api",
+                    api,
+                ],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
             )
         if submitted is None or submitted.returncode != 0:
             record.status = "submit_failed"
-            record.error = "no answer within 120 s" if submitted is None else submitted.stderr.decode(errors="replace")[-500:]
+            record.error = (
+                "no answer within 120 s" if submitted is None else submitted.stderr.decode(errors="replace")[-500:]
+            )
             self.log(f"{self.now():7.1f}s job {n}: submit failed: {record.error}")
             return
         record.job_id = submitted.stdout.decode().strip()
@@ -862,12 +950,26 @@ class _Run:
         record.seconds = trio.current_time() - start
         if record.status == "running":
             record.status = "timed_out"
-        self.log(f"{self.now():7.1f}s job {n} ({record.job_id}): {record.status}, {record.succeeded} ok, {record.failed} failed in {record.seconds:.1f} s")
+        self.log(
+            f"{self.now():7.1f}s job {n} ({record.job_id}): {record.status}, {record.succeeded} ok, {record.failed} "
+            f"failed in {record.seconds:.1f} s"
+        )
         out = workdir / f"batch-{n}.out.jsonl"
         fetched = None
         with trio.move_on_after(120):
             fetched = await trio.run_process(
-                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "results", record.job_id, "-o", str(out), "--api", api],
+                [
+                    sys.executable,
+                    "-m",
+                    "garage_p2p.cli.garage",
+                    "job",
+                    "results",
+                    record.job_id,
+                    "-o",
+                    str(out),
+                    "--api",
+                    api,
+                ],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -881,7 +983,9 @@ class _Run:
                 if rid:
                     record.request_ids.append(rid)
         else:
-            record.error = "results: " + ("no answer within 120 s" if fetched is None else fetched.stderr.decode(errors="replace")[-300:])
+            record.error = "results: " + (
+                "no answer within 120 s" if fetched is None else fetched.stderr.decode(errors="replace")[-300:]
+            )
 
     # -- memory ------------------------------------------------------------------
 
@@ -896,7 +1000,6 @@ class _Run:
                 if kib is not None:
                     self.report.memory.append(MemorySample(round(t, 1), peer.label, peer.incarnation, kib))
             await trio.sleep(self.s.sample_every)
-
 
     # -- bans --------------------------------------------------------------------
 
@@ -994,12 +1097,21 @@ def memory_bound_mib_min(entries_per_min: float, window_start_s: float) -> float
     return memory_slack_mib_min(window_start_s) + LEDGER_KIB_PER_ENTRY * entries_per_min / 1024
 
 
-def memory_summary(report: SoakReport, mesh: SoakMesh, entries_half: dict[str, int], entries_end: dict[str, int], half_t: float, end_t: float) -> None:
+def memory_summary(
+    report: SoakReport,
+    mesh: SoakMesh,
+    entries_half: dict[str, int],
+    entries_end: dict[str, int],
+    half_t: float,
+    end_t: float,
+) -> None:
     minutes = max(1e-9, (end_t - half_t) / 60)
     report.memory_bound = (
         f"least-squares slope of RSS over the second half ≤ {memory_slack_mib_min(half_t):.0f} MiB/min "
-        f"(allocator warm-up; {MEMORY_SLACK_MIB_MIN[0]:.0f} if the half starts before {WARM_UP_S:.0f} s, else {MEMORY_SLACK_MIB_MIN[1]:.0f}) + "
-        f"{LEDGER_KIB_PER_ENTRY} KiB × ledger entries gained per minute (the ledger lives in memory by design); peers never restarted"
+        f"(allocator warm-up; {MEMORY_SLACK_MIB_MIN[0]:.0f} if the half starts before {WARM_UP_S:.0f} s, else "
+        f"{MEMORY_SLACK_MIB_MIN[1]:.0f}) + "
+        f"{LEDGER_KIB_PER_ENTRY} KiB × ledger entries gained per minute (the ledger lives in memory by design); "
+        "peers never restarted"
     )
     for peer in mesh.peers.values():
         samples = [s for s in report.memory if s.peer == peer.label]
@@ -1016,12 +1128,20 @@ def memory_summary(report: SoakReport, mesh: SoakMesh, entries_half: dict[str, i
             if m.slope_mib_min is not None:
                 m.beyond_ledger_mib_min = m.slope_mib_min - LEDGER_KIB_PER_ENTRY * m.entries_per_min / 1024
         report.memory_summary.append(m)
-    restarts = [c for c in report.chaos if mesh.peers[c.peer].process.process is not None and mesh.peers[c.peer].process.process.poll() is None]
+    restarts = [
+        c
+        for c in report.chaos
+        if mesh.peers[c.peer].process.process is not None and mesh.peers[c.peer].process.process.poll() is None
+    ]
     if restarts:
         last = max(restarts, key=lambda c: c.at + c.down_s)
         ends = [s for s in report.memory if s.peer == last.peer]
         if ends:
-            report.fresh_reference = {"peer": last.peer, "restarted_at": last.at + last.down_s, "end_mib": ends[-1].rss_kib / 1024}
+            report.fresh_reference = {
+                "peer": last.peer,
+                "restarted_at": last.at + last.down_s,
+                "end_mib": ends[-1].rss_kib / 1024,
+            }
 
 
 def _served(mesh: SoakMesh) -> dict[str, tuple[str, LedgerState]]:
@@ -1051,7 +1171,10 @@ def _sigterm_as_exit():
     """While it lasts, SIGTERM raises SystemExit (if nobody else handles it), so that the
     cleanup below runs: the peers and backends live in sessions of their own and would
     outlive us otherwise."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
 
@@ -1086,7 +1209,9 @@ def _consumers_missing(report: SoakReport, mesh: SoakMesh, consumer_ids: dict[st
     providers = [p.process.peer_id for p in mesh.providers]
     missing = 0
     for r in report.requests:
-        if r.outcome == "ok" and not states[r.consumer].has_receipt(r.provider or "", consumer_ids[r.consumer], r.request_id or ""):
+        if r.outcome == "ok" and not states[r.consumer].has_receipt(
+            r.provider or "", consumer_ids[r.consumer], r.request_id or ""
+        ):
             missing += 1
     for job in report.jobs:
         state, me = states[job.consumer], consumer_ids[job.consumer]
@@ -1127,7 +1252,21 @@ def run_soak(
         if log is not None:
             log(msg)
 
-    settings = _Settings(duration_s, seed, concurrency, request_timeout, margin, token_delay, job_every, job_lines, job_timeout, sample_every, settle_timeout, kill_gap, down_time)
+    settings = _Settings(
+        duration_s,
+        seed,
+        concurrency,
+        request_timeout,
+        margin,
+        token_delay,
+        job_every,
+        job_lines,
+        job_timeout,
+        sample_every,
+        settle_timeout,
+        kill_gap,
+        down_time,
+    )
     report = SoakReport(duration_s, seed, str(root))
     mesh = SoakMesh(root, request_timeout=request_timeout, token_delay=token_delay, log=say)
     with _sigterm_as_exit():
@@ -1148,11 +1287,17 @@ def run_soak(
                     await run.main()
                     nursery.cancel_scope.cancel()
 
-            say(f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s + {margin:.0f} s margin")
+            say(
+                f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s "
+                f"+ {margin:.0f} s margin"
+            )
             trio.run(drive)
             entries_end = _entry_counts(mesh)
             memory_summary(report, mesh, entries_half, entries_end, duration_s / 2, report.load_seconds)
-            say(f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} hangs; settling receipts")
+            say(
+                f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} "
+                "hangs; settling receipts"
+            )
 
             # Receipts, with the daemons still running: consumers push again what a killed
             # provider lost (every 10 s, for receipts older than 5 s), so this is a bounded wait.
@@ -1163,12 +1308,17 @@ def run_soak(
             report.receipts_settle_s = _settle(in_provider_logs, settle_timeout)
             if report.receipts_settle_s is None:
                 missing, batch_missing = _missing(report, mesh, consumer_ids)
-                say(f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + {len(batch_missing)} (batch) missing")
+                say(
+                    f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + "
+                    f"{len(batch_missing)} (batch) missing"
+                )
 
             # The consumers' side: each holds its receipts too (ledger sync) and drops them from
             # its pending list (checked on its push round).
             def consumers_settled() -> bool:
-                return _consumers_missing(report, mesh, consumer_ids) == 0 and all(pending_count(c.process.home) == 0 for c in mesh.consumers)
+                return _consumers_missing(report, mesh, consumer_ids) == 0 and all(
+                    pending_count(c.process.home) == 0 for c in mesh.consumers
+                )
 
             report.consumers_settle_s = _settle(consumers_settled, settle_timeout)
             report.pending_at_consumers = {c.label: pending_count(c.process.home) for c in mesh.consumers}
@@ -1196,7 +1346,9 @@ def run_soak(
                 if export.returncode != 0:
                     report.errors.append(f"ledger export of {p.label} failed: {export.stderr[-300:]}")
                 rows = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
-                served[p.process.peer_id] = {(row["consumer"], row["request_id"]) for row in rows if row["author"] == p.process.peer_id}
+                served[p.process.peer_id] = {
+                    (row["consumer"], row["request_id"]) for row in rows if row["author"] == p.process.peer_id
+                }
             kills = report.chaos
             for r in report.requests:
                 if r.outcome != "ok":
@@ -1208,7 +1360,16 @@ def run_soak(
                 label = next((p.label for p in mesh.providers if p.process.peer_id == r.provider), r.provider)
                 end = r.start + r.latency
                 near = [f"{c.signal} at {c.at:.1f}s" for c in kills if c.peer == label and end - 2 <= c.at <= end + 15]
-                report.receipts_lost.append({"request_id": r.request_id, "kind": r.kind, "provider": label, "consumer": r.consumer, "ended_at": round(end, 2), "kill_nearby": near})
+                report.receipts_lost.append(
+                    {
+                        "request_id": r.request_id,
+                        "kind": r.kind,
+                        "provider": label,
+                        "consumer": r.consumer,
+                        "ended_at": round(end, 2),
+                        "kill_nearby": near,
+                    }
+                )
             for job in report.jobs:
                 submitter = consumer_ids[job.consumer]
                 for rid in job.request_ids:
@@ -1225,8 +1386,14 @@ def run_soak(
 
             for label, peer in mesh.peers.items():
                 verify = garage_cli("ledger", "verify", "--home", str(peer.process.home))
-                report.verify[label] = {"ok": verify.returncode == 0 and verify.stdout.strip().endswith("ok"), "output": (verify.stdout + verify.stderr).strip()[-500:]}
-            say(f"receipts: {report.receipts_checked} checked, {len(report.receipts_lost)} lost; verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in report.verify.items()))
+                report.verify[label] = {
+                    "ok": verify.returncode == 0 and verify.stdout.strip().endswith("ok"),
+                    "output": (verify.stdout + verify.stderr).strip()[-500:],
+                }
+            say(
+                f"receipts: {report.receipts_checked} checked, {len(report.receipts_lost)} lost; verify: "
+                + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in report.verify.items())
+            )
         except BaseException as exc:
             report.errors.append(f"the soak stopped early: {exc!r}")
             raise

@@ -18,7 +18,16 @@ import httpx
 from garage_p2p.cli.peer_process import PeerProcess
 from garage_p2p.sim.metrics import percentile
 
-__all__ = ["REPO", "free_port", "percentile", "run_where", "standin_command", "standin_process", "standin_up", "wait_until"]
+__all__ = [
+    "REPO",
+    "free_port",
+    "percentile",
+    "run_where",
+    "standin_command",
+    "standin_process",
+    "standin_up",
+    "wait_until",
+]
 
 REPO = Path(__file__).resolve().parents[1]
 """The checkout: ``python -m tools.…`` children need it as their working directory."""
@@ -80,7 +89,9 @@ def standin_up(base_url: str) -> bool:
 def standin_process(port: int, *, timeout: float = 30.0, **options) -> Iterator[str]:
     """A StandInBackend process on 127.0.0.1:``port`` (``standin_command``'s options); yields its base URL
     once it answers, and ends it on exit."""
-    proc = subprocess.Popen(standin_command(port, **options), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    proc = subprocess.Popen(
+        standin_command(port, **options), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+    )
     url = f"http://127.0.0.1:{port}/v1"
     try:
         wait_until(lambda: standin_up(url) or proc.poll() is not None, timeout, f"stand-in on port {port}")
@@ -95,4 +106,6 @@ def standin_process(port: int, *, timeout: float = 30.0, **options) -> Iterator[
 
 def run_where(peer: PeerProcess, *module_args: str, timeout: float = 60) -> subprocess.CompletedProcess:
     """Run ``python -m MODULE ARGS`` where ``peer`` runs (its network namespace, if any)."""
-    return subprocess.run([*peer.prefix, sys.executable, "-m", *module_args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [*peer.prefix, sys.executable, "-m", *module_args], capture_output=True, text=True, timeout=timeout
+    )

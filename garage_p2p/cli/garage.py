@@ -6,7 +6,12 @@ import typer
 
 from . import bench, demo, doctor, identity, jobs, keys, ledger, litellm, mesh_views, runtime, sim, swarm
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.",
+)
 app.command("init")(identity.init)
 app.command("status")(mesh_views.status)
 app.command("peers")(mesh_views.peers)

@@ -65,7 +65,6 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
     for index, raw in enumerate(text.splitlines()):
         if not raw.strip():
             continue
-        error = None
         custom_id = None
         try:
             if len(raw) > MAX_LINE_BYTES:
@@ -94,13 +93,10 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
             if not isinstance(body.get("model"), str) or not body["model"]:
                 raise ValueError("body.model is missing")
             models.add(body["model"])
+            seen.add(custom_id)
+            lines.append(BatchLine(index, custom_id, url, body))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            error = LineError(index, custom_id, "invalid_line", str(exc)[:500])
-        if error is not None:
-            errors.append(error)
-            continue
-        seen.add(custom_id)
-        lines.append(BatchLine(index, custom_id, url, body))
+            errors.append(LineError(index, custom_id, "invalid_line", str(exc)[:500]))
     if len(models) > 1:
         # One model per job (providers claim jobs by model): the one most lines ask for.
         counts: dict[str, int] = {}
@@ -112,7 +108,14 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
             if line.body["model"] == first:
                 keep.append(line)
             else:
-                errors.append(LineError(line.index, line.custom_id, "model_mismatch", f"the job's model is {first!r}; this line asks for {line.body['model']!r}"))
+                errors.append(
+                    LineError(
+                        line.index,
+                        line.custom_id,
+                        "model_mismatch",
+                        f"the job's model is {first!r}; this line asks for {line.body['model']!r}",
+                    )
+                )
         lines = keep
     errors.sort(key=lambda e: e.index)
     job_model = lines[0].body["model"] if lines else (model or (sorted(models)[0] if models else None))
@@ -261,7 +264,7 @@ class JobState:
                 return self._grant(shard, provider, now, duplicate=False)
         # Tail stealing: an idle provider duplicates a shard running elsewhere, once.
         duplicated = {lease.shard for lease in self.leases.values() if lease.duplicate}
-        for lease in sorted(self.leases.values(), key=lambda l: l.deadline):
+        for lease in sorted(self.leases.values(), key=lambda held: held.deadline):
             if lease.shard not in duplicated and not self.shard_done(lease.shard):
                 return self._grant(lease.shard, provider, now, duplicate=True)
         return None

@@ -66,6 +66,10 @@ class PenaltyBox:
         return record.total if record else 0
 
     def _forget(self, now: float) -> None:
-        stale = [p for p, r in self._records.items() if r.banned_until <= now and (not r.times or r.times[-1] <= now - self.window)]
+        stale = [
+            p
+            for p, r in self._records.items()
+            if r.banned_until <= now and (not r.times or r.times[-1] <= now - self.window)
+        ]
         for peer in stale[: max(1, len(stale))]:
             del self._records[peer]

@@ -40,7 +40,9 @@ def job_routes(jobs: Any) -> list[Route]:
             return _error(400, "shard_size, max_providers and deadline_s must be numbers", "invalid_parameter")
         model = body.get("model") if isinstance(body.get("model"), str) else None
         try:
-            progress = await manager().submit(text, model=model, shard_size=shard_size, max_providers=max_providers, deadline_s=deadline)
+            progress = await manager().submit(
+                text, model=model, shard_size=shard_size, max_providers=max_providers, deadline_s=deadline
+            )
         except JobRejected as exc:
             return _error(404 if "serves" in str(exc) else 400, str(exc), "job_rejected")
         return JSONResponse(progress, status_code=201)

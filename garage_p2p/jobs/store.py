@@ -57,22 +57,39 @@ class JobStore:
         with self._db:
             self._db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.model, job.status, job.created, job.deadline, job.shard_size, job.max_providers, job.total),
+                (
+                    job.id,
+                    job.model,
+                    job.status,
+                    job.created,
+                    job.deadline,
+                    job.shard_size,
+                    job.max_providers,
+                    job.total,
+                ),
             )
             self._db.executemany(
                 "INSERT INTO lines VALUES (?, ?, ?, ?, ?)",
-                [(job.id, l.index, l.custom_id, l.url, json.dumps(l.body, separators=(",", ":"))) for l in lines],
+                [
+                    (job.id, line.index, line.custom_id, line.url, json.dumps(line.body, separators=(",", ":")))
+                    for line in lines
+                ],
             )
 
     def set_status(self, job_id: str, status: str) -> None:
         with self._db:
             self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
 
-    def add_results(self, rows: Iterable[tuple[str, str | None, int, bool, dict[str, Any], str | None, int, float]]) -> None:
+    def add_results(
+        self, rows: Iterable[tuple[str, str | None, int, bool, dict[str, Any], str | None, int, float]]
+    ) -> None:
         with self._db:
             self._db.executemany(
                 "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(j, c, i, int(ok), json.dumps(rec, separators=(",", ":")), p, t, at) for j, c, i, ok, rec, p, t, at in rows],
+                [
+                    (j, c, i, int(ok), json.dumps(rec, separators=(",", ":")), p, t, at)
+                    for j, c, i, ok, rec, p, t, at in rows
+                ],
             )
 
     def jobs(self) -> list[JobRow]:
@@ -88,5 +105,7 @@ class JobStore:
         return [(cid, idx, bool(ok), tokens) for cid, idx, ok, tokens in rows]
 
     def records(self, job_id: str, ok: bool) -> list[str]:
-        rows = self._db.execute("SELECT record FROM results WHERE job_id = ? AND ok = ? ORDER BY idx", (job_id, int(ok)))
+        rows = self._db.execute(
+            "SELECT record FROM results WHERE job_id = ? AND ok = ? ORDER BY idx", (job_id, int(ok))
+        )
         return [record for (record,) in rows]

@@ -36,7 +36,7 @@ from ..core.jobs import (
 )
 from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
-from ..core.wire import MiB, FrameType, encode_frame
+from ..core.wire import FrameType, MiB, encode_frame
 from ..ledger.book import Ledger, pack_pending
 from ..mesh.host import Mesh
 from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
@@ -119,7 +119,7 @@ class JobManager:
     async def _load(self, row: JobRow) -> None:
         lines = await self._db(self.store.lines, row.id)
         state = JobState.of(row.id, lines, row.shard_size, self.lease_time)
-        job = _Job(row, state, {l.index: l for l in lines}, {l.custom_id: l for l in lines})
+        job = _Job(row, state, {line.index: line for line in lines}, {line.custom_id: line for line in lines})
         for custom_id, _index, ok, tokens in await self._db(self.store.done, row.id):
             if custom_id is not None:
                 state.done_ids.add(custom_id)
@@ -140,7 +140,11 @@ class JobManager:
         if job.row.status != "running":
             return
         message = JobAnnouncement(
-            job_id=job.row.id, model=job.row.model, submitter=self.mesh.peer_id, shards_left=job.state.shards_left(), deadline=job.row.deadline
+            job_id=job.row.id,
+            model=job.row.model,
+            submitter=self.mesh.peer_id,
+            shards_left=job.state.shards_left(),
+            deadline=job.row.deadline,
         )
         await self.mesh.publish(TOPIC_JOBS, encode_json(message))
 
@@ -157,15 +161,24 @@ class JobManager:
                         job.absent_since.pop(lease.provider, None)
                     elif now - job.absent_since.setdefault(lease.provider, now) >= GONE_AFTER:
                         lost = job.state.provider_gone(lease.provider)
-                        log.info("job %s: provider %s vanished; %d shards back in the pool", job.row.id, lease.provider, len(lost))
+                        log.info(
+                            "job %s: provider %s vanished; %d shards back in the pool",
+                            job.row.id,
+                            lease.provider,
+                            len(lost),
+                        )
                 job.state.expire(now)
                 if job.row.deadline is not None and time.time() > job.row.deadline:
-                    await self._finish(job, "expired", "deadline_exceeded", "the job's deadline passed before this line ran")
+                    await self._finish(
+                        job, "expired", "deadline_exceeded", "the job's deadline passed before this line ran"
+                    )
             await trio.sleep(1.0)
 
     # -- submitting ----------------------------------------------------------------------
 
-    async def submit(self, text: str, *, model: str | None, shard_size: int, max_providers: int | None, deadline_s: float | None) -> dict[str, Any]:
+    async def submit(
+        self, text: str, *, model: str | None, shard_size: int, max_providers: int | None, deadline_s: float | None
+    ) -> dict[str, Any]:
         lines, errors, job_model = parse_batch(text, model)
         if job_model is None:
             raise JobRejected("no line names a model (and no --model was given)")
@@ -180,11 +193,27 @@ class JobManager:
         now = time.time()
         await self._db(
             self.store.add_results,
-            [(job_id, e.custom_id, e.index, False, _error_record(e.custom_id, e.code, e.message), None, 0, now) for e in errors],
+            [
+                (job_id, e.custom_id, e.index, False, _error_record(e.custom_id, e.code, e.message), None, 0, now)
+                for e in errors
+            ],
         )
-        job = _Job(row, JobState.of(job_id, lines, row.shard_size, self.lease_time), {l.index: l for l in lines}, {l.custom_id: l for l in lines}, failed=len(errors))
+        job = _Job(
+            row,
+            JobState.of(job_id, lines, row.shard_size, self.lease_time),
+            {line.index: line for line in lines},
+            {line.custom_id: line for line in lines},
+            failed=len(errors),
+        )
         self.jobs[job_id] = job
-        log.info("job %s: %d lines (%d invalid) of %s in %d shards", job_id, row.total, len(errors), job_model, len(job.state.shards))
+        log.info(
+            "job %s: %d lines (%d invalid) of %s in %d shards",
+            job_id,
+            row.total,
+            len(errors),
+            job_model,
+            len(job.state.shards),
+        )
         if job.state.finished:
             await self._finish(job, "completed")
         self._new_job.set()
@@ -199,10 +228,25 @@ class JobManager:
     async def _finish(self, job: _Job, status: str, code: str | None = None, message: str = "") -> None:
         if code is not None:
             now = time.time()
-            left = [l for l in job.lines.values() if l.custom_id not in job.state.done_ids]
-            await self._db(self.store.add_results, [(job.row.id, l.custom_id, l.index, False, _error_record(l.custom_id, code, message), None, 0, now) for l in left])
+            left = [line for line in job.lines.values() if line.custom_id not in job.state.done_ids]
+            await self._db(
+                self.store.add_results,
+                [
+                    (
+                        job.row.id,
+                        line.custom_id,
+                        line.index,
+                        False,
+                        _error_record(line.custom_id, code, message),
+                        None,
+                        0,
+                        now,
+                    )
+                    for line in left
+                ],
+            )
             job.failed += len(left)
-            job.state.done_ids.update(l.custom_id for l in left)
+            job.state.done_ids.update(line.custom_id for line in left)
         job.state.cancelled = True
         job.row.status = status
         await self._db(self.store.set_status, job.row.id, status)
@@ -267,7 +311,9 @@ class JobManager:
                 if frame is None:
                     break
                 request = decode_json(JobRequest, frame.payload)
-                reply = await (self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request))
+                reply = await (
+                    self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request)
+                )
                 await write_all(stream, encode_frame(FrameType.JOB_REPLY, encode_json(reply)))
         except PeerFault as exc:
             self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
@@ -289,9 +335,14 @@ class JobManager:
         if lease is None:
             return LeaseGrant(done=job.state.finished)
         lines = [
-            {"custom_id": l.custom_id, "url": l.url, "body": l.body, "request_id": request_id(job.row.id, l.index)}
-            for l in job.state.shards[lease.shard]
-            if l.custom_id not in job.state.done_ids
+            {
+                "custom_id": line.custom_id,
+                "url": line.url,
+                "body": line.body,
+                "request_id": request_id(job.row.id, line.index),
+            }
+            for line in job.state.shards[lease.shard]
+            if line.custom_id not in job.state.done_ids
         ]
         return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
 
@@ -310,7 +361,7 @@ class JobManager:
         if new is None:
             raise PeerFault("results for a lease that was never granted")
         cosigs = {}
-        for custom_id, (line, result) in parsed.items():
+        for line, result in parsed.values():
             cosig = self._countersign(peer_id, job, line, result)
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()
@@ -336,7 +387,13 @@ class JobManager:
         except ReceiptInvalid as exc:
             log.warning("job %s: bad receipt from %s: %s", job.row.id, provider, exc)
             return None
-        problem = expected_receipt_problem(receipt, consumer=self.identity.peer_id, provider=provider, request_id=request_id(job.row.id, line.index), model=job.row.model)
+        problem = expected_receipt_problem(
+            receipt,
+            consumer=self.identity.peer_id,
+            provider=provider,
+            request_id=request_id(job.row.id, line.index),
+            model=job.row.model,
+        )
         if problem is not None:
             log.warning("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, problem)
             return None
@@ -345,8 +402,15 @@ class JobManager:
         return cosig
 
 
-def _error_record(custom_id: str | None, code: str, message: str, response: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id, "response": response, "error": {"code": code, "message": message}}
+def _error_record(
+    custom_id: str | None, code: str, message: str, response: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{secrets.token_hex(12)}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": {"code": code, "message": message},
+    }
 
 
 def _output_record(job_id: str, line: BatchLine, result: dict[str, Any]) -> tuple[bool, dict[str, Any], int]:
@@ -359,9 +423,30 @@ def _output_record(job_id: str, line: BatchLine, result: dict[str, Any]) -> tupl
         tokens = int(usage.get("total_tokens") or 0) if isinstance(usage.get("total_tokens", 0), int) else 0
         response = {"status_code": status, "request_id": rid, "body": body}
         if status == 200:
-            return True, {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id, "response": response, "error": None}, tokens
+            return (
+                True,
+                {
+                    "id": f"batch_req_{secrets.token_hex(12)}",
+                    "custom_id": line.custom_id,
+                    "response": response,
+                    "error": None,
+                },
+                tokens,
+            )
         error = body.get("error") if isinstance(body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
-        return False, _error_record(line.custom_id, str(code or f"http_{status}")[:64], json.dumps(body)[:500], response), 0
+        return (
+            False,
+            _error_record(line.custom_id, str(code or f"http_{status}")[:64], json.dumps(body)[:500], response),
+            0,
+        )
     error = result.get("error") if isinstance(result.get("error"), dict) else {}
-    return False, _error_record(line.custom_id, str(error.get("code") or "provider_error")[:64], str(error.get("message") or "the provider failed")[:500]), 0
+    return (
+        False,
+        _error_record(
+            line.custom_id,
+            str(error.get("code") or "provider_error")[:64],
+            str(error.get("message") or "the provider failed")[:500],
+        ),
+        0,
+    )

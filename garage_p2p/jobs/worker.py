@@ -25,7 +25,7 @@ from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, ResponseR
 from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck
 from ..core.messages import RequestHead, decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
-from ..core.wire import MiB, FrameType, encode_frame
+from ..core.wire import FrameType, MiB, encode_frame
 from ..ledger.book import Ledger
 from ..mesh.host import DialError, Mesh, gossip_sender
 from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
@@ -77,13 +77,20 @@ class JobWorker:
                     continue
                 if job.submitter != gossip_sender(message) or job.submitter == self.mesh.peer_id:
                     continue  # only the submitter announces its jobs; our own we do not work on
-                if job.shards_left and self.provider.serves(job.model) and job.job_id not in self._working and len(self._working) < MAX_JOBS:
+                if (
+                    job.shards_left
+                    and self.provider.serves(job.model)
+                    and job.job_id not in self._working
+                    and len(self._working) < MAX_JOBS
+                ):
                     self._working.add(job.job_id)
                     nursery.start_soon(self._work, job)
 
     async def _work(self, job: JobAnnouncement) -> None:
         try:
-            stream = await self.mesh.open_stream(job.submitter, self.addrs_of(job.submitter), PROTOCOL_JOBS, REQUEST_TIMEOUT)
+            stream = await self.mesh.open_stream(
+                job.submitter, self.addrs_of(job.submitter), PROTOCOL_JOBS, REQUEST_TIMEOUT
+            )
         except DialError as exc:
             log.info("job %s: cannot reach the submitter: %s", job.job_id, exc)
             self._working.discard(job.job_id)
@@ -101,7 +108,13 @@ class JobWorker:
                     continue
                 idle = 0
                 results, receipts = await self._run_shard(job, grant)
-                ack = decode_json(ResultsAck, await self._ask(conn, JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results))))
+                ack = decode_json(
+                    ResultsAck,
+                    await self._ask(
+                        conn,
+                        JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results)),
+                    ),
+                )
                 await self._log_receipts(job.submitter, receipts, ack)
         except (PeerFault, StreamBroken, trio.TooSlowError) as exc:
             log.info("job %s: stopped working on it: %s", job.job_id, exc)
@@ -117,7 +130,9 @@ class JobWorker:
             raise StreamBroken("the submitter closed the stream")
         return frame.payload
 
-    async def _run_shard(self, job: JobAnnouncement, grant: LeaseGrant) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    async def _run_shard(
+        self, job: JobAnnouncement, grant: LeaseGrant
+    ) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
         results: list[dict[str, Any]] = []
         receipts: dict[str, bytes] = {}
         limiter = trio.CapacityLimiter(self.concurrency)
@@ -151,7 +166,12 @@ class JobWorker:
     async def _run_line(self, job: JobAnnouncement, line: dict[str, Any]) -> tuple[dict[str, Any] | None, bytes | None]:
         custom_id = str(line.get("custom_id"))
         try:
-            head = RequestHead(request_id=str(line.get("request_id")), path=line.get("url"), body=line.get("body"), timeout=LINE_TIMEOUT)
+            head = RequestHead(
+                request_id=str(line.get("request_id")),
+                path=line.get("url"),
+                body=line.get("body"),
+                timeout=LINE_TIMEOUT,
+            )
         except Exception as exc:  # a malformed line from the submitter: report it, do not crash
             return {"custom_id": custom_id, "error": {"code": "invalid_line", "message": str(exc)[:300]}}, None
         frames: list[bytes] = []
@@ -172,11 +192,17 @@ class JobWorker:
                 if event.info.retryable:
                     return None, None
                 error = event.info.error
-                return {"custom_id": custom_id, "error": {"code": error.code or "provider_error", "message": error.message}}, None
+                return {
+                    "custom_id": custom_id,
+                    "error": {"code": error.code or "provider_error", "message": error.message},
+                }, None
         try:
             parsed = json.loads(body)
         except ValueError:
-            return {"custom_id": custom_id, "error": {"code": "bad_response", "message": "the backend's answer is not JSON"}}, None
+            return {
+                "custom_id": custom_id,
+                "error": {"code": "bad_response", "message": "the backend's answer is not JSON"},
+            }, None
         result = {"custom_id": custom_id, "status_code": 200, "body": parsed}
         if end is not None and end.receipt is not None:
             result["receipt"] = end.receipt

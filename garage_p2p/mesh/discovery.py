@@ -243,4 +243,3 @@ class Discovery:
                 await self.provide()
                 last_provide = trio.current_time()
             await trio.sleep(REFRESH_INTERVAL if served <= self._provided else 2.0)
-

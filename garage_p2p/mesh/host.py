@@ -14,24 +14,24 @@ from dataclasses import dataclass, field
 
 import multiaddr
 import trio
-from multiaddr.utils import get_network_addrs
 from libp2p import new_host
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
-from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.tools.anyio_service import background_trio_service
+from multiaddr.utils import get_network_addrs
 
 from ..core.identity import Identity
+from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
-from ..core.multistream import lazy_proposal
-from .patches import apply_library_patches
 from .nat import NatService, is_circuit, is_lan_addr
+from .patches import apply_library_patches
 from .streams import NegotiatingStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -238,7 +238,6 @@ class Mesh:
         except Exception as exc:
             raise DialError(f"cannot open {protocol} to {peer_id}: {exc}") from None
 
-
     async def open_stream_lazy(
         self, peer_id: str, addrs: Sequence[str], protocol: str, first_bytes: bytes, timeout: float = DIAL_TIMEOUT
     ) -> NegotiatingStream:
@@ -336,9 +335,7 @@ async def open_mesh(
         # connections. With the library's marks (target 112+) fifty peers in a
         # mesh all dialled each other and one process spent its CPU on
         # connections; a peer needs a handful (gossipsub's degree is 6).
-        connection_config=ConnectionConfig(
-            min_connections=4, low_watermark=6, high_watermark=24, max_connections=128
-        ),
+        connection_config=ConnectionConfig(min_connections=4, low_watermark=6, high_watermark=24, max_connections=128),
         psk=psk.hex() if psk is not None else None,
         **_transport_flags(listen_addrs),
     )
@@ -359,7 +356,14 @@ async def open_mesh(
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
-        mesh = Mesh(host=host, pubsub=pubsub, identity=identity, nat=NatService(host, relay_service=relay_service), peer_filter=peer_filter, penalties=penalties or PenaltyBox())
+        mesh = Mesh(
+            host=host,
+            pubsub=pubsub,
+            identity=identity,
+            nat=NatService(host, relay_service=relay_service),
+            peer_filter=peer_filter,
+            penalties=penalties or PenaltyBox(),
+        )
         candidates = relay_candidates or (lambda: list(bootstrap))
         async with trio.open_nursery() as nursery:
             mesh._nursery = nursery

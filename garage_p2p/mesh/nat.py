@@ -84,7 +84,9 @@ class PublicPredialDCUtR(DCUtRProtocol):
         return await super()._try_unilateral_upgrade(peer_id)
 
 
-def relay_limits(*, circuits: int = 64, reservations: int = 128, seconds: int = 120, data_bytes: int = 128 * 1024 * 1024) -> RelayLimits:
+def relay_limits(
+    *, circuits: int = 64, reservations: int = 128, seconds: int = 120, data_bytes: int = 128 * 1024 * 1024
+) -> RelayLimits:
     """What a relay gives each relayed connection: bounded, since relaying costs its owner."""
     return RelayLimits(duration=seconds, data=data_bytes, max_circuit_conns=circuits, max_reservations=reservations)
 
@@ -95,7 +97,9 @@ class NatService:
         self.relay_service = relay_service
         self.limits = limits or relay_limits()
         self.protocol = CircuitV2Protocol(host, limits=self.limits, allow_hop=relay_service)
-        self.transport = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=self.limits))
+        self.transport = CircuitV2Transport(
+            host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=self.limits)
+        )
         self.dcutr = PublicPredialDCUtR(host, dial_timeout=DCUTR_DIAL_TIMEOUT)
         self.reservations: dict[str, str] = {}
         """Relay peer id → our circuit address through it."""
@@ -133,7 +137,9 @@ class NatService:
 
     # -- running ----------------------------------------------------------------
 
-    async def serve(self, relay_candidates: Callable[[], Sequence[str]], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, relay_candidates: Callable[[], Sequence[str]], *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with (
             background_trio_service(self.protocol),
             background_trio_service(self.dcutr),

@@ -73,7 +73,12 @@ def compare(simulated: dict, emulated: dict) -> dict:
     out = {}
     for name, (limit, check) in TWIN_BOUNDS.items():
         s, e = sim[name], emu[name]
-        out[name] = {"limit": limit, "simulated": s, "emulated": e, "ok": s is not None and e is not None and bool(check(s, e))}
+        out[name] = {
+            "limit": limit,
+            "simulated": s,
+            "emulated": e,
+            "ok": s is not None and e is not None and bool(check(s, e)),
+        }
     return out
 
 

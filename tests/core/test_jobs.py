@@ -1,12 +1,18 @@
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from garage_p2p.core.jobs import JobState, parse_batch
 
 
 def line(i, model="tiny", **extra):
-    item = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": model, "messages": [{"role": "user", "content": str(i)}]}}
+    item = {
+        "custom_id": f"c{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": str(i)}]},
+    }
     item.update(extra)
     return json.dumps(item)
 
@@ -17,7 +23,14 @@ def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
             line(0),
             "not json",
             line(1, url="/v1/embeddings"),
-            json.dumps({"custom_id": "c0", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny", "prompt": "x"}}),
+            json.dumps(
+                {
+                    "custom_id": "c0",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"model": "tiny", "prompt": "x"},
+                }
+            ),
             line(2),
             "",
             line(3, model="other"),
@@ -26,7 +39,7 @@ def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
     )
     lines, errors, model = parse_batch(text)
     assert model == "tiny"
-    assert [l.custom_id for l in lines] == ["c0", "c2"]
+    assert [line.custom_id for line in lines] == ["c0", "c2"]
     by_index = {e.index: e for e in errors}
     assert set(by_index) == {1, 2, 3, 6, 7}
     assert "duplicate custom_id" in by_index[3].message
@@ -34,7 +47,7 @@ def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
     assert by_index[7].custom_id is None
     # --model overrides every line's model.
     lines, errors, model = parse_batch(line(0) + "\n" + line(1, model="other"), model="big")
-    assert model == "big" and not errors and all(l.body["model"] == "big" for l in lines)
+    assert model == "big" and not errors and all(line.body["model"] == "big" for line in lines)
 
 
 def make(n=10, size=3):
@@ -64,19 +77,25 @@ def test_tail_stealing_duplicates_once_and_first_result_wins():
     d = job.claim("D", 0)
     assert d is not None and d.duplicate and d.shard != steal.shard  # each shard is duplicated once
     assert job.claim("E", 0) is None
-    ids = [l.custom_id for l in job.shards[steal.shard]]
+    ids = [line.custom_id for line in job.shards[steal.shard]]
     assert job.complete(steal.lease_id, ids) == ids
     original = a if a.shard == steal.shard else b
     assert job.complete(original.lease_id, ids) == []  # the duplicate's results came first
     assert job.complete("never-granted", ids) is None
     other = b if original is a else a
     # ids from another shard are ignored.
-    assert job.complete(other.lease_id, ids + [l.custom_id for l in job.shards[other.shard]]) == [l.custom_id for l in job.shards[other.shard]]
+    assert job.complete(other.lease_id, ids + [line.custom_id for line in job.shards[other.shard]]) == [
+        line.custom_id for line in job.shards[other.shard]
+    ]
     assert job.finished
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 7), st.lists(st.tuples(st.sampled_from("ABC"), st.booleans(), st.booleans()), max_size=80))
+@given(
+    st.integers(1, 40),
+    st.integers(1, 7),
+    st.lists(st.tuples(st.sampled_from("ABC"), st.booleans(), st.booleans()), max_size=80),
+)
 def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
     """Claims, completions, losses and lapses in any order: every line done once, none twice."""
     job = make(n, size)
@@ -90,7 +109,7 @@ def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
         if vanish:
             job.provider_gone(provider)
         if finish:
-            for cid in job.complete(lease.lease_id, [l.custom_id for l in job.shards[lease.shard]]) or []:
+            for cid in job.complete(lease.lease_id, [line.custom_id for line in job.shards[lease.shard]]) or []:
                 results[cid] = results.get(cid, 0) + 1
     # Drain: one provider finishes everything that is left.
     for _ in range(len(job.shards) * 3):
@@ -98,7 +117,7 @@ def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
         lease = job.claim("Z", now)
         if lease is None:
             break
-        for cid in job.complete(lease.lease_id, [l.custom_id for l in job.shards[lease.shard]]) or []:
+        for cid in job.complete(lease.lease_id, [line.custom_id for line in job.shards[lease.shard]]) or []:
             results[cid] = results.get(cid, 0) + 1
     assert job.finished
     assert sorted(results) == sorted(f"c{i}" for i in range(n))

@@ -20,14 +20,19 @@ from tools.testkit import free_port, standin_process, wait_until
 
 def garage(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the ``garage`` CLI."""
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @contextlib.contextmanager
 def standin_processes(ports: list[int], *, models: list[str] | None = None, **options) -> Iterator[list[str]]:
     """StandInBackends (instruments, not models) as processes on ``ports``; yields their base URLs."""
     with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(standin_process(port, **options, **({"model": models[i]} if models else {}))) for i, port in enumerate(ports)]
+        yield [
+            stack.enter_context(standin_process(port, **options, **({"model": models[i]} if models else {})))
+            for i, port in enumerate(ports)
+        ]
 
 
 def models_of(peer: PeerProcess) -> dict[str, list[str]]:
@@ -72,7 +77,10 @@ def provider_and_keyed_consumer(root: Path, key_name: str) -> Iterator[tuple[Pee
                 auth = {"authorization": f"Bearer {key}"}
 
                 def knows_tiny() -> bool:
-                    return any(m["id"] == "tiny" and p.peer_id in m.get("providers", []) for m in httpx.get(models, headers=auth, timeout=5).json()["data"])
+                    return any(
+                        m["id"] == "tiny" and p.peer_id in m.get("providers", [])
+                        for m in httpx.get(models, headers=auth, timeout=5).json()["data"]
+                    )
 
                 wait_until(knows_tiny, 30, "C seeing P serve tiny")
                 yield p, c, key

@@ -49,12 +49,21 @@ def run_job(tmp_path, urls: list[str]) -> None:
     try:
         s.wait_ready()
         for i, url in enumerate(urls):
-            providers.append(PeerProcess(tmp_path / f"p{i}", peer_args(bootstrap=[s.addr], backends={"tiny": url})).start())
+            providers.append(
+                PeerProcess(tmp_path / f"p{i}", peer_args(bootstrap=[s.addr], backends={"tiny": url})).start()
+            )
         for p in providers:
             p.wait_ready()
         wait_until(lambda: len(models_of(s).get("tiny", [])) == 2, 30, "the submitter seeing both providers")
         lines = "\n".join(
-            json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4}})
+            json.dumps(
+                {
+                    "custom_id": f"req-{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4},
+                }
+            )
             for i in range(LINES)
         )
         batch = tmp_path / "batch.jsonl"

@@ -42,9 +42,13 @@ def test_sigkilled_provider_restarts_verifies_and_loses_no_receipt(tmp_path, mon
             # Every request the client saw complete has its receipt in A's log, and C holds them too.
             a_id, c_id = a.peer_id, c.peer_id
             settle = wait_until(
-                lambda: all(ledger_of(a).has_receipt(a_id, c_id, rid) for rid in completed), 60, "A's log holding every completed request"
+                lambda: all(ledger_of(a).has_receipt(a_id, c_id, rid) for rid in completed),
+                60,
+                "A's log holding every completed request",
             )
-            wait_until(lambda: all(ledger_of(c).has_receipt(a_id, c_id, rid) for rid in completed), 60, "C holding them too")
+            wait_until(
+                lambda: all(ledger_of(c).has_receipt(a_id, c_id, rid) for rid in completed), 60, "C holding them too"
+            )
             print(f"{len(completed)} completed before the kill; all receipts in A's log {settle:.1f} s after restart")
             a.stop()
             verify = garage("ledger", "verify", "--home", str(a.home))

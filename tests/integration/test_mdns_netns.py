@@ -27,10 +27,27 @@ def test_peers_on_a_lan_find_each_other_by_mdns(tmp_path):
     with linked_hosts("gpmdns") as (a, b):
         backend = subprocess.Popen(
             standin_command(8101, prefix=a.exec_prefix()),
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        pa = PeerProcess(tmp_path / "a", ["--listen", f"/ip4/{a.ip}/tcp/4001", "--api", "127.0.0.1:8000", "--mdns", "--backend", "tiny=http://127.0.0.1:8101/v1"], prefix=a.exec_prefix())
-        pb = PeerProcess(tmp_path / "b", ["--listen", f"/ip4/{b.ip}/tcp/4001", "--api", "127.0.0.1:8000", "--mdns"], prefix=b.exec_prefix())
+        pa = PeerProcess(
+            tmp_path / "a",
+            [
+                "--listen",
+                f"/ip4/{a.ip}/tcp/4001",
+                "--api",
+                "127.0.0.1:8000",
+                "--mdns",
+                "--backend",
+                "tiny=http://127.0.0.1:8101/v1",
+            ],
+            prefix=a.exec_prefix(),
+        )
+        pb = PeerProcess(
+            tmp_path / "b",
+            ["--listen", f"/ip4/{b.ip}/tcp/4001", "--api", "127.0.0.1:8000", "--mdns"],
+            prefix=b.exec_prefix(),
+        )
         try:
             pa.start()
             pb.start()
@@ -50,7 +67,9 @@ def test_peers_on_a_lan_find_each_other_by_mdns(tmp_path):
                 f"r = httpx.post('http://127.0.0.1:8000/v1/chat/completions', json={CHAT!r}, timeout=20); "
                 "print(json.dumps({'status': r.status_code, 'provider': r.headers.get('x-garage-provider')}))"
             )
-            result = subprocess.run([*b.exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [*b.exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60
+            )
             answer = json.loads(result.stdout)
             assert answer == {"status": 200, "provider": pa.info["peer_id"]}
         finally:
