@@ -49,6 +49,7 @@ from .ledger.views import balances_view, ledger_summary
 from .mesh.caps import CapsService
 from .mesh.discovery import Discovery
 from .mesh.host import DialError, Mesh, open_mesh
+from .mesh.patches import apply_library_patches
 from .mesh.paths import PathTracker
 from .provider.backend import Backend
 from .provider.backend_metrics import metrics_url, scrape_load
@@ -468,6 +469,7 @@ def open_gate(settings: Settings) -> Gatekeeper:
 @asynccontextmanager
 async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     """Run a peer until the context exits; call ``Peer.shutdown`` first to drain."""
+    apply_library_patches()  # LibraryPatchError before anything opens, if libp2p is not the one patched
     gate = open_gate(settings)
     identity, created = load_or_create_identity(settings.home)
     if created:

@@ -9,6 +9,7 @@ import trio
 import typer
 
 from ..daemon import open_peer
+from ..mesh.patches import LibraryPatchError
 from ..runtime.podman_service import PodmanUnavailable
 from ..settings import Settings, SettingsError, load_settings, parse_backend
 from ..store.identity_file import IdentityFileError
@@ -132,7 +133,7 @@ def main_command(
     try:
         with single_exceptions():
             trio.run(run_peer, settings)
-    except (IdentityFileError, PodmanUnavailable, SettingsError) as exc:
+    except (IdentityFileError, LibraryPatchError, PodmanUnavailable, SettingsError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.strerror or exc} (is another garage-peer using the same --api or --listen port?)")

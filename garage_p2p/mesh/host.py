@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -23,6 +23,8 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
 from multiaddr.utils import get_network_addrs
 
@@ -31,7 +33,7 @@ from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
 from .nat import NatService, is_circuit, is_lan_addr
-from .patches import apply_library_patches
+from .patches import apply_library_patches, muxer_fault, refuse_dials
 from .streams import NegotiatingStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -153,6 +155,8 @@ class Mesh:
         relayed dial races it (a peer behind NAT is not dialable directly,
         and its LAN addresses time out rather than fail).
         """
+        if not self.admits(peer_id):
+            raise DialError(f"not dialling {peer_id}: banned or not on our lists")
         pid = ID.from_base58(peer_id)
         if pid in self.host.get_connected_peers():
             return
@@ -328,7 +332,9 @@ async def open_mesh(
     listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
     host = new_host(
         key_pair=libp2p_key_pair(identity),
-        muxer_preference="YAMUX",
+        # Yamux only: the library also offers mplex, whose receive buffers are not bounded by a
+        # window the patches enforce (docs/library-patches.md).
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
         listen_addrs=listen_addrs,
         enable_mDNS=mdns,
         # The auto-connector dials known peers until it has (low + high) / 2
@@ -368,7 +374,9 @@ async def open_mesh(
         async with trio.open_nursery() as nursery:
             mesh._nursery = nursery
             arrivals_send, arrivals = trio.open_memory_channel[str](256)
-            host.get_network().register_notifee(ConnectionWatch(arrivals_send))
+            host.get_network().register_notifee(ConnectionWatch(arrivals_send, mesh.penalise))
+            # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
+            refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:
@@ -405,10 +413,12 @@ def gossip_sender(message) -> str:
 
 
 class ConnectionWatch:
-    """libp2p notifee that hands every new connection's peer to a channel."""
+    """libp2p notifee that hands every new connection's peer to a channel, and reports the peer
+    whose connection the muxer closed for a protocol error (data past the yamux window)."""
 
-    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
+    def __init__(self, send: trio.MemorySendChannel[str], penalise: Callable[[str, str], None]) -> None:
         self._send = send
+        self._penalise = penalise
 
     async def connected(self, network, conn) -> None:
         try:
@@ -417,7 +427,9 @@ class ConnectionWatch:
             pass  # a burst of connections: the periodic sweep catches up
 
     async def disconnected(self, network, conn) -> None:
-        pass
+        fault = muxer_fault(conn.muxed_conn)
+        if fault is not None:
+            self._penalise(str(conn.muxed_conn.peer_id), fault)
 
     async def opened_stream(self, network, stream) -> None:
         pass

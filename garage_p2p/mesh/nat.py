@@ -74,7 +74,7 @@ class PublicPredialDCUtR(DCUtRProtocol):
     peer (the LAN addresses identify reported) and waits ``dial_timeout``:
     across the internet those are black holes, so every punch started 2 s
     late. Skipped when the peer has no non-LAN address. (Overrides a private
-    method of 0.8.1: re-check on upgrade.)
+    method of 0.8.1, checked at start by mesh/patches.py.)
     """
 
     async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
@@ -112,17 +112,18 @@ class NatService:
     # -- reachability -----------------------------------------------------------
 
     def observed_addrs(self) -> list[str]:
-        """Our addresses as other peers saw them (identify), one observer enough."""
-        manager = getattr(self.host, "_observed_addr_manager", None)
-        try:
-            return [str(a) for a in manager.addrs(min_observers=1)] if manager else []
-        except Exception:
-            return []
+        """Our addresses as other peers saw them (identify), one observer enough.
+
+        Reads a private attribute of 0.8.1's BasicHost, checked at start by
+        mesh/patches.py (it is None only when identify's address discovery is off).
+        """
+        manager = self.host._observed_addr_manager
+        return [str(a) for a in manager.addrs(min_observers=1)] if manager is not None else []
 
     def reachability(self) -> str:
         """``public``, ``private`` (behind NAT) or ``unknown``.
 
-        AutoNAT v1 in 0.8.1 is not trustworthy (PLATFORM.md): it needs four
+        AutoNAT v1 in 0.8.1 is not trustworthy (docs/library-patches.md): it needs four
         servers and reports a false OK over an existing connection. A peer
         is private when others see it at an IP it does not listen on (a NAT
         rewrote it), public when they see it at its own listen IP.
