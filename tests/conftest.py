@@ -16,6 +16,7 @@ from referencing import Registry, Resource
 
 from garage_p2p.daemon import Peer, open_peer
 from garage_p2p.settings import Settings
+from tools.attacks import Target
 from tools.standin_backend import create_standin_app, serve_standin
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -84,3 +85,8 @@ def openai_schema():
         return Draft202012Validator({"$ref": f"{uri}#/components/schemas/{name}"}, registry=registry)
 
     return validator
+
+
+def as_target(peer: Peer) -> Target:
+    """An in-process peer as an attack in tools/attacks sees it."""
+    return Target(peer_id=peer.identity.peer_id, addrs=tuple(first_addr(peer)), api_url=peer.api_url)

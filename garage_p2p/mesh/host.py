@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -33,7 +33,7 @@ from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
 from .nat import NatService, is_circuit, is_lan_addr
-from .patches import apply_library_patches, muxer_fault, refuse_dials
+from .patches import apply_library_patches, refuse_dials, report_muxer_faults
 from .streams import NegotiatingStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,9 @@ HEARTBEAT = 1
 DEGREE_HIGH = 8
 """Gossipsub's D_high. At 12 a dense mesh delivered each message to each peer ~11 times (benchmarks/idle.py)."""
 BOOTSTRAP_RETRY = 5.0
+MIN_CONNECTIONS = 4
+MAX_CONNECTIONS = 128
+"""The swarm keeps MAX - MIN inbound slots (124); mesh/patches.py frees one when its connection ends."""
 
 
 def _local_ipv4() -> list[str]:
@@ -341,7 +344,9 @@ async def open_mesh(
         # connections. With the library's marks (target 112+) fifty peers in a
         # mesh all dialled each other and one process spent its CPU on
         # connections; a peer needs a handful (gossipsub's degree is 6).
-        connection_config=ConnectionConfig(min_connections=4, low_watermark=6, high_watermark=24, max_connections=128),
+        connection_config=ConnectionConfig(
+            min_connections=MIN_CONNECTIONS, low_watermark=6, high_watermark=24, max_connections=MAX_CONNECTIONS
+        ),
         psk=psk.hex() if psk is not None else None,
         **_transport_flags(listen_addrs),
     )
@@ -374,7 +379,9 @@ async def open_mesh(
         async with trio.open_nursery() as nursery:
             mesh._nursery = nursery
             arrivals_send, arrivals = trio.open_memory_channel[str](256)
-            host.get_network().register_notifee(ConnectionWatch(arrivals_send, mesh.penalise))
+            host.get_network().register_notifee(ConnectionWatch(arrivals_send))
+            # A peer that broke the muxer's rules (data past the yamux window) is penalised like any other.
+            stop_reporting = report_muxer_faults(identity.peer_id, mesh.penalise)
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
             refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)
@@ -387,6 +394,7 @@ async def open_mesh(
                 yield mesh
             finally:
                 nursery.cancel_scope.cancel()
+                stop_reporting()
                 # The library starts a thread for its seen-messages cache and
                 # never stops it: a process that opens meshes one after another
                 # (tests, the simulator's emulation) kept one thread per mesh.
@@ -413,12 +421,10 @@ def gossip_sender(message) -> str:
 
 
 class ConnectionWatch:
-    """libp2p notifee that hands every new connection's peer to a channel, and reports the peer
-    whose connection the muxer closed for a protocol error (data past the yamux window)."""
+    """libp2p notifee that hands every new connection's peer to a channel."""
 
-    def __init__(self, send: trio.MemorySendChannel[str], penalise: Callable[[str, str], None]) -> None:
+    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
         self._send = send
-        self._penalise = penalise
 
     async def connected(self, network, conn) -> None:
         try:
@@ -427,9 +433,7 @@ class ConnectionWatch:
             pass  # a burst of connections: the periodic sweep catches up
 
     async def disconnected(self, network, conn) -> None:
-        fault = muxer_fault(conn.muxed_conn)
-        if fault is not None:
-            self._penalise(str(conn.muxed_conn.peer_id), fault)
+        pass
 
     async def opened_stream(self, network, stream) -> None:
         pass

@@ -39,6 +39,8 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.event_closed"),
     ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self._nursery"),
     ("libp2p.stream_muxer.yamux.yamux:Yamux.close", None),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.secured_conn"),
+    ("libp2p.abc:AbstractSecureConn.get_local_peer", None),
     # The window check sits where the library buffers a DATA payload.
     ("libp2p.stream_muxer.yamux.yamux:Yamux.handle_incoming", "self.stream_buffers[stream_id].extend(data)"),
     ("libp2p.pubsub.pubsub:Pubsub.stream_handler", None),
@@ -181,11 +183,17 @@ def _guarded_pubsub_handler(handler):
 # -- the yamux receive window -------------------------------------------------------------
 
 _WINDOW_FAULT = "_garage_window_fault"
+_FAULT_LISTENERS: dict[str, Callable[[str, str], None]] = {}
+"""Our peer id -> its penalty path, so a muxer fault reaches the mesh whose connection it is."""
 
 
-def muxer_fault(muxed_conn) -> str | None:
-    """Why the patch closed ``muxed_conn`` for a protocol error (its peer's fault), or None."""
-    return getattr(muxed_conn, _WINDOW_FAULT, None)
+def report_muxer_faults(local_peer_id: str, penalise: Callable[[str, str], None]) -> Callable[[], None]:
+    """Send the muxer's protocol errors on ``local_peer_id``'s connections to ``penalise(peer, reason)``.
+
+    Returns the function that stops it.
+    """
+    _FAULT_LISTENERS[local_peer_id] = penalise
+    return lambda: _FAULT_LISTENERS.pop(local_peer_id, None)
 
 
 class _WindowedBuffer(bytearray):
@@ -232,11 +240,14 @@ def _window_exceeded(conn, stream_id: int, size: int, window: int) -> None:
     """Data past the receive window is a protocol error (yamux spec): close the connection."""
     from libp2p.stream_muxer.yamux.yamux import GO_AWAY_PROTOCOL_ERROR
 
-    if muxer_fault(conn) is not None:
-        return
+    if getattr(conn, _WINDOW_FAULT, None) is not None:
+        return  # already closing
     reason = f"yamux: {size} bytes on stream {stream_id} past its {window}-byte receive window"
     setattr(conn, _WINDOW_FAULT, reason)
     log.warning("%s sent %s: connection closed", conn.peer_id, reason)
+    penalise = _FAULT_LISTENERS.get(str(conn.secured_conn.get_local_peer()))
+    if penalise is not None:
+        penalise(str(conn.peer_id), reason)
     if conn._nursery is not None:
         conn._nursery.start_soon(conn.close, GO_AWAY_PROTOCOL_ERROR)
 
