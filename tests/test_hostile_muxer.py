@@ -68,6 +68,7 @@ async def test_a_banned_peer_is_not_dialled(tmp_path):
         with pytest.raises(DialError, match="banned"):
             await victim.mesh.connect(banned, first_addr(evil))
         # The library's own dialers (auto-connector, DHT, new_stream) go through the swarm.
+        evil_info = PeerInfo(ID.from_base58(banned), [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in first_addr(evil)])
         with pytest.raises(Exception, match="banned"):
-            await victim.mesh.host.connect(PeerInfo(ID.from_base58(banned), [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in first_addr(evil)]))
+            await victim.mesh.host.connect(evil_info)
         assert banned not in victim.mesh.connected_peers()
