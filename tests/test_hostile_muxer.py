@@ -12,9 +12,9 @@ import pytest
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
+from garage_p2p.core.penalties import THRESHOLD
 from garage_p2p.mesh import host
 from garage_p2p.mesh.host import DialError
-from garage_p2p.core.penalties import THRESHOLD
 from tools.attacks import inbound_churn, window_flood
 
 from .conftest import as_target, first_addr, running_peer, standin_backend, wait_for, wait_for_model
@@ -68,7 +68,9 @@ async def test_a_banned_peer_is_not_dialled(tmp_path):
         with pytest.raises(DialError, match="banned"):
             await victim.mesh.connect(banned, first_addr(evil))
         # The library's own dialers (auto-connector, DHT, new_stream) go through the swarm.
-        evil_info = PeerInfo(ID.from_base58(banned), [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in first_addr(evil)])
+        evil_info = PeerInfo(
+            ID.from_base58(banned), [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in first_addr(evil)]
+        )
         with pytest.raises(Exception, match="banned"):
             await victim.mesh.host.connect(evil_info)
         assert banned not in victim.mesh.connected_peers()

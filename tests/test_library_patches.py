@@ -17,7 +17,6 @@ import pytest
 import trio
 import trio.testing
 from libp2p.peer.id import ID
-from libp2p.peer.peerinfo import PeerInfo
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT, Yamux, YamuxStream
 from typer.testing import CliRunner
 
@@ -80,7 +79,7 @@ async def test_a_gossip_burst_is_not_dropped_by_the_subscription_channel():
         for n in range(burst):
             await b.pubsub.publish("burst", b"%d" % n)
             if n % 20 == 19:  # the sender's own per-peer queue holds 32 RPCs: keep it below that
-                await wait_for(lambda: validated == n + 1)
+                await wait_for(lambda n=n: validated == n + 1)
         await trio.testing.wait_all_tasks_blocked(0.05)
         received = 0
         with pytest.raises(trio.WouldBlock):

@@ -8,9 +8,9 @@ Applied once, before any host is built.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
-import functools
 import inspect
 import logging
 from collections.abc import Callable
