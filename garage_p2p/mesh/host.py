@@ -272,8 +272,8 @@ async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
             log.error("ignoring bootstrap address %s: %s", addr, exc)
     while True:
         for info in infos:
-            if info.peer_id in mesh.host.get_connected_peers():
-                continue
+            if info.peer_id in mesh.host.get_connected_peers() or not mesh.admits(str(info.peer_id)):
+                continue  # connected, or banned: a banned bootstrap peer is dialled again when its ban ends
             try:
                 await mesh.connect(str(info.peer_id), [str(a) for a in info.addrs])
                 log.info("connected to bootstrap peer %s", info.peer_id)

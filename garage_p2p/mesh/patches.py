@@ -193,7 +193,12 @@ def report_muxer_faults(local_peer_id: str, penalise: Callable[[str, str], None]
     Returns the function that stops it.
     """
     _FAULT_LISTENERS[local_peer_id] = penalise
-    return lambda: _FAULT_LISTENERS.pop(local_peer_id, None)
+
+    def stop() -> None:
+        if _FAULT_LISTENERS.get(local_peer_id) is penalise:  # not a later mesh of the same identity
+            del _FAULT_LISTENERS[local_peer_id]
+
+    return stop
 
 
 class _WindowedBuffer(bytearray):
