@@ -39,6 +39,8 @@ class PeerProcess:
     process: subprocess.Popen | None = None
     info: dict = field(default_factory=dict)
     """The daemon's run/peer.json once it is ready."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment, e.g. ``PYTHONPATH`` of another source tree (a benchmark's baseline)."""
 
     def __post_init__(self) -> None:
         self.log_path = self.home / "peer.log"
@@ -61,7 +63,7 @@ class PeerProcess:
         run_file = self.home / "run" / "peer.json"
         run_file.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.process = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "garage_p2p.cli.peer", "--home", str(self.home), *self.args],
             stdout=log,
