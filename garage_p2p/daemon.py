@@ -514,6 +514,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         ) as mesh,
         trio.open_nursery() as nursery,
     ):
+        table.dealt_with = mesh.connected_peers  # their ads are kept, and served, first
         provider = ProviderService(
             backends,
             client,
@@ -550,7 +551,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         discovery = Discovery(
             mesh,
             table,
-            caps.current_ad,
+            caps.latest_ad,
             lambda: [n for n, b in backends.items() if b.healthy],
             dht_mode="client" if settings.dht_mode == "client" else "server",
             on_peer_addrs=known.note,

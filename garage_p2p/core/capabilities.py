@@ -7,30 +7,64 @@ signature, so that any peer can forward it). The wire form is
 ``signature (64 bytes) | payload (JSON)``; the signature covers a domain tag
 and the exact payload bytes, so no canonical re-encoding is needed.
 
-The table keeps the newest ad per peer and forgets it when it expires. The
-expiry is measured on the receiver's clock (``now`` + ttl), so clocks need not
-agree; an ad whose issued_at is far from our clock is refused as stale, and a
-replayed old ad is refused by its sequence number.
+The table keeps the newest ad per peer and forgets it when it expires. An ad
+lives ``ttl`` seconds from its issue time (a relayed ad must not outlive what
+its author meant), so clocks must agree to well within the ttl; a replayed old
+ad is refused by its sequence number.
+
+Whom to blame for a bad ad (``PeerTable.offer``): whoever delivered bytes that
+do not verify (a relay verified every ad before storing it, and serves it
+unchanged); the author, for a signed ad that is not valid, only when the author
+delivered it itself; nobody for an ad that is stale, a duplicate, or does not
+fit in the table (it was valid when the relay got it).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+import json
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from pydantic import Field, field_validator
 
 from .errors import PeerFault
 from .identity import Identity, IdentityError, peer_id_from_public_key, verify
+from .limits import Limiter, Limits
 from .messages import WireModel, decode_json
 
 TOPIC_CAPS = "garage/caps/1"
 AD_DOMAIN = b"garage-caps-ad/1\n"
-MAX_AD_BYTES = 64 * 1024
+MAX_AD_BYTES = 8 * 1024
+"""An honest ad is about 1 KB (a few models, a dozen addresses); 8 KiB leaves room for a large
+rig without letting one ad weigh as much as sixty."""
+MAX_AD_ADDRS = 24
+"""Addresses in an ad: TCP and QUIC on a handful of interfaces, plus relay reservations."""
+MAX_AD_MODELS = 16
+"""Models in an ad: one per backend, and a rig rarely runs more than a few."""
 MAX_TTL = 300.0
 MAX_CLOCK_SKEW = 300.0
-"""Ads claiming to be issued further than this from our clock are refused."""
+"""Ads claiming to be issued further than this in our future are refused (dropped, not a fault)."""
+SERVE_MARGIN = 5.0
+"""A table serves an ad only while it has this long left to live on our clock, so that a receiver
+whose clock runs a little ahead still takes it."""
+MAX_TABLE_PEERS = 4096
+"""Ads a table holds at most."""
+MAX_TABLE_BYTES = 8 * 1024 * 1024
+"""Signed bytes a table holds at most (what it keeps, and serves, of other peers' ads)."""
+SOURCE_SHARE = 0.25
+"""The part of the table one source (the connection ads came through) may fill with ads of peers
+we are not connected to: one hostile connection cannot evict everyone else's."""
+TABLE_PAGE_ADS = 512
+"""Ads in one answer to a table request (besides the server's own): a joining peer learns the rest by gossip."""
+TABLE_PAGE_BYTES = 1024 * 1024
+"""Signed bytes in one answer to a table request."""
+TABLE_FETCH_GAP = 5.0
+"""An honest peer asks one peer for its table at most once in this many seconds."""
+TABLE_REQUESTS = Limits(rpm=30, concurrency=2)
+"""Table requests served per peer: two and a half times what TABLE_FETCH_GAP lets an honest one ask."""
+AD_RATE = Limits(rpm=120)
+"""New ads taken per gossip publisher: twice what an honest one publishes at most (one a second)."""
 
 
 class Benchmark(WireModel):
@@ -92,7 +126,7 @@ class GpuSpec(WireModel):
 class Hardware(WireModel):
     """The rig's accelerators; no GPUs means the CPU serves."""
 
-    gpus: tuple[GpuSpec, ...] = Field(default=(), max_length=64)
+    gpus: tuple[GpuSpec, ...] = Field(default=(), max_length=16)
     """GPUs by kind; empty on a CPU-only peer."""
 
     @property
@@ -112,13 +146,13 @@ class CapabilityAd(WireModel):
     """Its ed25519 public key, hex; must hash to ``peer_id``."""
     seq: int = Field(ge=0, lt=2**63)
     """Strictly increasing per peer; an ad with a seq we have seen is old news."""
-    issued_at: float = Field(ge=0)
+    issued_at: float = Field(ge=0, allow_inf_nan=False)
     """Unix time the ad was made, on the issuer's clock."""
     ttl: float = Field(gt=0, le=MAX_TTL)
     """Seconds the ad stays valid."""
-    addrs: tuple[str, ...] = Field(default=(), max_length=32)
+    addrs: tuple[str, ...] = Field(default=(), max_length=MAX_AD_ADDRS)
     """Multiaddrs where the peer can be dialled."""
-    models: tuple[ModelOffer, ...] = Field(default=(), max_length=128)
+    models: tuple[ModelOffer, ...] = Field(default=(), max_length=MAX_AD_MODELS)
     """Models the peer serves now; empty means none (or withdrawn)."""
     version: str = Field(default="", max_length=64)
     """The peer's software version."""
@@ -132,8 +166,8 @@ class CapabilityAd(WireModel):
     @field_validator("addrs")
     @classmethod
     def _short_addrs(cls, addrs: tuple[str, ...]) -> tuple[str, ...]:
-        if any(len(a) > 512 for a in addrs):
-            raise ValueError("address longer than 512 characters")
+        if any(len(a) > 320 for a in addrs):
+            raise ValueError("address longer than 320 characters")
         return addrs
 
 
@@ -172,25 +206,77 @@ def make_ad(
     )
 
 
+class AdRejected(Exception):
+    """A valid ad that the table does not take (old or duplicate seq, no room): not a fault."""
+
+
+class AdStale(AdRejected):
+    """An ad that has expired, or claims to be issued far in our future: dropped, whoever passed it on."""
+
+
+class AdContentFault(PeerFault):
+    """An ad its author signed that is not a valid ad: the author's fault, not a relay's."""
+
+    def __init__(self, reason: str, author: str) -> None:
+        super().__init__(reason)
+        self.author = author
+
+
+def _claimed_author(payload: bytes) -> tuple[str, bytes]:
+    """The peer id and public key an ad payload names; PeerFault if it names none."""
+    try:
+        fields = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise PeerFault("ad payload is not JSON") from None
+    peer_id = fields.get("peer_id") if isinstance(fields, dict) else None
+    public_key = fields.get("public_key") if isinstance(fields, dict) else None
+    if not isinstance(peer_id, str) or not isinstance(public_key, str) or len(public_key) != 64:
+        raise PeerFault("ad names no author")
+    try:
+        key = bytes.fromhex(public_key)
+        derived = peer_id_from_public_key(key)
+    except (ValueError, IdentityError):
+        raise PeerFault("ad carries an invalid public key") from None
+    if derived != peer_id:
+        raise PeerFault("ad's peer id does not match its public key")
+    return peer_id, key
+
+
+def expiry(ad: CapabilityAd, now: float) -> float:
+    """Local time ``ad`` stops counting: ``ttl`` from its issue time (an issue time in our future
+    does not lengthen it), whenever and through whom it reached us."""
+    return min(now, ad.issued_at) + ad.ttl
+
+
+def check_fresh(ad: CapabilityAd, now: float) -> None:
+    """AdStale if ``ad`` no longer counts at ``now``, or claims to be issued far in our future."""
+    if ad.issued_at > now + MAX_CLOCK_SKEW:
+        raise AdStale("ad issued too far in our future (skewed clock)")
+    if expiry(ad, now) <= now:
+        raise AdStale("ad expired")
+
+
 def open_ad(data: bytes, now: float) -> CapabilityAd:
-    """Verify and parse a signed ad; PeerFault saying why if it is not acceptable."""
+    """Verify and parse a signed ad.
+
+    PeerFault if the bytes are not an ad its author signed (whoever delivered them is at fault);
+    AdContentFault if the author signed something that is not a valid ad; AdStale if it is
+    expired or from the future (nobody's fault).
+    """
     if len(data) > MAX_AD_BYTES:
         raise PeerFault(f"ad of {len(data)} bytes exceeds {MAX_AD_BYTES}")
     if len(data) < 64 + 2:
         raise PeerFault("ad too short")
     signature, payload = data[:64], data[64:]
-    ad = decode_json(CapabilityAd, payload)
-    try:
-        public_key = bytes.fromhex(ad.public_key)
-        derived = peer_id_from_public_key(public_key)
-    except (ValueError, IdentityError):
-        raise PeerFault("ad carries an invalid public key") from None
-    if derived != ad.peer_id:
-        raise PeerFault("ad's peer id does not match its public key")
+    # The signature is checked before the fields, so that a bad field is pinned on the author.
+    author, public_key = _claimed_author(payload)
     if not verify(public_key, signature, AD_DOMAIN + payload):
         raise PeerFault("ad signature does not verify")
-    if abs(ad.issued_at - now) > MAX_CLOCK_SKEW:
-        raise PeerFault("ad issued too far from our clock (stale or skewed)")
+    try:
+        ad = decode_json(CapabilityAd, payload)
+    except PeerFault as exc:
+        raise AdContentFault(str(exc), author) from None
+    check_fresh(ad, now)
     return ad
 
 
@@ -201,25 +287,51 @@ class PeerEntry:
     ad: CapabilityAd
     """The newest valid ad."""
     expires_at: float
-    """Local time after which the ad no longer counts."""
+    """Local time after which the ad no longer counts (``expiry``)."""
     received_at: float
     """Local time the ad arrived."""
     wire: bytes = b""
     """The signed ad as received, to pass on to peers that ask for our table."""
+    source: str = ""
+    """The peer whose connection brought the ad: the author itself, a table relay or a gossip forwarder."""
+    first_seen: float = 0.0
+    """Local time the table first took an ad of this peer (kept across its newer ads)."""
+
+    @property
+    def direct(self) -> bool:
+        """The author itself delivered the ad."""
+        return self.source == self.ad.peer_id
 
 
-class AdRejected(Exception):
-    """A valid ad that the table does not take (old or duplicate seq): not a fault."""
+@dataclass(frozen=True, slots=True)
+class Intake:
+    """What became of one ad offered to the table."""
+
+    entry: PeerEntry | None = None
+    """The stored entry, if the table took the ad."""
+    blame: str | None = None
+    """The peer at fault for the ad, if anyone is."""
+    reason: str = ""
+    """Why the ad was not taken."""
+    flood: bool = False
+    """Refused because its publisher's new ads came faster than AD_RATE."""
 
 
 class PeerTable:
-    """Newest ad per peer, with expiry; remembers seqs so replays are refused."""
+    """Newest ad per peer, with expiry; remembers seqs so replays are refused.
+
+    Bounded in ads and bytes. When full, a new peer's ad takes the place of an ad of a peer we
+    are not connected to, from the source holding the most such ads (its latest arrivals first);
+    one that would come from that source itself is refused, so incumbents keep their place.
+    """
 
     def __init__(
         self,
         self_peer_id: str | None = None,
-        max_peers: int = 10_000,
+        max_peers: int = MAX_TABLE_PEERS,
         admits: Callable[[str], bool] = lambda peer_id: True,
+        *,
+        max_bytes: int = MAX_TABLE_BYTES,
     ) -> None:
         self._self = self_peer_id
         self._admits = admits
@@ -227,7 +339,16 @@ class PeerTable:
         # Highest seq seen per peer, kept after expiry (bounded, oldest dropped).
         self._seen_seq: OrderedDict[str, int] = OrderedDict()
         self._max_peers = max_peers
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._held: Counter[str] = Counter()
+        """Entries per source."""
+        self._held_bytes: Counter[str] = Counter()
+        """Signed bytes per source."""
         self._own_seqs: OrderedDict[int, None] = OrderedDict()
+        self._publishers = Limiter(max_parties=4 * max_peers)
+        self.dealt_with: Callable[[], Collection[str]] = frozenset
+        """Peers whose ads the table keeps first (the daemon: those we are connected to)."""
         self.impostor_addrs: tuple[str, ...] = ()
         """Addresses of another peer signing ads with OUR key (a copied identity file)."""
 
@@ -237,8 +358,38 @@ class PeerTable:
         while len(self._own_seqs) > 4096:
             self._own_seqs.popitem(last=False)
 
-    def apply(self, ad: CapabilityAd, now: float, wire: bytes = b"") -> PeerEntry:
-        """Store a verified ad. AdRejected if it is not newer than what we have."""
+    def offer(self, wire: bytes, now: float, *, via: str, publisher: str | None = None) -> Intake:
+        """Verify and store a signed ad that ``via``'s connection brought, and say whom to blame.
+
+        ``publisher`` is the gossip message's signer (gossipsub with strict signing: forwarders
+        cannot alter what it published); None for an ad from a table.
+        """
+        deliverer = publisher or via
+        try:
+            ad = open_ad(wire, now)
+        except AdContentFault as exc:
+            # Only the author made these fields; a relay passing them on cannot be held to them.
+            return Intake(blame=exc.author if exc.author in (via, publisher) else None, reason=str(exc))
+        except PeerFault as exc:
+            return Intake(blame=deliverer, reason=str(exc))
+        except AdStale as exc:
+            return Intake(reason=str(exc))
+        if publisher is not None and self.is_new(ad):
+            # The flood rule counts what a publisher put on the topic, never the author of what
+            # someone else republished.
+            if not self._publishers.admit(publisher, AD_RATE, now).ok:
+                return Intake(blame=publisher, reason="new ads faster than one a second", flood=True)
+            self._publishers.done(publisher, 0, now)
+        try:
+            return Intake(entry=self.apply(ad, now, wire, source=via))
+        except AdRejected as exc:
+            return Intake(reason=str(exc))
+
+    def apply(self, ad: CapabilityAd, now: float, wire: bytes = b"", source: str = "") -> PeerEntry:
+        """Store a verified ad (``source`` brought it; the author if not given).
+
+        AdRejected if it is not newer than what we have, or there is no room for it.
+        """
         if not self._admits(ad.peer_id):
             raise AdRejected("a peer this peer's allow/deny lists do not admit")
         if ad.peer_id == self._self:
@@ -250,14 +401,70 @@ class PeerTable:
         last = self._seen_seq.get(ad.peer_id)
         if last is not None and ad.seq <= last:
             raise AdRejected(f"seq {ad.seq} is not newer than {last}")
+        check_fresh(ad, now)
+        source = source or ad.peer_id
+        old = self._entries.get(ad.peer_id)
+        if old is not None:
+            self._drop(ad.peer_id)
+        else:
+            self._make_room(ad.peer_id, source, len(wire), now)
         self._seen_seq[ad.peer_id] = ad.seq
         self._seen_seq.move_to_end(ad.peer_id)
-        while len(self._seen_seq) > self._max_peers:
-            old, _ = self._seen_seq.popitem(last=False)
-            self._entries.pop(old, None)
-        entry = PeerEntry(ad=ad, expires_at=now + ad.ttl, received_at=now, wire=wire)
+        while len(self._seen_seq) > 2 * self._max_peers:
+            gone, _ = self._seen_seq.popitem(last=False)
+            if gone in self._entries:
+                self._drop(gone)
+        entry = PeerEntry(
+            ad=ad,
+            expires_at=expiry(ad, now),
+            received_at=now,
+            wire=wire,
+            source=source,
+            first_seen=old.first_seen if old is not None else now,
+        )
         self._entries[ad.peer_id] = entry
+        self._bytes += len(wire)
+        self._held[source] += 1
+        self._held_bytes[source] += len(wire)
         return entry
+
+    def _drop(self, peer_id: str) -> None:
+        entry = self._entries.pop(peer_id)
+        self._bytes -= len(entry.wire)
+        self._held[entry.source] -= 1
+        self._held_bytes[entry.source] -= len(entry.wire)
+        if self._held[entry.source] <= 0:
+            del self._held[entry.source], self._held_bytes[entry.source]
+
+    def _make_room(self, peer_id: str, source: str, size: int, now: float) -> None:
+        """Room for a new peer's ad from ``source``; AdRejected if it is not to have any."""
+        dealt_with = set(self.dealt_with())
+        favoured = source == peer_id or peer_id in dealt_with
+
+        def evictable(entry: PeerEntry) -> bool:
+            return not entry.direct and entry.ad.peer_id not in dealt_with
+
+        full_share = self._held[source] >= self._max_peers * SOURCE_SHARE
+        if not favoured and (full_share or self._held_bytes[source] + size > self._max_bytes * SOURCE_SHARE):
+            raise AdRejected(f"{source} brought its share of the table already")
+
+        def full() -> bool:
+            return len(self._entries) >= self._max_peers or self._bytes + size > self._max_bytes
+
+        if full():
+            self.expire(now)
+        while full():
+            held: Counter[str] = Counter(e.source for e in self._entries.values() if evictable(e))
+            if held:
+                biggest, count = held.most_common(1)[0]
+                if not favoured and count <= held[source] + 1:
+                    raise AdRejected("the table is full")
+                victim = max((e for e in self._entries.values() if e.source == biggest and evictable(e)), key=lambda e: e.first_seen)
+            elif favoured:
+                victim = min(self._entries.values(), key=lambda e: e.received_at)
+            else:
+                raise AdRejected("the table is full")
+            self._drop(victim.ad.peer_id)
 
     def is_new(self, ad: CapabilityAd) -> bool:
         """Whether ``ad`` is newer than anything seen from its peer (a replay is not)."""
@@ -266,14 +473,20 @@ class PeerTable:
 
     def forget(self, peer_id: str) -> None:
         """Drop a peer's ad now (its seq stays remembered against replays)."""
-        self._entries.pop(peer_id, None)
+        if peer_id in self._entries:
+            self._drop(peer_id)
 
     def expire(self, now: float) -> list[str]:
         """Drop expired entries; return their peer ids."""
         gone = [pid for pid, e in self._entries.items() if e.expires_at <= now]
         for pid in gone:
-            del self._entries[pid]
+            self._drop(pid)
         return gone
+
+    @property
+    def size_bytes(self) -> int:
+        """Signed bytes of the ads held."""
+        return self._bytes
 
     def get(self, peer_id: str, now: float) -> PeerEntry | None:
         entry = self._entries.get(peer_id)
@@ -282,6 +495,24 @@ class PeerTable:
     def entries(self, now: float) -> list[PeerEntry]:
         """Live entries, in peer-id order (deterministic)."""
         return [e for pid, e in sorted(self._entries.items()) if e.expires_at > now]
+
+    def page(self, now: float, max_ads: int, max_bytes: int) -> list[bytes]:
+        """Signed ads to serve a peer that asks for our table, at most ``max_ads`` and ``max_bytes``.
+
+        Only ads a receiver will still take (``SERVE_MARGIN`` left to live); those of peers we
+        are connected to, or that came from their author, first; then the longest known.
+        """
+        dealt_with = set(self.dealt_with())
+        live = [e for e in self._entries.values() if e.wire and e.expires_at - now >= SERVE_MARGIN]
+        live.sort(key=lambda e: (not (e.direct or e.ad.peer_id in dealt_with), e.first_seen, e.ad.peer_id))
+        out: list[bytes] = []
+        total = 0
+        for entry in live[:max_ads]:
+            total += len(entry.wire)
+            if total > max_bytes:
+                break
+            out.append(entry.wire)
+        return out
 
     def providers(self, model: str, now: float) -> list[PeerEntry]:
         """Live entries of peers serving ``model``."""

@@ -9,27 +9,21 @@ from collections.abc import Callable
 import trio
 
 from ..core.capabilities import (
+    MAX_AD_ADDRS,
+    MAX_AD_MODELS,
     TOPIC_CAPS,
-    AdRejected,
     CapabilityAd,
     Hardware,
     ModelOffer,
     PeerTable,
     make_ad,
-    open_ad,
     sign_ad,
 )
-from ..core.errors import PeerFault
-from ..core.limits import Limiter, Limits
 from .host import Mesh, gossip_sender
 
 log = logging.getLogger(__name__)
 
 MIN_GAP = 1.0
-FRESH_AD_S = 10.0
-"""An ad issued longer ago than this is history being replayed, not a flood by its author."""
-AD_RATE = Limits(rpm=120)
-"""Ads taken per origin peer: twice what an honest one publishes at most (one a second), for bursts."""
 
 
 class CapsService:
@@ -58,15 +52,16 @@ class CapsService:
         self.received = 0
         """Ads accepted from gossip (``garage_ads_received_total``)."""
         self.rejected: dict[str, int] = {}
-        """Ads refused per forwarding peer (bad signature, forged id, malformed)."""
+        """Ads refused per peer at fault (bad signature, forged id, malformed)."""
         self.flooded: dict[str, int] = {}
-        """Ads dropped per peer for coming faster than AD_RATE."""
-        self._rate = Limiter()
+        """Ads dropped per gossip publisher for coming faster than AD_RATE."""
         self.on_ad: Callable[[CapabilityAd], None] | None = None
         """Called with every ad the table accepts (the known-peers store listens)."""
         self.withdrawn = False
         """While True our ads offer no models (draining or shutting down)."""
         self._last_seq = 0
+        self._latest: tuple[float, bytes] | None = None
+        """Our last signed ad and when it was made (time.monotonic)."""
         self._wake = trio.Event()
 
     def _next_seq(self) -> int:
@@ -83,8 +78,8 @@ class CapsService:
             seq=seq,
             now=time.time(),
             ttl=self.ttl,
-            addrs=tuple(self.mesh.addrs()),
-            models=() if self.withdrawn else self.offers(),
+            addrs=tuple(self.mesh.addrs())[:MAX_AD_ADDRS],
+            models=() if self.withdrawn else self.offers()[:MAX_AD_MODELS],
             version=self.version,
             hardware=self.hardware,
             region=self.region,
@@ -93,7 +88,19 @@ class CapsService:
 
     def current_ad(self) -> bytes:
         """Our ad, signed, with a fresh seq."""
-        return sign_ad(self.mesh.identity, self.build_ad(self._next_seq()))
+        wire = sign_ad(self.mesh.identity, self.build_ad(self._next_seq()))
+        self._latest = (time.monotonic(), wire)
+        return wire
+
+    def latest_ad(self) -> bytes:
+        """The ad we last published, for peers that ask for our table.
+
+        Not a new one: whoever asks could otherwise mint our ads as fast as it asks and
+        republish them. A new one only once the last is half its ttl old (not published yet).
+        """
+        if self._latest is None or time.monotonic() - self._latest[0] > self.ttl / 2:
+            return self.current_ad()
+        return self._latest[1]
 
     def republish_soon(self) -> None:
         """Publish at once instead of waiting for the next interval (models changed)."""
@@ -108,9 +115,12 @@ class CapsService:
         await self.mesh.publish(TOPIC_CAPS, self.current_ad())
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        # Ads are taken in gossipsub's validator, which knows the connection a message came
+        # through: what the table refuses (stale, a replay, no room) is not forwarded either.
+        self.mesh.pubsub.set_topic_validator(TOPIC_CAPS, self._validate, False)
         subscription = await self.mesh.pubsub.subscribe(TOPIC_CAPS)
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._receive, subscription)
+            nursery.start_soon(self._drain, subscription)
             nursery.start_soon(self._expire)
             task_status.started()
             while True:
@@ -121,34 +131,29 @@ class CapsService:
                     await self._wake.wait()
                 self._wake = trio.Event()
 
-    async def _receive(self, subscription) -> None:
+    def _validate(self, forwarder, message) -> bool:
+        """gossipsub's validator for ``garage/caps/1``: take the ad, or say why not (False: not forwarded)."""
+        via = str(forwarder)
+        if via == self.mesh.peer_id:
+            return True  # our own publish
+        intake = self.table.offer(message.data, time.time(), via=via, publisher=gossip_sender(message))
+        if intake.blame is not None:
+            counts = self.flooded if intake.flood else self.rejected
+            counts[intake.blame] = counts.get(intake.blame, 0) + 1
+            self.mesh.penalise(intake.blame, f"ad: {intake.reason}")
+            log.warning("rejected an ad from %s (via %s): %s", intake.blame, via, intake.reason)
+        if intake.entry is None:
+            return False
+        self.received += 1
+        if self.on_ad is not None:
+            self.on_ad(intake.entry.ad)
+        log.debug("ad from %s seq %d: %s", intake.entry.ad.peer_id, intake.entry.ad.seq, [m.name for m in intake.entry.ad.models])
+        return True
+
+    async def _drain(self, subscription) -> None:
+        # The validator took every ad already; the subscription only keeps us in the topic's mesh.
         while True:
-            message = await subscription.get()
-            try:
-                ad = open_ad(message.data, time.time())
-                # Only an ad's author can mint a newer seq, so new, fresh ads are counted
-                # against the author. Replays cost nobody: an old seq is not new, and a
-                # neighbour replaying its message cache after a reconnect (py-libp2p sent
-                # bursts of 100+ ads spanning minutes in the soak) delivers ads issued long ago.
-                if self.table.is_new(ad) and ad.issued_at > time.time() - FRESH_AD_S:
-                    if not self._rate.admit(ad.peer_id, AD_RATE, time.monotonic()).ok:
-                        # An honest peer publishes at most once a second (MIN_GAP); this one floods.
-                        self.flooded[ad.peer_id] = self.flooded.get(ad.peer_id, 0) + 1
-                        self.mesh.penalise(ad.peer_id, "new ads faster than one a second")
-                        continue
-                    self._rate.done(ad.peer_id, 0, time.monotonic())
-                entry = self.table.apply(ad, time.time(), message.data)
-                self.received += 1
-                if self.on_ad is not None:
-                    self.on_ad(ad)
-                log.debug("ad from %s seq %d: %s", ad.peer_id, ad.seq, [m.name for m in entry.ad.models])
-            except AdRejected:
-                continue
-            except PeerFault as exc:
-                sender = gossip_sender(message)
-                self.rejected[sender] = self.rejected.get(sender, 0) + 1
-                self.mesh.penalise(sender, f"ad: {exc}")
-                log.warning("rejected an ad relayed by %s: %s", sender, exc)
+            await subscription.get()
 
     async def _expire(self) -> None:
         while True:

@@ -11,6 +11,8 @@
 - ``/garage/caps/1.0.0``: on every new connection both sides fetch the
   other's table of signed ads, so a joining peer knows the mesh at once
   instead of after a gossip round. Each ad is verified like a gossiped one.
+  An answer is one bounded page (``PeerTable.page``); a peer asking more
+  often than TABLE_REQUESTS is refused and penalised.
 - mDNS (LAN): discovered peers are dialled, not only noted.
 """
 
@@ -28,8 +30,9 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..core.capabilities import MAX_AD_BYTES, AdRejected, PeerTable, open_ad
+from ..core.capabilities import MAX_AD_BYTES, TABLE_FETCH_GAP, TABLE_PAGE_ADS, TABLE_PAGE_BYTES, TABLE_REQUESTS, PeerTable
 from ..core.errors import PeerFault
+from ..core.limits import Limiter
 from ..core.wire import FrameDecoder, FrameType, encode_frame
 from .host import ConnectionWatch, DialError, Mesh
 from .streams import StreamBroken, close_quietly, read_some, write_all
@@ -37,7 +40,6 @@ from .streams import StreamBroken, close_quietly, read_some, write_all
 log = logging.getLogger(__name__)
 
 PROTOCOL_CAPS = "/garage/caps/1.0.0"
-MAX_TABLE_ADS = 2000
 TABLE_FETCH_TIMEOUT = 5.0
 REFRESH_INTERVAL = 30.0
 REPROVIDE_INTERVAL = 300.0
@@ -78,7 +80,12 @@ class Discovery:
         )
         self.on_peer_addrs = on_peer_addrs
         self.rejected: dict[str, int] = {}
-        """Bad ads per peer that served its table to us."""
+        """Bad ads per peer at fault for them (the table's server, or an author)."""
+        self.refused: dict[str, int] = {}
+        """Table requests refused per peer for coming too often."""
+        self._requests = Limiter(max_parties=4096)
+        self._fetched: dict[str, float] = {}
+        """When we last asked each peer for its table (time.monotonic)."""
         self._provided: set[str] = set()
 
     @property
@@ -91,21 +98,32 @@ class Discovery:
     # -- the ad table protocol -----------------------------------------------
 
     async def handle_table_request(self, stream) -> None:
-        """Serve our ad and every live ad we hold."""
-        now = time.time()
-        ads = [self.own_ad()] + [e.wire for e in self.table.entries(now) if e.wire][: MAX_TABLE_ADS - 1]
+        """Serve our ad and one page of the live ads we hold."""
+        peer_id = str(stream.muxed_conn.peer_id)
+        verdict = self._requests.admit(peer_id, TABLE_REQUESTS, time.monotonic())
+        if not verdict.ok:
+            self.refused[peer_id] = self.refused.get(peer_id, 0) + 1
+            if verdict.limit != "concurrent requests":  # an overlap is not proof of asking too often
+                self.mesh.penalise(peer_id, "table requests too often")
+            await close_quietly(stream, reset=True)
+            return
         try:
+            ads = [self.own_ad(), *self.table.page(time.time(), TABLE_PAGE_ADS, TABLE_PAGE_BYTES)]
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
-                await write_all(stream, b"".join(encode_frame(FrameType.DATA, ad) for ad in ads))
+                for ad in ads:  # frame by frame: the page is never copied into one buffer
+                    await write_all(stream, encode_frame(FrameType.DATA, ad))
         except StreamBroken:
             pass
-        await close_quietly(stream)
+        finally:
+            self._requests.done(peer_id, 0, time.monotonic())
+            await close_quietly(stream)
 
     async def fetch_table(self, peer_id: str, addrs: Sequence[str] = ()) -> int:
         """Fetch and apply a peer's ads; returns how many were new."""
         applied = 0
         decoder = FrameDecoder({FrameType.DATA: MAX_AD_BYTES})
-        received = 0
+        received = size = 0
+        faults: list[tuple[str, str]] = []
         try:
             stream = await self.mesh.open_stream(peer_id, addrs, PROTOCOL_CAPS, TABLE_FETCH_TIMEOUT)
         except DialError as exc:
@@ -114,36 +132,50 @@ class Discovery:
         try:
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
                 while data := await read_some(stream):
+                    size += len(data)
+                    if size > TABLE_PAGE_BYTES + MAX_AD_BYTES:
+                        raise PeerFault("a table larger than a page")
                     for frame in decoder.feed(data):
                         received += 1
-                        if received > MAX_TABLE_ADS:
+                        if received > TABLE_PAGE_ADS + 1:
                             raise PeerFault("too many ads in a table")
-                        applied += self._apply(frame.payload, peer_id)
+                        applied += self._apply(frame.payload, peer_id, faults)
         except PeerFault as exc:
-            self._penalise(peer_id, str(exc))
+            self.rejected[peer_id] = self.rejected.get(peer_id, 0) + 1
+            faults.append((peer_id, str(exc)))
         except StreamBroken:
             pass
         finally:
             await close_quietly(stream)
+        # One penalty per table and peer at fault, however many bad ads it held.
+        first: dict[str, str] = {}
+        for blamed, reason in faults:
+            first.setdefault(blamed, reason)
+        for blamed, reason in first.items():
+            self.mesh.penalise(blamed, reason)
+            log.warning("bad ad table from %s: %s (%s at fault)", peer_id, reason, blamed)
         return applied
 
-    def _apply(self, wire: bytes, source: str) -> int:
-        try:
-            ad = open_ad(wire, time.time())
-            self.table.apply(ad, time.time(), wire)
-        except AdRejected:
+    async def _refresh_from(self, peer_id: str, addrs: Sequence[str] = ()) -> int:
+        """``fetch_table``, unless we asked ``peer_id`` within TABLE_FETCH_GAP (it would refuse us)."""
+        now = time.monotonic()
+        if now - self._fetched.get(peer_id, -TABLE_FETCH_GAP) < TABLE_FETCH_GAP:
             return 0
-        except PeerFault as exc:
-            self._penalise(source, str(exc))
+        if len(self._fetched) >= 4096:
+            self._fetched = {p: t for p, t in self._fetched.items() if now - t < TABLE_FETCH_GAP}
+        self._fetched[peer_id] = now
+        return await self.fetch_table(peer_id, addrs)
+
+    def _apply(self, wire: bytes, source: str, faults: list[tuple[str, str]]) -> int:
+        intake = self.table.offer(wire, time.time(), via=source)
+        if intake.blame is not None:
+            self.rejected[intake.blame] = self.rejected.get(intake.blame, 0) + 1
+            faults.append((intake.blame, intake.reason))
+        if intake.entry is None:
             return 0
         if self.on_peer_addrs is not None:
-            self.on_peer_addrs(ad.peer_id, ad.addrs)
+            self.on_peer_addrs(intake.entry.ad.peer_id, intake.entry.ad.addrs)
         return 1
-
-    def _penalise(self, peer_id: str, reason: str) -> None:
-        self.rejected[peer_id] = self.rejected.get(peer_id, 0) + 1
-        self.mesh.penalise(peer_id, reason)
-        log.warning("bad ad table from %s: %s", peer_id, reason)
 
     # -- DHT --------------------------------------------------------------------
 
@@ -164,7 +196,7 @@ class Discovery:
 
                 async def fetch(info: PeerInfo = info) -> None:
                     nonlocal learned
-                    learned += await self.fetch_table(str(info.peer_id), [str(a) for a in info.addrs])
+                    learned += await self._refresh_from(str(info.peer_id), [str(a) for a in info.addrs])
 
                 nursery.start_soon(fetch)
         log.info("DHT lookup for %s: %d providers, %d new ads", model, len(infos), learned)
@@ -203,7 +235,7 @@ class Discovery:
         """A new connection: tell the mesh about us, learn its table, join its DHT table."""
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announce_soon)
-            await self.fetch_table(peer_id)
+            await self._refresh_from(peer_id)
             await self._add_to_dht(peer_id)
 
     async def _announce_soon(self) -> None:
@@ -232,7 +264,7 @@ class Discovery:
             if connected:
                 # Anti-entropy: gossip can lose an ad; a table sync with one
                 # random neighbour repairs it (and shows us an impostor's ads).
-                await self.fetch_table(rng.choice(connected))
+                await self._refresh_from(rng.choice(connected))
             with trio.move_on_after(20):
                 try:
                     await self.dht.refresh_routing_table()

@@ -3,8 +3,11 @@ import os
 import pytest
 
 from garage_p2p.core.capabilities import (
+    AD_DOMAIN,
     MAX_AD_BYTES,
+    SERVE_MARGIN,
     AdRejected,
+    AdStale,
     ModelOffer,
     PeerTable,
     make_ad,
@@ -67,12 +70,15 @@ def test_ad_signed_by_another_key_rejected():
         open_ad(sign_ad(b, ad_of(a)), NOW)
 
 
-def test_stale_or_future_ad_rejected():
+def test_stale_or_future_ad_is_dropped_not_a_fault():
     a = ident()
-    with pytest.raises(PeerFault, match="too far"):
+    with pytest.raises(AdStale, match="expired"):
         open_ad(sign_ad(a, ad_of(a, now=NOW - 3600)), NOW)
-    with pytest.raises(PeerFault, match="too far"):
+    with pytest.raises(AdStale, match="expired"):
+        open_ad(sign_ad(a, ad_of(a, now=NOW - 20, ttl=20)), NOW)  # exactly its ttl old
+    with pytest.raises(AdStale, match="future"):
         open_ad(sign_ad(a, ad_of(a, now=NOW + 3600)), NOW)
+    assert not issubclass(AdStale, PeerFault)
 
 
 @pytest.mark.parametrize("data", [b"", b"x" * 70, os.urandom(200), b"\0" * 64 + b"{}", b"\0" * 64 + b"[1,2]"])
@@ -101,12 +107,91 @@ def test_replayed_and_old_seq_refused_even_after_expiry():
     assert table.models(NOW + 100) == {"tiny": [a.peer_id]}
 
 
-def test_expiry_uses_the_receivers_clock():
-    a = ident()
+def test_an_ad_lives_its_ttl_from_its_issue_time_not_from_when_it_arrived():
+    a, b = ident(), ident()
     table = PeerTable()
-    table.apply(ad_of(a, ttl=10), NOW + 50)  # issuer's clock 50 s behind ours
-    assert table.providers("tiny", NOW + 59)
-    assert not table.providers("tiny", NOW + 60)
+    table.apply(ad_of(a, ttl=20), NOW + 15)  # relayed 15 s after it was made
+    assert table.providers("tiny", NOW + 19)
+    assert not table.providers("tiny", NOW + 20)
+    with pytest.raises(AdStale):
+        table.apply(ad_of(b, ttl=20), NOW + 20)
+    table.apply(ad_of(b, ttl=20, now=NOW + 100), NOW)  # the issuer's clock ahead: no longer life
+    assert table.get(b.peer_id, NOW).expires_at == NOW + 20
+
+
+def test_a_table_serves_only_ads_a_receiver_still_takes():
+    a, b = ident(), ident()
+    table = PeerTable()
+    table.offer(sign_ad(a, ad_of(a, ttl=20)), NOW, via=a.peer_id)
+    table.offer(sign_ad(b, ad_of(b, ttl=20, now=NOW - 10)), NOW, via=a.peer_id)
+    later = NOW + 20 - SERVE_MARGIN - 10  # b has SERVE_MARGIN left: still served
+    assert len(table.page(later, 100, 1 << 20)) == 2
+    assert table.page(later + 1, 100, 1 << 20) == [sign_ad(a, ad_of(a, ttl=20))]
+    for wire in table.page(later + 1, 100, 1 << 20):
+        open_ad(wire, later + 1 + SERVE_MARGIN - 0.1)  # a receiver ahead by less than the margin takes it
+
+
+def test_whom_an_ad_offer_blames():
+    author, relay, forger = ident(), ident(), ident()
+    table = PeerTable()
+    stale = sign_ad(author, ad_of(author, now=NOW - 300))
+    assert table.offer(stale, NOW, via=relay.peer_id).blame is None
+    assert table.offer(stale, NOW, via=relay.peer_id, publisher=author.peer_id).blame is None
+    flipped = bytearray(sign_ad(author, ad_of(author)))
+    flipped[80] ^= 4
+    assert table.offer(bytes(flipped), NOW, via=relay.peer_id).blame == relay.peer_id  # a table relay vouches for bytes
+    # gossip: the publisher signed the message, forwarders could not change it
+    assert table.offer(bytes(flipped), NOW, via=relay.peer_id, publisher=forger.peer_id).blame == forger.peer_id
+    payload = ad_of(author).model_dump_json().replace('"version":"test"', '"version":"' + "v" * 100 + '"').encode()
+    bad_fields = author.sign(AD_DOMAIN + payload) + payload
+    assert table.offer(bad_fields, NOW, via=relay.peer_id).blame is None  # the author's doing, not the relay's
+    assert table.offer(bad_fields, NOW, via=author.peer_id).blame == author.peer_id
+    good = sign_ad(author, ad_of(author, seq=9))
+    assert table.offer(good, NOW, via=relay.peer_id).entry is not None
+    assert table.offer(good, NOW, via=relay.peer_id, publisher=forger.peer_id) == table.offer(good, NOW, via=relay.peer_id)
+    assert table.offer(good, NOW, via=relay.peer_id).blame is None  # a duplicate
+
+
+def test_the_flood_rule_counts_the_publisher_not_the_author():
+    author, republisher = ident(), ident()
+    table = PeerTable()
+    blamed = set()
+    for seq in range(1, 300):
+        intake = table.offer(sign_ad(author, ad_of(author, seq=seq)), NOW + seq * 0.01, via=republisher.peer_id, publisher=republisher.peer_id)
+        blamed.add(intake.blame)
+    assert blamed == {None, republisher.peer_id}
+
+
+def test_one_source_cannot_fill_the_table_or_evict_others():
+    honest = [ident() for _ in range(4)]
+    table = PeerTable(max_peers=16)
+    for i, peer in enumerate(honest):
+        table.offer(sign_ad(peer, ad_of(peer)), NOW, via=f"relay{i}")
+    for _ in range(40):
+        sybil = ident()
+        table.offer(sign_ad(sybil, ad_of(sybil)), NOW, via="attacker")
+    held = [e.source for e in table.entries(NOW)]
+    assert held.count("attacker") == 4  # its share (SOURCE_SHARE) and no more
+    assert {p.peer_id for p in honest} <= {e.ad.peer_id for e in table.entries(NOW)}
+
+
+def test_a_full_table_evicts_the_biggest_sources_latest_arrivals_for_a_direct_ad():
+    table = PeerTable(max_peers=8)
+    table.dealt_with = lambda: set()
+    for source in ("a", "b"):
+        for k in range(2):
+            p = ident()
+            table.offer(sign_ad(p, ad_of(p)), NOW + k, via=source)
+    for _ in range(4):
+        p = ident()
+        table.offer(sign_ad(p, ad_of(p)), NOW, via=p.peer_id)  # delivered by its author
+    assert len(table.entries(NOW + 2)) == 8
+    newcomer = ident()
+    assert table.offer(sign_ad(newcomer, ad_of(newcomer)), NOW + 2, via=newcomer.peer_id).entry is not None
+    assert len(table.entries(NOW + 2)) == 8
+    assert sorted(e.source for e in table.entries(NOW + 2) if not e.direct) in (["a", "a", "b"], ["a", "b", "b"])
+    stranger = ident()
+    assert table.offer(sign_ad(stranger, ad_of(stranger)), NOW + 2, via="a").entry is None  # no room from a source already holding most
 
 
 def test_withdrawn_ad_removes_the_models():
@@ -117,7 +202,7 @@ def test_withdrawn_ad_removes_the_models():
     assert table.models(NOW + 1) == {}
 
 
-def test_own_ad_ignored_and_table_bounded():
+def test_own_ad_ignored_and_table_bounded_in_ads_and_bytes():
     a = ident()
     table = PeerTable(self_peer_id=a.peer_id, max_peers=3)
     with pytest.raises(AdRejected):
@@ -127,6 +212,11 @@ def test_own_ad_ignored_and_table_bounded():
         table.apply(ad_of(other), NOW)
     assert len(table.entries(NOW)) == 3
     assert {e.ad.peer_id for e in table.entries(NOW)} == {o.peer_id for o in others[2:]}
+    size = len(sign_ad(others[0], ad_of(others[0])))
+    small = PeerTable(max_bytes=2 * size + 10)
+    for other in others:
+        small.offer(sign_ad(other, ad_of(other)), NOW, via=other.peer_id)
+    assert small.size_bytes <= 2 * size + 10 and len(small.entries(NOW)) == 2
 
 
 def test_an_ad_signed_with_our_key_that_we_did_not_issue_reveals_an_impostor():

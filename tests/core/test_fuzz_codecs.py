@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from garage_p2p.core.capabilities import (
     AD_DOMAIN,
     MAX_AD_BYTES,
+    AdStale,
     CapabilityAd,
     GpuSpec,
     Hardware,
@@ -263,7 +264,7 @@ def assert_authentic(data: bytes, ad: CapabilityAd) -> None:
 def open_or_fault(data: bytes) -> CapabilityAd | None:
     try:
         ad = open_ad(data, NOW)
-    except PeerFault:
+    except (PeerFault, AdStale):  # a fault, or an ad out of its time: dropped
         return None
     assert_authentic(data, ad)
     return ad
