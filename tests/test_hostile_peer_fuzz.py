@@ -405,11 +405,7 @@ def forged_ads(peers: Peers, rng: random.Random) -> list[tuple[str, bytes]]:
         ("one flipped bit in the evil peer's own ad", own[:80] + bytes([own[80] ^ 4]) + own[81:]),
         ("the evil peer's ad cut short", own[: len(own) // 2]),
         ("the evil peer's ad with junk appended", own + b" junk"),
-        (
-            "issued an hour ago",
-            sign_ad(evil, make_ad(evil, seq=2**62, now=now - 3600, ttl=30, addrs=(), models=(), version="x")),
-        ),
-        ("a 20 KB version string", resign({**json.loads(own[64:]), "version": "v" * 20_000, "seq": 2**62}, evil)),
+        ("a 2 KB version string", resign({**json.loads(own[64:]), "version": "v" * 2_000, "seq": 2**62}, evil)),
         ("random bytes", rng.randbytes(200)),
         ("a signature and nothing else", rng.randbytes(64)),
     ]

@@ -308,7 +308,7 @@ class World:
                 if found is not None and found[0].issued_at - EPOCH + found[0].ttl > now:
                     peer.applied_seq[p.idx] = found[0].seq
                     try:
-                        peer.table.apply(found[0], now)
+                        peer.table.apply(found[0], EPOCH + now)
                     except AdRejected:
                         pass
 
@@ -550,10 +550,10 @@ class World:
                 ad, arrival = found
                 applied[p.idx] = ad.seq
                 try:
-                    consumer.table.apply(ad, arrival)
+                    consumer.table.apply(ad, EPOCH + arrival)
                 except AdRejected:
                     pass
-        consumer.table.expire(now)
+        consumer.table.expire(EPOCH + now)
 
     # == requests ================================================================================
 
@@ -599,7 +599,7 @@ class World:
         now = self.engine.now
         model = flight.record.model
         self._catch_up(consumer, model)
-        ads = [e.ad for e in consumer.table.providers(model, now)]
+        ads = [e.ad for e in consumer.table.providers(model, EPOCH + now)]
         if not ads and not flight.looked_up:
             # Nobody known: ask the DHT once (dispatch.py), then fetch the found peers' ads.
             flight.looked_up = True
@@ -634,7 +634,7 @@ class World:
             if ad.seq > consumer.applied_seq.get(p.idx, 0):
                 consumer.applied_seq[p.idx] = ad.seq
                 try:
-                    consumer.table.apply(ad, now)
+                    consumer.table.apply(ad, EPOCH + now)
                 except AdRejected:
                     pass
         self._route(flight)
