@@ -459,7 +459,10 @@ class PeerTable:
                 biggest, count = held.most_common(1)[0]
                 if not favoured and count <= held[source] + 1:
                     raise AdRejected("the table is full")
-                victim = max((e for e in self._entries.values() if e.source == biggest and evictable(e)), key=lambda e: e.first_seen)
+                victim = max(
+                    (e for e in self._entries.values() if e.source == biggest and evictable(e)),
+                    key=lambda e: e.first_seen,
+                )
             elif favoured:
                 victim = min(self._entries.values(), key=lambda e: e.received_at)
             else:

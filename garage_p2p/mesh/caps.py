@@ -147,7 +147,12 @@ class CapsService:
         self.received += 1
         if self.on_ad is not None:
             self.on_ad(intake.entry.ad)
-        log.debug("ad from %s seq %d: %s", intake.entry.ad.peer_id, intake.entry.ad.seq, [m.name for m in intake.entry.ad.models])
+        log.debug(
+            "ad from %s seq %d: %s",
+            intake.entry.ad.peer_id,
+            intake.entry.ad.seq,
+            [m.name for m in intake.entry.ad.models],
+        )
         return True
 
     async def _drain(self, subscription) -> None:

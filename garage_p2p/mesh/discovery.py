@@ -30,7 +30,14 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..core.capabilities import MAX_AD_BYTES, TABLE_FETCH_GAP, TABLE_PAGE_ADS, TABLE_PAGE_BYTES, TABLE_REQUESTS, PeerTable
+from ..core.capabilities import (
+    MAX_AD_BYTES,
+    TABLE_FETCH_GAP,
+    TABLE_PAGE_ADS,
+    TABLE_PAGE_BYTES,
+    TABLE_REQUESTS,
+    PeerTable,
+)
 from ..core.errors import PeerFault
 from ..core.limits import Limiter
 from ..core.wire import FrameDecoder, FrameType, encode_frame

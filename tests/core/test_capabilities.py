@@ -148,7 +148,9 @@ def test_whom_an_ad_offer_blames():
     assert table.offer(bad_fields, NOW, via=author.peer_id).blame == author.peer_id
     good = sign_ad(author, ad_of(author, seq=9))
     assert table.offer(good, NOW, via=relay.peer_id).entry is not None
-    assert table.offer(good, NOW, via=relay.peer_id, publisher=forger.peer_id) == table.offer(good, NOW, via=relay.peer_id)
+    assert table.offer(good, NOW, via=relay.peer_id, publisher=forger.peer_id) == table.offer(
+        good, NOW, via=relay.peer_id
+    )
     assert table.offer(good, NOW, via=relay.peer_id).blame is None  # a duplicate
 
 
@@ -157,7 +159,12 @@ def test_the_flood_rule_counts_the_publisher_not_the_author():
     table = PeerTable()
     blamed = set()
     for seq in range(1, 300):
-        intake = table.offer(sign_ad(author, ad_of(author, seq=seq)), NOW + seq * 0.01, via=republisher.peer_id, publisher=republisher.peer_id)
+        intake = table.offer(
+            sign_ad(author, ad_of(author, seq=seq)),
+            NOW + seq * 0.01,
+            via=republisher.peer_id,
+            publisher=republisher.peer_id,
+        )
         blamed.add(intake.blame)
     assert blamed == {None, republisher.peer_id}
 
@@ -191,7 +198,9 @@ def test_a_full_table_evicts_the_biggest_sources_latest_arrivals_for_a_direct_ad
     assert len(table.entries(NOW + 2)) == 8
     assert sorted(e.source for e in table.entries(NOW + 2) if not e.direct) in (["a", "a", "b"], ["a", "b", "b"])
     stranger = ident()
-    assert table.offer(sign_ad(stranger, ad_of(stranger)), NOW + 2, via="a").entry is None  # no room from a source already holding most
+    assert (
+        table.offer(sign_ad(stranger, ad_of(stranger)), NOW + 2, via="a").entry is None
+    )  # no room from a source already holding most
 
 
 def test_withdrawn_ad_removes_the_models():
