@@ -5,6 +5,7 @@ tables stay bounded, and the attacker is penalised where it can be told apart.""
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -75,12 +76,14 @@ class Mesh:
 
 @asynccontextmanager
 async def mesh_under_attack(tmp_path, http) -> AsyncIterator[Mesh]:
-    async with crash_report(), standin_backend() as backend:
+    async with crash_report(), standin_backend() as backend, running_peer(tmp_path / "attacker") as attacker:
+        # V and W turn the attacker away (it would otherwise be dialled once H's table names it):
+        # it reaches them only through H, as in the issue.
+        shun = [attacker.identity.peer_id]
         async with running_peer(tmp_path / "H", backends={"tiny": backend}) as h:
             async with (
-                running_peer(tmp_path / "V", bootstrap=first_addr(h)) as v,
-                running_peer(tmp_path / "W", bootstrap=first_addr(h)) as w,
-                running_peer(tmp_path / "attacker") as attacker,
+                running_peer(tmp_path / "V", bootstrap=first_addr(h), deny_peers=shun) as v,
+                running_peer(tmp_path / "W", bootstrap=first_addr(h), deny_peers=shun) as w,
             ):
                 await wait_for_model(v, "tiny")
                 await wait_for_model(w, "tiny")
@@ -93,9 +96,9 @@ async def test_stale_ads_left_with_a_relay_do_not_get_it_banned(tmp_path, http):
         await wait_for(lambda: time.time() > sent["stale_at"] + 1, 15)  # the ads have gone stale
         for peer in (m.v, m.w):
             await peer.discovery.fetch_table(m.h.identity.peer_id, first_addr(m.h))
+        m.assert_no_honest_peer_penalised()
         served, _ = await read_table(m.w, m.target(m.h))
         assert not any(b'"bait"' in ad for ad in served), "H serves ads that have gone stale"
-        m.assert_no_honest_peer_penalised()
         await m.chats_ok()
         assert "bait" not in m.v.dispatcher.known_models()
 
@@ -122,8 +125,11 @@ async def test_sybil_ads_through_one_connection_stay_bounded(tmp_path, http):
         await m.gossip_settled()
         for peer in m.honest:
             sybils = [e for e in peer.table.entries(time.time()) if any(o.name == "sybil" for o in e.ad.models)]
-            held = sum(len(e.wire) for e in sybils)
-            assert held <= 2 * MiB, (peer.settings.home.name, len(sybils), held, oversized, fitting)
+            by_source = Counter()
+            for e in sybils:
+                by_source[getattr(e, "source", "?")] += len(e.wire)
+            # No connection brings more than its share (SOURCE_SHARE of MAX_TABLE_BYTES).
+            assert max(by_source.values(), default=0) <= 2 * MiB, (peer.settings.home.name, len(sybils), by_source)
         for honest in (m.h, m.w):
             assert m.v.table.get(honest.identity.peer_id, time.time()) is not None
         _, size = await read_table(m.w, m.target(m.h))
@@ -136,9 +142,9 @@ async def test_sybil_ads_through_one_connection_stay_bounded(tmp_path, http):
 
 async def test_a_peer_asking_for_tables_too_often_is_refused_and_banned(tmp_path, http):
     async with mesh_under_attack(tmp_path, http) as m:
-        sent = await table_request_flood.attack(m.attacker, m.target(m.v), requests=60)
+        sent = await table_request_flood.attack(m.attacker, m.target(m.h), requests=60)
         assert sent["refused"] > 0 and sent["answered"] <= 31, sent
-        assert m.v.mesh.penalties.banned(m.attacker.identity.peer_id, time.monotonic()), sent
-        await read_table(m.w, m.target(m.v))  # an honest peer is still answered
+        assert m.h.mesh.penalties.banned(m.attacker.identity.peer_id, time.monotonic()), sent
+        await read_table(m.w, m.target(m.h))  # an honest peer is still answered
         m.assert_no_honest_peer_penalised()
         await m.chats_ok()

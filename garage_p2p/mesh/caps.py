@@ -136,6 +136,8 @@ class CapsService:
         via = str(forwarder)
         if via == self.mesh.peer_id:
             return True  # our own publish
+        if not self.mesh.admits(via):
+            return False  # a banned or denied peer, in the moment before its connection is closed
         intake = self.table.offer(message.data, time.time(), via=via, publisher=gossip_sender(message))
         if intake.blame is not None:
             counts = self.flooded if intake.flood else self.rejected

@@ -127,6 +127,8 @@ class Discovery:
 
     async def fetch_table(self, peer_id: str, addrs: Sequence[str] = ()) -> int:
         """Fetch and apply a peer's ads; returns how many were new."""
+        if not self.mesh.admits(peer_id):
+            return 0  # banned or denied: its connection is being closed
         applied = 0
         decoder = FrameDecoder({FrameType.DATA: MAX_AD_BYTES})
         received = size = 0

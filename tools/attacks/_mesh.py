@@ -45,6 +45,14 @@ async def publish_as(attacker: Peer, author: Identity, topic: str, data: bytes) 
     message.signature = keys.private_key.sign(PUBSUB_SIGNING_PREFIX.encode() + message.SerializeToString())
     message.key = keys.public_key.serialize()
     await attacker.mesh.pubsub.router.publish(attacker.mesh.pubsub.my_id, message)
+    await _sent(attacker)
+
+
+async def _sent(attacker: Peer, backlog: int = 8) -> None:
+    """Wait until our outbound gossip queues are nearly empty: py-libp2p drops what does not fit."""
+    with trio.fail_after(JOIN_TIMEOUT):
+        while any(len(queue) > backlog for queue in attacker.mesh.pubsub.peer_queues.values()):
+            await trio.sleep(0.005)
 
 
 async def read_table(attacker: Peer, victim: Target, max_bytes: int = 1 << 30) -> tuple[list[bytes], int]:
