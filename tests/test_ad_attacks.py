@@ -15,8 +15,7 @@ import httpx
 import trio
 
 from garage_p2p.daemon import Peer
-from tools.attacks import Target, ad_replay_flood, sybil_ads, table_request_flood
-from tools.attacks import stale_ads
+from tools.attacks import Target, ad_replay_flood, stale_ads, sybil_ads, table_request_flood
 from tools.attacks._mesh import read_table
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
@@ -101,6 +100,7 @@ async def test_stale_ads_left_with_a_relay_do_not_get_it_banned(tmp_path, http):
         assert not any(b'"bait"' in ad for ad in served), "H serves ads that have gone stale"
         await m.chats_ok()
         assert "bait" not in m.v.dispatcher.known_models()
+        print(f"\nstale ads: {sent['ads']} sent; H served {len(served)} ads, none stale; no honest peer penalised")
 
 
 async def test_republishing_a_providers_ads_does_not_get_it_banned(tmp_path, http):
@@ -111,20 +111,24 @@ async def test_republishing_a_providers_ads_does_not_get_it_banned(tmp_path, htt
         m.assert_no_honest_peer_penalised()
         assert m.h.mesh.penalties.faults(m.attacker.identity.peer_id) > 0, sent  # it asked far too often
         await m.chats_ok()
+        faults = m.h.mesh.penalties.faults(m.attacker.identity.peer_id)
+        print(f"\nad replay flood: {sent}; attacker's faults at H {faults}; no honest peer penalised")
 
 
 async def test_sybil_ads_through_one_connection_stay_bounded(tmp_path, http):
     async with mesh_under_attack(tmp_path, http) as m:
-        oversized = await sybil_ads.attack(m.attacker, m.target(m.h), count=60, ad_bytes=63_000)
-        fitting = await sybil_ads.attack(m.attacker, m.target(m.h), count=400, ad_bytes=7_000)
+        await sybil_ads.attack(m.attacker, m.target(m.h), count=60, ad_bytes=63_000)
+        await sybil_ads.attack(m.attacker, m.target(m.h), count=400, ad_bytes=7_000)
         await m.attacker.caps.publish()  # after the sybils on the same connection: H has seen them all
         marker = m.attacker.caps._last_seq
         await wait_for(
             lambda: (e := m.h.table.get(m.attacker.identity.peer_id, time.time())) and e.ad.seq >= marker, 15
         )
         await m.gossip_settled()
+        held = {}
         for peer in m.honest:
             sybils = [e for e in peer.table.entries(time.time()) if any(o.name == "sybil" for o in e.ad.models)]
+            held[peer.settings.home.name] = (len(sybils), sum(len(e.wire) for e in sybils))
             by_source = Counter()
             for e in sybils:
                 by_source[getattr(e, "source", "?")] += len(e.wire)
@@ -138,6 +142,10 @@ async def test_sybil_ads_through_one_connection_stay_bounded(tmp_path, http):
         assert r.status_code == 200 and len(r.content) < 64 * 1024, len(r.content)
         m.assert_no_honest_peer_penalised()
         await m.chats_ok()
+        print(
+            f"\nsybil ads: 60 x 63,000 B + 400 x 7,000 B; held (ads, bytes): {held}; "
+            f"one table answer {size} B; /v1/models {len(r.content)} B"
+        )
 
 
 async def test_a_peer_asking_for_tables_too_often_is_refused_and_banned(tmp_path, http):
@@ -148,3 +156,4 @@ async def test_a_peer_asking_for_tables_too_often_is_refused_and_banned(tmp_path
         await read_table(m.w, m.target(m.h))  # an honest peer is still answered
         m.assert_no_honest_peer_penalised()
         await m.chats_ok()
+        print(f"\ntable request flood: {sent}; attacker banned by H")
