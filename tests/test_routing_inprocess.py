@@ -99,7 +99,9 @@ async def test_unknown_model_is_looked_up_in_the_dht_before_404(tmp_path, http):
                     # A's provider record reaches the DHT (B holds it).
                     await wait_for(lambda: "tiny" in a.discovery._provided, 15)
                     await wait_for_model(c, "tiny")
-                    c.table.forget(a.identity.peer_id)  # as if C had never heard A's ad
+                    # As if C had not just asked A for its table (a peer asks one peer at most every 5 s)
+                    await wait_for(lambda: c.discovery.fetch_due(a.identity.peer_id), 10)
+                    c.table.forget(a.identity.peer_id)  # and had never heard A's ad
                     assert "tiny" not in c.dispatcher.known_models()
                     r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                     assert r.status_code == 200, r.text

@@ -475,9 +475,10 @@ class PeerTable:
         return last is None or ad.seq > last
 
     def forget(self, peer_id: str) -> None:
-        """Drop a peer's ad now (its seq stays remembered against replays)."""
+        """Drop a peer's ad and its seq now, as if we had never heard of it."""
         if peer_id in self._entries:
             self._drop(peer_id)
+        self._seen_seq.pop(peer_id, None)
 
     def expire(self, now: float) -> list[str]:
         """Drop expired entries; return their peer ids."""

@@ -165,11 +165,15 @@ class Discovery:
             log.warning("bad ad table from %s: %s (%s at fault)", peer_id, reason, blamed)
         return applied
 
+    def fetch_due(self, peer_id: str) -> bool:
+        """Whether we may ask ``peer_id`` for its table again (last asked TABLE_FETCH_GAP ago or more)."""
+        return time.monotonic() - self._fetched.get(peer_id, -TABLE_FETCH_GAP) >= TABLE_FETCH_GAP
+
     async def _refresh_from(self, peer_id: str, addrs: Sequence[str] = ()) -> int:
         """``fetch_table``, unless we asked ``peer_id`` within TABLE_FETCH_GAP (it would refuse us)."""
-        now = time.monotonic()
-        if now - self._fetched.get(peer_id, -TABLE_FETCH_GAP) < TABLE_FETCH_GAP:
+        if not self.fetch_due(peer_id):
             return 0
+        now = time.monotonic()
         if len(self._fetched) >= 4096:
             self._fetched = {p: t for p, t in self._fetched.items() if now - t < TABLE_FETCH_GAP}
         self._fetched[peer_id] = now
