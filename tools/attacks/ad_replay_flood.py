@@ -18,6 +18,9 @@ from garage_p2p.mesh.streams import StreamBroken
 from . import Target
 from ._mesh import join_gossip, read_table
 
+VICTIM = "provider"
+"""H, the provider (benchmarks/attacks.py)."""
+
 GIVE_UP_AFTER = 10
 """Refused requests in a row after which the attacker stops (it has been banned)."""
 

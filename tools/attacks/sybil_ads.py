@@ -18,6 +18,9 @@ from garage_p2p.daemon import Peer
 from . import Target
 from ._mesh import join_gossip, publish_as
 
+VICTIM = "provider"
+"""H, the provider (benchmarks/attacks.py)."""
+
 SIGNATURE = 64
 
 

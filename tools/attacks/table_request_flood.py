@@ -13,6 +13,9 @@ from garage_p2p.mesh.streams import StreamBroken
 from . import Target
 from ._mesh import read_table
 
+VICTIM = "provider"
+"""H, the provider (benchmarks/attacks.py)."""
+
 
 async def attack(attacker: Peer, victim: Target, *, requests: int = 60) -> dict[str, int | float | str]:
     """``requests`` table requests one after the other; stops once the victim turns us away."""
