@@ -222,8 +222,9 @@ class AdContentFault(PeerFault):
         self.author = author
 
 
-def _claimed_author(payload: bytes) -> tuple[str, bytes]:
-    """The peer id and public key an ad payload names; PeerFault if it names none."""
+def _claimed_author(payload: bytes) -> tuple[str, str]:
+    """The peer id and public key (hex) an ad payload names; PeerFault if it names none, or a key
+    that is not the id's."""
     try:
         fields = json.loads(payload)
     except (ValueError, RecursionError):
@@ -233,13 +234,12 @@ def _claimed_author(payload: bytes) -> tuple[str, bytes]:
     if not isinstance(peer_id, str) or not isinstance(public_key, str) or len(public_key) != 64:
         raise PeerFault("ad names no author")
     try:
-        key = bytes.fromhex(public_key)
-        derived = peer_id_from_public_key(key)
+        derived = peer_id_from_public_key(bytes.fromhex(public_key))
     except (ValueError, IdentityError):
         raise PeerFault("ad carries an invalid public key") from None
     if derived != peer_id:
         raise PeerFault("ad's peer id does not match its public key")
-    return peer_id, key
+    return peer_id, public_key
 
 
 def expiry(ad: CapabilityAd, now: float) -> float:
@@ -270,12 +270,15 @@ def open_ad(data: bytes, now: float) -> CapabilityAd:
     signature, payload = data[:64], data[64:]
     # The signature is checked before the fields, so that a bad field is pinned on the author.
     author, public_key = _claimed_author(payload)
-    if not verify(public_key, signature, AD_DOMAIN + payload):
+    if not verify(bytes.fromhex(public_key), signature, AD_DOMAIN + payload):
         raise PeerFault("ad signature does not verify")
     try:
         ad = decode_json(CapabilityAd, payload)
     except PeerFault as exc:
         raise AdContentFault(str(exc), author) from None
+    if (ad.peer_id, ad.public_key) != (author, public_key):
+        # Two JSON parsers read the payload; an ad they read differently is a forgery attempt.
+        raise PeerFault("ad names two authors")
     check_fresh(ad, now)
     return ad
 

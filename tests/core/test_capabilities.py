@@ -238,3 +238,16 @@ def test_an_ad_signed_with_our_key_that_we_did_not_issue_reveals_an_impostor():
     with pytest.raises(AdRejected, match="did not issue"):
         table.apply(ad_of(me, seq=8), NOW)
     assert table.impostor_addrs == (f"/ip4/127.0.0.1/tcp/4001/p2p/{me.peer_id}",)
+
+
+def test_an_ad_repeating_its_author_keys_is_its_signers_or_refused():
+    """Duplicate keys: whichever copy a JSON reader keeps, a taken ad names the key that signed it."""
+    mallory, alice = ident(), ident()
+    fields = ad_of(alice).model_dump_json()[1:]
+    head = f'{{"peer_id":"{mallory.peer_id}","public_key":"{mallory.public_key.hex()}",'
+    for payload in ((head + fields).encode(), ("{" + fields[:-1] + "," + head[1:-1] + "}").encode()):
+        try:
+            ad = open_ad(mallory.sign(AD_DOMAIN + payload) + payload, NOW)
+        except PeerFault:
+            continue
+        assert (ad.peer_id, ad.public_key) == (mallory.peer_id, mallory.public_key.hex())
