@@ -47,7 +47,7 @@ from .ledger.cosign import Cosigner
 from .ledger.sync import LedgerSync
 from .ledger.views import balances_view, ledger_summary
 from .mesh.caps import CapsService
-from .mesh.discovery import Discovery
+from .mesh.discovery import SERVICE as TABLE_FAULTS, Discovery
 from .mesh.host import DialError, Mesh, open_mesh
 from .mesh.paths import PathTracker
 from .provider.backend import Backend
@@ -286,10 +286,11 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
         connections=len(peer.mesh.connected_peers()),
         ads_received=peer.caps.received,
         ads_rejected={
-            "invalid": sum(peer.caps.rejected.values()) + sum(peer.discovery.rejected.values()),
+            "invalid": sum(peer.caps.rejected.values()) + peer.mesh.penalties.totals.get(TABLE_FAULTS, 0),
             "flood": sum(peer.caps.flooded.values()),
         },
         banned_peers=peer.mesh.penalties.banned_count(now),
+        faults=dict(peer.mesh.penalties.totals),
         ledger_entries=len(state),
         ledger_authors=len(state.authors()),
         ledger_forked_authors=len(state.flagged_authors()),
@@ -518,8 +519,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             peer_limits=Limits(tpm=settings.peer_tpm, concurrency=settings.peer_concurrency or max(1, settings.max_concurrency // 2)),
             contributor=_contributors(ledger),
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
+            penalise=mesh.penalise,
         )
-        provider.on_fault = mesh.penalise
         peers_of: list[Peer] = []  # the snapshot reads the Peer once it exists
         metrics = Metrics(identity.peer_id, __version__, lambda: mesh_snapshot(peers_of[0]) if peers_of else MeshSnapshot())
         metrics.serving(set(backends))

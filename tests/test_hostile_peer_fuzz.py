@@ -262,7 +262,7 @@ def openai_garbage(rng: random.Random) -> list[tuple[str, bytes]]:
 async def test_malformed_and_oversized_frames_on_the_openai_protocol(tmp_path, http):
     rng = random.Random(20261127)
     async with three_peers(tmp_path, http) as peers:
-        faults = peers.victim.provider.faults
+        penalties = peers.victim.mesh.penalties
         cases = openai_garbage(rng)
         for i, (name, payload) in enumerate(cases):
             with trio.fail_after(ROUND_TIMEOUT):
@@ -270,15 +270,15 @@ async def test_malformed_and_oversized_frames_on_the_openai_protocol(tmp_path, h
             # An ERROR frame (400, or 404 for the valid head's model) or a reset: never served.
             assert all(f.type is FrameType.ERROR for f in frames), (name, frames)
             assert all(json.loads(f.payload)["status"] in (400, 404) for f in frames), (name, frames)
-            await wait_for(lambda i=i: faults.get(peers.evil_id, 0) >= i + 1, 5)
-            assert faults[peers.evil_id] == i + 1, name
+            await wait_for(lambda i=i: penalties.faults(peers.evil_id, "openai") >= i + 1, 5)
+            assert penalties.faults(peers.evil_id, "openai") == i + 1, name
             if i % 10 == 9:
                 await peers.chat_ok()
         # A head cut short, then the stream closed: a fault, not a 10 s wait.
         await peers.send(PROTOCOL_OPENAI, head_frame(RequestHead(request_id="cut", path="/v1/completions", body={"model": "tiny"}, timeout=5))[:-3])
-        await wait_for(lambda: faults[peers.evil_id] == len(cases) + 1, 5)
+        await wait_for(lambda: penalties.faults(peers.evil_id, "openai") == len(cases) + 1, 5)
         await peers.chat_ok()
-        print(f"\nopenai protocol: {len(cases) + 1} hostile streams, {faults[peers.evil_id]} faults counted, {peers.chats} honest chats served")
+        print(f"\nopenai protocol: {len(cases) + 1} hostile streams, {penalties.faults(peers.evil_id, 'openai')} faults counted, {peers.chats} honest chats served")
         # With the real threshold the next fault bans the evil peer.
         peers.victim.mesh.penalties.threshold = THRESHOLD
         await peers.send(PROTOCOL_OPENAI, b"\x00\x00\x00\x01\x63")
@@ -306,10 +306,10 @@ async def test_forged_counter_signatures_on_the_openai_protocol(tmp_path, http):
             end = json.loads(frames[-1].payload)
             assert frames[-1].type is FrameType.END and end["receipt"], frames[-1]
             await write_all(stream, encode_frame(FrameType.COSIGN, cosig))
-            await wait_for(lambda i=i: victim.provider.faults.get(peers.evil_id, 0) >= i + 1, 15)
+            await wait_for(lambda i=i: victim.mesh.penalties.faults(peers.evil_id, "openai") >= i + 1, 15)
             await close_quietly(stream)
             await peers.chat_ok()
-        assert victim.provider.faults[peers.evil_id] == 3
+        assert victim.mesh.penalties.faults(peers.evil_id, "openai") == 3
         # The honest peer's receipts were logged; none of the evil peer's.
         assert not any(e.receipt.consumer == peers.evil_id for e in victim.ledger.state.entries(peers.victim_id))
         assert victim.ledger.state.head(peers.victim_id).seq >= own_seq
@@ -410,11 +410,11 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
         peers.evil.mesh.host.set_stream_handler(PROTOCOL_CAPS, serve_poison)
         for name, table, expected in tables:
             serving[:] = [table]
-            before = victim.discovery.rejected.get(peers.evil_id, 0)
+            before = victim.mesh.penalties.faults(peers.evil_id, "table")
             with trio.fail_after(ROUND_TIMEOUT):
                 learned = await victim.discovery.fetch_table(peers.evil_id, first_addr(peers.evil))
             assert learned == 0, name
-            got = victim.discovery.rejected.get(peers.evil_id, 0) - before
+            got = victim.mesh.penalties.faults(peers.evil_id, "table") - before
             assert got >= 1 and (expected is None or got == expected), (name, got)
             await peers.chat_ok()
         known = victim.dispatcher.known_models()
@@ -423,7 +423,7 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
         for _ in range(3):
             await peers.send(PROTOCOL_CAPS, rng.randbytes(100), read_for=1)
         await peers.chat_ok()
-        print(f"\nad tables: {len(tables)} poisoned tables, {victim.discovery.rejected[peers.evil_id]} rejections")
+        print(f"\nad tables: {len(tables)} poisoned tables, {victim.mesh.penalties.faults(peers.evil_id, 'table')} rejections")
 
 
 # -- /garage/ledger/1.0.0 -----------------------------------------------------------------------
@@ -444,7 +444,7 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         own_head = victim.ledger.state.head(peers.victim_id)
 
         def faults() -> int:
-            return sync.faults.get(peers.evil_id, 0)
+            return peers.victim.mesh.penalties.faults(peers.evil_id, "ledger")
 
         # 1. The evil peer as a client: garbage requests, forged pushes.
         raw_for_victim = receipt_for(victim.identity, evil, "forged-1")
@@ -625,8 +625,8 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
                 pass
             finally:
                 await close_quietly(stream, reset=True)
-            await wait_for(lambda i=i: victim.jobs.faults.get(peers.evil_id, 0) >= i + 1, 5)
-            assert victim.jobs.faults[peers.evil_id] == i + 1, name
+            await wait_for(lambda i=i: victim.mesh.penalties.faults(peers.evil_id, "jobs") >= i + 1, 5)
+            assert victim.mesh.penalties.faults(peers.evil_id, "jobs") == i + 1, name
         # Random JSON requests: a fault unless the request happens to be a valid claim.
         fuzzed = 0
         for i in range(20):
@@ -635,7 +635,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
                 valid = decode_json(JobRequest, body).op == "claim"
             except PeerFault:
                 valid = False
-            before = victim.jobs.faults.get(peers.evil_id, 0)
+            before = victim.mesh.penalties.faults(peers.evil_id, "jobs")
             stream = await peers.open(PROTOCOL_JOBS)
             try:
                 with trio.fail_after(ROUND_TIMEOUT):
@@ -647,7 +647,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             if valid:
                 assert reply is not None and decode_json(LeaseGrant, reply).lease_id is None
             else:
-                await wait_for(lambda before=before: victim.jobs.faults.get(peers.evil_id, 0) > before, 5)
+                await wait_for(lambda before=before: victim.mesh.penalties.faults(peers.evil_id, "jobs") > before, 5)
             fuzzed += 1
         stream = await peers.open(PROTOCOL_JOBS)
         grant = decode_json(LeaseGrant, await ask_job(stream, JobRequest(op="claim", job_id="job-nope")))
@@ -697,7 +697,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             await wait_for(lambda: not victim.job_worker._working, 15)
             await peers.chat_ok()
         assert victim.job_worker.lines_done <= 4  # only the last grant had lines to run
-        print(f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants to the worker; {victim.jobs.faults[peers.evil_id]} faults counted")
+        print(f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants to the worker; {victim.mesh.penalties.faults(peers.evil_id, 'jobs')} faults counted")
 
 
 async def test_a_job_result_whose_error_is_not_an_object_does_not_crash_the_submitter(tmp_path, http):

@@ -106,7 +106,7 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
             blob = pack_pending(sign_receipt(mallory, raw), raw, cosign_receipt(m.identity, raw))
             reply = await m.ledger_sync.push(pa, [blob])
             assert reply.accepted == 0 and "provider's signature" in reply.rejected[0]
-            assert a.ledger_sync.faults[pm] == 1
+            assert a.mesh.penalties.faults(pm, "ledger") == 1
             # 2. M serves a page with an entry whose counter-signature is forged
             #    (signed by someone else than the consumer it names).
             raw = encode_receipt(make_receipt(m.identity, a.identity, "fake-work"))
@@ -114,7 +114,7 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
             m.ledger.state.add(forged)
             added = await a.ledger_sync.full_sync(pm)
             assert added == 0 and not a.ledger.state.authors()
-            assert a.ledger_sync.faults[pm] == 2
+            assert a.mesh.penalties.faults(pm, "ledger") == 2
             # 3. Garbage on the ledger protocol: a rejected frame, a penalty, A keeps serving.
             stream = await m.mesh.open_stream(pa, first_addr(a), PROTOCOL_LEDGER)
             await write_all(stream, encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"nonsense"}'))
@@ -126,7 +126,7 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
                     break
                 frames = decoder.feed(data)
             assert frames and b"error" in frames[0].payload
-            await wait_for(lambda: a.ledger_sync.faults.get(pm, 0) >= 3, timeout=5)
+            await wait_for(lambda: a.mesh.penalties.faults(pm, "ledger") >= 3, timeout=5)
             # After repeated faults A bans M: disconnected.
             await wait_for(lambda: pm not in a.mesh.connected_peers(), timeout=5)
             assert a.mesh.penalties.banned(pm, time.monotonic())

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from .errors import PeerFault
 from .ledger import MAX_ENTRY_BYTES, Head, LedgerState
-from .messages import WireModel
+from .messages import ErrorReply, WireModel  # noqa: F401 (ErrorReply: the ledger's refusals)
 from .wire import KiB, MiB, FrameType
 
 TOPIC_LEDGER = "garage/ledger/1"
@@ -109,13 +109,6 @@ class PushReply(WireModel):
     """Receipts already in it."""
     rejected: tuple[str, ...] = ()
     """Why each rejected receipt was refused."""
-
-
-class ErrorReply(WireModel):
-    """A request the server refused."""
-
-    error: str = Field(max_length=1024)
-    """Why."""
 
 
 def announcement(state: LedgerState, own: str, cursor: int, limit: int = MAX_ANNOUNCED_HEADS) -> tuple[HeadsAnnouncement, int]:

@@ -36,10 +36,11 @@ from ..core.jobs import (
 )
 from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
-from ..core.wire import MiB, FrameType, encode_frame
+from ..core.wire import MiB, Frame, FrameType, encode_frame
 from ..ledger.book import Ledger, pack_pending
 from ..mesh.host import Mesh
-from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
+from ..mesh.rpc import RpcLimits, serve_requests
+from ..mesh.streams import PeerStream
 from .store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ log = logging.getLogger(__name__)
 ANNOUNCE_INTERVAL = 2.0
 GONE_AFTER = 3.0
 """A provider not connected for this long loses its leases."""
+SERVICE = "jobs"
+"""Faults on this protocol (as a provider or as a submitter) are counted under this name."""
 IDLE_TIMEOUT = 60.0
-JOB_LIMITS = {FrameType.JOB_REQUEST: 32 * MiB}
+SERVER_LIMITS = RpcLimits(FrameType.JOB_REQUEST, FrameType.JOB_REPLY, 32 * MiB, max_requests=10_000, idle_timeout=IDLE_TIMEOUT, write_timeout=15.0)
 MAX_INPUT_BYTES = 256 * MiB
 
 
@@ -90,7 +93,6 @@ class JobManager:
         self.model_known = model_known
         self.lease_time = lease_time
         self.jobs: dict[str, _Job] = {}
-        self.faults: dict[str, int] = {}
         self._lock = trio.Lock()
         self._new_job = trio.Event()
 
@@ -256,27 +258,13 @@ class JobManager:
 
     # -- the protocol (providers ask) ----------------------------------------------------------
 
-    async def handle_stream(self, stream) -> None:
-        peer_id = str(stream.muxed_conn.peer_id)
-        conn = FrameStream(stream, JOB_LIMITS)
-        try:
-            while True:
-                frame = None
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    frame = await conn.read()
-                if frame is None:
-                    break
-                request = decode_json(JobRequest, frame.payload)
-                reply = await (self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request))
-                await write_all(stream, encode_frame(FrameType.JOB_REPLY, encode_json(reply)))
-        except PeerFault as exc:
-            self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
-            self.mesh.penalise(peer_id, f"jobs: {exc}")
-            log.warning("job protocol: peer %s misbehaved: %s", peer_id, exc)
-        except StreamBroken:
-            pass
-        finally:
-            await close_quietly(stream)
+    async def handle_stream(self, stream: PeerStream) -> None:
+        await serve_requests(stream, SERVICE, SERVER_LIMITS, self._answer, self.mesh.penalise)
+
+    async def _answer(self, peer_id: str, frame: Frame) -> bytes:
+        request = decode_json(JobRequest, frame.payload)
+        reply = await (self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request))
+        return encode_frame(FrameType.JOB_REPLY, encode_json(reply))
 
     async def _claim(self, peer_id: str, request: JobRequest) -> LeaseGrant:
         job = self.jobs.get(request.job_id)

@@ -23,7 +23,8 @@ import trio
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, ResponseReader
 from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck
-from ..core.messages import RequestHead, decode_json, encode_json
+from .submitter import SERVICE
+from ..core.messages import RequestHead, decode_json, encode_json, refusal
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import MiB, FrameType, encode_frame
 from ..ledger.book import Ledger
@@ -40,6 +41,10 @@ IDLE_CLAIMS = 5
 MAX_JOBS = 4
 MAX_ANNOUNCEMENT_BYTES = 4096
 REPLY_LIMITS = {FrameType.JOB_REPLY: 32 * MiB}
+
+
+class Refused(Exception):
+    """The submitter answered with an error reply (it refused our request: not its fault)."""
 
 
 class JobWorker:
@@ -69,17 +74,27 @@ class JobWorker:
             task_status.started()
             while True:
                 message = await subscription.get()
-                if len(message.data) > MAX_ANNOUNCEMENT_BYTES:
-                    continue
+                sender = gossip_sender(message)
                 try:
-                    job = decode_json(JobAnnouncement, message.data)
-                except PeerFault:
+                    job = self._announcement(sender, message.data)
+                except PeerFault as exc:
+                    self.mesh.penalise(sender, SERVICE, f"job announcement: {exc}")
                     continue
-                if job.submitter != gossip_sender(message) or job.submitter == self.mesh.peer_id:
-                    continue  # only the submitter announces its jobs; our own we do not work on
+                if job.submitter == self.mesh.peer_id:
+                    continue  # our own jobs we do not work on
                 if job.shards_left and self.provider.serves(job.model) and job.job_id not in self._working and len(self._working) < MAX_JOBS:
                     self._working.add(job.job_id)
                     nursery.start_soon(self._work, job)
+
+    @staticmethod
+    def _announcement(sender: str, data: bytes) -> JobAnnouncement:
+        """A job announcement published by ``sender``; PeerFault if it is not one it may publish."""
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            raise PeerFault(f"{len(data)} bytes")
+        job = decode_json(JobAnnouncement, data)
+        if job.submitter != sender:
+            raise PeerFault(f"announces a job of {job.submitter}")  # only the submitter announces its jobs
+        return job
 
     async def _work(self, job: JobAnnouncement) -> None:
         try:
@@ -103,7 +118,9 @@ class JobWorker:
                 results, receipts = await self._run_shard(job, grant)
                 ack = decode_json(ResultsAck, await self._ask(conn, JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results))))
                 await self._log_receipts(job.submitter, receipts, ack)
-        except (PeerFault, StreamBroken, trio.TooSlowError) as exc:
+        except PeerFault as exc:
+            self.mesh.penalise(job.submitter, SERVICE, f"job {job.job_id}: {exc}")
+        except (Refused, StreamBroken, trio.TooSlowError) as exc:
             log.info("job %s: stopped working on it: %s", job.job_id, exc)
         finally:
             self._working.discard(job.job_id)
@@ -115,6 +132,9 @@ class JobWorker:
             frame = await conn.read()
         if frame is None:
             raise StreamBroken("the submitter closed the stream")
+        reason = refusal(frame.payload)
+        if reason is not None:
+            raise Refused(reason)
         return frame.payload
 
     async def _run_shard(self, job: JobAnnouncement, grant: LeaseGrant) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
@@ -191,4 +211,4 @@ class JobWorker:
             try:
                 await self.ledger.append_own(raw, bytes.fromhex(cosig))
             except (ReceiptInvalid, ValueError) as exc:
-                log.warning("a counter-signature from a submitter does not verify: %s", exc)
+                self.mesh.penalise(submitter, SERVICE, f"a counter-signature that does not verify: {exc}")

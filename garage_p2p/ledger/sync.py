@@ -54,11 +54,14 @@ from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import MiB, Frame, FrameType, encode_frame
 from ..mesh.host import ConnectionWatch, DialError, Mesh, gossip_sender
-from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
+from ..mesh.rpc import RpcLimits, serve_requests
+from ..mesh.streams import FrameStream, PeerStream, StreamBroken, close_quietly, write_all
 from .book import Ledger
 
 log = logging.getLogger(__name__)
 
+SERVICE = "ledger"
+"""Faults on this protocol are counted under this name."""
 MIN_GAP = 1.0
 REQUEST_TIMEOUT = 15.0
 IDLE_TIMEOUT = 30.0
@@ -73,6 +76,14 @@ PUSH_INTERVAL = 10.0
 PUSH_AFTER = 5.0
 """A counter-signed receipt is pushed again only once it is this old (the stream's COSIGN usually delivers it)."""
 PULLS_AT_ONCE = 4
+SERVER_LIMITS = RpcLimits(
+    FrameType.LEDGER_REQUEST,
+    FrameType.LEDGER_REPLY,
+    LEDGER_LIMITS[FrameType.LEDGER_REQUEST],
+    max_requests=MAX_REQUESTS_PER_STREAM,
+    idle_timeout=IDLE_TIMEOUT,
+    write_timeout=REQUEST_TIMEOUT,
+)
 
 
 FULL = "full"
@@ -95,8 +106,6 @@ class LedgerSync:
         self.addrs_of = addrs_of
         self.interval = interval
         self.anti_entropy_interval = anti_entropy_interval
-        self.faults: dict[str, int] = {}
-        """Protocol violations and bad entries per peer."""
         self.entries_pulled = 0
         self.bytes_pulled = 0
         self._wake = trio.Event()
@@ -353,34 +362,11 @@ class LedgerSync:
 
     # -- the server side ----------------------------------------------------------------
 
-    async def handle_stream(self, stream) -> None:
-        peer_id = str(stream.muxed_conn.peer_id)
-        conn = FrameStream(stream, {FrameType.LEDGER_REQUEST: LEDGER_LIMITS[FrameType.LEDGER_REQUEST]})
-        try:
-            for _ in range(MAX_REQUESTS_PER_STREAM):
-                frame = None
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    frame = await conn.read()
-                if frame is None:
-                    break
-                request = decode_json(LedgerRequest, frame.payload)
-                reply = await self._answer(peer_id, request)
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    await write_all(stream, reply)
-        except PeerFault as exc:
-            # Reply first: the penalty may disconnect the peer.
-            with trio.move_on_after(2):
-                try:
-                    await write_all(stream, encode_frame(FrameType.LEDGER_REPLY, encode_json(ErrorReply(error=str(exc)[:1000]))))
-                except StreamBroken:
-                    pass
-            self._penalise(peer_id, str(exc))
-        except (StreamBroken, trio.TooSlowError):
-            pass
-        finally:
-            await close_quietly(stream)
+    async def handle_stream(self, stream: PeerStream) -> None:
+        await serve_requests(stream, SERVICE, SERVER_LIMITS, self._answer, self.mesh.penalise)
 
-    async def _answer(self, peer_id: str, request: LedgerRequest) -> bytes:
+    async def _answer(self, peer_id: str, frame: Frame) -> bytes:
+        request = decode_json(LedgerRequest, frame.payload)
         state = self.ledger.state
         if request.op == "heads":
             return encode_frame(FrameType.LEDGER_REPLY, encode_json(heads_page(state, request.after, request.limit)))
@@ -409,7 +395,5 @@ class LedgerSync:
         return encode_frame(FrameType.LEDGER_REPLY, encode_json(PushReply(accepted=accepted, known=known, rejected=tuple(rejected))))
 
     def _penalise(self, peer_id: str, reason: str) -> None:
-        self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
-        log.warning("ledger: peer %s misbehaved (%d so far): %s", peer_id, self.faults[peer_id], reason)
-        # The mesh's penalty box decides when faults (from any service) ban the peer.
-        self.mesh.penalise(peer_id, f"ledger: {reason}")
+        # The mesh's penalty box counts faults and decides when (from any service) they ban the peer.
+        self.mesh.penalise(peer_id, SERVICE, reason)

@@ -25,6 +25,8 @@ from .host import Mesh, gossip_sender
 
 log = logging.getLogger(__name__)
 
+SERVICE = "ads"
+"""Faults of ad authors and relays on gossip are counted under this name."""
 MIN_GAP = 1.0
 FRESH_AD_S = 10.0
 """An ad issued longer ago than this is history being replayed, not a flood by its author."""
@@ -134,7 +136,7 @@ class CapsService:
                     if not self._rate.admit(ad.peer_id, AD_RATE, time.monotonic()).ok:
                         # An honest peer publishes at most once a second (MIN_GAP); this one floods.
                         self.flooded[ad.peer_id] = self.flooded.get(ad.peer_id, 0) + 1
-                        self.mesh.penalise(ad.peer_id, "new ads faster than one a second")
+                        self.mesh.penalise(ad.peer_id, SERVICE, "new ads faster than one a second")
                         continue
                     self._rate.done(ad.peer_id, 0, time.monotonic())
                 entry = self.table.apply(ad, time.time(), message.data)
@@ -147,7 +149,7 @@ class CapsService:
             except PeerFault as exc:
                 sender = gossip_sender(message)
                 self.rejected[sender] = self.rejected.get(sender, 0) + 1
-                self.mesh.penalise(sender, f"ad: {exc}")
+                self.mesh.penalise(sender, SERVICE, str(exc))
                 log.warning("rejected an ad relayed by %s: %s", sender, exc)
 
     async def _expire(self) -> None:

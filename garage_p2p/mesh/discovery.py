@@ -37,6 +37,8 @@ from .streams import StreamBroken, close_quietly, read_some, write_all
 log = logging.getLogger(__name__)
 
 PROTOCOL_CAPS = "/garage/caps/1.0.0"
+SERVICE = "table"
+"""Faults of peers serving bad ad tables are counted under this name."""
 MAX_TABLE_ADS = 2000
 TABLE_FETCH_TIMEOUT = 5.0
 REFRESH_INTERVAL = 30.0
@@ -77,8 +79,6 @@ class Discovery:
             max_peers_per_subnet=0,
         )
         self.on_peer_addrs = on_peer_addrs
-        self.rejected: dict[str, int] = {}
-        """Bad ads per peer that served its table to us."""
         self._provided: set[str] = set()
 
     @property
@@ -141,10 +141,7 @@ class Discovery:
         return 1
 
     def _penalise(self, peer_id: str, reason: str) -> None:
-        self.rejected[peer_id] = self.rejected.get(peer_id, 0) + 1
-        self.mesh.penalise(peer_id, reason)
-        log.warning("bad ad table from %s: %s", peer_id, reason)
-
+        self.mesh.penalise(peer_id, SERVICE, reason)
     # -- DHT --------------------------------------------------------------------
 
     async def lookup(self, model: str, limit: int = 5) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -32,7 +32,7 @@ from ..core.penalties import PenaltyBox
 from ..core.multistream import lazy_proposal
 from .patches import apply_library_patches
 from .nat import NatService, is_circuit, is_lan_addr
-from .streams import NegotiatingStream, close_quietly, disconnect_quietly
+from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
 
@@ -90,10 +90,14 @@ class Mesh:
         """Whether this peer deals with ``peer_id`` now (its lists, and no ban)."""
         return self.peer_filter.allowed(peer_id) and not self.penalties.banned(peer_id, time.monotonic())
 
-    def penalise(self, peer_id: str, reason: str) -> None:
-        """A service rejected ``peer_id``'s input; past the threshold it is banned and disconnected."""
-        if self.penalties.fault(peer_id, reason, time.monotonic()):
-            log.warning("banned %s for %.0f s after repeated faults (last: %s)", peer_id, self.penalties.ban, reason)
+    def penalise(self, peer_id: str, service: str, reason: str) -> None:
+        """``service`` rejected ``peer_id``'s input: the one way a fault is counted.
+
+        Past the threshold (faults from every service together) the peer is banned and disconnected.
+        """
+        log.warning("%s: peer %s misbehaved (%d so far): %s", service, peer_id, self.penalties.faults(peer_id, service) + 1, reason)
+        if self.penalties.fault(peer_id, f"{service}: {reason}", time.monotonic(), service):
+            log.warning("banned %s for %.0f s after repeated faults (last: %s: %s)", peer_id, self.penalties.ban, service, reason)
             if self._nursery is not None:
                 self._nursery.start_soon(self.disconnect, peer_id)
 
@@ -101,11 +105,12 @@ class Mesh:
     def peer_id(self) -> str:
         return self.identity.peer_id
 
-    def set_handler(self, protocol: str, handler) -> None:
+    def set_handler(self, protocol: str, handler: Callable[[PeerStream], Awaitable[None]]) -> None:
         """Serve ``protocol``; streams from peers not admitted (lists, bans) are reset unread."""
 
-        async def guarded(stream) -> None:
-            if not self.admits(str(stream.muxed_conn.peer_id)):
+        async def guarded(raw) -> None:
+            stream = PeerStream(raw)
+            if not self.admits(stream.peer_id):
                 await close_quietly(stream, reset=True)
                 return
             await handler(stream)

@@ -1,0 +1,65 @@
+"""Hostile peers on batch jobs, against real peers in this process: each attack costs the attacker."""
+
+from __future__ import annotations
+
+import trio
+
+from garage_p2p.core.identity import Identity
+from garage_p2p.core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement
+from garage_p2p.core.messages import encode_json
+from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
+from garage_p2p.daemon import Peer
+from garage_p2p.jobs.submitter import SERVICE
+from garage_p2p.mesh.streams import close_quietly, read_some, write_all
+
+from .conftest import first_addr, running_peer, standin_backend, wait_for
+
+
+async def publish_until(peer: Peer, data: bytes, done, rounds: int = 40) -> None:
+    """Publish ``data`` on the jobs topic until ``done()`` (gossip needs a moment to form its mesh)."""
+    for _ in range(rounds):
+        await peer.mesh.pubsub.publish(TOPIC_JOBS, data)
+        try:
+            await wait_for(done, timeout=0.5)
+            return
+        except trio.TooSlowError:
+            continue
+    raise AssertionError("the victim never reacted to the announcement")
+
+
+async def test_a_hostile_job_announcer_is_penalised_by_the_worker(tmp_path):
+    async with (
+        standin_backend() as url,
+        running_peer(tmp_path / "victim", backends={"tiny": url}) as victim,
+        running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+    ):
+        evil_id = evil.identity.peer_id
+
+        def faults() -> int:
+            return victim.mesh.penalties.faults(evil_id, SERVICE)
+
+        # 1. A job announced in another peer's name.
+        stranger = Identity.from_seed(b"\x07" * 32).peer_id
+        forged = JobAnnouncement(job_id="job-forged", model="tiny", submitter=stranger, shards_left=1)
+        await publish_until(evil, encode_json(forged), lambda: faults() >= 1)
+        # 2. Its own job, whose lease is garbage: the worker that claims it penalises the submitter.
+        claims: list[str] = []
+
+        async def grant_garbage(stream) -> None:
+            decoder = FrameDecoder({FrameType.JOB_REQUEST: 1 << 20})
+            try:
+                with trio.move_on_after(5):
+                    while data := await read_some(stream):
+                        for _frame in decoder.feed(data):
+                            claims.append("claim")
+                            lease = b'{"lease_id":"L","deadline_s":5,"lines":[{"custom_id":"x"}]}'  # a line with no url or body
+                            await write_all(stream, encode_frame(FrameType.JOB_REPLY, lease))
+            finally:
+                await close_quietly(stream)
+
+        evil.mesh.host.set_stream_handler(PROTOCOL_JOBS, grant_garbage)
+        before = faults()
+        own = JobAnnouncement(job_id="job-garbage", model="tiny", submitter=evil_id, shards_left=1)
+        await publish_until(evil, encode_json(own), lambda: faults() > before)
+        assert claims, "the fault came from the grant, after a claim"
+        assert victim.job_worker.lines_done == 0
