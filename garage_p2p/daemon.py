@@ -398,6 +398,12 @@ async def _maybe_podman(settings: Settings, spec: RuntimeSpec | None) -> AsyncIt
         yield url
 
 
+def _gpus_of(table: PeerTable, peer_id: str) -> int:
+    """GPUs a peer's ad says it has; 1 for a CPU-only or unknown peer (a receipt counts at least one)."""
+    entry = table.get(peer_id, time.time())
+    return max(1, sum(g.count for g in entry.ad.hardware.gpus)) if entry else 1
+
+
 def _addrs_of(table: PeerTable, peer_id: str) -> tuple[str, ...]:
     entry = table.get(peer_id, time.time())
     return entry.ad.addrs if entry else ()
@@ -583,7 +589,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
                 await discovery.lookup(model)
             return model in dispatcher.known_models()
 
-        peer.jobs = JobManager(mesh, identity, ledger, settings.home, model_known=model_known)
+        peer.jobs = JobManager(mesh, identity, ledger, settings.home, model_known=model_known, gpus_of=lambda peer_id: _gpus_of(table, peer_id))
         peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
         await nursery.start(peer.jobs.serve)
         await nursery.start(peer.job_worker.serve)

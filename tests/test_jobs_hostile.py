@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
+
 import trio
 
+from garage_p2p.core.capabilities import ModelOffer, make_ad
 from garage_p2p.core.identity import Identity
 from garage_p2p.core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement
 from garage_p2p.core.messages import encode_json
@@ -12,7 +15,10 @@ from garage_p2p.daemon import Peer
 from garage_p2p.jobs.submitter import SERVICE
 from garage_p2p.mesh.streams import close_quietly, read_some, write_all
 
+from tools.attacks import Target, phantom_results
+
 from .conftest import first_addr, running_peer, standin_backend, wait_for
+from .test_jobs_inprocess import batch
 
 
 async def publish_until(peer: Peer, data: bytes, done, rounds: int = 40) -> None:
@@ -63,3 +69,28 @@ async def test_a_hostile_job_announcer_is_penalised_by_the_worker(tmp_path):
         await publish_until(evil, encode_json(own), lambda: faults() > before)
         assert claims, "the fault came from the grant, after a claim"
         assert victim.job_worker.lines_done == 0
+
+
+def target(peer: Peer) -> Target:
+    return Target(peer.identity.peer_id, tuple(first_addr(peer)), peer.api_url)
+
+
+async def ghost_job(victim: Peer, lines: int, shard_size: int) -> str:
+    """A job on ``victim`` for the model "ghost", which only an attacker will claim."""
+    ghost = Identity.from_seed(b"\x05" * 32)
+    ad = make_ad(ghost, seq=int(time.time() * 1000), now=time.time(), ttl=300, addrs=(), models=(ModelOffer(name="ghost"),), version="x")
+    victim.table.apply(ad, time.time())
+    progress = await victim.jobs.submit(batch(lines, "ghost"), model=None, shard_size=shard_size, max_providers=None, deadline_s=None)
+    return progress["id"]
+
+
+async def test_phantom_results_are_not_counter_signed(tmp_path):
+    """Issue 16 item 5: results for lines outside the lease, receipts claiming 64 GPUs for a day."""
+    async with running_peer(tmp_path / "victim") as victim, running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil:
+        job_id = await ghost_job(victim, 200, shard_size=5)
+        sent = await phantom_results.attack(evil, target(victim), job_id=job_id, model="ghost", custom_ids=[f"req-{i}" for i in range(200)])
+        assert sent["lines_leased"] == 5 and sent["results_sent"] == 200
+        assert sent["cosigs_received"] == 0, sent
+        assert await victim.ledger.pending() == []  # nothing waits to be pushed as counter-signed
+        assert victim.jobs.progress(job_id)["done"] <= 5  # only its own lease's lines were taken as results
+        assert victim.mesh.penalties.banned(evil.identity.peer_id, time.monotonic())

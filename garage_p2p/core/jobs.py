@@ -9,6 +9,11 @@ has a deadline; an expired lease, or one held by a provider that vanished,
 returns its shard to the pool. When no shard is left to lease, an idle
 provider gets a duplicate lease on a shard still running elsewhere (tail
 stealing); the first result per ``custom_id`` wins. Everything takes ``now``.
+
+The submitter counter-signs a line's receipt only when ``JobState.cosign_refusal``
+finds nothing wrong: a line of a lease granted to that provider, while the job
+runs, once, with times inside the lease and no more GPU time than the lease's
+wall time on the GPUs the provider advertises.
 """
 
 from __future__ import annotations
@@ -20,12 +25,17 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from .messages import ENDPOINT_PATHS, WireModel
+from .receipts import Receipt
 
 TOPIC_JOBS = "garage/jobs/1"
 PROTOCOL_JOBS = "/garage/jobs/1.0.0"
 MAX_LINE_BYTES = 1024 * 1024
 MAX_SHARD_SIZE = 1000
 MAX_CUSTOM_ID = 512
+RECEIPT_CLOCK_SKEW_S = 60.0
+"""How far a provider's clock (receipt times) may be from the submitter's (lease times)."""
+RECEIPT_SLACK_S = 1.0
+"""GPU-seconds per GPU a lease may claim beyond its wall time (metering and rounding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,6 +207,21 @@ class Lease:
     provider: str
     deadline: float
     duplicate: bool = False
+    granted_at: float = 0.0
+    """``now`` when it was granted: the provider's receipts cannot start before it."""
+    gpu_us: int = 0
+    """GPU time of the receipts counter-signed on this lease so far."""
+    cosigned: set[str] = field(default_factory=set)
+    """custom_ids whose receipt was counter-signed (once each)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CosignRefusal:
+    """Why a line's receipt is not counter-signed."""
+
+    reason: str
+    fault: bool
+    """The provider's fault (a claim no honest provider makes), not just too late."""
 
 
 @dataclass
@@ -213,8 +238,8 @@ class JobState:
     leases: dict[str, Lease] = field(default_factory=dict)
     """Open leases by id."""
     cancelled: bool = False
-    granted: dict[str, int] = field(default_factory=dict)
-    """Every lease ever granted → its shard (late results of an expired lease still count)."""
+    granted: dict[str, Lease] = field(default_factory=dict)
+    """Every lease ever granted by id (late results of an expired lease still count)."""
     _next_lease: int = 0
 
     @classmethod
@@ -268,9 +293,9 @@ class JobState:
 
     def _grant(self, shard: int, provider: str, now: float, duplicate: bool) -> Lease:
         self._next_lease += 1
-        lease = Lease(f"{self.job_id[:16]}-{self._next_lease}", shard, provider, now + self.lease_time, duplicate)
+        lease = Lease(f"{self.job_id[:16]}-{self._next_lease}", shard, provider, now + self.lease_time, duplicate, granted_at=now)
         self.leases[lease.lease_id] = lease
-        self.granted[lease.lease_id] = shard
+        self.granted[lease.lease_id] = lease
         return lease
 
     def complete(self, lease_id: str, custom_ids: list[str]) -> list[str] | None:
@@ -279,11 +304,41 @@ class JobState:
         None for a lease we never granted. Results of an expired lease still
         count; ids outside the lease's shard are ignored.
         """
-        shard = self.granted.get(lease_id)
-        if shard is None:
+        lease = self.granted.get(lease_id)
+        if lease is None:
             return None
         self.leases.pop(lease_id, None)
-        allowed = {line.custom_id for line in self.shards[shard]}
+        allowed = {line.custom_id for line in self.shards[lease.shard]}
         new = [cid for cid in dict.fromkeys(custom_ids) if cid in allowed and cid not in self.done_ids]
         self.done_ids.update(new)
         return new
+
+    def cosign_refusal(self, lease_id: str, provider: str, custom_id: str, receipt: Receipt, *, gpus: int, now: float) -> CosignRefusal | None:
+        """Why the submitter must not counter-sign this line's receipt, or None (the line then counts as signed).
+
+        Call before ``complete`` for the same results (the job must be running when they arrive).
+        ``gpus``: the GPUs the provider advertises; ``now`` is on the clock of the leases (Unix time:
+        receipts carry Unix times). A receipt is the provider's claim of GPU time that the submitter
+        pays for in the ledger, so it must fit what the submitter saw: the lease it granted, the time
+        since, the provider's GPUs.
+        """
+        lease = self.granted.get(lease_id)
+        if lease is None or lease.provider != provider:
+            return CosignRefusal("a receipt for a lease not granted to this peer", fault=True)
+        if custom_id not in {line.custom_id for line in self.shards[lease.shard]}:
+            return CosignRefusal("a receipt for a line outside its lease", fault=True)
+        if custom_id in lease.cosigned:
+            return CosignRefusal("a second receipt for a line of the lease", fault=True)
+        if self.finished:
+            return CosignRefusal("the job is no longer running", fault=False)
+        if receipt.gpus > gpus:
+            return CosignRefusal(f"a receipt for {receipt.gpus} GPUs from a peer that advertises {gpus}", fault=True)
+        skew_ms = RECEIPT_CLOCK_SKEW_S * 1000
+        if receipt.start_ms < lease.granted_at * 1000 - skew_ms or receipt.end_ms > now * 1000 + skew_ms:
+            return CosignRefusal("a receipt whose time falls outside the lease", fault=True)
+        budget_us = (max(0.0, now - lease.granted_at) + RECEIPT_SLACK_S) * gpus * 1e6
+        if lease.gpu_us + receipt.gpu_us > budget_us:
+            return CosignRefusal(f"receipts claim more GPU time than {gpus} GPUs had since the lease was granted", fault=True)
+        lease.cosigned.add(custom_id)
+        lease.gpu_us += receipt.gpu_us
+        return None

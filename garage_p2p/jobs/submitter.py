@@ -84,6 +84,7 @@ class JobManager:
         home: Path,
         *,
         model_known: Callable[[str], Awaitable[bool]],
+        gpus_of: Callable[[str], int] = lambda peer_id: 1,
         lease_time: float = 120.0,
     ) -> None:
         self.mesh = mesh
@@ -91,6 +92,8 @@ class JobManager:
         self.ledger = ledger
         self.store = JobStore(home / "jobs.sqlite")
         self.model_known = model_known
+        self.gpus_of = gpus_of
+        """GPUs a provider advertises (its ad's hardware; 1 for a CPU or an unknown peer): bounds its receipts."""
         self.lease_time = lease_time
         self.jobs: dict[str, _Job] = {}
         self._lock = trio.Lock()
@@ -160,7 +163,7 @@ class JobManager:
                     elif now - job.absent_since.setdefault(lease.provider, now) >= GONE_AFTER:
                         lost = job.state.provider_gone(lease.provider)
                         log.info("job %s: provider %s vanished; %d shards back in the pool", job.row.id, lease.provider, len(lost))
-                job.state.expire(now)
+                job.state.expire(time.time())
                 if job.row.deadline is not None and time.time() > job.row.deadline:
                     await self._finish(job, "expired", "deadline_exceeded", "the job's deadline passed before this line ran")
             await trio.sleep(1.0)
@@ -273,7 +276,7 @@ class JobManager:
         providers = {lease.provider for lease in job.state.leases.values()}
         if job.row.max_providers and peer_id not in providers and len(providers) >= job.row.max_providers:
             return LeaseGrant()
-        lease = job.state.claim(peer_id, time.monotonic())
+        lease = job.state.claim(peer_id, time.time())  # Unix time: receipts are checked against it
         if lease is None:
             return LeaseGrant(done=job.state.finished)
         lines = [
@@ -287,6 +290,9 @@ class JobManager:
         job = self.jobs.get(request.job_id)
         if job is None or request.lease_id is None:
             raise PeerFault("results for an unknown job or lease")
+        lease = job.state.granted.get(request.lease_id)
+        if lease is None or lease.provider != peer_id:
+            raise PeerFault("results for a lease that was never granted to this peer")
         parsed: dict[str, tuple[BatchLine, dict[str, Any]]] = {}
         for result in request.results:
             custom_id = result.get("custom_id")
@@ -294,14 +300,13 @@ class JobManager:
             if line is None:
                 raise PeerFault("a result for a custom_id that is not in the job")
             parsed[custom_id] = (line, result)
-        new = job.state.complete(request.lease_id, list(parsed))
-        if new is None:
-            raise PeerFault("results for a lease that was never granted")
+        # Counter-signed before ``complete``: a receipt counts only while the job runs.
         cosigs = {}
         for custom_id, (line, result) in parsed.items():
-            cosig = self._countersign(peer_id, job, line, result)
+            cosig = self._countersign(peer_id, job, request.lease_id, line, result)
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()
+        new = job.state.complete(request.lease_id, list(parsed)) or []
         now = time.time()
         rows = []
         for custom_id in new:
@@ -315,18 +320,26 @@ class JobManager:
             await self._finish(job, "completed")
         return ResultsAck(accepted=len(new), cosigs=cosigs)
 
-    def _countersign(self, provider: str, job: _Job, line: BatchLine, result: dict[str, Any]) -> bytes | None:
+    def _countersign(self, provider: str, job: _Job, lease_id: str, line: BatchLine, result: dict[str, Any]) -> bytes | None:
+        """The counter-signature of a line's receipt, or None; a receipt no honest provider sends is penalised."""
         blob = result.get("receipt")
         if not isinstance(blob, str):
             return None
         try:
             receipt, raw, signature = unpack_signed(blob)
         except ReceiptInvalid as exc:
-            log.warning("job %s: bad receipt from %s: %s", job.row.id, provider, exc)
+            self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: a bad receipt: {exc}")
             return None
         problem = expected_receipt_problem(receipt, consumer=self.identity.peer_id, provider=provider, request_id=request_id(job.row.id, line.index), model=job.row.model)
         if problem is not None:
-            log.warning("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, problem)
+            self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {problem}")
+            return None
+        refusal = job.state.cosign_refusal(lease_id, provider, line.custom_id, receipt, gpus=self.gpus_of(provider), now=time.time())
+        if refusal is not None:
+            if refusal.fault:
+                self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {refusal.reason}")
+            else:
+                log.info("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, refusal.reason)
             return None
         cosig = cosign_receipt(self.identity, raw)
         self.ledger.note_cosigned(provider, receipt.request_id, pack_pending(signature, raw, cosig))
