@@ -694,7 +694,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             announcement = JobAnnouncement(job_id=f"evil-job-{i}", model="tiny", submitter=peers.evil_id, shards_left=1)
             await peers.evil.mesh.pubsub.publish(TOPIC_JOBS, encode_json(announcement))
             await wait_for(lambda i=i: len(contacted) >= i + 1, 10)
-            await wait_for(lambda: not victim.job_worker._working, 15)
+            await wait_for(lambda: not victim.job_worker.slots.submitters, 15)
             await peers.chat_ok()
         assert victim.job_worker.lines_done <= 4  # only the last grant had lines to run
         print(f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants to the worker; {victim.mesh.penalties.faults(peers.evil_id, 'jobs')} faults counted")

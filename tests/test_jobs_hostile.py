@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from functools import partial
 
 import trio
 
@@ -15,9 +16,9 @@ from garage_p2p.daemon import Peer
 from garage_p2p.jobs.submitter import SERVICE
 from garage_p2p.mesh.streams import close_quietly, read_some, write_all
 
-from tools.attacks import Target, phantom_results
+from tools.attacks import Target, empty_jobs, phantom_results
 
-from .conftest import first_addr, running_peer, standin_backend, wait_for
+from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
 from .test_jobs_inprocess import batch
 
 
@@ -94,3 +95,26 @@ async def test_phantom_results_are_not_counter_signed(tmp_path):
         assert await victim.ledger.pending() == []  # nothing waits to be pushed as counter-signed
         assert victim.jobs.progress(job_id)["done"] <= 5  # only its own lease's lines were taken as results
         assert victim.mesh.penalties.banned(evil.identity.peer_id, time.monotonic())
+
+
+async def test_one_hostile_submitter_does_not_starve_batch_work(tmp_path, http):
+    """Issue 16 item 6: four announced jobs whose claims are answered only after 50 s."""
+    async with (
+        standin_backend(token_delay=0.001) as url,
+        running_peer(tmp_path / "victim", backends={"tiny": url}) as victim,
+        running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+        running_peer(tmp_path / "honest", bootstrap=first_addr(victim)) as honest,
+        trio.open_nursery() as nursery,
+    ):
+        victim.job_worker.slots.progress_s = 3.0  # the real 20 s, shortened for the test
+        evil_id = evil.identity.peer_id
+        nursery.start_soon(partial(empty_jobs.attack, evil, target(victim), model="tiny", jobs=4, delay=50.0, duration=60.0))
+        await wait_for(lambda: list(victim.job_worker.slots.submitters.values()).count(evil_id) >= 2, timeout=20)
+        await wait_for_model(honest, "tiny")
+        r = await http.post(honest.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(20), "shard_size": 10})
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        await wait_for(lambda: honest.jobs.progress(job_id)["status"] == "completed", timeout=20)
+        # The stalled claims cost the attacker a fault each.
+        await wait_for(lambda: victim.mesh.penalties.faults(evil_id, SERVICE) >= 2, timeout=10)
+        nursery.cancel_scope.cancel()

@@ -342,3 +342,51 @@ class JobState:
         lease.cosigned.add(custom_id)
         lease.gpu_us += receipt.gpu_us
         return None
+
+
+# -- the provider's batch slots --------------------------------------------------------
+
+MAX_JOBS = 4
+"""Jobs a provider works on at once."""
+MAX_JOBS_PER_SUBMITTER = 2
+"""Of those, jobs of one submitter: one hostile submitter cannot hold every slot."""
+PROGRESS_S = 20.0
+"""A slot whose submitter gives no lines (nor says the job is done) for this long is dropped: the submitter's fault."""
+
+
+@dataclass
+class WorkerSlots:
+    """Which announced jobs a provider works on, and how long a job may give it nothing (sans-IO).
+
+    A slot is taken on an announcement (a free slot, the submitter under its cap) and kept while
+    the submitter gives work within ``progress_s``: the worker drops a slot past its deadline and
+    penalises the submitter (it announced work, then held the slot without giving any; an honest
+    submitter with nothing left answers a claim at once). Everything takes ``now``.
+    """
+
+    max_jobs: int = MAX_JOBS
+    per_submitter: int = MAX_JOBS_PER_SUBMITTER
+    progress_s: float = PROGRESS_S
+    submitters: dict[str, str] = field(default_factory=dict)
+    """Job id → its submitter, for the jobs with a slot."""
+    deadlines: dict[str, float] = field(default_factory=dict)
+    """Job id → when its slot is dropped unless its submitter gives work first."""
+
+    def take(self, job_id: str, submitter: str, now: float) -> bool:
+        """Take a slot for ``job_id``; False if there is none for it now."""
+        if job_id in self.submitters or len(self.submitters) >= self.max_jobs:
+            return False
+        if sum(1 for s in self.submitters.values() if s == submitter) >= self.per_submitter:
+            return False
+        self.submitters[job_id] = submitter
+        self.deadlines[job_id] = now + self.progress_s
+        return True
+
+    def progress(self, job_id: str, now: float) -> None:
+        """The submitter gave work (lines, "done", an acknowledgement): its deadline moves on."""
+        self.deadlines[job_id] = now + self.progress_s
+
+    def release(self, job_id: str) -> None:
+        """The job's work loop ended: its slot is free."""
+        self.submitters.pop(job_id, None)
+        self.deadlines.pop(job_id, None)

@@ -22,7 +22,7 @@ import trio
 
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, ResponseReader
-from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck
+from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck, WorkerSlots
 from .submitter import SERVICE
 from ..core.messages import RequestHead, decode_json, encode_json, refusal
 from ..core.receipts import ReceiptInvalid
@@ -38,7 +38,6 @@ LINE_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 60.0
 IDLE_CLAIMS = 5
 """Empty claims in a row before a work loop stops (a new announcement starts another)."""
-MAX_JOBS = 4
 MAX_ANNOUNCEMENT_BYTES = 4096
 REPLY_LIMITS = {FrameType.JOB_REPLY: 32 * MiB}
 
@@ -64,7 +63,8 @@ class JobWorker:
         self.concurrency = concurrency
         self.batch_in_flight = 0
         self.lines_done = 0
-        self._working: set[str] = set()
+        self.slots = WorkerSlots()
+        """The jobs worked on (at most four, two per submitter) and how long each may give nothing."""
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -82,8 +82,7 @@ class JobWorker:
                     continue
                 if job.submitter == self.mesh.peer_id:
                     continue  # our own jobs we do not work on
-                if job.shards_left and self.provider.serves(job.model) and job.job_id not in self._working and len(self._working) < MAX_JOBS:
-                    self._working.add(job.job_id)
+                if job.shards_left and self.provider.serves(job.model) and self.slots.take(job.job_id, job.submitter, trio.current_time()):
                     nursery.start_soon(self._work, job)
 
     @staticmethod
@@ -101,13 +100,18 @@ class JobWorker:
             stream = await self.mesh.open_stream(job.submitter, self.addrs_of(job.submitter), PROTOCOL_JOBS, REQUEST_TIMEOUT)
         except DialError as exc:
             log.info("job %s: cannot reach the submitter: %s", job.job_id, exc)
-            self._working.discard(job.job_id)
+            self.slots.release(job.job_id)
             return
         conn = FrameStream(stream, REPLY_LIMITS)
         idle = 0
         try:
             while idle < IDLE_CLAIMS and self.provider.serves(job.model) and not self.provider.draining:
-                grant = decode_json(LeaseGrant, await self._ask(conn, JobRequest(op="claim", job_id=job.job_id)))
+                grant = None
+                with trio.move_on_at(self.slots.deadlines[job.job_id]):
+                    grant = decode_json(LeaseGrant, await self._ask(conn, JobRequest(op="claim", job_id=job.job_id)))
+                if grant is None:
+                    # It announced work and holds one of our slots, but gives none: a slot wasted.
+                    raise PeerFault(f"no work within {self.slots.progress_s:.0f} s of a claim")
                 if grant.done:
                     break
                 if grant.lease_id is None:
@@ -115,15 +119,17 @@ class JobWorker:
                     await trio.sleep(1.0)
                     continue
                 idle = 0
+                self.slots.progress(job.job_id, trio.current_time())
                 results, receipts = await self._run_shard(job, grant)
                 ack = decode_json(ResultsAck, await self._ask(conn, JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results))))
+                self.slots.progress(job.job_id, trio.current_time())
                 await self._log_receipts(job.submitter, receipts, ack)
         except PeerFault as exc:
             self.mesh.penalise(job.submitter, SERVICE, f"job {job.job_id}: {exc}")
         except (Refused, StreamBroken, trio.TooSlowError) as exc:
             log.info("job %s: stopped working on it: %s", job.job_id, exc)
         finally:
-            self._working.discard(job.job_id)
+            self.slots.release(job.job_id)
             await close_quietly(stream)
 
     async def _ask(self, conn: FrameStream, request: JobRequest) -> bytes:

@@ -145,3 +145,17 @@ def test_a_receipt_is_counter_signed_only_if_it_fits_the_lease_granted_to_its_pr
     job.cancelled = True  # too late is refused, but no fault
     late = job.cosign_refusal(lease.lease_id, "p", mine[2], receipt(mine[2], start=T + 1, end=T + 2), gpus=1, now=T + 6)
     assert late is not None and not late.fault
+
+
+def test_one_submitter_holds_at_most_its_share_of_the_batch_slots():
+    from garage_p2p.core.jobs import WorkerSlots
+
+    slots = WorkerSlots(max_jobs=4, per_submitter=2, progress_s=20)
+    assert slots.take("e1", "evil", 0) and slots.take("e2", "evil", 0)
+    assert not slots.take("e3", "evil", 0)  # its share is used up
+    assert slots.take("h1", "honest", 0) and not slots.take("h1", "honest", 0)
+    assert slots.deadlines["e1"] == 20
+    slots.progress("h1", 15)
+    assert slots.deadlines["h1"] == 35
+    slots.release("e1")
+    assert slots.take("e3", "evil", 30)
