@@ -19,6 +19,7 @@ wall time on the GPUs the provider advertises.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -66,13 +67,16 @@ class LineError:
     """Human-readable reason."""
 
 
-def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], list[LineError], str | None]:
-    """(valid lines, errors, the job's model). Every line must name the same model (or ``model`` overrides)."""
+def parse_batch(text: str | Iterable[str], model: str | None = None) -> tuple[list[BatchLine], list[LineError], str | None]:
+    """(valid lines, errors, the job's model). Every line must name the same model (or ``model`` overrides).
+
+    ``text``: the file's text, or its lines (without line ends) as they are read.
+    """
     lines: list[BatchLine] = []
     errors: list[LineError] = []
     seen: set[str] = set()
     models: set[str] = set()
-    for index, raw in enumerate(text.splitlines()):
+    for index, raw in enumerate(text.splitlines() if isinstance(text, str) else text):
         if not raw.strip():
             continue
         error = None

@@ -28,6 +28,7 @@ from ..core.jobs import (
     TOPIC_JOBS,
     BatchLine,
     JobAnnouncement,
+    LineError,
     JobRequest,
     JobState,
     LeaseGrant,
@@ -53,6 +54,9 @@ SERVICE = "jobs"
 IDLE_TIMEOUT = 60.0
 SERVER_LIMITS = RpcLimits(FrameType.JOB_REQUEST, FrameType.JOB_REPLY, 32 * MiB, max_requests=10_000, idle_timeout=IDLE_TIMEOUT, write_timeout=15.0)
 MAX_INPUT_BYTES = 256 * MiB
+"""Largest input of one job."""
+KEY_INPUT_QUOTA = 64 * MiB
+"""Input bytes one API key's running jobs may hold on this peer (the peer's own CLI is not bound by it)."""
 
 
 class JobRejected(Exception):
@@ -91,6 +95,8 @@ class JobManager:
         self.identity = identity
         self.ledger = ledger
         self.store = JobStore(home / "jobs.sqlite")
+        self.spool = home / "jobs-input"
+        """Uploads being received (deleted once their lines are stored)."""
         self.model_known = model_known
         self.gpus_of = gpus_of
         """GPUs a provider advertises (its ad's hardware; 1 for a CPU or an unknown peer): bounds its receipts."""
@@ -170,8 +176,23 @@ class JobManager:
 
     # -- submitting ----------------------------------------------------------------------
 
-    async def submit(self, text: str, *, model: str | None, shard_size: int, max_providers: int | None, deadline_s: float | None) -> dict[str, Any]:
-        lines, errors, job_model = parse_batch(text, model)
+    async def submit(
+        self,
+        source: str | Path,
+        *,
+        model: str | None,
+        shard_size: int,
+        max_providers: int | None,
+        deadline_s: float | None,
+        owner: str | None = None,
+        input_bytes: int = 0,
+    ) -> dict[str, Any]:
+        """Start a job from the batch file's text, or from the file (``source``: a spooled upload).
+
+        ``owner``: the API key that submits it (None: the peer's own CLI); ``input_bytes`` count
+        against that key's quota while the job runs.
+        """
+        lines, errors, job_model = await trio.to_thread.run_sync(_parse, source, model)
         if job_model is None:
             raise JobRejected("no line names a model (and no --model was given)")
         if lines and not await self.model_known(job_model):
@@ -179,9 +200,11 @@ class JobManager:
         job_id = f"job-{secrets.token_hex(8)}"
         row = JobRow(
             job_id, job_model, "running", time.time(), time.time() + deadline_s if deadline_s else None,
-            max(1, min(shard_size, MAX_SHARD_SIZE)), max_providers, len(lines) + len(errors),
+            max(1, min(shard_size, MAX_SHARD_SIZE)), max_providers, len(lines) + len(errors), owner, input_bytes,
         )  # fmt: skip
         await self._db(self.store.add_job, row, lines)
+        # Bodies stay on disk until their shard is leased: a job holds only line ids in memory.
+        lines = [BatchLine(l.index, l.custom_id, l.url, {}) for l in lines]
         now = time.time()
         await self._db(
             self.store.add_results,
@@ -195,11 +218,23 @@ class JobManager:
         self._new_job.set()
         return self.progress(job_id)
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        job = self._get(job_id)
+    async def input_quota_left(self, owner: str | None) -> int:
+        """Input bytes ``owner`` may still submit: its key's quota less its running jobs' input (one job's maximum for the CLI)."""
+        if owner is None:
+            return MAX_INPUT_BYTES
+        used = await self._db(self.store.input_bytes, owner)
+        return max(0, min(MAX_INPUT_BYTES, KEY_INPUT_QUOTA - used))
+
+    def spool_path(self) -> Path:
+        """A new file to spool an upload to (under HOME/jobs-input; the caller deletes it)."""
+        self.spool.mkdir(parents=True, exist_ok=True)
+        return self.spool / f"{secrets.token_hex(8)}.jsonl"
+
+    async def cancel(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        job = self._get(job_id, owner)
         if job.row.status == "running":
             await self._finish(job, "cancelled", "cancelled", "the job was cancelled before this line ran")
-        return self.progress(job_id)
+        return self.progress(job_id, owner)
 
     async def _finish(self, job: _Job, status: str, code: str | None = None, message: str = "") -> None:
         if code is not None:
@@ -213,16 +248,17 @@ class JobManager:
         await self._db(self.store.set_status, job.row.id, status)
         log.info("job %s %s", job.row.id, status)
 
-    def _get(self, job_id: str) -> _Job:
+    def _get(self, job_id: str, owner: str | None = None) -> _Job:
+        """The job, if ``owner`` may see it: its own key's jobs, or every job for None (the peer's own CLI)."""
         job = self.jobs.get(job_id)
-        if job is None:
-            raise KeyError(job_id)
+        if job is None or (owner is not None and job.row.owner != owner):
+            raise KeyError(job_id)  # another key's job is as absent as a job that never was
         return job
 
     # -- views -----------------------------------------------------------------------------
 
-    def progress(self, job_id: str) -> dict[str, Any]:
-        job = self._get(job_id)
+    def progress(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        job = self._get(job_id, owner)
         total = job.row.total
         invalid = total - len(job.lines)
         done = len(job.state.done_ids.intersection(job.by_id)) + invalid
@@ -252,11 +288,11 @@ class JobManager:
             "created": job.row.created,
         }
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self.progress(job_id) for job_id in self.jobs]
+    def list(self, owner: str | None = None) -> list[dict[str, Any]]:
+        return [self.progress(job_id) for job_id, job in self.jobs.items() if owner is None or job.row.owner == owner]
 
-    async def output(self, job_id: str, ok: bool) -> list[str]:
-        self._get(job_id)
+    async def output(self, job_id: str, ok: bool, owner: str | None = None) -> list[str]:
+        self._get(job_id, owner)
         return await self._db(self.store.records, job_id, ok)
 
     # -- the protocol (providers ask) ----------------------------------------------------------
@@ -279,11 +315,9 @@ class JobManager:
         lease = job.state.claim(peer_id, time.time())  # Unix time: receipts are checked against it
         if lease is None:
             return LeaseGrant(done=job.state.finished)
-        lines = [
-            {"custom_id": l.custom_id, "url": l.url, "body": l.body, "request_id": request_id(job.row.id, l.index)}
-            for l in job.state.shards[lease.shard]
-            if l.custom_id not in job.state.done_ids
-        ]
+        pending = [l for l in job.state.shards[lease.shard] if l.custom_id not in job.state.done_ids]
+        bodies = await self._db(self.store.bodies, job.row.id, [l.index for l in pending])
+        lines = [{"custom_id": l.custom_id, "url": l.url, "body": bodies[l.index], "request_id": request_id(job.row.id, l.index)} for l in pending]
         return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
 
     async def _results(self, peer_id: str, request: JobRequest) -> ResultsAck:
@@ -344,6 +378,14 @@ class JobManager:
         cosig = cosign_receipt(self.identity, raw)
         self.ledger.note_cosigned(provider, receipt.request_id, pack_pending(signature, raw, cosig))
         return cosig
+
+
+def _parse(source: str | Path, model: str | None) -> tuple[list[BatchLine], list[LineError], str | None]:
+    """parse_batch over text or a file, read line by line (an upload is never held whole in memory)."""
+    if isinstance(source, str):
+        return parse_batch(source, model)
+    with open(source, encoding="utf-8", errors="replace", newline="") as f:
+        return parse_batch((line.rstrip("\r\n") for line in f), model)
 
 
 def _error_record(custom_id: str | None, code: str, message: str, response: dict[str, Any] | None = None) -> dict[str, Any]:
