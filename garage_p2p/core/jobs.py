@@ -67,10 +67,14 @@ class LineError:
     """Human-readable reason."""
 
 
-def parse_batch(text: str | Iterable[str], model: str | None = None) -> tuple[list[BatchLine], list[LineError], str | None]:
+def parse_batch(
+    text: str | Iterable[str], model: str | None = None, *, bodies: bool = True
+) -> tuple[list[BatchLine], list[LineError], str | None]:
     """(valid lines, errors, the job's model). Every line must name the same model (or ``model`` overrides).
 
-    ``text``: the file's text, or its lines (without line ends) as they are read.
+    ``text``: the file's text, or its lines (without line ends) as they are read. ``bodies=False``
+    keeps only each body's model (``{"model": ...}``): a big upload is checked without holding
+    its bodies, which ``line_body`` reads again when they are stored.
     """
     lines: list[BatchLine] = []
     errors: list[LineError] = []
@@ -114,7 +118,7 @@ def parse_batch(text: str | Iterable[str], model: str | None = None) -> tuple[li
             errors.append(error)
             continue
         seen.add(custom_id)
-        lines.append(BatchLine(index, custom_id, url, body))
+        lines.append(BatchLine(index, custom_id, url, body if bodies else {"model": body["model"]}))
     if len(models) > 1:
         # One model per job (providers claim jobs by model): the one most lines ask for.
         counts: dict[str, int] = {}
@@ -131,6 +135,12 @@ def parse_batch(text: str | Iterable[str], model: str | None = None) -> tuple[li
     errors.sort(key=lambda e: e.index)
     job_model = lines[0].body["model"] if lines else (model or (sorted(models)[0] if models else None))
     return lines, errors, job_model
+
+
+def line_body(raw: str, model: str | None = None) -> dict[str, Any]:
+    """The request body of an input line that ``parse_batch`` accepted (``model`` as given to it)."""
+    body = json.loads(raw)["body"]
+    return {**body, "model": model} if model is not None else body
 
 
 # -- messages -----------------------------------------------------------------------

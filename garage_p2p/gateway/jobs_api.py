@@ -69,21 +69,22 @@ def job_routes(jobs: Any) -> list[Route]:
         owner = owner_of(request)
         limit = await manager().input_quota_left(owner)
         raw = request.headers.get("content-type", "").split(";")[0].strip().lower() in JSONL_TYPES
-        path = manager().spool_path() if raw else None
+        path = manager().spool_path()
         try:
-            if path is not None:
+            if raw:
                 size = await spool(request, path, limit)
                 options: Any = request.query_params
-                source: str | Path = path
             else:
                 try:
                     options = await read_json_body(request, limit)
                 except BadRequest as exc:
                     raise _too_large(limit) if exc.info.error.code == "request_too_large" else exc
-                source = options.get("input")
-                if not isinstance(source, str):
+                text = options.pop("input", None)
+                if not isinstance(text, str):
                     return _error(400, "input must be the batch file's text (JSONL)", "invalid_input")
-                size = len(source.encode())
+                # Spooled like an upload, so the job is built the same way: bodies never all in memory.
+                size = await trio.Path(path).write_bytes(text.encode())
+                del text
             try:
                 shard_size = int(options.get("shard_size") or 50)
                 max_providers = int(options["max_providers"]) if options.get("max_providers") else None
@@ -92,15 +93,14 @@ def job_routes(jobs: Any) -> list[Route]:
                 return _error(400, "shard_size, max_providers and deadline_s must be numbers", "invalid_parameter")
             model = options.get("model") if isinstance(options.get("model"), str) else None
             progress = await manager().submit(
-                source, model=model, shard_size=shard_size, max_providers=max_providers, deadline_s=deadline, owner=owner, input_bytes=size
+                path, model=model, shard_size=shard_size, max_providers=max_providers, deadline_s=deadline, owner=owner, input_bytes=size
             )
         except BadRequest as exc:
             return JSONResponse(error_body(exc.info), status_code=exc.info.status)
         except JobRejected as exc:
             return _error(404 if "serves" in str(exc) else 400, str(exc), "job_rejected")
         finally:
-            if path is not None:
-                path.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
         return JSONResponse(progress, status_code=201)
 
     async def listing(request: Request) -> Response:

@@ -64,7 +64,8 @@ class JobStore:
     def close(self) -> None:
         self._db.close()
 
-    def add_job(self, job: JobRow, lines: list[BatchLine]) -> None:
+    def add_job(self, job: JobRow, lines: Iterable[tuple[int, str, str, dict[str, Any]]]) -> None:
+        """Store a job and its lines, ``(index, custom_id, url, body)`` each (an iterable: read as it is stored)."""
         with self._db:
             self._db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -72,7 +73,7 @@ class JobStore:
             )
             self._db.executemany(
                 "INSERT INTO lines VALUES (?, ?, ?, ?, ?)",
-                [(job.id, l.index, l.custom_id, l.url, json.dumps(l.body, separators=(",", ":"))) for l in lines],
+                ((job.id, i, cid, url, json.dumps(body, separators=(",", ":"))) for i, cid, url, body in lines),
             )
 
     def set_status(self, job_id: str, status: str) -> None:

@@ -13,7 +13,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ..core.jobs import (
     JobState,
     LeaseGrant,
     ResultsAck,
+    line_body,
     parse_batch,
 )
 from ..core.messages import decode_json, encode_json
@@ -202,7 +204,7 @@ class JobManager:
             job_id, job_model, "running", time.time(), time.time() + deadline_s if deadline_s else None,
             max(1, min(shard_size, MAX_SHARD_SIZE)), max_providers, len(lines) + len(errors), owner, input_bytes,
         )  # fmt: skip
-        await self._db(self.store.add_job, row, lines)
+        await self._db(self.store.add_job, row, _stored_lines(source, lines, model))
         # Bodies stay on disk until their shard is leased: a job holds only line ids in memory.
         lines = [BatchLine(l.index, l.custom_id, l.url, {}) for l in lines]
         now = time.time()
@@ -380,12 +382,31 @@ class JobManager:
         return cosig
 
 
+@contextmanager
+def _input_lines(path: Path) -> Iterator[Iterator[str]]:
+    """The lines of a spooled upload, read one at a time."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        yield (line.rstrip("\r\n") for line in f)
+
+
 def _parse(source: str | Path, model: str | None) -> tuple[list[BatchLine], list[LineError], str | None]:
-    """parse_batch over text or a file, read line by line (an upload is never held whole in memory)."""
+    """parse_batch over text, or over a spooled upload without holding it or its bodies in memory."""
     if isinstance(source, str):
         return parse_batch(source, model)
-    with open(source, encoding="utf-8", errors="replace", newline="") as f:
-        return parse_batch((line.rstrip("\r\n") for line in f), model)
+    with _input_lines(source) as lines:
+        return parse_batch(lines, model, bodies=False)
+
+
+def _stored_lines(source: str | Path, lines: list[BatchLine], model: str | None) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """``(index, custom_id, url, body)`` of the valid lines; an upload's bodies are read from it again, one at a time."""
+    if isinstance(source, str):
+        yield from ((l.index, l.custom_id, l.url, l.body) for l in lines)
+        return
+    kept = {l.index: l for l in lines}
+    with _input_lines(source) as raws:
+        for index, raw in enumerate(raws):
+            if (line := kept.get(index)) is not None:
+                yield index, line.custom_id, line.url, line_body(raw, model)
 
 
 def _error_record(custom_id: str | None, code: str, message: str, response: dict[str, Any] | None = None) -> dict[str, Any]:
