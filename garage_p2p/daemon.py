@@ -589,7 +589,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
                 await discovery.lookup(model)
             return model in dispatcher.known_models()
 
-        peer.jobs = JobManager(mesh, identity, ledger, settings.home, model_known=model_known, gpus_of=lambda peer_id: _gpus_of(table, peer_id))
+        peer.jobs = JobManager(
+            mesh, identity, ledger, settings.home, model_known=model_known, gpus_of=lambda peer: _gpus_of(table, peer)
+        )
         peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
         await nursery.start(peer.jobs.serve)
         await nursery.start(peer.job_worker.serve)

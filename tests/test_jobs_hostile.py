@@ -59,7 +59,8 @@ async def test_a_hostile_job_announcer_is_penalised_by_the_worker(tmp_path):
                     while data := await read_some(stream):
                         for _frame in decoder.feed(data):
                             claims.append("claim")
-                            lease = b'{"lease_id":"L","deadline_s":5,"lines":[{"custom_id":"x"}]}'  # a line with no url or body
+                            # A line with no url or body.
+                            lease = b'{"lease_id":"L","deadline_s":5,"lines":[{"custom_id":"x"}]}'
                             await write_all(stream, encode_frame(FrameType.JOB_REPLY, lease))
             finally:
                 await close_quietly(stream)
@@ -79,17 +80,32 @@ def target(peer: Peer) -> Target:
 async def ghost_job(victim: Peer, lines: int, shard_size: int) -> str:
     """A job on ``victim`` for the model "ghost", which only an attacker will claim."""
     ghost = Identity.from_seed(b"\x05" * 32)
-    ad = make_ad(ghost, seq=int(time.time() * 1000), now=time.time(), ttl=300, addrs=(), models=(ModelOffer(name="ghost"),), version="x")
+    ad = make_ad(
+        ghost,
+        seq=int(time.time() * 1000),
+        now=time.time(),
+        ttl=300,
+        addrs=(),
+        models=(ModelOffer(name="ghost"),),
+        version="x",
+    )
     victim.table.apply(ad, time.time())
-    progress = await victim.jobs.submit(batch(lines, "ghost"), model=None, shard_size=shard_size, max_providers=None, deadline_s=None)
+    progress = await victim.jobs.submit(
+        batch(lines, "ghost"), model=None, shard_size=shard_size, max_providers=None, deadline_s=None
+    )
     return progress["id"]
 
 
 async def test_phantom_results_are_not_counter_signed(tmp_path):
     """Issue 16 item 5: results for lines outside the lease, receipts claiming 64 GPUs for a day."""
-    async with running_peer(tmp_path / "victim") as victim, running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil:
+    async with (
+        running_peer(tmp_path / "victim") as victim,
+        running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+    ):
         job_id = await ghost_job(victim, 200, shard_size=5)
-        sent = await phantom_results.attack(evil, target(victim), job_id=job_id, model="ghost", custom_ids=[f"req-{i}" for i in range(200)])
+        sent = await phantom_results.attack(
+            evil, target(victim), job_id=job_id, model="ghost", custom_ids=[f"req-{i}" for i in range(200)]
+        )
         assert sent["lines_leased"] == 5 and sent["results_sent"] == 200
         assert sent["cosigs_received"] == 0, sent
         assert await victim.ledger.pending() == []  # nothing waits to be pushed as counter-signed
@@ -108,10 +124,14 @@ async def test_one_hostile_submitter_does_not_starve_batch_work(tmp_path, http):
     ):
         victim.job_worker.slots.progress_s = 3.0  # the real 20 s, shortened for the test
         evil_id = evil.identity.peer_id
-        nursery.start_soon(partial(empty_jobs.attack, evil, target(victim), model="tiny", jobs=4, delay=50.0, duration=60.0))
+        nursery.start_soon(
+            partial(empty_jobs.attack, evil, target(victim), model="tiny", jobs=4, delay=50.0, duration=60.0)
+        )
         await wait_for(lambda: list(victim.job_worker.slots.submitters.values()).count(evil_id) >= 2, timeout=20)
         await wait_for_model(honest, "tiny")
-        r = await http.post(honest.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(20), "shard_size": 10})
+        r = await http.post(
+            honest.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(20), "shard_size": 10}
+        )
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
         await wait_for(lambda: honest.jobs.progress(job_id)["status"] == "completed", timeout=20)

@@ -18,7 +18,10 @@ def keys(home, *names):
 
 async def test_a_key_cannot_list_read_or_cancel_another_keys_jobs(tmp_path, http):
     alice, mallory = keys(tmp_path / "p", "alice", "mallory")
-    async with standin_backend() as backend, running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer:
+    async with (
+        standin_backend() as backend,
+        running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer,
+    ):
         base = peer.api_url.removesuffix("/v1") + "/garage/v1/jobs"
         ghost = await ghost_job(peer, 1, shard_size=1)  # makes "ghost" a known model: the job below keeps running
         r = await http.post(base, json={"input": batch(10, "ghost")}, headers=alice)
@@ -36,7 +39,10 @@ async def test_a_key_cannot_list_read_or_cancel_another_keys_jobs(tmp_path, http
 async def test_job_input_is_spooled_to_disk_and_bounded_per_key(tmp_path, http, monkeypatch):
     monkeypatch.setattr("garage_p2p.jobs.submitter.KEY_INPUT_QUOTA", 8 * 1024)
     (alice,) = keys(tmp_path / "p", "alice")
-    async with standin_backend() as backend, running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer:
+    async with (
+        standin_backend() as backend,
+        running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer,
+    ):
         base = peer.api_url.removesuffix("/v1") + "/garage/v1/jobs"
         await ghost_job(peer, 1, shard_size=1)
         raw = {**alice, "content-type": "application/jsonl"}

@@ -44,7 +44,9 @@ async def echo(peer_id: str, frame: Frame) -> bytes:
 @asynccontextmanager
 async def rpc_pair(tmp_path) -> AsyncIterator[Pair]:
     async with running_peer(tmp_path / "server") as server, running_peer(tmp_path / "client") as client:
-        server.mesh.set_handler(PROTOCOL, lambda stream: serve_requests(stream, SERVICE, LIMITS, echo, server.mesh.penalise))
+        server.mesh.set_handler(
+            PROTOCOL, lambda stream: serve_requests(stream, SERVICE, LIMITS, echo, server.mesh.penalise)
+        )
         yield Pair(server, client)
 
 
@@ -70,7 +72,9 @@ async def test_an_oversized_request_gets_an_error_reply_and_a_penalty(tmp_path):
 async def test_a_rejected_request_gets_an_error_reply_and_a_penalty(tmp_path):
     async with rpc_pair(tmp_path) as pair:
         stream = await pair.open()
-        await write_all(stream, encode_frame(FrameType.JOB_REQUEST, b"fine") + encode_frame(FrameType.JOB_REQUEST, b"bad"))
+        await write_all(
+            stream, encode_frame(FrameType.JOB_REQUEST, b"fine") + encode_frame(FrameType.JOB_REQUEST, b"bad")
+        )
         replies = await replies_until_closed(stream)
         assert replies[0] == b"fine" and refusal(replies[1]) == "a request the protocol rejects", replies
         assert pair.faults == 1

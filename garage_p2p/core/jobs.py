@@ -130,7 +130,14 @@ def parse_batch(
             if line.body["model"] == first:
                 keep.append(line)
             else:
-                errors.append(LineError(line.index, line.custom_id, "model_mismatch", f"the job's model is {first!r}; this line asks for {line.body['model']!r}"))
+                errors.append(
+                    LineError(
+                        line.index,
+                        line.custom_id,
+                        "model_mismatch",
+                        f"the job's model is {first!r}; this line asks for {line.body['model']!r}",
+                    )
+                )
         lines = keep
     errors.sort(key=lambda e: e.index)
     job_model = lines[0].body["model"] if lines else (model or (sorted(models)[0] if models else None))
@@ -307,7 +314,9 @@ class JobState:
 
     def _grant(self, shard: int, provider: str, now: float, duplicate: bool) -> Lease:
         self._next_lease += 1
-        lease = Lease(f"{self.job_id[:16]}-{self._next_lease}", shard, provider, now + self.lease_time, duplicate, granted_at=now)
+        lease = Lease(
+            f"{self.job_id[:16]}-{self._next_lease}", shard, provider, now + self.lease_time, duplicate, granted_at=now
+        )
         self.leases[lease.lease_id] = lease
         self.granted[lease.lease_id] = lease
         return lease
@@ -327,7 +336,9 @@ class JobState:
         self.done_ids.update(new)
         return new
 
-    def cosign_refusal(self, lease_id: str, provider: str, custom_id: str, receipt: Receipt, *, gpus: int, now: float) -> CosignRefusal | None:
+    def cosign_refusal(
+        self, lease_id: str, provider: str, custom_id: str, receipt: Receipt, *, gpus: int, now: float
+    ) -> CosignRefusal | None:
         """Why the submitter must not counter-sign this line's receipt, or None (the line then counts as signed).
 
         Call before ``complete`` for the same results (the job must be running when they arrive).
@@ -352,7 +363,9 @@ class JobState:
             return CosignRefusal("a receipt whose time falls outside the lease", fault=True)
         budget_us = (max(0.0, now - lease.granted_at) + RECEIPT_SLACK_S) * gpus * 1e6
         if lease.gpu_us + receipt.gpu_us > budget_us:
-            return CosignRefusal(f"receipts claim more GPU time than {gpus} GPUs had since the lease was granted", fault=True)
+            return CosignRefusal(
+                f"receipts claim more GPU time than {gpus} GPUs had since the lease was granted", fault=True
+            )
         lease.cosigned.add(custom_id)
         lease.gpu_us += receipt.gpu_us
         return None

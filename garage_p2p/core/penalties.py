@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
-
 class Penalise(Protocol):
     """Report a fault of ``peer`` against ``service`` (``Mesh.penalise`` in the daemon)."""
 
@@ -88,6 +87,10 @@ class PenaltyBox:
         return {peer: n for peer, r in self._records.items() if (n := r.by_service.get(service, 0))}
 
     def _forget(self, now: float) -> None:
-        stale = [p for p, r in self._records.items() if r.banned_until <= now and (not r.times or r.times[-1] <= now - self.window)]
+        stale = [
+            p
+            for p, r in self._records.items()
+            if r.banned_until <= now and (not r.times or r.times[-1] <= now - self.window)
+        ]
         for peer in stale[: max(1, len(stale))]:
             del self._records[peer]

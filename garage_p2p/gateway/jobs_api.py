@@ -46,7 +46,8 @@ async def spool(request: Request, path: Path, limit: int) -> int:
 
 def _too_large(limit: int) -> BadRequest:
     return invalid_request(
-        f"the job input exceeds the {limit} bytes this key may still submit (a quota of {KEY_INPUT_QUOTA} bytes of input "
+        f"the job input exceeds the {limit} bytes this key may still submit "
+        f"(a quota of {KEY_INPUT_QUOTA} bytes of input "
         f"in running jobs per key; one job at most {MAX_INPUT_BYTES})",
         code="request_too_large",
         status=413,
@@ -93,7 +94,13 @@ def job_routes(jobs: Any) -> list[Route]:
                 return _error(400, "shard_size, max_providers and deadline_s must be numbers", "invalid_parameter")
             model = options.get("model") if isinstance(options.get("model"), str) else None
             progress = await manager().submit(
-                path, model=model, shard_size=shard_size, max_providers=max_providers, deadline_s=deadline, owner=owner, input_bytes=size
+                path,
+                model=model,
+                shard_size=shard_size,
+                max_providers=max_providers,
+                deadline_s=deadline,
+                owner=owner,
+                input_bytes=size,
             )
         except BadRequest as exc:
             return JSONResponse(error_body(exc.info), status_code=exc.info.status)

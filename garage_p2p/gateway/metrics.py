@@ -177,7 +177,9 @@ class _Scraped:
             rejected.add_metric([reason], s.ads_rejected.get(reason, 0))
         yield rejected
         yield GaugeMetricFamily("garage_banned_peers", "Peers banned now after repeated faults.", value=s.banned_peers)
-        faults = CounterMetricFamily("garage_peer_faults", "Faults of other peers (bad input), by the service that counted them.", labels=["service"])
+        faults = CounterMetricFamily(
+            "garage_peer_faults", "Faults of other peers (bad input), by the service counting them.", labels=["service"]
+        )
         for service, count in sorted(s.faults.items()):
             faults.add_metric([service], count)
         yield faults

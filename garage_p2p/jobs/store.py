@@ -69,7 +69,18 @@ class JobStore:
         with self._db:
             self._db.execute(
                 "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (job.id, job.model, job.status, job.created, job.deadline, job.shard_size, job.max_providers, job.total, job.owner, job.input_bytes),
+                (
+                    job.id,
+                    job.model,
+                    job.status,
+                    job.created,
+                    job.deadline,
+                    job.shard_size,
+                    job.max_providers,
+                    job.total,
+                    job.owner,
+                    job.input_bytes,
+                ),
             )
             self._db.executemany(
                 "INSERT INTO lines VALUES (?, ?, ?, ?, ?)",
@@ -80,11 +91,16 @@ class JobStore:
         with self._db:
             self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
 
-    def add_results(self, rows: Iterable[tuple[str, str | None, int, bool, dict[str, Any], str | None, int, float]]) -> None:
+    def add_results(
+        self, rows: Iterable[tuple[str, str | None, int, bool, dict[str, Any], str | None, int, float]]
+    ) -> None:
         with self._db:
             self._db.executemany(
                 "INSERT OR IGNORE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(j, c, i, int(ok), json.dumps(rec, separators=(",", ":")), p, t, at) for j, c, i, ok, rec, p, t, at in rows],
+                [
+                    (j, c, i, int(ok), json.dumps(rec, separators=(",", ":")), p, t, at)
+                    for j, c, i, ok, rec, p, t, at in rows
+                ],
             )
 
     def jobs(self) -> list[JobRow]:
@@ -102,13 +118,17 @@ class JobStore:
         for i in range(0, len(indexes), 500):  # SQLite bounds the parameters of one statement
             part = indexes[i : i + 500]
             marks = ", ".join("?" * len(part))
-            rows = self._db.execute(f"SELECT idx, body FROM lines WHERE job_id = ? AND idx IN ({marks})", (job_id, *part))
+            rows = self._db.execute(
+                f"SELECT idx, body FROM lines WHERE job_id = ? AND idx IN ({marks})", (job_id, *part)
+            )
             out.update((idx, json.loads(body)) for idx, body in rows)
         return out
 
     def input_bytes(self, owner: str) -> int:
         """Input bytes of ``owner``'s running jobs (what its quota counts)."""
-        row = self._db.execute("SELECT COALESCE(SUM(input_bytes), 0) FROM jobs WHERE owner = ? AND status = 'running'", (owner,)).fetchone()
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(input_bytes), 0) FROM jobs WHERE owner = ? AND status = 'running'", (owner,)
+        ).fetchone()
         return int(row[0])
 
     def done(self, job_id: str) -> list[tuple[str | None, int, bool, int]]:
@@ -117,5 +137,7 @@ class JobStore:
         return [(cid, idx, bool(ok), tokens) for cid, idx, ok, tokens in rows]
 
     def records(self, job_id: str, ok: bool) -> list[str]:
-        rows = self._db.execute("SELECT record FROM results WHERE job_id = ? AND ok = ? ORDER BY idx", (job_id, int(ok)))
+        rows = self._db.execute(
+            "SELECT record FROM results WHERE job_id = ? AND ok = ? ORDER BY idx", (job_id, int(ok))
+        )
         return [record for (record,) in rows]

@@ -54,7 +54,14 @@ GONE_AFTER = 3.0
 SERVICE = "jobs"
 """Faults on this protocol (as a provider or as a submitter) are counted under this name."""
 IDLE_TIMEOUT = 60.0
-SERVER_LIMITS = RpcLimits(FrameType.JOB_REQUEST, FrameType.JOB_REPLY, 32 * MiB, max_requests=10_000, idle_timeout=IDLE_TIMEOUT, write_timeout=15.0)
+SERVER_LIMITS = RpcLimits(
+    FrameType.JOB_REQUEST,
+    FrameType.JOB_REPLY,
+    32 * MiB,
+    max_requests=10_000,
+    idle_timeout=IDLE_TIMEOUT,
+    write_timeout=15.0,
+)
 MAX_INPUT_BYTES = 256 * MiB
 """Largest input of one job."""
 KEY_INPUT_QUOTA = 64 * MiB
@@ -153,7 +160,11 @@ class JobManager:
         if job.row.status != "running":
             return
         message = JobAnnouncement(
-            job_id=job.row.id, model=job.row.model, submitter=self.mesh.peer_id, shards_left=job.state.shards_left(), deadline=job.row.deadline
+            job_id=job.row.id,
+            model=job.row.model,
+            submitter=self.mesh.peer_id,
+            shards_left=job.state.shards_left(),
+            deadline=job.row.deadline,
         )
         await self.mesh.publish(TOPIC_JOBS, encode_json(message))
 
@@ -170,10 +181,17 @@ class JobManager:
                         job.absent_since.pop(lease.provider, None)
                     elif now - job.absent_since.setdefault(lease.provider, now) >= GONE_AFTER:
                         lost = job.state.provider_gone(lease.provider)
-                        log.info("job %s: provider %s vanished; %d shards back in the pool", job.row.id, lease.provider, len(lost))
+                        log.info(
+                            "job %s: provider %s vanished; %d shards back in the pool",
+                            job.row.id,
+                            lease.provider,
+                            len(lost),
+                        )
                 job.state.expire(time.time())
                 if job.row.deadline is not None and time.time() > job.row.deadline:
-                    await self._finish(job, "expired", "deadline_exceeded", "the job's deadline passed before this line ran")
+                    await self._finish(
+                        job, "expired", "deadline_exceeded", "the job's deadline passed before this line ran"
+                    )
             await trio.sleep(1.0)
 
     # -- submitting ----------------------------------------------------------------------
@@ -210,18 +228,37 @@ class JobManager:
         now = time.time()
         await self._db(
             self.store.add_results,
-            [(job_id, e.custom_id, e.index, False, _error_record(e.custom_id, e.code, e.message), None, 0, now) for e in errors],
+            [
+                (job_id, e.custom_id, e.index, False, _error_record(e.custom_id, e.code, e.message), None, 0, now)
+                for e in errors
+            ],
         )
-        job = _Job(row, JobState.of(job_id, lines, row.shard_size, self.lease_time), {l.index: l for l in lines}, {l.custom_id: l for l in lines}, failed=len(errors))
+        job = _Job(
+            row,
+            JobState.of(job_id, lines, row.shard_size, self.lease_time),
+            {l.index: l for l in lines},
+            {l.custom_id: l for l in lines},
+            failed=len(errors),
+        )
         self.jobs[job_id] = job
-        log.info("job %s: %d lines (%d invalid) of %s in %d shards", job_id, row.total, len(errors), job_model, len(job.state.shards))
+        log.info(
+            "job %s: %d lines (%d invalid) of %s in %d shards",
+            job_id,
+            row.total,
+            len(errors),
+            job_model,
+            len(job.state.shards),
+        )
         if job.state.finished:
             await self._finish(job, "completed")
         self._new_job.set()
         return self.progress(job_id)
 
     async def input_quota_left(self, owner: str | None) -> int:
-        """Input bytes ``owner`` may still submit: its key's quota less its running jobs' input (one job's maximum for the CLI)."""
+        """Input bytes ``owner`` may still submit: its key's quota less its running jobs' input.
+
+        The peer's own CLI (None) is bound by one job's maximum only.
+        """
         if owner is None:
             return MAX_INPUT_BYTES
         used = await self._db(self.store.input_bytes, owner)
@@ -242,7 +279,13 @@ class JobManager:
         if code is not None:
             now = time.time()
             left = [l for l in job.lines.values() if l.custom_id not in job.state.done_ids]
-            await self._db(self.store.add_results, [(job.row.id, l.custom_id, l.index, False, _error_record(l.custom_id, code, message), None, 0, now) for l in left])
+            await self._db(
+                self.store.add_results,
+                [
+                    (job.row.id, l.custom_id, l.index, False, _error_record(l.custom_id, code, message), None, 0, now)
+                    for l in left
+                ],
+            )
             job.failed += len(left)
             job.state.done_ids.update(l.custom_id for l in left)
         job.state.cancelled = True
@@ -319,7 +362,15 @@ class JobManager:
             return LeaseGrant(done=job.state.finished)
         pending = [l for l in job.state.shards[lease.shard] if l.custom_id not in job.state.done_ids]
         bodies = await self._db(self.store.bodies, job.row.id, [l.index for l in pending])
-        lines = [{"custom_id": l.custom_id, "url": l.url, "body": bodies[l.index], "request_id": request_id(job.row.id, l.index)} for l in pending]
+        lines = [
+            {
+                "custom_id": l.custom_id,
+                "url": l.url,
+                "body": bodies[l.index],
+                "request_id": request_id(job.row.id, l.index),
+            }
+            for l in pending
+        ]
         return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
 
     async def _results(self, peer_id: str, request: JobRequest) -> ResultsAck:
@@ -356,7 +407,9 @@ class JobManager:
             await self._finish(job, "completed")
         return ResultsAck(accepted=len(new), cosigs=cosigs)
 
-    def _countersign(self, provider: str, job: _Job, lease_id: str, line: BatchLine, result: dict[str, Any]) -> bytes | None:
+    def _countersign(
+        self, provider: str, job: _Job, lease_id: str, line: BatchLine, result: dict[str, Any]
+    ) -> bytes | None:
         """The counter-signature of a line's receipt, or None; a receipt no honest provider sends is penalised."""
         blob = result.get("receipt")
         if not isinstance(blob, str):
@@ -366,11 +419,19 @@ class JobManager:
         except ReceiptInvalid as exc:
             self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: a bad receipt: {exc}")
             return None
-        problem = expected_receipt_problem(receipt, consumer=self.identity.peer_id, provider=provider, request_id=request_id(job.row.id, line.index), model=job.row.model)
+        problem = expected_receipt_problem(
+            receipt,
+            consumer=self.identity.peer_id,
+            provider=provider,
+            request_id=request_id(job.row.id, line.index),
+            model=job.row.model,
+        )
         if problem is not None:
             self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {problem}")
             return None
-        refusal = job.state.cosign_refusal(lease_id, provider, line.custom_id, receipt, gpus=self.gpus_of(provider), now=time.time())
+        refusal = job.state.cosign_refusal(
+            lease_id, provider, line.custom_id, receipt, gpus=self.gpus_of(provider), now=time.time()
+        )
         if refusal is not None:
             if refusal.fault:
                 self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {refusal.reason}")
@@ -397,8 +458,10 @@ def _parse(source: str | Path, model: str | None) -> tuple[list[BatchLine], list
         return parse_batch(lines, model, bodies=False)
 
 
-def _stored_lines(source: str | Path, lines: list[BatchLine], model: str | None) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
-    """``(index, custom_id, url, body)`` of the valid lines; an upload's bodies are read from it again, one at a time."""
+def _stored_lines(
+    source: str | Path, lines: list[BatchLine], model: str | None
+) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """``(index, custom_id, url, body)`` of the valid lines; an upload's bodies are read again, one at a time."""
     if isinstance(source, str):
         yield from ((l.index, l.custom_id, l.url, l.body) for l in lines)
         return
@@ -409,8 +472,15 @@ def _stored_lines(source: str | Path, lines: list[BatchLine], model: str | None)
                 yield index, line.custom_id, line.url, line_body(raw, model)
 
 
-def _error_record(custom_id: str | None, code: str, message: str, response: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": custom_id, "response": response, "error": {"code": code, "message": message}}
+def _error_record(
+    custom_id: str | None, code: str, message: str, response: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{secrets.token_hex(12)}",
+        "custom_id": custom_id,
+        "response": response,
+        "error": {"code": code, "message": message},
+    }
 
 
 def _output_record(job_id: str, line: BatchLine, result: dict[str, Any]) -> tuple[bool, dict[str, Any], int]:
@@ -423,9 +493,30 @@ def _output_record(job_id: str, line: BatchLine, result: dict[str, Any]) -> tupl
         tokens = int(usage.get("total_tokens") or 0) if isinstance(usage.get("total_tokens", 0), int) else 0
         response = {"status_code": status, "request_id": rid, "body": body}
         if status == 200:
-            return True, {"id": f"batch_req_{secrets.token_hex(12)}", "custom_id": line.custom_id, "response": response, "error": None}, tokens
+            return (
+                True,
+                {
+                    "id": f"batch_req_{secrets.token_hex(12)}",
+                    "custom_id": line.custom_id,
+                    "response": response,
+                    "error": None,
+                },
+                tokens,
+            )
         error = body.get("error") if isinstance(body, dict) else None
         code = error.get("code") if isinstance(error, dict) else None
-        return False, _error_record(line.custom_id, str(code or f"http_{status}")[:64], json.dumps(body)[:500], response), 0
+        return (
+            False,
+            _error_record(line.custom_id, str(code or f"http_{status}")[:64], json.dumps(body)[:500], response),
+            0,
+        )
     error = result.get("error") if isinstance(result.get("error"), dict) else {}
-    return False, _error_record(line.custom_id, str(error.get("code") or "provider_error")[:64], str(error.get("message") or "the provider failed")[:500]), 0
+    return (
+        False,
+        _error_record(
+            line.custom_id,
+            str(error.get("code") or "provider_error")[:64],
+            str(error.get("message") or "the provider failed")[:500],
+        ),
+        0,
+    )

@@ -82,7 +82,11 @@ class JobWorker:
                     continue
                 if job.submitter == self.mesh.peer_id:
                     continue  # our own jobs we do not work on
-                if job.shards_left and self.provider.serves(job.model) and self.slots.take(job.job_id, job.submitter, trio.current_time()):
+                if (
+                    job.shards_left
+                    and self.provider.serves(job.model)
+                    and self.slots.take(job.job_id, job.submitter, trio.current_time())
+                ):
                     nursery.start_soon(self._work, job)
 
     @staticmethod
@@ -97,7 +101,9 @@ class JobWorker:
 
     async def _work(self, job: JobAnnouncement) -> None:
         try:
-            stream = await self.mesh.open_stream(job.submitter, self.addrs_of(job.submitter), PROTOCOL_JOBS, REQUEST_TIMEOUT)
+            stream = await self.mesh.open_stream(
+                job.submitter, self.addrs_of(job.submitter), PROTOCOL_JOBS, REQUEST_TIMEOUT
+            )
         except DialError as exc:
             log.info("job %s: cannot reach the submitter: %s", job.job_id, exc)
             self.slots.release(job.job_id)
@@ -121,7 +127,13 @@ class JobWorker:
                 idle = 0
                 self.slots.progress(job.job_id, trio.current_time())
                 results, receipts = await self._run_shard(job, grant)
-                ack = decode_json(ResultsAck, await self._ask(conn, JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results))))
+                ack = decode_json(
+                    ResultsAck,
+                    await self._ask(
+                        conn,
+                        JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results)),
+                    ),
+                )
                 self.slots.progress(job.job_id, trio.current_time())
                 await self._log_receipts(job.submitter, receipts, ack)
         except PeerFault as exc:
@@ -143,7 +155,9 @@ class JobWorker:
             raise Refused(reason)
         return frame.payload
 
-    async def _run_shard(self, job: JobAnnouncement, grant: LeaseGrant) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    async def _run_shard(
+        self, job: JobAnnouncement, grant: LeaseGrant
+    ) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
         results: list[dict[str, Any]] = []
         receipts: dict[str, bytes] = {}
         limiter = trio.CapacityLimiter(self.concurrency)
@@ -177,7 +191,12 @@ class JobWorker:
     async def _run_line(self, job: JobAnnouncement, line: dict[str, Any]) -> tuple[dict[str, Any] | None, bytes | None]:
         custom_id = str(line.get("custom_id"))
         try:
-            head = RequestHead(request_id=str(line.get("request_id")), path=line.get("url"), body=line.get("body"), timeout=LINE_TIMEOUT)
+            head = RequestHead(
+                request_id=str(line.get("request_id")),
+                path=line.get("url"),
+                body=line.get("body"),
+                timeout=LINE_TIMEOUT,
+            )
         except Exception as exc:  # a malformed line from the submitter: report it, do not crash
             return {"custom_id": custom_id, "error": {"code": "invalid_line", "message": str(exc)[:300]}}, None
         frames: list[bytes] = []
@@ -198,11 +217,17 @@ class JobWorker:
                 if event.info.retryable:
                     return None, None
                 error = event.info.error
-                return {"custom_id": custom_id, "error": {"code": error.code or "provider_error", "message": error.message}}, None
+                return {
+                    "custom_id": custom_id,
+                    "error": {"code": error.code or "provider_error", "message": error.message},
+                }, None
         try:
             parsed = json.loads(body)
         except ValueError:
-            return {"custom_id": custom_id, "error": {"code": "bad_response", "message": "the backend's answer is not JSON"}}, None
+            return {
+                "custom_id": custom_id,
+                "error": {"code": "bad_response", "message": "the backend's answer is not JSON"},
+            }, None
         result = {"custom_id": custom_id, "status_code": 200, "body": parsed}
         if end is not None and end.receipt is not None:
             result["receipt"] = end.receipt

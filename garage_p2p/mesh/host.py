@@ -95,9 +95,11 @@ class Mesh:
 
         Past the threshold (faults from every service together) the peer is banned and disconnected.
         """
-        log.warning("%s: peer %s misbehaved (%d so far): %s", service, peer_id, self.penalties.faults(peer_id, service) + 1, reason)
+        so_far = self.penalties.faults(peer_id, service) + 1
+        log.warning("%s: peer %s misbehaved (%d so far): %s", service, peer_id, so_far, reason)
         if self.penalties.fault(peer_id, f"{service}: {reason}", time.monotonic(), service):
-            log.warning("banned %s for %.0f s after repeated faults (last: %s: %s)", peer_id, self.penalties.ban, service, reason)
+            ban = self.penalties.ban
+            log.warning("banned %s for %.0f s after repeated faults (last: %s: %s)", peer_id, ban, service, reason)
             if self._nursery is not None:
                 self._nursery.start_soon(self.disconnect, peer_id)
 

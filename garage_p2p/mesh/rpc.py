@@ -59,7 +59,9 @@ class _TooManyRequests(Exception):
     """The stream used up its requests (closed with an error reply, not a fault)."""
 
 
-async def serve_requests(stream: PeerStream, service: str, limits: RpcLimits, answer: Answer, penalise: Penalise) -> None:
+async def serve_requests(
+    stream: PeerStream, service: str, limits: RpcLimits, answer: Answer, penalise: Penalise
+) -> None:
     """Answer ``stream``'s requests one at a time until it ends, idles or breaks a limit; then close it."""
     conn = FrameStream(stream, {limits.request: limits.max_request_bytes})
     reset = False

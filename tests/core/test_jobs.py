@@ -6,7 +6,12 @@ from garage_p2p.core.jobs import JobState, parse_batch
 
 
 def line(i, model="tiny", **extra):
-    item = {"custom_id": f"c{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": model, "messages": [{"role": "user", "content": str(i)}]}}
+    item = {
+        "custom_id": f"c{i}",
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": {"model": model, "messages": [{"role": "user", "content": str(i)}]},
+    }
     item.update(extra)
     return json.dumps(item)
 
@@ -17,7 +22,14 @@ def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
             line(0),
             "not json",
             line(1, url="/v1/embeddings"),
-            json.dumps({"custom_id": "c0", "method": "POST", "url": "/v1/completions", "body": {"model": "tiny", "prompt": "x"}}),
+            json.dumps(
+                {
+                    "custom_id": "c0",
+                    "method": "POST",
+                    "url": "/v1/completions",
+                    "body": {"model": "tiny", "prompt": "x"},
+                }
+            ),
             line(2),
             "",
             line(3, model="other"),
@@ -71,12 +83,18 @@ def test_tail_stealing_duplicates_once_and_first_result_wins():
     assert job.complete("never-granted", ids) is None
     other = b if original is a else a
     # ids from another shard are ignored.
-    assert job.complete(other.lease_id, ids + [l.custom_id for l in job.shards[other.shard]]) == [l.custom_id for l in job.shards[other.shard]]
+    assert job.complete(other.lease_id, ids + [l.custom_id for l in job.shards[other.shard]]) == [
+        l.custom_id for l in job.shards[other.shard]
+    ]
     assert job.finished
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 40), st.integers(1, 7), st.lists(st.tuples(st.sampled_from("ABC"), st.booleans(), st.booleans()), max_size=80))
+@given(
+    st.integers(1, 40),
+    st.integers(1, 7),
+    st.lists(st.tuples(st.sampled_from("ABC"), st.booleans(), st.booleans()), max_size=80),
+)
 def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
     """Claims, completions, losses and lapses in any order: every line done once, none twice."""
     job = make(n, size)
@@ -137,9 +155,15 @@ def test_a_receipt_is_counter_signed_only_if_it_fits_the_lease_granted_to_its_pr
         "again": job.cosign_refusal(lease.lease_id, "p", mine[0], ok, gpus=1, now=T + 6),
         "not its lease": job.cosign_refusal(lease.lease_id, "q", mine[1], ok, gpus=1, now=T + 6),
         "outside the lease": job.cosign_refusal(lease.lease_id, "p", other, ok, gpus=1, now=T + 6),
-        "more GPUs than advertised": job.cosign_refusal(lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 1, end=T + 2, gpus=64), gpus=1, now=T + 6),
-        "a day in six seconds": job.cosign_refusal(lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 6 - 86_400, end=T + 6), gpus=1, now=T + 6),
-        "more GPU time than wall time": job.cosign_refusal(lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 1, end=T + 6, gpu_s=5), gpus=1, now=T + 6),
+        "more GPUs than advertised": job.cosign_refusal(
+            lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 1, end=T + 2, gpus=64), gpus=1, now=T + 6
+        ),
+        "a day in six seconds": job.cosign_refusal(
+            lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 6 - 86_400, end=T + 6), gpus=1, now=T + 6
+        ),
+        "more GPU time than wall time": job.cosign_refusal(
+            lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 1, end=T + 6, gpu_s=5), gpus=1, now=T + 6
+        ),
     }
     assert all(r is not None and r.fault for r in refusals.values()), refusals
     job.cancelled = True  # too late is refused, but no fault

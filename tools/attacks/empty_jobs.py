@@ -19,7 +19,9 @@ from garage_p2p.mesh.streams import StreamBroken, close_quietly, read_some, writ
 from . import Target
 
 
-async def attack(attacker: Peer, victim: Target, *, model: str, jobs: int = 4, delay: float = 50.0, duration: float = 60.0) -> dict[str, int | float | str]:
+async def attack(
+    attacker: Peer, victim: Target, *, model: str, jobs: int = 4, delay: float = 50.0, duration: float = 60.0
+) -> dict[str, int | float | str]:
     """Announce ``jobs`` empty jobs for ``duration`` seconds; claims get an empty lease after ``delay`` seconds."""
     me = attacker.identity.peer_id
     claims = 0
@@ -45,7 +47,10 @@ async def attack(attacker: Peer, victim: Target, *, model: str, jobs: int = 4, d
     with trio.move_on_after(duration):
         while True:
             for i in range(jobs):
-                await attacker.mesh.publish(TOPIC_JOBS, encode_json(JobAnnouncement(job_id=f"empty-{i}", model=model, submitter=me, shards_left=1)))
+                await attacker.mesh.publish(
+                    TOPIC_JOBS,
+                    encode_json(JobAnnouncement(job_id=f"empty-{i}", model=model, submitter=me, shards_left=1)),
+                )
                 announced += 1
             await trio.sleep(1.0)
     return {"jobs": jobs, "announcements": announced, "claims_stalled": claims}

@@ -27,7 +27,14 @@ TIMEOUT = 10.0
 
 
 async def attack(
-    attacker: Peer, victim: Target, *, job_id: str, model: str, custom_ids: Sequence[str], gpus: int = 64, hours: float = 24.0
+    attacker: Peer,
+    victim: Target,
+    *,
+    job_id: str,
+    model: str,
+    custom_ids: Sequence[str],
+    gpus: int = 64,
+    hours: float = 24.0,
 ) -> dict[str, int | float | str]:
     """Claim a lease of ``job_id``, then hand in phantom results for every line (``custom_ids`` in input order)."""
     me = attacker.identity
@@ -42,7 +49,12 @@ async def attack(
         )  # fmt: skip
         raw = encode_receipt(receipt)
         body = {"choices": [{"message": {"role": "assistant", "content": "phantom"}}], "usage": {"total_tokens": 20}}
-        return {"custom_id": custom_id, "status_code": 200, "body": body, "receipt": pack_signed(raw, sign_receipt(me, raw))}
+        return {
+            "custom_id": custom_id,
+            "status_code": 200,
+            "body": body,
+            "receipt": pack_signed(raw, sign_receipt(me, raw)),
+        }
 
     stream = await attacker.mesh.open_stream(victim.peer_id, victim.addrs, PROTOCOL_JOBS)
     conn = FrameStream(stream, {FrameType.JOB_REPLY: 32 * 1024 * 1024})
@@ -61,10 +73,17 @@ async def attack(
             grant = decode_json(LeaseGrant, await ask(JobRequest(op="claim", job_id=job_id)))
             leased = len(grant.lines)
             results = tuple(phantom(i, cid) for i, cid in enumerate(custom_ids))
-            ack = decode_json(ResultsAck, await ask(JobRequest(op="results", job_id=job_id, lease_id=grant.lease_id, results=results)))
+            ack = decode_json(
+                ResultsAck, await ask(JobRequest(op="results", job_id=job_id, lease_id=grant.lease_id, results=results))
+            )
             cosigs = len(ack.cosigs)
     except StreamBroken:
         pass  # the victim closed the stream
     finally:
         await close_quietly(stream)
-    return {"lines_leased": leased, "results_sent": len(custom_ids), "gpu_hours_claimed": len(custom_ids) * gpus * hours, "cosigs_received": cosigs}
+    return {
+        "lines_leased": leased,
+        "results_sent": len(custom_ids),
+        "gpu_hours_claimed": len(custom_ids) * gpus * hours,
+        "cosigs_received": cosigs,
+    }
