@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -26,7 +25,8 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from garage_p2p.devtools.processes import PeerProcess, peer_args  # noqa: E402
+from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
+from tools.testkit import standin_process  # noqa: E402
 
 QUIET = ["--log-level", "WARNING"]
 
@@ -64,7 +64,9 @@ def trial(n: int, rng: random.Random, root: Path, backend: str, settle: float) -
         time.sleep(settle)
         model = f"new-{rng.randrange(10**9)}"
         urls = [p.api_url.removesuffix("/v1") + "/garage/v1/models" for p in peers]
-        provider = PeerProcess(root / "provider", peer_args(bootstrap=[rng.choice(peers).addr], backends={model: backend}, extra=QUIET))
+        provider = PeerProcess(
+            root / "provider", peer_args(bootstrap=[rng.choice(peers).addr], backends={model: backend}, extra=QUIET)
+        )
         peers.append(provider)
         t1 = time.perf_counter()
         provider.start()
@@ -83,20 +85,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    backend_proc = subprocess.Popen([sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "18555", "--model", "any"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
+    with standin_process(18555, model="any") as backend:
         print(f"{'peers':>6} {'trial':>6} {'all know (s)':>13} {'mesh start (s)':>15}")
         for n in args.sizes:
             times = []
             for t in range(args.trials):
                 with tempfile.TemporaryDirectory() as tmp:
-                    took, started = trial(n, rng, Path(tmp), "http://127.0.0.1:18555/v1", args.settle)
+                    took, started = trial(n, rng, Path(tmp), backend, args.settle)
                 times.append(took)
                 print(f"{n:6d} {t + 1:6d} {took:13.2f} {started:15.1f}", flush=True)
             print(f"{n:6d} median {statistics.median(times):13.2f}", flush=True)
-    finally:
-        backend_proc.terminate()
-        backend_proc.wait(10)
 
 
 if __name__ == "__main__":

@@ -25,14 +25,15 @@ from pathlib import Path
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import libp2p.pubsub.pubsub as pubsub_module  # noqa: E402
+from libp2p.host.basic_host import BasicHost  # noqa: E402
+
 import garage_p2p.ledger.sync as ledger_sync  # noqa: E402
 import garage_p2p.mesh.host as mesh_host  # noqa: E402
-import libp2p.pubsub.pubsub as pubsub_module  # noqa: E402
 from garage_p2p.cli.common import setup_logging  # noqa: E402
+from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.devtools.processes import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
-from libp2p.host.basic_host import BasicHost  # noqa: E402
 
 counts: collections.Counter = collections.Counter()
 
@@ -58,8 +59,16 @@ def instrument() -> None:
 async def in_process(peers: int, settle: float, seconds: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         async with AsyncExitStack() as stack:
+
             def settings(name: str, **extra) -> Settings:
-                return Settings(home=Path(tmp) / name, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR", **extra)
+                return Settings(
+                    home=Path(tmp) / name,
+                    listen=["/ip4/127.0.0.1/tcp/0"],
+                    api="127.0.0.1:0",
+                    mdns=False,
+                    log_level="ERROR",
+                    **extra,
+                )
 
             hub = await stack.enter_async_context(open_peer(settings("hub")))
             addr = [a for a in hub.mesh.addrs() if "/127.0.0.1/" in a][:1]
@@ -102,7 +111,11 @@ def processes(peers: int, settle: float, seconds: float) -> float:
 
 def show(label: str, r: dict) -> None:
     streams = ", ".join(f"{k[7:]} {v:.1f}/s" for k, v in sorted(r.items()) if k.startswith("stream "))
-    print(f"  {label:<34} CPU {r['cpu'] * 100:5.1f}% of a core   pubsub RPCs received {r.get('rpc', 0):6.1f}/s   new streams: {streams or 'none'}", flush=True)
+    print(
+        f"  {label:<34} CPU {r['cpu'] * 100:5.1f}% of a core   pubsub RPCs received {r.get('rpc', 0):6.1f}/s   "
+        f"new streams: {streams or 'none'}",
+        flush=True,
+    )
 
 
 def main() -> None:

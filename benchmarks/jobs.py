@@ -25,8 +25,8 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from garage_p2p.cli.common import setup_logging  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.devtools.standin_backend import create_standin_app, serve_standin  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
+from tools.standin_backend import create_standin_app, serve_standin  # noqa: E402
 
 TOKEN_DELAY = 0.020
 BATCH = 4
@@ -34,12 +34,27 @@ TOKENS = 16
 
 
 def settings(home: Path, **extra) -> Settings:
-    return Settings(home=home, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR", ad_interval=1.0, **extra)
+    return Settings(
+        home=home,
+        listen=["/ip4/127.0.0.1/tcp/0"],
+        api="127.0.0.1:0",
+        mdns=False,
+        log_level="ERROR",
+        ad_interval=1.0,
+        **extra,
+    )
 
 
 def batch(lines: int) -> str:
     return "\n".join(
-        json.dumps({"custom_id": f"r{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": TOKENS}})
+        json.dumps(
+            {
+                "custom_id": f"r{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": TOKENS},
+            }
+        )
         for i in range(lines)
     )
 
@@ -51,15 +66,24 @@ async def run(providers: int, lines: int, shard: int) -> dict:
             submitter = await stack.enter_async_context(open_peer(settings(root / "s")))
             addr = [a for a in submitter.mesh.addrs() if "/127.0.0.1/" in a][:1]
             for i in range(providers):
-                bound = await nursery.start(serve_standin, create_standin_app("tiny", token_delay=TOKEN_DELAY, max_running=BATCH), "127.0.0.1", 0)
-                await stack.enter_async_context(open_peer(settings(root / f"p{i}", backends={"tiny": bound[0] + "/v1"}, bootstrap=addr)))
+                bound = await nursery.start(
+                    serve_standin,
+                    create_standin_app("tiny", token_delay=TOKEN_DELAY, max_running=BATCH),
+                    "127.0.0.1",
+                    0,
+                )
+                await stack.enter_async_context(
+                    open_peer(settings(root / f"p{i}", backends={"tiny": bound[0] + "/v1"}, bootstrap=addr))
+                )
             with trio.fail_after(60):
                 while len(submitter.dispatcher.known_models().get("tiny", [])) < providers:
                     await trio.sleep(0.1)
             base = submitter.api_url.removesuffix("/v1")
             async with httpx.AsyncClient(timeout=60) as client:
                 start = time.monotonic()
-                job = (await client.post(base + "/garage/v1/jobs", json={"input": batch(lines), "shard_size": shard})).json()
+                job = (
+                    await client.post(base + "/garage/v1/jobs", json={"input": batch(lines), "shard_size": shard})
+                ).json()
                 status = job
                 with trio.move_on_after(600):  # a bounded wait: a stuck job is a failure, not a hang
                     while True:
@@ -84,12 +108,20 @@ def main() -> None:
         parser.error("--lines must be 1..10000 and --shard 1..1000")
     setup_logging("ERROR")
     ideal = BATCH / (TOKEN_DELAY * TOKENS)
-    print(f"{args.lines} lines x {TOKENS} tokens; each provider: {TOKEN_DELAY * 1000:.0f} ms/token, batch of {BATCH} (ideal {ideal:.1f} lines/s)", flush=True)
+    print(
+        f"{args.lines} lines x {TOKENS} tokens; each provider: {TOKEN_DELAY * 1000:.0f} ms/token, batch of {BATCH} "
+        f"(ideal {ideal:.1f} lines/s)",
+        flush=True,
+    )
     results = {}
     for n in (1, 2, 3):
         results[n] = trio.run(run, n, args.lines, args.shard)
         r = results[n]
-        print(f"  {n} provider{'s' if n > 1 else ' '}: {r['seconds']:6.1f} s  {r['lines_per_s']:6.1f} lines/s  {r['tokens_per_s']:7.0f} tok/s  speed-up x{r['lines_per_s'] / results[1]['lines_per_s']:.2f}", flush=True)
+        print(
+            f"  {n} provider{'s' if n > 1 else ' '}: {r['seconds']:6.1f} s  {r['lines_per_s']:6.1f} lines/s  "
+            f"{r['tokens_per_s']:7.0f} tok/s  speed-up x{r['lines_per_s'] / results[1]['lines_per_s']:.2f}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -108,7 +108,9 @@ async def add_remote_rate(blobs: list[bytes], home: Path) -> float:
 
 
 def settings(home: Path, **extra) -> Settings:
-    return Settings(home=home, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR", **extra)
+    return Settings(
+        home=home, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR", **extra
+    )
 
 
 async def sync_run(entries: list[Entry], root: Path) -> dict:
@@ -142,7 +144,10 @@ async def main_async(args) -> None:
     print(f"  raw ed25519 verify, 1 thread:              {raw:10,.0f} /s")
     print(f"  physical limit, entries (2 verifies each):  {raw / 2:10,.0f} /s per thread")
     print(f"  ledger entries verified, 1 thread:          {one:10,.0f} /s  ({one / (raw / 2):.0%} of the limit)")
-    print(f"  Ledger.add_remote (2 threads, stored):      {threaded:10,.0f} /s  ({threaded / (raw / 2):.0%} of one thread's limit)")
+    print(
+        f"  Ledger.add_remote (2 threads, stored):      {threaded:10,.0f} /s  ({threaded / (raw / 2):.0%} "
+        "of one thread's limit)"
+    )
 
     sync_entries = entries[: args.receipts]
     raw_bytes = sum(len(e.raw) for e in sync_entries)
@@ -152,7 +157,9 @@ async def main_async(args) -> None:
     n = len(sync_entries)
     print(f"\n2. sync of {n:,} receipts from peer A to a new peer B")
     print(f"  time until B holds all:        {result['seconds']:8.1f} s  ({n / result['seconds']:,.0f} receipts/s)")
-    print(f"  bytes B received:              {result['bytes'] / 1e6:8.1f} MB  ({result['bytes'] / n:.0f} B per receipt)")
+    print(
+        f"  bytes B received:              {result['bytes'] / 1e6:8.1f} MB  ({result['bytes'] / n:.0f} B per receipt)"
+    )
     print(f"  raw receipts (signed JSON):    {raw_bytes / 1e6:8.1f} MB  ({raw_bytes / n:.0f} B per receipt)")
     print(f"  entries as stored:             {entry_bytes / 1e6:8.1f} MB  ({entry_bytes / n:.0f} B per receipt)")
     print(f"  wire / raw:                    {result['bytes'] / raw_bytes:8.2f}")

@@ -58,11 +58,15 @@ def main() -> None:
     empty_ms, empty_bytes = scrape(Metrics("12D3KooWempty", "bench", process=False))
     for model in ("llama-8b", "qwen-7b"):
         for status in (429, 502, 503):
-            metrics.end(metrics.begin("consumer", f"err-{model}-{status}", model, False, peer="12D3KooWprovider0"), status)
+            metrics.end(
+                metrics.begin("consumer", f"err-{model}-{status}", model, False, peer="12D3KooWprovider0"), status
+            )
     full_ms, full_bytes = scrape(metrics)
     series = sum(1 for line in metrics.exposition().decode().splitlines() if line and not line.startswith("#"))
     print(f"scrape, fresh registry: {empty_ms:.2f} ms, {empty_bytes:,} bytes")
-    print(f"scrape, {MAX_PROVIDER_LABELS} providers labelled: {full_ms:.2f} ms, {full_bytes:,} bytes, {series:,} samples")
+    print(
+        f"scrape, {MAX_PROVIDER_LABELS} providers labelled: {full_ms:.2f} ms, {full_bytes:,} bytes, {series:,} samples"
+    )
 
 
 if __name__ == "__main__":

@@ -24,8 +24,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from garage_p2p.devtools.natlab import nat_lab, netns_nat_available  # noqa: E402
-from garage_p2p.devtools.natmesh import NatMesh, wait_until  # noqa: E402
+from tools.natlab import nat_lab, netns_nat_available  # noqa: E402
+from tools.natmesh import NatMesh  # noqa: E402
+from tools.testkit import wait_until  # noqa: E402
 
 
 def one_trial(nat: str, requests: int) -> dict:
@@ -34,7 +35,9 @@ def one_trial(nat: str, requests: int) -> dict:
         try:
             since_a = time.monotonic() - mesh.started_at["a"]
             verdict = wait_until(lambda: mesh.cli("a", "status")["reachability"] == "private", 30, "verdict") + since_a
-            reserved = wait_until(lambda: len(mesh.cli("a", "status")["relay_reservations"]) >= 1, 30, "reservation") + since_a
+            reserved = (
+                wait_until(lambda: len(mesh.cli("a", "status")["relay_reservations"]) >= 1, 30, "reservation") + since_a
+            )
             wait_until(lambda: any(m["model"] == "tiny" for m in mesh.cli("b", "models")), 30, "model known")
             first = mesh.chat_from_b()["ms"]
             # Right after the first request the connection is still relayed (the
@@ -49,9 +52,13 @@ def one_trial(nat: str, requests: int) -> dict:
             if punch is None and not relayed:
                 relayed = mesh.chat_from_b(requests)["ms"]
             return {
-                "verdict_s": verdict, "reservation_s": reserved, "first_request_ms": first,
-                "relayed_ms": relayed, "direct_ms": direct,
-                "punched": punch is not None, "punch_s": punch if punch is not None else time.monotonic() - punch_start,
+                "verdict_s": verdict,
+                "reservation_s": reserved,
+                "first_request_ms": first,
+                "relayed_ms": relayed,
+                "direct_ms": direct,
+                "punched": punch is not None,
+                "punch_s": punch if punch is not None else time.monotonic() - punch_start,
             }
         finally:
             mesh.stop()
@@ -69,18 +76,28 @@ def main() -> None:
     reason = netns_nat_available()
     if reason:
         sys.exit(f"needs network namespaces with iptables NAT: {reason}")
-    print(f"{'NAT':10} {'trial':>5} {'verdict s':>9} {'reserve s':>9} {'1st req ms':>10} {'relayed ms':>10} {'direct ms':>9} {'punch':>12}")
+    print(
+        f"{'NAT':10} {'trial':>5} {'verdict s':>9} {'reserve s':>9} {'1st req ms':>10} {'relayed ms':>10} "
+        f"{'direct ms':>9} {'punch':>12}"
+    )
     for nat in ("cone", "symmetric"):
         results = []
         for trial in range(args.trials):
             r = one_trial(nat, args.requests)
             results.append(r)
             punch = f"ok {r['punch_s']:.2f} s" if r["punched"] else "no"
-            print(f"{nat:10} {trial + 1:5d} {r['verdict_s']:9.2f} {r['reservation_s']:9.2f} {r['first_request_ms']:10.0f} {med(r['relayed_ms']):>10} {med(r['direct_ms']):>9} {punch:>12}", flush=True)
+            print(
+                f"{nat:10} {trial + 1:5d} {r['verdict_s']:9.2f} {r['reservation_s']:9.2f} "
+                f"{r['first_request_ms']:10.0f} {med(r['relayed_ms']):>10} {med(r['direct_ms']):>9} {punch:>12}",
+                flush=True,
+            )
         ok = sum(r["punched"] for r in results)
         relayed = [x for r in results for x in r["relayed_ms"]]
         direct = [x for r in results for x in r["direct_ms"]]
-        print(f"{nat:10} punch success {ok}/{len(results)}; request p50 relayed {med(relayed).strip()} ms, direct {med(direct).strip()} ms")
+        print(
+            f"{nat:10} punch success {ok}/{len(results)}; request p50 relayed {med(relayed).strip()} ms, direct "
+            f"{med(direct).strip()} ms"
+        )
 
 
 if __name__ == "__main__":

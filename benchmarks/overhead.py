@@ -18,11 +18,11 @@ concurrent streams carry.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,19 +34,14 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from garage_p2p.devtools.processes import PeerProcess, peer_args  # noqa: E402
+from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
+from tools.testkit import free_port, percentile, standin_process  # noqa: E402
 
 MASTER_KEY = "sk-garage-bench-0123456789abcdef0123456789abcdef"
 # Every path gets the key; only LiteLLM checks it (it refuses to start without one).
 HEADERS = {"authorization": f"Bearer {MASTER_KEY}"}
 BODY = {"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}
 DEFAULT_LITELLM = Path.home() / ".cache" / "garage" / "litellm-venv" / "bin" / "litellm"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 120.0) -> None:
@@ -59,11 +54,6 @@ def wait_http(url: str, timeout: float = 120.0) -> None:
             pass
         time.sleep(0.2)
     raise RuntimeError(f"{url} did not come up")
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 async def latency_round_robin(urls: dict[str, str], n: int) -> dict[str, list[float]]:
@@ -152,10 +142,16 @@ def start_litellm(binary: Path, backend_url: str, tmp: Path) -> tuple[subprocess
         "      api_key: unused\n"
     )
     log = open(tmp / "litellm.log", "wb")
-    env = dict(os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", NO_DOCS="True", LITELLM_MASTER_KEY=MASTER_KEY)
+    env = dict(
+        os.environ, LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False", NO_DOCS="True", LITELLM_MASTER_KEY=MASTER_KEY
+    )
     proc = subprocess.Popen(
         [str(binary), "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
     )
     wait_http(f"http://127.0.0.1:{port}/health/liveliness")
     return proc, f"http://127.0.0.1:{port}/v1"
@@ -173,11 +169,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="garage-bench-"))
     procs: list[subprocess.Popen] = []
     peers: list[PeerProcess] = []
+    stack = contextlib.ExitStack()  # the stand-in, ended after the peers
     try:
-        port = free_port()
-        procs.append(subprocess.Popen([sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        backend = f"http://127.0.0.1:{port}/v1"
-        wait_http(backend + "/models")
+        backend = stack.enter_context(standin_process(free_port()))
         a = PeerProcess(tmp / "a", peer_args(backends={"tiny": backend}, extra=["--log-level", "WARNING"])).start()
         peers.append(a)
         a.wait_ready()
@@ -208,9 +202,12 @@ def main() -> None:
         many_streams = {k: trio.run(stream_rate, urls[k], 32, 500) for k in ("direct", "mesh")}
 
         figures = {
-            "latency_ms": {k: {"p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000, "mean": statistics.mean(v) * 1000} for k, v in lat.items()},
+            "latency_ms": {
+                k: {"p50": percentile(v, 50) * 1000, "p99": percentile(v, 99) * 1000, "mean": statistics.mean(v) * 1000}
+                for k, v in lat.items()
+            },
             "requests_per_s": {k: statistics.mean(v) for k, v in rps.items()},
-            "ttft_ms": {k: {"p50": pct(v, 0.5) * 1000, "p99": pct(v, 0.99) * 1000} for k, v in ttft.items()},
+            "ttft_ms": {k: {"p50": percentile(v, 50) * 1000, "p99": percentile(v, 99) * 1000} for k, v in ttft.items()},
             "tokens_per_s_one_stream": one_stream,
             "tokens_per_s_32_streams": many_streams,
         }
@@ -219,13 +216,20 @@ def main() -> None:
         base = figures["latency_ms"]["direct"]["p50"]
         for k in urls:
             f = figures["latency_ms"][k]
-            print(f"{k:10} {f['p50']:8.2f} {f['p99']:8.2f} {f['p50'] - base:10.2f} {figures['requests_per_s'][k]:10.1f}")
+            print(
+                f"{k:10} {f['p50']:8.2f} {f['p99']:8.2f} {f['p50'] - base:10.2f} {figures['requests_per_s'][k]:10.1f}"
+            )
         print("\nStreaming")
         t = figures["ttft_ms"]
         for k in urls:
             print(f"time to first token p50 {k:8}: {t[k]['p50']:6.2f} ms (+{t[k]['p50'] - t['direct']['p50']:.2f} ms)")
-        print(f"one stream of 4000 tokens: direct {one_stream['direct']:.0f} tok/s, mesh {one_stream['mesh']:.0f} tok/s")
-        print(f"32 streams of 500 tokens: direct {many_streams['direct']:.0f} tok/s, mesh {many_streams['mesh']:.0f} tok/s (aggregate)")
+        print(
+            f"one stream of 4000 tokens: direct {one_stream['direct']:.0f} tok/s, mesh {one_stream['mesh']:.0f} tok/s"
+        )
+        print(
+            f"32 streams of 500 tokens: direct {many_streams['direct']:.0f} tok/s, mesh {many_streams['mesh']:.0f} "
+            "tok/s (aggregate)"
+        )
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
     finally:
@@ -237,6 +241,7 @@ def main() -> None:
                 proc.wait(15)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 os.killpg(proc.pid, signal.SIGKILL)
+        stack.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -28,10 +28,10 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from garage_p2p.cli.common import setup_logging  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.devtools.standin_backend import create_standin_app, serve_standin  # noqa: E402
 from garage_p2p.runtime.bench import run_benchmark  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
 from garage_p2p.store.bench_store import save_benchmark  # noqa: E402
+from tools.standin_backend import create_standin_app, serve_standin  # noqa: E402
 
 TOKEN_DELAY = 0.010
 BATCH = 4
@@ -39,7 +39,15 @@ TOKENS = 20
 
 
 def settings(home: Path, **extra) -> Settings:
-    return Settings(home=home, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR", ad_interval=1.0, **extra)
+    return Settings(
+        home=home,
+        listen=["/ip4/127.0.0.1/tcp/0"],
+        api="127.0.0.1:0",
+        mdns=False,
+        log_level="ERROR",
+        ad_interval=1.0,
+        **extra,
+    )
 
 
 def jain(values: list[float]) -> float:
@@ -52,8 +60,13 @@ async def run_config(providers: int, requests: int, clients: int) -> dict:
         # The backends' nursery outlives the peers (the exit stack closes first).
         async with trio.open_nursery() as nursery, AsyncExitStack() as stack:
             urls = []
-            for i in range(providers):
-                bound = await nursery.start(serve_standin, create_standin_app("tiny", token_delay=TOKEN_DELAY, max_running=BATCH), "127.0.0.1", 0)
+            for _ in range(providers):
+                bound = await nursery.start(
+                    serve_standin,
+                    create_standin_app("tiny", token_delay=TOKEN_DELAY, max_running=BATCH),
+                    "127.0.0.1",
+                    0,
+                )
                 urls.append(bound[0] + "/v1")
             async with httpx.AsyncClient(timeout=60) as client:
                 bench = await run_benchmark(client, urls[0], "tiny", concurrency=BATCH, max_tokens=TOKENS, rounds=1)
@@ -61,7 +74,11 @@ async def run_config(providers: int, requests: int, clients: int) -> dict:
             for i, url in enumerate(urls):
                 save_benchmark(root / f"p{i}", "tiny", bench)
                 boot = [a for a in peers[0].mesh.addrs() if "/127.0.0.1/" in a][:1] if peers else []
-                peers.append(await stack.enter_async_context(open_peer(settings(root / f"p{i}", backends={"tiny": url}, bootstrap=boot))))
+                peers.append(
+                    await stack.enter_async_context(
+                        open_peer(settings(root / f"p{i}", backends={"tiny": url}, bootstrap=boot))
+                    )
+                )
             hub = [a for a in peers[0].mesh.addrs() if "/127.0.0.1/" in a][:1]
             consumer = await stack.enter_async_context(open_peer(settings(root / "c", bootstrap=hub)))
             with trio.fail_after(30):
@@ -105,11 +122,17 @@ async def run_config(providers: int, requests: int, clients: int) -> dict:
 
 async def main_async(requests: int, clients: int) -> None:
     setup_logging("ERROR")
-    print(f"closed loop: {clients} clients, {requests} requests of {TOKENS} tokens; each backend {TOKEN_DELAY * 1000:.0f} ms/token, batch {BATCH}")
+    print(
+        f"closed loop: {clients} clients, {requests} requests of {TOKENS} tokens; each backend "
+        f"{TOKEN_DELAY * 1000:.0f} ms/token, batch {BATCH}"
+    )
     print(f"{'providers':>9} {'p50 ms':>8} {'p99 ms':>8} {'req/s':>7} {'Jain':>5}  split")
     for providers in (1, 5, 1, 5):
         r = await run_config(providers, requests, clients)
-        print(f"{r['providers']:9d} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['rps']:7.1f} {r['jain']:5.2f}  {r['split']}", flush=True)
+        print(
+            f"{r['providers']:9d} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} {r['rps']:7.1f} {r['jain']:5.2f}  {r['split']}",
+            flush=True,
+        )
 
 
 def main() -> None:

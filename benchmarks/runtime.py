@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from garage_p2p.cli.common import setup_logging  # noqa: E402
 from garage_p2p.provider.backend import Backend  # noqa: E402
 from garage_p2p.runtime.container_spec import RuntimeSpec  # noqa: E402
-from garage_p2p.runtime.images import build_base, build_standin, build_vllm_cpu, VLLM_CPU_IMAGE  # noqa: E402
+from garage_p2p.runtime.images import VLLM_CPU_IMAGE, build_base, build_standin, build_vllm_cpu  # noqa: E402
 from garage_p2p.runtime.model_runtime import ModelRuntime  # noqa: E402
 from garage_p2p.runtime.podman_service import open_podman  # noqa: E402
 from garage_p2p.runtime.vllm_cpu import default_tiny_model, default_vllm_python, run_vllm_cpu  # noqa: E402
@@ -47,7 +47,13 @@ async def wait_healthy(backend: Backend, limit: float = 600) -> float:
 
 
 async def container_starts(home: Path) -> dict[str, float]:
-    spec = RuntimeSpec(image=VLLM_CPU_IMAGE, model_dir=default_tiny_model(), served_name="tiny", host_port=PORT, peer_id="12D3KooWbenchmarkpeer00")
+    spec = RuntimeSpec(
+        image=VLLM_CPU_IMAGE,
+        model_dir=default_tiny_model(),
+        served_name="tiny",
+        host_port=PORT,
+        peer_id="12D3KooWbenchmarkpeer00",
+    )
     out: dict[str, float] = {}
     async with open_podman(home) as url:
         backend = Backend("tiny", spec.base_url, managed=True)
@@ -72,7 +78,12 @@ async def container_starts(home: Path) -> dict[str, float]:
 def bare_process_start() -> float:
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        with run_vllm_cpu(python=default_vllm_python(), model_dir=default_tiny_model(), served_name="tiny", log_path=Path(tmp) / "vllm.log"):
+        with run_vllm_cpu(
+            python=default_vllm_python(),
+            model_dir=default_tiny_model(),
+            served_name="tiny",
+            log_path=Path(tmp) / "vllm.log",
+        ):
             return time.monotonic() - start
 
 
@@ -85,7 +96,10 @@ def main() -> None:
         home = Path(tmp)
         if not args.skip_build:
             base = build_base(home)
-            print(f"Debian base (debootstrap + import): {'already built' if base.cached else f'{base.seconds:.0f} s'}", flush=True)
+            print(
+                f"Debian base (debootstrap + import): {'already built' if base.cached else f'{base.seconds:.0f} s'}",
+                flush=True,
+            )
             standin = build_standin(home, rebuild=True)
             print(f"standin image build:                {standin.seconds:6.1f} s", flush=True)
             vllm = build_vllm_cpu(home, rebuild=True)

@@ -24,7 +24,12 @@ TARGET_S = 300.0
 
 
 def run(scenario: str, out: Path) -> dict:
-    done = subprocess.run([str(GARAGE), "sim", "run", str(ROOT / "simulations" / f"{scenario}.toml"), "--out", str(out), "--json"], capture_output=True, text=True, check=True)
+    done = subprocess.run(
+        [str(GARAGE), "sim", "run", str(ROOT / "simulations" / f"{scenario}.toml"), "--out", str(out), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return json.loads(done.stdout)
 
 
@@ -34,7 +39,11 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="*", default=["sweden-1k"])
     args = parser.parse_args()
     scenarios = args.scenarios + (["sweden-10k"] if args.with_10k else [])
-    print(f"{'scenario':<16} {'peer-hours':>10} {'wall s':>8} {'ms/peer-h':>10} {'peak MiB':>9} {'KiB/peer':>9} {'events':>9} {'× real time':>11} {'requests':>9} {'lost':>5}", flush=True)
+    print(
+        f"{'scenario':<16} {'peer-hours':>10} {'wall s':>8} {'ms/peer-h':>10} {'peak MiB':>9} {'KiB/peer':>9} "
+        f"{'events':>9} {'× real time':>11} {'requests':>9} {'lost':>5}",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for scenario in scenarios:
             out = Path(tmp) / scenario
@@ -43,10 +52,20 @@ def main() -> None:
             peers, hours = config["peers"]["count"], config["sim"]["duration_s"] / 3600
             cost = result["cost"]
             speedup = hours * 3600 / cost["wall_s"]
-            print(f"{scenario:<16} {cost['peer_hours']:>10.0f} {cost['wall_s']:>8.1f} {cost['wall_ms_per_peer_hour']:>10.1f} {cost['peak_rss_mib']:>9.1f} {cost['peak_rss_mib'] * 1024 / peers:>9.1f} {cost['events']:>9} {speedup:>11.1f} {result['requests']['total']:>9} {result['requests']['lost']:>5}", flush=True)
+            print(
+                f"{scenario:<16} {cost['peer_hours']:>10.0f} {cost['wall_s']:>8.1f} "
+                f"{cost['wall_ms_per_peer_hour']:>10.1f} {cost['peak_rss_mib']:>9.1f} "
+                f"{cost['peak_rss_mib'] * 1024 / peers:>9.1f} {cost['events']:>9} {speedup:>11.1f} "
+                f"{result['requests']['total']:>9} {result['requests']['lost']:>5}",
+                flush=True,
+            )
             if scenario == "sweden-1k":
                 verdict = "meets" if cost["wall_s"] < TARGET_S else "MISSES"
-                print(f"  baseline: the target, one simulated hour of sweden-1k in < {TARGET_S:.0f} s: {verdict} it ({cost['wall_s']:.1f} s)", flush=True)
+                print(
+                    f"  baseline: the target, one simulated hour of sweden-1k in < {TARGET_S:.0f} s: {verdict} it "
+                    f"({cost['wall_s']:.1f} s)",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Soak: ten minutes of mixed load against a 5-peer mesh while providers are killed and restarted.
 
-Real ``garage-peer`` processes on 127.0.0.1 (``garage_p2p.devtools.soak``): two consumers,
+Real ``garage-peer`` processes on 127.0.0.1 (``tools.soak``): two consumers,
 three providers each fronting a StandInBackend process (20 ms per token); 8 clients send
 chat completions, JSON or streamed, through the consumers; a 24-line batch job every 60 s;
 one provider at a time gets SIGKILL or SIGTERM at seeded random intervals and comes back
@@ -25,14 +25,19 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from garage_p2p.devtools.soak import run_soak  # noqa: E402
+from tools.soak import run_soak  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=600.0, help="seconds of load (default 600)")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workdir", type=Path, default=None, help="homes, logs and report.json (default: a new temporary directory, kept)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="homes, logs and report.json (default: a new temporary directory, kept)",
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
     parser.add_argument("--rows", type=int, default=21, help="rows of the memory curve")
     parser.add_argument("--quiet", action="store_true", help="no progress lines, only the report")

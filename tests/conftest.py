@@ -15,11 +15,13 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from garage_p2p.daemon import Peer, open_peer
-from garage_p2p.devtools.standin_backend import create_standin_app, serve_standin
 from garage_p2p.settings import Settings
+from tools.attacks import Target
+from tools.standin_backend import create_standin_app, serve_standin
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
-OPENAPI = Path(__file__).resolve().parents[1].parent / "shared" / "openai" / "openapi.json"
+OPENAPI = Path(__file__).resolve().parent / "data" / "openai" / "openapi.json"
+"""The part of OpenAI's OpenAPI document the tests use (tests/data/openai/README.md)."""
 
 
 @asynccontextmanager
@@ -74,7 +76,7 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture(scope="session")
 def openai_schema():
-    """Validators for the official OpenAI schema's components (shared/openai)."""
+    """Validators for the official OpenAI schema's components (tests/data/openai)."""
     document = json.loads(OPENAPI.read_text())
     uri = "urn:openai"
     registry = Registry().with_resource(uri, Resource.opaque(document))
@@ -83,3 +85,8 @@ def openai_schema():
         return Draft202012Validator({"$ref": f"{uri}#/components/schemas/{name}"}, registry=registry)
 
     return validator
+
+
+def as_target(peer: Peer) -> Target:
+    """An in-process peer as an attack in tools/attacks sees it."""
+    return Target(peer_id=peer.identity.peer_id, addrs=tuple(first_addr(peer)), api_url=peer.api_url)

@@ -12,7 +12,10 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
 async def test_a_waiting_contributor_is_served_before_a_consumer_that_asked_first(tmp_path, http):
     async with standin_backend(first_token_delay=0.3) as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}, max_concurrency=1) as a:
-            async with running_peer(tmp_path / "c1", bootstrap=first_addr(a)) as c1, running_peer(tmp_path / "c2", bootstrap=first_addr(a)) as c2:
+            async with (
+                running_peer(tmp_path / "c1", bootstrap=first_addr(a)) as c1,
+                running_peer(tmp_path / "c2", bootstrap=first_addr(a)) as c2,
+            ):
                 await wait_for_model(c1, "tiny")
                 await wait_for_model(c2, "tiny")
                 a.provider.contributor = lambda peer: peer == c2.identity.peer_id
@@ -43,13 +46,18 @@ async def test_a_waiting_contributor_is_served_before_a_consumer_that_asked_firs
 async def test_one_consumer_cannot_take_every_slot(tmp_path, http):
     async with standin_backend(first_token_delay=3.0) as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}, max_concurrency=2, peer_concurrency=1) as a:
-            async with running_peer(tmp_path / "c1", bootstrap=first_addr(a)) as c1, running_peer(tmp_path / "c2", bootstrap=first_addr(a)) as c2:
+            async with (
+                running_peer(tmp_path / "c1", bootstrap=first_addr(a)) as c1,
+                running_peer(tmp_path / "c2", bootstrap=first_addr(a)) as c2,
+            ):
                 await wait_for_model(c1, "tiny")
                 await wait_for_model(c2, "tiny")
                 results: dict[str, int] = {}
 
                 async def ask(name: str, url: str) -> None:
-                    r = await http.post(url + "/chat/completions", json=CHAT, headers={"x-garage-peer": a.identity.peer_id})
+                    r = await http.post(
+                        url + "/chat/completions", json=CHAT, headers={"x-garage-peer": a.identity.peer_id}
+                    )
                     results[name] = r.status_code
 
                 async with trio.open_nursery() as nursery:

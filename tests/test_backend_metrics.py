@@ -125,7 +125,7 @@ def test_out_of_range_values_are_clamped_to_the_wire_limits():
     "line",
     [
         "vllm:num_requests_running",  # no value
-        "vllm:num_requests_running{model_name=\"x\" 1",  # unterminated labels
+        'vllm:num_requests_running{model_name="x" 1',  # unterminated labels
         'vllm:num_requests_running{model_name="x} 1',  # unterminated value
         "vllm:num_requests_running{model_name=x} 1",  # unquoted label value
         "vllm:num_requests_running one",
@@ -142,7 +142,7 @@ def test_malformed_lines_are_refused(line):
 
 
 def test_garbage_around_good_lines_is_skipped():
-    text = "<html>\x00\xff not metrics {{{\n" + VLLM_0_32 + "\n}}} = \"\n# EOF\n"
+    text = "<html>\x00\xff not metrics {{{\n" + VLLM_0_32 + '\n}}} = "\n# EOF\n'
     assert parse_vllm_metrics(text, "tiny").running == 6
     assert len(list(iter_samples(text))) == len(list(iter_samples(VLLM_0_32)))
 
@@ -230,7 +230,12 @@ async def test_standin_backend_reports_requests_in_progress():
 
             async def stream() -> None:
                 nonlocal opened
-                body = {"model": "tiny", "messages": [{"role": "user", "content": "x"}], "max_tokens": 100, "stream": True}
+                body = {
+                    "model": "tiny",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 100,
+                    "stream": True,
+                }
                 async with client.stream("POST", base + "/chat/completions", json=body) as response:
                     lines = response.aiter_lines()
                     await lines.__anext__()  # the first token: the request is running

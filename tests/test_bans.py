@@ -19,10 +19,17 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
 async def test_repeated_garbage_bans_the_sender_and_others_are_still_served(tmp_path, http):
     async with standin_backend() as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
-            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c, running_peer(tmp_path / "evil") as evil:
+            async with (
+                running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c,
+                running_peer(tmp_path / "evil") as evil,
+            ):
                 await wait_for_model(c, "tiny")
                 target = a.identity.peer_id
-                garbage = [b"\x00\x00\x00\x05\x63junk", encode_frame(FrameType.DATA, b"data before any head"), b"\xff" * 64]
+                garbage = [
+                    b"\x00\x00\x00\x05\x63junk",
+                    encode_frame(FrameType.DATA, b"data before any head"),
+                    b"\xff" * 64,
+                ]
                 for i in range(THRESHOLD):
                     stream = await evil.mesh.open_stream(target, first_addr(a), PROTOCOL_OPENAI)
                     await stream.write(garbage[i % len(garbage)])

@@ -45,7 +45,11 @@ def sse(*events: object) -> bytes:
 
 
 def chunk(content: str | None = None, finish: str | None = None, usage: int | None = None) -> dict:
-    choices = [] if content is None and finish is None else [{"index": 0, "delta": {"content": content or ""}, "finish_reason": finish}]
+    choices = (
+        []
+        if content is None and finish is None
+        else [{"index": 0, "delta": {"content": content or ""}, "finish_reason": finish}]
+    )
     out = {"object": "chat.completion.chunk", "choices": choices}
     if usage is not None:
         out["usage"] = {"prompt_tokens": 1, "completion_tokens": usage, "total_tokens": usage + 1}
@@ -58,7 +62,14 @@ def mock_client(handler) -> httpx.AsyncClient:
 
 async def test_without_a_usage_chunk_the_content_chunks_are_counted():
     # The role-only first chunk and the empty final delta are not tokens.
-    body = sse({"choices": [{"delta": {"role": "assistant", "content": ""}}]}, chunk("a"), chunk(" b"), chunk(" c"), chunk("", "length"), b"[DONE]")
+    body = sse(
+        {"choices": [{"delta": {"role": "assistant", "content": ""}}]},
+        chunk("a"),
+        chunk(" b"),
+        chunk(" c"),
+        chunk("", "length"),
+        b"[DONE]",
+    )
     async with mock_client(lambda r: httpx.Response(200, content=body)) as client:
         assert (await stream_once(client, "http://b/v1", "m", 3, timeout=5)).tokens == 3
 
@@ -79,9 +90,15 @@ async def test_request_carries_the_measuring_options():
 @pytest.mark.parametrize(
     "response, message",
     [
-        (httpx.Response(404, json={"error": {"message": "The model `m` does not exist.", "code": 404}}), "404: The model `m` does not exist."),
+        (
+            httpx.Response(404, json={"error": {"message": "The model `m` does not exist.", "code": 404}}),
+            "404: The model `m` does not exist.",
+        ),
         (httpx.Response(500, text="<html>\n  boom\n</html>"), "500: <html> boom </html>"),
-        (httpx.Response(200, content=sse(chunk("a"), {"error": {"message": "engine died"}})), "mid-stream: engine died"),
+        (
+            httpx.Response(200, content=sse(chunk("a"), {"error": {"message": "engine died"}})),
+            "mid-stream: engine died",
+        ),
         (httpx.Response(200, content=sse(chunk("a"), chunk("b"))), "before the answer was complete"),
         (httpx.Response(200, content=sse(chunk("", "length"), b"[DONE]")), "no tokens"),
         (httpx.Response(200, content=sse(b"{not json")), "not JSON"),
@@ -222,7 +239,9 @@ def test_cli_unreachable_backend_is_one_line(tmp_path):
 def test_cli_without_backends_is_one_line(tmp_path):
     result = invoke("bench", "--home", str(tmp_path), env={"GARAGE_BACKENDS": None})
     assert result.exit_code == 1
-    assert result.stderr == "error: no backend to benchmark: pass --backend NAME=URL or configure backends for the peer\n"
+    assert (
+        result.stderr == "error: no backend to benchmark: pass --backend NAME=URL or configure backends for the peer\n"
+    )
 
 
 def test_cli_bad_backend_flag_is_one_line(tmp_path):
@@ -241,7 +260,17 @@ async def test_cli_measures_configured_backends_and_saves_them(tmp_path):
     async with standin_backend("tiny", token_delay=0.002) as base:
         (tmp_path / "config.toml").write_text(f'backends = {{ tiny = "{base}" }}\n')
         # The command runs its own trio loop: give it a thread of its own.
-        run = partial(invoke, "bench", "--home", str(tmp_path), "--concurrency", "3", "--max-tokens", "8", env={"GARAGE_BACKENDS": None})
+        run = partial(
+            invoke,
+            "bench",
+            "--home",
+            str(tmp_path),
+            "--concurrency",
+            "3",
+            "--max-tokens",
+            "8",
+            env={"GARAGE_BACKENDS": None},
+        )
         table = await trio.to_thread.run_sync(run)
         assert table.exit_code == 0, table.stderr
         lines = table.stdout.splitlines()
@@ -250,7 +279,9 @@ async def test_cli_measures_configured_backends_and_saves_them(tmp_path):
         saved = load_benchmarks(tmp_path)
         assert list(saved) == ["tiny"] and saved["tiny"].concurrency == 3
 
-        as_json = partial(invoke, "bench", "--home", str(tmp_path), "--backend", f"renamed={base}", "--json", "--max-tokens", "4")
+        as_json = partial(
+            invoke, "bench", "--home", str(tmp_path), "--backend", f"renamed={base}", "--json", "--max-tokens", "4"
+        )
         result = await trio.to_thread.run_sync(as_json)
         assert result.exit_code == 0, result.stderr
         printed = json.loads(result.stdout)
@@ -260,7 +291,20 @@ async def test_cli_measures_configured_backends_and_saves_them(tmp_path):
 
 async def test_cli_reports_each_failure_and_keeps_the_successes(tmp_path):
     async with standin_backend("tiny") as base:
-        run = partial(invoke, "bench", "--home", str(tmp_path), "--backend", "down=http://127.0.0.1:9/v1", "--backend", f"tiny={base}", "--backend", "gone=http://127.0.0.1:9/v1", "--max-tokens", "4")
+        run = partial(
+            invoke,
+            "bench",
+            "--home",
+            str(tmp_path),
+            "--backend",
+            "down=http://127.0.0.1:9/v1",
+            "--backend",
+            f"tiny={base}",
+            "--backend",
+            "gone=http://127.0.0.1:9/v1",
+            "--max-tokens",
+            "4",
+        )
         result = await trio.to_thread.run_sync(run)
     assert result.exit_code == 1
     assert result.stdout.splitlines()[1].startswith("tiny ")

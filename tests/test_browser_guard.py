@@ -18,13 +18,19 @@ CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_t
 
 
 def test_the_rules_on_headers():
-    assert host_name("127.0.0.1:8000") == "127.0.0.1" and host_name("[::1]:8000") == "::1" and host_name("localhost") == "localhost"
+    assert (
+        host_name("127.0.0.1:8000") == "127.0.0.1"
+        and host_name("[::1]:8000") == "::1"
+        and host_name("localhost") == "localhost"
+    )
     same = {"host": "127.0.0.1:8000", "origin": "http://127.0.0.1:8000", "sec-fetch-site": "same-origin"}
     assert browser_refusal(same, anonymous_allowed=True) is None
     assert browser_refusal({"host": "evil.example:8000"}, anonymous_allowed=True) is None  # not a browser: SDKs, curl
     other_site = browser_refusal({**same, "origin": "http://evil.example"}, anonymous_allowed=True)
     assert other_site.status == 403 and other_site.error.code == "cross_origin_refused"
-    other_port = browser_refusal({**same, "origin": "http://127.0.0.1:3000", "sec-fetch-site": "same-site"}, anonymous_allowed=True)
+    other_port = browser_refusal(
+        {**same, "origin": "http://127.0.0.1:3000", "sec-fetch-site": "same-site"}, anonymous_allowed=True
+    )
     assert other_port.error.code == "cross_origin_refused"
     navigation = browser_refusal({"host": "127.0.0.1:8000", "sec-fetch-site": "cross-site"}, anonymous_allowed=True)
     assert navigation.error.code == "cross_origin_refused"
@@ -43,12 +49,18 @@ async def test_another_sites_page_cannot_drain_the_peer_or_spend_its_credit(tmp_
         assert not peer.provider.draining
         chat = await http.post(f"{base}/v1/chat/completions", json=CHAT, headers=evil)
         assert chat.status_code == 403 and chat.json()["error"]["type"] == "permission_error"
-        rebound = await http.get(f"{base}/garage/v1/status", headers={"host": "rebind.evil.example", "sec-fetch-site": "same-origin"})
+        rebound = await http.get(
+            f"{base}/garage/v1/status", headers={"host": "rebind.evil.example", "sec-fetch-site": "same-origin"}
+        )
         assert rebound.status_code == 403 and rebound.json()["error"]["code"] == "host_refused"
         # The page at the peer's own address works, and so does the CLI.
         own = await http.get(f"{base}/garage/v1/status", headers={"sec-fetch-site": "same-origin", "host": host})
         assert own.status_code == 200 and own.json()["peer_id"] == peer.identity.peer_id
-        assert (await http.post(f"{base}/v1/chat/completions", json=CHAT, headers={"origin": base, "sec-fetch-site": "same-origin"})).status_code == 200
+        assert (
+            await http.post(
+                f"{base}/v1/chat/completions", json=CHAT, headers={"origin": base, "sec-fetch-site": "same-origin"}
+            )
+        ).status_code == 200
         assert (await http.post(f"{base}/garage/v1/drain")).status_code == 200 and peer.provider.draining
         assert (await http.post(f"{base}/garage/v1/resume")).status_code == 200
 
@@ -56,7 +68,10 @@ async def test_another_sites_page_cannot_drain_the_peer_or_spend_its_credit(tmp_
 async def test_reading_the_peers_state_needs_the_key_but_not_its_budget(tmp_path, http):
     _, key = KeyStore(tmp_path / "p" / "keys.sqlite").create("two-a-minute", Limits(rpm=2))
     auth = {"authorization": f"Bearer {key}"}
-    async with standin_backend() as backend, running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer:
+    async with (
+        standin_backend() as backend,
+        running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer,
+    ):
         base = peer.api_url.removesuffix("/v1")
         browser = {"sec-fetch-site": "same-origin"}
         assert (await http.get(f"{base}/garage/v1/status", headers=browser)).status_code == 401
@@ -65,5 +80,7 @@ async def test_reading_the_peers_state_needs_the_key_but_not_its_budget(tmp_path
         for _ in range(5):  # a dashboard polling: reads cost the key nothing
             assert (await http.get(f"{base}/garage/v1/status", headers={**browser, **auth})).status_code == 200
             assert (await http.get(f"{base}/metrics", headers=auth)).status_code == 200
-        statuses = [(await http.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth)).status_code for _ in range(3)]
+        statuses = [
+            (await http.post(f"{base}/v1/chat/completions", json=CHAT, headers=auth)).status_code for _ in range(3)
+        ]
         assert statuses == [200, 200, 429]

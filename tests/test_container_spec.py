@@ -9,7 +9,13 @@ from garage_p2p.settings import SettingsError, load_settings
 
 
 def spec(**extra) -> RuntimeSpec:
-    values = dict(image="localhost/x:1", model_dir=Path("/models/llama"), served_name="llama", host_port=8001, peer_id="12D3KooWabcdefghijk")
+    values = dict(
+        image="localhost/x:1",
+        model_dir=Path("/models/llama"),
+        served_name="llama",
+        host_port=8001,
+        peer_id="12D3KooWabcdefghijk",
+    )
     values.update(extra)
     return RuntimeSpec(**values)
 
@@ -48,7 +54,10 @@ def test_container_name_is_safe_and_bounded():
 
 
 def test_runtime_settings(tmp_path):
-    s = load_settings({"home": tmp_path, "runtime_model": tmp_path, "runtime_gpus": "0,1"}, environ={"GARAGE_RUNTIME_ARGS": "--max-model-len,4096"})
+    s = load_settings(
+        {"home": tmp_path, "runtime_model": tmp_path, "runtime_gpus": "0,1"},
+        environ={"GARAGE_RUNTIME_ARGS": "--max-model-len,4096"},
+    )
     assert s.gpu_list == ("0", "1") and s.runtime_args == ["--max-model-len", "4096"]
     with pytest.raises(SettingsError, match="runtime_gpus"):
         load_settings({"home": tmp_path, "runtime_gpus": "two"}, environ={})

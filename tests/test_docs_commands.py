@@ -35,20 +35,73 @@ SHELL_TAGS = {"sh", "bash", "console", "shell"}
 
 ALLOWED = {
     # shell built-ins and coreutils
-    "cd", "export", "source", ".", "echo", "cat", "ls", "cp", "mv", "rm", "mkdir", "chmod", "chown",
-    "install", "tee", "test", "true", "sleep", "kill", "date", "head", "tail", "grep", "sha256sum",
-    "tar", "id", "env", "ln", "du", "df", "wc", "sort", "less",
+    "cd",
+    "export",
+    "source",
+    ".",
+    "echo",
+    "cat",
+    "ls",
+    "cp",
+    "mv",
+    "rm",
+    "mkdir",
+    "chmod",
+    "chown",
+    "install",
+    "tee",
+    "test",
+    "true",
+    "sleep",
+    "kill",
+    "date",
+    "head",
+    "tail",
+    "grep",
+    "sha256sum",
+    "tar",
+    "id",
+    "env",
+    "ln",
+    "du",
+    "df",
+    "wc",
+    "sort",
+    "less",
     # system administration
-    "systemctl", "journalctl", "useradd", "usermod", "apt-get", "ufw", "nft", "iptables", "ss", "nvidia-smi",
-    "podman", "git", "ssh", "scp", "rsync", "openssl",
+    "systemctl",
+    "journalctl",
+    "useradd",
+    "usermod",
+    "apt-get",
+    "ufw",
+    "nft",
+    "iptables",
+    "ss",
+    "nvidia-smi",
+    "podman",
+    "git",
+    "ssh",
+    "scp",
+    "rsync",
+    "openssl",
     # clients and tools named in the docs
-    "curl", "jq", "pip", "pip3", "litellm", "prometheus", "promtool", "sqlite3", "watch", "xargs",
+    "curl",
+    "jq",
+    "pip",
+    "pip3",
+    "litellm",
+    "prometheus",
+    "promtool",
+    "sqlite3",
+    "watch",
+    "xargs",
 }
 PYTHONS = {"python", "python3"}
 SHELLS = {"bash", "sh"}
 OPERATORS = {"&&", "||", ";", "|", "&", "(", ")", ";;", "|&"}
 REDIRECTS = {">", ">>", "<", "<<", "<<<", ">&", "<&", "&>", "&>>", ">|"}
-REPO_DIRS = ("bootstrap", "benchmarks", "simulations", "images", "docs", "tests", "garage_p2p")
+REPO_DIRS = ("bootstrap", "benchmarks", "simulations", "images", "docs", "tests", "tools", "garage_p2p")
 ENV_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
 
@@ -394,7 +447,7 @@ GARAGE_HOME=/tmp/a garage-peer --api 127.0.0.1:8001 \\
     --backend tiny=http://127.0.0.1:8001/v1
 garage keys create --name prometheus --json | jq -r .key > /tmp/key 2>/dev/null
 garage ledger show [--peer ID] [--json]
-.venv/bin/python -m garage_p2p.devtools.demo; make test
+.venv/bin/python -m tools.emulate simulations/flash-crowd.toml; make test
 cat > /tmp/x.toml <<'EOF'
 this line is data: frobtool --now
 EOF

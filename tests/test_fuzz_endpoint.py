@@ -1,6 +1,6 @@
 """Schemathesis against the OpenAI-compatible endpoint of real in-process peers.
 
-The OpenAPI document is built from the official one (shared/openai/openapi.json):
+The OpenAPI document is built from the official one (tests/data/openai/openapi.json):
 only the operations a peer serves (POST /chat/completions, POST /completions,
 GET /models, under the server base /v1) and every schema they reference. The
 changes are all about what the document expects back, none about what is sent:
@@ -120,13 +120,18 @@ def endpoint_document(base_url: str) -> dict[str, Any]:
     """The official OpenAPI document cut down to what a garage peer serves, at ``base_url``."""
     official = json.loads(OPENAPI.read_text())
     paths = {path: {method: copy.deepcopy(official["paths"][path][method])} for path, method in SERVED.items()}
-    error = {"description": "An OpenAI error object", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}}}
+    error = {
+        "description": "An OpenAI error object",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
     for item in paths.values():
         for operation in item.values():
             operation["responses"] = {"200": operation["responses"]["200"], "default": error}
             operation.pop("security", None)
     components = _referenced(official, paths)
-    components.setdefault("schemas", {})["ErrorResponse"] = copy.deepcopy(official["components"]["schemas"]["ErrorResponse"])
+    components.setdefault("schemas", {})["ErrorResponse"] = copy.deepcopy(
+        official["components"]["schemas"]["ErrorResponse"]
+    )
     components["schemas"]["Error"] = copy.deepcopy(official["components"]["schemas"]["Error"])
     _relax_passthrough(components["schemas"])
     # The official document lists no event stream for text completions, though the API streams them.
@@ -134,7 +139,10 @@ def endpoint_document(base_url: str) -> dict[str, Any]:
     paths["/completions"]["post"]["responses"]["200"]["content"]["text/event-stream"] = streamed
     return {
         "openapi": official["openapi"],
-        "info": {"title": "garage peer endpoint (from the official OpenAI document)", "version": official["info"]["version"]},
+        "info": {
+            "title": "garage peer endpoint (from the official OpenAI document)",
+            "version": official["info"]["version"],
+        },
         "servers": [{"url": base_url}],
         "paths": paths,
         "components": components,
@@ -194,7 +202,9 @@ class Fuzz:
             phases=[Phase.generate],
             suppress_health_check=list(HealthCheck),
         )
-        @given(case=operation.as_strategy(generation_mode=mode), target=st.sampled_from(self.urls), tiny=st.integers(0, 2))
+        @given(
+            case=operation.as_strategy(generation_mode=mode), target=st.sampled_from(self.urls), tiny=st.integers(0, 2)
+        )
         def one(case, target: str, tiny: int) -> None:
             if tiny == 0 and isinstance(case.body, dict):
                 case.body = _for_standin(case.body)
@@ -213,7 +223,9 @@ class Fuzz:
 
     def _fail(self, case, problem: str) -> None:
         if len(self.failures) < 20:
-            self.failures.append(f"{case.method} {case.path}: {problem}\n    body sent: {json.dumps(case.body, default=repr)[:400]}")
+            self.failures.append(
+                f"{case.method} {case.path}: {problem}\n    body sent: {json.dumps(case.body, default=repr)[:400]}"
+            )
 
     def _check(self, case, path: str, response: schemathesis.Response) -> None:
         status = response.status_code
@@ -280,7 +292,10 @@ class FuzzRun:
 
     def report(self) -> None:
         total = sum(self.fuzz.tried.values())
-        print(f"schemathesis: {total} requests in {self.elapsed:.1f} s ({total / self.elapsed:.1f}/s), {self.fuzz.to_backend} of them for model tiny")
+        print(
+            f"schemathesis: {total} requests in {self.elapsed:.1f} s ({total / self.elapsed:.1f}/s), "
+            f"{self.fuzz.to_backend} of them for model tiny"
+        )
         for label, count in sorted(self.fuzz.tried.items()):
             print(f"  {label}: {count} in {self.fuzz.seconds[label]:.1f} s")
         print("  statuses:", dict(sorted(self.fuzz.statuses.items())))
@@ -326,7 +341,9 @@ JSON = {"content-type": "application/json"}
 
 def nested(depth: int) -> str:
     """A chat body for model tiny whose extra field ``x`` nests ``depth`` arrays."""
-    return json.dumps({"model": "tiny", "max_tokens": 2, "messages": MESSAGES, "x": 0}).replace("0}", "[" * depth + "]" * depth + "}")
+    return json.dumps({"model": "tiny", "max_tokens": 2, "messages": MESSAGES, "x": 0}).replace(
+        "0}", "[" * depth + "]" * depth + "}"
+    )
 
 
 def is_openai_error(response, status: int) -> bool:
@@ -340,7 +357,10 @@ async def test_json_nested_deeper_than_the_parser_allows_is_a_400_not_a_500(tmp_
     """json.loads raises RecursionError (not ValueError) past ~1000 levels: a client error, not ours."""
     async with standin_backend() as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
-            answers = {depth: await http.post(a.api_url + "/chat/completions", content=nested(depth), headers=JSON) for depth in (2_000, 100_000)}
+            answers = {
+                depth: await http.post(a.api_url + "/chat/completions", content=nested(depth), headers=JSON)
+                for depth in (2_000, 100_000)
+            }
             after = await http.post(a.api_url + "/chat/completions", json=CHAT)
     for depth, r in answers.items():
         assert is_openai_error(r, 400), (depth, r.status_code, r.text[:200])
@@ -361,7 +381,9 @@ async def test_a_body_that_cannot_be_encoded_into_a_request_head_is_not_a_500(tm
                 await wait_for_model(c, "tiny")
                 local, relayed = {}, {}
                 for name, body in bodies.items():
-                    local[name] = (await http.post(a.api_url + "/chat/completions", content=body, headers=JSON)).status_code
+                    local[name] = (
+                        await http.post(a.api_url + "/chat/completions", content=body, headers=JSON)
+                    ).status_code
                     r = await http.post(c.api_url + "/chat/completions", content=body, headers=JSON)
                     relayed[name] = (r.status_code, r.json()["error"]["code"])
                 after = await http.post(c.api_url + "/chat/completions", json=CHAT)
@@ -381,17 +403,22 @@ async def test_a_client_body_relayed_by_an_honest_consumer_is_not_held_against_t
         async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
             async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
                 await wait_for_model(c, "tiny")
-                answers = [await http.post(c.api_url + "/chat/completions", content=nested(230), headers=JSON) for _ in range(THRESHOLD)]
+                answers = [
+                    await http.post(c.api_url + "/chat/completions", content=nested(230), headers=JSON)
+                    for _ in range(THRESHOLD)
+                ]
                 faults = a.mesh.penalties.counts("openai")
                 after = await http.post(c.api_url + "/chat/completions", json=CHAT)
-    assert after.status_code == 200, f"the consumer is no longer served after {THRESHOLD} nested bodies: {after.text[:200]}"
+    assert after.status_code == 200, (
+        f"the consumer is no longer served after {THRESHOLD} nested bodies: {after.text[:200]}"
+    )
     assert faults.get(c.identity.peer_id, 0) == 0, faults
     for r in answers:
         assert r.status_code == 200 or (r.status_code == 400 and "bad request frame" not in r.text), r.text[:300]
 
 
 async def test_standin_text_completion_stream_labels_its_usage_chunk_as_text_completion(http):
-    """The stand-in (garage_p2p/devtools/standin_backend.py) writes object "chat.completion.chunk"
+    """The stand-in (tools/standin_backend.py) writes object "chat.completion.chunk"
     on the usage chunk of a /v1/completions stream; vLLM and OpenAI write "text_completion"."""
     body = {"model": "tiny", "prompt": "x", "max_tokens": 2, "stream": True, "stream_options": {"include_usage": True}}
     async with standin_backend() as backend:

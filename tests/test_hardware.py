@@ -84,7 +84,9 @@ def fake_nvidia_smi(tmp_path: Path, monkeypatch, body: str) -> None:
 
 STANDIN_GPU_RIG = r"""
 case "$1" in
-  --query-gpu=name,memory.total) printf 'NVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 3060, 12288\n' ;;
+  --query-gpu=name,memory.total)
+    printf 'NVIDIA GeForce RTX 4090, 24564\nNVIDIA GeForce RTX 4090, 24564\n'
+    printf 'NVIDIA GeForce RTX 3060, 12288\n' ;;
   --query-gpu=driver_version) printf '550.54.15\n550.54.15\n550.54.15\n' ;;
   *) echo "unexpected arguments: $*" >&2; exit 2 ;;
 esac
@@ -107,7 +109,11 @@ def test_detect_without_nvidia_smi_is_cpu(tmp_path, monkeypatch):
 
 
 def test_detect_with_a_failing_driver_is_cpu(tmp_path, monkeypatch, caplog):
-    fake_nvidia_smi(tmp_path, monkeypatch, "echo \"NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.\"\nexit 9\n")
+    fake_nvidia_smi(
+        tmp_path,
+        monkeypatch,
+        'echo "NVIDIA-SMI has failed because it couldn\'t communicate with the NVIDIA driver."\nexit 9\n',
+    )
     with caplog.at_level(logging.WARNING, logger="garage_p2p.runtime.hardware"):
         assert detect_hardware() == Hardware()
     assert "exited with 9" in caplog.text and "couldn't communicate" in caplog.text

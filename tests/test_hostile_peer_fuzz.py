@@ -117,7 +117,9 @@ def _where(error: BaseException) -> str:
 
 
 def _from_the_test(error: BaseException) -> bool:
-    return isinstance(error, AssertionError) or any(f.filename == __file__ for f in traceback.extract_tb(error.__traceback__))
+    return isinstance(error, AssertionError) or any(
+        f.filename == __file__ for f in traceback.extract_tb(error.__traceback__)
+    )
 
 
 @asynccontextmanager
@@ -132,7 +134,9 @@ async def crash_report() -> AsyncIterator[None]:
         if mine:
             raise mine[0].with_traceback(mine[0].__traceback__) from None
         if leaves:
-            raise AssertionError("a peer crashed: " + "; ".join(f"{type(e).__name__}: {e} at garage_p2p/{_where(e)}" for e in leaves)) from None
+            raise AssertionError(
+                "a peer crashed: " + "; ".join(f"{type(e).__name__}: {e} at garage_p2p/{_where(e)}" for e in leaves)
+            ) from None
         raise
 
 
@@ -199,7 +203,10 @@ async def three_peers(tmp_path, http, *, threshold: int = 10_000) -> AsyncIterat
     async with crash_report():
         async with standin_backend() as backend:
             async with running_peer(tmp_path / "victim", backends={"tiny": backend}) as victim:
-                async with running_peer(tmp_path / "honest", bootstrap=first_addr(victim)) as honest, running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil:
+                async with (
+                    running_peer(tmp_path / "honest", bootstrap=first_addr(victim)) as honest,
+                    running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+                ):
                     await wait_for_model(honest, "tiny")
                     await wait_for(lambda: victim.table.get(evil.identity.peer_id, time.time()) is not None, 10)
                     victim.mesh.penalties.threshold = threshold
@@ -223,11 +230,26 @@ def random_json(rng: random.Random, depth: int = 0):
     if kind == 1:
         return rng.choice([0, -1, 2**64, 1.5, 1e308])
     if kind == 2:
-        return "".join(rng.choice("ab\x00é\"\\{") for _ in range(rng.randrange(20)))
+        return "".join(rng.choice('ab\x00é"\\{') for _ in range(rng.randrange(20)))
     if kind == 3:
         return rng.choice(["heads", "range", "push", "claim", "results", "/v1/chat/completions", "tiny"])
     if kind in (4, 5):
-        keys = ["op", "request_id", "path", "body", "timeout", "job_id", "lease_id", "results", "receipts", "author", "from_seq", "limit", "model", "x"]
+        keys = [
+            "op",
+            "request_id",
+            "path",
+            "body",
+            "timeout",
+            "job_id",
+            "lease_id",
+            "results",
+            "receipts",
+            "author",
+            "from_seq",
+            "limit",
+            "model",
+            "x",
+        ]
         return {rng.choice(keys): random_json(rng, depth + 1) for _ in range(rng.randrange(6))}
     return [random_json(rng, depth + 1) for _ in range(rng.randrange(4))]
 
@@ -236,10 +258,21 @@ def random_json(rng: random.Random, depth: int = 0):
 
 
 def openai_garbage(rng: random.Random) -> list[tuple[str, bytes]]:
-    good_head = head_frame(RequestHead(request_id="evil-1", path="/v1/chat/completions", body={"model": "nope", "messages": []}, timeout=5))
+    good_head = head_frame(
+        RequestHead(request_id="evil-1", path="/v1/chat/completions", body={"model": "nope", "messages": []}, timeout=5)
+    )
     cases = [(f"random bytes #{i}", rng.randbytes(rng.randrange(1, 300))) for i in range(30)]
-    cases += [(f"a frame of random type and bytes #{i}", encode_frame(rng.choice(list(FrameType)), rng.randbytes(rng.randrange(0, 100)))) for i in range(15)]
-    cases += [(f"HEAD of random JSON #{i}", encode_frame(FrameType.HEAD, json.dumps(random_json(rng)).encode())) for i in range(25)]
+    cases += [
+        (
+            f"a frame of random type and bytes #{i}",
+            encode_frame(rng.choice(list(FrameType)), rng.randbytes(rng.randrange(0, 100))),
+        )
+        for i in range(15)
+    ]
+    cases += [
+        (f"HEAD of random JSON #{i}", encode_frame(FrameType.HEAD, json.dumps(random_json(rng)).encode()))
+        for i in range(25)
+    ]
     cases += [
         ("a 2 GiB HEAD announced", HEADER.pack(2**31, FrameType.HEAD)),
         ("a 4 GiB frame of an unknown type", b"\xff\xff\xff\xff\x63"),
@@ -247,10 +280,25 @@ def openai_garbage(rng: random.Random) -> list[tuple[str, bytes]]:
         ("DATA before the head", encode_frame(FrameType.DATA, b"data first")),
         ("END before the head", encode_frame(FrameType.END, b"{}")),
         ("a ledger frame on the openai protocol", encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"heads"}')),
-        ("HEAD for a path we do not serve", encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/etc/passwd","body":{},"timeout":1}')),
-        ("HEAD with a negative timeout", encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/v1/completions","body":{},"timeout":-1}')),
-        ("HEAD whose body is a list", encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/v1/completions","body":[],"timeout":1}')),
-        ("HEAD with a 65-character request id", encode_frame(FrameType.HEAD, json.dumps({"request_id": "r" * 65, "path": "/v1/completions", "body": {}, "timeout": 1}).encode())),
+        (
+            "HEAD for a path we do not serve",
+            encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/etc/passwd","body":{},"timeout":1}'),
+        ),
+        (
+            "HEAD with a negative timeout",
+            encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/v1/completions","body":{},"timeout":-1}'),
+        ),
+        (
+            "HEAD whose body is a list",
+            encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/v1/completions","body":[],"timeout":1}'),
+        ),
+        (
+            "HEAD with a 65-character request id",
+            encode_frame(
+                FrameType.HEAD,
+                json.dumps({"request_id": "r" * 65, "path": "/v1/completions", "body": {}, "timeout": 1}).encode(),
+            ),
+        ),
         ("HEAD of 3 MiB of garbage", encode_frame(FrameType.HEAD, rng.randbytes(3 * 1024 * 1024))),
         ("two heads", good_head + good_head),
         ("a head, then a short COSIGN", good_head + encode_frame(FrameType.COSIGN, b"short")),
@@ -275,10 +323,16 @@ async def test_malformed_and_oversized_frames_on_the_openai_protocol(tmp_path, h
             if i % 10 == 9:
                 await peers.chat_ok()
         # A head cut short, then the stream closed: a fault, not a 10 s wait.
-        await peers.send(PROTOCOL_OPENAI, head_frame(RequestHead(request_id="cut", path="/v1/completions", body={"model": "tiny"}, timeout=5))[:-3])
+        await peers.send(
+            PROTOCOL_OPENAI,
+            head_frame(RequestHead(request_id="cut", path="/v1/completions", body={"model": "tiny"}, timeout=5))[:-3],
+        )
         await wait_for(lambda: penalties.faults(peers.evil_id, "openai") == len(cases) + 1, 5)
         await peers.chat_ok()
-        print(f"\nopenai protocol: {len(cases) + 1} hostile streams, {penalties.faults(peers.evil_id, 'openai')} faults counted, {peers.chats} honest chats served")
+        print(
+            f"\nopenai protocol: {len(cases) + 1} hostile streams, {penalties.faults(peers.evil_id, 'openai')} "
+            f"faults counted, {peers.chats} honest chats served"
+        )
         # With the real threshold the next fault bans the evil peer.
         peers.victim.mesh.penalties.threshold = THRESHOLD
         await peers.send(PROTOCOL_OPENAI, b"\x00\x00\x00\x01\x63")
@@ -293,7 +347,9 @@ async def test_forged_counter_signatures_on_the_openai_protocol(tmp_path, http):
     async with three_peers(tmp_path, http) as peers:
         victim = peers.victim
         own_seq = victim.ledger.state.head(peers.victim_id).seq
-        for i, cosig in enumerate([rng.randbytes(64), bytes(64), cosign_receipt(peers.evil.identity, b"another receipt")]):
+        for i, cosig in enumerate(
+            [rng.randbytes(64), bytes(64), cosign_receipt(peers.evil.identity, b"another receipt")]
+        ):
             stream = await peers.open(PROTOCOL_OPENAI)
             head = RequestHead(request_id=f"evil-cosign-{i}", path="/v1/chat/completions", body=CHAT, timeout=10)
             await write_all(stream, head_frame(head))
@@ -328,15 +384,31 @@ def forged_ads(peers: Peers, rng: random.Random) -> list[tuple[str, bytes]]:
     now = time.time()
     stranger = Identity.from_seed(rng.randbytes(32))
     own = peers.evil.caps.current_ad()
-    honest_fields = json.loads(make_ad(honest, seq=2**62, now=now, ttl=30, addrs=(), models=(ModelOffer(name="hijack"),), version="x").model_dump_json())
+    honest_fields = json.loads(
+        make_ad(
+            honest, seq=2**62, now=now, ttl=30, addrs=(), models=(ModelOffer(name="hijack"),), version="x"
+        ).model_dump_json()
+    )
     return [
-        ("a stranger's ad signed by the evil key", sign_ad(evil, make_ad(stranger, seq=1, now=now, ttl=30, addrs=(), models=(ModelOffer(name="stolen"),), version="x"))),
+        (
+            "a stranger's ad signed by the evil key",
+            sign_ad(
+                evil,
+                make_ad(stranger, seq=1, now=now, ttl=30, addrs=(), models=(ModelOffer(name="stolen"),), version="x"),
+            ),
+        ),
         ("the honest peer's id and key, signed by the evil key", resign(honest_fields, evil)),
-        ("the honest peer's id with the evil key", resign({**honest_fields, "public_key": evil.public_key.hex()}, evil)),
+        (
+            "the honest peer's id with the evil key",
+            resign({**honest_fields, "public_key": evil.public_key.hex()}, evil),
+        ),
         ("one flipped bit in the evil peer's own ad", own[:80] + bytes([own[80] ^ 4]) + own[81:]),
         ("the evil peer's ad cut short", own[: len(own) // 2]),
         ("the evil peer's ad with junk appended", own + b" junk"),
-        ("issued an hour ago", sign_ad(evil, make_ad(evil, seq=2**62, now=now - 3600, ttl=30, addrs=(), models=(), version="x"))),
+        (
+            "issued an hour ago",
+            sign_ad(evil, make_ad(evil, seq=2**62, now=now - 3600, ttl=30, addrs=(), models=(), version="x")),
+        ),
         ("a 20 KB version string", resign({**json.loads(own[64:]), "version": "v" * 20_000, "seq": 2**62}, evil)),
         ("random bytes", rng.randbytes(200)),
         ("a signature and nothing else", rng.randbytes(64)),
@@ -352,7 +424,7 @@ async def test_forged_and_replayed_ads_by_gossip_are_rejected(tmp_path, http):
         await wait_for(lambda: victim.table.get(peers.evil_id, time.time()).ad.seq > first, 10)
         old_honest = victim.table.get(honest_id, time.time())
         forged = forged_ads(peers, rng)
-        for name, wire in forged:
+        for _name, wire in forged:
             await peers.evil.mesh.pubsub.publish(TOPIC_CAPS, wire)
         await wait_for(lambda: victim.caps.rejected.get(peers.evil_id, 0) >= len(forged), 10)
         assert victim.caps.rejected[peers.evil_id] == len(forged)
@@ -423,7 +495,10 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
         for _ in range(3):
             await peers.send(PROTOCOL_CAPS, rng.randbytes(100), read_for=1)
         await peers.chat_ok()
-        print(f"\nad tables: {len(tables)} poisoned tables, {victim.mesh.penalties.faults(peers.evil_id, 'table')} rejections")
+        print(
+            f"\nad tables: {len(tables)} poisoned tables, "
+            f"{victim.mesh.penalties.faults(peers.evil_id, 'table')} rejections"
+        )
 
 
 # -- /garage/ledger/1.0.0 -----------------------------------------------------------------------
@@ -432,7 +507,18 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
 def receipt_for(provider: Identity, consumer: Identity, request_id: str) -> bytes:
     now_ms = int(time.time() * 1000)
     return encode_receipt(
-        Receipt(request_id=request_id, consumer=consumer.peer_id, provider=provider.peer_id, model="tiny", prompt_tokens=8, completion_tokens=2, gpus=1, gpu_us=1000, start_ms=now_ms - 10, end_ms=now_ms)
+        Receipt(
+            request_id=request_id,
+            consumer=consumer.peer_id,
+            provider=provider.peer_id,
+            model="tiny",
+            prompt_tokens=8,
+            completion_tokens=2,
+            gpus=1,
+            gpu_us=1000,
+            start_ms=now_ms - 10,
+            end_ms=now_ms,
+        )
     )
 
 
@@ -451,18 +537,30 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         pushes = [
             "not base64 !",
             base64.b64encode(b"short").decode(),
-            pack_pending(rng.randbytes(64), cosign_receipt(evil, raw_for_victim), raw_for_victim),  # the victim never signed it
-            pack_pending(sign_receipt(evil, receipt_for(evil, honest, "x")), cosign_receipt(honest, receipt_for(evil, honest, "x")), receipt_for(evil, honest, "x")),  # another provider's
+            pack_pending(
+                rng.randbytes(64), cosign_receipt(evil, raw_for_victim), raw_for_victim
+            ),  # the victim never signed it
+            pack_pending(
+                sign_receipt(evil, receipt_for(evil, honest, "x")),
+                cosign_receipt(honest, receipt_for(evil, honest, "x")),
+                receipt_for(evil, honest, "x"),
+            ),  # another provider's
         ]
         requests = [
             ("random bytes", rng.randbytes(64)),
-            ("an oversized request announced", HEADER.pack(LEDGER_LIMITS[FrameType.LEDGER_REQUEST] + 2, FrameType.LEDGER_REQUEST)),
+            (
+                "an oversized request announced",
+                HEADER.pack(LEDGER_LIMITS[FrameType.LEDGER_REQUEST] + 2, FrameType.LEDGER_REQUEST),
+            ),
             ("a DATA frame", encode_frame(FrameType.DATA, b"{}")),
             ("random JSON", encode_frame(FrameType.LEDGER_REQUEST, json.dumps(random_json(rng)).encode())),
             ("an unknown op", encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"drop_table"}')),
             ("a range without an author", encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"range"}')),
             ("a limit of a million", encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"heads","limit":1000000}')),
-            ("forged pushes", encode_frame(FrameType.LEDGER_REQUEST, encode_json(LedgerRequest(op="push", receipts=tuple(pushes))))),
+            (
+                "forged pushes",
+                encode_frame(FrameType.LEDGER_REQUEST, encode_json(LedgerRequest(op="push", receipts=tuple(pushes)))),
+            ),
         ]
         for i, (name, payload) in enumerate(requests):
             with trio.fail_after(ROUND_TIMEOUT):
@@ -477,7 +575,11 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         fuzzed = 0
         for i in range(30):
             body = json.dumps(random_json(rng)).encode()
-            payload = encode_frame(FrameType.LEDGER_REQUEST, body) if i % 3 else encode_frame(rng.choice(list(FrameType)), rng.randbytes(rng.randrange(40)))
+            payload = (
+                encode_frame(FrameType.LEDGER_REQUEST, body)
+                if i % 3
+                else encode_frame(rng.choice(list(FrameType)), rng.randbytes(rng.randrange(40)))
+            )
             try:
                 valid = i % 3 != 0 and decode_json(LedgerRequest, body).op != "range"
             except PeerFault:
@@ -493,7 +595,11 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         await peers.chat_ok()
 
         # 2. Gossip: heads announcements that are not.
-        announcements = [rng.randbytes(100), b'{"peer":"x","heads":[],"authors":-1}', json.dumps({"peer": "x", "heads": [], "authors": 1, "pad": "p" * 20_000}).encode()]
+        announcements = [
+            rng.randbytes(100),
+            b'{"peer":"x","heads":[],"authors":-1}',
+            json.dumps({"peer": "x", "heads": [], "authors": 1, "pad": "p" * 20_000}).encode(),
+        ]
         before = faults()
         for data in announcements:
             await peers.evil.mesh.pubsub.publish(TOPIC_LEDGER, data)
@@ -513,16 +619,25 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         bad_cosig = [make_entry(evil, 1, ZERO_HASH, raw, rng.randbytes(64)).encoded]
         bomb = zlib.compress(bytes(64 * 1024 * 1024), 9)
         replies = {
-            "entries whose author signature is the evil peer's": encode_frame(FrameType.LEDGER_ENTRIES, encode_page(forged_author)),
+            "entries whose author signature is the evil peer's": encode_frame(
+                FrameType.LEDGER_ENTRIES, encode_page(forged_author)
+            ),
             "an entry with a junk counter-signature": encode_frame(FrameType.LEDGER_ENTRIES, encode_page(bad_cosig)),
             "a zip bomb page": encode_frame(FrameType.LEDGER_ENTRIES, bomb),
             "a page that is not zlib": encode_frame(FrameType.LEDGER_ENTRIES, rng.randbytes(300)),
             "a reply frame instead of entries": encode_frame(FrameType.LEDGER_REPLY, b'{"heads":[]}'),
-            "an oversized entries frame announced": HEADER.pack(LEDGER_LIMITS[FrameType.LEDGER_ENTRIES] + 2, FrameType.LEDGER_ENTRIES),
+            "an oversized entries frame announced": HEADER.pack(
+                LEDGER_LIMITS[FrameType.LEDGER_ENTRIES] + 2, FrameType.LEDGER_ENTRIES
+            ),
             "random bytes": rng.randbytes(50),
         }
         answer: list[bytes] = []
-        heads = HeadsPage(heads=(HeadInfo(author=honest.peer_id, seq=2, hash=prev.hex()), HeadInfo(author=evil.peer_id, seq=1, hash="00" * 32)))
+        heads = HeadsPage(
+            heads=(
+                HeadInfo(author=honest.peer_id, seq=2, hash=prev.hex()),
+                HeadInfo(author=evil.peer_id, seq=1, hash="00" * 32),
+            )
+        )
 
         async def serve_forgeries(stream) -> None:
             decoder = FrameDecoder({FrameType.LEDGER_REQUEST: 1 << 20})
@@ -554,7 +669,10 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         state = victim.ledger.state
         assert honest.peer_id not in state.authors() and evil.peer_id not in state.authors()
         assert state.head(peers.victim_id).seq >= own_head.seq
-        print(f"\nledger: {len(requests)} bad requests ({len(pushes)} forged pushes), {fuzzed} random requests, {len(announcements)} bad announcements, {len(replies)} forged replies; {faults()} faults counted")
+        print(
+            f"\nledger: {len(requests)} bad requests ({len(pushes)} forged pushes), {fuzzed} random requests, "
+            f"{len(announcements)} bad announcements, {len(replies)} forged replies; {faults()} faults counted"
+        )
 
 
 async def test_a_pushed_batch_with_a_malformed_receipt_is_answered_receipt_by_receipt(tmp_path, http):
@@ -564,7 +682,9 @@ async def test_a_pushed_batch_with_a_malformed_receipt_is_answered_receipt_by_re
     through to the stream handler. Receipts after it in the batch are never looked at."""
     async with three_peers(tmp_path, http) as peers:
         garbage = base64.b64encode(bytes(128) + b"{not a receipt}").decode()
-        request = encode_frame(FrameType.LEDGER_REQUEST, encode_json(LedgerRequest(op="push", receipts=(garbage, "not base64 !"))))
+        request = encode_frame(
+            FrameType.LEDGER_REQUEST, encode_json(LedgerRequest(op="push", receipts=(garbage, "not base64 !")))
+        )
         with trio.fail_after(ROUND_TIMEOUT):
             frames = decode_frames(await peers.send(PROTOCOL_LEDGER, request))
         await peers.chat_ok()
@@ -578,14 +698,37 @@ async def test_a_pushed_batch_with_a_malformed_receipt_is_answered_receipt_by_re
 
 
 def batch(n: int, model: str) -> str:
-    return "\n".join(json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}}) for i in range(n))
+    return "\n".join(
+        json.dumps(
+            {
+                "custom_id": f"req-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+            }
+        )
+        for i in range(n)
+    )
 
 
 async def ghost_job(peers: Peers, lines: int = 4) -> str:
     """A job on the victim for model "ghost", which no peer will work on but the evil one."""
     ghost = Identity.from_seed(b"\x05" * 32)
-    peers.victim.table.apply(make_ad(ghost, seq=int(time.time() * 1000), now=time.time(), ttl=300, addrs=(), models=(ModelOffer(name="ghost"),), version="x"), time.time())
-    progress = await peers.victim.jobs.submit(batch(lines, "ghost"), model=None, shard_size=lines, max_providers=None, deadline_s=None)
+    peers.victim.table.apply(
+        make_ad(
+            ghost,
+            seq=int(time.time() * 1000),
+            now=time.time(),
+            ttl=300,
+            addrs=(),
+            models=(ModelOffer(name="ghost"),),
+            version="x",
+        ),
+        time.time(),
+    )
+    progress = await peers.victim.jobs.submit(
+        batch(lines, "ghost"), model=None, shard_size=lines, max_providers=None, deadline_s=None
+    )
     return progress["id"]
 
 
@@ -613,8 +756,19 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             ("a ledger frame", encode_frame(FrameType.LEDGER_REQUEST, b"{}")),
             ("random JSON", encode_frame(FrameType.JOB_REQUEST, json.dumps(random_json(rng)).encode())),
             ("results for an unknown job", JobRequest(op="results", job_id="job-nope", lease_id="x")),
-            ("results for a lease never granted", JobRequest(op="results", job_id=job_id, lease_id="forged-lease", results=({"custom_id": "req-0", "status_code": 200, "body": {}},))),
-            ("a result for a line not in the job", JobRequest(op="results", job_id=job_id, lease_id="forged-lease", results=({"custom_id": "req-999"},))),
+            (
+                "results for a lease never granted",
+                JobRequest(
+                    op="results",
+                    job_id=job_id,
+                    lease_id="forged-lease",
+                    results=({"custom_id": "req-0", "status_code": 200, "body": {}},),
+                ),
+            ),
+            (
+                "a result for a line not in the job",
+                JobRequest(op="results", job_id=job_id, lease_id="forged-lease", results=({"custom_id": "req-999"},)),
+            ),
         ]
         for i, (name, request) in enumerate(requests):
             stream = await peers.open(PROTOCOL_JOBS)
@@ -629,7 +783,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             assert victim.mesh.penalties.faults(peers.evil_id, "jobs") == i + 1, name
         # Random JSON requests: a fault unless the request happens to be a valid claim.
         fuzzed = 0
-        for i in range(20):
+        for _ in range(20):
             body = json.dumps(random_json(rng)).encode()
             try:
                 valid = decode_json(JobRequest, body).op == "claim"
@@ -661,12 +815,36 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             encode_frame(FrameType.JOB_REPLY, b"{not json"),
             encode_frame(FrameType.DATA, b"{}"),
             HEADER.pack(64 * 1024 * 1024, FrameType.JOB_REPLY),
-            encode_frame(FrameType.JOB_REPLY, json.dumps({"lease_id": "L", "deadline_s": 5, "lines": [
-                {"custom_id": "bad-url", "request_id": "r1", "url": "/etc/passwd", "body": {"model": "tiny"}},
-                {"custom_id": "bad-body", "request_id": "r2", "url": "/v1/chat/completions", "body": [1, 2]},
-                {"custom_id": "other-model", "request_id": "r3", "url": "/v1/chat/completions", "body": {"model": "nope", "messages": []}},
-                {"custom_id": "fine", "request_id": "r4", "url": "/v1/chat/completions", "body": CHAT},
-            ]}).encode()),
+            encode_frame(
+                FrameType.JOB_REPLY,
+                json.dumps(
+                    {
+                        "lease_id": "L",
+                        "deadline_s": 5,
+                        "lines": [
+                            {
+                                "custom_id": "bad-url",
+                                "request_id": "r1",
+                                "url": "/etc/passwd",
+                                "body": {"model": "tiny"},
+                            },
+                            {
+                                "custom_id": "bad-body",
+                                "request_id": "r2",
+                                "url": "/v1/chat/completions",
+                                "body": [1, 2],
+                            },
+                            {
+                                "custom_id": "other-model",
+                                "request_id": "r3",
+                                "url": "/v1/chat/completions",
+                                "body": {"model": "nope", "messages": []},
+                            },
+                            {"custom_id": "fine", "request_id": "r4", "url": "/v1/chat/completions", "body": CHAT},
+                        ],
+                    }
+                ).encode(),
+            ),
         ]
         contacted: list[str] = []
 
@@ -679,7 +857,11 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
                     while data := await read_some(stream):
                         for frame in decoder.feed(data):
                             request = decode_json(JobRequest, frame.payload)
-                            reply = grants[index] if request.op == "claim" else encode_frame(FrameType.JOB_REPLY, b'{"accepted":1,"cosigs":{"r4":"zz"}}')
+                            reply = (
+                                grants[index]
+                                if request.op == "claim"
+                                else encode_frame(FrameType.JOB_REPLY, b'{"accepted":1,"cosigs":{"r4":"zz"}}')
+                            )
                             await write_all(stream, reply)
                             if request.op == "results":
                                 await write_all(stream, encode_frame(FrameType.JOB_REPLY, b'{"done":true}'))
@@ -697,7 +879,10 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             await wait_for(lambda: not victim.job_worker.slots.submitters, 15)
             await peers.chat_ok()
         assert victim.job_worker.lines_done <= 4  # only the last grant had lines to run
-        print(f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants to the worker; {victim.mesh.penalties.faults(peers.evil_id, 'jobs')} faults counted")
+        print(
+            f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants "
+            f"to the worker; {victim.mesh.penalties.faults(peers.evil_id, 'jobs')} faults counted"
+        )
 
 
 async def test_a_job_result_whose_error_is_not_an_object_does_not_crash_the_submitter(tmp_path, http):
@@ -708,7 +893,9 @@ async def test_a_job_result_whose_error_is_not_an_object_does_not_crash_the_subm
         job_id = await ghost_job(peers)
         stream = await peers.open(PROTOCOL_JOBS)
         grant = decode_json(LeaseGrant, await ask_job(stream, JobRequest(op="claim", job_id=job_id)))
-        results = tuple({"custom_id": line["custom_id"], "status_code": 500, "body": {"error": "boom"}} for line in grant.lines)
+        results = tuple(
+            {"custom_id": line["custom_id"], "status_code": 500, "body": {"error": "boom"}} for line in grant.lines
+        )
         with trio.fail_after(ROUND_TIMEOUT):
             await ask_job(stream, JobRequest(op="results", job_id=job_id, lease_id=grant.lease_id, results=results))
         await close_quietly(stream)  # the reply came: the submitter has handled the results
@@ -727,7 +914,10 @@ async def test_a_job_result_with_a_malformed_receipt_does_not_lose_its_lines(tmp
         stream = await peers.open(PROTOCOL_JOBS)
         grant = decode_json(LeaseGrant, await ask_job(stream, JobRequest(op="claim", job_id=job_id)))
         receipt = base64.b64encode(bytes(64) + b"{not a receipt}").decode()
-        results = tuple({"custom_id": line["custom_id"], "status_code": 200, "body": {"choices": []}, "receipt": receipt} for line in grant.lines)
+        results = tuple(
+            {"custom_id": line["custom_id"], "status_code": 200, "body": {"choices": []}, "receipt": receipt}
+            for line in grant.lines
+        )
         with trio.fail_after(ROUND_TIMEOUT):
             await ask_job(stream, JobRequest(op="results", job_id=job_id, lease_id=grant.lease_id, results=results))
         await close_quietly(stream)  # the reply came: the submitter has handled the results
@@ -750,7 +940,10 @@ async def announce_hostile_job(peers: Peers, grant: dict) -> list[bytes]:
                     for frame in decoder.feed(data):
                         requests.append(frame.payload)
                         first = len(requests) == 1
-                        await write_all(stream, encode_frame(FrameType.JOB_REPLY, json.dumps(grant if first else {"done": True}).encode()))
+                        await write_all(
+                            stream,
+                            encode_frame(FrameType.JOB_REPLY, json.dumps(grant if first else {"done": True}).encode()),
+                        )
         except StreamBroken:
             pass
         await close_quietly(stream)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import time
-
 import os
+import time
 
 import trio
 
@@ -17,7 +16,6 @@ from garage_p2p.mesh.streams import read_some
 from .conftest import first_addr, running_peer, standin_backend, wait_for_model
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
-
 
 
 async def test_garbage_gossip_rpc_does_not_crash_the_peer(tmp_path, http):
@@ -40,11 +38,26 @@ async def test_a_poisoned_ad_table_is_rejected_and_counted(tmp_path):
     async with running_peer(tmp_path / "victim") as victim:
         async with running_peer(tmp_path / "evil") as evil:
             stranger = Identity.from_seed(b"\x09" * 32)
-            forged = bytearray(sign_ad(stranger, make_ad(stranger, seq=1, now=time.time(), ttl=30, addrs=(), models=(ModelOffer(name="bait"),), version="x")))
+            forged = bytearray(
+                sign_ad(
+                    stranger,
+                    make_ad(
+                        stranger,
+                        seq=1,
+                        now=time.time(),
+                        ttl=30,
+                        addrs=(),
+                        models=(ModelOffer(name="bait"),),
+                        version="x",
+                    ),
+                )
+            )
             forged[70] ^= 1  # one flipped bit in the payload
 
             async def serve_poison(stream) -> None:
-                await stream.write(encode_frame(FrameType.DATA, bytes(forged)) + encode_frame(FrameType.DATA, b"junk" * 20))
+                await stream.write(
+                    encode_frame(FrameType.DATA, bytes(forged)) + encode_frame(FrameType.DATA, b"junk" * 20)
+                )
                 await stream.close()
 
             evil.mesh.host.set_stream_handler(PROTOCOL_CAPS, serve_poison)
@@ -60,7 +73,9 @@ async def test_wrong_protocol_answer_is_not_a_crash(tmp_path, http):
         async with running_peer(tmp_path / "good", backends={"tiny": url}) as good:
             async with running_peer(tmp_path / "c", bootstrap=first_addr(good)) as c:
                 await wait_for_model(c, "tiny")
-                stream = await c.mesh.open_stream_lazy(good.identity.peer_id, first_addr(good), "/garage/nonexistent/1.0.0", b"")
+                stream = await c.mesh.open_stream_lazy(
+                    good.identity.peer_id, first_addr(good), "/garage/nonexistent/1.0.0", b""
+                )
                 try:
                     await stream.read_some()
                     raise AssertionError("a refused protocol must not read as data")

@@ -15,7 +15,6 @@ from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.daemon import Peer
 from garage_p2p.jobs.submitter import SERVICE
 from garage_p2p.mesh.streams import close_quietly, read_some, write_all
-
 from tools.attacks import Target, empty_jobs, phantom_results
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model

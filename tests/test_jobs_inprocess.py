@@ -14,7 +14,14 @@ from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_
 
 def batch(n: int, model: str = "tiny") -> str:
     return "\n".join(
-        json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": model, "messages": [{"role": "user", "content": f"line {i}"}], "max_tokens": 2}})
+        json.dumps(
+            {
+                "custom_id": f"req-{i}",
+                "method": "POST",
+                "url": "/v1/chat/completions",
+                "body": {"model": model, "messages": [{"role": "user", "content": f"line {i}"}], "max_tokens": 2},
+            }
+        )
         for i in range(n)
     )
 
@@ -34,9 +41,15 @@ async def test_a_thousand_lines_over_three_providers_one_result_each(tmp_path, h
         providers = []
         for i in range(3):
             url = await stack.enter_async_context(standin_backend(token_delay=0.001))
-            providers.append(await stack.enter_async_context(running_peer(tmp_path / f"p{i}", backends={"tiny": url}, bootstrap=first_addr(submitter))))
+            providers.append(
+                await stack.enter_async_context(
+                    running_peer(tmp_path / f"p{i}", backends={"tiny": url}, bootstrap=first_addr(submitter))
+                )
+            )
         await wait_for_model(submitter, "tiny", providers=3)
-        r = await http.post(submitter.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(1000), "shard_size": 25})
+        r = await http.post(
+            submitter.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(1000), "shard_size": 25}
+        )
         assert r.status_code == 201, r.text
         job_id = r.json()["id"]
 
@@ -67,13 +80,18 @@ async def test_a_vanished_provider_loses_its_shards_and_the_job_completes(tmp_pa
         submitter = await stack.enter_async_context(running_peer(tmp_path / "s"))
         slow = await stack.enter_async_context(standin_backend(token_delay=0.05))
         fast = await stack.enter_async_context(standin_backend(token_delay=0.001))
-        keeper = await stack.enter_async_context(running_peer(tmp_path / "keep", backends={"tiny": fast}, bootstrap=first_addr(submitter)))
+        keeper = await stack.enter_async_context(
+            running_peer(tmp_path / "keep", backends={"tiny": fast}, bootstrap=first_addr(submitter))
+        )
         async with running_peer(tmp_path / "gone", backends={"tiny": slow}, bootstrap=first_addr(submitter)) as doomed:
             await wait_for_model(submitter, "tiny", providers=2)
-            r = await http.post(submitter.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(200), "shard_size": 20})
+            r = await http.post(
+                submitter.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(200), "shard_size": 20}
+            )
             job_id = r.json()["id"]
             await wait_for(lambda: doomed.job_worker.batch_in_flight > 0, timeout=30)
             # The provider leaves mid-shard (its context ends: connections close).
+
         async def finished():
             return (await job_status(http, submitter, job_id))["status"] == "completed"
 
@@ -87,11 +105,17 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
     async with AsyncExitStack() as stack:
         submitter = await stack.enter_async_context(running_peer(tmp_path / "s"))
         url = await stack.enter_async_context(standin_backend(token_delay=0.05))
-        await stack.enter_async_context(running_peer(tmp_path / "p", backends={"tiny": url}, bootstrap=first_addr(submitter)))
+        await stack.enter_async_context(
+            running_peer(tmp_path / "p", backends={"tiny": url}, bootstrap=first_addr(submitter))
+        )
         await wait_for_model(submitter, "tiny")
         base = submitter.api_url.removesuffix("/v1")
         # Malformed lines become error entries; the rest runs.
-        text = batch(5) + "\nnot json\n" + json.dumps({"custom_id": "x", "url": "/v1/embeddings", "body": {"model": "tiny"}})
+        text = (
+            batch(5)
+            + "\nnot json\n"
+            + json.dumps({"custom_id": "x", "url": "/v1/embeddings", "body": {"model": "tiny"}})
+        )
         job_id = (await http.post(base + "/garage/v1/jobs", json={"input": text})).json()["id"]
 
         async def finished(job=job_id, status="completed"):
@@ -108,8 +132,23 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
         out = tmp_path / "out.jsonl"
         cli = await trio.to_thread.run_sync(
             lambda: subprocess.run(
-                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "submit", "--input", str(batch_file), "--wait", "-o", str(out), "--api", base],
-                capture_output=True, text=True, timeout=60,
+                [
+                    sys.executable,
+                    "-m",
+                    "garage_p2p.cli.garage",
+                    "job",
+                    "submit",
+                    "--input",
+                    str(batch_file),
+                    "--wait",
+                    "-o",
+                    str(out),
+                    "--api",
+                    base,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
         )
         assert cli.returncode == 0, cli.stderr
@@ -120,15 +159,32 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
         (tmp_path / "unknown.jsonl").write_text(batch(2, model="nobody-serves-this"))
         cli = await trio.to_thread.run_sync(
             lambda: subprocess.run(
-                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "submit", "--input", str(tmp_path / "unknown.jsonl"), "--api", base],
-                capture_output=True, text=True, timeout=60,
+                [
+                    sys.executable,
+                    "-m",
+                    "garage_p2p.cli.garage",
+                    "job",
+                    "submit",
+                    "--input",
+                    str(tmp_path / "unknown.jsonl"),
+                    "--api",
+                    base,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
             )
         )
-        assert cli.returncode == 1 and cli.stderr.startswith("error: the peer answered 404: no peer in the mesh serves") and "Traceback" not in cli.stderr
+        assert (
+            cli.returncode == 1
+            and cli.stderr.startswith("error: the peer answered 404: no peer in the mesh serves")
+            and "Traceback" not in cli.stderr
+        )
         r = await http.post(base + "/garage/v1/jobs", json={"input": batch(3, model="nobody-serves-this")})
         assert r.status_code == 404 and "nobody-serves-this" in r.json()["error"]["message"]
         # A cancelled job ends with the undone lines as errors.
         job_id = (await http.post(base + "/garage/v1/jobs", json={"input": batch(200), "shard_size": 10})).json()["id"]
+
         async def started(job=job_id):
             return (await job_status(http, submitter, job))["done"] > 0
 

@@ -75,7 +75,10 @@ def test_an_endpoint_off_loopback_will_not_start_without_keys(tmp_path):
     KeyStore(tmp_path / "keys.sqlite").create("ops", Limits())
     assert open_gate(Settings(home=tmp_path, api="0.0.0.0:8000")).required
     # The daemon's own CLI says the same in one line, before binding anything.
-    result = CliRunner().invoke(__import__("garage_p2p.cli.peer", fromlist=["app"]).app, ["--home", str(tmp_path / "other"), "--api", "0.0.0.0:8000"])
+    result = CliRunner().invoke(
+        __import__("garage_p2p.cli.peer", fromlist=["app"]).app,
+        ["--home", str(tmp_path / "other"), "--api", "0.0.0.0:8000"],
+    )
     assert result.exit_code == 1 and "garage keys create" in result.output and "Traceback" not in result.output
 
 

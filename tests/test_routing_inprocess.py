@@ -20,7 +20,6 @@ from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
 
 
-
 async def test_under_load_most_requests_go_to_the_fast_provider(tmp_path, http):
     async with standin_backend(token_delay=0.002) as fast_url, standin_backend(token_delay=0.03) as slow_url:
         # Each provider benchmarks its backend first, as `garage bench` does.
@@ -48,7 +47,9 @@ async def test_under_load_most_requests_go_to_the_fast_provider(tmp_path, http):
                     assert sum(served.values()) == 80
                     assert share >= 0.7
                     # ...and the explanation agrees.
-                    route = (await http.get(c.api_url.removesuffix("/v1") + "/garage/v1/route", params={"model": "tiny"})).json()
+                    route = (
+                        await http.get(c.api_url.removesuffix("/v1") + "/garage/v1/route", params={"model": "tiny"})
+                    ).json()
                     assert route["candidates"][0]["peer_id"] == fast.identity.peer_id
                     assert route["candidates"][0]["estimate_s"] < route["candidates"][1]["estimate_s"]
 
@@ -56,28 +57,44 @@ async def test_under_load_most_requests_go_to_the_fast_provider(tmp_path, http):
 async def test_region_and_pin_headers(tmp_path, http):
     async with standin_backend() as url:
         async with running_peer(tmp_path / "se", backends={"tiny": url}, region="se-sto") as se:
-            async with running_peer(tmp_path / "de", backends={"tiny": url}, region="de-ber", bootstrap=first_addr(se)) as de:
+            async with running_peer(
+                tmp_path / "de", backends={"tiny": url}, region="de-ber", bootstrap=first_addr(se)
+            ) as de:
                 async with running_peer(tmp_path / "c", bootstrap=first_addr(se)) as c:
                     await wait_for_model(c, "tiny", providers=2)
                     for _ in range(6):
-                        r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "se"})
+                        r = await http.post(
+                            c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "se"}
+                        )
                         assert r.headers["x-garage-provider"] == se.identity.peer_id
-                        r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": de.identity.peer_id})
+                        r = await http.post(
+                            c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": de.identity.peer_id}
+                        )
                         assert r.headers["x-garage-provider"] == de.identity.peer_id
                     r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "fi"})
                     assert r.status_code == 503
                     error = r.json()["error"]
-                    assert error["code"] == "no_provider_in_region" and "de-ber" in error["message"] and "se-sto" in error["message"]
-                    r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": "12D3KooWnobody"})
+                    assert (
+                        error["code"] == "no_provider_in_region"
+                        and "de-ber" in error["message"]
+                        and "se-sto" in error["message"]
+                    )
+                    r = await http.post(
+                        c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-peer": "12D3KooWnobody"}
+                    )
                     assert r.status_code == 503 and r.json()["error"]["code"] == "pinned_peer_unavailable"
-                    r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "Not A Region!"})
+                    r = await http.post(
+                        c.api_url + "/chat/completions", json=CHAT, headers={"x-garage-region": "Not A Region!"}
+                    )
                     assert r.status_code == 400
 
 
 async def test_unknown_model_is_looked_up_in_the_dht_before_404(tmp_path, http):
     async with standin_backend() as url:
         async with running_peer(tmp_path / "b") as b:
-            async with running_peer(tmp_path / "a", backends={"tiny": url}, bootstrap=first_addr(b), ad_interval=3600) as a:
+            async with running_peer(
+                tmp_path / "a", backends={"tiny": url}, bootstrap=first_addr(b), ad_interval=3600
+            ) as a:
                 async with running_peer(tmp_path / "c", bootstrap=first_addr(b), ad_interval=3600) as c:
                     # A's provider record reaches the DHT (B holds it).
                     await wait_for(lambda: "tiny" in a.discovery._provided, 15)

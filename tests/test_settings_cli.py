@@ -5,19 +5,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-from pathlib import Path
 
 from garage_p2p.settings import SettingsError, load_settings
 
 
 def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})}
+    )
 
 
 def test_layers_defaults_config_env_flags(tmp_path):
-    (tmp_path / "config.toml").write_text('api = "127.0.0.1:9001"\nrequest_timeout = 30\nbootstrap = ["/ip4/127.0.0.1/tcp/1/p2p/x"]\n')
+    (tmp_path / "config.toml").write_text(
+        'api = "127.0.0.1:9001"\nrequest_timeout = 30\nbootstrap = ["/ip4/127.0.0.1/tcp/1/p2p/x"]\n'
+    )
     env = {"GARAGE_API": "127.0.0.1:9002", "GARAGE_BACKENDS": "a=http://127.0.0.1:1/v1, b=http://127.0.0.1:2/v1"}
     s = load_settings({"home": str(tmp_path)}, env)
     assert s.api == "127.0.0.1:9002"  # env beats the file
@@ -46,7 +50,7 @@ def test_broken_config_file_is_a_settings_error(tmp_path):
     (tmp_path / "config.toml").write_text("api = [unclosed")
     with pytest.raises(SettingsError, match="config.toml"):
         load_settings({"home": str(tmp_path)}, {})
-    (tmp_path / "config.toml").write_text('surprise = 1\n')
+    (tmp_path / "config.toml").write_text("surprise = 1\n")
     with pytest.raises(SettingsError, match="surprise"):
         load_settings({"home": str(tmp_path)}, {})
 
@@ -85,14 +89,27 @@ def test_garage_peer_port_in_use_is_a_one_line_error(tmp_path):
         s.bind(("127.0.0.1", 0))
         s.listen()
         port = s.getsockname()[1]
-        result = run("garage_p2p.cli.peer", "--home", str(tmp_path), "--listen", "/ip4/127.0.0.1/tcp/0", "--api", f"127.0.0.1:{port}")
+        result = run(
+            "garage_p2p.cli.peer",
+            "--home",
+            str(tmp_path),
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--api",
+            f"127.0.0.1:{port}",
+        )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "--api" in result.stderr
 
 
 def test_bootstrap_list_file_is_used_when_no_bootstrap_is_given(tmp_path):
-    (tmp_path / "bootstrap-peers.txt").write_text("# comment\n/ip4/127.0.0.1/tcp/1/p2p/a  # inline\n\n/ip4/127.0.0.1/tcp/2/p2p/b\n")
-    assert load_settings({"home": str(tmp_path)}, {}).bootstrap == ["/ip4/127.0.0.1/tcp/1/p2p/a", "/ip4/127.0.0.1/tcp/2/p2p/b"]
+    (tmp_path / "bootstrap-peers.txt").write_text(
+        "# comment\n/ip4/127.0.0.1/tcp/1/p2p/a  # inline\n\n/ip4/127.0.0.1/tcp/2/p2p/b\n"
+    )
+    assert load_settings({"home": str(tmp_path)}, {}).bootstrap == [
+        "/ip4/127.0.0.1/tcp/1/p2p/a",
+        "/ip4/127.0.0.1/tcp/2/p2p/b",
+    ]
     assert load_settings({"home": str(tmp_path), "bootstrap": ["/x/p2p/c"]}, {}).bootstrap == ["/x/p2p/c"]
     shipped = Path(__file__).resolve().parents[1] / "bootstrap" / "bootstrap-peers.txt"
     from garage_p2p.settings import read_bootstrap_file

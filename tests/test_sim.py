@@ -22,7 +22,12 @@ def scenario(**overrides) -> Scenario:
     data = {
         "sim": {"name": "small", "duration_s": 900, "drain_s": 200, "sample_s": 60},
         "peers": {"count": 60, "provider_share": 0.3, "relay_share": 0.3, "gpus": {"RTX 3060": 1, "RTX 4090": 1}},
-        "network": {"cities": {"Stockholm": 2, "Göteborg": 1, "Malmö": 1}, "public": 0.3, "cone": 0.5, "symmetric": 0.2},
+        "network": {
+            "cities": {"Stockholm": 2, "Göteborg": 1, "Malmö": 1},
+            "public": 0.3,
+            "cone": 0.5,
+            "symmetric": 0.2,
+        },
         "churn": {"provider_online": [0.8], "consumer_online": [0.8], "mean_session_min": 20},
         "load": {"requests_per_consumer_hour": 60},
         "events": [
@@ -125,7 +130,10 @@ def test_the_shipped_scenarios_load_and_have_valid_twins():
     "text, message",
     [
         ('[sim]\nname="x"\nduration_s=10\n[peers]\ncount=5\n[network]\ncities={"Atlantis"=1}\n', "unknown cities"),
-        ('[sim]\nname="x"\nduration_s=10\n[peers]\ncount=5\n[network]\npublic=0.5\ncone=0.1\nsymmetric=0.1\n', "add up to 1"),
+        (
+            '[sim]\nname="x"\nduration_s=10\n[peers]\ncount=5\n[network]\npublic=0.5\ncone=0.1\nsymmetric=0.1\n',
+            "add up to 1",
+        ),
         ("[sim\n", "not valid TOML"),
     ],
 )
@@ -141,7 +149,9 @@ def test_a_bad_scenario_is_one_clear_line(tmp_path, text, message):
 
 def test_the_cli_writes_the_report(tmp_path):
     path = tmp_path / "tiny.toml"
-    path.write_text('[sim]\nname="tiny"\nduration_s=120\ndrain_s=60\n[peers]\ncount=12\n[load]\nrequests_per_consumer_hour=120\n')
+    path.write_text(
+        '[sim]\nname="tiny"\nduration_s=120\ndrain_s=60\n[peers]\ncount=12\n[load]\nrequests_per_consumer_hour=120\n'
+    )
     result = CliRunner().invoke(app, ["sim", "run", str(path), "--seed", "3", "--out", str(tmp_path / "out"), "--json"])
     assert result.exit_code == 0, result.output
     assert '"lost": 0' in result.output

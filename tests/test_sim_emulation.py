@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-from garage_p2p.sim.emulate import run_emulation
 from garage_p2p.sim.metrics import summarize
 from garage_p2p.sim.run import compare, simulate
 from garage_p2p.sim.scenario import (
@@ -15,6 +14,7 @@ from garage_p2p.sim.scenario import (
     SimSection,
     twin_scenario,
 )
+from tools.emulate import run_emulation
 
 
 def small_scenario() -> Scenario:

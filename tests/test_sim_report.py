@@ -28,7 +28,11 @@ PLOTS = ["known_by.png", "requests.png", "latency.png", "fairness.png", "online.
 
 def make_scenario() -> Scenario:
     return Scenario.model_validate(
-        {"sim": {"name": "report | test $5", "duration_s": 600, "sample_s": 60}, "peers": {"count": 12}, "events": [{"at_s": 300, "kind": "partition"}, {"at_s": 420, "kind": "heal"}]}
+        {
+            "sim": {"name": "report | test $5", "duration_s": 600, "sample_s": 60},
+            "peers": {"count": 12},
+            "events": [{"at_s": 300, "kind": "partition"}, {"at_s": 420, "kind": "heal"}],
+        }
     )
 
 
@@ -37,12 +41,67 @@ def make_observations(shift: float = 0.0) -> Observations:
     req = RequestRecord
     obs = Observations(duration_s=600, sample_s=60)
     obs.requests = [
-        req(1, "c1", "m", 10, 100, True, ended=10.4 + shift, status=200, provider="p1", path="direct", attempts=1, first_byte=10.1, tokens=100),
-        req(2, "c1", "m", 70, 100, True, ended=71.9 + shift, status=200, provider="p2", path="relayed", attempts=2, first_byte=70.5, tokens=80),
-        req(3, "c2", "m", 130, 50, False, ended=130.6 + shift, status=200, provider="p1", path="direct", attempts=1, tokens=50),  # no first byte time
+        req(
+            1,
+            "c1",
+            "m",
+            10,
+            100,
+            True,
+            ended=10.4 + shift,
+            status=200,
+            provider="p1",
+            path="direct",
+            attempts=1,
+            first_byte=10.1,
+            tokens=100,
+        ),
+        req(
+            2,
+            "c1",
+            "m",
+            70,
+            100,
+            True,
+            ended=71.9 + shift,
+            status=200,
+            provider="p2",
+            path="relayed",
+            attempts=2,
+            first_byte=70.5,
+            tokens=80,
+        ),
+        req(
+            3,
+            "c2",
+            "m",
+            130,
+            50,
+            False,
+            ended=130.6 + shift,
+            status=200,
+            provider="p1",
+            path="direct",
+            attempts=1,
+            tokens=50,
+        ),  # no first byte time
         req(4, "c2", "m", 200, 50, True, ended=203.0, status=503, code="provider_busy", provider="p2", attempts=3),
         req(5, "c1", "m", 320, 50, True, ended=440.0, status=504, code="deadline_exceeded", provider="p3", attempts=1),
-        req(6, "c2", "m", 330, 50, True, ended=330.2 + shift, status=200, provider="p3", path=None, attempts=1, first_byte=330.05, tokens=20),
+        req(
+            6,
+            "c2",
+            "m",
+            330,
+            50,
+            True,
+            ended=330.2 + shift,
+            status=200,
+            provider="p3",
+            path=None,
+            attempts=1,
+            first_byte=330.05,
+            tokens=20,
+        ),
         req(7, "c1", "m", 590, 50, True),  # lost: never ended
     ]
     obs.joins = [JoinRecord("p4", 100, 2.5 + shift), JoinRecord("p5", 250, 4.0), JoinRecord("p6", 500, None)]
@@ -66,7 +125,12 @@ def make_twin(summary: dict) -> dict:
         "simulated": summary,
         "emulated": emulated,
         "bounds": {
-            "latency p50 ratio": {"limit": "≤ ×3", "simulated": summary["requests"]["latency_s"]["p50"], "emulated": emulated["requests"]["latency_s"]["p50"], "ok": True},
+            "latency p50 ratio": {
+                "limit": "≤ ×3",
+                "simulated": summary["requests"]["latency_s"]["p50"],
+                "emulated": emulated["requests"]["latency_s"]["p50"],
+                "ok": True,
+            },
             "success rate": {"limit": "≥ 99 %", "simulated": 0.8, "emulated": 0.8, "ok": False},
         },
     }
@@ -75,7 +139,9 @@ def make_twin(summary: dict) -> dict:
 def write(out: Path, *, twin: bool = False) -> list[Path]:
     """The report of the hand-made run (also called from a second Python process)."""
     summary = summarize(make_observations())
-    return write_report(out, scenario=make_scenario(), seed=7, summary=summary, twin=make_twin(summary) if twin else None)
+    return write_report(
+        out, scenario=make_scenario(), seed=7, summary=summary, twin=make_twin(summary) if twin else None
+    )
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +235,10 @@ def test_an_empty_run_still_reports(tmp_path):
 
 def test_the_same_bytes_from_another_process(with_twin, tmp_path):
     here = with_twin
-    code = "import sys; from pathlib import Path; from tests.test_sim_report import write; write(Path(sys.argv[1]), twin=True)"
+    code = (
+        "import sys; from pathlib import Path; from tests.test_sim_report import write; "
+        "write(Path(sys.argv[1]), twin=True)"
+    )
     # A different hash seed and locale: neither may reach the files.
     env = {**os.environ, "PYTHONHASHSEED": "12345", "LC_ALL": "C.UTF-8"}
     root = Path(__file__).resolve().parents[1]

@@ -67,7 +67,12 @@ def format_table(results: dict[str, Benchmark]) -> str:
     at = f" @{concurrency.pop()}" if len(concurrency) == 1 else ""
     header = ["model", "single-stream tok/s", f"aggregate tok/s{at}", "TTFT p50"]
     rows = [
-        [name, f"{b.single_stream_tps:.1f}", f"{b.aggregate_tps:.1f}" + ("" if at else f" @{b.concurrency}"), f"{b.ttft_p50_ms:.0f} ms"]
+        [
+            name,
+            f"{b.single_stream_tps:.1f}",
+            f"{b.aggregate_tps:.1f}" + ("" if at else f" @{b.concurrency}"),
+            f"{b.ttft_p50_ms:.0f} ms",
+        ]
         for name, b in results.items()
     ]
     return aligned(header, rows)
@@ -76,7 +81,9 @@ def format_table(results: dict[str, Benchmark]) -> str:
 def bench(
     home: Path | None = HomeOption,
     backend: list[str] | None = BackendOption,
-    concurrency: int = typer.Option(8, "--concurrency", min=1, max=4096, help="Parallel streams for the aggregate figure."),
+    concurrency: int = typer.Option(
+        8, "--concurrency", min=1, max=4096, help="Parallel streams for the aggregate figure."
+    ),
     max_tokens: int = typer.Option(64, "--max-tokens", min=1, max=100_000, help="Tokens each request generates."),
     json_output: bool = typer.Option(False, "--json", help="Print JSON (model → benchmark) instead of a table."),
 ) -> None:

@@ -79,7 +79,7 @@ def aligned(headers: list[str], rows: list[list[Any]]) -> str:
     """Rows under headers in left-aligned columns (None shows as ``-``)."""
     cells = [headers] + [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
+    return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells)
 
 
 def print_table(headers: list[str], rows: list[list[Any]]) -> None:

@@ -23,37 +23,75 @@ def diagnose(status: dict[str, Any]) -> list[dict[str, str]]:
     if reach == "public":
         add("reachability", "ok", f"public (others see us at {observed})")
     elif reach == "private":
-        add("reachability", "ok" if status["relay_reservations"] else "fail", f"behind NAT (others see us at {observed})",
-            "" if status["relay_reservations"] else "no relay reservation: bootstrap from a peer that runs `garage-peer --relay`")
+        add(
+            "reachability",
+            "ok" if status["relay_reservations"] else "fail",
+            f"behind NAT (others see us at {observed})",
+            ""
+            if status["relay_reservations"]
+            else "no relay reservation: bootstrap from a peer that runs `garage-peer --relay`",
+        )
     else:
-        add("reachability", "warn", "unknown: no peer has reported our address yet", "connect to at least one peer (--bootstrap)")
+        add(
+            "reachability",
+            "warn",
+            "unknown: no peer has reported our address yet",
+            "connect to at least one peer (--bootstrap)",
+        )
     if status["relay_reservations"]:
-        add("relays", "ok", f"{len(status['relay_reservations'])} reservation(s): " + " ".join(status["relay_reservations"].values()))
+        add(
+            "relays",
+            "ok",
+            f"{len(status['relay_reservations'])} reservation(s): " + " ".join(status["relay_reservations"].values()),
+        )
     elif reach == "private":
-        add("relays", "fail", f"none ({status['known_relays']} relays known)", "add a relay to --bootstrap, or open a port on the router")
+        add(
+            "relays",
+            "fail",
+            f"none ({status['known_relays']} relays known)",
+            "add a relay to --bootstrap, or open a port on the router",
+        )
     if status["connections"] == 0:
         add("connections", "fail", "connected to no peer", "pass --bootstrap MULTIADDR/p2p/ID, or enable mDNS on a LAN")
     else:
         add("connections", "ok", f"{status['connections']} connected, {status['known_peers']} known")
     if status["dht_table_size"] == 0:
-        add("dht", "warn", f"{status['dht_mode']} mode, empty routing table", "it fills from connected DHT servers; check --bootstrap")
+        add(
+            "dht",
+            "warn",
+            f"{status['dht_mode']} mode, empty routing table",
+            "it fills from connected DHT servers; check --bootstrap",
+        )
     else:
         add("dht", "ok", f"{status['dht_mode']} mode, {status['dht_table_size']} peers in the routing table")
     for backend in status["backends"]:
         if backend["healthy"]:
             add(f"backend {backend['model']}", "ok", f"{backend['url']} serves {backend['backend_model']}")
         else:
-            add(f"backend {backend['model']}", "fail", f"{backend['url']} is not answering", "start the model server (vLLM), or fix --backend NAME=URL")
+            add(
+                f"backend {backend['model']}",
+                "fail",
+                f"{backend['url']} is not answering",
+                "start the model server (vLLM), or fix --backend NAME=URL",
+            )
     hardware = status["hardware"]
     driver = status.get("driver_version")
     if hardware == "cpu":
-        add("gpu", "warn" if status["backends"] else "ok", "no NVIDIA GPU found (nvidia-smi absent or failing)",
-            "install the NVIDIA driver so nvidia-smi works" if status["backends"] else "")
+        add(
+            "gpu",
+            "warn" if status["backends"] else "ok",
+            "no NVIDIA GPU found (nvidia-smi absent or failing)",
+            "install the NVIDIA driver so nvidia-smi works" if status["backends"] else "",
+        )
     else:
         add("gpu", "ok", f"{hardware}, driver {driver or 'unknown'}")
     if status.get("duplicate_identity_at"):
-        add("identity", "fail", "another peer signs ads with this identity, at " + ", ".join(status["duplicate_identity_at"]),
-            "every rig needs its own HOME/identity.key: move the copy away and run `garage init` there")
+        add(
+            "identity",
+            "fail",
+            "another peer signs ads with this identity, at " + ", ".join(status["duplicate_identity_at"]),
+            "every rig needs its own HOME/identity.key: move the copy away and run `garage init` there",
+        )
     else:
         add("identity", "ok", status["peer_id"])
     return checks

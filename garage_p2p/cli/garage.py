@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from . import bench, doctor, identity, jobs, keys, ledger, litellm, mesh_views, runtime, sim, swarm
+from . import bench, demo, doctor, identity, jobs, keys, ledger, litellm, mesh_views, runtime, sim, swarm
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Garage P2P: pool GPUs into one OpenAI-compatible mesh.",
+)
 app.command("init")(identity.init)
 app.command("status")(mesh_views.status)
 app.command("peers")(mesh_views.peers)
@@ -14,6 +19,7 @@ app.command("models")(mesh_views.models)
 app.command("route")(mesh_views.route)
 app.command("bench")(bench.bench)
 app.command("doctor")(doctor.doctor)
+app.command("demo")(demo.demo)
 app.command("litellm-config")(litellm.litellm_config)
 app.add_typer(ledger.app, name="ledger")
 app.command("drain")(runtime.drain)

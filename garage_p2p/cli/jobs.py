@@ -11,7 +11,9 @@ import typer
 from .client import ApiOption, JsonOption, call, get, post, print_json, print_table
 from .common import HomeOption, fail
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Batch jobs spread over the mesh (OpenAI Batch API file format).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Batch jobs spread over the mesh (OpenAI Batch API file format)."
+)
 
 
 def _bar(p: dict) -> str:
@@ -40,10 +42,14 @@ def _write_output(api: str | None, home: Path | None, job_id: str, output: Path)
 def submit(
     input: Path = typer.Option(..., "--input", "-i", help="The batch file (JSONL: custom_id, method, url, body)."),
     model: str | None = typer.Option(None, "--model", help="Run every line on this model (overrides body.model)."),
-    output: Path | None = typer.Option(None, "--output", "-o", help="With --wait: write results here (errors beside it)."),
+    output: Path | None = typer.Option(
+        None, "--output", "-o", help="With --wait: write results here (errors beside it)."
+    ),
     wait: bool = typer.Option(False, "--wait", help="Show progress until the job ends."),
     shard_size: int = typer.Option(50, "--shard-size", min=1, max=1000, help="Lines per shard (one lease)."),
-    max_providers: int | None = typer.Option(None, "--max-providers", min=1, help="At most this many providers at once."),
+    max_providers: int | None = typer.Option(
+        None, "--max-providers", min=1, help="At most this many providers at once."
+    ),
     deadline: float | None = typer.Option(None, "--deadline", min=1, help="Seconds until unfinished lines fail."),
     home: Path | None = HomeOption,
     api: str | None = ApiOption,
@@ -53,7 +59,13 @@ def submit(
         text = input.read_text()
     except (OSError, UnicodeDecodeError) as exc:
         fail(f"cannot read {input}: {exc}")
-    body = {"input": text, "model": model, "shard_size": shard_size, "max_providers": max_providers, "deadline_s": deadline}
+    body = {
+        "input": text,
+        "model": model,
+        "shard_size": shard_size,
+        "max_providers": max_providers,
+        "deadline_s": deadline,
+    }
     progress = post(api, home, "/garage/v1/jobs", body)
     job_id = progress["id"]
     if not wait:
@@ -71,7 +83,11 @@ def submit(
         elif line != last:
             typer.echo(line, err=True)
         last = line
-    typer.echo(("\n" if tty else "") + f"{job_id} {progress['status']}: {progress['succeeded']} succeeded, {progress['failed']} failed", err=True)
+    typer.echo(
+        ("\n" if tty else "")
+        + f"{job_id} {progress['status']}: {progress['succeeded']} succeeded, {progress['failed']} failed",
+        err=True,
+    )
     if output is not None:
         ok, errors = _write_output(api, home, job_id, output)
         typer.echo(f"wrote {ok} results to {output} and {errors} errors beside it", err=True)
@@ -79,7 +95,9 @@ def submit(
 
 
 @app.command("status")
-def status(job_id: str, home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
+def status(
+    job_id: str, home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption
+) -> None:
     """A job's progress."""
     progress = get(api, home, f"/garage/v1/jobs/{job_id}")
     if json_output:
@@ -89,7 +107,12 @@ def status(job_id: str, home: Path | None = HomeOption, api: str | None = ApiOpt
 
 
 @app.command("results")
-def results(job_id: str, output: Path = typer.Option(..., "--output", "-o", help="Results file (errors go beside it)."), home: Path | None = HomeOption, api: str | None = ApiOption) -> None:
+def results(
+    job_id: str,
+    output: Path = typer.Option(..., "--output", "-o", help="Results file (errors go beside it)."),
+    home: Path | None = HomeOption,
+    api: str | None = ApiOption,
+) -> None:
     """Write a job's output (OpenAI batch output format) and its errors file."""
     ok, errors = _write_output(api, home, job_id, output)
     typer.echo(f"wrote {ok} results to {output} and {errors} errors beside it")
@@ -108,4 +131,7 @@ def listing(home: Path | None = HomeOption, api: str | None = ApiOption, json_ou
     jobs = get(api, home, "/garage/v1/jobs")["jobs"]
     if json_output:
         return print_json(jobs)
-    print_table(["JOB", "STATUS", "MODEL", "DONE", "FAILED", "TOTAL"], [[j["id"], j["status"], j["model"], j["done"], j["failed"], j["total"]] for j in jobs])
+    print_table(
+        ["JOB", "STATUS", "MODEL", "DONE", "FAILED", "TOTAL"],
+        [[j["id"], j["status"], j["model"], j["done"], j["failed"], j["total"]] for j in jobs],
+    )

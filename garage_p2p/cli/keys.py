@@ -16,7 +16,9 @@ from ..store.keys import ApiKey, KeyStore, KeyStoreError
 from .client import JsonOption, print_json, print_table
 from .common import HomeOption, fail, resolve_home
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="API keys of the local endpoint: create, list, revoke.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="API keys of the local endpoint: create, list, revoke."
+)
 
 
 def _store(home: Path | None, *, create: bool = False) -> KeyStore:
@@ -38,7 +40,13 @@ def _view(key: ApiKey) -> dict:
         "created": key.created,
         "revoked": key.revoked,
         "limits": {"rpm": key.limits.rpm, "tpm": key.limits.tpm, "concurrency": key.limits.concurrency},
-        "usage": {"requests": key.requests, "prompt_tokens": key.prompt_tokens, "completion_tokens": key.completion_tokens, "refused": key.refused, "last_used": key.last_used},
+        "usage": {
+            "requests": key.requests,
+            "prompt_tokens": key.prompt_tokens,
+            "completion_tokens": key.completion_tokens,
+            "refused": key.refused,
+            "last_used": key.last_used,
+        },
     }
 
 
@@ -46,7 +54,9 @@ def _view(key: ApiKey) -> dict:
 def create(
     name: str = typer.Option("default", "--name", help="What the key is for (shown in listings)."),
     rpm: int | None = typer.Option(None, "--rpm", min=1, help="Requests per minute (default unlimited)."),
-    tpm: int | None = typer.Option(None, "--tpm", min=1, help="Tokens per minute, prompt + completion (default unlimited)."),
+    tpm: int | None = typer.Option(
+        None, "--tpm", min=1, help="Tokens per minute, prompt + completion (default unlimited)."
+    ),
     concurrency: int | None = typer.Option(None, "--concurrency", min=1, help="Requests at once (default unlimited)."),
     home: Path | None = HomeOption,
     json_out: bool = JsonOption,
@@ -63,7 +73,9 @@ def create(
         print_json({**_view(key), "key": text})
         return
     typer.echo(text)
-    typer.echo(f"key {key.id} ({key.name}) created; this is the only time it is shown. Use it as the OpenAI api_key.", err=True)
+    typer.echo(
+        f"key {key.id} ({key.name}) created; this is the only time it is shown. Use it as the OpenAI api_key.", err=True
+    )
 
 
 @app.command("list")
@@ -78,14 +90,27 @@ def list_keys(home: Path | None = HomeOption, json_out: bool = JsonOption) -> No
         print_json([_view(k) for k in keys])
         return
     rows = [
-        [k.id, k.name, "revoked" if k.revoked else "active", k.limits.rpm or "-", k.limits.tpm or "-", k.limits.concurrency or "-", k.requests, k.prompt_tokens + k.completion_tokens, k.refused, _when(k.last_used)]
+        [
+            k.id,
+            k.name,
+            "revoked" if k.revoked else "active",
+            k.limits.rpm or "-",
+            k.limits.tpm or "-",
+            k.limits.concurrency or "-",
+            k.requests,
+            k.prompt_tokens + k.completion_tokens,
+            k.refused,
+            _when(k.last_used),
+        ]
         for k in keys
     ]
     print_table(["ID", "NAME", "STATE", "RPM", "TPM", "AT ONCE", "REQUESTS", "TOKENS", "REFUSED", "LAST USED"], rows)
 
 
 @app.command("revoke")
-def revoke(key_id: str = typer.Argument(..., help="The key's id (the 8 characters after gk-)."), home: Path | None = HomeOption) -> None:
+def revoke(
+    key_id: str = typer.Argument(..., help="The key's id (the 8 characters after gk-)."), home: Path | None = HomeOption
+) -> None:
     """Revoke a key: requests with it get 401 within a second."""
     store = _store(home)
     try:

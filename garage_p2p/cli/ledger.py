@@ -10,7 +10,7 @@ import csv
 import json
 import sqlite3
 import sys
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 
 import typer
@@ -22,7 +22,9 @@ from ..store.ledger_store import LedgerStore
 from .client import JsonOption, print_json, print_table
 from .common import HomeOption, fail, resolve_home
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="The GPU-hours ledger: balances, entries, verification, export.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="The GPU-hours ledger: balances, entries, verification, export."
+)
 PeerOption = typer.Option(None, "--peer", help="Only this peer (a peer id).")
 
 
@@ -81,7 +83,9 @@ def show(peer: str | None = PeerOption, home: Path | None = HomeOption, json_out
         ]
         for p in view["peers"]
     ]
-    print_table(["PEER", "GPU-H GIVEN", "GPU-H USED", "NET", "TOK SERVED", "TOK USED", "REQ SERVED", "REQ USED", "FLAG"], rows)
+    print_table(
+        ["PEER", "GPU-H GIVEN", "GPU-H USED", "NET", "TOK SERVED", "TOK USED", "REQ SERVED", "REQ USED", "FLAG"], rows
+    )
     typer.echo("")
     print_table(
         ["MODEL", "REQUESTS", "TOKENS", "GPU-HOURS"],
@@ -102,7 +106,19 @@ def log(
         return print_json(rows)
     print_table(
         ["PROVIDER", "SEQ", "CONSUMER", "MODEL", "PROMPT", "COMPLETION", "GPU-S", "REQUEST"],
-        [[_short(r["provider"]), r["seq"], _short(r["consumer"]), r["model"], r["prompt_tokens"], r["completion_tokens"], f"{r['gpu_seconds']:.3f}", r["request_id"]] for r in rows],
+        [
+            [
+                _short(r["provider"]),
+                r["seq"],
+                _short(r["consumer"]),
+                r["model"],
+                r["prompt_tokens"],
+                r["completion_tokens"],
+                f"{r['gpu_seconds']:.3f}",
+                r["request_id"],
+            ]
+            for r in rows
+        ],
     )
 
 
@@ -117,17 +133,23 @@ def verify(home: Path | None = HomeOption, json_output: bool = JsonOption) -> No
         for problem in report.invalid:
             typer.echo(f"invalid entry: {problem}")
         for fork in report.forks:
-            typer.echo(f"fork: {fork['author']} at seq {fork['seq']} (counted up to {fork['counted_up_to']}; proof {', '.join(h[:16] for h in fork['proof'])})")
+            proof = ", ".join(h[:16] for h in fork["proof"])
+            typer.echo(
+                f"fork: {fork['author']} at seq {fork['seq']} (counted up to {fork['counted_up_to']}; proof {proof})"
+            )
         for author, n in report.duplicates.items():
             typer.echo(f"duplicate receipts: {author} logged {n} receipts twice")
         for o in report.overclaims:
-            typer.echo(f"over-claim: {o['author']} claims {o['claimed_us'] / 1e6:.3f} GPU-s in a period allowing {o['limit_us'] / 1e6:.3f}")
+            typer.echo(
+                f"over-claim: {o['author']} claims {o['claimed_us'] / 1e6:.3f} GPU-s "
+                f"in a period allowing {o['limit_us'] / 1e6:.3f}"
+            )
         typer.echo("ok" if report.ok else "PROBLEMS FOUND")
     if not report.ok:
         raise typer.Exit(1)
 
 
-class ExportFormat(str, Enum):
+class ExportFormat(StrEnum):
     jsonl = "jsonl"
     csv = "csv"
 

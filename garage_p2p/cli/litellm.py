@@ -37,9 +37,15 @@ def _models(base: str, key: str | None) -> list[str]:
     try:
         response = httpx.get(f"{base}/v1/models", headers=headers, timeout=10)
     except httpx.HTTPError as exc:
-        fail(f"cannot reach the peer at {base}: {exc}; start `garage-peer`, pass --api URL, or name the models with --model")
+        fail(
+            f"cannot reach the peer at {base}: {exc}; "
+            "start `garage-peer`, pass --api URL, or name the models with --model"
+        )
     if response.status_code == 401:
-        fail("the endpoint asks for an API key: create one with `garage keys create`, put it in an environment variable and pass --key-env VARIABLE")
+        fail(
+            "the endpoint asks for an API key: create one with `garage keys create`, put it in an environment variable "
+            "and pass --key-env VARIABLE"
+        )
     if response.status_code != 200:
         fail(f"the peer answered {response.status_code} to /v1/models: {response.text[:200]}")
     try:
@@ -82,10 +88,23 @@ def litellm_config(
     out: Path | None = typer.Option(None, "--out", help="Write the config here (default: print it)."),
     api: str | None = ApiOption,
     home: Path | None = HomeOption,
-    model: list[str] = typer.Option([], "--model", help="Only these models (repeatable); without it, the models the peer knows."),
-    key_env: str | None = typer.Option(None, "--key-env", help="Environment variable holding a garage API key (gk-…) for endpoints that ask for one; LiteLLM reads it at start."),
-    wildcard: bool = typer.Option(True, "--wildcard/--no-wildcard", help="Also pass any other model name through to the mesh."),
-    timeout: float = typer.Option(600.0, "--timeout", min=1.0, help="Seconds LiteLLM waits for an answer (the endpoint's own default)."),
+    model: list[str] = typer.Option(
+        [], "--model", help="Only these models (repeatable); without it, the models the peer knows."
+    ),
+    key_env: str | None = typer.Option(
+        None,
+        "--key-env",
+        help=(
+            "Environment variable holding a garage API key (gk-…) for endpoints that ask for one; "
+            "LiteLLM reads it at start."
+        ),
+    ),
+    wildcard: bool = typer.Option(
+        True, "--wildcard/--no-wildcard", help="Also pass any other model name through to the mesh."
+    ),
+    timeout: float = typer.Option(
+        600.0, "--timeout", min=1.0, help="Seconds LiteLLM waits for an answer (the endpoint's own default)."
+    ),
 ) -> None:
     """Write a LiteLLM proxy config whose models point at this peer's endpoint."""
     if key_env is not None and not re.fullmatch(NAME, key_env):
@@ -96,8 +115,18 @@ def litellm_config(
         fail(f"${key_env} is not set: export it with a key from `garage keys create`")
     models = sorted(set(model)) if model else _models(base, key)
     if not models and not wildcard:
-        fail("the peer knows no model yet and --no-wildcard leaves nothing to route: wait for providers, or pass --model NAME")
-    text = render(base + "/v1", models, api_key=f"os.environ/{key_env}" if key_env else "unused", wildcard=wildcard, timeout=timeout, source=base)
+        fail(
+            "the peer knows no model yet and --no-wildcard leaves nothing to route: wait for providers, or pass "
+            "--model NAME"
+        )
+    text = render(
+        base + "/v1",
+        models,
+        api_key=f"os.environ/{key_env}" if key_env else "unused",
+        wildcard=wildcard,
+        timeout=timeout,
+        source=base,
+    )
     if out is None:
         typer.echo(text, nl=False)
         return
@@ -105,4 +134,8 @@ def litellm_config(
         out.write_text(text)
     except OSError as exc:
         fail(f"cannot write {out}: {exc}")
-    typer.echo(f"wrote {out}: {len(models)} models{' and a wildcard' if wildcard else ''}; run `litellm --config {out} --port 4000`", err=True)
+    typer.echo(
+        f"wrote {out}: {len(models)} models{' and a wildcard' if wildcard else ''}; "
+        f"run `litellm --config {out} --port 4000`",
+        err=True,
+    )

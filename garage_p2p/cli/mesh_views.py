@@ -24,10 +24,16 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
     for addr in data["addrs"]:
         typer.echo(f"listening   {addr}")
     typer.echo(f"reachability {data['reachability']}   region {data['region'] or '-'}   hardware {data['hardware']}")
-    typer.echo(f"connections {data['connections']}   known peers {data['known_peers']}   DHT {data['dht_mode']} ({data['dht_table_size']} in table)")
+    typer.echo(
+        f"connections {data['connections']}   known peers {data['known_peers']}   DHT {data['dht_mode']} "
+        f"({data['dht_table_size']} in table)"
+    )
     typer.echo(f"in flight   {data['in_flight']}{'   DRAINING' if data['draining'] else ''}")
     led = data["ledger"]
-    typer.echo(f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given {led['contributed_gpu_hours']:.6f}, used {led['consumed_gpu_hours']:.6f}")
+    typer.echo(
+        f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given "
+        f"{led['contributed_gpu_hours']:.6f}, used {led['consumed_gpu_hours']:.6f}"
+    )
     if data.get("runtime"):
         rt = data["runtime"]
         typer.echo(f"runtime     {rt['container']} ({rt['image']}): {rt['state']}, {rt['restarts']} restarts")
@@ -48,7 +54,19 @@ def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_outp
         flags = ["LEDGER-FORK"] if p["ledger_flagged"] else []
         if p["cosign_refusals"]:
             flags.append(f"unsigned:{p['cosign_refusals']}")
-        rows.append([_short(p["peer_id"]), p["connection"], rtt, ",".join(p["models"]) or None, p["hardware"], load or None, p["region"], f"{p['last_seen_s']:.0f}s ago", " ".join(flags) or None])
+        rows.append(
+            [
+                _short(p["peer_id"]),
+                p["connection"],
+                rtt,
+                ",".join(p["models"]) or None,
+                p["hardware"],
+                load or None,
+                p["region"],
+                f"{p['last_seen_s']:.0f}s ago",
+                " ".join(flags) or None,
+            ]
+        )
     print_table(["PEER", "CONN", "RTT", "MODELS", "HARDWARE", "LOAD", "REGION", "SEEN", "FLAGS"], rows)
 
 
@@ -57,7 +75,16 @@ def models(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
     data = get(api, home, "/garage/v1/models")["models"]
     if json_output:
         return print_json(data)
-    rows = [[m["model"], len(m["providers"]), f"{m['aggregate_tps']:.0f} tok/s" if m["aggregate_tps"] else None, int(m["running"]), m["context_length"]] for m in data]
+    rows = [
+        [
+            m["model"],
+            len(m["providers"]),
+            f"{m['aggregate_tps']:.0f} tok/s" if m["aggregate_tps"] else None,
+            int(m["running"]),
+            m["context_length"],
+        ]
+        for m in data
+    ]
     print_table(["MODEL", "PROVIDERS", "CAPACITY", "RUNNING", "CONTEXT"], rows)
 
 
@@ -71,13 +98,17 @@ def route(
     json_output: bool = JsonOption,
 ) -> None:
     """How this peer would route a request: every provider with its score."""
-    data = get(api, home, "/garage/v1/route", {"model": model, "tokens": tokens, "region": region or "", "peer": peer or ""})
+    data = get(
+        api, home, "/garage/v1/route", {"model": model, "tokens": tokens, "region": region or "", "peer": peer or ""}
+    )
     if json_output:
         return print_json(data)
     rows = []
     for c in data["candidates"]:
         parts = " ".join(f"{k}={v:.3f}" for k, v in c["parts"].items() if v)
-        rows.append([_short(c["peer_id"]), f"{c['estimate_s']:.3f} s", "yes" if c["eligible"] else f"no: {c['reason']}", parts])
+        rows.append(
+            [_short(c["peer_id"]), f"{c['estimate_s']:.3f} s", "yes" if c["eligible"] else f"no: {c['reason']}", parts]
+        )
     if not rows:
         typer.echo(f"no provider of {model} is known")
         return

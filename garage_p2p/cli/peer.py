@@ -9,8 +9,9 @@ import trio
 import typer
 
 from ..daemon import open_peer
-from ..settings import Settings, SettingsError, load_settings, parse_backend
+from ..mesh.patches import LibraryPatchError
 from ..runtime.podman_service import PodmanUnavailable
+from ..settings import Settings, SettingsError, load_settings, parse_backend
 from ..store.identity_file import IdentityFileError
 from ..trio_util import single_exceptions
 from .common import HomeOption, fail, setup_logging
@@ -39,26 +40,62 @@ def main_command(
     home: Path | None = HomeOption,
     listen: list[str] = typer.Option(None, "--listen", help="libp2p listen multiaddr (repeatable)."),
     api: str | None = typer.Option(None, "--api", help="HOST:PORT of the OpenAI endpoint (default 127.0.0.1:8000)."),
-    bootstrap: list[str] = typer.Option(None, "--bootstrap", help="MULTIADDR/p2p/ID of a peer to join through (repeatable)."),
-    backend: list[str] = typer.Option(None, "--backend", help="NAME=URL: serve model NAME from this OpenAI base URL (repeatable)."),
+    bootstrap: list[str] = typer.Option(
+        None, "--bootstrap", help="MULTIADDR/p2p/ID of a peer to join through (repeatable)."
+    ),
+    backend: list[str] = typer.Option(
+        None, "--backend", help="NAME=URL: serve model NAME from this OpenAI base URL (repeatable)."
+    ),
     request_timeout: float | None = typer.Option(None, "--request-timeout", help="Seconds a request may take."),
     log_level: str | None = typer.Option(None, "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
     mdns: bool | None = typer.Option(None, "--mdns/--no-mdns", help="Find peers on the LAN with mDNS (default on)."),
     region: str | None = typer.Option(None, "--region", help="Advertised location, e.g. se-sto."),
     dht_mode: str | None = typer.Option(None, "--dht-mode", help="auto, server or client."),
-    relay: bool | None = typer.Option(None, "--relay/--no-relay", help="Offer a circuit relay to peers behind NAT (public peers only)."),
-    peer_concurrency: int | None = typer.Option(None, "--peer-concurrency", min=1, help="Requests one consumer peer may run here at once (default: half of the slots)."),
-    peer_tpm: int | None = typer.Option(None, "--peer-tpm", min=1, help="Tokens per minute one consumer peer may use here (default unlimited)."),
-    allow_peer: list[str] = typer.Option(None, "--allow-peer", help="Deal only with these peers (repeatable): a closed group."),
+    relay: bool | None = typer.Option(
+        None, "--relay/--no-relay", help="Offer a circuit relay to peers behind NAT (public peers only)."
+    ),
+    peer_concurrency: int | None = typer.Option(
+        None,
+        "--peer-concurrency",
+        min=1,
+        help="Requests one consumer peer may run here at once (default: half of the slots).",
+    ),
+    peer_tpm: int | None = typer.Option(
+        None, "--peer-tpm", min=1, help="Tokens per minute one consumer peer may use here (default unlimited)."
+    ),
+    allow_peer: list[str] = typer.Option(
+        None, "--allow-peer", help="Deal only with these peers (repeatable): a closed group."
+    ),
     deny_peer: list[str] = typer.Option(None, "--deny-peer", help="Never deal with this peer (repeatable)."),
-    swarm_key: Path | None = typer.Option(None, "--swarm-key", help="A private mesh's swarm key file (default HOME/swarm.key if present)."),
-    require_keys: bool | None = typer.Option(None, "--require-keys/--no-require-keys", help="Ask for an API key even on 127.0.0.1 (any other --api address always does)."),
-    runtime_model: Path | None = typer.Option(None, "--model-dir", help="Serve this model (a directory, or a model id in the local Hugging Face cache) from a vLLM container run in Podman."),
-    runtime_name: str | None = typer.Option(None, "--model-name", help="The model's name in the mesh (default: the directory's name)."),
-    runtime_image: str | None = typer.Option(None, "--image", help="Server image (default localhost/garage-vllm-cpu:0.32.0)."),
+    swarm_key: Path | None = typer.Option(
+        None, "--swarm-key", help="A private mesh's swarm key file (default HOME/swarm.key if present)."
+    ),
+    require_keys: bool | None = typer.Option(
+        None,
+        "--require-keys/--no-require-keys",
+        help="Ask for an API key even on 127.0.0.1 (any other --api address always does).",
+    ),
+    runtime_model: Path | None = typer.Option(
+        None,
+        "--model-dir",
+        help=(
+            "Serve this model (a directory, or a model id in the local Hugging Face cache) "
+            "from a vLLM container run in Podman."
+        ),
+    ),
+    runtime_name: str | None = typer.Option(
+        None, "--model-name", help="The model's name in the mesh (default: the directory's name)."
+    ),
+    runtime_image: str | None = typer.Option(
+        None, "--image", help="Server image (default localhost/garage-vllm-cpu:0.32.0)."
+    ),
     runtime_gpus: str | None = typer.Option(None, "--gpus", help="'all', indices like '0,1', or '' for the CPU."),
-    runtime_port: int | None = typer.Option(None, "--runtime-port", help="Loopback port for the container's server (default 8001)."),
-    podman_socket: Path | None = typer.Option(None, "--podman-socket", help="Use this Podman API socket instead of starting one."),
+    runtime_port: int | None = typer.Option(
+        None, "--runtime-port", help="Loopback port for the container's server (default 8001)."
+    ),
+    podman_socket: Path | None = typer.Option(
+        None, "--podman-socket", help="Use this Podman API socket instead of starting one."
+    ),
 ) -> None:
     """Run the Garage P2P peer daemon in the foreground."""
     try:
@@ -96,7 +133,7 @@ def main_command(
     try:
         with single_exceptions():
             trio.run(run_peer, settings)
-    except (IdentityFileError, PodmanUnavailable, SettingsError) as exc:
+    except (IdentityFileError, LibraryPatchError, PodmanUnavailable, SettingsError) as exc:
         fail(str(exc))
     except OSError as exc:
         fail(f"{exc.strerror or exc} (is another garage-peer using the same --api or --listen port?)")

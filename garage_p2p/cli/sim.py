@@ -10,18 +10,28 @@ import typer
 from .client import JsonOption
 from .common import fail, setup_logging
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="The network simulator: scenarios in simulations/, reports with figures and plots.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="The network simulator: scenarios in simulations/, reports with figures and plots.",
+)
 
 
 @app.command("run")
 def run(
     scenario: Path = typer.Argument(..., help="A scenario file, e.g. simulations/sweden-1k.toml."),
-    seed: int | None = typer.Option(None, "--seed", help="Random seed (default: the scenario's). Same scenario and seed, same report."),
+    seed: int | None = typer.Option(
+        None, "--seed", help="Random seed (default: the scenario's). Same scenario and seed, same report."
+    ),
     out: Path | None = typer.Option(None, "--out", help="Report directory (default sim-out/<scenario name>)."),
-    emulate: bool = typer.Option(False, "--emulate", help="Also run the scenario's twin on real peers (127.0.0.1) and compare."),
     json_out: bool = JsonOption,
 ) -> None:
     """Simulate a scenario and write report.md, report.json and PNG plots."""
+    simulate_and_report(scenario, seed, out, json_out)
+
+
+def simulate_and_report(scenario: Path, seed: int | None, out: Path | None, json_out: bool, emulator=None) -> None:
+    """``garage sim run``'s work; ``emulator`` (``tools.emulate.run_emulation``, from a checkout) adds the twin."""
     try:
         from ..sim.run import run_scenario
         from ..sim.scenario import ScenarioError, load_scenario
@@ -36,7 +46,7 @@ def run(
     out = out if out is not None else Path("sim-out") / sc.sim.name
     log = (lambda *_: None) if json_out else (lambda message: typer.echo(message, err=True))
     log(f"simulating {sc.sim.name}: {sc.peers.count} peers, {sc.sim.duration_s:g} s, seed {seed} …")
-    summary, stats, twin = run_scenario(sc, seed, out, emulate=emulate, log=log)
+    summary, stats, twin = run_scenario(sc, seed, out, emulator=emulator, log=log)
     cost = {
         "wall_s": round(stats.wall_s, 2),
         "peak_rss_mib": round(stats.peak_rss_mib, 1),
@@ -45,12 +55,31 @@ def run(
         "events": stats.events,
     }
     if json_out:
-        typer.echo(json.dumps({"out": str(out), "cost": cost, "requests": summary["requests"], "twin_bounds": twin and twin["bounds"]}, indent=2, sort_keys=True))
+        typer.echo(
+            json.dumps(
+                {
+                    "out": str(out),
+                    "cost": cost,
+                    "requests": summary["requests"],
+                    "twin_bounds": twin and twin["bounds"],
+                },
+                indent=2,
+                sort_keys=True,
+            )
+        )
         return
     r = summary["requests"]
     typer.echo(f"report: {out / 'report.md'}")
-    typer.echo(f"requests: {r['total']} ({r['ok']} ok, {r['lost']} lost), latency p50 {r['latency_s']['p50']} s, p99 {r['latency_s']['p99']} s")
-    typer.echo(f"cost: {cost['wall_s']} s wall, {cost['peak_rss_mib']} MiB peak, {cost['wall_ms_per_peer_hour']} ms per peer-hour, {cost['events']} events")
+    typer.echo(
+        f"requests: {r['total']} ({r['ok']} ok, {r['lost']} lost), latency p50 {r['latency_s']['p50']} s, p99 "
+        f"{r['latency_s']['p99']} s"
+    )
+    typer.echo(
+        f"cost: {cost['wall_s']} s wall, {cost['peak_rss_mib']} MiB peak, {cost['wall_ms_per_peer_hour']} ms per "
+        f"peer-hour, {cost['events']} events"
+    )
     if twin is not None:
         failed = [name for name, b in twin["bounds"].items() if not b["ok"]]
-        typer.echo("emulation vs simulation: " + ("all bounds hold" if not failed else f"outside bounds: {', '.join(failed)}"))
+        typer.echo(
+            "emulation vs simulation: " + ("all bounds hold" if not failed else f"outside bounds: {', '.join(failed)}")
+        )

@@ -20,7 +20,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="The swarm ke
 
 
 @app.command("create")
-def create(home: Path | None = HomeOption, force: bool = typer.Option(False, "--force", help="Replace an existing key (peers with the old one can no longer connect).")) -> None:
+def create(
+    home: Path | None = HomeOption,
+    force: bool = typer.Option(
+        False, "--force", help="Replace an existing key (peers with the old one can no longer connect)."
+    ),
+) -> None:
     """Write a new swarm key to HOME/swarm.key (mode 0600)."""
     path = resolve_home(home) / "swarm.key"
     if path.exists() and not force:

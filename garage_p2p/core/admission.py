@@ -84,7 +84,9 @@ class Admission:
         started: list[Hashable] = []
         while self.running < self.slots and self._waiting:
             chosen = None
-            for waiting in sorted(self._waiting.values(), key=lambda w: (not w.contributor, self._limiter.running(w.peer), w.order)):
+            for waiting in sorted(
+                self._waiting.values(), key=lambda w: (not w.contributor, self._limiter.running(w.peer), w.order)
+            ):
                 if self._limiter.admit(waiting.peer, self.per_peer, now).ok:
                     chosen = waiting
                     break

@@ -215,7 +215,12 @@ class AdRejected(Exception):
 class PeerTable:
     """Newest ad per peer, with expiry; remembers seqs so replays are refused."""
 
-    def __init__(self, self_peer_id: str | None = None, max_peers: int = 10_000, admits: Callable[[str], bool] = lambda peer_id: True) -> None:
+    def __init__(
+        self,
+        self_peer_id: str | None = None,
+        max_peers: int = 10_000,
+        admits: Callable[[str], bool] = lambda peer_id: True,
+    ) -> None:
         self._self = self_peer_id
         self._admits = admits
         self._entries: dict[str, PeerEntry] = {}

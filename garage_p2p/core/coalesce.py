@@ -1,6 +1,6 @@
 """Coalesce streamed response bytes into frames.
 
-Each frame costs ~0.5 ms of CPU in the libp2p stack (PLATFORM.md), so one
+Each frame costs ~0.5 ms of CPU in the libp2p stack (docs/platform.md), so one
 frame per token would cap a connection near 900 tokens/s. The first bytes go
 out at once (time to first token is what users feel); after that, bytes wait
 at most ``max_delay`` seconds or until ``max_bytes`` are buffered.
@@ -26,11 +26,7 @@ class Coalescer:
     def push(self, data: bytes, now: float) -> bytes | None:
         """Add bytes; return a chunk to send now, if one is due."""
         self._buffer += data
-        if (
-            self._last_flush is None
-            or len(self._buffer) >= self.max_bytes
-            or now - self._last_flush >= self.max_delay
-        ):
+        if self._last_flush is None or len(self._buffer) >= self.max_bytes or now - self._last_flush >= self.max_delay:
             return self._take(now)
         return None
 

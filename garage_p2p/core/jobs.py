@@ -83,7 +83,6 @@ def parse_batch(
     for index, raw in enumerate(text.splitlines() if isinstance(text, str) else text):
         if not raw.strip():
             continue
-        error = None
         custom_id = None
         try:
             if len(raw) > MAX_LINE_BYTES:
@@ -112,13 +111,10 @@ def parse_batch(
             if not isinstance(body.get("model"), str) or not body["model"]:
                 raise ValueError("body.model is missing")
             models.add(body["model"])
+            seen.add(custom_id)
+            lines.append(BatchLine(index, custom_id, url, body if bodies else {"model": body["model"]}))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            error = LineError(index, custom_id, "invalid_line", str(exc)[:500])
-        if error is not None:
-            errors.append(error)
-            continue
-        seen.add(custom_id)
-        lines.append(BatchLine(index, custom_id, url, body if bodies else {"model": body["model"]}))
+            errors.append(LineError(index, custom_id, "invalid_line", str(exc)[:500]))
     if len(models) > 1:
         # One model per job (providers claim jobs by model): the one most lines ask for.
         counts: dict[str, int] = {}
@@ -307,7 +303,7 @@ class JobState:
                 return self._grant(shard, provider, now, duplicate=False)
         # Tail stealing: an idle provider duplicates a shard running elsewhere, once.
         duplicated = {lease.shard for lease in self.leases.values() if lease.duplicate}
-        for lease in sorted(self.leases.values(), key=lambda l: l.deadline):
+        for lease in sorted(self.leases.values(), key=lambda held: held.deadline):
             if lease.shard not in duplicated and not self.shard_done(lease.shard):
                 return self._grant(lease.shard, provider, now, duplicate=True)
         return None

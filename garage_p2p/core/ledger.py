@@ -361,7 +361,7 @@ class LedgerState:
         totals = self._totals.get(author)
         return totals.duplicates if totals else 0
 
-    def fingerprint(self) -> tuple:
+    def fingerprint(self) -> tuple[tuple[str, int, tuple[bytes, ...]], ...]:
         """Everything that defines the state, comparable between replicas."""
         return tuple(
             (author, seq, tuple(e.hash for e in kept))
@@ -381,8 +381,7 @@ class LedgerState:
                 consumed.setdefault(consumer, Totals()).merge(part)
         peers = sorted(set(contributed) | set(consumed) | set(self._logs))
         return {
-            p: PeerBalance(p, contributed.get(p, Totals()), consumed.get(p, Totals()), self.flagged(p))
-            for p in peers
+            p: PeerBalance(p, contributed.get(p, Totals()), consumed.get(p, Totals()), self.flagged(p)) for p in peers
         }
 
     def by_model(self) -> dict[str, Totals]:

@@ -25,7 +25,7 @@ from pydantic import Field
 from .errors import PeerFault
 from .ledger import MAX_ENTRY_BYTES, Head, LedgerState
 from .messages import ErrorReply, WireModel  # noqa: F401 (ErrorReply: the ledger's refusals)
-from .wire import KiB, MiB, FrameType
+from .wire import FrameType, KiB, MiB
 
 TOPIC_LEDGER = "garage/ledger/1"
 PROTOCOL_LEDGER = "/garage/ledger/1.0.0"
@@ -78,7 +78,8 @@ class LedgerRequest(WireModel):
     """A request on ``/garage/ledger/1.0.0``."""
 
     op: Literal["heads", "range", "push"]
-    """``heads``: a page of heads; ``range``: entries of one author; ``push``: counter-signed receipts for the provider's log."""
+    """``heads``: a page of heads; ``range``: entries of one author; ``push``: counter-signed receipts for the
+    provider's log."""
     after: str | None = Field(default=None, max_length=128)
     """heads: return authors sorted after this one."""
     author: str | None = Field(default=None, max_length=128)
@@ -88,7 +89,8 @@ class LedgerRequest(WireModel):
     limit: int = Field(default=MAX_RANGE_ENTRIES, ge=1, le=MAX_RANGE_ENTRIES)
     """heads/range: most items wanted (the server may send fewer)."""
     receipts: tuple[str, ...] = Field(default=(), max_length=MAX_PUSH_RECEIPTS)
-    """push: base64 of provider signature (64 bytes) | counter-signature (64 bytes) | receipt (``ledger.book.pack_pending``)."""
+    """push: base64 of provider signature (64 bytes) | counter-signature (64 bytes) | receipt
+    (``ledger.book.pack_pending``)."""
 
 
 class HeadsPage(WireModel):
@@ -111,7 +113,9 @@ class PushReply(WireModel):
     """Why each rejected receipt was refused."""
 
 
-def announcement(state: LedgerState, own: str, cursor: int, limit: int = MAX_ANNOUNCED_HEADS) -> tuple[HeadsAnnouncement, int]:
+def announcement(
+    state: LedgerState, own: str, cursor: int, limit: int = MAX_ANNOUNCED_HEADS
+) -> tuple[HeadsAnnouncement, int]:
     """The next gossip message and the next rotation cursor."""
     heads = state.heads()
     heads.setdefault(own, Head(0, bytes(32)))
@@ -122,7 +126,9 @@ def announcement(state: LedgerState, own: str, cursor: int, limit: int = MAX_ANN
         rotated = others[start:] + others[:start]
         picked += rotated[: limit - 1]
         cursor = (start + limit - 1) % len(others)
-    return HeadsAnnouncement(peer=own, heads=tuple(HeadInfo.of(a, heads[a]) for a in picked), authors=len(heads)), cursor
+    return HeadsAnnouncement(
+        peer=own, heads=tuple(HeadInfo.of(a, heads[a]) for a in picked), authors=len(heads)
+    ), cursor
 
 
 def heads_page(state: LedgerState, after: str | None, limit: int = MAX_HEADS_PAGE) -> HeadsPage:

@@ -86,7 +86,9 @@ class LiveRequests:
             request.first_token = now
         request.events_out += max(1, chunk.count(b"data:")) if request.stream else 0
 
-    def end(self, request: LiveRequest, status: int, now: float, wall: float, tokens_in: int = 0, tokens_out: int = 0) -> FinishedRequest:
+    def end(
+        self, request: LiveRequest, status: int, now: float, wall: float, tokens_in: int = 0, tokens_out: int = 0
+    ) -> FinishedRequest:
         """The request is over (idempotent per request: a second end is ignored)."""
         self.in_flight.pop((request.role, request.id), None)
         finished = FinishedRequest(

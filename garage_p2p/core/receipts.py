@@ -153,7 +153,9 @@ def unpack_signed(blob: str) -> tuple[Receipt, bytes, bytes]:
     return receipt, raw, signature
 
 
-def expected_receipt_problem(receipt: Receipt, *, consumer: str, provider: str, request_id: str, model: str) -> str | None:
+def expected_receipt_problem(
+    receipt: Receipt, *, consumer: str, provider: str, request_id: str, model: str
+) -> str | None:
     """Why a consumer should refuse to counter-sign this receipt, or None.
 
     The consumer checks what it can know: who served, that it asked, for which

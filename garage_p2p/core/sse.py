@@ -39,9 +39,5 @@ class SseSplitter:
 
 def event_data(event: bytes) -> bytes | None:
     """The joined ``data:`` lines of one event, or None if it has none."""
-    lines = [
-        line[5:].removeprefix(b" ")
-        for line in event.split(b"\n")
-        if line.startswith(b"data:")
-    ]
+    lines = [line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")]
     return b"\n".join(lines) if lines else None

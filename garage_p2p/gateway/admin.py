@@ -55,11 +55,18 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         host = request.client.host if request.client else ""
         if host in ("127.0.0.1", "::1") or host.startswith("127."):
             return None
-        info = error_info(403, "control actions are accepted from this machine only", type="permission_error", code="local_only")
+        info = error_info(
+            403, "control actions are accepted from this machine only", type="permission_error", code="local_only"
+        )
         return JSONResponse(error_body(info), status_code=403)
 
     def no_runtime() -> Response:
-        info = error_info(404, "this peer runs no model container (start garage-peer with --model-dir)", type="invalid_request_error", code="no_runtime")
+        info = error_info(
+            404,
+            "this peer runs no model container (start garage-peer with --model-dir)",
+            type="invalid_request_error",
+            code="no_runtime",
+        )
         return JSONResponse(error_body(info), status_code=404)
 
     async def drain(request: Request) -> Response:
@@ -84,7 +91,7 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
             return no_runtime()
         tail = request.query_params.get("tail", "100")
         lines = list(source.runtime.status.logs)
-        return JSONResponse({"lines": lines[-int(tail):] if tail.isdigit() and int(tail) > 0 else lines})
+        return JSONResponse({"lines": lines[-int(tail) :] if tail.isdigit() and int(tail) > 0 else lines})
 
     async def runtime_restart(request: Request) -> Response:
         if (refused := refuse_remote(request)) is not None:
@@ -97,7 +104,9 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
     async def route(request: Request) -> Response:
         model = request.query_params.get("model")
         if not model:
-            info = error_info(400, "route needs ?model=NAME", type="invalid_request_error", param="model", code="missing_model")
+            info = error_info(
+                400, "route needs ?model=NAME", type="invalid_request_error", param="model", code="missing_model"
+            )
             return JSONResponse(error_body(info), status_code=400)
         tokens = request.query_params.get("tokens", "")
         route_request = RouteRequest(
@@ -116,7 +125,9 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
             }
             for c in dispatcher.explain(route_request)
         ]
-        return JSONResponse({"model": model, "expected_tokens": route_request.expected_tokens, "candidates": candidates})
+        return JSONResponse(
+            {"model": model, "expected_tokens": route_request.expected_tokens, "candidates": candidates}
+        )
 
     return [
         Route("/garage/v1/status", status, methods=["GET"]),

@@ -34,8 +34,8 @@ from ..core.messages import (
     error_info,
 )
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
-from .admin import AdminSource, admin_routes
 from ..store.keys import looks_like_key
+from .admin import AdminSource, admin_routes
 from .auth import Gatekeeper, Refused, bearer_token, browser_refusal, from_browser, is_loopback
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
@@ -87,7 +87,9 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
     region = request.headers.get("x-garage-region", "").strip().lower() or None
     pinned = request.headers.get("x-garage-peer", "").strip() or None
     if region is not None and not REGION.fullmatch(region):
-        raise invalid_request(f"x-garage-region {region!r} is not a region such as 'se' or 'se-sto'", param="x-garage-region")
+        raise invalid_request(
+            f"x-garage-region {region!r} is not a region such as 'se' or 'se-sto'", param="x-garage-region"
+        )
     if pinned is not None and not (0 < len(pinned) <= 128 and pinned.isalnum()):
         raise invalid_request("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
@@ -178,7 +180,9 @@ def create_app(
                         metrics.data(live, event.data)
                         yield event.data
                     elif isinstance(event, ResponseFailed):
-                        log.warning("%s failed mid-stream on %s: %s", request_id, exchange.provider, event.info.error.message)
+                        log.warning(
+                            "%s failed mid-stream on %s: %s", request_id, exchange.provider, event.info.error.message
+                        )
                         status = event.info.status
                         yield sse_error(event.info)
                         return
@@ -193,7 +197,9 @@ def create_app(
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
                     await exchange.aclose()
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"})
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+        )
 
     async def _collect(exchange, first, headers: dict[str, str], live) -> Response:
         chunks: list[bytes] = []
@@ -205,7 +211,12 @@ def create_app(
                     return error_response(event.info, headers)
                 size += len(event.data)
                 if size > MAX_RESPONSE_BYTES:
-                    return error_response(error_info(502, "the provider's response is too large", type="server_error", code="response_too_large"), headers)
+                    return error_response(
+                        error_info(
+                            502, "the provider's response is too large", type="server_error", code="response_too_large"
+                        ),
+                        headers,
+                    )
                 metrics.data(live, event.data)
                 chunks.append(event.data)
                 event = await exchange.next_event()
@@ -232,11 +243,20 @@ def create_app(
 
     async def http_error(request: Request, exc: HTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
-        return error_response(error_info(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", type="invalid_request_error", code=code))
+        return error_response(
+            error_info(
+                exc.status_code,
+                f"{request.method} {request.url.path}: {exc.detail}",
+                type="invalid_request_error",
+                code=code,
+            )
+        )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s", request.url.path)
-        return error_response(error_info(500, "internal error in the garage peer", type="server_error", code="internal_error"))
+        return error_response(
+            error_info(500, "internal error in the garage peer", type="server_error", code="internal_error")
+        )
 
     def gated(endpoint):
         """The endpoint's access rules for every route but /health and the dashboard's shell.
@@ -256,9 +276,12 @@ def create_app(
             # loopback endpoint every key holder on the machine would otherwise pass as the CLI.
             keyed = looks_like_key(bearer_token(authorization) or "")
             local_cli = (
-                path.startswith("/garage/") and request.client is not None and is_loopback(request.client.host)
-                and not from_browser(request.headers) and not keyed
-            )  # fmt: skip
+                path.startswith("/garage/")
+                and request.client is not None
+                and is_loopback(request.client.host)
+                and not from_browser(request.headers)
+                and not keyed
+            )
             read = request.method == "GET" and (path.startswith("/garage/") or path == "/metrics")
             grant = None
             key = None
@@ -284,10 +307,18 @@ def create_app(
 
     routes = [Route(p, completions, methods=["POST"]) for p in ENDPOINT_PATHS]
     routes += [Route("/v1/models", gated(list_models), methods=["GET"]), Route("/health", health, methods=["GET"])]
-    routes += [Route("/metrics", gated(prometheus), methods=["GET"]), Route("/garage/v1/requests", gated(live_requests), methods=["GET"])]
-    routes += [Route(r.path, gated(r.endpoint), methods=r.methods) for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)]
+    routes += [
+        Route("/metrics", gated(prometheus), methods=["GET"]),
+        Route("/garage/v1/requests", gated(live_requests), methods=["GET"]),
+    ]
+    routes += [
+        Route(r.path, gated(r.endpoint), methods=r.methods)
+        for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)
+    ]
     routes += dashboard_routes()
-    return HeaderLimits(Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error}))
+    return HeaderLimits(
+        Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: server_error})
+    )
 
 
 MAX_HEADERS = 100
@@ -304,7 +335,12 @@ class HeaderLimits:
         if scope["type"] == "http":
             headers = scope.get("headers") or []
             if len(headers) > MAX_HEADERS or sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
-                info = error_info(431, f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes", type="invalid_request_error", code="headers_too_large")
+                info = error_info(
+                    431,
+                    f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes",
+                    type="invalid_request_error",
+                    code="headers_too_large",
+                )
                 await error_response(info, {"connection": "close"})(scope, receive, send)
                 return
         await self.app(scope, receive, send)

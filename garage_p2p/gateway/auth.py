@@ -51,7 +51,8 @@ def host_name(host: str) -> str:
 
 
 def from_browser(headers) -> bool:
-    """Whether a browser sent the request: browsers add ``Origin`` or ``Sec-Fetch-*``; page scripts cannot remove them."""
+    """Whether a browser sent the request: browsers add ``Origin`` or ``Sec-Fetch-*``; page scripts cannot
+    remove them."""
     return "origin" in headers or "sec-fetch-site" in headers
 
 
@@ -73,9 +74,20 @@ def browser_refusal(headers, anonymous_allowed: bool) -> ErrorInfo | None:
     origin = headers.get("origin")
     site = headers.get("sec-fetch-site", "")
     if (origin is not None and origin.partition("://")[2] != host) or site in ("cross-site", "same-site"):
-        return error_info(403, "Requests from another site's web page are refused. Open the dashboard at this peer's own address.", type="permission_error", code="cross_origin_refused")
+        return error_info(
+            403,
+            "Requests from another site's web page are refused. Open the dashboard at this peer's own address.",
+            type="permission_error",
+            code="cross_origin_refused",
+        )
     if anonymous_allowed and not is_loopback(host_name(host)):
-        return error_info(403, f"Host {host!r} is not this machine: without an API key the endpoint answers browsers only at 127.0.0.1 or localhost.", type="permission_error", code="host_refused")
+        return error_info(
+            403,
+            f"Host {host!r} is not this machine: without an API key the endpoint answers browsers only at 127.0.0.1 "
+            "or localhost.",
+            type="permission_error",
+            code="host_refused",
+        )
     return None
 
 
@@ -105,7 +117,9 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 class Gatekeeper:
-    def __init__(self, store: KeyStore | None, *, required: bool, where: str, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, store: KeyStore | None, *, required: bool, where: str, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.store = store
         self.required = required
         self.where = where
@@ -137,18 +151,43 @@ class Gatekeeper:
         token = bearer_token(authorization)
         if token is None or not looks_like_key(token):
             if self.required:
-                raise Refused(error_info(401, f"You didn't provide an API key. The endpoint at {self.where} needs one: send `Authorization: Bearer gk-…` (create a key with `garage keys create`).", type="invalid_request_error", code="invalid_api_key"))
+                raise Refused(
+                    error_info(
+                        401,
+                        f"You didn't provide an API key. The endpoint at {self.where} needs one: send "
+                        "`Authorization: Bearer gk-…` (create a key with `garage keys create`).",
+                        type="invalid_request_error",
+                        code="invalid_api_key",
+                    )
+                )
             return ANONYMOUS
         key = self._lookup(token)
         if key is None:
             shown = token[:11] + "…" if len(token) > 11 else token
-            raise Refused(error_info(401, f"Incorrect API key provided: {shown}. It is unknown here or revoked; `garage keys list` shows the keys of this peer.", type="invalid_request_error", code="invalid_api_key"))
+            raise Refused(
+                error_info(
+                    401,
+                    f"Incorrect API key provided: {shown}. It is unknown here or revoked; `garage keys list` shows "
+                    "the keys of this peer.",
+                    type="invalid_request_error",
+                    code="invalid_api_key",
+                )
+            )
         if not charge:
             return Pass(key.id)
         verdict = self._limiter.admit(key.id, key.limits, self._clock())
         if not verdict.ok:
             self._count(key.id, refused=1)
-            raise Refused(error_info(429, f"Rate limit reached for key {key.id} on {verdict.limit}. Try again in {verdict.retry_after:.1f} s.", type="rate_limit_error", code="rate_limit_exceeded", retry_after=max(1.0, verdict.retry_after)))
+            raise Refused(
+                error_info(
+                    429,
+                    f"Rate limit reached for key {key.id} on {verdict.limit}. "
+                    f"Try again in {verdict.retry_after:.1f} s.",
+                    type="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    retry_after=max(1.0, verdict.retry_after),
+                )
+            )
         self._count(key.id, requests=1)
         return Pass(key.id)
 
@@ -161,7 +200,9 @@ class Gatekeeper:
         self._limiter.done(grant.key_id, prompt + completion, self._clock())
         self._count(grant.key_id, prompt_tokens=prompt, completion_tokens=completion)
 
-    def _count(self, key_id: str, *, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0, refused: int = 0) -> None:
+    def _count(
+        self, key_id: str, *, requests: int = 0, prompt_tokens: int = 0, completion_tokens: int = 0, refused: int = 0
+    ) -> None:
         old = self._usage.get(key_id, KeyUsage())
         self._usage[key_id] = KeyUsage(
             old.requests + requests,

@@ -16,7 +16,9 @@ class BadRequest(Exception):
         self.info = info
 
 
-def invalid_request(message: str, *, param: str | None = None, code: str = "invalid_request", status: int = 400) -> BadRequest:
+def invalid_request(
+    message: str, *, param: str | None = None, code: str = "invalid_request", status: int = 400
+) -> BadRequest:
     return BadRequest(error_info(status, message, type="invalid_request_error", param=param, code=code))
 
 
@@ -48,7 +50,9 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     try:
         json.dumps(body, ensure_ascii=False).encode()
     except UnicodeEncodeError:
-        raise invalid_request("request body holds a string that is not valid Unicode (a lone surrogate)", code="invalid_json") from None
+        raise invalid_request(
+            "request body holds a string that is not valid Unicode (a lone surrogate)", code="invalid_json"
+        ) from None
     return body
 
 

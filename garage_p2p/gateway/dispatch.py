@@ -21,7 +21,7 @@ import trio
 from ..core.capabilities import CapabilityAd, PeerTable
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, head_frame
 from ..core.messages import PROTOCOL_OPENAI, EndInfo, ErrorInfo, RequestHead, error_info
-from ..core.routing import Candidate, PathInfo, RouteRequest, Router
+from ..core.routing import Candidate, PathInfo, Router, RouteRequest
 from ..mesh.host import DialError, Mesh
 from ..provider.service import ProviderService
 from .exchange import FrameExchange, stream_exchange
@@ -109,7 +109,15 @@ class Dispatcher:
             await self._lookup(request.model)
             ads = self.provider_ads(request.model)
         if not ads:
-            raise DispatchFailed(error_info(404, f"no peer in the mesh serves the model {request.model!r}", type="invalid_request_error", param="model", code="model_not_found"))
+            raise DispatchFailed(
+                error_info(
+                    404,
+                    f"no peer in the mesh serves the model {request.model!r}",
+                    type="invalid_request_error",
+                    param="model",
+                    code="model_not_found",
+                )
+            )
         candidates = self.router.choose(ads, request, self.paths(ads), time.time())
         if not candidates:
             raise DispatchFailed(self._none_eligible(ads, request))
@@ -147,19 +155,57 @@ class Dispatcher:
             self.router.succeeded(peer_id)
             return Started(exchange, first)
         if trio.current_time() >= deadline:
-            raise DispatchFailed(error_info(504, f"no provider answered within {head.timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
+            raise DispatchFailed(
+                error_info(
+                    504,
+                    f"no provider answered within {head.timeout:.0f} s",
+                    type="timeout_error",
+                    code="deadline_exceeded",
+                )
+            )
         if busy:
-            raise DispatchFailed(error_info(429, "every provider of this model is busy", type="rate_limit_error", code="providers_busy", retry_after=min(b.retry_after or 1.0 for b in busy)))
+            raise DispatchFailed(
+                error_info(
+                    429,
+                    "every provider of this model is busy",
+                    type="rate_limit_error",
+                    code="providers_busy",
+                    retry_after=min(b.retry_after or 1.0 for b in busy),
+                )
+            )
         detail = f" (last: {last.error.message})" if last else ""
-        raise DispatchFailed(error_info(503, f"no provider of {request.model!r} could be reached{detail}", type="server_error", code="no_provider_available"))
+        raise DispatchFailed(
+            error_info(
+                503,
+                f"no provider of {request.model!r} could be reached{detail}",
+                type="server_error",
+                code="no_provider_available",
+            )
+        )
 
     def _none_eligible(self, ads: list[CapabilityAd], request: RouteRequest) -> ErrorInfo:
         if request.pinned_peer is not None and all(ad.peer_id != request.pinned_peer for ad in ads):
-            return error_info(503, f"peer {request.pinned_peer} does not serve {request.model!r} (x-garage-peer)", type="server_error", code="pinned_peer_unavailable")
+            return error_info(
+                503,
+                f"peer {request.pinned_peer} does not serve {request.model!r} (x-garage-peer)",
+                type="server_error",
+                code="pinned_peer_unavailable",
+            )
         if request.region is not None:
             regions = sorted({ad.region or "unset" for ad in ads})
-            return error_info(503, f"no provider of {request.model!r} in region {request.region!r} (x-garage-region); providers are in: {', '.join(regions)}", type="server_error", code="no_provider_in_region")
-        return error_info(503, f"every provider of {request.model!r} failed recently; try again shortly", type="server_error", code="no_provider_available")
+            return error_info(
+                503,
+                f"no provider of {request.model!r} in region {request.region!r} (x-garage-region); "
+                f"providers are in: {', '.join(regions)}",
+                type="server_error",
+                code="no_provider_in_region",
+            )
+        return error_info(
+            503,
+            f"every provider of {request.model!r} failed recently; try again shortly",
+            type="server_error",
+            code="no_provider_available",
+        )
 
     async def _open(self, peer_id: str, addrs: tuple[str, ...], head: RequestHead, deadline: float) -> FrameExchange:
         on_close = self.router.finished

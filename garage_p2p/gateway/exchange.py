@@ -21,7 +21,9 @@ COSIGN_WRITE_TIMEOUT = 2.0
 
 
 def deadline_failure(timeout: float) -> ResponseFailed:
-    return ResponseFailed(error_info(504, f"no complete answer within {timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
+    return ResponseFailed(
+        error_info(504, f"no complete answer within {timeout:.0f} s", type="timeout_error", code="deadline_exceeded")
+    )
 
 
 class FrameExchange:
@@ -32,7 +34,16 @@ class FrameExchange:
     remote provider, or a memory channel for our own.
     """
 
-    def __init__(self, provider: str, receive, close, deadline: float, timeout: float, on_close=None, background: trio.Nursery | None = None) -> None:
+    def __init__(
+        self,
+        provider: str,
+        receive,
+        close,
+        deadline: float,
+        timeout: float,
+        on_close=None,
+        background: trio.Nursery | None = None,
+    ) -> None:
         self.provider = provider
         self._background = background
         self._on_close = on_close
@@ -77,7 +88,15 @@ class FrameExchange:
                 self.protocol_fault = str(exc)
                 self._reader.finished = True
                 log.warning("provider %s broke the protocol: %s", self.provider, exc)
-                return ResponseFailed(error_info(502, f"the provider sent an invalid response: {exc}", type="server_error", code="provider_protocol_error", retryable=not self.received_data))
+                return ResponseFailed(
+                    error_info(
+                        502,
+                        f"the provider sent an invalid response: {exc}",
+                        type="server_error",
+                        code="provider_protocol_error",
+                        retryable=not self.received_data,
+                    )
+                )
         event = self._pending.pop(0)
         if isinstance(event, ResponseEnd):
             self.end = event.info
@@ -102,7 +121,13 @@ class FrameExchange:
 
 
 def stream_exchange(
-    provider: str, stream: NegotiatingStream, deadline: float, timeout: float, on_close=None, countersign=None, background=None
+    provider: str,
+    stream: NegotiatingStream,
+    deadline: float,
+    timeout: float,
+    on_close=None,
+    countersign=None,
+    background=None,
 ) -> FrameExchange:
     """An exchange on a libp2p stream; ``countersign(end)`` gives the COSIGN frame to send after END."""
 

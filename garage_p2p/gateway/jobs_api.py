@@ -79,7 +79,9 @@ def job_routes(jobs: Any) -> list[Route]:
                 try:
                     options = await read_json_body(request, limit)
                 except BadRequest as exc:
-                    raise _too_large(limit) if exc.info.error.code == "request_too_large" else exc
+                    if exc.info.error.code == "request_too_large":
+                        raise _too_large(limit) from None
+                    raise
                 text = options.pop("input", None)
                 if not isinstance(text, str):
                     return _error(400, "input must be the batch file's text (JSONL)", "invalid_input")

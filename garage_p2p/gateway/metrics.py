@@ -84,21 +84,65 @@ class MeshSnapshot:
 class Metrics:
     """One peer's registry, its event counters, and the live request list."""
 
-    def __init__(self, peer_id: str, version: str, snapshot: Callable[[], MeshSnapshot] = MeshSnapshot, *, process: bool = True) -> None:
+    def __init__(
+        self, peer_id: str, version: str, snapshot: Callable[[], MeshSnapshot] = MeshSnapshot, *, process: bool = True
+    ) -> None:
         self.live = LiveRequests()
         """In-flight and recent requests (``/garage/v1/requests``, the dashboard)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._snapshot = snapshot
         r = self.registry
-        self.requests = Counter("garage_requests", "Requests this peer's endpoint sent into the mesh, by outcome.", ["model", "status", "provider"], registry=r)
-        self.latency = Histogram("garage_request_duration_seconds", "Seconds from a request's arrival to its last byte.", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.ttft = Histogram("garage_time_to_first_token_seconds", "Seconds from a request's arrival to its first response bytes.", ["model"], buckets=TTFT_BUCKETS, registry=r)
-        self.prompt_tokens = Counter("garage_prompt_tokens", "Prompt tokens of answered requests, as the provider reported them.", ["model"], registry=r)
-        self.completion_tokens = Counter("garage_completion_tokens", "Completion tokens of answered requests, as the provider reported them.", ["model"], registry=r)
-        self.served = Counter("garage_served_requests", "Requests this peer served as a provider, by outcome.", ["model", "status"], registry=r)
-        self.served_latency = Histogram("garage_served_duration_seconds", "Seconds this provider spent on a request, admission to END.", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.served_prompt_tokens = Counter("garage_served_prompt_tokens", "Prompt tokens this provider processed.", ["model"], registry=r)
-        self.served_completion_tokens = Counter("garage_served_completion_tokens", "Completion tokens this provider generated.", ["model"], registry=r)
+        self.requests = Counter(
+            "garage_requests",
+            "Requests this peer's endpoint sent into the mesh, by outcome.",
+            ["model", "status", "provider"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "garage_request_duration_seconds",
+            "Seconds from a request's arrival to its last byte.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.ttft = Histogram(
+            "garage_time_to_first_token_seconds",
+            "Seconds from a request's arrival to its first response bytes.",
+            ["model"],
+            buckets=TTFT_BUCKETS,
+            registry=r,
+        )
+        self.prompt_tokens = Counter(
+            "garage_prompt_tokens",
+            "Prompt tokens of answered requests, as the provider reported them.",
+            ["model"],
+            registry=r,
+        )
+        self.completion_tokens = Counter(
+            "garage_completion_tokens",
+            "Completion tokens of answered requests, as the provider reported them.",
+            ["model"],
+            registry=r,
+        )
+        self.served = Counter(
+            "garage_served_requests",
+            "Requests this peer served as a provider, by outcome.",
+            ["model", "status"],
+            registry=r,
+        )
+        self.served_latency = Histogram(
+            "garage_served_duration_seconds",
+            "Seconds this provider spent on a request, admission to END.",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.served_prompt_tokens = Counter(
+            "garage_served_prompt_tokens", "Prompt tokens this provider processed.", ["model"], registry=r
+        )
+        self.served_completion_tokens = Counter(
+            "garage_served_completion_tokens", "Completion tokens this provider generated.", ["model"], registry=r
+        )
         self._info = {"peer_id": peer_id, "version": version}
         self._served_models: set[str] = set()
         self._providers: set[str] = set()
@@ -165,13 +209,23 @@ class _Scraped:
         info = InfoMetricFamily("garage_peer", "This peer's identity and version.")
         info.add_metric([], m._info)
         yield info
-        in_flight = GaugeMetricFamily("garage_requests_in_flight", "Requests running now, by this peer's role in them.", labels=["role"])
+        in_flight = GaugeMetricFamily(
+            "garage_requests_in_flight", "Requests running now, by this peer's role in them.", labels=["role"]
+        )
         for role in ("consumer", "provider"):
             in_flight.add_metric([role], m.live.count(role))
         yield in_flight
-        yield _gauge_by("garage_peers", "Peers with a live ad, by how this peer reaches them.", "connection", s.peers_by_connection, ("direct", "relayed", "none"))
+        yield _gauge_by(
+            "garage_peers",
+            "Peers with a live ad, by how this peer reaches them.",
+            "connection",
+            s.peers_by_connection,
+            ("direct", "relayed", "none"),
+        )
         yield GaugeMetricFamily("garage_connections", "Open libp2p connections.", value=s.connections)
-        yield CounterMetricFamily("garage_ads_received", "Signed capability ads accepted from gossip.", value=s.ads_received)
+        yield CounterMetricFamily(
+            "garage_ads_received", "Signed capability ads accepted from gossip.", value=s.ads_received
+        )
         rejected = CounterMetricFamily("garage_ads_rejected", "Capability ads refused, by reason.", labels=["reason"])
         for reason in sorted({"invalid", "flood", *s.ads_rejected}):
             rejected.add_metric([reason], s.ads_rejected.get(reason, 0))
@@ -183,20 +237,44 @@ class _Scraped:
         for service, count in sorted(s.faults.items()):
             faults.add_metric([service], count)
         yield faults
-        yield GaugeMetricFamily("garage_ledger_entries", "Entries in this peer's ledger replica.", value=s.ledger_entries)
-        yield GaugeMetricFamily("garage_ledger_authors", "Providers with a log in the ledger replica.", value=s.ledger_authors)
-        yield GaugeMetricFamily("garage_ledger_forked_authors", "Authors that signed two entries at one seq (a fork).", value=s.ledger_forked_authors)
-        yield _gauge_by("garage_jobs", "Batch jobs this peer submitted, by status.", "status", s.jobs_by_status, ("running", "completed", "failed", "cancelled"))
-        yield _gauge_by("garage_job_lines", "Lines of this peer's batch jobs, by state.", "state", s.job_lines, ("total", "done", "failed", "in_flight"))
+        yield GaugeMetricFamily(
+            "garage_ledger_entries", "Entries in this peer's ledger replica.", value=s.ledger_entries
+        )
+        yield GaugeMetricFamily(
+            "garage_ledger_authors", "Providers with a log in the ledger replica.", value=s.ledger_authors
+        )
+        yield GaugeMetricFamily(
+            "garage_ledger_forked_authors",
+            "Authors that signed two entries at one seq (a fork).",
+            value=s.ledger_forked_authors,
+        )
+        yield _gauge_by(
+            "garage_jobs",
+            "Batch jobs this peer submitted, by status.",
+            "status",
+            s.jobs_by_status,
+            ("running", "completed", "failed", "cancelled"),
+        )
+        yield _gauge_by(
+            "garage_job_lines",
+            "Lines of this peer's batch jobs, by state.",
+            "state",
+            s.job_lines,
+            ("total", "done", "failed", "in_flight"),
+        )
         yield GaugeMetricFamily("garage_job_shards", "Shards of this peer's batch jobs.", value=s.job_shards)
-        yield CounterMetricFamily("garage_job_lines_served", "Batch lines this peer answered as a worker.", value=s.job_lines_served)
+        yield CounterMetricFamily(
+            "garage_job_lines_served", "Batch lines this peer answered as a worker.", value=s.job_lines_served
+        )
         yield GaugeMetricFamily("garage_draining", "1 while the provider refuses new requests.", value=int(s.draining))
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # names are only known at collection (no clash checks needed)
 
 
-def _gauge_by(name: str, documentation: str, label: str, values: dict[str, int], always: tuple[str, ...]) -> GaugeMetricFamily:
+def _gauge_by(
+    name: str, documentation: str, label: str, values: dict[str, int], always: tuple[str, ...]
+) -> GaugeMetricFamily:
     """A gauge with one series per label value; the ``always`` values appear even at zero."""
     family = GaugeMetricFamily(name, documentation, labels=[label])
     for key in sorted({*always, *values}):

@@ -29,17 +29,17 @@ from ..core.jobs import (
     TOPIC_JOBS,
     BatchLine,
     JobAnnouncement,
-    LineError,
     JobRequest,
     JobState,
     LeaseGrant,
+    LineError,
     ResultsAck,
     line_body,
     parse_batch,
 )
 from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
-from ..core.wire import MiB, Frame, FrameType, encode_frame
+from ..core.wire import Frame, FrameType, MiB, encode_frame
 from ..ledger.book import Ledger, pack_pending
 from ..mesh.host import Mesh
 from ..mesh.rpc import RpcLimits, serve_requests
@@ -139,7 +139,7 @@ class JobManager:
     async def _load(self, row: JobRow) -> None:
         lines = await self._db(self.store.lines, row.id)
         state = JobState.of(row.id, lines, row.shard_size, self.lease_time)
-        job = _Job(row, state, {l.index: l for l in lines}, {l.custom_id: l for l in lines})
+        job = _Job(row, state, {line.index: line for line in lines}, {line.custom_id: line for line in lines})
         for custom_id, _index, ok, tokens in await self._db(self.store.done, row.id):
             if custom_id is not None:
                 state.done_ids.add(custom_id)
@@ -224,7 +224,7 @@ class JobManager:
         )  # fmt: skip
         await self._db(self.store.add_job, row, _stored_lines(source, lines, model))
         # Bodies stay on disk until their shard is leased: a job holds only line ids in memory.
-        lines = [BatchLine(l.index, l.custom_id, l.url, {}) for l in lines]
+        lines = [BatchLine(line.index, line.custom_id, line.url, {}) for line in lines]
         now = time.time()
         await self._db(
             self.store.add_results,
@@ -236,8 +236,8 @@ class JobManager:
         job = _Job(
             row,
             JobState.of(job_id, lines, row.shard_size, self.lease_time),
-            {l.index: l for l in lines},
-            {l.custom_id: l for l in lines},
+            {line.index: line for line in lines},
+            {line.custom_id: line for line in lines},
             failed=len(errors),
         )
         self.jobs[job_id] = job
@@ -278,16 +278,25 @@ class JobManager:
     async def _finish(self, job: _Job, status: str, code: str | None = None, message: str = "") -> None:
         if code is not None:
             now = time.time()
-            left = [l for l in job.lines.values() if l.custom_id not in job.state.done_ids]
+            left = [line for line in job.lines.values() if line.custom_id not in job.state.done_ids]
             await self._db(
                 self.store.add_results,
                 [
-                    (job.row.id, l.custom_id, l.index, False, _error_record(l.custom_id, code, message), None, 0, now)
-                    for l in left
+                    (
+                        job.row.id,
+                        line.custom_id,
+                        line.index,
+                        False,
+                        _error_record(line.custom_id, code, message),
+                        None,
+                        0,
+                        now,
+                    )
+                    for line in left
                 ],
             )
             job.failed += len(left)
-            job.state.done_ids.update(l.custom_id for l in left)
+            job.state.done_ids.update(line.custom_id for line in left)
         job.state.cancelled = True
         job.row.status = status
         await self._db(self.store.set_status, job.row.id, status)
@@ -360,16 +369,16 @@ class JobManager:
         lease = job.state.claim(peer_id, time.time())  # Unix time: receipts are checked against it
         if lease is None:
             return LeaseGrant(done=job.state.finished)
-        pending = [l for l in job.state.shards[lease.shard] if l.custom_id not in job.state.done_ids]
-        bodies = await self._db(self.store.bodies, job.row.id, [l.index for l in pending])
+        pending = [line for line in job.state.shards[lease.shard] if line.custom_id not in job.state.done_ids]
+        bodies = await self._db(self.store.bodies, job.row.id, [line.index for line in pending])
         lines = [
             {
-                "custom_id": l.custom_id,
-                "url": l.url,
-                "body": bodies[l.index],
-                "request_id": request_id(job.row.id, l.index),
+                "custom_id": line.custom_id,
+                "url": line.url,
+                "body": bodies[line.index],
+                "request_id": request_id(job.row.id, line.index),
             }
-            for l in pending
+            for line in pending
         ]
         return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
 
@@ -389,7 +398,7 @@ class JobManager:
             parsed[custom_id] = (line, result)
         # Counter-signed before ``complete``: a receipt counts only while the job runs.
         cosigs = {}
-        for custom_id, (line, result) in parsed.items():
+        for line, result in parsed.values():
             cosig = self._countersign(peer_id, job, request.lease_id, line, result)
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()
@@ -463,9 +472,9 @@ def _stored_lines(
 ) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
     """``(index, custom_id, url, body)`` of the valid lines; an upload's bodies are read again, one at a time."""
     if isinstance(source, str):
-        yield from ((l.index, l.custom_id, l.url, l.body) for l in lines)
+        yield from ((line.index, line.custom_id, line.url, line.body) for line in lines)
         return
-    kept = {l.index: l for l in lines}
+    kept = {line.index: line for line in lines}
     with _input_lines(source) as raws:
         for index, raw in enumerate(raws):
             if (line := kept.get(index)) is not None:

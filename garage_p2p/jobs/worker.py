@@ -23,14 +23,14 @@ import trio
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, ResponseReader
 from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck, WorkerSlots
-from .submitter import SERVICE
 from ..core.messages import RequestHead, decode_json, encode_json, refusal
 from ..core.receipts import ReceiptInvalid
-from ..core.wire import MiB, FrameType, encode_frame
+from ..core.wire import FrameType, MiB, encode_frame
 from ..ledger.book import Ledger
 from ..mesh.host import DialError, Mesh, gossip_sender
 from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
 from ..provider.service import ProviderService
+from .submitter import SERVICE
 
 log = logging.getLogger(__name__)
 

@@ -224,7 +224,11 @@ class Ledger:
         """Counter-signed receipts not yet in their provider's log (settled ones are dropped)."""
         await self.flush()
         items = await self._db(self.store.pending)
-        settled = [(p.provider, p.request_id) for p in items if self.state.has_receipt(p.provider, self.identity.peer_id, p.request_id)]
+        settled = [
+            (p.provider, p.request_id)
+            for p in items
+            if self.state.has_receipt(p.provider, self.identity.peer_id, p.request_id)
+        ]
         if settled:
             await self._db(self.store.drop_pending, settled)
             settled_set = set(settled)

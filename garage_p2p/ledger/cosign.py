@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import logging
 
+from ..core.errors import PeerFault
 from ..core.exchange import cosign_frame
 from ..core.identity import Identity
 from ..core.messages import EndInfo, RequestHead
-from ..core.errors import PeerFault
 from ..core.receipts import cosign_receipt, expected_receipt_problem, unpack_signed
 from .book import Ledger, pack_pending
 
@@ -37,7 +37,11 @@ class Cosigner:
         except PeerFault as exc:  # a malformed or forged receipt: refused, never a crash
             return self._refuse(provider, str(exc))
         problem = expected_receipt_problem(
-            receipt, consumer=self.identity.peer_id, provider=provider, request_id=head.request_id, model=str(head.body.get("model"))
+            receipt,
+            consumer=self.identity.peer_id,
+            provider=provider,
+            request_id=head.request_id,
+            model=str(head.body.get("model")),
         )
         if problem is not None:
             return self._refuse(provider, problem)

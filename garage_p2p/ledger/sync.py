@@ -52,7 +52,7 @@ from ..core.ledger_sync import (
 )
 from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
-from ..core.wire import MiB, Frame, FrameType, encode_frame
+from ..core.wire import Frame, FrameType, MiB, encode_frame
 from ..mesh.host import ConnectionWatch, DialError, Mesh, gossip_sender
 from ..mesh.rpc import RpcLimits, serve_requests
 from ..mesh.streams import FrameStream, PeerStream, StreamBroken, close_quietly, write_all
@@ -329,9 +329,15 @@ class LedgerSync:
         try:
             reply = PushReply()
             for i in range(0, len(blobs), MAX_PUSH_RECEIPTS):
-                frame = await self._request(conn, LedgerRequest(op="push", receipts=tuple(blobs[i : i + MAX_PUSH_RECEIPTS])))
+                frame = await self._request(
+                    conn, LedgerRequest(op="push", receipts=tuple(blobs[i : i + MAX_PUSH_RECEIPTS]))
+                )
                 part = decode_json(PushReply, self._reply(frame))
-                reply = PushReply(accepted=reply.accepted + part.accepted, known=reply.known + part.known, rejected=reply.rejected + part.rejected)
+                reply = PushReply(
+                    accepted=reply.accepted + part.accepted,
+                    known=reply.known + part.known,
+                    rejected=reply.rejected + part.rejected,
+                )
             return reply
         finally:
             await close_quietly(conn.stream)
@@ -357,7 +363,14 @@ class LedgerSync:
                 continue
             accepted += reply.accepted
             if reply.accepted or reply.rejected:
-                log.info("pushed %d receipts to %s: %d accepted, %d known, %d refused", len(blobs), provider, reply.accepted, reply.known, len(reply.rejected))
+                log.info(
+                    "pushed %d receipts to %s: %d accepted, %d known, %d refused",
+                    len(blobs),
+                    provider,
+                    reply.accepted,
+                    reply.known,
+                    len(reply.rejected),
+                )
         return accepted
 
     # -- the server side ----------------------------------------------------------------
@@ -392,7 +405,9 @@ class LedgerSync:
                 rejected.append(str(exc)[:200])
         if rejected:
             self._penalise(peer_id, f"pushed {len(rejected)} invalid receipts, e.g.: {rejected[0]}")
-        return encode_frame(FrameType.LEDGER_REPLY, encode_json(PushReply(accepted=accepted, known=known, rejected=tuple(rejected))))
+        return encode_frame(
+            FrameType.LEDGER_REPLY, encode_json(PushReply(accepted=accepted, known=known, rejected=tuple(rejected)))
+        )
 
     def _penalise(self, peer_id: str, reason: str) -> None:
         # The mesh's penalty box counts faults and decides when (from any service) they ban the peer.

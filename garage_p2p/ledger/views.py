@@ -156,5 +156,13 @@ def verify_entries(blobs: Iterable[bytes]) -> VerifyReport:
         if state.duplicates(author):
             report.duplicates[author] = state.duplicates(author)
         for o in overclaims(e.receipt for e in state.counted(author)):
-            report.overclaims.append({"author": author, "start_ms": o.start_ms, "end_ms": o.end_ms, "claimed_us": o.claimed_us, "limit_us": o.limit_us})
+            report.overclaims.append(
+                {
+                    "author": author,
+                    "start_ms": o.start_ms,
+                    "end_ms": o.end_ms,
+                    "claimed_us": o.claimed_us,
+                    "limit_us": o.limit_us,
+                }
+            )
     return report

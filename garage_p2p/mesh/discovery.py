@@ -142,6 +142,7 @@ class Discovery:
 
     def _penalise(self, peer_id: str, reason: str) -> None:
         self.mesh.penalise(peer_id, SERVICE, reason)
+
     # -- DHT --------------------------------------------------------------------
 
     async def lookup(self, model: str, limit: int = 5) -> int:
@@ -240,4 +241,3 @@ class Discovery:
                 await self.provide()
                 last_provide = trio.current_time()
             await trio.sleep(REFRESH_INTERVAL if served <= self._provided else 2.0)
-

@@ -14,24 +14,26 @@ from dataclasses import dataclass, field
 
 import multiaddr
 import trio
-from multiaddr.utils import get_network_addrs
 from libp2p import new_host
+from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.crypto.keys import KeyPair
 from libp2p.discovery.events.peerDiscovery import peerDiscovery
-from libp2p.crypto.ed25519 import Ed25519PrivateKey
 from libp2p.network.config import ConnectionConfig
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.pubsub.gossipsub import GossipSub
 from libp2p.pubsub.pubsub import Pubsub
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 from libp2p.tools.anyio_service import background_trio_service
+from multiaddr.utils import get_network_addrs
 
 from ..core.identity import Identity
+from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
-from ..core.multistream import lazy_proposal
-from .patches import apply_library_patches
 from .nat import NatService, is_circuit, is_lan_addr
+from .patches import apply_library_patches, refuse_dials, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,9 @@ HEARTBEAT = 1
 DEGREE_HIGH = 8
 """Gossipsub's D_high. At 12 a dense mesh delivered each message to each peer ~11 times (benchmarks/idle.py)."""
 BOOTSTRAP_RETRY = 5.0
+MIN_CONNECTIONS = 4
+MAX_CONNECTIONS = 128
+"""The swarm keeps MAX - MIN inbound slots (124); mesh/patches.py frees one when its connection ends."""
 
 
 def _local_ipv4() -> list[str]:
@@ -160,6 +165,8 @@ class Mesh:
         relayed dial races it (a peer behind NAT is not dialable directly,
         and its LAN addresses time out rather than fail).
         """
+        if not self.admits(peer_id):
+            raise DialError(f"not dialling {peer_id}: banned or not on our lists")
         pid = ID.from_base58(peer_id)
         if pid in self.host.get_connected_peers():
             return
@@ -245,7 +252,6 @@ class Mesh:
         except Exception as exc:
             raise DialError(f"cannot open {protocol} to {peer_id}: {exc}") from None
 
-
     async def open_stream_lazy(
         self, peer_id: str, addrs: Sequence[str], protocol: str, first_bytes: bytes, timeout: float = DIAL_TIMEOUT
     ) -> NegotiatingStream:
@@ -273,8 +279,8 @@ async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
             log.error("ignoring bootstrap address %s: %s", addr, exc)
     while True:
         for info in infos:
-            if info.peer_id in mesh.host.get_connected_peers():
-                continue
+            if info.peer_id in mesh.host.get_connected_peers() or not mesh.admits(str(info.peer_id)):
+                continue  # connected, or banned: a banned bootstrap peer is dialled again when its ban ends
             try:
                 await mesh.connect(str(info.peer_id), [str(a) for a in info.addrs])
                 log.info("connected to bootstrap peer %s", info.peer_id)
@@ -336,7 +342,9 @@ async def open_mesh(
     listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
     host = new_host(
         key_pair=libp2p_key_pair(identity),
-        muxer_preference="YAMUX",
+        # Yamux only: the library also offers mplex, whose receive buffers are not bounded by a
+        # window the patches enforce (docs/library-patches.md).
+        muxer_opt={YAMUX_PROTOCOL_ID: Yamux},
         listen_addrs=listen_addrs,
         enable_mDNS=mdns,
         # The auto-connector dials known peers until it has (low + high) / 2
@@ -344,7 +352,7 @@ async def open_mesh(
         # mesh all dialled each other and one process spent its CPU on
         # connections; a peer needs a handful (gossipsub's degree is 6).
         connection_config=ConnectionConfig(
-            min_connections=4, low_watermark=6, high_watermark=24, max_connections=128
+            min_connections=MIN_CONNECTIONS, low_watermark=6, high_watermark=24, max_connections=MAX_CONNECTIONS
         ),
         psk=psk.hex() if psk is not None else None,
         **_transport_flags(listen_addrs),
@@ -366,12 +374,25 @@ async def open_mesh(
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
-        mesh = Mesh(host=host, pubsub=pubsub, identity=identity, nat=NatService(host, relay_service=relay_service), peer_filter=peer_filter, penalties=penalties or PenaltyBox())
+        mesh = Mesh(
+            host=host,
+            pubsub=pubsub,
+            identity=identity,
+            nat=NatService(host, relay_service=relay_service),
+            peer_filter=peer_filter,
+            penalties=penalties or PenaltyBox(),
+        )
         candidates = relay_candidates or (lambda: list(bootstrap))
         async with trio.open_nursery() as nursery:
             mesh._nursery = nursery
             arrivals_send, arrivals = trio.open_memory_channel[str](256)
             host.get_network().register_notifee(ConnectionWatch(arrivals_send))
+            # A peer that broke the muxer's rules (data past the yamux window) is penalised like any other.
+            stop_reporting = report_muxer_faults(
+                identity.peer_id, lambda peer, reason: mesh.penalise(peer, "muxer", reason)
+            )
+            # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
+            refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:
@@ -382,6 +403,7 @@ async def open_mesh(
                 yield mesh
             finally:
                 nursery.cancel_scope.cancel()
+                stop_reporting()
                 # The library starts a thread for its seen-messages cache and
                 # never stops it: a process that opens meshes one after another
                 # (tests, the simulator's emulation) kept one thread per mesh.

@@ -74,7 +74,7 @@ class PublicPredialDCUtR(DCUtRProtocol):
     peer (the LAN addresses identify reported) and waits ``dial_timeout``:
     across the internet those are black holes, so every punch started 2 s
     late. Skipped when the peer has no non-LAN address. (Overrides a private
-    method of 0.8.1: re-check on upgrade.)
+    method of 0.8.1, checked at start by mesh/patches.py.)
     """
 
     async def _try_unilateral_upgrade(self, peer_id: ID) -> bool:
@@ -84,7 +84,9 @@ class PublicPredialDCUtR(DCUtRProtocol):
         return await super()._try_unilateral_upgrade(peer_id)
 
 
-def relay_limits(*, circuits: int = 64, reservations: int = 128, seconds: int = 120, data_bytes: int = 128 * 1024 * 1024) -> RelayLimits:
+def relay_limits(
+    *, circuits: int = 64, reservations: int = 128, seconds: int = 120, data_bytes: int = 128 * 1024 * 1024
+) -> RelayLimits:
     """What a relay gives each relayed connection: bounded, since relaying costs its owner."""
     return RelayLimits(duration=seconds, data=data_bytes, max_circuit_conns=circuits, max_reservations=reservations)
 
@@ -95,7 +97,9 @@ class NatService:
         self.relay_service = relay_service
         self.limits = limits or relay_limits()
         self.protocol = CircuitV2Protocol(host, limits=self.limits, allow_hop=relay_service)
-        self.transport = CircuitV2Transport(host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=self.limits))
+        self.transport = CircuitV2Transport(
+            host, self.protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=self.limits)
+        )
         self.dcutr = PublicPredialDCUtR(host, dial_timeout=DCUTR_DIAL_TIMEOUT)
         self.reservations: dict[str, str] = {}
         """Relay peer id → our circuit address through it."""
@@ -108,17 +112,18 @@ class NatService:
     # -- reachability -----------------------------------------------------------
 
     def observed_addrs(self) -> list[str]:
-        """Our addresses as other peers saw them (identify), one observer enough."""
-        manager = getattr(self.host, "_observed_addr_manager", None)
-        try:
-            return [str(a) for a in manager.addrs(min_observers=1)] if manager else []
-        except Exception:
-            return []
+        """Our addresses as other peers saw them (identify), one observer enough.
+
+        Reads a private attribute of 0.8.1's BasicHost, checked at start by
+        mesh/patches.py (it is None only when identify's address discovery is off).
+        """
+        manager = self.host._observed_addr_manager
+        return [str(a) for a in manager.addrs(min_observers=1)] if manager is not None else []
 
     def reachability(self) -> str:
         """``public``, ``private`` (behind NAT) or ``unknown``.
 
-        AutoNAT v1 in 0.8.1 is not trustworthy (PLATFORM.md): it needs four
+        AutoNAT v1 in 0.8.1 is not trustworthy (docs/library-patches.md): it needs four
         servers and reports a false OK over an existing connection. A peer
         is private when others see it at an IP it does not listen on (a NAT
         rewrote it), public when they see it at its own listen IP.
@@ -133,7 +138,9 @@ class NatService:
 
     # -- running ----------------------------------------------------------------
 
-    async def serve(self, relay_candidates: Callable[[], Sequence[str]], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(
+        self, relay_candidates: Callable[[], Sequence[str]], *, task_status=trio.TASK_STATUS_IGNORED
+    ) -> None:
         async with (
             background_trio_service(self.protocol),
             background_trio_service(self.dcutr),

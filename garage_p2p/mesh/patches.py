@@ -1,47 +1,138 @@
-"""Fixes for py-libp2p 0.8.1 defaults and bugs that hurt us (measured; see PLATFORM.md).
+"""Fixes for py-libp2p 0.8.1 defaults and bugs that hurt us (the facts: docs/library-patches.md).
 
+Each patch replaces or reads an internal of the library, which an upgrade may rename or rewrite.
+``check_library`` runs before any patch is applied: a different libp2p version, or a missing seam,
+stops the peer at start with one ``LibraryPatchError`` instead of running silently unpatched.
 Applied once, before any host is built.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib
+import importlib.metadata
+import inspect
 import logging
+from collections.abc import Callable
+from contextvars import ContextVar
 
-import libp2p.network.swarm as _swarm
-import libp2p.pubsub.pubsub as _pubsub
 import trio
-from google.protobuf.message import DecodeError
-from libp2p.stream_muxer.yamux.yamux import YamuxStream
 
 log = logging.getLogger(__name__)
+
+LIBP2P_VERSION = "0.8.1"
+"""The py-libp2p release every patch here was written against and tested with."""
+
+SEAMS: tuple[tuple[str, str | None], ...] = (
+    # (object, text its source must contain); None: the object must exist.
+    ("libp2p.network.swarm:_HAPPY_EYEBALLS_DELAY", None),
+    ("libp2p.pubsub.pubsub:SUBSCRIPTION_CHANNEL_SIZE", None),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream._auto_tune_and_send_window_update", None),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream._grow_threshold", None),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream.send_window_update", None),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream.write", None),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream.__init__", "self._pending_recv_release"),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream.__init__", "self.recv_window"),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream.__init__", "self.window_lock"),
+    # The receive window: checked buffers installed by Yamux.__init__, a fault reported to our mesh.
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.stream_buffers"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.secured_conn"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self._nursery"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.event_closed"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.handle_incoming", "self.stream_buffers[stream_id].extend(data)"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.close", None),
+    ("libp2p.stream_muxer.yamux.yamux:GO_AWAY_PROTOCOL_ERROR", None),
+    ("libp2p.abc:AbstractSecureConn.get_local_peer", None),
+    ("libp2p.pubsub.pubsub:Pubsub.stream_handler", None),
+    ("libp2p.network.swarm:Swarm._handle_inbound_connection", None),
+    ("libp2p.network.swarm:Swarm.upgrade_inbound_raw_conn", None),
+    # The barrier that holds an inbound slot until the swarm stops (issue 16 item 4).
+    ("libp2p.network.swarm:Swarm._do_handle_inbound_connection", "await self.manager.wait_finished()"),
+    ("libp2p.network.swarm:Swarm.dial_peer", None),
+    ("libp2p.relay.circuit_v2.dcutr:DCUtRProtocol._try_unilateral_upgrade", None),
+    ("libp2p.host.basic_host:BasicHost.__init__", "self._observed_addr_manager"),
+    ("libp2p.host.observed_addr_manager:ObservedAddrManager.addrs", None),
+)
+"""Every library internal a patch here, or mesh/nat.py, replaces or reads."""
+
+
+class LibraryPatchError(RuntimeError):
+    """The installed py-libp2p is not the one the patches were written for (our fault: stop at start)."""
+
+
+def installed_version() -> str:
+    return importlib.metadata.version("libp2p")
+
+
+def check_library() -> None:
+    """Raise LibraryPatchError unless libp2p is 0.8.1 with every seam in SEAMS in place."""
+    version = installed_version()
+    fix = f"pin libp2p=={LIBP2P_VERSION} or update garage_p2p/mesh/patches.py (docs/library-patches.md)"
+    if version != LIBP2P_VERSION:
+        raise LibraryPatchError(f"garage-p2p's patches are for libp2p {LIBP2P_VERSION}, found {version}: {fix}")
+    for where, text in SEAMS:
+        try:
+            found = _resolve(where)
+            if text is not None and text not in inspect.getsource(found):
+                raise LookupError(f"{where} no longer contains `{text}`")
+        except (ImportError, AttributeError, LookupError, OSError, TypeError) as exc:
+            raise LibraryPatchError(
+                f"garage-p2p's patches are for libp2p {LIBP2P_VERSION}, found {version} without {where} ({exc}): {fix}"
+            ) from None
+
+
+def _resolve(where: str) -> object:
+    module, _, path = where.partition(":")
+    found: object = importlib.import_module(module)
+    for name in path.split("."):
+        if isinstance(found, type) and name not in vars(found):
+            # inherited is not enough: the patch replaces what this class itself defines
+            raise AttributeError(f"{found.__name__} does not define {name}")
+        found = getattr(found, name)
+    return found
+
+
 _applied = False
 
 
 def apply_library_patches() -> None:
+    """Check the library (every call: cheap), then patch it once per process."""
     global _applied
+    check_library()
     if _applied:
         return
+    import libp2p.network.swarm as swarm
+    import libp2p.pubsub.pubsub as pubsub
+    from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
+
     # Every dial waited out a 250 ms happy-eyeballs delay even after success.
-    _swarm._HAPPY_EYEBALLS_DELAY = 0.01
+    swarm._HAPPY_EYEBALLS_DELAY = 0.01
     # A subscription channel of 32 silently dropped bursts of gossip.
-    _pubsub.SUBSCRIPTION_CHANNEL_SIZE = 1024
-    # Yamux sent a WINDOW_UPDATE after nearly every read (~9 extra frames per
-    # request, each ~0.5 ms of CPU); credit is now returned once half the
-    # window is consumed, as go-yamux does.
+    pubsub.SUBSCRIPTION_CHANNEL_SIZE = 1024
+    # Yamux sent a WINDOW_UPDATE after nearly every read (~9 extra frames per request, each ~0.5 ms of
+    # CPU); credit is now returned once half the window is consumed, as go-yamux does.
     YamuxStream._auto_tune_and_send_window_update = _half_window_update
-    # A yamux write that does not fit the send window goes out in chunks,
-    # each under its own lock: two tasks writing one stream (pubsub does)
-    # interleaved their chunks and corrupted the framing. Whole writes are
-    # serialised per stream now.
+    # A yamux write that does not fit the send window goes out in chunks, each under its own lock: two
+    # tasks writing one stream (pubsub does) interleaved their chunks and corrupted the framing.
     YamuxStream.write = _serialised_write(YamuxStream.write)
-    # A malformed RPC from a peer (protobuf DecodeError) escaped the pubsub
-    # stream handler and crashed the host; and at shutdown a message arriving
-    # after pubsub's nursery closed did the same. Both now end that stream.
-    _pubsub.Pubsub.stream_handler = _guarded_pubsub_handler(_pubsub.Pubsub.stream_handler)
+    # A malformed RPC (protobuf DecodeError) escaped the pubsub stream handler and crashed the host; and
+    # at shutdown a message arriving after pubsub's nursery closed did the same. Both end that stream.
+    pubsub.Pubsub.stream_handler = _guarded_pubsub_handler(pubsub.Pubsub.stream_handler)
+    # The library logs "exceeded receive window" and buffers anyway: one stream filled a peer's memory.
+    Yamux.__init__ = _windowed_buffers(Yamux.__init__)
+    # An inbound connection held its slot until the swarm stopped: after max - min (124) of them a
+    # peer refused every new inbound connection. The slot is freed when the connection ends.
+    swarm.Swarm._handle_inbound_connection = _slot_freed_on_close(swarm.Swarm._handle_inbound_connection)
+    swarm.Swarm.upgrade_inbound_raw_conn = _reporting_upgrade(swarm.Swarm.upgrade_inbound_raw_conn)
+    # The library's own dialers (auto-connector, DHT, new_stream) redialled peers we had banned.
+    swarm.Swarm.dial_peer = _refusing_dial(swarm.Swarm.dial_peer)
     _applied = True
 
 
-async def _half_window_update(self: YamuxStream, *, bytes_read: int = 0) -> None:
+# -- yamux window updates and writes ------------------------------------------------
+
+
+async def _half_window_update(self, *, bytes_read: int = 0) -> None:
     async with self.window_lock:
         self._pending_recv_release += bytes_read
         pending = self._pending_recv_release
@@ -53,7 +144,8 @@ async def _half_window_update(self: YamuxStream, *, bytes_read: int = 0) -> None
 
 
 def _serialised_write(write):
-    async def serialised(self: YamuxStream, data: bytes) -> None:
+    @functools.wraps(write)  # keeps the original's source visible to check_library
+    async def serialised(self, data: bytes) -> None:
         lock = self.__dict__.get("_garage_write_lock")
         if lock is None:
             lock = self.__dict__["_garage_write_lock"] = trio.Lock()
@@ -63,7 +155,13 @@ def _serialised_write(write):
     return serialised
 
 
+# -- pubsub -----------------------------------------------------------------------------
+
+
 def _guarded_pubsub_handler(handler):
+    from google.protobuf.message import DecodeError
+
+    @functools.wraps(handler)  # keeps the original's source visible to check_library
     async def stream_handler(self, stream) -> None:
         try:
             await handler(self, stream)
@@ -80,3 +178,150 @@ def _guarded_pubsub_handler(handler):
                     pass
 
     return stream_handler
+
+
+# -- the yamux receive window -------------------------------------------------------------
+
+_WINDOW_FAULT = "_garage_window_fault"
+_FAULT_LISTENERS: dict[str, Callable[[str, str], None]] = {}
+"""Our peer id -> its penalty path, so a muxer fault reaches the mesh whose connection it is."""
+
+
+def report_muxer_faults(local_peer_id: str, penalise: Callable[[str, str], None]) -> Callable[[], None]:
+    """Send the muxer's protocol errors on ``local_peer_id``'s connections to ``penalise(peer, reason)``.
+
+    Returns the function that stops it.
+    """
+    _FAULT_LISTENERS[local_peer_id] = penalise
+
+    def stop() -> None:
+        if _FAULT_LISTENERS.get(local_peer_id) is penalise:  # not a later mesh of the same identity
+            del _FAULT_LISTENERS[local_peer_id]
+
+    return stop
+
+
+class _WindowedBuffer(bytearray):
+    """A yamux stream's receive buffer that refuses data past the window the peer was granted.
+
+    Yamux buffers a DATA payload with ``extend`` before it subtracts it from the window (the library
+    only logs an overrun), so the check sits here: before buffering.
+    """
+
+    def __init__(self, conn, stream_id: int) -> None:
+        super().__init__()
+        self.conn = conn
+        self.stream_id = stream_id
+
+    def extend(self, data) -> None:
+        stream = self.conn.streams.get(self.stream_id)
+        if stream is not None and len(data) > stream.recv_window:
+            _window_exceeded(self.conn, self.stream_id, len(data), stream.recv_window)
+            return  # dropped: the connection is being closed
+        super().extend(data)
+
+
+class _WindowedBuffers(dict):
+    def __init__(self, conn) -> None:
+        super().__init__()
+        self.conn = conn
+
+    def __setitem__(self, stream_id: int, buffer: bytearray) -> None:
+        windowed = _WindowedBuffer(self.conn, stream_id)
+        bytearray.extend(windowed, buffer)
+        super().__setitem__(stream_id, windowed)
+
+
+def _windowed_buffers(init):
+    @functools.wraps(init)  # keeps the original's source visible to check_library
+    def __init__(self, *args, **kwargs) -> None:
+        init(self, *args, **kwargs)
+        self.stream_buffers = _WindowedBuffers(self)
+
+    return __init__
+
+
+def _window_exceeded(conn, stream_id: int, size: int, window: int) -> None:
+    """Data past the receive window is a protocol error (yamux spec): close the connection."""
+    from libp2p.stream_muxer.yamux.yamux import GO_AWAY_PROTOCOL_ERROR
+
+    if getattr(conn, _WINDOW_FAULT, None) is not None:
+        return  # already closing
+    reason = f"yamux: {size} bytes on stream {stream_id} past its {window}-byte receive window"
+    setattr(conn, _WINDOW_FAULT, reason)
+    log.warning("%s sent %s: connection closed", conn.peer_id, reason)
+    penalise = _FAULT_LISTENERS.get(str(conn.secured_conn.get_local_peer()))
+    if penalise is not None:
+        penalise(str(conn.peer_id), reason)
+    if conn._nursery is not None:
+        conn._nursery.start_soon(conn.close, GO_AWAY_PROTOCOL_ERROR)
+
+
+# -- inbound connection slots ---------------------------------------------------------------
+
+
+class _Upgraded:
+    """The muxed connection an inbound handler produced, once upgraded."""
+
+    def __init__(self) -> None:
+        self.conn = None
+        self.event = trio.Event()
+
+
+_INBOUND: ContextVar[_Upgraded | None] = ContextVar("garage_inbound", default=None)
+
+
+def _slot_freed_on_close(handle):
+    @functools.wraps(handle)  # keeps the original's source visible to check_library
+    async def _handle_inbound_connection(self, read_write_closer, maddr) -> None:
+        upgraded = _Upgraded()
+        _INBOUND.set(upgraded)  # this listener task's context; the child below inherits it
+        async with trio.open_nursery() as nursery:
+
+            async def hold_slot() -> None:
+                await handle(self, read_write_closer, maddr)  # returns early when refused or failed
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(hold_slot)
+            await upgraded.event.wait()
+            await upgraded.conn.event_closed.wait()
+            # Cancelling the library's handler runs its ``finally``: the slot goes back.
+            nursery.cancel_scope.cancel()
+
+    return _handle_inbound_connection
+
+
+def _reporting_upgrade(upgrade):
+    @functools.wraps(upgrade)  # keeps the original's source visible to check_library
+    async def upgrade_inbound_raw_conn(self, raw_conn, maddr):
+        muxed = await upgrade(self, raw_conn, maddr)
+        upgraded = _INBOUND.get()
+        if upgraded is not None and upgraded.conn is None and hasattr(muxed, "event_closed"):
+            upgraded.conn = muxed
+            upgraded.event.set()
+        return muxed
+
+    return upgrade_inbound_raw_conn
+
+
+# -- dials to banned peers --------------------------------------------------------------------
+
+_REFUSE = "_garage_refuse_dial"
+
+
+def refuse_dials(network, refused: Callable[[str], bool]) -> None:
+    """Make ``network`` (a Swarm) refuse every dial to a peer id for which ``refused`` is true."""
+    setattr(network, _REFUSE, refused)
+
+
+def _refusing_dial(dial_peer):
+    @functools.wraps(dial_peer)  # keeps the original's source visible to check_library
+    async def refusing_dial_peer(self, peer_id):
+        from libp2p.network.exceptions import SwarmException
+
+        refused = getattr(self, _REFUSE, None)
+        if refused is not None and refused(str(peer_id)):
+            raise SwarmException(f"not dialling {peer_id}: banned or not admitted")
+        return await dial_peer(self, peer_id)
+
+    return refusing_dial_peer

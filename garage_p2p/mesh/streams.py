@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import trio
 from libp2p.network.stream.exceptions import StreamClosed, StreamEOF, StreamError, StreamReset
-
 from libp2p.peer.id import ID
 
 from ..core.multistream import LazySelectReader

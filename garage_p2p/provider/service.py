@@ -23,10 +23,10 @@ from ..core.coalesce import Coalescer
 from ..core.errors import PeerFault
 from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
 from ..core.gpu_meter import GpuMeter
-from ..core.penalties import Penalise
 from ..core.identity import Identity
 from ..core.limits import Limits
 from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
+from ..core.penalties import Penalise
 from ..core.receipts import (
     Receipt,
     ReceiptInvalid,
@@ -172,7 +172,12 @@ class ProviderService:
             self._penalise(consumer, str(exc))
             with trio.move_on_after(2):
                 try:
-                    await write_all(stream, error_frame(error_info(400, f"bad request frame: {exc}", type="invalid_request_error", code="bad_frame")))
+                    await write_all(
+                        stream,
+                        error_frame(
+                            error_info(400, f"bad request frame: {exc}", type="invalid_request_error", code="bad_frame")
+                        ),
+                    )
                 except StreamBroken:
                     pass
             await close_quietly(stream, reset=True)
@@ -232,7 +237,9 @@ class ProviderService:
         outcome = _Outcome()
         if self.metrics is None:
             return await self._serve(head, send, consumer, outcome)
-        live = self.metrics.begin("provider", head.request_id, model if isinstance(model, str) else "", head.stream, consumer)
+        live = self.metrics.begin(
+            "provider", head.request_id, model if isinstance(model, str) else "", head.stream, consumer
+        )
 
         async def observed(frame: bytes) -> None:
             self.metrics.data(live, frame)
@@ -242,17 +249,36 @@ class ProviderService:
             return await self._serve(head, observed, consumer, outcome)
         finally:
             usage = outcome.usage
-            self.metrics.end(live, outcome.status, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
+            self.metrics.end(
+                live, outcome.status, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0
+            )
 
     async def _serve(self, head: RequestHead, send: SendFrame, consumer: str | None, outcome: _Outcome) -> bytes | None:
         start = trio.current_time()
         model = head.body.get("model")
         backend = self.backends.get(model) if isinstance(model, str) else None
         if self.draining:
-            await send(outcome.error(error_info(503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True)))
+            await send(
+                outcome.error(
+                    error_info(
+                        503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True
+                    )
+                )
+            )
             return None
         if backend is None or not backend.healthy:
-            await send(outcome.error(error_info(404, f"this provider does not serve model {model!r}", type="invalid_request_error", param="model", code="model_not_found", retryable=True)))
+            await send(
+                outcome.error(
+                    error_info(
+                        404,
+                        f"this provider does not serve model {model!r}",
+                        type="invalid_request_error",
+                        param="model",
+                        code="model_not_found",
+                        retryable=True,
+                    )
+                )
+            )
             return None
         party = consumer or LOCAL
         refusal = await self._admit(party)
@@ -262,7 +288,13 @@ class ProviderService:
         meter = self.meters.setdefault(backend.name, GpuMeter(backend.gpus))
         meter.gpus = backend.gpus
         # GPU time counts from admission; the request's timings (queue_ms) from its arrival.
-        metering = _Metering(consumer if self.receipts is not None else None, meter, meter.begin(trio.current_time()), int(time.time() * 1000), outcome=outcome)
+        metering = _Metering(
+            consumer if self.receipts is not None else None,
+            meter,
+            meter.begin(trio.current_time()),
+            int(time.time() * 1000),
+            outcome=outcome,
+        )
         try:
             return await self._serve_admitted(head, send, backend, metering, start)
         finally:
@@ -280,7 +312,14 @@ class ProviderService:
         decision = self.admission.request(party, ticket, trio.current_time(), contributor=contributor)
         if decision.outcome is Outcome.REFUSE:
             verdict = decision.verdict
-            return error_info(429, f"provider limit reached for this peer: {verdict.limit}", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=max(1.0, verdict.retry_after))
+            return error_info(
+                429,
+                f"provider limit reached for this peer: {verdict.limit}",
+                type="rate_limit_error",
+                code="provider_busy",
+                retryable=True,
+                retry_after=max(1.0, verdict.retry_after),
+            )
         if decision.outcome is Outcome.START:
             return None
         started = self._started[ticket] = trio.Event()
@@ -299,9 +338,18 @@ class ProviderService:
             return None
         self._started.pop(ticket, None)
         self.admission.cancel(ticket)
-        return error_info(429, f"provider is at its concurrency limit ({self.max_concurrency} requests)", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=1.0)
+        return error_info(
+            429,
+            f"provider is at its concurrency limit ({self.max_concurrency} requests)",
+            type="rate_limit_error",
+            code="provider_busy",
+            retryable=True,
+            retry_after=1.0,
+        )
 
-    async def _serve_admitted(self, head: RequestHead, send: SendFrame, backend: Backend, metering: _Metering, start: float) -> bytes | None:
+    async def _serve_admitted(
+        self, head: RequestHead, send: SendFrame, backend: Backend, metering: _Metering, start: float
+    ) -> bytes | None:
         meter = metering.meter
         self.in_flight += 1
         self.in_flight_by_model[backend.name] = self.in_flight_by_model.get(backend.name, 0) + 1
@@ -311,7 +359,14 @@ class ProviderService:
                 frame = await self._forward(head, backend, send, start, metering)
             if scope.cancelled_caught:
                 metering.receipt = None
-                frame = metering.outcome.error(error_info(504, f"the provider did not finish within {head.timeout:.0f} s", type="timeout_error", code="deadline_exceeded"))
+                frame = metering.outcome.error(
+                    error_info(
+                        504,
+                        f"the provider did not finish within {head.timeout:.0f} s",
+                        type="timeout_error",
+                        code="deadline_exceeded",
+                    )
+                )
             await send(frame)
             return metering.receipt
         finally:
@@ -322,7 +377,9 @@ class ProviderService:
             if self.in_flight == 0:
                 self._idle.set()
 
-    async def _forward(self, head: RequestHead, backend: Backend, send: SendFrame, start: float, metering: _Metering) -> bytes:
+    async def _forward(
+        self, head: RequestHead, backend: Backend, send: SendFrame, start: float, metering: _Metering
+    ) -> bytes:
         """Run the backend call; returns the final END or ERROR frame to send."""
         body = dict(head.body)
         body["model"] = backend.backend_model or backend.name
@@ -354,9 +411,19 @@ class ProviderService:
                     usage, tail = await self._relay_body(response)
         except httpx.ConnectError as exc:
             backend.healthy = False
-            return metering.outcome.error(error_info(502, f"the provider's backend is unreachable: {exc}", type="server_error", code="backend_unavailable", retryable=True))
+            return metering.outcome.error(
+                error_info(
+                    502,
+                    f"the provider's backend is unreachable: {exc}",
+                    type="server_error",
+                    code="backend_unavailable",
+                    retryable=True,
+                )
+            )
         except httpx.HTTPError as exc:
-            return metering.outcome.error(error_info(502, f"the provider's backend failed: {exc}", type="server_error", code="backend_error"))
+            return metering.outcome.error(
+                error_info(502, f"the provider's backend failed: {exc}", type="server_error", code="backend_error")
+            )
         timings = Timings(
             queue_ms=queue_ms,
             first_byte_ms=first_byte_ms,
@@ -409,7 +476,9 @@ class ProviderService:
             usage = None
         return usage, frames
 
-    async def _relay_stream(self, response: httpx.Response, send: SendFrame, strip_usage: bool) -> tuple[Usage | None, bytes]:
+    async def _relay_stream(
+        self, response: httpx.Response, send: SendFrame, strip_usage: bool
+    ) -> tuple[Usage | None, bytes]:
         """Pass events on as they come; (usage, the DATA frame still to send)."""
         coalescer = Coalescer(self.coalesce_delay, self.coalesce_bytes)
         splitter = SseSplitter()
@@ -471,7 +540,9 @@ def _usage(raw: object) -> Usage | None:
     if not isinstance(raw, dict):
         return None
     try:
-        return Usage(prompt_tokens=int(raw.get("prompt_tokens") or 0), completion_tokens=int(raw.get("completion_tokens") or 0))
+        return Usage(
+            prompt_tokens=int(raw.get("prompt_tokens") or 0), completion_tokens=int(raw.get("completion_tokens") or 0)
+        )
     except (TypeError, ValueError):
         return None
 

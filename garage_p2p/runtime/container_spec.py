@@ -102,7 +102,12 @@ def server_args(spec: RuntimeSpec) -> list[str]:
         "--port", str(CONTAINER_PORT),
     ]  # fmt: skip
     if spec.gpus:
-        command += ["--tensor-parallel-size", str(spec.gpu_count), "--gpu-memory-utilization", str(spec.gpu_memory_fraction)]
+        command += [
+            "--tensor-parallel-size",
+            str(spec.gpu_count),
+            "--gpu-memory-utilization",
+            str(spec.gpu_memory_fraction),
+        ]
     else:
         command += list(CPU_ARGS)
     return command + list(spec.vllm_args)

@@ -68,7 +68,9 @@ def debian_mirror() -> str:
             text = path.read_text()
         except OSError:
             continue
-        match = re.search(r"^URIs:\s*(\S+)", text, re.M) or re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", text, re.M)
+        match = re.search(r"^URIs:\s*(\S+)", text, re.M) or re.search(
+            r"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+\S+", text, re.M
+        )
         if match:
             return match.group(1)
     raise ImageBuildError("no Debian mirror in /etc/apt: pass one with --mirror")
@@ -83,10 +85,22 @@ def build_base(home: Path, mirror: str | None = None, *, rebuild: bool = False) 
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="garage-rootfs-") as tmp:
         rootfs = Path(tmp) / "rootfs"
-        _run(["debootstrap", "--variant=minbase", f"--include={BASE_PACKAGES}", "bookworm", str(rootfs), mirror or debian_mirror()], env)
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--include={BASE_PACKAGES}",
+                "bookworm",
+                str(rootfs),
+                mirror or debian_mirror(),
+            ],
+            env,
+        )
         tar = subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE)
         try:
-            result = subprocess.run(["podman", "import", "-", BASE_IMAGE], stdin=tar.stdout, env=env, capture_output=True, timeout=900)
+            result = subprocess.run(
+                ["podman", "import", "-", BASE_IMAGE], stdin=tar.stdout, env=env, capture_output=True, timeout=900
+            )
         finally:
             tar.wait()
         if result.returncode != 0:
@@ -100,7 +114,16 @@ def _build(home: Path, image: str, containerfile_dir: Path, volumes: dict[Path, 
         return Built(image, 0.0, True)
     start = time.monotonic()
     # --no-cache: the layer cache keys on the instructions, not on what the mounted venv holds.
-    args = ["podman", "build", "--pull=never", "--no-cache", "-t", image, "-f", str(containerfile_dir / "Containerfile")]
+    args = [
+        "podman",
+        "build",
+        "--pull=never",
+        "--no-cache",
+        "-t",
+        image,
+        "-f",
+        str(containerfile_dir / "Containerfile"),
+    ]
     for source, target in volumes.items():
         args += ["--volume", f"{source}:{target}:ro"]
     _run([*args, str(containerfile_dir)], env)

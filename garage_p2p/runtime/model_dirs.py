@@ -29,8 +29,13 @@ def resolve_model(spec: str, cache: Path | None = None) -> tuple[Path, str]:
         return path.resolve(), path.resolve().name
     if "/" in spec and not spec.startswith(("/", ".", "~")):
         repo = (cache or hub_cache()) / f"models--{spec.replace('/', '--')}" / "snapshots"
-        snapshots = sorted((p for p in repo.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime) if repo.is_dir() else []
+        snapshots = (
+            sorted((p for p in repo.glob("*") if p.is_dir()), key=lambda p: p.stat().st_mtime) if repo.is_dir() else []
+        )
         if snapshots:
             return snapshots[-1].resolve(), spec
-        raise SettingsError(f"model {spec!r} is not in the local Hugging Face cache ({repo.parent}): download it there first, or pass a directory")
+        raise SettingsError(
+            f"model {spec!r} is not in the local Hugging Face cache ({repo.parent}): download it there first, or pass "
+            "a directory"
+        )
     raise SettingsError(f"--model-dir {spec} is not a directory")

@@ -175,10 +175,14 @@ class ModelRuntime:
                 if self._restart_now:  # asked for: no backoff, not a crash
                     self._restart_now = False
                     continue
-                backoff = 1.0 if ran_for >= STABLE_AFTER else min(BACKOFF_MAX, backoff * 2 if self.status.restarts else 1.0)
+                backoff = (
+                    1.0 if ran_for >= STABLE_AFTER else min(BACKOFF_MAX, backoff * 2 if self.status.restarts else 1.0)
+                )
                 self.status.restarts += 1
                 self.status.state = "restarting"
-                log.warning("model server %s ended (%s); restarting in %.0f s", self.spec.name, self.status.last_exit, backoff)
+                log.warning(
+                    "model server %s ended (%s); restarting in %.0f s", self.spec.name, self.status.last_exit, backoff
+                )
                 with trio.move_on_after(backoff):
                     await self._kick.wait()
                 self._kick = trio.Event()
@@ -214,7 +218,9 @@ class ModelRuntime:
         self._set_healthy(False)
         state = await self.inspect() if self._want_running else {}
         if state:
-            self.status.last_exit = f"exit code {state.get('ExitCode')}" + (" (out of memory)" if state.get("OOMKilled") else "")
+            self.status.last_exit = f"exit code {state.get('ExitCode')}" + (
+                " (out of memory)" if state.get("OOMKilled") else ""
+            )
         return time.monotonic() - started
 
     async def _wait_healthy(self, started: float) -> bool:

@@ -4,7 +4,7 @@
 with a containers.conf of our own (``HOME/podman/containers.conf``) and stops
 it on exit; with ``socket`` given it only checks that the API answers. The
 settings in our containers.conf are the ones a plain Debian host needs
-(shared/notes/PLATFORM.md): runc (crun fails with hybrid cgroups), cgroupfs,
+(docs/platform.md): runc (crun fails with hybrid cgroups), cgroupfs,
 file events, and ulimits within the host's hard limits.
 """
 
@@ -66,7 +66,9 @@ async def open_podman(home: Path, socket: Path | None = None) -> AsyncIterator[s
     """Yield the API's base URL (``unix:///…/podman.sock``); PodmanUnavailable if it cannot be had."""
     if socket is not None:
         if not await ping(socket):
-            raise PodmanUnavailable(f"no Podman API answers on {socket}: start `podman system service` there, or drop --podman-socket")
+            raise PodmanUnavailable(
+                f"no Podman API answers on {socket}: start `podman system service` there, or drop --podman-socket"
+            )
         yield f"unix://{socket}"
         return
     podman = shutil.which("podman")

@@ -41,9 +41,7 @@ def default_tiny_model() -> Path:
     return Path(os.environ.get("GARAGE_TINY_MODEL") or _garage_cache() / "models" / "tiny-llama")
 
 
-def vllm_cpu_command(
-    python: Path, model_dir: Path, served_name: str, host: str, port: int
-) -> list[str]:
+def vllm_cpu_command(python: Path, model_dir: Path, served_name: str, host: str, port: int) -> list[str]:
     """Command line for the vLLM OpenAI server on the CPU."""
     return [
         str(python),
@@ -135,22 +133,18 @@ def _stop_group(proc: subprocess.Popen[bytes], grace: float = STOP_GRACE_S) -> N
     proc.wait()  # reap the leader; orphaned children are reaped by init
 
 
-def _wait_ready(
-    proc: subprocess.Popen[bytes], base: str, served_name: str, log_path: Path, timeout: float
-) -> None:
+def _wait_ready(proc: subprocess.Popen[bytes], base: str, served_name: str, log_path: Path, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     health_ok = False
     with httpx.Client(timeout=5.0) as client:
         while True:
             if (rc := proc.poll()) is not None:
                 raise VllmStartError(
-                    f"vLLM exited with code {rc} before it was ready; last lines of "
-                    f"{log_path}:\n{_log_tail(log_path)}"
+                    f"vLLM exited with code {rc} before it was ready; last lines of {log_path}:\n{_log_tail(log_path)}"
                 )
             if time.monotonic() > deadline:
                 raise VllmStartError(
-                    f"vLLM not ready after {timeout:.0f} s; last lines of "
-                    f"{log_path}:\n{_log_tail(log_path)}"
+                    f"vLLM not ready after {timeout:.0f} s; last lines of {log_path}:\n{_log_tail(log_path)}"
                 )
             try:
                 # /health answers once the engine is up; /v1/models then confirms the
@@ -159,9 +153,7 @@ def _wait_ready(
                     health_ok = client.get(f"{base}/health").status_code == 200
                 if health_ok:
                     r = client.get(f"{base}/v1/models")
-                    if r.status_code == 200 and any(
-                        m.get("id") == served_name for m in r.json().get("data", [])
-                    ):
+                    if r.status_code == 200 and any(m.get("id") == served_name for m in r.json().get("data", [])):
                         return
             except httpx.TransportError:
                 pass  # not listening yet

@@ -1,7 +1,7 @@
 """The models of what py-libp2p does, and the measurements they rest on.
 
 Each constant names the measurement behind it (the command, the figure);
-``docs/simulator.md`` has the table, and ``garage sim run --emulate`` puts
+``docs/simulator.md`` has the table, and ``python -m tools.emulate`` puts
 the simulator beside real peers so the constants can be checked again.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 GOSSIP_HOP_MS = 6.0
 """CPU time a gossip message spends in one py-libp2p peer before it goes on
 (validation, signature check, forwarding). A 5-node line reached its end in
-28 ms on loopback (PLATFORM.md): ~7 ms per hop including loopback latency."""
+28 ms on loopback (docs/platform.md): ~7 ms per hop including loopback latency."""
 
 GOSSIP_DEGREE = 6
 """Gossipsub mesh degree D: each peer keeps this many mesh links per topic."""
@@ -37,7 +37,7 @@ few milliseconds."""
 
 HANDSHAKE_MS = 20.0
 """CPU time of a TCP + Noise + yamux connection set-up: dials took 17–27 ms on
-loopback once the happy-eyeballs delay was patched (PLATFORM.md)."""
+loopback once the happy-eyeballs delay was patched (docs/platform.md)."""
 
 HANDSHAKE_RTTS = 2.0
 """Round trips of a new connection before the first stream: TCP, Noise XX (1.5)."""
@@ -68,7 +68,7 @@ DIAL_TIMEOUT_S = 5.0
 """A dial to a peer that vanished without a word fails after this (gateway/dispatch.py)."""
 
 DHT_LOOKUP_S = 0.9
-"""Median find_providers at 40 nodes (PLATFORM.md)."""
+"""Median find_providers at 40 nodes (docs/platform.md)."""
 
 RECONNECT_S = 30.0
 """After a partition heals, a cut connection comes back within the discovery

@@ -80,8 +80,14 @@ class JobsNet:
         rows = []
         for i in range(event.lines):
             ask = draw_ask(self.rng, world.scenario)
-            body = {"model": model, "messages": [{"role": "user", "content": f"line {i}"}], "max_tokens": ask.max_tokens}
-            rows.append(json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body}))
+            body = {
+                "model": model,
+                "messages": [{"role": "user", "content": f"line {i}"}],
+                "max_tokens": ask.max_tokens,
+            }
+            rows.append(
+                json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": body})
+            )
         lines, errors, _ = parse_batch("\n".join(rows) + "\n", model)
         assert not errors, errors
         job_id = f"job-{len(self.jobs) + 1}"
@@ -143,7 +149,12 @@ class JobsNet:
         if not p.online or p.session != session:
             return  # its lease expires at the submitter
         interactive = len(p.flights)
-        while shard.todo and shard.running < WORKER_LINES and interactive < CONCURRENCY // 2 and interactive + len(p.batch) < CONCURRENCY:
+        while (
+            shard.todo
+            and shard.running < WORKER_LINES
+            and interactive < CONCURRENCY // 2
+            and interactive + len(p.batch) < CONCURRENCY
+        ):
             line = shard.todo.pop(0)
             world.start_batch_line(p, line.body["max_tokens"], (shard, line.custom_id, session))
             shard.running += 1
@@ -181,5 +192,14 @@ class JobsNet:
         fresh = set(new)
         for custom_id, tokens, started, gpu_s in shard.receipts:
             if custom_id in fresh:
-                world.batch_receipt(p, session, job.submitter, f"{job.state.job_id}/{custom_id}", job.record.model, tokens, started, gpu_s)
+                world.batch_receipt(
+                    p,
+                    session,
+                    job.submitter,
+                    f"{job.state.job_id}/{custom_id}",
+                    job.record.model,
+                    tokens,
+                    started,
+                    gpu_s,
+                )
         world.engine.after(world.topo.rtt(p.idx, job.submitter.idx) / 2, self._claim, p, session, job, 0)

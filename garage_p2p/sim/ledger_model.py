@@ -46,7 +46,9 @@ class LedgerNet:
         self.entries += 1
         if not author.heads_pending:
             author.heads_pending = True
-            self.world.engine.at(max(now, author.last_heads + cal.HEADS_MIN_GAP_S), self._announce, author, author.session)
+            self.world.engine.at(
+                max(now, author.last_heads + cal.HEADS_MIN_GAP_S), self._announce, author, author.session
+            )
 
     def _announce(self, author: SimPeer, session: int) -> None:
         author.heads_pending = False
@@ -61,7 +63,9 @@ class LedgerNet:
                 continue
             d = delay[replica.idx]
             if math.isfinite(d):
-                world.engine.at(now + d + world.topo.rtt(replica.idx, author.idx) + cal.LEDGER_PULL_S, self._pull, replica, author)
+                world.engine.at(
+                    now + d + world.topo.rtt(replica.idx, author.idx) + cal.LEDGER_PULL_S, self._pull, replica, author
+                )
 
     # -- replicas ---------------------------------------------------------------------
 

@@ -169,7 +169,11 @@ def summarize(obs: Observations) -> dict:
             paths[r.path] += 1
     # Fairness: utilisation (tokens served / tokens it could serve while online)
     # of providers online for at least a tenth of the run.
-    util = [p.tokens / (p.capacity_tps * p.online_s) for p in obs.providers if p.online_s >= 0.1 * obs.duration_s and p.capacity_tps > 0]
+    util = [
+        p.tokens / (p.capacity_tps * p.online_s)
+        for p in obs.providers
+        if p.online_s >= 0.1 * obs.duration_s and p.capacity_tps > 0
+    ]
     known = [j.known_99 for j in obs.joins if j.known_99 is not None]
     buckets = int(math.ceil(obs.duration_s / obs.sample_s)) or 1
     series = {
@@ -224,7 +228,15 @@ def summarize(obs: Observations) -> dict:
             "converged_after_heal_s": _r(obs.ledger_converged_after_heal, 2),
         },
         "jobs": [
-            {"id": j.job_id, "model": j.model, "lines": j.lines, "lines_done": j.lines_done, "duration_s": _r(None if j.finished is None else j.finished - j.submitted, 3), "leases": j.leases, "duplicates": j.duplicates}
+            {
+                "id": j.job_id,
+                "model": j.model,
+                "lines": j.lines,
+                "lines_done": j.lines_done,
+                "duration_s": _r(None if j.finished is None else j.finished - j.submitted, 3),
+                "leases": j.leases,
+                "duplicates": j.duplicates,
+            }
             for j in obs.jobs
         ],
         "events": [[_r(t, 3), what] for t, what in obs.events],

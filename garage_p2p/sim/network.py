@@ -130,7 +130,12 @@ class Topology:
             if added >= wanted or len(self._online_list) < 2:
                 break
             other = self._rng.choice(self._online_list)
-            if other == peer or other in self.neighbours[peer] or not self.same_side(peer, other) or not self.direct_possible(peer, other):
+            if (
+                other == peer
+                or other in self.neighbours[peer]
+                or not self.same_side(peer, other)
+                or not self.direct_possible(peer, other)
+            ):
                 continue
             self.neighbours[peer].add(other)
             self.neighbours[other].add(peer)

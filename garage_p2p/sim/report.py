@@ -76,15 +76,32 @@ HEADLINE: tuple[tuple[str, str, str, str], ...] = (
 
 # (file stem, section heading, what the plot shows)
 PLOTS: tuple[tuple[str, str, str], ...] = (
-    ("known_by", "Discovery: time until a new peer is known", "Share of the joins known by 99 % of the peers online, against the seconds since the join; joins never known keep the curve below 1."),
-    ("requests", "Requests over time", "Success rate and relayed share of the answers per time bucket (left axis), requests per bucket as grey bars (right axis)."),
+    (
+        "known_by",
+        "Discovery: time until a new peer is known",
+        "Share of the joins known by 99 % of the peers online, against the seconds since the join; joins never known "
+        "keep the curve below 1.",
+    ),
+    (
+        "requests",
+        "Requests over time",
+        "Success rate and relayed share of the answers per time bucket (left axis), requests per bucket as grey bars "
+        "(right axis).",
+    ),
     ("latency", "Latency over time", "Latency p50 and p99 of the answered requests, per time bucket."),
-    ("fairness", "Fairness of the providers' work", "Utilisation of each provider online for at least a tenth of the run (tokens served ÷ what it could serve while online), busiest first."),
+    (
+        "fairness",
+        "Fairness of the providers' work",
+        "Utilisation of each provider online for at least a tenth of the run (tokens served ÷ what it could serve "
+        "while online), busiest first.",
+    ),
     ("online", "Peers online", "Providers and consumers online, with the scenario's events as dotted lines."),
 )
 
 
-def write_report(out_dir: Path, *, scenario: Scenario, seed: int, summary: dict, twin: dict | None = None) -> list[Path]:
+def write_report(
+    out_dir: Path, *, scenario: Scenario, seed: int, summary: dict, twin: dict | None = None
+) -> list[Path]:
     """Write report.json, report.md and the PNG plots into ``out_dir``; return their paths.
 
     ``twin``, when given, is ``{"simulated": summary, "emulated": summary,
@@ -92,7 +109,13 @@ def write_report(out_dir: Path, *, scenario: Scenario, seed: int, summary: dict,
     of the emulation with real peers beside those of its simulated twin."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    data = {"scenario": scenario.sim.name, "seed": seed, "config": scenario.model_dump(mode="json"), "summary": summary, "emulation": twin}
+    data = {
+        "scenario": scenario.sim.name,
+        "seed": seed,
+        "config": scenario.model_dump(mode="json"),
+        "summary": summary,
+        "emulation": twin,
+    }
     paths = [
         _write_text(out_dir / "report.json", json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n"),
         _write_text(out_dir / "report.md", render_markdown(scenario=scenario, seed=seed, summary=summary, twin=twin)),
@@ -270,7 +293,14 @@ def _errors_section(summary: dict) -> list[str]:
         # summarize keys them "<status> <code>"; either may be None
         status, _, code = str(key).partition(" ")
         share = fmt_share(count / ended) if ended and _is_number(count) else DASH
-        rows.append([DASH if status == "None" else _cell(status), DASH if code in ("", "None") else f"`{_cell(code)}`", fmt_count(count), share])
+        rows.append(
+            [
+                DASH if status == "None" else _cell(status),
+                DASH if code in ("", "None") else f"`{_cell(code)}`",
+                fmt_count(count),
+                share,
+            ]
+        )
     return lines + _table(["Status", "Code", "Requests", "Share of ended"], rows, "llrr") + [""]
 
 
@@ -279,8 +309,24 @@ def _jobs_section(summary: dict) -> list[str]:
     jobs = summary.get("jobs") or []
     if not jobs:
         return []
-    rows = [[f"`{_cell(str(j['id']))}`", _cell(str(j["model"])), fmt_count(j["lines"]), fmt_count(j["lines_done"]), fmt_seconds(j["duration_s"]), fmt_count(j["leases"]), fmt_count(j["duplicates"])] for j in jobs]
-    return ["## Batch jobs", "", *_table(["Job", "Model", "Lines", "Done", "Took", "Leases", "Duplicates"], rows, "llrrrrr"), ""]
+    rows = [
+        [
+            f"`{_cell(str(j['id']))}`",
+            _cell(str(j["model"])),
+            fmt_count(j["lines"]),
+            fmt_count(j["lines_done"]),
+            fmt_seconds(j["duration_s"]),
+            fmt_count(j["leases"]),
+            fmt_count(j["duplicates"]),
+        ]
+        for j in jobs
+    ]
+    return [
+        "## Batch jobs",
+        "",
+        *_table(["Job", "Model", "Lines", "Done", "Took", "Leases", "Duplicates"], rows, "llrrrrr"),
+        "",
+    ]
 
 
 def _events_section(summary: dict) -> list[str]:
@@ -366,7 +412,15 @@ def _bounds_lines(bounds: dict) -> list[str]:
         ok = bound.get("ok")
         failed += ok is False
         result = "pass" if ok is True else "**FAIL**" if ok is False else DASH
-        rows.append([_cell(name), fmt_plain(bound.get("limit")), fmt_plain(bound.get("simulated")), fmt_plain(bound.get("emulated")), result])
+        rows.append(
+            [
+                _cell(name),
+                fmt_plain(bound.get("limit")),
+                fmt_plain(bound.get("simulated")),
+                fmt_plain(bound.get("emulated")),
+                result,
+            ]
+        )
     verdict = f"All {len(bounds)} bounds hold." if not failed else f"{failed} of {len(bounds)} bounds fail."
     return lines + [verdict, "", *_table(["Bound", "Limit", "Simulated", "Emulated", "Result"], rows, "llrrl"), ""]
 
@@ -577,9 +631,28 @@ def _plot_online(path: Path, summary: dict, span: float) -> Path:
         ax.axvline(at / scale, color="0.4", linestyle=":", linewidth=1)
         if i < MAX_EVENT_LABELS:
             text = str(what) if len(str(what)) <= 40 else str(what)[:39] + "…"
-            ax.text(at / scale, 0.98, text, transform=ax.get_xaxis_transform(), rotation=90, ha="right", va="top", fontsize=7, color="0.3")
+            ax.text(
+                at / scale,
+                0.98,
+                text,
+                transform=ax.get_xaxis_transform(),
+                rotation=90,
+                ha="right",
+                va="top",
+                fontsize=7,
+                color="0.3",
+            )
     if len(events) > MAX_EVENT_LABELS:
-        ax.text(0.99, 0.02, f"+{len(events) - MAX_EVENT_LABELS} more events", transform=ax.transAxes, ha="right", va="bottom", fontsize=7, color="0.3")
+        ax.text(
+            0.99,
+            0.02,
+            f"+{len(events) - MAX_EVENT_LABELS} more events",
+            transform=ax.transAxes,
+            ha="right",
+            va="bottom",
+            fontsize=7,
+            color="0.3",
+        )
     return _save(fig, path)
 
 

@@ -1,13 +1,18 @@
-"""Run a scenario: simulate it (and, with ``emulate``, run its twin on real peers) and write the report."""
+"""Run a scenario: simulate it (and, given an emulator, run its twin on real peers) and write the report.
+
+The emulator (real daemons, ``tools/emulate.py``) is passed in rather than imported: the
+simulator must not depend on the daemon, and the shipped package on the repository's tools.
+"""
 
 from __future__ import annotations
 
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .metrics import summarize
+from .metrics import Observations, summarize
 from .scenario import Scenario, twin_scenario
 from .world import run_world
 
@@ -68,23 +73,32 @@ def compare(simulated: dict, emulated: dict) -> dict:
     out = {}
     for name, (limit, check) in TWIN_BOUNDS.items():
         s, e = sim[name], emu[name]
-        out[name] = {"limit": limit, "simulated": s, "emulated": e, "ok": s is not None and e is not None and bool(check(s, e))}
+        out[name] = {
+            "limit": limit,
+            "simulated": s,
+            "emulated": e,
+            "ok": s is not None and e is not None and bool(check(s, e)),
+        }
     return out
 
 
-def run_scenario(scenario: Scenario, seed: int, out: Path, *, emulate: bool = False, log=print) -> tuple[dict, RunStats, dict | None]:
-    """Simulate, optionally emulate the twin, and write the report into ``out``."""
+Emulator = Callable[..., Observations]
+"""``emulator(scenario, seed, log=log)``: the scenario's twin run on real peers (``tools.emulate.run_emulation``)."""
+
+
+def run_scenario(
+    scenario: Scenario, seed: int, out: Path, *, emulator: Emulator | None = None, log=print
+) -> tuple[dict, RunStats, dict | None]:
+    """Simulate, run the twin with ``emulator`` if given, and write the report into ``out``."""
     from .report import write_report
 
     summary, stats = simulate(scenario, seed)
     twin = None
-    if emulate:
-        from .emulate import run_emulation
-
+    if emulator is not None:
         twin_sc = twin_scenario(scenario)
         simulated, _ = simulate(twin_sc, seed)
         log(f"emulating {twin_sc.peers.count} real peers for {twin_sc.sim.duration_s:g} s …")
-        emulated = summarize(run_emulation(scenario, seed, log=log))
+        emulated = summarize(emulator(scenario, seed, log=log))
         twin = {"simulated": simulated, "emulated": emulated, "bounds": compare(simulated, emulated)}
     out.mkdir(parents=True, exist_ok=True)
     write_report(out, scenario=scenario, seed=seed, summary=summary, twin=twin)

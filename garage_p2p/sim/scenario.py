@@ -145,7 +145,8 @@ class LedgerSection(_Section):
 
 class EmulationSection(_Section):
     peers: int = Field(default=12, ge=3, le=100)
-    """Real peers started by ``--emulate``, in one process (12 keep one core of this 2-core machine below saturation)."""
+    """Real peers started by ``python -m tools.emulate``, in one process (12 keep one core of this 2-core machine
+    below saturation)."""
     duration_s: float = Field(default=90.0, gt=0, le=1800)
     """Seconds of requests in the emulation (real time)."""
     requests_per_consumer_hour: float | None = Field(default=None, ge=0)
@@ -200,17 +201,43 @@ def twin_scenario(scenario: Scenario) -> Scenario:
     joins = tuple(
         Event(at_s=round(emu.duration_s * (i + 1) / (emu.joins + 1), 3), kind="join", count=1) for i in range(emu.joins)
     )
-    rate = emu.requests_per_consumer_hour if emu.requests_per_consumer_hour is not None else scenario.load.requests_per_consumer_hour
+    rate = (
+        emu.requests_per_consumer_hour
+        if emu.requests_per_consumer_hour is not None
+        else scenario.load.requests_per_consumer_hour
+    )
     return scenario.model_copy(
         update={
-            "sim": scenario.sim.model_copy(update={"name": f"{scenario.sim.name} (emulation twin)", "duration_s": emu.duration_s, "drain_s": 60.0, "sample_s": max(5.0, emu.duration_s / 12)}),
+            "sim": scenario.sim.model_copy(
+                update={
+                    "name": f"{scenario.sim.name} (emulation twin)",
+                    "duration_s": emu.duration_s,
+                    "drain_s": 60.0,
+                    "sample_s": max(5.0, emu.duration_s / 12),
+                }
+            ),
             # Two providers from the start plus the joining ones, all on the scenario's main model:
             # with a dozen peers, several models would leave some with no provider at all.
-            "peers": scenario.peers.model_copy(update={"count": emu.peers, "provider_share": max(scenario.peers.provider_share, (emu.joins + 2) / emu.peers), "relay_share": 0.0, "gpus": {TWIN_GPU: 1.0}}),
-            "network": NetworkSection(cities={"Stockholm": 1.0}, public=1.0, cone=0.0, symmetric=0.0, access_ms=(0.0, 0.0), loopback=True),
+            "peers": scenario.peers.model_copy(
+                update={
+                    "count": emu.peers,
+                    "provider_share": max(scenario.peers.provider_share, (emu.joins + 2) / emu.peers),
+                    "relay_share": 0.0,
+                    "gpus": {TWIN_GPU: 1.0},
+                }
+            ),
+            "network": NetworkSection(
+                cities={"Stockholm": 1.0}, public=1.0, cone=0.0, symmetric=0.0, access_ms=(0.0, 0.0), loopback=True
+            ),
             "models": {main: scenario.models[main].model_copy(update={"min_vram_gib": 0.0, "weight": 1.0})},
             "churn": ChurnSection(),
-            "load": scenario.load.model_copy(update={"requests_per_consumer_hour": rate, "max_tokens_median": TWIN_TOKENS_MEDIAN, "max_tokens_max": TWIN_TOKENS_MAX}),
+            "load": scenario.load.model_copy(
+                update={
+                    "requests_per_consumer_hour": rate,
+                    "max_tokens_median": TWIN_TOKENS_MEDIAN,
+                    "max_tokens_max": TWIN_TOKENS_MAX,
+                }
+            ),
             "events": joins,
             "ledger": LedgerSection(replicas=0),
         }

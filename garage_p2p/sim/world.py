@@ -24,14 +24,36 @@ from __future__ import annotations
 
 import math
 
-from ..core.capabilities import AdRejected, CapabilityAd, Benchmark, GpuSpec, Hardware, Load, ModelOffer, PeerTable, make_ad, open_ad, sign_ad
+from ..core.capabilities import (
+    AdRejected,
+    Benchmark,
+    CapabilityAd,
+    GpuSpec,
+    Hardware,
+    Load,
+    ModelOffer,
+    PeerTable,
+    make_ad,
+    open_ad,
+    sign_ad,
+)
 from ..core.exchange import RequestReader, ResponseEnd, ResponseReader, end_frame, head_frame
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import LedgerState, make_entry
 from ..core.messages import EndInfo, RequestHead, Timings, Usage
-from ..core.receipts import Receipt, check_cosignature, cosign_receipt, encode_receipt, expected_receipt_problem, gpu_us_of, pack_signed, sign_receipt, unpack_signed
-from ..core.routing import PathInfo, RouteRequest, Router
+from ..core.receipts import (
+    Receipt,
+    check_cosignature,
+    cosign_receipt,
+    encode_receipt,
+    expected_receipt_problem,
+    gpu_us_of,
+    pack_signed,
+    sign_receipt,
+    unpack_signed,
+)
+from ..core.routing import PathInfo, Router, RouteRequest
 from . import calibration as cal
 from .engine import Engine, stream
 from .hardware import CONCURRENCY, GPUS
@@ -63,7 +85,19 @@ class World:
         self.engine = Engine()
         self.obs = Observations(duration_s=scenario.sim.duration_s, sample_s=scenario.sim.sample_s)
         self.counters = self.obs.counters
-        for name in ("ads_signed", "ads_refreshed", "dials_direct", "dials_relayed", "dial_failures", "punches", "relays_lost", "relay_time_cuts", "dht_lookups", "silent_hangs", "reset_retries"):
+        for name in (
+            "ads_signed",
+            "ads_refreshed",
+            "dials_direct",
+            "dials_relayed",
+            "dial_failures",
+            "punches",
+            "relays_lost",
+            "relay_time_cuts",
+            "dht_lookups",
+            "silent_hangs",
+            "reset_retries",
+        ):
             self.counters[name] = 0
         self._build_peers()
         self.ledger = LedgerNet(self)
@@ -148,7 +182,11 @@ class World:
         for p in self.peers:
             if p.idx in joiners:
                 continue
-            if p.role == RELAY or self._online_share(p, start_hour) >= 1.0 or self._churn_rng.random() < self._online_share(p, start_hour):
+            if (
+                p.role == RELAY
+                or self._online_share(p, start_hour) >= 1.0
+                or self._churn_rng.random() < self._online_share(p, start_hour)
+            ):
                 self._come_online(p, initial=True)
                 self._schedule_switch(p, on=False)
             else:
@@ -156,7 +194,9 @@ class World:
         for event in sc.events:
             eng.at(event.at_s, self._event, event)
         eng.at(0.0, self._sample)
-        self._lam_max = self._rate_per_consumer() * max(1, sum(p.role == CONSUMER for p in self.peers)) * peak_factor(sc)
+        self._lam_max = (
+            self._rate_per_consumer() * max(1, sum(p.role == CONSUMER for p in self.peers)) * peak_factor(sc)
+        )
         if self._lam_max > 0:
             eng.at(self._request_rng.expovariate(self._lam_max), self._arrival)
         end = sc.sim.duration_s + sc.sim.drain_s
@@ -242,7 +282,9 @@ class World:
         if peer.role == PROVIDER:
             self._reserve_relays(peer)
             peer.next_ad = now
-            self.engine.at(now if initial else now + cal.JOIN_FIRST_AD_S, self._ad_tick, peer, peer.session, peer.ad_version)
+            self.engine.at(
+                now if initial else now + cal.JOIN_FIRST_AD_S, self._ad_tick, peer, peer.session, peer.ad_version
+            )
         if peer.state is not None:
             self.ledger.start_anti_entropy(peer)
             for n in sorted(self.topo.neighbours[peer.idx]):
@@ -289,7 +331,17 @@ class World:
         if peer.role == PROVIDER:
             return
         peer.ad_seq += 1
-        ad = make_ad(peer.identity, seq=peer.ad_seq, now=EPOCH + self.engine.now, ttl=cal.AD_TTL_S, addrs=self._addrs(peer), models=(), version=VERSION, region=region_of(peer.city), relay=peer.role == RELAY)
+        ad = make_ad(
+            peer.identity,
+            seq=peer.ad_seq,
+            now=EPOCH + self.engine.now,
+            ttl=cal.AD_TTL_S,
+            addrs=self._addrs(peer),
+            models=(),
+            version=VERSION,
+            region=region_of(peer.city),
+            relay=peer.role == RELAY,
+        )
         open_ad(sign_ad(peer.identity, ad), EPOCH + self.engine.now)
         self.counters["ads_signed"] += 1
 
@@ -297,7 +349,9 @@ class World:
         now = self.engine.now
         peer.online = False
         if peer.record is not None:
-            peer.record.online_s += max(0.0, min(now, self.scenario.sim.duration_s) - min(peer.online_since, self.scenario.sim.duration_s))
+            peer.record.online_s += max(
+                0.0, min(now, self.scenario.sim.duration_s) - min(peer.online_since, self.scenario.sim.duration_s)
+            )
         if peer.role == PROVIDER:
             peer.last_row = self.topo.gossip_delay(peer.idx)
         former = self.topo.go_offline(peer.idx)
@@ -377,7 +431,9 @@ class World:
     def _rereserve(self, peer: SimPeer, session: int) -> None:
         if not peer.online or peer.session != session:
             return
-        live = [r.idx for r in self.relays if r.online and r.idx not in peer.relays and self.topo.same_side(r.idx, peer.idx)]
+        live = [
+            r.idx for r in self.relays if r.online and r.idx not in peer.relays and self.topo.same_side(r.idx, peer.idx)
+        ]
         missing = cal.RELAY_RESERVATIONS - len(peer.relays)
         if live and missing > 0:
             peer.relays = sorted(peer.relays + peer.rng.sample(live, min(missing, len(live))))
@@ -391,7 +447,10 @@ class World:
             return (f"/ip4/127.0.0.1/tcp/{4001 + i}",)
         if self.topo.places[i].nat == PUBLIC:
             return (f"/ip4/10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}/tcp/4001",)
-        return tuple(f"/ip4/10.{(r >> 16) & 255}.{(r >> 8) & 255}.{r & 255}/tcp/4001/p2p/{self.peers[r].peer_id}/p2p-circuit" for r in peer.relays)
+        return tuple(
+            f"/ip4/10.{(r >> 16) & 255}.{(r >> 8) & 255}.{r & 255}/tcp/4001/p2p/{self.peers[r].peer_id}/p2p-circuit"
+            for r in peer.relays
+        )
 
     def _offer(self, peer: SimPeer) -> ModelOffer:
         kind = peer.kind
@@ -399,7 +458,13 @@ class World:
         return ModelOffer(
             name=peer.model,
             max_concurrency=CONCURRENCY,
-            benchmark=Benchmark(single_stream_tps=kind.single_tps * scale, aggregate_tps=kind.aggregate_tps * scale, concurrency=CONCURRENCY, ttft_p50_ms=kind.ttft_ms / scale, measured_at=EPOCH),
+            benchmark=Benchmark(
+                single_stream_tps=kind.single_tps * scale,
+                aggregate_tps=kind.aggregate_tps * scale,
+                concurrency=CONCURRENCY,
+                ttft_p50_ms=kind.ttft_ms / scale,
+                measured_at=EPOCH,
+            ),
             load=Load(running=peer.gpu.running, waiting=0, in_flight=len(peer.flights)),
         )
 
@@ -432,18 +497,32 @@ class World:
         else:
             models = () if peer.draining else (self._offer(peer),)
             spec = GpuSpec(name=peer.gpu_name, vram_mib=int(peer.kind.vram_gib * 1024))
-            unsigned = make_ad(peer.identity, seq=peer.ad_seq, now=EPOCH + now, ttl=cal.AD_TTL_S, addrs=addrs, models=models, version=VERSION, hardware=Hardware(gpus=(spec,)), region=region_of(peer.city))
+            unsigned = make_ad(
+                peer.identity,
+                seq=peer.ad_seq,
+                now=EPOCH + now,
+                ttl=cal.AD_TTL_S,
+                addrs=addrs,
+                models=models,
+                version=VERSION,
+                hardware=Hardware(gpus=(spec,)),
+                region=region_of(peer.city),
+            )
             ad = open_ad(sign_ad(peer.identity, unsigned), EPOCH + now)
             peer.ad_content = content
             self.counters["ads_signed"] += 1
         peer.last_ad = now
-        peer.ads.append((now, ad, self.topo.side if self.topo.split else None))  # side lists are replaced, never changed
+        peer.ads.append(
+            (now, ad, self.topo.side if self.topo.split else None)
+        )  # side lists are replaced, never changed
         # Ads older than a TTL plus the slowest gossip can no longer be the newest to arrive.
         horizon = now - cal.AD_TTL_S - 10.0
         while len(peer.ads) > 2 and peer.ads[1][0] < horizon:
             peer.ads.pop(0)
 
-    def _newest_arrived(self, p: SimPeer, to: SimPeer, row, now: float, after_seq: int = 0) -> tuple[CapabilityAd, float] | None:
+    def _newest_arrived(
+        self, p: SimPeer, to: SimPeer, row, now: float, after_seq: int = 0
+    ) -> tuple[CapabilityAd, float] | None:
         """The newest ad of ``p`` newer than ``after_seq`` that has reached ``to`` by ``now``, and its arrival.
 
         An ad arrives at its publication plus the gossip delay between the two
@@ -499,8 +578,17 @@ class World:
         record = RequestRecord(rid, consumer.peer_id, ask.model, now, ask.max_tokens, ask.stream)
         self.obs.requests.append(record)
         request_id = f"sim-{rid}"
-        body = {"model": ask.model, "messages": [{"role": "user", "content": "x"}], "max_tokens": ask.max_tokens, "stream": ask.stream}
-        head = head_frame(RequestHead(request_id=request_id, path="/v1/chat/completions", body=body, timeout=self.scenario.load.timeout_s))
+        body = {
+            "model": ask.model,
+            "messages": [{"role": "user", "content": "x"}],
+            "max_tokens": ask.max_tokens,
+            "stream": ask.stream,
+        }
+        head = head_frame(
+            RequestHead(
+                request_id=request_id, path="/v1/chat/completions", body=body, timeout=self.scenario.load.timeout_s
+            )
+        )
         flight = Flight(record, consumer.idx, head, request_id, ask.prompt_tokens, now + self.scenario.load.timeout_s)
         consumer.in_flight += 1
         self.engine.at(flight.deadline, self._deadline, flight)
@@ -536,7 +624,11 @@ class World:
             return
         consumer = self.peers[flight.consumer]
         now = self.engine.now
-        found = [p for p in self.providers_of[flight.record.model] if p.online and not p.draining and p.ads and self.topo.same_side(p.idx, consumer.idx)]
+        found = [
+            p
+            for p in self.providers_of[flight.record.model]
+            if p.online and not p.draining and p.ads and self.topo.same_side(p.idx, consumer.idx)
+        ]
         for p in sorted(found, key=lambda p: p.peer_id)[:5]:
             ad = p.ads[-1][1]
             if ad.seq > consumer.applied_seq.get(p.idx, 0):
@@ -623,14 +715,18 @@ class World:
         if not relays:
             return None
         relay = consumer.rng.choice(relays)
-        ready = now + cal.HANDSHAKE_RTTS * topo.rtt(c, relay) + topo.rtt(relay, p) + cal.RELAY_DIAL_MS / 1000 + handshake
+        ready = (
+            now + cal.HANDSHAKE_RTTS * topo.rtt(c, relay) + topo.rtt(relay, p) + cal.RELAY_DIAL_MS / 1000 + handshake
+        )
         conn = Conn("relayed", ready, provider.session, relay=relay, expires=ready + cal.RELAY_CONNECTION_LIMIT_S)
         self.counters["dials_relayed"] += 1
         self.engine.at(conn.expires, self._relay_limit, consumer, p, conn)
         c_nat = topo.places[c].nat
         p_nat = topo.places[p].nat
         # DCUtR: a public consumer is dialled back; two cone NATs punch, and it works often.
-        if c_nat == PUBLIC or (c_nat == CONE and p_nat == CONE and consumer.rng.random() < self.scenario.network.punch_success):
+        if c_nat == PUBLIC or (
+            c_nat == CONE and p_nat == CONE and consumer.rng.random() < self.scenario.network.punch_success
+        ):
             conn.direct_at = ready + consumer.rng.uniform(*cal.PUNCH_S)
             self.counters["punches"] += 1
         return conn
@@ -649,7 +745,9 @@ class World:
             # Refused (a partition with resets) or no relay to carry it: quick.
             delay = self.topo.rtt(consumer.idx, provider.idx) + cal.RELAY_DIAL_MS / 1000
         elif self.topo.places[provider.idx].nat != PUBLIC and any(self.peers[r].online for r in provider.relays):
-            delay = self.topo.rtt(consumer.idx, provider.relays[0]) + cal.RELAY_DIAL_MS / 1000  # the relay: no reservation
+            delay = (
+                self.topo.rtt(consumer.idx, provider.relays[0]) + cal.RELAY_DIAL_MS / 1000
+            )  # the relay: no reservation
         else:
             delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.deadline - now))  # a host that is gone: time out
         flight.last_error = "provider_unreachable"
@@ -736,14 +834,37 @@ class World:
         self._schedule_gpu(provider)
         self._ad_changed(provider)
 
-    def batch_receipt(self, provider: SimPeer, session: int, submitter: SimPeer, request_id: str, model: str, tokens: int, started: float, gpu_s: float) -> None:
+    def batch_receipt(
+        self,
+        provider: SimPeer,
+        session: int,
+        submitter: SimPeer,
+        request_id: str,
+        model: str,
+        tokens: int,
+        started: float,
+        gpu_s: float,
+    ) -> None:
         """A batch line's receipt: signed by the provider, counter-signed by the submitter, then logged."""
         now = self.engine.now
-        receipt = Receipt(request_id=request_id, consumer=submitter.peer_id, provider=provider.peer_id, model=model, prompt_tokens=0, completion_tokens=tokens, gpus=1, gpu_us=gpu_us_of(gpu_s), start_ms=int((EPOCH + started) * 1000), end_ms=int((EPOCH + now) * 1000))
+        receipt = Receipt(
+            request_id=request_id,
+            consumer=submitter.peer_id,
+            provider=provider.peer_id,
+            model=model,
+            prompt_tokens=0,
+            completion_tokens=tokens,
+            gpus=1,
+            gpu_us=gpu_us_of(gpu_s),
+            start_ms=int((EPOCH + started) * 1000),
+            end_ms=int((EPOCH + now) * 1000),
+        )
         raw = encode_receipt(receipt)
         checked, raw, _ = unpack_signed(pack_signed(raw, sign_receipt(provider.identity, raw)))
         cosig = cosign_receipt(submitter.identity, raw)
-        self.engine.after(self.topo.one_way(provider.idx, submitter.idx), self._cosigned, provider, session, checked, raw, cosig)
+        self.engine.after(
+            self.topo.one_way(provider.idx, submitter.idx), self._cosigned, provider, session, checked, raw, cosig
+        )
 
     def _served(self, provider: SimPeer, key: int) -> None:
         now = self.engine.now
@@ -772,7 +893,9 @@ class World:
         raw = encode_receipt(receipt)
         info = EndInfo(
             usage=Usage(prompt_tokens=flight.prompt_tokens, completion_tokens=record.max_tokens),
-            timings=Timings(first_byte_ms=(flight.first_byte - flight.arrived) * 1000, total_ms=(now - flight.arrived) * 1000),
+            timings=Timings(
+                first_byte_ms=(flight.first_byte - flight.arrived) * 1000, total_ms=(now - flight.arrived) * 1000
+            ),
             receipt=pack_signed(raw, sign_receipt(provider.identity, raw)),
         )
         conn = flight.conn
@@ -790,7 +913,13 @@ class World:
         [event] = ResponseReader().feed(data)
         assert isinstance(event, ResponseEnd)
         receipt, raw, _ = unpack_signed(event.info.receipt)
-        problem = expected_receipt_problem(receipt, consumer=consumer.peer_id, provider=provider.peer_id, request_id=flight.request_id, model=flight.record.model)
+        problem = expected_receipt_problem(
+            receipt,
+            consumer=consumer.peer_id,
+            provider=provider.peer_id,
+            request_id=flight.request_id,
+            model=flight.record.model,
+        )
         assert problem is None, problem
         consumer.router.succeeded(provider.peer_id)
         record = flight.record
@@ -854,7 +983,11 @@ class World:
             return
         provider = self.peers[flight.provider]
         self._stop_at_provider(flight)
-        data_seen = flight.record.stream and flight.record.first_byte is not None and flight.record.first_byte <= self.engine.now
+        data_seen = (
+            flight.record.stream
+            and flight.record.first_byte is not None
+            and flight.record.first_byte <= self.engine.now
+        )
         if data_seen:
             self._finish(flight, 502, "provider_disconnected")
         else:
@@ -892,7 +1025,9 @@ class World:
             for consumer in self.peers:
                 if consumer.role == CONSUMER:
                     for p_idx, conn in sorted(consumer.conns.items()):
-                        if side[p_idx] != side[consumer.idx] or (conn.relay is not None and side[conn.relay] != side[consumer.idx]):
+                        if side[p_idx] != side[consumer.idx] or (
+                            conn.relay is not None and side[conn.relay] != side[consumer.idx]
+                        ):
                             self._break(consumer, p_idx, conn, "partition")
             self.obs.events.append((now, f"partition: {'/'.join(event.side)} | rest"))
         elif event.kind == "heal":
@@ -922,4 +1057,3 @@ class World:
 def run_world(scenario: Scenario, seed: int) -> Observations:
     """Simulate the scenario with this seed; what it observed."""
     return World(scenario, seed).run()
-

@@ -88,4 +88,3 @@ def save_benchmark(home: Path, model: str, bench: Benchmark) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-

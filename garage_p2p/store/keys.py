@@ -132,7 +132,8 @@ class KeyStore:
             secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
             created = time.time() if now is None else now
             self._db.execute(
-                "INSERT INTO keys (id, name, secret_sha256, created, rpm, tpm, concurrency) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO keys (id, name, secret_sha256, created, rpm, tpm, concurrency) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (key_id, name, _hash(secret), created, limits.rpm, limits.tpm, limits.concurrency),
             )
         return ApiKey(key_id, name, created, None, limits), f"gk-{key_id}-{secret}"
@@ -143,7 +144,9 @@ class KeyStore:
             if row is None:
                 raise KeyStoreError(f"no key {key_id!r} (see `garage keys list`)")
             if row[0] is None:
-                self._db.execute("UPDATE keys SET revoked = ? WHERE id = ?", (time.time() if now is None else now, key_id))
+                self._db.execute(
+                    "UPDATE keys SET revoked = ? WHERE id = ?", (time.time() if now is None else now, key_id)
+                )
         return self.get(key_id)
 
     def get(self, key_id: str) -> ApiKey | None:
@@ -179,15 +182,23 @@ class KeyStore:
             return
         with self._lock, self._db:
             self._db.executemany(
-                "UPDATE keys SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, completion_tokens = completion_tokens + ?,"
+                "UPDATE keys SET requests = requests + ?, prompt_tokens = prompt_tokens + ?, "
+                "completion_tokens = completion_tokens + ?,"
                 " refused = refused + ?, last_used = MAX(COALESCE(last_used, 0), ?) WHERE id = ?",
-                [(u.requests, u.prompt_tokens, u.completion_tokens, u.refused, u.last_used, key_id) for key_id, u in usage.items()],
+                [
+                    (u.requests, u.prompt_tokens, u.completion_tokens, u.refused, u.last_used, key_id)
+                    for key_id, u in usage.items()
+                ],
             )
 
 
-_COLUMNS = "id, name, created, revoked, rpm, tpm, concurrency, requests, prompt_tokens, completion_tokens, refused, last_used"
+_COLUMNS = (
+    "id, name, created, revoked, rpm, tpm, concurrency, requests, prompt_tokens, completion_tokens, refused, last_used"
+)
 
 
 def _key(row: tuple | sqlite3.Row) -> ApiKey:
     key_id, name, created, revoked, rpm, tpm, concurrency, requests, prompt, completion, refused, last_used = row
-    return ApiKey(key_id, name, created, revoked, Limits(rpm, tpm, concurrency), requests, prompt, completion, refused, last_used)
+    return ApiKey(
+        key_id, name, created, revoked, Limits(rpm, tpm, concurrency), requests, prompt, completion, refused, last_used
+    )

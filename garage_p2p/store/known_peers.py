@@ -85,7 +85,9 @@ class KnownPeers:
     def _read(self, limit: int) -> list[KnownPeer]:
         db = self._connect()
         try:
-            rows = db.execute("SELECT peer_id, addrs, last_seen FROM peers ORDER BY last_seen DESC LIMIT ?", (limit,)).fetchall()
+            rows = db.execute(
+                "SELECT peer_id, addrs, last_seen FROM peers ORDER BY last_seen DESC LIMIT ?", (limit,)
+            ).fetchall()
         finally:
             db.close()
         out = []

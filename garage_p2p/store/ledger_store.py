@@ -105,7 +105,9 @@ class LedgerStore:
             )
 
     def pending(self, limit: int = 10_000) -> list[Pending]:
-        rows = self._db.execute("SELECT provider, request_id, blob, created FROM pending ORDER BY created LIMIT ?", (limit,))
+        rows = self._db.execute(
+            "SELECT provider, request_id, blob, created FROM pending ORDER BY created LIMIT ?", (limit,)
+        )
         return [Pending(*row) for row in rows]
 
     def drop_pending(self, keys: Iterable[tuple[str, str]]) -> None:

@@ -30,7 +30,9 @@ def receipt(provider: Identity, consumer: Identity, request_id: str, **fields) -
     return Receipt(**values)
 
 
-def entry(provider: Identity, consumer: Identity, seq: int, prev: bytes, request_id: str | None = None, **fields) -> Entry:
+def entry(
+    provider: Identity, consumer: Identity, seq: int, prev: bytes, request_id: str | None = None, **fields
+) -> Entry:
     # One second per seq, so an honest chain never claims two requests' GPU time at once.
     fields.setdefault("start_ms", 1_800_000_000_000 + seq * 1000)
     fields.setdefault("end_ms", fields["start_ms"] + 1000)
@@ -38,7 +40,9 @@ def entry(provider: Identity, consumer: Identity, seq: int, prev: bytes, request
     return make_entry(provider, seq, prev, raw, cosign_receipt(consumer, raw))
 
 
-def chain(provider: Identity, consumer: Identity, n: int, *, start: int = 1, prev: bytes = ZERO_HASH, tag: str = "") -> list[Entry]:
+def chain(
+    provider: Identity, consumer: Identity, n: int, *, start: int = 1, prev: bytes = ZERO_HASH, tag: str = ""
+) -> list[Entry]:
     out = []
     for seq in range(start, start + n):
         e = entry(provider, consumer, seq, prev, f"{tag}r{seq}")

@@ -46,7 +46,11 @@ def test_per_peer_limits_refuse_with_a_reason():
     assert refused.outcome is Outcome.REFUSE and refused.verdict.limit == "concurrent requests"
     adm.release("a", 500, 1)  # far over its token budget
     refused = adm.request("a", 3, 2)
-    assert refused.outcome is Outcome.REFUSE and refused.verdict.limit == "tokens per minute" and refused.verdict.retry_after > 100
+    assert (
+        refused.outcome is Outcome.REFUSE
+        and refused.verdict.limit == "tokens per minute"
+        and refused.verdict.retry_after > 100
+    )
     assert adm.request("b", 4, 2).outcome is Outcome.START  # others are not affected
 
 

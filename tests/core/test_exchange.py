@@ -20,7 +20,9 @@ HEAD = RequestHead(request_id="r1", path="/v1/chat/completions", body={"model": 
 
 def test_data_then_end():
     reader = ResponseReader()
-    events = reader.feed(data_frame(b"a") + data_frame(b"b") + end_frame(EndInfo(usage=Usage(prompt_tokens=1, completion_tokens=2))))
+    events = reader.feed(
+        data_frame(b"a") + data_frame(b"b") + end_frame(EndInfo(usage=Usage(prompt_tokens=1, completion_tokens=2)))
+    )
     assert events[:2] == [ResponseData(b"a"), ResponseData(b"b")]
     assert isinstance(events[2], ResponseEnd) and events[2].info.usage.completion_tokens == 2
     assert reader.eof() is None

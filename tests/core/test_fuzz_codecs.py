@@ -83,7 +83,12 @@ TRIED: Counter[str] = Counter()
 
 
 def fuzz(examples: int) -> settings:
-    return settings(max_examples=examples, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def tried(name: str) -> None:
@@ -135,15 +140,23 @@ def reference_frames(data: bytes, limits: dict[FrameType, int]) -> tuple[list[tu
 
 
 def raw_frame_st(limits_max: int = 300):
-    """Bytes that are often frames, sometimes nearly: a type byte (known or not), a length (honest or not), a payload."""
+    """Bytes that are often frames, sometimes nearly: a type byte (known or not), a length (honest or not), a
+    payload."""
     return st.one_of(
         st.builds(lambda t, p: encode_frame(t, p), st.sampled_from(list(FrameType)), st.binary(max_size=limits_max)),
-        st.builds(lambda n, t, p: struct.pack(">IB", n, t) + p, st.integers(0, 2**32 - 1), st.integers(0, 255), st.binary(max_size=40)),
+        st.builds(
+            lambda n, t, p: struct.pack(">IB", n, t) + p,
+            st.integers(0, 2**32 - 1),
+            st.integers(0, 255),
+            st.binary(max_size=40),
+        ),
         st.binary(max_size=12),
     )
 
 
-def feed_all(decoder: FrameDecoder, pieces: list[bytes], limits: dict[FrameType, int]) -> tuple[list[tuple[int, bytes]], bool]:
+def feed_all(
+    decoder: FrameDecoder, pieces: list[bytes], limits: dict[FrameType, int]
+) -> tuple[list[tuple[int, bytes]], bool]:
     """Feed chunk by chunk, checking the buffer bound after each; (frames, whether FrameError was raised)."""
     got: list[tuple[int, bytes]] = []
     seen = b""
@@ -257,7 +270,15 @@ def open_or_fault(data: bytes) -> CapabilityAd | None:
 
 
 @fuzz(600)
-@given(st.one_of(st.binary(max_size=800), st.binary(min_size=64, max_size=64).map(lambda s: s + VALID_AD[64:]), st.tuples(st.integers(MAX_AD_BYTES - 10, MAX_AD_BYTES + 10), st.binary(min_size=1, max_size=16)).map(lambda t: (t[1] * t[0])[: t[0]])))
+@given(
+    st.one_of(
+        st.binary(max_size=800),
+        st.binary(min_size=64, max_size=64).map(lambda s: s + VALID_AD[64:]),
+        st.tuples(st.integers(MAX_AD_BYTES - 10, MAX_AD_BYTES + 10), st.binary(min_size=1, max_size=16)).map(
+            lambda t: (t[1] * t[0])[: t[0]]
+        ),
+    )
+)
 def test_open_ad_on_arbitrary_bytes_only_raises_peer_fault(data):
     tried("open_ad: arbitrary bytes")
     assert open_or_fault(data) is None
@@ -289,7 +310,9 @@ def mutated(valid: bytes, *, flips: int, junk: int, insert: int):
         st.lists(st.integers(min_value=0), min_size=1, max_size=flips).map(lambda bits: ("flip", bits)),
         st.integers(min_value=0, max_value=len(valid) - 1).map(lambda n: ("cut", n)),
         st.binary(min_size=1, max_size=junk).map(lambda more: ("append", more)),
-        st.tuples(st.integers(min_value=0, max_value=len(valid)), st.binary(min_size=1, max_size=insert)).map(lambda x: ("insert", x)),
+        st.tuples(st.integers(min_value=0, max_value=len(valid)), st.binary(min_size=1, max_size=insert)).map(
+            lambda x: ("insert", x)
+        ),
     ).map(apply)
 
 
@@ -301,8 +324,18 @@ def test_a_mutated_ad_is_refused_unless_unchanged(data):
     assert ad is None or data == VALID_AD
 
 
-json_scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70), st.floats(allow_nan=False), st.text(max_size=30))
-json_value = st.recursive(json_scalar, lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)), max_leaves=25)
+json_scalar = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+)
+json_value = st.recursive(
+    json_scalar,
+    lambda inner: st.one_of(st.lists(inner, max_size=5), st.dictionaries(st.text(max_size=12), inner, max_size=5)),
+    max_leaves=25,
+)
 AD_FIELDS = list(CapabilityAd.model_fields)
 
 
@@ -393,7 +426,11 @@ VALID_ENTRY = ENTRIES[1].encoded
 
 
 @fuzz(600)
-@given(st.one_of(st.binary(max_size=MAX_ENTRY_BYTES + 100), st.binary(max_size=200).map(lambda tail: VALID_ENTRY[:111] + tail)))
+@given(
+    st.one_of(
+        st.binary(max_size=MAX_ENTRY_BYTES + 100), st.binary(max_size=200).map(lambda tail: VALID_ENTRY[:111] + tail)
+    )
+)
 def test_decode_entry_on_random_bytes_only_raises_peer_fault(data):
     tried("decode_entry: random bytes")
     with pytest.raises(PeerFault):
@@ -421,7 +458,9 @@ def receipt_entry(raw: bytes) -> bytes:
     "data",
     [
         receipt_entry(b"{not json"),  # parse_receipt -> decode_json: a bare PeerFault
-        receipt_entry(ENTRIES[0].raw.replace(PROVIDER.peer_id.encode(), b"12D3KooWQ7RuLhcoiRKmsp8xMCkPmvTsAb2WOiosbSu78DPVxFDQ")),  # peer_key: ReceiptInvalid
+        receipt_entry(
+            ENTRIES[0].raw.replace(PROVIDER.peer_id.encode(), b"12D3KooWQ7RuLhcoiRKmsp8xMCkPmvTsAb2WOiosbSu78DPVxFDQ")
+        ),  # peer_key: ReceiptInvalid
     ],
     ids=["malformed receipt JSON", "provider id that is not a key"],
 )
@@ -508,10 +547,55 @@ def test_a_page_of_entries_at_the_inflate_bound_still_decodes():
     assert len(decode_page(encode_page([blob] * count))) == count
 
 
-WIRE_MESSAGES = [LedgerRequest, HeadsAnnouncement, HeadsPage, PushReply, ErrorReply, RequestHead, EndInfo, ErrorInfo, JobRequest, JobAnnouncement, LeaseGrant, ResultsAck]
+WIRE_MESSAGES = [
+    LedgerRequest,
+    HeadsAnnouncement,
+    HeadsPage,
+    PushReply,
+    ErrorReply,
+    RequestHead,
+    EndInfo,
+    ErrorInfo,
+    JobRequest,
+    JobAnnouncement,
+    LeaseGrant,
+    ResultsAck,
+]
 json_any = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20), st.sampled_from(["heads", "range", "push", "claim", "results", "x" * 200])),
-    lambda inner: st.one_of(st.lists(inner, max_size=6), st.dictionaries(st.text(max_size=10) | st.sampled_from(["op", "after", "author", "from_seq", "limit", "receipts", "peer", "heads", "authors", "seq", "hash", "conflict", "status", "error"]), inner, max_size=6)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(),
+        st.floats(),
+        st.text(max_size=20),
+        st.sampled_from(["heads", "range", "push", "claim", "results", "x" * 200]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=6),
+        st.dictionaries(
+            st.text(max_size=10)
+            | st.sampled_from(
+                [
+                    "op",
+                    "after",
+                    "author",
+                    "from_seq",
+                    "limit",
+                    "receipts",
+                    "peer",
+                    "heads",
+                    "authors",
+                    "seq",
+                    "hash",
+                    "conflict",
+                    "status",
+                    "error",
+                ]
+            ),
+            inner,
+            max_size=6,
+        ),
+    ),
     max_leaves=40,
 )
 
@@ -555,7 +639,13 @@ def test_ledger_requests_near_valid(fields, model):
 
 
 @fuzz(300)
-@given(st.one_of(st.text(max_size=300), st.binary(max_size=400).map(lambda b: base64.b64encode(b).decode()), st.binary(min_size=1, max_size=60).map(lambda j: base64.b64encode(bytes(64) + j).decode())))
+@given(
+    st.one_of(
+        st.text(max_size=300),
+        st.binary(max_size=400).map(lambda b: base64.b64encode(b).decode()),
+        st.binary(min_size=1, max_size=60).map(lambda j: base64.b64encode(bytes(64) + j).decode()),
+    )
+)
 def test_pushed_receipts_decode_or_raise_peer_fault(blob):
     tried("unpack_signed: random receipts")
     with pytest.raises(PeerFault):
@@ -580,7 +670,11 @@ GOOD_PAYLOADS = {
     FrameType.COSIGN: [bytes(COSIGN_BYTES)],
 }
 frame_st = st.one_of(
-    st.builds(lambda t, i: encode_frame(t, GOOD_PAYLOADS[t][i % len(GOOD_PAYLOADS[t])]), st.sampled_from(list(GOOD_PAYLOADS)), st.integers(0, 5)),
+    st.builds(
+        lambda t, i: encode_frame(t, GOOD_PAYLOADS[t][i % len(GOOD_PAYLOADS[t])]),
+        st.sampled_from(list(GOOD_PAYLOADS)),
+        st.integers(0, 5),
+    ),
     st.builds(encode_frame, st.sampled_from(list(FrameType)), st.binary(max_size=80) | json_any.map(encode_any)),
     st.builds(lambda t: HEADER.pack(DEFAULT_LIMITS.get(t, 0) + 2, t), st.sampled_from(list(FrameType))),  # oversized
     st.binary(min_size=1, max_size=8),
@@ -648,6 +742,8 @@ def test_request_reader_on_random_frames(frames, sizes):
         else:
             reader.eof()
             # The head is the first frame, and a valid one.
-            first = FrameDecoder({FrameType.HEAD: DEFAULT_LIMITS[FrameType.HEAD], FrameType.COSIGN: COSIGN_BYTES}).feed(wire)[0]
+            first = FrameDecoder({FrameType.HEAD: DEFAULT_LIMITS[FrameType.HEAD], FrameType.COSIGN: COSIGN_BYTES}).feed(
+                wire
+            )[0]
             assert first.type is FrameType.HEAD and decode_json(RequestHead, first.payload) == reader.head
         assert reader.cosig is None or len(reader.cosig) == COSIGN_BYTES

@@ -1,6 +1,7 @@
 import json
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from garage_p2p.core.jobs import JobState, parse_batch
 
@@ -38,7 +39,7 @@ def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
     )
     lines, errors, model = parse_batch(text)
     assert model == "tiny"
-    assert [l.custom_id for l in lines] == ["c0", "c2"]
+    assert [line.custom_id for line in lines] == ["c0", "c2"]
     by_index = {e.index: e for e in errors}
     assert set(by_index) == {1, 2, 3, 6, 7}
     assert "duplicate custom_id" in by_index[3].message
@@ -46,7 +47,7 @@ def test_parse_batch_keeps_good_lines_and_reports_bad_ones():
     assert by_index[7].custom_id is None
     # --model overrides every line's model.
     lines, errors, model = parse_batch(line(0) + "\n" + line(1, model="other"), model="big")
-    assert model == "big" and not errors and all(l.body["model"] == "big" for l in lines)
+    assert model == "big" and not errors and all(line.body["model"] == "big" for line in lines)
 
 
 def make(n=10, size=3):
@@ -76,15 +77,15 @@ def test_tail_stealing_duplicates_once_and_first_result_wins():
     d = job.claim("D", 0)
     assert d is not None and d.duplicate and d.shard != steal.shard  # each shard is duplicated once
     assert job.claim("E", 0) is None
-    ids = [l.custom_id for l in job.shards[steal.shard]]
+    ids = [line.custom_id for line in job.shards[steal.shard]]
     assert job.complete(steal.lease_id, ids) == ids
     original = a if a.shard == steal.shard else b
     assert job.complete(original.lease_id, ids) == []  # the duplicate's results came first
     assert job.complete("never-granted", ids) is None
     other = b if original is a else a
     # ids from another shard are ignored.
-    assert job.complete(other.lease_id, ids + [l.custom_id for l in job.shards[other.shard]]) == [
-        l.custom_id for l in job.shards[other.shard]
+    assert job.complete(other.lease_id, ids + [line.custom_id for line in job.shards[other.shard]]) == [
+        line.custom_id for line in job.shards[other.shard]
     ]
     assert job.finished
 
@@ -108,7 +109,7 @@ def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
         if vanish:
             job.provider_gone(provider)
         if finish:
-            for cid in job.complete(lease.lease_id, [l.custom_id for l in job.shards[lease.shard]]) or []:
+            for cid in job.complete(lease.lease_id, [line.custom_id for line in job.shards[lease.shard]]) or []:
                 results[cid] = results.get(cid, 0) + 1
     # Drain: one provider finishes everything that is left.
     for _ in range(len(job.shards) * 3):
@@ -116,7 +117,7 @@ def test_any_schedule_ends_with_exactly_one_result_per_line(n, size, schedule):
         lease = job.claim("Z", now)
         if lease is None:
             break
-        for cid in job.complete(lease.lease_id, [l.custom_id for l in job.shards[lease.shard]]) or []:
+        for cid in job.complete(lease.lease_id, [line.custom_id for line in job.shards[lease.shard]]) or []:
             results[cid] = results.get(cid, 0) + 1
     assert job.finished
     assert sorted(results) == sorted(f"c{i}" for i in range(n))
@@ -147,8 +148,8 @@ def receipt(custom_id, *, start, end, gpus=1, gpu_s=None):
 def test_a_receipt_is_counter_signed_only_if_it_fits_the_lease_granted_to_its_provider():
     job = make(n=6, size=3)
     lease = job.claim("p", T)
-    mine = [l.custom_id for l in job.shards[lease.shard]]
-    other = next(l.custom_id for l in job.shards[1 - lease.shard])
+    mine = [line.custom_id for line in job.shards[lease.shard]]
+    other = next(line.custom_id for line in job.shards[1 - lease.shard])
     ok = receipt(mine[0], start=T + 1, end=T + 5)
     assert job.cosign_refusal(lease.lease_id, "p", mine[0], ok, gpus=1, now=T + 6) is None
     refusals = {

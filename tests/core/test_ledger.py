@@ -1,7 +1,8 @@
-
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.ledger import (
     ZERO_HASH,
     EntryInvalid,
@@ -20,7 +21,6 @@ from garage_p2p.core.ledger_sync import (
     heads_page,
     plan_pulls,
 )
-from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.receipts import cosign_receipt, encode_receipt
 
 from .ledger_helpers import chain, entry, identity, receipt

@@ -1,5 +1,6 @@
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.gpu_meter import GpuMeter
@@ -24,7 +25,10 @@ def test_signed_receipt_round_trip_and_cosign():
     blob = pack_signed(raw, sign_receipt(A, raw))
     parsed, raw2, _ = unpack_signed(blob)
     assert raw2 == raw and parsed.request_id == "req-1"
-    assert expected_receipt_problem(parsed, consumer=B.peer_id, provider=A.peer_id, request_id="req-1", model="tiny") is None
+    assert (
+        expected_receipt_problem(parsed, consumer=B.peer_id, provider=A.peer_id, request_id="req-1", model="tiny")
+        is None
+    )
     check_cosignature(parsed, raw, cosign_receipt(B, raw))
 
 
@@ -92,15 +96,15 @@ def test_gpu_seconds_never_exceed_wall_time_times_gpus(spans, gpus):
             marks[i] = meter.begin(now)
         else:
             used[i] = meter.end(marks[i], now)
-    for i, (start, length) in enumerate(spans):
+    for i, (_start, length) in enumerate(spans):
         assert used[i] <= length * gpus + 1e-9
-    lo = min(s for s, _ in spans)
-    hi = max(s + l for s, l in spans)
+    lo = min(start for start, _ in spans)
+    hi = max(start + length for start, length in spans)
     assert sum(used.values()) <= (hi - lo) * gpus + 1e-6
     # Busy all the time from lo to the end of the union of spans: exact.
     covered, end = 0.0, lo
-    for s, l in sorted(spans):
-        if s + l > end:
-            covered += s + l - max(s, end)
-            end = s + l
+    for start, length in sorted(spans):
+        if start + length > end:
+            covered += start + length - max(start, end)
+            end = start + length
     assert sum(used.values()) == pytest.approx(covered * gpus, rel=1e-6, abs=1e-6)

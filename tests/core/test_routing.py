@@ -4,7 +4,7 @@ import pytest
 
 from garage_p2p.core.capabilities import Benchmark, Load, ModelOffer, make_ad
 from garage_p2p.core.identity import Identity
-from garage_p2p.core.routing import PathInfo, RouteRequest, Router, per_stream_rate, region_matches
+from garage_p2p.core.routing import PathInfo, Router, RouteRequest, per_stream_rate, region_matches
 
 NOW = 1000.0
 FAST = Benchmark(single_stream_tps=100, aggregate_tps=400, concurrency=8, ttft_p50_ms=50, measured_at=0)
@@ -45,7 +45,9 @@ def test_waiting_queue_full_kv_cache_rtt_and_relay_cost_time():
     router = Router(random.Random(0))
     base = router.score(ad(1), REQ, PathInfo(), NOW).estimate
     assert router.score(ad(1, load=Load(waiting=8)), REQ, PathInfo(), NOW).estimate > base
-    assert router.score(ad(1, load=Load(kv_cache_usage=0.99)), REQ, PathInfo(), NOW).estimate == pytest.approx(base * 1.5)
+    assert router.score(ad(1, load=Load(kv_cache_usage=0.99)), REQ, PathInfo(), NOW).estimate == pytest.approx(
+        base * 1.5
+    )
     assert router.score(ad(1), REQ, PathInfo(rtt=0.08), NOW).estimate == pytest.approx(base + 0.08)
     relayed = router.score(ad(1), REQ, PathInfo(relayed=True), NOW)
     assert relayed.estimate == pytest.approx(base + 0.15) and relayed.parts["relay"] == 0.15

@@ -5,9 +5,7 @@ from hypothesis import strategies as st
 from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.wire import HEADER, FrameDecoder, FrameError, FrameType, encode_frame
 
-frames = st.lists(
-    st.tuples(st.sampled_from(list(FrameType)), st.binary(max_size=2048)), max_size=20
-)
+frames = st.lists(st.tuples(st.sampled_from(list(FrameType)), st.binary(max_size=2048)), max_size=20)
 
 
 @given(frames, st.lists(st.integers(min_value=1, max_value=4096), min_size=1, max_size=50))

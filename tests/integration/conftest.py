@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from garage_p2p.runtime.vllm_cpu import VllmServer, default_tiny_model, default_vllm_python, run_vllm_cpu
 
 
@@ -15,7 +15,9 @@ from garage_p2p.runtime.vllm_cpu import VllmServer, default_tiny_model, default_
 def vllm(tmp_path_factory) -> Iterator[VllmServer]:
     """A real vLLM-CPU server (bootstrap/dev-env.sh installs it and makes the model)."""
     log = tmp_path_factory.mktemp("vllm") / "vllm.log"
-    with run_vllm_cpu(python=default_vllm_python(), model_dir=default_tiny_model(), served_name="tiny", log_path=log) as server:
+    with run_vllm_cpu(
+        python=default_vllm_python(), model_dir=default_tiny_model(), served_name="tiny", log_path=log
+    ) as server:
         yield server
 
 

@@ -7,61 +7,32 @@ import json
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from garage_p2p.core.ledger import LedgerState
-from garage_p2p.devtools.processes import PeerProcess, peer_args
-from garage_p2p.devtools.soak import free_port, read_ledger
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.2) -> float:
-    """Seconds until ``predicate()`` held; AssertionError naming ``what`` after ``timeout``."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if predicate():
-            return time.monotonic() - start
-        time.sleep(interval)
-    raise AssertionError(f"{what} not within {timeout} s")
+from tools.soak import read_ledger
+from tools.testkit import free_port, standin_process, wait_until
 
 
 def garage(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run the ``garage`` CLI."""
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout)
-
-
-def backend_up(url: str) -> bool:
-    try:
-        return httpx.get(url + "/models", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
+    return subprocess.run(
+        [sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 @contextlib.contextmanager
-def standin_processes(ports: list[int], *flags: str, models: list[str] | None = None) -> Iterator[list[str]]:
+def standin_processes(ports: list[int], *, models: list[str] | None = None, **options) -> Iterator[list[str]]:
     """StandInBackends (instruments, not models) as processes on ``ports``; yields their base URLs."""
-    procs, urls = [], []
-    try:
-        for i, port in enumerate(ports):
-            model = ["--model", models[i]] if models else []
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(port), *model, *flags],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            urls.append(f"http://127.0.0.1:{port}/v1")
-        for url in urls:
-            wait_until(lambda: backend_up(url), 30, url)
-        yield urls
-    finally:
-        for p in procs:
-            p.terminate()
-            p.wait(10)
+    with contextlib.ExitStack() as stack:
+        yield [
+            stack.enter_context(standin_process(port, **options, **({"model": models[i]} if models else {})))
+            for i, port in enumerate(ports)
+        ]
 
 
 def models_of(peer: PeerProcess) -> dict[str, list[str]]:
@@ -94,7 +65,7 @@ def provider_and_keyed_consumer(root: Path, key_name: str) -> Iterator[tuple[Pee
     saved = {name: os.environ.get(name) for name in FAST_ADS}
     os.environ.update(FAST_ADS)
     try:
-        with standin_processes([free_port()], "--token-delay", "0.005") as [backend]:
+        with standin_processes([free_port()], token_delay=0.005) as [backend]:
             try:
                 p = PeerProcess(root / "p", peer_args(backends={"tiny": backend})).start()
                 peers.append(p)
@@ -106,7 +77,10 @@ def provider_and_keyed_consumer(root: Path, key_name: str) -> Iterator[tuple[Pee
                 auth = {"authorization": f"Bearer {key}"}
 
                 def knows_tiny() -> bool:
-                    return any(m["id"] == "tiny" and p.peer_id in m.get("providers", []) for m in httpx.get(models, headers=auth, timeout=5).json()["data"])
+                    return any(
+                        m["id"] == "tiny" and p.peer_id in m.get("providers", [])
+                        for m in httpx.get(models, headers=auth, timeout=5).json()["data"]
+                    )
 
                 wait_until(knows_tiny, 30, "C seeing P serve tiny")
                 yield p, c, key

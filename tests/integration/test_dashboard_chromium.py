@@ -23,9 +23,10 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
-from garage_p2p.devtools.processes import PeerProcess
+from garage_p2p.cli.peer_process import PeerProcess
+from tools.testkit import wait_until
 
-from .helpers import provider_and_keyed_consumer, wait_until
+from .helpers import provider_and_keyed_consumer
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
@@ -57,10 +58,19 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
             answer = httpx.post(c.api_url + "/chat/completions", json=chat, headers=auth, timeout=30)
             assert answer.status_code == 200 and answer.headers["x-garage-provider"] == p.peer_id, answer.text
         lines = "\n".join(
-            json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4}})
+            json.dumps(
+                {
+                    "custom_id": f"line-{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4},
+                }
+            )
             for i in range(JOB_LINES)
         )
-        submitted = httpx.post(f"{origin}/garage/v1/jobs", json={"input": lines, "shard_size": 4}, headers=auth, timeout=30)
+        submitted = httpx.post(
+            f"{origin}/garage/v1/jobs", json={"input": lines, "shard_size": 4}, headers=auth, timeout=30
+        )
         assert submitted.status_code == 201, submitted.text
         job_id = submitted.json()["id"]
         done = Mesh(p, c, key, job_id)
@@ -76,7 +86,9 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory) -> Iterator[webdriver.Chrome]:
-    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), "chromium and chromium-driver are missing: run bootstrap/dev-env.sh"
+    assert CHROMIUM.exists() and CHROMEDRIVER.exists(), (
+        "chromium and chromium-driver are missing: run bootstrap/dev-env.sh"
+    )
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in (
@@ -118,7 +130,9 @@ return Array.from(document.querySelectorAll('#' + arguments[0] + ' tbody tr')).m
   cells: Array.from(tr.cells).map(c => c.innerText.trim()),
   peer: tr.cells[0].querySelector('[data-peer]')?.getAttribute('data-peer') ?? null,
   peers: Array.from(tr.querySelectorAll('[data-peer]')).map(e => e.getAttribute('data-peer')),
-  progress: tr.querySelector('progress') ? [tr.querySelector('progress').value, tr.querySelector('progress').max] : null,
+  progress: tr.querySelector('progress')
+    ? [tr.querySelector('progress').value, tr.querySelector('progress').max]
+    : null,
 }));
 """
 
@@ -145,7 +159,8 @@ def test_a_browser_without_the_key_gets_401_from_the_json_apis(mesh, chromium):
     chromium.execute_script("sessionStorage.clear()")
     statuses = chromium.execute_async_script(
         "const done = arguments[arguments.length - 1];"
-        "Promise.all(arguments[0].map(n => fetch('/garage/v1/' + n, {cache: 'no-store'}).then(r => r.status))).then(done);",
+        "Promise.all(arguments[0].map(n => fetch('/garage/v1/' + n, {cache: 'no-store'}).then(r => r.status)))"
+        ".then(done);",
         JSON_APIS,
     )
     assert statuses == [401] * len(JSON_APIS)
@@ -159,16 +174,27 @@ def test_the_dashboard_asks_for_the_key_then_shows_the_peer_the_mesh_the_ledger_
     # The shell itself is served without a key, with a strict policy; the data is not.
     shell = httpx.get(mesh.origin + "/dashboard", timeout=10)
     assert shell.status_code == 200 and shell.headers["content-type"].startswith("text/html")
-    assert "default-src 'self'" in shell.headers["content-security-policy"] and "unsafe-inline" not in shell.headers["content-security-policy"]
+    assert (
+        "default-src 'self'" in shell.headers["content-security-policy"]
+        and "unsafe-inline" not in shell.headers["content-security-policy"]
+    )
     assert shell.headers["x-content-type-options"] == "nosniff" and c.peer_id not in shell.text
-    for asset, media_type in [("/dashboard.js", "text/javascript"), ("/dashboard.css", "text/css"), ("/favicon.svg", "image/svg+xml")]:
+    for asset, media_type in [
+        ("/dashboard.js", "text/javascript"),
+        ("/dashboard.css", "text/css"),
+        ("/favicon.svg", "image/svg+xml"),
+    ]:
         served = httpx.get(mesh.origin + "/dashboard" + asset, timeout=10)
         assert served.status_code == 200 and served.headers["content-type"].startswith(media_type), asset
         assert served.headers["cache-control"] == "no-cache" and served.headers["x-content-type-options"] == "nosniff"
-        again = httpx.get(mesh.origin + "/dashboard" + asset, headers={"if-none-match": served.headers["etag"]}, timeout=10)
+        again = httpx.get(
+            mesh.origin + "/dashboard" + asset, headers={"if-none-match": served.headers["etag"]}, timeout=10
+        )
         assert again.status_code == 304 and not again.content
     script = httpx.get(mesh.origin + "/dashboard/dashboard.js", timeout=10).text
-    assert not any(sink in script for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("))
+    assert not any(
+        sink in script for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval(")
+    )
     refused = httpx.get(c.api_url + "/models", timeout=10)
     assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
 
@@ -196,7 +222,11 @@ def test_the_dashboard_asks_for_the_key_then_shows_the_peer_the_mesh_the_ledger_
     assert tiny["cells"][1] == "1" and tiny["peers"] == [p.peer_id]
 
     # The ledger: P gave GPU time for every chat and job line, C used it.
-    wait.until(lambda d: row_of(d, "balances-table", p.peer_id) is not None and row_of(d, "balances-table", c.peer_id) is not None)
+    wait.until(
+        lambda d: (
+            row_of(d, "balances-table", p.peer_id) is not None and row_of(d, "balances-table", c.peer_id) is not None
+        )
+    )
     given = row_of(driver, "balances-table", p.peer_id)["cells"]
     assert int(given[4].replace(",", "")) >= CHATS + JOB_LINES and given[1] not in ("0", "—")
     used = row_of(driver, "balances-table", c.peer_id)["cells"]
@@ -211,24 +241,45 @@ def test_the_dashboard_asks_for_the_key_then_shows_the_peer_the_mesh_the_ledger_
     if mesh.api("requests").status_code == 404:
         wait.until(lambda d: shown(d, "#requests-unavailable"))
     else:
-        wait.until(lambda d: len([r for r in rows(d, "recent-table") if r["peers"] == [p.peer_id] and r["cells"][1:3] == ["consumer", "tiny"]]) >= CHATS)
+        wait.until(
+            lambda d: (
+                len(
+                    [
+                        r
+                        for r in rows(d, "recent-table")
+                        if r["peers"] == [p.peer_id] and r["cells"][1:3] == ["consumer", "tiny"]
+                    ]
+                )
+                >= CHATS
+            )
+        )
         assert not shown(driver, "#requests-unavailable")
 
     # Nothing left C's origin: not the page's own loads, nor anything the browser sent on its own.
     origin = mesh.origin + "/"
-    loaded = driver.execute_script("return [location.href, ...performance.getEntries().map(e => e.name).filter(n => n.includes(':'))]")
+    loaded = driver.execute_script(
+        "return [location.href, ...performance.getEntries().map(e => e.name).filter(n => n.includes(':'))]"
+    )
     assert [u for u in loaded if not u.startswith(origin)] == [], loaded
     sent = [json.loads(e["message"])["message"] for e in driver.get_log("performance")]
     urls = [m["params"]["request"]["url"] for m in sent if m["method"] == "Network.requestWillBeSent"]
     urls = [u for u in urls if u.partition(":")[0] not in BROWSER_SCHEMES]
-    assert any(u.startswith(origin + "garage/v1/") for u in urls) and [u for u in urls if not u.startswith(origin)] == [], urls
+    assert (
+        any(u.startswith(origin + "garage/v1/") for u in urls) and [u for u in urls if not u.startswith(origin)] == []
+    ), urls
     assert driver.execute_script("return document.querySelectorAll('script:not([src]), [style]').length") == 0
 
     # No script error, no policy violation; the only errors logged are the two refusals of /v1/models.
     severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    expected = [e for e in severe if e.get("source") == "network" and "/v1/models" in e["message"] and " 401 " in e["message"]]
+    expected = [
+        e for e in severe if e.get("source") == "network" and "/v1/models" in e["message"] and " 401 " in e["message"]
+    ]
     if mesh.api("requests").status_code == 404:
-        expected += [e for e in severe if e.get("source") == "network" and "/garage/v1/requests" in e["message"] and " 404 " in e["message"]]
+        expected += [
+            e
+            for e in severe
+            if e.get("source") == "network" and "/garage/v1/requests" in e["message"] and " 404 " in e["message"]
+        ]
     assert [e for e in severe if e not in expected] == [], severe
     assert len([e for e in expected if "/v1/models" in e["message"]]) == 2
 

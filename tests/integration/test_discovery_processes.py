@@ -11,13 +11,12 @@ import json
 import httpx
 import pytest
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from tools.testkit import wait_until
 
-from .helpers import garage, models_of, standin_processes, wait_until
+from .helpers import garage, models_of, standin_processes
 
 FAST_ADS = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
-
-
 
 
 def models_seen(peer: PeerProcess) -> dict[str, list[str]]:
@@ -26,14 +25,10 @@ def models_seen(peer: PeerProcess) -> dict[str, list[str]]:
     return {m["model"]: m["providers"] for m in json.loads(result.stdout)}
 
 
-
-
 @pytest.fixture(scope="module")
 def standins():
     with standin_processes([18600 + i for i in range(5)], models=[f"m{i}" for i in range(5)]) as urls:
         yield urls
-
-
 
 
 def test_eleven_peers_learn_every_model_forget_dead_ones_and_rejoin(tmp_path, standins, monkeypatch):
@@ -68,10 +63,15 @@ def test_eleven_peers_learn_every_model_forget_dead_ones_and_rejoin(tmp_path, st
         rejoined = PeerProcess(peers[8].home, peer_args()).start()
         peers[8] = rejoined
         rejoined.wait_ready()
-        wait_until(lambda: set(models_of(rejoined)) == {"m1", "m2", "m3", "m4"}, 20, "the restarted peer relearning the mesh")
-        r = httpx.post(rejoined.api_url + "/chat/completions", json={"model": "m3", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2}, timeout=10)
+        wait_until(
+            lambda: set(models_of(rejoined)) == {"m1", "m2", "m3", "m4"}, 20, "the restarted peer relearning the mesh"
+        )
+        r = httpx.post(
+            rejoined.api_url + "/chat/completions",
+            json={"model": "m3", "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
+            timeout=10,
+        )
         assert r.status_code == 200 and r.headers["x-garage-provider"] == peers[3].peer_id
     finally:
         for p in [hub, *peers]:
             p.kill()
-

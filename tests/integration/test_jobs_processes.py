@@ -12,9 +12,10 @@ import sqlite3
 
 import httpx
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from tools.testkit import wait_until
 
-from .helpers import garage, models_of, standin_processes, wait_until
+from .helpers import garage, models_of, standin_processes
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 LINES = 300
@@ -37,7 +38,7 @@ def results_stored(home, job_id: str) -> int:
 def test_submitter_killed_mid_job_resumes_without_redoing_finished_lines(tmp_path, monkeypatch):
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
-    with standin_processes([18730, 18731], "--token-delay", "0.02") as urls:
+    with standin_processes([18730, 18731], token_delay=0.02) as urls:
         run_job(tmp_path, urls)
 
 
@@ -48,12 +49,21 @@ def run_job(tmp_path, urls: list[str]) -> None:
     try:
         s.wait_ready()
         for i, url in enumerate(urls):
-            providers.append(PeerProcess(tmp_path / f"p{i}", peer_args(bootstrap=[s.addr], backends={"tiny": url})).start())
+            providers.append(
+                PeerProcess(tmp_path / f"p{i}", peer_args(bootstrap=[s.addr], backends={"tiny": url})).start()
+            )
         for p in providers:
             p.wait_ready()
         wait_until(lambda: len(models_of(s).get("tiny", [])) == 2, 30, "the submitter seeing both providers")
         lines = "\n".join(
-            json.dumps({"custom_id": f"req-{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4}})
+            json.dumps(
+                {
+                    "custom_id": f"req-{i}",
+                    "method": "POST",
+                    "url": "/v1/chat/completions",
+                    "body": {"model": "tiny", "messages": [{"role": "user", "content": str(i)}], "max_tokens": 4},
+                }
+            )
             for i in range(LINES)
         )
         batch = tmp_path / "batch.jsonl"

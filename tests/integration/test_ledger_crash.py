@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import threading
 
-from garage_p2p.devtools.chat_burst import burst
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from tools.chat_burst import burst
+from tools.testkit import wait_until
 
-from .helpers import garage, ledger_of, models_of, standin_processes, wait_until
+from .helpers import garage, ledger_of, models_of, standin_processes
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 
@@ -19,7 +20,7 @@ FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 def test_sigkilled_provider_restarts_verifies_and_loses_no_receipt(tmp_path, monkeypatch):
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
-    with standin_processes([18690], "--token-delay", "0.02") as (url,):
+    with standin_processes([18690], token_delay=0.02) as (url,):
         # A fixed port, as a rig has (4001 by default): the consumer finds it again after the restart.
         a = PeerProcess(tmp_path / "a", peer_args(listen="/ip4/127.0.0.1/tcp/18691", backends={"tiny": url})).start()
         a.wait_ready()
@@ -41,9 +42,13 @@ def test_sigkilled_provider_restarts_verifies_and_loses_no_receipt(tmp_path, mon
             # Every request the client saw complete has its receipt in A's log, and C holds them too.
             a_id, c_id = a.peer_id, c.peer_id
             settle = wait_until(
-                lambda: all(ledger_of(a).has_receipt(a_id, c_id, rid) for rid in completed), 60, "A's log holding every completed request"
+                lambda: all(ledger_of(a).has_receipt(a_id, c_id, rid) for rid in completed),
+                60,
+                "A's log holding every completed request",
             )
-            wait_until(lambda: all(ledger_of(c).has_receipt(a_id, c_id, rid) for rid in completed), 60, "C holding them too")
+            wait_until(
+                lambda: all(ledger_of(c).has_receipt(a_id, c_id, rid) for rid in completed), 60, "C holding them too"
+            )
             print(f"{len(completed)} completed before the kill; all receipts in A's log {settle:.1f} s after restart")
             a.stop()
             verify = garage("ledger", "verify", "--home", str(a.home))

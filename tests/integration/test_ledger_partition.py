@@ -1,6 +1,6 @@
 """Twenty real peers split in two halves by a firewall, both halves serve, the split heals, all converge.
 
-Two network namespaces joined by a veth pair (``devtools.netns.linked_hosts``),
+Two network namespaces joined by a veth pair (``tools.netns.linked_hosts``),
 ten ``garage-peer`` processes in each, one of them serving a StandInBackend
 (an instrument, not a model) in its half. The partition is iptables DROP
 inside one namespace; healing removes it. Needs root, iproute2 and iptables
@@ -12,25 +12,21 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
-import sys
 import time
 
-from garage_p2p.devtools.netns import linked_hosts, sh
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from tools.netns import linked_hosts, sh
+from tools.testkit import run_where, standin_command, wait_until
 
-from .helpers import ledger_of, wait_until
+from .helpers import ledger_of
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 PER_HALF = 10
 BACKEND_PORT = 18710
 
 
-
-
-
-
 def inside(peer: PeerProcess, *module_args: str, timeout: float = 120) -> dict | list:
-    result = peer.run(*module_args, timeout=timeout)
+    result = run_where(peer, *module_args, timeout=timeout)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout)
 
@@ -49,7 +45,7 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             for host in (left, right):
                 backends.append(
                     subprocess.Popen(
-                        [*host.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(BACKEND_PORT), "--token-delay", "0.005"],
+                        standin_command(BACKEND_PORT, token_delay=0.005, prefix=host.exec_prefix()),
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.DEVNULL,
                     )
@@ -68,26 +64,46 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
                 p.wait_ready()
             both = {peers["L"][0].peer_id, peers["R"][0].peer_id}
             for p in (peers["L"][1], peers["R"][1]):
-                wait_until(lambda: set(providers_seen(p)) == both, 60, f"{p.home.name} seeing both providers")
+                wait_until(lambda p=p: set(providers_seen(p)) == both, 60, f"{p.home.name} seeing both providers")
 
             # Split: nothing passes between the halves. REJECT (a TCP reset), not DROP: with
             # DROP, py-libp2p keeps the dead connections open (it has no keepalive) and
             # gossip writes to them stall; that liveness gap is a finding of its own.
             for rule in (["INPUT", "-s", right.ip], ["OUTPUT", "-d", right.ip]):
-                sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset")
+                sh(
+                    *left.exec_prefix(),
+                    "iptables",
+                    "-w",
+                    "-A",
+                    rule[0],
+                    rule[1],
+                    rule[2],
+                    "-p",
+                    "tcp",
+                    "-j",
+                    "REJECT",
+                    "--reject-with",
+                    "tcp-reset",
+                )
                 sh(*left.exec_prefix(), "iptables", "-w", "-A", rule[0], rule[1], rule[2], "-j", "DROP")
-            for half, other in (("L", "R"), ("R", "L")):
+            for half in ("L", "R"):
                 # Every consumer asked below must know its own half's provider: one whose
                 # connections all crossed the cut finds its half again through discovery.
                 for p in peers[half][1:4]:
-                    wait_until(lambda p=p: providers_seen(p) == [peers[half][0].peer_id], 90, f"{half} forgetting the other half's provider")
+                    wait_until(
+                        lambda p=p, half=half: providers_seen(p) == [peers[half][0].peer_id],
+                        90,
+                        f"{half} forgetting the other half's provider",
+                    )
 
             # Both halves serve requests while split.
             completed: dict[str, list[str]] = {}
             for half in ("L", "R"):
                 ids = []
                 for consumer in peers[half][1:4]:
-                    out = inside(consumer, "garage_p2p.devtools.chat_burst", "--api", consumer.api_url, "--requests", "4", "--concurrency", "2")
+                    out = inside(
+                        consumer, "tools.chat_burst", "--api", consumer.api_url, "--requests", "4", "--concurrency", "2"
+                    )
                     assert not out["failed"], out
                     ids += [(consumer.peer_id, rid) for rid in out["completed"]]
                 completed[half] = ids
@@ -110,7 +126,11 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             # (every 7.5-22.5 s with one random neighbour) bounds this; 90 s is several rounds.
             for half in ("L", "R"):
                 try:
-                    wait_until(lambda: all(holds(p, [half]) for p in peers[half]), 90, f"{half} converging while split")
+                    wait_until(
+                        lambda half=half: all(holds(p, [half]) for p in peers[half]),
+                        90,
+                        f"{half} converging while split",
+                    )
                 except AssertionError as exc:
                     raise AssertionError(f"{exc}: {lagging(peers[half], [half])}") from None
             assert not any(holds(p, ["R"]) for p in peers["L"])
@@ -119,14 +139,21 @@ def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
             sh(*left.exec_prefix(), "iptables", "-w", "-F")
             healed = time.monotonic()
             try:
-                wait_until(lambda: all(holds(p, ["L", "R"]) for p in everyone), 120, "all twenty converging after the heal")
+                wait_until(
+                    lambda: all(holds(p, ["L", "R"]) for p in everyone), 120, "all twenty converging after the heal"
+                )
             except AssertionError as exc:
                 raise AssertionError(f"{exc}: {lagging(everyone, ['L', 'R'])}") from None
             converge = time.monotonic() - healed
             prints = {ledger_of(p).fingerprint() for p in everyone}
             assert len(prints) == 1
-            print(f"20 peers: {len(completed['L']) + len(completed['R'])} receipts, converged {converge:.1f} s after the heal")
-            verify = inside(peers["R"][5], "garage_p2p.cli.garage", "ledger", "verify", "--json", "--home", str(peers["R"][5].home))
+            print(
+                f"20 peers: {len(completed['L']) + len(completed['R'])} receipts, "
+                f"converged {converge:.1f} s after the heal"
+            )
+            verify = inside(
+                peers["R"][5], "garage_p2p.cli.garage", "ledger", "verify", "--json", "--home", str(peers["R"][5].home)
+            )
             assert verify["ok"] and verify["entries"] == 24
         finally:
             everyone = peers["L"] + peers["R"]

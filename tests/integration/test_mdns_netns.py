@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from garage_p2p.devtools.netns import linked_hosts, netns_available
-from garage_p2p.devtools.processes import PeerProcess
+from garage_p2p.cli.peer_process import PeerProcess
+from tools.netns import linked_hosts, netns_available
+from tools.testkit import run_where, standin_command
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}
 
@@ -25,11 +26,28 @@ def test_peers_on_a_lan_find_each_other_by_mdns(tmp_path):
         pytest.fail(f"this test needs network namespaces: {reason} (CI runs as root)")
     with linked_hosts("gpmdns") as (a, b):
         backend = subprocess.Popen(
-            [*a.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "8101"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            standin_command(8101, prefix=a.exec_prefix()),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        pa = PeerProcess(tmp_path / "a", ["--listen", f"/ip4/{a.ip}/tcp/4001", "--api", "127.0.0.1:8000", "--mdns", "--backend", "tiny=http://127.0.0.1:8101/v1"], prefix=a.exec_prefix())
-        pb = PeerProcess(tmp_path / "b", ["--listen", f"/ip4/{b.ip}/tcp/4001", "--api", "127.0.0.1:8000", "--mdns"], prefix=b.exec_prefix())
+        pa = PeerProcess(
+            tmp_path / "a",
+            [
+                "--listen",
+                f"/ip4/{a.ip}/tcp/4001",
+                "--api",
+                "127.0.0.1:8000",
+                "--mdns",
+                "--backend",
+                "tiny=http://127.0.0.1:8101/v1",
+            ],
+            prefix=a.exec_prefix(),
+        )
+        pb = PeerProcess(
+            tmp_path / "b",
+            ["--listen", f"/ip4/{b.ip}/tcp/4001", "--api", "127.0.0.1:8000", "--mdns"],
+            prefix=b.exec_prefix(),
+        )
         try:
             pa.start()
             pb.start()
@@ -37,7 +55,7 @@ def test_peers_on_a_lan_find_each_other_by_mdns(tmp_path):
             pb.wait_ready()
             deadline = time.monotonic() + 30
             while True:
-                status = pb.run("garage_p2p.cli.garage", "models", "--json", "--api", "http://127.0.0.1:8000/v1")
+                status = run_where(pb, "garage_p2p.cli.garage", "models", "--json", "--api", "http://127.0.0.1:8000/v1")
                 models = json.loads(status.stdout) if status.returncode == 0 else []
                 if any(m["model"] == "tiny" for m in models):
                     break
@@ -49,7 +67,9 @@ def test_peers_on_a_lan_find_each_other_by_mdns(tmp_path):
                 f"r = httpx.post('http://127.0.0.1:8000/v1/chat/completions', json={CHAT!r}, timeout=20); "
                 "print(json.dumps({'status': r.status_code, 'provider': r.headers.get('x-garage-provider')}))"
             )
-            result = subprocess.run([*b.exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60)
+            result = subprocess.run(
+                [*b.exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60
+            )
             answer = json.loads(result.stdout)
             assert answer == {"status": 200, "provider": pa.info["peer_id"]}
         finally:

@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from garage_p2p.devtools.natlab import nat_lab, netns_nat_available
-from garage_p2p.devtools.natmesh import NatMesh, wait_until
+from tools.natlab import nat_lab, netns_nat_available
+from tools.natmesh import NatMesh
+from tools.testkit import wait_until
 
 
 def _lab(tmp_path, nat: str):
@@ -35,7 +36,9 @@ def test_cone_nat_relay_then_direct(tmp_path):
             first = mesh.chat_from_b()
             assert first["status"] == 200 and first["provider"] == mesh.peers["a"].info["peer_id"]
             took = wait_until(lambda: mesh.connection_b_to_a() == "direct", 30, "DCUtR upgrading B-A to direct")
-            print(f"cone NAT: first request {first['ms']:.0f} ms (relay, dial included), direct after {took:.1f} s more")
+            print(
+                f"cone NAT: first request {first['ms']:.0f} ms (relay, dial included), direct after {took:.1f} s more"
+            )
             direct = [mesh.chat_from_b() for _ in range(3)]
             assert all(r["status"] == 200 for r in direct)
             assert mesh.connection_b_to_a() == "direct"
@@ -49,7 +52,9 @@ def test_symmetric_nat_stays_relayed_and_survives_losing_a_relay(tmp_path):
     with _lab(tmp_path, "symmetric") as lab:
         mesh = NatMesh(lab, tmp_path)
         try:
-            wait_until(lambda: len(mesh.cli("a", "status")["relay_reservations"]) == 2, 30, "A reserving on both relays")
+            wait_until(
+                lambda: len(mesh.cli("a", "status")["relay_reservations"]) == 2, 30, "A reserving on both relays"
+            )
             wait_until(lambda: any(m["model"] == "tiny" for m in mesh.cli("b", "models")), 30, "B learning A's model")
             assert mesh.chat_from_b()["status"] == 200
             # DCUtR tries three times, 2 s apart; through a symmetric NAT all fail.

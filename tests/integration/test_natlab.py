@@ -1,8 +1,8 @@
 """Relay v2 and DCUtR hole punching through real NAT routers in network namespaces.
 
-The lab (garage_p2p.devtools.natlab): relay R1 on a public address; peers A
+The lab (tools.natlab): relay R1 on a public address; peers A
 and B each behind a home router (MASQUERADE + a firewall dropping NEW from
-the WAN). The probe (garage_p2p.devtools.nat_probe) runs one process per
+the WAN). The probe (tools.nat_probe) runs one process per
 machine; A reaches B through R1, then DCUtR punches a direct connection.
 Needs root, iproute2 and iptables (CI runs as root; bootstrap/dev-env.sh
 installs iptables). About 30 s in all.
@@ -15,8 +15,8 @@ import sys
 
 import pytest
 
-from garage_p2p.devtools.nat_probe import LISTEN_PORT, run_probe
-from garage_p2p.devtools.natlab import Lab, lab_namespaces, nat_lab, netns_nat_available
+from tools.nat_probe import LISTEN_PORT, run_probe
+from tools.natlab import Lab, lab_namespaces, nat_lab, netns_nat_available
 
 
 @pytest.fixture(autouse=True)
@@ -61,8 +61,11 @@ def test_cone_nat_relayed_then_direct(tmp_path, skip_private_predial):
         # B saw A arrive from A's NAT, from A's listen port (port-preserving NAT).
         assert after["peer_saw"]["socket_peer"] == f"{a_public}:{LISTEN_PORT}"
         assert direct["time_to_direct_ms"] < (1500 if skip_private_predial else 12000)
-        print(f"cone ({'no LAN pre-dial' if skip_private_predial else 'stock'}): reservation {result['reservation_ms']} ms, "
-              f"relayed dial {result['relayed']['dial_ms']} ms, direct after {direct['time_to_direct_ms']} ms")
+        print(
+            f"cone ({'no LAN pre-dial' if skip_private_predial else 'stock'}): "
+            f"reservation {result['reservation_ms']} ms, "
+            f"relayed dial {result['relayed']['dial_ms']} ms, direct after {direct['time_to_direct_ms']} ms"
+        )
 
         # The relay-loss switch: with R1's link down, A cannot reach it.
         assert _tcp_reach(lab, "a", lab.hosts["r1"].ip) == "refused"  # up, nothing listening now
@@ -92,5 +95,7 @@ def _tcp_reach(lab: Lab, src: str, ip: str, port: int = LISTEN_PORT) -> str:
         "except ConnectionRefusedError: print('refused')\n"
         "except OSError: print('timeout')\n"
     )
-    out = subprocess.run([*lab.hosts[src].exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [*lab.hosts[src].exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=20
+    )
     return out.stdout.strip()

@@ -20,12 +20,13 @@ import openai
 import pytest
 from podman import PodmanClient
 
-from garage_p2p.devtools.processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from garage_p2p.runtime.container_spec import LABEL_PEER
 from garage_p2p.runtime.images import STANDIN_IMAGE, VLLM_CPU_IMAGE
 from garage_p2p.runtime.vllm_cpu import default_tiny_model
+from tools.testkit import wait_until
 
-from .helpers import garage, models_of, wait_until
+from .helpers import garage, models_of
 
 FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -45,8 +46,6 @@ def image_home(tmp_path_factory):
     built = build(["--standin", "--rebuild"], home)
     print(f"base + standin images: {built['seconds']:.0f} s\n{built['output']}")
     return home
-
-
 
 
 def runtime_status(peer: PeerProcess) -> dict:
@@ -77,7 +76,10 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
     monkeypatch.setenv("GARAGE_RUNTIME_ARGS", "--token-delay,0.02")
     model_dir = tmp_path / "tiny"
     model_dir.mkdir()
-    a = PeerProcess(tmp_path / "a", peer_args(extra=["--model-dir", str(model_dir), "--image", STANDIN_IMAGE, "--runtime-port", "18820"]))
+    a = PeerProcess(
+        tmp_path / "a",
+        peer_args(extra=["--model-dir", str(model_dir), "--image", STANDIN_IMAGE, "--runtime-port", "18820"]),
+    )
     a.start()
     c = None
     try:
@@ -101,7 +103,9 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
         assert inside(container, "sh", "-c", "touch /tmp/x && echo writable").strip().endswith("writable")
         assert "uid=65534" in inside(container, "id")
         assert cgroup_value(container, "/sys/fs/cgroup/pids/pids.max", "/sys/fs/cgroup/pids.max") == "4096"
-        assert cgroup_value(container, "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max") == str(16 * 1024**3)
+        assert cgroup_value(
+            container, "/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory.max"
+        ) == str(16 * 1024**3)
         container.reload()
         bindings = container.attrs["NetworkSettings"]["Ports"]["8000/tcp"]
         assert [b["HostIp"] for b in bindings] == ["127.0.0.1"]
@@ -110,10 +114,18 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
         pid = container.attrs["State"]["Pid"]
         killed = time.monotonic()
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: runtime_status(a)["restarts"] == 1 and runtime_status(a)["state"] == "healthy", 60, "the runtime restarting the container")
+        wait_until(
+            lambda: runtime_status(a)["restarts"] == 1 and runtime_status(a)["state"] == "healthy",
+            60,
+            "the runtime restarting the container",
+        )
         restart = time.monotonic() - killed
         assert "exit code" in runtime_status(a)["last_exit"]
-        wait_until(lambda: httpx.post(c.api_url + "/chat/completions", json=CHAT, timeout=30).status_code == 200, 30, "serving again")
+        wait_until(
+            lambda: httpx.post(c.api_url + "/chat/completions", json=CHAT, timeout=30).status_code == 200,
+            30,
+            "serving again",
+        )
 
         # Drain with a stream in flight: it completes, then the ad and the container go.
         done: dict = {}
@@ -122,7 +134,9 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
         def stream() -> None:
             llm = openai.OpenAI(base_url=c.api_url, api_key="x", max_retries=0)
             pieces = []
-            for chunk in llm.chat.completions.create(model="tiny", messages=CHAT["messages"], max_tokens=100, stream=True):
+            for chunk in llm.chat.completions.create(
+                model="tiny", messages=CHAT["messages"], max_tokens=100, stream=True
+            ):
                 if chunk.choices:
                     pieces.append(chunk.choices[0].delta.content or "")
                     first_token.set()
@@ -146,13 +160,20 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
         assert httpx.post(c.api_url + "/chat/completions", json=CHAT, timeout=30).status_code == 200
         logs = garage("runtime", "logs", "--api", a.api_url)
         assert logs.returncode == 0 and logs.stdout.strip()
-        print(f"standin container: healthy and seen by C {cold:.1f} s after A was ready; restart after SIGKILL {restart:.1f} s")
+        print(
+            f"standin container: healthy and seen by C {cold:.1f} s after A was ready; restart after SIGKILL "
+            f"{restart:.1f} s"
+        )
     finally:
         if c is not None:
             c.stop()
         a.stop()
     # The daemon removed its container when it stopped.
-    leftover = subprocess.run(["podman", "ps", "-a", "--filter", f"label={LABEL_PEER}", "--format", "{{.Names}}"], capture_output=True, text=True)
+    leftover = subprocess.run(
+        ["podman", "ps", "-a", "--filter", f"label={LABEL_PEER}", "--format", "{{.Names}}"],
+        capture_output=True,
+        text=True,
+    )
     assert a.info["peer_id"][-8:].lower() not in leftover.stdout
 
 
@@ -161,7 +182,21 @@ def test_vllm_cpu_in_podman_serves_through_the_mesh(tmp_path, image_home, monkey
     for key, value in FAST.items():
         monkeypatch.setenv(key, value)
     built = build([], image_home)
-    a = PeerProcess(tmp_path / "a", peer_args(extra=["--model-dir", str(default_tiny_model()), "--model-name", "tiny", "--image", VLLM_CPU_IMAGE, "--runtime-port", "18821"]))
+    a = PeerProcess(
+        tmp_path / "a",
+        peer_args(
+            extra=[
+                "--model-dir",
+                str(default_tiny_model()),
+                "--model-name",
+                "tiny",
+                "--image",
+                VLLM_CPU_IMAGE,
+                "--runtime-port",
+                "18821",
+            ]
+        ),
+    )
     a.start()
     c = None
     try:
@@ -171,7 +206,9 @@ def test_vllm_cpu_in_podman_serves_through_the_mesh(tmp_path, image_home, monkey
         wait_until(lambda: "tiny" in set(models_of(c)), 300, "vLLM-CPU in Podman becoming healthy")
         cold = runtime_status(a)["healthy_after_s"]
         llm = openai.OpenAI(base_url=c.api_url, api_key="x", max_retries=0)
-        raw = llm.chat.completions.with_raw_response.create(model="tiny", messages=CHAT["messages"], max_tokens=8, temperature=0)
+        raw = llm.chat.completions.with_raw_response.create(
+            model="tiny", messages=CHAT["messages"], max_tokens=8, temperature=0
+        )
         assert raw.headers["x-garage-provider"] == a.peer_id
         completion = raw.parse()
         assert completion.choices[0].message.content and completion.usage.completion_tokens > 0

@@ -1,7 +1,7 @@
 """Soak: mixed load against a 5-peer mesh of real processes while providers are killed and restarted.
 
 Five ``garage-peer`` processes on 127.0.0.1 (two consumers, three providers each fronting a
-StandInBackend process, an instrument rather than a model), ``garage_p2p.devtools.soak``:
+StandInBackend process, an instrument rather than a model), ``tools.soak``:
 chat and streaming requests from both consumers (8 in flight), a small batch job every
 60 s, and at seeded random intervals one provider gets SIGKILL or SIGTERM and is started
 again with the same home a few seconds later.
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 
-from garage_p2p.devtools.soak import EXPLICIT_ERRORS, run_soak
+from tools.soak import EXPLICIT_ERRORS, run_soak
 
 SHORT = 100.0
 

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from garage_p2p.devtools.processes import PeerProcess
+from garage_p2p.cli.peer_process import PeerProcess
 
 from .conftest import LineMesh
 
@@ -41,7 +41,9 @@ def test_c_lists_the_model_a_serves(line_mesh, client):
 
 
 def test_chat_completion_through_two_hops(line_mesh, client):
-    raw = client.chat.completions.with_raw_response.create(model="tiny", messages=MESSAGES, max_tokens=16, temperature=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="tiny", messages=MESSAGES, max_tokens=16, temperature=0
+    )
     assert raw.headers["x-garage-provider"] == line_mesh.a.peer_id
     completion = raw.parse()
     assert completion.model == "tiny"
@@ -59,7 +61,11 @@ def test_streaming_matches_non_streaming(line_mesh, client):
 
 
 def test_stream_usage_when_asked(client):
-    chunks = list(client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=8, stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=MESSAGES, max_tokens=8, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
 
 
@@ -93,7 +99,7 @@ def test_killing_the_provider_mid_stream_is_an_error_then_503(line_mesh, client)
     )
     received = 0
     with pytest.raises(openai.APIError) as exc:
-        for chunk in stream:
+        for _chunk in stream:
             received += 1
             if received == 1:
                 # At the first chunk: the tiny model writes its 400 tokens in well under a
@@ -123,7 +129,9 @@ def test_peer_settings_from_config_file_and_env(tmp_path, vllm):
         info = peer.wait_ready()
         assert info["models"] == ["tiny"]
         assert not info["api_url"].endswith(":1/v1")
-        r = httpx.post(peer.api_url + "/chat/completions", json={"model": "tiny", "messages": MESSAGES, "max_tokens": 4})
+        r = httpx.post(
+            peer.api_url + "/chat/completions", json={"model": "tiny", "messages": MESSAGES, "max_tokens": 4}
+        )
         assert r.status_code == 200 and r.headers["x-garage-provider"] == peer.peer_id
     finally:
         assert peer.stop() == 0

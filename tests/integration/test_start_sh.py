@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ import pytest
 
 from garage_p2p.runtime.images import BASE_IMAGE, build_base, image_exists
 from garage_p2p.runtime.podman_service import podman_env
+from tools.testkit import standin_command
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("GARAGE_STARTSH_CACHE") or Path.home() / ".cache" / "garage" / "startsh")
@@ -44,9 +46,11 @@ STEPS = ["user", "home", "venv", "links", "identity", "unit", "enable", "start"]
 CONTAINERFILE = f"""\
 FROM {BASE_IMAGE}
 RUN apt-get update \\
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends systemd systemd-sysv dbus python3-venv podman runc \\
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
+      systemd systemd-sysv dbus python3-venv podman runc \\
  && apt-get clean && rm -rf /var/lib/apt/lists/* \\
- && systemctl mask podman.service podman.socket podman-auto-update.service podman-auto-update.timer podman-restart.service
+ && systemctl mask podman.service podman.socket podman-auto-update.service podman-auto-update.timer \\
+      podman-restart.service
 """
 # (Podman's own units fail in a container without its settings; masked, the root is "running".)
 
@@ -56,7 +60,8 @@ RUN apt-get update \\
 LISTING = r"""
 import hashlib, os, stat, sys
 SKIP = {"/proc", "/sys", "/dev", "/run", "/tmp", "/var/tmp", "/var/log", "/var/cache", "/var/lib/systemd",
-        "/src", "/wheels", "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/etc/subuid-", "/etc/subgid-"}
+        "/src", "/wheels",
+        "/etc/passwd-", "/etc/group-", "/etc/shadow-", "/etc/gshadow-", "/etc/subuid-", "/etc/subgid-"}
 out = []
 def walk(d):
     for n in sorted(os.listdir(d)):
@@ -80,7 +85,9 @@ walk("/")
 sys.stdout.write("\n".join(out) + "\n")
 """
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("podman") is None, reason="needs root and Podman (bootstrap/dev-env.sh)")
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("podman") is None, reason="needs root and Podman (bootstrap/dev-env.sh)"
+)
 
 
 def _env() -> dict[str, str]:
@@ -97,7 +104,14 @@ def _rig_image() -> str:
     ctx = CACHE / "rig-image"
     ctx.mkdir(parents=True, exist_ok=True)
     (ctx / "Containerfile").write_text(CONTAINERFILE)
-    result = subprocess.run(["podman", "build", "--pull=never", "-t", tag, str(ctx)], env=env, capture_output=True, text=True, timeout=900, check=False)
+    result = subprocess.run(
+        ["podman", "build", "--pull=never", "-t", tag, str(ctx)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return tag
 
@@ -114,7 +128,10 @@ def _wheelhouse() -> Path:
     shutil.rmtree(tmp, ignore_errors=True)
     result = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(tmp), *reqs],
-        capture_output=True, text=True, timeout=900, check=False,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     (tmp / ".complete").touch()
@@ -125,7 +142,17 @@ def _wheelhouse() -> Path:
 
 def _snapshot_source(dest: Path) -> Path:
     """This checkout as it is now (the working tree), without the venv, caches and git."""
-    skip = {".git", ".venv", "build", "dist", "__pycache__", ".pytest_cache", ".hypothesis", ".ruff_cache", "node_modules"}
+    skip = {
+        ".git",
+        ".venv",
+        "build",
+        "dist",
+        "__pycache__",
+        ".pytest_cache",
+        ".hypothesis",
+        ".ruff_cache",
+        "node_modules",
+    }
 
     def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
         parts = Path(info.name).parts
@@ -149,15 +176,32 @@ class Rig:
 
     def sh(self, command: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         flags = [f"--env={k}={v}" for k, v in (env or {}).items()]
-        return subprocess.run(["podman", "exec", *flags, self.name, "bash", "-c", command], env=self.env, capture_output=True, text=True, timeout=timeout, check=False)
+        return subprocess.run(
+            ["podman", "exec", *flags, self.name, "bash", "-c", command],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
 
     def start_sh(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
         # Offline: pip takes everything from the wheelhouse (plain pip configuration).
-        return self.sh("bash /src/bootstrap/start.sh " + " ".join(args), timeout=timeout, env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"})
+        return self.sh(
+            "bash /src/bootstrap/start.sh " + " ".join(args),
+            timeout=timeout,
+            env={"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheels"},
+        )
 
     def listing(self) -> list[str]:
         result = subprocess.run(
-            ["podman", "exec", "-i", self.name, "python3", "-I", "-B", "-"], input=LISTING, env=self.env, capture_output=True, text=True, timeout=300, check=False
+            ["podman", "exec", "-i", self.name, "python3", "-I", "-B", "-"],
+            input=LISTING,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
         )
         assert result.returncode == 0, result.stderr[-2000:]
         return result.stdout.splitlines()
@@ -182,9 +226,28 @@ def rig(tmp_path_factory):
     # silently skips the unit's mount namespacing (ProtectSystem=, ReadWritePaths=, PrivateTmp=),
     # with it the daemon runs under the unit's real hardening.
     run = subprocess.run(
-        ["podman", "run", "-d", "--name", name, "--systemd=always", "--cap-add=SYS_ADMIN", "--network", "none",
-         "-v", f"{src}:/src:ro", "-v", f"{wheels}:/wheels:ro", image, "/sbin/init"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        [
+            "podman",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--systemd=always",
+            "--cap-add=SYS_ADMIN",
+            "--network",
+            "none",
+            "-v",
+            f"{src}:/src:ro",
+            "-v",
+            f"{wheels}:/wheels:ro",
+            image,
+            "/sbin/init",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     rig = Rig(name)
@@ -252,7 +315,10 @@ def test_install_starts_the_daemon_under_systemd(rig):
 
     assert rig.sh("systemctl is-active garage-peer").stdout.strip() == "active"
     assert rig.sh("systemctl is-enabled garage-peer").stdout.strip() == "enabled"
-    health = rig.sh(f"{PREFIX}/bin/python -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/health\", timeout=5).read().decode())'")
+    health = rig.sh(
+        f"{PREFIX}/bin/python -c 'import urllib.request; "
+        'print(urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=5).read().decode())\''
+    )
     assert health.returncode == 0, health.stderr
     assert json.loads(health.stdout)["peer_id"] == printed_id
 
@@ -271,7 +337,9 @@ def test_install_starts_the_daemon_under_systemd(rig):
     mounts = rig.sh(f"cat /proc/{pid}/mountinfo").stdout
     assert re.search(rf"^\S+ \S+ \S+ \S+ {HOME} rw,", mounts, re.MULTILINE), mounts
     assert re.search(r"^\S+ \S+ \S+ / / ro,", mounts, re.MULTILINE), mounts
-    perms = rig.sh(f"stat -c '%a %U' {HOME} {HOME}/identity.key; readlink /usr/local/bin/garage /usr/local/bin/garage-peer").stdout.split("\n")
+    perms = rig.sh(
+        f"stat -c '%a %U' {HOME} {HOME}/identity.key; readlink /usr/local/bin/garage /usr/local/bin/garage-peer"
+    ).stdout.split("\n")
     assert perms[:4] == ["700 garage", "600 garage", f"{PREFIX}/bin/garage", f"{PREFIX}/bin/garage-peer"], perms
     rig.peer_id = printed_id
     rig.key_hash = rig.file_hash(f"{HOME}/identity.key")
@@ -299,13 +367,22 @@ def test_a_second_run_changes_nothing(rig):
 
 def test_bench_runs_once_a_backend_is_configured(rig):
     """With a model server configured, the bench step measures it (a CPU server: --skip-gpu does not stop it)."""
-    started = rig.sh(f"nohup {PREFIX}/bin/python -m garage_p2p.devtools.standin_backend --port 18101 >/dev/null 2>&1 & echo $!")
+    # The stand-in is a tool of the checkout (mounted at /src), run by the rig's installed interpreter.
+    standin = shlex.join(standin_command(18101, python=f"{PREFIX}/bin/python"))
+    started = rig.sh(f"cd /src && nohup {standin} >/dev/null 2>&1 & echo $!")
     pid = started.stdout.strip()
     assert pid.isdigit(), started.stderr
     try:
-        up = rig.sh(f"for i in $(seq 100); do {PREFIX}/bin/python -c 'import urllib.request; urllib.request.urlopen(\"http://127.0.0.1:18101/v1/models\", timeout=1)' 2>/dev/null && exit 0; sleep 0.2; done; exit 1")
+        up = rig.sh(
+            f"for i in $(seq 100); do {PREFIX}/bin/python -c 'import urllib.request; "
+            'urllib.request.urlopen("http://127.0.0.1:18101/v1/models", timeout=1)\' 2>/dev/null && exit 0; '
+            "sleep 0.2; done; exit 1"
+        )
         assert up.returncode == 0, "the stand-in backend did not come up"
-        config = rig.sh(f"printf 'backends = {{ tiny = \"http://127.0.0.1:18101/v1\" }}\\n' > {HOME}/config.toml && chown garage:garage {HOME}/config.toml")
+        config = rig.sh(
+            f"printf 'backends = {{ tiny = \"http://127.0.0.1:18101/v1\" }}\\n' > {HOME}/config.toml "
+            f"&& chown garage:garage {HOME}/config.toml"
+        )
         assert config.returncode == 0, config.stderr
         result = rig.start_sh("--skip-gpu")
         assert result.returncode == 0, result.stdout + result.stderr
@@ -326,8 +403,13 @@ def test_uninstall_keeps_the_identity_and_removes_the_rest(rig):
     assert rig.file_hash(f"{HOME}/identity.key") == rig.key_hash
     assert rig.sh(f"ls -A {HOME}").stdout.split() == [".install-manifest", "identity.key"]
     assert rig.sh("systemctl is-active garage-peer").stdout.strip() != "active"
-    gone = ["/etc/systemd/system/garage-peer.service", "/etc/systemd/system/multi-user.target.wants/garage-peer.service",
-            "/usr/local/bin/garage", "/usr/local/bin/garage-peer", PREFIX]
+    gone = [
+        "/etc/systemd/system/garage-peer.service",
+        "/etc/systemd/system/multi-user.target.wants/garage-peer.service",
+        "/usr/local/bin/garage",
+        "/usr/local/bin/garage-peer",
+        PREFIX,
+    ]
     for path in gone:
         assert rig.sh(f"test -e {path} || test -L {path}").returncode != 0, f"{path} is still there"
     assert rig.sh("getent passwd garage").returncode != 0
@@ -335,7 +417,9 @@ def test_uninstall_keeps_the_identity_and_removes_the_rest(rig):
     # Only the home (with the key) differs from the root before the install.
     after = rig.listing()
     extra = sorted(set(after) - set(rig.before))
-    assert [line.split("\t")[0] for line in extra] == [HOME, f"{HOME}/.install-manifest", f"{HOME}/identity.key"], _diff(rig.before, after)
+    assert [line.split("\t")[0] for line in extra] == [HOME, f"{HOME}/.install-manifest", f"{HOME}/identity.key"], (
+        _diff(rig.before, after)
+    )
     assert not set(rig.before) - set(after), _diff(rig.before, after)
 
 
@@ -360,15 +444,25 @@ def test_install_deps_installs_what_is_missing_and_a_bad_source_is_one_line(tmp_
     name = f"garage-startsh-deps-{os.getpid()}"
     env = _env()
     src = _snapshot_source(tmp_path)
-    run = subprocess.run(["podman", "run", "-d", "--name", name, "--systemd=always", "-v", f"{src}:/src:ro", image, "/sbin/init"],
-                         env=env, capture_output=True, text=True, timeout=120, check=False)
+    run = subprocess.run(
+        ["podman", "run", "-d", "--name", name, "--systemd=always", "-v", f"{src}:/src:ro", image, "/sbin/init"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr
     try:
         rig = Rig(name)
         removed = rig.sh("DEBIAN_FRONTEND=noninteractive apt-get remove -y -qq podman", timeout=120)
         assert removed.returncode == 0 and rig.sh("command -v podman").returncode != 0, removed.stderr
         # No package index: pip cannot find this version, so the install stops at the venv step.
-        result = rig.sh("bash /src/bootstrap/start.sh --skip-gpu --install-deps --source garage-p2p==999", env={"PIP_NO_INDEX": "1"}, timeout=600)
+        result = rig.sh(
+            "bash /src/bootstrap/start.sh --skip-gpu --install-deps --source garage-p2p==999",
+            env={"PIP_NO_INDEX": "1"},
+            timeout=600,
+        )
         assert "deps      installing podman runc" in result.stdout, result.stdout + result.stderr
         assert rig.sh("command -v podman").returncode == 0
         assert result.returncode != 0
@@ -384,7 +478,13 @@ def test_usage_errors_are_one_line():
     assert bad.returncode == 2 and _one_error_line(bad) == "garage: error: unknown option --bogus (see --help)"
     purge = subprocess.run(["bash", script, "--purge"], capture_output=True, text=True, timeout=30, check=False)
     assert purge.returncode == 2 and "--purge goes with --uninstall" in _one_error_line(purge)
-    not_root = subprocess.run(["runuser", "-u", "nobody", "--", "bash", script, "--skip-gpu"], capture_output=True, text=True, timeout=30, check=False)
+    not_root = subprocess.run(
+        ["runuser", "-u", "nobody", "--", "bash", script, "--skip-gpu"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert not_root.returncode == 3 and "run as root" in _one_error_line(not_root)
     usage = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30, check=False)
     assert usage.returncode == 0 and "--uninstall" in usage.stdout and "set -euo" not in usage.stdout
@@ -394,7 +494,8 @@ def test_usage_errors_are_one_line():
 
 
 def test_other_prefix_and_home_no_start_then_uninstall_and_purge_in_two_steps(rig):
-    """--prefix/--home/--no-start; --uninstall finds the prefix from the unit; a later --purge ends the kept identity."""
+    """--prefix/--home/--no-start; --uninstall finds the prefix from the unit; a later --purge ends the kept
+    identity."""
     prefix, home = "/srv/rig/garage", "/srv/garage-home"
     result = rig.start_sh("--skip-gpu", "--no-start", "--prefix", prefix, "--home", home)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -404,11 +505,17 @@ def test_other_prefix_and_home_no_start_then_uninstall_and_purge_in_two_steps(ri
     assert rig.sh("systemctl is-active garage-peer").stdout.strip() != "active"
     unit = rig.sh("cat /etc/systemd/system/garage-peer.service").stdout
     assert f"ExecStart={prefix}/bin/garage-peer\n" in unit and f"Environment=GARAGE_HOME={home}\n" in unit
-    assert f"ReadWritePaths={home}\n" in unit and "StateDirectory=" not in unit  # StateDirectory= is for /var/lib/NAME only
+    assert (
+        f"ReadWritePaths={home}\n" in unit and "StateDirectory=" not in unit
+    )  # StateDirectory= is for /var/lib/NAME only
     assert rig.sh("readlink /usr/local/bin/garage").stdout.strip() == f"{prefix}/bin/garage"
     # It starts from the unit as installed.
     assert rig.sh("systemctl start garage-peer").returncode == 0
-    health = rig.sh(f"for i in $(seq 60); do {prefix}/bin/python -c 'import urllib.request; print(urllib.request.urlopen(\"http://127.0.0.1:8000/health\", timeout=2).read().decode())' 2>/dev/null && exit 0; sleep 1; done; exit 1")
+    health = rig.sh(
+        f"for i in $(seq 60); do {prefix}/bin/python -c 'import urllib.request; "
+        'print(urllib.request.urlopen("http://127.0.0.1:8000/health", timeout=2).read().decode())\' 2>/dev/null && '
+        "exit 0; sleep 1; done; exit 1"
+    )
     assert health.returncode == 0 and json.loads(health.stdout)["status"] == "ok"
     key_hash = rig.file_hash(f"{home}/identity.key")
 

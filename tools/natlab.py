@@ -33,8 +33,8 @@ Use from pytest::
     with nat_lab("gpnat", {"a": "cone", "b": "cone"}) as lab:
         subprocess.run([*lab.hosts["a"].exec_prefix(), sys.executable, "-m", "some.module", lab.hosts["r1"].ip])
 
-or from a shell: ``python -m garage_p2p.devtools.natlab up --home a=cone --home b=symmetric``
-(prints the lab as JSON) and ``python -m garage_p2p.devtools.natlab down``.
+or from a shell: ``python -m tools.natlab up --home a=cone --home b=symmetric``
+(prints the lab as JSON) and ``python -m tools.natlab down``.
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 
-from .netns import NetnsError, netns_available, sh
+from tools.netns import NetnsError, netns_available, sh
 
 NAT_TYPES = ("cone", "symmetric")
 PUBLIC_NET = "198.51.100"
@@ -148,8 +148,37 @@ def netns_nat_available() -> str | None:
     probe = f"gpnatchk{os.getpid()}"
     try:
         sh("ip", "netns", "add", probe)
-        sh("ip", "netns", "exec", probe, "iptables", "-t", "nat", "-A", "POSTROUTING", "-o", "lo", "-j", "MASQUERADE", "--random-fully")
-        sh("ip", "netns", "exec", probe, "iptables", "-A", "FORWARD", "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT")
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            probe,
+            "iptables",
+            "-t",
+            "nat",
+            "-A",
+            "POSTROUTING",
+            "-o",
+            "lo",
+            "-j",
+            "MASQUERADE",
+            "--random-fully",
+        )
+        sh(
+            "ip",
+            "netns",
+            "exec",
+            probe,
+            "iptables",
+            "-A",
+            "FORWARD",
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        )
     except (OSError, NetnsError) as exc:
         return f"iptables NAT/conntrack is not usable in a namespace: {exc}"
     finally:
@@ -220,7 +249,9 @@ def build_lab(prefix: str, homes: Mapping[str, str], public: Sequence[str] = ("r
     # keep bridged frames out of netfilter (br_netfilter is per namespace).
     for knob in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables", "bridge-nf-call-arptables"):
         if os.path.exists(f"/proc/sys/net/bridge/{knob}"):
-            subprocess.run(["ip", "netns", "exec", inet, "sysctl", "-qw", f"net.bridge.{knob}=0"], capture_output=True, timeout=30)
+            subprocess.run(
+                ["ip", "netns", "exec", inet, "sysctl", "-qw", f"net.bridge.{knob}=0"], capture_output=True, timeout=30
+            )
     # The gateway does not forward: a packet to a private address is dropped
     # silently (no ICMP), as on the internet, so such dials time out.
     _ns(inet, "sysctl", "-qw", "net.ipv4.ip_forward=0")
@@ -306,7 +337,6 @@ def nat_lab(prefix: str, homes: Mapping[str, str], public: Sequence[str] = ("r1"
         destroy_lab(prefix)
 
 
-
 def _parse_homes(items: Sequence[str]) -> dict[str, str]:
     homes = {}
     for item in items:
@@ -316,11 +346,17 @@ def _parse_homes(items: Sequence[str]) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m garage_p2p.devtools.natlab", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.natlab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     up = sub.add_parser("up", help="build a lab (replacing one with the same prefix); prints it as JSON")
     up.add_argument("--prefix", default=DEFAULT_PREFIX)
-    up.add_argument("--home", action="append", default=[], metavar="PEER=cone|symmetric", help="a peer behind a NAT (repeatable; default a=cone b=cone)")
+    up.add_argument(
+        "--home",
+        action="append",
+        default=[],
+        metavar="PEER=cone|symmetric",
+        help="a peer behind a NAT (repeatable; default a=cone b=cone)",
+    )
     up.add_argument("--public", default="r1,r2", help="comma-separated public hosts (default r1,r2)")
     down = sub.add_parser("down", help="remove a lab's namespaces")
     down.add_argument("--prefix", default=DEFAULT_PREFIX)

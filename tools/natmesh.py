@@ -13,14 +13,15 @@ import sys
 import time
 from pathlib import Path
 
-from .processes import PeerProcess
+from garage_p2p.cli.peer_process import PeerProcess
+from tools.testkit import REPO, standin_command
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 API = "http://127.0.0.1:8000/v1"
 
 
 class NatMesh:
-    """garage-peer processes in a running lab (devtools/natlab.nat_lab)."""
+    """garage-peer processes in a running lab (tools/natlab.nat_lab)."""
 
     def __init__(self, lab, root: Path) -> None:
         self.lab = lab
@@ -34,9 +35,18 @@ class NatMesh:
             peer = self._start(name, root, ["--listen", f"/ip4/{host.ip}/tcp/4001", "--relay"])
             relays.append(next(a for a in peer.info["addrs"] if host.ip in a))
         a = lab.hosts["a"]
-        self.procs.append(subprocess.Popen([*a.exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", "8101", "--token-delay", "0.01"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(
+                standin_command(8101, token_delay=0.01, prefix=a.exec_prefix()),
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         boot = [arg for r in relays for arg in ("--bootstrap", r)]
-        self._start("a", root, ["--listen", f"/ip4/{a.ip}/tcp/4001", "--backend", "tiny=http://127.0.0.1:8101/v1", *boot])
+        self._start(
+            "a", root, ["--listen", f"/ip4/{a.ip}/tcp/4001", "--backend", "tiny=http://127.0.0.1:8101/v1", *boot]
+        )
         b = lab.hosts["b"]
         self._start("b", root, ["--listen", f"/ip4/{b.ip}/tcp/4001", *boot])
 
@@ -68,7 +78,12 @@ class NatMesh:
             "        out['provider'] = r.headers.get('x-garage-provider')\n"
             "print(json.dumps(out))\n"
         )
-        result = subprocess.run([*self.lab.hosts["b"].exec_prefix(), sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60 + 10 * n)
+        result = subprocess.run(
+            [*self.lab.hosts["b"].exec_prefix(), sys.executable, "-c", snippet],
+            capture_output=True,
+            text=True,
+            timeout=60 + 10 * n,
+        )
         assert result.returncode == 0, result.stderr
         out = json.loads(result.stdout)
         if n == 1:
@@ -85,11 +100,3 @@ class NatMesh:
         for proc in self.procs:
             proc.kill()
             proc.wait(10)
-
-
-def wait_until(predicate, timeout: float, what: str) -> float:
-    start = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - start < timeout, f"{what}: not within {timeout} s"
-        time.sleep(0.25)
-    return time.monotonic() - start

@@ -1,18 +1,18 @@
 """Prototype: relay v2 + DCUtR hole punching through real NAT with py-libp2p 0.8.1.
 
-Runs inside the namespaces of ``garage_p2p.devtools.natlab`` (one process per
+Runs inside the namespaces of ``tools.natlab`` (one process per
 machine) with the project venv's python::
 
-    ip netns exec gpnat-r1 .venv/bin/python -m garage_p2p.devtools.nat_probe relay --ip 198.51.100.10
-    ip netns exec gpnat-b  .venv/bin/python -m garage_p2p.devtools.nat_probe peer --ip 192.168.11.2 --relay R1ADDR
-    ip netns exec gpnat-a  .venv/bin/python -m garage_p2p.devtools.nat_probe peer --ip 192.168.10.2 --relay R1ADDR --target B_ID
+    ip netns exec gpnat-r1 .venv/bin/python -m tools.nat_probe relay --ip 198.51.100.10
+    ip netns exec gpnat-b  .venv/bin/python -m tools.nat_probe peer --ip 192.168.11.2 --relay R1ADDR
+    ip netns exec gpnat-a  .venv/bin/python -m tools.nat_probe peer --ip 192.168.10.2 --relay R1ADDR --target B_ID
 
 Each prints JSON lines on stdout: ``{"event": "ready", ...}`` once serving, and
 the dialling peer one ``{"event": "result", ...}``: reservation time, relayed
 dial + echo, time to a direct (hole-punched) connection, an echo over it after
 the relayed connection is closed, what identify told us about our public
 address. ``run_probe(lab, ...)`` (root namespace) starts all three in a lab
-and returns the merged result; ``python -m garage_p2p.devtools.nat_probe lab
+and returns the merged result; ``python -m tools.nat_probe lab
 --nat cone`` does that end to end.
 
 ``open_nat_host`` is the assembly to fold into ``garage_p2p.mesh.host``.
@@ -24,7 +24,6 @@ import argparse
 import hashlib
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -52,17 +51,14 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
-from ..mesh.nat import PublicPredialDCUtR
-from ..mesh.patches import apply_library_patches
+from garage_p2p.mesh.nat import DCUTR_DIAL_TIMEOUT, PublicPredialDCUtR
+from garage_p2p.mesh.patches import apply_library_patches
+from tools.testkit import REPO
 
 log = logging.getLogger("nat_probe")
 
 ECHO = "/garage/natprobe/echo/1.0.0"
 LISTEN_PORT = 4001
-# DCUtR first dials the peer's known non-relay addresses (its *private* ones,
-# learned by identify over the relayed connection) with this timeout, then
-# the punch rounds: the 10 s default made every punch take > 10 s.
-DCUTR_DIAL_TIMEOUT = 2
 
 # Relay limits: generous for a probe; size them for production.
 RELAY_LIMITS = RelayLimits(
@@ -145,7 +141,9 @@ async def open_nat_host(
         # go through CircuitV2Transport.dial(circuit_addr) explicitly; it
         # upgrades (Noise + yamux) and adds the connection to the swarm.
         # Its built-in RelayDiscovery is not started: we reserve explicitly.
-        transport = CircuitV2Transport(host, relay_protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=RELAY_LIMITS))
+        transport = CircuitV2Transport(
+            host, relay_protocol, RelayConfig(roles=RelayRole.STOP | RelayRole.CLIENT, limits=RELAY_LIMITS)
+        )
         # DCUtR on both peers: it serves /libp2p/dcutr and every 2 s scans
         # for relayed connections and initiates a punch (3 attempts per peer).
         # dial_timeout bounds each punch dial too: keep it above 1 s, the first
@@ -278,12 +276,16 @@ async def wait_observed(node: NatHost, timeout: float) -> list[str]:
 
 async def run_relay(args) -> None:
     async with open_nat_host(args.seed, args.ip, args.port, is_relay=True) as node:
-        emit(event="ready", role="relay", peer_id=str(node.host.get_id()), addrs=[str(a) for a in node.host.get_addrs()])
+        emit(
+            event="ready", role="relay", peer_id=str(node.host.get_id()), addrs=[str(a) for a in node.host.get_addrs()]
+        )
         await trio.sleep(args.lifetime)
 
 
 async def run_peer(args) -> None:
-    async with open_nat_host(args.seed, args.ip, args.port, args.relay, is_relay=False, skip_private_predial=args.skip_private_predial) as node:
+    async with open_nat_host(
+        args.seed, args.ip, args.port, args.relay, is_relay=False, skip_private_predial=args.skip_private_predial
+    ) as node:
         node.host.set_stream_handler(ECHO, echo_handler)
         me = str(node.host.get_id())
         base = {
@@ -315,7 +317,11 @@ async def probe_target(node: NatHost, args, result: dict) -> None:
     with trio.fail_after(15):
         conn = await dial_via_relay(node, args.relay[0], args.target)
     relayed_at = time.monotonic()
-    result["relayed"] = {"dial_ms": round((relayed_at - started) * 1000, 1), "conn": describe_conn(conn), "is_relayed": is_relayed(conn)}
+    result["relayed"] = {
+        "dial_ms": round((relayed_at - started) * 1000, 1),
+        "conn": describe_conn(conn),
+        "is_relayed": is_relayed(conn),
+    }
     result["relayed"]["echo"] = await echo(node, target, "over the relay")
     # b) DCUtR: ask for the punch now rather than waiting for the 2 s
     # auto-drive loop (which also runs, on both sides).
@@ -349,7 +355,7 @@ async def probe_target(node: NatHost, args, result: dict) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m garage_p2p.devtools.nat_probe", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tools.nat_probe", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     for name in ("relay", "peer"):
         p = sub.add_parser(name)
@@ -362,7 +368,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--relay", action="append", required=True, help="relay multiaddr with /p2p/ (repeatable)")
             p.add_argument("--target", help="peer id to reach through the first relay (then punch)")
             p.add_argument("--punch-wait", type=float, default=15, help="seconds to wait for a direct connection")
-            p.add_argument("--skip-private-predial", action="store_true", help="DCUtR without the pre-dial to the peer's LAN addresses")
+            p.add_argument(
+                "--skip-private-predial",
+                action="store_true",
+                help="DCUtR without the pre-dial to the peer's LAN addresses",
+            )
     lab = sub.add_parser("lab", help="build a NAT lab and run relay + two peers in it (root)")
     lab.add_argument("--nat", choices=("cone", "symmetric"), default="cone")
     lab.add_argument("--prefix", default="gpprobe")
@@ -371,7 +381,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab.add_argument("--runs", type=int, default=1, help="repeat in the same lab (fresh processes each time)")
     args = parser.parse_args(argv)
     if args.cmd == "lab":
-        from .natlab import nat_lab, netns_nat_available
+        from tools.natlab import nat_lab, netns_nat_available
 
         reason = netns_nat_available()
         if reason:
@@ -379,9 +389,23 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         with nat_lab(args.prefix, {"a": args.nat, "b": args.nat}, ["r1"]) as built:
             for _ in range(max(1, min(args.runs, 50))):
-                print(json.dumps(run_probe(built, Path(f"/tmp/{args.prefix}-logs"), punch_wait=args.punch_wait, skip_private_predial=args.skip_private_predial)), flush=True)
+                print(
+                    json.dumps(
+                        run_probe(
+                            built,
+                            Path(f"/tmp/{args.prefix}-logs"),
+                            punch_wait=args.punch_wait,
+                            skip_private_predial=args.skip_private_predial,
+                        )
+                    ),
+                    flush=True,
+                )
         return 0
-    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
     trio.run(run_relay if args.cmd == "relay" else run_peer, args)
     return 0
 
@@ -401,7 +425,9 @@ def _read_event(path: Path, event: str, proc: subprocess.Popen, timeout: float) 
                 if data.get("event") == event:
                     return data
         if proc.poll() is not None:
-            raise RuntimeError(f"{path.name}: exited {proc.returncode} before {event!r}: {_tail(path.with_suffix('.err'))}")
+            raise RuntimeError(
+                f"{path.name}: exited {proc.returncode} before {event!r}: {_tail(path.with_suffix('.err'))}"
+            )
         time.sleep(0.05)
     raise TimeoutError(f"{path.name}: no {event!r} within {timeout:.0f} s: {_tail(path.with_suffix('.err'))}")
 
@@ -437,8 +463,11 @@ def run_probe(
         out = logs / f"{host}.out"
         with open(out, "w") as stdout, open(out.with_suffix(".err"), "w") as stderr:
             proc = subprocess.Popen(
-                [*lab.hosts[host].exec_prefix(), sys.executable, "-m", "garage_p2p.devtools.nat_probe", *args, *extra],
-                stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL, cwd=os.getcwd(),
+                [*lab.hosts[host].exec_prefix(), sys.executable, "-m", "tools.nat_probe", *args, *extra],
+                stdout=stdout,
+                stderr=stderr,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO,
             )
         procs.append(proc)
         return proc, out
@@ -453,7 +482,21 @@ def run_probe(
         proc, out = start(listener, "peer", "--ip", b.ip, "--seed", listener, "--relay", relay_addr, *peer_extra)
         b_ready = _read_event(out, "ready", proc, 30)
         a = lab.hosts[dialer]
-        proc, out = start(dialer, "peer", "--ip", a.ip, "--seed", dialer, "--relay", relay_addr, "--target", b_ready["peer_id"], "--punch-wait", str(punch_wait), *peer_extra)
+        proc, out = start(
+            dialer,
+            "peer",
+            "--ip",
+            a.ip,
+            "--seed",
+            dialer,
+            "--relay",
+            relay_addr,
+            "--target",
+            b_ready["peer_id"],
+            "--punch-wait",
+            str(punch_wait),
+            *peer_extra,
+        )
         result = _read_event(out, "result", proc, punch_wait + 60)
         result["listener"] = b_ready
         result["nat"] = {dialer: a.nat, listener: b.nat}

@@ -1,5 +1,13 @@
 """Emulation: the scenario's twin run with real peers, to hold the simulator to account.
 
+A developer's instrument, run from a checkout (it starts real daemons, so it lives
+beside the other harnesses and not in the simulator, which must not depend on them)::
+
+    .venv/bin/python -m tools.emulate simulations/flash-crowd.toml [--seed S] [--out DIR] [--json]
+
+simulates the scenario as ``garage sim run`` does, then runs its twin here and puts
+both side by side in the report.
+
 ``run_emulation`` starts ``twin.peers.count`` real garage peers in this process
 (``daemon.open_peer`` on 127.0.0.1, daemon defaults apart from the loopback
 addresses and mDNS off), gives each provider a StandInBackend that generates
@@ -40,17 +48,20 @@ from pathlib import Path
 
 import httpx
 import trio
+import typer
 
-from ..core.capabilities import Benchmark
-from ..daemon import Peer, open_peer
-from ..devtools.standin_backend import create_standin_app, serve_standin
-from ..settings import Settings
-from ..store.bench_store import save_benchmark
-from .engine import stream
-from .hardware import CONCURRENCY, GPUS, STANDIN_DELAYS
-from .metrics import JoinRecord, Observations, ProviderRecord, RequestRecord, percentile
-from .scenario import TWIN_GPU, Scenario, twin_scenario
-from .workload import Ask, draw_ask, peak_factor, rate_factor
+from garage_p2p.cli.client import JsonOption
+from garage_p2p.cli.sim import simulate_and_report
+from garage_p2p.core.capabilities import Benchmark
+from garage_p2p.daemon import Peer, open_peer
+from garage_p2p.settings import Settings
+from garage_p2p.sim.engine import stream
+from garage_p2p.sim.hardware import CONCURRENCY, GPUS, STANDIN_DELAYS
+from garage_p2p.sim.metrics import JoinRecord, Observations, ProviderRecord, RequestRecord, percentile
+from garage_p2p.sim.scenario import TWIN_GPU, Scenario, twin_scenario
+from garage_p2p.sim.workload import Ask, draw_ask, peak_factor, rate_factor
+from garage_p2p.store.bench_store import save_benchmark
+from tools.standin_backend import create_standin_app, serve_standin
 
 MAX_IN_FLIGHT = 200
 """Requests in flight at once; an arrival beyond that is refused (429 ``emulator_overloaded``)."""
@@ -149,7 +160,9 @@ def _plan(twin: Scenario, seed: int, root: Path, log: Callable[[str], None]) -> 
     return nodes
 
 
-async def _run_node(node: _Node, bootstrap: list[str], on_crash: Callable[[_Node], None], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+async def _run_node(
+    node: _Node, bootstrap: list[str], on_crash: Callable[[_Node], None], *, task_status=trio.TASK_STATUS_IGNORED
+) -> None:
     """One peer (and its StandInBackend) until ``node.stop`` is set; started() gives the Peer.
 
     A peer that dies once running is recorded (``node.crashed``, ``on_crash``),
@@ -399,7 +412,12 @@ async def _arrivals(twin: Scenario, seed: int, consumers: list[_Node], client: _
             ask = draw_ask(asks, twin)
             await trio.sleep_until(client.t0 + t)
             record = RequestRecord(
-                id=len(obs.requests), consumer=node.peer_id, model=ask.model, submitted=client.now(), max_tokens=ask.max_tokens, stream=ask.stream
+                id=len(obs.requests),
+                consumer=node.peer_id,
+                model=ask.model,
+                submitted=client.now(),
+                max_tokens=ask.max_tokens,
+                stream=ask.stream,
             )
             obs.requests.append(record)
             if client.in_flight >= MAX_IN_FLIGHT:
@@ -412,7 +430,12 @@ async def _arrivals(twin: Scenario, seed: int, consumers: list[_Node], client: _
 
 
 async def _join(
-    node: _Node, nodes: list[_Node], start_peer: Callable[[_Node], Awaitable[None]], t0: float, obs: Observations, log: Callable[[str], None]
+    node: _Node,
+    nodes: list[_Node],
+    start_peer: Callable[[_Node], Awaitable[None]],
+    t0: float,
+    obs: Observations,
+    log: Callable[[str], None],
 ) -> None:
     """Start a joining provider at its time and time how fast the mesh learns of it."""
     await trio.sleep_until(t0 + node.join_at)
@@ -430,7 +453,14 @@ async def _join(
                 break
             await trio.sleep(KNOWN_POLL)
     obs.joins.append(JoinRecord(peer=node.peer_id, at=node.started, known_99=known_99))
-    log(f"emulation: provider {node.peer_id[-8:]} joined at {node.started:.1f} s; " + (f"known by 99 % after {known_99:.2f} s" if known_99 is not None else f"not known by 99 % after {KNOWN_GIVE_UP:.0f} s"))
+    log(
+        f"emulation: provider {node.peer_id[-8:]} joined at {node.started:.1f} s; "
+        + (
+            f"known by 99 % after {known_99:.2f} s"
+            if known_99 is not None
+            else f"not known by 99 % after {KNOWN_GIVE_UP:.0f} s"
+        )
+    )
 
 
 async def _probe_loop(lags: list[float]) -> None:
@@ -464,7 +494,6 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=MAX_IN_FLIGHT)
     timeout = twin.load.timeout_s
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as http, trio.open_nursery() as peers:
-
         t_start = trio.current_time()
         t0 = t_start  # until the request phase starts
 
@@ -482,16 +511,26 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
             for node in initial:
                 node.started = trio.current_time()
                 await start_peer(node)
-            log(f"emulation: {len(initial)} peers started in {trio.current_time() - t_start:.1f} s ({len(providers)} providers, {len(providers) - sum(n.provider for n in initial)} of them join later; {len(consumers)} consumers)")
+            late = len(providers) - sum(n.provider for n in initial)
+            log(
+                f"emulation: {len(initial)} peers started in {trio.current_time() - t_start:.1f} s "
+                f"({len(providers)} providers, {late} of them join later; {len(consumers)} consumers)"
+            )
             ready = [(c.peer, p.peer_id, p.model) for c in consumers for p in initial if p.provider]
             with trio.move_on_after(READY_TIMEOUT) as waiting:
                 while not all(_knows(*r) for r in ready):
                     await trio.sleep(0.1)
             if waiting.cancelled_caught:
                 missing = sum(not _knows(*r) for r in ready)
-                log(f"emulation: after {READY_TIMEOUT:.0f} s, {missing} of {len(ready)} (consumer, provider) pairs still unknown; starting anyway")
+                log(
+                    f"emulation: after {READY_TIMEOUT:.0f} s, {missing} of {len(ready)} (consumer, provider) pairs "
+                    "still unknown; starting anyway"
+                )
             else:
-                log(f"emulation: every consumer knows every initial provider after {trio.current_time() - t_start:.1f} s")
+                log(
+                    "emulation: every consumer knows every initial provider "
+                    f"after {trio.current_time() - t_start:.1f} s"
+                )
 
             t0 = trio.current_time()
             for node in initial:
@@ -508,7 +547,10 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
                         if node.join_at is not None:
                             work.start_soon(_join, node, nodes, start_peer, t0, obs, log)
                     work.start_soon(_arrivals, twin, seed, consumers, client, obs)
-                log(f"emulation: {len(obs.requests)} requests done at {trio.current_time() - t0:.1f} s; letting the ledger settle")
+                log(
+                    f"emulation: {len(obs.requests)} requests done at {trio.current_time() - t0:.1f} s; letting the "
+                    "ledger settle"
+                )
                 # The last receipts are counter-signed just after their answers, and
                 # the heads go out within a second: settled must hold for a while.
                 with trio.move_on_after(LEDGER_SETTLE):
@@ -545,7 +587,11 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
                 peer=pid,
                 gpu=TWIN_GPU,
                 capacity_tps=STANDIN.aggregate_tps,
-                online_s=max(0.0, min(obs.duration_s, node.crashed_at if node.crashed_at is not None else math.inf) - max(0.0, node.started or 0.0)),
+                online_s=max(
+                    0.0,
+                    min(obs.duration_s, node.crashed_at if node.crashed_at is not None else math.inf)
+                    - max(0.0, node.started or 0.0),
+                ),
                 tokens=sum(r.tokens for r in served),
                 requests=len(served),
             )
@@ -553,7 +599,10 @@ async def _emulate(twin: Scenario, seed: int, root: Path, log: Callable[[str], N
     wall, cpu = time.monotonic() - wall, time.process_time() - cpu
     lag_p50, lag_p99 = (percentile(loop_lags, q) or 0.0 for q in (50, 99))
     if lag_p99 > LOOP_SATURATED:
-        log(f"emulation: WARNING the event loop was saturated (wake-up lag p50 {lag_p50 * 1000:.0f} ms, p99 {lag_p99 * 1000:.0f} ms): the timings are this host's, use fewer peers")
+        log(
+            f"emulation: WARNING the event loop was saturated (wake-up lag p50 {lag_p50 * 1000:.0f} ms, p99 "
+            f"{lag_p99 * 1000:.0f} ms): the timings are this host's, use fewer peers"
+        )
     obs.counters = {
         "real_peers": len(nodes),
         "providers": len(providers),
@@ -582,7 +631,25 @@ def run_emulation(scenario: Scenario, seed: int, *, log: Callable[[str], None] =
     twin = twin_scenario(scenario)
     with tempfile.TemporaryDirectory(prefix="garage-emulation-") as tmp:
         obs = trio.run(_emulate, twin, seed, Path(tmp), log)
-    leftover = [t.name for t in threading.enumerate() if t is not threading.current_thread() and not t.name.startswith("Trio thread")]
+    leftover = [
+        t.name
+        for t in threading.enumerate()
+        if t is not threading.current_thread() and not t.name.startswith("Trio thread")
+    ]
     if leftover:
         log(f"emulation: threads still running after the run: {leftover}")
     return obs
+
+
+def main(
+    scenario: Path = typer.Argument(..., help="A scenario file, e.g. simulations/flash-crowd.toml."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (default: the scenario's)."),
+    out: Path | None = typer.Option(None, "--out", help="Report directory (default sim-out/<scenario name>)."),
+    json_out: bool = JsonOption,
+) -> None:
+    """Simulate a scenario, run its twin on real peers (127.0.0.1), and report both side by side."""
+    simulate_and_report(scenario, seed, out, json_out, emulator=run_emulation)
+
+
+if __name__ == "__main__":
+    typer.run(main)

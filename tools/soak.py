@@ -21,7 +21,7 @@ receipts again) every completed request's receipt is looked up in its provider's
 peers are stopped, ``garage ledger export`` gives the final count and ``garage ledger
 verify`` must pass for every peer. Every process is killed on the way out, also on failure.
 
-    from garage_p2p.devtools.soak import run_soak
+    from tools.soak import run_soak
     report = run_soak(120, seed=1, workdir=Path("/tmp/soak"), log=print)
     print(report.render())
 """
@@ -35,7 +35,6 @@ import os
 import random
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -47,14 +46,16 @@ from pathlib import Path
 
 import httpx
 import trio
+from prometheus_client.parser import text_string_to_metric_families
 
-from ..core.ledger import LedgerState, decode_entry
-from ..store.ledger_store import LedgerStore
-from .processes import PeerProcess, peer_args
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
+from garage_p2p.core.ledger import LedgerState, decode_entry
+from garage_p2p.store.ledger_store import LedgerStore
+from tools.testkit import REPO, free_port, percentile, standin_command
 
 MODEL = "tiny"
-BANNED = re.compile(r"^(\S+ \S+) WARNING \S+: banned (\S+) for (\d+) s after repeated faults \(last: (.*)\)$", re.MULTILINE)
-"""The mesh's log line when its penalty box bans a peer (``mesh/host.py``)."""
+BANNED_GAUGE = "garage_banned_peers"
+"""The gauge of peers a penalty box holds banned now (``gateway/metrics.py``); read from each peer's /metrics."""
 PUSHED = re.compile(r"pushed \d+ receipts to \S+: (\d+) accepted")
 """The consumer's log line when it pushed receipts again (``ledger/sync.py``)."""
 EXPLICIT_ERRORS = ("http_", "sse_error")
@@ -67,7 +68,7 @@ VIOLATIONS = ("hang", "truncated", "bad_body", "transport")
 
 
 @dataclass
-class RequestRecord:
+class SoakRequest:
     kind: str
     """``chat`` (JSON) or ``stream`` (SSE)."""
     consumer: str
@@ -151,7 +152,7 @@ class SoakReport:
     """Label → peer id."""
     started: int = 0
     """Requests sent; each one ends in a record (``requests``)."""
-    requests: list[RequestRecord] = field(default_factory=list)
+    requests: list[SoakRequest] = field(default_factory=list)
     chaos: list[ChaosEvent] = field(default_factory=list)
     jobs: list[JobRecord] = field(default_factory=list)
     memory: list[MemorySample] = field(default_factory=list)
@@ -174,8 +175,9 @@ class SoakReport:
     batch_receipts_checked: int = 0
     batch_receipts_lost: list[str] = field(default_factory=list)
     bans: list[dict] = field(default_factory=list)
-    """Peers banned by another one's penalty box: {at, by, banned, seconds, reason}. Every peer
-    here is honest, so each one is a false positive."""
+    """Bans a peer's penalty box issued, seen as its ``garage_banned_peers`` gauge rising:
+    {at (soak seconds), by, banned (how many more)}. Every peer here is honest, so each one is a
+    false positive."""
     verify: dict[str, dict] = field(default_factory=dict)
     """Label → {ok, output}."""
     leaked: list[int] = field(default_factory=list)
@@ -229,7 +231,7 @@ class SoakReport:
 
     def latency(self, kind: str | None = None, q: float = 0.5) -> float | None:
         values = sorted(r.latency for r in self.requests if r.outcome == "ok" and (kind is None or r.kind == kind))
-        return quantile(values, q)
+        return percentile(values, q * 100)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -237,9 +239,15 @@ class SoakReport:
     def render(self, memory_rows: int = 21) -> str:
         """The report as text: outcomes, latencies, chaos, jobs, receipts, verification, memory."""
         out: list[str] = []
-        out.append(f"soak: {self.load_seconds:.0f} s of load (asked {self.duration_s:.0f} s), seed {self.seed}, workdir {self.workdir}")
+        out.append(
+            f"soak: {self.load_seconds:.0f} s of load (asked {self.duration_s:.0f} s), seed {self.seed}, "
+            f"workdir {self.workdir}"
+        )
         out.append("")
-        out.append(f"requests: {self.started} sent, {self.total} ended ({self.ok} ok, success rate {self.success_rate:.3f}), hangs {self.hangs}")
+        out.append(
+            f"requests: {self.started} sent, {self.total} ended ({self.ok} ok, success rate {self.success_rate:.3f}), "
+            f"hangs {self.hangs}"
+        )
         kinds = ["chat", "stream"]
         names = sorted(self.outcomes(), key=lambda o: (o != "ok", o))
         rows = [[name] + [str(self.outcomes(k)[name]) for k in kinds] + [str(self.outcomes()[name])] for name in names]
@@ -253,27 +261,59 @@ class SoakReport:
         rows = []
         for kind in kinds + [None]:
             p50, p99 = self.latency(kind, 0.5), self.latency(kind, 0.99)
-            mx = max((r.latency for r in self.requests if r.outcome == "ok" and (kind is None or r.kind == kind)), default=None)
+            mx = max(
+                (r.latency for r in self.requests if r.outcome == "ok" and (kind is None or r.kind == kind)),
+                default=None,
+            )
             rows.append([kind or "all", fmt_ms(p50), fmt_ms(p99), fmt_ms(mx)])
         out.append("latency of ok requests:")
         out += table(["KIND", "P50", "P99", "MAX"], rows)
         errs = sorted(r.latency for r in self.requests if r.outcome != "ok")
         if errs:
-            out.append(f"latency of errors: p50 {fmt_ms(quantile(errs, 0.5))}, p99 {fmt_ms(quantile(errs, 0.99))}, max {fmt_ms(errs[-1])}")
+            out.append(
+                f"latency of errors: p50 {fmt_ms(percentile(errs, 50))}, p99 {fmt_ms(percentile(errs, 99))}, "
+                f"max {fmt_ms(errs[-1])}"
+            )
         out.append("")
         out.append(f"chaos: {self.kills} kills/restarts")
         out += table(
             ["AT", "PEER", "SIGNAL", "EXIT", "STOP", "DOWN", "READY"],
-            [[f"{c.at:.0f}s", c.peer, c.signal, str(c.exit_code), f"{c.stop_s:.1f}s", f"{c.down_s:.1f}s", f"{c.ready_s:.1f}s"] for c in self.chaos],
+            [
+                [
+                    f"{c.at:.0f}s",
+                    c.peer,
+                    c.signal,
+                    str(c.exit_code),
+                    f"{c.stop_s:.1f}s",
+                    f"{c.down_s:.1f}s",
+                    f"{c.ready_s:.1f}s",
+                ]
+                for c in self.chaos
+            ],
         )
         out.append("")
         out.append(f"batch jobs: {self.jobs_completed}/{len(self.jobs)} completed")
         out += table(
             ["AT", "VIA", "JOB", "STATUS", "OK", "FAILED", "LINES", "TIME"],
-            [[f"{j.at:.0f}s", j.consumer, (j.job_id or "-")[:12], j.status, str(j.succeeded), str(j.failed), str(j.lines), f"{j.seconds:.1f}s"] for j in self.jobs],
+            [
+                [
+                    f"{j.at:.0f}s",
+                    j.consumer,
+                    (j.job_id or "-")[:12],
+                    j.status,
+                    str(j.succeeded),
+                    str(j.failed),
+                    str(j.lines),
+                    f"{j.seconds:.1f}s",
+                ]
+                for j in self.jobs
+            ],
         )
         out.append("")
-        out.append(f"receipts: {self.receipts_checked} completed requests checked, {len(self.receipts_lost)} lost (ledger export of each provider)")
+        out.append(
+            f"receipts: {self.receipts_checked} completed requests checked, {len(self.receipts_lost)} lost "
+            "(ledger export of each provider)"
+        )
         out.append(f"  in the providers' logs {_fmt_s(self.receipts_settle_s)} after the load")
         out.append(
             f"  in the consumers' ledgers too, none pending: {_fmt_s(self.consumers_settle_s)} after that "
@@ -281,13 +321,24 @@ class SoakReport:
         )
         for lost in self.receipts_lost[:10]:
             out.append(f"  lost: {lost}")
-        out.append(f"  pushed again by the consumers (the provider's log lacked them) and accepted: {self.receipts_pushed_again}")
-        out.append(f"batch receipts: {self.batch_receipts_checked} succeeded lines checked, {len(self.batch_receipts_lost)} lost")
-        out.append("receipts still pending at the consumers: " + ", ".join(f"{k} {v}" for k, v in self.pending_at_consumers.items()))
+        out.append(
+            "  pushed again by the consumers (the provider's log lacked them) and accepted: "
+            f"{self.receipts_pushed_again}"
+        )
+        out.append(
+            f"batch receipts: {self.batch_receipts_checked} succeeded lines checked, "
+            f"{len(self.batch_receipts_lost)} lost"
+        )
+        out.append(
+            "receipts still pending at the consumers: "
+            + ", ".join(f"{k} {v}" for k, v in self.pending_at_consumers.items())
+        )
         out.append(f"honest peers banned by a penalty box: {len(self.bans)}")
         for ban in self.bans[:12]:
-            out.append(f"  {ban['at']} {ban['by']} banned {ban['banned']} for {ban['seconds']} s (last fault: {ban['reason']})")
-        out.append("ledger verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in self.verify.items()))
+            out.append(f"  at {ban['at']} s {ban['by']} banned {ban['banned']} more peer(s) (its /metrics)")
+        out.append(
+            "ledger verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in self.verify.items())
+        )
         out.append(f"leaked processes: {len(self.leaked)}")
         out.append("")
         out.append(f"memory (RSS, MiB); growth bound: {self.memory_bound}")
@@ -310,9 +361,12 @@ class SoakReport:
         )
         if self.fresh_reference:
             ref = self.fresh_reference
-            diffs = ", ".join(f"{m.peer} {m.end_mib - ref['end_mib']:+.1f}" for m in self.memory_summary if not m.restarted)
+            diffs = ", ".join(
+                f"{m.peer} {m.end_mib - ref['end_mib']:+.1f}" for m in self.memory_summary if not m.restarted
+            )
             out.append(
-                f"against a fresh process: {ref['peer']} (restarted at {ref['restarted_at']:.0f} s, same ledger) ends at {ref['end_mib']:.1f} MiB; "
+                f"against a fresh process: {ref['peer']} (restarted at {ref['restarted_at']:.0f} s, same ledger) "
+                f"ends at {ref['end_mib']:.1f} MiB; "
                 f"peers that ran all along, at the end, differ by (MiB): {diffs}"
             )
         out.append("")
@@ -349,20 +403,14 @@ class SoakReport:
         return out
 
 
-def quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    return values[min(len(values) - 1, max(0, math.ceil(q * len(values)) - 1))]
-
-
 def fmt_ms(seconds: float | None) -> str:
     return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
 
 
 def table(headers: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
     return ["  " + line.rstrip() for line in lines]
 
 
@@ -380,12 +428,6 @@ def slope_per_min(points: list[tuple[float, float]]) -> float | None:
 
 
 # -- processes -----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_kib(pid: int) -> int | None:
@@ -420,7 +462,13 @@ def _ancestors() -> set[int]:
 
 
 def garage_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "garage_p2p.cli.garage", *args], capture_output=True, text=True, timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "garage_p2p.cli.garage", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def read_ledger(home: Path) -> LedgerState:
@@ -450,7 +498,7 @@ def pending_count(home: Path) -> int:
 
 
 @dataclass
-class Peer:
+class SoakPeer:
     label: str
     process: PeerProcess
     backend_port: int | None = None
@@ -459,7 +507,7 @@ class Peer:
     down: bool = False
 
 
-class Mesh:
+class SoakMesh:
     """The five peers and three backends; ``close`` kills whatever is left."""
 
     def __init__(self, root: Path, *, request_timeout: float, token_delay: float, log: Callable[[str], None]) -> None:
@@ -468,7 +516,7 @@ class Mesh:
         self.token_delay = token_delay
         self.log = log
         self.backends: list[subprocess.Popen] = []
-        self.peers: dict[str, Peer] = {}
+        self.peers: dict[str, SoakPeer] = {}
         self.started: list[subprocess.Popen] = []
         """Every process we started, restarts included (for the leak check)."""
 
@@ -476,12 +524,15 @@ class Mesh:
         # Fast ads (a restarted provider is seen again within a few seconds) and a short
         # request deadline: what a hang is measured against.
         home.mkdir(parents=True, exist_ok=True)
-        (home / "config.toml").write_text(f"ad_interval = 1.0\nad_ttl = 6.0\nrequest_timeout = {self.request_timeout}\n")
+        (home / "config.toml").write_text(
+            f"ad_interval = 1.0\nad_ttl = 6.0\nrequest_timeout = {self.request_timeout}\n"
+        )
 
     def _backend(self, port: int) -> None:
         with open(self.root / f"backend-{port}.log", "ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "garage_p2p.devtools.standin_backend", "--port", str(port), "--model", MODEL, "--token-delay", str(self.token_delay)],
+                standin_command(port, model=MODEL, token_delay=self.token_delay),
+                cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -490,7 +541,7 @@ class Mesh:
         self.backends.append(proc)
         self.started.append(proc)
 
-    def _start(self, peer: Peer) -> None:
+    def _start(self, peer: SoakPeer) -> None:
         peer.process.start()
         self.started.append(peer.process.process)
 
@@ -510,13 +561,13 @@ class Mesh:
                     raise RuntimeError(f"the stand-in backend on port {port} did not come up")
                 time.sleep(0.1)
 
-        def make(label: str, bootstrap: list[str], backend_port: int | None = None) -> Peer:
+        def make(label: str, bootstrap: list[str], backend_port: int | None = None) -> SoakPeer:
             home = self.root / label
             self._config(home)
             backends = {MODEL: f"http://127.0.0.1:{backend_port}/v1"} if backend_port else None
             # A fixed listen port, as a rig has: the others find a restarted provider again.
             args = peer_args(listen=f"/ip4/127.0.0.1/tcp/{free_port()}", bootstrap=bootstrap, backends=backends)
-            peer = Peer(label, PeerProcess(home, args), backend_port)
+            peer = SoakPeer(label, PeerProcess(home, args), backend_port)
             self.peers[label] = peer
             return peer
 
@@ -543,7 +594,7 @@ class Mesh:
         self.log("mesh up: " + ", ".join(f"{p.label}={p.process.peer_id[-8:]}" for p in self.peers.values()))
 
     @staticmethod
-    def _sees(consumer: Peer, providers: set[str]) -> bool:
+    def _sees(consumer: SoakPeer, providers: set[str]) -> bool:
         try:
             data = httpx.get(consumer.process.api_url + "/models", timeout=5).json()["data"]
         except (httpx.HTTPError, ValueError, KeyError):
@@ -551,14 +602,14 @@ class Mesh:
         return any(m["id"] == MODEL and providers <= set(m["providers"]) for m in data)
 
     @property
-    def consumers(self) -> list[Peer]:
+    def consumers(self) -> list[SoakPeer]:
         return [self.peers["c0"], self.peers["c1"]]
 
     @property
-    def providers(self) -> list[Peer]:
+    def providers(self) -> list[SoakPeer]:
         return [self.peers["p0"], self.peers["p1"], self.peers["p2"]]
 
-    def restart(self, peer: Peer, timeout: float = 60) -> float:
+    def restart(self, peer: SoakPeer, timeout: float = 60) -> float:
         start = time.monotonic()
         self._start(peer)
         peer.process.wait_ready(timeout)
@@ -632,7 +683,7 @@ class _Settings:
 
 
 class _Run:
-    def __init__(self, mesh: Mesh, s: _Settings, report: SoakReport, log: Callable[[str], None]) -> None:
+    def __init__(self, mesh: SoakMesh, s: _Settings, report: SoakReport, log: Callable[[str], None]) -> None:
         self.mesh = mesh
         self.s = s
         self.report = report
@@ -641,6 +692,7 @@ class _Run:
         self.end = 0.0
         self.rng_chaos = random.Random(f"{s.seed}-chaos")
         self._logged: dict[tuple[str, str | None], tuple[float, int]] = {}
+        self.bans = BanWatch(report)
 
     def now(self) -> float:
         return trio.current_time() - self.t0
@@ -653,6 +705,7 @@ class _Run:
         async with httpx.AsyncClient(timeout=httpx.Timeout(bound), limits=limits) as client:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self.sample_memory)
+                outer.start_soon(self.watch_bans, client)
                 async with trio.open_nursery() as nursery:
                     for i in range(self.s.concurrency):
                         nursery.start_soon(self.worker, client, self.mesh.consumers[i % 2], i)
@@ -663,7 +716,7 @@ class _Run:
 
     # -- load --------------------------------------------------------------------
 
-    async def worker(self, client: httpx.AsyncClient, consumer: Peer, index: int) -> None:
+    async def worker(self, client: httpx.AsyncClient, consumer: SoakPeer, index: int) -> None:
         rng = random.Random(f"{self.s.seed}-worker-{index}")
         while trio.current_time() < self.end:
             kind = "stream" if rng.random() < 0.5 else "chat"
@@ -673,16 +726,20 @@ class _Run:
             self.report.requests.append(record)
             # As a client would: after an error, back off (Retry-After when given, up to 5 s)
             # rather than hammer a mesh that just said no.
-            pause = rng.uniform(0.0, 0.3) if record.outcome == "ok" else max(rng.uniform(0.5, 1.0), min(5.0, record.retry_after or 0.0))
+            pause = (
+                rng.uniform(0.0, 0.3)
+                if record.outcome == "ok"
+                else max(rng.uniform(0.5, 1.0), min(5.0, record.retry_after or 0.0))
+            )
             await trio.sleep(pause)
 
-    async def one(self, client: httpx.AsyncClient, consumer: Peer, kind: str, tokens: int) -> RequestRecord:
+    async def one(self, client: httpx.AsyncClient, consumer: SoakPeer, kind: str, tokens: int) -> SoakRequest:
         body = {"model": MODEL, "messages": [{"role": "user", "content": "soak"}], "max_tokens": tokens}
         if kind == "stream":
             body["stream"] = True
         url = consumer.process.api_url + "/chat/completions"
         start = trio.current_time()
-        record = RequestRecord(kind, consumer.label, start - self.t0, 0.0, "hang")
+        record = SoakRequest(kind, consumer.label, start - self.t0, 0.0, "hang")
         with trio.move_on_after(self.s.request_timeout + self.s.margin):
             try:
                 if kind == "chat":
@@ -698,7 +755,7 @@ class _Run:
             self._log_error(record)
         return record
 
-    def _log_error(self, record: RequestRecord) -> None:
+    def _log_error(self, record: SoakRequest) -> None:
         """One line per kind of error every 5 s at most, with the count of those not shown."""
         key = (record.outcome, record.error_code)
         now = trio.current_time()
@@ -708,7 +765,10 @@ class _Run:
             return
         more = f" (+{quiet} more like it)" if quiet else ""
         self._logged[key] = (now, 0)
-        self.log(f"{record.start:7.1f}s {record.consumer} {record.kind}: {record.outcome} {record.error_code or ''} after {record.latency:.2f} s{more}")
+        self.log(
+            f"{record.start:7.1f}s {record.consumer} {record.kind}: {record.outcome} {record.error_code or ''} after "
+            f"{record.latency:.2f} s{more}"
+        )
 
     @staticmethod
     def _error_code(payload: object) -> str | None:
@@ -716,7 +776,7 @@ class _Run:
             return str(payload["error"].get("code"))
         return None
 
-    async def _chat(self, client: httpx.AsyncClient, url: str, body: dict, record: RequestRecord) -> None:
+    async def _chat(self, client: httpx.AsyncClient, url: str, body: dict, record: SoakRequest) -> None:
         r = await client.post(url, json=body)
         record.request_id = r.headers.get("x-request-id")
         record.provider = r.headers.get("x-garage-provider")
@@ -735,7 +795,7 @@ class _Run:
             content = None
         record.outcome = "ok" if content else "bad_body"
 
-    async def _stream(self, client: httpx.AsyncClient, url: str, body: dict, record: RequestRecord) -> None:
+    async def _stream(self, client: httpx.AsyncClient, url: str, body: dict, record: SoakRequest) -> None:
         async with client.stream("POST", url, json=body) as r:
             record.request_id = r.headers.get("x-request-id")
             record.provider = r.headers.get("x-garage-provider")
@@ -826,12 +886,19 @@ class _Run:
                 at += self.s.job_every
                 n += 1
 
-    async def job(self, client: httpx.AsyncClient, consumer: Peer, record: JobRecord, n: int) -> None:
+    async def job(self, client: httpx.AsyncClient, consumer: SoakPeer, record: JobRecord, n: int) -> None:
         workdir = Path(self.report.workdir)
         batch = workdir / f"batch-{n}.jsonl"
         batch.write_text(
             "\n".join(
-                json.dumps({"custom_id": f"job{n}-line{i}", "method": "POST", "url": "/v1/chat/completions", "body": {"model": MODEL, "messages": [{"role": "user", "content": str(i)}], "max_tokens": 8}})
+                json.dumps(
+                    {
+                        "custom_id": f"job{n}-line{i}",
+                        "method": "POST",
+                        "url": "/v1/chat/completions",
+                        "body": {"model": MODEL, "messages": [{"role": "user", "content": str(i)}], "max_tokens": 8},
+                    }
+                )
                 for i in range(self.s.job_lines)
             )
             + "\n"
@@ -841,14 +908,28 @@ class _Run:
         submitted = None
         with trio.move_on_after(120):
             submitted = await trio.run_process(
-                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "submit", "--input", str(batch), "--shard-size", "4", "--api", api],
+                [
+                    sys.executable,
+                    "-m",
+                    "garage_p2p.cli.garage",
+                    "job",
+                    "submit",
+                    "--input",
+                    str(batch),
+                    "--shard-size",
+                    "4",
+                    "--api",
+                    api,
+                ],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
             )
         if submitted is None or submitted.returncode != 0:
             record.status = "submit_failed"
-            record.error = "no answer within 120 s" if submitted is None else submitted.stderr.decode(errors="replace")[-500:]
+            record.error = (
+                "no answer within 120 s" if submitted is None else submitted.stderr.decode(errors="replace")[-500:]
+            )
             self.log(f"{self.now():7.1f}s job {n}: submit failed: {record.error}")
             return
         record.job_id = submitted.stdout.decode().strip()
@@ -869,12 +950,26 @@ class _Run:
         record.seconds = trio.current_time() - start
         if record.status == "running":
             record.status = "timed_out"
-        self.log(f"{self.now():7.1f}s job {n} ({record.job_id}): {record.status}, {record.succeeded} ok, {record.failed} failed in {record.seconds:.1f} s")
+        self.log(
+            f"{self.now():7.1f}s job {n} ({record.job_id}): {record.status}, {record.succeeded} ok, {record.failed} "
+            f"failed in {record.seconds:.1f} s"
+        )
         out = workdir / f"batch-{n}.out.jsonl"
         fetched = None
         with trio.move_on_after(120):
             fetched = await trio.run_process(
-                [sys.executable, "-m", "garage_p2p.cli.garage", "job", "results", record.job_id, "-o", str(out), "--api", api],
+                [
+                    sys.executable,
+                    "-m",
+                    "garage_p2p.cli.garage",
+                    "job",
+                    "results",
+                    record.job_id,
+                    "-o",
+                    str(out),
+                    "--api",
+                    api,
+                ],
                 capture_stdout=True,
                 capture_stderr=True,
                 check=False,
@@ -888,7 +983,9 @@ class _Run:
                 if rid:
                     record.request_ids.append(rid)
         else:
-            record.error = "results: " + ("no answer within 120 s" if fetched is None else fetched.stderr.decode(errors="replace")[-300:])
+            record.error = "results: " + (
+                "no answer within 120 s" if fetched is None else fetched.stderr.decode(errors="replace")[-300:]
+            )
 
     # -- memory ------------------------------------------------------------------
 
@@ -904,8 +1001,62 @@ class _Run:
                     self.report.memory.append(MemorySample(round(t, 1), peer.label, peer.incarnation, kib))
             await trio.sleep(self.s.sample_every)
 
+    # -- bans --------------------------------------------------------------------
 
-def _entry_counts(mesh: Mesh) -> dict[str, int]:
+    async def watch_bans(self, client: httpx.AsyncClient) -> None:
+        """Every ``sample_every`` s, each running peer's count of banned peers: a rise is a ban.
+
+        Sampled rather than read once at the end: a provider killed by the chaos forgets its
+        penalty box, and a ban lasts long enough (core/penalties.py) that no sample misses it.
+        """
+        while True:
+            for peer in list(self.mesh.peers.values()):
+                if peer.down or not peer.process.info:
+                    continue
+                try:
+                    with trio.fail_after(5):
+                        response = await client.get(metrics_url(peer.process))
+                except (httpx.HTTPError, trio.TooSlowError):
+                    continue
+                self.bans.note(peer, response.text, self.now())
+            await trio.sleep(self.s.sample_every)
+
+
+class BanWatch:
+    """Bans each peer's penalty box issued, from its ``garage_banned_peers`` gauge."""
+
+    def __init__(self, report: SoakReport) -> None:
+        self.report = report
+        self.last: dict[tuple[str, int], int] = {}
+        """(label, incarnation) → the gauge at the last read (a restarted peer starts from 0)."""
+
+    def note(self, peer: SoakPeer, metrics_text: str, at: float) -> None:
+        banned = banned_peers(metrics_text)
+        if banned is None:
+            return
+        key = (peer.label, peer.incarnation)
+        before = self.last.get(key, 0)
+        if banned > before:
+            self.report.bans.append({"at": round(at, 1), "by": peer.label, "banned": banned - before})
+        self.last[key] = banned
+
+
+def metrics_url(process: PeerProcess) -> str:
+    return process.api_url.removesuffix("/v1") + "/metrics"
+
+
+def banned_peers(metrics_text: str) -> int | None:
+    """The ``garage_banned_peers`` gauge of a /metrics page; None if the page lacks it."""
+    try:
+        for family in text_string_to_metric_families(metrics_text):
+            if family.name == BANNED_GAUGE and family.samples:
+                return int(family.samples[0].value)
+    except ValueError:
+        return None
+    return None
+
+
+def _entry_counts(mesh: SoakMesh) -> dict[str, int]:
     counts = {}
     for peer in mesh.peers.values():
         try:
@@ -946,12 +1097,21 @@ def memory_bound_mib_min(entries_per_min: float, window_start_s: float) -> float
     return memory_slack_mib_min(window_start_s) + LEDGER_KIB_PER_ENTRY * entries_per_min / 1024
 
 
-def memory_summary(report: SoakReport, mesh: Mesh, entries_half: dict[str, int], entries_end: dict[str, int], half_t: float, end_t: float) -> None:
+def memory_summary(
+    report: SoakReport,
+    mesh: SoakMesh,
+    entries_half: dict[str, int],
+    entries_end: dict[str, int],
+    half_t: float,
+    end_t: float,
+) -> None:
     minutes = max(1e-9, (end_t - half_t) / 60)
     report.memory_bound = (
         f"least-squares slope of RSS over the second half ≤ {memory_slack_mib_min(half_t):.0f} MiB/min "
-        f"(allocator warm-up; {MEMORY_SLACK_MIB_MIN[0]:.0f} if the half starts before {WARM_UP_S:.0f} s, else {MEMORY_SLACK_MIB_MIN[1]:.0f}) + "
-        f"{LEDGER_KIB_PER_ENTRY} KiB × ledger entries gained per minute (the ledger lives in memory by design); peers never restarted"
+        f"(allocator warm-up; {MEMORY_SLACK_MIB_MIN[0]:.0f} if the half starts before {WARM_UP_S:.0f} s, else "
+        f"{MEMORY_SLACK_MIB_MIN[1]:.0f}) + "
+        f"{LEDGER_KIB_PER_ENTRY} KiB × ledger entries gained per minute (the ledger lives in memory by design); "
+        "peers never restarted"
     )
     for peer in mesh.peers.values():
         samples = [s for s in report.memory if s.peer == peer.label]
@@ -968,19 +1128,27 @@ def memory_summary(report: SoakReport, mesh: Mesh, entries_half: dict[str, int],
             if m.slope_mib_min is not None:
                 m.beyond_ledger_mib_min = m.slope_mib_min - LEDGER_KIB_PER_ENTRY * m.entries_per_min / 1024
         report.memory_summary.append(m)
-    restarts = [c for c in report.chaos if mesh.peers[c.peer].process.process is not None and mesh.peers[c.peer].process.process.poll() is None]
+    restarts = [
+        c
+        for c in report.chaos
+        if mesh.peers[c.peer].process.process is not None and mesh.peers[c.peer].process.process.poll() is None
+    ]
     if restarts:
         last = max(restarts, key=lambda c: c.at + c.down_s)
         ends = [s for s in report.memory if s.peer == last.peer]
         if ends:
-            report.fresh_reference = {"peer": last.peer, "restarted_at": last.at + last.down_s, "end_mib": ends[-1].rss_kib / 1024}
+            report.fresh_reference = {
+                "peer": last.peer,
+                "restarted_at": last.at + last.down_s,
+                "end_mib": ends[-1].rss_kib / 1024,
+            }
 
 
-def _served(mesh: Mesh) -> dict[str, tuple[str, LedgerState]]:
+def _served(mesh: SoakMesh) -> dict[str, tuple[str, LedgerState]]:
     return {p.process.peer_id: (p.label, read_ledger(p.process.home)) for p in mesh.providers}
 
 
-def _missing(report: SoakReport, mesh: Mesh, consumer_ids: dict[str, str]) -> tuple[list[RequestRecord], list[str]]:
+def _missing(report: SoakReport, mesh: SoakMesh, consumer_ids: dict[str, str]) -> tuple[list[SoakRequest], list[str]]:
     served = _served(mesh)
     missing = []
     for r in report.requests:
@@ -1003,7 +1171,10 @@ def _sigterm_as_exit():
     """While it lasts, SIGTERM raises SystemExit (if nobody else handles it), so that the
     cleanup below runs: the peers and backends live in sessions of their own and would
     outlive us otherwise."""
-    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    ):
         yield
         return
 
@@ -1032,13 +1203,15 @@ def _fmt_s(seconds: float | None) -> str:
     return "never (timed out)" if seconds is None else f"{seconds:.1f} s"
 
 
-def _consumers_missing(report: SoakReport, mesh: Mesh, consumer_ids: dict[str, str]) -> int:
+def _consumers_missing(report: SoakReport, mesh: SoakMesh, consumer_ids: dict[str, str]) -> int:
     """Receipts of completed requests (and batch lines) their consumer's own ledger does not hold."""
     states = {c.label: read_ledger(c.process.home) for c in mesh.consumers}
     providers = [p.process.peer_id for p in mesh.providers]
     missing = 0
     for r in report.requests:
-        if r.outcome == "ok" and not states[r.consumer].has_receipt(r.provider or "", consumer_ids[r.consumer], r.request_id or ""):
+        if r.outcome == "ok" and not states[r.consumer].has_receipt(
+            r.provider or "", consumer_ids[r.consumer], r.request_id or ""
+        ):
             missing += 1
     for job in report.jobs:
         state, me = states[job.consumer], consumer_ids[job.consumer]
@@ -1079,9 +1252,23 @@ def run_soak(
         if log is not None:
             log(msg)
 
-    settings = _Settings(duration_s, seed, concurrency, request_timeout, margin, token_delay, job_every, job_lines, job_timeout, sample_every, settle_timeout, kill_gap, down_time)
+    settings = _Settings(
+        duration_s,
+        seed,
+        concurrency,
+        request_timeout,
+        margin,
+        token_delay,
+        job_every,
+        job_lines,
+        job_timeout,
+        sample_every,
+        settle_timeout,
+        kill_gap,
+        down_time,
+    )
     report = SoakReport(duration_s, seed, str(root))
-    mesh = Mesh(root, request_timeout=request_timeout, token_delay=token_delay, log=say)
+    mesh = SoakMesh(root, request_timeout=request_timeout, token_delay=token_delay, log=say)
     with _sigterm_as_exit():
         try:
             mesh.start()
@@ -1100,11 +1287,17 @@ def run_soak(
                     await run.main()
                     nursery.cancel_scope.cancel()
 
-            say(f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s + {margin:.0f} s margin")
+            say(
+                f"load for {duration_s:.0f} s: {concurrency} workers, deadline {request_timeout:.0f} s "
+                f"+ {margin:.0f} s margin"
+            )
             trio.run(drive)
             entries_end = _entry_counts(mesh)
             memory_summary(report, mesh, entries_half, entries_end, duration_s / 2, report.load_seconds)
-            say(f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} hangs; settling receipts")
+            say(
+                f"load over after {report.load_seconds:.0f} s: {report.total} requests, {report.ok} ok, {report.hangs} "
+                "hangs; settling receipts"
+            )
 
             # Receipts, with the daemons still running: consumers push again what a killed
             # provider lost (every 10 s, for receipts older than 5 s), so this is a bounded wait.
@@ -1115,12 +1308,17 @@ def run_soak(
             report.receipts_settle_s = _settle(in_provider_logs, settle_timeout)
             if report.receipts_settle_s is None:
                 missing, batch_missing = _missing(report, mesh, consumer_ids)
-                say(f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + {len(batch_missing)} (batch) missing")
+                say(
+                    f"receipts did not reach the providers' logs within {settle_timeout:.0f} s: {len(missing)} + "
+                    f"{len(batch_missing)} (batch) missing"
+                )
 
             # The consumers' side: each holds its receipts too (ledger sync) and drops them from
             # its pending list (checked on its push round).
             def consumers_settled() -> bool:
-                return _consumers_missing(report, mesh, consumer_ids) == 0 and all(pending_count(c.process.home) == 0 for c in mesh.consumers)
+                return _consumers_missing(report, mesh, consumer_ids) == 0 and all(
+                    pending_count(c.process.home) == 0 for c in mesh.consumers
+                )
 
             report.consumers_settle_s = _settle(consumers_settled, settle_timeout)
             report.pending_at_consumers = {c.label: pending_count(c.process.home) for c in mesh.consumers}
@@ -1130,6 +1328,11 @@ def run_soak(
                 f"at the consumers after {_fmt_s(report.consumers_settle_s)} (pending {report.pending_at_consumers})"
             )
 
+            for peer in mesh.peers.values():  # the bans of the settle phase, before the peers stop
+                try:
+                    run.bans.note(peer, httpx.get(metrics_url(peer.process), timeout=5).text, report.load_seconds)
+                except httpx.HTTPError:
+                    pass
             codes = mesh.stop_all()
             say("stopped: " + ", ".join(f"{k} exit {v}" for k, v in codes.items()))
             for label, code in codes.items():
@@ -1143,7 +1346,9 @@ def run_soak(
                 if export.returncode != 0:
                     report.errors.append(f"ledger export of {p.label} failed: {export.stderr[-300:]}")
                 rows = [json.loads(line) for line in export.stdout.splitlines() if line.strip()]
-                served[p.process.peer_id] = {(row["consumer"], row["request_id"]) for row in rows if row["author"] == p.process.peer_id}
+                served[p.process.peer_id] = {
+                    (row["consumer"], row["request_id"]) for row in rows if row["author"] == p.process.peer_id
+                }
             kills = report.chaos
             for r in report.requests:
                 if r.outcome != "ok":
@@ -1155,7 +1360,16 @@ def run_soak(
                 label = next((p.label for p in mesh.providers if p.process.peer_id == r.provider), r.provider)
                 end = r.start + r.latency
                 near = [f"{c.signal} at {c.at:.1f}s" for c in kills if c.peer == label and end - 2 <= c.at <= end + 15]
-                report.receipts_lost.append({"request_id": r.request_id, "kind": r.kind, "provider": label, "consumer": r.consumer, "ended_at": round(end, 2), "kill_nearby": near})
+                report.receipts_lost.append(
+                    {
+                        "request_id": r.request_id,
+                        "kind": r.kind,
+                        "provider": label,
+                        "consumer": r.consumer,
+                        "ended_at": round(end, 2),
+                        "kill_nearby": near,
+                    }
+                )
             for job in report.jobs:
                 submitter = consumer_ids[job.consumer]
                 for rid in job.request_ids:
@@ -1163,22 +1377,23 @@ def run_soak(
                     if not any((submitter, rid) in rows for rows in served.values()):
                         report.batch_receipts_lost.append(rid)
 
-            labels = {p.process.peer_id: label for label, p in mesh.peers.items()}
-            for label, peer in mesh.peers.items():
+            for peer in mesh.consumers:
                 try:
                     text = peer.process.log_path.read_text(errors="replace")
                 except OSError:
                     continue
-                if peer in mesh.consumers:
-                    report.receipts_pushed_again += sum(int(m.group(1)) for m in PUSHED.finditer(text))
-                for m in BANNED.finditer(text):
-                    report.bans.append({"at": m.group(1), "by": label, "banned": labels.get(m.group(2), m.group(2)), "seconds": int(m.group(3)), "reason": m.group(4)})
-            report.bans.sort(key=lambda b: b["at"])
+                report.receipts_pushed_again += sum(int(m.group(1)) for m in PUSHED.finditer(text))
 
             for label, peer in mesh.peers.items():
                 verify = garage_cli("ledger", "verify", "--home", str(peer.process.home))
-                report.verify[label] = {"ok": verify.returncode == 0 and verify.stdout.strip().endswith("ok"), "output": (verify.stdout + verify.stderr).strip()[-500:]}
-            say(f"receipts: {report.receipts_checked} checked, {len(report.receipts_lost)} lost; verify: " + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in report.verify.items()))
+                report.verify[label] = {
+                    "ok": verify.returncode == 0 and verify.stdout.strip().endswith("ok"),
+                    "output": (verify.stdout + verify.stderr).strip()[-500:],
+                }
+            say(
+                f"receipts: {report.receipts_checked} checked, {len(report.receipts_lost)} lost; verify: "
+                + ", ".join(f"{k} {'ok' if v['ok'] else 'FAILED'}" for k, v in report.verify.items())
+            )
         except BaseException as exc:
             report.errors.append(f"the soak stopped early: {exc!r}")
             raise

@@ -10,14 +10,14 @@ so load reporting can be exercised without vLLM: requests in progress count as r
 and the "KV cache" fills at 1/32 per running request. With ``max_running`` it imitates a
 GPU's batch limit: further requests wait (and count as waiting) for a free slot.
 
-Run: ``python -m garage_p2p.devtools.standin_backend --port 8101 --model tiny``
+Run: ``python -m tools.standin_backend --port 8101 --model tiny``
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
 import json
+import logging
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -52,7 +52,11 @@ def metrics_text(model: str, running: int, waiting: int = 0, served: int = 0) ->
     for name, help_text, value in gauges:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name}{labels} {value!r}"]
     name = "vllm:request_success_total"
-    lines += [f"# HELP {name} Count of successfully processed requests.", f"# TYPE {name} counter", f"{name}{labels} {float(served)!r}"]
+    lines += [
+        f"# HELP {name} Count of successfully processed requests.",
+        f"# TYPE {name} counter",
+        f"{name}{labels} {float(served)!r}",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -85,16 +89,34 @@ def create_standin_app(
                 slots.release()
 
     async def models(request: Request) -> Response:
-        return JSONResponse({"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "standin", "max_model_len": 2048}]})
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"id": model, "object": "model", "created": 0, "owned_by": "standin", "max_model_len": 2048}],
+            }
+        )
 
     async def complete(request: Request) -> Response:
         nonlocal running
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return JSONResponse({"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": None, "code": None}}, status_code=400)
+            return JSONResponse(
+                {"error": {"message": "invalid JSON", "type": "invalid_request_error", "param": None, "code": None}},
+                status_code=400,
+            )
         if body.get("model") != model:
-            return JSONResponse({"error": {"message": f"model {body.get('model')!r} not found", "type": "NotFoundError", "param": "model", "code": 404}}, status_code=404)
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": f"model {body.get('model')!r} not found",
+                        "type": "NotFoundError",
+                        "param": "model",
+                        "code": 404,
+                    }
+                },
+                status_code=404,
+            )
         chat = request.url.path.endswith("/chat/completions")
         n = int(body.get("max_tokens") or 16)
         rid = f"standin-{uuid.uuid4().hex[:12]}"
@@ -106,7 +128,16 @@ def create_standin_app(
             text = " ".join([WORD] * n)
             choice = {"index": 0, "finish_reason": "length"}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
-            return JSONResponse({"id": rid, "object": "chat.completion" if chat else "text_completion", "created": created, "model": model, "choices": [choice], "usage": usage})
+            return JSONResponse(
+                {
+                    "id": rid,
+                    "object": "chat.completion" if chat else "text_completion",
+                    "created": created,
+                    "model": model,
+                    "choices": [choice],
+                    "usage": usage,
+                }
+            )
 
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
 
@@ -120,10 +151,23 @@ def create_standin_app(
                     piece = WORD if i == 0 else " " + WORD
                     delta = {"index": 0, "finish_reason": "length" if i == n - 1 else None}
                     delta.update({"delta": {"content": piece}} if chat else {"text": piece})
-                    chunk = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model, "choices": [delta]}
+                    chunk = {
+                        "id": rid,
+                        "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [delta],
+                    }
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
                 if include_usage:
-                    chunk = {"id": rid, "object": "chat.completion.chunk" if chat else "text_completion", "created": created, "model": model, "choices": [], "usage": usage}
+                    chunk = {
+                        "id": rid,
+                        "object": "chat.completion.chunk" if chat else "text_completion",
+                        "created": created,
+                        "model": model,
+                        "choices": [],
+                        "usage": usage,
+                    }
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
                 yield b"data: [DONE]\n\n"
 
@@ -133,7 +177,9 @@ def create_standin_app(
         return Response(b"")
 
     async def metrics(request: Request) -> Response:
-        return Response(metrics_text(model, running, waiting, served), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(
+            metrics_text(model, running, waiting, served), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
 
     return Starlette(
         routes=[

@@ -1,6 +1,6 @@
 """Send a bounded burst of chat requests to a peer's endpoint; print what came of each, as JSON.
 
-``python -m garage_p2p.devtools.chat_burst --api URL --requests N --concurrency K``
+``python -m tools.chat_burst --api URL --requests N --concurrency K``
 prints ``{"completed": [request ids], "failed": {status: count}}``. A request
 counts as completed only when its whole answer arrived (the client saw it
 finish). Runs inside a network namespace as easily as outside one.

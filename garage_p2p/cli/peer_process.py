@@ -1,4 +1,4 @@
-"""Run ``garage-peer`` daemons as real child processes (demo, tests, benchmarks).
+"""Run ``garage-peer`` daemons as real child processes (``garage demo``; the tests and benchmarks reuse it).
 
 Each peer gets its own home, log file and process group. Readiness is the
 daemon's own ``run/peer.json`` written by the process we started.
@@ -39,6 +39,8 @@ class PeerProcess:
     process: subprocess.Popen | None = None
     info: dict = field(default_factory=dict)
     """The daemon's run/peer.json once it is ready."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Extra environment, e.g. ``PYTHONPATH`` of another source tree (a benchmark's baseline)."""
 
     def __post_init__(self) -> None:
         self.log_path = self.home / "peer.log"
@@ -56,16 +58,12 @@ class PeerProcess:
         """Its first loopback multiaddr (with /p2p/), for others to bootstrap from."""
         return next(a for a in self.info["addrs"] if "/127.0.0.1/" in a)
 
-    def run(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-        """Run a Python module where this peer runs (its namespace, if any)."""
-        return subprocess.run([*self.prefix, sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout)
-
     def start(self) -> PeerProcess:
         self.home.mkdir(parents=True, exist_ok=True)
         run_file = self.home / "run" / "peer.json"
         run_file.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
         self.process = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "garage_p2p.cli.peer", "--home", str(self.home), *self.args],
             stdout=log,

@@ -1,0 +1,111 @@
+"""What every harness, test and benchmark needs: free ports, polling, a stand-in backend, percentiles.
+
+One copy of each, so a fix (a longer poll, a new stand-in flag) reaches every user.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import httpx
+
+from garage_p2p.cli.peer_process import PeerProcess
+from garage_p2p.sim.metrics import percentile
+
+__all__ = [
+    "REPO",
+    "free_port",
+    "percentile",
+    "run_where",
+    "standin_command",
+    "standin_process",
+    "standin_up",
+    "wait_until",
+]
+
+REPO = Path(__file__).resolve().parents[1]
+"""The checkout: ``python -m tools.…`` children need it as their working directory."""
+
+# percentile(values, q): q in 0–100, nearest rank, None for no values; the simulator's reports
+# use the same definition, so figures from a harness and from the simulator compare.
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free right now on ``host`` (racy: another process may take it first; fine for tests)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> float:
+    """Seconds until ``predicate()`` held; AssertionError naming ``what`` after ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if predicate():
+            return time.monotonic() - start
+        time.sleep(interval)
+    raise AssertionError(f"{what} not within {timeout} s")
+
+
+def standin_command(
+    port: int,
+    *,
+    model: str | None = None,
+    token_delay: float | None = None,
+    host: str | None = None,
+    python: str = sys.executable,
+    prefix: Sequence[str] = (),
+) -> list[str]:
+    """The command line of a StandInBackend process (an instrument, not a model).
+
+    ``prefix`` runs it elsewhere (``ip netns exec NAME``); ``python`` is another interpreter
+    (an installed rig's venv). Unset options keep the stand-in's defaults (model ``tiny``, no delay).
+    """
+    args = [*prefix, python, "-m", "tools.standin_backend", "--port", str(port)]
+    if host is not None:
+        args += ["--host", host]
+    if model is not None:
+        args += ["--model", model]
+    if token_delay is not None:
+        args += ["--token-delay", str(token_delay)]
+    return args
+
+
+def standin_up(base_url: str) -> bool:
+    """Whether a stand-in (or any OpenAI server) answers ``GET base_url/models``."""
+    try:
+        return httpx.get(base_url + "/models", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@contextlib.contextmanager
+def standin_process(port: int, *, timeout: float = 30.0, **options) -> Iterator[str]:
+    """A StandInBackend process on 127.0.0.1:``port`` (``standin_command``'s options); yields its base URL
+    once it answers, and ends it on exit."""
+    proc = subprocess.Popen(
+        standin_command(port, **options), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO
+    )
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        wait_until(lambda: standin_up(url) or proc.poll() is not None, timeout, f"stand-in on port {port}")
+        if proc.poll() is not None:
+            raise RuntimeError(f"the stand-in on port {port} exited with {proc.returncode}")
+        yield url
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(10)
+
+
+def run_where(peer: PeerProcess, *module_args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run ``python -m MODULE ARGS`` where ``peer`` runs (its network namespace, if any)."""
+    return subprocess.run(
+        [*peer.prefix, sys.executable, "-m", *module_args], capture_output=True, text=True, timeout=timeout
+    )
