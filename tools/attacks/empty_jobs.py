@@ -18,9 +18,12 @@ from garage_p2p.mesh.streams import StreamBroken, close_quietly, read_some, writ
 
 from . import Target
 
+VICTIM = "provider"
+"""The victim works on batch jobs (benchmarks/attacks.py: H)."""
+
 
 async def attack(
-    attacker: Peer, victim: Target, *, model: str, jobs: int = 4, delay: float = 50.0, duration: float = 60.0
+    attacker: Peer, victim: Target, *, model: str = "tiny", jobs: int = 4, delay: float = 50.0, duration: float = 30.0
 ) -> dict[str, int | float | str]:
     """Announce ``jobs`` empty jobs for ``duration`` seconds; claims get an empty lease after ``delay`` seconds."""
     me = attacker.identity.peer_id

