@@ -18,8 +18,8 @@ Within a rank, more distinct peers vouching for it come first; the peer id
 breaks ties, so every replica with the same state ranks the same way.
 
 Caps are checked before anything is verified: ``plan_pulls`` asks only for
-what fits, and a page that brings more is cut before its signatures are
-checked (``Budget``). When the total is over its cap, the authors with the
+what fits (and a small probe of an author it knows nothing of), and a page
+that brings more is cut before its signatures are checked (``Budget``). When the total is over its cap, the authors with the
 least standing are dropped whole (``shed``), never ``OWN`` or ``SERVED_US``.
 Room for a pull is what the caps leave once every author ranked below it is
 dropped, and what ranks an author comes from peers ranked above it, so a
@@ -34,6 +34,10 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 
 from .ledger import LedgerState
+
+
+PROBE_SEQS = 16
+"""Entries asked of an author with no standing when the caps leave it no room (see ``Budget.until``)."""
 
 
 class Rank(IntEnum):
@@ -185,13 +189,36 @@ class Budget:
         return s if s is not None else self.policy.standing(self.state, author, self._trusted)
 
     def until(self, author: str, from_seq: int, until: int) -> int:
-        """The last seq of ``from_seq..until`` that fits (below ``from_seq``: none), and take it."""
-        caps = self.policy.caps
+        """The last seq of ``from_seq..until`` to ask for (below ``from_seq``: none); what fits is taken.
+
+        An author we hold nothing of ranks by what others' logs say of it; its
+        own entries may be what vouches for it. So when an unknown author gets
+        no room, a few of its entries are still asked for (a probe): ``admits``
+        keeps those counter-signed by a peer we dealt with, and drops the rest
+        unverified.
+        """
         s = self._standing(author)
+        room = self._take(s, from_seq, until)
+        if not room and s.rank is Rank.UNKNOWN and not self.state.held(author):
+            return min(until, from_seq - 1 + PROBE_SEQS)
+        return from_seq - 1 + room
+
+    def admits(self, author: str, seq: int, consumer: str | None = None) -> bool:
+        """Whether the entry at (author, seq) naming ``consumer`` fits; if so it is taken.
+
+        An entry counter-signed by a peer we dealt with vouches for its author
+        (the counter-signature is verified before the entry is kept).
+        """
+        s = self._standing(author)
+        if s.rank is Rank.UNKNOWN and consumer in self._trusted:
+            s = Standing(Rank.VOUCHED, 1, author)
+        return self._take(s, seq, seq) == 1
+
+    def _take(self, s: Standing, from_seq: int, until: int) -> int:
+        caps = self.policy.caps
         if caps is None or s.rank is Rank.OWN:
-            return until
-        last = min(until, caps.seq_cap(s.rank))
-        room = last - from_seq + 1
+            return max(0, until - from_seq + 1)
+        room = min(until, caps.seq_cap(s.rank)) - from_seq + 1
         if s.rank < Rank.SERVED_US:
             kept_anyway = self._total - self._below[bisect.bisect_left(self._order, s)]
             room = min(room, caps.max_entries - kept_anyway - self._taken)
@@ -201,8 +228,4 @@ class Budget:
         self._taken += room
         if s.rank is Rank.UNKNOWN:
             self._taken_unknown += room
-        return from_seq - 1 + room
-
-    def admits(self, author: str, seq: int) -> bool:
-        """Whether one entry at (author, seq) fits; if so it is taken."""
-        return self.until(author, seq, seq) == seq
+        return room

@@ -212,7 +212,7 @@ class Ledger:
         for entry in await trio.to_thread.run_sync(parse):
             if any(e.hash == entry.hash for e in self.state.at(entry.author, entry.seq)):
                 continue
-            if budget.admits(entry.author, entry.seq):
+            if budget.admits(entry.author, entry.seq, entry.receipt.consumer):
                 wanted.append(entry)
             else:
                 result.over_caps += 1
