@@ -10,8 +10,11 @@ ranks every author by its *standing*, the ties it has to us:
 - ``SERVED_US``: its log names us as consumer: it did work for us, and those
   entries are what we consumed. Capped per author, never dropped.
 - ``DEALT``: our log names it as consumer: we served it.
-- ``VOUCHED``: it dealt with one of the above (one of its entries is
-  counter-signed by a peer we dealt with, or such a peer's log served it).
+- ``VOUCHED``: it dealt with one of the above, or shares a consumer with
+  one: one of its entries is counter-signed by a peer we dealt with, or such
+  a peer's log served it or one of its consumers. Each of these costs a real
+  request through a peer we dealt with, and that peer's counter-signature or
+  log entry, not just a fresh key.
 - ``UNKNOWN``: none of these: a tight cap per author and for all together.
 
 Within a rank, more distinct peers vouching for it come first; the peer id
@@ -30,10 +33,11 @@ dropped again.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 
-from .ledger import LedgerState
+from .ledger import Entry, LedgerState
 
 
 PROBE_SEQS = 16
@@ -104,6 +108,13 @@ class ReplicationPolicy:
         trusted = self._trusted(state) if trusted is None else trusted
         consumers, providers = state.consumers_of(author), state.providers_of(author)
         vouchers = {p for p in consumers if p in trusted} | {p for p in providers if p in trusted}
+        for consumer in consumers:  # a peer of ours served one of its consumers too
+            vouchers.update(p for p in state.providers_of(consumer) if p in trusted and p != author)
+        return self._rank(author, consumers, providers, vouchers)
+
+    def _rank(self, author: str, consumers, providers, vouchers: set[str]) -> Standing:
+        if author == self.me:
+            return Standing(Rank.OWN, 0, author)
         if self.me in consumers:
             rank = Rank.SERVED_US
         elif self.me in providers:
@@ -112,20 +123,48 @@ class ReplicationPolicy:
             rank = Rank.VOUCHED
         else:
             rank = Rank.UNKNOWN
-        vouchers.discard(self.me)
         return Standing(rank, len(vouchers), author)
 
     def standings(self, state: LedgerState) -> dict[str, Standing]:
-        """Every held author's standing (computed once per state version)."""
+        """Every held author's standing, as ``standing`` gives it (computed once per state version).
+
+        Walked from the few peers we dealt with rather than from every author:
+        the work is their consumers' providers, not every log's consumers'.
+        """
         if self._cache is not None and self._cache[:2] == (id(state), state.version):
             return self._cache[2]
-        trusted = self._trusted(state)
-        out = {a: self.standing(state, a, trusted) for a in state.authors()}
+        vouchers: dict[str, set[str]] = {}
+        for t in self._trusted(state):
+            for provider in state.providers_of(t):  # it served t: one of its entries is t's counter-signature
+                vouchers.setdefault(provider, set()).add(t)
+            for consumer in state.consumers_of(t):  # t served it, or one of its consumers
+                vouchers.setdefault(consumer, set()).add(t)
+                for provider in state.providers_of(consumer):
+                    if provider != t:
+                        vouchers.setdefault(provider, set()).add(t)
+        out = {
+            a: self._rank(a, state.consumers_of(a), state.providers_of(a), vouchers.get(a, set()))
+            for a in state.authors()
+        }
         self._cache = (id(state), state.version, out)
         return out
 
     def budget(self, state: LedgerState) -> Budget:
         return Budget(self, state)
+
+    def admit(self, state: LedgerState, entries: Iterable[Entry]) -> tuple[list[Entry], int]:
+        """Of entries offered (not yet verified), those new to ``state`` that fit; and how many did not fit."""
+        budget = self.budget(state)
+        wanted: list[Entry] = []
+        over = 0
+        for entry in entries:
+            if any(e.hash == entry.hash for e in state.at(entry.author, entry.seq)):
+                continue
+            if budget.admits(entry.author, entry.seq, entry.receipt.consumer):
+                wanted.append(entry)
+            else:
+                over += 1
+        return wanted, over
 
     def shed(self, state: LedgerState) -> list[tuple[str, int]]:
         """Drop what is over the caps from ``state``; (author, seq above which it was dropped) for the store."""

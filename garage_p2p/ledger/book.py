@@ -207,15 +207,7 @@ class Ledger:
             return out
 
         # Caps first: what we would not keep costs no signature check.
-        budget = self.policy.budget(self.state)
-        wanted: list[Entry] = []
-        for entry in await trio.to_thread.run_sync(parse):
-            if any(e.hash == entry.hash for e in self.state.at(entry.author, entry.seq)):
-                continue
-            if budget.admits(entry.author, entry.seq, entry.receipt.consumer):
-                wanted.append(entry)
-            else:
-                result.over_caps += 1
+        wanted, result.over_caps = self.policy.admit(self.state, await trio.to_thread.run_sync(parse))
         verified: list[list[Entry]] = [[] for _ in range(VERIFY_THREADS)]
         step = max(1, -(-len(wanted) // VERIFY_THREADS))
 

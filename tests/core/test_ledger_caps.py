@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from garage_p2p.core.ledger import LedgerState, replay
-from garage_p2p.core.ledger_caps import PROBE_SEQS, Rank, ReplicationCaps, ReplicationPolicy
+from garage_p2p.core.ledger_caps import PROBE_SEQS, Rank, ReplicationCaps, ReplicationPolicy, Standing
 from garage_p2p.core.ledger_sync import HeadInfo, Want, plan_pulls
 
 from .ledger_helpers import chain, entry, identity
@@ -34,6 +34,14 @@ def test_standing_ranks_ties_to_us():
     }
     assert policy.standing(state, K.peer_id).rank is Rank.DEALT  # held nothing of K yet
     assert policy.standing(state, V.peer_id).vouchers == 1  # H
+
+    # Sharing a consumer with a peer we dealt with vouches too: H served Q, and so did R.
+    q, r = identity("q"), identity("r")
+    h_log = chain(H, ME, 1)
+    h_log.append(entry(H, q, 2, h_log[0].hash, "q"))
+    state = replay(h_log + chain(r, q, 3) + chain(X, Y, 3))
+    assert policy.standing(state, r.peer_id) == Standing(Rank.VOUCHED, 1, r.peer_id)
+    assert policy.standing(state, X.peer_id).rank is Rank.UNKNOWN
 
 
 def test_plan_pulls_asks_only_for_what_fits():
@@ -128,3 +136,14 @@ def test_budget_admits_entry_by_entry_within_the_caps():
     assert len(admitted) == 15 and max(e.seq for e in admitted) <= 10
     budget = ReplicationPolicy(ME.peer_id, None).budget(state)
     assert all(budget.admits(e.author, e.seq) for e in UNKNOWN)
+
+
+def test_standings_of_all_authors_agree_with_each_authors_standing():
+    q, r = identity("q"), identity("r")
+    h_log = chain(H, ME, 1)
+    h_log.append(entry(H, q, 2, h_log[0].hash, "q"))
+    logs = OWN + h_log + VOUCHED + chain(r, q, 3) + chain(K, V, 2) + chain(q, Z, 2) + UNKNOWN[:3]
+    state = replay(logs)
+    policy = ReplicationPolicy(ME.peer_id, CAPS)
+    assert policy.standings(state) == {a: policy.standing(state, a) for a in state.authors()}
+    assert {s.rank for s in policy.standings(state).values()} == set(Rank)
