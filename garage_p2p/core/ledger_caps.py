@@ -39,12 +39,13 @@ from enum import IntEnum
 
 from .ledger import Entry, LedgerState
 
-
 PROBE_SEQS = 16
 """Entries asked of an author with no standing when the caps leave it no room (see ``Budget.until``)."""
 
 
 class Rank(IntEnum):
+    """The closest tie an author has to us (the module's docstring lists them)."""
+
     UNKNOWN = 0
     VOUCHED = 1
     DEALT = 2
@@ -103,8 +104,6 @@ class ReplicationPolicy:
 
     def standing(self, state: LedgerState, author: str, trusted: set[str] | None = None) -> Standing:
         """The standing of ``author``, whether or not we hold any of its entries."""
-        if author == self.me:
-            return Standing(Rank.OWN, 0, author)
         trusted = self._trusted(state) if trusted is None else trusted
         consumers, providers = state.consumers_of(author), state.providers_of(author)
         vouchers = {p for p in consumers if p in trusted} | {p for p in providers if p in trusted}
