@@ -3,7 +3,8 @@
 A victim ``garage-peer`` runs as a child process (loopback only, default
 settings). An attacker peer in this process builds N valid entries from
 throwaway identities and serves them (tools/attacks/forged_ledger.py). Once
-the victim's entry count has been still for 5 s, the run reports what the
+the victim's entry count has been still for 25 s (longer than the
+anti-entropy round that resumes an interrupted pull), the run reports what the
 victim holds, its memory (VmRSS) and CPU time (from /proc) against before the
 attack, and its ledger file on disk; then it restarts the victim on the same
 home and reports what the restart loaded.
@@ -56,10 +57,10 @@ def disk_mib(home: Path) -> float:
 async def entries_held(api_url: str) -> int:
     async with httpx.AsyncClient(timeout=10, trust_env=False) as client:
         r = await client.get(api_url.removesuffix("/v1") + "/garage/v1/ledger")
-        return r.json()["entries"]
+        return int(r.json()["entries"])
 
 
-async def settle(api_url: str, quiet: float = 5.0, limit: float = 170.0) -> int:
+async def settle(api_url: str, quiet: float = 25.0, limit: float = 240.0) -> int:
     """The victim's entry count once it has not changed for ``quiet`` seconds."""
     last, since = -1, time.monotonic()
     with trio.move_on_after(limit):
@@ -89,12 +90,16 @@ async def main_async(args) -> None:
         try:
             pid = victim.process.pid
             rss0, cpu0 = rss_mib(pid), cpu_seconds(pid)
-            settings = Settings(home=root / "m", listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR")
+            settings = Settings(
+                home=root / "m", listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR"
+            )
             async with open_peer(settings) as attacker:
                 target = Target(victim.peer_id, (victim.addr,), victim.api_url, pid)
                 t = time.perf_counter()
                 sent = await forged_ledger.attack(attacker, target, entries=args.entries, authors=args.authors)
-                print(f"attacker: {sent['entries']:,} entries from {sent['authors']} throwaway authors built and offered in {time.perf_counter() - t:.1f} s")
+                built = time.perf_counter() - t
+                n, k = sent["entries"], sent["authors"]
+                print(f"attacker: {n:,} entries from {k} throwaway authors, built and offered in {built:.1f} s")
                 held = await settle(victim.api_url)
             print(f"victim holds {held:,} entries")
             print(f"  memory  {rss0:7.0f} -> {rss_mib(pid):7.0f} MiB  (+{rss_mib(pid) - rss0:.0f})")
@@ -104,7 +109,8 @@ async def main_async(args) -> None:
             victim.stop()
         victim = start_victim(root / "victim", args.baseline)
         try:
-            print(f"after a restart: {await entries_held(victim.api_url):,} entries, {rss_mib(victim.process.pid):.0f} MiB")
+            held = await entries_held(victim.api_url)
+            print(f"after a restart: {held:,} entries, {rss_mib(victim.process.pid):.0f} MiB")
         finally:
             victim.stop()
 

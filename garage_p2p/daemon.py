@@ -498,7 +498,10 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     if spec is not None:
         backends[spec.served_name] = Backend(spec.served_name, spec.base_url, gpus=spec.gpu_count, managed=True)
     ledger_caps = ReplicationCaps(
-        settings.ledger_max_entries, settings.ledger_max_seq, settings.ledger_max_unknown_entries, settings.ledger_max_unknown_seq
+        settings.ledger_max_entries,
+        settings.ledger_max_seq,
+        settings.ledger_max_unknown_entries,
+        settings.ledger_max_unknown_seq,
     )
     ledger = await Ledger.open(identity, settings.home / "ledger.sqlite", ledger_caps)
     async with (

@@ -22,8 +22,9 @@ breaks ties, so every replica with the same state ranks the same way.
 
 Caps are checked before anything is verified: ``plan_pulls`` asks only for
 what fits (and a small probe of an author it knows nothing of), and a page
-that brings more is cut before its signatures are checked (``Budget``). When the total is over its cap, the authors with the
-least standing are dropped whole (``shed``), never ``OWN`` or ``SERVED_US``.
+that brings more is cut before its signatures are checked (``Budget``).
+When the total is over its cap, the authors with the least standing are
+dropped whole (``shed``), never ``OWN`` or ``SERVED_US``.
 Room for a pull is what the caps leave once every author ranked below it is
 dropped, and what ranks an author comes from peers ranked above it, so a
 pull never evicts the author it was made for and nothing is pulled to be
@@ -33,7 +34,7 @@ dropped again.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -111,7 +112,9 @@ class ReplicationPolicy:
             vouchers.update(p for p in state.providers_of(consumer) if p in trusted and p != author)
         return self._rank(author, consumers, providers, vouchers)
 
-    def _rank(self, author: str, consumers, providers, vouchers: set[str]) -> Standing:
+    def _rank(
+        self, author: str, consumers: Mapping[str, int], providers: Mapping[str, int], vouchers: set[str]
+    ) -> Standing:
         if author == self.me:
             return Standing(Rank.OWN, 0, author)
         if self.me in consumers:

@@ -78,7 +78,11 @@ def unpack_pending(blob: str) -> tuple[bytes, bytes, bytes]:
 
 class Ledger:
     def __init__(
-        self, identity: Identity, store: LedgerStore, state: LedgerState, caps: ReplicationCaps | None = ReplicationCaps()
+        self,
+        identity: Identity,
+        store: LedgerStore,
+        state: LedgerState,
+        caps: ReplicationCaps | None = ReplicationCaps(),
     ) -> None:
         self.identity = identity
         self.store = store

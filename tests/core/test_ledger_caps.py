@@ -61,14 +61,18 @@ def test_plan_pulls_asks_only_for_what_fits():
 def test_an_author_that_served_a_peer_of_ours_ranks_before_we_hold_its_log():
     h_log = chain(H, ME, 1) + [entry(H, V, 2, chain(H, ME, 1)[0].hash, "v")]
     state = replay(h_log)
-    policy = ReplicationPolicy(ME.peer_id, ReplicationCaps(max_entries=40, max_seq=20, max_unknown_entries=0, max_unknown_seq=0))
+    policy = ReplicationPolicy(
+        ME.peer_id, ReplicationCaps(max_entries=40, max_seq=20, max_unknown_entries=0, max_unknown_seq=0)
+    )
     assert policy.standing(state, V.peer_id).rank is Rank.VOUCHED  # H, who served us, served V
     assert plan_pulls(state, heads(VOUCHED), policy) == [Want(V.peer_id, 1, 5)]
 
 
 def test_a_probe_keeps_only_entries_counter_signed_by_a_peer_of_ours():
     state = replay(OWN + SERVED_US)
-    policy = ReplicationPolicy(ME.peer_id, ReplicationCaps(max_entries=40, max_seq=20, max_unknown_entries=0, max_unknown_seq=0))
+    policy = ReplicationPolicy(
+        ME.peer_id, ReplicationCaps(max_entries=40, max_seq=20, max_unknown_entries=0, max_unknown_seq=0)
+    )
     w = identity("w")
     vouching = chain(w, Y, 2)
     vouching.append(entry(w, H, 3, vouching[-1].hash, "h"))
@@ -89,7 +93,9 @@ def test_a_probe_keeps_only_entries_counter_signed_by_a_peer_of_ours():
 def test_shed_drops_least_standing_first_never_own_or_served_us():
     vouched_more = chain(Z, H, 6, tag="z") + []  # Z served H too
     state = replay(OWN + SERVED_US + VOUCHED + UNKNOWN[:10] + vouched_more)
-    policy = ReplicationPolicy(ME.peer_id, ReplicationCaps(max_entries=12, max_seq=20, max_unknown_entries=15, max_unknown_seq=10))
+    policy = ReplicationPolicy(
+        ME.peer_id, ReplicationCaps(max_entries=12, max_seq=20, max_unknown_entries=15, max_unknown_seq=10)
+    )
     dropped = policy.shed(state)
     # Others held: H 4, V 5, X 10, Z 6 = 25 > 12. X (unknown) goes first, then the vouched
     # author ranking lowest (the same voucher count: the peer id decides).
@@ -107,7 +113,9 @@ def test_shed_drops_least_standing_first_never_own_or_served_us():
 
 def test_shed_keeps_served_us_past_the_total_and_trims_to_the_seq_cap():
     state = replay(OWN + chain(H, ME, 30, tag="h") + UNKNOWN[:5])
-    policy = ReplicationPolicy(ME.peer_id, ReplicationCaps(max_entries=10, max_seq=20, max_unknown_entries=5, max_unknown_seq=10))
+    policy = ReplicationPolicy(
+        ME.peer_id, ReplicationCaps(max_entries=10, max_seq=20, max_unknown_entries=5, max_unknown_seq=10)
+    )
     assert policy.shed(state) == [(H.peer_id, 20), (X.peer_id, 0)]
     assert state.head(H.peer_id).seq == 20  # still over the total: it served us, it stays
     assert state.held(ME.peer_id) == 3 and not state.held(X.peer_id)
@@ -115,7 +123,9 @@ def test_shed_keeps_served_us_past_the_total_and_trims_to_the_seq_cap():
 
 def test_a_vouched_author_displaces_unknown_ones_but_not_the_reverse():
     state = replay(OWN + SERVED_US + UNKNOWN[:10] + OTHER_UNKNOWN[:5])
-    policy = ReplicationPolicy(ME.peer_id, ReplicationCaps(max_entries=19, max_seq=20, max_unknown_entries=15, max_unknown_seq=10))
+    policy = ReplicationPolicy(
+        ME.peer_id, ReplicationCaps(max_entries=19, max_seq=20, max_unknown_entries=15, max_unknown_seq=10)
+    )
     # Full: 4 + 15 others held. An unknown author gets no room, a vouched one gets
     # what dropping the unknown ones frees.
     w = identity("w")

@@ -49,7 +49,9 @@ def throwaway_log(author: Identity, consumer: Identity, n: int) -> list[Entry]:
     return out
 
 
-async def attack(attacker: Peer, victim: Target, *, entries: int = 200_000, authors: int = 1) -> dict[str, int | float | str]:
+async def attack(
+    attacker: Peer, victim: Target, *, entries: int = 200_000, authors: int = 1
+) -> dict[str, int | float | str]:
     """Make ``entries`` entries spread over ``authors`` throwaway logs and offer them to ``victim``."""
     consumer = Identity.from_seed(os.urandom(32))
     sent = 0
