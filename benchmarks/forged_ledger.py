@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives bes
 
 from garage_p2p.cli.common import setup_logging  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.devtools.processes import PeerProcess, peer_args  # noqa: E402
+from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
 from tools.attacks import Target, forged_ledger  # noqa: E402
 
