@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -157,9 +158,7 @@ class Want:
     """Last seq wanted (the peer's head, or ``from_seq`` for one fork proof)."""
 
 
-def plan_pulls(
-    state: LedgerState, remote: tuple[HeadInfo, ...] | list[HeadInfo], policy: ReplicationPolicy | None = None
-) -> list[Want]:
+def plan_pulls(state: LedgerState, remote: Sequence[HeadInfo], policy: ReplicationPolicy | None = None) -> list[Want]:
     """What to pull from a peer that announced ``remote``.
 
     - The peer is ahead: pull from our prefix's end (the first pulled entry

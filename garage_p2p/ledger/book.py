@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +29,7 @@ from ..core.errors import PeerFault
 from ..core.identity import Identity
 from ..core.ledger import Entry, KeyCache, LedgerState, decode_entry, make_entry, verify_entry
 from ..core.ledger_caps import ReplicationCaps, ReplicationPolicy
-from ..core.ledger_sync import Want, plan_pulls
+from ..core.ledger_sync import HeadInfo, Want, plan_pulls
 from ..core.receipts import Receipt, ReceiptInvalid, check_cosignature, check_provider_signature, parse_receipt
 from ..store.ledger_store import LedgerStore, Pending
 
@@ -122,7 +122,7 @@ class Ledger:
         log.info("ledger: %d entries from %d authors", len(state), len(state.authors()))
         return ledger
 
-    def plan(self, remote) -> list[Want]:
+    def plan(self, remote: Sequence[HeadInfo]) -> list[Want]:
         """What to pull from a peer that announced ``remote`` heads, within our caps."""
         return plan_pulls(self.state, remote, self.policy)
 
