@@ -257,6 +257,8 @@ class LedgerState:
         self._forks: dict[str, set[int]] = {}
         self._count = 0
         self._held: dict[str, int] = {}
+        self._top: dict[str, int] = {}
+        """Author → highest seq held (past gaps and forks too)."""
         self._consumers: dict[str, dict[str, int]] = {}
         """Author → consumer → entries held of the author's naming that consumer."""
         self._providers: dict[str, dict[str, int]] = {}
@@ -298,6 +300,7 @@ class LedgerState:
         self._count += 1
         self.version += 1
         self._held[author] = self._held.get(author, 0) + 1
+        self._top[author] = max(self._top.get(author, 0), entry.seq)
         by_consumer = self._consumers.setdefault(author, {})
         by_consumer[consumer] = by_consumer.get(consumer, 0) + 1
         by_author = self._providers.setdefault(consumer, {})
@@ -332,9 +335,10 @@ class LedgerState:
                 dropped += 1
             self._forks.get(author, set()).discard(seq)
         if not log:
-            for table in (self._logs, self._held, self._prefix, self._totals, self._conflict, self._forks):
+            for table in (self._logs, self._held, self._top, self._prefix, self._totals, self._conflict, self._forks):
                 table.pop(author, None)
         elif dropped:
+            self._top[author] = max(log)
             if not self._forks.get(author):
                 self._forks.pop(author, None)
             self._recount(author)
@@ -425,6 +429,10 @@ class LedgerState:
     def held(self, author: str) -> int:
         """Entries held of ``author`` (fork proofs and entries past a gap included)."""
         return self._held.get(author, 0)
+
+    def top_seq(self, author: str) -> int:
+        """The highest seq held of ``author`` (0: none)."""
+        return self._top.get(author, 0)
 
     def consumers_of(self, author: str) -> dict[str, int]:
         """Consumer → entries held of ``author``'s log naming it (do not modify)."""

@@ -173,6 +173,11 @@ class ReplicationPolicy:
         if self.caps is None:
             return []
         caps = self.caps
+        others = [a for a in state.authors() if a != self.me]
+        if sum(state.held(a) for a in others) <= min(caps.max_entries, caps.max_unknown_entries) and max(
+            (state.top_seq(a) for a in others), default=0
+        ) <= min(caps.max_seq, caps.max_unknown_seq):
+            return []  # within every cap whatever anyone's standing
         standings = self.standings(state)
         out: list[tuple[str, int]] = []
         for author, s in standings.items():
@@ -202,32 +207,17 @@ class Budget:
     Room for an author with standing S is what its seq cap allows, within the
     total less everything held by authors ranked above S (those below would be
     dropped to make room), and for an unknown author within the unknown total.
+    While no cap can bind whatever the standing (small logs, a small state),
+    no standing is computed at all: the common case costs a comparison.
     """
 
     def __init__(self, policy: ReplicationPolicy, state: LedgerState) -> None:
         self.policy = policy
         self.state = state
-        self._trusted = policy._trusted(state)
-        standings = policy.standings(state)
-        ranked = sorted(s for s in standings.values() if s.rank is not Rank.OWN)
-        self._order = ranked
-        self._below: list[int] = []
-        """Entries of droppable authors ranked below the i-th (and below all, at the end)."""
-        droppable = 0
-        for s in ranked:
-            self._below.append(droppable)
-            if s.rank < Rank.SERVED_US:
-                droppable += state.held(s.author)
-        self._below.append(droppable)
-        self._total = sum(state.held(s.author) for s in ranked)
-        self._unknown = sum(state.held(s.author) for s in ranked if s.rank is Rank.UNKNOWN)
-        self._standings = standings
+        self._others = len(state) - state.held(policy.me)
         self._taken = 0
         self._taken_unknown = 0
-
-    def _standing(self, author: str) -> Standing:
-        s = self._standings.get(author)
-        return s if s is not None else self.policy.standing(self.state, author, self._trusted)
+        self._ranked: _Ranked | None = None
 
     def until(self, author: str, from_seq: int, until: int) -> int:
         """The last seq of ``from_seq..until`` to ask for (below ``from_seq``: none); what fits is taken.
@@ -238,9 +228,8 @@ class Budget:
         keeps those counter-signed by a peer we dealt with, and drops the rest
         unverified.
         """
-        s = self._standing(author)
-        room = self._take(s, from_seq, until)
-        if not room and s.rank is Rank.UNKNOWN and not self.state.held(author):
+        room = self._take(author, from_seq, until)
+        if not room and not self.state.held(author) and self._standing(author).rank is Rank.UNKNOWN:
             return min(until, from_seq - 1 + PROBE_SEQS)
         return from_seq - 1 + room
 
@@ -250,23 +239,62 @@ class Budget:
         An entry counter-signed by a peer we dealt with vouches for its author
         (the counter-signature is verified before the entry is kept).
         """
-        s = self._standing(author)
-        if s.rank is Rank.UNKNOWN and consumer in self._trusted:
-            s = Standing(Rank.VOUCHED, 1, author)
-        return self._take(s, seq, seq) == 1
+        return self._take(author, seq, seq, consumer) == 1
 
-    def _take(self, s: Standing, from_seq: int, until: int) -> int:
+    def _take(self, author: str, from_seq: int, until: int, consumer: str | None = None) -> int:
         caps = self.policy.caps
-        if caps is None or s.rank is Rank.OWN:
-            return max(0, until - from_seq + 1)
+        wanted = until - from_seq + 1
+        if wanted <= 0:
+            return 0
+        if caps is None or author == self.policy.me:
+            return wanted
+        if until <= min(caps.max_seq, caps.max_unknown_seq) and self._others + self._taken + wanted <= min(
+            caps.max_entries, caps.max_unknown_entries
+        ):
+            self._taken += wanted  # no cap can bind: no need to know who it is
+            self._taken_unknown += wanted  # (as if unknown: an over-count only makes later room smaller)
+            return wanted
+        s = self._standing(author)
+        if s.rank is Rank.UNKNOWN and consumer is not None and consumer in self._rank_all().trusted:
+            s = Standing(Rank.VOUCHED, 1, author)
         room = min(until, caps.seq_cap(s.rank)) - from_seq + 1
         if s.rank < Rank.SERVED_US:
-            kept_anyway = self._total - self._below[bisect.bisect_left(self._order, s)]
+            ranked = self._rank_all()
+            kept_anyway = ranked.total - ranked.below[bisect.bisect_left(ranked.order, s)]
             room = min(room, caps.max_entries - kept_anyway - self._taken)
         if s.rank is Rank.UNKNOWN:
-            room = min(room, caps.max_unknown_entries - self._unknown - self._taken_unknown)
+            room = min(room, caps.max_unknown_entries - self._rank_all().unknown - self._taken_unknown)
         room = max(0, room)
         self._taken += room
         if s.rank is Rank.UNKNOWN:
             self._taken_unknown += room
         return room
+
+    def _standing(self, author: str) -> Standing:
+        ranked = self._rank_all()
+        s = ranked.standings.get(author)
+        return s if s is not None else self.policy.standing(self.state, author, ranked.trusted)
+
+    def _rank_all(self) -> _Ranked:
+        if self._ranked is None:
+            self._ranked = _Ranked(self.policy, self.state)
+        return self._ranked
+
+
+class _Ranked:
+    """Every held author in the order of who is kept, with running sums (for ``Budget``)."""
+
+    def __init__(self, policy: ReplicationPolicy, state: LedgerState) -> None:
+        self.trusted = policy._trusted(state)
+        self.standings = policy.standings(state)
+        self.order = sorted(s for s in self.standings.values() if s.rank is not Rank.OWN)
+        self.below: list[int] = []
+        """Entries of droppable authors ranked below the i-th (and below all, at the end)."""
+        droppable = 0
+        for s in self.order:
+            self.below.append(droppable)
+            if s.rank < Rank.SERVED_US:
+                droppable += state.held(s.author)
+        self.below.append(droppable)
+        self.total = sum(state.held(s.author) for s in self.order)
+        self.unknown = sum(state.held(s.author) for s in self.order if s.rank is Rank.UNKNOWN)
