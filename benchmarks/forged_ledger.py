@@ -29,25 +29,14 @@ import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives beside the package, outside the wheel
 
+from benchmarks.attacks import proc_cpu_s, proc_rss_mib  # noqa: E402
 from garage_p2p.cli.common import setup_logging  # noqa: E402
-from garage_p2p.daemon import open_peer  # noqa: E402
 from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
+from garage_p2p.daemon import open_peer  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
 from tools.attacks import Target, forged_ledger  # noqa: E402
 
 MiB = 1024 * 1024
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def disk_mib(home: Path) -> float:
@@ -89,7 +78,7 @@ async def main_async(args) -> None:
         victim = start_victim(root / "victim", args.baseline)
         try:
             pid = victim.process.pid
-            rss0, cpu0 = rss_mib(pid), cpu_seconds(pid)
+            rss0, cpu0 = proc_rss_mib(pid), proc_cpu_s(pid)
             settings = Settings(
                 home=root / "m", listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR"
             )
@@ -102,15 +91,15 @@ async def main_async(args) -> None:
                 print(f"attacker: {n:,} entries from {k} throwaway authors, built and offered in {built:.1f} s")
                 held = await settle(victim.api_url)
             print(f"victim holds {held:,} entries")
-            print(f"  memory  {rss0:7.0f} -> {rss_mib(pid):7.0f} MiB  (+{rss_mib(pid) - rss0:.0f})")
-            print(f"  CPU     {cpu_seconds(pid) - cpu0:7.1f} s during the attack")
+            print(f"  memory  {rss0:7.0f} -> {proc_rss_mib(pid):7.0f} MiB  (+{proc_rss_mib(pid) - rss0:.0f})")
+            print(f"  CPU     {proc_cpu_s(pid) - cpu0:7.1f} s during the attack")
             print(f"  disk    {disk_mib(root / 'victim'):7.1f} MiB  (ledger.sqlite with its WAL)")
         finally:
             victim.stop()
         victim = start_victim(root / "victim", args.baseline)
         try:
             held = await entries_held(victim.api_url)
-            print(f"after a restart: {held:,} entries, {rss_mib(victim.process.pid):.0f} MiB")
+            print(f"after a restart: {held:,} entries, {proc_rss_mib(victim.process.pid):.0f} MiB")
         finally:
             victim.stop()
 
