@@ -18,9 +18,9 @@ from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.ledger.book import pack_pending
 from garage_p2p.mesh.streams import read_some, write_all
 from garage_p2p.store.ledger_store import LedgerStore
-from tools.attacks import Target, forged_ledger
+from tools.attacks import forged_ledger
 
-from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .conftest import as_target, first_addr, running_peer, standin_backend, wait_for, wait_for_model
 from .core.ledger_helpers import identity as make_identity
 from .core.ledger_helpers import receipt as make_receipt
 
@@ -180,8 +180,7 @@ async def test_a_throwaway_identity_cannot_grow_a_peers_ledger_past_its_caps(tmp
                 await wait_for(lambda: holds(v, ph, pv, first.headers["x-request-id"]), timeout=15)
                 keys = v.ledger.keys = CountingKeys(v.ledger.keys)
                 async with running_peer(tmp_path / "m") as m:
-                    target = Target(pv, tuple(first_addr(v)), v.api_url)
-                    sent = await forged_ledger.attack(m, target, entries=600, authors=3)
+                    sent = await forged_ledger.attack(m, as_target(v), entries=600, authors=3)
                     assert sent["entries"] == 600
                     # V pulls what its caps leave room for, and no more: 25 per author, 60 in all.
                     await wait_for(lambda: sum(unknown_held(v).values()) >= 60, timeout=20)
