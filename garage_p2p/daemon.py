@@ -31,6 +31,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from . import __version__
 from .core.capabilities import Benchmark, Load, ModelOffer, PeerTable
 from .core.identity import Identity
+from .core.ledger_caps import ReplicationCaps
 from .core.limits import Limits
 from .core.messages import PROTOCOL_OPENAI
 from .core.peer_filter import PeerFilter
@@ -504,7 +505,13 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     spec = _runtime_spec(settings, identity)
     if spec is not None:
         backends[spec.served_name] = Backend(spec.served_name, spec.base_url, gpus=spec.gpu_count, managed=True)
-    ledger = await Ledger.open(identity, settings.home / "ledger.sqlite")
+    ledger_caps = ReplicationCaps(
+        settings.ledger_max_entries,
+        settings.ledger_max_seq,
+        settings.ledger_max_unknown_entries,
+        settings.ledger_max_unknown_seq,
+    )
+    ledger = await Ledger.open(identity, settings.home / "ledger.sqlite", ledger_caps)
     async with (
         _closing(ledger),
         _maybe_podman(settings, spec) as podman_url,

@@ -48,7 +48,6 @@ from ..core.ledger_sync import (
     encode_page,
     entry_seq,
     heads_page,
-    plan_pulls,
 )
 from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
@@ -182,7 +181,7 @@ class LedgerSync:
             except PeerFault as exc:
                 self._penalise(sender, str(exc))
                 continue
-            if plan_pulls(self.ledger.state, heads.heads):
+            if self.ledger.plan(heads.heads):
                 self._schedule(sender, heads.heads)
 
     async def _on_connections(self, new_peers: trio.MemoryReceiveChannel[str]) -> None:
@@ -213,7 +212,7 @@ class LedgerSync:
                     await self.full_sync(peer_id)
                 else:
                     # Planned now, not when the heads arrived: an earlier pull may have covered them.
-                    wants = plan_pulls(self.ledger.state, job)
+                    wants = self.ledger.plan(job)
                     if wants:
                         await self.pull(peer_id, wants)
                 job = self._again.pop(peer_id, None)
@@ -267,7 +266,7 @@ class LedgerSync:
             if not page.more or not page.heads:
                 break
             after = page.heads[-1].author
-        return await self._pull_on(conn, peer_id, plan_pulls(self.ledger.state, heads))
+        return await self._pull_on(conn, peer_id, self.ledger.plan(heads))
 
     async def _pull_on(self, conn: FrameStream, peer_id: str, wants: list[Want]) -> int:
         """Pull ranges page by page, asking for the next page before verifying this one.
