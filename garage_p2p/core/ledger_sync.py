@@ -26,7 +26,7 @@ from pydantic import Field
 from .errors import PeerFault
 from .ledger import MAX_ENTRY_BYTES, Head, LedgerState
 from .ledger_caps import ReplicationPolicy
-from .messages import ErrorReply, WireModel  # noqa: F401 (ErrorReply: the ledger's refusals)
+from .messages import WireModel
 from .wire import FrameType, KiB, MiB
 
 TOPIC_LEDGER = "garage/ledger/1"

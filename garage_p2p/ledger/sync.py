@@ -36,7 +36,6 @@ from ..core.ledger_sync import (
     MAX_RANGE_ENTRIES,
     PROTOCOL_LEDGER,
     TOPIC_LEDGER,
-    ErrorReply,
     HeadInfo,
     HeadsAnnouncement,
     HeadsPage,
@@ -49,7 +48,7 @@ from ..core.ledger_sync import (
     entry_seq,
     heads_page,
 )
-from ..core.messages import decode_json, encode_json
+from ..core.messages import ErrorReply, decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import Frame, FrameType, MiB, encode_frame
 from ..mesh.host import ConnectionWatch, DialError, Mesh, gossip_sender
