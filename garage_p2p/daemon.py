@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
@@ -186,6 +186,9 @@ class Peer:
                 }
             )
         return out
+
+    def bans(self) -> list[dict[str, Any]]:
+        return [asdict(ban) for ban in self.mesh.penalties.bans(time.monotonic())]
 
     def models(self) -> list[dict[str, Any]]:
         out = []

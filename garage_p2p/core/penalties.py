@@ -29,6 +29,20 @@ BAN = 600.0
 MAX_TRACKED = 10_000
 
 
+@dataclass(frozen=True, slots=True)
+class Ban:
+    """A peer banned now, as the operator sees it (``garage bans``)."""
+
+    peer: str
+    """The banned peer's id."""
+    remaining_s: float
+    """Seconds until the ban ends."""
+    faults: dict[str, int]
+    """Faults counted against it, per service, since we first saw it fault."""
+    last_reason: str
+    """The fault that banned it or came last (``service: reason``)."""
+
+
 @dataclass(slots=True)
 class _Record:
     times: deque[float] = field(default_factory=deque)
@@ -74,6 +88,15 @@ class PenaltyBox:
     def banned_count(self, now: float) -> int:
         """Peers banned at ``now``."""
         return sum(1 for r in self._records.values() if r.banned_until > now)
+
+    def bans(self, now: float) -> list[Ban]:
+        """The peers banned at ``now``, the longest-running ban last."""
+        bans = [
+            Ban(peer, r.banned_until - now, dict(r.by_service), r.last_reason)
+            for peer, r in self._records.items()
+            if r.banned_until > now
+        ]
+        return sorted(bans, key=lambda b: (-b.remaining_s, b.peer))
 
     def faults(self, peer: str, service: str | None = None) -> int:
         """Faults counted for ``peer`` in all, or against one ``service`` (the window does not forget these)."""
