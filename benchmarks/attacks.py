@@ -138,15 +138,14 @@ async def run_attacker(name: str, home: Path, target: Target) -> tuple[dict, flo
 
 
 def run_one(name: str, tree_name: str, tree: Path, root: Path, settle: float) -> Outcome:
-    env = {"PYTHONPATH": str(tree)}
     victim_role = getattr(importlib.import_module(f"tools.attacks.{name}"), "VICTIM", "consumer")
     with standin_process(free_port()) as backend:
-        h = PeerProcess(root / "h", peer_args(backends={"tiny": backend}), env=env).start()
+        h = PeerProcess(root / "h", peer_args(backends={"tiny": backend}), tree=tree).start()
         peers = {"H": h}
         try:
             h.wait_ready()
             for n in ("V", "W"):
-                peers[n] = PeerProcess(root / n.lower(), peer_args(bootstrap=[h.addr]), env=env).start()
+                peers[n] = PeerProcess(root / n.lower(), peer_args(bootstrap=[h.addr]), tree=tree).start()
             for p in peers.values():
                 p.wait_ready()
             for n in ("V", "W"):

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import httpx
@@ -31,6 +31,7 @@ from hypercorn.trio import serve as hypercorn_serve
 from . import __version__
 from .core.capabilities import Benchmark, Load, ModelOffer, PeerTable
 from .core.identity import Identity
+from .core.ledger_caps import ReplicationCaps
 from .core.limits import Limits
 from .core.messages import PROTOCOL_OPENAI
 from .core.peer_filter import PeerFilter
@@ -47,6 +48,7 @@ from .ledger.cosign import Cosigner
 from .ledger.sync import LedgerSync
 from .ledger.views import balances_view, ledger_summary
 from .mesh.caps import CapsService
+from .mesh.discovery import SERVICE as TABLE_FAULTS
 from .mesh.discovery import Discovery
 from .mesh.host import DialError, Mesh, open_mesh
 from .mesh.patches import apply_library_patches
@@ -185,6 +187,9 @@ class Peer:
             )
         return out
 
+    def bans(self) -> list[dict[str, Any]]:
+        return [asdict(ban) for ban in self.mesh.penalties.bans(time.monotonic())]
+
     def models(self) -> list[dict[str, Any]]:
         out = []
         by_model: dict[str, list[tuple[str, ModelOffer]]] = {}
@@ -287,10 +292,11 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
         connections=len(peer.mesh.connected_peers()),
         ads_received=peer.caps.received,
         ads_rejected={
-            "invalid": sum(peer.caps.rejected.values()) + sum(peer.discovery.rejected.values()),
+            "invalid": sum(peer.caps.rejected.values()) + peer.mesh.penalties.totals.get(TABLE_FAULTS, 0),
             "flood": sum(peer.caps.flooded.values()),
         },
         banned_peers=peer.mesh.penalties.banned_count(now),
+        faults=dict(peer.mesh.penalties.totals),
         ledger_entries=len(state),
         ledger_authors=len(state.authors()),
         ledger_forked_authors=len(state.flagged_authors()),
@@ -398,6 +404,12 @@ async def _maybe_podman(settings: Settings, spec: RuntimeSpec | None) -> AsyncIt
         yield url
 
 
+def _gpus_of(table: PeerTable, peer_id: str) -> int:
+    """GPUs a peer's ad says it has; 1 for a CPU-only or unknown peer (a receipt counts at least one)."""
+    entry = table.get(peer_id, time.time())
+    return max(1, sum(g.count for g in entry.ad.hardware.gpus)) if entry else 1
+
+
 def _addrs_of(table: PeerTable, peer_id: str) -> tuple[str, ...]:
     entry = table.get(peer_id, time.time())
     return entry.ad.addrs if entry else ()
@@ -496,7 +508,13 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     spec = _runtime_spec(settings, identity)
     if spec is not None:
         backends[spec.served_name] = Backend(spec.served_name, spec.base_url, gpus=spec.gpu_count, managed=True)
-    ledger = await Ledger.open(identity, settings.home / "ledger.sqlite")
+    ledger_caps = ReplicationCaps(
+        settings.ledger_max_entries,
+        settings.ledger_max_seq,
+        settings.ledger_max_unknown_entries,
+        settings.ledger_max_unknown_seq,
+    )
+    ledger = await Ledger.open(identity, settings.home / "ledger.sqlite", ledger_caps)
     async with (
         _closing(ledger),
         _maybe_podman(settings, spec) as podman_url,
@@ -526,8 +544,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             ),
             contributor=_contributors(ledger),
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
+            penalise=mesh.penalise,
         )
-        provider.on_fault = mesh.penalise
         peers_of: list[Peer] = []  # the snapshot reads the Peer once it exists
         metrics = Metrics(
             identity.peer_id, __version__, lambda: mesh_snapshot(peers_of[0]) if peers_of else MeshSnapshot()
@@ -594,7 +612,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
                 await discovery.lookup(model)
             return model in dispatcher.known_models()
 
-        peer.jobs = JobManager(mesh, identity, ledger, settings.home, model_known=model_known)
+        peer.jobs = JobManager(
+            mesh, identity, ledger, settings.home, model_known=model_known, gpus_of=lambda peer: _gpus_of(table, peer)
+        )
         peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
         await nursery.start(peer.jobs.serve)
         await nursery.start(peer.job_worker.serve)

@@ -49,6 +49,14 @@ class Settings(BaseModel):
     """Seconds between capability ads."""
     ad_ttl: float = Field(default=20.0, gt=0, le=300)
     """Seconds an ad stays valid without a newer one."""
+    ledger_max_entries: int = Field(default=100_000, ge=1)
+    """Others' ledger entries this peer holds in all (docs/ledger.md, Replication caps)."""
+    ledger_max_seq: int = Field(default=25_000, ge=1)
+    """How far into the log of a peer it has dealt with (directly or through a peer it dealt with) it replicates."""
+    ledger_max_unknown_entries: int = Field(default=10_000, ge=0)
+    """Entries of peers with no tie to this one, all together."""
+    ledger_max_unknown_seq: int = Field(default=1_000, ge=0)
+    """How far into the log of a peer with no tie to this one it replicates."""
     drain_timeout: float = Field(default=30.0, ge=0)
     """On shutdown, seconds in-flight requests get to finish."""
     log_level: str = "INFO"

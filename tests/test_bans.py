@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
+from functools import partial
 
 import trio
+from typer.testing import CliRunner
 
+from garage_p2p.cli.garage import app
 from garage_p2p.core.messages import PROTOCOL_OPENAI
 from garage_p2p.core.penalties import THRESHOLD
 from garage_p2p.core.wire import FrameType, encode_frame
@@ -37,6 +41,7 @@ async def test_repeated_garbage_bans_the_sender_and_others_are_still_served(tmp_
                         while await read_some(stream):
                             pass
                 assert a.mesh.penalties.banned(evil.identity.peer_id, time.monotonic())
+                await the_operator_sees_the_ban(a, evil.identity.peer_id, http)
                 with trio.fail_after(5):
                     while evil.identity.peer_id in a.mesh.connected_peers():
                         await trio.sleep(0.05)
@@ -52,3 +57,19 @@ async def test_repeated_garbage_bans_the_sender_and_others_are_still_served(tmp_
                 assert not answered
                 r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                 assert r.status_code == 200
+
+
+async def the_operator_sees_the_ban(peer, banned: str, http) -> None:
+    """``/garage/v1/bans`` and ``garage bans`` name the banned peer, its faults per service and the last one."""
+    base = peer.api_url.removesuffix("/v1")
+    listed = (await http.get(base + "/garage/v1/bans")).json()["bans"]
+    assert [b["peer"] for b in listed] == [banned]
+    assert listed[0]["faults"] == {"openai": THRESHOLD} and listed[0]["last_reason"].startswith("openai: ")
+    assert 0 < listed[0]["remaining_s"] <= peer.mesh.penalties.ban
+    cli = partial(CliRunner().invoke, app, ["bans", "--api", base, "--json"])
+    result = await trio.to_thread.run_sync(cli)
+    assert result.exit_code == 0, result.output
+    assert [b["peer"] for b in json.loads(result.stdout)] == [banned]
+    table = await trio.to_thread.run_sync(partial(CliRunner().invoke, app, ["bans", "--api", base]))
+    assert table.stdout.splitlines()[0].split() == ["PEER", "LEFT", "FAULTS", "LAST"]
+    assert f"openai:{THRESHOLD}" in table.stdout

@@ -317,7 +317,7 @@ async def fuzz_two_peers(workdir: Path, scale: float = 1.0) -> FuzzRun:
                 elapsed = time.monotonic() - started
                 async with httpx.AsyncClient(timeout=30) as http:
                     after = [await http.post(url + "/chat/completions", json=CHAT) for url in (a.api_url, c.api_url)]
-                return FuzzRun(fuzz, elapsed, after, a.provider.faults.get(c.identity.peer_id, 0))
+                return FuzzRun(fuzz, elapsed, after, a.mesh.penalties.faults(c.identity.peer_id, "openai"))
 
 
 async def test_schemathesis_against_the_endpoint(tmp_path):
@@ -407,7 +407,7 @@ async def test_a_client_body_relayed_by_an_honest_consumer_is_not_held_against_t
                     await http.post(c.api_url + "/chat/completions", content=nested(230), headers=JSON)
                     for _ in range(THRESHOLD)
                 ]
-                faults = dict(a.provider.faults)
+                faults = a.mesh.penalties.counts("openai")
                 after = await http.post(c.api_url + "/chat/completions", json=CHAT)
     assert after.status_code == 200, (
         f"the consumer is no longer served after {THRESHOLD} nested bodies: {after.text[:200]}"

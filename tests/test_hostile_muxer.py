@@ -62,7 +62,7 @@ async def test_a_banned_peer_is_not_dialled(tmp_path):
     async with running_peer(tmp_path / "victim") as victim, running_peer(tmp_path / "evil") as evil:
         banned = evil.identity.peer_id
         for _ in range(THRESHOLD):
-            victim.mesh.penalise(banned, "test: a fault")
+            victim.mesh.penalise(banned, "test", "a fault")
         with pytest.raises(DialError, match="banned"):
             await victim.mesh.connect(banned, first_addr(evil))
         # The library's own dialers (auto-connector, DHT, new_stream) go through the swarm.

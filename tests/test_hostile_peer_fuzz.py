@@ -310,7 +310,7 @@ def openai_garbage(rng: random.Random) -> list[tuple[str, bytes]]:
 async def test_malformed_and_oversized_frames_on_the_openai_protocol(tmp_path, http):
     rng = random.Random(20261127)
     async with three_peers(tmp_path, http) as peers:
-        faults = peers.victim.provider.faults
+        penalties = peers.victim.mesh.penalties
         cases = openai_garbage(rng)
         for i, (name, payload) in enumerate(cases):
             with trio.fail_after(ROUND_TIMEOUT):
@@ -318,8 +318,8 @@ async def test_malformed_and_oversized_frames_on_the_openai_protocol(tmp_path, h
             # An ERROR frame (400, or 404 for the valid head's model) or a reset: never served.
             assert all(f.type is FrameType.ERROR for f in frames), (name, frames)
             assert all(json.loads(f.payload)["status"] in (400, 404) for f in frames), (name, frames)
-            await wait_for(lambda i=i: faults.get(peers.evil_id, 0) >= i + 1, 5)
-            assert faults[peers.evil_id] == i + 1, name
+            await wait_for(lambda i=i: penalties.faults(peers.evil_id, "openai") >= i + 1, 5)
+            assert penalties.faults(peers.evil_id, "openai") == i + 1, name
             if i % 10 == 9:
                 await peers.chat_ok()
         # A head cut short, then the stream closed: a fault, not a 10 s wait.
@@ -327,11 +327,11 @@ async def test_malformed_and_oversized_frames_on_the_openai_protocol(tmp_path, h
             PROTOCOL_OPENAI,
             head_frame(RequestHead(request_id="cut", path="/v1/completions", body={"model": "tiny"}, timeout=5))[:-3],
         )
-        await wait_for(lambda: faults[peers.evil_id] == len(cases) + 1, 5)
+        await wait_for(lambda: penalties.faults(peers.evil_id, "openai") == len(cases) + 1, 5)
         await peers.chat_ok()
         print(
-            f"\nopenai protocol: {len(cases) + 1} hostile streams, {faults[peers.evil_id]} faults counted, "
-            f"{peers.chats} honest chats served"
+            f"\nopenai protocol: {len(cases) + 1} hostile streams, {penalties.faults(peers.evil_id, 'openai')} "
+            f"faults counted, {peers.chats} honest chats served"
         )
         # With the real threshold the next fault bans the evil peer.
         peers.victim.mesh.penalties.threshold = THRESHOLD
@@ -362,10 +362,10 @@ async def test_forged_counter_signatures_on_the_openai_protocol(tmp_path, http):
             end = json.loads(frames[-1].payload)
             assert frames[-1].type is FrameType.END and end["receipt"], frames[-1]
             await write_all(stream, encode_frame(FrameType.COSIGN, cosig))
-            await wait_for(lambda i=i: victim.provider.faults.get(peers.evil_id, 0) >= i + 1, 15)
+            await wait_for(lambda i=i: victim.mesh.penalties.faults(peers.evil_id, "openai") >= i + 1, 15)
             await close_quietly(stream)
             await peers.chat_ok()
-        assert victim.provider.faults[peers.evil_id] == 3
+        assert victim.mesh.penalties.faults(peers.evil_id, "openai") == 3
         # The honest peer's receipts were logged; none of the evil peer's.
         assert not any(e.receipt.consumer == peers.evil_id for e in victim.ledger.state.entries(peers.victim_id))
         assert victim.ledger.state.head(peers.victim_id).seq >= own_seq
@@ -463,7 +463,8 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
         victim = peers.victim
         forged = forged_ads(peers, rng)
         tables = [
-            ("every forgery", b"".join(encode_frame(FrameType.DATA, wire) for _, wire in forged), len(forged)),
+            # One penalty per table, however many bad ads it holds.
+            ("every forgery", b"".join(encode_frame(FrameType.DATA, wire) for _, wire in forged), 1),
             ("an oversized ad frame", HEADER.pack(70_000, FrameType.DATA), 1),
             ("a frame of an unknown type", b"\x00\x00\x00\x05\x63junk", 1),
             ("2001 ads", encode_frame(FrameType.DATA, forged[-1][1]) * 2001, None),  # each bad, then "too many"
@@ -478,11 +479,11 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
         peers.evil.mesh.host.set_stream_handler(PROTOCOL_CAPS, serve_poison)
         for name, table, expected in tables:
             serving[:] = [table]
-            before = victim.discovery.rejected.get(peers.evil_id, 0)
+            before = victim.mesh.penalties.faults(peers.evil_id, "table")
             with trio.fail_after(ROUND_TIMEOUT):
                 learned = await victim.discovery.fetch_table(peers.evil_id, first_addr(peers.evil))
             assert learned == 0, name
-            got = victim.discovery.rejected.get(peers.evil_id, 0) - before
+            got = victim.mesh.penalties.faults(peers.evil_id, "table") - before
             assert got >= 1 and (expected is None or got == expected), (name, got)
             await peers.chat_ok()
         known = victim.dispatcher.known_models()
@@ -491,7 +492,10 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
         for _ in range(3):
             await peers.send(PROTOCOL_CAPS, rng.randbytes(100), read_for=1)
         await peers.chat_ok()
-        print(f"\nad tables: {len(tables)} poisoned tables, {victim.discovery.rejected[peers.evil_id]} rejections")
+        print(
+            f"\nad tables: {len(tables)} poisoned tables, "
+            f"{victim.mesh.penalties.faults(peers.evil_id, 'table')} rejections"
+        )
 
 
 # -- /garage/ledger/1.0.0 -----------------------------------------------------------------------
@@ -523,7 +527,7 @@ async def test_forged_ledger_input_is_rejected(tmp_path, http):
         own_head = victim.ledger.state.head(peers.victim_id)
 
         def faults() -> int:
-            return sync.faults.get(peers.evil_id, 0)
+            return peers.victim.mesh.penalties.faults(peers.evil_id, "ledger")
 
         # 1. The evil peer as a client: garbage requests, forged pushes.
         raw_for_victim = receipt_for(victim.identity, evil, "forged-1")
@@ -772,8 +776,8 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
                 pass
             finally:
                 await close_quietly(stream, reset=True)
-            await wait_for(lambda i=i: victim.jobs.faults.get(peers.evil_id, 0) >= i + 1, 5)
-            assert victim.jobs.faults[peers.evil_id] == i + 1, name
+            await wait_for(lambda i=i: victim.mesh.penalties.faults(peers.evil_id, "jobs") >= i + 1, 5)
+            assert victim.mesh.penalties.faults(peers.evil_id, "jobs") == i + 1, name
         # Random JSON requests: a fault unless the request happens to be a valid claim.
         fuzzed = 0
         for _ in range(20):
@@ -782,7 +786,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
                 valid = decode_json(JobRequest, body).op == "claim"
             except PeerFault:
                 valid = False
-            before = victim.jobs.faults.get(peers.evil_id, 0)
+            before = victim.mesh.penalties.faults(peers.evil_id, "jobs")
             stream = await peers.open(PROTOCOL_JOBS)
             try:
                 with trio.fail_after(ROUND_TIMEOUT):
@@ -794,7 +798,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             if valid:
                 assert reply is not None and decode_json(LeaseGrant, reply).lease_id is None
             else:
-                await wait_for(lambda before=before: victim.jobs.faults.get(peers.evil_id, 0) > before, 5)
+                await wait_for(lambda before=before: victim.mesh.penalties.faults(peers.evil_id, "jobs") > before, 5)
             fuzzed += 1
         stream = await peers.open(PROTOCOL_JOBS)
         grant = decode_json(LeaseGrant, await ask_job(stream, JobRequest(op="claim", job_id="job-nope")))
@@ -869,12 +873,12 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             announcement = JobAnnouncement(job_id=f"evil-job-{i}", model="tiny", submitter=peers.evil_id, shards_left=1)
             await peers.evil.mesh.pubsub.publish(TOPIC_JOBS, encode_json(announcement))
             await wait_for(lambda i=i: len(contacted) >= i + 1, 10)
-            await wait_for(lambda: not victim.job_worker._working, 15)
+            await wait_for(lambda: not victim.job_worker.slots.submitters, 15)
             await peers.chat_ok()
         assert victim.job_worker.lines_done <= 4  # only the last grant had lines to run
         print(
             f"\njobs: {len(requests)} bad requests and {fuzzed} random ones to the submitter, {len(grants)} bad grants "
-            f"to the worker; {victim.jobs.faults[peers.evil_id]} faults counted"
+            f"to the worker; {victim.mesh.penalties.faults(peers.evil_id, 'jobs')} faults counted"
         )
 
 

@@ -63,7 +63,7 @@ async def test_a_poisoned_ad_table_is_rejected_and_counted(tmp_path):
             evil.mesh.host.set_stream_handler(PROTOCOL_CAPS, serve_poison)
             learned = await victim.discovery.fetch_table(evil.identity.peer_id, first_addr(evil))
             assert learned == 0
-            assert victim.discovery.rejected[evil.identity.peer_id] >= 1
+            assert victim.mesh.penalties.faults(evil.identity.peer_id, "table") >= 1
             assert "bait" not in victim.dispatcher.known_models()
 
 

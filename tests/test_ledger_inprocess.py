@@ -18,8 +18,9 @@ from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.ledger.book import pack_pending
 from garage_p2p.mesh.streams import read_some, write_all
 from garage_p2p.store.ledger_store import LedgerStore
+from tools.attacks import forged_ledger
 
-from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .conftest import as_target, first_addr, running_peer, standin_backend, wait_for, wait_for_model
 from .core.ledger_helpers import identity as make_identity
 from .core.ledger_helpers import receipt as make_receipt
 
@@ -105,7 +106,7 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
             blob = pack_pending(sign_receipt(mallory, raw), raw, cosign_receipt(m.identity, raw))
             reply = await m.ledger_sync.push(pa, [blob])
             assert reply.accepted == 0 and "provider's signature" in reply.rejected[0]
-            assert a.ledger_sync.faults[pm] == 1
+            assert a.mesh.penalties.faults(pm, "ledger") == 1
             # 2. M serves a page with an entry whose counter-signature is forged
             #    (signed by someone else than the consumer it names).
             raw = encode_receipt(make_receipt(m.identity, a.identity, "fake-work"))
@@ -113,7 +114,7 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
             m.ledger.state.add(forged)
             added = await a.ledger_sync.full_sync(pm)
             assert added == 0 and not a.ledger.state.authors()
-            assert a.ledger_sync.faults[pm] == 2
+            assert a.mesh.penalties.faults(pm, "ledger") == 2
             # 3. Garbage on the ledger protocol: a rejected frame, a penalty, A keeps serving.
             stream = await m.mesh.open_stream(pa, first_addr(a), PROTOCOL_LEDGER)
             await write_all(stream, encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"nonsense"}'))
@@ -125,7 +126,7 @@ async def test_forged_entries_and_receipts_are_refused_and_penalised(tmp_path):
                     break
                 frames = decoder.feed(data)
             assert frames and b"error" in frames[0].payload
-            await wait_for(lambda: a.ledger_sync.faults.get(pm, 0) >= 3, timeout=5)
+            await wait_for(lambda: a.mesh.penalties.faults(pm, "ledger") >= 3, timeout=5)
             # After repeated faults A bans M: disconnected.
             await wait_for(lambda: pm not in a.mesh.connected_peers(), timeout=5)
             assert a.mesh.penalties.banned(pm, time.monotonic())
@@ -148,3 +149,64 @@ async def test_a_provider_that_lost_a_counter_signature_gets_it_pushed(tmp_path)
             await wait_for(lambda: holds(c, pa, pc, "lost-1"), timeout=10)
             assert await c.ledger.pending() == []
             assert a.ledger.state.head(pa).seq == 1
+
+
+class CountingKeys:
+    """Wraps a peer's key lookup: one call per signature it checks."""
+
+    def __init__(self, keys) -> None:
+        self.keys, self.calls = keys, 0
+
+    def __call__(self, peer_id: str) -> bytes:
+        self.calls += 1
+        return self.keys(peer_id)
+
+
+async def test_a_throwaway_identity_cannot_grow_a_peers_ledger_past_its_caps(tmp_path, http):
+    """Issue 16 item 8: valid entries no one asked for, served like any log (tools/attacks/forged_ledger.py)."""
+    caps = dict(ledger_max_entries=200, ledger_max_seq=100, ledger_max_unknown_entries=60, ledger_max_unknown_seq=25)
+    async with standin_backend() as backend:
+        async with running_peer(tmp_path / "h", backends={"tiny": backend}, **caps) as h:
+            ph = h.identity.peer_id
+            async with running_peer(tmp_path / "v", bootstrap=first_addr(h), **caps) as v:
+                pv = v.identity.peer_id
+                honest = {ph, pv}
+
+                def unknown_held(peer) -> dict[str, int]:
+                    return {a: peer.ledger.state.held(a) for a in peer.ledger.state.authors() if a not in honest}
+
+                await wait_for_model(v, "tiny")
+                first = await http.post(v.api_url + "/chat/completions", json=CHAT)
+                await wait_for(lambda: holds(v, ph, pv, first.headers["x-request-id"]), timeout=15)
+                keys = v.ledger.keys = CountingKeys(v.ledger.keys)
+                async with running_peer(tmp_path / "m") as m:
+                    sent = await forged_ledger.attack(m, as_target(v), entries=600, authors=3)
+                    assert sent["entries"] == 600
+                    # V pulls what its caps leave room for, and no more: 25 per author, 60 in all.
+                    await wait_for(lambda: sum(unknown_held(v).values()) >= 60, timeout=20)
+                    await v.ledger_sync.full_sync(m.identity.peer_id)
+                    assert sorted(unknown_held(v).values()) == [10, 25, 25]
+                    # Signatures were checked only for what was kept (two per entry).
+                    assert keys.calls <= 2 * 60
+                    # Honest entries still replicate, and balances stay right.
+                    second = await http.post(v.api_url + "/chat/completions", json=CHAT)
+                    await wait_for(lambda: holds(v, ph, pv, second.headers["x-request-id"]), timeout=15)
+                    for peer in (h, v):
+                        balances = peer.ledger.state.balances()
+                        assert balances[ph].contributed.requests == 2 and balances[pv].consumed.requests == 2
+                    # A peer pulling from V is bounded by its own caps too.
+                    await h.ledger_sync.full_sync(pv)
+                    assert 0 < sum(unknown_held(h).values()) <= 60
+                    assert len(v.ledger.state) == 62
+            # On disk as in memory, and a restart keeps within the caps.
+            store = LedgerStore(tmp_path / "v" / "ledger.sqlite", readonly=True)
+            assert store.count() == 62
+            store.close()
+            async with running_peer(tmp_path / "v", **caps) as v:
+                assert len(v.ledger.state) == 62
+            async with running_peer(tmp_path / "v", **{**caps, "ledger_max_unknown_entries": 10}) as v:
+                assert sum(unknown_held(v).values()) <= 10
+                assert v.ledger.state.balances()[pv].consumed.requests == 2
+            store = LedgerStore(tmp_path / "v" / "ledger.sqlite", readonly=True)
+            assert store.count() <= 12
+            store.close()

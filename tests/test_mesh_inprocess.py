@@ -158,7 +158,7 @@ async def test_hostile_frames_are_rejected_and_the_provider_keeps_serving(tmp_pa
                             frames += decoder.feed(data)
                     assert frames and frames[0].type is FrameType.ERROR
                     assert json.loads(frames[0].payload)["status"] == 400
-                assert a.provider.faults[c.identity.peer_id] == len(garbage)
+                assert a.mesh.penalties.faults(c.identity.peer_id, "openai") == len(garbage)
                 r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                 assert r.status_code == 200
 

@@ -70,6 +70,23 @@ def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_outp
     print_table(["PEER", "CONN", "RTT", "MODELS", "HARDWARE", "LOAD", "REGION", "SEEN", "FLAGS"], rows)
 
 
+def bans(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
+    """Peers banned now for repeated faults: time left, faults per service, the last one."""
+    data = get(api, home, "/garage/v1/bans")["bans"]
+    if json_output:
+        return print_json(data)
+    rows = [
+        [
+            _short(b["peer"]),
+            f"{b['remaining_s']:.0f}s",
+            " ".join(f"{service}:{n}" for service, n in sorted(b["faults"].items())),
+            b["last_reason"],
+        ]
+        for b in data
+    ]
+    print_table(["PEER", "LEFT", "FAULTS", "LAST"], rows)
+
+
 def models(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
     """Models in the mesh: providers and their total benchmarked capacity."""
     data = get(api, home, "/garage/v1/models")["models"]

@@ -39,8 +39,9 @@ class PeerProcess:
     process: subprocess.Popen | None = None
     info: dict = field(default_factory=dict)
     """The daemon's run/peer.json once it is ready."""
-    env: dict[str, str] = field(default_factory=dict)
-    """Extra environment, e.g. ``PYTHONPATH`` of another source tree (a benchmark's baseline)."""
+    tree: Path | None = None
+    """Another source tree to run the daemon from (a benchmark's baseline): it becomes the working
+    directory and ``PYTHONPATH``, since ``python -m`` imports from the working directory first."""
 
     def __post_init__(self) -> None:
         self.log_path = self.home / "peer.log"
@@ -63,13 +64,16 @@ class PeerProcess:
         run_file = self.home / "run" / "peer.json"
         run_file.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1", **self.env)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.tree is not None:
+            env["PYTHONPATH"] = str(self.tree)
         self.process = subprocess.Popen(
             [*self.prefix, sys.executable, "-m", "garage_p2p.cli.peer", "--home", str(self.home), *self.args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=env,
+            cwd=self.tree,
             start_new_session=True,
         )
         log.close()

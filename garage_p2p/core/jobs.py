@@ -9,23 +9,34 @@ has a deadline; an expired lease, or one held by a provider that vanished,
 returns its shard to the pool. When no shard is left to lease, an idle
 provider gets a duplicate lease on a shard still running elsewhere (tail
 stealing); the first result per ``custom_id`` wins. Everything takes ``now``.
+
+The submitter counter-signs a line's receipt only when ``JobState.cosign_refusal``
+finds nothing wrong: a line of a lease granted to that provider, while the job
+runs, once, with times inside the lease and no more GPU time than the lease's
+wall time on the GPUs the provider advertises.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from .messages import ENDPOINT_PATHS, WireModel
+from .receipts import Receipt
 
 TOPIC_JOBS = "garage/jobs/1"
 PROTOCOL_JOBS = "/garage/jobs/1.0.0"
 MAX_LINE_BYTES = 1024 * 1024
 MAX_SHARD_SIZE = 1000
 MAX_CUSTOM_ID = 512
+RECEIPT_CLOCK_SKEW_S = 60.0
+"""How far a provider's clock (receipt times) may be from the submitter's (lease times)."""
+RECEIPT_SLACK_S = 1.0
+"""GPU-seconds per GPU a lease may claim beyond its wall time (metering and rounding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,13 +67,20 @@ class LineError:
     """Human-readable reason."""
 
 
-def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], list[LineError], str | None]:
-    """(valid lines, errors, the job's model). Every line must name the same model (or ``model`` overrides)."""
+def parse_batch(
+    text: str | Iterable[str], model: str | None = None, *, bodies: bool = True
+) -> tuple[list[BatchLine], list[LineError], str | None]:
+    """(valid lines, errors, the job's model). Every line must name the same model (or ``model`` overrides).
+
+    ``text``: the file's text, or its lines (without line ends) as they are read. ``bodies=False``
+    keeps only each body's model (``{"model": ...}``): a big upload is checked without holding
+    its bodies, which ``line_body`` reads again when they are stored.
+    """
     lines: list[BatchLine] = []
     errors: list[LineError] = []
     seen: set[str] = set()
     models: set[str] = set()
-    for index, raw in enumerate(text.splitlines()):
+    for index, raw in enumerate(text.splitlines() if isinstance(text, str) else text):
         if not raw.strip():
             continue
         custom_id = None
@@ -94,7 +112,7 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
                 raise ValueError("body.model is missing")
             models.add(body["model"])
             seen.add(custom_id)
-            lines.append(BatchLine(index, custom_id, url, body))
+            lines.append(BatchLine(index, custom_id, url, body if bodies else {"model": body["model"]}))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
             errors.append(LineError(index, custom_id, "invalid_line", str(exc)[:500]))
     if len(models) > 1:
@@ -120,6 +138,12 @@ def parse_batch(text: str, model: str | None = None) -> tuple[list[BatchLine], l
     errors.sort(key=lambda e: e.index)
     job_model = lines[0].body["model"] if lines else (model or (sorted(models)[0] if models else None))
     return lines, errors, job_model
+
+
+def line_body(raw: str, model: str | None = None) -> dict[str, Any]:
+    """The request body of an input line that ``parse_batch`` accepted (``model`` as given to it)."""
+    body = json.loads(raw)["body"]
+    return {**body, "model": model} if model is not None else body
 
 
 # -- messages -----------------------------------------------------------------------
@@ -200,6 +224,21 @@ class Lease:
     provider: str
     deadline: float
     duplicate: bool = False
+    granted_at: float = 0.0
+    """``now`` when it was granted: the provider's receipts cannot start before it."""
+    gpu_us: int = 0
+    """GPU time of the receipts counter-signed on this lease so far."""
+    cosigned: set[str] = field(default_factory=set)
+    """custom_ids whose receipt was counter-signed (once each)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CosignRefusal:
+    """Why a line's receipt is not counter-signed."""
+
+    reason: str
+    fault: bool
+    """The provider's fault (a claim no honest provider makes), not just too late."""
 
 
 @dataclass
@@ -216,8 +255,8 @@ class JobState:
     leases: dict[str, Lease] = field(default_factory=dict)
     """Open leases by id."""
     cancelled: bool = False
-    granted: dict[str, int] = field(default_factory=dict)
-    """Every lease ever granted → its shard (late results of an expired lease still count)."""
+    granted: dict[str, Lease] = field(default_factory=dict)
+    """Every lease ever granted by id (late results of an expired lease still count)."""
     _next_lease: int = 0
 
     @classmethod
@@ -271,9 +310,11 @@ class JobState:
 
     def _grant(self, shard: int, provider: str, now: float, duplicate: bool) -> Lease:
         self._next_lease += 1
-        lease = Lease(f"{self.job_id[:16]}-{self._next_lease}", shard, provider, now + self.lease_time, duplicate)
+        lease = Lease(
+            f"{self.job_id[:16]}-{self._next_lease}", shard, provider, now + self.lease_time, duplicate, granted_at=now
+        )
         self.leases[lease.lease_id] = lease
-        self.granted[lease.lease_id] = shard
+        self.granted[lease.lease_id] = lease
         return lease
 
     def complete(self, lease_id: str, custom_ids: list[str]) -> list[str] | None:
@@ -282,11 +323,93 @@ class JobState:
         None for a lease we never granted. Results of an expired lease still
         count; ids outside the lease's shard are ignored.
         """
-        shard = self.granted.get(lease_id)
-        if shard is None:
+        lease = self.granted.get(lease_id)
+        if lease is None:
             return None
         self.leases.pop(lease_id, None)
-        allowed = {line.custom_id for line in self.shards[shard]}
+        allowed = {line.custom_id for line in self.shards[lease.shard]}
         new = [cid for cid in dict.fromkeys(custom_ids) if cid in allowed and cid not in self.done_ids]
         self.done_ids.update(new)
         return new
+
+    def cosign_refusal(
+        self, lease_id: str, provider: str, custom_id: str, receipt: Receipt, *, gpus: int, now: float
+    ) -> CosignRefusal | None:
+        """Why the submitter must not counter-sign this line's receipt, or None (the line then counts as signed).
+
+        Call before ``complete`` for the same results (the job must be running when they arrive).
+        ``gpus``: the GPUs the provider advertises; ``now`` is on the clock of the leases (Unix time:
+        receipts carry Unix times). A receipt is the provider's claim of GPU time that the submitter
+        pays for in the ledger, so it must fit what the submitter saw: the lease it granted, the time
+        since, the provider's GPUs.
+        """
+        lease = self.granted.get(lease_id)
+        if lease is None or lease.provider != provider:
+            return CosignRefusal("a receipt for a lease not granted to this peer", fault=True)
+        if custom_id not in {line.custom_id for line in self.shards[lease.shard]}:
+            return CosignRefusal("a receipt for a line outside its lease", fault=True)
+        if custom_id in lease.cosigned:
+            return CosignRefusal("a second receipt for a line of the lease", fault=True)
+        if self.finished:
+            return CosignRefusal("the job is no longer running", fault=False)
+        if receipt.gpus > gpus:
+            return CosignRefusal(f"a receipt for {receipt.gpus} GPUs from a peer that advertises {gpus}", fault=True)
+        skew_ms = RECEIPT_CLOCK_SKEW_S * 1000
+        if receipt.start_ms < lease.granted_at * 1000 - skew_ms or receipt.end_ms > now * 1000 + skew_ms:
+            return CosignRefusal("a receipt whose time falls outside the lease", fault=True)
+        budget_us = (max(0.0, now - lease.granted_at) + RECEIPT_SLACK_S) * gpus * 1e6
+        if lease.gpu_us + receipt.gpu_us > budget_us:
+            return CosignRefusal(
+                f"receipts claim more GPU time than {gpus} GPUs had since the lease was granted", fault=True
+            )
+        lease.cosigned.add(custom_id)
+        lease.gpu_us += receipt.gpu_us
+        return None
+
+
+# -- the provider's batch slots --------------------------------------------------------
+
+MAX_JOBS = 4
+"""Jobs a provider works on at once."""
+MAX_JOBS_PER_SUBMITTER = 2
+"""Of those, jobs of one submitter: one hostile submitter cannot hold every slot."""
+PROGRESS_S = 20.0
+"""A slot whose submitter gives no lines (nor says the job is done) for this long is dropped: the submitter's fault."""
+
+
+@dataclass
+class WorkerSlots:
+    """Which announced jobs a provider works on, and how long a job may give it nothing (sans-IO).
+
+    A slot is taken on an announcement (a free slot, the submitter under its cap) and kept while
+    the submitter gives work within ``progress_s``: the worker drops a slot past its deadline and
+    penalises the submitter (it announced work, then held the slot without giving any; an honest
+    submitter with nothing left answers a claim at once). Everything takes ``now``.
+    """
+
+    max_jobs: int = MAX_JOBS
+    per_submitter: int = MAX_JOBS_PER_SUBMITTER
+    progress_s: float = PROGRESS_S
+    submitters: dict[str, str] = field(default_factory=dict)
+    """Job id → its submitter, for the jobs with a slot."""
+    deadlines: dict[str, float] = field(default_factory=dict)
+    """Job id → when its slot is dropped unless its submitter gives work first."""
+
+    def take(self, job_id: str, submitter: str, now: float) -> bool:
+        """Take a slot for ``job_id``; False if there is none for it now."""
+        if job_id in self.submitters or len(self.submitters) >= self.max_jobs:
+            return False
+        if sum(1 for s in self.submitters.values() if s == submitter) >= self.per_submitter:
+            return False
+        self.submitters[job_id] = submitter
+        self.deadlines[job_id] = now + self.progress_s
+        return True
+
+    def progress(self, job_id: str, now: float) -> None:
+        """The submitter gave work (lines, "done", an acknowledgement): its deadline moves on."""
+        self.deadlines[job_id] = now + self.progress_s
+
+    def release(self, job_id: str) -> None:
+        """The job's work loop ended: its slot is free."""
+        self.submitters.pop(job_id, None)
+        self.deadlines.pop(job_id, None)

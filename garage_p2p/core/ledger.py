@@ -19,6 +19,11 @@ bounded and the choice does not depend on arrival order), and the author is
 flagged. What counts toward balances is each author's *prefix*: the longest
 run of entries from seq 1 with one entry per seq, each linked to the one
 before; a fork or a broken link ends it. Views are pure functions of the state.
+
+A peer does not keep every log there is: ``core.ledger_caps`` decides how many
+entries of each author it holds and which authors it drops when over its
+caps (``LedgerState.remove``), so the union is taken over what each replica's
+caps admit.
 """
 
 from __future__ import annotations
@@ -129,16 +134,27 @@ def decode_entry(data: bytes, *, check_signatures: bool = True, key: Callable[[s
         receipt = parse_receipt(raw)
     except ReceiptInvalid as exc:
         raise EntryInvalid(f"receipt: {exc}") from None
+    entry = Entry(seq, prev, receipt, raw, cosig, bytes(data), hashlib.sha256(data).digest())
     if check_signatures:
-        try:
-            if not verify(key(receipt.provider), data[body_end:], ENTRY_DOMAIN + data[:body_end]):
-                raise EntryInvalid("the author's signature does not verify")
-            check_cosignature(receipt, raw, cosig, key)
-        except EntryInvalid:
-            raise
-        except PeerFault as exc:  # a provider id with no key in it, a bad counter-signature
-            raise EntryInvalid(str(exc)) from None
-    return Entry(seq, prev, receipt, raw, cosig, bytes(data), hashlib.sha256(data).digest())
+        verify_entry(entry, key)
+    return entry
+
+
+def verify_entry(entry: Entry, key: Callable[[str], bytes] = peer_key) -> None:
+    """Check the author's and the consumer's signatures of a parsed entry; EntryInvalid if one is wrong.
+
+    Split from parsing so a peer can decide whether it wants an entry (its
+    replication caps) before paying for two ed25519 verifications.
+    """
+    body = entry.encoded[:-64]
+    try:
+        if not verify(key(entry.author), entry.encoded[-64:], ENTRY_DOMAIN + body):
+            raise EntryInvalid("the author's signature does not verify")
+        check_cosignature(entry.receipt, entry.raw, entry.cosig, key)
+    except EntryInvalid:
+        raise
+    except PeerFault as exc:  # a provider id with no key in it, a bad counter-signature
+        raise EntryInvalid(str(exc)) from None
 
 
 # -- totals ----------------------------------------------------------------------
@@ -240,6 +256,15 @@ class LedgerState:
         self._conflict: dict[str, int] = {}
         self._forks: dict[str, set[int]] = {}
         self._count = 0
+        self._held: dict[str, int] = {}
+        self._top: dict[str, int] = {}
+        """Author → highest seq held (past gaps and forks too)."""
+        self._consumers: dict[str, dict[str, int]] = {}
+        """Author → consumer → entries held of the author's naming that consumer."""
+        self._providers: dict[str, dict[str, int]] = {}
+        """Consumer → author → the same counts, looked up from the consumer's side."""
+        self.version = 0
+        """Bumped on every change (caches of views derived from the state compare it)."""
 
     def __len__(self) -> int:
         """Entries held (fork proofs included)."""
@@ -257,19 +282,67 @@ class LedgerState:
         if len(kept) >= KEPT_PER_SEQ:
             if entry.hash >= kept[-1].hash:
                 return False  # a third version: two proofs are enough
-            kept.pop()
-            self._count -= 1
+            self._unindex(kept.pop())
         kept.append(entry)
         kept.sort(key=lambda e: e.hash)
-        self._count += 1
+        self._index(entry)
         if len(kept) > 1:
             self._forks.setdefault(author, set()).add(entry.seq)
         if entry.seq <= self._prefix.get(author, 0):
             self._recount(author)  # a fork inside the prefix cuts it short
         elif author not in self._conflict:
             self._extend(author)
-        # (past a conflict nothing counts: conflicts never resolve, entries never leave)
+        # (past a conflict nothing counts: conflicts never resolve)
         return True
+
+    def _index(self, entry: Entry) -> None:
+        author, consumer = entry.author, entry.receipt.consumer
+        self._count += 1
+        self.version += 1
+        self._held[author] = self._held.get(author, 0) + 1
+        self._top[author] = max(self._top.get(author, 0), entry.seq)
+        by_consumer = self._consumers.setdefault(author, {})
+        by_consumer[consumer] = by_consumer.get(consumer, 0) + 1
+        by_author = self._providers.setdefault(consumer, {})
+        by_author[author] = by_author.get(author, 0) + 1
+
+    def _unindex(self, entry: Entry) -> None:
+        author, consumer = entry.author, entry.receipt.consumer
+        self._count -= 1
+        self.version += 1
+        self._held[author] -= 1
+        for outer, inner in ((self._consumers, (author, consumer)), (self._providers, (consumer, author))):
+            counts = outer[inner[0]]
+            counts[inner[1]] -= 1
+            if not counts[inner[1]]:
+                del counts[inner[1]]
+                if not counts:
+                    del outer[inner[0]]
+
+    def remove(self, author: str, above_seq: int = 0) -> int:
+        """Drop the author's entries past ``above_seq`` (all of them with 0); how many were dropped.
+
+        Only replication caps call this (``core.ledger_caps``): dropping part
+        of a log is forgetting, not a change of what the author signed.
+        """
+        log = self._logs.get(author)
+        if log is None:
+            return 0
+        dropped = 0
+        for seq in [s for s in log if s > above_seq]:
+            for entry in log.pop(seq):
+                self._unindex(entry)
+                dropped += 1
+            self._forks.get(author, set()).discard(seq)
+        if not log:
+            for table in (self._logs, self._held, self._top, self._prefix, self._totals, self._conflict, self._forks):
+                table.pop(author, None)
+        elif dropped:
+            self._top[author] = max(log)
+            if not self._forks.get(author):
+                self._forks.pop(author, None)
+            self._recount(author)
+        return dropped
 
     def merge(self, other: LedgerState) -> None:
         """Add every entry of ``other``."""
@@ -352,6 +425,22 @@ class LedgerState:
         log = self._logs.get(author, {})
         for seq in range(1, self._prefix.get(author, 0) + 1):
             yield log[seq][0]
+
+    def held(self, author: str) -> int:
+        """Entries held of ``author`` (fork proofs and entries past a gap included)."""
+        return self._held.get(author, 0)
+
+    def top_seq(self, author: str) -> int:
+        """The highest seq held of ``author`` (0: none)."""
+        return self._top.get(author, 0)
+
+    def consumers_of(self, author: str) -> dict[str, int]:
+        """Consumer → entries held of ``author``'s log naming it (do not modify)."""
+        return self._consumers.get(author, {})
+
+    def providers_of(self, consumer: str) -> dict[str, int]:
+        """Author → entries held of its log naming ``consumer`` (do not modify)."""
+        return self._providers.get(consumer, {})
 
     def has_receipt(self, author: str, consumer: str, request_id: str) -> bool:
         totals = self._totals.get(author)

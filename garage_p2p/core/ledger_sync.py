@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -24,6 +25,7 @@ from pydantic import Field
 
 from .errors import PeerFault
 from .ledger import MAX_ENTRY_BYTES, Head, LedgerState
+from .ledger_caps import ReplicationPolicy
 from .messages import WireModel
 from .wire import FrameType, KiB, MiB
 
@@ -113,13 +115,6 @@ class PushReply(WireModel):
     """Why each rejected receipt was refused."""
 
 
-class ErrorReply(WireModel):
-    """A request the server refused."""
-
-    error: str = Field(max_length=1024)
-    """Why."""
-
-
 def announcement(
     state: LedgerState, own: str, cursor: int, limit: int = MAX_ANNOUNCED_HEADS
 ) -> tuple[HeadsAnnouncement, int]:
@@ -156,7 +151,7 @@ class Want:
     """Last seq wanted (the peer's head, or ``from_seq`` for one fork proof)."""
 
 
-def plan_pulls(state: LedgerState, remote: tuple[HeadInfo, ...] | list[HeadInfo]) -> list[Want]:
+def plan_pulls(state: LedgerState, remote: Sequence[HeadInfo], policy: ReplicationPolicy | None = None) -> list[Want]:
     """What to pull from a peer that announced ``remote``.
 
     - The peer is ahead: pull from our prefix's end (the first pulled entry
@@ -164,22 +159,35 @@ def plan_pulls(state: LedgerState, remote: tuple[HeadInfo, ...] | list[HeadInfo]
     - The peer's head is inside our prefix but hashes differently: pull that
       one entry: with ours it proves a fork.
     - The peer holds proof of a conflict we do not know: pull that seq.
+
+    With a ``policy``, each range is cut to what its caps leave room for
+    (``core.ledger_caps``), before anything is asked for, let alone verified.
     """
+    budget = policy.budget(state) if policy is not None else None
     wants: list[Want] = []
     for info in remote:
-        local = state.head(info.author) if info.author in state.authors() else Head(0, bytes(32))
-        if info.conflict is not None and local.conflict is None:
-            wants.append(Want(info.author, info.conflict, info.conflict))
-            continue
-        if local.conflict is not None:
-            continue  # past a conflict nothing more counts
-        if info.seq > local.seq:
-            wants.append(Want(info.author, local.seq + 1, info.seq))
-        elif info.seq > 0:
-            ours = state.at(info.author, info.seq)
-            if ours and ours[0].hash.hex() != info.hash:
-                wants.append(Want(info.author, info.seq, info.seq))
+        want = _want(state, info)
+        if want is not None and budget is not None:
+            until = budget.until(want.author, want.from_seq, want.until)
+            want = Want(want.author, want.from_seq, until) if until >= want.from_seq else None
+        if want is not None:
+            wants.append(want)
     return wants
+
+
+def _want(state: LedgerState, info: HeadInfo) -> Want | None:
+    local = state.head(info.author) if state.held(info.author) else Head(0, bytes(32))
+    if info.conflict is not None and local.conflict is None:
+        return Want(info.author, info.conflict, info.conflict)
+    if local.conflict is not None:
+        return None  # past a conflict nothing more counts
+    if info.seq > local.seq:
+        return Want(info.author, local.seq + 1, info.seq)
+    if info.seq > 0:
+        ours = state.at(info.author, info.seq)
+        if ours and ours[0].hash.hex() != info.hash:
+            return Want(info.author, info.seq, info.seq)
+    return None
 
 
 # -- pages of entries ----------------------------------------------------------------

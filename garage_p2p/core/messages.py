@@ -113,6 +113,20 @@ def decode_json(model: type[M], payload: bytes) -> M:
         raise PeerFault(f"invalid {model.__name__}: {where}: {first.get('msg')}") from None
 
 
+class ErrorReply(WireModel):
+    """A request/reply server's refusal of a request (mesh/rpc.py), in the protocol's reply frame."""
+
+    error: str = Field(max_length=1024)
+    """Why."""
+
+
+def refusal(payload: bytes) -> str | None:
+    """The reason if a reply payload is an ``ErrorReply``, else None."""
+    if not payload.startswith(b'{"error"'):
+        return None
+    return decode_json(ErrorReply, payload).error
+
+
 def encode_json(message: WireModel) -> bytes:
     """Compact JSON of a message, unset optional fields left out."""
     return message.model_dump_json(exclude_none=True).encode()

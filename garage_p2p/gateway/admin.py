@@ -27,6 +27,8 @@ class AdminSource(Protocol):
 
     def models(self) -> list[dict[str, Any]]: ...
 
+    def bans(self) -> list[dict[str, Any]]: ...
+
     def ledger_view(self, peer: str | None) -> dict[str, Any]: ...
 
     runtime: Any
@@ -46,6 +48,9 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
 
     async def models(request: Request) -> Response:
         return JSONResponse({"models": source.models()})
+
+    async def bans(request: Request) -> Response:
+        return JSONResponse({"bans": source.bans()})
 
     async def ledger(request: Request) -> Response:
         return JSONResponse(source.ledger_view(request.query_params.get("peer") or None))
@@ -133,6 +138,7 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         Route("/garage/v1/status", status, methods=["GET"]),
         Route("/garage/v1/peers", peers, methods=["GET"]),
         Route("/garage/v1/models", models, methods=["GET"]),
+        Route("/garage/v1/bans", bans, methods=["GET"]),
         Route("/garage/v1/route", route, methods=["GET"]),
         Route("/garage/v1/ledger", ledger, methods=["GET"]),
         Route("/garage/v1/drain", drain, methods=["POST"]),

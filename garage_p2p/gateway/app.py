@@ -34,8 +34,9 @@ from ..core.messages import (
     error_info,
 )
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
+from ..store.keys import looks_like_key
 from .admin import AdminSource, admin_routes
-from .auth import Gatekeeper, Refused, browser_refusal, from_browser, is_loopback
+from .auth import Gatekeeper, Refused, bearer_token, browser_refusal, from_browser, is_loopback
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher, DispatchFailed
@@ -270,22 +271,31 @@ def create_app(
             if (refusal := browser_refusal(request.headers, not gate.required)) is not None:
                 return error_response(refusal)
             path = request.url.path
+            authorization = request.headers.get("authorization")
+            # A request that shows one of our keys is that key's, wherever it comes from: on a
+            # loopback endpoint every key holder on the machine would otherwise pass as the CLI.
+            keyed = looks_like_key(bearer_token(authorization) or "")
             local_cli = (
                 path.startswith("/garage/")
                 and request.client is not None
                 and is_loopback(request.client.host)
                 and not from_browser(request.headers)
+                and not keyed
             )
             read = request.method == "GET" and (path.startswith("/garage/") or path == "/metrics")
-            authorization = request.headers.get("authorization")
             grant = None
+            key = None
             try:
                 if read and not local_cli:
-                    gate.admit(authorization, charge=False)
+                    key = gate.admit(authorization, charge=False).key_id
                 elif not local_cli:
                     grant = gate.admit(authorization)
+                    key = grant.key_id
             except Refused as exc:
                 return error_response(exc.info)
+            # Whose request it is: a key sees only what it owns (its batch jobs); None is the
+            # peer's own CLI or an anonymous loopback caller, who see everything.
+            request.state.key_id = key
             if grant is None:
                 return await endpoint(request)
             try:

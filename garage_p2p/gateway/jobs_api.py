@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import trio
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..core.messages import error_body, error_info
-from ..jobs.submitter import MAX_INPUT_BYTES, JobManager, JobRejected
-from .bodies import BadRequest, read_json_body
+from ..jobs.submitter import KEY_INPUT_QUOTA, MAX_INPUT_BYTES, JobManager, JobRejected
+from .bodies import BadRequest, invalid_request, read_json_body
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
@@ -18,58 +20,121 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse(error_body(info), status_code=status)
 
 
+JSONL_TYPES = ("application/jsonl", "application/x-ndjson", "application/jsonlines")
+"""Content types of a raw batch file upload (streamed to disk); anything else is the JSON body ``{"input": ...}``."""
+
+
+def owner_of(request: Request) -> str | None:
+    """The API key the request came with (set by the gate for every admin route); None sees every job."""
+    return request.state.key_id
+
+
+async def spool(request: Request, path: Path, limit: int) -> int:
+    """Write the request body to ``path`` as it arrives; its size, or BadRequest (413) past ``limit``."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    size = 0
+    async with await trio.open_file(path, "wb") as f:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise _too_large(limit)
+            await f.write(chunk)
+    return size
+
+
+def _too_large(limit: int) -> BadRequest:
+    return invalid_request(
+        f"the job input exceeds the {limit} bytes this key may still submit "
+        f"(a quota of {KEY_INPUT_QUOTA} bytes of input "
+        f"in running jobs per key; one job at most {MAX_INPUT_BYTES})",
+        code="request_too_large",
+        status=413,
+    )
+
+
 def job_routes(jobs: Any) -> list[Route]:
-    """``jobs`` is a callable returning the JobManager (it exists once the daemon has started)."""
+    """``jobs`` is a callable returning the JobManager (it exists once the daemon has started).
+
+    A key lists, reads and cancels only the jobs it submitted (another key's job is a 404); the
+    peer's own CLI sees every job. A batch file is either posted raw (``Content-Type:
+    application/jsonl``, options in the query string), streamed to disk under the key's quota, or as
+    ``{"input": text, ...}`` JSON under the same quota.
+    """
 
     def manager() -> JobManager:
         return jobs()
 
     async def submit(request: Request) -> Response:
+        owner = owner_of(request)
+        limit = await manager().input_quota_left(owner)
+        raw = request.headers.get("content-type", "").split(";")[0].strip().lower() in JSONL_TYPES
+        path = manager().spool_path()
         try:
-            body = await read_json_body(request, MAX_INPUT_BYTES)
+            if raw:
+                size = await spool(request, path, limit)
+                options: Any = request.query_params
+            else:
+                try:
+                    options = await read_json_body(request, limit)
+                except BadRequest as exc:
+                    if exc.info.error.code == "request_too_large":
+                        raise _too_large(limit) from None
+                    raise
+                text = options.pop("input", None)
+                if not isinstance(text, str):
+                    return _error(400, "input must be the batch file's text (JSONL)", "invalid_input")
+                # Spooled like an upload, so the job is built the same way: bodies never all in memory.
+                size = await trio.Path(path).write_bytes(text.encode())
+                del text
+            try:
+                shard_size = int(options.get("shard_size") or 50)
+                max_providers = int(options["max_providers"]) if options.get("max_providers") else None
+                deadline = float(options["deadline_s"]) if options.get("deadline_s") else None
+            except (TypeError, ValueError):
+                return _error(400, "shard_size, max_providers and deadline_s must be numbers", "invalid_parameter")
+            model = options.get("model") if isinstance(options.get("model"), str) else None
+            progress = await manager().submit(
+                path,
+                model=model,
+                shard_size=shard_size,
+                max_providers=max_providers,
+                deadline_s=deadline,
+                owner=owner,
+                input_bytes=size,
+            )
         except BadRequest as exc:
             return JSONResponse(error_body(exc.info), status_code=exc.info.status)
-        text = body.get("input")
-        if not isinstance(text, str):
-            return _error(400, "input must be the batch file's text (JSONL)", "invalid_input")
-        try:
-            shard_size = int(body.get("shard_size") or 50)
-            max_providers = int(body["max_providers"]) if body.get("max_providers") else None
-            deadline = float(body["deadline_s"]) if body.get("deadline_s") else None
-        except (TypeError, ValueError):
-            return _error(400, "shard_size, max_providers and deadline_s must be numbers", "invalid_parameter")
-        model = body.get("model") if isinstance(body.get("model"), str) else None
-        try:
-            progress = await manager().submit(
-                text, model=model, shard_size=shard_size, max_providers=max_providers, deadline_s=deadline
-            )
         except JobRejected as exc:
             return _error(404 if "serves" in str(exc) else 400, str(exc), "job_rejected")
+        finally:
+            path.unlink(missing_ok=True)
         return JSONResponse(progress, status_code=201)
 
     async def listing(request: Request) -> Response:
-        return JSONResponse({"jobs": manager().list()})
+        return JSONResponse({"jobs": manager().list(owner_of(request))})
 
     def job_id(request: Request) -> str:
         return request.path_params["job_id"]
 
     async def status(request: Request) -> Response:
         try:
-            return JSONResponse(manager().progress(job_id(request)))
+            return JSONResponse(manager().progress(job_id(request), owner_of(request)))
         except KeyError:
             return _error(404, f"no job {job_id(request)} on this peer", "job_not_found")
 
     async def output(request: Request) -> Response:
         kind = request.query_params.get("kind", "results")
         try:
-            lines = await manager().output(job_id(request), ok=kind != "errors")
+            lines = await manager().output(job_id(request), ok=kind != "errors", owner=owner_of(request))
         except KeyError:
             return _error(404, f"no job {job_id(request)} on this peer", "job_not_found")
         return Response("".join(line + "\n" for line in lines), media_type="application/jsonl")
 
     async def cancel(request: Request) -> Response:
         try:
-            return JSONResponse(await manager().cancel(job_id(request)))
+            return JSONResponse(await manager().cancel(job_id(request), owner_of(request)))
         except KeyError:
             return _error(404, f"no job {job_id(request)} on this peer", "job_not_found")
 

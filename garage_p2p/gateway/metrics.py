@@ -61,6 +61,8 @@ class MeshSnapshot:
     """Ads refused since start, by reason: ``invalid`` (schema, signature, clock), ``flood`` (rate)."""
     banned_peers: int = 0
     """Peers banned now for repeated faults."""
+    faults: dict[str, int] = field(default_factory=dict)
+    """Faults of other peers since start, by the service that counted them (``ledger``, ``jobs``...)."""
     ledger_entries: int = 0
     """Entries in this peer's replica of the ledger."""
     ledger_authors: int = 0
@@ -229,6 +231,12 @@ class _Scraped:
             rejected.add_metric([reason], s.ads_rejected.get(reason, 0))
         yield rejected
         yield GaugeMetricFamily("garage_banned_peers", "Peers banned now after repeated faults.", value=s.banned_peers)
+        faults = CounterMetricFamily(
+            "garage_peer_faults", "Faults of other peers (bad input), by the service counting them.", labels=["service"]
+        )
+        for service, count in sorted(s.faults.items()):
+            faults.add_metric([service], count)
+        yield faults
         yield GaugeMetricFamily(
             "garage_ledger_entries", "Entries in this peer's ledger replica.", value=s.ledger_entries
         )

@@ -18,7 +18,8 @@ from ..store.sqlite import open_wal
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
     id TEXT PRIMARY KEY, model TEXT NOT NULL, status TEXT NOT NULL, created REAL NOT NULL,
-    deadline REAL, shard_size INTEGER NOT NULL, max_providers INTEGER, total INTEGER NOT NULL
+    deadline REAL, shard_size INTEGER NOT NULL, max_providers INTEGER, total INTEGER NOT NULL,
+    owner TEXT, input_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS lines (
     job_id TEXT NOT NULL, idx INTEGER NOT NULL, custom_id TEXT NOT NULL, url TEXT NOT NULL, body TEXT NOT NULL,
@@ -42,6 +43,10 @@ class JobRow:
     shard_size: int
     max_providers: int | None
     total: int
+    owner: str | None = None
+    """The API key that submitted the job (its id); None for the peer's own CLI or an anonymous loopback caller."""
+    input_bytes: int = 0
+    """Size of the job's input file: counted against its key's quota while the job runs."""
 
 
 class JobStore:
@@ -49,14 +54,21 @@ class JobStore:
 
     def __init__(self, path: Path) -> None:
         self._db = open_wal(path, SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(jobs)")}
+        with self._db:  # a jobs.sqlite from before jobs had owners
+            if "owner" not in columns:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN owner TEXT")
+            if "input_bytes" not in columns:
+                self._db.execute("ALTER TABLE jobs ADD COLUMN input_bytes INTEGER NOT NULL DEFAULT 0")
 
     def close(self) -> None:
         self._db.close()
 
-    def add_job(self, job: JobRow, lines: list[BatchLine]) -> None:
+    def add_job(self, job: JobRow, lines: Iterable[tuple[int, str, str, dict[str, Any]]]) -> None:
+        """Store a job and its lines, ``(index, custom_id, url, body)`` each (an iterable: read as it is stored)."""
         with self._db:
             self._db.execute(
-                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     job.id,
                     job.model,
@@ -66,14 +78,13 @@ class JobStore:
                     job.shard_size,
                     job.max_providers,
                     job.total,
+                    job.owner,
+                    job.input_bytes,
                 ),
             )
             self._db.executemany(
                 "INSERT INTO lines VALUES (?, ?, ?, ?, ?)",
-                [
-                    (job.id, line.index, line.custom_id, line.url, json.dumps(line.body, separators=(",", ":")))
-                    for line in lines
-                ],
+                ((job.id, i, cid, url, json.dumps(body, separators=(",", ":"))) for i, cid, url, body in lines),
             )
 
     def set_status(self, job_id: str, status: str) -> None:
@@ -93,11 +104,32 @@ class JobStore:
             )
 
     def jobs(self) -> list[JobRow]:
-        return [JobRow(*row) for row in self._db.execute("SELECT * FROM jobs ORDER BY created")]
+        columns = "id, model, status, created, deadline, shard_size, max_providers, total, owner, input_bytes"
+        return [JobRow(*row) for row in self._db.execute(f"SELECT {columns} FROM jobs ORDER BY created")]
 
     def lines(self, job_id: str) -> list[BatchLine]:
-        rows = self._db.execute("SELECT idx, custom_id, url, body FROM lines WHERE job_id = ? ORDER BY idx", (job_id,))
-        return [BatchLine(idx, cid, url, json.loads(body)) for idx, cid, url, body in rows]
+        """The job's lines without their bodies (``bodies`` reads those when a shard is leased)."""
+        rows = self._db.execute("SELECT idx, custom_id, url FROM lines WHERE job_id = ? ORDER BY idx", (job_id,))
+        return [BatchLine(idx, cid, url, {}) for idx, cid, url in rows]
+
+    def bodies(self, job_id: str, indexes: list[int]) -> dict[int, dict[str, Any]]:
+        """Line → request body, for the given lines of a job."""
+        out: dict[int, dict[str, Any]] = {}
+        for i in range(0, len(indexes), 500):  # SQLite bounds the parameters of one statement
+            part = indexes[i : i + 500]
+            marks = ", ".join("?" * len(part))
+            rows = self._db.execute(
+                f"SELECT idx, body FROM lines WHERE job_id = ? AND idx IN ({marks})", (job_id, *part)
+            )
+            out.update((idx, json.loads(body)) for idx, body in rows)
+        return out
+
+    def input_bytes(self, owner: str) -> int:
+        """Input bytes of ``owner``'s running jobs (what its quota counts)."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(input_bytes), 0) FROM jobs WHERE owner = ? AND status = 'running'", (owner,)
+        ).fetchone()
+        return int(row[0])
 
     def done(self, job_id: str) -> list[tuple[str | None, int, bool, int]]:
         """(custom_id, line, ok, tokens) of every result."""

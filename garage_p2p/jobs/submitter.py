@@ -13,7 +13,8 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,18 @@ from ..core.jobs import (
     JobRequest,
     JobState,
     LeaseGrant,
+    LineError,
     ResultsAck,
+    line_body,
     parse_batch,
 )
 from ..core.messages import decode_json, encode_json
 from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
-from ..core.wire import FrameType, MiB, encode_frame
+from ..core.wire import Frame, FrameType, MiB, encode_frame
 from ..ledger.book import Ledger, pack_pending
 from ..mesh.host import Mesh
-from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
+from ..mesh.rpc import RpcLimits, serve_requests
+from ..mesh.streams import PeerStream
 from .store import JobRow, JobStore
 
 log = logging.getLogger(__name__)
@@ -47,9 +51,21 @@ log = logging.getLogger(__name__)
 ANNOUNCE_INTERVAL = 2.0
 GONE_AFTER = 3.0
 """A provider not connected for this long loses its leases."""
+SERVICE = "jobs"
+"""Faults on this protocol (as a provider or as a submitter) are counted under this name."""
 IDLE_TIMEOUT = 60.0
-JOB_LIMITS = {FrameType.JOB_REQUEST: 32 * MiB}
+SERVER_LIMITS = RpcLimits(
+    FrameType.JOB_REQUEST,
+    FrameType.JOB_REPLY,
+    32 * MiB,
+    max_requests=10_000,
+    idle_timeout=IDLE_TIMEOUT,
+    write_timeout=15.0,
+)
 MAX_INPUT_BYTES = 256 * MiB
+"""Largest input of one job."""
+KEY_INPUT_QUOTA = 64 * MiB
+"""Input bytes one API key's running jobs may hold on this peer (the peer's own CLI is not bound by it)."""
 
 
 class JobRejected(Exception):
@@ -81,16 +97,20 @@ class JobManager:
         home: Path,
         *,
         model_known: Callable[[str], Awaitable[bool]],
+        gpus_of: Callable[[str], int] = lambda peer_id: 1,
         lease_time: float = 120.0,
     ) -> None:
         self.mesh = mesh
         self.identity = identity
         self.ledger = ledger
         self.store = JobStore(home / "jobs.sqlite")
+        self.spool = home / "jobs-input"
+        """Uploads being received (deleted once their lines are stored)."""
         self.model_known = model_known
+        self.gpus_of = gpus_of
+        """GPUs a provider advertises (its ad's hardware; 1 for a CPU or an unknown peer): bounds its receipts."""
         self.lease_time = lease_time
         self.jobs: dict[str, _Job] = {}
-        self.faults: dict[str, int] = {}
         self._lock = trio.Lock()
         self._new_job = trio.Event()
 
@@ -167,7 +187,7 @@ class JobManager:
                             lease.provider,
                             len(lost),
                         )
-                job.state.expire(now)
+                job.state.expire(time.time())
                 if job.row.deadline is not None and time.time() > job.row.deadline:
                     await self._finish(
                         job, "expired", "deadline_exceeded", "the job's deadline passed before this line ran"
@@ -177,9 +197,22 @@ class JobManager:
     # -- submitting ----------------------------------------------------------------------
 
     async def submit(
-        self, text: str, *, model: str | None, shard_size: int, max_providers: int | None, deadline_s: float | None
+        self,
+        source: str | Path,
+        *,
+        model: str | None,
+        shard_size: int,
+        max_providers: int | None,
+        deadline_s: float | None,
+        owner: str | None = None,
+        input_bytes: int = 0,
     ) -> dict[str, Any]:
-        lines, errors, job_model = parse_batch(text, model)
+        """Start a job from the batch file's text, or from the file (``source``: a spooled upload).
+
+        ``owner``: the API key that submits it (None: the peer's own CLI); ``input_bytes`` count
+        against that key's quota while the job runs.
+        """
+        lines, errors, job_model = await trio.to_thread.run_sync(_parse, source, model)
         if job_model is None:
             raise JobRejected("no line names a model (and no --model was given)")
         if lines and not await self.model_known(job_model):
@@ -187,9 +220,11 @@ class JobManager:
         job_id = f"job-{secrets.token_hex(8)}"
         row = JobRow(
             job_id, job_model, "running", time.time(), time.time() + deadline_s if deadline_s else None,
-            max(1, min(shard_size, MAX_SHARD_SIZE)), max_providers, len(lines) + len(errors),
+            max(1, min(shard_size, MAX_SHARD_SIZE)), max_providers, len(lines) + len(errors), owner, input_bytes,
         )  # fmt: skip
-        await self._db(self.store.add_job, row, lines)
+        await self._db(self.store.add_job, row, _stored_lines(source, lines, model))
+        # Bodies stay on disk until their shard is leased: a job holds only line ids in memory.
+        lines = [BatchLine(line.index, line.custom_id, line.url, {}) for line in lines]
         now = time.time()
         await self._db(
             self.store.add_results,
@@ -219,11 +254,26 @@ class JobManager:
         self._new_job.set()
         return self.progress(job_id)
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
-        job = self._get(job_id)
+    async def input_quota_left(self, owner: str | None) -> int:
+        """Input bytes ``owner`` may still submit: its key's quota less its running jobs' input.
+
+        The peer's own CLI (None) is bound by one job's maximum only.
+        """
+        if owner is None:
+            return MAX_INPUT_BYTES
+        used = await self._db(self.store.input_bytes, owner)
+        return max(0, min(MAX_INPUT_BYTES, KEY_INPUT_QUOTA - used))
+
+    def spool_path(self) -> Path:
+        """A new file to spool an upload to (under HOME/jobs-input; the caller deletes it)."""
+        self.spool.mkdir(parents=True, exist_ok=True)
+        return self.spool / f"{secrets.token_hex(8)}.jsonl"
+
+    async def cancel(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        job = self._get(job_id, owner)
         if job.row.status == "running":
             await self._finish(job, "cancelled", "cancelled", "the job was cancelled before this line ran")
-        return self.progress(job_id)
+        return self.progress(job_id, owner)
 
     async def _finish(self, job: _Job, status: str, code: str | None = None, message: str = "") -> None:
         if code is not None:
@@ -252,16 +302,17 @@ class JobManager:
         await self._db(self.store.set_status, job.row.id, status)
         log.info("job %s %s", job.row.id, status)
 
-    def _get(self, job_id: str) -> _Job:
+    def _get(self, job_id: str, owner: str | None = None) -> _Job:
+        """The job, if ``owner`` may see it: its own key's jobs, or every job for None (the peer's own CLI)."""
         job = self.jobs.get(job_id)
-        if job is None:
-            raise KeyError(job_id)
+        if job is None or (owner is not None and job.row.owner != owner):
+            raise KeyError(job_id)  # another key's job is as absent as a job that never was
         return job
 
     # -- views -----------------------------------------------------------------------------
 
-    def progress(self, job_id: str) -> dict[str, Any]:
-        job = self._get(job_id)
+    def progress(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
+        job = self._get(job_id, owner)
         total = job.row.total
         invalid = total - len(job.lines)
         done = len(job.state.done_ids.intersection(job.by_id)) + invalid
@@ -291,38 +342,22 @@ class JobManager:
             "created": job.row.created,
         }
 
-    def list(self) -> list[dict[str, Any]]:
-        return [self.progress(job_id) for job_id in self.jobs]
+    def list(self, owner: str | None = None) -> list[dict[str, Any]]:
+        return [self.progress(job_id) for job_id, job in self.jobs.items() if owner is None or job.row.owner == owner]
 
-    async def output(self, job_id: str, ok: bool) -> list[str]:
-        self._get(job_id)
+    async def output(self, job_id: str, ok: bool, owner: str | None = None) -> list[str]:
+        self._get(job_id, owner)
         return await self._db(self.store.records, job_id, ok)
 
     # -- the protocol (providers ask) ----------------------------------------------------------
 
-    async def handle_stream(self, stream) -> None:
-        peer_id = str(stream.muxed_conn.peer_id)
-        conn = FrameStream(stream, JOB_LIMITS)
-        try:
-            while True:
-                frame = None
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    frame = await conn.read()
-                if frame is None:
-                    break
-                request = decode_json(JobRequest, frame.payload)
-                reply = await (
-                    self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request)
-                )
-                await write_all(stream, encode_frame(FrameType.JOB_REPLY, encode_json(reply)))
-        except PeerFault as exc:
-            self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
-            self.mesh.penalise(peer_id, f"jobs: {exc}")
-            log.warning("job protocol: peer %s misbehaved: %s", peer_id, exc)
-        except StreamBroken:
-            pass
-        finally:
-            await close_quietly(stream)
+    async def handle_stream(self, stream: PeerStream) -> None:
+        await serve_requests(stream, SERVICE, SERVER_LIMITS, self._answer, self.mesh.penalise)
+
+    async def _answer(self, peer_id: str, frame: Frame) -> bytes:
+        request = decode_json(JobRequest, frame.payload)
+        reply = await (self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request))
+        return encode_frame(FrameType.JOB_REPLY, encode_json(reply))
 
     async def _claim(self, peer_id: str, request: JobRequest) -> LeaseGrant:
         job = self.jobs.get(request.job_id)
@@ -331,18 +366,19 @@ class JobManager:
         providers = {lease.provider for lease in job.state.leases.values()}
         if job.row.max_providers and peer_id not in providers and len(providers) >= job.row.max_providers:
             return LeaseGrant()
-        lease = job.state.claim(peer_id, time.monotonic())
+        lease = job.state.claim(peer_id, time.time())  # Unix time: receipts are checked against it
         if lease is None:
             return LeaseGrant(done=job.state.finished)
+        pending = [line for line in job.state.shards[lease.shard] if line.custom_id not in job.state.done_ids]
+        bodies = await self._db(self.store.bodies, job.row.id, [line.index for line in pending])
         lines = [
             {
                 "custom_id": line.custom_id,
                 "url": line.url,
-                "body": line.body,
+                "body": bodies[line.index],
                 "request_id": request_id(job.row.id, line.index),
             }
-            for line in job.state.shards[lease.shard]
-            if line.custom_id not in job.state.done_ids
+            for line in pending
         ]
         return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
 
@@ -350,6 +386,9 @@ class JobManager:
         job = self.jobs.get(request.job_id)
         if job is None or request.lease_id is None:
             raise PeerFault("results for an unknown job or lease")
+        lease = job.state.granted.get(request.lease_id)
+        if lease is None or lease.provider != peer_id:
+            raise PeerFault("results for a lease that was never granted to this peer")
         parsed: dict[str, tuple[BatchLine, dict[str, Any]]] = {}
         for result in request.results:
             custom_id = result.get("custom_id")
@@ -357,14 +396,13 @@ class JobManager:
             if line is None:
                 raise PeerFault("a result for a custom_id that is not in the job")
             parsed[custom_id] = (line, result)
-        new = job.state.complete(request.lease_id, list(parsed))
-        if new is None:
-            raise PeerFault("results for a lease that was never granted")
+        # Counter-signed before ``complete``: a receipt counts only while the job runs.
         cosigs = {}
         for line, result in parsed.values():
-            cosig = self._countersign(peer_id, job, line, result)
+            cosig = self._countersign(peer_id, job, request.lease_id, line, result)
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()
+        new = job.state.complete(request.lease_id, list(parsed)) or []
         now = time.time()
         rows = []
         for custom_id in new:
@@ -378,14 +416,17 @@ class JobManager:
             await self._finish(job, "completed")
         return ResultsAck(accepted=len(new), cosigs=cosigs)
 
-    def _countersign(self, provider: str, job: _Job, line: BatchLine, result: dict[str, Any]) -> bytes | None:
+    def _countersign(
+        self, provider: str, job: _Job, lease_id: str, line: BatchLine, result: dict[str, Any]
+    ) -> bytes | None:
+        """The counter-signature of a line's receipt, or None; a receipt no honest provider sends is penalised."""
         blob = result.get("receipt")
         if not isinstance(blob, str):
             return None
         try:
             receipt, raw, signature = unpack_signed(blob)
         except ReceiptInvalid as exc:
-            log.warning("job %s: bad receipt from %s: %s", job.row.id, provider, exc)
+            self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: a bad receipt: {exc}")
             return None
         problem = expected_receipt_problem(
             receipt,
@@ -395,11 +436,49 @@ class JobManager:
             model=job.row.model,
         )
         if problem is not None:
-            log.warning("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, problem)
+            self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {problem}")
+            return None
+        refusal = job.state.cosign_refusal(
+            lease_id, provider, line.custom_id, receipt, gpus=self.gpus_of(provider), now=time.time()
+        )
+        if refusal is not None:
+            if refusal.fault:
+                self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {refusal.reason}")
+            else:
+                log.info("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, refusal.reason)
             return None
         cosig = cosign_receipt(self.identity, raw)
         self.ledger.note_cosigned(provider, receipt.request_id, pack_pending(signature, raw, cosig))
         return cosig
+
+
+@contextmanager
+def _input_lines(path: Path) -> Iterator[Iterator[str]]:
+    """The lines of a spooled upload, read one at a time."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as f:
+        yield (line.rstrip("\r\n") for line in f)
+
+
+def _parse(source: str | Path, model: str | None) -> tuple[list[BatchLine], list[LineError], str | None]:
+    """parse_batch over text, or over a spooled upload without holding it or its bodies in memory."""
+    if isinstance(source, str):
+        return parse_batch(source, model)
+    with _input_lines(source) as lines:
+        return parse_batch(lines, model, bodies=False)
+
+
+def _stored_lines(
+    source: str | Path, lines: list[BatchLine], model: str | None
+) -> Iterator[tuple[int, str, str, dict[str, Any]]]:
+    """``(index, custom_id, url, body)`` of the valid lines; an upload's bodies are read again, one at a time."""
+    if isinstance(source, str):
+        yield from ((line.index, line.custom_id, line.url, line.body) for line in lines)
+        return
+    kept = {line.index: line for line in lines}
+    with _input_lines(source) as raws:
+        for index, raw in enumerate(raws):
+            if (line := kept.get(index)) is not None:
+                yield index, line.custom_id, line.url, line_body(raw, model)
 
 
 def _error_record(

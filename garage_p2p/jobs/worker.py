@@ -22,14 +22,15 @@ import trio
 
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, ResponseReader
-from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck
-from ..core.messages import RequestHead, decode_json, encode_json
+from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck, WorkerSlots
+from ..core.messages import RequestHead, decode_json, encode_json, refusal
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import FrameType, MiB, encode_frame
 from ..ledger.book import Ledger
 from ..mesh.host import DialError, Mesh, gossip_sender
 from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
 from ..provider.service import ProviderService
+from .submitter import SERVICE
 
 log = logging.getLogger(__name__)
 
@@ -37,9 +38,12 @@ LINE_TIMEOUT = 300.0
 REQUEST_TIMEOUT = 60.0
 IDLE_CLAIMS = 5
 """Empty claims in a row before a work loop stops (a new announcement starts another)."""
-MAX_JOBS = 4
 MAX_ANNOUNCEMENT_BYTES = 4096
 REPLY_LIMITS = {FrameType.JOB_REPLY: 32 * MiB}
+
+
+class Refused(Exception):
+    """The submitter answered with an error reply (it refused our request: not its fault)."""
 
 
 class JobWorker:
@@ -59,7 +63,8 @@ class JobWorker:
         self.concurrency = concurrency
         self.batch_in_flight = 0
         self.lines_done = 0
-        self._working: set[str] = set()
+        self.slots = WorkerSlots()
+        """The jobs worked on (at most four, two per submitter) and how long each may give nothing."""
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -69,22 +74,30 @@ class JobWorker:
             task_status.started()
             while True:
                 message = await subscription.get()
-                if len(message.data) > MAX_ANNOUNCEMENT_BYTES:
-                    continue
+                sender = gossip_sender(message)
                 try:
-                    job = decode_json(JobAnnouncement, message.data)
-                except PeerFault:
+                    job = self._announcement(sender, message.data)
+                except PeerFault as exc:
+                    self.mesh.penalise(sender, SERVICE, f"job announcement: {exc}")
                     continue
-                if job.submitter != gossip_sender(message) or job.submitter == self.mesh.peer_id:
-                    continue  # only the submitter announces its jobs; our own we do not work on
+                if job.submitter == self.mesh.peer_id:
+                    continue  # our own jobs we do not work on
                 if (
                     job.shards_left
                     and self.provider.serves(job.model)
-                    and job.job_id not in self._working
-                    and len(self._working) < MAX_JOBS
+                    and self.slots.take(job.job_id, job.submitter, trio.current_time())
                 ):
-                    self._working.add(job.job_id)
                     nursery.start_soon(self._work, job)
+
+    @staticmethod
+    def _announcement(sender: str, data: bytes) -> JobAnnouncement:
+        """A job announcement published by ``sender``; PeerFault if it is not one it may publish."""
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            raise PeerFault(f"{len(data)} bytes")
+        job = decode_json(JobAnnouncement, data)
+        if job.submitter != sender:
+            raise PeerFault(f"announces a job of {job.submitter}")  # only the submitter announces its jobs
+        return job
 
     async def _work(self, job: JobAnnouncement) -> None:
         try:
@@ -93,13 +106,18 @@ class JobWorker:
             )
         except DialError as exc:
             log.info("job %s: cannot reach the submitter: %s", job.job_id, exc)
-            self._working.discard(job.job_id)
+            self.slots.release(job.job_id)
             return
         conn = FrameStream(stream, REPLY_LIMITS)
         idle = 0
         try:
             while idle < IDLE_CLAIMS and self.provider.serves(job.model) and not self.provider.draining:
-                grant = decode_json(LeaseGrant, await self._ask(conn, JobRequest(op="claim", job_id=job.job_id)))
+                grant = None
+                with trio.move_on_at(self.slots.deadlines[job.job_id]):
+                    grant = decode_json(LeaseGrant, await self._ask(conn, JobRequest(op="claim", job_id=job.job_id)))
+                if grant is None:
+                    # It announced work and holds one of our slots, but gives none: a slot wasted.
+                    raise PeerFault(f"no work within {self.slots.progress_s:.0f} s of a claim")
                 if grant.done:
                     break
                 if grant.lease_id is None:
@@ -107,6 +125,7 @@ class JobWorker:
                     await trio.sleep(1.0)
                     continue
                 idle = 0
+                self.slots.progress(job.job_id, trio.current_time())
                 results, receipts = await self._run_shard(job, grant)
                 ack = decode_json(
                     ResultsAck,
@@ -115,11 +134,14 @@ class JobWorker:
                         JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results)),
                     ),
                 )
+                self.slots.progress(job.job_id, trio.current_time())
                 await self._log_receipts(job.submitter, receipts, ack)
-        except (PeerFault, StreamBroken, trio.TooSlowError) as exc:
+        except PeerFault as exc:
+            self.mesh.penalise(job.submitter, SERVICE, f"job {job.job_id}: {exc}")
+        except (Refused, StreamBroken, trio.TooSlowError) as exc:
             log.info("job %s: stopped working on it: %s", job.job_id, exc)
         finally:
-            self._working.discard(job.job_id)
+            self.slots.release(job.job_id)
             await close_quietly(stream)
 
     async def _ask(self, conn: FrameStream, request: JobRequest) -> bytes:
@@ -128,6 +150,9 @@ class JobWorker:
             frame = await conn.read()
         if frame is None:
             raise StreamBroken("the submitter closed the stream")
+        reason = refusal(frame.payload)
+        if reason is not None:
+            raise Refused(reason)
         return frame.payload
 
     async def _run_shard(
@@ -217,4 +242,4 @@ class JobWorker:
             try:
                 await self.ledger.append_own(raw, bytes.fromhex(cosig))
             except (ReceiptInvalid, ValueError) as exc:
-                log.warning("a counter-signature from a submitter does not verify: %s", exc)
+                self.mesh.penalise(submitter, SERVICE, f"a counter-signature that does not verify: {exc}")

@@ -5,9 +5,11 @@
   queued so far in one transaction (group commit), and an entry is visible to
   other peers only after it is on disk, so a crash can never make us sign two
   entries with one seq.
-- ``add_remote``: entries from another peer are verified in worker threads
-  (ed25519 verification releases the GIL, so two cores verify twice as fast),
-  then added to the state and stored.
+- ``add_remote``: entries from another peer are parsed, cut to what the
+  replication caps admit (``core.ledger_caps``), then verified in worker
+  threads (ed25519 verification releases the GIL, so two cores verify twice
+  as fast), added to the state and stored; authors pushed over the caps are
+  dropped from both. Loading applies the caps again (they may have changed).
 - Receipts we counter-signed as a consumer stay *pending* until the
   provider's log shows them; ``pending`` feeds the push-again loop.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 import base64
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +27,9 @@ import trio
 
 from ..core.errors import PeerFault
 from ..core.identity import Identity
-from ..core.ledger import Entry, KeyCache, LedgerState, decode_entry, make_entry
+from ..core.ledger import Entry, KeyCache, LedgerState, decode_entry, make_entry, verify_entry
+from ..core.ledger_caps import ReplicationCaps, ReplicationPolicy
+from ..core.ledger_sync import HeadInfo, Want, plan_pulls
 from ..core.receipts import Receipt, ReceiptInvalid, check_cosignature, check_provider_signature, parse_receipt
 from ..store.ledger_store import LedgerStore, Pending
 
@@ -50,6 +54,10 @@ class RemoteResult:
     """Entries that were new to us."""
     rejected: list[str] = field(default_factory=list)
     """Why each refused entry was refused."""
+    over_caps: int = 0
+    """Entries not taken (nor verified) because the replication caps have no room for them."""
+    dropped: list[tuple[str, int]] = field(default_factory=list)
+    """(author, seq above which its entries were dropped) to keep within the caps."""
 
 
 def pack_pending(signature: bytes, raw: bytes, cosig: bytes) -> str:
@@ -69,10 +77,18 @@ def unpack_pending(blob: str) -> tuple[bytes, bytes, bytes]:
 
 
 class Ledger:
-    def __init__(self, identity: Identity, store: LedgerStore, state: LedgerState) -> None:
+    def __init__(
+        self,
+        identity: Identity,
+        store: LedgerStore,
+        state: LedgerState,
+        caps: ReplicationCaps | None = ReplicationCaps(),
+    ) -> None:
         self.identity = identity
         self.store = store
         self.state = state
+        self.policy = ReplicationPolicy(identity.peer_id, caps)
+        """Which others' entries we hold (``plan_pulls`` and ``add_remote`` follow it)."""
         self.keys = KeyCache()
         self.refusals: dict[str, int] = {}
         """Receipts each consumer did not counter-sign (remembered, and stored)."""
@@ -84,21 +100,31 @@ class Ledger:
         self._db_lock = trio.Lock()
 
     @classmethod
-    async def open(cls, identity: Identity, path: Path) -> Ledger:
-        """Load the ledger under ``path`` (created if missing)."""
+    async def open(cls, identity: Identity, path: Path, caps: ReplicationCaps | None = ReplicationCaps()) -> Ledger:
+        """Load the ledger under ``path`` (created if missing), within ``caps``."""
+        policy = ReplicationPolicy(identity.peer_id, caps)
 
         def load() -> tuple[LedgerStore, LedgerState, dict[str, int]]:
             store = LedgerStore(path)
             state = LedgerState()
             for data in store.entries():
                 state.add(decode_entry(data, check_signatures=False))
+            dropped = policy.shed(state)
+            if dropped:
+                store.add_entries([], drop=dropped)
+                store.vacuum()  # rare (caps lowered, or a file from before the caps): give the space back
+                log.info("ledger: dropped %d authors' entries over the replication caps", len(dropped))
             return store, state, store.refusals()
 
         store, state, refusals = await trio.to_thread.run_sync(load)
-        ledger = cls(identity, store, state)
+        ledger = cls(identity, store, state, caps)
         ledger.refusals = refusals
         log.info("ledger: %d entries from %d authors", len(state), len(state.authors()))
         return ledger
+
+    def plan(self, remote: Sequence[HeadInfo]) -> list[Want]:
+        """What to pull from a peer that announced ``remote`` heads, within our caps."""
+        return plan_pulls(self.state, remote, self.policy)
 
     async def aclose(self) -> None:
         async with self._db_lock:
@@ -172,21 +198,34 @@ class Ledger:
     # -- others' logs --------------------------------------------------------------
 
     async def add_remote(self, blobs: list[bytes]) -> RemoteResult:
-        """Verify entries from a peer, then add and store the new ones."""
+        """Take the entries from a peer that fit our caps: verify them, then add and store the new ones."""
         result = RemoteResult()
-        verified: list[list[Entry]] = [[] for _ in range(VERIFY_THREADS)]
-        step = max(1, -(-len(blobs) // VERIFY_THREADS))
 
-        def verify(part: list[bytes], out: list[Entry]) -> None:
-            for blob in part:
+        def parse() -> list[Entry]:
+            out = []
+            for blob in blobs:
                 try:
-                    out.append(decode_entry(blob, key=self.keys))
+                    out.append(decode_entry(blob, check_signatures=False))
+                except PeerFault as exc:
+                    result.rejected.append(str(exc))
+            return out
+
+        # Caps first: what we would not keep costs no signature check.
+        wanted, result.over_caps = self.policy.admit(self.state, await trio.to_thread.run_sync(parse))
+        verified: list[list[Entry]] = [[] for _ in range(VERIFY_THREADS)]
+        step = max(1, -(-len(wanted) // VERIFY_THREADS))
+
+        def verify(part: list[Entry], out: list[Entry]) -> None:
+            for entry in part:
+                try:
+                    verify_entry(entry, self.keys)
+                    out.append(entry)
                 except PeerFault as exc:
                     result.rejected.append(str(exc))
 
         async with trio.open_nursery() as nursery:
             for i in range(VERIFY_THREADS):
-                part = blobs[i * step : (i + 1) * step]
+                part = wanted[i * step : (i + 1) * step]
                 if part:
                     nursery.start_soon(trio.to_thread.run_sync, verify, part, verified[i])
         for part in verified:
@@ -194,7 +233,11 @@ class Ledger:
                 if self.state.add(entry):
                     result.added.append(entry)
         if result.added:
-            await self._db(self.store.add_entries, [(e.author, e.seq, e.hash, e.encoded) for e in result.added])
+            result.dropped = self.policy.shed(self.state)
+            added = [(e.author, e.seq, e.hash, e.encoded) for e in result.added]
+            await self._db(self.store.add_entries, added, result.dropped)
+            if result.dropped:
+                log.info("ledger: over the replication caps, dropped %s", result.dropped[:10])
             self._changed(False)
         return result
 

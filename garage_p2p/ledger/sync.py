@@ -36,7 +36,6 @@ from ..core.ledger_sync import (
     MAX_RANGE_ENTRIES,
     PROTOCOL_LEDGER,
     TOPIC_LEDGER,
-    ErrorReply,
     HeadInfo,
     HeadsAnnouncement,
     HeadsPage,
@@ -48,17 +47,19 @@ from ..core.ledger_sync import (
     encode_page,
     entry_seq,
     heads_page,
-    plan_pulls,
 )
-from ..core.messages import decode_json, encode_json
+from ..core.messages import ErrorReply, decode_json, encode_json
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import Frame, FrameType, MiB, encode_frame
 from ..mesh.host import ConnectionWatch, DialError, Mesh, gossip_sender
-from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
+from ..mesh.rpc import RpcLimits, serve_requests
+from ..mesh.streams import FrameStream, PeerStream, StreamBroken, close_quietly, write_all
 from .book import Ledger
 
 log = logging.getLogger(__name__)
 
+SERVICE = "ledger"
+"""Faults on this protocol are counted under this name."""
 MIN_GAP = 1.0
 REQUEST_TIMEOUT = 15.0
 IDLE_TIMEOUT = 30.0
@@ -73,6 +74,14 @@ PUSH_INTERVAL = 10.0
 PUSH_AFTER = 5.0
 """A counter-signed receipt is pushed again only once it is this old (the stream's COSIGN usually delivers it)."""
 PULLS_AT_ONCE = 4
+SERVER_LIMITS = RpcLimits(
+    FrameType.LEDGER_REQUEST,
+    FrameType.LEDGER_REPLY,
+    LEDGER_LIMITS[FrameType.LEDGER_REQUEST],
+    max_requests=MAX_REQUESTS_PER_STREAM,
+    idle_timeout=IDLE_TIMEOUT,
+    write_timeout=REQUEST_TIMEOUT,
+)
 
 
 FULL = "full"
@@ -95,8 +104,6 @@ class LedgerSync:
         self.addrs_of = addrs_of
         self.interval = interval
         self.anti_entropy_interval = anti_entropy_interval
-        self.faults: dict[str, int] = {}
-        """Protocol violations and bad entries per peer."""
         self.entries_pulled = 0
         self.bytes_pulled = 0
         self._wake = trio.Event()
@@ -173,7 +180,7 @@ class LedgerSync:
             except PeerFault as exc:
                 self._penalise(sender, str(exc))
                 continue
-            if plan_pulls(self.ledger.state, heads.heads):
+            if self.ledger.plan(heads.heads):
                 self._schedule(sender, heads.heads)
 
     async def _on_connections(self, new_peers: trio.MemoryReceiveChannel[str]) -> None:
@@ -204,7 +211,7 @@ class LedgerSync:
                     await self.full_sync(peer_id)
                 else:
                     # Planned now, not when the heads arrived: an earlier pull may have covered them.
-                    wants = plan_pulls(self.ledger.state, job)
+                    wants = self.ledger.plan(job)
                     if wants:
                         await self.pull(peer_id, wants)
                 job = self._again.pop(peer_id, None)
@@ -258,7 +265,7 @@ class LedgerSync:
             if not page.more or not page.heads:
                 break
             after = page.heads[-1].author
-        return await self._pull_on(conn, peer_id, plan_pulls(self.ledger.state, heads))
+        return await self._pull_on(conn, peer_id, self.ledger.plan(heads))
 
     async def _pull_on(self, conn: FrameStream, peer_id: str, wants: list[Want]) -> int:
         """Pull ranges page by page, asking for the next page before verifying this one.
@@ -366,36 +373,11 @@ class LedgerSync:
 
     # -- the server side ----------------------------------------------------------------
 
-    async def handle_stream(self, stream) -> None:
-        peer_id = str(stream.muxed_conn.peer_id)
-        conn = FrameStream(stream, {FrameType.LEDGER_REQUEST: LEDGER_LIMITS[FrameType.LEDGER_REQUEST]})
-        try:
-            for _ in range(MAX_REQUESTS_PER_STREAM):
-                frame = None
-                with trio.move_on_after(IDLE_TIMEOUT):
-                    frame = await conn.read()
-                if frame is None:
-                    break
-                request = decode_json(LedgerRequest, frame.payload)
-                reply = await self._answer(peer_id, request)
-                with trio.fail_after(REQUEST_TIMEOUT):
-                    await write_all(stream, reply)
-        except PeerFault as exc:
-            # Reply first: the penalty may disconnect the peer.
-            with trio.move_on_after(2):
-                try:
-                    await write_all(
-                        stream, encode_frame(FrameType.LEDGER_REPLY, encode_json(ErrorReply(error=str(exc)[:1000])))
-                    )
-                except StreamBroken:
-                    pass
-            self._penalise(peer_id, str(exc))
-        except (StreamBroken, trio.TooSlowError):
-            pass
-        finally:
-            await close_quietly(stream)
+    async def handle_stream(self, stream: PeerStream) -> None:
+        await serve_requests(stream, SERVICE, SERVER_LIMITS, self._answer, self.mesh.penalise)
 
-    async def _answer(self, peer_id: str, request: LedgerRequest) -> bytes:
+    async def _answer(self, peer_id: str, frame: Frame) -> bytes:
+        request = decode_json(LedgerRequest, frame.payload)
         state = self.ledger.state
         if request.op == "heads":
             return encode_frame(FrameType.LEDGER_REPLY, encode_json(heads_page(state, request.after, request.limit)))
@@ -426,7 +408,5 @@ class LedgerSync:
         )
 
     def _penalise(self, peer_id: str, reason: str) -> None:
-        self.faults[peer_id] = self.faults.get(peer_id, 0) + 1
-        log.warning("ledger: peer %s misbehaved (%d so far): %s", peer_id, self.faults[peer_id], reason)
-        # The mesh's penalty box decides when faults (from any service) ban the peer.
-        self.mesh.penalise(peer_id, f"ledger: {reason}")
+        # The mesh's penalty box counts faults and decides when (from any service) they ban the peer.
+        self.mesh.penalise(peer_id, SERVICE, reason)

@@ -23,6 +23,8 @@ from .host import Mesh, gossip_sender
 
 log = logging.getLogger(__name__)
 
+SERVICE = "ads"
+"""Faults of ad authors and relays on gossip are counted under this name."""
 MIN_GAP = 1.0
 
 
@@ -142,7 +144,7 @@ class CapsService:
         if intake.blame is not None:
             counts = self.flooded if intake.flood else self.rejected
             counts[intake.blame] = counts.get(intake.blame, 0) + 1
-            self.mesh.penalise(intake.blame, f"ad: {intake.reason}")
+            self.mesh.penalise(intake.blame, SERVICE, intake.reason)
             log.warning("rejected an ad from %s (via %s): %s", intake.blame, via, intake.reason)
         if intake.entry is None:
             return False

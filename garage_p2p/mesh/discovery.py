@@ -47,6 +47,8 @@ from .streams import StreamBroken, close_quietly, read_some, write_all
 log = logging.getLogger(__name__)
 
 PROTOCOL_CAPS = "/garage/caps/1.0.0"
+SERVICE = "table"
+"""Faults of peers serving bad ad tables, or asking for tables too often, are counted under this name."""
 TABLE_FETCH_TIMEOUT = 5.0
 REFRESH_INTERVAL = 30.0
 REPROVIDE_INTERVAL = 300.0
@@ -86,10 +88,6 @@ class Discovery:
             max_peers_per_subnet=0,
         )
         self.on_peer_addrs = on_peer_addrs
-        self.rejected: dict[str, int] = {}
-        """Bad ads per peer at fault for them (the table's server, or an author)."""
-        self.refused: dict[str, int] = {}
-        """Table requests refused per peer for coming too often."""
         self._requests = Limiter(max_parties=4096)
         self._fetched: dict[str, float] = {}
         """When we last asked each peer for its table (time.monotonic)."""
@@ -109,9 +107,8 @@ class Discovery:
         peer_id = str(stream.muxed_conn.peer_id)
         verdict = self._requests.admit(peer_id, TABLE_REQUESTS, time.monotonic())
         if not verdict.ok:
-            self.refused[peer_id] = self.refused.get(peer_id, 0) + 1
             if verdict.limit != "concurrent requests":  # an overlap is not proof of asking too often
-                self.mesh.penalise(peer_id, "table requests too often")
+                self.mesh.penalise(peer_id, SERVICE, "table requests too often")
             await close_quietly(stream, reset=True)
             return
         try:
@@ -150,7 +147,6 @@ class Discovery:
                             raise PeerFault("too many ads in a table")
                         applied += self._apply(frame.payload, peer_id, faults)
         except PeerFault as exc:
-            self.rejected[peer_id] = self.rejected.get(peer_id, 0) + 1
             faults.append((peer_id, str(exc)))
         except StreamBroken:
             pass
@@ -161,8 +157,7 @@ class Discovery:
         for blamed, reason in faults:
             first.setdefault(blamed, reason)
         for blamed, reason in first.items():
-            self.mesh.penalise(blamed, reason)
-            log.warning("bad ad table from %s: %s (%s at fault)", peer_id, reason, blamed)
+            self.mesh.penalise(blamed, SERVICE, f"{reason} (in the table of {peer_id})")
         return applied
 
     def fetch_due(self, peer_id: str) -> bool:
@@ -182,7 +177,6 @@ class Discovery:
     def _apply(self, wire: bytes, source: str, faults: list[tuple[str, str]]) -> int:
         intake = self.table.offer(wire, time.time(), via=source)
         if intake.blame is not None:
-            self.rejected[intake.blame] = self.rejected.get(intake.blame, 0) + 1
             faults.append((intake.blame, intake.reason))
         if intake.entry is None:
             return 0

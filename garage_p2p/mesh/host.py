@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -34,7 +34,7 @@ from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
 from .nat import NatService, is_circuit, is_lan_addr
 from .patches import apply_library_patches, refuse_dials, report_muxer_faults
-from .streams import NegotiatingStream, close_quietly, disconnect_quietly
+from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +95,16 @@ class Mesh:
         """Whether this peer deals with ``peer_id`` now (its lists, and no ban)."""
         return self.peer_filter.allowed(peer_id) and not self.penalties.banned(peer_id, time.monotonic())
 
-    def penalise(self, peer_id: str, reason: str) -> None:
-        """A service rejected ``peer_id``'s input; past the threshold it is banned and disconnected."""
-        if self.penalties.fault(peer_id, reason, time.monotonic()):
-            log.warning("banned %s for %.0f s after repeated faults (last: %s)", peer_id, self.penalties.ban, reason)
+    def penalise(self, peer_id: str, service: str, reason: str) -> None:
+        """``service`` rejected ``peer_id``'s input: the one way a fault is counted.
+
+        Past the threshold (faults from every service together) the peer is banned and disconnected.
+        """
+        so_far = self.penalties.faults(peer_id, service) + 1
+        log.warning("%s: peer %s misbehaved (%d so far): %s", service, peer_id, so_far, reason)
+        if self.penalties.fault(peer_id, f"{service}: {reason}", time.monotonic(), service):
+            ban = self.penalties.ban
+            log.warning("banned %s for %.0f s after repeated faults (last: %s: %s)", peer_id, ban, service, reason)
             if self._nursery is not None:
                 self._nursery.start_soon(self.disconnect, peer_id)
 
@@ -106,11 +112,12 @@ class Mesh:
     def peer_id(self) -> str:
         return self.identity.peer_id
 
-    def set_handler(self, protocol: str, handler) -> None:
+    def set_handler(self, protocol: str, handler: Callable[[PeerStream], Awaitable[None]]) -> None:
         """Serve ``protocol``; streams from peers not admitted (lists, bans) are reset unread."""
 
-        async def guarded(stream) -> None:
-            if not self.admits(str(stream.muxed_conn.peer_id)):
+        async def guarded(raw) -> None:
+            stream = PeerStream(raw)
+            if not self.admits(stream.peer_id):
                 await close_quietly(stream, reset=True)
                 return
             await handler(stream)
@@ -381,7 +388,9 @@ async def open_mesh(
             arrivals_send, arrivals = trio.open_memory_channel[str](256)
             host.get_network().register_notifee(ConnectionWatch(arrivals_send))
             # A peer that broke the muxer's rules (data past the yamux window) is penalised like any other.
-            stop_reporting = report_muxer_faults(identity.peer_id, mesh.penalise)
+            stop_reporting = report_muxer_faults(
+                identity.peer_id, lambda peer, reason: mesh.penalise(peer, "muxer", reason)
+            )
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
             refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)

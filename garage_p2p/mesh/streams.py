@@ -63,6 +63,36 @@ async def disconnect_quietly(host, peer_id: str) -> None:
             pass
 
 
+class PeerStream:
+    """An inbound libp2p stream and the peer that opened it: what ``Mesh.set_handler`` hands a handler.
+
+    Handlers name the remote by ``peer_id`` instead of reaching into the
+    library's ``stream.muxed_conn.peer_id``; reads, writes and closes go to
+    the library stream, so ``read_some``, ``write_all`` and ``close_quietly``
+    take either.
+    """
+
+    __slots__ = ("raw", "peer_id")
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        """The library's stream."""
+        self.peer_id: str = str(raw.muxed_conn.peer_id)
+        """The remote peer (base58): authenticated by the connection's Noise handshake."""
+
+    async def read(self, n: int | None = None) -> bytes:
+        return await self.raw.read(n)
+
+    async def write(self, data: bytes) -> None:
+        await self.raw.write(data)
+
+    async def close(self) -> None:
+        await self.raw.close()
+
+    async def reset(self) -> None:
+        await self.raw.reset()
+
+
 class NegotiatingStream:
     """A stream opened with a lazy protocol proposal (see core/multistream.py).
 

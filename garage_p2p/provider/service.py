@@ -26,6 +26,7 @@ from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.limits import Limits
 from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
+from ..core.penalties import Penalise
 from ..core.receipts import (
     Receipt,
     ReceiptInvalid,
@@ -35,7 +36,7 @@ from ..core.receipts import (
     sign_receipt,
 )
 from ..core.sse import SseSplitter, event_data
-from ..mesh.streams import StreamBroken, close_quietly, read_some, write_all
+from ..mesh.streams import PeerStream, StreamBroken, close_quietly, read_some, write_all
 from ..trio_util import single_exceptions
 from .backend import Backend
 
@@ -93,6 +94,8 @@ class _Metering:
     """Where the request's status and usage are noted (the metrics read them)."""
 
 
+SERVICE = "openai"
+"""Faults on ``/garage/openai/1.0.0`` are counted under this name."""
 LOCAL = "local"
 """The admission party of requests from this peer itself (its own users and job lines)."""
 QUEUE_WAIT = 2.0
@@ -113,6 +116,7 @@ class ProviderService:
         max_head_bytes: int = 4 * 1024 * 1024 + 64 * 1024,
         coalesce_delay: float = 0.020,
         coalesce_bytes: int = 16 * 1024,
+        penalise: Penalise = lambda peer, service, reason: None,
     ) -> None:
         self.backends = backends
         self.client = client
@@ -133,10 +137,8 @@ class ProviderService:
         self.in_flight_by_model: dict[str, int] = {}
         """Requests being served per model (advertised as live load)."""
         self.draining = False
-        self.faults: dict[str, int] = {}
-        """Protocol violations per consumer peer (penalties act on these)."""
-        self.on_fault: Callable[[str, str], None] | None = None
-        """Told of every violation (the mesh's penalty box: enough of them ban the peer)."""
+        self.penalise = penalise
+        """Where protocol violations go (``Mesh.penalise``: counted per service, enough of them ban the peer)."""
         self.metrics: Metrics | None = None
         """Where served requests are counted (``/metrics``); None counts nothing."""
         self._idle = trio.Event()
@@ -152,9 +154,9 @@ class ProviderService:
 
     # -- the mesh side --------------------------------------------------------
 
-    async def handle_stream(self, stream) -> None:
+    async def handle_stream(self, stream: PeerStream) -> None:
         """libp2p stream handler for ``/garage/openai/1.0.0``."""
-        consumer = str(stream.muxed_conn.peer_id)
+        consumer = stream.peer_id
         reader = RequestReader(self.max_head_bytes)
         try:
             head = None
@@ -221,10 +223,7 @@ class ProviderService:
             await self.receipts.note_refusal(consumer)
 
     def _penalise(self, peer: str, reason: str) -> None:
-        self.faults[peer] = self.faults.get(peer, 0) + 1
-        log.warning("peer %s sent a bad request (%d so far): %s", peer, self.faults[peer], reason)
-        if self.on_fault is not None:
-            self.on_fault(peer, reason)
+        self.penalise(peer, SERVICE, reason)
 
     # -- serving --------------------------------------------------------------
 

@@ -8,6 +8,8 @@ Anti-entropy (a random neighbour's heads every 15 s × U(0.5, 1.5)) and the
 full sync of a connection restored after a heal repair what gossip missed.
 Entries are made and verified once, by the code the daemon runs; replicas
 share the immutable ``Entry`` objects instead of verifying each copy again.
+Each replica keeps within the daemon's default replication caps
+(``core.ledger_caps``): the same ``plan_pulls`` cut, the same shedding.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import math
 from typing import TYPE_CHECKING
 
 from ..core.ledger import Entry
+from ..core.ledger_caps import ReplicationPolicy
 from ..core.ledger_sync import HeadInfo, plan_pulls
 from . import calibration as cal
 
@@ -37,6 +40,7 @@ class LedgerNet:
         self._heal_targets: dict[str, int] | None = None
         self._heal_at = 0.0
         self.converged_after_heal: float | None = None
+        self._policies: dict[str, ReplicationPolicy] = {}
 
     # -- authors ---------------------------------------------------------------------
 
@@ -84,13 +88,15 @@ class LedgerNet:
             remote = [HeadInfo.of(a, source.state.head(a)) for a in authors]
         added = 0
         now = self.world.engine.now
-        for want in plan_pulls(replica.state, remote):
+        policy = self._policies.setdefault(replica.peer_id, ReplicationPolicy(replica.peer_id))
+        for want in plan_pulls(replica.state, remote, policy):
             seq = want.from_seq
             while seq <= want.until:
                 page = source.state.range(want.author, seq, min(PULL_LIMIT, want.until - seq + 1))
                 if not page:
                     break
-                for entry in page:
+                wanted, _ = policy.admit(replica.state, page)  # as the daemon's add_remote, before verifying
+                for entry in wanted:
                     if replica.state.add(entry):
                         added += 1
                         created = self.created.get(entry.hash)
@@ -99,6 +105,8 @@ class LedgerNet:
                         if created is not None and replica.online_since <= created:
                             self.lag.append(now - created)
                 seq = page[-1].seq + 1
+        if added:
+            policy.shed(replica.state)
         return added
 
     def start_anti_entropy(self, peer: SimPeer) -> None:

@@ -7,7 +7,8 @@ survives a crash or a power cut. Writes are grouped (one transaction per
 batch) and run off the event loop.
 
 Tables:
-- ``entries``: every entry held, own and others', as verified on arrival.
+- ``entries``: every entry held, own and others', as verified on arrival
+  (others' within the replication caps: what the caps drop is deleted).
 - ``pending``: receipts this peer counter-signed as a consumer, kept until
   they appear in the provider's log (pushed again if the provider lost them).
 - ``refusals``: consumers that did not counter-sign receipts of ours.
@@ -86,10 +87,14 @@ class LedgerStore:
     def count(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM entries").fetchone()[0]
 
-    def add_entries(self, rows: Iterable[tuple[str, int, bytes, bytes]]) -> None:
-        """Store (author, seq, hash, data) rows in one transaction."""
+    def add_entries(self, rows: Iterable[tuple[str, int, bytes, bytes]], drop: Iterable[tuple[str, int]] = ()) -> None:
+        """Store (author, seq, hash, data) rows and drop each (author, past seq) in one transaction."""
         with self._db:
             self._db.executemany("INSERT OR IGNORE INTO entries (author, seq, hash, data) VALUES (?, ?, ?, ?)", rows)
+            self._db.executemany("DELETE FROM entries WHERE author = ? AND seq > ?", drop)
+
+    def vacuum(self) -> None:
+        self._db.execute("VACUUM")
 
     # -- pending counter-signed receipts -------------------------------------------
 

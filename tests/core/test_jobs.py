@@ -131,3 +131,56 @@ def test_a_provider_that_asks_again_gave_up_its_lease():
     again = job.claim("A", 1)
     assert again is not None and again.shard == first.shard and not again.duplicate
     assert list(job.leases) == [again.lease_id]
+
+
+T = 1_700_000_000.0
+"""A Unix time: leases and receipts share the clock."""
+
+
+def receipt(custom_id, *, start, end, gpus=1, gpu_s=None):
+    from garage_p2p.core.receipts import Receipt
+
+    gpu_us = int((end - start) * gpus * 1e6 if gpu_s is None else gpu_s * 1e6)
+    return Receipt(request_id=custom_id, consumer="s", provider="p", model="tiny", prompt_tokens=1, completion_tokens=1,
+                   gpus=gpus, gpu_us=gpu_us, start_ms=int(start * 1000), end_ms=int(end * 1000))  # fmt: skip
+
+
+def test_a_receipt_is_counter_signed_only_if_it_fits_the_lease_granted_to_its_provider():
+    job = make(n=6, size=3)
+    lease = job.claim("p", T)
+    mine = [line.custom_id for line in job.shards[lease.shard]]
+    other = next(line.custom_id for line in job.shards[1 - lease.shard])
+    ok = receipt(mine[0], start=T + 1, end=T + 5)
+    assert job.cosign_refusal(lease.lease_id, "p", mine[0], ok, gpus=1, now=T + 6) is None
+    refusals = {
+        "again": job.cosign_refusal(lease.lease_id, "p", mine[0], ok, gpus=1, now=T + 6),
+        "not its lease": job.cosign_refusal(lease.lease_id, "q", mine[1], ok, gpus=1, now=T + 6),
+        "outside the lease": job.cosign_refusal(lease.lease_id, "p", other, ok, gpus=1, now=T + 6),
+        "more GPUs than advertised": job.cosign_refusal(
+            lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 1, end=T + 2, gpus=64), gpus=1, now=T + 6
+        ),
+        "a day in six seconds": job.cosign_refusal(
+            lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 6 - 86_400, end=T + 6), gpus=1, now=T + 6
+        ),
+        "more GPU time than wall time": job.cosign_refusal(
+            lease.lease_id, "p", mine[1], receipt(mine[1], start=T + 1, end=T + 6, gpu_s=5), gpus=1, now=T + 6
+        ),
+    }
+    assert all(r is not None and r.fault for r in refusals.values()), refusals
+    job.cancelled = True  # too late is refused, but no fault
+    late = job.cosign_refusal(lease.lease_id, "p", mine[2], receipt(mine[2], start=T + 1, end=T + 2), gpus=1, now=T + 6)
+    assert late is not None and not late.fault
+
+
+def test_one_submitter_holds_at_most_its_share_of_the_batch_slots():
+    from garage_p2p.core.jobs import WorkerSlots
+
+    slots = WorkerSlots(max_jobs=4, per_submitter=2, progress_s=20)
+    assert slots.take("e1", "evil", 0) and slots.take("e2", "evil", 0)
+    assert not slots.take("e3", "evil", 0)  # its share is used up
+    assert slots.take("h1", "honest", 0) and not slots.take("h1", "honest", 0)
+    assert slots.deadlines["e1"] == 20
+    slots.progress("h1", 15)
+    assert slots.deadlines["h1"] == 35
+    slots.release("e1")
+    assert slots.take("e3", "evil", 30)

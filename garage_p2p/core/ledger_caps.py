@@ -1,0 +1,300 @@
+"""How much of the mesh's ledger a peer keeps: caps, and whose entries are kept first.
+
+A peer replicates others' logs to weigh contributions (docs/ledger.md). Anyone
+can mint two identities and sign a log of valid entries, one serving the
+other, at thousands of entries a second; a peer that kept every log would let
+one throwaway identity fill its memory and disk (issue 16 item 8). So a peer
+ranks every author by its *standing*, the ties it has to us:
+
+- ``OWN``: our log. Never capped, never dropped.
+- ``SERVED_US``: its log names us as consumer: it did work for us, and those
+  entries are what we consumed. Capped per author, never dropped.
+- ``DEALT``: our log names it as consumer: we served it.
+- ``VOUCHED``: it dealt with one of the above, or shares a consumer with
+  one: one of its entries is counter-signed by a peer we dealt with, or such
+  a peer's log served it or one of its consumers. Each of these costs a real
+  request through a peer we dealt with, and that peer's counter-signature or
+  log entry, not just a fresh key.
+- ``UNKNOWN``: none of these: a tight cap per author and for all together.
+
+Within a rank, more distinct peers vouching for it come first; the peer id
+breaks ties, so every replica with the same state ranks the same way.
+
+Caps are checked before anything is verified: ``plan_pulls`` asks only for
+what fits (and a small probe of an author it knows nothing of), and a page
+that brings more is cut before its signatures are checked (``Budget``).
+When the total is over its cap, the authors with the least standing are
+dropped whole (``shed``), never ``OWN`` or ``SERVED_US``.
+Room for a pull is what the caps leave once every author ranked below it is
+dropped, and what ranks an author comes from peers ranked above it, so a
+pull never evicts the author it was made for and nothing is pulled to be
+dropped again.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from .ledger import Entry, LedgerState
+
+PROBE_SEQS = 16
+"""Entries asked of an author with no standing when the caps leave it no room (see ``Budget.until``)."""
+
+
+class Rank(IntEnum):
+    """The closest tie an author has to us (the module's docstring lists them)."""
+
+    UNKNOWN = 0
+    VOUCHED = 1
+    DEALT = 2
+    SERVED_US = 3
+    OWN = 4
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicationCaps:
+    """How many entries of others a peer holds.
+
+    An entry held costs about 2.7 KiB of memory (bytes, parsed receipt, indexes:
+    200,000 entries took 546 MiB) and 0.7 KiB on disk. The defaults bound
+    others' entries at ~270 MiB and a throwaway identity's at ~2.7 MiB, all
+    unknown authors together at ~27 MiB, while a mesh of a few hundred
+    providers with thousands of receipts each still replicates in full.
+    """
+
+    max_entries: int = 100_000
+    """Others' entries held in all (fork proofs included; our own log does not count)."""
+    max_seq: int = 25_000
+    """Highest seq kept of an author with standing (an author's log is kept from its start)."""
+    max_unknown_entries: int = 10_000
+    """Entries of all authors with no standing together."""
+    max_unknown_seq: int = 1_000
+    """Highest seq kept of an author with no standing."""
+
+    def seq_cap(self, rank: Rank) -> int:
+        return self.max_unknown_seq if rank is Rank.UNKNOWN else self.max_seq
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Standing:
+    """An author's place in the order of who is kept (greater is kept first)."""
+
+    rank: Rank
+    """The closest tie it has to us."""
+    vouchers: int
+    """Distinct peers we dealt with that dealt with it."""
+    author: str
+    """Breaks ties the same way on every replica."""
+
+
+@dataclass
+class ReplicationPolicy:
+    """The caps of the peer ``me``; ``caps=None`` keeps everything (tools that read a whole file)."""
+
+    me: str
+    """Our peer id."""
+    caps: ReplicationCaps | None = field(default_factory=ReplicationCaps)
+    """What to hold at most."""
+    _cache: tuple[int, int, dict[str, Standing]] | None = field(default=None, repr=False)
+
+    def _trusted(self, state: LedgerState) -> set[str]:
+        return {self.me, *state.providers_of(self.me), *state.consumers_of(self.me)}
+
+    def standing(self, state: LedgerState, author: str, trusted: set[str] | None = None) -> Standing:
+        """The standing of ``author``, whether or not we hold any of its entries."""
+        trusted = self._trusted(state) if trusted is None else trusted
+        consumers, providers = state.consumers_of(author), state.providers_of(author)
+        vouchers = {p for p in consumers if p in trusted} | {p for p in providers if p in trusted}
+        for consumer in consumers:  # a peer of ours served one of its consumers too
+            vouchers.update(p for p in state.providers_of(consumer) if p in trusted and p != author)
+        return self._rank(author, consumers, providers, vouchers)
+
+    def _rank(
+        self, author: str, consumers: Mapping[str, int], providers: Mapping[str, int], vouchers: set[str]
+    ) -> Standing:
+        if author == self.me:
+            return Standing(Rank.OWN, 0, author)
+        if self.me in consumers:
+            rank = Rank.SERVED_US
+        elif self.me in providers:
+            rank = Rank.DEALT
+        elif vouchers:
+            rank = Rank.VOUCHED
+        else:
+            rank = Rank.UNKNOWN
+        return Standing(rank, len(vouchers), author)
+
+    def standings(self, state: LedgerState) -> dict[str, Standing]:
+        """Every held author's standing, as ``standing`` gives it (computed once per state version).
+
+        Walked from the few peers we dealt with rather than from every author:
+        the work is their consumers' providers, not every log's consumers'.
+        """
+        if self._cache is not None and self._cache[:2] == (id(state), state.version):
+            return self._cache[2]
+        vouchers: dict[str, set[str]] = {}
+        for t in self._trusted(state):
+            for provider in state.providers_of(t):  # it served t: one of its entries is t's counter-signature
+                vouchers.setdefault(provider, set()).add(t)
+            for consumer in state.consumers_of(t):  # t served it, or one of its consumers
+                vouchers.setdefault(consumer, set()).add(t)
+                for provider in state.providers_of(consumer):
+                    if provider != t:
+                        vouchers.setdefault(provider, set()).add(t)
+        out = {
+            a: self._rank(a, state.consumers_of(a), state.providers_of(a), vouchers.get(a, set()))
+            for a in state.authors()
+        }
+        self._cache = (id(state), state.version, out)
+        return out
+
+    def budget(self, state: LedgerState) -> Budget:
+        return Budget(self, state)
+
+    def admit(self, state: LedgerState, entries: Iterable[Entry]) -> tuple[list[Entry], int]:
+        """Of entries offered (not yet verified), those new to ``state`` that fit; and how many did not fit."""
+        budget = self.budget(state)
+        wanted: list[Entry] = []
+        over = 0
+        for entry in entries:
+            if any(e.hash == entry.hash for e in state.at(entry.author, entry.seq)):
+                continue
+            if budget.admits(entry.author, entry.seq, entry.receipt.consumer):
+                wanted.append(entry)
+            else:
+                over += 1
+        return wanted, over
+
+    def shed(self, state: LedgerState) -> list[tuple[str, int]]:
+        """Drop what is over the caps from ``state``; (author, seq above which it was dropped) for the store."""
+        if self.caps is None:
+            return []
+        caps = self.caps
+        others = [a for a in state.authors() if a != self.me]
+        if sum(state.held(a) for a in others) <= min(caps.max_entries, caps.max_unknown_entries) and max(
+            (state.top_seq(a) for a in others), default=0
+        ) <= min(caps.max_seq, caps.max_unknown_seq):
+            return []  # within every cap whatever anyone's standing
+        standings = self.standings(state)
+        out: list[tuple[str, int]] = []
+        for author, s in standings.items():
+            cap = caps.seq_cap(s.rank)
+            if s.rank is not Rank.OWN and state.remove(author, cap):
+                out.append((author, cap))  # caps lowered since the entries were kept
+        if out:
+            standings = self.standings(state)  # trimmed receipts may have named peers we rank by
+        ordered = sorted(s for s in standings.values() if s.rank < Rank.SERVED_US)
+        unknown = sum(state.held(s.author) for s in ordered if s.rank is Rank.UNKNOWN)
+        total = sum(state.held(s.author) for s in standings.values() if s.rank is not Rank.OWN)
+        for s in ordered:  # least standing first, so the unknown authors go first
+            if total <= caps.max_entries and unknown <= caps.max_unknown_entries:
+                break
+            held = state.held(s.author)
+            state.remove(s.author)
+            out.append((s.author, 0))
+            total -= held
+            if s.rank is Rank.UNKNOWN:
+                unknown -= held
+        return out
+
+
+class Budget:
+    """What a state may still take, author by author, while one batch is planned or admitted.
+
+    Room for an author with standing S is what its seq cap allows, within the
+    total less everything held by authors ranked above S (those below would be
+    dropped to make room), and for an unknown author within the unknown total.
+    While no cap can bind whatever the standing (small logs, a small state),
+    no standing is computed at all: the common case costs a comparison.
+    """
+
+    def __init__(self, policy: ReplicationPolicy, state: LedgerState) -> None:
+        self.policy = policy
+        self.state = state
+        self._others = len(state) - state.held(policy.me)
+        self._taken = 0
+        self._taken_unknown = 0
+        self._ranked: _Ranked | None = None
+
+    def until(self, author: str, from_seq: int, until: int) -> int:
+        """The last seq of ``from_seq..until`` to ask for (below ``from_seq``: none); what fits is taken.
+
+        An author we hold nothing of ranks by what others' logs say of it; its
+        own entries may be what vouches for it. So when an unknown author gets
+        no room, a few of its entries are still asked for (a probe): ``admits``
+        keeps those counter-signed by a peer we dealt with, and drops the rest
+        unverified.
+        """
+        room = self._take(author, from_seq, until)
+        if not room and not self.state.held(author) and self._standing(author).rank is Rank.UNKNOWN:
+            return min(until, from_seq - 1 + PROBE_SEQS)
+        return from_seq - 1 + room
+
+    def admits(self, author: str, seq: int, consumer: str | None = None) -> bool:
+        """Whether the entry at (author, seq) naming ``consumer`` fits; if so it is taken.
+
+        An entry counter-signed by a peer we dealt with vouches for its author
+        (the counter-signature is verified before the entry is kept).
+        """
+        return self._take(author, seq, seq, consumer) == 1
+
+    def _take(self, author: str, from_seq: int, until: int, consumer: str | None = None) -> int:
+        caps = self.policy.caps
+        wanted = until - from_seq + 1
+        if wanted <= 0:
+            return 0
+        if caps is None or author == self.policy.me:
+            return wanted
+        if until <= min(caps.max_seq, caps.max_unknown_seq) and self._others + self._taken + wanted <= min(
+            caps.max_entries, caps.max_unknown_entries
+        ):
+            self._taken += wanted  # no cap can bind: no need to know who it is
+            self._taken_unknown += wanted  # (as if unknown: an over-count only makes later room smaller)
+            return wanted
+        s = self._standing(author)
+        if s.rank is Rank.UNKNOWN and consumer is not None and consumer in self._rank_all().trusted:
+            s = Standing(Rank.VOUCHED, 1, author)
+        room = min(until, caps.seq_cap(s.rank)) - from_seq + 1
+        if s.rank < Rank.SERVED_US:
+            ranked = self._rank_all()
+            kept_anyway = ranked.total - ranked.below[bisect.bisect_left(ranked.order, s)]
+            room = min(room, caps.max_entries - kept_anyway - self._taken)
+        if s.rank is Rank.UNKNOWN:
+            room = min(room, caps.max_unknown_entries - self._rank_all().unknown - self._taken_unknown)
+        room = max(0, room)
+        self._taken += room
+        if s.rank is Rank.UNKNOWN:
+            self._taken_unknown += room
+        return room
+
+    def _standing(self, author: str) -> Standing:
+        ranked = self._rank_all()
+        s = ranked.standings.get(author)
+        return s if s is not None else self.policy.standing(self.state, author, ranked.trusted)
+
+    def _rank_all(self) -> _Ranked:
+        if self._ranked is None:
+            self._ranked = _Ranked(self.policy, self.state)
+        return self._ranked
+
+
+class _Ranked:
+    """Every held author in the order of who is kept, with running sums (for ``Budget``)."""
+
+    def __init__(self, policy: ReplicationPolicy, state: LedgerState) -> None:
+        self.trusted = policy._trusted(state)
+        self.standings = policy.standings(state)
+        self.order = sorted(s for s in self.standings.values() if s.rank is not Rank.OWN)
+        self.below: list[int] = []
+        """Entries of droppable authors ranked below the i-th (and below all, at the end)."""
+        droppable = 0
+        for s in self.order:
+            self.below.append(droppable)
+            if s.rank < Rank.SERVED_US:
+                droppable += state.held(s.author)
+        self.below.append(droppable)
+        self.total = sum(state.held(s.author) for s in self.order)
+        self.unknown = sum(state.held(s.author) for s in self.order if s.rank is Rank.UNKNOWN)

@@ -1,0 +1,139 @@
+"""Hostile peers on batch jobs, against real peers in this process: each attack costs the attacker."""
+
+from __future__ import annotations
+
+import time
+from functools import partial
+
+import trio
+
+from garage_p2p.core.capabilities import ModelOffer, make_ad
+from garage_p2p.core.identity import Identity
+from garage_p2p.core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement
+from garage_p2p.core.messages import encode_json
+from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
+from garage_p2p.daemon import Peer
+from garage_p2p.jobs.submitter import SERVICE
+from garage_p2p.mesh.streams import close_quietly, read_some, write_all
+from tools.attacks import Target, empty_jobs, phantom_results
+
+from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .test_jobs_inprocess import batch
+
+
+async def publish_until(peer: Peer, data: bytes, done, rounds: int = 40) -> None:
+    """Publish ``data`` on the jobs topic until ``done()`` (gossip needs a moment to form its mesh)."""
+    for _ in range(rounds):
+        await peer.mesh.pubsub.publish(TOPIC_JOBS, data)
+        try:
+            await wait_for(done, timeout=0.5)
+            return
+        except trio.TooSlowError:
+            continue
+    raise AssertionError("the victim never reacted to the announcement")
+
+
+async def test_a_hostile_job_announcer_is_penalised_by_the_worker(tmp_path):
+    async with (
+        standin_backend() as url,
+        running_peer(tmp_path / "victim", backends={"tiny": url}) as victim,
+        running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+    ):
+        evil_id = evil.identity.peer_id
+
+        def faults() -> int:
+            return victim.mesh.penalties.faults(evil_id, SERVICE)
+
+        # 1. A job announced in another peer's name.
+        stranger = Identity.from_seed(b"\x07" * 32).peer_id
+        forged = JobAnnouncement(job_id="job-forged", model="tiny", submitter=stranger, shards_left=1)
+        await publish_until(evil, encode_json(forged), lambda: faults() >= 1)
+        # 2. Its own job, whose lease is garbage: the worker that claims it penalises the submitter.
+        claims: list[str] = []
+
+        async def grant_garbage(stream) -> None:
+            decoder = FrameDecoder({FrameType.JOB_REQUEST: 1 << 20})
+            try:
+                with trio.move_on_after(5):
+                    while data := await read_some(stream):
+                        for _frame in decoder.feed(data):
+                            claims.append("claim")
+                            # A line with no url or body.
+                            lease = b'{"lease_id":"L","deadline_s":5,"lines":[{"custom_id":"x"}]}'
+                            await write_all(stream, encode_frame(FrameType.JOB_REPLY, lease))
+            finally:
+                await close_quietly(stream)
+
+        evil.mesh.host.set_stream_handler(PROTOCOL_JOBS, grant_garbage)
+        before = faults()
+        own = JobAnnouncement(job_id="job-garbage", model="tiny", submitter=evil_id, shards_left=1)
+        await publish_until(evil, encode_json(own), lambda: faults() > before)
+        assert claims, "the fault came from the grant, after a claim"
+        assert victim.job_worker.lines_done == 0
+
+
+def target(peer: Peer) -> Target:
+    return Target(peer.identity.peer_id, tuple(first_addr(peer)), peer.api_url)
+
+
+async def ghost_job(victim: Peer, lines: int, shard_size: int) -> str:
+    """A job on ``victim`` for the model "ghost", which only an attacker will claim."""
+    ghost = Identity.from_seed(b"\x05" * 32)
+    ad = make_ad(
+        ghost,
+        seq=int(time.time() * 1000),
+        now=time.time(),
+        ttl=300,
+        addrs=(),
+        models=(ModelOffer(name="ghost"),),
+        version="x",
+    )
+    victim.table.apply(ad, time.time())
+    progress = await victim.jobs.submit(
+        batch(lines, "ghost"), model=None, shard_size=shard_size, max_providers=None, deadline_s=None
+    )
+    return progress["id"]
+
+
+async def test_phantom_results_are_not_counter_signed(tmp_path):
+    """Issue 16 item 5: results for lines outside the lease, receipts claiming 64 GPUs for a day."""
+    async with (
+        running_peer(tmp_path / "victim") as victim,
+        running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+    ):
+        job_id = await ghost_job(victim, 200, shard_size=5)
+        sent = await phantom_results.attack(
+            evil, target(victim), job_id=job_id, model="ghost", custom_ids=[f"req-{i}" for i in range(200)]
+        )
+        assert sent["lines_leased"] == 5 and sent["results_sent"] == 200
+        assert sent["cosigs_received"] == 0, sent
+        assert await victim.ledger.pending() == []  # nothing waits to be pushed as counter-signed
+        assert victim.jobs.progress(job_id)["done"] <= 5  # only its own lease's lines were taken as results
+        assert victim.mesh.penalties.banned(evil.identity.peer_id, time.monotonic())
+
+
+async def test_one_hostile_submitter_does_not_starve_batch_work(tmp_path, http):
+    """Issue 16 item 6: four announced jobs whose claims are answered only after 50 s."""
+    async with (
+        standin_backend(token_delay=0.001) as url,
+        running_peer(tmp_path / "victim", backends={"tiny": url}) as victim,
+        running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+        running_peer(tmp_path / "honest", bootstrap=first_addr(victim)) as honest,
+        trio.open_nursery() as nursery,
+    ):
+        victim.job_worker.slots.progress_s = 3.0  # the real 20 s, shortened for the test
+        evil_id = evil.identity.peer_id
+        nursery.start_soon(
+            partial(empty_jobs.attack, evil, target(victim), model="tiny", jobs=4, delay=50.0, duration=60.0)
+        )
+        await wait_for(lambda: list(victim.job_worker.slots.submitters.values()).count(evil_id) >= 2, timeout=20)
+        await wait_for_model(honest, "tiny")
+        r = await http.post(
+            honest.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(20), "shard_size": 10}
+        )
+        assert r.status_code == 201, r.text
+        job_id = r.json()["id"]
+        await wait_for(lambda: honest.jobs.progress(job_id)["status"] == "completed", timeout=20)
+        # The stalled claims cost the attacker a fault each.
+        await wait_for(lambda: victim.mesh.penalties.faults(evil_id, SERVICE) >= 2, timeout=10)
+        nursery.cancel_scope.cancel()
