@@ -51,7 +51,6 @@ from garage_p2p.core.ledger import MAX_ENTRY_BYTES, EntryInvalid, decode_entry
 from garage_p2p.core.ledger_sync import (
     MAX_PAGE_BYTES,
     MAX_RANGE_ENTRIES,
-    ErrorReply,
     HeadsAnnouncement,
     HeadsPage,
     LedgerRequest,
@@ -62,6 +61,7 @@ from garage_p2p.core.ledger_sync import (
 from garage_p2p.core.messages import (
     EndInfo,
     ErrorInfo,
+    ErrorReply,
     RequestHead,
     decode_json,
     encode_json,
