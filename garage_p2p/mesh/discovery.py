@@ -42,7 +42,7 @@ from ..core.errors import PeerFault
 from ..core.limits import Limiter
 from ..core.wire import FrameDecoder, FrameType, encode_frame
 from .host import ConnectionWatch, DialError, Mesh
-from .streams import StreamBroken, close_quietly, read_some, write_all
+from .streams import PeerStream, StreamBroken, close_quietly, read_some, write_all
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +102,9 @@ class Discovery:
 
     # -- the ad table protocol -----------------------------------------------
 
-    async def handle_table_request(self, stream) -> None:
+    async def handle_table_request(self, stream: PeerStream) -> None:
         """Serve our ad and one page of the live ads we hold."""
-        peer_id = str(stream.muxed_conn.peer_id)
+        peer_id = stream.peer_id
         verdict = self._requests.admit(peer_id, TABLE_REQUESTS, time.monotonic())
         if not verdict.ok:
             if verdict.limit != "concurrent requests":  # an overlap is not proof of asking too often
