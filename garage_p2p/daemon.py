@@ -404,10 +404,10 @@ async def _maybe_podman(settings: Settings, spec: RuntimeSpec | None) -> AsyncIt
         yield url
 
 
-def _gpus_of(table: PeerTable, peer_id: str) -> int:
-    """GPUs a peer's ad says it has; 1 for a CPU-only or unknown peer (a receipt counts at least one)."""
+def _gpus_of(table: PeerTable, peer_id: str) -> int | None:
+    """GPUs a peer's ad says it has (1 for a CPU-only peer: a receipt counts one); None if its ad is unknown."""
     entry = table.get(peer_id, time.time())
-    return max(1, sum(g.count for g in entry.ad.hardware.gpus)) if entry else 1
+    return max(1, sum(g.count for g in entry.ad.hardware.gpus)) if entry else None
 
 
 def _addrs_of(table: PeerTable, peer_id: str) -> tuple[str, ...]:

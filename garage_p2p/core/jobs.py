@@ -13,7 +13,12 @@ stealing); the first result per ``custom_id`` wins. Everything takes ``now``.
 The submitter counter-signs a line's receipt only when ``JobState.cosign_refusal``
 finds nothing wrong: a line of a lease granted to that provider, while the job
 runs, once, with times inside the lease and no more GPU time than the lease's
-wall time on the GPUs the provider advertises.
+wall time on the GPUs the provider advertises. A provider whose ad (so its GPUs) the submitter
+does not know gets no counter-signature and no fault: an honest multi-GPU provider whose ad
+expired must not be blamed for a receipt the submitter cannot check.
+
+A provider's result record is checked by ``result_problem`` before it changes any state: a bad
+one is refused (the line stays pending) and costs the provider a fault.
 """
 
 from __future__ import annotations
@@ -37,6 +42,9 @@ RECEIPT_CLOCK_SKEW_S = 60.0
 """How far a provider's clock (receipt times) may be from the submitter's (lease times)."""
 RECEIPT_SLACK_S = 1.0
 """GPU-seconds per GPU a lease may claim beyond its wall time (metering and rounding)."""
+MAX_RESULT_TOKENS = 10**9
+"""Most tokens one result's usage may report (the store keeps them as 64-bit integers)."""
+USAGE_FIELDS = ("prompt_tokens", "completion_tokens", "total_tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +222,38 @@ class ResultsAck(WireModel):
     """request_id → the submitter's counter-signature (hex) of that line's receipt."""
 
 
+def result_problem(result: dict[str, Any]) -> str | None:
+    """Why a provider's result for one line is not one an honest provider sends, or None.
+
+    A result is ``{custom_id, status_code, body[, receipt]}`` (an HTTP status and an object body whose
+    ``usage`` counts are integers in 0..MAX_RESULT_TOKENS) or ``{custom_id, error}`` (an object whose
+    ``code`` and ``message`` are strings). Checked before anything is stored: numbers from the
+    network must fit the store's columns.
+    """
+    if "status_code" in result or "body" in result:
+        status, body = result.get("status_code"), result.get("body")
+        if type(status) is not int or not 100 <= status <= 599:
+            return "a status_code that is not an HTTP status"
+        if not isinstance(body, dict):
+            return "a body that is not an object"
+        usage = body.get("usage")
+        if usage is None:
+            return None
+        if not isinstance(usage, dict):
+            return "a usage that is not an object"
+        for name in USAGE_FIELDS:
+            count = usage.get(name)
+            if count is not None and (type(count) is not int or not 0 <= count <= MAX_RESULT_TOKENS):
+                return f"usage.{name} is not a token count"
+        return None
+    error = result.get("error")
+    if not isinstance(error, dict):
+        return "neither a response nor an error"
+    if not all(isinstance(error.get(name, ""), str) for name in ("code", "message")):
+        return "an error whose code or message is not a string"
+    return None
+
+
 # -- the submitter's state machine ---------------------------------------------------
 
 
@@ -333,12 +373,13 @@ class JobState:
         return new
 
     def cosign_refusal(
-        self, lease_id: str, provider: str, custom_id: str, receipt: Receipt, *, gpus: int, now: float
+        self, lease_id: str, provider: str, custom_id: str, receipt: Receipt, *, gpus: int | None, now: float
     ) -> CosignRefusal | None:
         """Why the submitter must not counter-sign this line's receipt, or None (the line then counts as signed).
 
         Call before ``complete`` for the same results (the job must be running when they arrive).
-        ``gpus``: the GPUs the provider advertises; ``now`` is on the clock of the leases (Unix time:
+        ``gpus``: the GPUs the provider advertises, None if its ad is unknown (then nothing is signed, and it
+        is not the provider's fault); ``now`` is on the clock of the leases (Unix time:
         receipts carry Unix times). A receipt is the provider's claim of GPU time that the submitter
         pays for in the ledger, so it must fit what the submitter saw: the lease it granted, the time
         since, the provider's GPUs.
@@ -352,6 +393,8 @@ class JobState:
             return CosignRefusal("a second receipt for a line of the lease", fault=True)
         if self.finished:
             return CosignRefusal("the job is no longer running", fault=False)
+        if gpus is None:
+            return CosignRefusal("the provider's ad (its GPUs) is unknown here", fault=False)
         if receipt.gpus > gpus:
             return CosignRefusal(f"a receipt for {receipt.gpus} GPUs from a peer that advertises {gpus}", fault=True)
         skew_ms = RECEIPT_CLOCK_SKEW_S * 1000
@@ -374,7 +417,11 @@ MAX_JOBS = 4
 MAX_JOBS_PER_SUBMITTER = 2
 """Of those, jobs of one submitter: one hostile submitter cannot hold every slot."""
 PROGRESS_S = 20.0
-"""A slot whose submitter gives no lines (nor says the job is done) for this long is dropped: the submitter's fault."""
+"""A slot whose submitter gives no lines (nor says the job is done) for this long is dropped."""
+STALL_MEMORY_S = 600.0
+"""A submitter that stalls a slot again within this long is at fault (once may be a slow disk or a relay)."""
+MAX_STALLED_SUBMITTERS = 1024
+"""Submitters whose last stall is remembered (the oldest are forgotten first)."""
 
 
 @dataclass
@@ -382,9 +429,10 @@ class WorkerSlots:
     """Which announced jobs a provider works on, and how long a job may give it nothing (sans-IO).
 
     A slot is taken on an announcement (a free slot, the submitter under its cap) and kept while
-    the submitter gives work within ``progress_s``: the worker drops a slot past its deadline and
-    penalises the submitter (it announced work, then held the slot without giving any; an honest
-    submitter with nothing left answers a claim at once). Everything takes ``now``.
+    the submitter gives work within ``progress_s``: the worker drops a slot past its deadline. A
+    first stall is forgiven (an honest submitter's database may be busy storing a large job, or its
+    link relayed); a second within ``stall_memory_s`` is the submitter's fault (it announces work,
+    then holds slots without giving any). Everything takes ``now``.
     """
 
     max_jobs: int = MAX_JOBS
@@ -394,6 +442,9 @@ class WorkerSlots:
     """Job id → its submitter, for the jobs with a slot."""
     deadlines: dict[str, float] = field(default_factory=dict)
     """Job id → when its slot is dropped unless its submitter gives work first."""
+    stall_memory_s: float = STALL_MEMORY_S
+    stalled_at: dict[str, float] = field(default_factory=dict)
+    """Submitter → when it last stalled a slot (insertion order: oldest first)."""
 
     def take(self, job_id: str, submitter: str, now: float) -> bool:
         """Take a slot for ``job_id``; False if there is none for it now."""
@@ -413,3 +464,17 @@ class WorkerSlots:
         """The job's work loop ended: its slot is free."""
         self.submitters.pop(job_id, None)
         self.deadlines.pop(job_id, None)
+
+    def stalled(self, job_id: str, now: float) -> bool:
+        """The job's submitter gave nothing before the deadline: True if that is its fault (a repeated stall).
+
+        The caller releases the slot either way.
+        """
+        submitter = self.submitters.get(job_id)
+        if submitter is None:
+            return False
+        last = self.stalled_at.pop(submitter, None)
+        self.stalled_at[submitter] = now
+        while len(self.stalled_at) > MAX_STALLED_SUBMITTERS:
+            del self.stalled_at[next(iter(self.stalled_at))]
+        return last is not None and now - last < self.stall_memory_s

@@ -116,8 +116,13 @@ class JobWorker:
                 with trio.move_on_at(self.slots.deadlines[job.job_id]):
                     grant = decode_json(LeaseGrant, await self._ask(conn, JobRequest(op="claim", job_id=job.job_id)))
                 if grant is None:
-                    # It announced work and holds one of our slots, but gives none: a slot wasted.
-                    raise PeerFault(f"no work within {self.slots.progress_s:.0f} s of a claim")
+                    # It announced work and holds one of our slots, but gives none: the slot is freed,
+                    # and a submitter that does so again soon is wasting slots on purpose.
+                    stall = f"no work within {self.slots.progress_s:.0f} s of a claim"
+                    if self.slots.stalled(job.job_id, trio.current_time()):
+                        raise PeerFault(f"{stall}, again")
+                    log.info("job %s: %s; slot freed", job.job_id, stall)
+                    break
                 if grant.done:
                     break
                 if grant.lease_id is None:

@@ -184,3 +184,44 @@ def test_one_submitter_holds_at_most_its_share_of_the_batch_slots():
     assert slots.deadlines["h1"] == 35
     slots.release("e1")
     assert slots.take("e3", "evil", 30)
+
+
+def test_a_first_stall_frees_the_slot_and_only_a_repeated_one_is_a_fault():
+    from garage_p2p.core.jobs import WorkerSlots
+
+    slots = WorkerSlots(max_jobs=4, per_submitter=2, progress_s=20, stall_memory_s=600)
+    assert slots.take("j1", "slow", 0) and slots.take("j2", "slow", 0)
+    assert not slots.stalled("j1", 20)  # once: a busy disk or a relayed link, not blamed
+    slots.release("j1")
+    assert slots.stalled("j2", 30)  # again within ten minutes: wasting slots
+    slots.release("j2")
+    assert slots.take("j3", "slow", 700) and not slots.stalled("j3", 720)  # forgotten after ten minutes... once
+    assert slots.take("k1", "other", 720) and not slots.stalled("k1", 740)  # stalls are counted per submitter
+
+
+def test_a_receipt_from_a_provider_whose_gpus_are_unknown_is_refused_without_fault():
+    job = make(n=3, size=3)
+    lease = job.claim("p", T)
+    cid = job.shards[lease.shard][0].custom_id
+    refusal = job.cosign_refusal(lease.lease_id, "p", cid, receipt(cid, start=T + 1, end=T + 2, gpus=4), gpus=None,
+                                 now=T + 6)  # fmt: skip
+    assert refusal is not None and not refusal.fault
+
+
+def test_a_provider_result_with_numbers_the_store_cannot_hold_is_a_problem():
+    from garage_p2p.core.jobs import result_problem
+
+    good = {"custom_id": "c", "status_code": 200, "body": {"usage": {"total_tokens": 12}}}
+    assert result_problem(good) is None
+    assert result_problem({"custom_id": "c", "status_code": 500, "body": {"error": "boom"}}) is None
+    assert result_problem({"custom_id": "c", "error": {"code": "x", "message": "y"}}) is None
+    bad = [
+        {"custom_id": "c", "status_code": 200, "body": {"usage": {"total_tokens": 10**29}}},
+        {"custom_id": "c", "status_code": 200, "body": {"usage": {"prompt_tokens": -1}}},
+        {"custom_id": "c", "status_code": 200, "body": {"usage": {"total_tokens": True}}},
+        {"custom_id": "c", "status_code": 10**29, "body": {}},
+        {"custom_id": "c", "status_code": 200, "body": []},
+        {"custom_id": "c", "error": {"code": 10**29}},
+        {"custom_id": "c"},
+    ]
+    assert all(result_problem(r) is not None for r in bad)
