@@ -65,6 +65,7 @@ from garage_p2p.core.messages import (
     RequestHead,
     decode_json,
     encode_json,
+    refusal,
 )
 from garage_p2p.core.penalties import THRESHOLD
 from garage_p2p.core.receipts import (
@@ -94,6 +95,7 @@ from .conftest import (
     wait_for,
     wait_for_model,
 )
+from .test_jobs_hostile import ghost_job
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ROUND_TIMEOUT = 20.0
@@ -694,41 +696,6 @@ async def test_a_pushed_batch_with_a_malformed_receipt_is_answered_receipt_by_re
 # -- /garage/jobs/1.0.0 --------------------------------------------------------------------------
 
 
-def batch(n: int, model: str) -> str:
-    return "\n".join(
-        json.dumps(
-            {
-                "custom_id": f"req-{i}",
-                "method": "POST",
-                "url": "/v1/chat/completions",
-                "body": {"model": model, "messages": [{"role": "user", "content": "x"}], "max_tokens": 2},
-            }
-        )
-        for i in range(n)
-    )
-
-
-async def ghost_job(peers: Peers, lines: int = 4) -> str:
-    """A job on the victim for model "ghost", which no peer will work on but the evil one."""
-    ghost = Identity.from_seed(b"\x05" * 32)
-    peers.victim.table.apply(
-        make_ad(
-            ghost,
-            seq=int(time.time() * 1000),
-            now=time.time(),
-            ttl=300,
-            addrs=(),
-            models=(ModelOffer(name="ghost"),),
-            version="x",
-        ),
-        time.time(),
-    )
-    progress = await peers.victim.jobs.submit(
-        batch(lines, "ghost"), model=None, shard_size=lines, max_providers=None, deadline_s=None
-    )
-    return progress["id"]
-
-
 async def ask_job(stream, request: JobRequest | bytes) -> bytes | None:
     payload = request if isinstance(request, bytes) else encode_frame(FrameType.JOB_REQUEST, encode_json(request))
     await write_all(stream, payload)
@@ -744,7 +711,7 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
     rng = random.Random(19)
     async with three_peers(tmp_path, http) as peers:
         victim = peers.victim
-        job_id = await ghost_job(peers)
+        job_id = await ghost_job(peers.victim)
 
         # 1. The evil peer as a provider, talking to the victim's jobs (it submitted one).
         requests = [
@@ -752,20 +719,6 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
             ("an oversized request announced", HEADER.pack(64 * 1024 * 1024, FrameType.JOB_REQUEST)),
             ("a ledger frame", encode_frame(FrameType.LEDGER_REQUEST, b"{}")),
             ("random JSON", encode_frame(FrameType.JOB_REQUEST, json.dumps(random_json(rng)).encode())),
-            ("results for an unknown job", JobRequest(op="results", job_id="job-nope", lease_id="x")),
-            (
-                "results for a lease never granted",
-                JobRequest(
-                    op="results",
-                    job_id=job_id,
-                    lease_id="forged-lease",
-                    results=({"custom_id": "req-0", "status_code": 200, "body": {}},),
-                ),
-            ),
-            (
-                "a result for a line not in the job",
-                JobRequest(op="results", job_id=job_id, lease_id="forged-lease", results=({"custom_id": "req-999"},)),
-            ),
         ]
         for i, (name, request) in enumerate(requests):
             stream = await peers.open(PROTOCOL_JOBS)
@@ -778,6 +731,19 @@ async def test_garbage_on_the_jobs_protocol_is_rejected(tmp_path, http):
                 await close_quietly(stream, reset=True)
             await wait_for(lambda i=i: victim.mesh.penalties.faults(peers.evil_id, "jobs") >= i + 1, 5)
             assert victim.mesh.penalties.faults(peers.evil_id, "jobs") == i + 1, name
+        # Results for a job or lease the victim does not know: refused, no fault (an honest provider
+        # hands in results of a lease its submitter forgot when it restarted).
+        unknown = [
+            JobRequest(op="results", job_id="job-nope", lease_id="x"),
+            JobRequest(op="results", job_id=job_id, lease_id="forged-lease", results=({"custom_id": "req-999"},)),
+        ]
+        before = victim.mesh.penalties.faults(peers.evil_id, "jobs")
+        for request in unknown:
+            stream = await peers.open(PROTOCOL_JOBS)
+            with trio.fail_after(ROUND_TIMEOUT):
+                assert refusal(await ask_job(stream, request)) is not None
+            await close_quietly(stream)
+        assert victim.mesh.penalties.faults(peers.evil_id, "jobs") == before
         # Random JSON requests: a fault unless the request happens to be a valid claim.
         fuzzed = 0
         for _ in range(20):
@@ -887,7 +853,7 @@ async def test_a_job_result_whose_error_is_not_an_object_does_not_crash_the_subm
     status is not 200 and whose body's "error" is a string raises AttributeError inside the stream
     handler, which takes the whole submitting peer down."""
     async with three_peers(tmp_path, http) as peers:
-        job_id = await ghost_job(peers)
+        job_id = await ghost_job(peers.victim)
         stream = await peers.open(PROTOCOL_JOBS)
         grant = decode_json(LeaseGrant, await ask_job(stream, JobRequest(op="claim", job_id=job_id)))
         results = tuple(
@@ -907,7 +873,7 @@ async def test_a_job_result_with_a_malformed_receipt_does_not_lose_its_lines(tmp
     (catching ReceiptInvalid) lets through: the results are never stored, yet the lines count as
     done, so they are never leased again and the job never finishes."""
     async with three_peers(tmp_path, http) as peers:
-        job_id = await ghost_job(peers)
+        job_id = await ghost_job(peers.victim)
         stream = await peers.open(PROTOCOL_JOBS)
         grant = decode_json(LeaseGrant, await ask_job(stream, JobRequest(op="claim", job_id=job_id)))
         receipt = base64.b64encode(bytes(64) + b"{not a receipt}").decode()

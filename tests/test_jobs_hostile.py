@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from functools import partial
 
 import trio
 
 from garage_p2p.core.capabilities import ModelOffer, make_ad
 from garage_p2p.core.identity import Identity
-from garage_p2p.core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement
-from garage_p2p.core.messages import encode_json
+from garage_p2p.core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck
+from garage_p2p.core.messages import decode_json, encode_json, refusal
 from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.daemon import Peer
+from garage_p2p.jobs import submitter
 from garage_p2p.jobs.submitter import SERVICE
-from garage_p2p.mesh.streams import close_quietly, read_some, write_all
+from garage_p2p.mesh.streams import FrameStream, close_quietly, read_some, write_all
 from tools.attacks import Target, empty_jobs, phantom_results
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
@@ -76,8 +79,8 @@ def target(peer: Peer) -> Target:
     return Target(peer.identity.peer_id, tuple(first_addr(peer)), peer.api_url)
 
 
-async def ghost_job(victim: Peer, lines: int, shard_size: int) -> str:
-    """A job on ``victim`` for the model "ghost", which only an attacker will claim."""
+async def ghost_job(victim: Peer, lines: int = 4, shard_size: int | None = None) -> str:
+    """A job on ``victim`` for the model "ghost", which only an attacker will claim (one shard by default)."""
     ghost = Identity.from_seed(b"\x05" * 32)
     ad = make_ad(
         ghost,
@@ -90,7 +93,7 @@ async def ghost_job(victim: Peer, lines: int, shard_size: int) -> str:
     )
     victim.table.apply(ad, time.time())
     progress = await victim.jobs.submit(
-        batch(lines, "ghost"), model=None, shard_size=shard_size, max_providers=None, deadline_s=None
+        batch(lines, "ghost"), model=None, shard_size=shard_size or lines, max_providers=None, deadline_s=None
     )
     return progress["id"]
 
@@ -109,7 +112,8 @@ async def test_phantom_results_are_not_counter_signed(tmp_path):
         assert sent["cosigs_received"] == 0, sent
         assert await victim.ledger.pending() == []  # nothing waits to be pushed as counter-signed
         assert victim.jobs.progress(job_id)["done"] <= 5  # only its own lease's lines were taken as results
-        assert victim.mesh.penalties.banned(evil.identity.peer_id, time.monotonic())
+        # One results request, one fault (not one per line: an honest batch with one systematic flaw must not ban).
+        assert victim.mesh.penalties.faults(evil.identity.peer_id, SERVICE) == 1
 
 
 async def test_one_hostile_submitter_does_not_starve_batch_work(tmp_path, http):
@@ -137,3 +141,85 @@ async def test_one_hostile_submitter_does_not_starve_batch_work(tmp_path, http):
         # The stalled claims cost the attacker a fault each.
         await wait_for(lambda: victim.mesh.penalties.faults(evil_id, SERVICE) >= 2, timeout=10)
         nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def jobs_rpc(provider: Peer, submitter: Peer) -> AsyncIterator[Callable[[JobRequest], Awaitable[bytes]]]:
+    """``ask(request)`` → the submitter's reply payload, over one ``/garage/jobs/1.0.0`` stream from ``provider``."""
+    stream = await provider.mesh.open_stream(submitter.identity.peer_id, first_addr(submitter), PROTOCOL_JOBS)
+    conn = FrameStream(stream, {FrameType.JOB_REPLY: 1 << 24})
+
+    async def ask(request: JobRequest) -> bytes:
+        with trio.fail_after(10):
+            await write_all(stream, encode_frame(FrameType.JOB_REQUEST, encode_json(request)))
+            frame = await conn.read()
+        assert frame is not None, "the submitter closed the stream instead of answering"
+        return frame.payload
+
+    try:
+        yield ask
+    finally:
+        await close_quietly(stream)
+
+
+async def test_bad_numbers_in_results_cost_one_fault_and_leave_their_line_pending(tmp_path):
+    """A token count SQLite cannot hold must not escape the handler (lines lost); receipts that fail in
+    bulk cost one fault per request, not one per line."""
+    async with (
+        running_peer(tmp_path / "victim") as victim,
+        running_peer(tmp_path / "evil", bootstrap=first_addr(victim)) as evil,
+        jobs_rpc(evil, victim) as ask,
+    ):
+        job_id = await ghost_job(victim, 4)
+        grant = decode_json(LeaseGrant, await ask(JobRequest(op="claim", job_id=job_id)))
+        ids = [line["custom_id"] for line in grant.lines]
+        results = [{"custom_id": ids[0], "status_code": 200, "body": {"usage": {"total_tokens": 10**29}}}]
+        results += [{"custom_id": cid, "status_code": 200, "body": {}, "receipt": "not a receipt"} for cid in ids[1:]]
+        reply = await ask(JobRequest(op="results", job_id=job_id, lease_id=grant.lease_id, results=tuple(results)))
+        assert decode_json(ResultsAck, reply).accepted == 3
+        assert victim.mesh.penalties.faults(evil.identity.peer_id, SERVICE) == 1
+        progress = victim.jobs.progress(job_id)
+        assert progress["status"] == "running" and progress["done"] == 3  # the bad line waits for another lease
+        again = decode_json(LeaseGrant, await ask(JobRequest(op="claim", job_id=job_id)))
+        assert [line["custom_id"] for line in again.lines] == ids[:1]
+
+
+async def test_results_for_a_lease_the_submitter_forgot_are_refused_without_fault(tmp_path):
+    """After the submitter restarts, an honest provider hands in the results of a lease granted before."""
+    async with running_peer(tmp_path / "evil") as provider:
+        async with running_peer(tmp_path / "victim") as victim:
+            job_id = await ghost_job(victim, 4)
+            async with jobs_rpc(provider, victim) as ask:
+                grant = decode_json(LeaseGrant, await ask(JobRequest(op="claim", job_id=job_id)))
+        victim_id = victim.identity.peer_id
+        await wait_for(lambda: victim_id not in provider.mesh.connected_peers())  # not a dead connection to reuse
+        async with running_peer(tmp_path / "victim") as victim:  # restarted: the job resumes, its leases are gone
+            assert victim.jobs.progress(job_id)["status"] == "running"
+            results = tuple({"custom_id": line["custom_id"], "status_code": 200, "body": {}} for line in grant.lines)
+            async with jobs_rpc(provider, victim) as ask:
+                reply = await ask(JobRequest(op="results", job_id=job_id, lease_id=grant.lease_id, results=results))
+                assert refusal(reply) is not None
+                unknown_job = await ask(JobRequest(op="results", job_id="job-gone", lease_id=grant.lease_id))
+                assert refusal(unknown_job) is not None
+            assert victim.mesh.penalties.faults(provider.identity.peer_id, SERVICE) == 0
+
+
+async def test_finished_jobs_leave_no_line_bodies_and_stay_bounded(tmp_path, monkeypatch):
+    """A key that submits and cancels in a loop: bodies are deleted, finished jobs are forgotten past a bound,
+    and an upload a crash left in the spool is deleted at start."""
+    monkeypatch.setattr(submitter, "KEEP_FINISHED", 2, raising=False)
+    leftover = tmp_path / "victim" / "jobs-input" / "crashed.jsonl"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_text(batch(3, "ghost"))
+    async with running_peer(tmp_path / "victim") as victim:
+        assert not leftover.exists()
+        ids = []
+        for _ in range(4):
+            ids.append(await ghost_job(victim, 3))
+            await victim.jobs.cancel(ids[-1])
+            assert await victim.jobs._db(victim.jobs.store.bodies, ids[-1], [0, 1, 2]) == {}
+        assert [job_id for job_id in ids if job_id in victim.jobs.jobs] == ids[2:]
+        stored = [row.id for row in await victim.jobs._db(victim.jobs.store.jobs)]
+        assert stored == ids[2:]
+        assert victim.jobs.progress(ids[-1])["status"] == "cancelled"
+        assert len(await victim.jobs.output(ids[-1], False)) == 3

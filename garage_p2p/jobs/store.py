@@ -87,9 +87,28 @@ class JobStore:
                 ((job.id, i, cid, url, json.dumps(body, separators=(",", ":"))) for i, cid, url, body in lines),
             )
 
-    def set_status(self, job_id: str, status: str) -> None:
+    def finish(self, job_id: str, status: str) -> None:
+        """The job ended (completed, cancelled, expired): its status, and its lines go (only results are read now)."""
         with self._db:
             self._db.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
+            self._db.execute("DELETE FROM lines WHERE job_id = ?", (job_id,))
+
+    def forget_finished(self, keep: int) -> None:
+        """Keep the ``keep`` newest finished jobs of each owner (and of the peer's own CLI); delete the rest."""
+        with self._db:
+            self._db.execute("CREATE TEMP TABLE IF NOT EXISTS forgotten (id TEXT PRIMARY KEY)")
+            self._db.execute("DELETE FROM forgotten")
+            self._db.execute(
+                """INSERT INTO forgotten SELECT id FROM (
+                       SELECT id, ROW_NUMBER() OVER (PARTITION BY owner ORDER BY created DESC) AS n
+                       FROM jobs WHERE status != 'running'
+                   ) WHERE n > ?""",
+                (keep,),
+            )
+            for table, column in (("results", "job_id"), ("lines", "job_id"), ("jobs", "id")):
+                self._db.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM forgotten)")
+            # A crash between a job's end and the deletion of its lines leaves them: they are never read again.
+            self._db.execute("DELETE FROM lines WHERE job_id IN (SELECT id FROM jobs WHERE status != 'running')")
 
     def add_results(
         self, rows: Iterable[tuple[str, str | None, int, bool, dict[str, Any], str | None, int, float]]

@@ -36,8 +36,9 @@ from ..core.jobs import (
     ResultsAck,
     line_body,
     parse_batch,
+    result_problem,
 )
-from ..core.messages import decode_json, encode_json
+from ..core.messages import ErrorReply, decode_json, encode_json
 from ..core.receipts import ReceiptInvalid, cosign_receipt, expected_receipt_problem, unpack_signed
 from ..core.wire import Frame, FrameType, MiB, encode_frame
 from ..ledger.book import Ledger, pack_pending
@@ -66,10 +67,16 @@ MAX_INPUT_BYTES = 256 * MiB
 """Largest input of one job."""
 KEY_INPUT_QUOTA = 64 * MiB
 """Input bytes one API key's running jobs may hold on this peer (the peer's own CLI is not bound by it)."""
+KEEP_FINISHED = 64
+"""Finished jobs kept per owner (API key, or the peer's own CLI), in memory and on disk; older ones are forgotten."""
 
 
 class JobRejected(Exception):
     """A submission that cannot run; the message says why."""
+
+
+class _Refused(Exception):
+    """A provider's request we cannot serve that is not its fault (an error reply, no penalty)."""
 
 
 @dataclass
@@ -82,6 +89,8 @@ class _Job:
     tokens: int = 0
     started: float = field(default_factory=time.monotonic)
     absent_since: dict[str, float] = field(default_factory=dict)
+    summary: dict[str, Any] | None = None
+    """A finished job's last progress (its lines and shards are then dropped from memory)."""
 
 
 def request_id(job_id: str, index: int) -> str:
@@ -97,7 +106,7 @@ class JobManager:
         home: Path,
         *,
         model_known: Callable[[str], Awaitable[bool]],
-        gpus_of: Callable[[str], int] = lambda peer_id: 1,
+        gpus_of: Callable[[str], int | None] = lambda peer_id: 1,
         lease_time: float = 120.0,
     ) -> None:
         self.mesh = mesh
@@ -108,7 +117,7 @@ class JobManager:
         """Uploads being received (deleted once their lines are stored)."""
         self.model_known = model_known
         self.gpus_of = gpus_of
-        """GPUs a provider advertises (its ad's hardware; 1 for a CPU or an unknown peer): bounds its receipts."""
+        """GPUs a provider advertises (its ad's hardware; 1 for a CPU; None for an unknown ad): bounds its receipts."""
         self.lease_time = lease_time
         self.jobs: dict[str, _Job] = {}
         self._lock = trio.Lock()
@@ -122,6 +131,10 @@ class JobManager:
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.mesh.set_handler(PROTOCOL_JOBS, self.handle_stream)
+        # Uploads a crash left behind (an upload is stored, then its spool file deleted, before serve runs again).
+        for leftover in self.spool.glob("*.jsonl") if self.spool.is_dir() else ():
+            leftover.unlink(missing_ok=True)
+        await self._db(self.store.forget_finished, KEEP_FINISHED)
         for row in await self._db(self.store.jobs):
             if row.status == "running":
                 await self._load(row)
@@ -299,8 +312,20 @@ class JobManager:
             job.state.done_ids.update(line.custom_id for line in left)
         job.state.cancelled = True
         job.row.status = status
-        await self._db(self.store.set_status, job.row.id, status)
+        # Its line bodies go with it (a key could otherwise fill the disk by submitting and cancelling).
+        await self._db(self.store.finish, job.row.id, status)
+        await self._db(self.store.forget_finished, KEEP_FINISHED)
+        job.summary = self.progress(job.row.id)
+        job.lines, job.by_id, job.absent_since = {}, {}, {}
+        job.state = JobState(job.row.id, [], cancelled=True)
+        self._forget_finished(job.row.owner)
         log.info("job %s %s", job.row.id, status)
+
+    def _forget_finished(self, owner: str | None) -> None:
+        """Keep the last KEEP_FINISHED finished jobs of ``owner`` in memory (the store keeps as many)."""
+        finished = [j for j in self.jobs.values() if j.row.owner == owner and j.row.status != "running"]
+        for job in finished[: max(0, len(finished) - KEEP_FINISHED)]:
+            del self.jobs[job.row.id]
 
     def _get(self, job_id: str, owner: str | None = None) -> _Job:
         """The job, if ``owner`` may see it: its own key's jobs, or every job for None (the peer's own CLI)."""
@@ -313,6 +338,8 @@ class JobManager:
 
     def progress(self, job_id: str, owner: str | None = None) -> dict[str, Any]:
         job = self._get(job_id, owner)
+        if job.summary is not None:
+            return dict(job.summary)
         total = job.row.total
         invalid = total - len(job.lines)
         done = len(job.state.done_ids.intersection(job.by_id)) + invalid
@@ -356,7 +383,10 @@ class JobManager:
 
     async def _answer(self, peer_id: str, frame: Frame) -> bytes:
         request = decode_json(JobRequest, frame.payload)
-        reply = await (self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request))
+        try:
+            reply = await (self._claim(peer_id, request) if request.op == "claim" else self._results(peer_id, request))
+        except _Refused as exc:
+            return encode_frame(FrameType.JOB_REPLY, encode_json(ErrorReply(error=str(exc))))
         return encode_frame(FrameType.JOB_REPLY, encode_json(reply))
 
     async def _claim(self, peer_id: str, request: JobRequest) -> LeaseGrant:
@@ -383,23 +413,37 @@ class JobManager:
         return LeaseGrant(lease_id=lease.lease_id, deadline_s=self.lease_time, lines=tuple(lines))
 
     async def _results(self, peer_id: str, request: JobRequest) -> ResultsAck:
+        if request.lease_id is None:
+            raise PeerFault("results without a lease")
         job = self.jobs.get(request.job_id)
-        if job is None or request.lease_id is None:
-            raise PeerFault("results for an unknown job or lease")
+        if job is None:
+            raise _Refused("no such job here (finished long ago, or never)")
+        if job.row.status != "running":
+            return ResultsAck()  # late: every line has its final result; nothing to store or sign
         lease = job.state.granted.get(request.lease_id)
-        if lease is None or lease.provider != peer_id:
-            raise PeerFault("results for a lease that was never granted to this peer")
+        if lease is None:
+            # Leases live in memory: after our restart an honest provider hands in results of one we forgot.
+            raise _Refused("an unknown lease (granted before this peer restarted?): claim again")
+        if lease.provider != peer_id:
+            raise PeerFault("results for a lease granted to another peer")
+        faults: list[str] = []
         parsed: dict[str, tuple[BatchLine, dict[str, Any]]] = {}
         for result in request.results:
             custom_id = result.get("custom_id")
             line = job.by_id.get(custom_id) if isinstance(custom_id, str) else None
             if line is None:
                 raise PeerFault("a result for a custom_id that is not in the job")
+            problem = result_problem(result)
+            if problem is not None:
+                faults.append(f"{custom_id}: {problem}")  # refused before any state changes: the line stays pending
+                continue
             parsed[custom_id] = (line, result)
         # Counter-signed before ``complete``: a receipt counts only while the job runs.
         cosigs = {}
         for line, result in parsed.values():
-            cosig = self._countersign(peer_id, job, request.lease_id, line, result)
+            cosig, fault = self._countersign(peer_id, job, request.lease_id, line, result)
+            if fault is not None:
+                faults.append(f"{line.custom_id}: {fault}")
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()
         new = job.state.complete(request.lease_id, list(parsed)) or []
@@ -412,22 +456,26 @@ class JobManager:
             job.failed += 0 if ok else 1
             job.tokens += tokens
         await self._db(self.store.add_results, rows)  # stored before the provider hears "accepted"
+        if faults:
+            # One fault per request, like the table's: a systematic problem (a skewed clock) in one
+            # batch is one mistake, not one per line.
+            more = f" (and {len(faults) - 1} more)" if len(faults) > 1 else ""
+            self.mesh.penalise(peer_id, SERVICE, f"job {job.row.id}: {faults[0]}{more}")
         if job.row.status == "running" and job.state.finished:
             await self._finish(job, "completed")
         return ResultsAck(accepted=len(new), cosigs=cosigs)
 
     def _countersign(
         self, provider: str, job: _Job, lease_id: str, line: BatchLine, result: dict[str, Any]
-    ) -> bytes | None:
-        """The counter-signature of a line's receipt, or None; a receipt no honest provider sends is penalised."""
+    ) -> tuple[bytes | None, str | None]:
+        """(the counter-signature of a line's receipt or None, why the receipt is the provider's fault or None)."""
         blob = result.get("receipt")
         if not isinstance(blob, str):
-            return None
+            return None, None
         try:
             receipt, raw, signature = unpack_signed(blob)
         except ReceiptInvalid as exc:
-            self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: a bad receipt: {exc}")
-            return None
+            return None, f"a bad receipt: {exc}"
         problem = expected_receipt_problem(
             receipt,
             consumer=self.identity.peer_id,
@@ -436,20 +484,18 @@ class JobManager:
             model=job.row.model,
         )
         if problem is not None:
-            self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {problem}")
-            return None
+            return None, problem
         refusal = job.state.cosign_refusal(
             lease_id, provider, line.custom_id, receipt, gpus=self.gpus_of(provider), now=time.time()
         )
         if refusal is not None:
             if refusal.fault:
-                self.mesh.penalise(provider, SERVICE, f"job {job.row.id}: {refusal.reason}")
-            else:
-                log.info("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, refusal.reason)
-            return None
+                return None, refusal.reason
+            log.info("job %s: not counter-signing a receipt from %s: %s", job.row.id, provider, refusal.reason)
+            return None, None
         cosig = cosign_receipt(self.identity, raw)
         self.ledger.note_cosigned(provider, receipt.request_id, pack_pending(signature, raw, cosig))
-        return cosig
+        return cosig, None
 
 
 @contextmanager
