@@ -223,3 +223,11 @@ async def test_finished_jobs_leave_no_line_bodies_and_stay_bounded(tmp_path, mon
         assert stored == ids[2:]
         assert victim.jobs.progress(ids[-1])["status"] == "cancelled"
         assert len(await victim.jobs.output(ids[-1], False)) == 3
+
+
+def test_the_gpus_of_a_provider_whose_ad_is_unknown_are_unknown():
+    """Not 1: an honest multi-GPU provider whose ad expired would then be blamed for its receipts."""
+    from garage_p2p.core.capabilities import PeerTable
+    from garage_p2p.daemon import _gpus_of
+
+    assert _gpus_of(PeerTable(), Identity.from_seed(b"\x09" * 32).peer_id) is None
