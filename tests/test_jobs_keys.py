@@ -145,3 +145,33 @@ async def test_concurrent_uploads_of_one_key_share_its_quota(tmp_path, http, mon
         assert sorted(set(statuses)) == [201, 413] and accepted * len(data) <= 8 * 1024, statuses
         assert not list(spooled.iterdir())
         assert len((await http.get(base, headers=alice)).json()["jobs"]) == accepted
+
+
+async def test_the_cli_streams_the_batch_file_as_it_is(tmp_path, http, monkeypatch):
+    """``garage job submit`` posts the file raw (``application/jsonl``, options in the query string),
+    which the daemon spools to disk: a file of exactly one job's maximum is accepted. Posted as a
+    JSON string (its quotes escaped) it would be larger, and the daemon would hold and parse it whole."""
+    text = batch(20, "ghost")
+    monkeypatch.setattr("garage_p2p.jobs.submitter.MAX_INPUT_BYTES", len(text.encode()))
+    keys(tmp_path / "p", "alice")
+    async with (
+        standin_backend() as backend,
+        running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer,
+    ):
+        base = peer.api_url.removesuffix("/v1") + "/garage/v1/jobs"
+        await ghost_job(peer, 1, shard_size=1)
+        (tmp_path / "batch.jsonl").write_text(text)
+        args = [
+            "job",
+            "submit",
+            "-i",
+            str(tmp_path / "batch.jsonl"),
+            "--shard-size",
+            "5",
+            "--home",
+            str(tmp_path / "p"),
+        ]
+        submitted = await trio.to_thread.run_sync(partial(CliRunner().invoke, app, args))
+        assert submitted.exit_code == 0, submitted.output
+        job = (await http.get(f"{base}/{submitted.output.strip()}", headers=operator(tmp_path / "p"))).json()
+        assert job["total"] == 20 and job["shards"] == 4
