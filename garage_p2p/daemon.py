@@ -62,6 +62,7 @@ from .runtime.model_dirs import resolve_model
 from .runtime.model_runtime import ModelRuntime
 from .runtime.podman_service import open_podman
 from .settings import Settings, SettingsError
+from .store.admin_token import new_admin_token, remove_admin_token, write_admin_token
 from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
 from .store.keys import KeyStore
@@ -364,6 +365,7 @@ def _remove_run_file(settings: Settings) -> None:
         (settings.home / "run" / "peer.json").unlink()
     except FileNotFoundError:
         pass
+    remove_admin_token(settings.home)
 
 
 async def _serve_http(app, settings: Settings, stop: trio.Event, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -475,7 +477,7 @@ def open_gate(settings: Settings) -> Gatekeeper:
             f"the endpoint{where} needs API keys and {settings.home} has none: create one with "
             f"`garage keys create --home {settings.home}`, or keep --api on 127.0.0.1"
         )
-    return Gatekeeper(keys, required=required, where=settings.api)
+    return Gatekeeper(keys, required=required, where=settings.api, admin_token=new_admin_token())
 
 
 @asynccontextmanager
@@ -635,6 +637,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             path_kind=paths.connection_kind,
         )
         await nursery.start(gate.serve)
+        # Before the endpoint answers: the CLI that finds it must find the token too. Never logged.
+        write_admin_token(settings.home, gate.admin_token)
         bound = await nursery.start(_serve_http, app, settings, peer._http_stop)
         peer.api_url = (bound[0] if bound else f"http://{settings.api}").rstrip("/") + "/v1"
         _write_run_file(peer)

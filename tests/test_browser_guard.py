@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from garage_p2p.core.limits import Limits
 from garage_p2p.gateway.auth import browser_refusal, host_name
+from garage_p2p.store.admin_token import ADMIN_TOKEN_HEADER, read_admin_token
 from garage_p2p.store.keys import KeyStore
 
 from .conftest import running_peer, standin_backend
@@ -76,7 +77,9 @@ async def test_reading_the_peers_state_needs_the_key_but_not_its_budget(tmp_path
         browser = {"sec-fetch-site": "same-origin"}
         assert (await http.get(f"{base}/garage/v1/status", headers=browser)).status_code == 401
         assert (await http.get(f"{base}/metrics")).status_code == 401
-        assert (await http.get(f"{base}/garage/v1/status")).status_code == 200  # the CLI on this machine
+        assert (await http.get(f"{base}/garage/v1/status")).status_code == 401  # loopback alone is no pass
+        operator = {ADMIN_TOKEN_HEADER: read_admin_token(tmp_path / "p")}  # what the CLI on this machine sends
+        assert (await http.get(f"{base}/garage/v1/status", headers=operator)).status_code == 200
         for _ in range(5):  # a dashboard polling: reads cost the key nothing
             assert (await http.get(f"{base}/garage/v1/status", headers={**browser, **auth})).status_code == 200
             assert (await http.get(f"{base}/metrics", headers=auth)).status_code == 200

@@ -14,6 +14,7 @@ from garage_p2p.core.messages import Usage
 from garage_p2p.daemon import open_gate
 from garage_p2p.gateway.auth import Gatekeeper, Refused, is_loopback
 from garage_p2p.settings import Settings, SettingsError
+from garage_p2p.store.admin_token import ADMIN_TOKEN_HEADER, read_admin_token
 from garage_p2p.store.keys import KeyStore, KeyStoreError
 
 from .conftest import running_peer, standin_backend, wait_for_model
@@ -120,9 +121,11 @@ async def test_a_peer_that_requires_keys_answers_401_429_and_serves_a_valid_key(
             await trio.sleep(1.1)  # the gate trusts a checked key for a second
             with pytest.raises(openai.AuthenticationError):
                 await openai.AsyncOpenAI(base_url=a.api_url, api_key=revoked, max_retries=0).models.list()
-            # The CLI's admin calls from this machine need no key.
-            status = await http.get(a.api_url.removesuffix("/v1") + "/garage/v1/status")
-            assert status.status_code == 200
+            # The admin API needs a key or the operator's token (the CLI sends it): loopback alone is no pass.
+            status_url = a.api_url.removesuffix("/v1") + "/garage/v1/status"
+            assert (await http.get(status_url)).status_code == 401
+            token = {ADMIN_TOKEN_HEADER: read_admin_token(tmp_path / "a")}
+            assert (await http.get(status_url, headers=token)).status_code == 200
     [key, _] = store.all()
     assert key.requests == 2 and key.refused == 1 and key.completion_tokens == 8
 

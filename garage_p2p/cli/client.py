@@ -3,6 +3,10 @@
 The daemon is found from ``--api URL``, else ``$GARAGE_API``, else the
 ``api_url`` in the home's ``run/peer.json`` (home from ``--home`` or
 ``$GARAGE_HOME``). Every CLI command that talks to a daemon uses this.
+
+Calls carry the daemon's admin token (``HOME/run/admin.token``), which makes them the operator's
+where the peer requires API keys. It goes only to the daemon of that HOME: the one its
+``run/peer.json`` names, or the ``--api`` URL when a HOME was named too and its daemon is there.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Any
 import httpx
 import typer
 
+from ..store.admin_token import ADMIN_TOKEN_HEADER, read_admin_token
 from .common import fail, resolve_home
 
 ApiOption = typer.Option(None, "--api", help="The daemon's endpoint URL (default $GARAGE_API or HOME/run/peer.json).")
@@ -32,8 +37,29 @@ def daemon_url(api: str | None, home: Path | None) -> str:
             fail(f"no running peer found ({run_file} is missing): start `garage-peer`, or pass --api URL")
         except (OSError, ValueError, KeyError) as exc:
             fail(f"cannot read {run_file}: {exc}; pass --api URL")
-    url = url.rstrip("/")
-    return url.removesuffix("/v1")
+    return _base(url)
+
+
+def _base(url: str) -> str:
+    return url.rstrip("/").removesuffix("/v1")
+
+
+def admin_headers(api: str | None, home: Path | None, base: str) -> dict[str, str]:
+    """The admin token header for the daemon at ``base``, if it is the one running in HOME.
+
+    With --api (or $GARAGE_API) the HOME must be named too (--home or $GARAGE_HOME), so a URL
+    alone never reads a default HOME nor sends its token to another daemon.
+    """
+    if (api or os.environ.get("GARAGE_API")) and home is None and not os.environ.get("GARAGE_HOME"):
+        return {}
+    where = resolve_home(home)
+    try:
+        if _base(json.loads((where / "run" / "peer.json").read_text())["api_url"]) != base:
+            return {}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    token = read_admin_token(where)
+    return {ADMIN_TOKEN_HEADER: token} if token else {}
 
 
 def get(api: str | None, home: Path | None, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -53,13 +79,26 @@ def call(
     params: dict[str, Any] | None = None,
     *,
     body: Any = None,
+    upload: Path | None = None,
+    content_type: str = "application/octet-stream",
     timeout: float = 10,
     text: bool = False,
 ) -> Any:
-    """The daemon's JSON answer (its text with ``text``); a one-line error, naming the fix, on failure."""
+    """The daemon's JSON answer (its text with ``text``); a one-line error, naming the fix, on failure.
+
+    ``body`` is sent as JSON; ``upload`` is a file streamed from disk as ``content_type``.
+    """
     base = daemon_url(api, home)
+    headers = admin_headers(api, home, base)
     try:
-        response = httpx.request(method, base + path, params=params, json=body, timeout=timeout)
+        if upload is None:
+            response = httpx.request(method, base + path, params=params, json=body, headers=headers, timeout=timeout)
+        else:
+            with upload.open("rb") as f:
+                headers["content-type"] = content_type
+                response = httpx.request(
+                    method, base + path, params=params, content=_chunks(f), headers=headers, timeout=timeout
+                )
     except httpx.HTTPError as exc:
         fail(f"cannot reach the peer at {base}: {exc}; is `garage-peer` running?")
     if response.status_code >= 400:
@@ -69,6 +108,12 @@ def call(
             message = response.text[:200]
         fail(f"the peer answered {response.status_code}: {message}")
     return response.text if text else response.json()
+
+
+def _chunks(f, size: int = 1 << 20):
+    # A generator, not the file: httpx then streams it without reading it whole.
+    while chunk := f.read(size):
+        yield chunk
 
 
 def print_json(data: Any) -> None:

@@ -55,18 +55,22 @@ def submit(
     api: str | None = ApiOption,
 ) -> None:
     """Submit a batch; prints the job id (with --wait: a progress bar, then the output files)."""
+    # The file is streamed as it is, options in the query string: the daemon spools it to disk
+    # without holding or parsing it whole (a JSON {"input": text} body would be both).
+    options = {"model": model, "shard_size": shard_size, "max_providers": max_providers, "deadline_s": deadline}
     try:
-        text = input.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        progress = call(
+            "POST",
+            api,
+            home,
+            "/garage/v1/jobs",
+            {k: v for k, v in options.items() if v is not None},
+            upload=input,
+            content_type="application/jsonl",
+            timeout=120,
+        )
+    except OSError as exc:
         fail(f"cannot read {input}: {exc}")
-    body = {
-        "input": text,
-        "model": model,
-        "shard_size": shard_size,
-        "max_providers": max_providers,
-        "deadline_s": deadline,
-    }
-    progress = post(api, home, "/garage/v1/jobs", body)
     job_id = progress["id"]
     if not wait:
         typer.echo(job_id)

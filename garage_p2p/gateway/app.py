@@ -34,9 +34,8 @@ from ..core.messages import (
     error_info,
 )
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
-from ..store.keys import looks_like_key
 from .admin import AdminSource, admin_routes
-from .auth import Gatekeeper, Refused, bearer_token, browser_refusal, from_browser, is_loopback
+from .auth import Gatekeeper, Refused, browser_refusal
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher, DispatchFailed
@@ -263,8 +262,8 @@ def create_app(
 
         Reads of this peer's state (GET /garage/v1/*, /metrics) need the key
         where the endpoint needs one, but do not count against its limits.
-        The peer's own CLI (loopback, not a browser) needs no key for
-        /garage/v1/*; a browser always does where keys are required.
+        The operator (``Gatekeeper.operator``: the admin token, or the CLI of a peer
+        that requires no keys) needs no key for /garage/v1/*.
         """
 
         async def run(request: Request) -> Response:
@@ -272,29 +271,24 @@ def create_app(
                 return error_response(refusal)
             path = request.url.path
             authorization = request.headers.get("authorization")
-            # A request that shows one of our keys is that key's, wherever it comes from: on a
-            # loopback endpoint every key holder on the machine would otherwise pass as the CLI.
-            keyed = looks_like_key(bearer_token(authorization) or "")
-            local_cli = (
-                path.startswith("/garage/")
-                and request.client is not None
-                and is_loopback(request.client.host)
-                and not from_browser(request.headers)
-                and not keyed
-            )
+            client = request.client.host if request.client is not None else None
+            try:
+                operator = path.startswith("/garage/") and gate.operator(request.headers, client)
+            except Refused as exc:
+                return error_response(exc.info)
             read = request.method == "GET" and (path.startswith("/garage/") or path == "/metrics")
             grant = None
             key = None
             try:
-                if read and not local_cli:
+                if read and not operator:
                     key = gate.admit(authorization, charge=False).key_id
-                elif not local_cli:
+                elif not operator:
                     grant = gate.admit(authorization)
                     key = grant.key_id
             except Refused as exc:
                 return error_response(exc.info)
             # Whose request it is: a key sees only what it owns (its batch jobs); None is the
-            # peer's own CLI or an anonymous loopback caller, who see everything.
+            # operator, or an anonymous caller of a peer that requires no keys, who see everything.
             request.state.key_id = key
             if grant is None:
                 return await endpoint(request)

@@ -10,6 +10,7 @@ is a 401; a key over its limits is a 429 with ``Retry-After``.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import time
@@ -20,6 +21,7 @@ import trio
 
 from ..core.limits import Limiter
 from ..core.messages import ErrorInfo, Usage, error_info
+from ..store.admin_token import ADMIN_TOKEN_HEADER
 from ..store.keys import ApiKey, KeyStore, looks_like_key
 from ..store.keys import Usage as KeyUsage
 
@@ -118,12 +120,20 @@ def bearer_token(authorization: str | None) -> str | None:
 
 class Gatekeeper:
     def __init__(
-        self, store: KeyStore | None, *, required: bool, where: str, clock: Callable[[], float] = time.monotonic
+        self,
+        store: KeyStore | None,
+        *,
+        required: bool,
+        where: str,
+        admin_token: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.required = required
         self.where = where
         """The endpoint's address, for error messages."""
+        self.admin_token = admin_token
+        """The secret that makes an admin API request the operator's (HOME/run/admin.token); None: no such request."""
         self._clock = clock
         self._cache: dict[str, tuple[ApiKey | None, float]] = {}
         self._limiter = Limiter()
@@ -139,6 +149,44 @@ class Gatekeeper:
             self._cache.clear()
         self._cache[token] = (key, now + CACHE_S)
         return key
+
+    def operator(self, headers, client_host: str | None) -> bool:
+        """Whether an admin API request (``/garage/v1/*``) is the operator's: it sees every job, no input quota.
+
+        It is if it carries the admin token. Where keys are not required, a loopback request that is
+        not a browser's and shows no key is too (the CLI of a peer that is open to its own machine).
+        Where keys are required, anything else needs a key: Refused (401) without one, naming the fix.
+        """
+        token = headers.get(ADMIN_TOKEN_HEADER)
+        if token is not None:
+            if self.admin_token is not None and hmac.compare_digest(token.encode(), self.admin_token.encode()):
+                return True
+            raise Refused(
+                error_info(
+                    401,
+                    "The admin token is not this peer's: a new one is written to HOME/run/admin.token at every "
+                    "start; the `garage` CLI reads it there (pass --home if the peer runs with another HOME).",
+                    type="invalid_request_error",
+                    code="invalid_admin_token",
+                )
+            )
+        keyed = looks_like_key(bearer_token(headers.get("authorization")) or "")
+        if not self.required:
+            # A request that shows one of our keys is that key's, wherever it comes from: on a
+            # loopback endpoint every key holder on the machine would otherwise pass as the CLI.
+            return client_host is not None and is_loopback(client_host) and not from_browser(headers) and not keyed
+        if not keyed:
+            raise Refused(
+                error_info(
+                    401,
+                    f"The admin API at {self.where} needs an API key (`Authorization: Bearer gk-…`; create one "
+                    "with `garage keys create`), or the operator's admin token, which the `garage` CLI on this "
+                    "peer's machine reads from HOME/run/admin.token and sends by itself.",
+                    type="invalid_request_error",
+                    code="invalid_api_key",
+                )
+            )
+        return False
 
     def admit(self, authorization: str | None, *, charge: bool = True) -> Pass:
         """Let the request in, or raise Refused (401, 429).
