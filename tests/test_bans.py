@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from functools import partial
 
@@ -89,3 +90,11 @@ async def test_a_banned_peer_whose_arrival_was_dropped_is_still_turned_away(tmp_
             while banned in victim.mesh.connected_peers():
                 await trio.sleep(0.05)
         assert victim.mesh.turned_away >= 1
+
+
+async def test_faults_log_a_warning_only_for_the_ban(tmp_path, caplog):
+    async with running_peer(tmp_path / "victim") as victim:
+        for _ in range(3 * THRESHOLD):
+            victim.mesh.penalise("12D3KooWEvil", "test", "a fault")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "KooWEvil" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("banned 12D3KooWEvil"), warnings

@@ -14,9 +14,9 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo
 
 from garage_p2p.core.penalties import THRESHOLD
-from garage_p2p.mesh.patches import MAX_INBOUND_STREAMS
 from garage_p2p.mesh import host
 from garage_p2p.mesh.host import DialError
+from garage_p2p.mesh.patches import MAX_INBOUND_STREAMS
 from tools.attacks import inbound_churn, stream_flood, window_flood
 
 from .conftest import as_target, first_addr, running_peer, standin_backend, wait_for, wait_for_model

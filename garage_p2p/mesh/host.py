@@ -103,7 +103,8 @@ class Mesh:
         Past the threshold (faults from every service together) the peer is banned and disconnected.
         """
         so_far = self.penalties.faults(peer_id, service) + 1
-        log.warning("%s: peer %s misbehaved (%d so far): %s", service, peer_id, so_far, reason)
+        # Debug only: a flood of faults must not flood the log (counts are in the box and /metrics).
+        log.debug("%s: peer %s misbehaved (%d so far): %s", service, peer_id, so_far, reason)
         if self.penalties.fault(peer_id, f"{service}: {reason}", time.monotonic(), service):
             ban = self.penalties.ban
             log.warning("banned %s for %.0f s after repeated faults (last: %s: %s)", peer_id, ban, service, reason)
