@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from functools import partial
 
@@ -13,6 +14,7 @@ from garage_p2p.cli.garage import app
 from garage_p2p.core.messages import PROTOCOL_OPENAI
 from garage_p2p.core.penalties import THRESHOLD
 from garage_p2p.core.wire import FrameType, encode_frame
+from garage_p2p.mesh.host import ConnectionWatch
 from garage_p2p.mesh.streams import read_some
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for_model
@@ -73,3 +75,26 @@ async def the_operator_sees_the_ban(peer, banned: str, http) -> None:
     table = await trio.to_thread.run_sync(partial(CliRunner().invoke, app, ["bans", "--api", base]))
     assert table.stdout.splitlines()[0].split() == ["PEER", "LEFT", "FAULTS", "LAST"]
     assert f"openai:{THRESHOLD}" in table.stdout
+
+
+async def test_a_banned_peer_whose_arrival_was_dropped_is_still_turned_away(tmp_path):
+    """ConnectionWatch drops arrivals when its channel is full (a burst): the sweep must catch them."""
+    async with running_peer(tmp_path / "victim") as victim, running_peer(tmp_path / "evil") as evil:
+        banned = evil.identity.peer_id
+        for _ in range(THRESHOLD):
+            victim.mesh.penalise(banned, "test", "a fault")
+        watch = next(n for n in victim.mesh.host.get_network().notifees if isinstance(n, ConnectionWatch))
+        watch._send, _receive = trio.open_memory_channel(0)  # always full: every arrival is dropped
+        await evil.mesh.connect(victim.identity.peer_id, first_addr(victim))
+        with trio.fail_after(10):
+            while banned in victim.mesh.connected_peers():
+                await trio.sleep(0.05)
+        assert victim.mesh.turned_away >= 1
+
+
+async def test_faults_log_a_warning_only_for_the_ban(tmp_path, caplog):
+    async with running_peer(tmp_path / "victim") as victim:
+        for _ in range(3 * THRESHOLD):
+            victim.mesh.penalise("12D3KooWEvil", "test", "a fault")
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and "KooWEvil" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("banned 12D3KooWEvil"), warnings

@@ -12,7 +12,7 @@ import trio
 from garage_p2p.core.exchange import head_frame
 from garage_p2p.core.ledger import ZERO_HASH, make_entry
 from garage_p2p.core.ledger_sync import PROTOCOL_LEDGER
-from garage_p2p.core.messages import PROTOCOL_OPENAI, EndInfo, RequestHead, decode_json
+from garage_p2p.core.messages import PROTOCOL_OPENAI, EndInfo, ErrorReply, RequestHead, decode_json, encode_json
 from garage_p2p.core.receipts import cosign_receipt, encode_receipt, sign_receipt
 from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.ledger.book import pack_pending
@@ -210,3 +210,20 @@ async def test_a_throwaway_identity_cannot_grow_a_peers_ledger_past_its_caps(tmp
             store = LedgerStore(tmp_path / "v" / "ledger.sqlite", readonly=True)
             assert store.count() <= 12
             store.close()
+
+
+async def test_a_refusal_from_a_ledger_server_is_not_blamed_on_it(tmp_path):
+    """An error reply (here the rpc helper's "open another stream") is the server's choice, not a fault."""
+    async with running_peer(tmp_path / "server") as server, running_peer(tmp_path / "client") as client:
+
+        async def refusing(stream) -> None:
+            await read_some(stream)
+            reply = encode_json(ErrorReply(error="more than 3 requests on one stream: open another"))
+            await write_all(stream, encode_frame(FrameType.LEDGER_REPLY, reply))
+            await stream.close()
+
+        server.mesh.set_handler(PROTOCOL_LEDGER, refusing)
+        ps = server.identity.peer_id
+        await client.mesh.connect(ps, first_addr(server))
+        assert await client.ledger_sync.full_sync(ps) == 0
+        assert client.mesh.penalties.faults(ps) == 0

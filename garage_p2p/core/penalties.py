@@ -12,6 +12,7 @@ banned for it.
 
 from __future__ import annotations
 
+import heapq
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -27,6 +28,10 @@ THRESHOLD = 5
 WINDOW = 600.0
 BAN = 600.0
 MAX_TRACKED = 10_000
+"""Peers the box keeps records of; past it, stale records go first, then the quietest unbanned ones."""
+EVICTED_AT_ONCE = MAX_TRACKED // 10
+"""Records dropped when the box is full and none is stale: in batches, so a flood of new ids costs
+one scan per batch, not one per id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,11 +114,22 @@ class PenaltyBox:
         """Peer → faults against ``service``, for the peers that have any."""
         return {peer: n for peer, r in self._records.items() if (n := r.by_service.get(service, 0))}
 
+    def tracked(self) -> int:
+        """Peers the box keeps a record of (at most MAX_TRACKED)."""
+        return len(self._records)
+
     def _forget(self, now: float) -> None:
+        """Make room: drop every stale record; if none is, the unbanned peers that faulted least recently.
+
+        Bans are kept (they end by themselves): evicting one would let a banned peer back in.
+        """
         stale = [
             p
             for p, r in self._records.items()
             if r.banned_until <= now and (not r.times or r.times[-1] <= now - self.window)
         ]
-        for peer in stale[: max(1, len(stale))]:
+        if not stale:
+            unbanned = ((r.times[-1], p) for p, r in self._records.items() if r.banned_until <= now and r.times)
+            stale = [p for _, p in heapq.nsmallest(EVICTED_AT_ONCE, unbanned)]
+        for peer in stale:
             del self._records[peer]

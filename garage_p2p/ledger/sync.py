@@ -48,7 +48,7 @@ from ..core.ledger_sync import (
     entry_seq,
     heads_page,
 )
-from ..core.messages import ErrorReply, decode_json, encode_json
+from ..core.messages import decode_json, encode_json, refusal
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import Frame, FrameType, MiB, encode_frame
 from ..mesh.host import ConnectionWatch, DialError, Mesh, gossip_sender
@@ -87,6 +87,10 @@ SERVER_LIMITS = RpcLimits(
 FULL = "full"
 """A sync job: compare every head (rather than pull after some announced heads)."""
 _Job = tuple[HeadInfo, ...] | str
+
+
+class Refused(Exception):
+    """The peer answered with an error reply (e.g. a stream's requests used up): its choice, not a fault."""
 
 
 class LedgerSync:
@@ -249,7 +253,7 @@ class LedgerSync:
                 return await work(conn, peer_id)
             except PeerFault as exc:
                 self._penalise(peer_id, str(exc))
-            except (StreamBroken, trio.TooSlowError) as exc:
+            except (Refused, StreamBroken, trio.TooSlowError) as exc:
                 log.debug("ledger sync with %s broke off: %s", peer_id, exc)
             finally:
                 await close_quietly(conn.stream)
@@ -317,8 +321,9 @@ class LedgerSync:
     def _reply(frame: Frame) -> bytes:
         if frame.type is not FrameType.LEDGER_REPLY:
             raise PeerFault(f"expected a ledger reply, got {frame.type.name}")
-        if frame.payload.startswith(b'{"error"'):
-            raise PeerFault(f"the peer refused: {decode_json(ErrorReply, frame.payload).error}")
+        reason = refusal(frame.payload)
+        if reason is not None:
+            raise Refused(reason)
         return frame.payload
 
     async def push(self, provider: str, blobs: list[str]) -> PushReply:
@@ -356,7 +361,7 @@ class LedgerSync:
         for provider, blobs in by_provider.items():
             try:
                 reply = await self.push(provider, blobs)
-            except (DialError, StreamBroken, trio.TooSlowError, PeerFault) as exc:
+            except (DialError, Refused, StreamBroken, trio.TooSlowError, PeerFault) as exc:
                 log.debug("pushing receipts to %s failed: %s", provider, exc)
                 continue
             accepted += reply.accepted

@@ -49,6 +49,8 @@ BOOTSTRAP_RETRY = 5.0
 MIN_CONNECTIONS = 4
 MAX_CONNECTIONS = 128
 """The swarm keeps MAX - MIN inbound slots (124); mesh/patches.py frees one when its connection ends."""
+ADMISSION_SWEEP = 1.0
+"""Seconds between sweeps of connected peers no longer admitted (a ban, the lists): the arrivals channel is lossy."""
 
 
 def _local_ipv4() -> list[str]:
@@ -101,7 +103,8 @@ class Mesh:
         Past the threshold (faults from every service together) the peer is banned and disconnected.
         """
         so_far = self.penalties.faults(peer_id, service) + 1
-        log.warning("%s: peer %s misbehaved (%d so far): %s", service, peer_id, so_far, reason)
+        # Debug only: a flood of faults must not flood the log (counts are in the box and /metrics).
+        log.debug("%s: peer %s misbehaved (%d so far): %s", service, peer_id, so_far, reason)
         if self.penalties.fault(peer_id, f"{service}: {reason}", time.monotonic(), service):
             ban = self.penalties.ban
             log.warning("banned %s for %.0f s after repeated faults (last: %s: %s)", peer_id, ban, service, reason)
@@ -394,6 +397,7 @@ async def open_mesh(
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
             refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)
+            nursery.start_soon(_sweep_not_admitted, mesh)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:
                 nursery.start_soon(_keep_bootstrap, mesh, list(bootstrap))
@@ -413,12 +417,28 @@ async def open_mesh(
 
 
 async def _turn_away(mesh: Mesh, arrivals: trio.MemoryReceiveChannel[str]) -> None:
-    """Close the connections of peers not admitted (the allow/deny lists, a ban)."""
+    """Close the connections of peers not admitted (the allow/deny lists, a ban) as they arrive."""
     async for peer_id in arrivals:
-        if not mesh.admits(peer_id):
-            mesh.turned_away += 1
-            log.info("turned away %s (allow/deny lists)", peer_id)
-            await mesh.disconnect(peer_id)
+        await _turn_away_if_not_admitted(mesh, peer_id)
+
+
+async def _sweep_not_admitted(mesh: Mesh) -> None:
+    """Every ADMISSION_SWEEP seconds, turn away connected peers no longer admitted.
+
+    Catches the arrivals ConnectionWatch dropped (its channel full in a burst of connections), so a
+    banned peer cannot stay connected by arriving in a crowd.
+    """
+    while True:
+        await trio.sleep(ADMISSION_SWEEP)
+        for peer_id in mesh.connected_peers():
+            await _turn_away_if_not_admitted(mesh, peer_id)
+
+
+async def _turn_away_if_not_admitted(mesh: Mesh, peer_id: str) -> None:
+    if not mesh.admits(peer_id):
+        mesh.turned_away += 1
+        log.info("turned away %s (allow/deny lists or a ban)", peer_id)
+        await mesh.disconnect(peer_id)
 
 
 def gossip_sender(message) -> str:
@@ -439,7 +459,7 @@ class ConnectionWatch:
         try:
             self._send.send_nowait(str(conn.muxed_conn.peer_id))
         except (trio.WouldBlock, trio.ClosedResourceError):
-            pass  # a burst of connections: the periodic sweep catches up
+            pass  # a burst of connections: _sweep_not_admitted catches up
 
     async def disconnected(self, network, conn) -> None:
         pass

@@ -9,7 +9,7 @@ streams take the direct connection once it exists.
 py-libp2p 0.8.1 assembles none of this in ``new_host``, and its swarm drops
 ``/p2p-circuit`` addresses when dialling, so relayed dials go through the
 relay transport explicitly (``dial_relayed``). Measured in the NAT lab
-(devtools/natlab.py): reservation ~30 ms, relayed dial ~40 ms, punch through
+(tools/natlab.py): reservation ~30 ms, relayed dial ~40 ms, punch through
 a cone NAT ~80 ms once the private-address pre-dial is skipped.
 """
 

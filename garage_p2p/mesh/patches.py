@@ -39,6 +39,9 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.secured_conn"),
     ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self._nursery"),
     ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.event_closed"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self.is_initiator_value"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.handle_incoming", "self.stream_buffers[stream_id] = bytearray()"),
+    ("libp2p.stream_muxer.yamux.yamux:YamuxStream.reset", None),
     ("libp2p.stream_muxer.yamux.yamux:Yamux.handle_incoming", "self.stream_buffers[stream_id].extend(data)"),
     ("libp2p.stream_muxer.yamux.yamux:Yamux.close", None),
     ("libp2p.stream_muxer.yamux.yamux:GO_AWAY_PROTOCOL_ERROR", None),
@@ -201,6 +204,12 @@ def report_muxer_faults(local_peer_id: str, penalise: Callable[[str, str], None]
     return stop
 
 
+MAX_INBOUND_STREAMS = 256
+"""Streams a peer may have open towards us on one connection. Each may buffer a receive window
+(256 KiB) before its protocol is even negotiated: uncapped, N streams cost N windows. An excess
+stream is reset and is a fault (go-yamux resets past its own cap)."""
+
+
 class _WindowedBuffer(bytearray):
     """A yamux stream's receive buffer that refuses data past the window the peer was granted.
 
@@ -208,28 +217,52 @@ class _WindowedBuffer(bytearray):
     only logs an overrun), so the check sits here: before buffering.
     """
 
-    def __init__(self, conn, stream_id: int) -> None:
+    def __init__(self, buffers: _WindowedBuffers, stream_id: int) -> None:
         super().__init__()
-        self.conn = conn
+        self.buffers = buffers
         self.stream_id = stream_id
 
     def extend(self, data) -> None:
-        stream = self.conn.streams.get(self.stream_id)
+        conn = self.buffers.conn
+        stream = conn.streams.get(self.stream_id)
         if stream is not None and len(data) > stream.recv_window:
-            _window_exceeded(self.conn, self.stream_id, len(data), stream.recv_window)
+            _window_exceeded(conn, self.stream_id, len(data), stream.recv_window)
             return  # dropped: the connection is being closed
+        self.buffers.accepted += len(data)
         super().extend(data)
 
 
+class _RefusedBuffer(bytearray):
+    """The buffer of an inbound stream past MAX_INBOUND_STREAMS: it is being reset, its data is dropped."""
+
+    def extend(self, data) -> None:
+        pass
+
+
 class _WindowedBuffers(dict):
+    """A connection's stream buffers (``Yamux.stream_buffers``), each windowed, inbound streams capped."""
+
     def __init__(self, conn) -> None:
         super().__init__()
         self.conn = conn
+        self.accepted = 0
+        """Bytes buffered on this connection since it opened (what its peer's data cost us)."""
 
     def __setitem__(self, stream_id: int, buffer: bytearray) -> None:
-        windowed = _WindowedBuffer(self.conn, stream_id)
+        if self._inbound(stream_id) and self._open_inbound() >= MAX_INBOUND_STREAMS:
+            super().__setitem__(stream_id, _RefusedBuffer())
+            _too_many_streams(self.conn, stream_id)
+            return
+        windowed = _WindowedBuffer(self, stream_id)
         bytearray.extend(windowed, buffer)
         super().__setitem__(stream_id, windowed)
+
+    def _inbound(self, stream_id: int) -> bool:
+        # Yamux: the initiator's streams are odd, the responder's even.
+        return stream_id % 2 == (0 if self.conn.is_initiator_value else 1)
+
+    def _open_inbound(self) -> int:
+        return sum(1 for sid, b in self.items() if self._inbound(sid) and not isinstance(b, _RefusedBuffer))
 
 
 def _windowed_buffers(init):
@@ -250,11 +283,23 @@ def _window_exceeded(conn, stream_id: int, size: int, window: int) -> None:
     reason = f"yamux: {size} bytes on stream {stream_id} past its {window}-byte receive window"
     setattr(conn, _WINDOW_FAULT, reason)
     log.warning("%s sent %s: connection closed", conn.peer_id, reason)
+    _report(conn, reason)
+    if conn._nursery is not None:
+        conn._nursery.start_soon(conn.close, GO_AWAY_PROTOCOL_ERROR)
+
+
+def _too_many_streams(conn, stream_id: int) -> None:
+    """An inbound stream past MAX_INBOUND_STREAMS: reset it, and count a fault (a flood ends in a ban)."""
+    _report(conn, f"yamux: stream {stream_id} past {MAX_INBOUND_STREAMS} open inbound streams")
+    stream = conn.streams.get(stream_id)
+    if stream is not None and conn._nursery is not None:
+        conn._nursery.start_soon(stream.reset)
+
+
+def _report(conn, reason: str) -> None:
     penalise = _FAULT_LISTENERS.get(str(conn.secured_conn.get_local_peer()))
     if penalise is not None:
         penalise(str(conn.peer_id), reason)
-    if conn._nursery is not None:
-        conn._nursery.start_soon(conn.close, GO_AWAY_PROTOCOL_ERROR)
 
 
 # -- inbound connection slots ---------------------------------------------------------------

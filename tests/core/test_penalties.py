@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from garage_p2p.core.penalties import PenaltyBox
+from garage_p2p.core.penalties import MAX_TRACKED, PenaltyBox
 
 
 def test_enough_faults_within_the_window_ban_the_peer_for_a_while():
@@ -21,3 +21,15 @@ def test_old_faults_are_forgiven():
     box.fault("p", "x", 1)
     assert not box.fault("p", "x", 70)  # the first two are older than the window
     assert not box.banned("p", 70)
+
+
+def test_the_box_stays_bounded_when_no_record_is_stale():
+    """A flood of fresh ids within the window: the quietest unbanned records go, bans stay."""
+    box = PenaltyBox(threshold=2, window=600, ban=600)
+    box.fault("banned", "x", 0)
+    assert box.fault("banned", "x", 0)
+    for n in range(MAX_TRACKED + 50):
+        box.fault(f"p{n}", "x", 1 + n / 1e6)  # all within the window: none stale
+    assert box.tracked() <= MAX_TRACKED
+    assert box.banned("banned", 2)
+    assert box.faults("p0") == 0 and box.faults(f"p{MAX_TRACKED + 49}") == 1  # the oldest went, the newest stays
