@@ -2,8 +2,9 @@
 
 Fresh identities sign ads issued ``age`` seconds ago with a ``ttl`` (and the clock-skew allowance,
 MAX_CLOCK_SKEW) just longer; the victim takes them (they are valid when they arrive) and, before the
-fix, held them for ``ttl`` from their arrival and served them in its table after they had gone stale, so that every peer fetching its table blamed and
-banned the victim: the attacker framed an honest relay and was never penalised itself.
+fix, held them for ``ttl`` from their arrival and served them in its table after they had gone stale,
+so that every peer fetching its table blamed and banned the victim: the attacker framed an honest relay
+and was never penalised itself.
 """
 
 from __future__ import annotations
