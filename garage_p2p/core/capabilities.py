@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from pydantic import Field, field_validator
@@ -332,6 +332,27 @@ def servable(entry: PeerEntry, now: float) -> bool:
     return entry.expires_at - now >= SERVE_MARGIN and now < entry.ad.issued_at + entry.ad.ttl
 
 
+def choose_page(
+    entries: Iterable[PeerEntry], now: float, max_ads: int, max_bytes: int, favoured: Collection[str]
+) -> list[PeerEntry]:
+    """The entries a table serves, at most ``max_ads`` and ``max_bytes`` of signed ads: only those a
+    receiver will still take (``servable``); those of ``favoured`` peers (the ones we are connected
+    to), or that came from their author, first; then the longest known (a sybil flood is the newest).
+    The daemon's table and the simulator's both serve by this rule."""
+    live = sorted(
+        (e for e in entries if servable(e, now)),
+        key=lambda e: (not (e.direct or e.ad.peer_id in favoured), e.first_seen, e.ad.peer_id),
+    )
+    out: list[PeerEntry] = []
+    total = 0
+    for entry in live[:max_ads]:
+        total += len(entry.wire)
+        if total > max_bytes:
+            break
+        out.append(entry)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Intake:
     """What became of one ad offered to the table."""
@@ -551,22 +572,10 @@ class PeerTable:
         return [e for pid, e in sorted(self._entries.items()) if e.expires_at > now]
 
     def page(self, now: float, max_ads: int, max_bytes: int) -> list[bytes]:
-        """Signed ads to serve a peer that asks for our table, at most ``max_ads`` and ``max_bytes``.
-
-        Only ads a receiver will still take (``servable``); those of peers we are connected to, or
-        that came from their author, first; then the longest known.
-        """
-        dealt_with = set(self.dealt_with())
-        live = [e for e in self._entries.values() if e.wire and servable(e, now)]
-        live.sort(key=lambda e: (not (e.direct or e.ad.peer_id in dealt_with), e.first_seen, e.ad.peer_id))
-        out: list[bytes] = []
-        total = 0
-        for entry in live[:max_ads]:
-            total += len(entry.wire)
-            if total > max_bytes:
-                break
-            out.append(entry.wire)
-        return out
+        """Signed ads to serve a peer that asks for our table, at most ``max_ads`` and ``max_bytes``
+        (``choose_page``)."""
+        held = (e for e in self._entries.values() if e.wire)
+        return [e.wire for e in choose_page(held, now, max_ads, max_bytes, set(self.dealt_with()))]
 
     def answer(self, own_ad: bytes, now: float) -> list[bytes]:
         """What a table server sends a peer that asks: its own ad, then one page (within
