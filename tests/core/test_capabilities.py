@@ -49,8 +49,7 @@ def _signed_padded(identity: Identity, pad: int, version: int, seq: int, now: fl
     """A signed ad padded with ``pad`` characters of GPU names, then model names and quantizations
     (no addresses, so nobody dials them), and a version of ``version`` characters."""
     gpus = [
-        GpuSpec(name=f"{i:03}".ljust(min(120, pad - 120 * i), "g"), vram_mib=0)
-        for i in range(min(16, -(-pad // 120)))
+        GpuSpec(name=f"{i:03}".ljust(min(120, pad - 120 * i), "g"), vram_mib=0) for i in range(min(16, -(-pad // 120)))
     ]
     rest = max(0, pad - 120 * 16)
     models = [
