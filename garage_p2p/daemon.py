@@ -47,6 +47,7 @@ from .ledger.book import Ledger
 from .ledger.cosign import Cosigner
 from .ledger.sync import LedgerSync
 from .ledger.views import balances_view, ledger_summary
+from .mesh.caps import SERVICE as AD_FAULTS
 from .mesh.caps import CapsService
 from .mesh.discovery import SERVICE as TABLE_FAULTS
 from .mesh.discovery import Discovery
@@ -147,6 +148,7 @@ class Peer:
             "relay_reservations": dict(self.mesh.nat.reservations) if self.mesh.nat else {},
             "known_relays": len([e for e in self.table.entries(time.time()) if e.ad.relay]),
             "duplicate_identity_at": list(self.table.impostor_addrs),
+            "clock_skew": {peer: round(skew) for peer, skew in self.table.clock_skew.items()},
             "driver_version": self.driver_version,
             "hardware": self.caps.hardware.label,
             "connections": len(self.mesh.connected_peers()),
@@ -293,8 +295,9 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
         connections=len(peer.mesh.connected_peers()),
         ads_received=peer.caps.received,
         ads_rejected={
-            "invalid": sum(peer.caps.rejected.values()) + peer.mesh.penalties.totals.get(TABLE_FAULTS, 0),
-            "flood": sum(peer.caps.flooded.values()),
+            # Flood faults are counted under the ads service too; the penalty box holds the rest.
+            "invalid": sum(peer.mesh.penalties.totals.get(s, 0) for s in (AD_FAULTS, TABLE_FAULTS)) - peer.caps.flooded,
+            "flood": peer.caps.flooded,
         },
         banned_peers=peer.mesh.penalties.banned_count(now),
         faults=dict(peer.mesh.penalties.totals),

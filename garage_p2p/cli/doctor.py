@@ -85,6 +85,16 @@ def diagnose(status: dict[str, Any]) -> list[dict[str, str]]:
         )
     else:
         add("gpu", "ok", f"{hardware}, driver {driver or 'unknown'}")
+    skewed = status.get("clock_skew") or {}
+    if skewed:
+        add(
+            "clocks",
+            "warn",
+            "; ".join(f"peer {peer}'s clock is off by {skew:+d} s" for peer, skew in sorted(skewed.items())[:5]),
+            "their ads are dropped: enable NTP there (or here, if many peers look off)",
+        )
+    else:
+        add("clocks", "ok", "every peer's ads arrive within their time")
     if status.get("duplicate_identity_at"):
         add(
             "identity",

@@ -8,9 +8,11 @@ signature, so that any peer can forward it). The wire form is
 and the exact payload bytes, so no canonical re-encoding is needed.
 
 The table keeps the newest ad per peer and forgets it when it expires. An ad
-lives ``ttl`` seconds from its issue time (a relayed ad must not outlive what
-its author meant), so clocks must agree to well within the ttl; a replayed old
-ad is refused by its sequence number.
+lives ``ttl`` seconds from its issue time, plus MAX_CLOCK_SKEW for an issuer
+whose clock is slow, and never longer than ``ttl`` from when it reached us (a
+relayed ad must not outlive what its author meant by much); a replayed old ad
+is refused by its sequence number. An ad its author delivered itself that is
+out of that window tells us the author's clock is off (``PeerTable.clock_skew``).
 
 Whom to blame for a bad ad (``PeerTable.offer``): whoever delivered bytes that
 do not verify (a relay verified every ad before storing it, and serves it
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 
 from pydantic import Field, field_validator
@@ -32,6 +34,7 @@ from .errors import PeerFault
 from .identity import Identity, IdentityError, peer_id_from_public_key, verify
 from .limits import Limiter, Limits
 from .messages import WireModel, decode_json
+from .wire import HEADER_SIZE
 
 TOPIC_CAPS = "garage/caps/1"
 AD_DOMAIN = b"garage-caps-ad/1\n"
@@ -43,11 +46,16 @@ MAX_AD_ADDRS = 24
 MAX_AD_MODELS = 16
 """Models in an ad: one per backend, and a rig rarely runs more than a few."""
 MAX_TTL = 300.0
-MAX_CLOCK_SKEW = 300.0
-"""Ads claiming to be issued further than this in our future are refused (dropped, not a fault)."""
+MAX_CLOCK_SKEW = 60.0
+"""How far a peer's clock may be from ours, either way, and its ads still count. Consumer PCs
+without working NTP drift by tens of seconds, and the ad ttl (20 s) is shorter than that: without
+this allowance a peer 20 s slow would be invisible. Past it, ads are dropped (not a fault)."""
 SERVE_MARGIN = 5.0
-"""A table serves an ad only while it has this long left to live on our clock, so that a receiver
-whose clock runs a little ahead still takes it."""
+"""A table serves an ad only while it has this long left to live on our clock, and while it is
+within its ttl of its issue time on our clock, so that a receiver whose clock runs up to
+MAX_CLOCK_SKEW ahead of ours still takes it."""
+MAX_SKEWED_PEERS = 256
+"""Peers whose clock we remember as off (``PeerTable.clock_skew``): the latest ones."""
 MAX_TABLE_PEERS = 4096
 """Ads a table holds at most."""
 MAX_TABLE_BYTES = 8 * 1024 * 1024
@@ -59,6 +67,11 @@ TABLE_PAGE_ADS = 512
 """Ads in one answer to a table request (besides the server's own): a joining peer learns the rest by gossip."""
 TABLE_PAGE_BYTES = 1024 * 1024
 """Signed bytes in one answer to a table request."""
+TABLE_ANSWER_ADS = TABLE_PAGE_ADS + 1
+"""Ads (one frame each) in one answer to a table request: a page and the server's own ad."""
+TABLE_ANSWER_BYTES = TABLE_PAGE_BYTES + MAX_AD_BYTES + TABLE_ANSWER_ADS * HEADER_SIZE
+"""Bytes of one answer on the stream at most, frame headers included: the receiver's bound on what
+an honest server sends (``PeerTable.answer``)."""
 TABLE_FETCH_GAP = 5.0
 """An honest peer asks one peer for its table at most once in this many seconds."""
 TABLE_REQUESTS = Limits(rpm=30, concurrency=2)
@@ -213,6 +226,11 @@ class AdRejected(Exception):
 class AdStale(AdRejected):
     """An ad that has expired, or claims to be issued far in our future: dropped, whoever passed it on."""
 
+    def __init__(self, reason: str, ad: CapabilityAd | None = None) -> None:
+        super().__init__(reason)
+        self.ad = ad
+        """The ad, whose issue time says how far off its author's clock is if it came from the author."""
+
 
 class AdContentFault(PeerFault):
     """An ad its author signed that is not a valid ad: the author's fault, not a relay's."""
@@ -243,17 +261,18 @@ def _claimed_author(payload: bytes) -> tuple[str, str]:
 
 
 def expiry(ad: CapabilityAd, now: float) -> float:
-    """Local time ``ad`` stops counting: ``ttl`` from its issue time (an issue time in our future
-    does not lengthen it), whenever and through whom it reached us."""
-    return min(now, ad.issued_at) + ad.ttl
+    """Local time ``ad`` stops counting, having reached us at ``now``: ``ttl`` from its issue time
+    plus MAX_CLOCK_SKEW (its author's clock may be slow), and at most ``ttl`` from ``now`` (an issue
+    time in our future does not lengthen it), through whomever it came."""
+    return min(now + ad.ttl, ad.issued_at + ad.ttl + MAX_CLOCK_SKEW)
 
 
 def check_fresh(ad: CapabilityAd, now: float) -> None:
     """AdStale if ``ad`` no longer counts at ``now``, or claims to be issued far in our future."""
     if ad.issued_at > now + MAX_CLOCK_SKEW:
-        raise AdStale("ad issued too far in our future (skewed clock)")
+        raise AdStale("ad issued too far in our future (skewed clock)", ad)
     if expiry(ad, now) <= now:
-        raise AdStale("ad expired")
+        raise AdStale("ad expired", ad)
 
 
 def open_ad(data: bytes, now: float) -> CapabilityAd:
@@ -306,6 +325,34 @@ class PeerEntry:
         return self.source == self.ad.peer_id
 
 
+def servable(entry: PeerEntry, now: float) -> bool:
+    """Whether a table may pass ``entry`` on at ``now``: it has SERVE_MARGIN left to live, and is
+    within its ttl of its issue time, so a receiver whose clock is up to MAX_CLOCK_SKEW ahead of
+    ours still takes it (``expiry``). A slow author's ad therefore travels by gossip only."""
+    return entry.expires_at - now >= SERVE_MARGIN and now < entry.ad.issued_at + entry.ad.ttl
+
+
+def choose_page(
+    entries: Iterable[PeerEntry], now: float, max_ads: int, max_bytes: int, favoured: Collection[str]
+) -> list[PeerEntry]:
+    """The entries a table serves, at most ``max_ads`` and ``max_bytes`` of signed ads: only those a
+    receiver will still take (``servable``); those of ``favoured`` peers (the ones we are connected
+    to), or that came from their author, first; then the longest known (a sybil flood is the newest).
+    The daemon's table and the simulator's both serve by this rule."""
+    live = sorted(
+        (e for e in entries if servable(e, now)),
+        key=lambda e: (not (e.direct or e.ad.peer_id in favoured), e.first_seen, e.ad.peer_id),
+    )
+    out: list[PeerEntry] = []
+    total = 0
+    for entry in live[:max_ads]:
+        total += len(entry.wire)
+        if total > max_bytes:
+            break
+        out.append(entry)
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class Intake:
     """What became of one ad offered to the table."""
@@ -318,6 +365,9 @@ class Intake:
     """Why the ad was not taken."""
     flood: bool = False
     """Refused because its publisher's new ads came faster than AD_RATE."""
+    clock_skew: float | None = None
+    """Seconds the deliverer's clock is off from ours (its own ad was out of its time), the first
+    time the table notices; None otherwise."""
 
 
 class PeerTable:
@@ -354,6 +404,9 @@ class PeerTable:
         """Peers whose ads the table keeps first (the daemon: those we are connected to)."""
         self.impostor_addrs: tuple[str, ...] = ()
         """Addresses of another peer signing ads with OUR key (a copied identity file)."""
+        self.clock_skew: OrderedDict[str, float] = OrderedDict()
+        """Peer → seconds its clock is off from ours (negative: slow), for peers whose own ads
+        reached us out of their time (beyond MAX_CLOCK_SKEW); forgotten once one fits again."""
 
     def note_own_seq(self, seq: int) -> None:
         """Remember a seq we issued, to tell our ads from an impostor's."""
@@ -376,7 +429,10 @@ class PeerTable:
         except PeerFault as exc:
             return Intake(blame=deliverer, reason=str(exc))
         except AdStale as exc:
-            return Intake(reason=str(exc))
+            skew = self._note_skew(exc.ad, deliverer, now)
+            return Intake(reason=str(exc), clock_skew=skew)
+        if ad.peer_id == deliverer:
+            self.clock_skew.pop(ad.peer_id, None)  # its clock fits again
         if publisher is not None and self.is_new(ad):
             # The flood rule counts what a publisher put on the topic, never the author of what
             # someone else republished.
@@ -387,6 +443,18 @@ class PeerTable:
             return Intake(entry=self.apply(ad, now, wire, source=via))
         except AdRejected as exc:
             return Intake(reason=str(exc))
+
+    def _note_skew(self, ad: CapabilityAd | None, deliverer: str, now: float) -> float | None:
+        """Remember how far off the clock of an author that delivered its own stale or future ad is;
+        the skew if this is news. A relayed ad says nothing of its author's clock: it may be old."""
+        if ad is None or ad.peer_id != deliverer:
+            return None
+        known = deliverer in self.clock_skew
+        self.clock_skew[deliverer] = ad.issued_at - now
+        self.clock_skew.move_to_end(deliverer)
+        while len(self.clock_skew) > MAX_SKEWED_PEERS:
+            self.clock_skew.popitem(last=False)
+        return None if known else ad.issued_at - now
 
     def apply(self, ad: CapabilityAd, now: float, wire: bytes = b"", source: str = "") -> PeerEntry:
         """Store a verified ad (``source`` brought it; the author if not given).
@@ -504,22 +572,15 @@ class PeerTable:
         return [e for pid, e in sorted(self._entries.items()) if e.expires_at > now]
 
     def page(self, now: float, max_ads: int, max_bytes: int) -> list[bytes]:
-        """Signed ads to serve a peer that asks for our table, at most ``max_ads`` and ``max_bytes``.
+        """Signed ads to serve a peer that asks for our table, at most ``max_ads`` and ``max_bytes``
+        (``choose_page``)."""
+        held = (e for e in self._entries.values() if e.wire)
+        return [e.wire for e in choose_page(held, now, max_ads, max_bytes, set(self.dealt_with()))]
 
-        Only ads a receiver will still take (``SERVE_MARGIN`` left to live); those of peers we
-        are connected to, or that came from their author, first; then the longest known.
-        """
-        dealt_with = set(self.dealt_with())
-        live = [e for e in self._entries.values() if e.wire and e.expires_at - now >= SERVE_MARGIN]
-        live.sort(key=lambda e: (not (e.direct or e.ad.peer_id in dealt_with), e.first_seen, e.ad.peer_id))
-        out: list[bytes] = []
-        total = 0
-        for entry in live[:max_ads]:
-            total += len(entry.wire)
-            if total > max_bytes:
-                break
-            out.append(entry.wire)
-        return out
+    def answer(self, own_ad: bytes, now: float) -> list[bytes]:
+        """What a table server sends a peer that asks: its own ad, then one page (within
+        TABLE_ANSWER_ADS and TABLE_ANSWER_BYTES once framed)."""
+        return [own_ad, *self.page(now, TABLE_PAGE_ADS, TABLE_PAGE_BYTES)]
 
     def providers(self, model: str, now: float) -> list[PeerEntry]:
         """Live entries of peers serving ``model``."""

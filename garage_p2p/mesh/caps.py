@@ -11,6 +11,7 @@ import trio
 from ..core.capabilities import (
     MAX_AD_ADDRS,
     MAX_AD_MODELS,
+    MAX_CLOCK_SKEW,
     TOPIC_CAPS,
     CapabilityAd,
     Hardware,
@@ -26,6 +27,16 @@ log = logging.getLogger(__name__)
 SERVICE = "ads"
 """Faults of ad authors and relays on gossip are counted under this name."""
 MIN_GAP = 1.0
+
+
+def warn_clock_skew(peer_id: str, skew: float) -> None:
+    """Say (once per peer: ``Intake.clock_skew``) that a peer's own ads reach us out of their time."""
+    log.warning(
+        "peer %s's clock is off by %+.0f s (more than %.0f s): its ads are dropped until it is set right",
+        peer_id,
+        skew,
+        MAX_CLOCK_SKEW,
+    )
 
 
 class CapsService:
@@ -53,10 +64,9 @@ class CapsService:
         self.ttl = ttl
         self.received = 0
         """Ads accepted from gossip (``garage_ads_received_total``)."""
-        self.rejected: dict[str, int] = {}
-        """Ads refused per peer at fault (bad signature, forged id, malformed)."""
-        self.flooded: dict[str, int] = {}
-        """Ads dropped per gossip publisher for coming faster than AD_RATE."""
+        self.flooded = 0
+        """Ads dropped for coming faster than AD_RATE from their publisher (``garage_ads_rejected_total``);
+        faults per peer are counted in the penalty box only, under SERVICE."""
         self.on_ad: Callable[[CapabilityAd], None] | None = None
         """Called with every ad the table accepts (the known-peers store listens)."""
         self.withdrawn = False
@@ -140,12 +150,14 @@ class CapsService:
             return True  # our own publish
         if not self.mesh.admits(via):
             return False  # a banned or denied peer, in the moment before its connection is closed
-        intake = self.table.offer(message.data, time.time(), via=via, publisher=gossip_sender(message))
+        publisher = gossip_sender(message)
+        intake = self.table.offer(message.data, time.time(), via=via, publisher=publisher)
         if intake.blame is not None:
-            counts = self.flooded if intake.flood else self.rejected
-            counts[intake.blame] = counts.get(intake.blame, 0) + 1
+            self.flooded += intake.flood
             self.mesh.penalise(intake.blame, SERVICE, intake.reason)
             log.warning("rejected an ad from %s (via %s): %s", intake.blame, via, intake.reason)
+        if intake.clock_skew is not None:
+            warn_clock_skew(publisher or via, intake.clock_skew)
         if intake.entry is None:
             return False
         self.received += 1

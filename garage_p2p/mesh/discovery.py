@@ -32,15 +32,16 @@ from libp2p.tools.anyio_service import background_trio_service
 
 from ..core.capabilities import (
     MAX_AD_BYTES,
+    TABLE_ANSWER_ADS,
+    TABLE_ANSWER_BYTES,
     TABLE_FETCH_GAP,
-    TABLE_PAGE_ADS,
-    TABLE_PAGE_BYTES,
     TABLE_REQUESTS,
     PeerTable,
 )
 from ..core.errors import PeerFault
 from ..core.limits import Limiter
 from ..core.wire import FrameDecoder, FrameType, encode_frame
+from .caps import warn_clock_skew
 from .host import ConnectionWatch, DialError, Mesh
 from .streams import PeerStream, StreamBroken, close_quietly, read_some, write_all
 
@@ -112,7 +113,7 @@ class Discovery:
             await close_quietly(stream, reset=True)
             return
         try:
-            ads = [self.own_ad(), *self.table.page(time.time(), TABLE_PAGE_ADS, TABLE_PAGE_BYTES)]
+            ads = self.table.answer(self.own_ad(), time.time())
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
                 for ad in ads:  # frame by frame: the page is never copied into one buffer
                     await write_all(stream, encode_frame(FrameType.DATA, ad))
@@ -139,11 +140,11 @@ class Discovery:
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
                 while data := await read_some(stream):
                     size += len(data)
-                    if size > TABLE_PAGE_BYTES + MAX_AD_BYTES:
+                    if size > TABLE_ANSWER_BYTES:
                         raise PeerFault("a table larger than a page")
                     for frame in decoder.feed(data):
                         received += 1
-                        if received > TABLE_PAGE_ADS + 1:
+                        if received > TABLE_ANSWER_ADS:
                             raise PeerFault("too many ads in a table")
                         applied += self._apply(frame.payload, peer_id, faults)
         except PeerFault as exc:
@@ -178,6 +179,8 @@ class Discovery:
         intake = self.table.offer(wire, time.time(), via=source)
         if intake.blame is not None:
             faults.append((intake.blame, intake.reason))
+        if intake.clock_skew is not None:
+            warn_clock_skew(source, intake.clock_skew)
         if intake.entry is None:
             return 0
         if self.on_peer_addrs is not None:

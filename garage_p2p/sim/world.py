@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 
 from ..core.capabilities import (
+    TABLE_PAGE_ADS,
+    TABLE_PAGE_BYTES,
     AdRejected,
     Benchmark,
     CapabilityAd,
@@ -32,7 +34,10 @@ from ..core.capabilities import (
     Hardware,
     Load,
     ModelOffer,
+    PeerEntry,
     PeerTable,
+    choose_page,
+    expiry,
     make_ad,
     open_ad,
     sign_ad,
@@ -295,22 +300,39 @@ class World:
             self.engine.after(cal.JOIN_FIRST_AD_S, self._joined, peer, now)
 
     def _fetch_table(self, peer: SimPeer, session: int) -> None:
-        """A neighbour serves its table: the newest ad of each provider that reached it."""
+        """A neighbour serves its table: one page (``choose_page``, the daemon's rule) of the newest
+        ads of the providers that reached it."""
         neighbours = sorted(self.topo.neighbours[peer.idx])
         if not peer.online or peer.session != session or not neighbours:
             return
         source = self.peers[peer.rng.choice(neighbours)]
         row = self.topo.gossip_delay(source.idx)
         now = self.engine.now
+        connected = self.topo.neighbours[source.idx]
+        held: dict[int, PeerEntry] = {}  # what the source's table holds that the peer lacks
         for providers in self.providers_of.values():
             for p in providers:
                 found = self._newest_arrived(p, source, row, now, peer.applied_seq.get(p.idx, 0))
-                if found is not None and found[0].issued_at - EPOCH + found[0].ttl > now:
-                    peer.applied_seq[p.idx] = found[0].seq
-                    try:
-                        peer.table.apply(found[0], EPOCH + now)
-                    except AdRejected:
-                        pass
+                if found is not None and p.idx not in held:
+                    ad, arrival = found
+                    held[p.idx] = PeerEntry(
+                        ad=ad,
+                        expires_at=expiry(ad, EPOCH + arrival),
+                        received_at=EPOCH + arrival,
+                        source=ad.peer_id if p.idx in connected else "gossip",
+                        first_seen=EPOCH + arrival,
+                    )
+        favoured = {self.peers[n].peer_id for n in connected}
+        served = {
+            e.ad.peer_id for e in choose_page(held.values(), EPOCH + now, TABLE_PAGE_ADS, TABLE_PAGE_BYTES, favoured)
+        }
+        for idx, entry in held.items():
+            if entry.ad.peer_id in served:
+                peer.applied_seq[idx] = entry.ad.seq
+                try:
+                    peer.table.apply(entry.ad, EPOCH + now)
+                except AdRejected:
+                    pass
 
     def _joined(self, peer: SimPeer, since: float) -> None:
         """The new peer's first ad goes out: when does the mesh know it?"""

@@ -1,3 +1,4 @@
+import functools
 import os
 
 import pytest
@@ -5,9 +6,16 @@ import pytest
 from garage_p2p.core.capabilities import (
     AD_DOMAIN,
     MAX_AD_BYTES,
+    MAX_CLOCK_SKEW,
     SERVE_MARGIN,
+    TABLE_ANSWER_ADS,
+    TABLE_ANSWER_BYTES,
+    TABLE_PAGE_ADS,
+    TABLE_PAGE_BYTES,
     AdRejected,
     AdStale,
+    GpuSpec,
+    Hardware,
     ModelOffer,
     PeerTable,
     make_ad,
@@ -16,6 +24,7 @@ from garage_p2p.core.capabilities import (
 )
 from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.identity import Identity
+from garage_p2p.core.wire import FrameType, encode_frame
 
 NOW = 1_800_000_000.0
 
@@ -34,6 +43,42 @@ def ad_of(identity: Identity, seq: int = 1, now: float = NOW, models=("tiny",), 
         models=tuple(ModelOffer(name=m) for m in models),
         version="test",
     )
+
+
+def _signed_padded(identity: Identity, pad: int, version: int, seq: int, now: float) -> bytes:
+    """A signed ad padded with ``pad`` characters of GPU names, then model names and quantizations
+    (no addresses, so nobody dials them), and a version of ``version`` characters."""
+    gpus = [
+        GpuSpec(name=f"{i:03}".ljust(min(120, pad - 120 * i), "g"), vram_mib=0) for i in range(min(16, -(-pad // 120)))
+    ]
+    rest = max(0, pad - 120 * 16)
+    models = [
+        ModelOffer(name=f"{i:03}".ljust(min(250, n), "m"), quantization="q" * (n - 250) if n > 250 else None)
+        for i in range(-(-rest // 310))
+        if (n := min(310, rest - 310 * i))
+    ]
+    hardware = Hardware(gpus=tuple(gpus))
+    ad = make_ad(
+        identity, seq=seq, now=now, ttl=20, addrs=(), models=tuple(models), version="v" * version, hardware=hardware
+    )
+    return sign_ad(identity, ad)
+
+
+@functools.cache
+def _padding(size: int, seq: int, now: float) -> tuple[int, int]:
+    """The padding that makes an ad ``size`` bytes (the same for every identity: ids have one length)."""
+    probe = Identity.from_seed(bytes(32))
+    pad = min(size - len(_signed_padded(probe, 0, 0, seq, now)), 16 * (120 + 310))  # all the room there is
+    while pad >= 0 and not 0 <= size - len(_signed_padded(probe, pad, 0, seq, now)) <= 64:
+        pad -= 1  # each name brings JSON around it: the size grows in steps, the version fills them
+    return pad, size - len(_signed_padded(probe, pad, 0, seq, now))
+
+
+def ad_of_size(identity: Identity, size: int, seq: int = 1, now: float = NOW) -> bytes:
+    """A signed ad of exactly ``size`` bytes."""
+    wire = _signed_padded(identity, *_padding(size, seq, now), seq, now)
+    assert len(wire) == size, f"no ad of {size} bytes"
+    return wire
 
 
 def test_signed_ad_opens():
@@ -75,7 +120,7 @@ def test_stale_or_future_ad_is_dropped_not_a_fault():
     with pytest.raises(AdStale, match="expired"):
         open_ad(sign_ad(a, ad_of(a, now=NOW - 3600)), NOW)
     with pytest.raises(AdStale, match="expired"):
-        open_ad(sign_ad(a, ad_of(a, now=NOW - 20, ttl=20)), NOW)  # exactly its ttl old
+        open_ad(sign_ad(a, ad_of(a, now=NOW - 20 - MAX_CLOCK_SKEW, ttl=20)), NOW)  # its ttl and the skew old
     with pytest.raises(AdStale, match="future"):
         open_ad(sign_ad(a, ad_of(a, now=NOW + 3600)), NOW)
     assert not issubclass(AdStale, PeerFault)
@@ -107,28 +152,69 @@ def test_replayed_and_old_seq_refused_even_after_expiry():
     assert table.models(NOW + 100) == {"tiny": [a.peer_id]}
 
 
-def test_an_ad_lives_its_ttl_from_its_issue_time_not_from_when_it_arrived():
+def test_an_ad_lives_its_ttl_and_the_skew_from_its_issue_time_not_from_when_it_arrived():
     a, b = ident(), ident()
     table = PeerTable()
-    table.apply(ad_of(a, ttl=20), NOW + 15)  # relayed 15 s after it was made
-    assert table.providers("tiny", NOW + 19)
-    assert not table.providers("tiny", NOW + 20)
+    table.apply(ad_of(a, ttl=20), NOW + 70)  # relayed 70 s after it was made
+    assert table.providers("tiny", NOW + 20 + MAX_CLOCK_SKEW - 1)
+    assert not table.providers("tiny", NOW + 20 + MAX_CLOCK_SKEW)
     with pytest.raises(AdStale):
-        table.apply(ad_of(b, ttl=20), NOW + 20)
-    table.apply(ad_of(b, ttl=20, now=NOW + 100), NOW)  # the issuer's clock ahead: no longer life
+        table.apply(ad_of(b, ttl=20), NOW + 20 + MAX_CLOCK_SKEW)
+    table.apply(ad_of(b, ttl=20, now=NOW + 50), NOW)  # the issuer's clock ahead: no longer life
     assert table.get(b.peer_id, NOW).expires_at == NOW + 20
 
 
+def test_a_peer_whose_clock_is_30_s_slow_is_kept_and_routed_to():
+    slow = ident()
+    table = PeerTable()
+    for k in range(3):  # it publishes every 5 s, each ad stamped 30 s in our past
+        now = NOW + 5 * k
+        wire = sign_ad(slow, ad_of(slow, seq=k + 1, now=now - 30))
+        intake = table.offer(wire, now, via="fwd", publisher=slow.peer_id)
+        assert intake.entry is not None and intake.blame is None, intake.reason
+        assert [e.ad.peer_id for e in table.providers("tiny", now + 19)] == [slow.peer_id]
+    assert not table.clock_skew  # within the tolerance: nothing to report
+
+
+def test_an_old_ad_through_a_relay_is_dropped_and_nobody_blamed():
+    author, relay = ident(), ident()
+    table = PeerTable()
+    for ttl, age in ((20, 290), (300, 300 + MAX_CLOCK_SKEW)):
+        intake = table.offer(sign_ad(author, ad_of(author, now=NOW - age, ttl=ttl)), NOW, via=relay.peer_id)
+        assert intake.entry is None and intake.blame is None and "expired" in intake.reason
+        intake = table.offer(
+            sign_ad(author, ad_of(author, now=NOW - age, ttl=ttl)), NOW, via=relay.peer_id, publisher=relay.peer_id
+        )
+        assert intake.entry is None and intake.blame is None
+    assert not table.clock_skew  # an old relayed ad says nothing of anyone's clock
+
+
+def test_an_authors_own_ad_out_of_its_time_reveals_its_clock_once():
+    slow, fast = ident(), ident()
+    table = PeerTable()
+    first = table.offer(sign_ad(slow, ad_of(slow, seq=1, now=NOW - 200)), NOW, via="fwd", publisher=slow.peer_id)
+    again = table.offer(sign_ad(slow, ad_of(slow, seq=2, now=NOW - 195)), NOW + 5, via="fwd", publisher=slow.peer_id)
+    assert first.entry is None and first.blame is None and first.clock_skew == -200
+    assert again.clock_skew is None  # noticed once: logged once
+    ahead = table.offer(sign_ad(fast, ad_of(fast, now=NOW + 2 * MAX_CLOCK_SKEW)), NOW, via=fast.peer_id)  # its table
+    assert ahead.blame is None and ahead.clock_skew == 2 * MAX_CLOCK_SKEW
+    assert dict(table.clock_skew) == {slow.peer_id: -200, fast.peer_id: 2 * MAX_CLOCK_SKEW}
+    assert table.offer(sign_ad(slow, ad_of(slow, seq=3, now=NOW + 10)), NOW + 10, via=slow.peer_id).entry
+    assert list(table.clock_skew) == [fast.peer_id]  # its clock was set right
+
+
 def test_a_table_serves_only_ads_a_receiver_still_takes():
-    a, b = ident(), ident()
+    a, b, slow = ident(), ident(), ident()
     table = PeerTable()
     table.offer(sign_ad(a, ad_of(a, ttl=20)), NOW, via=a.peer_id)
-    table.offer(sign_ad(b, ad_of(b, ttl=20, now=NOW - 10)), NOW, via=a.peer_id)
-    later = NOW + 20 - SERVE_MARGIN - 10  # b has SERVE_MARGIN left: still served
-    assert len(table.page(later, 100, 1 << 20)) == 2
-    assert table.page(later + 1, 100, 1 << 20) == [sign_ad(a, ad_of(a, ttl=20))]
-    for wire in table.page(later + 1, 100, 1 << 20):
-        open_ad(wire, later + 1 + SERVE_MARGIN - 0.1)  # a receiver ahead by less than the margin takes it
+    table.offer(sign_ad(b, ad_of(b, ttl=20, now=NOW - 10)), NOW, via=a.peer_id)  # relayed 10 s after it was made
+    table.offer(sign_ad(slow, ad_of(slow, ttl=20, now=NOW - 30)), NOW, via=slow.peer_id)  # its clock 30 s slow
+    assert len(table.entries(NOW)) == 3
+    assert len(table.page(NOW + 9.9, 100, 1 << 20)) == 2  # b within its ttl of issue, a with SERVE_MARGIN left
+    assert table.page(NOW + 10, 100, 1 << 20) == [sign_ad(a, ad_of(a, ttl=20))]
+    assert table.page(NOW + 20 - SERVE_MARGIN + 0.1, 100, 1 << 20) == []
+    for wire in table.page(NOW + 9.9, 100, 1 << 20):
+        open_ad(wire, NOW + 9.9 + MAX_CLOCK_SKEW - 0.1)  # a receiver ahead by less than the skew takes it
 
 
 def test_whom_an_ad_offer_blames():
@@ -251,3 +337,15 @@ def test_an_ad_repeating_its_author_keys_is_its_signers_or_refused():
         except PeerFault:
             continue
         assert (ad.peer_id, ad.public_key) == (mallory.peer_id, mallory.public_key.hex())
+
+
+def test_a_maximal_honest_table_answer_fits_the_receivers_bound():
+    """A full page (TABLE_PAGE_ADS ads filling TABLE_PAGE_BYTES) and an own ad of MAX_AD_BYTES, framed,
+    is exactly TABLE_ANSWER_BYTES: frame headers included (they once were not)."""
+    table = PeerTable()
+    for _ in range(TABLE_PAGE_ADS):
+        peer = ident()
+        assert table.offer(ad_of_size(peer, TABLE_PAGE_BYTES // TABLE_PAGE_ADS), NOW, via=peer.peer_id).entry
+    answer = table.answer(b"\0" * MAX_AD_BYTES, NOW)
+    assert len(answer) == TABLE_ANSWER_ADS
+    assert sum(len(encode_frame(FrameType.DATA, ad)) for ad in answer) == TABLE_ANSWER_BYTES
