@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from garage_p2p.core.capabilities import GpuSpec, Hardware
+from garage_p2p.core.capabilities import MAX_AD_GPU_KINDS, GpuSpec, Hardware
 from garage_p2p.runtime.hardware import detect_hardware, driver_version, parse_nvidia_smi_csv
 
 
@@ -67,7 +67,7 @@ def test_parse_ignores_malformed_lines(text):
 def test_parse_stays_within_the_wire_limits():
     many = "".join(f"GPU model {i}, 1024\n" for i in range(100)) + "x" * 300 + ", 8\n"
     hw = parse_nvidia_smi_csv(many + "GPU model 0, 1024\n" * 2000)
-    assert len(hw.gpus) == 64  # Hardware allows 64 kinds
+    assert len(hw.gpus) == MAX_AD_GPU_KINDS  # as many kinds as an ad carries
     assert hw.gpus[0].count == 1024  # GpuSpec caps the count
     Hardware.model_validate_json(hw.model_dump_json())  # still a valid wire model
 

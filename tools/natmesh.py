@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from garage_p2p.cli.peer_process import PeerProcess
-from tools.testkit import REPO, standin_command
+from tools.testkit import REPO, run_where, standin_command
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 API = "http://127.0.0.1:8000/v1"
@@ -60,7 +60,7 @@ class NatMesh:
         return peer
 
     def cli(self, name: str, *args: str):
-        result = self.peers[name].run("garage_p2p.cli.garage", *args, "--json", "--api", API)
+        result = run_where(self.peers[name], "garage_p2p.cli.garage", *args, "--json", "--api", API)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 

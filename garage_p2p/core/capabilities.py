@@ -45,6 +45,8 @@ MAX_AD_ADDRS = 24
 """Addresses in an ad: TCP and QUIC on a handful of interfaces, plus relay reservations."""
 MAX_AD_MODELS = 16
 """Models in an ad: one per backend, and a rig rarely runs more than a few."""
+MAX_AD_GPU_KINDS = 16
+"""Kinds of GPU in an ad (cards of one model and memory size are one kind with a count)."""
 MAX_TTL = 300.0
 MAX_CLOCK_SKEW = 60.0
 """How far a peer's clock may be from ours, either way, and its ads still count. Consumer PCs
@@ -139,7 +141,7 @@ class GpuSpec(WireModel):
 class Hardware(WireModel):
     """The rig's accelerators; no GPUs means the CPU serves."""
 
-    gpus: tuple[GpuSpec, ...] = Field(default=(), max_length=16)
+    gpus: tuple[GpuSpec, ...] = Field(default=(), max_length=MAX_AD_GPU_KINDS)
     """GPUs by kind; empty on a CPU-only peer."""
 
     @property

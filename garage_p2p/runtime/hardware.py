@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import subprocess
 
-from ..core.capabilities import GpuSpec, Hardware
+from ..core.capabilities import MAX_AD_GPU_KINDS, GpuSpec, Hardware
 
 log = logging.getLogger(__name__)
 
 QUERY_GPUS = ("--query-gpu=name,memory.total", "--format=csv,noheader,nounits")
 QUERY_DRIVER = ("--query-gpu=driver_version", "--format=csv,noheader")
 _MAX_NAME = 128  # GpuSpec.name's limit
-_MAX_KINDS = 64  # Hardware.gpus' limit
+_MAX_KINDS = MAX_AD_GPU_KINDS  # Hardware.gpus' limit
 _MAX_COUNT = 1024  # GpuSpec.count's limit
 _MAX_VRAM_MIB = 10_000_000  # GpuSpec.vram_mib's limit
 
