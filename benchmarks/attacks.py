@@ -36,9 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools.attacks  # noqa: E402
 from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
-from garage_p2p.settings import Settings  # noqa: E402
 from tools.attacks import Target  # noqa: E402
-from tools.testkit import REPO, free_port, standin_process, wait_until  # noqa: E402
+from tools.testkit import REPO, free_port, loopback_settings, standin_process, wait_until  # noqa: E402
 
 BASELINE = "4e54f04"
 """The last commit before issue 16's fixes: the daemon every attack was first found on."""
@@ -130,8 +129,7 @@ def tree_of(rev: str, into: Path) -> Path:
 
 async def run_attacker(name: str, home: Path, target: Target) -> tuple[dict, float]:
     module = importlib.import_module(f"tools.attacks.{name}")
-    settings = Settings(home=home, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False)
-    async with open_peer(settings) as attacker:
+    async with open_peer(loopback_settings(home)) as attacker:
         started = time.monotonic()
         sent = await module.attack(attacker, target)
         return sent, time.monotonic() - started

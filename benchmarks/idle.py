@@ -34,6 +34,7 @@ from garage_p2p.cli.common import setup_logging  # noqa: E402
 from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
+from tools.testkit import loopback_settings  # noqa: E402
 
 counts: collections.Counter = collections.Counter()
 
@@ -61,14 +62,7 @@ async def in_process(peers: int, settle: float, seconds: float) -> dict:
         async with AsyncExitStack() as stack:
 
             def settings(name: str, **extra) -> Settings:
-                return Settings(
-                    home=Path(tmp) / name,
-                    listen=["/ip4/127.0.0.1/tcp/0"],
-                    api="127.0.0.1:0",
-                    mdns=False,
-                    log_level="ERROR",
-                    **extra,
-                )
+                return loopback_settings(Path(tmp) / name, log_level="ERROR", **extra)
 
             hub = await stack.enter_async_context(open_peer(settings("hub")))
             addr = [a for a in hub.mesh.addrs() if "/127.0.0.1/" in a][:1]

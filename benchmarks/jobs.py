@@ -27,6 +27,7 @@ from garage_p2p.cli.common import setup_logging  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
 from tools.standin_backend import create_standin_app, serve_standin  # noqa: E402
+from tools.testkit import loopback_settings  # noqa: E402
 
 TOKEN_DELAY = 0.020
 BATCH = 4
@@ -34,15 +35,7 @@ TOKENS = 16
 
 
 def settings(home: Path, **extra) -> Settings:
-    return Settings(
-        home=home,
-        listen=["/ip4/127.0.0.1/tcp/0"],
-        api="127.0.0.1:0",
-        mdns=False,
-        log_level="ERROR",
-        ad_interval=1.0,
-        **extra,
-    )
+    return loopback_settings(home, log_level="ERROR", ad_interval=1.0, **extra)
 
 
 def batch(lines: int) -> str:

@@ -38,6 +38,7 @@ from garage_p2p.daemon import open_peer  # noqa: E402
 from garage_p2p.ledger.book import Ledger  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
 from garage_p2p.store.ledger_store import LedgerStore  # noqa: E402
+from tools.testkit import loopback_settings  # noqa: E402
 
 AUTHORS = 10
 CONSUMERS = 50
@@ -113,10 +114,7 @@ UNCAPPED = {f"ledger_max_{k}": 10**9 for k in ("entries", "seq", "unknown_entrie
 
 
 def settings(home: Path, **extra) -> Settings:
-    extra = {**UNCAPPED, **extra}
-    return Settings(
-        home=home, listen=["/ip4/127.0.0.1/tcp/0"], api="127.0.0.1:0", mdns=False, log_level="ERROR", **extra
-    )
+    return loopback_settings(home, log_level="ERROR", **{**UNCAPPED, **extra})
 
 
 async def sync_run(entries: list[Entry], root: Path) -> dict:

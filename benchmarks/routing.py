@@ -32,6 +32,7 @@ from garage_p2p.runtime.bench import run_benchmark  # noqa: E402
 from garage_p2p.settings import Settings  # noqa: E402
 from garage_p2p.store.bench_store import save_benchmark  # noqa: E402
 from tools.standin_backend import create_standin_app, serve_standin  # noqa: E402
+from tools.testkit import loopback_settings  # noqa: E402
 
 TOKEN_DELAY = 0.010
 BATCH = 4
@@ -39,15 +40,7 @@ TOKENS = 20
 
 
 def settings(home: Path, **extra) -> Settings:
-    return Settings(
-        home=home,
-        listen=["/ip4/127.0.0.1/tcp/0"],
-        api="127.0.0.1:0",
-        mdns=False,
-        log_level="ERROR",
-        ad_interval=1.0,
-        **extra,
-    )
+    return loopback_settings(home, log_level="ERROR", ad_interval=1.0, **extra)
 
 
 def jain(values: list[float]) -> float:

@@ -15,9 +15,9 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 
 from garage_p2p.daemon import Peer, open_peer
-from garage_p2p.settings import Settings
 from tools.attacks import Target
 from tools.standin_backend import create_standin_app, serve_standin
+from tools.testkit import loopback_settings
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
 OPENAPI = Path(__file__).resolve().parent / "data" / "openai" / "openapi.json"
@@ -26,13 +26,9 @@ OPENAPI = Path(__file__).resolve().parent / "data" / "openai" / "openapi.json"
 
 @asynccontextmanager
 async def running_peer(home: Path, **settings) -> AsyncIterator[Peer]:
-    settings.setdefault("listen", LOOPBACK)
-    settings.setdefault("api", "127.0.0.1:0")
-    settings.setdefault("ad_interval", 0.5)
-    # mDNS would multicast on the machine's real interface: only loopback here
-    # (the mDNS test runs in network namespaces of its own).
-    settings.setdefault("mdns", False)
-    async with open_peer(Settings(home=home, **settings)) as peer:
+    # Loopback only: mDNS would multicast on the machine's real interface (the mDNS test runs in
+    # network namespaces of its own). Ads every 0.5 s so a test waits less for a new provider.
+    async with open_peer(loopback_settings(home, **{"ad_interval": 0.5, **settings})) as peer:
         yield peer
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from garage_p2p.cli.peer_process import PeerProcess
+from garage_p2p.settings import Settings
 from garage_p2p.sim.metrics import percentile
 
 __all__ = [
@@ -41,6 +42,12 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def loopback_settings(home: Path, **overrides) -> Settings:
+    """Settings of an in-process peer on 127.0.0.1 only (ephemeral ports, no mDNS multicast); ``overrides`` win."""
+    defaults: dict = {"listen": ["/ip4/127.0.0.1/tcp/0"], "api": "127.0.0.1:0", "mdns": False}
+    return Settings(home=home, **{**defaults, **overrides})
 
 
 def wait_until(predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.2) -> float:
