@@ -10,7 +10,8 @@ memory (RSS, before and after), CPU seconds spent during the attack and the sett
 honest chat from V and from W is still answered, and whom each one has banned (from
 ``/garage/v1/bans`` where the tree has it, else only the count from ``/metrics``).
 
-    python benchmarks/attacks.py [--only stale_ads ...] [--baseline REV] [--settle S] [--json]
+    python benchmarks/attacks.py [--only stale_ads ...] [--param stale_ads.age=290] [--baseline REV]
+                                 [--settle S] [--json]
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import tools.attacks  # noqa: E402
 from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
+from garage_p2p.store.identity_file import load_or_create_identity  # noqa: E402
 from tools.attacks import Target  # noqa: E402
 from tools.testkit import REPO, free_port, loopback_settings, standin_process, wait_until  # noqa: E402
 
@@ -127,15 +129,15 @@ def tree_of(rev: str, into: Path) -> Path:
     return tree
 
 
-async def run_attacker(name: str, home: Path, target: Target) -> tuple[dict, float]:
+async def run_attacker(name: str, home: Path, target: Target, params: dict) -> tuple[dict, float]:
     module = importlib.import_module(f"tools.attacks.{name}")
     async with open_peer(loopback_settings(home)) as attacker:
         started = time.monotonic()
-        sent = await module.attack(attacker, target)
+        sent = await module.attack(attacker, target, **params)
         return sent, time.monotonic() - started
 
 
-def run_one(name: str, tree_name: str, tree: Path, root: Path, settle: float) -> Outcome:
+def run_one(name: str, tree_name: str, tree: Path, root: Path, settle: float, params: dict) -> Outcome:
     victim_role = getattr(importlib.import_module(f"tools.attacks.{name}"), "VICTIM", "consumer")
     with standin_process(free_port()) as backend:
         h = PeerProcess(root / "h", peer_args(backends={"tiny": backend}), tree=tree).start()
@@ -149,11 +151,13 @@ def run_one(name: str, tree_name: str, tree: Path, root: Path, settle: float) ->
             for n in ("V", "W"):
                 wait_until(lambda p=peers[n]: honest_chat(p, {}).startswith("200"), 60, f"{n} answered by H")
             names = {p.peer_id: n for n, p in peers.items()}
+            attacker_home = root / "attacker"
+            names[load_or_create_identity(attacker_home)[0].peer_id] = "attacker"
             victim = peers["H" if victim_role == "provider" else "V"]
             target = Target(victim.peer_id, tuple(victim.info["addrs"]), victim.api_url, victim.process.pid)
             figures = {n: PeerFigures(rss_before_mib=proc_rss_mib(p.process.pid)) for n, p in peers.items()}
             cpu0 = {n: proc_cpu_s(p.process.pid) for n, p in peers.items()}
-            sent, seconds = trio.run(run_attacker, name, root / "attacker", target)
+            sent, seconds = trio.run(run_attacker, name, attacker_home, target, params)
             time.sleep(settle)
             for n, p in peers.items():
                 f = figures[n]
@@ -190,15 +194,28 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", choices=attacks, default=attacks, help="attacks to run (default: all)")
     parser.add_argument("--baseline", default=BASELINE, help=f"revision to compare with (default {BASELINE})")
     parser.add_argument("--settle", type=float, default=15.0, help="seconds to wait after an attack before reading")
+    parser.add_argument(
+        "--param", action="append", default=[], metavar="ATTACK.NAME=NUMBER", help="an attack's parameter (repeatable)"
+    )
     parser.add_argument("--json", action="store_true", help="print the outcomes as JSON")
     args = parser.parse_args()
+    params: dict[str, dict[str, int | float]] = {}
+    for item in args.param:
+        attack, _, assignment = item.partition(".")
+        key, eq, value = assignment.partition("=")
+        if attack not in attacks or not key or not eq:
+            parser.error(f"--param {item}: expected ATTACK.NAME=NUMBER with ATTACK one of {', '.join(attacks)}")
+        try:
+            params.setdefault(attack, {})[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+        except ValueError:
+            parser.error(f"--param {item}: {value!r} is not a number")
     outcomes = []
     with tempfile.TemporaryDirectory(prefix="garage-attacks-") as tmp:
         trees = {"baseline": tree_of(args.baseline, Path(tmp)), "fixed": REPO}
         for name in args.only:
             for tree_name, tree in trees.items():
                 root = Path(tmp) / name / tree_name
-                outcomes.append(run_one(name, tree_name, tree, root, args.settle))
+                outcomes.append(run_one(name, tree_name, tree, root, args.settle, params.get(name, {})))
                 print(f"{name} on {tree_name}: done", file=sys.stderr)
     if args.json:
         print(json.dumps([asdict(o) for o in outcomes], indent=1))
