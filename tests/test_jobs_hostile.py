@@ -17,6 +17,7 @@ from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.daemon import Peer
 from garage_p2p.jobs import submitter
 from garage_p2p.jobs.submitter import SERVICE
+from garage_p2p.mesh.host import DialError
 from garage_p2p.mesh.streams import FrameStream, close_quietly, read_some, write_all
 from tools.attacks import Target, empty_jobs, phantom_results
 
@@ -146,7 +147,14 @@ async def test_one_hostile_submitter_does_not_starve_batch_work(tmp_path, http):
 @asynccontextmanager
 async def jobs_rpc(provider: Peer, submitter: Peer) -> AsyncIterator[Callable[[JobRequest], Awaitable[bytes]]]:
     """``ask(request)`` → the submitter's reply payload, over one ``/garage/jobs/1.0.0`` stream from ``provider``."""
-    stream = await provider.mesh.open_stream(submitter.identity.peer_id, first_addr(submitter), PROTOCOL_JOBS)
+    for attempt in range(3):  # a connection closing as the submitter restarts leaves none valid for a moment
+        try:
+            stream = await provider.mesh.open_stream(submitter.identity.peer_id, first_addr(submitter), PROTOCOL_JOBS)
+            break
+        except DialError:
+            if attempt == 2:
+                raise
+            await wait_for(lambda: submitter.identity.peer_id not in provider.mesh.connected_peers())
     conn = FrameStream(stream, {FrameType.JOB_REPLY: 1 << 24})
 
     async def ask(request: JobRequest) -> bytes:

@@ -27,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -478,13 +479,22 @@ def test_usage_errors_are_one_line():
     assert bad.returncode == 2 and _one_error_line(bad) == "garage: error: unknown option --bogus (see --help)"
     purge = subprocess.run(["bash", script, "--purge"], capture_output=True, text=True, timeout=30, check=False)
     assert purge.returncode == 2 and "--purge goes with --uninstall" in _one_error_line(purge)
-    not_root = subprocess.run(
-        ["runuser", "-u", "nobody", "--", "bash", script, "--skip-gpu"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    # `nobody` may not be able to read this checkout (a clone under a 0700 temporary directory): it runs a copy
+    # of the script beside a pyproject.toml (what the script takes for a checkout), in a directory it can read.
+    with tempfile.TemporaryDirectory(dir="/tmp") as shared:
+        os.chmod(shared, 0o755)
+        (Path(shared) / "bootstrap").mkdir(mode=0o755)
+        copy = Path(shutil.copy(script, Path(shared) / "bootstrap" / "start.sh"))
+        copy.chmod(0o755)
+        (Path(shared) / "pyproject.toml").write_text("")
+        not_root = subprocess.run(
+            ["runuser", "-u", "nobody", "--", "bash", str(copy), "--skip-gpu"],
+            cwd="/",
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     assert not_root.returncode == 3 and "run as root" in _one_error_line(not_root)
     usage = subprocess.run(["bash", script, "--help"], capture_output=True, text=True, timeout=30, check=False)
     assert usage.returncode == 0 and "--uninstall" in usage.stdout and "set -euo" not in usage.stdout
