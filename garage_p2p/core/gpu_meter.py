@@ -44,3 +44,35 @@ class GpuMeter:
         self._advance(now)
         self.running -= 1
         return max(0.0, self._index - mark)
+
+
+@dataclass
+class ReceiptClock:
+    """Wall-clock milliseconds for receipts, read off the meters' monotonic clock.
+
+    Receipts show wall times while the meters run on the monotonic clock.
+    Reading the two clocks apart (a garbage-collector pause between the reads,
+    a wall clock stepped or slewed on its own) made a busy period's wall span
+    a few milliseconds shorter than the GPU time the meters shared out in it,
+    and the ledger check (``core.ledger.overclaims``) called an honest
+    provider an over-claimer. So both come from one reading of one clock: the
+    offset between them moves only while no request is metered, and never
+    backwards past a time already written into a receipt.
+    """
+
+    offset: float | None = None
+    """Wall minus monotonic seconds, fixed while any request is metered."""
+    last_ms: int = 0
+    """The latest wall time handed out, in milliseconds."""
+
+    def follow(self, now: float, wall: float) -> None:
+        """Nothing is metered: track the wall clock again (``now`` monotonic, ``wall`` Unix seconds)."""
+        self.offset = max(wall, self.last_ms / 1000) - now
+
+    def wall_ms(self, now: float, wall: float) -> int:
+        """Wall time in milliseconds of monotonic ``now`` (``wall`` is used only before the first ``follow``)."""
+        if self.offset is None:
+            self.follow(now, wall)
+        assert self.offset is not None
+        self.last_ms = max(self.last_ms, int((now + self.offset) * 1000))
+        return self.last_ms

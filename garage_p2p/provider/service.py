@@ -22,7 +22,7 @@ from ..core.admission import Admission, Outcome
 from ..core.coalesce import Coalescer
 from ..core.errors import PeerFault
 from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
-from ..core.gpu_meter import GpuMeter
+from ..core.gpu_meter import GpuMeter, ReceiptClock
 from ..core.identity import Identity
 from ..core.limits import Limits
 from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
@@ -124,6 +124,8 @@ class ProviderService:
         self.receipts = receipts
         self.meters: dict[str, GpuMeter] = {}
         """Time-weighted GPU accounting per backend."""
+        self.clock = ReceiptClock()
+        """Receipt times on the meters' clock (see ``ReceiptClock``)."""
         self.max_concurrency = max_concurrency
         self.admission = Admission(max_concurrency, peer_limits)
         """Slots shared among consumer peers: per-peer limits, a fair line, contributors first."""
@@ -287,12 +289,15 @@ class ProviderService:
             return None
         meter = self.meters.setdefault(backend.name, GpuMeter(backend.gpus))
         meter.gpus = backend.gpus
+        now = trio.current_time()
+        if all(m.running == 0 for m in self.meters.values()):
+            self.clock.follow(now, time.time())
         # GPU time counts from admission; the request's timings (queue_ms) from its arrival.
         metering = _Metering(
             consumer if self.receipts is not None else None,
             meter,
-            meter.begin(trio.current_time()),
-            int(time.time() * 1000),
+            meter.begin(now),
+            self.clock.wall_ms(now, time.time()),
             outcome=outcome,
         )
         try:
@@ -435,13 +440,14 @@ class ProviderService:
 
     def _receipt(self, head: RequestHead, backend: Backend, usage: Usage | None, metering: _Metering) -> str | None:
         """End the request's GPU metering; for a remote consumer, the signed receipt for END."""
-        gpu_seconds = metering.meter.end(metering.mark, trio.current_time())
+        now = trio.current_time()
+        gpu_seconds = metering.meter.end(metering.mark, now)
         metering.mark = -1.0
         metering.tokens = (usage.prompt_tokens + usage.completion_tokens) if usage else 0
         metering.outcome.status, metering.outcome.usage = 200, usage
         if metering.consumer is None or self.identity is None:
             return None
-        end_ms = max(metering.start_ms, int(time.time() * 1000))
+        end_ms = max(metering.start_ms, self.clock.wall_ms(now, time.time()))
         receipt = Receipt(
             request_id=head.request_id,
             consumer=metering.consumer,

@@ -3,7 +3,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from garage_p2p.core.errors import PeerFault
-from garage_p2p.core.gpu_meter import GpuMeter
+from garage_p2p.core.gpu_meter import GpuMeter, ReceiptClock
+from garage_p2p.core.ledger import overclaims
 from garage_p2p.core.receipts import (
     ReceiptInvalid,
     check_cosignature,
@@ -108,3 +109,34 @@ def test_gpu_seconds_never_exceed_wall_time_times_gpus(spans, gpus):
             covered += start + length - max(start, end)
             end = start + length
     assert sum(used.values()) == pytest.approx(covered * gpus, rel=1e-6, abs=1e-6)
+
+
+def receipt_at(request_id, **fields):
+    return receipt(A, B, request_id, **fields)
+
+
+@settings(max_examples=200, deadline=None)
+@given(requests, st.floats(0.9, 1.1), st.floats(-5.0, 5.0))
+def test_receipt_times_show_no_overclaim_under_a_slewing_or_stepped_wall_clock(spans, rate, step):
+    """Receipt times come off the meter's clock, so a wall clock running 10 % off (chrony slews up to 8 %)
+    or stepped between busy periods never makes an honest provider's receipts look like an over-claim."""
+    events = []
+    for i, (start, length) in enumerate(spans):
+        events.append((start, 1, i))
+        events.append((start + length, 0, i))
+    events.sort()
+    meter, clock = GpuMeter(2), ReceiptClock()
+    marks, starts, made = {}, {}, []
+    for now, kind, i in events:
+        # The wall clock runs at ``rate`` and is stepped by ``step`` seconds half-way through.
+        wall = 1_800_000_000 + now * rate + (step if now > 50 else 0.0)
+        if kind == 1:
+            if meter.running == 0:
+                clock.follow(now, wall)
+            marks[i], starts[i] = meter.begin(now), clock.wall_ms(now, wall)
+        else:
+            gpu_s = meter.end(marks[i], now)
+            end_ms = max(starts[i], clock.wall_ms(now, wall))
+            gpu_us = min(int(gpu_s * 1e6), (end_ms - starts[i]) * 1000 * 2)
+            made.append(receipt_at(f"r{i}", gpus=2, gpu_us=gpu_us, start_ms=starts[i], end_ms=end_ms))
+    assert overclaims(made) == []
