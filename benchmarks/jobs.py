@@ -35,7 +35,7 @@ TOKENS = 16
 
 
 def settings(home: Path, **extra) -> Settings:
-    return loopback_settings(home, log_level="ERROR", ad_interval=1.0, **extra)
+    return loopback_settings(home, log_level="ERROR", **extra)
 
 
 def batch(lines: int) -> str:

@@ -40,7 +40,7 @@ TOKENS = 20
 
 
 def settings(home: Path, **extra) -> Settings:
-    return loopback_settings(home, log_level="ERROR", ad_interval=1.0, **extra)
+    return loopback_settings(home, log_level="ERROR", **extra)
 
 
 def jain(values: list[float]) -> float:

@@ -294,6 +294,7 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
         peers_by_connection=by_connection,
         connections=len(peer.mesh.connected_peers()),
         ads_received=peer.caps.received,
+        ads_published=peer.caps.published,
         ads_rejected={
             # Flood faults are counted under the ads service too; the penalty box holds the rest.
             "invalid": sum(peer.mesh.penalties.totals.get(s, 0) for s in (AD_FAULTS, TABLE_FAULTS)) - peer.caps.flooded,
@@ -566,8 +567,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             table,
             lambda: offers_of[0].offers() if offers_of else (),
             version=__version__,
-            interval=settings.ad_interval,
-            ttl=settings.ad_ttl,
+            min_heartbeat=settings.ad_heartbeat,
             hardware=hardware,
             region=settings.region,
         )

@@ -45,10 +45,9 @@ class Settings(BaseModel):
     """Requests one consumer peer may have served at once (default: half of max_concurrency)."""
     peer_tpm: int | None = Field(default=None, ge=1)
     """Tokens per minute one consumer peer may use here (default: unlimited)."""
-    ad_interval: float = Field(default=5.0, gt=0)
-    """Seconds between capability ads."""
-    ad_ttl: float = Field(default=20.0, gt=0, le=300)
-    """Seconds an ad stays valid without a newer one."""
+    ad_heartbeat: float = Field(default=300.0, gt=0, le=8 * 3600)
+    """Shortest period of the capability ad heartbeat, in seconds; it stretches with the mesh and an ad
+    also goes out at once when what it says changes (docs/discovery-and-routing.md)."""
     ledger_max_entries: int = Field(default=100_000, ge=1)
     """Others' ledger entries this peer holds in all (docs/ledger.md, Replication caps)."""
     ledger_max_seq: int = Field(default=25_000, ge=1)

@@ -27,8 +27,8 @@ OPENAPI = Path(__file__).resolve().parent / "data" / "openai" / "openapi.json"
 @asynccontextmanager
 async def running_peer(home: Path, **settings) -> AsyncIterator[Peer]:
     # Loopback only: mDNS would multicast on the machine's real interface (the mDNS test runs in
-    # network namespaces of its own). Ads every 0.5 s so a test waits less for a new provider.
-    async with open_peer(loopback_settings(home, **{"ad_interval": 0.5, **settings})) as peer:
+    # network namespaces of its own).
+    async with open_peer(loopback_settings(home, **settings)) as peer:
         yield peer
 
 

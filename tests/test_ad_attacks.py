@@ -68,6 +68,7 @@ class Mesh:
     async def gossip_settled(self) -> None:
         """Everything gossiped so far has crossed H to V and W: each holds an ad H published after it."""
         seq = self.h.caps._last_seq
+        self.h.caps.republish_soon()  # ads go out on change only: ask for one
         for peer in (self.v, self.w):
             await wait_for(
                 lambda peer=peer: (e := peer.table.get(self.h.identity.peer_id, time.time())) and e.ad.seq > seq, 15

@@ -7,8 +7,9 @@ import time
 
 import trio
 
-from garage_p2p.core.capabilities import ModelOffer, make_ad, sign_ad
+from garage_p2p.core.capabilities import ModelOffer, TableCursor, make_ad, sign_ad
 from garage_p2p.core.identity import Identity
+from garage_p2p.core.messages import encode_json
 from garage_p2p.core.wire import FrameType, encode_frame
 from garage_p2p.mesh.discovery import PROTOCOL_CAPS
 from garage_p2p.mesh.streams import read_some
@@ -56,7 +57,9 @@ async def test_a_poisoned_ad_table_is_rejected_and_counted(tmp_path):
 
             async def serve_poison(stream) -> None:
                 await stream.write(
-                    encode_frame(FrameType.DATA, bytes(forged)) + encode_frame(FrameType.DATA, b"junk" * 20)
+                    encode_frame(FrameType.TABLE_CURSOR, encode_json(TableCursor(epoch=0, cursor=0)))
+                    + encode_frame(FrameType.DATA, bytes(forged))
+                    + encode_frame(FrameType.DATA, b"junk" * 20)
                 )
                 await stream.close()
 

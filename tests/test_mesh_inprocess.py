@@ -273,7 +273,7 @@ async def test_a_maximal_honest_table_is_taken_without_blame(tmp_path):
             assert a.table.offer(wire, now, via=peer.peer_id).entry is not None
         own = ad_of_size(a.identity, MAX_AD_BYTES, seq=a.caps._next_seq(), now=now)
         a.discovery.own_ad = lambda: own
-        framed = sum(len(encode_frame(FrameType.DATA, ad)) for ad in a.table.answer(own, now))
+        framed = sum(len(encode_frame(FrameType.DATA, ad)) for ad in a.table.answer(own, now).ads)
         assert framed > TABLE_PAGE_BYTES + MAX_AD_BYTES  # the bound without the headers
         await b.discovery.fetch_table(a.identity.peer_id, first_addr(a))  # (connecting fetches it too)
         await wait_for(lambda: len(b.table.entries(time.time())) == TABLE_PAGE_ADS + 1, 10)

@@ -93,9 +93,9 @@ async def test_unknown_model_is_looked_up_in_the_dht_before_404(tmp_path, http):
     async with standin_backend() as url:
         async with running_peer(tmp_path / "b") as b:
             async with running_peer(
-                tmp_path / "a", backends={"tiny": url}, bootstrap=first_addr(b), ad_interval=3600
+                tmp_path / "a", backends={"tiny": url}, bootstrap=first_addr(b), ad_heartbeat=3600
             ) as a:
-                async with running_peer(tmp_path / "c", bootstrap=first_addr(b), ad_interval=3600) as c:
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(b), ad_heartbeat=3600) as c:
                     # A's provider record reaches the DHT (B holds it).
                     await wait_for(lambda: "tiny" in a.discovery._provided, 15)
                     await wait_for_model(c, "tiny")

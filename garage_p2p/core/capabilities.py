@@ -47,11 +47,13 @@ MAX_AD_MODELS = 16
 """Models in an ad: one per backend, and a rig rarely runs more than a few."""
 MAX_AD_GPU_KINDS = 16
 """Kinds of GPU in an ad (cards of one model and memory size are one kind with a count)."""
-MAX_TTL = 300.0
+MAX_TTL = 24 * 3600.0
+"""The longest ad life: ads are refreshed on change and by a heartbeat that stretches with the mesh
+(``core.ad_schedule``, up to 8 h), and live three heartbeats."""
 MAX_CLOCK_SKEW = 60.0
 """How far a peer's clock may be from ours, either way, and its ads still count. Consumer PCs
-without working NTP drift by tens of seconds, and the ad ttl (20 s) is shorter than that: without
-this allowance a peer 20 s slow would be invisible. Past it, ads are dropped (not a fault)."""
+without working NTP drift by tens of seconds: without this allowance a peer 20 s slow would lose its
+ads that much early. Past it, ads are dropped (not a fault)."""
 SERVE_MARGIN = 5.0
 """A table serves an ad only while it has this long left to live on our clock, and while it is
 within its ttl of its issue time on our clock, so that a receiver whose clock runs up to
@@ -71,9 +73,11 @@ TABLE_PAGE_BYTES = 1024 * 1024
 """Signed bytes in one answer to a table request."""
 TABLE_ANSWER_ADS = TABLE_PAGE_ADS + 1
 """Ads (one frame each) in one answer to a table request: a page and the server's own ad."""
-TABLE_ANSWER_BYTES = TABLE_PAGE_BYTES + MAX_AD_BYTES + TABLE_ANSWER_ADS * HEADER_SIZE
+TABLE_CONTROL_BYTES = 256
+"""Bytes of a table request or of the answer's cursor (small JSON) at most."""
+TABLE_ANSWER_BYTES = TABLE_CONTROL_BYTES + TABLE_PAGE_BYTES + MAX_AD_BYTES + (TABLE_ANSWER_ADS + 1) * HEADER_SIZE
 """Bytes of one answer on the stream at most, frame headers included: the receiver's bound on what
-an honest server sends (``PeerTable.answer``)."""
+an honest server sends (``PeerTable.answer``: its cursor, its own ad and a page)."""
 TABLE_FETCH_GAP = 5.0
 """An honest peer asks one peer for its table at most once in this many seconds."""
 TABLE_REQUESTS = Limits(rpm=30, concurrency=2)
@@ -320,6 +324,8 @@ class PeerEntry:
     """The peer whose connection brought the ad: the author itself, a table relay or a gossip forwarder."""
     first_seen: float = 0.0
     """Local time the table first took an ad of this peer (kept across its newer ads)."""
+    arrival: int = 0
+    """Order of arrival in this table (1, 2, …): a table request asks for what arrived after a cursor."""
 
     @property
     def direct(self) -> bool:
@@ -355,6 +361,35 @@ def choose_page(
     return out
 
 
+class TableRequest(WireModel):
+    """What a peer asks a table server for (the first frame of ``/garage/caps/2.0.0``)."""
+
+    epoch: int | None = Field(default=None, ge=0, lt=2**63)
+    """The server's table epoch the cursor belongs to; another epoch (a restarted server) means from the start."""
+    since: int | None = Field(default=None, ge=0, lt=2**63)
+    """The cursor the server gave last time: only ads that arrived after it. None: the first page
+    by ``choose_page``; 0: everything, in arrival order, a page at a time."""
+
+
+class TableCursor(WireModel):
+    """The server's answer header: where the asker continues next time."""
+
+    epoch: int = Field(ge=0, lt=2**63)
+    """The server's table epoch."""
+    cursor: int = Field(ge=0, lt=2**63)
+    """Ask with ``since`` = this next time."""
+
+
+@dataclass(frozen=True, slots=True)
+class TableAnswer:
+    """One answer to a table request."""
+
+    ads: list[bytes]
+    """The server's own ad, then one page of signed ads."""
+    cursor: TableCursor
+    """Where the asker continues."""
+
+
 @dataclass(frozen=True, slots=True)
 class Intake:
     """What became of one ad offered to the table."""
@@ -387,8 +422,12 @@ class PeerTable:
         admits: Callable[[str], bool] = lambda peer_id: True,
         *,
         max_bytes: int = MAX_TABLE_BYTES,
+        epoch: int = 0,
     ) -> None:
         self._self = self_peer_id
+        self.epoch = epoch
+        """Tells this table's arrival numbers from those of an earlier run (the caller draws it at random)."""
+        self._arrivals = 0
         self._admits = admits
         self._entries: dict[str, PeerEntry] = {}
         # Highest seq seen per peer, kept after expiry (bounded, oldest dropped).
@@ -494,7 +533,9 @@ class PeerTable:
             wire=wire,
             source=source,
             first_seen=old.first_seen if old is not None else now,
+            arrival=self._arrivals + 1,
         )
+        self._arrivals += 1
         self._entries[ad.peer_id] = entry
         self._bytes += len(wire)
         self._held[source] += 1
@@ -565,6 +606,10 @@ class PeerTable:
         """Signed bytes of the ads held."""
         return self._bytes
 
+    def __len__(self) -> int:
+        """Ads held (expired ones until the next ``expire``)."""
+        return len(self._entries)
+
     def get(self, peer_id: str, now: float) -> PeerEntry | None:
         entry = self._entries.get(peer_id)
         return entry if entry is not None and entry.expires_at > now else None
@@ -579,10 +624,33 @@ class PeerTable:
         held = (e for e in self._entries.values() if e.wire)
         return [e.wire for e in choose_page(held, now, max_ads, max_bytes, set(self.dealt_with()))]
 
-    def answer(self, own_ad: bytes, now: float) -> list[bytes]:
+    def answer(self, own_ad: bytes, now: float, request: TableRequest = TableRequest()) -> TableAnswer:
         """What a table server sends a peer that asks: its own ad, then one page (within
-        TABLE_ANSWER_ADS and TABLE_ANSWER_BYTES once framed)."""
-        return [own_ad, *self.page(now, TABLE_PAGE_ADS, TABLE_PAGE_BYTES)]
+        TABLE_ANSWER_ADS and TABLE_ANSWER_BYTES once framed), and the cursor to ask from next time.
+
+        A first request (no cursor, or one of another epoch) gets the page ``choose_page`` picks;
+        if that was not everything, the cursor is 0 and the asker pages through the rest in arrival
+        order. A request with a cursor gets only what arrived after it: an idle mesh answers
+        (almost) nothing, so periodic anti-entropy costs what changed, not the table's size.
+        """
+        if request.since is None or request.epoch != self.epoch:
+            page = self.page(now, TABLE_PAGE_ADS, TABLE_PAGE_BYTES)
+            servable_count = sum(1 for e in self._entries.values() if e.wire and servable(e, now))
+            cursor = self._arrivals if len(page) == servable_count else 0
+            return TableAnswer([own_ad, *page], TableCursor(epoch=self.epoch, cursor=cursor))
+        newer = sorted(
+            (e for e in self._entries.values() if e.arrival > request.since and e.wire and servable(e, now)),
+            key=lambda e: e.arrival,
+        )
+        ads: list[bytes] = []
+        total, cursor = 0, self._arrivals
+        for entry in newer:
+            total += len(entry.wire)
+            if len(ads) >= TABLE_PAGE_ADS or total > TABLE_PAGE_BYTES:
+                cursor = entry.arrival - 1  # the asker continues from this entry next time
+                break
+            ads.append(entry.wire)
+        return TableAnswer([own_ad, *ads], TableCursor(epoch=self.epoch, cursor=cursor))
 
     def providers(self, model: str, now: float) -> list[PeerEntry]:
         """Live entries of peers serving ``model``."""

@@ -37,6 +37,10 @@ class FrameType(enum.IntEnum):
     """``/garage/jobs/1.0.0``: a JSON request (claim, results)."""
     JOB_REPLY = 33
     """``/garage/jobs/1.0.0``: a JSON reply (lease, acknowledgement, error)."""
+    TABLE_REQUEST = 48
+    """``/garage/caps/2.0.0``: the asker's JSON ``TableRequest`` (its cursor)."""
+    TABLE_CURSOR = 49
+    """``/garage/caps/2.0.0``: the server's JSON ``TableCursor``, before the ads (DATA frames)."""
 
 
 KiB = 1024

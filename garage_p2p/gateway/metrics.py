@@ -57,6 +57,8 @@ class MeshSnapshot:
     """Open libp2p connections."""
     ads_received: int = 0
     """Signed ads accepted from gossip since start."""
+    ads_published: int = 0
+    """Our own ads published on gossip since start (changes and heartbeats)."""
     ads_rejected: dict[str, int] = field(default_factory=dict)
     """Ads refused since start, by reason: ``invalid`` (schema, signature, clock), ``flood`` (rate)."""
     banned_peers: int = 0
@@ -225,6 +227,9 @@ class _Scraped:
         yield GaugeMetricFamily("garage_connections", "Open libp2p connections.", value=s.connections)
         yield CounterMetricFamily(
             "garage_ads_received", "Signed capability ads accepted from gossip.", value=s.ads_received
+        )
+        yield CounterMetricFamily(
+            "garage_ads_published", "Own capability ads published on gossip.", value=s.ads_published
         )
         rejected = CounterMetricFamily("garage_ads_rejected", "Capability ads refused, by reason.", labels=["reason"])
         for reason in sorted({"invalid", "flood", *s.ads_rejected}):

@@ -1,13 +1,20 @@
-"""Gossip capability ads on ``garage/caps/1`` and keep the peer table fresh."""
+"""Gossip capability ads on ``garage/caps/1`` and keep the peer table fresh.
+
+Our ad goes out when what it says changes, and otherwise at a heartbeat that
+stretches with the mesh (``core.ad_schedule``): an idle peer's gossip does not
+grow with the number of peers.
+"""
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 
 import trio
 
+from ..core.ad_schedule import AdSchedule
 from ..core.capabilities import (
     MAX_AD_ADDRS,
     MAX_AD_MODELS,
@@ -26,7 +33,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "ads"
 """Faults of ad authors and relays on gossip are counted under this name."""
-MIN_GAP = 1.0
+CHANGE_CHECK = 1.0
+"""Seconds between looks at whether our ad's content changed (addresses, health, models)."""
+EXPIRE_EVERY = 5.0
+"""Seconds between sweeps of expired ads (routing reads only live entries anyway)."""
 
 
 def warn_clock_skew(peer_id: str, skew: float) -> None:
@@ -40,7 +50,7 @@ def warn_clock_skew(peer_id: str, skew: float) -> None:
 
 
 class CapsService:
-    """Publishes our ad every ``interval`` seconds and applies everyone else's."""
+    """Publishes our ad when it changes and at the heartbeat (``AdSchedule``), and applies everyone else's."""
 
     def __init__(
         self,
@@ -49,8 +59,7 @@ class CapsService:
         offers: Callable[[], tuple[ModelOffer, ...]],
         *,
         version: str,
-        interval: float = 5.0,
-        ttl: float = 20.0,
+        min_heartbeat: float = 300.0,
         hardware: Hardware = Hardware(),
         region: str | None = None,
     ) -> None:
@@ -60,8 +69,10 @@ class CapsService:
         self.table = table
         self.offers = offers
         self.version = version
-        self.interval = interval
-        self.ttl = ttl
+        self.schedule = AdSchedule(min_heartbeat=min_heartbeat)
+        """When our next ad goes out, and its ttl."""
+        self.published = 0
+        """Ads we published (``garage_ads_published_total``)."""
         self.received = 0
         """Ads accepted from gossip (``garage_ads_received_total``)."""
         self.flooded = 0
@@ -74,6 +85,9 @@ class CapsService:
         self._last_seq = 0
         self._latest: tuple[float, bytes] | None = None
         """Our last signed ad and when it was made (time.monotonic)."""
+        self._content: CapabilityAd | None = None
+        """What our last published ad said, without its seq, times and live load."""
+        self._rng = random.Random()
         self._wake = trio.Event()
 
     def _next_seq(self) -> int:
@@ -89,7 +103,7 @@ class CapsService:
             self.mesh.identity,
             seq=seq,
             now=time.time(),
-            ttl=self.ttl,
+            ttl=self.schedule.ttl(),
             addrs=tuple(self.mesh.addrs())[:MAX_AD_ADDRS],
             models=() if self.withdrawn else self.offers()[:MAX_AD_MODELS],
             version=self.version,
@@ -100,7 +114,10 @@ class CapsService:
 
     def current_ad(self) -> bytes:
         """Our ad, signed, with a fresh seq."""
-        wire = sign_ad(self.mesh.identity, self.build_ad(self._next_seq()))
+        return self._sign(self.build_ad(self._next_seq()))
+
+    def _sign(self, ad: CapabilityAd) -> bytes:
+        wire = sign_ad(self.mesh.identity, ad)
         self._latest = (time.monotonic(), wire)
         return wire
 
@@ -110,12 +127,13 @@ class CapsService:
         Not a new one: whoever asks could otherwise mint our ads as fast as it asks and
         republish them. A new one only once the last is half its ttl old (not published yet).
         """
-        if self._latest is None or time.monotonic() - self._latest[0] > self.ttl / 2:
+        if self._latest is None or time.monotonic() - self._latest[0] > self.schedule.ttl() / 2:
             return self.current_ad()
         return self._latest[1]
 
     def republish_soon(self) -> None:
-        """Publish at once instead of waiting for the next interval (models changed)."""
+        """Publish within a second instead of at the next heartbeat (models, health or neighbours changed)."""
+        self.schedule.changed()
         self._wake.set()
 
     async def withdraw(self) -> None:
@@ -124,7 +142,17 @@ class CapsService:
         await self.publish()
 
     async def publish(self) -> None:
-        await self.mesh.publish(TOPIC_CAPS, self.current_ad())
+        # The period first: the ad about to go out carries the ttl of the heartbeat that follows it.
+        self.schedule.published(trio.current_time(), len(self.table), self._rng.random())
+        ad = self.build_ad(self._next_seq())
+        # Only what went out on gossip counts as told (an ad minted for a table answer does not).
+        self._content = _content(ad)
+        await self.mesh.publish(TOPIC_CAPS, self._sign(ad))
+        self.published += 1
+
+    def _changed(self) -> bool:
+        """Whether what our ad says (not its seq, times or live load) differs from what we last published."""
+        return self._content is None or _content(self.build_ad()) != self._content
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         # Ads are taken in gossipsub's validator, which knows the connection a message came
@@ -136,10 +164,13 @@ class CapsService:
             nursery.start_soon(self._expire)
             task_status.started()
             while True:
-                await self.publish()
-                # At most one early publish a second, however many changes.
-                await trio.sleep(min(MIN_GAP, self.interval))
-                with trio.move_on_after(max(0.0, self.interval - MIN_GAP)):
+                if self._changed():
+                    self.schedule.changed()
+                now = trio.current_time()
+                if self.schedule.handle_timer(now):
+                    await self.publish()
+                    continue
+                with trio.move_on_after(min(CHANGE_CHECK, self.schedule.get_timer() - now)):
                     await self._wake.wait()
                 self._wake = trio.Event()
 
@@ -180,4 +211,16 @@ class CapsService:
         while True:
             for peer_id in self.table.expire(time.time()):
                 log.info("ad of %s expired", peer_id)
-            await trio.sleep(1.0)
+            await trio.sleep(EXPIRE_EVERY)
+
+
+def _content(ad: CapabilityAd) -> CapabilityAd:
+    """What an ad says that is worth telling the mesh at once: all but its seq, times and live load."""
+    return ad.model_copy(
+        update={
+            "seq": 0,
+            "issued_at": 0.0,
+            "ttl": 1.0,
+            "models": tuple(m.model_copy(update={"load": None}) for m in ad.models),
+        }
+    )

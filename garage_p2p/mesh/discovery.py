@@ -8,11 +8,13 @@
   it often (600 s), so both are done here.
 - Every served model has a provider record under ``/garage/model/<name>``;
   a consumer with no ad for a model asks the DHT before answering 404.
-- ``/garage/caps/1.0.0``: on every new connection both sides fetch the
+- ``/garage/caps/2.0.0``: on every new connection both sides fetch the
   other's table of signed ads, so a joining peer knows the mesh at once
   instead of after a gossip round. Each ad is verified like a gossiped one.
-  An answer is one bounded page (``PeerTable.page``); a peer asking more
-  often than TABLE_REQUESTS is refused and penalised.
+  The asker sends the cursor the server gave it last time, and gets only the
+  ads that arrived since (``PeerTable.answer``): periodic anti-entropy costs
+  what changed, not the table's size. An answer is one bounded page; a peer
+  asking more often than TABLE_REQUESTS is refused and penalised.
 - mDNS (LAN): discovered peers are dialled, not only noted.
 """
 
@@ -34,20 +36,24 @@ from ..core.capabilities import (
     MAX_AD_BYTES,
     TABLE_ANSWER_ADS,
     TABLE_ANSWER_BYTES,
+    TABLE_CONTROL_BYTES,
     TABLE_FETCH_GAP,
     TABLE_REQUESTS,
     PeerTable,
+    TableCursor,
+    TableRequest,
 )
 from ..core.errors import PeerFault
 from ..core.limits import Limiter
+from ..core.messages import decode_json, encode_json
 from ..core.wire import FrameDecoder, FrameType, encode_frame
 from .caps import warn_clock_skew
 from .host import ConnectionWatch, DialError, Mesh
-from .streams import PeerStream, StreamBroken, close_quietly, read_some, write_all
+from .streams import FrameStream, PeerStream, StreamBroken, close_quietly, read_some, write_all
 
 log = logging.getLogger(__name__)
 
-PROTOCOL_CAPS = "/garage/caps/1.0.0"
+PROTOCOL_CAPS = "/garage/caps/2.0.0"
 SERVICE = "table"
 """Faults of peers serving bad ad tables, or asking for tables too often, are counted under this name."""
 TABLE_FETCH_TIMEOUT = 5.0
@@ -56,6 +62,8 @@ REPROVIDE_INTERVAL = 300.0
 LOOKUP_TIMEOUT = 5.0
 GOSSIP_SETTLE = 0.5
 JOINING_CONNECTIONS = 2
+MAX_CURSORS = 1024
+"""Table cursors kept (one per peer we asked lately)."""
 
 
 def model_key(model: str) -> str:
@@ -92,6 +100,8 @@ class Discovery:
         self._requests = Limiter(max_parties=4096)
         self._fetched: dict[str, float] = {}
         """When we last asked each peer for its table (time.monotonic)."""
+        self._cursors: dict[str, TableCursor] = {}
+        """Where each peer's table answers continue (the cursor it gave us last)."""
         self._provided: set[str] = set()
 
     @property
@@ -104,7 +114,7 @@ class Discovery:
     # -- the ad table protocol -----------------------------------------------
 
     async def handle_table_request(self, stream: PeerStream) -> None:
-        """Serve our ad and one page of the live ads we hold."""
+        """Serve our ad and the live ads that arrived since the asker's cursor (one page)."""
         peer_id = stream.peer_id
         verdict = self._requests.admit(peer_id, TABLE_REQUESTS, time.monotonic())
         if not verdict.ok:
@@ -113,10 +123,16 @@ class Discovery:
             await close_quietly(stream, reset=True)
             return
         try:
-            ads = self.table.answer(self.own_ad(), time.time())
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
-                for ad in ads:  # frame by frame: the page is never copied into one buffer
+                frame = await FrameStream(stream, {FrameType.TABLE_REQUEST: TABLE_CONTROL_BYTES}).read()
+                if frame is None:
+                    return
+                answer = self.table.answer(self.own_ad(), time.time(), decode_json(TableRequest, frame.payload))
+                await write_all(stream, encode_frame(FrameType.TABLE_CURSOR, encode_json(answer.cursor)))
+                for ad in answer.ads:  # frame by frame: the page is never copied into one buffer
                     await write_all(stream, encode_frame(FrameType.DATA, ad))
+        except PeerFault as exc:
+            self.mesh.penalise(peer_id, SERVICE, f"bad table request: {exc}")
         except StreamBroken:
             pass
         finally:
@@ -124,13 +140,16 @@ class Discovery:
             await close_quietly(stream)
 
     async def fetch_table(self, peer_id: str, addrs: Sequence[str] = ()) -> int:
-        """Fetch and apply a peer's ads; returns how many were new."""
+        """Fetch and apply the ads of a peer's table that are new since we last asked; returns how many were new."""
         if not self.mesh.admits(peer_id):
             return 0  # banned or denied: its connection is being closed
         applied = 0
-        decoder = FrameDecoder({FrameType.DATA: MAX_AD_BYTES})
+        decoder = FrameDecoder({FrameType.TABLE_CURSOR: TABLE_CONTROL_BYTES, FrameType.DATA: MAX_AD_BYTES})
         received = size = 0
         faults: list[tuple[str, str]] = []
+        cursor: TableCursor | None = None
+        last = self._cursors.get(peer_id)
+        request = TableRequest(epoch=last.epoch, since=last.cursor) if last else TableRequest()
         try:
             stream = await self.mesh.open_stream(peer_id, addrs, PROTOCOL_CAPS, TABLE_FETCH_TIMEOUT)
         except DialError as exc:
@@ -138,15 +157,27 @@ class Discovery:
             return 0
         try:
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
+                await write_all(stream, encode_frame(FrameType.TABLE_REQUEST, encode_json(request)))
                 while data := await read_some(stream):
                     size += len(data)
                     if size > TABLE_ANSWER_BYTES:
                         raise PeerFault("a table larger than a page")
                     for frame in decoder.feed(data):
+                        if cursor is None:
+                            if frame.type != FrameType.TABLE_CURSOR:
+                                raise PeerFault("a table answer without its cursor first")
+                            cursor = decode_json(TableCursor, frame.payload)
+                            continue
+                        if frame.type != FrameType.DATA:
+                            raise PeerFault("a second cursor in a table answer")
                         received += 1
                         if received > TABLE_ANSWER_ADS:
                             raise PeerFault("too many ads in a table")
                         applied += self._apply(frame.payload, peer_id, faults)
+                else:
+                    decoder.close()
+                    if cursor is not None:
+                        self._note_cursor(peer_id, cursor)
         except PeerFault as exc:
             faults.append((peer_id, str(exc)))
         except StreamBroken:
@@ -160,6 +191,14 @@ class Discovery:
         for blamed, reason in first.items():
             self.mesh.penalise(blamed, SERVICE, f"{reason} (in the table of {peer_id})")
         return applied
+
+    def _note_cursor(self, peer_id: str, cursor: TableCursor) -> None:
+        """Remember where ``peer_id``'s next answer continues (only for an answer read to its end: one cut
+        short by a timeout is asked again from the old cursor)."""
+        self._cursors.pop(peer_id, None)
+        self._cursors[peer_id] = cursor
+        while len(self._cursors) > MAX_CURSORS:
+            del self._cursors[next(iter(self._cursors))]
 
     def fetch_due(self, peer_id: str) -> bool:
         """Whether we may ask ``peer_id`` for its table again (last asked TABLE_FETCH_GAP ago or more)."""

@@ -10,6 +10,7 @@ from garage_p2p.core.capabilities import (
     SERVE_MARGIN,
     TABLE_ANSWER_ADS,
     TABLE_ANSWER_BYTES,
+    TABLE_CONTROL_BYTES,
     TABLE_PAGE_ADS,
     TABLE_PAGE_BYTES,
     AdRejected,
@@ -18,6 +19,7 @@ from garage_p2p.core.capabilities import (
     Hardware,
     ModelOffer,
     PeerTable,
+    TableRequest,
     make_ad,
     open_ad,
     sign_ad,
@@ -347,5 +349,47 @@ def test_a_maximal_honest_table_answer_fits_the_receivers_bound():
         peer = ident()
         assert table.offer(ad_of_size(peer, TABLE_PAGE_BYTES // TABLE_PAGE_ADS), NOW, via=peer.peer_id).entry
     answer = table.answer(b"\0" * MAX_AD_BYTES, NOW)
-    assert len(answer) == TABLE_ANSWER_ADS
-    assert sum(len(encode_frame(FrameType.DATA, ad)) for ad in answer) == TABLE_ANSWER_BYTES
+    assert len(answer.ads) == TABLE_ANSWER_ADS
+    cursor = b"\0" * TABLE_CONTROL_BYTES  # the largest cursor frame the receiver takes
+    framed = len(encode_frame(FrameType.TABLE_CURSOR, cursor))
+    assert framed + sum(len(encode_frame(FrameType.DATA, ad)) for ad in answer.ads) == TABLE_ANSWER_BYTES
+
+
+def test_a_table_answers_a_cursor_with_only_what_arrived_since():
+    """Anti-entropy costs what changed: with the cursor of the last answer, an idle table answers only
+    its own ad; after one new ad and one newer ad of a known peer, those two, in arrival order."""
+    table = PeerTable(epoch=7)
+    peers = [ident() for _ in range(5)]
+    for peer in peers:
+        assert table.offer(sign_ad(peer, ad_of(peer)), NOW, via=peer.peer_id).entry
+    first = table.answer(b"own", NOW)
+    assert len(first.ads) == 6 and first.cursor.epoch == 7
+    idle = table.answer(b"own", NOW, TableRequest(epoch=7, since=first.cursor.cursor))
+    assert idle.ads == [b"own"] and idle.cursor == first.cursor
+    newcomer = ident()
+    table.offer(sign_ad(newcomer, ad_of(newcomer)), NOW, via=newcomer.peer_id)
+    table.offer(sign_ad(peers[0], ad_of(peers[0], seq=2)), NOW, via=peers[0].peer_id)
+    later = table.answer(b"own", NOW, TableRequest(epoch=7, since=first.cursor.cursor))
+    assert [open_ad(w, NOW).peer_id for w in later.ads[1:]] == [newcomer.peer_id, peers[0].peer_id]
+    # A cursor of another epoch (the server restarted) gets the first page again.
+    assert len(table.answer(b"own", NOW, TableRequest(epoch=8, since=first.cursor.cursor)).ads) == 7
+
+
+def test_a_table_larger_than_a_page_is_paged_through_in_arrival_order():
+    """The first page is cut, so its cursor says "from the start"; pages then follow in arrival order
+    until every ad was served once, and the next answer is empty."""
+    table = PeerTable()
+    expected = set()
+    for _ in range(TABLE_PAGE_ADS + 40):
+        peer = ident()
+        expected.add(peer.peer_id)
+        assert table.offer(sign_ad(peer, ad_of(peer)), NOW, via=peer.peer_id).entry
+    answer = table.answer(b"own", NOW)
+    assert len(answer.ads) == TABLE_ANSWER_ADS and answer.cursor.cursor == 0
+    seen: set[str] = set()
+    for _ in range(4):
+        answer = table.answer(b"own", NOW, TableRequest(epoch=0, since=answer.cursor.cursor))
+        seen |= {open_ad(w, NOW).peer_id for w in answer.ads[1:]}
+        if len(answer.ads) == 1:
+            break
+    assert seen == expected

@@ -9,12 +9,14 @@ from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.pubsub.validators import PUBSUB_SIGNING_PREFIX
 
+from garage_p2p.core.capabilities import TableRequest
 from garage_p2p.core.identity import Identity
-from garage_p2p.core.wire import FrameDecoder, FrameType
+from garage_p2p.core.messages import encode_json
+from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.daemon import Peer
 from garage_p2p.mesh.discovery import PROTOCOL_CAPS
 from garage_p2p.mesh.host import libp2p_key_pair
-from garage_p2p.mesh.streams import StreamBroken, close_quietly, read_some
+from garage_p2p.mesh.streams import StreamBroken, close_quietly, read_some, write_all
 
 from . import Target
 
@@ -58,14 +60,15 @@ async def _sent(attacker: Peer, backlog: int = 8) -> None:
 async def read_table(attacker: Peer, victim: Target, max_bytes: int = 1 << 30) -> tuple[list[bytes], int]:
     """Ask ``victim`` for its ad table; the ads and the bytes it sent (StreamBroken or DialError if refused)."""
     stream = await attacker.mesh.open_stream(victim.peer_id, victim.addrs, PROTOCOL_CAPS)
-    decoder = FrameDecoder({FrameType.DATA: max_bytes})
+    decoder = FrameDecoder({FrameType.TABLE_CURSOR: max_bytes, FrameType.DATA: max_bytes})
     ads: list[bytes] = []
     size = 0
     try:
         with trio.move_on_after(READ_TIMEOUT):
+            await write_all(stream, encode_frame(FrameType.TABLE_REQUEST, encode_json(TableRequest())))
             while data := await read_some(stream):
                 size += len(data)
-                ads += [frame.payload for frame in decoder.feed(data)]
+                ads += [frame.payload for frame in decoder.feed(data) if frame.type == FrameType.DATA]
     finally:
         await close_quietly(stream)
     if size == 0:
