@@ -504,6 +504,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
     table = PeerTable(
         self_peer_id=identity.peer_id,
         admits=lambda peer: peer_filter.allowed(peer) and not penalties.banned(peer, time.monotonic()),
+        # A restarted peer's arrival numbers start again: a cursor from before must not skip ads.
+        epoch=random.getrandbits(62),
     )
 
     def relay_candidates() -> list[str]:

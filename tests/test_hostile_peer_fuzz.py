@@ -36,6 +36,7 @@ from garage_p2p.core.capabilities import (
     AD_DOMAIN,
     TOPIC_CAPS,
     ModelOffer,
+    TableCursor,
     make_ad,
     sign_ad,
 )
@@ -101,6 +102,8 @@ from .test_jobs_hostile import ghost_job
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
 ROUND_TIMEOUT = 20.0
 ANY_FRAME = {t: 8 * 1024 * 1024 for t in FrameType}
+CURSOR = encode_frame(FrameType.TABLE_CURSOR, encode_json(TableCursor(epoch=0, cursor=0)))
+"""A valid table answer header, so that what follows it is what is judged."""
 
 
 # -- the three peers ---------------------------------------------------------------------------
@@ -420,6 +423,7 @@ async def test_forged_and_replayed_ads_by_gossip_are_rejected(tmp_path, http):
         victim, honest_id = peers.victim, peers.honest.identity.peer_id
         # Gossip from the evil peer reaches the victim: its seq moves on after the first table fetch.
         first = victim.table.get(peers.evil_id, time.time()).ad.seq
+        peers.evil.caps.republish_soon()  # ads go out on change: ask for one
         await wait_for(lambda: victim.table.get(peers.evil_id, time.time()).ad.seq > first, 10)
         old_honest = victim.table.get(honest_id, time.time())
         forged = forged_ads(peers, rng)
@@ -436,6 +440,7 @@ async def test_forged_and_replayed_ads_by_gossip_are_rejected(tmp_path, http):
         assert victim.table.get(honest_id, time.time()).ad.models == ()
         await peers.chat_ok()
         # A replay of an old, validly signed ad changes nothing (and is nobody's fault).
+        peers.honest.caps.republish_soon()
         await wait_for(lambda: victim.table.get(honest_id, time.time()).ad.seq > old_honest.ad.seq, 10)
         newer = victim.table.get(honest_id, time.time()).ad.seq
         await peers.evil.mesh.pubsub.publish(TOPIC_CAPS, old_honest.wire)
@@ -464,7 +469,7 @@ async def test_a_flood_of_replayed_ads_does_not_get_their_honest_origin_banned(t
 
 
 async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
-    """The evil peer serves its table (``/garage/caps/1.0.0``) full of forgeries and garbage."""
+    """The evil peer serves its table (``/garage/caps/2.0.0``) full of forgeries and garbage, behind a valid cursor."""
     rng = random.Random(13)
     async with three_peers(tmp_path, http) as peers:
         victim = peers.victim
@@ -480,7 +485,7 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
         serving: list[bytes] = []
 
         async def serve_poison(stream) -> None:
-            await write_all(stream, serving[0])
+            await write_all(stream, CURSOR + serving[0])
             await close_quietly(stream)
 
         peers.evil.mesh.host.set_stream_handler(PROTOCOL_CAPS, serve_poison)

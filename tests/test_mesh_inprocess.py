@@ -30,6 +30,7 @@ from garage_p2p.mesh.streams import read_some
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
 from .core.test_capabilities import ad_of_size
+from .test_hostile_peer_fuzz import crash_report
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
@@ -278,3 +279,28 @@ async def test_a_maximal_honest_table_is_taken_without_blame(tmp_path):
         await b.discovery.fetch_table(a.identity.peer_id, first_addr(a))  # (connecting fetches it too)
         await wait_for(lambda: len(b.table.entries(time.time())) == TABLE_PAGE_ADS + 1, 10)
         assert b.mesh.penalties.faults(a.identity.peer_id) == 0
+
+
+async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed(tmp_path, http):
+    """Issue 17: once a provider and a consumer have met, neither publishes an ad while nothing changes
+    (it used to be one every 5 s each), and a table sync with the cursor of the last one carries only
+    the server's own ad. A change still goes out at once: the consumer learns a withdrawal by gossip."""
+    async with crash_report(), standin_backend() as url, running_peer(tmp_path / "h", backends={"tiny": url}) as h:
+        async with running_peer(tmp_path / "c", bootstrap=first_addr(h)) as c:
+            await wait_for_model(c, "tiny")
+            h_id = h.identity.peer_id
+            await wait_for(lambda: h_id in c.discovery._cursors, 10)  # c synced h's table on connect
+            # Each announced itself once on joining (its first ad went out before it had a connection).
+            await wait_for(lambda: h.caps.published >= 2 and c.caps.published >= 2, 10)
+            published = (h.caps.published, c.caps.published)
+            received = c.caps.received
+            await trio.sleep(3)  # an idle window: the old design published about one ad per peer in it
+            assert (h.caps.published, c.caps.published) == published
+            assert c.caps.received == received
+            for _ in range(2):  # anti-entropy rounds: the first may catch up (c's own ad reached h after c's sync)
+                c.discovery._fetched.clear()  # let c ask again at once
+                before = c.discovery._cursors[h_id]
+                assert await c.discovery.fetch_table(h_id, first_addr(h)) == 0  # nothing c did not know
+            assert c.discovery._cursors[h_id] == before  # the last answer held nothing new: only h's own ad
+            await h.caps.withdraw()
+            await wait_for(lambda: "tiny" not in c.dispatcher.known_models(), 5)

@@ -62,6 +62,8 @@ REPROVIDE_INTERVAL = 300.0
 LOOKUP_TIMEOUT = 5.0
 GOSSIP_SETTLE = 0.5
 JOINING_CONNECTIONS = 2
+ANNOUNCE_GAP = 30.0
+"""Seconds between two joining announcements (a rejoin after all connections were lost announces again)."""
 MAX_CURSORS = 1024
 """Table cursors kept (one per peer we asked lately)."""
 
@@ -103,6 +105,8 @@ class Discovery:
         self._cursors: dict[str, TableCursor] = {}
         """Where each peer's table answers continue (the cursor it gave us last)."""
         self._provided: set[str] = set()
+        self._announced = -ANNOUNCE_GAP
+        """When we last announced ourselves on joining (trio time)."""
 
     @property
     def dht_mode(self) -> str:
@@ -288,10 +292,13 @@ class Discovery:
             await self._add_to_dht(peer_id)
 
     async def _announce_soon(self) -> None:
-        # Only while joining (first connections): later neighbours get our ad
-        # by table sync, and announcing on every connection turned connection
-        # churn into a flood of ads.
-        if self.on_new_connection is not None and len(self.mesh.connected_peers()) <= JOINING_CONNECTIONS:
+        # Only while joining (first connections), and once per ANNOUNCE_GAP: later
+        # neighbours get our ad by table sync, and announcing on every connection
+        # turned connection churn into a flood of ads.
+        now = trio.current_time()
+        joining = len(self.mesh.connected_peers()) <= JOINING_CONNECTIONS
+        if self.on_new_connection is not None and joining and now - self._announced >= ANNOUNCE_GAP:
+            self._announced = now
             # Give the pubsub hello (subscriptions) time to cross, so that a
             # publish reaches the new neighbour and, through it, the mesh.
             await trio.sleep(GOSSIP_SETTLE)
