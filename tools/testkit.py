@@ -1,5 +1,5 @@
 """What every harness, test and benchmark needs: free ports, polling, a stand-in backend, percentiles,
-a process's CPU, memory and I/O from /proc, a baseline revision's source tree.
+a process's CPU and memory from /proc, a baseline revision's source tree.
 
 One copy of each, so a fix (a longer poll, a new stand-in flag) reaches every user.
 """
@@ -28,7 +28,6 @@ __all__ = [
     "free_port",
     "percentile",
     "proc_cpu_s",
-    "proc_io_bytes",
     "proc_rss_mib",
     "run_where",
     "standin_command",
@@ -145,16 +144,6 @@ def proc_cpu_s(pid: int) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def proc_io_bytes(pid: int) -> int:
-    """Bytes process ``pid`` has read plus written through read/write-family calls (``rchar`` + ``wchar``):
-    its sockets and its files alike (0 when it is gone)."""
-    try:
-        counters = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
-    except OSError:
-        return 0
-    return int(counters["rchar"]) + int(counters["wchar"])
 
 
 def tree_of(rev: str, into: Path) -> Path:

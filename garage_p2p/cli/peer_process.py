@@ -130,9 +130,11 @@ def peer_args(
     bootstrap: list[str] = (),
     backends: dict[str, str] | None = None,
     extra: list[str] = (),
+    mdns: bool = False,
 ) -> list[str]:
-    """Command-line arguments for a loopback-only peer (no mDNS multicast)."""
-    args = ["--listen", listen, "--api", api, "--no-mdns"]
+    """Command-line arguments for a loopback-only peer (no mDNS multicast unless ``mdns``: only in a
+    network namespace of its own, where the multicast stays)."""
+    args = ["--listen", listen, "--api", api, "--mdns" if mdns else "--no-mdns"]
     for b in bootstrap:
         args += ["--bootstrap", b]
     for name, url in (backends or {}).items():
