@@ -17,13 +17,16 @@ the host's loopback without it. The script prints, side by side with the targets
 - daemon-to-daemon TCP connections (sockets of two daemons that are each other's other end):
   total, per peer, and peer pairs holding more than one;
 - ``--trials`` times: a provider (a stand-in backend serving ``tiny``) starts last, and every other
-  peer's ``/garage/v1/models`` (what ``garage models`` reads) is polled every 50 ms, all at once,
-  until it lists that provider: the time from its process start until the last peer lists it.
+  peer's ``/garage/v1/models`` (what ``garage models`` reads) is polled every ``--poll-ms`` (50),
+  all at once, until it lists that provider: the time from its process start (its own start
+  included, shown apart) until the last peer lists it. A poll costs a daemon ~2 ms of CPU: at 50
+  peers every 50 ms that is most of the two cores, so the polling slows what it times.
 
 Every process started is killed on the way out, also on Ctrl-C, SIGTERM or a failure.
 
     python benchmarks/idle_mesh.py [--peers 50] [--baseline-peers 20] [--baseline REV | --no-baseline]
-                                   [--settle 30] [--measure 40] [--trials 3] [--no-mdns] [--json]
+                                   [--settle 30] [--measure 40] [--trials 3] [--start-concurrency 1]
+                                   [--poll-ms 50] [--no-mdns] [--json]
 """
 
 from __future__ import annotations
