@@ -18,13 +18,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import io
 import json
-import os
 import pkgutil
-import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -39,7 +35,16 @@ from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.daemon import open_peer  # noqa: E402
 from garage_p2p.store.identity_file import load_or_create_identity  # noqa: E402
 from tools.attacks import Target  # noqa: E402
-from tools.testkit import REPO, free_port, loopback_settings, standin_process, wait_until  # noqa: E402
+from tools.testkit import (  # noqa: E402
+    REPO,
+    free_port,
+    loopback_settings,
+    proc_cpu_s,
+    proc_rss_mib,
+    standin_process,
+    tree_of,
+    wait_until,
+)
 
 BASELINE = "4e54f04"
 """The last commit before issue 16's fixes: the daemon every attack was first found on."""
@@ -75,24 +80,6 @@ class Outcome:
     """Wall time of the attack itself."""
 
 
-def proc_rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def proc_cpu_s(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def honest_chat(peer: PeerProcess, names: dict[str, str]) -> str:
     try:
         r = httpx.post(peer.api_url + "/chat/completions", json=CHAT, timeout=30)
@@ -117,16 +104,6 @@ def bans_of(peer: PeerProcess, names: dict[str, str]) -> list[str]:
         return [type(exc).__name__]
     count = next((line.split()[-1] for line in metrics.splitlines() if line.startswith("garage_banned_peers ")), "?")
     return [] if count in ("0", "0.0") else [f"{float(count):.0f} banned"]
-
-
-def tree_of(rev: str, into: Path) -> Path:
-    """The source of ``rev`` unpacked under ``into`` (git archive: no worktree left registered)."""
-    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, capture_output=True, check=True)
-    tree = into / rev
-    tree.mkdir(parents=True)
-    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
-        tar.extractall(tree, filter="data")
-    return tree
 
 
 async def run_attacker(name: str, home: Path, target: Target, params: dict) -> tuple[dict, float]:

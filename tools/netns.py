@@ -66,3 +66,16 @@ def linked_hosts(prefix: str, subnet: str = "10.77.0") -> Iterator[tuple[Host, H
     finally:
         for host in (a, b):
             subprocess.run(["ip", "netns", "del", host.netns], capture_output=True, timeout=30)
+
+
+@contextlib.contextmanager
+def private_loopback(name: str) -> Iterator[Host]:
+    """A namespace with only its own loopback, multicast on: mDNS among processes run in it reaches
+    each other and nothing outside (the host's LAN never sees it)."""
+    try:
+        sh("ip", "netns", "add", name)
+        sh("ip", "-n", name, "link", "set", "lo", "up", "multicast", "on")
+        sh("ip", "-n", name, "route", "add", "224.0.0.0/4", "dev", "lo")
+        yield Host(name, "127.0.0.1")
+    finally:
+        subprocess.run(["ip", "netns", "del", name], capture_output=True, timeout=30)

@@ -1,4 +1,5 @@
-"""What every harness, test and benchmark needs: free ports, polling, a stand-in backend, percentiles.
+"""What every harness, test and benchmark needs: free ports, polling, a stand-in backend, percentiles,
+a process's CPU and memory from /proc, a baseline revision's source tree.
 
 One copy of each, so a fix (a longer poll, a new stand-in flag) reaches every user.
 """
@@ -6,9 +7,12 @@ One copy of each, so a fix (a longer poll, a new stand-in flag) reaches every us
 from __future__ import annotations
 
 import contextlib
+import io
+import os
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,10 +27,13 @@ __all__ = [
     "REPO",
     "free_port",
     "percentile",
+    "proc_cpu_s",
+    "proc_rss_mib",
     "run_where",
     "standin_command",
     "standin_process",
     "standin_up",
+    "tree_of",
     "wait_until",
 ]
 
@@ -116,3 +123,34 @@ def run_where(peer: PeerProcess, *module_args: str, timeout: float = 60) -> subp
     return subprocess.run(
         [*peer.prefix, sys.executable, "-m", *module_args], capture_output=True, text=True, timeout=timeout
     )
+
+
+def proc_rss_mib(pid: int) -> float:
+    """Resident memory of process ``pid`` in MiB (0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) process ``pid`` has used so far (0 when it is gone)."""
+    try:
+        # The command name in parentheses may hold spaces: the fields are counted after it.
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_of(rev: str, into: Path) -> Path:
+    """The source of ``rev`` unpacked under ``into`` (git archive: no worktree left registered)."""
+    archive = subprocess.run(["git", "archive", "--format=tar", rev], cwd=REPO, capture_output=True, check=True)
+    tree = into / rev
+    tree.mkdir(parents=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tree, filter="data")
+    return tree

@@ -79,19 +79,24 @@ class PeerProcess:
         log.close()
         return self
 
+    def poll_ready(self) -> dict | None:
+        """The daemon's run/peer.json once the process we started wrote it, else None (one look, no wait)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise PeerStartError(f"garage-peer exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
+        try:
+            info = json.loads((self.home / "run" / "peer.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if info.get("pid") != self.process.pid:
+            return None  # a file left by an earlier process in this home
+        self.info = info
+        return info
+
     def wait_ready(self, timeout: float = 60.0) -> dict:
-        run_file = self.home / "run" / "peer.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise PeerStartError(f"garage-peer exited with {self.process.returncode}:\n{log_tail(self.log_path)}")
-            try:
-                info = json.loads(run_file.read_text())
-                if info.get("pid") == self.process.pid:
-                    self.info = info
-                    return info
-            except (OSError, ValueError):
-                pass
+            if (info := self.poll_ready()) is not None:
+                return info
             time.sleep(0.05)
         raise PeerStartError(f"garage-peer not ready after {timeout:.0f} s:\n{log_tail(self.log_path)}")
 
@@ -125,9 +130,11 @@ def peer_args(
     bootstrap: list[str] = (),
     backends: dict[str, str] | None = None,
     extra: list[str] = (),
+    mdns: bool = False,
 ) -> list[str]:
-    """Command-line arguments for a loopback-only peer (no mDNS multicast)."""
-    args = ["--listen", listen, "--api", api, "--no-mdns"]
+    """Command-line arguments for a loopback-only peer (no mDNS multicast unless ``mdns``: only in a
+    network namespace of its own, where the multicast stays)."""
+    args = ["--listen", listen, "--api", api, "--mdns" if mdns else "--no-mdns"]
     for b in bootstrap:
         args += ["--bootstrap", b]
     for name, url in (backends or {}).items():
