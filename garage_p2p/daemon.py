@@ -29,7 +29,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__
-from .core.capabilities import Benchmark, Load, ModelOffer, PeerTable
+from .core.capabilities import Benchmark, ModelOffer, PeerTable
 from .core.identity import Identity
 from .core.ledger_caps import ReplicationCaps
 from .core.limits import Limits
@@ -97,7 +97,6 @@ class Peer:
     jobs: JobManager | None = None
     job_worker: JobWorker | None = None
     api_url: str = ""
-    backend_load: dict[str, Load] = field(default_factory=dict)
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     driver_version: str | None = None
@@ -111,15 +110,13 @@ class Peer:
         for backend in sorted(self.provider.backends.values(), key=lambda b: b.name):
             if not backend.healthy:
                 continue
-            load = self.backend_load.get(backend.name) or Load()
-            load = load.model_copy(update={"in_flight": self.provider.in_flight_by_model.get(backend.name, 0)})
             offers.append(
                 ModelOffer(
                     name=backend.name,
                     context_length=backend.context_length,
                     max_concurrency=self.provider.max_concurrency,
                     benchmark=self.benchmarks.get(backend.name),
-                    load=load,
+                    load=self.provider.live_load(backend.name),
                 )
             )
         return tuple(offers)
@@ -274,7 +271,7 @@ async def _watch_load(peer: Peer, client: httpx.AsyncClient) -> None:
             if backend.healthy:
                 load = await scrape_load(client, metrics_url(backend.base_url), backend.backend_model)
                 if load is not None:
-                    peer.backend_load[backend.name] = load
+                    peer.provider.backend_load[backend.name] = load
         await trio.sleep(LOAD_INTERVAL)
 
 

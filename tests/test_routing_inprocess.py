@@ -8,12 +8,18 @@ from __future__ import annotations
 
 import collections
 import time
+from contextlib import asynccontextmanager
 
 import httpx
 import trio
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
 
+from garage_p2p.core.capabilities import Benchmark
 from garage_p2p.runtime.bench import run_benchmark
 from garage_p2p.store.bench_store import save_benchmark
+from tools.standin_backend import create_standin_app, metrics_text, serve_standin
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
 
@@ -52,6 +58,58 @@ async def test_under_load_most_requests_go_to_the_fast_provider(tmp_path, http):
                     ).json()
                     assert route["candidates"][0]["peer_id"] == fast.identity.peer_id
                     assert route["candidates"][0]["estimate_s"] < route["candidates"][1]["estimate_s"]
+
+
+@asynccontextmanager
+async def backend_with_queue(queue: dict[str, int]):
+    """A StandInBackend whose /metrics reports ``queue["waiting"]`` requests waiting, as vLLM would."""
+
+    async def metrics(request):
+        return PlainTextResponse(metrics_text("tiny", running=1, waiting=queue["waiting"]))
+
+    app = Starlette(routes=[Route("/metrics", metrics), Mount("", app=create_standin_app("tiny"))])
+    async with trio.open_nursery() as nursery:
+        bound = await nursery.start(serve_standin, app, "127.0.0.1", 0)
+        yield bound[0] + "/v1"
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_load_on_an_end_frame_steers_the_next_request(tmp_path, http):
+    queue = {"waiting": 0}
+    # A is the faster (by its benchmark): idle, it is chosen every time.
+    save_benchmark(
+        tmp_path / "a",
+        "tiny",
+        Benchmark(single_stream_tps=200, aggregate_tps=800, concurrency=8, ttft_p50_ms=20, measured_at=time.time()),
+    )
+    save_benchmark(
+        tmp_path / "b",
+        "tiny",
+        Benchmark(single_stream_tps=50, aggregate_tps=200, concurrency=8, ttft_p50_ms=100, measured_at=time.time()),
+    )
+    # Ads once an hour: what the consumer learns of A's queue comes on END frames only.
+    async with backend_with_queue(queue) as a_url, standin_backend() as b_url:
+        async with running_peer(tmp_path / "a", backends={"tiny": a_url}, ad_interval=3600) as a:
+            async with running_peer(
+                tmp_path / "b", backends={"tiny": b_url}, ad_interval=3600, bootstrap=first_addr(a)
+            ) as b:
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(a) + first_addr(b)) as c:
+                    a_id, b_id = a.identity.peer_id, b.identity.peer_id
+                    await wait_for_model(c, "tiny", providers=2)
+                    await wait_for(lambda: {a_id, b_id} <= set(c.mesh.connected_peers()))
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                    assert r.headers["x-garage-provider"] == a_id
+                    queue["waiting"] = 40  # A's backend fills up
+                    await wait_for(lambda: a.provider.live_load("tiny").waiting == 40)
+                    pinned = {"x-garage-peer": a_id}
+                    r = await http.post(c.api_url + "/chat/completions", json=CHAT, headers=pinned)
+                    assert r.status_code == 200
+                    for _ in range(8):
+                        r = await http.post(c.api_url + "/chat/completions", json=CHAT)
+                        assert r.status_code == 200 and r.headers["x-garage-provider"] == b_id
+                    # The premise: C's ad of A still says A is idle.
+                    [offer] = c.table.get(a_id, time.time()).ad.models
+                    assert offer.load is None or offer.load.waiting == 0
 
 
 async def test_region_and_pin_headers(tmp_path, http):

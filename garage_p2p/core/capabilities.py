@@ -33,7 +33,9 @@ from pydantic import Field, field_validator
 from .errors import PeerFault
 from .identity import Identity, IdentityError, peer_id_from_public_key, verify
 from .limits import Limiter, Limits
+from .messages import Load as Load  # ads carry it; defined with the frames that carry it too
 from .messages import WireModel, decode_json
+from .provider_index import IndexedSet, ProviderIndex
 from .wire import HEADER_SIZE
 
 TOPIC_CAPS = "garage/caps/1"
@@ -99,19 +101,6 @@ class Benchmark(WireModel):
     """Median time to first token of one stream alone, in milliseconds."""
     measured_at: float = Field(ge=0)
     """Unix time of the measurement."""
-
-
-class Load(WireModel):
-    """How busy a backend is right now."""
-
-    running: float = Field(default=0, ge=0, le=1e6)
-    """Requests the backend is running (vLLM ``num_requests_running``)."""
-    waiting: float = Field(default=0, ge=0, le=1e6)
-    """Requests queued in the backend (vLLM ``num_requests_waiting``)."""
-    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
-    """Fraction of the KV cache in use, if the backend reports it."""
-    in_flight: int = Field(default=0, ge=0, le=1_000_000)
-    """Mesh requests this peer is serving for the model."""
 
 
 class ModelOffer(WireModel):
@@ -441,6 +430,8 @@ class PeerTable:
         """Signed bytes per source."""
         self._own_seqs: OrderedDict[int, None] = OrderedDict()
         self._publishers = Limiter(max_parties=4 * max_peers)
+        self._index = ProviderIndex()
+        """The peers held, by model and region, for the router's random draws."""
         self.dealt_with: Callable[[], Collection[str]] = frozenset
         """Peers whose ads the table keeps first (the daemon: those we are connected to)."""
         self.impostor_addrs: tuple[str, ...] = ()
@@ -537,6 +528,7 @@ class PeerTable:
         )
         self._arrivals += 1
         self._entries[ad.peer_id] = entry
+        self._index.add(ad.peer_id, (m.name for m in ad.models), ad.region)
         self._bytes += len(wire)
         self._held[source] += 1
         self._held_bytes[source] += len(wire)
@@ -544,6 +536,7 @@ class PeerTable:
 
     def _drop(self, peer_id: str) -> None:
         entry = self._entries.pop(peer_id)
+        self._index.remove(peer_id, (m.name for m in entry.ad.models), entry.ad.region)
         self._bytes -= len(entry.wire)
         self._held[entry.source] -= 1
         self._held_bytes[entry.source] -= len(entry.wire)
@@ -653,8 +646,19 @@ class PeerTable:
         return TableAnswer([own_ad, *ads], TableCursor(epoch=self.epoch, cursor=cursor))
 
     def providers(self, model: str, now: float) -> list[PeerEntry]:
-        """Live entries of peers serving ``model``."""
-        return [e for e in self.entries(now) if any(m.name == model for m in e.ad.models)]
+        """Live entries of peers serving ``model``, in peer-id order."""
+        held = (self.get(peer_id, now) for peer_id in sorted(self._index.members(model)))
+        return [e for e in held if e is not None]
+
+    def serving(self, model: str, region: str | None = None) -> IndexedSet:
+        """The peers held that serve ``model`` in ``region`` (a superset for a region deeper than
+        the index's; expired ones until ``expire`` runs), for ``routing.Router.shortlist``'s draws."""
+        return self._index.members(model, region)
+
+    def live_ad(self, peer_id: str, now: float) -> CapabilityAd | None:
+        """The ad of ``peer_id`` if it is held and has not expired."""
+        entry = self.get(peer_id, now)
+        return entry.ad if entry is not None else None
 
     def models(self, now: float) -> dict[str, list[str]]:
         """Model name → peer ids serving it."""

@@ -56,6 +56,19 @@ class OpenAIError(WireModel):
     """Machine-readable code, e.g. ``model_not_found``."""
 
 
+class Load(WireModel):
+    """How busy a backend is right now."""
+
+    running: float = Field(default=0, ge=0, le=1e6)
+    """Requests the backend is running (vLLM ``num_requests_running``)."""
+    waiting: float = Field(default=0, ge=0, le=1e6)
+    """Requests queued in the backend (vLLM ``num_requests_waiting``)."""
+    kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
+    """Fraction of the KV cache in use, if the backend reports it."""
+    in_flight: int = Field(default=0, ge=0, le=1_000_000)
+    """Mesh requests this peer is serving for the model."""
+
+
 class ErrorInfo(WireModel):
     """Body of an ERROR frame: the request failed."""
 
@@ -67,6 +80,9 @@ class ErrorInfo(WireModel):
     """True when nothing was served and another provider may succeed."""
     retry_after: float | None = Field(default=None, ge=0, le=3600)
     """Seconds to wait before asking this provider again, if it is busy."""
+    load: Load | None = None
+    """The provider's live load for the model when it refused (a busy reply), so the consumer's
+    router sees the queue now rather than in an ad that may be minutes old."""
 
 
 class Usage(WireModel):
@@ -98,6 +114,10 @@ class EndInfo(WireModel):
     """The provider's timings."""
     receipt: str | None = Field(default=None, max_length=4096)
     """The provider-signed receipt, base64(signature | receipt JSON); the consumer counter-signs it."""
+    load: Load | None = None
+    """The provider's live load for the model as the request ended (what its ads carry): the
+    consumer's router scores it by this until a fresher ad says otherwise (ads are not re-sent
+    on every load change)."""
 
 
 M = TypeVar("M", bound=WireModel)

@@ -7,15 +7,25 @@ completion time, in seconds:
     rtt + relay_penalty + ttft × (1 + waiting / concurrency) + tokens / rate(n + 1)
         + failure_penalty × recent failures + fork_penalty if the ledger flags it
 
-where ``n`` is what runs there now (``running + waiting`` from its ad, plus
-the requests we sent since), ``tokens`` is the request's ``max_tokens`` (or
+where ``n`` is what runs there now (``running + waiting`` from its live load,
+plus the requests we sent since), ``tokens`` is the request's ``max_tokens`` (or
 a default) and ``rate(k)`` is the per-stream speed with ``k`` streams,
 interpolated between the benchmark's single-stream and aggregate figures. A
 provider with no benchmark gets pessimistic defaults. A KV cache over 95 %
 full scales the estimate by 1.5 (the backend starts preempting).
 
-The order to try: power of two choices (two eligible providers drawn at
-random, the better one first), then the rest best first. The random draw
+The live load is the fresher of the ad's (when it is under AD_LOAD_MAX_AGE
+old: ads are re-sent on change and a long heartbeat, not every few seconds)
+and the one the provider itself put in its last END or busy reply to us
+(``observe``).
+
+Only a shortlist is scored (``shortlist``), so that choosing costs the same
+with ten providers of a model or ten thousand: the providers we heard from
+last, plus a few drawn at random from the table's per-model index (region
+constraints applied by the index, a pinned peer looked up directly).
+
+The order to try: power of two choices (two eligible providers of the
+shortlist drawn at random, the better one first), then the rest best first. The random draw
 keeps many consumers from herding onto the one provider that looks best in
 everyone's slightly stale table; the score keeps them off slow ones.
 
@@ -28,10 +38,14 @@ when every honest provider is far worse.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
+from typing import Protocol
 
-from .capabilities import CapabilityAd, ModelOffer
+from .capabilities import CapabilityAd, Load, ModelOffer
+from .provider_index import IndexedSet
 
 DEFAULT_TOKENS = 256
 DEFAULT_SINGLE_TPS = 20.0
@@ -40,6 +54,27 @@ RELAY_PENALTY = 0.15
 FAILURE_PENALTY = 1.0
 FORK_PENALTY = 30.0
 KV_FULL = 0.95
+SAMPLE_SIZE = 8
+"""Providers drawn at random per request. Power of two choices needs two; eight keep the choice
+close to the best of all (the chance that none of the best eighth is drawn is (7/8)^8 ≈ 34 %,
+but the rest of the draw is then near them) at a cost that does not grow with the mesh."""
+RECENT_SIZE = 4
+"""Providers we heard from last (their END or busy reply) that are always on the shortlist: their
+load is the freshest we know, and a connection to them is likely open."""
+SHORTLIST_MAX = RECENT_SIZE + SAMPLE_SIZE
+"""Providers scored per request, besides the ones the caller always adds (its own backend)."""
+DRAW_ROUNDS = 4
+"""Draws of SAMPLE_SIZE at most when drawn providers are banned, expired or out of the region: a
+mostly banned model still finds its good providers, in bounded time."""
+AD_LOAD_MAX_AGE = 30.0
+"""An ad's load older than this (by its issue time) is ignored: ads are re-sent only on change and
+on a long heartbeat, so an ad's queue may be minutes old; idle is a better guess than that."""
+OBSERVED_MAX_AGE = 180.0
+"""An observed load (from an END or busy reply) is forgotten after this many seconds."""
+MAX_OBSERVED_PER_MODEL = 64
+"""Providers of one model whose observed load we keep (the latest heard from)."""
+MAX_OBSERVED_MODELS = 16
+"""Models we keep observed loads for (the latest used)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +115,32 @@ class Candidate:
     """Why it is not eligible."""
     parts: Mapping[str, float] = field(default_factory=dict)
     """The estimate's terms, for ``garage route``."""
+
+
+class ProviderPool(Protocol):
+    """Where the shortlist draws providers from: ``PeerTable``."""
+
+    def serving(self, model: str, region: str | None = None) -> IndexedSet:
+        """Peers serving ``model`` in ``region`` (a superset is fine: the draw is filtered)."""
+        ...
+
+    def live_ad(self, peer_id: str, now: float) -> CapabilityAd | None:
+        """The peer's ad, if held and not expired."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """A provider's load as it told us itself."""
+
+    load: Load
+    """What its END or busy reply said."""
+    at: float
+    """When we read it (the ``now`` the caller gave)."""
+
+
+def offer_of(ad: CapabilityAd, model: str) -> ModelOffer | None:
+    return next((m for m in ad.models if m.name == model), None)
 
 
 def region_matches(wanted: str | None, region: str | None) -> bool:
@@ -126,6 +187,8 @@ class Router:
         self._max_ban = max_ban
         self._relay_penalty = relay_penalty
         self._failures: dict[str, _Failures] = {}
+        self._observed: OrderedDict[str, OrderedDict[str, Observed]] = OrderedDict()
+        """Model → provider → its latest observed load, least recently heard first."""
         self.outstanding: dict[str, int] = {}
         """Requests we have running at each provider."""
 
@@ -160,14 +223,50 @@ class Router:
         else:
             self.outstanding.pop(peer_id, None)
 
+    def observe(self, peer_id: str, model: str, load: Load, now: float) -> None:
+        """``peer_id`` told us its live load for ``model`` (in an END or busy reply) at ``now``."""
+        seen = self._observed.get(model)
+        if seen is None:
+            seen = self._observed[model] = OrderedDict()
+            while len(self._observed) > MAX_OBSERVED_MODELS:
+                self._observed.popitem(last=False)
+        self._observed.move_to_end(model)
+        seen[peer_id] = Observed(load, now)
+        seen.move_to_end(peer_id)
+        while len(seen) > MAX_OBSERVED_PER_MODEL:
+            seen.popitem(last=False)
+
+    def _heard(self, model: str, now: float) -> OrderedDict[str, Observed]:
+        """The observed loads of ``model``'s providers, the ones past OBSERVED_MAX_AGE dropped
+        (oldest first, so this costs what it drops)."""
+        seen = self._observed.get(model)
+        if seen is None:
+            return OrderedDict()
+        while seen and next(iter(seen.values())).at < now - OBSERVED_MAX_AGE:
+            seen.popitem(last=False)
+        return seen
+
+    def recent(self, model: str, now: float) -> Iterator[str]:
+        """The providers of ``model`` we heard from last, latest first (RECENT_SIZE at most)."""
+        return islice(reversed(self._heard(model, now)), RECENT_SIZE)
+
+    def live_load(self, ad: CapabilityAd, offer: ModelOffer, now: float) -> Load | None:
+        """The fresher of the ad's load (if under AD_LOAD_MAX_AGE old) and the observed one."""
+        issued = min(ad.issued_at, now)  # an issuer whose clock is ahead is not fresher for it
+        advertised = offer.load if offer.load is not None and now - issued <= AD_LOAD_MAX_AGE else None
+        seen = self._heard(offer.name, now).get(ad.peer_id)
+        if seen is not None and (advertised is None or seen.at >= issued):
+            return seen.load
+        return advertised
+
     # -- scoring ----------------------------------------------------------------
 
     def score(self, ad: CapabilityAd, request: RouteRequest, path: PathInfo, now: float) -> Candidate:
-        offer = next((m for m in ad.models if m.name == request.model), None)
+        offer = offer_of(ad, request.model)
         peer = ad.peer_id
         if offer is None:
             return Candidate(peer, float("inf"), False, "does not serve the model")
-        load = offer.load
+        load = self.live_load(ad, offer, now)
         running = (load.running + load.waiting) if load else 0.0
         busy = running + self.outstanding.get(peer, 0)
         bench = offer.benchmark
@@ -195,6 +294,52 @@ class Router:
             reason = f"banned for {self.banned_until(peer) - now:.1f} s after {self.failures(peer)} failures"
         return Candidate(peer, estimate, not reason, reason, parts)
 
+    def shortlist(
+        self, pool: ProviderPool, request: RouteRequest, now: float, also: Sequence[CapabilityAd] = ()
+    ) -> list[CapabilityAd]:
+        """The eligible providers worth scoring for ``request``: those of ``also`` (our own ad), the
+        ones we heard from last (RECENT_SIZE) and SAMPLE_SIZE drawn at random from ``pool``'s
+        index; a pinned peer alone. The work is bounded by DRAW_ROUNDS × SAMPLE_SIZE lookups, however
+        many providers the model has."""
+        model, pinned = request.model, request.pinned_peer
+
+        def eligible(ad: CapabilityAd | None) -> bool:
+            return (
+                ad is not None
+                and offer_of(ad, model) is not None
+                and (pinned is None or ad.peer_id == pinned)
+                and region_matches(request.region, ad.region)
+                and self.banned_until(ad.peer_id) <= now
+            )
+
+        picked = {ad.peer_id: ad for ad in also if eligible(ad)}
+        if pinned is not None:
+            ad = picked.get(pinned) or pool.live_ad(pinned, now)
+            return [ad] if ad is not None and eligible(ad) else []
+        for peer_id in self.recent(model, now):
+            ad = pool.live_ad(peer_id, now)
+            if ad is not None and eligible(ad):
+                picked.setdefault(peer_id, ad)
+        members = pool.serving(model, request.region)
+        drawn: set[str] = set()
+        sampled = 0
+        for _ in range(DRAW_ROUNDS):
+            if sampled >= SAMPLE_SIZE or len(drawn) >= len(members):
+                break
+            for peer_id in members.sample(SAMPLE_SIZE, self._rng):
+                if peer_id in drawn:
+                    continue
+                drawn.add(peer_id)
+                if peer_id in picked:
+                    continue
+                ad = pool.live_ad(peer_id, now)
+                if ad is not None and eligible(ad):
+                    picked[peer_id] = ad
+                    sampled += 1
+                    if sampled >= SAMPLE_SIZE:
+                        break
+        return list(picked.values())
+
     def rank(
         self,
         ads: Sequence[CapabilityAd],
@@ -213,7 +358,8 @@ class Router:
         paths: Mapping[str, PathInfo],
         now: float,
     ) -> list[Candidate]:
-        """The eligible providers in the order to try them."""
+        """The eligible ones of ``ads`` in the order to try them (give it a ``shortlist``: it scores
+        every ad)."""
         ranked = [c for c in self.rank(ads, request, paths, now) if c.eligible]
         if len(ranked) < 2:
             return ranked

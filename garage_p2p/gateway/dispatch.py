@@ -1,8 +1,10 @@
 """Send a request to the best provider, retrying elsewhere before the first byte.
 
 Routing reads the local peer table (filled by gossip and table syncs), never
-the network. Only when no peer is known to serve a model does the consumer
-ask the DHT, once, before answering 404. Providers that cannot be dialled,
+the network, and scores a shortlist of it (``Router.shortlist``); the live
+load that END frames and busy replies carry goes back to the router. Only
+when no peer is known to serve a model does the consumer ask the DHT, once,
+before answering 404. Providers that cannot be dialled,
 are busy, or fail before any response byte are banned for a while and the
 next one is tried, within the request's deadline and a bounded number of
 attempts (``core.routing.Router``).
@@ -20,7 +22,7 @@ import trio
 
 from ..core.capabilities import CapabilityAd, PeerTable
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, head_frame
-from ..core.messages import PROTOCOL_OPENAI, EndInfo, ErrorInfo, RequestHead, error_info
+from ..core.messages import PROTOCOL_OPENAI, EndInfo, ErrorInfo, Load, RequestHead, error_info
 from ..core.routing import Candidate, PathInfo, Router, RouteRequest
 from ..mesh.host import DialError, Mesh
 from ..provider.service import ProviderService
@@ -96,6 +98,10 @@ class Dispatcher:
         own = self.mesh.peer_id
         return {ad.peer_id: PathInfo(rtt=0.0) if ad.peer_id == own else self._path(ad.peer_id) for ad in ads}
 
+    def shortlist(self, request: RouteRequest) -> list[CapabilityAd]:
+        """The providers worth scoring for ``request`` (``Router.shortlist``), ourselves included."""
+        return self.router.shortlist(self.table, request, time.time(), also=(self._own_ad(),))
+
     def explain(self, request: RouteRequest) -> list[Candidate]:
         """Every provider of the model with its score (``garage route``)."""
         ads = self.provider_ads(request.model)
@@ -104,23 +110,25 @@ class Dispatcher:
     async def start(self, head: RequestHead, request: RouteRequest) -> Started:
         """Find a provider that starts answering; DispatchFailed if none does."""
         deadline = trio.current_time() + head.timeout
-        ads = self.provider_ads(request.model)
-        if not ads and self._lookup is not None:
+        ads = self.shortlist(request)
+        if not ads and self._lookup is not None and not self.provider_ads(request.model):
             await self._lookup(request.model)
-            ads = self.provider_ads(request.model)
-        if not ads:
-            raise DispatchFailed(
-                error_info(
-                    404,
-                    f"no peer in the mesh serves the model {request.model!r}",
-                    type="invalid_request_error",
-                    param="model",
-                    code="model_not_found",
-                )
-            )
+            ads = self.shortlist(request)
         candidates = self.router.choose(ads, request, self.paths(ads), time.time())
         if not candidates:
-            raise DispatchFailed(self._none_eligible(ads, request))
+            # Rare (nobody eligible): the full list, to say why.
+            known = self.provider_ads(request.model)
+            if not known:
+                raise DispatchFailed(
+                    error_info(
+                        404,
+                        f"no peer in the mesh serves the model {request.model!r}",
+                        type="invalid_request_error",
+                        param="model",
+                        code="model_not_found",
+                    )
+                )
+            raise DispatchFailed(self._none_eligible(known, request))
         busy: list[ErrorInfo] = []
         last: ErrorInfo | None = None
         for candidate in candidates[:MAX_ATTEMPTS]:
@@ -129,7 +137,7 @@ class Dispatcher:
                 break
             addrs = next((ad.addrs for ad in ads if ad.peer_id == peer_id), ())
             try:
-                exchange = await self._open(peer_id, addrs, head, deadline)
+                exchange = await self._open(peer_id, addrs, head, request.model, deadline)
             except DialError as exc:
                 log.info("provider %s unreachable: %s", peer_id, exc)
                 self.router.failed(peer_id, time.time())
@@ -207,10 +215,16 @@ class Dispatcher:
             code="no_provider_available",
         )
 
-    async def _open(self, peer_id: str, addrs: tuple[str, ...], head: RequestHead, deadline: float) -> FrameExchange:
+    async def _open(
+        self, peer_id: str, addrs: tuple[str, ...], head: RequestHead, model: str, deadline: float
+    ) -> FrameExchange:
         on_close = self.router.finished
+
+        def on_load(load: Load) -> None:
+            self.router.observe(peer_id, model, load, time.time())
+
         if peer_id == self.mesh.peer_id:
-            return self._open_local(head, deadline, on_close)
+            return self._open_local(head, deadline, on_close, on_load)
         timeout = max(0.1, min(DIAL_TIMEOUT, deadline - trio.current_time()))
         stream = await self.mesh.open_stream_lazy(peer_id, addrs, PROTOCOL_OPENAI, head_frame(head), timeout)
         countersign = None
@@ -220,9 +234,15 @@ class Dispatcher:
             def countersign(end: EndInfo) -> bytes | None:
                 return sign(peer_id, head, end)
 
-        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close, countersign, self._nursery)
+        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close, countersign, self._nursery, on_load)
 
-    def _open_local(self, head: RequestHead, deadline: float, on_close: Callable[[str], None]) -> FrameExchange:
+    def _open_local(
+        self,
+        head: RequestHead,
+        deadline: float,
+        on_close: Callable[[str], None],
+        on_load: Callable[[Load], None],
+    ) -> FrameExchange:
         """Serve from our own backend through the same frames, in a task."""
         assert self.local is not None
         frames_send, frames_receive = trio.open_memory_channel[bytes](16)
@@ -249,4 +269,4 @@ class Dispatcher:
             scope.cancel()
             await frames_receive.aclose()
 
-        return FrameExchange(self.mesh.peer_id, receive, close, deadline, head.timeout, on_close)
+        return FrameExchange(self.mesh.peer_id, receive, close, deadline, head.timeout, on_close, on_load=on_load)

@@ -7,12 +7,13 @@ cancel scope never spans a ``yield`` (trio forbids that pattern).
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 import trio
 
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseEnd, ResponseEvent, ResponseFailed, ResponseReader, truncated_failure
-from ..core.messages import EndInfo, error_info
+from ..core.messages import EndInfo, Load, error_info
 from ..mesh.streams import NegotiatingStream, StreamBroken
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,11 @@ class FrameExchange:
         timeout: float,
         on_close=None,
         background: trio.Nursery | None = None,
+        on_load: Callable[[Load], None] | None = None,
     ) -> None:
         self.provider = provider
+        self._on_load = on_load
+        """Told the provider's live load when its END or busy reply carries one (the router's ``observe``)."""
         self._background = background
         self._on_close = on_close
         self._closed = False
@@ -100,6 +104,8 @@ class FrameExchange:
         event = self._pending.pop(0)
         if isinstance(event, ResponseEnd):
             self.end = event.info
+        if isinstance(event, ResponseEnd | ResponseFailed) and event.info.load is not None and self._on_load:
+            self._on_load(event.info.load)
         return event
 
     async def aclose(self) -> None:
@@ -128,6 +134,7 @@ def stream_exchange(
     on_close=None,
     countersign=None,
     background=None,
+    on_load: Callable[[Load], None] | None = None,
 ) -> FrameExchange:
     """An exchange on a libp2p stream; ``countersign(end)`` gives the COSIGN frame to send after END."""
 
@@ -143,5 +150,5 @@ def stream_exchange(
         # An unfinished exchange is reset so the provider stops generating.
         await stream.close(reset=unfinished)
 
-    exchange = FrameExchange(provider, stream.read_some, close, deadline, timeout, on_close, background)
+    exchange = FrameExchange(provider, stream.read_some, close, deadline, timeout, on_close, background, on_load)
     return exchange

@@ -25,7 +25,7 @@ from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
 from ..core.gpu_meter import GpuMeter, ReceiptClock
 from ..core.identity import Identity
 from ..core.limits import Limits
-from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
+from ..core.messages import EndInfo, ErrorInfo, Load, RequestHead, Timings, Usage, error_info
 from ..core.penalties import Penalise
 from ..core.receipts import (
     Receipt,
@@ -138,6 +138,8 @@ class ProviderService:
         self.in_flight = 0
         self.in_flight_by_model: dict[str, int] = {}
         """Requests being served per model (advertised as live load)."""
+        self.backend_load: dict[str, Load] = {}
+        """Each backend's latest scraped load (vLLM's /metrics), by model."""
         self.draining = False
         self.penalise = penalise
         """Where protocol violations go (``Mesh.penalise``: counted per service, enough of them ban the peer)."""
@@ -145,6 +147,11 @@ class ProviderService:
         """Where served requests are counted (``/metrics``); None counts nothing."""
         self._idle = trio.Event()
         self._idle.set()
+
+    def live_load(self, model: str) -> Load:
+        """The live load of ``model``'s backend, as ads, END frames and busy replies carry it."""
+        load = self.backend_load.get(model) or Load()
+        return load.model_copy(update={"in_flight": self.in_flight_by_model.get(model, 0)})
 
     def serves(self, model: str) -> bool:
         backend = self.backends.get(model)
@@ -285,7 +292,8 @@ class ProviderService:
         party = consumer or LOCAL
         refusal = await self._admit(party)
         if refusal is not None:
-            await send(outcome.error(refusal))
+            # The queue that made us refuse, for the consumer's router (its ad of us may be old).
+            await send(outcome.error(refusal.model_copy(update={"load": self.live_load(backend.name)})))
             return None
         meter = self.meters.setdefault(backend.name, GpuMeter(backend.gpus))
         meter.gpus = backend.gpus
@@ -436,7 +444,8 @@ class ProviderService:
         )
         signed = self._receipt(head, backend, usage, metering)
         # The last data and END go in one write: one muxer frame fewer per request.
-        return tail + end_frame(EndInfo(usage=usage, timings=timings, receipt=signed))
+        end = EndInfo(usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name))
+        return tail + end_frame(end)
 
     def _receipt(self, head: RequestHead, backend: Backend, usage: Usage | None, metering: _Metering) -> str | None:
         """End the request's GPU metering; for a remote consumer, the signed receipt for END."""

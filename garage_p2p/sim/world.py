@@ -487,8 +487,13 @@ class World:
                 ttft_p50_ms=kind.ttft_ms / scale,
                 measured_at=EPOCH,
             ),
-            load=Load(running=peer.gpu.running, waiting=0, in_flight=len(peer.flights)),
+            load=self._live_load(peer),
         )
+
+    @staticmethod
+    def _live_load(peer: SimPeer) -> Load:
+        """What a provider's ads and END frames say of its load (``ProviderService.live_load``)."""
+        return Load(running=peer.gpu.running, waiting=0, in_flight=len(peer.flights))
 
     def _ad_changed(self, peer: SimPeer) -> None:
         """Load or addresses changed: publish within a second (mesh/caps.py's MIN_GAP)."""
@@ -621,19 +626,19 @@ class World:
         now = self.engine.now
         model = flight.record.model
         self._catch_up(consumer, model)
-        ads = [e.ad for e in consumer.table.providers(model, EPOCH + now)]
-        if not ads and not flight.looked_up:
+        request = RouteRequest(model, expected_tokens=flight.record.max_tokens)
+        ads = consumer.router.shortlist(consumer.table, request, EPOCH + now)
+        if not ads and not flight.looked_up and not consumer.table.serving(model):
             # Nobody known: ask the DHT once (dispatch.py), then fetch the found peers' ads.
             flight.looked_up = True
             self.counters["dht_lookups"] += 1
             self.engine.after(cal.DHT_LOOKUP_S, self._looked_up, flight)
             return
-        if not ads:
+        if not ads and not consumer.table.serving(model):
             self._finish(flight, 404, "model_not_found")
             return
         # Only providers we hold a connection to have a measured path; the rest are unknown (PathInfo()).
-        paths = {self.peers[p].peer_id: self._path(consumer, p) for p in consumer.conns}
-        request = RouteRequest(model, expected_tokens=flight.record.max_tokens)
+        paths = {ad.peer_id: self._path(consumer, self.by_id[ad.peer_id].idx) for ad in ads}
         candidates = consumer.router.choose(ads, request, paths, EPOCH + now)
         if not candidates:
             self._finish(flight, 503, "no_provider_available")
@@ -919,6 +924,7 @@ class World:
                 first_byte_ms=(flight.first_byte - flight.arrived) * 1000, total_ms=(now - flight.arrived) * 1000
             ),
             receipt=pack_signed(raw, sign_receipt(provider.identity, raw)),
+            load=self._live_load(provider),
         )
         conn = flight.conn
         back = self._one_way_over(flight.consumer, provider.idx, conn, now) + cal.MESH_OVERHEAD_MS / 1000
@@ -944,6 +950,8 @@ class World:
         )
         assert problem is None, problem
         consumer.router.succeeded(provider.peer_id)
+        if event.info.load is not None:
+            consumer.router.observe(provider.peer_id, flight.record.model, event.info.load, EPOCH + self.engine.now)
         record = flight.record
         record.tokens = event.info.usage.completion_tokens
         record.path = flight.conn.kind_at(self.engine.now) if flight.conn else None

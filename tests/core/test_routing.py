@@ -2,19 +2,32 @@ import random
 
 import pytest
 
-from garage_p2p.core.capabilities import Benchmark, Load, ModelOffer, make_ad
+from garage_p2p.core.capabilities import Benchmark, Load, ModelOffer, PeerTable, make_ad
 from garage_p2p.core.identity import Identity
-from garage_p2p.core.routing import PathInfo, Router, RouteRequest, per_stream_rate, region_matches
+from garage_p2p.core.routing import (
+    AD_LOAD_MAX_AGE,
+    MAX_OBSERVED_MODELS,
+    MAX_OBSERVED_PER_MODEL,
+    OBSERVED_MAX_AGE,
+    RECENT_SIZE,
+    SAMPLE_SIZE,
+    SHORTLIST_MAX,
+    PathInfo,
+    Router,
+    RouteRequest,
+    per_stream_rate,
+    region_matches,
+)
 
 NOW = 1000.0
 FAST = Benchmark(single_stream_tps=100, aggregate_tps=400, concurrency=8, ttft_p50_ms=50, measured_at=0)
 SLOW = Benchmark(single_stream_tps=20, aggregate_tps=100, concurrency=8, ttft_p50_ms=300, measured_at=0)
 
 
-def ad(seed: int, bench=FAST, load=None, region=None, model="m"):
-    identity = Identity.from_seed(bytes([seed]) * 32)
+def ad(seed: int, bench=FAST, load=None, region=None, model="m", seed_bytes=False):
+    identity = Identity.from_seed(seed.to_bytes(32, "big") if seed_bytes else bytes([seed]) * 32)
     offer = ModelOffer(name=model, benchmark=bench, load=load)
-    return make_ad(identity, seq=1, now=0.0, ttl=60, addrs=(), models=(offer,), version="t", region=region)
+    return make_ad(identity, seq=1, now=NOW - 1, ttl=60, addrs=(), models=(offer,), version="t", region=region)
 
 
 REQ = RouteRequest(model="m", expected_tokens=100)
@@ -109,3 +122,123 @@ def test_same_seed_same_order():
     one = [c.peer_id for c in Router(random.Random(7)).choose(ads, REQ, {}, NOW)]
     two = [c.peer_id for c in Router(random.Random(7)).choose(ads, REQ, {}, NOW)]
     assert one == two
+
+
+# -- live load: the ad's while fresh, else what the provider said on its last END ------------------
+
+
+def test_an_ads_load_counts_only_while_fresh():
+    router = Router(random.Random(0))
+    idle = router.score(ad(1), REQ, PathInfo(), NOW).estimate
+    queued = ad(1, load=Load(waiting=20))
+    assert router.score(queued, REQ, PathInfo(), NOW).estimate > idle
+    # The same ad once it is older than AD_LOAD_MAX_AGE: its queue is long gone, or not.
+    later = NOW + AD_LOAD_MAX_AGE + 1
+    assert router.score(queued, REQ, PathInfo(), later).estimate == pytest.approx(idle)
+
+
+def test_the_fresher_of_the_ads_load_and_the_observed_one_counts():
+    router = Router(random.Random(0))
+    pid = ad(1).peer_id
+    idle = router.score(ad(1), REQ, PathInfo(), NOW).estimate
+    router.observe(pid, "m", Load(waiting=20), NOW)  # its END, after the ad was issued (NOW - 1)
+    queued = router.score(ad(1), REQ, PathInfo(), NOW).estimate
+    assert queued > idle
+    # An ad issued after the observation wins; so does the observation once the ad is too old.
+    newer = make_ad(
+        Identity.from_seed(bytes([1]) * 32),
+        seq=2,
+        now=NOW + 5,
+        ttl=60,
+        addrs=(),
+        version="t",
+        models=(ModelOffer(name="m", benchmark=FAST, load=Load()),),
+    )
+    assert router.score(newer, REQ, PathInfo(), NOW + 5).estimate == pytest.approx(idle)
+    assert router.score(newer, REQ, PathInfo(), NOW + 5 + AD_LOAD_MAX_AGE + 1).estimate == pytest.approx(queued)
+    # An observation is forgotten after OBSERVED_MAX_AGE, and only counts for its model.
+    assert router.score(ad(1), REQ, PathInfo(), NOW + OBSERVED_MAX_AGE + 1).estimate == pytest.approx(idle)
+    assert list(router.recent("m", NOW + OBSERVED_MAX_AGE + 1)) == []
+
+
+def test_observed_loads_are_bounded():
+    router = Router(random.Random(0))
+    for i in range(3 * MAX_OBSERVED_PER_MODEL):
+        router.observe(f"p{i}", "m", Load(), NOW + i)
+    for i in range(2 * MAX_OBSERVED_MODELS):
+        router.observe("p", f"model-{i}", Load(), NOW)
+    assert len(router._observed) == MAX_OBSERVED_MODELS
+    assert all(len(seen) <= MAX_OBSERVED_PER_MODEL for seen in router._observed.values())
+    assert list(router.recent(f"model-{2 * MAX_OBSERVED_MODELS - 1}", NOW)) == ["p"]
+
+
+# -- the shortlist: bounded work whatever the number of providers ---------------------------------
+
+
+class CountingRouter(Router):
+    scored = 0
+
+    def score(self, *args, **kwargs):
+        self.scored += 1
+        return super().score(*args, **kwargs)
+
+
+def table_of(n: int, region=lambda i: None) -> tuple[PeerTable, list]:
+    table = PeerTable(max_peers=2 * n)
+    ads = [ad(i, region=region(i), seed_bytes=True) for i in range(n)]
+    for a in ads:
+        table.apply(a, NOW)
+    return table, ads
+
+
+def test_choosing_among_5000_providers_scores_only_the_shortlist():
+    table, ads = table_of(5000)
+    router = CountingRouter(random.Random(3))
+    picked = set()
+    for _ in range(20):
+        shortlist = router.shortlist(table, REQ, NOW)
+        assert 2 <= len(shortlist) <= SHORTLIST_MAX
+        before = router.scored
+        order = router.choose(shortlist, REQ, {}, NOW)
+        assert router.scored - before <= SHORTLIST_MAX
+        router.observe(order[0].peer_id, "m", Load(), NOW)
+        picked.add(order[0].peer_id)
+    assert len(picked) > 5  # random draws, not the same few every time
+    # The ones heard from last are always on the shortlist.
+    recent = list(router.recent("m", NOW))
+    assert len(recent) == RECENT_SIZE
+    assert set(recent) <= {a.peer_id for a in router.shortlist(table, REQ, NOW)}
+
+
+def test_shortlist_applies_region_pin_and_bans_through_the_index():
+    regions = ["se-sto", "se-got", "de-ber", "se-sto-kista-north", "se-sto-kista-south"]
+    # 20 of 2,000 providers have a region, four in each.
+    table, ads = table_of(2000, region=lambda i: regions[(i // 100) % 5] if i % 100 == 0 else "fr-par")
+    router = Router(random.Random(5))
+    se = router.shortlist(table, RouteRequest(model="m", region="se"), NOW)
+    assert len(se) == SAMPLE_SIZE and all(a.region.startswith("se-") for a in se)
+    # Deeper than the index: drawn from se-sto-kista, filtered.
+    deep = router.shortlist(table, RouteRequest(model="m", region="se-sto-kista-north"), NOW)
+    assert len(deep) == 4 and {a.region for a in deep} == {"se-sto-kista-north"}
+    assert router.shortlist(table, RouteRequest(model="m", region="fi"), NOW) == []
+    pinned = ads[1234].peer_id
+    assert [a.peer_id for a in router.shortlist(table, RouteRequest(model="m", pinned_peer=pinned), NOW)] == [pinned]
+    assert router.shortlist(table, RouteRequest(model="other", pinned_peer=pinned), NOW) == []
+    # Banned providers are left out, and drawn around.
+    de = [a for a in ads if a.region == "de-ber"]
+    for a in de[:-1]:
+        router.failed(a.peer_id, NOW)
+    assert [a.peer_id for a in router.shortlist(table, RouteRequest(model="m", region="de"), NOW)] == [de[-1].peer_id]
+
+
+def test_the_index_follows_ads_as_they_change_and_go():
+    table, ads = table_of(3, region=lambda i: "se-sto")
+    first = ads[0]
+    assert len(table.serving("m", "se")) == 3
+    moved = first.model_copy(update={"seq": 2, "region": "de", "models": (ModelOffer(name="n"),)})
+    table.apply(moved, NOW)
+    assert first.peer_id not in table.serving("m") and first.peer_id in table.serving("n", "de")
+    assert len(table.serving("m", "se-sto")) == 2
+    table.forget(ads[1].peer_id)
+    table.expire(NOW + 3600)
+    assert len(table.serving("m")) == 0 and len(table.serving("n")) == 0
