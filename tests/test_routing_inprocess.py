@@ -87,11 +87,12 @@ async def test_the_load_on_an_end_frame_steers_the_next_request(tmp_path, http):
         "tiny",
         Benchmark(single_stream_tps=50, aggregate_tps=200, concurrency=8, ttft_p50_ms=100, measured_at=time.time()),
     )
-    # Ads once an hour: what the consumer learns of A's queue comes on END frames only.
+    # A load change is no reason for a new ad, and the heartbeat is an hour: what the consumer learns
+    # of A's queue comes on END frames only.
     async with backend_with_queue(queue) as a_url, standin_backend() as b_url:
-        async with running_peer(tmp_path / "a", backends={"tiny": a_url}, ad_interval=3600) as a:
+        async with running_peer(tmp_path / "a", backends={"tiny": a_url}, ad_heartbeat=3600) as a:
             async with running_peer(
-                tmp_path / "b", backends={"tiny": b_url}, ad_interval=3600, bootstrap=first_addr(a)
+                tmp_path / "b", backends={"tiny": b_url}, ad_heartbeat=3600, bootstrap=first_addr(a)
             ) as b:
                 async with running_peer(tmp_path / "c", bootstrap=first_addr(a) + first_addr(b)) as c:
                     a_id, b_id = a.identity.peer_id, b.identity.peer_id
