@@ -25,9 +25,10 @@ last, plus a few drawn at random from the table's per-model index (region
 constraints applied by the index, a pinned peer looked up directly).
 
 The order to try: power of two choices (two eligible providers of the
-shortlist drawn at random, the better one first), then the rest best first. The random draw
-keeps many consumers from herding onto the one provider that looks best in
-everyone's slightly stale table; the score keeps them off slow ones.
+shortlist drawn at random, the better one first), then the rest best first.
+The random draw keeps many consumers from herding onto the one provider that
+looks best in everyone's slightly stale table; the score keeps them off slow
+ones.
 
 A provider that fails before its first byte is banned with exponential
 backoff (1 s, 2 s, 4 s … one minute); a success clears it. A provider whose
@@ -55,9 +56,9 @@ FAILURE_PENALTY = 1.0
 FORK_PENALTY = 30.0
 KV_FULL = 0.95
 SAMPLE_SIZE = 8
-"""Providers drawn at random per request. Power of two choices needs two; eight keep the choice
-close to the best of all (the chance that none of the best eighth is drawn is (7/8)^8 ≈ 34 %,
-but the rest of the draw is then near them) at a cost that does not grow with the mesh."""
+"""Providers drawn at random per request. Power of two choices needs two; eight leave room for
+banned and busy ones, and the first choice is as good as when every provider was scored
+(benchmarks/route_cost.py), at a cost that does not grow with the mesh."""
 RECENT_SIZE = 4
 """Providers we heard from last (their END or busy reply) that are always on the shortlist: their
 load is the freshest we know, and a connection to them is likely open."""
@@ -140,6 +141,7 @@ class Observed:
 
 
 def offer_of(ad: CapabilityAd, model: str) -> ModelOffer | None:
+    """What ``ad`` offers of ``model``, if it serves it."""
     return next((m for m in ad.models if m.name == model), None)
 
 

@@ -12,7 +12,7 @@ from garage_p2p.core.exchange import (
     error_frame,
     head_frame,
 )
-from garage_p2p.core.messages import EndInfo, RequestHead, Usage, error_info
+from garage_p2p.core.messages import EndInfo, Load, RequestHead, Usage, error_info
 from garage_p2p.core.wire import FrameType, encode_frame
 
 HEAD = RequestHead(request_id="r1", path="/v1/chat/completions", body={"model": "m", "stream": True}, timeout=30)
@@ -57,6 +57,17 @@ def test_provider_may_not_send_head():
 def test_malformed_error_frame_is_a_fault(payload):
     with pytest.raises(PeerFault):
         ResponseReader().feed(encode_frame(FrameType.ERROR, payload))
+
+
+def test_end_and_busy_frames_carry_the_providers_live_load_validated():
+    [end] = ResponseReader().feed(end_frame(EndInfo(load=Load(running=2, waiting=5, kv_cache_usage=0.5))))
+    assert isinstance(end, ResponseEnd) and end.info.load == Load(running=2, waiting=5, kv_cache_usage=0.5)
+    busy = error_info(429, "busy", type="rate_limit_error", retryable=True).model_copy(update={"load": Load(waiting=9)})
+    [refused] = ResponseReader().feed(error_frame(busy))
+    assert isinstance(refused, ResponseFailed) and refused.info.load == Load(waiting=9)
+    for load in ('{"waiting": -1}', '{"running": 1e7}', '{"kv_cache_usage": 1.5}', '{"waiting": NaN}', "[]"):
+        with pytest.raises(PeerFault, match="load"):
+            ResponseReader().feed(encode_frame(FrameType.END, b'{"load": %s}' % load.encode()))
 
 
 def test_request_head_round_trip_and_unknown_fields_ignored():
