@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import trio
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for_model
@@ -69,5 +71,7 @@ async def test_one_consumer_cannot_take_every_slot(tmp_path, http):
                     with trio.fail_after(5):  # c2 asks only once c1's second request was answered
                         while "c1-b" not in results:
                             await trio.sleep(0.01)
+                    # The busy reply told c1's router A's load (c1-a's END is seconds away yet).
+                    assert list(c1.dispatcher.router.recent("tiny", time.time())) == [a.identity.peer_id]
                     nursery.start_soon(ask, "c2", c2.api_url)  # the second slot is still free for c2
                 assert results == {"c1-a": 200, "c1-b": 429, "c2": 200}
