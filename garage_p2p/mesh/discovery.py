@@ -59,6 +59,10 @@ SERVICE = "table"
 TABLE_FETCH_TIMEOUT = 5.0
 REFRESH_INTERVAL = 30.0
 REPROVIDE_INTERVAL = 300.0
+DHT_JOINING = 300.0
+"""Seconds after start during which the DHT routing table is refreshed every REFRESH_INTERVAL."""
+DHT_REFRESH_SETTLED = 600.0
+"""Seconds between DHT refreshes after that (libp2p's own period); new connections join the table at once."""
 LOOKUP_TIMEOUT = 5.0
 GOSSIP_SETTLE = 0.5
 JOINING_CONNECTIONS = 2
@@ -312,20 +316,29 @@ class Discovery:
 
     async def _maintain(self) -> None:
         last_provide = -REPROVIDE_INTERVAL
+        last_dht_refresh = -DHT_REFRESH_SETTLED
+        started = trio.current_time()
         rng = random.Random()
         while True:
             connected = self.mesh.connected_peers()
-            for peer_id in connected:
-                await self._add_to_dht(peer_id)
             if connected:
                 # Anti-entropy: gossip can lose an ad; a table sync with one
                 # random neighbour repairs it (and shows us an impostor's ads).
+                # By cursor, it costs what changed since the last one.
                 await self._refresh_from(rng.choice(connected))
-            with trio.move_on_after(20):
-                try:
-                    await self.dht.refresh_routing_table()
-                except Exception as exc:
-                    log.debug("DHT refresh failed: %s", exc)
+            now = trio.current_time()
+            joining = now - started < DHT_JOINING
+            if now - last_dht_refresh >= (REFRESH_INTERVAL if joining else DHT_REFRESH_SETTLED):
+                # An iterative lookup of our own id opens streams to a dozen peers: the largest
+                # idle cost a settled peer had. Often while joining, then at libp2p's own pace.
+                last_dht_refresh = now
+                for peer_id in connected:
+                    await self._add_to_dht(peer_id)
+                with trio.move_on_after(20):
+                    try:
+                        await self.dht.refresh_routing_table()
+                    except Exception as exc:
+                        log.debug("DHT refresh failed: %s", exc)
             served = set(self.served_models())
             if trio.current_time() - last_provide >= REPROVIDE_INTERVAL or not served <= self._provided:
                 await self.provide()
