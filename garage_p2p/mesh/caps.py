@@ -35,6 +35,10 @@ SERVICE = "ads"
 """Faults of ad authors and relays on gossip are counted under this name."""
 CHANGE_CHECK = 1.0
 """Seconds between looks at whether our ad's content changed (addresses, health, models)."""
+AUDIENCE_POLL = 0.05
+"""Seconds between looks for a gossip neighbour on the topic while our ad waits for one after a wake."""
+AUDIENCE_WAIT = 3.0
+"""How long after a wake to look that closely (then every CHANGE_CHECK)."""
 EXPIRE_EVERY = 5.0
 """Seconds between sweeps of expired ads (routing reads only live entries anyway)."""
 
@@ -163,16 +167,23 @@ class CapsService:
             nursery.start_soon(self._drain, subscription)
             nursery.start_soon(self._expire)
             task_status.started()
+            woken = trio.current_time()
             while True:
                 if self._changed():
                     self.schedule.changed()
                 now = trio.current_time()
-                if self.schedule.handle_timer(now):
+                heard = self.mesh.gossip_peers(TOPIC_CAPS) > 0
+                if self.schedule.handle_timer(now) and heard:
                     await self.publish()
                     continue
-                with trio.move_on_after(min(CHANGE_CHECK, self.schedule.get_timer() - now)):
+                # An ad nobody would hear waits for the topic's mesh: closely just after a wake
+                # (a first connection's subscription arrives within milliseconds), then calmly.
+                wait = AUDIENCE_POLL if not heard and now - woken < AUDIENCE_WAIT else CHANGE_CHECK
+                with trio.move_on_after(min(wait, max(0.0, self.schedule.get_timer() - now)) if heard else wait):
                     await self._wake.wait()
-                self._wake = trio.Event()
+                if self._wake.is_set():
+                    woken = trio.current_time()
+                    self._wake = trio.Event()
 
     def _validate(self, forwarder, message) -> bool:
         """gossipsub's validator for ``garage/caps/1``: take the ad, or say why not (False: not forwarded)."""

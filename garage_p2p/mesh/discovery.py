@@ -64,7 +64,6 @@ DHT_JOINING = 300.0
 DHT_REFRESH_SETTLED = 600.0
 """Seconds between DHT refreshes after that (libp2p's own period); new connections join the table at once."""
 LOOKUP_TIMEOUT = 5.0
-GOSSIP_SETTLE = 0.5
 JOINING_CONNECTIONS = 2
 ANNOUNCE_GAP = 30.0
 """Seconds between two joining announcements (a rejoin after all connections were lost announces again)."""
@@ -303,9 +302,7 @@ class Discovery:
         joining = len(self.mesh.connected_peers()) <= JOINING_CONNECTIONS
         if self.on_new_connection is not None and joining and now - self._announced >= ANNOUNCE_GAP:
             self._announced = now
-            # Give the pubsub hello (subscriptions) time to cross, so that a
-            # publish reaches the new neighbour and, through it, the mesh.
-            await trio.sleep(GOSSIP_SETTLE)
+            # The ad goes out once the topic's gossip mesh holds a peer (CapsService waits for it).
             self.on_new_connection()
 
     async def _add_to_dht(self, peer_id: str) -> None:

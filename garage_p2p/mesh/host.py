@@ -160,6 +160,13 @@ class Mesh:
     def connected_peers(self) -> list[str]:
         return [str(p) for p in self.host.get_connected_peers()]
 
+    def gossip_peers(self, topic: str) -> int:
+        """Peers our publish on ``topic`` reaches at once: gossipsub sends our own messages only to
+        the topic's mesh (no flood publish in py-libp2p 0.8.1), which is empty until a neighbour's
+        subscription has arrived and been grafted."""
+        mesh = getattr(self.pubsub.router, "mesh", None)
+        return len(mesh.get(topic, ())) if isinstance(mesh, dict) else 0
+
     async def connect(self, peer_id: str, addrs: Sequence[str], timeout: float = DIAL_TIMEOUT) -> None:
         """Make sure we have a connection to ``peer_id``; DialError if not.
 
