@@ -32,6 +32,7 @@ from ..core.identity import Identity
 from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
+from .connections import PairKeeper
 from .nat import NatService, is_circuit, is_lan_addr
 from .patches import apply_library_patches, refuse_dials, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
@@ -91,6 +92,8 @@ class Mesh:
     """Connections closed because the lists or a ban do not admit the peer."""
     penalties: PenaltyBox = field(default_factory=PenaltyBox)
     """Faults of misbehaving peers, from every service; enough of them ban the peer."""
+    connections: PairKeeper | None = None
+    """One connection per peer pair; connections opened and closed (``garage status``, /metrics)."""
     _nursery: trio.Nursery | None = None
 
     def admits(self, peer_id: str) -> bool:
@@ -397,6 +400,10 @@ async def open_mesh(
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
             refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)
+            # Two peers dialling each other at once end up with two connections: one is drained.
+            mesh.connections = PairKeeper(host.get_network())
+            await nursery.start(mesh.connections.serve)
+            host.get_network().register_notifee(mesh.connections)
             nursery.start_soon(_sweep_not_admitted, mesh)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:

@@ -1,0 +1,190 @@
+"""One connection per peer pair, and the connection counts ``garage status`` and ``/metrics`` show.
+
+Two peers that dial each other at about the same moment (bootstrap retries, the library's
+auto-connector, the DHT, mDNS) each end up with two connections: py-libp2p 0.8.1 checks for an
+existing connection only before it dials, and keeps up to three per peer. A 20-peer mesh held
+239 connections for 190 pairs, and both connections of a pair carried their own gossipsub streams.
+
+The rule, the one other libp2p implementations use for a simultaneous open: of a pair's direct
+connections, the one dialled by the peer with the smaller id stays. Both sides apply it to the same
+facts (who dialled each connection), so they pick the same one without a message. The other is
+drained, not cut: it leaves the swarm's table at once (no new stream is opened on it, by us or by the
+library), and it is closed when its streams have ended or after DRAIN_LIMIT seconds. Gossipsub's
+streams never end by themselves; pubsub opens them again on the connection that stays, so they do
+not hold a drain open. Relayed connections are left to DCUtR, which replaces them with a direct one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+
+import trio
+from libp2p.connection_types import ConnectionType
+from libp2p.rcmgr import Direction
+
+log = logging.getLogger(__name__)
+
+DRAIN_SETTLE = 2.0
+"""Seconds a duplicate stays open at least: a stream the other side opened on it before it saw the
+duplicate too (each side learns of the second connection when its own handshake ends) is still on
+its way; closing at once reset it."""
+DRAIN_LIMIT = 30.0
+"""Seconds a duplicate connection may keep its streams (a request in flight) before it is closed anyway."""
+CLOSE_TIMEOUT = 5.0
+"""Seconds a close may take (it writes a GO_AWAY to a peer that may not read it)."""
+WINDOW = 60
+"""The window, in seconds, of the opened/closed-per-minute counts."""
+SELF_HEALING_PROTOCOLS = frozenset({"/meshsub/1.1.0", "/meshsub/1.0.0"})
+"""Long-lived streams that pubsub reopens on the connection that stays: they do not hold a drain open."""
+
+
+@dataclass
+class MinuteCounter:
+    """A count of events in total and over the last WINDOW seconds (one bucket per second: bounded memory)."""
+
+    total: int = 0
+    """Events since start."""
+    _buckets: deque[tuple[int, int]] = field(default_factory=deque)
+    """(whole second, events in it), oldest first, none older than WINDOW seconds."""
+
+    def add(self, now: float) -> None:
+        self.total += 1
+        second = int(now)
+        if self._buckets and self._buckets[-1][0] == second:
+            self._buckets[-1] = (second, self._buckets[-1][1] + 1)
+        else:
+            self._buckets.append((second, 1))
+        self._expire(second)
+
+    def last_minute(self, now: float) -> int:
+        self._expire(int(now))
+        return sum(count for _, count in self._buckets)
+
+    def _expire(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - WINDOW:
+            self._buckets.popleft()
+
+
+class PairKeeper:
+    """libp2p notifee: keeps one connection per peer pair, counts connections opened and closed.
+
+    ``serve`` runs the drains; it must run for as long as the host does.
+    """
+
+    def __init__(self, swarm, clock=trio.current_time) -> None:
+        self.swarm = swarm
+        self.clock = clock
+        self.opened = MinuteCounter()
+        """Connections opened, either side dialling (a duplicate counts too: it was opened)."""
+        self.closed = MinuteCounter()
+        """Connections closed, for any reason."""
+        self.duplicates = 0
+        """Duplicate connections drained since start."""
+        self.draining: set[object] = set()
+        """Duplicate connections out of the swarm's table, closing."""
+        self._wake: dict[object, trio.Event] = {}
+        """A peer id -> set when one of its streams or connections closes (a drain re-checks)."""
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def count(self) -> int:
+        """Open connections, the draining ones included."""
+        return len(self.swarm.get_connections()) + len(self.draining)
+
+    def view(self) -> dict[str, int]:
+        """What ``garage status`` shows."""
+        now = self.clock()
+        return {
+            "open": self.count(),
+            "draining": len(self.draining),
+            "opened_last_minute": self.opened.last_minute(now),
+            "closed_last_minute": self.closed.last_minute(now),
+            "opened_total": self.opened.total,
+            "closed_total": self.closed.total,
+            "duplicates_closed": self.duplicates,
+        }
+
+    # -- the notifee -----------------------------------------------------------------------------
+
+    async def connected(self, network, conn) -> None:
+        self.opened.add(self.clock())
+        self._keep_one(conn.muxed_conn.peer_id)
+
+    async def disconnected(self, network, conn) -> None:
+        self.closed.add(self.clock())
+        self._poke(conn.muxed_conn.peer_id)
+
+    async def closed_stream(self, network, stream) -> None:
+        self._poke(stream.muxed_conn.peer_id)
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def listen(self, network, maddr) -> None:
+        pass
+
+    async def listen_close(self, network, maddr) -> None:
+        pass
+
+    # -- the rule --------------------------------------------------------------------------------
+
+    def _keep_one(self, peer_id) -> None:
+        """Drain every direct connection to ``peer_id`` but the one both sides agree to keep."""
+        live = [c for c in self.swarm.connections.get(peer_id, ()) if not c.is_closed]
+        direct = [c for c in live if c.get_connection_type() != ConnectionType.RELAYED]
+        if len(direct) < 2 or any(c.direction == Direction.UNKNOWN for c in direct):
+            return
+        we_are_smaller = self.swarm.get_peer_id().to_bytes() < peer_id.to_bytes()
+        preferred = [c for c in direct if (c.direction == Direction.OUTBOUND) == we_are_smaller]
+        others = [c for c in direct if c not in preferred]
+        # Several dialled by one side (rare: the swarm serialises its own dials): only the dialler
+        # drains the extras, oldest kept; the other side cannot order them the same way.
+        if not preferred:
+            preferred, others = others, []
+        if preferred and preferred[0].direction == Direction.OUTBOUND and len(preferred) > 1:
+            preferred.sort(key=lambda c: c._created_at)
+            others += preferred[1:]
+            preferred = preferred[:1]
+        for duplicate in others:
+            self._drain(peer_id, duplicate)
+
+    def _drain(self, peer_id, duplicate) -> None:
+        if self._nursery is None:  # not serving (shutting down): leave the library's table as it is
+            return
+        conns = self.swarm.connections.get(peer_id, [])
+        if duplicate in conns:
+            conns.remove(duplicate)  # no new stream goes on it from here
+        self.draining.add(duplicate)
+        self.duplicates += 1
+        log.debug("second connection to %s: draining the one %s dialled", peer_id, duplicate.direction.name)
+        self._nursery.start_soon(self._close_when_idle, peer_id, duplicate)
+
+    async def _close_when_idle(self, peer_id, duplicate) -> None:
+        try:
+            with trio.move_on_after(DRAIN_LIMIT):
+                await trio.sleep(DRAIN_SETTLE)
+                while not duplicate.is_closed and _in_flight(duplicate):
+                    await self._wake.setdefault(peer_id, trio.Event()).wait()
+        finally:
+            self.draining.discard(duplicate)
+            if not duplicate.is_closed:
+                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                    scope.shield = True  # a drain cancelled at shutdown still closes what it took out of the table
+                    await duplicate.close()
+
+    def _poke(self, peer_id) -> None:
+        wake = self._wake.pop(peer_id, None)
+        if wake is not None:
+            wake.set()
+
+
+def _in_flight(conn) -> bool:
+    """Whether ``conn`` carries a stream that would break if it closed now (gossipsub's reopen elsewhere)."""
+    return any(s.get_protocol() not in SELF_HEALING_PROTOCOLS for s in conn.get_streams())
