@@ -20,6 +20,7 @@ from libp2p.rcmgr import Direction
 
 from garage_p2p.core.identity import Identity
 from garage_p2p.mesh import connections
+from garage_p2p.mesh import host as mesh_host
 from garage_p2p.mesh.connections import MinuteCounter
 from garage_p2p.mesh.host import Mesh, open_mesh
 
@@ -209,3 +210,36 @@ async def test_garage_status_shows_connections_opened_and_closed_in_the_last_min
         await wait_for(lambda: a.mesh.connections.closed.total == 1)
         text = await garage(a.api_url, "status")
         assert "last minute 1 opened, 1 closed" in text or "last minute 2 opened, 1 closed" in text  # b may be back
+
+
+async def test_above_the_high_watermark_idle_connections_are_trimmed_and_not_redialled(monkeypatch):
+    """0.8.1's pruner never trims ours (each carries gossipsub streams); a trimmed peer must not dial straight back."""
+    for name, value in {"MIN_CONNECTIONS": 2, "LOW_WATERMARK": 2, "HIGH_WATERMARK": 4, "BOOTSTRAP_RETRY": 0.2}.items():
+        monkeypatch.setattr(mesh_host, name, value)
+    monkeypatch.setattr(connections, "TRIM_INTERVAL", 0.2)
+    async with AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK))
+        at_hub = Census(hub)
+        ring = []
+        for _ in range(6):
+            ring.append(
+                await stack.enter_async_context(
+                    open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK, hub.addrs()[:1])
+                )
+            )
+        for i, mesh in enumerate(ring):  # each peer has two neighbours besides the hub: enough to stay in the mesh
+            neighbour = ring[(i + 1) % len(ring)]
+            await mesh.connect(neighbour.peer_id, neighbour.addrs()[:1])
+        await wait_for(lambda: len(hub.connected_peers()) == 6)
+        assert hub.connections.trimmed == 0  # within their grace period
+        hub.host.get_network().connection_config.grace_period = 0
+        # Trimmed to the auto-connector's target, (2 + 4) / 2, so that it does not dial back up.
+        await wait_for(lambda: len(hub.connected_peers()) == 3 and at_hub.settled())
+        assert hub.connections.trimmed == 3
+        assert len([c for c in at_hub.seen if not c.muxed_conn.is_closed]) == 3
+        # The trimmed peers keep their neighbours and do not dial the hub again (10 bootstrap retries).
+        churn = at_hub.watch_for_churn()
+        with trio.move_on_after(10 * mesh_host.BOOTSTRAP_RETRY):
+            await churn.wait()
+        assert not churn.is_set()
+        assert all(len(m.connected_peers()) >= 2 for m in ring)

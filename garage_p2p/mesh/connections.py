@@ -1,4 +1,4 @@
-"""One connection per peer pair, and the connection counts ``garage status`` and ``/metrics`` show.
+"""One connection per peer pair, a bounded number of connections, and the counts ``garage status`` shows.
 
 Two peers that dial each other at about the same moment (bootstrap retries, the library's
 auto-connector, the DHT, mDNS) each end up with two connections: py-libp2p 0.8.1 checks for an
@@ -12,11 +12,21 @@ drained, not cut: it leaves the swarm's table at once (no new stream is opened o
 library), and it is closed when its streams have ended or after DRAIN_LIMIT seconds. Gossipsub's
 streams never end by themselves; pubsub opens them again on the connection that stays, so they do
 not hold a drain open. Relayed connections are left to DCUtR, which replaces them with a direct one.
+
+The bound: above the high watermark, connections are closed down to the auto-connector's own target
+((low + high) / 2: trimming lower had it dial straight back up). 0.8.1's pruner never trims ours: it
+skips every connection with an open stream, and every connection carries gossipsub's; it also runs
+only when a connection arrives, while that one is still in its grace period. Trimmed first: inbound
+ones (we did not choose them), newest first (the established mesh stays), never one younger than the
+grace period or with a request on it. Neither side redials a trimmed peer at once: the library's
+auto-connector backs off a peer for 60 s after a disconnect on both sides, and the bootstrap keeper
+only redials while the peer has fewer than MIN_CONNECTIONS (mesh/host.py).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -36,6 +46,8 @@ CLOSE_TIMEOUT = 5.0
 """Seconds a close may take (it writes a GO_AWAY to a peer that may not read it)."""
 WINDOW = 60
 """The window, in seconds, of the opened/closed-per-minute counts."""
+TRIM_INTERVAL = 5.0
+"""Seconds between checks against the high watermark (connections leave their grace period with time)."""
 SELF_HEALING_PROTOCOLS = frozenset({"/meshsub/1.1.0", "/meshsub/1.0.0"})
 """Long-lived streams that pubsub reopens on the connection that stays: they do not hold a drain open."""
 
@@ -67,10 +79,10 @@ class MinuteCounter:
             self._buckets.popleft()
 
 
-class PairKeeper:
-    """libp2p notifee: keeps one connection per peer pair, counts connections opened and closed.
+class ConnectionKeeper:
+    """libp2p notifee: one connection per peer pair, at most the high watermark; counts opened and closed.
 
-    ``serve`` runs the drains; it must run for as long as the host does.
+    ``serve`` runs the drains and the trimming; it must run for as long as the host does.
     """
 
     def __init__(self, swarm, clock=trio.current_time) -> None:
@@ -82,8 +94,10 @@ class PairKeeper:
         """Connections closed, for any reason."""
         self.duplicates = 0
         """Duplicate connections drained since start."""
+        self.trimmed = 0
+        """Connections closed since start because there were more than the high watermark."""
         self.draining: set[object] = set()
-        """Duplicate connections out of the swarm's table, closing."""
+        """Connections out of the swarm's table (duplicates, trimmed ones), closing."""
         self._wake: dict[object, trio.Event] = {}
         """A peer id -> set when one of its streams or connections closes (a drain re-checks)."""
         self._nursery: trio.Nursery | None = None
@@ -92,7 +106,9 @@ class PairKeeper:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            while True:
+                await trio.sleep(TRIM_INTERVAL)
+                self._trim()
 
     def count(self) -> int:
         """Open connections, the draining ones included."""
@@ -109,6 +125,7 @@ class PairKeeper:
             "opened_total": self.opened.total,
             "closed_total": self.closed.total,
             "duplicates_closed": self.duplicates,
+            "trimmed": self.trimmed,
         }
 
     # -- the notifee -----------------------------------------------------------------------------
@@ -116,6 +133,7 @@ class PairKeeper:
     async def connected(self, network, conn) -> None:
         self.opened.add(self.clock())
         self._keep_one(conn.muxed_conn.peer_id)
+        self._trim()
 
     async def disconnected(self, network, conn) -> None:
         self.closed.add(self.clock())
@@ -158,10 +176,7 @@ class PairKeeper:
     def _drain(self, peer_id, duplicate) -> None:
         if self._nursery is None:  # not serving (shutting down): leave the library's table as it is
             return
-        conns = self.swarm.connections.get(peer_id, [])
-        if duplicate in conns:
-            conns.remove(duplicate)  # no new stream goes on it from here
-        self.draining.add(duplicate)
+        self._take_out(duplicate)  # no new stream goes on it from here
         self.duplicates += 1
         log.debug("second connection to %s: draining the one %s dialled", peer_id, duplicate.direction.name)
         self._nursery.start_soon(self._close_when_idle, peer_id, duplicate)
@@ -173,11 +188,42 @@ class PairKeeper:
                 while not duplicate.is_closed and _in_flight(duplicate):
                     await self._wake.setdefault(peer_id, trio.Event()).wait()
         finally:
-            self.draining.discard(duplicate)
-            if not duplicate.is_closed:
-                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
-                    scope.shield = True  # a drain cancelled at shutdown still closes what it took out of the table
-                    await duplicate.close()
+            with trio.CancelScope(shield=True):
+                await self._close(duplicate)
+
+    def _trim(self) -> None:
+        """Above the high watermark, close idle connections past their grace period down to the target."""
+        config = self.swarm.connection_config
+        live = [c for c in self.swarm.get_connections() if not c.is_closed]
+        if self._nursery is None or len(live) <= config.high_watermark:
+            return
+        target = (config.low_watermark + config.high_watermark) // 2
+        now = time.time()  # SwarmConn._created_at is wall-clock time
+        idle = [c for c in live if now - c._created_at >= config.grace_period and not _in_flight(c)]
+        idle.sort(key=lambda c: (c.direction != Direction.INBOUND, -c._created_at))
+        for conn in idle[: len(live) - target]:
+            self._take_out(conn)
+            self.trimmed += 1
+            self._nursery.start_soon(self._close, conn)
+        log.debug("%d connections, over the high watermark %d: trimmed to %d", len(live), config.high_watermark, target)
+
+    def _take_out(self, conn) -> None:
+        """Out of the swarm's table (no new stream goes on it, it is no longer the peer's), into ``draining``."""
+        peer_id = conn.muxed_conn.peer_id
+        conns = self.swarm.connections.get(peer_id, [])
+        if conn in conns:
+            conns.remove(conn)
+        if not conns:
+            self.swarm.connections.pop(peer_id, None)  # as the swarm leaves it when a peer's last one closes
+        self.draining.add(conn)
+
+    async def _close(self, conn) -> None:
+        try:
+            with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                scope.shield = True  # cancelled at shutdown: still close what was taken out of the table
+                await conn.close()
+        finally:
+            self.draining.discard(conn)
 
     def _poke(self, peer_id) -> None:
         wake = self._wake.pop(peer_id, None)

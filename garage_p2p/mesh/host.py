@@ -32,7 +32,7 @@ from ..core.identity import Identity
 from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
-from .connections import PairKeeper
+from .connections import ConnectionKeeper
 from .nat import NatService, is_circuit, is_lan_addr
 from .patches import apply_library_patches, refuse_dials, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
@@ -48,6 +48,12 @@ DEGREE_HIGH = 8
 """Gossipsub's D_high. At 12 a dense mesh delivered each message to each peer ~11 times (benchmarks/idle.py)."""
 BOOTSTRAP_RETRY = 5.0
 MIN_CONNECTIONS = 4
+"""Below this many peers the bootstrap peers are redialled; the library's auto-connector polls faster too."""
+LOW_WATERMARK = 6
+HIGH_WATERMARK = 24
+"""Above it, mesh/connections.py trims idle connections down to (LOW + HIGH) / 2, the auto-connector's target."""
+CONNECTION_GRACE = 20.0
+"""Seconds a new connection is safe from trimming (the library's default)."""
 MAX_CONNECTIONS = 128
 """The swarm keeps MAX - MIN inbound slots (124); mesh/patches.py frees one when its connection ends."""
 ADMISSION_SWEEP = 1.0
@@ -92,7 +98,7 @@ class Mesh:
     """Connections closed because the lists or a ban do not admit the peer."""
     penalties: PenaltyBox = field(default_factory=PenaltyBox)
     """Faults of misbehaving peers, from every service; enough of them ban the peer."""
-    connections: PairKeeper | None = None
+    connections: ConnectionKeeper | None = None
     """One connection per peer pair; connections opened and closed (``garage status``, /metrics)."""
     _nursery: trio.Nursery | None = None
 
@@ -276,7 +282,11 @@ class Mesh:
 
 
 async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
-    """Stay connected to the bootstrap peers; retry the ones we lost."""
+    """Dial the bootstrap peers while this peer has fewer than MIN_CONNECTIONS peers; retry the ones we lost.
+
+    Not beyond: a bootstrap peer everyone joins through is over its high watermark and trims, and a
+    peer that redialled it every BOOTSTRAP_RETRY seconds kept both sides opening and closing.
+    """
     infos = []
     for addr in bootstrap:
         try:
@@ -285,6 +295,8 @@ async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
             log.error("ignoring bootstrap address %s: %s", addr, exc)
     while True:
         for info in infos:
+            if len(mesh.connected_peers()) >= MIN_CONNECTIONS:
+                break  # well connected: the mesh, not the bootstrap peers, keeps this peer in it
             if info.peer_id in mesh.host.get_connected_peers() or not mesh.admits(str(info.peer_id)):
                 continue  # connected, or banned: a banned bootstrap peer is dialled again when its ban ends
             try:
@@ -358,7 +370,11 @@ async def open_mesh(
         # mesh all dialled each other and one process spent its CPU on
         # connections; a peer needs a handful (gossipsub's degree is 6).
         connection_config=ConnectionConfig(
-            min_connections=MIN_CONNECTIONS, low_watermark=6, high_watermark=24, max_connections=MAX_CONNECTIONS
+            min_connections=MIN_CONNECTIONS,
+            low_watermark=LOW_WATERMARK,
+            high_watermark=HIGH_WATERMARK,
+            grace_period=CONNECTION_GRACE,
+            max_connections=MAX_CONNECTIONS,
         ),
         psk=psk.hex() if psk is not None else None,
         **_transport_flags(listen_addrs),
@@ -401,7 +417,7 @@ async def open_mesh(
             refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)
             # Two peers dialling each other at once end up with two connections: one is drained.
-            mesh.connections = PairKeeper(host.get_network())
+            mesh.connections = ConnectionKeeper(host.get_network())
             await nursery.start(mesh.connections.serve)
             host.get_network().register_notifee(mesh.connections)
             nursery.start_soon(_sweep_not_admitted, mesh)
