@@ -15,8 +15,10 @@ before/after comparison with the same harness.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from garage_p2p.cli.client import get  # noqa: E402
 from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.store.identity_file import load_or_create_identity  # noqa: E402
 from tools.testkit import free_port  # noqa: E402
@@ -71,6 +74,12 @@ def census(conns: set[tuple[int, int, int, int]]) -> dict:
     }
 
 
+def own_counts(everyone: list[PeerProcess]) -> dict | None:
+    """The daemons' own connection counters, summed (None from a tree older than them)."""
+    counts = [get(None, p.home, "/garage/v1/status").get("connection_counts") for p in everyone]
+    return {k: sum(c[k] for c in counts) for k in counts[0]} if all(counts) else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", type=int, default=20)
@@ -103,18 +112,27 @@ def main() -> None:
             print(f"{args.peers} daemons ready in {time.monotonic() - started:.0f} s", flush=True)
             pids = {p.process.pid for p in everyone}
             time.sleep(args.settle)
-            before = tcp_between(pids)
+            before, own_before = tcp_between(pids), own_counts(everyone)
             time.sleep(args.quiet)
-            after = tcp_between(pids)
+            after, own_after = tcp_between(pids), own_counts(everyone)
             print(f"after {args.settle:.0f} s: {census(before)}")
             print(f"after {args.quiet:.0f} s more: {census(after)}")
             print(
                 f"in those {args.quiet:.0f} s: {len(after - before)} connections opened, "
                 f"{len(before - after)} closed (of those present at either reading)"
             )
+            if own_before and own_after:
+                delta = {k: own_after[k] - own_before[k] for k in ("opened_total", "closed_total", "duplicates_closed")}
+                print(f"the daemons' own counters over those {args.quiet:.0f} s, summed over both ends: {delta}")
+            for a, b in sorted({(a, b) for a, _, b, _ in after if sum(1 for x in after if x[::2] == (a, b)) > 1}):
+                names = {p.process.pid: p.home.name for p in everyone}
+                print(f"  more than one: {names[a]} - {names[b]}")
         finally:
             for p in everyone:
                 p.stop(timeout=20)
+            if os.environ.get("KEEP_LOGS"):
+                for p in everyone:
+                    shutil.copy(p.log_path, Path(os.environ["KEEP_LOGS"]) / f"{p.home.name}.log")
 
 
 if __name__ == "__main__":

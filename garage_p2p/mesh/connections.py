@@ -222,6 +222,10 @@ class ConnectionKeeper:
             with trio.move_on_after(CLOSE_TIMEOUT) as scope:
                 scope.shield = True  # cancelled at shutdown: still close what was taken out of the table
                 await conn.close()
+            if scope.cancelled_caught:
+                log.warning(
+                    "closing a connection to %s took over %.0f s; given up", conn.muxed_conn.peer_id, CLOSE_TIMEOUT
+                )
         finally:
             self.draining.discard(conn)
 
