@@ -3,7 +3,7 @@
 Two peers that dial each other at about the same moment (bootstrap retries, the library's
 auto-connector, the DHT, mDNS) each end up with two connections: py-libp2p 0.8.1 checks for an
 existing connection only before it dials, and keeps up to three per peer. A 20-peer mesh held
-239 connections for 190 pairs, and both connections of a pair carried their own gossipsub streams.
+215–239 connections for 190 pairs, and both connections of a pair carried their own gossipsub streams.
 
 The rule, the one other libp2p implementations use for a simultaneous open: of a pair's direct
 connections, the one dialled by the peer with the smaller id stays. Both sides apply it to the same
