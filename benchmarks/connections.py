@@ -122,7 +122,10 @@ def main() -> None:
                 f"{len(before - after)} closed (of those present at either reading)"
             )
             if own_before and own_after:
-                delta = {k: own_after[k] - own_before[k] for k in ("opened_total", "closed_total", "duplicates_closed")}
+                delta = {
+                    k: own_after[k] - own_before[k]
+                    for k in ("opened_total", "closed_total", "duplicates_closed", "trimmed")
+                }
                 print(f"the daemons' own counters over those {args.quiet:.0f} s, summed over both ends: {delta}")
             for a, b in sorted({(a, b) for a, _, b, _ in after if sum(1 for x in after if x[::2] == (a, b)) > 1}):
                 names = {p.process.pid: p.home.name for p in everyone}

@@ -13,8 +13,10 @@ import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
+import pytest
 import trio
 import trio.testing
+from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.rcmgr import Direction
 
@@ -233,13 +235,21 @@ async def test_above_the_high_watermark_idle_connections_are_trimmed_and_not_red
         await wait_for(lambda: len(hub.connected_peers()) == 6)
         assert hub.connections.trimmed == 0  # within their grace period
         hub.host.get_network().connection_config.grace_period = 0
-        # Trimmed to the auto-connector's target, (2 + 4) / 2, so that it does not dial back up.
-        await wait_for(lambda: len(hub.connected_peers()) == 3 and at_hub.settled())
-        assert hub.connections.trimmed == 3
-        assert len([c for c in at_hub.seen if not c.muxed_conn.is_closed]) == 3
+        # The excess over the high watermark goes, no more (a deeper cut made others dial around).
+        await wait_for(lambda: len(hub.connected_peers()) == 4 and at_hub.settled())
+        assert hub.connections.trimmed == 2
+        assert len([c for c in at_hub.seen if not c.muxed_conn.is_closed]) == 4
         # The trimmed peers keep their neighbours and do not dial the hub again (10 bootstrap retries).
         churn = at_hub.watch_for_churn()
         with trio.move_on_after(10 * mesh_host.BOOTSTRAP_RETRY):
             await churn.wait()
         assert not churn.is_set()
         assert all(len(m.connected_peers()) >= 2 for m in ring)
+        # Nor do the library's own dialers (the DHT's lookups redialled every refresh), on either side;
+        # a dial of ours, for a request, still goes through.
+        trimmed = next(m for m in ring if m.peer_id not in hub.connected_peers())
+        with pytest.raises(SwarmException, match="not dialling"):
+            await trimmed.host.get_network().dial_peer(ID.from_base58(hub.peer_id))
+        with pytest.raises(SwarmException, match="not dialling"):
+            await hub.host.get_network().dial_peer(ID.from_base58(trimmed.peer_id))
+        await trimmed.connect(hub.peer_id, hub.addrs()[:1])

@@ -13,14 +13,17 @@ library), and it is closed when its streams have ended or after DRAIN_LIMIT seco
 streams never end by themselves; pubsub opens them again on the connection that stays, so they do
 not hold a drain open. Relayed connections are left to DCUtR, which replaces them with a direct one.
 
-The bound: above the high watermark, connections are closed down to the auto-connector's own target
-((low + high) / 2: trimming lower had it dial straight back up). 0.8.1's pruner never trims ours: it
-skips every connection with an open stream, and every connection carries gossipsub's; it also runs
-only when a connection arrives, while that one is still in its grace period. Trimmed first: inbound
-ones (we did not choose them), newest first (the established mesh stays), never one younger than the
-grace period or with a request on it. Neither side redials a trimmed peer at once: the library's
-auto-connector backs off a peer for 60 s after a disconnect on both sides, and the bootstrap keeper
-only redials while the peer has fewer than MIN_CONNECTIONS (mesh/host.py).
+The bound: above the high watermark, the excess is closed, no more. Trimming further, down to the
+auto-connector's target ((low + high) / 2), cascaded in a 30-daemon mesh: each trim dropped a dozen
+other peers below their own target, they dialled others, who went over the mark and trimmed in turn
+(~200 opens and ~280 closes a minute). 0.8.1's pruner never trims ours: it skips every connection
+with an open stream, and every connection carries gossipsub's; it also runs only when a connection
+arrives, while that one is still in its grace period. Trimmed first: inbound ones (we did not choose
+them), newest first (the established mesh stays), never one younger than the
+grace period or with a request on it. Neither side redials a trimmed peer at once: for
+REDIAL_BACKOFF seconds after a peer's last connection closed the swarm refuses the library's own
+dials to it (the DHT's lookups redialled at every refresh; the auto-connector has its own back-off),
+and the bootstrap keeper only redials while the peer has fewer than MIN_CONNECTIONS (mesh/host.py).
 """
 
 from __future__ import annotations
@@ -40,14 +43,19 @@ DRAIN_SETTLE = 2.0
 """Seconds a duplicate stays open at least: a stream the other side opened on it before it saw the
 duplicate too (each side learns of the second connection when its own handshake ends) is still on
 its way; closing at once reset it."""
-DRAIN_LIMIT = 30.0
-"""Seconds a duplicate connection may keep its streams (a request in flight) before it is closed anyway."""
+DRAIN_LIMIT = 600.0
+"""Seconds a duplicate connection may keep its streams before it is closed anyway: a request's own
+deadline (``request_timeout``'s default), so a long generation on it is not cut. A duplicate from a
+simultaneous dial carries none and closes after DRAIN_SETTLE."""
 CLOSE_TIMEOUT = 5.0
 """Seconds a close may take (it writes a GO_AWAY to a peer that may not read it)."""
 WINDOW = 60
 """The window, in seconds, of the opened/closed-per-minute counts."""
 TRIM_INTERVAL = 5.0
 """Seconds between checks against the high watermark (connections leave their grace period with time)."""
+REDIAL_BACKOFF = 60.0
+"""Seconds after a peer's last connection closed during which the library's own dialers (the DHT's
+lookups, the auto-connector) may not dial it again; our own dials for a request may (Mesh.connect)."""
 SELF_HEALING_PROTOCOLS = frozenset({"/meshsub/1.1.0", "/meshsub/1.0.0"})
 """Long-lived streams that pubsub reopens on the connection that stays: they do not hold a drain open."""
 
@@ -98,6 +106,8 @@ class ConnectionKeeper:
         """Connections closed since start because there were more than the high watermark."""
         self.draining: set[object] = set()
         """Connections out of the swarm's table (duplicates, trimmed ones), closing."""
+        self._gone_at: dict[str, float] = {}
+        """Peer id -> when its last connection closed, for REDIAL_BACKOFF seconds."""
         self._wake: dict[object, trio.Event] = {}
         """A peer id -> set when one of its streams or connections closes (a drain re-checks)."""
         self._nursery: trio.Nursery | None = None
@@ -136,8 +146,23 @@ class ConnectionKeeper:
         self._trim()
 
     async def disconnected(self, network, conn) -> None:
-        self.closed.add(self.clock())
-        self._poke(conn.muxed_conn.peer_id)
+        now = self.clock()
+        self.closed.add(now)
+        peer_id = conn.muxed_conn.peer_id
+        if not self.swarm.connections.get(peer_id):
+            self._gone_at = {p: t for p, t in self._gone_at.items() if now - t < REDIAL_BACKOFF}  # bounded
+            self._gone_at[str(peer_id)] = now
+        self._poke(peer_id)
+
+    def backing_off(self, peer_id: str) -> bool:
+        """Whether ``peer_id``'s last connection closed less than REDIAL_BACKOFF seconds ago.
+
+        Both sides of a closed connection back off (each sees it close), so a trimmed connection is
+        not dialled straight back by either: the DHT's lookups did, every refresh, in a mesh over
+        the high watermark.
+        """
+        gone = self._gone_at.get(peer_id)
+        return gone is not None and self.clock() - gone < REDIAL_BACKOFF
 
     async def closed_stream(self, network, stream) -> None:
         self._poke(stream.muxed_conn.peer_id)
@@ -192,20 +217,19 @@ class ConnectionKeeper:
                 await self._close(duplicate)
 
     def _trim(self) -> None:
-        """Above the high watermark, close idle connections past their grace period down to the target."""
+        """Above the high watermark, close the excess: idle connections past their grace period."""
         config = self.swarm.connection_config
         live = [c for c in self.swarm.get_connections() if not c.is_closed]
         if self._nursery is None or len(live) <= config.high_watermark:
             return
-        target = (config.low_watermark + config.high_watermark) // 2
         now = time.time()  # SwarmConn._created_at is wall-clock time
         idle = [c for c in live if now - c._created_at >= config.grace_period and not _in_flight(c)]
         idle.sort(key=lambda c: (c.direction != Direction.INBOUND, -c._created_at))
-        for conn in idle[: len(live) - target]:
+        for conn in idle[: len(live) - config.high_watermark]:
             self._take_out(conn)
             self.trimmed += 1
             self._nursery.start_soon(self._close, conn)
-        log.debug("%d connections, over the high watermark %d: trimmed to %d", len(live), config.high_watermark, target)
+        log.debug("%d connections, over the high watermark %d: trimmed", len(live), config.high_watermark)
 
     def _take_out(self, conn) -> None:
         """Out of the swarm's table (no new stream goes on it, it is no longer the peer's), into ``draining``."""
@@ -223,9 +247,13 @@ class ConnectionKeeper:
                 scope.shield = True  # cancelled at shutdown: still close what was taken out of the table
                 await conn.close()
             if scope.cancelled_caught:
+                # Out of the table and half closed: without this its socket stayed open on both sides.
                 log.warning(
-                    "closing a connection to %s took over %.0f s; given up", conn.muxed_conn.peer_id, CLOSE_TIMEOUT
+                    "closing a connection to %s took over %.0f s: socket closed", conn.muxed_conn.peer_id, CLOSE_TIMEOUT
                 )
+                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                    scope.shield = True
+                    await conn.muxed_conn.secured_conn.close()
         finally:
             self.draining.discard(conn)
 

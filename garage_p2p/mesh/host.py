@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -51,13 +52,17 @@ MIN_CONNECTIONS = 4
 """Below this many peers the bootstrap peers are redialled; the library's auto-connector polls faster too."""
 LOW_WATERMARK = 6
 HIGH_WATERMARK = 24
-"""Above it, mesh/connections.py trims idle connections down to (LOW + HIGH) / 2, the auto-connector's target."""
+"""Above it, mesh/connections.py closes the excess (idle connections past their grace period)."""
 CONNECTION_GRACE = 20.0
 """Seconds a new connection is safe from trimming (the library's default)."""
 MAX_CONNECTIONS = 128
 """The swarm keeps MAX - MIN inbound slots (124); mesh/patches.py frees one when its connection ends."""
 ADMISSION_SWEEP = 1.0
 """Seconds between sweeps of connected peers no longer admitted (a ban, the lists): the arrivals channel is lossy."""
+
+
+_ASKED: ContextVar[bool] = ContextVar("garage_asked_dial", default=False)
+"""True in a dial of our own (Mesh.connect: a request, the bootstrap keeper), not a library dialer's."""
 
 
 def _local_ipv4() -> list[str]:
@@ -105,6 +110,13 @@ class Mesh:
     def admits(self, peer_id: str) -> bool:
         """Whether this peer deals with ``peer_id`` now (its lists, and no ban)."""
         return self.peer_filter.allowed(peer_id) and not self.penalties.banned(peer_id, time.monotonic())
+
+    def refuses_dial(self, peer_id: str) -> bool:
+        """Whether the swarm refuses to dial ``peer_id``: not admitted, or (for the library's own
+        dialers: the DHT, the auto-connector) its connection closed a moment ago (mesh/connections.py)."""
+        if not self.admits(peer_id):
+            return True
+        return not _ASKED.get() and self.connections is not None and self.connections.backing_off(peer_id)
 
     def penalise(self, peer_id: str, service: str, reason: str) -> None:
         """``service`` rejected ``peer_id``'s input: the one way a fault is counted.
@@ -200,6 +212,7 @@ class Mesh:
         done = trio.Event()
 
         async def dial_direct() -> None:
+            _ASKED.set(True)  # in this task's own context: a dial of ours, not a library dialer's
             try:
                 await self.host.connect(PeerInfo(pid, direct))
                 done.set()
@@ -211,6 +224,7 @@ class Mesh:
         head_start = 0.0 if all(is_lan_addr(str(m)) for m in direct) else RELAY_HEAD_START
 
         async def dial_relayed() -> None:
+            _ASKED.set(True)
             if direct and head_start:
                 with trio.move_on_after(head_start):
                     await done.wait()
@@ -414,7 +428,7 @@ async def open_mesh(
                 identity.peer_id, lambda peer, reason: mesh.penalise(peer, "muxer", reason)
             )
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
-            refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
+            refuse_dials(host.get_network(), mesh.refuses_dial)
             nursery.start_soon(_turn_away, mesh, arrivals)
             # Two peers dialling each other at once end up with two connections: one is drained.
             mesh.connections = ConnectionKeeper(host.get_network())

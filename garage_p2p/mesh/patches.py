@@ -370,7 +370,7 @@ def _refusing_dial(dial_peer):
 
         refused = getattr(self, _REFUSE, None)
         if refused is not None and refused(str(peer_id)):
-            raise SwarmException(f"not dialling {peer_id}: banned or not admitted")
+            raise SwarmException(f"not dialling {peer_id}: banned, not admitted, or its connection just closed")
         return await dial_peer(self, peer_id)
 
     return refusing_dial_peer
