@@ -214,9 +214,15 @@ async def test_garage_status_shows_connections_opened_and_closed_in_the_last_min
         assert "last minute 1 opened, 1 closed" in text or "last minute 2 opened, 1 closed" in text  # b may be back
 
 
-async def test_above_the_high_watermark_idle_connections_are_trimmed_and_not_redialled(monkeypatch):
+async def test_above_the_bound_idle_connections_are_trimmed_and_not_redialled(monkeypatch):
     """0.8.1's pruner never trims ours (each carries gossipsub streams); a trimmed peer must not dial straight back."""
-    for name, value in {"MIN_CONNECTIONS": 2, "LOW_WATERMARK": 2, "HIGH_WATERMARK": 4, "BOOTSTRAP_RETRY": 0.2}.items():
+    for name, value in {
+        "MIN_CONNECTIONS": 2,
+        "LOW_WATERMARK": 2,
+        "HIGH_WATERMARK": 4,
+        "TRIM_ABOVE": 4,
+        "BOOTSTRAP_RETRY": 0.2,
+    }.items():
         monkeypatch.setattr(mesh_host, name, value)
     monkeypatch.setattr(connections, "TRIM_INTERVAL", 0.2)
     async with AsyncExitStack() as stack:
@@ -235,7 +241,7 @@ async def test_above_the_high_watermark_idle_connections_are_trimmed_and_not_red
         await wait_for(lambda: len(hub.connected_peers()) == 6)
         assert hub.connections.trimmed == 0  # within their grace period
         hub.host.get_network().connection_config.grace_period = 0
-        # The excess over the high watermark goes, no more (a deeper cut made others dial around).
+        # The excess over the bound goes, no more (a deeper cut made others dial around).
         await wait_for(lambda: len(hub.connected_peers()) == 4 and at_hub.settled())
         assert hub.connections.trimmed == 2
         assert len([c for c in at_hub.seen if not c.muxed_conn.is_closed]) == 4

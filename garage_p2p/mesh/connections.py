@@ -13,13 +13,13 @@ library), and it is closed when its streams have ended or after DRAIN_LIMIT seco
 streams never end by themselves; pubsub opens them again on the connection that stays, so they do
 not hold a drain open. Relayed connections are left to DCUtR, which replaces them with a direct one.
 
-The bound: above the high watermark, the excess is closed, no more. Trimming further, down to the
-auto-connector's target ((low + high) / 2), cascaded in a 30-daemon mesh: each trim dropped a dozen
-other peers below their own target, they dialled others, who went over the mark and trimmed in turn
-(~200 opens and ~280 closes a minute). 0.8.1's pruner never trims ours: it skips every connection
-with an open stream, and every connection carries gossipsub's; it also runs only when a connection
-arrives, while that one is still in its grace period. Trimmed first: inbound ones (we did not choose
-them), newest first (the established mesh stays), never one younger than the
+The bound: above ``trim_above`` (mesh/host.py TRIM_ABOVE) the excess is closed, no more. 0.8.1's
+pruner never trims ours: it skips every connection with an open stream, and every connection carries
+gossipsub's; it also runs only when a connection arrives, while that one is still in its grace
+period. The bound is not the high watermark (24): in a 30-daemon mesh the DHT's lookups dial most
+peers at every refresh, and trimming at 24 (even with the back-off below) opened ~150 and closed
+~190 connections a minute, where the untrimmed mesh opened and closed none. Trimmed first: inbound
+ones (we did not choose them), newest first (the established mesh stays), never one younger than the
 grace period or with a request on it. Neither side redials a trimmed peer at once: for
 REDIAL_BACKOFF seconds after a peer's last connection closed the swarm refuses the library's own
 dials to it (the DHT's lookups redialled at every refresh; the auto-connector has its own back-off),
@@ -52,7 +52,7 @@ CLOSE_TIMEOUT = 5.0
 WINDOW = 60
 """The window, in seconds, of the opened/closed-per-minute counts."""
 TRIM_INTERVAL = 5.0
-"""Seconds between checks against the high watermark (connections leave their grace period with time)."""
+"""Seconds between checks against trim_above (connections leave their grace period with time)."""
 REDIAL_BACKOFF = 60.0
 """Seconds after a peer's last connection closed during which the library's own dialers (the DHT's
 lookups, the auto-connector) may not dial it again; our own dials for a request may (Mesh.connect)."""
@@ -88,13 +88,15 @@ class MinuteCounter:
 
 
 class ConnectionKeeper:
-    """libp2p notifee: one connection per peer pair, at most the high watermark; counts opened and closed.
+    """libp2p notifee: one connection per peer pair, at most trim_above; counts opened and closed.
 
     ``serve`` runs the drains and the trimming; it must run for as long as the host does.
     """
 
-    def __init__(self, swarm, clock=trio.current_time) -> None:
+    def __init__(self, swarm, trim_above: int, clock=trio.current_time) -> None:
         self.swarm = swarm
+        self.trim_above = trim_above
+        """More open connections than this and the excess is closed."""
         self.clock = clock
         self.opened = MinuteCounter()
         """Connections opened, either side dialling (a duplicate counts too: it was opened)."""
@@ -103,7 +105,7 @@ class ConnectionKeeper:
         self.duplicates = 0
         """Duplicate connections drained since start."""
         self.trimmed = 0
-        """Connections closed since start because there were more than the high watermark."""
+        """Connections closed since start because there were more than trim_above."""
         self.draining: set[object] = set()
         """Connections out of the swarm's table (duplicates, trimmed ones), closing."""
         self._gone_at: dict[str, float] = {}
@@ -158,8 +160,8 @@ class ConnectionKeeper:
         """Whether ``peer_id``'s last connection closed less than REDIAL_BACKOFF seconds ago.
 
         Both sides of a closed connection back off (each sees it close), so a trimmed connection is
-        not dialled straight back by either: the DHT's lookups did, every refresh, in a mesh over
-        the high watermark.
+        not dialled straight back by either: the DHT's lookups did, at every refresh, in a mesh
+        trimmed at 24.
         """
         gone = self._gone_at.get(peer_id)
         return gone is not None and self.clock() - gone < REDIAL_BACKOFF
@@ -217,19 +219,19 @@ class ConnectionKeeper:
                 await self._close(duplicate)
 
     def _trim(self) -> None:
-        """Above the high watermark, close the excess: idle connections past their grace period."""
+        """Above ``trim_above``, close the excess: idle connections past their grace period."""
         config = self.swarm.connection_config
         live = [c for c in self.swarm.get_connections() if not c.is_closed]
-        if self._nursery is None or len(live) <= config.high_watermark:
+        if self._nursery is None or len(live) <= self.trim_above:
             return
         now = time.time()  # SwarmConn._created_at is wall-clock time
         idle = [c for c in live if now - c._created_at >= config.grace_period and not _in_flight(c)]
         idle.sort(key=lambda c: (c.direction != Direction.INBOUND, -c._created_at))
-        for conn in idle[: len(live) - config.high_watermark]:
+        for conn in idle[: len(live) - self.trim_above]:
             self._take_out(conn)
             self.trimmed += 1
             self._nursery.start_soon(self._close, conn)
-        log.debug("%d connections, over the high watermark %d: trimmed", len(live), config.high_watermark)
+        log.debug("%d connections, over %d: trimmed", len(live), self.trim_above)
 
     def _take_out(self, conn) -> None:
         """Out of the swarm's table (no new stream goes on it, it is no longer the peer's), into ``draining``."""

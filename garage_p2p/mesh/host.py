@@ -52,7 +52,11 @@ MIN_CONNECTIONS = 4
 """Below this many peers the bootstrap peers are redialled; the library's auto-connector polls faster too."""
 LOW_WATERMARK = 6
 HIGH_WATERMARK = 24
-"""Above it, mesh/connections.py closes the excess (idle connections past their grace period)."""
+"""With LOW, sets the auto-connector's target: (LOW + HIGH) / 2 = 15 connections."""
+TRIM_ABOVE = 64
+"""More connections than this and mesh/connections.py closes the excess (idle ones past their grace).
+Not HIGH_WATERMARK: the DHT's refresh dials most peers of a small mesh, and trimming at 24 made a
+30-daemon mesh open and close ~150 connections a minute (benchmarks/connections.py)."""
 CONNECTION_GRACE = 20.0
 """Seconds a new connection is safe from trimming (the library's default)."""
 MAX_CONNECTIONS = 128
@@ -431,7 +435,7 @@ async def open_mesh(
             refuse_dials(host.get_network(), mesh.refuses_dial)
             nursery.start_soon(_turn_away, mesh, arrivals)
             # Two peers dialling each other at once end up with two connections: one is drained.
-            mesh.connections = ConnectionKeeper(host.get_network())
+            mesh.connections = ConnectionKeeper(host.get_network(), TRIM_ABOVE)
             await nursery.start(mesh.connections.serve)
             host.get_network().register_notifee(mesh.connections)
             nursery.start_soon(_sweep_not_admitted, mesh)
