@@ -56,7 +56,7 @@ HIGH_WATERMARK = 24
 TRIM_ABOVE = 64
 """More connections than this and mesh/connections.py closes the excess (idle ones past their grace).
 Not HIGH_WATERMARK: the DHT's refresh dials most peers of a small mesh, and trimming at 24 made a
-30-daemon mesh open and close ~150 connections a minute (benchmarks/connections.py)."""
+30-daemon mesh open and close ~150 connections a minute, ~15 untrimmed (benchmarks/connections.py)."""
 CONNECTION_GRACE = 20.0
 """Seconds a new connection is safe from trimming (the library's default)."""
 MAX_CONNECTIONS = 128
