@@ -149,6 +149,7 @@ class Peer:
             "driver_version": self.driver_version,
             "hardware": self.caps.hardware.label,
             "connections": len(self.mesh.connected_peers()),
+            "connection_counts": self.mesh.connections.view() if self.mesh.connections else None,
             "known_peers": len(self.table.entries(time.time())),
             "dht_mode": self.discovery.dht_mode,
             "dht_table_size": self.discovery.dht.get_routing_table_size(),
@@ -290,6 +291,8 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
     return MeshSnapshot(
         peers_by_connection=by_connection,
         connections=len(peer.mesh.connected_peers()),
+        connections_opened=peer.mesh.connections.opened.total if peer.mesh.connections else 0,
+        connections_closed=peer.mesh.connections.closed.total if peer.mesh.connections else 0,
         ads_received=peer.caps.received,
         ads_published=peer.caps.published,
         ads_rejected={

@@ -98,6 +98,8 @@ async def test_metrics_count_what_was_sent_and_follow_the_key_rules(tmp_path, ht
             assert value(c, "garage_requests_in_flight", role="consumer") == 0
             assert value(c, "garage_peers", connection="direct") == 1
             assert value(c, "garage_connections") >= 1
+            assert value(c, "garage_connections_opened_total") >= 1
+            assert value(c, "garage_connections_closed_total") >= 0
             assert value(c, "garage_ads_received_total") >= 1
             assert value(c, "garage_peer_info", peer_id=consumer.identity.peer_id, version="0.1.0") == 1
             assert value(c, "process_resident_memory_bytes") > 0

@@ -28,6 +28,12 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
         f"connections {data['connections']}   known peers {data['known_peers']}   DHT {data['dht_mode']} "
         f"({data['dht_table_size']} in table)"
     )
+    counts = data.get("connection_counts")
+    if counts:
+        typer.echo(
+            f"            {counts['open']} open ({counts['draining']} duplicates closing); last minute "
+            f"{counts['opened_last_minute']} opened, {counts['closed_last_minute']} closed"
+        )
     typer.echo(f"in flight   {data['in_flight']}{'   DRAINING' if data['draining'] else ''}")
     led = data["ledger"]
     typer.echo(

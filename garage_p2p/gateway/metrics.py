@@ -55,6 +55,10 @@ class MeshSnapshot:
     """Peers with a live ad, by how we reach them: ``direct``, ``relayed``, ``none``."""
     connections: int = 0
     """Open libp2p connections."""
+    connections_opened: int = 0
+    """libp2p connections opened since start, either side dialling."""
+    connections_closed: int = 0
+    """libp2p connections closed since start (a duplicate of a pair's connection included)."""
     ads_received: int = 0
     """Signed ads accepted from gossip since start."""
     ads_published: int = 0
@@ -225,6 +229,12 @@ class _Scraped:
             ("direct", "relayed", "none"),
         )
         yield GaugeMetricFamily("garage_connections", "Open libp2p connections.", value=s.connections)
+        yield CounterMetricFamily(
+            "garage_connections_opened", "libp2p connections opened, either side dialling.", value=s.connections_opened
+        )
+        yield CounterMetricFamily(
+            "garage_connections_closed", "libp2p connections closed, for any reason.", value=s.connections_closed
+        )
         yield CounterMetricFamily(
             "garage_ads_received", "Signed capability ads accepted from gossip.", value=s.ads_received
         )

@@ -10,6 +10,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 import multiaddr
@@ -32,6 +33,7 @@ from ..core.identity import Identity
 from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
+from .connections import ConnectionKeeper
 from .nat import NatService, is_circuit, is_lan_addr
 from .patches import apply_library_patches, refuse_dials, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
@@ -47,10 +49,24 @@ DEGREE_HIGH = 8
 """Gossipsub's D_high. At 12 a dense mesh delivered each message to each peer ~11 times (benchmarks/idle.py)."""
 BOOTSTRAP_RETRY = 5.0
 MIN_CONNECTIONS = 4
+"""Below this many peers the bootstrap peers are redialled; the library's auto-connector polls faster too."""
+LOW_WATERMARK = 6
+HIGH_WATERMARK = 24
+"""With LOW, sets the auto-connector's target: (LOW + HIGH) / 2 = 15 connections."""
+TRIM_ABOVE = 64
+"""More connections than this and mesh/connections.py closes the excess (idle ones past their grace).
+Not HIGH_WATERMARK: the DHT's refresh dials most peers of a small mesh, and trimming at 24 made a
+30-daemon mesh open and close ~150 connections a minute, ~15 untrimmed (benchmarks/connections.py)."""
+CONNECTION_GRACE = 20.0
+"""Seconds a new connection is safe from trimming (the library's default)."""
 MAX_CONNECTIONS = 128
 """The swarm keeps MAX - MIN inbound slots (124); mesh/patches.py frees one when its connection ends."""
 ADMISSION_SWEEP = 1.0
 """Seconds between sweeps of connected peers no longer admitted (a ban, the lists): the arrivals channel is lossy."""
+
+
+_ASKED: ContextVar[bool] = ContextVar("garage_asked_dial", default=False)
+"""True in a dial of our own (Mesh.connect: a request, the bootstrap keeper), not a library dialer's."""
 
 
 def _local_ipv4() -> list[str]:
@@ -91,11 +107,20 @@ class Mesh:
     """Connections closed because the lists or a ban do not admit the peer."""
     penalties: PenaltyBox = field(default_factory=PenaltyBox)
     """Faults of misbehaving peers, from every service; enough of them ban the peer."""
+    connections: ConnectionKeeper | None = None
+    """One connection per peer pair; connections opened and closed (``garage status``, /metrics)."""
     _nursery: trio.Nursery | None = None
 
     def admits(self, peer_id: str) -> bool:
         """Whether this peer deals with ``peer_id`` now (its lists, and no ban)."""
         return self.peer_filter.allowed(peer_id) and not self.penalties.banned(peer_id, time.monotonic())
+
+    def refuses_dial(self, peer_id: str) -> bool:
+        """Whether the swarm refuses to dial ``peer_id``: not admitted, or (for the library's own
+        dialers: the DHT, the auto-connector) its connection closed a moment ago (mesh/connections.py)."""
+        if not self.admits(peer_id):
+            return True
+        return not _ASKED.get() and self.connections is not None and self.connections.backing_off(peer_id)
 
     def penalise(self, peer_id: str, service: str, reason: str) -> None:
         """``service`` rejected ``peer_id``'s input: the one way a fault is counted.
@@ -198,6 +223,7 @@ class Mesh:
         done = trio.Event()
 
         async def dial_direct() -> None:
+            _ASKED.set(True)  # in this task's own context: a dial of ours, not a library dialer's
             try:
                 await self.host.connect(PeerInfo(pid, direct))
                 done.set()
@@ -209,6 +235,7 @@ class Mesh:
         head_start = 0.0 if all(is_lan_addr(str(m)) for m in direct) else RELAY_HEAD_START
 
         async def dial_relayed() -> None:
+            _ASKED.set(True)
             if direct and head_start:
                 with trio.move_on_after(head_start):
                     await done.wait()
@@ -280,7 +307,11 @@ class Mesh:
 
 
 async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
-    """Stay connected to the bootstrap peers; retry the ones we lost."""
+    """Dial the bootstrap peers while this peer has fewer than MIN_CONNECTIONS peers; retry the ones we lost.
+
+    Not beyond: a bootstrap peer everyone joins through is over its high watermark and trims, and a
+    peer that redialled it every BOOTSTRAP_RETRY seconds kept both sides opening and closing.
+    """
     infos = []
     for addr in bootstrap:
         try:
@@ -289,6 +320,8 @@ async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
             log.error("ignoring bootstrap address %s: %s", addr, exc)
     while True:
         for info in infos:
+            if len(mesh.connected_peers()) >= MIN_CONNECTIONS:
+                break  # well connected: the mesh, not the bootstrap peers, keeps this peer in it
             if info.peer_id in mesh.host.get_connected_peers() or not mesh.admits(str(info.peer_id)):
                 continue  # connected, or banned: a banned bootstrap peer is dialled again when its ban ends
             try:
@@ -362,7 +395,11 @@ async def open_mesh(
         # mesh all dialled each other and one process spent its CPU on
         # connections; a peer needs a handful (gossipsub's degree is 6).
         connection_config=ConnectionConfig(
-            min_connections=MIN_CONNECTIONS, low_watermark=6, high_watermark=24, max_connections=MAX_CONNECTIONS
+            min_connections=MIN_CONNECTIONS,
+            low_watermark=LOW_WATERMARK,
+            high_watermark=HIGH_WATERMARK,
+            grace_period=CONNECTION_GRACE,
+            max_connections=MAX_CONNECTIONS,
         ),
         psk=psk.hex() if psk is not None else None,
         **_transport_flags(listen_addrs),
@@ -402,8 +439,12 @@ async def open_mesh(
                 identity.peer_id, lambda peer, reason: mesh.penalise(peer, "muxer", reason)
             )
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
-            refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
+            refuse_dials(host.get_network(), mesh.refuses_dial)
             nursery.start_soon(_turn_away, mesh, arrivals)
+            # Two peers dialling each other at once end up with two connections: one is drained.
+            mesh.connections = ConnectionKeeper(host.get_network(), TRIM_ABOVE)
+            await nursery.start(mesh.connections.serve)
+            host.get_network().register_notifee(mesh.connections)
             nursery.start_soon(_sweep_not_admitted, mesh)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:

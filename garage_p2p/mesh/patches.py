@@ -55,8 +55,12 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.relay.circuit_v2.dcutr:DCUtRProtocol._try_unilateral_upgrade", None),
     ("libp2p.host.basic_host:BasicHost.__init__", "self._observed_addr_manager"),
     ("libp2p.host.observed_addr_manager:ObservedAddrManager.addrs", None),
+    # mesh/connections.py drains a pair's second connection: it takes it out of this table, by direction and age.
+    ("libp2p.network.swarm:Swarm.__init__", "self.connections = {}"),
+    ("libp2p.network.connection.swarm_connection:SwarmConn.direction", None),
+    ("libp2p.network.connection.swarm_connection:SwarmConn.__init__", "self._created_at"),
 )
-"""Every library internal a patch here, or mesh/nat.py, replaces or reads."""
+"""Every library internal a patch here, mesh/nat.py or mesh/connections.py replaces or reads."""
 
 
 class LibraryPatchError(RuntimeError):
@@ -366,7 +370,7 @@ def _refusing_dial(dial_peer):
 
         refused = getattr(self, _REFUSE, None)
         if refused is not None and refused(str(peer_id)):
-            raise SwarmException(f"not dialling {peer_id}: banned or not admitted")
+            raise SwarmException(f"not dialling {peer_id}: banned, not admitted, or its connection just closed")
         return await dial_peer(self, peer_id)
 
     return refusing_dial_peer
