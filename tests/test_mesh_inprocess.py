@@ -291,7 +291,10 @@ async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed
             h_id = h.identity.peer_id
             await wait_for(lambda: h_id in c.discovery._cursors, 10)  # c synced h's table on connect
             # Each announced itself on joining (its first ad waits for a gossip neighbour), and has nothing pending.
-            await wait_for(lambda: all(p.caps.published >= 1 and not p.caps.schedule.pending for p in (h, c)), 10)
+            def announced(p) -> bool:
+                return p.discovery._announced >= 0 and p.caps.published >= 1 and not p.caps.schedule.pending
+
+            await wait_for(lambda: announced(h) and announced(c), 10)
             published = (h.caps.published, c.caps.published)
             received = c.caps.received
             await trio.sleep(3)  # an idle window: the old design published about one ad per peer in it
