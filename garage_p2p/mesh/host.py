@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -77,6 +78,24 @@ def _transport_flags(listen: Sequence[multiaddr.Multiaddr]) -> dict[str, bool]:
 
 
 @dataclass
+class GossipCounts:
+    """Gossip per topic since start: what an idle peer costs is read here."""
+
+    published: Counter[str] = field(default_factory=Counter)
+    """Messages this peer published."""
+    received: Counter[str] = field(default_factory=Counter)
+    """Messages from other publishers its validators looked at (each copy a neighbour sent)."""
+    received_bytes: Counter[str] = field(default_factory=Counter)
+    """Their payload bytes."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Of those, dropped by the topic's flood or replay rule, or as bad input."""
+
+    def receive(self, topic: str, size: int) -> None:
+        self.received[topic] += 1
+        self.received_bytes[topic] += size
+
+
+@dataclass
 class Mesh:
     """A running libp2p host with gossipsub."""
 
@@ -91,6 +110,8 @@ class Mesh:
     """Connections closed because the lists or a ban do not admit the peer."""
     penalties: PenaltyBox = field(default_factory=PenaltyBox)
     """Faults of misbehaving peers, from every service; enough of them ban the peer."""
+    gossip: GossipCounts = field(default_factory=GossipCounts)
+    """Gossip messages published and received per topic (``/metrics``)."""
     _nursery: trio.Nursery | None = None
 
     def admits(self, peer_id: str) -> bool:
@@ -150,6 +171,7 @@ class Mesh:
         with trio.move_on_after(timeout):
             try:
                 await self.pubsub.publish(topic, data)
+                self.gossip.published[topic] += 1
                 return True
             except Exception as exc:  # no peers yet, or shutting down: the next round retries
                 log.debug("publishing on %s failed: %s", topic, exc)
