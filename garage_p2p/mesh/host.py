@@ -44,6 +44,8 @@ PUBLISH_TIMEOUT = 5.0
 DIAL_TIMEOUT = 5.0
 RELAY_HEAD_START = 0.5
 HEARTBEAT = 1
+SEEN_TTL = 120
+"""Seconds gossipsub remembers a message id after it was last delivered (the library's default)."""
 DEGREE_HIGH = 8
 """Gossipsub's D_high. At 12 a dense mesh delivered each message to each peer ~11 times (benchmarks/idle.py)."""
 BOOTSTRAP_RETRY = 5.0
@@ -395,7 +397,10 @@ async def open_mesh(
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(host.run(listen_addrs))
-        pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        # Validation results are kept no longer than messages are remembered as seen: a message sent
+        # again once it is forgotten meets the topic validators (their replay rule: mesh/gossip.py)
+        # rather than the library's cached "valid" (300 s by default).
+        pubsub = Pubsub(host, gossipsub, strict_signing=True, seen_ttl=SEEN_TTL, validation_cache_ttl=SEEN_TTL)
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
