@@ -34,7 +34,7 @@ from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
 from .nat import NatService, is_circuit, is_lan_addr
-from .patches import apply_library_patches, refuse_dials, report_muxer_faults
+from .patches import apply_library_patches, refuse_dials, report_forged_gossip, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -421,6 +421,8 @@ async def open_mesh(
             stop_reporting = report_muxer_faults(
                 identity.peer_id, lambda peer, reason: mesh.penalise(peer, "muxer", reason)
             )
+            # A forged gossip message costs the neighbour that sent it, never the peer it names.
+            report_forged_gossip(pubsub, lambda peer, reason: mesh.penalise(peer, "gossip", reason))
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
             refuse_dials(host.get_network(), lambda peer_id: not mesh.admits(peer_id))
             nursery.start_soon(_turn_away, mesh, arrivals)
