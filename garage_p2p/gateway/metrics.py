@@ -66,7 +66,8 @@ class MeshSnapshot:
     gossip_published: dict[str, int] = field(default_factory=dict)
     """Gossip messages this peer published since start, by topic."""
     gossip_received: dict[str, int] = field(default_factory=dict)
-    """Gossip messages of other publishers its validators looked at since start (every copy), by topic."""
+    """Gossip messages of other publishers its validators looked at since start, by topic (a copy gossipsub
+    has seen already is dropped before that, uncounted)."""
     gossip_received_bytes: dict[str, int] = field(default_factory=dict)
     """Their payload bytes, by topic."""
     gossip_dropped: dict[str, int] = field(default_factory=dict)
@@ -249,7 +250,7 @@ class _Scraped:
             ("garage_gossip_published", "Gossip messages this peer published, by topic.", s.gossip_published),
             (
                 "garage_gossip_received",
-                "Gossip messages of other peers received (every copy), by topic.",
+                "Gossip messages of other peers validated (not seen before), by topic.",
                 s.gossip_received,
             ),
             ("garage_gossip_received_bytes", "Payload bytes of those messages, by topic.", s.gossip_received_bytes),

@@ -129,12 +129,12 @@ class LedgerSync:
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.mesh.set_handler(PROTOCOL_LEDGER, self.handle_stream)
-        GuardedTopic(self.mesh, TOPIC_LEDGER, LEDGER_GOSSIP, self._take).install()
-        subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
         self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
+            self._nursery = nursery  # before the validator: it schedules pulls in it
+            GuardedTopic(self.mesh, TOPIC_LEDGER, LEDGER_GOSSIP, self._take).install()
+            subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
             nursery.start_soon(self._drain, subscription)
             nursery.start_soon(self._on_connections, new_peers)
             nursery.start_soon(self._push_pending_forever)

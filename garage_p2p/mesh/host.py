@@ -86,7 +86,7 @@ class GossipCounts:
     published: Counter[str] = field(default_factory=Counter)
     """Messages this peer published."""
     received: Counter[str] = field(default_factory=Counter)
-    """Messages from other publishers its validators looked at (each copy a neighbour sent)."""
+    """Messages from other publishers its validators looked at (a copy gossipsub has seen is dropped before)."""
     received_bytes: Counter[str] = field(default_factory=Counter)
     """Their payload bytes."""
     dropped: Counter[str] = field(default_factory=Counter)
