@@ -76,6 +76,9 @@ MAX_WANTS = 256
 PAGE_BYTES = 2 * MiB
 """Uncompressed entries per page served (under the reader's 4 MiB bound)."""
 FULL_SYNC_EVERY = 60.0
+CATCH_UP_GAP = 3.0
+"""Seconds before the next compare once one pulled entries: bounds what a busy replica (whose digest
+often differs from its neighbours') spends on compares to one every few seconds."""
 PUSH_INTERVAL = 10.0
 PUSH_AFTER = 5.0
 """A counter-signed receipt is pushed again only once it is this old (the stream's COSIGN usually delivers it)."""
@@ -117,6 +120,8 @@ class LedgerSync:
         self.compares_same = 0
         """Head compares a neighbour answered with the same digest (nothing paged)."""
         self._wake = trio.Event()
+        self._caught_up = trio.Event()
+        """Set when a compare pulled entries: the next anti-entropy round comes early."""
         self._pulling: set[str] = set()
         self._again: dict[str, _Job] = {}
         self._last_full_sync: dict[str, float] = {}
@@ -159,10 +164,19 @@ class LedgerSync:
             await trio.sleep(MIN_GAP)  # changes within the gap go out together
 
     async def _anti_entropy(self) -> None:
-        """Every so often compare every head with one random neighbour (a missed message, a healed split)."""
+        """Now and then compare every head with one random neighbour (a missed message, a healed split).
+
+        About every ``anti_entropy_interval`` while neighbours agree (then a compare is a digest: what an
+        idle peer costs); a compare that pulled entries brings the next one within CATCH_UP_GAP, so news
+        (a healed split) spreads from neighbour to neighbour without periodic gossip, and the cadence
+        falls back once they agree.
+        """
         rng = random.Random()
         while True:
-            await trio.sleep(self.anti_entropy_interval * rng.uniform(0.5, 1.5))
+            with trio.move_on_after(self.anti_entropy_interval * rng.uniform(0.5, 1.5)):
+                await self._caught_up.wait()
+                await trio.sleep(CATCH_UP_GAP)
+            self._caught_up = trio.Event()
             connected = self.mesh.connected_peers()
             if connected:
                 self._schedule(rng.choice(connected), FULL)
@@ -284,7 +298,10 @@ class LedgerSync:
             if not page.more or not page.heads:
                 break
             after = page.heads[-1].author
-        return await self._pull_on(conn, peer_id, self.ledger.plan(heads))
+        added = await self._pull_on(conn, peer_id, self.ledger.plan(heads))
+        if added:
+            self._caught_up.set()  # there is news about: the next compare comes soon
+        return added
 
     async def _pull_on(self, conn: FrameStream, peer_id: str, wants: list[Want]) -> int:
         """Pull ranges page by page, asking for the next page before verifying this one.
