@@ -16,6 +16,7 @@ import pytest
 import trio
 import trio.testing
 from libp2p.peer.id import ID
+from libp2p.pubsub.pb import rpc_pb2
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT, Yamux, YamuxStream
 from typer.testing import CliRunner
 
@@ -122,6 +123,24 @@ async def test_a_malformed_pubsub_rpc_does_not_crash_the_host():
         await b.pubsub.publish("after", b"still here")
         with trio.fail_after(5):
             assert (await subscription.get()).data == b"still here"
+
+
+async def test_a_forged_gossip_message_costs_the_neighbour_that_sent_it():
+    """0.8.1 drops a message whose signature does not verify and says nothing: its forwarder went unpenalised."""
+    async with two_meshes() as (a, b):
+        await a.pubsub.subscribe("forged")
+        await wait_for(lambda: ID.from_base58(a.peer_id) in b.pubsub.peer_topics.get("forged", set()))
+        named = Identity.from_seed(os.urandom(32)).peer_id
+        forged = rpc_pb2.Message(
+            from_id=ID.from_base58(named).to_bytes(),
+            data=b"in someone else's name",
+            seqno=(1).to_bytes(8, "big"),
+            topicIDs=["forged"],
+            signature=os.urandom(64),
+        )
+        await b.pubsub.router.publish(ID.from_base58(b.peer_id), forged)
+        await wait_for(lambda: a.penalties.faults(b.peer_id, "gossip") == 1)
+        assert a.penalties.faults(named) == 0
 
 
 async def test_two_tasks_writing_one_stream_do_not_interleave():

@@ -290,6 +290,7 @@ async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed
             await wait_for_model(c, "tiny")
             h_id = h.identity.peer_id
             await wait_for(lambda: h_id in c.discovery._cursors, 10)  # c synced h's table on connect
+
             # Each announced itself on joining (its first ad waits for a gossip neighbour), and has nothing pending.
             def announced(p) -> bool:
                 return p.discovery._announced >= 0 and p.caps.published >= 1 and not p.caps.schedule.pending

@@ -30,10 +30,18 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from .gossip_guard import TopicRule
+from .limits import Limits
 from .messages import ENDPOINT_PATHS, WireModel
 from .receipts import Receipt
 
 TOPIC_JOBS = "garage/jobs/1"
+ANNOUNCED_PER_ROUND = 4
+"""Jobs a submitter announces in one round (the least recently announced first); rounds are at least
+a second apart, so an honest submitter publishes at most 240 announcements a minute however many jobs
+it runs."""
+JOBS_GOSSIP = TopicRule("jobs", Limits(rpm=480))
+"""Job announcements taken per publisher: twice the most an honest submitter publishes."""
 PROTOCOL_JOBS = "/garage/jobs/1.0.0"
 MAX_LINE_BYTES = 1024 * 1024
 MAX_SHARD_SIZE = 1000

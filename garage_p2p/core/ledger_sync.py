@@ -1,13 +1,15 @@
 """Ledger anti-entropy: heads on gossip, missing ranges pulled over a stream.
 
-Every few seconds a peer publishes some of its heads (author → prefix length,
-hash, first conflict) on ``garage/ledger/1``: its own head, then the others in
-rotation, so a message stays small however many authors there are and every
-head is announced within a bounded number of rounds. A receiver compares them
-with its own state (``plan_pulls``) and pulls what it lacks from the announcer
-over ``/garage/ledger/1.0.0``: one request frame, one reply frame, repeated on
-the same stream. On a new connection the two sides page through each other's
-whole head list.
+When its own log grows, a peer publishes some of its heads (author → prefix
+length, hash, first conflict) on ``garage/ledger/1``: its own head, then the
+others in rotation, so a message stays small however many authors there are.
+An idle peer publishes nothing. A receiver compares them with its own state
+(``plan_pulls``) and pulls what it lacks from the announcer over
+``/garage/ledger/1.0.0``: one request frame, one reply frame, repeated on the
+same stream. On a new connection, and now and then with one neighbour, the two
+sides compare their whole head lists: the first request carries a digest of
+the asker's heads (``heads_digest``) and a server holding the same heads says
+so in a few bytes; only when they differ are the heads paged through.
 
 Pages of entries are zlib-compressed (receipts repeat peer ids and field
 names); the decompressed size is bounded before anything is allocated.
@@ -15,6 +17,7 @@ names); the decompressed size is bounded before anything is allocated.
 
 from __future__ import annotations
 
+import hashlib
 import struct
 import zlib
 from collections.abc import Sequence
@@ -24,8 +27,10 @@ from typing import Literal
 from pydantic import Field
 
 from .errors import PeerFault
+from .gossip_guard import TopicRule
 from .ledger import MAX_ENTRY_BYTES, Head, LedgerState
 from .ledger_caps import ReplicationPolicy
+from .limits import Limits
 from .messages import WireModel
 from .wire import FrameType, KiB, MiB
 
@@ -37,6 +42,9 @@ MAX_RANGE_ENTRIES = 2048
 MAX_PAGE_BYTES = 4 * MiB
 """Decompressed size of one page of entries."""
 MAX_PUSH_RECEIPTS = 256
+LEDGER_GOSSIP = TopicRule("ledger", Limits(rpm=120))
+"""Heads announcements taken per publisher: twice what an honest one publishes at most (one a second,
+when its own log grows: a busy provider's receipts are batched into one announcement a second)."""
 
 LEDGER_LIMITS = {
     FrameType.LEDGER_REQUEST: 512 * KiB,
@@ -93,6 +101,9 @@ class LedgerRequest(WireModel):
     receipts: tuple[str, ...] = Field(default=(), max_length=MAX_PUSH_RECEIPTS)
     """push: base64 of provider signature (64 bytes) | counter-signature (64 bytes) | receipt
     (``ledger.book.pack_pending``)."""
+    digest: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    """heads (first page): the asker's ``heads_digest``; a server with the same heads answers ``same``
+    and no heads (a server that predates it ignores the field and pages as before)."""
 
 
 class HeadsPage(WireModel):
@@ -102,6 +113,8 @@ class HeadsPage(WireModel):
     """Heads sorted by author."""
     more: bool = False
     """True if there are authors after the last one."""
+    same: bool = False
+    """The server's heads digest equals the request's: nothing to compare (no heads sent)."""
 
 
 class PushReply(WireModel):
@@ -133,7 +146,23 @@ def announcement(
     ), cursor
 
 
-def heads_page(state: LedgerState, after: str | None, limit: int = MAX_HEADS_PAGE) -> HeadsPage:
+def heads_digest(state: LedgerState) -> str:
+    """SHA-256 (hex) over every head: two replicas with the same digest have nothing to pull from each other.
+
+    Computed afresh each time (no cache to fall out of step with the state): a hash over one short line
+    per author, microseconds each, against a page of heads on the wire per compare.
+    """
+    digest = hashlib.sha256()
+    for author, head in state.heads().items():
+        digest.update(f"{author} {head.seq} {head.hash.hex()} {head.conflict or 0}\n".encode())
+    return digest.hexdigest()
+
+
+def heads_page(
+    state: LedgerState, after: str | None, limit: int = MAX_HEADS_PAGE, digest: str | None = None
+) -> HeadsPage:
+    if digest is not None and after is None and heads_digest(state) == digest:
+        return HeadsPage(heads=(), same=True)
     authors = [a for a in state.authors() if after is None or a > after]
     page = authors[: min(limit, MAX_HEADS_PAGE)]
     return HeadsPage(heads=tuple(HeadInfo.of(a, state.head(a)) for a in page), more=len(authors) > len(page))

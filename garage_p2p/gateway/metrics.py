@@ -69,6 +69,15 @@ class MeshSnapshot:
     """Peers banned now for repeated faults."""
     faults: dict[str, int] = field(default_factory=dict)
     """Faults of other peers since start, by the service that counted them (``ledger``, ``jobs``...)."""
+    gossip_published: dict[str, int] = field(default_factory=dict)
+    """Gossip messages this peer published since start, by topic."""
+    gossip_received: dict[str, int] = field(default_factory=dict)
+    """Gossip messages of other publishers its validators looked at since start, by topic (a copy gossipsub
+    has seen already is dropped before that, uncounted)."""
+    gossip_received_bytes: dict[str, int] = field(default_factory=dict)
+    """Their payload bytes, by topic."""
+    gossip_dropped: dict[str, int] = field(default_factory=dict)
+    """Of those, dropped by the topic's flood or replay rule or as bad input, by topic (ads count theirs apart)."""
     ledger_entries: int = 0
     """Entries in this peer's replica of the ledger."""
     ledger_authors: int = 0
@@ -252,6 +261,24 @@ class _Scraped:
         for service, count in sorted(s.faults.items()):
             faults.add_metric([service], count)
         yield faults
+        for name, documentation, counts in (
+            ("garage_gossip_published", "Gossip messages this peer published, by topic.", s.gossip_published),
+            (
+                "garage_gossip_received",
+                "Gossip messages of other peers validated (not seen before), by topic.",
+                s.gossip_received,
+            ),
+            ("garage_gossip_received_bytes", "Payload bytes of those messages, by topic.", s.gossip_received_bytes),
+            (
+                "garage_gossip_dropped",
+                "Received gossip dropped (flood, replay, bad input), by topic.",
+                s.gossip_dropped,
+            ),
+        ):
+            family = CounterMetricFamily(name, documentation, labels=["topic"])
+            for topic, count in sorted(counts.items()):
+                family.add_metric([topic], count)
+            yield family
         yield GaugeMetricFamily(
             "garage_ledger_entries", "Entries in this peer's ledger replica.", value=s.ledger_entries
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,6 +25,8 @@ import trio
 from ..core.errors import PeerFault
 from ..core.identity import Identity
 from ..core.jobs import (
+    ANNOUNCED_PER_ROUND,
+    JOBS_GOSSIP,
     MAX_SHARD_SIZE,
     PROTOCOL_JOBS,
     TOPIC_JOBS,
@@ -50,10 +53,12 @@ from .store import JobRow, JobStore
 log = logging.getLogger(__name__)
 
 ANNOUNCE_INTERVAL = 2.0
+MIN_GAP = 1.0
+"""Seconds between announcement rounds at least, however many jobs are submitted."""
 GONE_AFTER = 3.0
 """A provider not connected for this long loses its leases."""
-SERVICE = "jobs"
-"""Faults on this protocol (as a provider or as a submitter) are counted under this name."""
+SERVICE = JOBS_GOSSIP.service
+"""Faults on this protocol and the jobs topic (as a provider or as a submitter) are counted under this name."""
 IDLE_TIMEOUT = 60.0
 SERVER_LIMITS = RpcLimits(
     FrameType.JOB_REQUEST,
@@ -91,6 +96,8 @@ class _Job:
     absent_since: dict[str, float] = field(default_factory=dict)
     summary: dict[str, Any] | None = None
     """A finished job's last progress (its lines and shards are then dropped from memory)."""
+    announced: float = -math.inf
+    """When it was last announced (time.monotonic)."""
 
 
 def request_id(job_id: str, index: int) -> str:
@@ -162,16 +169,20 @@ class JobManager:
         log.info("job %s resumed: %d of %d lines done", row.id, len(state.done_ids), len(lines))
 
     async def _announce_forever(self) -> None:
+        """Announce running jobs every ANNOUNCE_INTERVAL, a new one within a second, at most
+        ANNOUNCED_PER_ROUND a round (the topic's flood rule, JOBS_GOSSIP, counts on that bound)."""
         while True:
-            for job in list(self.jobs.values()):
+            running = [job for job in self.jobs.values() if job.row.status == "running"]
+            running.sort(key=lambda job: job.announced)  # a new job (never announced) first
+            for job in running[:ANNOUNCED_PER_ROUND]:
                 await self._announce(job)
-            with trio.move_on_after(ANNOUNCE_INTERVAL):
+            await trio.sleep(MIN_GAP)
+            with trio.move_on_after(ANNOUNCE_INTERVAL - MIN_GAP):
                 await self._new_job.wait()  # a new job is announced at once
             self._new_job = trio.Event()
 
     async def _announce(self, job: _Job) -> None:
-        if job.row.status != "running":
-            return
+        job.announced = time.monotonic()
         message = JobAnnouncement(
             job_id=job.row.id,
             model=job.row.model,

@@ -22,12 +22,22 @@ import trio
 
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, ResponseReader
-from ..core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck, WorkerSlots
+from ..core.jobs import (
+    JOBS_GOSSIP,
+    PROTOCOL_JOBS,
+    TOPIC_JOBS,
+    JobAnnouncement,
+    JobRequest,
+    LeaseGrant,
+    ResultsAck,
+    WorkerSlots,
+)
 from ..core.messages import RequestHead, decode_json, encode_json, refusal
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import FrameType, MiB, encode_frame
 from ..ledger.book import Ledger
-from ..mesh.host import DialError, Mesh, gossip_sender
+from ..mesh.gossip import GuardedTopic
+from ..mesh.host import DialError, Mesh
 from ..mesh.streams import FrameStream, StreamBroken, close_quietly, write_all
 from ..provider.service import ProviderService
 from .submitter import SERVICE
@@ -68,26 +78,29 @@ class JobWorker:
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+        # Announcements are taken in gossipsub's validator, behind the topic's flood and replay rule:
+        # what it or ``_take`` refuses is not forwarded either.
+        GuardedTopic(self.mesh, TOPIC_JOBS, JOBS_GOSSIP, self._take).install()
         subscription = await self.mesh.pubsub.subscribe(TOPIC_JOBS)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
             while True:
-                message = await subscription.get()
-                sender = gossip_sender(message)
-                try:
-                    job = self._announcement(sender, message.data)
-                except PeerFault as exc:
-                    self.mesh.penalise(sender, SERVICE, f"job announcement: {exc}")
-                    continue
-                if job.submitter == self.mesh.peer_id:
-                    continue  # our own jobs we do not work on
-                if (
-                    job.shards_left
-                    and self.provider.serves(job.model)
-                    and self.slots.take(job.job_id, job.submitter, trio.current_time())
-                ):
-                    nursery.start_soon(self._work, job)
+                await subscription.get()  # taken in the validator; this keeps us in the topic's mesh
+
+    def _take(self, publisher: str, data: bytes) -> None:
+        """A job announcement ``publisher`` signed: work on it if we serve its model and have a slot."""
+        try:
+            job = self._announcement(publisher, data)
+        except PeerFault as exc:
+            raise PeerFault(f"job announcement: {exc}") from None
+        if (
+            job.shards_left
+            and self._nursery is not None
+            and self.provider.serves(job.model)
+            and self.slots.take(job.job_id, job.submitter, trio.current_time())
+        ):
+            self._nursery.start_soon(self._work, job)
 
     @staticmethod
     def _announcement(sender: str, data: bytes) -> JobAnnouncement:

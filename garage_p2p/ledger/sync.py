@@ -2,13 +2,16 @@
 
 See ``core.ledger_sync`` for the messages. This adapter:
 
-- publishes a heads announcement within a second of a change, and every
-  ``interval`` seconds otherwise (rotating through the heads);
-- compares every head with one random neighbour now and then (anti-entropy);
-- on an announcement, pulls what it lacks from the announcer (one pull per
-  peer at a time, a few peers at a time);
-- on a new connection, pages through the peer's whole head list (at most once
-  a minute per peer);
+- publishes a heads announcement within a second of a change of its own log,
+  and nothing while it is idle (every peer hearing every peer's heads every
+  so often would cost each peer in proportion to the mesh);
+- compares every head with one random neighbour now and then (anti-entropy):
+  a digest first, the head list only if the digests differ;
+- takes announcements in gossipsub's validator, behind the topic's flood and
+  replay rule (``mesh.gossip``), and pulls what it lacks from the announcer
+  (one pull per peer at a time, a few peers at a time);
+- on a new connection, compares heads the same way (at most once a minute
+  per peer);
 - serves heads, ranges and pushes to other peers, one request frame and one
   reply frame at a time, with limits on sizes, requests per stream and time;
 - pushes receipts we counter-signed as a consumer to their provider again
@@ -31,6 +34,7 @@ import trio
 
 from ..core.errors import PeerFault
 from ..core.ledger_sync import (
+    LEDGER_GOSSIP,
     LEDGER_LIMITS,
     MAX_PUSH_RECEIPTS,
     MAX_RANGE_ENTRIES,
@@ -46,20 +50,22 @@ from ..core.ledger_sync import (
     decode_page,
     encode_page,
     entry_seq,
+    heads_digest,
     heads_page,
 )
 from ..core.messages import decode_json, encode_json, refusal
 from ..core.receipts import ReceiptInvalid
 from ..core.wire import Frame, FrameType, MiB, encode_frame
-from ..mesh.host import ConnectionWatch, DialError, Mesh, gossip_sender
+from ..mesh.gossip import GuardedTopic
+from ..mesh.host import ConnectionWatch, DialError, Mesh
 from ..mesh.rpc import RpcLimits, serve_requests
 from ..mesh.streams import FrameStream, PeerStream, StreamBroken, close_quietly, write_all
 from .book import Ledger
 
 log = logging.getLogger(__name__)
 
-SERVICE = "ledger"
-"""Faults on this protocol are counted under this name."""
+SERVICE = LEDGER_GOSSIP.service
+"""Faults on this protocol and its gossip topic are counted under this name."""
 MIN_GAP = 1.0
 REQUEST_TIMEOUT = 15.0
 IDLE_TIMEOUT = 30.0
@@ -70,6 +76,9 @@ MAX_WANTS = 256
 PAGE_BYTES = 2 * MiB
 """Uncompressed entries per page served (under the reader's 4 MiB bound)."""
 FULL_SYNC_EVERY = 60.0
+CATCH_UP_GAP = 3.0
+"""Seconds before the next compare once one pulled entries: bounds what a busy replica (whose digest
+often differs from its neighbours') spends on compares to one every few seconds."""
 PUSH_INTERVAL = 10.0
 PUSH_AFTER = 5.0
 """A counter-signed receipt is pushed again only once it is this old (the stream's COSIGN usually delivers it)."""
@@ -100,17 +109,19 @@ class LedgerSync:
         ledger: Ledger,
         addrs_of: Callable[[str], Sequence[str]] = lambda peer_id: (),
         *,
-        interval: float = 30.0,
         anti_entropy_interval: float = 15.0,
     ) -> None:
         self.mesh = mesh
         self.ledger = ledger
         self.addrs_of = addrs_of
-        self.interval = interval
         self.anti_entropy_interval = anti_entropy_interval
         self.entries_pulled = 0
         self.bytes_pulled = 0
+        self.compares_same = 0
+        """Head compares a neighbour answered with the same digest (nothing paged)."""
         self._wake = trio.Event()
+        self._caught_up = trio.Event()
+        """Set when a compare pulled entries: the next anti-entropy round comes early."""
         self._pulling: set[str] = set()
         self._again: dict[str, _Job] = {}
         self._last_full_sync: dict[str, float] = {}
@@ -123,12 +134,13 @@ class LedgerSync:
 
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.mesh.set_handler(PROTOCOL_LEDGER, self.handle_stream)
-        subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
         self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))
         async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            nursery.start_soon(self._receive, subscription)
+            self._nursery = nursery  # before the validator: it schedules pulls in it
+            GuardedTopic(self.mesh, TOPIC_LEDGER, LEDGER_GOSSIP, self._take).install()
+            subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
+            nursery.start_soon(self._drain, subscription)
             nursery.start_soon(self._on_connections, new_peers)
             nursery.start_soon(self._push_pending_forever)
             nursery.start_soon(self._anti_entropy)
@@ -136,25 +148,35 @@ class LedgerSync:
             await self._announce_forever()
 
     async def _announce_forever(self) -> None:
-        """Heads go out within a second of a change, and every ``interval`` otherwise.
+        """Heads go out within a second of a change of our own log, and never otherwise.
 
         Every gossip message reaches every peer about D times (gossipsub's mesh
-        degree) and py-libp2p spends about a millisecond on each copy, so an
-        idle ledger stays quiet: the periodic round only rotates through the
-        heads, and ``_anti_entropy`` repairs what gossip missed.
+        degree) and py-libp2p spends about a millisecond on each copy: a
+        periodic round from every peer costs each peer in proportion to the
+        mesh. An idle ledger is silent; a peer that missed an announcement (or
+        joins later) catches up through ``_anti_entropy`` and the compare on
+        connection, whose cost does not grow with the mesh when nothing changed.
         """
         while True:
-            await self.publish()
-            await trio.sleep(MIN_GAP)
-            with trio.move_on_after(max(0.0, self.interval - MIN_GAP)):
-                await self._wake.wait()
+            await self._wake.wait()
             self._wake = trio.Event()
+            await self.publish()
+            await trio.sleep(MIN_GAP)  # changes within the gap go out together
 
     async def _anti_entropy(self) -> None:
-        """Every so often compare every head with one random neighbour (a missed message, a healed split)."""
+        """Now and then compare every head with one random neighbour (a missed message, a healed split).
+
+        About every ``anti_entropy_interval`` while neighbours agree (then a compare is a digest: what an
+        idle peer costs); a compare that pulled entries brings the next one within CATCH_UP_GAP, so news
+        (a healed split) spreads from neighbour to neighbour without periodic gossip, and the cadence
+        falls back once they agree.
+        """
         rng = random.Random()
         while True:
-            await trio.sleep(self.anti_entropy_interval * rng.uniform(0.5, 1.5))
+            with trio.move_on_after(self.anti_entropy_interval * rng.uniform(0.5, 1.5)):
+                await self._caught_up.wait()
+                await trio.sleep(CATCH_UP_GAP)
+            self._caught_up = trio.Event()
             connected = self.mesh.connected_peers()
             if connected:
                 self._schedule(rng.choice(connected), FULL)
@@ -171,21 +193,23 @@ class LedgerSync:
         message, self._cursor = announcement(self.ledger.state, self.mesh.peer_id, self._cursor)
         await self.mesh.publish(TOPIC_LEDGER, encode_json(message))
 
-    async def _receive(self, subscription) -> None:
+    def _take(self, publisher: str, data: bytes) -> None:
+        """A heads announcement ``publisher`` signed, admitted by the topic's rule; PeerFault if it is not one."""
+        if len(data) > MAX_ANNOUNCEMENT_BYTES:
+            raise PeerFault(f"heads announcement of {len(data)} bytes")
+        heads = decode_json(HeadsAnnouncement, data)
+        if heads.peer != publisher:
+            # Only the announcer serves what it announces: a claim for another peer costs that peer nothing.
+            raise PeerFault(f"announces heads as {heads.peer}")
+        # An old head here (below what we hold) plans no pull and is not blamed on anyone: gossip may
+        # deliver late. A resent old message is caught by the replay rule before it gets here.
+        if self.ledger.plan(heads.heads):
+            self._schedule(publisher, heads.heads)
+
+    async def _drain(self, subscription) -> None:
+        # The validator took every announcement already; the subscription only keeps us in the topic's mesh.
         while True:
-            message = await subscription.get()
-            sender = gossip_sender(message)
-            if sender == self.mesh.peer_id:
-                continue
-            try:
-                if len(message.data) > MAX_ANNOUNCEMENT_BYTES:
-                    raise PeerFault(f"heads announcement of {len(message.data)} bytes")
-                heads = decode_json(HeadsAnnouncement, message.data)
-            except PeerFault as exc:
-                self._penalise(sender, str(exc))
-                continue
-            if self.ledger.plan(heads.heads):
-                self._schedule(sender, heads.heads)
+            await subscription.get()
 
     async def _on_connections(self, new_peers: trio.MemoryReceiveChannel[str]) -> None:
         async for peer_id in new_peers:
@@ -262,14 +286,22 @@ class LedgerSync:
     async def _compare_and_pull(self, conn: FrameStream, peer_id: str) -> int:
         heads = []
         after = None
+        digest: str | None = heads_digest(self.ledger.state)
         for _ in range(MAX_HEAD_PAGES):
-            frame = await self._request(conn, LedgerRequest(op="heads", after=after))
+            frame = await self._request(conn, LedgerRequest(op="heads", after=after, digest=digest))
             page = decode_json(HeadsPage, self._reply(frame))
+            if page.same:
+                self.compares_same += 1
+                return 0
+            digest = None
             heads.extend(page.heads)
             if not page.more or not page.heads:
                 break
             after = page.heads[-1].author
-        return await self._pull_on(conn, peer_id, self.ledger.plan(heads))
+        added = await self._pull_on(conn, peer_id, self.ledger.plan(heads))
+        if added:
+            self._caught_up.set()  # there is news about: the next compare comes soon
+        return added
 
     async def _pull_on(self, conn: FrameStream, peer_id: str, wants: list[Want]) -> int:
         """Pull ranges page by page, asking for the next page before verifying this one.
@@ -385,7 +417,8 @@ class LedgerSync:
         request = decode_json(LedgerRequest, frame.payload)
         state = self.ledger.state
         if request.op == "heads":
-            return encode_frame(FrameType.LEDGER_REPLY, encode_json(heads_page(state, request.after, request.limit)))
+            page = heads_page(state, request.after, request.limit, request.digest)
+            return encode_frame(FrameType.LEDGER_REPLY, encode_json(page))
         if request.op == "range":
             if not request.author:
                 raise PeerFault("a range request names no author")

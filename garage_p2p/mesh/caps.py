@@ -193,6 +193,7 @@ class CapsService:
         if not self.mesh.admits(via):
             return False  # a banned or denied peer, in the moment before its connection is closed
         publisher = gossip_sender(message)
+        self.mesh.gossip.receive(TOPIC_CAPS, len(message.data))
         intake = self.table.offer(message.data, time.time(), via=via, publisher=publisher)
         if intake.blame is not None:
             self.flooded += intake.flood

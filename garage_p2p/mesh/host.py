@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from contextvars import ContextVar
@@ -35,7 +36,7 @@ from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
 from .connections import ConnectionKeeper
 from .nat import NatService, is_circuit, is_lan_addr
-from .patches import apply_library_patches, refuse_dials, report_muxer_faults
+from .patches import apply_library_patches, refuse_dials, report_forged_gossip, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,8 @@ PUBLISH_TIMEOUT = 5.0
 DIAL_TIMEOUT = 5.0
 RELAY_HEAD_START = 0.5
 HEARTBEAT = 1
+SEEN_TTL = 120
+"""Seconds gossipsub remembers a message id after it was last delivered (the library's default)."""
 DEGREE_HIGH = 8
 """Gossipsub's D_high. At 12 a dense mesh delivered each message to each peer ~11 times (benchmarks/idle.py)."""
 BOOTSTRAP_RETRY = 5.0
@@ -93,6 +96,24 @@ def _transport_flags(listen: Sequence[multiaddr.Multiaddr]) -> dict[str, bool]:
 
 
 @dataclass
+class GossipCounts:
+    """Gossip per topic since start: what an idle peer costs is read here."""
+
+    published: Counter[str] = field(default_factory=Counter)
+    """Messages this peer published."""
+    received: Counter[str] = field(default_factory=Counter)
+    """Messages from other publishers its validators looked at (a copy gossipsub has seen is dropped before)."""
+    received_bytes: Counter[str] = field(default_factory=Counter)
+    """Their payload bytes."""
+    dropped: Counter[str] = field(default_factory=Counter)
+    """Of those, dropped by the topic's flood or replay rule, or as bad input."""
+
+    def receive(self, topic: str, size: int) -> None:
+        self.received[topic] += 1
+        self.received_bytes[topic] += size
+
+
+@dataclass
 class Mesh:
     """A running libp2p host with gossipsub."""
 
@@ -109,6 +130,8 @@ class Mesh:
     """Faults of misbehaving peers, from every service; enough of them ban the peer."""
     connections: ConnectionKeeper | None = None
     """One connection per peer pair; connections opened and closed (``garage status``, /metrics)."""
+    gossip: GossipCounts = field(default_factory=GossipCounts)
+    """Gossip messages published and received per topic (``/metrics``)."""
     _nursery: trio.Nursery | None = None
 
     def admits(self, peer_id: str) -> bool:
@@ -175,6 +198,7 @@ class Mesh:
         with trio.move_on_after(timeout):
             try:
                 await self.pubsub.publish(topic, data)
+                self.gossip.published[topic] += 1
                 return True
             except Exception as exc:  # no peers yet, or shutting down: the next round retries
                 log.debug("publishing on %s failed: %s", topic, exc)
@@ -417,7 +441,10 @@ async def open_mesh(
     )
     async with AsyncExitStack() as stack:
         await stack.enter_async_context(host.run(listen_addrs))
-        pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        # Validation results are kept no longer than messages are remembered as seen: a message sent
+        # again once it is forgotten meets the topic validators (their replay rule: mesh/gossip.py)
+        # rather than the library's cached "valid" (300 s by default).
+        pubsub = Pubsub(host, gossipsub, strict_signing=True, seen_ttl=SEEN_TTL, validation_cache_ttl=SEEN_TTL)
         await stack.enter_async_context(background_trio_service(pubsub))
         await stack.enter_async_context(background_trio_service(gossipsub))
         await pubsub.wait_until_ready()
@@ -438,6 +465,8 @@ async def open_mesh(
             stop_reporting = report_muxer_faults(
                 identity.peer_id, lambda peer, reason: mesh.penalise(peer, "muxer", reason)
             )
+            # A forged gossip message costs the neighbour that sent it, never the peer it names.
+            report_forged_gossip(pubsub, lambda peer, reason: mesh.penalise(peer, "gossip", reason))
             # The library's own dialers (auto-connector, DHT, new_stream) skip banned peers too.
             refuse_dials(host.get_network(), mesh.refuses_dial)
             nursery.start_soon(_turn_away, mesh, arrivals)

@@ -47,6 +47,9 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.stream_muxer.yamux.yamux:GO_AWAY_PROTOCOL_ERROR", None),
     ("libp2p.abc:AbstractSecureConn.get_local_peer", None),
     ("libp2p.pubsub.pubsub:Pubsub.stream_handler", None),
+    # A forged gossip message is its forwarder's fault: push_msg names it, signature_validator judges.
+    ("libp2p.pubsub.pubsub:Pubsub.push_msg", "signature_validator(msg)"),
+    ("libp2p.pubsub.pubsub:signature_validator", None),
     ("libp2p.network.swarm:Swarm._handle_inbound_connection", None),
     ("libp2p.network.swarm:Swarm.upgrade_inbound_raw_conn", None),
     # The barrier that holds an inbound slot until the swarm stops (issue 16 item 4).
@@ -125,6 +128,10 @@ def apply_library_patches() -> None:
     # A malformed RPC (protobuf DecodeError) escaped the pubsub stream handler and crashed the host; and
     # at shutdown a message arriving after pubsub's nursery closed did the same. Both end that stream.
     pubsub.Pubsub.stream_handler = _guarded_pubsub_handler(pubsub.Pubsub.stream_handler)
+    # A gossip message whose signature does not verify was dropped without a word: the neighbour that
+    # sent it (the claimed publisher never signed it) went unpenalised and could send more forever.
+    pubsub.Pubsub.push_msg = _noting_forwarder(pubsub.Pubsub.push_msg)
+    pubsub.signature_validator = _reporting_signature_check(pubsub.signature_validator)
     # The library logs "exceeded receive window" and buffers anyway: one stream filled a peer's memory.
     Yamux.__init__ = _windowed_buffers(Yamux.__init__)
     # An inbound connection held its slot until the swarm stopped: after max - min (124) of them a
@@ -185,6 +192,42 @@ def _guarded_pubsub_handler(handler):
                     pass
 
     return stream_handler
+
+
+_FORGED = "_garage_on_forged"
+_FORWARDER: ContextVar[tuple[object, object] | None] = ContextVar("garage_gossip_forwarder", default=None)
+"""The pubsub and the neighbour whose message ``push_msg`` is checking, in the task checking it."""
+
+
+def report_forged_gossip(pubsub, report: Callable[[str, str], None]) -> None:
+    """Send each gossip message ``pubsub`` drops for a bad signature to ``report(forwarder, reason)``."""
+    setattr(pubsub, _FORGED, report)
+
+
+def _noting_forwarder(push_msg):
+    @functools.wraps(push_msg)  # keeps the original's source visible to check_library
+    async def noting(self, msg_forwarder, msg) -> None:
+        token = _FORWARDER.set((self, msg_forwarder))
+        try:
+            await push_msg(self, msg_forwarder, msg)
+        finally:
+            _FORWARDER.reset(token)
+
+    return noting
+
+
+def _reporting_signature_check(check):
+    @functools.wraps(check)
+    def checked(msg) -> bool:
+        if check(msg):
+            return True
+        noted = _FORWARDER.get()
+        report = getattr(noted[0], _FORGED, None) if noted is not None else None
+        if report is not None and noted is not None:
+            report(str(noted[1]), f"a gossip message on {list(msg.topicIDs)[:3]} whose signature does not verify")
+        return False
+
+    return checked
 
 
 # -- the yamux receive window -------------------------------------------------------------
