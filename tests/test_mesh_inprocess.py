@@ -297,6 +297,8 @@ async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed
 
             await wait_for(lambda: announced(h) and announced(c), 10)
             published = (h.caps.published, c.caps.published)
+            # c holds h's latest ad (late copies of what went out before the window have arrived).
+            await wait_for(lambda: (e := c.table.get(h_id, time.time())) and e.ad.seq == h.caps._last_seq, 10)
             received = c.caps.received
             await trio.sleep(3)  # an idle window: the old design published about one ad per peer in it
             assert (h.caps.published, c.caps.published) == published

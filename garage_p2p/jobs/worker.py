@@ -82,11 +82,15 @@ class JobWorker:
         # what it or ``_take`` refuses is not forwarded either.
         GuardedTopic(self.mesh, TOPIC_JOBS, JOBS_GOSSIP, self._take).install()
         subscription = await self.mesh.pubsub.subscribe(TOPIC_JOBS)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            while True:
-                await subscription.get()  # taken in the validator; this keeps us in the topic's mesh
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                task_status.started()
+                while True:
+                    await subscription.get()  # taken in the validator; this keeps us in the topic's mesh
+        finally:
+            # The validator outlives us while the mesh shuts down: it must not start work any more.
+            self._nursery = None
 
     def _take(self, publisher: str, data: bytes) -> None:
         """A job announcement ``publisher`` signed: work on it if we serve its model and have a slot."""

@@ -136,16 +136,20 @@ class LedgerSync:
         self.mesh.set_handler(PROTOCOL_LEDGER, self.handle_stream)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
         self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery  # before the validator: it schedules pulls in it
-            GuardedTopic(self.mesh, TOPIC_LEDGER, LEDGER_GOSSIP, self._take).install()
-            subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
-            nursery.start_soon(self._drain, subscription)
-            nursery.start_soon(self._on_connections, new_peers)
-            nursery.start_soon(self._push_pending_forever)
-            nursery.start_soon(self._anti_entropy)
-            task_status.started()
-            await self._announce_forever()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery  # before the validator: it schedules pulls in it
+                GuardedTopic(self.mesh, TOPIC_LEDGER, LEDGER_GOSSIP, self._take).install()
+                subscription = await self.mesh.pubsub.subscribe(TOPIC_LEDGER)
+                nursery.start_soon(self._drain, subscription)
+                nursery.start_soon(self._on_connections, new_peers)
+                nursery.start_soon(self._push_pending_forever)
+                nursery.start_soon(self._anti_entropy)
+                task_status.started()
+                await self._announce_forever()
+        finally:
+            # The validator outlives us while the mesh shuts down: it must not schedule pulls any more.
+            self._nursery = None
 
     async def _announce_forever(self) -> None:
         """Heads go out within a second of a change of our own log, and never otherwise.
@@ -228,7 +232,8 @@ class LedgerSync:
             if job is FULL or self._again.get(peer_id) is not FULL:
                 self._again[peer_id] = job  # a full sync covers any heads; the newest heads win
             return
-        assert self._nursery is not None
+        if self._nursery is None:
+            return  # shutting down
         self._pulling.add(peer_id)
         self._nursery.start_soon(self._pull_task, peer_id, job)
 
