@@ -256,8 +256,8 @@ class ScenarioError(ValueError):
     """A scenario file that cannot be used; the message says what to fix."""
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file."""
+def load_scenario(path: str | Path, *, gossip: str | None = None) -> Scenario:
+    """Read and check a scenario file; ``gossip`` overrides its ``[gossip] policy``."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -265,6 +265,8 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"no scenario file {path} (the shipped ones are in simulations/)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path} is not valid TOML: {exc}") from None
+    if gossip is not None:
+        data.setdefault("gossip", {})["policy"] = gossip
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:
