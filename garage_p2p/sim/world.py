@@ -92,6 +92,8 @@ EPOCH = 1_800_000_000.0
 VERSION = "sim"
 TABLE_REQUEST_BYTES = 64
 """A table request with its cursor (``TableRequest``), and the answer's ``TableCursor`` frame."""
+ANSWER_REUSE_S = 1.0
+"""Table answers computed within this many seconds of each other are shared by askers with the same cursor."""
 FAR_CURSOR = 2**62
 """A cursor past any arrival: the answer names only where the table stands now."""
 DRAIN_S = 30.0
@@ -726,11 +728,12 @@ class World:
         last = None if self.legacy else peer.cursors.get(key)
         request = TableRequest() if last is None else TableRequest(epoch=last.epoch, since=last.cursor)
         now = self.engine.now
-        # Within one instant every server's table is the same table: one answer serves every asker alike.
-        memo = (now, request.epoch, request.since)
+        # Every server's table is the same table: within one second (ANSWER_REUSE_S) one answer serves every
+        # asker with the same cursor; a full page costs a sort of the table.
+        memo = (math.floor(now / ANSWER_REUSE_S), request.epoch, request.since)
         found = self._answers.get(memo)
         if found is None:
-            if self._answers and next(iter(self._answers))[0] != now:
+            if self._answers and next(iter(self._answers))[0] != memo[0]:
                 self._answers.clear()
             answer = self.mesh_table.answer(b"", EPOCH + now, request)
             found = self._answers[memo] = (answer, sum(len(w) for w in answer.ads))
