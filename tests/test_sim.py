@@ -92,11 +92,7 @@ def test_the_ledger_holds_real_signed_entries_for_answered_requests():
 
 
 def test_load_is_spread_fairly_in_a_balanced_mesh():
-    # Legacy gossip: ads carry each provider's live load within a second. Under the new policy an ad's
-    # load is only as fresh as its last change; the live load is to come with END frames (routing's
-    # shortlist work), and this test moves to the default policy with it.
     balanced = scenario(
-        gossip={"policy": "legacy"},
         sim={"duration_s": 600},
         peers={"gpus": {"RTX 4070": 1}, "relay_share": 0.0},
         network={"cities": {"Stockholm": 1}, "public": 1.0, "cone": 0.0, "symmetric": 0.0},
