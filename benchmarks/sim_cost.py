@@ -107,8 +107,8 @@ def main() -> None:
         f"sweden-10k (new gossip): {args.sweden_s:.0f} s + {sweden.sim.drain_s:.0f} s drain simulated in {wall:.1f} s "
         f"wall ({r['total']} requests, {r['lost']} lost, success {r['success_rate']}); one simulated hour "
         f"{'took' if args.sweden_s >= 3600 else '≈ (linear in simulated time)'} {hour:.0f} s wall, "
-        f"target < {TARGET_WALL_S:.0f} s; this process's CPU {cpu:.1f} s ({cpu * (3600 + sweden.sim.drain_s) / simulated:.0f} "
-        "s per hour: the wall time on an otherwise idle core)"
+        f"target < {TARGET_WALL_S:.0f} s; this process's CPU {cpu:.1f} s "
+        f"({cpu * (3600 + sweden.sim.drain_s) / simulated:.0f} s per hour: the wall time on an otherwise idle core)"
     )
 
 
