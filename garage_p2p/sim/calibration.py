@@ -88,8 +88,6 @@ AD_MIN_GAP_S = 1.0
 TABLE_SYNC_S = 30.0
 """Each peer asks one random neighbour for its table every 30 s (mesh/discovery.py REFRESH_INTERVAL)."""
 
-HEADS_INTERVAL_S = 30.0
-"""Every peer announces its ledger heads at least this often, changed or not (ledger/sync.py interval)."""
 
 PING_INTERVAL_S = 10.0
 """A consumer pings each provider it holds a connection to this often (mesh/paths.py PING_INTERVAL)."""
@@ -98,7 +96,8 @@ HEADS_MIN_GAP_S = 1.0
 """Ledger heads go out within a second of a change (ledger/sync.py MIN_GAP)."""
 
 ANTI_ENTROPY_S = 15.0
-"""Each peer compares heads with a random neighbour every 15 s × U(0.5, 1.5) (ledger/sync.py)."""
+"""Each peer compares heads with a random neighbour every 15 s × U(0.5, 1.5) (ledger/sync.py); while they
+agree the compare is a digest (the cost model prices it as one small exchange)."""
 
 MAX_ATTEMPTS = 3
 """Providers tried per request before it fails (gateway/dispatch.py)."""

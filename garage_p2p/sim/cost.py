@@ -147,21 +147,6 @@ class CostMeter:
         if self._side[origin] in sides:
             self._read[kind][origin] += (1.0, wire)  # its own message does not come back to it
 
-    def flood_from_all(self, kind: str, peers: np.ndarray, degrees: np.ndarray, each: float, size: int) -> None:
-        """Every one of ``peers`` publishes ``each`` messages of ``size`` bytes (a periodic round)."""
-        if not len(peers):
-            return
-        wire = size + self.costs.bytes["gossip_overhead"]
-        d = np.clip(degrees, 1, DEGREE_HIGH)
-        row = self._row[kind]
-        self.cpu_ms[row, peers] += each * d * self.ms["gossip_send"]
-        self.bytes_out[row, peers] += each * d * wire
-        sides = self._side[peers]
-        for side in (0, 1):
-            count = each * float(np.count_nonzero(sides == side))
-            self._flooded[kind][side] += (count, count * wire)
-        self._read[kind][peers] += (each, each * wire)
-
     def settle(self, peers: np.ndarray, degrees: np.ndarray) -> None:
         """Charge ``peers`` (online, with these mesh degrees) the gossip that reached them since last time."""
         if not len(peers):
@@ -205,6 +190,21 @@ class CostMeter:
         )
         if relay is not None:
             self.relayed(relay, kind, frames=2, size=up_b + down_b)
+
+    def exchanges(self, peers: np.ndarray, kind: str, each: float, up: int, down: int) -> None:
+        """Each of ``peers`` asks ``each`` small stream exchanges of a random neighbour, and (on average)
+        answers as many: charged at once to both roles (a periodic compare)."""
+        if not len(peers):
+            return
+        ms, frame = self.ms, self.costs.bytes["frame_overhead"]
+        opened = self.costs.bytes["stream_open"]
+        b = up + down + 2 * frame + opened
+        cpu = ms["stream_client"] + ms["stream_server"] + 2 * b / 1024 * (ms["kib_send"] + ms["kib_receive"]) / 2
+        row = self._row[kind]
+        self.cpu_ms[row, peers] += each * cpu
+        self.bytes_in[row, peers] += each * b
+        self.bytes_out[row, peers] += each * b
+        self.msgs_in[row, peers] += each * 2
 
     def frames(self, sender: int, receiver: int, kind: str, frames: int, size: int, relay: int | None = None) -> None:
         """``frames`` frames totalling ``size`` bytes on an open stream."""

@@ -58,7 +58,6 @@ from ..core.exchange import RequestReader, ResponseEnd, ResponseReader, end_fram
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import LedgerState, make_entry
-from ..core.ledger_sync import MAX_ANNOUNCED_HEADS
 from ..core.messages import EndInfo, RequestHead, Timings, Usage
 from ..core.receipts import (
     Receipt,
@@ -694,8 +693,11 @@ class World:
         peers = np.array(online, dtype=np.int64)
         degrees = np.array([self.topo.degree(i) for i in online], dtype=np.int64)
         self.meter.settle(peers, degrees)
-        heads = self.meter.costs.heads_bytes(len(self.ledger.authors), MAX_ANNOUNCED_HEADS)
-        self.meter.flood_from_all(HEADS, peers, degrees, cal.TABLE_SYNC_S / cal.HEADS_INTERVAL_S, heads)
+        # Heads go out on gossip only when an author's log grows (LedgerNet); idle, each peer compares a
+        # digest of its heads with a random neighbour every ANTI_ENTROPY_S on average.
+        digest = self.meter.costs.heads_bytes(1, 1)
+        connected = peers[degrees > 0]
+        self.meter.exchanges(connected, HEADS, cal.TABLE_SYNC_S / cal.ANTI_ENTROPY_S, digest, digest)
         self.mesh_table.expire(EPOCH + self.engine.now)
         for i in online:
             neighbours = self.topo.neighbours[i]
