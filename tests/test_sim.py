@@ -38,6 +38,7 @@ def scenario(**overrides) -> Scenario:
             {"at_s": 650, "kind": "relay_loss", "share": 0.5},
             {"at_s": 60, "kind": "job", "lines": 200, "shard_size": 10},
         ],
+        "gossip": {},
     }
     for key, value in overrides.items():
         data[key] = {**data[key], **value} if isinstance(value, dict) else value

@@ -24,13 +24,21 @@ def run(
         None, "--seed", help="Random seed (default: the scenario's). Same scenario and seed, same report."
     ),
     out: Path | None = typer.Option(None, "--out", help="Report directory (default sim-out/<scenario name>)."),
+    gossip: str | None = typer.Option(
+        None,
+        "--gossip",
+        help="Gossip policy: new (the daemon's: ads on change and a stretching heartbeat, table sync by cursor) or "
+        "legacy (an ad every 5 s from every peer, full table pages), overriding the scenario's [gossip] policy.",
+    ),
     json_out: bool = JsonOption,
 ) -> None:
     """Simulate a scenario and write report.md, report.json and PNG plots."""
-    simulate_and_report(scenario, seed, out, json_out)
+    simulate_and_report(scenario, seed, out, json_out, gossip=gossip)
 
 
-def simulate_and_report(scenario: Path, seed: int | None, out: Path | None, json_out: bool, emulator=None) -> None:
+def simulate_and_report(
+    scenario: Path, seed: int | None, out: Path | None, json_out: bool, emulator=None, gossip: str | None = None
+) -> None:
     """``garage sim run``'s work; ``emulator`` (``tools.emulate.run_emulation``, from a checkout) adds the twin."""
     try:
         from ..sim.run import run_scenario
@@ -38,7 +46,7 @@ def simulate_and_report(scenario: Path, seed: int | None, out: Path | None, json
     except ImportError as exc:
         fail(f"the simulator needs numpy, scipy and matplotlib ({exc.name} is missing): pip install 'garage-p2p[sim]'")
     try:
-        sc = load_scenario(scenario)
+        sc = load_scenario(scenario, gossip=gossip)
     except ScenarioError as exc:
         fail(str(exc))
     setup_logging("WARNING")  # the emulation's daemons: our warnings, not py-libp2p's shutdown noise
@@ -60,6 +68,7 @@ def simulate_and_report(scenario: Path, seed: int | None, out: Path | None, json
                 {
                     "out": str(out),
                     "cost": cost,
+                    "cost_per_peer": summary["cost"],
                     "requests": summary["requests"],
                     "twin_bounds": twin and twin["bounds"],
                 },
@@ -74,6 +83,13 @@ def simulate_and_report(scenario: Path, seed: int | None, out: Path | None, json
         f"requests: {r['total']} ({r['ok']} ok, {r['lost']} lost), latency p50 {r['latency_s']['p50']} s, p99 "
         f"{r['latency_s']['p99']} s"
     )
+    per_peer = summary["cost"]
+    if per_peer is not None:
+        idle = per_peer["idle"]
+        typer.echo(
+            f"per peer ({per_peer['gossip']} gossip): idle CPU {idle['cpu_pct']['mean']} % of a core (p99 "
+            f"{idle['cpu_pct']['p99']}), {idle['bytes_per_s']['mean']} B/s in+out (p99 {idle['bytes_per_s']['p99']})"
+        )
     typer.echo(
         f"cost: {cost['wall_s']} s wall, {cost['peak_rss_mib']} MiB peak, {cost['wall_ms_per_peer_hour']} ms per "
         f"peer-hour, {cost['events']} events"

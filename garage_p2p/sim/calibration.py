@@ -76,19 +76,28 @@ refresh interval (mesh/discovery.py REFRESH_INTERVAL); the 20-process
 partition test converged 24.5 s and 35.7 s after the heal."""
 
 AD_INTERVAL_S = 5.0
-"""Ads go out every 5 s (mesh/caps.py), and at most once a second on a change."""
+"""Legacy gossip (``[gossip] policy = "legacy"``): ads went out every 5 s, and at most once a second on a
+change. The daemon now follows ``core.ad_schedule``, which the simulator drives itself."""
 
 AD_TTL_S = 20.0
-"""An ad is valid for 20 s (mesh/caps.py)."""
+"""Legacy gossip: an ad was valid for 20 s."""
 
 AD_MIN_GAP_S = 1.0
-"""At most one early ad per second however many changes (mesh/caps.py MIN_GAP)."""
+"""Legacy gossip: at most one early ad per second however many changes."""
+
+TABLE_SYNC_S = 30.0
+"""Each peer asks one random neighbour for its table every 30 s (mesh/discovery.py REFRESH_INTERVAL)."""
+
+
+PING_INTERVAL_S = 10.0
+"""A consumer pings each provider it holds a connection to this often (mesh/paths.py PING_INTERVAL)."""
 
 HEADS_MIN_GAP_S = 1.0
 """Ledger heads go out within a second of a change (ledger/sync.py MIN_GAP)."""
 
 ANTI_ENTROPY_S = 15.0
-"""Each peer compares heads with a random neighbour every 15 s × U(0.5, 1.5) (ledger/sync.py)."""
+"""Each peer compares heads with a random neighbour every 15 s × U(0.5, 1.5) (ledger/sync.py); while they
+agree the compare is a digest (the cost model prices it as one small exchange)."""
 
 MAX_ATTEMPTS = 3
 """Providers tried per request before it fails (gateway/dispatch.py)."""

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING
 
 from ..core.ledger import Entry
 from ..core.ledger_caps import ReplicationPolicy
-from ..core.ledger_sync import HeadInfo, plan_pulls
+from ..core.ledger_sync import MAX_ANNOUNCED_HEADS, HeadInfo, plan_pulls
 from . import calibration as cal
+from .cost import HEADS, LEDGER
 
 if TYPE_CHECKING:
     from .peers import SimPeer
@@ -41,6 +42,8 @@ class LedgerNet:
         self._heal_at = 0.0
         self.converged_after_heal: float | None = None
         self._policies: dict[str, ReplicationPolicy] = {}
+        self.authors: set[str] = set()
+        """Peers with entries in the ledger: how many heads a full announcement names."""
 
     # -- authors ---------------------------------------------------------------------
 
@@ -48,6 +51,7 @@ class LedgerNet:
         now = self.world.engine.now
         self.created[entry.hash] = now
         self.entries += 1
+        self.authors.add(author.peer_id)
         if not author.heads_pending:
             author.heads_pending = True
             self.world.engine.at(
@@ -61,6 +65,8 @@ class LedgerNet:
         world = self.world
         now = world.engine.now
         author.last_heads = now
+        size = world.meter.costs.heads_bytes(len(self.authors), MAX_ANNOUNCED_HEADS)
+        world.meter.flood(HEADS, author.idx, size, world.topo.degree(author.idx), world.topo.flood_sides(author.idx))
         delay = world.topo.gossip_delay(author.idx)
         for replica in world.replicas:
             if replica is author or not replica.online:
@@ -87,6 +93,7 @@ class LedgerNet:
         else:
             remote = [HeadInfo.of(a, source.state.head(a)) for a in authors]
         added = 0
+        pulled = 0
         now = self.world.engine.now
         policy = self._policies.setdefault(replica.peer_id, ReplicationPolicy(replica.peer_id))
         for want in plan_pulls(replica.state, remote, policy):
@@ -96,6 +103,7 @@ class LedgerNet:
                 if not page:
                     break
                 wanted, _ = policy.admit(replica.state, page)  # as the daemon's add_remote, before verifying
+                pulled += sum(len(e.encoded) for e in page)
                 for entry in wanted:
                     if replica.state.add(entry):
                         added += 1
@@ -107,6 +115,9 @@ class LedgerNet:
                 seq = page[-1].seq + 1
         if added:
             policy.shed(replica.state)
+        # One stream: the heads compared (all of them on a full sync), then the pages pulled.
+        heads_size = self.world.meter.costs.heads_bytes(len(remote), len(remote))
+        self.world.meter.stream(replica.idx, source.idx, LEDGER, up=heads_size, down=heads_size + pulled)
         return added
 
     def start_anti_entropy(self, peer: SimPeer) -> None:

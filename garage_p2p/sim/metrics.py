@@ -127,6 +127,8 @@ class Observations:
     """(time, providers online, consumers online) samples."""
     counters: dict[str, int] = field(default_factory=dict)
     """Model counters: dials, punches, relay cuts, DHT lookups, ads signed …"""
+    cost: dict | None = None
+    """What each peer paid in CPU and bytes (``sim.cost.CostMeter.summary``); None where not modelled."""
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -242,6 +244,7 @@ def summarize(obs: Observations) -> dict:
         "events": [[_r(t, 3), what] for t, what in obs.events],
         "online": [[_r(t, 1), p, c] for t, p, c in obs.online],
         "counters": dict(sorted(obs.counters.items())),
+        "cost": obs.cost,
         "series": series,
         "known_99_samples": [_r(k) for k in known],
         "utilisation_samples": [_r(u) for u in util],

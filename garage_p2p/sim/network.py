@@ -88,6 +88,18 @@ class Topology:
     def random_online(self, rng: random.Random) -> int | None:
         return rng.choice(self._online_list) if self._online_list else None
 
+    def online_peers(self) -> list[int]:
+        """The peers online, in index order."""
+        return sorted(self._online_list)
+
+    def degree(self, peer: int) -> int:
+        """Its gossip mesh links now."""
+        return len(self.neighbours[peer])
+
+    def flood_sides(self, origin: int) -> tuple[int, ...]:
+        """The partition sides a message from ``origin`` reaches (both while whole)."""
+        return (self.side[origin],) if self.split else (0, 1)
+
     @property
     def online_count(self) -> int:
         return len(self._online_list)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..core.capabilities import CapabilityAd, PeerTable
+from ..core.ad_schedule import AdSchedule
+from ..core.capabilities import CapabilityAd, PeerTable, TableCursor
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import ZERO_HASH, LedgerState
@@ -115,6 +116,16 @@ class SimPeer:
     draining: bool = False
     relays: list[int] = field(default_factory=list)
     ad_seq: int = 0
+    schedule: AdSchedule | None = None
+    """When its next ad goes out (the new gossip policy; None under the legacy one)."""
+    told: tuple = ()
+    """What its last published ad said that counts as a change (not seq, times or load)."""
+    own_ad: CapabilityAd | None = None
+    """A consumer's or relay's ad (model-less), last published."""
+    ad_wire: bytes = b""
+    """Its last signed ad, as sent (sizes the gossip and table traffic)."""
+    cursors: dict[tuple[int, int], TableCursor] = field(default_factory=dict)
+    """Table cursors it holds, per (server, server's session): where its next table request continues."""
     ads: list[tuple[float, CapabilityAd, list[int] | None]] = field(default_factory=list)
     """Recent ads: (published at, ad, partition sides then or None when whole)."""
     last_row: np.ndarray | None = None

@@ -261,6 +261,7 @@ def render_markdown(*, scenario: Scenario, seed: int, summary: dict, twin: dict 
         "",
     ]
     lines += _headline_section(summary)
+    lines += _cost_section(summary)
     lines += _errors_section(summary)
     lines += _jobs_section(summary)
     lines += _events_section(summary)
@@ -278,6 +279,60 @@ def _headline_section(summary: dict) -> list[str]:
         rows.append(["**" + area + "**" if area != last_area else "", label, _FORMATS[kind](_get(summary, path))])
         last_area = area
     return ["## Headline figures", "", *_table(["Area", "Figure", "Value"], rows, "llr"), ""]
+
+
+def fmt_rate(value: Any) -> str:
+    """Bytes per second, in B/s, kB/s or MB/s (decimal units) with 3 significant digits."""
+    if not _is_number(value):
+        return DASH if value is None else _cell(str(value))
+    for unit, size in (("MB/s", 1e6), ("kB/s", 1e3)):
+        if abs(value) >= size:
+            return f"{_sig(value / size)} {unit}"
+    return f"{_sig(value)} B/s"
+
+
+def fmt_cpu(value: Any) -> str:
+    """CPU as a percentage of one core, 3 significant digits."""
+    if not _is_number(value):
+        return DASH if value is None else _cell(str(value))
+    return f"{_sig(value)} %"
+
+
+def _cost_section(summary: dict) -> list[str]:
+    """What each peer paid: CPU (% of one core) and bytes per online second, idle and in all, then by kind."""
+    cost = summary.get("cost")
+    lines = ["## Cost per peer", ""]
+    if not cost:
+        return lines + ["Not modelled for this run.", ""]
+    lines += [
+        f"Gossip policy `{_cell(str(cost.get('gossip')))}`; {fmt_count(cost.get('peers_counted'))} peers online "
+        "for a tenth of the run or more. CPU in % of one core and bytes per second online, from per-message "
+        "costs measured on real hosts (`garage_p2p/sim/costs.json`). Idle: ads, table syncs, ledger heads, "
+        "pings; total adds requests and ledger pulls.",
+        "",
+    ]
+    rows = []
+    for name, label in (("idle", "Idle"), ("total", "Total")):
+        block = cost.get(name) or {}
+        for metric, what, fmt in (
+            ("cpu_pct", "CPU", fmt_cpu),
+            ("bytes_in_per_s", "Bytes in", fmt_rate),
+            ("bytes_out_per_s", "Bytes out", fmt_rate),
+        ):
+            figures = block.get(metric) or {}
+            rows.append([label, what, fmt(figures.get("mean")), fmt(figures.get("p99"))])
+    lines += _table(["Load", "Figure", "Mean", "p99"], rows, "llrr") + [""]
+    kinds = cost.get("by_kind") or {}
+    rows = [
+        [
+            _cell(kind),
+            fmt_cpu(k.get("cpu_pct_mean")),
+            fmt_rate(k.get("bytes_per_s_mean")),
+            fmt_plain(k.get("messages_in_per_s_mean")),
+        ]
+        for kind, k in kinds.items()
+    ]
+    return lines + _table(["Kind", "CPU, mean", "Bytes in+out, mean", "Messages in /s, mean"], rows) + [""]
 
 
 def _errors_section(summary: dict) -> list[str]:

@@ -143,6 +143,13 @@ class LedgerSection(_Section):
     """Peers whose full ledger replica is simulated (0: every peer). Providers always keep their own log."""
 
 
+class GossipSection(_Section):
+    policy: Literal["new", "legacy"] = "new"
+    """How peers publish their ads and sync tables. ``new``: the daemon's (``core.ad_schedule``: on change and at
+    a heartbeat that stretches with the mesh; table sync by cursor). ``legacy``: as before issue 17 (an ad every
+    5 s from every peer, ttl 20 s; every table sync a full page), to show what it cost."""
+
+
 class EmulationSection(_Section):
     peers: int = Field(default=12, ge=3, le=100)
     """Real peers started by ``python -m tools.emulate``, in one process (12 keep one core of this 2-core machine
@@ -164,6 +171,7 @@ class Scenario(_Section):
     load: LoadSection = LoadSection()
     events: tuple[Event, ...] = ()
     ledger: LedgerSection = LedgerSection()
+    gossip: GossipSection = GossipSection()
     emulation: EmulationSection = EmulationSection()
 
     @model_validator(mode="after")
@@ -248,8 +256,8 @@ class ScenarioError(ValueError):
     """A scenario file that cannot be used; the message says what to fix."""
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """Read and check a scenario file."""
+def load_scenario(path: str | Path, *, gossip: str | None = None) -> Scenario:
+    """Read and check a scenario file; ``gossip`` overrides its ``[gossip] policy``."""
     path = Path(path)
     try:
         data = tomllib.loads(path.read_text())
@@ -257,6 +265,8 @@ def load_scenario(path: str | Path) -> Scenario:
         raise ScenarioError(f"no scenario file {path} (the shipped ones are in simulations/)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path} is not valid TOML: {exc}") from None
+    if gossip is not None:
+        data.setdefault("gossip", {})["policy"] = gossip
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:

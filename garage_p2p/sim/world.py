@@ -16,15 +16,25 @@ Two economies keep 1,000 peers fast without changing what any peer sees:
   provider's recent ads and their arrival times (publication + gossip
   delay); the table is only ever read when routing, so it is the same table.
 - An ad is signed and checked when its content changes; the periodic
-  re-announcements of an unchanged ad (every 5 s) reuse the checked ad with
-  a new seq and time, instead of paying ~0.3 ms of ed25519 each.
+  re-announcements of an unchanged ad reuse the checked ad with a new seq and
+  time, instead of paying ~0.3 ms of ed25519 each.
+
+What each peer pays for all this (CPU, bytes) is added up by ``cost.CostMeter``
+from per-message costs measured on real hosts. Ads follow ``core.ad_schedule``
+(``[gossip] policy = "new"``, the daemon's) or the legacy 5-second round.
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
+
+from ..core.ad_schedule import AdSchedule
 from ..core.capabilities import (
+    MAX_AD_BYTES,
+    MAX_TABLE_BYTES,
+    MAX_TABLE_PEERS,
     TABLE_PAGE_ADS,
     TABLE_PAGE_BYTES,
     AdRejected,
@@ -36,6 +46,8 @@ from ..core.capabilities import (
     ModelOffer,
     PeerEntry,
     PeerTable,
+    TableAnswer,
+    TableRequest,
     choose_page,
     expiry,
     make_ad,
@@ -59,7 +71,9 @@ from ..core.receipts import (
     unpack_signed,
 )
 from ..core.routing import PathInfo, Router, RouteRequest
+from ..core.wire import HEADER_SIZE
 from . import calibration as cal
+from .cost import ADS, HEADS, JSON_TOKEN_BYTES, REQUESTS, TABLES, TOKEN_CHUNK_BYTES, CostMeter, Costs
 from .engine import Engine, stream
 from .hardware import CONCURRENCY, GPUS
 from .jobs_model import JobsNet
@@ -75,6 +89,12 @@ EPOCH = 1_800_000_000.0
 """Unix time of the simulation's start (ads and receipts carry wall-clock times)."""
 
 VERSION = "sim"
+TABLE_REQUEST_BYTES = 64
+"""A table request with its cursor (``TableRequest``), and the answer's ``TableCursor`` frame."""
+ANSWER_REUSE_S = 1.0
+"""Table answers computed within this many seconds of each other are shared by askers with the same cursor."""
+FAR_CURSOR = 2**62
+"""A cursor past any arrival: the answer names only where the table stands now."""
 DRAIN_S = 30.0
 """A peer switching off gracefully serves what it runs for at most this long."""
 
@@ -102,9 +122,24 @@ class World:
             "dht_lookups",
             "silent_hangs",
             "reset_retries",
+            "ads_published",
+            "table_syncs",
         ):
             self.counters[name] = 0
         self._build_peers()
+        self.legacy = scenario.gossip.policy == "legacy"
+        self.meter = CostMeter(len(self.peers), Costs.load())
+        # The legacy baseline's table holds everyone: past MAX_TABLE_PEERS the daemon's would evict an ad
+        # for every new one, which only adds to what the legacy design costs (and slows the simulator).
+        big = len(self.peers) if self.legacy else 0
+        self.mesh_table = PeerTable(
+            epoch=1, max_peers=max(MAX_TABLE_PEERS, big), max_bytes=max(MAX_TABLE_BYTES, big * MAX_AD_BYTES)
+        )
+        """The table every peer holds: every ad reaches every peer, so one real ``PeerTable`` fed every
+        ad published stands for all (its size sets the heartbeat; its ``answer`` serves table syncs)."""
+        self._ads_rng = stream(seed, "ad-schedule")
+        self._tables_rng = stream(seed, "tables")
+        self._answers: dict[tuple, tuple[TableAnswer, int]] = {}
         self.ledger = LedgerNet(self)
         self.jobs = JobsNet(self)
         self._request_rng = stream(seed, "requests")
@@ -196,6 +231,7 @@ class World:
                 self._schedule_switch(p, on=False)
             else:
                 self._schedule_switch(p, on=True)
+        self._steady_state()
         for event in sc.events:
             eng.at(event.at_s, self._event, event)
         eng.at(0.0, self._sample)
@@ -205,7 +241,11 @@ class World:
         if self._lam_max > 0:
             eng.at(self._request_rng.expovariate(self._lam_max), self._arrival)
         end = sc.sim.duration_s + sc.sim.drain_s
+        eng.at(cal.TABLE_SYNC_S, self._cost_tick, end)
         eng.run(end)
+        self._settle_costs()
+        self.meter.close(end)
+        self.obs.cost = self.meter.summary(end, self.scenario.gossip.policy)
         for p in self.peers:
             if p.online and p.record is not None:
                 p.record.online_s += min(sc.sim.duration_s, end) - min(p.online_since, sc.sim.duration_s)
@@ -274,6 +314,13 @@ class World:
         peer.online_since = now
         peer.draining = False
         self.topo.come_online(peer.idx)
+        self.meter.online(peer.idx, now, self.topo.side[peer.idx] if self.topo.split else 0)
+        if not initial:
+            # A restarted daemon signs a new ad, holds no cursors, and syncs tables with each new connection.
+            peer.own_ad = None
+            peer.cursors = {}
+            for n in sorted(self.topo.neighbours[peer.idx]):
+                self._connected(peer.idx, n)
         if peer.role == CONSUMER:
             self._consumer_pos[peer.idx] = len(self.online_consumers)
             self.online_consumers.append(peer.idx)
@@ -286,10 +333,7 @@ class World:
                 self.engine.after(cal.HANDSHAKE_MS / 1000, self._fetch_table, peer, peer.session)
         if peer.role == PROVIDER:
             self._reserve_relays(peer)
-            peer.next_ad = now
-            self.engine.at(
-                now if initial else now + cal.JOIN_FIRST_AD_S, self._ad_tick, peer, peer.session, peer.ad_version
-            )
+        self._start_ads(peer, initial)
         if peer.state is not None:
             self.ledger.start_anti_entropy(peer)
             for n in sorted(self.topo.neighbours[peer.idx]):
@@ -312,7 +356,7 @@ class World:
         held: dict[int, PeerEntry] = {}  # what the source's table holds that the peer lacks
         for providers in self.providers_of.values():
             for p in providers:
-                found = self._newest_arrived(p, source, row, now, peer.applied_seq.get(p.idx, 0))
+                found = self._newest_arrived(p, source, row, now, peer.applied_seq.get(p.idx, 0), held_since_join=True)
                 if found is not None and p.idx not in held:
                     ad, arrival = found
                     held[p.idx] = PeerEntry(
@@ -338,7 +382,6 @@ class World:
         """The new peer's first ad goes out: when does the mesh know it?"""
         if not peer.online:
             return
-        self._first_ad_checked(peer)
         delay = self.topo.gossip_delay(peer.idx)
         base = self.engine.now - since
         arrivals = sorted(float(delay[q.idx]) for q in self.peers if q.online and q is not peer)
@@ -347,25 +390,6 @@ class World:
         k = max(1, math.ceil(0.99 * len(arrivals)))
         reach = arrivals[k - 1]
         self.obs.joins.append(JoinRecord(peer.peer_id, since, base + reach if math.isfinite(reach) else None))
-
-    def _first_ad_checked(self, peer: SimPeer) -> None:
-        """A consumer's (model-less) first ad is made and checked too, as every peer's is."""
-        if peer.role == PROVIDER:
-            return
-        peer.ad_seq += 1
-        ad = make_ad(
-            peer.identity,
-            seq=peer.ad_seq,
-            now=EPOCH + self.engine.now,
-            ttl=cal.AD_TTL_S,
-            addrs=self._addrs(peer),
-            models=(),
-            version=VERSION,
-            region=region_of(peer.city),
-            relay=peer.role == RELAY,
-        )
-        open_ad(sign_ad(peer.identity, ad), EPOCH + self.engine.now)
-        self.counters["ads_signed"] += 1
 
     def _leave(self, peer: SimPeer) -> None:
         now = self.engine.now
@@ -376,6 +400,7 @@ class World:
             )
         if peer.role == PROVIDER:
             peer.last_row = self.topo.gossip_delay(peer.idx)
+        self.meter.offline(peer.idx, now, self.topo.degree(peer.idx))
         former = self.topo.go_offline(peer.idx)
         self.engine.after(cal.HEARTBEAT_S, self.topo.repair, former)
         if peer.role == CONSUMER:
@@ -405,7 +430,9 @@ class World:
     def _drain(self, peer: SimPeer) -> None:
         """Withdraw the ad, finish what runs (30 s at most), then leave."""
         peer.draining = True
-        self._publish_ad(peer)
+        if peer.schedule is not None:
+            peer.schedule.published(self.engine.now, len(self.mesh_table), self._ads_rng.random())
+        self._publish(peer)  # the withdrawal goes out at once
         self.engine.after(DRAIN_S, self._drained, peer, peer.session)
         self._maybe_drained(peer)
 
@@ -496,8 +523,14 @@ class World:
         return Load(running=peer.gpu.running, waiting=0, in_flight=len(peer.flights))
 
     def _ad_changed(self, peer: SimPeer) -> None:
-        """Load or addresses changed: publish within a second (mesh/caps.py's MIN_GAP)."""
+        """Load or addresses changed. Legacy: publish within a second. New: only a change of what the ad
+        says (addresses, a withdrawal) goes out early; live load travels on END frames instead."""
         if not peer.online:
+            return
+        if peer.schedule is not None:
+            if (peer.draining, self._addrs(peer)) != peer.told:
+                peer.schedule.changed()
+                self._arm(peer, peer.schedule.get_timer())
             return
         want = max(self.engine.now, peer.last_ad + cal.AD_MIN_GAP_S)
         if want < peer.next_ad:
@@ -505,19 +538,122 @@ class World:
             peer.ad_version += 1
             self.engine.at(want, self._ad_tick, peer, peer.session, peer.ad_version)
 
-    def _ad_tick(self, peer: SimPeer, session: int, version: int) -> None:
+    def _start_ads(self, peer: SimPeer, initial: bool) -> None:
+        """Its first ad goes out JOIN_FIRST_AD_S after it starts (peers online at the start: see ``_steady_state``)."""
+        now = self.engine.now
+        first = now if initial else now + cal.JOIN_FIRST_AD_S
+        if not self.legacy:
+            peer.schedule = AdSchedule()
+            if not initial:
+                self._arm(peer, first)
+            return
+        if peer.role == PROVIDER:
+            peer.next_ad = now
+            self.engine.at(first, self._ad_tick, peer, peer.session, peer.ad_version)
+        else:
+            start = now + self._ads_rng.uniform(0, cal.AD_INTERVAL_S) if initial else first
+            self.engine.at(start, self._plain_tick, peer, peer.session)
+
+    def _steady_state(self) -> None:
+        """The peers online at the start have been running a while: their last heartbeat came at a random
+        time within one period, their ad is in every table, and they hold cursors for their neighbours."""
+        if self.legacy:
+            return
+        online = self.topo.online_peers()
+        for i in online:
+            peer = self.peers[i]
+            schedule = peer.schedule
+            jitter = self._ads_rng.random()
+            schedule.published(0.0, len(online), jitter)
+            # The next heartbeat is one interval after the last, which came at a uniform time before now.
+            schedule.published(-self._ads_rng.uniform(0, schedule.get_timer()), len(online), jitter)
+            self._publish(peer, charge=False)
+            self._arm(peer, schedule.get_timer())
+        now = EPOCH + self.engine.now
+        cursor = self.mesh_table.answer(b"", now, TableRequest(epoch=self.mesh_table.epoch, since=FAR_CURSOR)).cursor
+        for i in online:
+            peer = self.peers[i]
+            for n in sorted(self.topo.neighbours[i]):
+                peer.cursors[(n, self.peers[n].session)] = cursor
+
+    def _arm(self, peer: SimPeer, at: float) -> None:
+        """(Re)set the peer's one pending ad timer."""
+        peer.ad_version += 1
+        self.engine.at(max(at, self.engine.now), self._schedule_tick, peer, peer.session, peer.ad_version)
+
+    def _schedule_tick(self, peer: SimPeer, session: int, version: int) -> None:
         if not peer.online or peer.session != session or peer.ad_version != version:
             return
-        self._publish_ad(peer)
+        now = self.engine.now
+        schedule = peer.schedule
+        if schedule.handle_timer(now):
+            # The period first: the ad about to go out carries the ttl of the heartbeat after it (mesh/caps.py).
+            schedule.published(now, len(self.mesh_table), self._ads_rng.random())
+            self._publish(peer)
+        self._arm(peer, schedule.get_timer())
+
+    def _ad_tick(self, peer: SimPeer, session: int, version: int) -> None:
+        """Legacy: a provider's ad every AD_INTERVAL_S."""
+        if not peer.online or peer.session != session or peer.ad_version != version:
+            return
+        self._publish(peer)
         peer.next_ad = self.engine.now + cal.AD_INTERVAL_S
         peer.ad_version += 1
         self.engine.at(peer.next_ad, self._ad_tick, peer, peer.session, peer.ad_version)
 
-    def _publish_ad(self, peer: SimPeer) -> None:
+    def _plain_tick(self, peer: SimPeer, session: int) -> None:
+        """Legacy: a consumer's or relay's ad every AD_INTERVAL_S."""
+        if not peer.online or peer.session != session:
+            return
+        self._publish(peer)
+        self.engine.after(cal.AD_INTERVAL_S, self._plain_tick, peer, session)
+
+    def _publish(self, peer: SimPeer, *, charge: bool = True) -> None:
+        """The peer's ad goes out on gossip: into every table, and (``charge``) paid for by everyone it reaches."""
+        now = self.engine.now
+        ttl = cal.AD_TTL_S if peer.schedule is None else peer.schedule.ttl()
+        ad = self._publish_ad(peer, ttl) if peer.role == PROVIDER else self._publish_plain_ad(peer, ttl)
+        peer.told = (peer.draining, self._addrs(peer)) if peer.role == PROVIDER else ()
+        try:
+            self.mesh_table.apply(ad, EPOCH + now, wire=peer.ad_wire)
+        except AdRejected:
+            pass
+        self.counters["ads_published"] += 1
+        if charge:
+            self.meter.charge(peer.idx, ADS, self.meter.ms["ad_sign"])
+            self.meter.flood(
+                ADS, peer.idx, len(peer.ad_wire), self.topo.degree(peer.idx), self.topo.flood_sides(peer.idx)
+            )
+
+    def _publish_plain_ad(self, peer: SimPeer, ttl: float) -> CapabilityAd:
+        """A consumer's or relay's ad: no models. Signed and checked once a session, then refreshed."""
+        now = self.engine.now
+        peer.ad_seq += 1
+        if peer.own_ad is None:
+            unsigned = make_ad(
+                peer.identity,
+                seq=peer.ad_seq,
+                now=EPOCH + now,
+                ttl=ttl,
+                addrs=self._addrs(peer),
+                models=(),
+                version=VERSION,
+                region=region_of(peer.city),
+                relay=peer.role == RELAY,
+            )
+            peer.ad_wire = sign_ad(peer.identity, unsigned)
+            peer.own_ad = open_ad(peer.ad_wire, EPOCH + now)
+            self.counters["ads_signed"] += 1
+        else:
+            peer.own_ad = peer.own_ad.model_copy(update={"seq": peer.ad_seq, "issued_at": EPOCH + now, "ttl": ttl})
+            self.counters["ads_refreshed"] += 1
+        return peer.own_ad
+
+    def _publish_ad(self, peer: SimPeer, ttl: float) -> CapabilityAd:
         now = self.engine.now
         peer.ad_seq += 1
         addrs = self._addrs(peer)
-        content = (peer.draining, peer.gpu.running, len(peer.flights), addrs)
+        content = (peer.draining, peer.gpu.running, len(peer.flights), addrs, ttl)
         if peer.ads and content == peer.ad_content:
             ad = peer.ads[-1][1].model_copy(update={"seq": peer.ad_seq, "issued_at": EPOCH + now})
             self.counters["ads_refreshed"] += 1
@@ -528,14 +664,15 @@ class World:
                 peer.identity,
                 seq=peer.ad_seq,
                 now=EPOCH + now,
-                ttl=cal.AD_TTL_S,
+                ttl=ttl,
                 addrs=addrs,
                 models=models,
                 version=VERSION,
                 hardware=Hardware(gpus=(spec,)),
                 region=region_of(peer.city),
             )
-            ad = open_ad(sign_ad(peer.identity, unsigned), EPOCH + now)
+            peer.ad_wire = sign_ad(peer.identity, unsigned)
+            ad = open_ad(peer.ad_wire, EPOCH + now)
             peer.ad_content = content
             self.counters["ads_signed"] += 1
         peer.last_ad = now
@@ -543,25 +680,93 @@ class World:
             (now, ad, self.topo.side if self.topo.split else None)
         )  # side lists are replaced, never changed
         # Ads older than a TTL plus the slowest gossip can no longer be the newest to arrive.
-        horizon = now - cal.AD_TTL_S - 10.0
+        horizon = now - ttl - 10.0
         while len(peer.ads) > 2 and peer.ads[1][0] < horizon:
             peer.ads.pop(0)
+        return ad
+
+    # == what the peers pay ======================================================================
+
+    def _cost_tick(self, end: float) -> None:
+        """Every TABLE_SYNC_S: settle gossip, the periodic heads round, table syncs, pings."""
+        online = self.topo.online_peers()
+        peers = np.array(online, dtype=np.int64)
+        degrees = np.array([self.topo.degree(i) for i in online], dtype=np.int64)
+        self.meter.settle(peers, degrees)
+        # Heads go out on gossip only when an author's log grows (LedgerNet); idle, each peer compares a
+        # digest of its heads with a random neighbour every ANTI_ENTROPY_S on average.
+        digest = self.meter.costs.heads_bytes(1, 1)
+        connected = peers[degrees > 0]
+        self.meter.exchanges(connected, HEADS, cal.TABLE_SYNC_S / cal.ANTI_ENTROPY_S, digest, digest)
+        self.mesh_table.expire(EPOCH + self.engine.now)
+        for i in online:
+            neighbours = self.topo.neighbours[i]
+            if neighbours:
+                self._table_sync(i, self._tables_rng.choice(sorted(neighbours)))
+        pings = cal.TABLE_SYNC_S / cal.PING_INTERVAL_S
+        for c in self.online_consumers:
+            for p_idx, conn in sorted(self.peers[c].conns.items()):
+                if not (conn.closed or conn.dead) and self.peers[p_idx].online:
+                    self.meter.ping(c, p_idx, pings)
+        if self.engine.now + cal.TABLE_SYNC_S <= end:
+            self.engine.after(cal.TABLE_SYNC_S, self._cost_tick, end)
+
+    def _settle_costs(self) -> None:
+        online = self.topo.online_peers()
+        self.meter.settle(
+            np.array(online, dtype=np.int64), np.array([self.topo.degree(i) for i in online], dtype=np.int64)
+        )
+
+    def _connected(self, a: int, b: int) -> None:
+        """A new connection: each side asks the other for its table (mesh/discovery.py)."""
+        self._table_sync(a, b)
+        self._table_sync(b, a)
+
+    def _table_sync(self, asker: int, server: int) -> None:
+        """``asker`` asks ``server`` for its table, through ``PeerTable.answer``: legacy, a full page each time;
+        new, from the cursor the server gave it last time (``TableRequest``)."""
+        peer = self.peers[asker]
+        key = (server, self.peers[server].session)
+        last = None if self.legacy else peer.cursors.get(key)
+        request = TableRequest() if last is None else TableRequest(epoch=last.epoch, since=last.cursor)
+        now = self.engine.now
+        # Every server's table is the same table: within one second (ANSWER_REUSE_S) one answer serves every
+        # asker with the same cursor; a full page costs a sort of the table.
+        memo = (math.floor(now / ANSWER_REUSE_S), request.epoch, request.since)
+        found = self._answers.get(memo)
+        if found is None:
+            if self._answers and next(iter(self._answers))[0] != memo[0]:
+                self._answers.clear()
+            answer = self.mesh_table.answer(b"", EPOCH + now, request)
+            found = self._answers[memo] = (answer, sum(len(w) for w in answer.ads))
+        answer, size = found
+        if not self.legacy:
+            peer.cursors[key] = answer.cursor
+        served = len(answer.ads)  # the page and the server's own ad (the b"" placeholder here)
+        down = size + len(self.peers[server].ad_wire) + (served + 1) * HEADER_SIZE + TABLE_REQUEST_BYTES
+        self.meter.stream(asker, server, TABLES, up=TABLE_REQUEST_BYTES + HEADER_SIZE, down=down)
+        ms = self.meter.ms
+        self.meter.charge(asker, TABLES, served * ms["ad_check"])
+        self.meter.charge(server, TABLES, (served - 1) * ms["table_answer_ad"])
+        self.counters["table_syncs"] += 1
 
     def _newest_arrived(
-        self, p: SimPeer, to: SimPeer, row, now: float, after_seq: int = 0
+        self, p: SimPeer, to: SimPeer, row, now: float, after_seq: int = 0, *, held_since_join: bool = False
     ) -> tuple[CapabilityAd, float] | None:
         """The newest ad of ``p`` newer than ``after_seq`` that has reached ``to`` by ``now``, and its arrival.
 
         An ad arrives at its publication plus the gossip delay between the two
         (``row``: from ``to`` to every peer now; the overlay is undirected); a
         provider that left uses the delays from when it left. One published
-        before ``to`` came online, or across a partition, never arrives."""
+        before ``to`` came online, or across a partition, never arrives by
+        gossip; with ``held_since_join`` (``to`` serving its table) it does: ``to``
+        took its neighbours' tables when it joined, and ads now live for hours."""
         for published, ad, sides in reversed(p.ads):
-            if ad.seq <= after_seq or published < to.online_since:
+            if ad.seq <= after_seq or (published < to.online_since and not held_since_join):
                 return None
             if sides is not None and sides[p.idx] != sides[to.idx]:
                 continue
-            arrival = published + (row[p.idx] if p.online else p.last_row[to.idx])
+            arrival = max(published + (row[p.idx] if p.online else p.last_row[to.idx]), min(to.online_since, now))
             if arrival <= now:
                 return ad, arrival
         return None
@@ -716,11 +921,17 @@ class World:
             if conn is None:
                 return self._dial_failed(flight, provider)
             consumer.conns[p_idx] = conn
+            self._connected(consumer.idx, p_idx)
         consumer.router.started(provider.peer_id)
         flight.conn = conn
         conn.active.add(flight.record.id)
         send_at = max(now, conn.ready) + self._one_way_over(consumer.idx, p_idx, conn, max(now, conn.ready))
         self.engine.at(send_at, self._at_provider, flight, provider, conn)
+
+    @staticmethod
+    def _relay_of(conn: Conn | None, at: float) -> int | None:
+        """The relay carrying ``conn`` at ``at``, if relayed."""
+        return conn.relay if conn is not None and conn.kind_at(at) == "relayed" else None
 
     def _one_way_over(self, c: int, p: int, conn: Conn, at: float) -> float:
         if conn.kind_at(at) == "relayed" and conn.relay is not None:
@@ -802,6 +1013,8 @@ class World:
         reader = RequestReader()
         head = reader.feed(flight.head)
         assert head is not None and head.request_id == flight.request_id
+        relay = self._relay_of(conn, now)
+        self.meter.stream(flight.consumer, provider.idx, REQUESTS, up=len(flight.head), down=0, relay=relay)
         if provider.draining:
             return self._refused(flight, provider, conn, busy=False)
         if len(provider.flights) + len(provider.batch) >= CONCURRENCY:
@@ -827,6 +1040,7 @@ class World:
         conn.active.discard(flight.record.id)
         flight.busy |= busy
         flight.last_error = "provider_busy" if busy else "provider_draining"
+        self.meter.frames(provider.idx, flight.consumer, REQUESTS, 1, 200, self._relay_of(conn, self.engine.now))
         back = self._one_way_over(flight.consumer, provider.idx, conn, self.engine.now)
         self.engine.after(back, self._retry_refused, flight, provider)
 
@@ -927,8 +1141,14 @@ class World:
             load=self._live_load(provider),
         )
         conn = flight.conn
+        end = end_frame(info)
+        streamed = record.stream
+        frames = record.max_tokens + 1 if streamed else 2
+        body = record.max_tokens * (TOKEN_CHUNK_BYTES if streamed else JSON_TOKEN_BYTES) + len(end)
+        self.meter.frames(provider.idx, flight.consumer, REQUESTS, frames, body, self._relay_of(conn, now))
+        self.meter.charge(provider.idx, REQUESTS, self.meter.ms["receipt"] / 2)
         back = self._one_way_over(flight.consumer, provider.idx, conn, now) + cal.MESH_OVERHEAD_MS / 1000
-        self.engine.after(back, self._at_consumer, flight, provider, end_frame(info))
+        self.engine.after(back, self._at_consumer, flight, provider, end)
         self._ad_changed(provider)
         self._maybe_drained(provider)
 
@@ -961,6 +1181,10 @@ class World:
         provider.record.requests += 1
         self._finish(flight, 200, None)
         cosig = cosign_receipt(consumer.identity, raw)
+        self.meter.charge(consumer.idx, REQUESTS, self.meter.ms["receipt"] / 2)
+        self.meter.frames(
+            consumer.idx, provider.idx, REQUESTS, 1, len(cosig), self._relay_of(flight.conn, self.engine.now)
+        )
         back = self._one_way_over(flight.consumer, provider.idx, flight.conn, self.engine.now)
         self.engine.after(back, self._cosigned, provider, provider.session, receipt, raw, cosig)
 
@@ -1051,6 +1275,12 @@ class World:
             self.obs.events.append((now, f"{event.count} provider(s) join"))
         elif event.kind == "partition":
             side = [0 if self.peers[i].city in event.side else 1 for i in range(len(self.peers))]
+            online = self.topo.online_peers()
+            self.meter.resides(
+                np.array(side),
+                np.array(online, dtype=np.int64),
+                np.array([self.topo.degree(i) for i in online], dtype=np.int64),
+            )
             self.topo.partition(side)
             for consumer in self.peers:
                 if consumer.role == CONSUMER:
