@@ -581,6 +581,15 @@ class PeerTable:
         last = self._seen_seq.get(ad.peer_id)
         return last is None or ad.seq > last
 
+    def suspend(self, peer_id: str) -> bool:
+        """Drop a peer's ad, keeping its seq: the same ad (from a table or a late gossip copy) is refused
+        as old news, a newer one (the peer restarted, or its heartbeat) brings it back. For a provider
+        found gone by its connection (ads live for hours: liveness is not their job). True if it was held."""
+        if peer_id not in self._entries:
+            return False
+        self._drop(peer_id)
+        return True
+
     def forget(self, peer_id: str) -> None:
         """Drop a peer's ad and its seq now, as if we had never heard of it."""
         if peer_id in self._entries:

@@ -67,6 +67,10 @@ LOOKUP_TIMEOUT = 5.0
 JOINING_CONNECTIONS = 2
 ANNOUNCE_GAP = 30.0
 """Seconds between two joining announcements (a rejoin after all connections were lost announces again)."""
+GONE_GRACE = 1.0
+"""Seconds after a provider's connection closed before we look whether it is gone."""
+GONE_DIAL_TIMEOUT = 3.0
+"""A provider not dialled again within this is taken for gone (its ad is dropped until a newer one)."""
 MAX_CURSORS = 1024
 """Table cursors kept (one per peer we asked lately)."""
 
@@ -110,6 +114,8 @@ class Discovery:
         self._provided: set[str] = set()
         self._announced = -ANNOUNCE_GAP
         """When we last announced ourselves on joining (trio time)."""
+        self._checking: set[str] = set()
+        """Peers whose closed connection is being looked into (``_check_gone``)."""
 
     @property
     def dht_mode(self) -> str:
@@ -275,9 +281,11 @@ class Discovery:
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         self.mesh.set_handler(PROTOCOL_CAPS, self.handle_table_request)
         new_peers_send, new_peers = trio.open_memory_channel[str](256)
-        self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send))
+        closed_send, closed = trio.open_memory_channel[str](256)
+        self.mesh.host.get_network().register_notifee(ConnectionWatch(new_peers_send, closed_send))
         async with background_trio_service(self.dht), trio.open_nursery() as nursery:
             nursery.start_soon(self._on_connections, new_peers)
+            nursery.start_soon(self._on_closes, closed)
             nursery.start_soon(self._maintain)
             task_status.started()
             await trio.sleep_forever()
@@ -286,6 +294,29 @@ class Discovery:
         async with trio.open_nursery() as nursery:
             async for peer_id in new_peers:
                 nursery.start_soon(self._greet, peer_id)
+
+    async def _on_closes(self, closed: trio.MemoryReceiveChannel[str]) -> None:
+        async with trio.open_nursery() as nursery:
+            async for peer_id in closed:
+                if peer_id not in self._checking:
+                    self._checking.add(peer_id)
+                    nursery.start_soon(self._check_gone, peer_id)
+
+    async def _check_gone(self, peer_id: str) -> None:
+        """A connection closed: if it was a provider's last one and the provider cannot be dialled again,
+        drop its ad here. Ads live for hours, so liveness comes from the connection (issue 17)."""
+        try:
+            await trio.sleep(GONE_GRACE)  # a duplicate closing, or a reconnect in progress
+            entry = self.table.get(peer_id, time.time())
+            if entry is None or not entry.ad.models or peer_id in self.mesh.connected_peers():
+                return
+            try:
+                await self.mesh.connect(peer_id, entry.ad.addrs, GONE_DIAL_TIMEOUT)
+            except DialError:
+                if self.table.suspend(peer_id):
+                    log.info("provider %s is gone (its connection closed, a dial failed): its ad is dropped", peer_id)
+        finally:
+            self._checking.discard(peer_id)
 
     async def _greet(self, peer_id: str) -> None:
         """A new connection: tell the mesh about us, learn its table, join its DHT table."""

@@ -527,10 +527,11 @@ def gossip_sender(message) -> str:
 
 
 class ConnectionWatch:
-    """libp2p notifee that hands every new connection's peer to a channel."""
+    """libp2p notifee that hands every new connection's peer to a channel (and, if asked, every closed one's)."""
 
-    def __init__(self, send: trio.MemorySendChannel[str]) -> None:
+    def __init__(self, send: trio.MemorySendChannel[str], closed: trio.MemorySendChannel[str] | None = None) -> None:
         self._send = send
+        self._closed = closed
 
     async def connected(self, network, conn) -> None:
         try:
@@ -539,7 +540,12 @@ class ConnectionWatch:
             pass  # a burst of connections: _sweep_not_admitted catches up
 
     async def disconnected(self, network, conn) -> None:
-        pass
+        if self._closed is None:
+            return
+        try:
+            self._closed.send_nowait(str(conn.muxed_conn.peer_id))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # a burst of closes: those peers are found out when routing fails on them
 
     async def opened_stream(self, network, stream) -> None:
         pass
