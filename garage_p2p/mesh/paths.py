@@ -12,6 +12,7 @@ from libp2p.peer.id import ID
 
 from ..core.routing import PathInfo
 from .host import Mesh
+from .streams import disconnect_quietly
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,24 @@ class PathTracker:
         return PathInfo(rtt=self.rtt.get(peer_id), relayed=self.connection_kind(peer_id) == "relayed")
 
     async def measure(self, peer_id: str) -> float | None:
+        """The peer's smoothed rtt after one more ping; None if it did not answer. A connected provider
+        that does not answer is disconnected, so that discovery looks whether it is gone (a connection cut
+        without a FIN stays open in py-libp2p until something is written to it)."""
+        answered = False
         with trio.move_on_after(PING_TIMEOUT):
             try:
                 [rtt_ms] = await self._ping.ping(ID.from_base58(peer_id), 1)
+                answered = True
             except Exception as exc:  # unreachable, or no ping protocol
                 log.debug("ping %s failed: %s", peer_id, exc)
-                return None
-            # The library reports whole milliseconds; half a millisecond is the honest floor.
-            sample = max(rtt_ms, 0.5) / 1000
-            old = self.rtt.get(peer_id)
-            self.rtt[peer_id] = sample if old is None else (1 - EWMA) * old + EWMA * sample
-            return self.rtt[peer_id]
-        return None
+        if not answered:
+            await disconnect_quietly(self.mesh.host, peer_id)
+            return None
+        # The library reports whole milliseconds; half a millisecond is the honest floor.
+        sample = max(rtt_ms, 0.5) / 1000
+        old = self.rtt.get(peer_id)
+        self.rtt[peer_id] = sample if old is None else (1 - EWMA) * old + EWMA * sample
+        return self.rtt[peer_id]
 
     async def serve(self, peers: Callable[[], Iterable[str]], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         """Ping the peers routing cares about (connected providers) every few seconds."""
