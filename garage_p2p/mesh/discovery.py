@@ -59,10 +59,13 @@ SERVICE = "table"
 TABLE_FETCH_TIMEOUT = 5.0
 REFRESH_INTERVAL = 30.0
 REPROVIDE_INTERVAL = 300.0
-DHT_JOINING = 300.0
-"""Seconds after start during which the DHT routing table is refreshed every REFRESH_INTERVAL."""
-DHT_REFRESH_SETTLED = 600.0
-"""Seconds between DHT refreshes after that (libp2p's own period); new connections join the table at once."""
+DHT_REFRESH = 600.0
+"""Seconds between DHT routing-table refreshes once the table holds DHT_FULL_TABLE peers (libp2p's own
+period). The first refresh runs as soon as we are connected; new connections join the table at once."""
+DHT_REFRESH_SPARSE = 90.0
+"""Seconds between refreshes while the table holds fewer peers (joining, or a small mesh)."""
+DHT_FULL_TABLE = 10
+"""Routing-table size from which refreshes slow to DHT_REFRESH (go-libp2p-kad-dht refreshes below 10 too)."""
 LOOKUP_TIMEOUT = 5.0
 JOINING_CONNECTIONS = 2
 ANNOUNCE_GAP = 30.0
@@ -344,8 +347,7 @@ class Discovery:
 
     async def _maintain(self) -> None:
         last_provide = -REPROVIDE_INTERVAL
-        last_dht_refresh = -DHT_REFRESH_SETTLED
-        started = trio.current_time()
+        last_dht_refresh = -DHT_REFRESH
         rng = random.Random()
         while True:
             connected = self.mesh.connected_peers()
@@ -355,10 +357,12 @@ class Discovery:
                 # By cursor, it costs what changed since the last one.
                 await self._refresh_from(rng.choice(connected))
             now = trio.current_time()
-            joining = now - started < DHT_JOINING
-            if now - last_dht_refresh >= (REFRESH_INTERVAL if joining else DHT_REFRESH_SETTLED):
-                # An iterative lookup of our own id opens streams to a dozen peers: the largest
-                # idle cost a settled peer had. Often while joining, then at libp2p's own pace.
+            sparse = self.dht.routing_table.size() < DHT_FULL_TABLE
+            if connected and now - last_dht_refresh >= (DHT_REFRESH_SPARSE if sparse else DHT_REFRESH):
+                # A refresh is an iterative lookup per non-empty bucket, each opening streams to a
+                # dozen peers and verifying their signed records: in a mesh of joining peers, a
+                # refresh every 30 s was most of every peer's idle CPU. Table sync and our own
+                # additions on connect fill the table; the refresh only finds what those missed.
                 last_dht_refresh = now
                 for peer_id in connected:
                     await self._add_to_dht(peer_id)
