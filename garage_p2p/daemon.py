@@ -182,6 +182,7 @@ class Peer:
                     "load": {m.name: m.load.model_dump() for m in ad.models if m.load},
                     "version": ad.version,
                     "last_seen_s": now - entry.received_at,
+                    "known_since": entry.first_seen,
                     "ledger_flagged": self.ledger.state.flagged(ad.peer_id),
                     "cosign_refusals": self.ledger.refusals.get(ad.peer_id, 0),
                 }
