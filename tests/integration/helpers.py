@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -49,9 +48,6 @@ def ledger_of(peer: PeerProcess) -> LedgerState:
     return read_ledger(Path(peer.home))
 
 
-FAST_ADS = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
-
-
 @contextlib.contextmanager
 def provider_and_keyed_consumer(root: Path, key_name: str) -> Iterator[tuple[PeerProcess, PeerProcess, str]]:
     """P serving ``tiny`` from a StandInBackend (an instrument), C bootstrapped from P and asking for keys.
@@ -62,34 +58,25 @@ def provider_and_keyed_consumer(root: Path, key_name: str) -> Iterator[tuple[Pee
     assert created.returncode == 0, created.stderr
     key = json.loads(created.stdout)["key"]
     peers: list[PeerProcess] = []
-    saved = {name: os.environ.get(name) for name in FAST_ADS}
-    os.environ.update(FAST_ADS)
-    try:
-        with standin_processes([free_port()], token_delay=0.005) as [backend]:
-            try:
-                p = PeerProcess(root / "p", peer_args(backends={"tiny": backend})).start()
-                peers.append(p)
-                p.wait_ready()
-                c = PeerProcess(root / "c", peer_args(bootstrap=[p.addr], extra=["--require-keys"])).start()
-                peers.append(c)
-                c.wait_ready()
-                models = f"{c.api_url}/models"
-                auth = {"authorization": f"Bearer {key}"}
+    with standin_processes([free_port()], token_delay=0.005) as [backend]:
+        try:
+            p = PeerProcess(root / "p", peer_args(backends={"tiny": backend})).start()
+            peers.append(p)
+            p.wait_ready()
+            c = PeerProcess(root / "c", peer_args(bootstrap=[p.addr], extra=["--require-keys"])).start()
+            peers.append(c)
+            c.wait_ready()
+            models = f"{c.api_url}/models"
+            auth = {"authorization": f"Bearer {key}"}
 
-                def knows_tiny() -> bool:
-                    return any(
-                        m["id"] == "tiny" and p.peer_id in m.get("providers", [])
-                        for m in httpx.get(models, headers=auth, timeout=5).json()["data"]
-                    )
+            def knows_tiny() -> bool:
+                return any(
+                    m["id"] == "tiny" and p.peer_id in m.get("providers", [])
+                    for m in httpx.get(models, headers=auth, timeout=5).json()["data"]
+                )
 
-                wait_until(knows_tiny, 30, "C seeing P serve tiny")
-                yield p, c, key
-            finally:
-                for peer in reversed(peers):
-                    peer.stop()
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+            wait_until(knows_tiny, 30, "C seeing P serve tiny")
+            yield p, c, key
+        finally:
+            for peer in reversed(peers):
+                peer.stop()

@@ -16,8 +16,6 @@ from tools.testkit import wait_until
 
 from .helpers import garage, models_of, standin_processes
 
-FAST_ADS: dict[str, str] = {}
-
 
 def models_seen(peer: PeerProcess) -> dict[str, list[str]]:
     result = garage("models", "--json", "--api", peer.api_url)
@@ -32,8 +30,6 @@ def standins():
 
 
 def test_eleven_peers_learn_every_model_forget_dead_ones_and_rejoin(tmp_path, standins, monkeypatch):
-    for key, value in FAST_ADS.items():
-        monkeypatch.setenv(key, value)
     hub = PeerProcess(tmp_path / "hub", peer_args()).start()
     hub.wait_ready()
     peers = []

@@ -17,7 +17,6 @@ from tools.testkit import wait_until
 
 from .helpers import garage, models_of, standin_processes
 
-FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 LINES = 300
 SHARD = 10
 
@@ -36,8 +35,6 @@ def results_stored(home, job_id: str) -> int:
 
 
 def test_submitter_killed_mid_job_resumes_without_redoing_finished_lines(tmp_path, monkeypatch):
-    for key, value in FAST.items():
-        monkeypatch.setenv(key, value)
     with standin_processes([18730, 18731], token_delay=0.02) as urls:
         run_job(tmp_path, urls)
 

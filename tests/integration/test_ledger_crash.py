@@ -14,12 +14,8 @@ from tools.testkit import wait_until
 
 from .helpers import garage, ledger_of, models_of, standin_processes
 
-FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
-
 
 def test_sigkilled_provider_restarts_verifies_and_loses_no_receipt(tmp_path, monkeypatch):
-    for key, value in FAST.items():
-        monkeypatch.setenv(key, value)
     with standin_processes([18690], token_delay=0.02) as (url,):
         # A fixed port, as a rig has (4001 by default): the consumer finds it again after the restart.
         a = PeerProcess(tmp_path / "a", peer_args(listen="/ip4/127.0.0.1/tcp/18691", backends={"tiny": url})).start()

@@ -20,7 +20,6 @@ from tools.testkit import run_where, standin_command, wait_until
 
 from .helpers import ledger_of
 
-FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 PER_HALF = 10
 BACKEND_PORT = 18710
 
@@ -37,8 +36,6 @@ def providers_seen(peer: PeerProcess) -> list[str]:
 
 
 def test_twenty_peers_partition_serve_heal_converge(tmp_path, monkeypatch):
-    for key, value in FAST.items():
-        monkeypatch.setenv(key, value)
     with linked_hosts("glp", "10.79.0") as (left, right):
         backends, peers = [], {"L": [], "R": []}
         try:

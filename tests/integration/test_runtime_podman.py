@@ -28,7 +28,6 @@ from tools.testkit import wait_until
 
 from .helpers import garage, models_of
 
-FAST = {"GARAGE_AD_INTERVAL": "1", "GARAGE_AD_TTL": "6"}
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
@@ -71,8 +70,6 @@ def cgroup_value(container, v1: str, v2: str) -> str:
 
 
 def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, image_home, monkeypatch):
-    for key, value in FAST.items():
-        monkeypatch.setenv(key, value)
     monkeypatch.setenv("GARAGE_RUNTIME_ARGS", "--token-delay,0.02")
     model_dir = tmp_path / "tiny"
     model_dir.mkdir()
@@ -179,8 +176,6 @@ def test_runtime_serves_hardened_restarts_after_a_crash_and_drains(tmp_path, ima
 
 @pytest.mark.vllm
 def test_vllm_cpu_in_podman_serves_through_the_mesh(tmp_path, image_home, monkeypatch):
-    for key, value in FAST.items():
-        monkeypatch.setenv(key, value)
     built = build([], image_home)
     a = PeerProcess(
         tmp_path / "a",
