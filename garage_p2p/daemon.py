@@ -249,9 +249,13 @@ class Peer:
             log.warning("%d requests still running after the drain timeout", self.provider.in_flight)
 
 
-async def _probe_backends(peer: Peer, client: httpx.AsyncClient) -> None:
-    """Keep backend health current; re-advertise at once when it changes."""
+async def _probe_backends(peer: Peer, client: httpx.AsyncClient, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
+    """Keep backend health current; re-advertise at once when it changes.
+
+    Started once the first round is done, before the first ad: an ad without the models, then
+    another with them, cost every provider's start a second (ads on change are a second apart)."""
     backends = peer.provider.backends
+    first = True
     while True:
         changed = False
         for backend in backends.values():
@@ -262,6 +266,9 @@ async def _probe_backends(peer: Peer, client: httpx.AsyncClient) -> None:
             changed |= was != (backend.healthy, backend.backend_model)
         if changed:
             peer.caps.republish_soon()
+        if first:
+            first = False
+            task_status.started()
         healthy = all(b.healthy for b in backends.values() if not b.managed)
         await trio.sleep(PROBE_INTERVAL_HEALTHY if healthy else PROBE_INTERVAL_DOWN)
 
@@ -613,6 +620,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         peer.driver_version = await trio.to_thread.run_sync(driver_version)
         offers_of.append(peer)
         peers_of.append(peer)
+        if backends:
+            await nursery.start(_probe_backends, peer, client)
         await nursery.start(caps.serve)
         await nursery.start(discovery.serve)
         await nursery.start(known.serve)
@@ -632,7 +641,6 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         await nursery.start(peer.job_worker.serve)
         await nursery.start(paths.serve, lambda: [e.ad.peer_id for e in table.entries(time.time()) if e.ad.models])
         if backends:
-            nursery.start_soon(_probe_backends, peer, client)
             nursery.start_soon(_watch_load, peer, client)
         nursery.start_soon(_rejoin_known_peers, peer, known)
         nursery.start_soon(_follow_reachability, peer)
