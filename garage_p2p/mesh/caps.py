@@ -33,8 +33,10 @@ log = logging.getLogger(__name__)
 
 SERVICE = "ads"
 """Faults of ad authors and relays on gossip are counted under this name."""
-CHANGE_CHECK = 1.0
-"""Seconds between looks at whether our ad's content changed (addresses, health, models)."""
+CHANGE_CHECK = 10.0
+"""Seconds between looks at whether our ad's content changed. A catch-all: what changes it (backend
+health, the runtime, a drain or resume, relay reservations) calls ``republish_soon``, which wakes us
+at once; building an ad every second to compare was a tenth of an idle peer's CPU."""
 AUDIENCE_POLL = 0.05
 """Seconds between looks for a gossip neighbour on the topic while our ad waits for one after a wake."""
 AUDIENCE_WAIT = 3.0
