@@ -23,13 +23,13 @@ from libp2p.rcmgr import Direction
 from garage_p2p.core.identity import Identity
 from garage_p2p.mesh import connections
 from garage_p2p.mesh import host as mesh_host
-from garage_p2p.mesh.connections import MinuteCounter
+from garage_p2p.mesh.connections import MinuteCounter, Notifee
 from garage_p2p.mesh.host import Mesh, open_mesh
 
 from .conftest import LOOPBACK, first_addr, running_peer, wait_for
 
 
-class Census:
+class Census(Notifee):
     """Every connection a host reported, so a test can count the ones still open per peer."""
 
     def __init__(self, mesh: Mesh) -> None:
@@ -60,18 +60,6 @@ class Census:
     async def disconnected(self, network, conn) -> None:
         self.ended.append(conn)
         self.changed.set()
-
-    async def opened_stream(self, network, stream) -> None:
-        pass
-
-    async def closed_stream(self, network, stream) -> None:
-        pass
-
-    async def listen(self, network, maddr) -> None:
-        pass
-
-    async def listen_close(self, network, maddr) -> None:
-        pass
 
 
 @asynccontextmanager

@@ -87,7 +87,29 @@ class MinuteCounter:
             self._buckets.popleft()
 
 
-class ConnectionKeeper:
+class Notifee:
+    """A libp2p network notifee that ignores every event; subclasses override the ones they follow."""
+
+    async def connected(self, network, conn) -> None:
+        pass
+
+    async def disconnected(self, network, conn) -> None:
+        pass
+
+    async def opened_stream(self, network, stream) -> None:
+        pass
+
+    async def closed_stream(self, network, stream) -> None:
+        pass
+
+    async def listen(self, network, maddr) -> None:
+        pass
+
+    async def listen_close(self, network, maddr) -> None:
+        pass
+
+
+class ConnectionKeeper(Notifee):
     """libp2p notifee: one connection per peer pair, at most trim_above; counts opened and closed.
 
     ``serve`` runs the drains and the trimming; it must run for as long as the host does.
@@ -168,15 +190,6 @@ class ConnectionKeeper:
 
     async def closed_stream(self, network, stream) -> None:
         self._poke(stream.muxed_conn.peer_id)
-
-    async def opened_stream(self, network, stream) -> None:
-        pass
-
-    async def listen(self, network, maddr) -> None:
-        pass
-
-    async def listen_close(self, network, maddr) -> None:
-        pass
 
     # -- the rule --------------------------------------------------------------------------------
 

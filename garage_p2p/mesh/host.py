@@ -34,7 +34,7 @@ from ..core.identity import Identity
 from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
-from .connections import ConnectionKeeper
+from .connections import ConnectionKeeper, Notifee
 from .nat import NatService, is_circuit, is_lan_addr
 from .patches import apply_library_patches, refuse_dials, report_forged_gossip, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
@@ -526,7 +526,7 @@ def gossip_sender(message) -> str:
         return "unknown"
 
 
-class ConnectionWatch:
+class ConnectionWatch(Notifee):
     """libp2p notifee that hands every new connection's peer to a channel (and, if asked, every closed one's)."""
 
     def __init__(self, send: trio.MemorySendChannel[str], closed: trio.MemorySendChannel[str] | None = None) -> None:
@@ -546,15 +546,3 @@ class ConnectionWatch:
             self._closed.send_nowait(str(conn.muxed_conn.peer_id))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # a burst of closes: those peers are found out when routing fails on them
-
-    async def opened_stream(self, network, stream) -> None:
-        pass
-
-    async def closed_stream(self, network, stream) -> None:
-        pass
-
-    async def listen(self, network, maddr) -> None:
-        pass
-
-    async def listen_close(self, network, maddr) -> None:
-        pass
