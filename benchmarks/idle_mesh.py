@@ -2,8 +2,9 @@
 
 For each source tree (this checkout, then ``--baseline REV``, by default today's design, unpacked
 with git archive), ``--peers`` (resp. ``--baseline-peers``) ``garage-peer`` processes start on
-127.0.0.1, one at a time by default, each bootstrapped from two random peers that are already
-ready. mDNS is on, as in the issue's measurement (its 20 daemons were fully meshed, 239 connections
+127.0.0.1, four at a time by default (rigs start on their own, not one after another; at one at a
+time the figure is the script's, ~50 × one daemon's start), each bootstrapped from two random peers
+that are already ready. mDNS is on, as in the issue's measurement (its 20 daemons were fully meshed, 239 connections
 for 190 pairs: bootstrap links alone make a tree), so the script runs itself again inside a network
 namespace it makes, with only a loopback (root; the multicast stays in it); ``--no-mdns`` runs on
 the host's loopback without it. The script prints, side by side with the targets:
@@ -26,7 +27,7 @@ the host's loopback without it. The script prints, side by side with the targets
 Every process started is killed on the way out, also on Ctrl-C, SIGTERM or a failure.
 
     python benchmarks/idle_mesh.py [--peers 50] [--baseline-peers 20] [--baseline REV | --no-baseline]
-                                   [--settle 30] [--measure 40] [--trials 3] [--start-concurrency 1]
+                                   [--settle 30] [--measure 40] [--trials 3] [--start-concurrency 4]
                                    [--poll-ms 500] [--no-mdns] [--json]
 """
 
@@ -493,7 +494,7 @@ def main() -> None:
     parser.add_argument("--measure", type=float, default=40.0, help="seconds of the idle window")
     parser.add_argument("--trials", type=int, default=3, help="providers started last, one after another")
     parser.add_argument(
-        "--start-concurrency", type=int, default=1, help="daemons starting at once (default 1: one after another)"
+        "--start-concurrency", type=int, default=4, help="daemons starting at once (default 4; 1: one after another)"
     )
     parser.add_argument("--start-timeout", type=float, default=300.0, help="seconds to start a column's daemons")
     parser.add_argument("--listed-timeout", type=float, default=60.0, help="seconds a trial waits for every peer")
