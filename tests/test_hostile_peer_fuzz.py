@@ -70,7 +70,6 @@ from garage_p2p.core.messages import (
 )
 from garage_p2p.core.penalties import THRESHOLD
 from garage_p2p.core.receipts import (
-    Receipt,
     cosign_receipt,
     encode_receipt,
     sign_receipt,
@@ -89,6 +88,7 @@ from garage_p2p.mesh.caps import SERVICE as ADS
 from garage_p2p.mesh.discovery import PROTOCOL_CAPS
 from garage_p2p.mesh.host import DialError
 from garage_p2p.mesh.streams import StreamBroken, close_quietly, read_some, write_all
+from tools.ledger_builders import receipt as make_receipt
 
 from .conftest import (
     first_addr,
@@ -516,14 +516,12 @@ async def test_poisoned_ad_tables_are_rejected(tmp_path, http):
 def receipt_for(provider: Identity, consumer: Identity, request_id: str) -> bytes:
     now_ms = int(time.time() * 1000)
     return encode_receipt(
-        Receipt(
-            request_id=request_id,
-            consumer=consumer.peer_id,
-            provider=provider.peer_id,
-            model="tiny",
+        make_receipt(
+            provider,
+            consumer,
+            request_id,
             prompt_tokens=8,
             completion_tokens=2,
-            gpus=1,
             gpu_us=1000,
             start_ms=now_ms - 10,
             end_ms=now_ms,

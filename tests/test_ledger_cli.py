@@ -11,8 +11,7 @@ from typer.testing import CliRunner
 
 from garage_p2p.cli.garage import app
 from garage_p2p.store.ledger_store import LedgerStore
-
-from .core.ledger_helpers import chain, entry, identity
+from tools.ledger_builders import chain, entry, identity
 
 A, B, C = identity("a"), identity("b"), identity("c")
 runner = CliRunner()

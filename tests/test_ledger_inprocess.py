@@ -19,10 +19,10 @@ from garage_p2p.ledger.book import pack_pending
 from garage_p2p.mesh.streams import read_some, write_all
 from garage_p2p.store.ledger_store import LedgerStore
 from tools.attacks import forged_ledger
+from tools.ledger_builders import identity as make_identity
+from tools.ledger_builders import receipt as make_receipt
 
 from .conftest import as_target, first_addr, running_peer, standin_backend, wait_for, wait_for_model
-from .core.ledger_helpers import identity as make_identity
-from .core.ledger_helpers import receipt as make_receipt
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 

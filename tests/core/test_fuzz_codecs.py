@@ -77,8 +77,7 @@ from garage_p2p.core.wire import (
     FrameType,
     encode_frame,
 )
-
-from .ledger_helpers import chain, identity
+from tools.ledger_builders import chain, identity
 
 TRIED: Counter[str] = Counter()
 

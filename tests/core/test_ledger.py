@@ -22,8 +22,7 @@ from garage_p2p.core.ledger_sync import (
     plan_pulls,
 )
 from garage_p2p.core.receipts import cosign_receipt, encode_receipt
-
-from .ledger_helpers import chain, entry, identity, receipt
+from tools.ledger_builders import chain, entry, identity, receipt
 
 A, B, C, D = identity("a"), identity("b"), identity("c"), identity("d")
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 from garage_p2p.core.ledger import LedgerState, replay
 from garage_p2p.core.ledger_caps import PROBE_SEQS, Rank, ReplicationCaps, ReplicationPolicy, Standing
 from garage_p2p.core.ledger_sync import HeadInfo, Want, plan_pulls
-
-from .ledger_helpers import chain, entry, identity
+from tools.ledger_builders import chain, entry, identity
 
 ME, H, K, V, X, Y, Z = (identity(n) for n in ("me", "h", "k", "v", "x", "y", "z"))
 OWN = chain(ME, K, 3)  # we served K

@@ -15,8 +15,7 @@ from garage_p2p.core.receipts import (
     sign_receipt,
     unpack_signed,
 )
-
-from .ledger_helpers import identity, receipt
+from tools.ledger_builders import identity, receipt
 
 A, B, C = identity("a"), identity("b"), identity("c")
 

@@ -15,38 +15,16 @@ from __future__ import annotations
 import os
 
 from garage_p2p.core.identity import Identity
-from garage_p2p.core.ledger import ZERO_HASH, Entry, make_entry
-from garage_p2p.core.receipts import Receipt, cosign_receipt, encode_receipt
+from garage_p2p.core.ledger import Entry
 from garage_p2p.daemon import Peer
 
+from ..ledger_builders import chain
 from . import Target
-
-START_MS = 1_800_000_000_000
 
 
 def throwaway_log(author: Identity, consumer: Identity, n: int) -> list[Entry]:
     """``n`` chained entries of ``author``, one second of one GPU each, counter-signed by ``consumer``."""
-    out: list[Entry] = []
-    prev = ZERO_HASH
-    for seq in range(1, n + 1):
-        start = START_MS + seq * 1000
-        receipt = Receipt(
-            request_id=f"x{seq}",
-            consumer=consumer.peer_id,
-            provider=author.peer_id,
-            model="tiny",
-            prompt_tokens=10,
-            completion_tokens=20,
-            gpus=1,
-            gpu_us=1_000_000,
-            start_ms=start,
-            end_ms=start + 1000,
-        )
-        raw = encode_receipt(receipt)
-        entry = make_entry(author, seq, prev, raw, cosign_receipt(consumer, raw))
-        out.append(entry)
-        prev = entry.hash
-    return out
+    return chain(author, consumer, n, tag="x", gpu_us=1_000_000)
 
 
 async def attack(

@@ -1,4 +1,4 @@
-"""Builders for receipts and log entries in tests."""
+"""Builders of signed receipts and log entries, for tests, benchmarks and the attack tools."""
 
 from __future__ import annotations
 
@@ -41,11 +41,20 @@ def entry(
 
 
 def chain(
-    provider: Identity, consumer: Identity, n: int, *, start: int = 1, prev: bytes = ZERO_HASH, tag: str = ""
+    provider: Identity,
+    consumer: Identity,
+    n: int,
+    *,
+    start: int = 1,
+    prev: bytes = ZERO_HASH,
+    tag: str = "",
+    **fields,
 ) -> list[Entry]:
+    """``n`` chained entries of ``provider`` from seq ``start``, counter-signed by ``consumer``; ``fields``
+    override the receipts' defaults."""
     out = []
     for seq in range(start, start + n):
-        e = entry(provider, consumer, seq, prev, f"{tag}r{seq}")
+        e = entry(provider, consumer, seq, prev, f"{tag}r{seq}", **fields)
         out.append(e)
         prev = e.hash
     return out
