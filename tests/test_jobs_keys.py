@@ -4,6 +4,8 @@ disk and bounded per key. Real HTTP against a real peer with ``--require-keys``.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import partial
 
 import trio
@@ -77,15 +79,22 @@ async def test_a_key_cannot_list_read_or_cancel_another_keys_jobs(tmp_path, http
         assert anonymous.exit_code == 1 and "401" in anonymous.output
 
 
-async def test_job_input_is_spooled_to_disk_and_bounded_per_key(tmp_path, http, monkeypatch):
+@asynccontextmanager
+async def quota_of_8_kib(tmp_path, monkeypatch) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A peer that asks for keys, with an 8 KiB input quota per key and a job running (one ghost line):
+    yields its jobs URL and alice's auth header."""
     monkeypatch.setattr("garage_p2p.jobs.submitter.KEY_INPUT_QUOTA", 8 * 1024)
     (alice,) = keys(tmp_path / "p", "alice")
     async with (
         standin_backend() as backend,
         running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer,
     ):
-        base = peer.api_url.removesuffix("/v1") + "/garage/v1/jobs"
         await ghost_job(peer, 1, shard_size=1)
+        yield peer.api_url.removesuffix("/v1") + "/garage/v1/jobs", alice
+
+
+async def test_job_input_is_spooled_to_disk_and_bounded_per_key(tmp_path, http, monkeypatch):
+    async with quota_of_8_kib(tmp_path, monkeypatch) as (base, alice):
         raw = {**alice, "content-type": "application/jsonl"}
         text = batch(20, "ghost")  # about 3 KiB
         r = await http.post(base, params={"shard_size": 5}, content=text.encode(), headers=raw)
@@ -110,14 +119,7 @@ async def test_job_input_is_spooled_to_disk_and_bounded_per_key(tmp_path, http, 
 
 async def test_concurrent_uploads_of_one_key_share_its_quota(tmp_path, http, monkeypatch):
     """Four uploads of 3.3 KiB under an 8 KiB quota, all begun before any ends: at most two fit, not four."""
-    monkeypatch.setattr("garage_p2p.jobs.submitter.KEY_INPUT_QUOTA", 8 * 1024)
-    (alice,) = keys(tmp_path / "p", "alice")
-    async with (
-        standin_backend() as backend,
-        running_peer(tmp_path / "p", backends={"tiny": backend}, require_keys=True) as peer,
-    ):
-        base = peer.api_url.removesuffix("/v1") + "/garage/v1/jobs"
-        await ghost_job(peer, 1, shard_size=1)
+    async with quota_of_8_kib(tmp_path, monkeypatch) as (base, alice):
         data = batch(20, "ghost").encode()
         assert 2 * len(data) <= 8 * 1024 < 3 * len(data), len(data)  # about 3.3 KiB: two fit
         spooled = tmp_path / "p" / "jobs-input"
