@@ -115,6 +115,20 @@ def stream(client: httpx.Client, path: str, body: dict) -> Run:
     return run
 
 
+def complete(client: httpx.Client, path: str, body: dict) -> Run:
+    """POST a non-streamed request; one "chunk" holding the whole answer."""
+    t0 = time.monotonic()
+    r = client.post(path, json={**body, "return_token_ids": True})
+    r.raise_for_status()
+    answer = r.json()
+    choice = answer["choices"][0]
+    text = choice["text"] if "text" in choice else choice["message"]["content"]
+    run = Run(texts=[text or ""], ids=[choice["token_ids"]], finish_reason=choice["finish_reason"])
+    run.prompt_ids = answer.get("prompt_token_ids") or choice.get("prompt_token_ids") or []
+    run.usage, run.ttft_s = answer["usage"], time.monotonic() - t0
+    return run
+
+
 def first_diff(a: str, b: str) -> int | None:
     """Index of the first differing UTF-8 byte, None if equal."""
     x, y = a.encode(), b.encode()
@@ -189,6 +203,8 @@ def cases(multibyte_bias: dict[str, int]) -> list[Case]:
         Case("multibyte-out", "completions", {**greedy, "prompt": "naïve café:", "logit_bias": multibyte_bias}),
         Case("stop", "chat", {**greedy, "messages": [{"role": "user", "content": "def fib(n): return"}]}),
         Case("seed", "chat", {**greedy, "temperature": 0.9, "seed": 7, "messages": utf8_chat}),
+        Case("penalty", "chat", {**greedy, "frequency_penalty": 1.0, "messages": utf8_chat}),
+        Case("long", "chat", {**greedy, "max_tokens": 400, "messages": [{"role": "user", "content": "Hi"}]}),
     ]
 
 
@@ -203,16 +219,28 @@ def cut_points(ref: Run, want: int) -> list[int]:
     return sorted(set(bounds[::step]) | set(held[:want]) | {1})
 
 
+MECHANISMS = ("ids", "clean", "clean-ns", "text")  # clean-ns: the clean continuation, not streamed
+
+
+def continue_once(client: httpx.Client, case: Case, mech: str, src: Run, k: int) -> tuple[Run, int]:
+    """Send one continuation; returns it and the number of generated ids it was given."""
+    make = {"ids": case.by_ids, "clean": case.by_clean_ids, "clean-ns": case.by_clean_ids, "text": case.by_text}
+    path, body = make[mech](src, k)
+    # A fresh cache salt: no prefix-cache hit, as on another provider.
+    body["cache_salt"] = f"probe-{time.monotonic_ns()}"
+    given = len(body["prompt"]) - len(src.prompt_ids) if mech != "text" else k
+    return (complete(client, path, body) if mech == "clean-ns" else stream(client, path, body)), given
+
+
 def probe(base: str, cuts_per_case: int) -> int:
     rows: dict[tuple[str, str], list[int]] = {}  # (mechanism, endpoint) -> [identical, total]
-    firsts: dict[str, list[float]] = {"fresh": [], "ids": [], "clean": [], "text": []}
+    usage_ok = [0, 0]  # clean continuations whose usage.prompt_tokens == prompt ids + ids given
+    firsts: dict[str, list[float]] = {"fresh": [], **{m: [] for m in MECHANISMS if m != "clean-ns"}}
     with httpx.Client(base_url=base, timeout=TIMEOUT) as client:
-        root = base.removesuffix("/v1")
-        partial = partial_utf8_tokens(client, root)
+        partial = partial_utf8_tokens(client, base.removesuffix("/v1"))
         print(f"{len(partial)} of 1024 token ids are partial UTF-8 pieces")
-        bias = {str(i): 6 for i in partial}
-        for case in cases(bias):
-            ref = stream(client, case.path, case.body)
+        for case in cases({str(i): 6 for i in partial}):
+            ref = stream(client, case.path, {**case.body, "cache_salt": f"fresh-{time.monotonic_ns()}"})
             firsts["fresh"].append(ref.ttft_s)
             plain = ref  # without stop strings: what a consumer that matches them itself receives
             if case.name == "stop":  # a stop string from the middle of the answer, then cut inside it
@@ -228,35 +256,38 @@ def probe(base: str, cuts_per_case: int) -> int:
                 again = stream(client, case.path, case.body)
                 print(f"  same seed, fresh request reproduces: {again.text == ref.text}")
             for k in cut_points(ref, cuts_per_case):
-                for mech, make in (("ids", case.by_ids), ("clean", case.by_clean_ids), ("text", case.by_text)):
-                    src = plain if mech == "clean" else ref
+                for mech in MECHANISMS:
+                    src = plain if mech.startswith("clean") else ref
                     seen = src.cut(k)
-                    path, body = make(src, k)
-                    cont = stream(client, path, body)
-                    firsts[mech].append(cont.ttft_s)
+                    cont, given = continue_once(client, case, mech, src, k)
+                    if mech in firsts:
+                        firsts[mech].append(cont.ttft_s)
                     got = seen + cont.text
-                    if mech == "clean" and case.body.get("stop"):
+                    if mech.startswith("clean") and case.body.get("stop"):
                         got, cont.finish_reason = apply_stop(got, case.body["stop"], cont.finish_reason)
+                    if mech.startswith("clean") and cont.usage:
+                        usage_ok[0] += cont.usage["prompt_tokens"] == len(src.prompt_ids) + given
+                        usage_ok[1] += 1
                     diff = first_diff(got, ref.text)
-                    total = (cont.usage or {}).get("completion_tokens", 0) + k
+                    total = (cont.usage or {}).get("completion_tokens", 0) + given
                     ok = diff is None and cont.finish_reason == ref.finish_reason
-                    tally = rows.setdefault(
-                        (f"{mech}{'/' + case.name if case.name in ('stop', 'seed') else ''}", case.endpoint), [0, 0]
-                    )
+                    suffix = f"/{case.name}" if case.name in ("stop", "seed", "penalty") else ""
+                    tally = rows.setdefault((mech + suffix, case.endpoint), [0, 0])
                     tally[0] += ok
                     tally[1] += 1
                     if not ok:
                         at = diff if diff is not None else -1
                         print(
-                            f"  k={k:3d} {mech:4s} DIFFERS at byte {at} finish={cont.finish_reason} "
+                            f"  k={k:3d} {mech:8s} DIFFERS at byte {at} finish={cont.finish_reason} "
                             f"completion_total={total} ref={len(ref.token_ids)} "
                             f"want={ref.text.encode()[max(0, at - 8) : at + 8]!r} "
                             f"got={got.encode()[max(0, at - 8) : at + 8]!r}"
                         )
     print("\nmechanism x endpoint: identical / cases (text and finish_reason)")
     for (mech, endpoint), (same, total) in sorted(rows.items()):
-        print(f"  {mech:10s} {endpoint:12s} {same:3d} / {total:3d}  {'IDENTICAL' if same == total else 'DIFFERS'}")
-    print("\ntime to first token, median ms (same server; vLLM prefix cache may help the continuations)")
+        print(f"  {mech:16s} {endpoint:12s} {same:3d} / {total:3d}  {'IDENTICAL' if same == total else 'DIFFERS'}")
+    print(f"\nclean continuations with usage.prompt_tokens == prompt + ids given: {usage_ok[0]} / {usage_ok[1]}")
+    print("\ntime to first token, median ms (every request with a fresh cache_salt: no prefix-cache hit)")
     for name, values in firsts.items():
         if values:
             print(f"  {name:6s} {statistics.median(values) * 1000:7.1f}  (n={len(values)})")
