@@ -63,7 +63,8 @@ DHT_REFRESH = 600.0
 """Seconds between DHT routing-table refreshes once the table holds DHT_FULL_TABLE peers (libp2p's own
 period). The first refresh runs as soon as we are connected; new connections join the table at once."""
 DHT_REFRESH_SPARSE = 90.0
-"""Seconds between refreshes while the table holds fewer peers (joining, or a small mesh)."""
+"""Seconds between refreshes while the table holds fewer peers and the last refresh still found new
+ones (joining); a small mesh whose table holds everyone already refreshes every DHT_REFRESH."""
 DHT_FULL_TABLE = 10
 """Routing-table size from which refreshes slow to DHT_REFRESH (go-libp2p-kad-dht refreshes below 10 too)."""
 LOOKUP_TIMEOUT = 5.0
@@ -348,6 +349,7 @@ class Discovery:
     async def _maintain(self) -> None:
         last_provide = -REPROVIDE_INTERVAL
         last_dht_refresh = -DHT_REFRESH
+        dht_growing = True
         rng = random.Random()
         while True:
             connected = self.mesh.connected_peers()
@@ -357,7 +359,7 @@ class Discovery:
                 # By cursor, it costs what changed since the last one.
                 await self._refresh_from(rng.choice(connected))
             now = trio.current_time()
-            sparse = self.dht.routing_table.size() < DHT_FULL_TABLE
+            sparse = dht_growing and self.dht.routing_table.size() < DHT_FULL_TABLE
             if connected and now - last_dht_refresh >= (DHT_REFRESH_SPARSE if sparse else DHT_REFRESH):
                 # A refresh is an iterative lookup per non-empty bucket, each opening streams to a
                 # dozen peers and verifying their signed records: in a mesh of joining peers, a
@@ -366,11 +368,13 @@ class Discovery:
                 last_dht_refresh = now
                 for peer_id in connected:
                     await self._add_to_dht(peer_id)
+                before = self.dht.routing_table.size()
                 with trio.move_on_after(20):
                     try:
                         await self.dht.refresh_routing_table()
                     except Exception as exc:
                         log.debug("DHT refresh failed: %s", exc)
+                dht_growing = self.dht.routing_table.size() > before
             served = set(self.served_models())
             if trio.current_time() - last_provide >= REPROVIDE_INTERVAL or not served <= self._provided:
                 await self.provide()
