@@ -38,7 +38,6 @@ import contextlib
 import json
 import os
 import random
-import re
 import signal
 import statistics
 import subprocess
@@ -60,6 +59,8 @@ from garage_p2p.store.identity_file import load_or_create_identity  # noqa: E402
 from tools.netns import netns_available, private_loopback  # noqa: E402
 from tools.testkit import (  # noqa: E402
     REPO,
+    Socket,
+    daemon_sockets,
     free_port,
     percentile,
     proc_cpu_s,
@@ -200,33 +201,6 @@ def counters(p: PeerProcess) -> Counter[str]:
     except (httpx.HTTPError, ValueError):
         pass
     return out
-
-
-@dataclass(frozen=True)
-class Socket:
-    """One end of an established TCP connection, as ``ss -tinp`` shows it."""
-
-    local: str
-    peer: str
-    pid: int
-    bytes: int
-    """Payload bytes sent plus received on it so far (Noise and yamux framing included, TCP headers not)."""
-
-
-def daemon_sockets(pids: set[int]) -> dict[str, Socket]:
-    """Established TCP sockets held by ``pids`` whose other end ``pids`` hold too, by local ``ADDR:PORT``."""
-    out = subprocess.run(["ss", "-Htinp", "state", "established"], capture_output=True, text=True, check=True).stdout
-    sockets: dict[str, Socket] = {}
-    heads = re.split(r"\n(?=\S)", out)  # a socket's line, then its indented tcp_info line
-    for entry in heads:
-        fields = entry.split()
-        owner = re.search(r"pid=(\d+)", entry)
-        if len(fields) < 4 or owner is None or int(owner.group(1)) not in pids:
-            continue
-        counts = dict(re.findall(r"\b(bytes_sent|bytes_received):(\d+)", entry))
-        total = int(counts.get("bytes_sent", 0)) + int(counts.get("bytes_received", 0))
-        sockets[fields[2]] = Socket(fields[2], fields[3], int(owner.group(1)), total)
-    return {k: s for k, s in sockets.items() if s.peer in sockets and sockets[s.peer].pid != s.pid}
 
 
 def pairs_of(sockets: dict[str, Socket]) -> Counter[frozenset[int]]:

@@ -8,7 +8,8 @@ import numpy as np
 from typer.testing import CliRunner
 
 from garage_p2p.cli.garage import app
-from garage_p2p.sim.cost import ADS, CostMeter, Costs
+from garage_p2p.sim.calibration import IDLE_CONNECTIONS
+from garage_p2p.sim.cost import ADS, UPKEEP, CostMeter, Costs
 from garage_p2p.sim.metrics import summarize
 from garage_p2p.sim.scenario import Scenario
 from garage_p2p.sim.world import World
@@ -95,3 +96,14 @@ def test_the_report_and_json_show_the_cost_per_peer(tmp_path):
         assert row in section, row
     saved = json.loads((out / "report.json").read_text())["summary"]["cost"]
     assert saved == per_peer
+
+
+def test_an_idle_peer_pays_its_daemons_upkeep_for_every_second_online():
+    """Timers and keepalives cost a real daemon CPU with no message at all (tools/calibrate_costs.py measures
+    them on idle daemons): the model charges them per online second, under either policy."""
+    costs = Costs.load()
+    cost = summarize(World(idle_mesh(16, "new", duration_s=600.0), 1).run())["cost"]
+    upkeep = cost["by_kind"][UPKEEP]
+    per_s = costs.cpu_ms["upkeep_per_s"] + IDLE_CONNECTIONS * costs.cpu_ms["connection_per_s"]
+    assert upkeep["cpu_pct_mean"] > 0.9 * per_s / 10, upkeep  # ms per s → % of a core
+    assert cost["idle"]["cpu_pct"]["mean"] >= upkeep["cpu_pct_mean"], cost["idle"]

@@ -16,7 +16,12 @@ so a figure is a real sender's or receiver's CPU per message, framing, Noise and
 Pure CPU work is timed in this process: signing an ad, checking one (``open_ad`` and
 ``PeerTable.apply``), the table's answer per ad, a receipt signed, counter-signed and checked.
 
-    .venv/bin/python -m tools.calibrate_costs            # writes garage_p2p/sim/costs.json (~1 min)
+Upkeep, what a daemon pays with nothing to do (timers, keepalives, gossipsub's heartbeat), is
+read from real ``garage-peer`` processes: one alone (per second), then a settled mesh of
+UPKEEP_PEERS (per connection per second, CPU and bytes on their sockets, less what the simulator
+prices per message).
+
+    .venv/bin/python -m tools.calibrate_costs            # writes garage_p2p/sim/costs.json (~5 min)
     .venv/bin/python -m tools.calibrate_costs --dry-run  # prints the figures only
 
 The machine's load counts: run it on an otherwise quiet machine, twice, and keep the lower run.
@@ -28,8 +33,10 @@ import argparse
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,6 +44,7 @@ import trio
 from libp2p.host.ping import PingService
 from libp2p.peer.id import ID
 
+from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from garage_p2p.core.capabilities import (
     TOPIC_CAPS,
     Benchmark,
@@ -65,6 +73,8 @@ from garage_p2p.core.receipts import (
 )
 from garage_p2p.mesh.host import open_mesh
 from garage_p2p.mesh.streams import PeerStream, read_some, write_all
+from garage_p2p.sim import calibration as cal
+from tools.testkit import daemon_sockets, proc_cpu_s
 
 COSTS = Path(__file__).resolve().parents[1] / "garage_p2p" / "sim" / "costs.json"
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]
@@ -378,7 +388,57 @@ async def measure(child: Child, messages: int) -> dict[str, float]:
     return figures
 
 
-def costs_from(figures: dict[str, float], pure: dict[str, float]) -> dict:
+UPKEEP_PEERS = 10
+UPKEEP_SETTLE_S = 100.0
+"""Past the joining peers' own DHT refreshes (mesh/discovery.py: at once, then after DHT_REFRESH_SPARSE)."""
+UPKEEP_WINDOW_S = 30.0
+
+
+def daemon_upkeep(stream_ms: float) -> dict[str, float]:
+    """What a real daemon pays each second with no message priced per message: alone (its timers), and
+    per connection in a settled mesh of UPKEEP_PEERS (mean over them).
+
+    The mesh's idle table syncs (one per TABLE_SYNC_S) and ledger digest compares (one per
+    ANTI_ENTROPY_S), each a stream exchange of ``stream_ms`` client + server, are priced per message
+    by the simulator: they are taken out here, so as not to count them twice."""
+    rng = random.Random(1)
+
+    def idle(peers: list[PeerProcess], settle: float) -> tuple[float, float, float]:
+        """Mean CPU ms/s, bytes/s on mesh sockets and connections of ``peers`` over a window."""
+        time.sleep(settle)
+        pids = {p.process.pid for p in peers}
+        cpu0, sockets0 = {pid: proc_cpu_s(pid) for pid in pids}, daemon_sockets(pids)
+        time.sleep(UPKEEP_WINDOW_S)
+        cpu1, sockets1 = {pid: proc_cpu_s(pid) for pid in pids}, daemon_sockets(pids)
+        moved = sum(s.bytes - (sockets0[k].bytes if k in sockets0 else 0) for k, s in sockets1.items())
+        cpu_ms = sum(cpu1[pid] - cpu0[pid] for pid in pids) * 1000 / UPKEEP_WINDOW_S / len(pids)
+        return cpu_ms, moved / UPKEEP_WINDOW_S / len(pids), len(sockets1) / len(pids)
+
+    quiet = ["--log-level", "ERROR"]
+    with tempfile.TemporaryDirectory(prefix="upkeep") as root:
+        peers: list[PeerProcess] = []
+        try:
+            for i in range(UPKEEP_PEERS):
+                boot = [p.addr for p in rng.sample(peers, min(2, len(peers)))]
+                peer = PeerProcess(Path(root) / f"p{i}", peer_args(bootstrap=boot, extra=quiet))
+                peers.append(peer.start())
+                peer.wait_ready()
+                if i == 0:
+                    alone_ms, _, _ = idle(peers, 10.0)
+            mesh_ms, mesh_bytes, connections = idle(peers, UPKEEP_SETTLE_S)
+        finally:
+            for p in peers:
+                p.kill()
+    priced_ms = stream_ms * (1 / cal.TABLE_SYNC_S + 1 / cal.ANTI_ENTROPY_S)
+    connections = max(connections, 1.0)
+    return {
+        "upkeep_ms_per_s": alone_ms,
+        "connection_ms_per_s": max(0.0, mesh_ms - alone_ms - priced_ms) / connections,
+        "connection_bytes_per_s": mesh_bytes / connections,
+    }
+
+
+def costs_from(figures: dict[str, float], pure: dict[str, float], upkeep: dict[str, float]) -> dict:
     """The simulator's per-message costs from the raw figures."""
     ms = {
         # A first copy: framing, pubsub signature, open_ad, PeerTable.apply.
@@ -404,6 +464,9 @@ def costs_from(figures: dict[str, float], pure: dict[str, float]) -> dict:
         "ad_check": pure["ad_check_ms"],
         "table_answer_ad": pure["table_answer_ad_ms"],
         "receipt": pure["receipt_ms"],
+        # Per second: a lone daemon's timers, and each connection's keepalives and gossip heartbeat.
+        "upkeep_per_s": upkeep["upkeep_ms_per_s"],
+        "connection_per_s": upkeep["connection_ms_per_s"],
     }
     frame = YAMUX_HEADER + NOISE_OVERHEAD
     return {
@@ -418,6 +481,7 @@ def costs_from(figures: dict[str, float], pure: dict[str, float]) -> dict:
             "stream_open": STREAM_OPEN_BYTES,
             "ping": 32 + frame,
             "provider_ad": int(figures["provider_ad_bytes"]),
+            "connection_per_s": round(upkeep["connection_bytes_per_s"], 1),
         },
     }
 
@@ -443,7 +507,9 @@ def main() -> None:
         figures = trio.run(measure, child, args.messages)
     finally:
         child.stop()
-    costs = costs_from(figures, pure)
+    print("idle daemons …", file=sys.stderr)
+    upkeep = daemon_upkeep(figures["stream_client_ms"] + figures["stream_server_ms"])
+    costs = costs_from(figures, pure, upkeep)
     text = json.dumps(costs, indent=2, sort_keys=True) + "\n"
     print(text, end="")
     print(f"took {time.monotonic() - started:.0f} s", file=sys.stderr)

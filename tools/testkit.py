@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import socket
 import subprocess
 import sys
 import tarfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -154,3 +156,30 @@ def tree_of(rev: str, into: Path) -> Path:
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(tree, filter="data")
     return tree
+
+
+@dataclass(frozen=True)
+class Socket:
+    """One end of an established TCP connection, as ``ss -tinp`` shows it."""
+
+    local: str
+    peer: str
+    pid: int
+    bytes: int
+    """Payload bytes sent plus received on it so far (Noise and yamux framing included, TCP headers not)."""
+
+
+def daemon_sockets(pids: set[int]) -> dict[str, Socket]:
+    """Established TCP sockets held by ``pids`` whose other end ``pids`` hold too, by local ``ADDR:PORT``."""
+    out = subprocess.run(["ss", "-Htinp", "state", "established"], capture_output=True, text=True, check=True).stdout
+    sockets: dict[str, Socket] = {}
+    heads = re.split(r"\n(?=\S)", out)  # a socket's line, then its indented tcp_info line
+    for entry in heads:
+        fields = entry.split()
+        owner = re.search(r"pid=(\d+)", entry)
+        if len(fields) < 4 or owner is None or int(owner.group(1)) not in pids:
+            continue
+        counts = dict(re.findall(r"\b(bytes_sent|bytes_received):(\d+)", entry))
+        total = int(counts.get("bytes_sent", 0)) + int(counts.get("bytes_received", 0))
+        sockets[fields[2]] = Socket(fields[2], fields[3], int(owner.group(1)), total)
+    return {k: s for k, s in sockets.items() if s.peer in sockets and sockets[s.peer].pid != s.pid}

@@ -89,6 +89,10 @@ TABLE_SYNC_S = 30.0
 """Each peer asks one random neighbour for its table every 30 s (mesh/discovery.py REFRESH_INTERVAL)."""
 
 
+IDLE_CONNECTIONS = 15
+"""Connections an idle daemon holds: the auto-connector's target, (low + high watermark) / 2
+(mesh/host.py). Each costs its keepalives and gossipsub heartbeat (``connection_per_s`` in costs.json)."""
+
 PING_INTERVAL_S = 10.0
 """A consumer pings each provider it holds a connection to this often (mesh/paths.py PING_INTERVAL)."""
 

@@ -15,6 +15,8 @@ code; ``costs.json`` holds those per-message costs, measured on real hosts by
   and at every cost tick.
 - **Streams** (table sync, ledger pulls, pings, requests) are charged to both ends,
   and to the relay in between when relayed, as they happen.
+- **Upkeep**: every online second, a daemon's own timers and its connections' keepalives
+  and gossipsub heartbeat (measured on idle real daemons), messages or not.
 
 CPU is reported as a share of one core over the time the peer was online, bytes per
 online second; "idle" is what a peer pays with nothing asked of it (ads, tables,
@@ -34,8 +36,10 @@ from .metrics import percentile
 
 COSTS_FILE = Path(__file__).with_name("costs.json")
 ADS, TABLES, HEADS, PINGS, REQUESTS, LEDGER = "ads", "tables", "heads", "pings", "requests", "ledger"
-KINDS = (ADS, TABLES, HEADS, PINGS, REQUESTS, LEDGER)
-IDLE_KINDS = (ADS, TABLES, HEADS, PINGS)
+UPKEEP = "upkeep"
+"""A daemon's own timers and its connections' keepalives: paid every second, messages or not."""
+KINDS = (ADS, TABLES, HEADS, PINGS, UPKEEP, REQUESTS, LEDGER)
+IDLE_KINDS = (ADS, TABLES, HEADS, PINGS, UPKEEP)
 """What a peer pays when nobody asks it for anything."""
 FLOODED = (ADS, HEADS)
 """Kinds that travel by gossip (``CostMeter.flood``)."""
@@ -222,6 +226,17 @@ class CostMeter:
         ms = self.ms
         cpu = frames * (ms["frame_receive"] + ms["frame_send"]) + size / 1024 * (ms["kib_receive"] + ms["kib_send"])
         self.charge(relay, kind, cpu, b_in=size, b_out=size, m_in=frames)
+
+    def upkeep(self, peers: np.ndarray, seconds: float, connections: float) -> None:
+        """``seconds`` of each of ``peers``' upkeep with ``connections`` connections open (the bytes of
+        keepalives count half in, half out)."""
+        if not len(peers):
+            return
+        row = self._row[UPKEEP]
+        self.cpu_ms[row, peers] += seconds * (self.ms["upkeep_per_s"] + connections * self.ms["connection_per_s"])
+        moved = seconds * connections * self.costs.bytes["connection_per_s"]
+        self.bytes_in[row, peers] += moved / 2
+        self.bytes_out[row, peers] += moved / 2
 
     def ping(self, client: int, server: int, count: float) -> None:
         size = self.costs.bytes["ping"]

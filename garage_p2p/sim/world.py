@@ -693,6 +693,7 @@ class World:
         peers = np.array(online, dtype=np.int64)
         degrees = np.array([self.topo.degree(i) for i in online], dtype=np.int64)
         self.meter.settle(peers, degrees)
+        self.meter.upkeep(peers, cal.TABLE_SYNC_S, cal.IDLE_CONNECTIONS)
         # Heads go out on gossip only when an author's log grows (LedgerNet); idle, each peer compares a
         # digest of its heads with a random neighbour every ANTI_ENTROPY_S on average.
         digest = self.meter.costs.heads_bytes(1, 1)
