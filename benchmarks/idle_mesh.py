@@ -203,9 +203,9 @@ def counters(p: PeerProcess) -> Counter[str]:
     return out
 
 
-def pairs_of(sockets: dict[str, Socket]) -> Counter[frozenset[int]]:
+def pairs_of(sockets: dict[tuple[str, str], Socket]) -> Counter[frozenset[int]]:
     """Connections per pair of daemons (each connection has two ends: counted once)."""
-    return Counter(frozenset((s.pid, sockets[s.peer].pid)) for s in sockets.values() if s.local < s.peer)
+    return Counter(frozenset((s.pid, sockets[(s.peer, s.local)].pid)) for s in sockets.values() if s.local < s.peer)
 
 
 def machine_busy_s() -> float:

@@ -169,10 +169,12 @@ class Socket:
     """Payload bytes sent plus received on it so far (Noise and yamux framing included, TCP headers not)."""
 
 
-def daemon_sockets(pids: set[int]) -> dict[str, Socket]:
-    """Established TCP sockets held by ``pids`` whose other end ``pids`` hold too, by local ``ADDR:PORT``."""
+def daemon_sockets(pids: set[int]) -> dict[tuple[str, str], Socket]:
+    """Established TCP sockets held by ``pids`` whose other end ``pids`` hold too, by (local, peer)
+    ``ADDR:PORT``: with port reuse, a daemon's dials leave from its listening port, so the local
+    address alone names several sockets."""
     out = subprocess.run(["ss", "-Htinp", "state", "established"], capture_output=True, text=True, check=True).stdout
-    sockets: dict[str, Socket] = {}
+    sockets: dict[tuple[str, str], Socket] = {}
     heads = re.split(r"\n(?=\S)", out)  # a socket's line, then its indented tcp_info line
     for entry in heads:
         fields = entry.split()
@@ -181,5 +183,5 @@ def daemon_sockets(pids: set[int]) -> dict[str, Socket]:
             continue
         counts = dict(re.findall(r"\b(bytes_sent|bytes_received):(\d+)", entry))
         total = int(counts.get("bytes_sent", 0)) + int(counts.get("bytes_received", 0))
-        sockets[fields[2]] = Socket(fields[2], fields[3], int(owner.group(1)), total)
-    return {k: s for k, s in sockets.items() if s.peer in sockets and sockets[s.peer].pid != s.pid}
+        sockets[(fields[2], fields[3])] = Socket(fields[2], fields[3], int(owner.group(1)), total)
+    return {k: s for k, s in sockets.items() if (other := sockets.get((s.peer, s.local))) and other.pid != s.pid}
