@@ -95,3 +95,10 @@ def test_the_report_and_json_show_the_cost_per_peer(tmp_path):
         assert row in section, row
     saved = json.loads((out / "report.json").read_text())["summary"]["cost"]
     assert saved == per_peer
+
+
+def test_table_syncs_follow_one_partner_so_each_ad_comes_once_by_table_not_once_per_neighbour():
+    cost = summarize(World(idle_mesh(64, "new"), 1).run())["cost"]["by_kind"]
+    # Gossip hands a peer d - 1 copies of each ad and it forwards as many; a cursor sync with a random
+    # neighbour handed it each ad once per neighbour more (as many bytes as gossip). One partner: once.
+    assert cost["tables"]["bytes_per_s_mean"] < cost[ADS]["bytes_per_s_mean"] / 4, cost

@@ -71,6 +71,7 @@ from ..core.receipts import (
     unpack_signed,
 )
 from ..core.routing import PathInfo, Router, RouteRequest
+from ..core.sync_partner import SyncPartner
 from ..core.wire import HEADER_SIZE
 from . import calibration as cal
 from .cost import ADS, HEADS, JSON_TOKEN_BYTES, REQUESTS, TABLES, TOKEN_CHUNK_BYTES, CostMeter, Costs
@@ -319,6 +320,7 @@ class World:
             # A restarted daemon signs a new ad, holds no cursors, and syncs tables with each new connection.
             peer.own_ad = None
             peer.cursors = {}
+            peer.sync_partner = SyncPartner()
             for n in sorted(self.topo.neighbours[peer.idx]):
                 self._connected(peer.idx, n)
         if peer.role == CONSUMER:
@@ -700,9 +702,13 @@ class World:
         self.meter.exchanges(connected, HEADS, cal.TABLE_SYNC_S / cal.ANTI_ENTROPY_S, digest, digest)
         self.mesh_table.expire(EPOCH + self.engine.now)
         for i in online:
-            neighbours = self.topo.neighbours[i]
-            if neighbours:
-                self._table_sync(i, self._tables_rng.choice(sorted(neighbours)))
+            neighbours = sorted(self.topo.neighbours[i])
+            if not neighbours:
+                continue
+            if self.legacy:
+                self._table_sync(i, self._tables_rng.choice(neighbours))
+            else:
+                self._table_sync(i, self.peers[i].sync_partner.choose(neighbours, self._tables_rng.random()))
         pings = cal.TABLE_SYNC_S / cal.PING_INTERVAL_S
         for c in self.online_consumers:
             for p_idx, conn in sorted(self.peers[c].conns.items()):
