@@ -23,6 +23,7 @@ fit in the table (it was valid when the relay got it).
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable
@@ -428,6 +429,12 @@ class PeerTable:
         """Entries per source."""
         self._held_bytes: Counter[str] = Counter()
         """Signed bytes per source."""
+        self._relayed = 0
+        """Entries another peer brought (not ``direct``): with none, no entry is evictable by source."""
+        # (time, arrival, peer id) of every entry, oldest first; an item whose entry was replaced or
+        # dropped since is stale and skipped. Expiry and "oldest received" cost O(log n), not a scan.
+        self._by_expiry: list[tuple[float, int, str]] = []
+        self._by_received: list[tuple[float, int, str]] = []
         self._own_seqs: OrderedDict[int, None] = OrderedDict()
         self._publishers = Limiter(max_parties=4 * max_peers)
         self._index = ProviderIndex()
@@ -528,14 +535,39 @@ class PeerTable:
         )
         self._arrivals += 1
         self._entries[ad.peer_id] = entry
+        self._relayed += not entry.direct
+        heapq.heappush(self._by_expiry, (entry.expires_at, entry.arrival, ad.peer_id))
+        heapq.heappush(self._by_received, (entry.received_at, entry.arrival, ad.peer_id))
+        if len(self._by_expiry) > 2 * len(self._entries) + 64:
+            self._reindex()
         self._index.add(ad.peer_id, (m.name for m in ad.models), ad.region)
         self._bytes += len(wire)
         self._held[source] += 1
         self._held_bytes[source] += len(wire)
         return entry
 
+    def _current(self, item: tuple[float, int, str]) -> bool:
+        """Whether a heap item still stands for the entry held (not one replaced or dropped since)."""
+        entry = self._entries.get(item[2])
+        return entry is not None and entry.arrival == item[1]
+
+    def _reindex(self) -> None:
+        """Rebuild the heaps from the entries held (drops their stale items)."""
+        held = self._entries.values()
+        self._by_expiry = [(e.expires_at, e.arrival, e.ad.peer_id) for e in held]
+        self._by_received = [(e.received_at, e.arrival, e.ad.peer_id) for e in held]
+        heapq.heapify(self._by_expiry)
+        heapq.heapify(self._by_received)
+
+    def _oldest_received(self) -> PeerEntry:
+        """The entry received first (of equal times, the first to arrive), from a non-empty table."""
+        while not self._current(self._by_received[0]):
+            heapq.heappop(self._by_received)
+        return self._entries[self._by_received[0][2]]
+
     def _drop(self, peer_id: str) -> None:
         entry = self._entries.pop(peer_id)
+        self._relayed -= not entry.direct
         self._index.remove(peer_id, (m.name for m in entry.ad.models), entry.ad.region)
         self._bytes -= len(entry.wire)
         self._held[entry.source] -= 1
@@ -558,10 +590,13 @@ class PeerTable:
         def full() -> bool:
             return len(self._entries) >= self._max_peers or self._bytes + size > self._max_bytes
 
-        if full():
-            self.expire(now)
+        if not full():
+            return
+        self.expire(now)
         while full():
-            held: Counter[str] = Counter(e.source for e in self._entries.values() if evictable(e))
+            held: Counter[str] = (
+                Counter(e.source for e in self._entries.values() if evictable(e)) if self._relayed else Counter()
+            )
             if held:
                 biggest, count = held.most_common(1)[0]
                 if not favoured and count <= held[source] + 1:
@@ -571,7 +606,7 @@ class PeerTable:
                     key=lambda e: e.first_seen,
                 )
             elif favoured:
-                victim = min(self._entries.values(), key=lambda e: e.received_at)
+                victim = self._oldest_received()
             else:
                 raise AdRejected("the table is full")
             self._drop(victim.ad.peer_id)
@@ -597,8 +632,13 @@ class PeerTable:
         self._seen_seq.pop(peer_id, None)
 
     def expire(self, now: float) -> list[str]:
-        """Drop expired entries; return their peer ids."""
-        gone = [pid for pid, e in self._entries.items() if e.expires_at <= now]
+        """Drop expired entries; return their peer ids (in order of arrival)."""
+        found: list[tuple[int, str]] = []
+        while self._by_expiry and self._by_expiry[0][0] <= now:
+            item = heapq.heappop(self._by_expiry)
+            if self._current(item):
+                found.append((item[1], item[2]))
+        gone = [pid for _, pid in sorted(found)]
         for pid in gone:
             self._drop(pid)
         return gone
