@@ -52,7 +52,7 @@ MAX_AD_GPU_KINDS = 16
 """Kinds of GPU in an ad (cards of one model and memory size are one kind with a count)."""
 MAX_TTL = 24 * 3600.0
 """The longest ad life: ads are refreshed on change and by a heartbeat that stretches with the mesh
-(``core.ad_schedule``, up to 8 h), and live three heartbeats."""
+(``core.ad_schedule``, up to 12 h), and live two heartbeats."""
 MAX_CLOCK_SKEW = 60.0
 """How far a peer's clock may be from ours, either way, and its ads still count. Consumer PCs
 without working NTP drift by tens of seconds: without this allowance a peer 20 s slow would lose its
@@ -579,12 +579,10 @@ class PeerTable:
         """Room for a new peer's ad from ``source``; AdRejected if it is not to have any."""
         dealt_with = set(self.dealt_with())
         favoured = source == peer_id or peer_id in dealt_with
-
-        def evictable(entry: PeerEntry) -> bool:
-            return not entry.direct and entry.ad.peer_id not in dealt_with
-
-        full_share = self._held[source] >= self._max_peers * SOURCE_SHARE
-        if not favoured and (full_share or self._held_bytes[source] + size > self._max_bytes * SOURCE_SHARE):
+        if not favoured and (
+            self._held[source] >= self._max_peers * SOURCE_SHARE
+            or self._held_bytes[source] + size > self._max_bytes * SOURCE_SHARE
+        ):
             raise AdRejected(f"{source} brought its share of the table already")
 
         def full() -> bool:
@@ -592,6 +590,10 @@ class PeerTable:
 
         if not full():
             return
+
+        def evictable(entry: PeerEntry) -> bool:
+            return not entry.direct and entry.ad.peer_id not in dealt_with
+
         self.expire(now)
         while full():
             held: Counter[str] = (
@@ -651,6 +653,12 @@ class PeerTable:
     def __len__(self) -> int:
         """Ads held (expired ones until the next ``expire``)."""
         return len(self._entries)
+
+    def mesh_size(self) -> int:
+        """Peers heard of: those held and those whose ads expired or were pushed out since (their
+        seqs are remembered, up to twice ``max_peers``). The heartbeat's estimate of the mesh
+        (``core.ad_schedule``): a full table would stop it at ``max_peers``."""
+        return len(self._seen_seq)
 
     def get(self, peer_id: str, now: float) -> PeerEntry | None:
         entry = self._entries.get(peer_id)

@@ -433,7 +433,7 @@ class World:
         """Withdraw the ad, finish what runs (30 s at most), then leave."""
         peer.draining = True
         if peer.schedule is not None:
-            peer.schedule.published(self.engine.now, len(self.mesh_table), self._ads_rng.random())
+            peer.schedule.published(self.engine.now, self.mesh_table.mesh_size(), self._ads_rng.random())
         self._publish(peer)  # the withdrawal goes out at once
         self.engine.after(DRAIN_S, self._drained, peer, peer.session)
         self._maybe_drained(peer)
@@ -579,9 +579,17 @@ class World:
                 peer.cursors[(n, self.peers[n].session)] = cursor
 
     def _arm(self, peer: SimPeer, at: float) -> None:
-        """(Re)set the peer's one pending ad timer."""
+        """(Re)set the peer's one pending ad timer (none at all for an ad without heartbeats)."""
         peer.ad_version += 1
+        if math.isinf(at):
+            return
         self.engine.at(max(at, self.engine.now), self._schedule_tick, peer, peer.session, peer.ad_version)
+
+    def keep_alive(self, peer: SimPeer) -> None:
+        """Providers are about to dial ``peer`` (it announced a batch job): ``CapsService.keep_alive``."""
+        if peer.online and peer.schedule is not None and not peer.schedule.heartbeat:
+            peer.schedule.changed()
+            self._arm(peer, peer.schedule.get_timer())
 
     def _schedule_tick(self, peer: SimPeer, session: int, version: int) -> None:
         if not peer.online or peer.session != session or peer.ad_version != version:
@@ -590,7 +598,7 @@ class World:
         schedule = peer.schedule
         if schedule.handle_timer(now):
             # The period first: the ad about to go out carries the ttl of the heartbeat after it (mesh/caps.py).
-            schedule.published(now, len(self.mesh_table), self._ads_rng.random())
+            schedule.published(now, self.mesh_table.mesh_size(), self._ads_rng.random())
             self._publish(peer)
         self._arm(peer, schedule.get_timer())
 
@@ -615,6 +623,9 @@ class World:
         now = self.engine.now
         ttl = cal.AD_TTL_S if peer.schedule is None else peer.schedule.ttl()
         ad = self._publish_ad(peer, ttl) if peer.role == PROVIDER else self._publish_plain_ad(peer, ttl)
+        if peer.schedule is not None:
+            # A consumer's ad has no heartbeats, unless providers dial it for a batch job's shards.
+            peer.schedule.note_ad(ad, dialled=self.jobs.running(peer))
         peer.told = (peer.draining, self._addrs(peer)) if peer.role == PROVIDER else ()
         try:
             self.mesh_table.apply(ad, EPOCH + now, wire=peer.ad_wire)
