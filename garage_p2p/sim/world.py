@@ -792,9 +792,14 @@ class World:
         """Apply to the consumer's table the newest ad of each provider that has reached it."""
         now = self.engine.now
         applied = consumer.applied_seq
-        row = self.topo.gossip_delay(consumer.idx)
+        row = None
         for p in self.providers_of[model]:
-            found = self._newest_arrived(p, consumer, row, now, applied.get(p.idx, 0))
+            after = applied.get(p.idx, 0)
+            if not p.ads or p.ads[-1][1].seq <= after:
+                continue  # nothing newer than what it applied (seqs grow along ``p.ads``)
+            if row is None:  # a Dijkstra, and the overlay changes often: only when something is new
+                row = self.topo.gossip_delay(consumer.idx)
+            found = self._newest_arrived(p, consumer, row, now, after)
             if found is not None:
                 ad, arrival = found
                 applied[p.idx] = ad.seq
