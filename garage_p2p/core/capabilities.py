@@ -263,12 +263,15 @@ def expiry(ad: CapabilityAd, now: float) -> float:
     return min(now + ad.ttl, ad.issued_at + ad.ttl + MAX_CLOCK_SKEW)
 
 
-def check_fresh(ad: CapabilityAd, now: float) -> None:
-    """AdStale if ``ad`` no longer counts at ``now``, or claims to be issued far in our future."""
+def check_fresh(ad: CapabilityAd, now: float) -> float:
+    """AdStale if ``ad`` no longer counts at ``now``, or claims to be issued far in our future;
+    else its ``expiry``."""
     if ad.issued_at > now + MAX_CLOCK_SKEW:
         raise AdStale("ad issued too far in our future (skewed clock)", ad)
-    if expiry(ad, now) <= now:
+    expires_at = expiry(ad, now)
+    if expires_at <= now:
         raise AdStale("ad expired", ad)
+    return expires_at
 
 
 def open_ad(data: bytes, now: float) -> CapabilityAd:
@@ -511,7 +514,7 @@ class PeerTable:
         last = self._seen_seq.get(ad.peer_id)
         if last is not None and ad.seq <= last:
             raise AdRejected(f"seq {ad.seq} is not newer than {last}")
-        check_fresh(ad, now)
+        expires_at = check_fresh(ad, now)
         source = source or ad.peer_id
         old = self._entries.get(ad.peer_id)
         if old is not None:
@@ -526,7 +529,7 @@ class PeerTable:
                 self._drop(gone)
         entry = PeerEntry(
             ad=ad,
-            expires_at=expiry(ad, now),
+            expires_at=expires_at,
             received_at=now,
             wire=wire,
             source=source,
@@ -535,15 +538,16 @@ class PeerTable:
         )
         self._arrivals += 1
         self._entries[ad.peer_id] = entry
-        self._relayed += not entry.direct
-        heapq.heappush(self._by_expiry, (entry.expires_at, entry.arrival, ad.peer_id))
-        heapq.heappush(self._by_received, (entry.received_at, entry.arrival, ad.peer_id))
+        self._relayed += source != ad.peer_id
+        heapq.heappush(self._by_expiry, (expires_at, entry.arrival, ad.peer_id))
+        heapq.heappush(self._by_received, (now, entry.arrival, ad.peer_id))
         if len(self._by_expiry) > 2 * len(self._entries) + 64:
             self._reindex()
-        self._index.add(ad.peer_id, (m.name for m in ad.models), ad.region)
+        self._index.add(ad.peer_id, [m.name for m in ad.models], ad.region)
         self._bytes += len(wire)
-        self._held[source] += 1
-        self._held_bytes[source] += len(wire)
+        # get, not Counter's own lookup: a missing source (every direct ad's) is a Python-level call there.
+        self._held[source] = self._held.get(source, 0) + 1
+        self._held_bytes[source] = self._held_bytes.get(source, 0) + len(wire)
         return entry
 
     def _current(self, item: tuple[float, int, str]) -> bool:
