@@ -5,8 +5,9 @@ online, nobody asking) and each gossip policy, one simulated run prints per peer
 
 - idle CPU, % of one core (mean, p99) and bytes per second in + out (mean, p99), from the cost
   model (garage_p2p/sim/costs.json, measured by ``python -m tools.calibrate_costs``);
-- the same for the gossip policy's own traffic (ads and table syncs) and for ledger heads (every peer
-  announces its heads every 30 s today: ledger/sync.py, not part of the ad policy);
+- what those bytes are made of, per kind of message (``sim/cost.py``): ads (gossip copies in and out),
+  table syncs (anti-entropy by cursor), ledger heads (idle: a digest compared with a neighbour every
+  ~15 s) and pings (none idle: only consumers ping the providers they use); and the CPU of ads + tables;
 - how long until a provider that joins is known by 99 % of the peers (p99 over the joins; every
   consumer asks for every model, so the peers that use its model are all of them).
 
@@ -27,6 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from garage_p2p.sim.cost import IDLE_KINDS  # noqa: E402
 from garage_p2p.sim.metrics import summarize  # noqa: E402
 from garage_p2p.sim.scenario import ChurnSection, Event, Scenario, load_scenario  # noqa: E402
 from garage_p2p.sim.world import World  # noqa: E402
@@ -68,8 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"{'peers':>6} {'gossip':<7} {'sim s':>6} {'wall s':>7} | {'idle CPU % mean':>15} {'p99':>7} "
-        f"{'B/s mean':>10} {'p99':>10} | {'ads+tables CPU %':>16} {'B/s':>9} | {'heads CPU %':>11} {'B/s':>10} "
-        f"| {'known 99 % p99':>14}",
+        f"{'B/s mean':>10} {'p99':>10} | {'ads+tables CPU %':>16} | B/s: {'ads':>7} {'tables':>7} {'heads':>7} "
+        f"{'pings':>7} | {'known 99 % p99':>14}",
         flush=True,
     )
     for peers in args.sizes:
@@ -84,10 +86,9 @@ def main() -> None:
             print(
                 f"{peers:>6} {policy:<7} {duration:>6.0f} {wall:>7.1f} | {idle['cpu_pct']['mean']:>15.3f} "
                 f"{idle['cpu_pct']['p99']:>7.3f} {idle['bytes_per_s']['mean']:>10.0f} "
-                f"{idle['bytes_per_s']['p99']:>10.0f} | {kinds(cost, gossip, 'cpu_pct_mean'):>16.3f} "
-                f"{kinds(cost, gossip, 'bytes_per_s_mean'):>9.0f} | {cost['by_kind']['heads']['cpu_pct_mean']:>11.3f} "
-                f"{cost['by_kind']['heads']['bytes_per_s_mean']:>10.0f} | "
-                f"{'-' if known is None else f'{known:.3f} s':>14}",
+                f"{idle['bytes_per_s']['p99']:>10.0f} | {kinds(cost, gossip, 'cpu_pct_mean'):>16.3f} |      "
+                + " ".join(f"{cost['by_kind'][k]['bytes_per_s_mean']:>7.0f}" for k in IDLE_KINDS)
+                + f" | {'-' if known is None else f'{known:.3f} s':>14}",
                 flush=True,
             )
     print(

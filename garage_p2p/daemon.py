@@ -584,6 +584,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             min_heartbeat=settings.ad_heartbeat,
             hardware=hardware,
             region=settings.region,
+            dialled=lambda: bool(offers_of and offers_of[0].jobs and offers_of[0].jobs.running()),
         )
         discovery = Discovery(
             mesh,
@@ -634,7 +635,13 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             return model in dispatcher.known_models()
 
         peer.jobs = JobManager(
-            mesh, identity, ledger, settings.home, model_known=model_known, gpus_of=lambda peer: _gpus_of(table, peer)
+            mesh,
+            identity,
+            ledger,
+            settings.home,
+            model_known=model_known,
+            gpus_of=lambda peer: _gpus_of(table, peer),
+            on_announce=caps.keep_alive,
         )
         peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
         await nursery.start(peer.jobs.serve)

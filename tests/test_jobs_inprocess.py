@@ -194,3 +194,25 @@ async def test_malformed_lines_unknown_model_and_cancel_each_end_clearly(tmp_pat
         errors = await output(http, submitter, job_id, "errors")
         assert errors and all(e["error"]["code"] == "cancelled" for e in errors)
         assert len(errors) + len(await output(http, submitter, job_id)) == 200
+
+
+async def test_a_submitter_without_models_has_heartbeats_while_its_job_runs(tmp_path, http):
+    """A consumer's ad has no heartbeat (core.ad_schedule), yet providers dial a submitter for its shards
+    and need its addresses: announcing a job publishes its ad again, with heartbeats while the job runs."""
+    async with AsyncExitStack() as stack:
+        submitter = await stack.enter_async_context(running_peer(tmp_path / "s"))
+        url = await stack.enter_async_context(standin_backend(token_delay=2.0))  # the job outlasts the test
+        await stack.enter_async_context(
+            running_peer(tmp_path / "p", backends={"tiny": url}, bootstrap=first_addr(submitter))
+        )
+        await wait_for_model(submitter, "tiny")
+        caps = submitter.caps
+        await wait_for(lambda: caps.published >= 1 and not caps.schedule.pending, 10)
+        assert not caps.schedule.heartbeat  # a consumer's ad: on change only
+        published = caps.published
+        r = await http.post(
+            submitter.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(4), "shard_size": 2}
+        )
+        assert r.status_code == 201, r.text
+        await wait_for(lambda: caps.published > published, 10)
+        assert caps.schedule.heartbeat and submitter.jobs.running()

@@ -107,3 +107,10 @@ def test_an_idle_peer_pays_its_daemons_upkeep_for_every_second_online():
     per_s = costs.cpu_ms["upkeep_per_s"] + IDLE_CONNECTIONS * costs.cpu_ms["connection_per_s"]
     assert upkeep["cpu_pct_mean"] > 0.9 * per_s / 10, upkeep  # ms per s → % of a core
     assert cost["idle"]["cpu_pct"]["mean"] >= upkeep["cpu_pct_mean"], cost["idle"]
+
+
+def test_table_syncs_follow_one_partner_so_each_ad_comes_once_by_table_not_once_per_neighbour():
+    cost = summarize(World(idle_mesh(64, "new"), 1).run())["cost"]["by_kind"]
+    # Gossip hands a peer d - 1 copies of each ad and it forwards as many; a cursor sync with a random
+    # neighbour handed it each ad once per neighbour more (as many bytes as gossip). One partner: once.
+    assert cost["tables"]["bytes_per_s_mean"] < cost[ADS]["bytes_per_s_mean"] / 4, cost

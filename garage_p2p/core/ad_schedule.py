@@ -3,12 +3,23 @@
 What an idle peer pays is what it hears. Every ad on ``garage/caps/1``
 reaches every peer (about gossipsub's degree D copies of it), so with a fixed
 period P each peer hears N / P ads a second and the mesh as a whole pays
-O(N²). Here each peer spaces its heartbeats by how many peers its table holds,
+O(N²). Here each peer spaces its heartbeats by how many peers it has heard of,
 ``period = peers / MESH_AD_RATE`` (clamped to [``min_heartbeat``,
 MAX_HEARTBEAT]): the whole mesh then carries about MESH_AD_RATE heartbeats a
 second whatever its size, and an idle peer hears about D × MESH_AD_RATE ads a
-second. An ad lives TTL_HEARTBEATS periods, so one or two lost heartbeats do
-not drop a peer.
+second. An ad lives TTL_HEARTBEATS periods, so a lost heartbeat does not
+drop a peer.
+
+Only an ad that offers something others dial its author for (a model, relaying) has
+heartbeats. A consumer's ad goes out when it starts and when it changes (and has heartbeats while a
+batch job it submitted runs: providers dial it for shards); its neighbours get
+it fresh in the table answers it serves (``PeerTable.answer``), and far peers drop it at its
+ttl, which costs them nothing: nobody routes to a consumer. With consumers silent, the
+heartbeats the mesh carries are its providers' and relays' (a third of a gaming mesh).
+
+Past MAX_HEARTBEAT × MESH_AD_RATE peers the period cannot stretch further (an ad's ttl is at
+most MAX_TTL, a day), so the mesh's heartbeat rate grows again, slowly: at 10,000 peers, 3,300
+of them providers and relays, 0.08 a second.
 
 Liveness does not come from the heartbeat any more: a provider that vanishes
 is dropped from routing by the connection to it (a failed dial or stream bans
@@ -25,7 +36,10 @@ and the simulator drive this one policy.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from .capabilities import MAX_TTL, CapabilityAd
 
 MESH_AD_RATE = 0.1
 """Heartbeat ads per second the whole mesh carries when nothing changes. An idle peer hears
@@ -33,11 +47,12 @@ about D (6) times as many: ~0.6 ads/s of ~1 KB, well under a kB/s, at any mesh s
 MAX_HEARTBEAT × MESH_AD_RATE peers."""
 MIN_HEARTBEAT = 300.0
 """The shortest heartbeat period: in a small mesh an ad is still refreshed only every 5 minutes."""
-MAX_HEARTBEAT = 8 * 3600.0
-"""The longest heartbeat period (the mesh rate holds up to MAX_HEARTBEAT × MESH_AD_RATE = 2,880
-peers; beyond that the rate grows again, slowly). With TTL_HEARTBEATS it fits MAX_TTL."""
-TTL_HEARTBEATS = 3
-"""An ad lives this many heartbeat periods: two lost heartbeats do not drop a peer."""
+TTL_HEARTBEATS = 2
+"""An ad lives this many heartbeat periods: a lost heartbeat does not drop a peer (and gossip
+that a peer missed reaches it by its next table sync, ``core.sync_partner``, within a minute)."""
+MAX_HEARTBEAT = MAX_TTL / TTL_HEARTBEATS
+"""The longest heartbeat period, 12 h, so that the ttl fits MAX_TTL (``core.capabilities``): the
+mesh rate holds up to MAX_HEARTBEAT × MESH_AD_RATE = 4,320 peers heard of."""
 MIN_GAP = 1.0
 """At most one ad a second, however many changes (the receivers' flood rule allows two)."""
 
@@ -59,6 +74,8 @@ class AdSchedule:
     jitter: float = 0.0
     """Fraction in [0, 1) by which this peer's heartbeats come early, so that peers started
     together do not publish together forever (the caller draws it)."""
+    heartbeat: bool = True
+    """Whether the ad last published is kept alive by heartbeats (``note_ad``)."""
 
     def __post_init__(self) -> None:
         self.period = max(self.period, self.min_heartbeat)
@@ -77,15 +94,23 @@ class AdSchedule:
             return 0.0
         if self.pending:
             return self.last + MIN_GAP
+        if not self.heartbeat:
+            return math.inf
         return self.last + self.period * (1.0 - 0.25 * self.jitter)
 
     def handle_timer(self, now: float) -> bool:
         """Whether to publish at ``now``; the caller then publishes and calls ``published``."""
         return now >= self.get_timer()
 
+    def note_ad(self, ad: CapabilityAd, *, dialled: bool = False) -> None:
+        """The ad being published: only one that offers a model or relaying has heartbeats after it,
+        or one whose author others dial now for what the ad does not list (``dialled``: the shards
+        of a batch job it submitted; they need its addresses)."""
+        self.heartbeat = bool(ad.models) or ad.relay or dialled
+
     def published(self, now: float, peers: int, jitter: float = 0.0) -> None:
-        """An ad went out at ``now``; ``peers`` is how many peers the table holds (the mesh size
-        as we see it), ``jitter`` a fresh draw in [0, 1) for the next heartbeat."""
+        """An ad went out at ``now``; ``peers`` is how many peers we have heard of (the mesh size as
+        we see it, ``PeerTable.mesh_size``), ``jitter`` a fresh draw in [0, 1) for the next heartbeat."""
         self.last = now
         self.pending = False
         self.jitter = jitter

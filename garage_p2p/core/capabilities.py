@@ -23,6 +23,7 @@ fit in the table (it was valid when the relay got it).
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable
@@ -51,7 +52,7 @@ MAX_AD_GPU_KINDS = 16
 """Kinds of GPU in an ad (cards of one model and memory size are one kind with a count)."""
 MAX_TTL = 24 * 3600.0
 """The longest ad life: ads are refreshed on change and by a heartbeat that stretches with the mesh
-(``core.ad_schedule``, up to 8 h), and live three heartbeats."""
+(``core.ad_schedule``, up to 12 h), and live two heartbeats."""
 MAX_CLOCK_SKEW = 60.0
 """How far a peer's clock may be from ours, either way, and its ads still count. Consumer PCs
 without working NTP drift by tens of seconds: without this allowance a peer 20 s slow would lose its
@@ -262,12 +263,15 @@ def expiry(ad: CapabilityAd, now: float) -> float:
     return min(now + ad.ttl, ad.issued_at + ad.ttl + MAX_CLOCK_SKEW)
 
 
-def check_fresh(ad: CapabilityAd, now: float) -> None:
-    """AdStale if ``ad`` no longer counts at ``now``, or claims to be issued far in our future."""
+def check_fresh(ad: CapabilityAd, now: float) -> float:
+    """AdStale if ``ad`` no longer counts at ``now``, or claims to be issued far in our future;
+    else its ``expiry``."""
     if ad.issued_at > now + MAX_CLOCK_SKEW:
         raise AdStale("ad issued too far in our future (skewed clock)", ad)
-    if expiry(ad, now) <= now:
+    expires_at = expiry(ad, now)
+    if expires_at <= now:
         raise AdStale("ad expired", ad)
+    return expires_at
 
 
 def open_ad(data: bytes, now: float) -> CapabilityAd:
@@ -428,6 +432,12 @@ class PeerTable:
         """Entries per source."""
         self._held_bytes: Counter[str] = Counter()
         """Signed bytes per source."""
+        self._relayed = 0
+        """Entries another peer brought (not ``direct``): with none, no entry is evictable by source."""
+        # (time, arrival, peer id) of every entry, oldest first; an item whose entry was replaced or
+        # dropped since is stale and skipped. Expiry and "oldest received" cost O(log n), not a scan.
+        self._by_expiry: list[tuple[float, int, str]] = []
+        self._by_received: list[tuple[float, int, str]] = []
         self._own_seqs: OrderedDict[int, None] = OrderedDict()
         self._publishers = Limiter(max_parties=4 * max_peers)
         self._index = ProviderIndex()
@@ -504,7 +514,7 @@ class PeerTable:
         last = self._seen_seq.get(ad.peer_id)
         if last is not None and ad.seq <= last:
             raise AdRejected(f"seq {ad.seq} is not newer than {last}")
-        check_fresh(ad, now)
+        expires_at = check_fresh(ad, now)
         source = source or ad.peer_id
         old = self._entries.get(ad.peer_id)
         if old is not None:
@@ -519,7 +529,7 @@ class PeerTable:
                 self._drop(gone)
         entry = PeerEntry(
             ad=ad,
-            expires_at=expiry(ad, now),
+            expires_at=expires_at,
             received_at=now,
             wire=wire,
             source=source,
@@ -528,14 +538,40 @@ class PeerTable:
         )
         self._arrivals += 1
         self._entries[ad.peer_id] = entry
-        self._index.add(ad.peer_id, (m.name for m in ad.models), ad.region)
+        self._relayed += source != ad.peer_id
+        heapq.heappush(self._by_expiry, (expires_at, entry.arrival, ad.peer_id))
+        heapq.heappush(self._by_received, (now, entry.arrival, ad.peer_id))
+        if len(self._by_expiry) > 2 * len(self._entries) + 64:
+            self._reindex()
+        self._index.add(ad.peer_id, [m.name for m in ad.models], ad.region)
         self._bytes += len(wire)
-        self._held[source] += 1
-        self._held_bytes[source] += len(wire)
+        # get, not Counter's own lookup: a missing source (every direct ad's) is a Python-level call there.
+        self._held[source] = self._held.get(source, 0) + 1
+        self._held_bytes[source] = self._held_bytes.get(source, 0) + len(wire)
         return entry
+
+    def _current(self, item: tuple[float, int, str]) -> bool:
+        """Whether a heap item still stands for the entry held (not one replaced or dropped since)."""
+        entry = self._entries.get(item[2])
+        return entry is not None and entry.arrival == item[1]
+
+    def _reindex(self) -> None:
+        """Rebuild the heaps from the entries held (drops their stale items)."""
+        held = self._entries.values()
+        self._by_expiry = [(e.expires_at, e.arrival, e.ad.peer_id) for e in held]
+        self._by_received = [(e.received_at, e.arrival, e.ad.peer_id) for e in held]
+        heapq.heapify(self._by_expiry)
+        heapq.heapify(self._by_received)
+
+    def _oldest_received(self) -> PeerEntry:
+        """The entry received first (of equal times, the first to arrive), from a non-empty table."""
+        while not self._current(self._by_received[0]):
+            heapq.heappop(self._by_received)
+        return self._entries[self._by_received[0][2]]
 
     def _drop(self, peer_id: str) -> None:
         entry = self._entries.pop(peer_id)
+        self._relayed -= not entry.direct
         self._index.remove(peer_id, (m.name for m in entry.ad.models), entry.ad.region)
         self._bytes -= len(entry.wire)
         self._held[entry.source] -= 1
@@ -547,21 +583,26 @@ class PeerTable:
         """Room for a new peer's ad from ``source``; AdRejected if it is not to have any."""
         dealt_with = set(self.dealt_with())
         favoured = source == peer_id or peer_id in dealt_with
-
-        def evictable(entry: PeerEntry) -> bool:
-            return not entry.direct and entry.ad.peer_id not in dealt_with
-
-        full_share = self._held[source] >= self._max_peers * SOURCE_SHARE
-        if not favoured and (full_share or self._held_bytes[source] + size > self._max_bytes * SOURCE_SHARE):
+        if not favoured and (
+            self._held[source] >= self._max_peers * SOURCE_SHARE
+            or self._held_bytes[source] + size > self._max_bytes * SOURCE_SHARE
+        ):
             raise AdRejected(f"{source} brought its share of the table already")
 
         def full() -> bool:
             return len(self._entries) >= self._max_peers or self._bytes + size > self._max_bytes
 
-        if full():
-            self.expire(now)
+        if not full():
+            return
+
+        def evictable(entry: PeerEntry) -> bool:
+            return not entry.direct and entry.ad.peer_id not in dealt_with
+
+        self.expire(now)
         while full():
-            held: Counter[str] = Counter(e.source for e in self._entries.values() if evictable(e))
+            held: Counter[str] = (
+                Counter(e.source for e in self._entries.values() if evictable(e)) if self._relayed else Counter()
+            )
             if held:
                 biggest, count = held.most_common(1)[0]
                 if not favoured and count <= held[source] + 1:
@@ -571,7 +612,7 @@ class PeerTable:
                     key=lambda e: e.first_seen,
                 )
             elif favoured:
-                victim = min(self._entries.values(), key=lambda e: e.received_at)
+                victim = self._oldest_received()
             else:
                 raise AdRejected("the table is full")
             self._drop(victim.ad.peer_id)
@@ -597,8 +638,13 @@ class PeerTable:
         self._seen_seq.pop(peer_id, None)
 
     def expire(self, now: float) -> list[str]:
-        """Drop expired entries; return their peer ids."""
-        gone = [pid for pid, e in self._entries.items() if e.expires_at <= now]
+        """Drop expired entries; return their peer ids (in order of arrival)."""
+        found: list[tuple[int, str]] = []
+        while self._by_expiry and self._by_expiry[0][0] <= now:
+            item = heapq.heappop(self._by_expiry)
+            if self._current(item):
+                found.append((item[1], item[2]))
+        gone = [pid for _, pid in sorted(found)]
         for pid in gone:
             self._drop(pid)
         return gone
@@ -611,6 +657,12 @@ class PeerTable:
     def __len__(self) -> int:
         """Ads held (expired ones until the next ``expire``)."""
         return len(self._entries)
+
+    def mesh_size(self) -> int:
+        """Peers heard of: those held and those whose ads expired or were pushed out since (their
+        seqs are remembered, up to twice ``max_peers``). The heartbeat's estimate of the mesh
+        (``core.ad_schedule``): a full table would stop it at ``max_peers``."""
+        return len(self._seen_seq)
 
     def get(self, peer_id: str, now: float) -> PeerEntry | None:
         entry = self._entries.get(peer_id)

@@ -29,6 +29,7 @@ caps admit.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -258,6 +259,9 @@ class LedgerState:
         self._count = 0
         self._held: dict[str, int] = {}
         self._top: dict[str, int] = {}
+        self._tops: list[tuple[int, str]] = []
+        """(-top seq, author) each time an author's top seq changed: a max-heap with stale items
+        (``top_seq_max``), so a replication cap's check does not scan every author."""
         """Author → highest seq held (past gaps and forks too)."""
         self._consumers: dict[str, dict[str, int]] = {}
         """Author → consumer → entries held of the author's naming that consumer."""
@@ -300,11 +304,19 @@ class LedgerState:
         self._count += 1
         self.version += 1
         self._held[author] = self._held.get(author, 0) + 1
-        self._top[author] = max(self._top.get(author, 0), entry.seq)
+        if entry.seq > self._top.get(author, 0):
+            self._set_top(author, entry.seq)
         by_consumer = self._consumers.setdefault(author, {})
         by_consumer[consumer] = by_consumer.get(consumer, 0) + 1
         by_author = self._providers.setdefault(consumer, {})
         by_author[author] = by_author.get(author, 0) + 1
+
+    def _set_top(self, author: str, seq: int) -> None:
+        self._top[author] = seq
+        heapq.heappush(self._tops, (-seq, author))
+        if len(self._tops) > 2 * len(self._top) + 64:
+            self._tops = [(-top, a) for a, top in self._top.items()]
+            heapq.heapify(self._tops)
 
     def _unindex(self, entry: Entry) -> None:
         author, consumer = entry.author, entry.receipt.consumer
@@ -338,7 +350,7 @@ class LedgerState:
             for table in (self._logs, self._held, self._top, self._prefix, self._totals, self._conflict, self._forks):
                 table.pop(author, None)
         elif dropped:
-            self._top[author] = max(log)
+            self._set_top(author, max(log))
             if not self._forks.get(author):
                 self._forks.pop(author, None)
             self._recount(author)
@@ -433,6 +445,22 @@ class LedgerState:
     def top_seq(self, author: str) -> int:
         """The highest seq held of ``author`` (0: none)."""
         return self._top.get(author, 0)
+
+    def top_seq_max(self, excluding: str = "") -> int:
+        """The highest ``top_seq`` of any author but ``excluding`` (0: none); O(log n) amortised."""
+        heap, set_aside, best = self._tops, [], 0
+        while heap:
+            top, author = heap[0]
+            if self._top.get(author) != -top:
+                heapq.heappop(heap)  # stale: that author's top changed since, or it is gone
+            elif author == excluding:
+                set_aside.append(heapq.heappop(heap))
+            else:
+                best = -top
+                break
+        for item in set_aside:
+            heapq.heappush(heap, item)
+        return best
 
     def consumers_of(self, author: str) -> dict[str, int]:
         """Consumer → entries held of ``author``'s log naming it (do not modify)."""

@@ -173,9 +173,9 @@ class ReplicationPolicy:
         if self.caps is None:
             return []
         caps = self.caps
-        others = [a for a in state.authors() if a != self.me]
-        if sum(state.held(a) for a in others) <= min(caps.max_entries, caps.max_unknown_entries) and max(
-            (state.top_seq(a) for a in others), default=0
+        # Every author's entries but ours, and their highest seq, without a scan of the authors.
+        if len(state) - state.held(self.me) <= min(caps.max_entries, caps.max_unknown_entries) and state.top_seq_max(
+            excluding=self.me
         ) <= min(caps.max_seq, caps.max_unknown_seq):
             return []  # within every cap whatever anyone's standing
         standings = self.standings(state)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterable, Iterator
+from functools import lru_cache
 
 REGION_INDEX_DEPTH = 3
 """Region labels indexed (``se-sto-kista``): honest regions have one or two; a peer whose region has
@@ -56,12 +57,14 @@ class IndexedSet:
         return rng.sample(self._items, min(k, len(self._items)))
 
 
-def region_keys(region: str | None) -> list[str]:
-    """The region constraints ``region`` is filed under: ``se-sto`` → ``se``, ``se-sto``."""
+@lru_cache(maxsize=4096)
+def region_keys(region: str | None) -> tuple[str, ...]:
+    """The region constraints ``region`` is filed under: ``se-sto`` → ``se``, ``se-sto``
+    (cached: a table files every ad it takes, and regions are few)."""
     if not region:
-        return []
+        return ()
     labels = region.split("-")[:REGION_INDEX_DEPTH]
-    return ["-".join(labels[: i + 1]) for i in range(len(labels))]
+    return tuple("-".join(labels[: i + 1]) for i in range(len(labels)))
 
 
 def region_key(wanted: str | None) -> str:
@@ -76,9 +79,13 @@ class ProviderIndex:
         self._sets: dict[tuple[str, str], IndexedSet] = {}
 
     def add(self, peer_id: str, models: Iterable[str], region: str | None) -> None:
+        keys = ("", *region_keys(region))
         for model in models:
-            for key in ("", *region_keys(region)):
-                self._sets.setdefault((model, key), IndexedSet()).add(peer_id)
+            for key in keys:
+                members = self._sets.get((model, key))
+                if members is None:  # not setdefault: that would build a set for every add
+                    members = self._sets[(model, key)] = IndexedSet()
+                members.add(peer_id)
 
     def remove(self, peer_id: str, models: Iterable[str], region: str | None) -> None:
         for model in models:

@@ -115,8 +115,11 @@ class JobManager:
         model_known: Callable[[str], Awaitable[bool]],
         gpus_of: Callable[[str], int | None] = lambda peer_id: 1,
         lease_time: float = 120.0,
+        on_announce: Callable[[], None] = lambda: None,
     ) -> None:
         self.mesh = mesh
+        self.on_announce = on_announce
+        """Called before each job announcement: providers will dial us (the daemon keeps our ad alive)."""
         self.identity = identity
         self.ledger = ledger
         self.store = JobStore(home / "jobs.sqlite")
@@ -181,8 +184,13 @@ class JobManager:
                 await self._new_job.wait()  # a new job is announced at once
             self._new_job = trio.Event()
 
+    def running(self) -> bool:
+        """Whether a job of ours is running (providers dial us for its shards)."""
+        return any(job.row.status == "running" for job in self.jobs.values())
+
     async def _announce(self, job: _Job) -> None:
         job.announced = time.monotonic()
+        self.on_announce()
         message = JobAnnouncement(
             job_id=job.row.id,
             model=job.row.model,

@@ -68,8 +68,12 @@ class CapsService:
         min_heartbeat: float = 300.0,
         hardware: Hardware = Hardware(),
         region: str | None = None,
+        dialled: Callable[[], bool] = lambda: False,
     ) -> None:
         self.hardware = hardware
+        self.dialled = dialled
+        """Whether others dial us now for something our ad does not list (a batch job we submitted):
+        our ad then keeps its heartbeats even without models (``AdSchedule.note_ad``)."""
         self.region = region
         self.mesh = mesh
         self.table = table
@@ -142,6 +146,12 @@ class CapsService:
         self.schedule.changed()
         self._wake.set()
 
+    def keep_alive(self) -> None:
+        """Others are about to dial us (we announced a batch job): if our ad has no heartbeats, publish
+        it now, so that every table holds our addresses, and keep its heartbeats while ``dialled``."""
+        if not self.schedule.heartbeat:
+            self.republish_soon()
+
     async def withdraw(self) -> None:
         """Stop offering models, and tell the mesh now."""
         self.withdrawn = True
@@ -149,8 +159,9 @@ class CapsService:
 
     async def publish(self) -> None:
         # The period first: the ad about to go out carries the ttl of the heartbeat that follows it.
-        self.schedule.published(trio.current_time(), len(self.table), self._rng.random())
+        self.schedule.published(trio.current_time(), self.table.mesh_size(), self._rng.random())
         ad = self.build_ad(self._next_seq())
+        self.schedule.note_ad(ad, dialled=self.dialled())  # a consumer's ad has no heartbeats
         # Only what went out on gossip counts as told (an ad minted for a table answer does not).
         self._content = _content(ad)
         await self.mesh.publish(TOPIC_CAPS, self._sign(ad))

@@ -46,6 +46,7 @@ from ..core.capabilities import (
 from ..core.errors import PeerFault
 from ..core.limits import Limiter
 from ..core.messages import decode_json, encode_json
+from ..core.sync_partner import SyncPartner
 from ..core.wire import FrameDecoder, FrameType, encode_frame
 from .caps import warn_clock_skew
 from .host import ConnectionWatch, DialError, Mesh
@@ -115,6 +116,8 @@ class Discovery:
         """When we last asked each peer for its table (time.monotonic)."""
         self._cursors: dict[str, TableCursor] = {}
         """Where each peer's table answers continue (the cursor it gave us last)."""
+        self._sync_partner: SyncPartner[str] = SyncPartner()
+        """The neighbour whose table the anti-entropy rounds follow (``core.sync_partner``)."""
         self._provided: set[str] = set()
         self._announced = -ANNOUNCE_GAP
         """When we last announced ourselves on joining (trio time)."""
@@ -353,11 +356,12 @@ class Discovery:
         rng = random.Random()
         while True:
             connected = self.mesh.connected_peers()
-            if connected:
-                # Anti-entropy: gossip can lose an ad; a table sync with one
-                # random neighbour repairs it (and shows us an impostor's ads).
-                # By cursor, it costs what changed since the last one.
-                await self._refresh_from(rng.choice(connected))
+            partner = self._sync_partner.choose(sorted(connected), rng.random())
+            if partner is not None:
+                # Anti-entropy: gossip can lose an ad; a table sync repairs it (and shows
+                # us an impostor's ads). By cursor, from the same partner while it stays
+                # connected: each ad comes once this way, not once per neighbour.
+                await self._refresh_from(partner)
             now = trio.current_time()
             sparse = dht_growing and self.dht.routing_table.size() < DHT_FULL_TABLE
             if connected and now - last_dht_refresh >= (DHT_REFRESH_SPARSE if sparse else DHT_REFRESH):

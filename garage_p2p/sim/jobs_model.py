@@ -99,10 +99,15 @@ class JobsNet:
         world.obs.events.append((world.engine.now, f"{job_id}: {len(lines)} lines of {model}"))
         self._announce(job)
 
+    def running(self, peer: SimPeer) -> bool:
+        """Whether ``peer`` submitted a job that is not finished (``JobManager.running``)."""
+        return any(job.submitter is peer and not job.state.finished for job in self.jobs)
+
     def _announce(self, job: SimJob) -> None:
         world = self.world
         if job.state.finished or not job.submitter.online:
             return
+        world.keep_alive(job.submitter)
         now = world.engine.now
         delay = world.topo.gossip_delay(job.submitter.idx)
         for p in world.providers_of.get(job.record.model, []):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from itertools import chain
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -207,12 +208,14 @@ class Topology:
         return dist
 
     def _build_graph(self) -> csr_matrix:
-        rows = [a for a in self._online_list for _ in self.neighbours[a]]
-        cols = [b for a in self._online_list for b in self.neighbours[a]]
-        r = np.array(rows, dtype=np.int64)
-        c = np.array(cols, dtype=np.int64)
+        online = self._online_list
+        counts = np.fromiter((len(self.neighbours[a]) for a in online), dtype=np.int64, count=len(online))
+        r = np.repeat(np.asarray(online, dtype=np.int64), counts)
+        c = np.fromiter(
+            chain.from_iterable(self.neighbours[a] for a in online), dtype=np.int64, count=int(counts.sum())
+        )
         if self.loopback:
-            weights = np.zeros(len(rows))
+            weights = np.zeros(len(r))
         else:
             weights = self._access[r] + self._access[c] + self._city_matrix[self._city[r], self._city[c]]
         weights = weights + cal.GOSSIP_HOP_MS / 1000

@@ -19,6 +19,7 @@ from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import ZERO_HASH, LedgerState
 from ..core.routing import Router
+from ..core.sync_partner import SyncPartner
 from .hardware import GpuKind
 from .metrics import ProviderRecord, RequestRecord
 from .provider import SharedGpu
@@ -126,6 +127,8 @@ class SimPeer:
     """Its last signed ad, as sent (sizes the gossip and table traffic)."""
     cursors: dict[tuple[int, int], TableCursor] = field(default_factory=dict)
     """Table cursors it holds, per (server, server's session): where its next table request continues."""
+    sync_partner: SyncPartner[int] = field(default_factory=SyncPartner)
+    """The neighbour its periodic table syncs follow (the new gossip policy; legacy asks at random)."""
     ads: list[tuple[float, CapabilityAd, list[int] | None]] = field(default_factory=list)
     """Recent ads: (published at, ad, partition sides then or None when whole)."""
     last_row: np.ndarray | None = None

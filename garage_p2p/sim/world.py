@@ -71,6 +71,7 @@ from ..core.receipts import (
     unpack_signed,
 )
 from ..core.routing import PathInfo, Router, RouteRequest
+from ..core.sync_partner import SyncPartner
 from ..core.wire import HEADER_SIZE
 from . import calibration as cal
 from .cost import ADS, HEADS, JSON_TOKEN_BYTES, REQUESTS, TABLES, TOKEN_CHUNK_BYTES, CostMeter, Costs
@@ -319,6 +320,7 @@ class World:
             # A restarted daemon signs a new ad, holds no cursors, and syncs tables with each new connection.
             peer.own_ad = None
             peer.cursors = {}
+            peer.sync_partner = SyncPartner()
             for n in sorted(self.topo.neighbours[peer.idx]):
                 self._connected(peer.idx, n)
         if peer.role == CONSUMER:
@@ -431,7 +433,7 @@ class World:
         """Withdraw the ad, finish what runs (30 s at most), then leave."""
         peer.draining = True
         if peer.schedule is not None:
-            peer.schedule.published(self.engine.now, len(self.mesh_table), self._ads_rng.random())
+            peer.schedule.published(self.engine.now, self.mesh_table.mesh_size(), self._ads_rng.random())
         self._publish(peer)  # the withdrawal goes out at once
         self.engine.after(DRAIN_S, self._drained, peer, peer.session)
         self._maybe_drained(peer)
@@ -577,9 +579,17 @@ class World:
                 peer.cursors[(n, self.peers[n].session)] = cursor
 
     def _arm(self, peer: SimPeer, at: float) -> None:
-        """(Re)set the peer's one pending ad timer."""
+        """(Re)set the peer's one pending ad timer (none at all for an ad without heartbeats)."""
         peer.ad_version += 1
+        if math.isinf(at):
+            return
         self.engine.at(max(at, self.engine.now), self._schedule_tick, peer, peer.session, peer.ad_version)
+
+    def keep_alive(self, peer: SimPeer) -> None:
+        """Providers are about to dial ``peer`` (it announced a batch job): ``CapsService.keep_alive``."""
+        if peer.online and peer.schedule is not None and not peer.schedule.heartbeat:
+            peer.schedule.changed()
+            self._arm(peer, peer.schedule.get_timer())
 
     def _schedule_tick(self, peer: SimPeer, session: int, version: int) -> None:
         if not peer.online or peer.session != session or peer.ad_version != version:
@@ -588,7 +598,7 @@ class World:
         schedule = peer.schedule
         if schedule.handle_timer(now):
             # The period first: the ad about to go out carries the ttl of the heartbeat after it (mesh/caps.py).
-            schedule.published(now, len(self.mesh_table), self._ads_rng.random())
+            schedule.published(now, self.mesh_table.mesh_size(), self._ads_rng.random())
             self._publish(peer)
         self._arm(peer, schedule.get_timer())
 
@@ -613,6 +623,9 @@ class World:
         now = self.engine.now
         ttl = cal.AD_TTL_S if peer.schedule is None else peer.schedule.ttl()
         ad = self._publish_ad(peer, ttl) if peer.role == PROVIDER else self._publish_plain_ad(peer, ttl)
+        if peer.schedule is not None:
+            # A consumer's ad has no heartbeats, unless providers dial it for a batch job's shards.
+            peer.schedule.note_ad(ad, dialled=self.jobs.running(peer))
         peer.told = (peer.draining, self._addrs(peer)) if peer.role == PROVIDER else ()
         try:
             self.mesh_table.apply(ad, EPOCH + now, wire=peer.ad_wire)
@@ -701,9 +714,13 @@ class World:
         self.meter.exchanges(connected, HEADS, cal.TABLE_SYNC_S / cal.ANTI_ENTROPY_S, digest, digest)
         self.mesh_table.expire(EPOCH + self.engine.now)
         for i in online:
-            neighbours = self.topo.neighbours[i]
-            if neighbours:
-                self._table_sync(i, self._tables_rng.choice(sorted(neighbours)))
+            neighbours = sorted(self.topo.neighbours[i])
+            if not neighbours:
+                continue
+            if self.legacy:
+                self._table_sync(i, self._tables_rng.choice(neighbours))
+            else:
+                self._table_sync(i, self.peers[i].sync_partner.choose(neighbours, self._tables_rng.random()))
         pings = cal.TABLE_SYNC_S / cal.PING_INTERVAL_S
         for c in self.online_consumers:
             for p_idx, conn in sorted(self.peers[c].conns.items()):
@@ -776,9 +793,14 @@ class World:
         """Apply to the consumer's table the newest ad of each provider that has reached it."""
         now = self.engine.now
         applied = consumer.applied_seq
-        row = self.topo.gossip_delay(consumer.idx)
+        row = None
         for p in self.providers_of[model]:
-            found = self._newest_arrived(p, consumer, row, now, applied.get(p.idx, 0))
+            after = applied.get(p.idx, 0)
+            if not p.ads or p.ads[-1][1].seq <= after:
+                continue  # nothing newer than what it applied (seqs grow along ``p.ads``)
+            if row is None:  # a Dijkstra, and the overlay changes often: only when something is new
+                row = self.topo.gossip_delay(consumer.idx)
+            found = self._newest_arrived(p, consumer, row, now, after)
             if found is not None:
                 ad, arrival = found
                 applied[p.idx] = ad.seq

@@ -393,3 +393,17 @@ def test_a_table_larger_than_a_page_is_paged_through_in_arrival_order():
         if len(answer.ads) == 1:
             break
     assert seen == expected
+
+
+def test_a_full_table_evicts_the_ad_received_first_and_expires_in_arrival_order_after_refreshes():
+    a, b, c, d = (ident() for _ in range(4))
+    table = PeerTable(max_peers=3)
+    table.apply(ad_of(a, ttl=50), NOW)
+    table.apply(ad_of(b, ttl=30), NOW + 1)
+    table.apply(ad_of(c, ttl=30), NOW + 2)
+    table.apply(ad_of(a, seq=2, now=NOW + 3, ttl=30), NOW + 3)  # a's refresh: now the last received
+    table.apply(ad_of(d, now=NOW + 4, ttl=30), NOW + 4)  # full: b, received first, makes room
+    assert {e.ad.peer_id for e in table.entries(NOW + 4)} == {a.peer_id, c.peer_id, d.peer_id}
+    # a's first ad (ttl 50) no longer counts; c, a and d expire by their own ttl, in order of arrival.
+    assert table.expire(NOW + 33.5) == [c.peer_id, a.peer_id]
+    assert table.expire(NOW + 60) == [d.peer_id] and len(table) == 0

@@ -210,3 +210,14 @@ def test_page_codec_round_trip_and_limits():
         decode_page(zlib.compress(b"\x00\x00\x10\x00abc"))
     with pytest.raises(PeerFault, match="more than"):
         decode_page(encode_page(blobs), max_entries=3)
+
+
+def test_top_seq_max_follows_adds_and_removals_and_leaves_one_author_out():
+    state = replay(CHAIN_A + CHAIN_B)  # A up to seq 6, B up to 4
+    assert state.top_seq_max() == 6
+    assert state.top_seq_max(excluding=A.peer_id) == 4
+    assert state.top_seq_max(excluding=B.peer_id) == 6
+    state.remove(A.peer_id, above_seq=2)
+    assert state.top_seq_max() == 4 and state.top_seq_max(excluding=B.peer_id) == 2
+    state.remove(B.peer_id)
+    assert state.top_seq_max() == 2 and state.top_seq_max(excluding=A.peer_id) == 0
