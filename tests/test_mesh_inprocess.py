@@ -295,7 +295,7 @@ async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed
             def announced(p) -> bool:
                 return p.discovery._announced >= 0 and p.caps.published >= 1 and not p.caps.schedule.pending
 
-            await wait_for(lambda: announced(h) and announced(c), 10)
+            await wait_for(lambda: announced(h) and announced(c), 30)
             published = (h.caps.published, c.caps.published)
             # c holds h's latest ad (late copies of what went out before the window have arrived).
             await wait_for(lambda: (e := c.table.get(h_id, time.time())) and e.ad.seq == h.caps._last_seq, 10)

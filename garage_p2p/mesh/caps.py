@@ -40,7 +40,9 @@ at once; building an ad every second to compare was a tenth of an idle peer's CP
 AUDIENCE_POLL = 0.05
 """Seconds between looks for a gossip neighbour on the topic while our ad waits for one after a wake."""
 AUDIENCE_WAIT = 3.0
-"""How long after a wake to look that closely (then every CHANGE_CHECK)."""
+"""How long after a wake to look that closely (then every AUDIENCE_LATE)."""
+AUDIENCE_LATE = 1.0
+"""Seconds between looks for a gossip neighbour after AUDIENCE_WAIT (a loaded machine, a slow link)."""
 EXPIRE_EVERY = 5.0
 """Seconds between sweeps of expired ads (routing reads only live entries anyway)."""
 
@@ -189,10 +191,14 @@ class CapsService:
                 if self.schedule.handle_timer(now) and heard:
                     await self.publish()
                     continue
-                # An ad nobody would hear waits for the topic's mesh: closely just after a wake
-                # (a first connection's subscription arrives within milliseconds), then calmly.
-                wait = AUDIENCE_POLL if not heard and now - woken < AUDIENCE_WAIT else CHANGE_CHECK
-                with trio.move_on_after(min(wait, max(0.0, self.schedule.get_timer() - now)) if heard else wait):
+                # An ad due that nobody would hear waits for the topic's mesh: closely just after a
+                # wake (a first connection's subscription arrives within milliseconds), then calmly.
+                due = self.schedule.get_timer() <= now
+                if due and not heard:
+                    wait = AUDIENCE_POLL if now - woken < AUDIENCE_WAIT else AUDIENCE_LATE
+                else:
+                    wait = min(CHANGE_CHECK, self.schedule.get_timer() - now)
+                with trio.move_on_after(wait):
                     await self._wake.wait()
                 if self._wake.is_set():
                     woken = trio.current_time()
