@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -234,3 +235,25 @@ def test_garage_peer_stops_with_one_line_naming_the_version(monkeypatch, tmp_pat
     assert result.exit_code == 1
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: garage-p2p's patches are for libp2p 0.8.1, found 0.9.0")
+
+
+def test_mdns_registration_does_not_hold_trio_s_thread():
+    """zeroconf's register_service waits out its probes (~1.8 s); BasicHost.run calls it on trio's
+    thread, so a daemon with mDNS froze for that long at every start. Patched, it runs elsewhere."""
+    from libp2p.discovery.mdns.broadcaster import PeerBroadcaster
+
+    patches.apply_library_patches()
+    ran_on: list[threading.Thread] = []
+    done = threading.Event()
+
+    class Zeroconf:
+        def register_service(self, info) -> None:
+            ran_on.append(threading.current_thread())
+            done.set()
+
+    broadcaster = PeerBroadcaster.__new__(PeerBroadcaster)  # only what register reads
+    broadcaster.zeroconf, broadcaster.service_info, broadcaster.service_name = Zeroconf(), object(), "test"
+    broadcaster._resolve_host_addrs = lambda: []
+    PeerBroadcaster.register(broadcaster)
+    assert done.wait(5), "register_service never ran"
+    assert ran_on == [ran_on[0]] and ran_on[0] is not threading.current_thread()

@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
+import threading
 from collections.abc import Callable
 from contextvars import ContextVar
 
@@ -62,6 +63,8 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.network.swarm:Swarm.__init__", "self.connections = {}"),
     ("libp2p.network.connection.swarm_connection:SwarmConn.direction", None),
     ("libp2p.network.connection.swarm_connection:SwarmConn.__init__", "self._created_at"),
+    # mDNS registration, which BasicHost.run calls on trio's thread and which blocks for zeroconf's probes.
+    ("libp2p.discovery.mdns.broadcaster:PeerBroadcaster.register", "self.zeroconf.register_service("),
 )
 """Every library internal a patch here, mesh/nat.py or mesh/connections.py replaces or reads."""
 
@@ -113,6 +116,7 @@ def apply_library_patches() -> None:
         return
     import libp2p.network.swarm as swarm
     import libp2p.pubsub.pubsub as pubsub
+    from libp2p.discovery.mdns.broadcaster import PeerBroadcaster
     from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
     # Every dial waited out a 250 ms happy-eyeballs delay even after success.
@@ -140,7 +144,23 @@ def apply_library_patches() -> None:
     swarm.Swarm.upgrade_inbound_raw_conn = _reporting_upgrade(swarm.Swarm.upgrade_inbound_raw_conn)
     # The library's own dialers (auto-connector, DHT, new_stream) redialled peers we had banned.
     swarm.Swarm.dial_peer = _refusing_dial(swarm.Swarm.dial_peer)
+    # zeroconf's register_service waits out its probes (~1.8 s here) and ran on trio's thread: every
+    # daemon with mDNS froze for that long at start, its readiness too. It runs on a thread of its own.
+    PeerBroadcaster.register = _registering_in_background(PeerBroadcaster.register)
     _applied = True
+
+
+# -- mDNS registration ---------------------------------------------------------------
+
+
+def _registering_in_background(register):
+    """``register`` on a daemon thread: zeroconf's calls are thread-safe, and its probes take seconds."""
+
+    @functools.wraps(register)
+    def in_background(self) -> None:
+        threading.Thread(target=register, args=(self,), name="mdns-register", daemon=True).start()
+
+    return in_background
 
 
 # -- yamux window updates and writes ------------------------------------------------
