@@ -56,6 +56,10 @@ MIN_CONNECTIONS = 4
 LOW_WATERMARK = 6
 HIGH_WATERMARK = 24
 """With LOW, sets the auto-connector's target: (LOW + HIGH) / 2 = 15 connections."""
+CONNECTION_TARGET = (LOW_WATERMARK + HIGH_WATERMARK) // 2
+"""Peers found by mDNS are dialled only while we hold fewer connections than this (the rest stay in
+the peerstore for the auto-connector): dialling every find made a LAN of 50 daemons a full mesh,
+~45 connections each, every join a handshake, a table sync and a ledger sync with every peer."""
 TRIM_ABOVE = 64
 """More connections than this and mesh/connections.py closes the excess (idle ones past their grace).
 Not HIGH_WATERMARK: the DHT's refresh dials most peers of a small mesh, and trimming at 24 made a
@@ -357,7 +361,8 @@ async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
 
 
 async def _connect_mdns_finds(mesh: Mesh) -> None:
-    """Dial the peers mDNS finds on the LAN (the library only notes them)."""
+    """Dial the peers mDNS finds on the LAN while we hold fewer than CONNECTION_TARGET connections
+    (the library only notes them)."""
     found_send, found = trio.open_memory_channel[PeerInfo](64)
     token = trio.lowlevel.current_trio_token()
 
@@ -371,7 +376,7 @@ async def _connect_mdns_finds(mesh: Mesh) -> None:
     try:
         async with trio.open_nursery() as nursery:
             async for info in found:
-                if str(info.peer_id) == mesh.peer_id:
+                if str(info.peer_id) == mesh.peer_id or len(mesh.connected_peers()) >= CONNECTION_TARGET:
                     continue
 
                 async def dial(info: PeerInfo = info) -> None:
