@@ -16,11 +16,9 @@ import libp2p.network.swarm as libp2p_swarm
 import pytest
 import trio
 import trio.testing
-from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
 from libp2p.pubsub.pb import rpc_pb2
 from libp2p.stream_muxer.yamux.yamux import HEADER_SIZE, TYPE_WINDOW_UPDATE, YAMUX_HEADER_FORMAT, Yamux, YamuxStream
-from libp2p.tools.anyio_service import background_trio_service
 from typer.testing import CliRunner
 
 from garage_p2p.cli.peer import app as peer_app
@@ -259,29 +257,3 @@ def test_mdns_registration_does_not_hold_trio_s_thread():
     PeerBroadcaster.register(broadcaster)
     assert done.wait(5), "register_service never ran"
     assert ran_on == [ran_on[0]] and ran_on[0] is not threading.current_thread()
-
-
-async def test_the_dht_leaves_its_routing_table_refresh_to_its_owner():
-    """py-libp2p's DHT maintenance loop refreshed the routing table at start, dialling most of a mesh (each
-    peer of 50 held ~45 connections), and every 600 s; mesh/discovery.py refreshes on its own schedule."""
-    async with two_meshes() as (a, _b):
-        dht = KadDHT(a.host, DHTMode.SERVER)
-        lookups: list[bytes] = []
-        looped = trio.Event()
-
-        async def lookup(key: bytes, *args, **kwargs) -> list:
-            lookups.append(key)
-            return []
-
-        async def republish(*args, **kwargs) -> None:  # the loop's next step after its refresh
-            looped.set()
-
-        dht.peer_routing.find_closest_peers_network = lookup
-        dht.provider_store._republish_provider_records = republish
-        refresh = patches.take_dht_refresh(dht)
-        async with background_trio_service(dht):
-            with trio.fail_after(10):
-                await looped.wait()
-            assert lookups == []  # the loop went round without a lookup
-            await refresh()  # the owner's refresh still looks up
-            assert lookups

@@ -50,7 +50,6 @@ from ..core.sync_partner import SyncPartner
 from ..core.wire import FrameDecoder, FrameType, encode_frame
 from .caps import warn_clock_skew
 from .host import ConnectionWatch, DialError, Mesh
-from .patches import take_dht_refresh
 from .streams import FrameStream, PeerStream, StreamBroken, close_quietly, read_some, write_all
 
 log = logging.getLogger(__name__)
@@ -113,8 +112,6 @@ class Discovery:
             # refuse them all. Eclipse resistance comes from signed ads instead.
             max_peers_per_subnet=0,
         )
-        self._refresh_dht = take_dht_refresh(self.dht)
-        """The routing table's refresh, on our schedule (``_maintain``), not the library's."""
         self.on_peer_addrs = on_peer_addrs
         self._requests = Limiter(max_parties=4096)
         self._fetched: dict[str, float] = {}
@@ -388,7 +385,7 @@ class Discovery:
                 before = self.dht.routing_table.size()
                 with trio.move_on_after(20):
                     try:
-                        await self._refresh_dht()
+                        await self.dht.refresh_routing_table()
                     except Exception as exc:
                         log.debug("DHT refresh failed: %s", exc)
                 dht_growing = self.dht.routing_table.size() > before

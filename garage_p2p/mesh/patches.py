@@ -14,7 +14,7 @@ import importlib.metadata
 import inspect
 import logging
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
 
 import trio
@@ -65,8 +65,6 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.network.connection.swarm_connection:SwarmConn.__init__", "self._created_at"),
     # mDNS registration, which BasicHost.run calls on trio's thread and which blocks for zeroconf's probes.
     ("libp2p.discovery.mdns.broadcaster:PeerBroadcaster.register", "self.zeroconf.register_service("),
-    # The DHT's maintenance loop calls its refresh through the instance (take_dht_refresh replaces it).
-    ("libp2p.kad_dht.kad_dht:KadDHT._run_main_loop", "await self.refresh_routing_table()"),
 )
 """Every library internal a patch here, mesh/nat.py or mesh/connections.py replaces or reads."""
 
@@ -439,22 +437,3 @@ def _refusing_dial(dial_peer):
         return await dial_peer(self, peer_id)
 
     return refusing_dial_peer
-
-
-# -- the DHT's own refresh --------------------------------------------------------------
-
-
-def take_dht_refresh(dht) -> Callable[[], Awaitable[None]]:
-    """Stop ``dht`` (a KadDHT) refreshing its routing table on its own; returns the refresh, for the
-    caller's schedule (mesh/discovery.py).
-
-    Its maintenance loop refreshed at start and every 600 s: the refresh at start dialled most of a
-    mesh, so every peer of a 50-peer mesh held ~45 connections and every join cost a handshake with
-    each peer. The loop still republishes and expires records."""
-    refresh = dht.refresh_routing_table
-
-    async def refreshed_by_its_owner() -> None:
-        pass
-
-    dht.refresh_routing_table = refreshed_by_its_owner
-    return refresh
