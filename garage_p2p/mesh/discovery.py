@@ -62,14 +62,12 @@ REFRESH_INTERVAL = 30.0
 REPROVIDE_INTERVAL = 300.0
 DHT_REFRESH = 600.0
 """Seconds between DHT routing-table refreshes once the table holds DHT_FULL_TABLE peers (libp2p's own
-period). New connections, and the peers our ads name, join the table at once, without a lookup."""
+period). The first refresh runs as soon as we are connected; new connections join the table at once."""
 DHT_REFRESH_SPARSE = 90.0
 """Seconds between refreshes while the table holds fewer peers and the last refresh still found new
 ones (joining); a small mesh whose table holds everyone already refreshes every DHT_REFRESH."""
 DHT_FULL_TABLE = 10
 """Routing-table size from which refreshes slow to DHT_REFRESH (go-libp2p-kad-dht refreshes below 10 too)."""
-DHT_FROM_ADS = 2 * DHT_FULL_TABLE
-"""Peers of our ad table added to a routing table that holds fewer than DHT_FULL_TABLE, per round."""
 LOOKUP_TIMEOUT = 5.0
 JOINING_CONNECTIONS = 2
 ANNOUNCE_GAP = 30.0
@@ -353,9 +351,7 @@ class Discovery:
 
     async def _maintain(self) -> None:
         last_provide = -REPROVIDE_INTERVAL
-        # The first refresh waits a round: by then the tables we fetched on connecting have filled
-        # the routing table (below), and in a mesh of more than DHT_FULL_TABLE none is needed.
-        last_dht_refresh = trio.current_time() - DHT_REFRESH_SPARSE + REFRESH_INTERVAL
+        last_dht_refresh = -DHT_REFRESH
         dht_growing = True
         rng = random.Random()
         while True:
@@ -366,12 +362,6 @@ class Discovery:
                 # us an impostor's ads). By cursor, from the same partner while it stays
                 # connected: each ad comes once this way, not once per neighbour.
                 await self._refresh_from(partner)
-            if self.dht.routing_table.size() < DHT_FULL_TABLE:
-                # The ads we hold name peers of the mesh and their addresses (in the peerstore):
-                # they join the routing table with no lookup. A lookup on joining dialled most
-                # of a small mesh, each join a handshake with every peer.
-                for entry in self.table.entries(time.time())[:DHT_FROM_ADS]:
-                    await self._add_to_dht(entry.ad.peer_id)
             now = trio.current_time()
             sparse = dht_growing and self.dht.routing_table.size() < DHT_FULL_TABLE
             if connected and now - last_dht_refresh >= (DHT_REFRESH_SPARSE if sparse else DHT_REFRESH):
