@@ -21,12 +21,12 @@ from libp2p.peer.id import ID
 from libp2p.rcmgr import Direction
 
 from garage_p2p.core.identity import Identity
-from garage_p2p.mesh import connections
+from garage_p2p.mesh import connections, discovery
 from garage_p2p.mesh import host as mesh_host
 from garage_p2p.mesh.connections import MinuteCounter, Notifee
 from garage_p2p.mesh.host import Mesh, open_mesh
 
-from .conftest import LOOPBACK, first_addr, running_peer, wait_for
+from .conftest import LOOPBACK, first_addr, running_peer, standin_backend, wait_for, wait_for_model
 
 
 class Census(Notifee):
@@ -247,3 +247,28 @@ async def test_above_the_bound_idle_connections_are_trimmed_and_not_redialled(mo
         with pytest.raises(SwarmException, match="not dialling"):
             await hub.host.get_network().dial_peer(ID.from_base58(trimmed.peer_id))
         await trimmed.connect(hub.peer_id, hub.addrs()[:1])
+
+
+async def test_a_provider_that_trims_us_is_dialled_back_once_to_see_it_lives_then_left_alone(tmp_path, monkeypatch):
+    """A busy provider trims its excess connections. Its neighbour dials it once to learn whether it is
+    gone (it is not: its ad stays); when the provider trims it again it is not dialled straight back,
+    which would be trimmed again ~25 s later, for ever."""
+    monkeypatch.setattr(mesh_host, "MIN_CONNECTIONS", 0)  # no bootstrap redials: only the check dials
+    async with standin_backend() as url, running_peer(tmp_path / "p", backends={"tiny": url}) as p:
+        async with running_peer(tmp_path / "c") as c:
+            p_id, c_id = p.identity.peer_id, c.identity.peer_id
+            await c.mesh.connect(p_id, p.mesh.addrs()[:1])
+            await wait_for_model(c, "tiny")
+            p_census = Census(p.mesh)
+            await p.mesh.disconnect(c_id)  # p trims c
+            await wait_for(lambda: p_id in c.mesh.connected_peers())  # c looked: p lives
+            assert "tiny" in c.dispatcher.known_models()
+            await wait_for(lambda: not c.discovery._checking)
+            churn = p_census.watch_for_churn()
+            await p.mesh.disconnect(c_id)  # and trims it again
+            await wait_for(lambda: churn.is_set() and p_id not in c.mesh.connected_peers())
+            churn = p_census.watch_for_churn()
+            with trio.move_on_after(discovery.GONE_GRACE + discovery.GONE_DIAL_TIMEOUT + 1):
+                await churn.wait()
+            assert not churn.is_set()  # no dial back within the time a check takes
+            assert "tiny" in c.dispatcher.known_models()

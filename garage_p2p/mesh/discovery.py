@@ -74,6 +74,10 @@ ANNOUNCE_GAP = 30.0
 """Seconds between two joining announcements (a rejoin after all connections were lost announces again)."""
 GONE_GRACE = 1.0
 """Seconds after a provider's connection closed before we look whether it is gone."""
+GONE_RECHECK = 300.0
+"""Seconds after a provider was found alive by such a dial before a closed connection makes us dial it
+again: a busy peer trims its excess connections (ours too), and dialling straight back to check
+would be trimmed again, a handshake every ~25 s for ever."""
 GONE_DIAL_TIMEOUT = 3.0
 """A provider not dialled again within this is taken for gone (its ad is dropped until a newer one)."""
 MAX_CURSORS = 1024
@@ -122,6 +126,8 @@ class Discovery:
         self._announced = -ANNOUNCE_GAP
         """When we last announced ourselves on joining (trio time)."""
         self._checking: set[str] = set()
+        self._found_alive: dict[str, float] = {}
+        """Provider id -> when a dial after its connection closed last reached it (GONE_RECHECK)."""
         """Peers whose closed connection is being looked into (``_check_gone``)."""
 
     @property
@@ -317,8 +323,13 @@ class Discovery:
             entry = self.table.get(peer_id, time.time())
             if entry is None or not entry.ad.models or peer_id in self.mesh.connected_peers():
                 return
+            now = trio.current_time()
+            if now - self._found_alive.get(peer_id, -GONE_RECHECK) < GONE_RECHECK:
+                return  # it trims us, most likely; a request to it finds out otherwise (Router.failed)
             try:
                 await self.mesh.connect(peer_id, entry.ad.addrs, GONE_DIAL_TIMEOUT)
+                self._found_alive = {p: t for p, t in self._found_alive.items() if now - t < GONE_RECHECK}  # bounded
+                self._found_alive[peer_id] = now
             except DialError:
                 if self.table.suspend(peer_id):
                     log.info("provider %s is gone (its connection closed, a dial failed): its ad is dropped", peer_id)

@@ -60,10 +60,12 @@ CONNECTION_TARGET = (LOW_WATERMARK + HIGH_WATERMARK) // 2
 """Peers found by mDNS are dialled only while we hold fewer connections than this (the rest stay in
 the peerstore for the auto-connector): dialling every find made a LAN of 50 daemons a full mesh,
 ~45 connections each, every join a handshake, a table sync and a ledger sync with every peer."""
-TRIM_ABOVE = 64
+TRIM_ABOVE = HIGH_WATERMARK
 """More connections than this and mesh/connections.py closes the excess (idle ones past their grace).
-Not HIGH_WATERMARK: the DHT's refresh dials most peers of a small mesh, and trimming at 24 made a
-30-daemon mesh open and close ~150 connections a minute, ~15 untrimmed (benchmarks/connections.py)."""
+A joining peer's first DHT lookup dials most of a small mesh; those connections served the lookup and
+are trimmed here, as go-libp2p's connection manager trims above its high watermark. (At 64 a settled
+50-daemon mesh kept 40-49 connections a peer; trimming at 24 churned only while the DHT refreshed
+every 30 s, mesh/discovery.py now refreshes every 600 s.)"""
 CONNECTION_GRACE = 20.0
 """Seconds a new connection is safe from trimming (the library's default)."""
 MAX_CONNECTIONS = 128
