@@ -27,6 +27,7 @@ from ..core.capabilities import (
     make_ad,
     sign_ad,
 )
+from .gossip import first_checks
 from .host import Mesh, gossip_sender
 
 log = logging.getLogger(__name__)
@@ -206,13 +207,10 @@ class CapsService:
 
     def _validate(self, forwarder, message) -> bool:
         """gossipsub's validator for ``garage/caps/1``: take the ad, or say why not (False: not forwarded)."""
-        via = str(forwarder)
-        if via == self.mesh.peer_id:
-            return True  # our own publish
-        if not self.mesh.admits(via):
-            return False  # a banned or denied peer, in the moment before its connection is closed
-        publisher = gossip_sender(message)
-        self.mesh.gossip.receive(TOPIC_CAPS, len(message.data))
+        verdict = first_checks(self.mesh, TOPIC_CAPS, forwarder, message)
+        if verdict is not None:
+            return verdict
+        via, publisher = str(forwarder), gossip_sender(message)
         intake = self.table.offer(message.data, time.time(), via=via, publisher=publisher)
         if intake.blame is not None:
             self.flooded += intake.flood

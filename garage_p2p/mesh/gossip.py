@@ -23,6 +23,19 @@ Take = Callable[[str, bytes], None]
 is not one the publisher may send (the publisher signed it: its fault)."""
 
 
+def first_checks(mesh: Mesh, topic: str, forwarder, message) -> bool | None:
+    """What every topic's validator decides first: True for our own publish, False for a neighbour not
+    admitted (banned or denied, in the moment before its connection is closed), None to go on (the
+    message is then counted as received on ``topic``)."""
+    via = str(forwarder)
+    if via == mesh.peer_id:
+        return True
+    if not mesh.admits(via):
+        return False
+    mesh.gossip.receive(topic, len(message.data))
+    return None
+
+
 class GuardedTopic:
     """One topic's validator: the rule, then ``take``."""
 
@@ -38,13 +51,10 @@ class GuardedTopic:
 
     def validate(self, forwarder, message) -> bool:
         """gossipsub's validator: True if the message is taken (and forwarded)."""
-        via = str(forwarder)
-        if via == self.mesh.peer_id:
-            return True  # our own publish
-        if not self.mesh.admits(via):
-            return False  # a banned or denied peer, in the moment before its connection is closed
-        publisher = gossip_sender(message)
-        self.mesh.gossip.receive(self.topic, len(message.data))
+        verdict = first_checks(self.mesh, self.topic, forwarder, message)
+        if verdict is not None:
+            return verdict
+        via, publisher = str(forwarder), gossip_sender(message)
         if publisher == self.mesh.peer_id:
             return False  # ours, back again (gossip never returns a message in time to be news to us)
         admission = self.guard.admit(publisher, via, int.from_bytes(message.seqno, "big"), time.monotonic())
