@@ -272,3 +272,12 @@ async def test_a_provider_that_trims_us_is_dialled_back_once_to_see_it_lives_the
                 await churn.wait()
             assert not churn.is_set()  # no dial back within the time a check takes
             assert "tiny" in c.dispatcher.known_models()
+
+
+async def test_a_closed_mesh_stops_accepting_on_its_port():
+    """0.8.1's listener serves from a trio system task that outlived the host: a peer restarted in-process
+    with the same identity was dialled at its old port, by a swarm that had stopped."""
+    async with open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK) as mesh:
+        port = int(mesh.addrs()[0].split("/tcp/")[1].split("/")[0])
+    with pytest.raises(OSError):
+        await trio.open_tcp_stream("127.0.0.1", port)

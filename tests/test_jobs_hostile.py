@@ -12,7 +12,7 @@ import trio
 from garage_p2p.core.capabilities import ModelOffer, make_ad
 from garage_p2p.core.identity import Identity
 from garage_p2p.core.jobs import PROTOCOL_JOBS, TOPIC_JOBS, JobAnnouncement, JobRequest, LeaseGrant, ResultsAck
-from garage_p2p.core.messages import decode_json, encode_json
+from garage_p2p.core.messages import decode_json, encode_json, refusal
 from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.daemon import Peer
 from garage_p2p.jobs import submitter
@@ -182,6 +182,26 @@ async def test_bad_numbers_in_results_cost_one_fault_and_leave_their_line_pendin
         assert progress["status"] == "running" and progress["done"] == 3  # the bad line waits for another lease
         again = decode_json(LeaseGrant, await ask(JobRequest(op="claim", job_id=job_id)))
         assert [line["custom_id"] for line in again.lines] == ids[:1]
+
+
+async def test_results_for_a_lease_the_submitter_forgot_are_refused_without_fault(tmp_path):
+    """After the submitter restarts, an honest provider hands in the results of a lease granted before."""
+    async with running_peer(tmp_path / "evil") as provider:
+        async with running_peer(tmp_path / "victim") as victim:
+            job_id = await ghost_job(victim, 4)
+            async with jobs_rpc(provider, victim) as ask:
+                grant = decode_json(LeaseGrant, await ask(JobRequest(op="claim", job_id=job_id)))
+        victim_id = victim.identity.peer_id
+        await wait_for(lambda: victim_id not in provider.mesh.connected_peers())  # not a dead connection to reuse
+        async with running_peer(tmp_path / "victim") as victim:  # restarted: the job resumes, its leases are gone
+            assert victim.jobs.progress(job_id)["status"] == "running"
+            results = tuple({"custom_id": line["custom_id"], "status_code": 200, "body": {}} for line in grant.lines)
+            async with jobs_rpc(provider, victim) as ask:
+                reply = await ask(JobRequest(op="results", job_id=job_id, lease_id=grant.lease_id, results=results))
+                assert refusal(reply) is not None
+                unknown_job = await ask(JobRequest(op="results", job_id="job-gone", lease_id=grant.lease_id))
+                assert refusal(unknown_job) is not None
+            assert victim.mesh.penalties.faults(provider.identity.peer_id, SERVICE) == 0
 
 
 async def test_finished_jobs_leave_no_line_bodies_and_stay_bounded(tmp_path, monkeypatch):

@@ -70,6 +70,8 @@ CONNECTION_GRACE = 20.0
 """Seconds a new connection is safe from trimming (the library's default)."""
 MAX_CONNECTIONS = 128
 """The swarm keeps MAX - MIN inbound slots (124); mesh/patches.py frees one when its connection ends."""
+LISTENER_CLOSE_TIMEOUT = 5.0
+"""Seconds the listeners may take to close when a mesh stops."""
 ADMISSION_SWEEP = 1.0
 """Seconds between sweeps of connected peers no longer admitted (a ban, the lists): the arrivals channel is lossy."""
 
@@ -492,12 +494,26 @@ async def open_mesh(
             finally:
                 nursery.cancel_scope.cancel()
                 stop_reporting()
+                await _close_listeners(host)
                 # The library starts a thread for its seen-messages cache and
                 # never stops it: a process that opens meshes one after another
                 # (tests, the simulator's emulation) kept one thread per mesh.
                 cache = getattr(pubsub, "seen_messages", None)
                 if cache is not None and hasattr(cache, "stop"):
                     cache.stop()
+
+
+async def _close_listeners(host) -> None:
+    """Stop accepting connections. 0.8.1's TCP listener serves from a trio system task, which outlives
+    a cancelled host: a mesh closed in-process (tests, the simulator's emulation) kept accepting on
+    its port, and a peer restarted with the same identity was dialled there, to a swarm that had
+    stopped and closed the connection at once."""
+    with trio.CancelScope(shield=True), trio.move_on_after(LISTENER_CLOSE_TIMEOUT):
+        for listener in list(host.get_network().listeners.values()):
+            try:
+                await listener.close()
+            except Exception as exc:  # shutting down: nothing left to protect
+                log.debug("closing a listener: %s", exc)
 
 
 async def _turn_away(mesh: Mesh, arrivals: trio.MemoryReceiveChannel[str]) -> None:
