@@ -13,6 +13,10 @@ outside the daemons:
   latency).
 
 P1 is woken (SIGCONT) before everything stops; ``back`` is then the time until C lists it again.
+
+``freeze_consumer_mid_answer`` freezes C instead: the time until P1, which was streaming to it,
+holds no connection to it (its stream ended, its backend slot free). No routing notices a frozen
+consumer, so only a connection-level check closes that connection.
 Used by tests/integration/test_liveness_processes.py (asserts) and benchmarks/liveness.py (prints,
 with liveness on and off).
 """
@@ -127,15 +131,33 @@ def three_peers(root: Path, *, liveness: bool = True):
                 p.stop(timeout=15)
 
 
+def _start_pinned_answer(c: PeerProcess, p1: PeerProcess) -> dict:
+    """A long answer from P1 streaming to C; returns once its first chunk arrived (how it ends goes in the dict)."""
+    started, ended = threading.Event(), {}
+    threading.Thread(target=_stream, args=(c, p1.peer_id, started, ended), daemon=True).start()
+    assert started.wait(30), "the pinned answer never started"
+    assert "at" not in ended, f"the answer ended before the freeze: {ended}"
+    return ended
+
+
+def freeze_consumer_mid_answer(root: Path, *, liveness: bool = True, limit: float = 40.0) -> float | None:
+    """Seconds from C's SIGSTOP until P1 holds no connection to C; None if not within ``limit``."""
+    with three_peers(root, liveness=liveness) as (p1, _, c):
+        _start_pinned_answer(c, p1)
+        os.kill(c.process.pid, signal.SIGSTOP)
+        try:
+            return wait_until(lambda: not connected(p1, c), limit, "P1 closing its connection to C", 0.1)
+        except AssertionError:
+            return None
+        finally:
+            os.kill(c.process.pid, signal.SIGCONT)
+
+
 def freeze_mid_answer(root: Path, *, liveness: bool = True, limit: float = 40.0) -> Frozen:
     """Run the scenario once; events later than ``limit`` seconds after the freeze stay None."""
     out = Frozen()
     with three_peers(root, liveness=liveness) as (p1, p2, c):
-        started, ended = threading.Event(), {}
-        reader = threading.Thread(target=_stream, args=(c, p1.peer_id, started, ended), daemon=True)
-        reader.start()
-        assert started.wait(30), "the pinned answer never started"
-        assert "at" not in ended, f"the answer ended before the freeze: {ended}"
+        ended = _start_pinned_answer(c, p1)
         os.kill(p1.process.pid, signal.SIGSTOP)
         t0 = time.monotonic()
         deadline = t0 + limit
