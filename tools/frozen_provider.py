@@ -1,4 +1,5 @@
-"""A provider frozen mid-answer (SIGSTOP: its TCP connections stay open), seen from a consumer.
+"""A provider frozen mid-answer (SIGSTOP: its TCP connections stay open), or its cable pulled
+(iptables DROP of its port), seen from a consumer.
 
 Two providers of ``tiny`` (StandInBackends: instruments, not models) and a consumer C bootstrapped
 from both, real ``garage-peer`` processes on 127.0.0.1. C streams a long answer pinned to P1; at
@@ -12,30 +13,41 @@ outside the daemons:
 - ``served_elsewhere``: a request sent once the routes were withdrawn was answered by P2 (its
   latency).
 
-P1 is woken (SIGCONT) before everything stops; ``back`` is then the time until C lists it again.
+P1 is then woken (SIGCONT) or plugged back in; ``back`` is the time until C lists it again.
 
 ``freeze_consumer_mid_answer`` freezes C instead: the time until P1, which was streaming to it,
 holds no connection to it (its stream ended, its backend slot free). No routing notices a frozen
 consumer, so only a connection-level check closes that connection.
 Used by tests/integration/test_liveness_processes.py (asserts) and benchmarks/liveness.py (prints,
 with liveness on and off).
+
+The cable pull drops every packet to or from P1's port (its listening port, which its dials leave
+from too) on the loopback, so it runs only inside a network namespace made for it:
+``run_in_netns`` runs ``python -m tools.frozen_provider --cut drop`` in one (tools/netns.py) and
+reads its JSON; the module refuses to touch the host's own firewall.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
 import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import httpx
 
 from garage_p2p.cli.peer_process import PeerProcess, peer_args
-from tools.testkit import daemon_sockets, free_port, standin_process, wait_until
+from tools.netns import private_loopback, sh
+from tools.testkit import REPO, daemon_sockets, free_port, standin_process, wait_until
 
 TOKEN_DELAY = 0.05
 """Seconds per streamed token: the pinned answer (LONG_ANSWER tokens) outlasts every bound measured."""
@@ -55,7 +67,7 @@ class Frozen:
     """Latency of a request sent after ``withdrawn`` (None if not withdrawn)."""
     served_by: str = ""
     back: float | None = None
-    """From SIGCONT to C listing P1 again."""
+    """From the end of the cut (SIGCONT, the rules deleted) to C listing P1 again."""
 
 
 def providers_of(peer: PeerProcess, model: str = "tiny") -> list[str]:
@@ -140,47 +152,118 @@ def _start_pinned_answer(c: PeerProcess, p1: PeerProcess) -> dict:
     return ended
 
 
+NETNS = "GARAGE_FROZEN_PROVIDER_NETNS"
+"""Set by ``run_in_netns`` to the name of the namespace it made for the scenario."""
+
+
+def in_own_netns() -> bool:
+    """Whether this process runs in the namespace ``run_in_netns`` made for it."""
+    name = os.environ.get(NETNS)
+    return bool(name) and sh("ip", "netns", "identify", str(os.getpid())).strip() == name
+
+
+@contextlib.contextmanager
+def sigstopped(peer: PeerProcess) -> Iterator[None]:
+    """``peer`` frozen: its process stops, its kernel keeps its TCP connections open and ACKing."""
+    os.kill(peer.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(peer.process.pid, signal.SIGCONT)
+
+
+@contextlib.contextmanager
+def cable_pulled(peer: PeerProcess) -> Iterator[None]:
+    """Every packet to or from ``peer``'s port dropped: nothing comes back, not even a RST."""
+    if not in_own_netns():
+        raise RuntimeError("a cable pull changes the firewall: only inside a namespace made for it (run_in_netns)")
+    port = peer.addr.split("/tcp/")[1].split("/")[0]
+    rules = [["INPUT", "-p", "tcp", side, port, "-j", "DROP"] for side in ("--dport", "--sport")]
+    for rule in rules:
+        sh("iptables", "-A", *rule)
+    try:
+        yield
+    finally:
+        for rule in rules:
+            sh("iptables", "-D", *rule)
+
+
 def freeze_consumer_mid_answer(root: Path, *, liveness: bool = True, limit: float = 40.0) -> float | None:
     """Seconds from C's SIGSTOP until P1 holds no connection to C; None if not within ``limit``."""
     with three_peers(root, liveness=liveness) as (p1, _, c):
         _start_pinned_answer(c, p1)
-        os.kill(c.process.pid, signal.SIGSTOP)
-        try:
+        with sigstopped(c), contextlib.suppress(AssertionError):
             return wait_until(lambda: not connected(p1, c), limit, "P1 closing its connection to C", 0.1)
-        except AssertionError:
-            return None
-        finally:
-            os.kill(c.process.pid, signal.SIGCONT)
+    return None
 
 
-def freeze_mid_answer(root: Path, *, liveness: bool = True, limit: float = 40.0) -> Frozen:
-    """Run the scenario once; events later than ``limit`` seconds after the freeze stay None."""
+CUTS: dict[str, Callable[[PeerProcess], contextlib.AbstractContextManager[None]]] = {
+    "sigstop": sigstopped,
+    "drop": cable_pulled,
+}
+
+
+def freeze_mid_answer(root: Path, *, liveness: bool = True, limit: float = 40.0, cut: str = "sigstop") -> Frozen:
+    """Run the scenario once, P1 cut off by ``cut`` (CUTS); events later than ``limit`` seconds after
+    the cut stay None."""
     out = Frozen()
     with three_peers(root, liveness=liveness) as (p1, p2, c):
         ended = _start_pinned_answer(c, p1)
-        os.kill(p1.process.pid, signal.SIGSTOP)
-        t0 = time.monotonic()
-        deadline = t0 + limit
-        while time.monotonic() < deadline and None in (out.closed, out.withdrawn, out.stream_ended):
-            now = time.monotonic() - t0
-            if out.closed is None and not connected(c, p1):
-                out.closed = now
-            if out.withdrawn is None and p1.peer_id not in providers_of(c):
-                out.withdrawn = now
-            if out.stream_ended is None and "at" in ended:
-                out.stream_ended = ended["at"] - t0
-                out.stream_error = ended.get("error", "")
-            time.sleep(0.1)
-        if out.withdrawn is not None:
-            body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
-            sent = time.monotonic()
-            reply = httpx.post(c.api_url + "/chat/completions", json=body, timeout=30)
-            if reply.status_code == 200:
-                out.served_elsewhere = time.monotonic() - sent
-                out.served_by = "P2" if reply.headers.get("x-garage-provider") == p2.peer_id else "?"
-        os.kill(p1.process.pid, signal.SIGCONT)
+        with CUTS[cut](p1):
+            t0 = time.monotonic()
+            deadline = t0 + limit
+            while time.monotonic() < deadline and None in (out.closed, out.withdrawn, out.stream_ended):
+                now = time.monotonic() - t0
+                if out.closed is None and not connected(c, p1):
+                    out.closed = now
+                if out.withdrawn is None and p1.peer_id not in providers_of(c):
+                    out.withdrawn = now
+                if out.stream_ended is None and "at" in ended:
+                    out.stream_ended = ended["at"] - t0
+                    out.stream_error = ended.get("error", "")
+                time.sleep(0.1)
+            if out.withdrawn is not None:
+                body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+                sent = time.monotonic()
+                reply = httpx.post(c.api_url + "/chat/completions", json=body, timeout=30)
+                if reply.status_code == 200:
+                    out.served_elsewhere = time.monotonic() - sent
+                    out.served_by = "P2" if reply.headers.get("x-garage-provider") == p2.peer_id else "?"
         woken = time.monotonic()
         with contextlib.suppress(AssertionError):
             wait_until(lambda: p1.peer_id in providers_of(c), limit, "C listing P1 again")
             out.back = time.monotonic() - woken
     return out
+
+
+def run_in_netns(*, liveness: bool = True, limit: float = 40.0, cut: str = "drop") -> Frozen:
+    """``freeze_mid_answer`` in a network namespace with only a loopback, made for this run (root)."""
+    name = f"gplive{os.getpid()}"
+    with private_loopback(name) as host:
+        flags = ["--cut", cut, "--limit", str(limit), *([] if liveness else ["--off"])]
+        done = subprocess.run(
+            [*host.exec_prefix(), sys.executable, "-m", "tools.frozen_provider", *flags],
+            cwd=REPO,
+            env=dict(os.environ, **{NETNS: name}),
+            capture_output=True,
+            text=True,
+            timeout=6 * limit + 120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"the scenario failed in {name}: {done.stderr[-2000:]}")
+        return Frozen(**json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cut", choices=sorted(CUTS), default="sigstop")
+    parser.add_argument("--limit", type=float, default=40.0)
+    parser.add_argument("--off", action="store_true", help="liveness off (the baseline)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="garage-frozen-") as tmp:
+        frozen = freeze_mid_answer(Path(tmp), liveness=not args.off, limit=args.limit, cut=args.cut)
+    print(json.dumps(asdict(frozen)))
+
+
+if __name__ == "__main__":
+    main()

@@ -6,7 +6,10 @@ figures with liveness on and off. The bounds here are generous (the design's is 
 
 from __future__ import annotations
 
-from tools.frozen_provider import freeze_consumer_mid_answer, freeze_mid_answer
+import pytest
+
+from tools.frozen_provider import freeze_consumer_mid_answer, freeze_mid_answer, run_in_netns
+from tools.netns import netns_available
 
 BOUND = 20.0
 
@@ -22,6 +25,17 @@ def test_a_frozen_provider_is_cut_off_its_routes_withdrawn_and_restored_when_it_
     assert frozen.served_by == "P2"
     # Heard from again (a new connection once it wakes): routed to again, not after its next heartbeat.
     assert frozen.back is not None
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=str(netns_available()))
+def test_a_provider_whose_cable_is_pulled_is_cut_off_and_restored_when_plugged_back():
+    """iptables DROP of its port, in a namespace made for it: no FIN, no RST, not even ACKs."""
+    pulled = run_in_netns(cut="drop")
+    print(pulled)
+    assert pulled.closed is not None and pulled.closed <= BOUND
+    assert pulled.stream_ended is not None and pulled.stream_ended <= BOUND
+    assert pulled.withdrawn is not None and pulled.withdrawn <= BOUND
+    assert pulled.back is not None
 
 
 def test_a_frozen_consumer_s_connection_is_closed_by_the_provider_streaming_to_it(tmp_path):
