@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from tools.frozen_provider import freeze_consumer_mid_answer, freeze_mid_answer, run_in_netns
+from tools.frozen_provider import freeze_consumer_mid_answer, freeze_mid_answer, run_in_netns, sigstopped
+from tools.natlab import nat_lab, netns_nat_available
+from tools.natmesh import NatMesh
 from tools.netns import netns_available
+from tools.testkit import wait_until
 
 BOUND = 20.0
 
@@ -42,3 +45,23 @@ def test_a_frozen_consumer_s_connection_is_closed_by_the_provider_streaming_to_i
     """No routing pings a consumer: only the connection's own check ends a stream to a frozen one."""
     took = freeze_consumer_mid_answer(tmp_path)
     assert took is not None and took <= BOUND
+
+
+@pytest.mark.skipif(netns_nat_available() is not None, reason=str(netns_nat_available()))
+def test_a_frozen_provider_behind_a_symmetric_nat_is_cut_off_over_its_relayed_connection(tmp_path):
+    """B reaches A only through a relay (symmetric NAT: DCUtR fails): the pings cross the relay."""
+    with nat_lab("gplv", {"a": "symmetric", "b": "symmetric"}) as lab:
+        mesh = NatMesh(lab, tmp_path)
+        try:
+            wait_until(lambda: any(m["model"] == "tiny" for m in mesh.cli("b", "models")), 30, "B learning A's model")
+            wait_until(lambda: mesh.chat_from_b()["status"] == 200, 30, "B's first answer from A")
+            assert mesh.connection_b_to_a() == "relayed"
+            a = mesh.peers["a"]
+            with sigstopped(a):
+                took = wait_until(lambda: not mesh.cli("b", "models"), BOUND, "B withdrawing frozen A's model")
+                print(f"relayed: A withdrawn by B {took:.1f} s after it froze")
+                # Closed for silence, by B over the circuit or by the relays on their direct connections.
+                logs = "".join((p.home / "peer.log").read_text() for p in mesh.peers.values() if p is not a)
+                assert f"connection to {a.info['peer_id']} silent" in logs
+        finally:
+            mesh.stop()
