@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Any
 
 import httpx
@@ -247,6 +248,18 @@ class Peer:
             await self.provider.wait_idle()
         if scope.cancelled_caught:
             log.warning("%d requests still running after the drain timeout", self.provider.in_flight)
+
+
+def _withdraw_silent(table: PeerTable, peer_id: str) -> None:
+    """A peer's last connection went silent (mesh/liveness.py): routing stops picking it at once."""
+    if table.suspend(peer_id):
+        log.info("peer %s went silent: its routes are withdrawn until it is heard from again", peer_id)
+
+
+def _resume_heard(table: PeerTable, peer_id: str) -> None:
+    """A connection to ``peer_id`` completed its handshake: a route withdrawn for silence comes back."""
+    if table.resume(peer_id, time.time()):
+        log.info("peer %s is back: its routes are restored", peer_id)
 
 
 async def _probe_backends(peer: Peer, client: httpx.AsyncClient, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -549,10 +562,14 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             psk=psk,
             peer_filter=peer_filter,
             penalties=penalties,
+            liveness=settings.liveness,
         ) as mesh,
         trio.open_nursery() as nursery,
     ):
         table.dealt_with = mesh.connected_peers  # their ads are kept, and served, first
+        if mesh.liveness is not None:
+            mesh.liveness.on_silent = partial(_withdraw_silent, table)
+            mesh.liveness.on_back = partial(_resume_heard, table)
         provider = ProviderService(
             backends,
             client,

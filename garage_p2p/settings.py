@@ -62,6 +62,9 @@ class Settings(BaseModel):
     """Python logging level."""
     mdns: bool = True
     """Find and dial peers on the LAN with mDNS."""
+    liveness: bool = True
+    """Ping quiet connections and close those whose peer went silent, withdrawing its routes, within 10 s
+    (off only to measure the difference: benchmarks/liveness.py)."""
     dht_mode: Literal["auto", "server", "client"] = "auto"
     """Kademlia role: servers hold records; peers behind NAT should be clients."""
     region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")

@@ -198,6 +198,24 @@ async def test_a_request_costs_no_window_update_per_read(monkeypatch):
     assert updates == 0
 
 
+async def test_every_yamux_frame_header_is_seen_and_a_ping_comes_back_as_a_pong():
+    """0.8.1 offers no way to see the frames a connection receives, nor its pongs (liveness needs both)."""
+    headers: list[bytes] = []
+    async with two_meshes() as (a, b):
+        muxed = muxer(a, b.peer_id)
+        assert patches.watch_frames(muxed, headers.append)
+        await patches.send_yamux_ping(muxed, 4242)
+        await wait_for(lambda: 4242 in [patches.yamux_pong(h) for h in headers], 5)
+
+
+async def test_the_library_no_longer_pings_every_connection_on_its_own():
+    """0.8.1's RTT loop pinged every connection from both sides every 30 s, forever, and acted on
+    nothing; mesh/liveness.py pings only quiet connections. Unpatched, the loop never returns."""
+    async with two_meshes() as (a, b):
+        with trio.fail_after(2):
+            await muxer(a, b.peer_id)._measure_rtt_loop()
+
+
 # -- the guard --------------------------------------------------------------------------------
 
 

@@ -439,6 +439,8 @@ class PeerTable:
         self._by_expiry: list[tuple[float, int, str]] = []
         self._by_received: list[tuple[float, int, str]] = []
         self._own_seqs: OrderedDict[int, None] = OrderedDict()
+        self._suspended: OrderedDict[str, PeerEntry] = OrderedDict()
+        """Entries ``suspend`` took out, oldest first (at most ``max_peers``), for ``resume``."""
         self._publishers = Limiter(max_parties=4 * max_peers)
         self._index = ProviderIndex()
         """The peers held, by model and region, for the router's random draws."""
@@ -523,6 +525,7 @@ class PeerTable:
             self._make_room(ad.peer_id, source, len(wire), now)
         self._seen_seq[ad.peer_id] = ad.seq
         self._seen_seq.move_to_end(ad.peer_id)
+        self._suspended.pop(ad.peer_id, None)  # a newer ad: nothing to resume
         while len(self._seen_seq) > 2 * self._max_peers:
             gone, _ = self._seen_seq.popitem(last=False)
             if gone in self._entries:
@@ -626,9 +629,29 @@ class PeerTable:
         """Drop a peer's ad, keeping its seq: the same ad (from a table or a late gossip copy) is refused
         as old news, a newer one (the peer restarted, or its heartbeat) brings it back. For a provider
         found gone by its connection (ads live for hours: liveness is not their job). True if it was held."""
-        if peer_id not in self._entries:
+        entry = self._entries.get(peer_id)
+        if entry is None:
             return False
         self._drop(peer_id)
+        self._suspended[peer_id] = entry
+        while len(self._suspended) > self._max_peers:
+            self._suspended.popitem(last=False)
+        return True
+
+    def resume(self, peer_id: str, now: float) -> bool:
+        """Bring back a suspended ad: its peer was heard from again (a new connection to it), and its
+        ad is still its newest and unexpired. Without this a peer back from a freeze stayed unrouted
+        until its next heartbeat (minutes): its table answer carries the same ad, refused as old news.
+        True if it came back."""
+        entry = self._suspended.pop(peer_id, None)
+        if entry is None or entry.expires_at <= now or self._seen_seq.get(peer_id) != entry.ad.seq:
+            return False
+        del self._seen_seq[peer_id]  # apply takes only what is newer than the seq it saw
+        try:
+            self.apply(entry.ad, now, entry.wire, entry.source)
+        except AdRejected:  # no room any more, or expired by its issue time
+            self._seen_seq[peer_id] = entry.ad.seq
+            return False
         return True
 
     def forget(self, peer_id: str) -> None:
@@ -636,6 +659,7 @@ class PeerTable:
         if peer_id in self._entries:
             self._drop(peer_id)
         self._seen_seq.pop(peer_id, None)
+        self._suspended.pop(peer_id, None)
 
     def expire(self, now: float) -> list[str]:
         """Drop expired entries; return their peer ids (in order of arrival)."""

@@ -246,6 +246,11 @@ class ConnectionKeeper(Notifee):
             self._nursery.start_soon(self._close, conn)
         log.debug("%d connections, over %d: trimmed", len(live), self.trim_above)
 
+    async def close_now(self, conn) -> None:
+        """Close ``conn`` now, streams and all (its peer went silent: mesh/liveness.py)."""
+        self._take_out(conn)
+        await self._close(conn)
+
     def _take_out(self, conn) -> None:
         """Out of the swarm's table (no new stream goes on it, it is no longer the peer's), into ``draining``."""
         peer_id = conn.muxed_conn.peer_id

@@ -35,6 +35,7 @@ from ..core.multistream import lazy_proposal
 from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
 from .connections import ConnectionKeeper, Notifee
+from .liveness import LivenessService
 from .nat import NatService, is_circuit, is_lan_addr
 from .patches import apply_library_patches, refuse_dials, report_forged_gossip, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
@@ -140,6 +141,8 @@ class Mesh:
     """One connection per peer pair; connections opened and closed (``garage status``, /metrics)."""
     gossip: GossipCounts = field(default_factory=GossipCounts)
     """Gossip messages published and received per topic (``/metrics``)."""
+    liveness: LivenessService | None = None
+    """Pings quiet connections, closes silent ones; None when turned off (benchmarks' baseline)."""
     _nursery: trio.Nursery | None = None
 
     def admits(self, peer_id: str) -> bool:
@@ -407,12 +410,14 @@ async def open_mesh(
     psk: bytes | None = None,
     peer_filter: PeerFilter = OPEN,
     penalties: PenaltyBox | None = None,
+    liveness: bool = True,
 ) -> AsyncIterator[Mesh]:
     """Run a libp2p host with gossipsub until the context exits.
 
     With ``psk`` (a swarm key) every connection is encrypted with it first: a
     private mesh. Peers ``peer_filter`` does not admit are disconnected as soon
-    as they connect, whichever side dialled.
+    as they connect, whichever side dialled. With ``liveness`` a connection whose
+    peer goes silent is closed within 10 s (mesh/liveness.py).
     """
     apply_library_patches()
     listen_addrs = [multiaddr.Multiaddr(a) for a in listen]
@@ -483,6 +488,10 @@ async def open_mesh(
             mesh.connections = ConnectionKeeper(host.get_network(), TRIM_ABOVE)
             await nursery.start(mesh.connections.serve)
             host.get_network().register_notifee(mesh.connections)
+            if liveness:
+                mesh.liveness = LivenessService(mesh.connections, mesh.penalise)
+                host.get_network().register_notifee(mesh.liveness)
+                await nursery.start(mesh.liveness.serve)
             nursery.start_soon(_sweep_not_admitted, mesh)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:

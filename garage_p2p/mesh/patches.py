@@ -13,7 +13,9 @@ import importlib
 import importlib.metadata
 import inspect
 import logging
+import struct
 import threading
+import weakref
 from collections.abc import Callable
 from contextvars import ContextVar
 
@@ -63,6 +65,19 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.network.swarm:Swarm.__init__", "self.connections = {}"),
     ("libp2p.network.connection.swarm_connection:SwarmConn.direction", None),
     ("libp2p.network.connection.swarm_connection:SwarmConn.__init__", "self._created_at"),
+    # Liveness (mesh/liveness.py): every frame header received is seen, pings are ours, not the library's.
+    ("libp2p.stream_muxer.yamux.yamux:read_exactly", None),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.handle_incoming", "read_exactly(self.secured_conn, HEADER_SIZE)"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux._read_data_body", "read_exactly(self.secured_conn, length)"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux._measure_rtt_loop", None),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.start", "nursery.start_soon(self._measure_rtt_loop)"),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux._write_frame", None),
+    ("libp2p.stream_muxer.yamux.yamux:Yamux.__init__", "self._ping_sent_time"),
+    ("libp2p.stream_muxer.yamux.yamux:YAMUX_HEADER_FORMAT", None),
+    ("libp2p.stream_muxer.yamux.yamux:HEADER_SIZE", None),
+    ("libp2p.stream_muxer.yamux.yamux:TYPE_PING", None),
+    ("libp2p.stream_muxer.yamux.yamux:FLAG_SYN", None),
+    ("libp2p.stream_muxer.yamux.yamux:FLAG_ACK", None),
     # mDNS registration, which BasicHost.run calls on trio's thread and which blocks for zeroconf's probes.
     ("libp2p.discovery.mdns.broadcaster:PeerBroadcaster.register", "self.zeroconf.register_service("),
 )
@@ -116,6 +131,7 @@ def apply_library_patches() -> None:
         return
     import libp2p.network.swarm as swarm
     import libp2p.pubsub.pubsub as pubsub
+    import libp2p.stream_muxer.yamux.yamux as yamux
     from libp2p.discovery.mdns.broadcaster import PeerBroadcaster
     from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
 
@@ -147,7 +163,81 @@ def apply_library_patches() -> None:
     # zeroconf's register_service waits out its probes (~1.8 s here) and ran on trio's thread: every
     # daemon with mDNS froze for that long at start, its readiness too. It runs on a thread of its own.
     PeerBroadcaster.register = _registering_in_background(PeerBroadcaster.register)
+    # Liveness: every yamux frame header received goes to the connection's watcher (mesh/liveness.py);
+    # the library's own RTT ping (both sides, every 30 s, never acted on) gives way to ours.
+    yamux.read_exactly = _noting_headers(yamux.read_exactly)
+    Yamux._read_data_body = _body_unnoted(Yamux._read_data_body)
+    Yamux._measure_rtt_loop = _no_rtt_loop
     _applied = True
+
+
+# -- yamux frames and pings: liveness (mesh/liveness.py) --------------------------------
+
+_IN_BODY: ContextVar[bool] = ContextVar("garage_yamux_body", default=False)
+"""True while yamux reads a DATA frame's body (the same read function reads the headers)."""
+_HEADER_WATCHERS: weakref.WeakKeyDictionary[object, Callable[[bytes], None]] = weakref.WeakKeyDictionary()
+"""A yamux connection's secured connection -> the function that sees each frame header it receives."""
+
+
+def watch_frames(muxed_conn, on_header: Callable[[bytes], None]) -> bool:
+    """Call ``on_header(header)`` with every yamux frame header ``muxed_conn`` receives (12 bytes, as
+    read: not validated). False if ``muxed_conn`` is not a yamux connection (QUIC muxes natively)."""
+    from libp2p.stream_muxer.yamux.yamux import Yamux
+
+    if not isinstance(muxed_conn, Yamux):
+        return False
+    _HEADER_WATCHERS[muxed_conn.secured_conn] = on_header
+    return True
+
+
+def yamux_pong(header: bytes) -> int | None:
+    """The value a yamux PING answer (ACK) carries; None for any other frame (a ping to us, data …)."""
+    from libp2p.stream_muxer.yamux.yamux import FLAG_ACK, FLAG_SYN, HEADER_SIZE, TYPE_PING, YAMUX_HEADER_FORMAT
+
+    if len(header) != HEADER_SIZE or header[1] != TYPE_PING:
+        return None
+    _, _, flags, _, value = struct.unpack(YAMUX_HEADER_FORMAT, header)
+    # As the library reads it: SYN is a ping to answer, whatever else is set.
+    return value if flags & FLAG_ACK and not flags & FLAG_SYN else None
+
+
+async def send_yamux_ping(muxed_conn, value: int) -> None:
+    """Write a yamux PING carrying ``value`` on ``muxed_conn`` (the peer's muxer answers it, no stream)."""
+    from libp2p.stream_muxer.yamux.yamux import FLAG_SYN, TYPE_PING, YAMUX_HEADER_FORMAT
+
+    await muxed_conn._write_frame(struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_PING, FLAG_SYN, 0, value))
+    # The library still times the answer (its rtt(), which stream windows read) from this.
+    muxed_conn._ping_sent_time = trio.current_time()
+
+
+def _noting_headers(read_exactly):
+    @functools.wraps(read_exactly)
+    async def noting(reader, n, *args, **kwargs):
+        data = await read_exactly(reader, n, *args, **kwargs)
+        if not _IN_BODY.get():
+            watcher = _HEADER_WATCHERS.get(reader)
+            if watcher is not None:
+                watcher(data)
+        return data
+
+    return noting
+
+
+def _body_unnoted(read_body):
+    @functools.wraps(read_body)  # keeps the original's source visible to check_library
+    async def unnoted(self, length: int) -> bytes:
+        token = _IN_BODY.set(True)
+        try:
+            return await read_body(self, length)
+        finally:
+            _IN_BODY.reset(token)
+
+    return unnoted
+
+
+async def _no_rtt_loop(self) -> None:
+    """The library's RTT loop pinged every connection from both sides every 30 s and acted on nothing;
+    mesh/liveness.py pings the quiet ones and closes the silent ones (and its pings feed ``rtt()``)."""
 
 
 # -- mDNS registration ---------------------------------------------------------------

@@ -299,6 +299,27 @@ def test_withdrawn_ad_removes_the_models():
     assert table.models(NOW + 1) == {}
 
 
+def test_a_suspended_ad_is_refused_as_old_news_until_its_peer_is_heard_from_again():
+    a = ident()
+    table = PeerTable()
+    table.apply(ad_of(a, seq=3), NOW)
+    assert table.suspend(a.peer_id)  # its connection went silent (mesh/liveness.py)
+    assert table.providers("tiny", NOW + 1) == []
+    with pytest.raises(AdRejected):  # the same ad again, from a table sync or a late gossip copy
+        table.apply(ad_of(a, seq=3), NOW + 1)
+    assert table.resume(a.peer_id, NOW + 2)  # a new connection to it
+    assert [e.ad.peer_id for e in table.providers("tiny", NOW + 2)] == [a.peer_id]
+    assert not table.resume(a.peer_id, NOW + 3)  # nothing suspended any more
+    table.suspend(a.peer_id)
+    assert not table.resume(a.peer_id, NOW + 100)  # expired meanwhile (ttl 20 s)
+    b = ident()
+    table.apply(ad_of(b, seq=1), NOW)
+    table.suspend(b.peer_id)
+    table.apply(ad_of(b, seq=2, models=()), NOW + 1)  # newer news: it no longer serves
+    assert not table.resume(b.peer_id, NOW + 2)
+    assert table.models(NOW + 2) == {}
+
+
 def test_own_ad_ignored_and_table_bounded_in_ads_and_bytes():
     a = ident()
     table = PeerTable(self_peer_id=a.peer_id, max_peers=3)
