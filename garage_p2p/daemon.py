@@ -170,7 +170,7 @@ class Peer:
         for entry in self.table.entries(now):
             ad = entry.ad
             kind = self.paths.connection_kind(ad.peer_id)
-            rtt = self.paths.rtt.get(ad.peer_id)
+            rtt = self.paths.rtt(ad.peer_id)
             out.append(
                 {
                     "peer_id": ad.peer_id,
@@ -663,7 +663,6 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
         await nursery.start(peer.jobs.serve)
         await nursery.start(peer.job_worker.serve)
-        await nursery.start(paths.serve, lambda: [e.ad.peer_id for e in table.entries(time.time()) if e.ad.models])
         if backends:
             nursery.start_soon(_watch_load, peer, client)
         nursery.start_soon(_rejoin_known_peers, peer, known)

@@ -20,6 +20,7 @@ from libp2p.stream_muxer.yamux.yamux import FLAG_ACK, TYPE_PING, YAMUX_HEADER_FO
 
 from garage_p2p.core.identity import Identity
 from garage_p2p.mesh.host import Mesh, open_mesh
+from garage_p2p.mesh.paths import PathTracker
 
 from .conftest import LOOPBACK, wait_for
 
@@ -78,12 +79,18 @@ async def test_a_silent_peer_s_connection_is_closed_its_peer_reported_and_its_st
         assert a.liveness.core.closed_silent == 1
 
 
-async def test_an_answering_idle_peer_is_pinged_and_kept():
+async def test_an_answering_idle_peer_is_pinged_and_kept_and_its_pings_time_the_path():
     async with two_meshes() as (a, b):
+        paths = PathTracker(a)
+        assert paths.rtt(b.peer_id) is None  # not pinged yet
         conn = connection(a, b.peer_id)
         await wait_for(lambda: a.liveness.core.pings >= 3, 10)
         assert not conn.is_closed and b.peer_id in a.connected_peers()
         assert a.penalties.faults(b.peer_id, "liveness") == 0
+        # Routing's RTT is the muxer's timing of these pings (no /ipfs/ping stream of its own).
+        rtt = paths.path(b.peer_id).rtt
+        assert rtt is not None and 0 < rtt < 1
+        assert paths.connection_kind(b.peer_id) == "direct"
 
 
 async def test_a_pong_for_no_ping_is_penalised_and_the_connection_lives_on():

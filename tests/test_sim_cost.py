@@ -8,8 +8,9 @@ import numpy as np
 from typer.testing import CliRunner
 
 from garage_p2p.cli.garage import app
+from garage_p2p.core.liveness import QUIET
 from garage_p2p.sim.calibration import IDLE_CONNECTIONS
-from garage_p2p.sim.cost import ADS, UPKEEP, CostMeter, Costs
+from garage_p2p.sim.cost import ADS, PINGS, UPKEEP, CostMeter, Costs
 from garage_p2p.sim.metrics import summarize
 from garage_p2p.sim.scenario import Scenario
 from garage_p2p.sim.world import World
@@ -107,6 +108,12 @@ def test_an_idle_peer_pays_its_daemons_upkeep_for_every_second_online():
     per_s = costs.cpu_ms["upkeep_per_s"] + IDLE_CONNECTIONS * costs.cpu_ms["connection_per_s"]
     assert upkeep["cpu_pct_mean"] > 0.9 * per_s / 10, upkeep  # ms per s → % of a core
     assert cost["idle"]["cpu_pct"]["mean"] >= upkeep["cpu_pct_mean"], cost["idle"]
+    # Every idle connection is pinged (mesh/liveness.py), consumers' and providers' alike: a ping
+    # exchange per QUIET seconds, each end paying half of one.
+    pings = cost["by_kind"][PINGS]
+    exchange_ms = (costs.cpu_ms["ping_client"] + costs.cpu_ms["ping_server"]) / 2
+    assert pings["cpu_pct_mean"] > 0.5 * exchange_ms / QUIET / 10, pings  # at least one connection each
+    assert pings["messages_in_per_s_mean"] > 0.5 / QUIET, pings
 
 
 def test_table_syncs_follow_one_partner_so_each_ad_comes_once_by_table_not_once_per_neighbour():

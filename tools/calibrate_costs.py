@@ -11,7 +11,7 @@ so a figure is a real sender's or receiver's CPU per message, framing, Noise and
 - streams: one small request and answer per new stream (a table request, a ledger pull, a request HEAD);
 - frames: small writes on one stream (a streamed token chunk);
 - bulk: 64 KiB writes (a table page, a ledger page), per KiB;
-- pings: libp2p ping round trips.
+- pings: liveness pings, a yamux PING and its answer (mesh/liveness.py).
 
 Pure CPU work is timed in this process: signing an ad, checking one (``open_ad`` and
 ``PeerTable.apply``), the table's answer per ad, a receipt signed, counter-signed and checked.
@@ -41,7 +41,6 @@ import time
 from pathlib import Path
 
 import trio
-from libp2p.host.ping import PingService
 from libp2p.peer.id import ID
 
 from garage_p2p.cli.peer_process import PeerProcess, peer_args
@@ -61,6 +60,7 @@ from garage_p2p.core.capabilities import (
 from garage_p2p.core.identity import Identity
 from garage_p2p.core.ledger import Head
 from garage_p2p.core.ledger_sync import MAX_ANNOUNCED_HEADS, TOPIC_LEDGER, HeadInfo, HeadsAnnouncement
+from garage_p2p.core.liveness import QUIET
 from garage_p2p.core.messages import decode_json, encode_json
 from garage_p2p.core.receipts import (
     Receipt,
@@ -72,6 +72,7 @@ from garage_p2p.core.receipts import (
     unpack_signed,
 )
 from garage_p2p.mesh.host import open_mesh
+from garage_p2p.mesh.patches import send_yamux_ping, watch_frames, yamux_pong
 from garage_p2p.mesh.streams import PeerStream, read_some, write_all
 from garage_p2p.sim import calibration as cal
 from tools.testkit import daemon_sockets, proc_cpu_s
@@ -194,7 +195,8 @@ async def serve() -> None:
     counts = {"ads": 0, "heads": 0, "streams": 0, "bytes": 0}
     sizes: dict[str, int] = {}
     table = PeerTable(me.peer_id)
-    async with open_mesh(me, LOOPBACK) as mesh:
+    # No liveness pings of their own: the pings phase sends them, counted.
+    async with open_mesh(me, LOOPBACK, liveness=False) as mesh:
         sig_ms: list[float] = []
 
         def take_ad(_peer, msg) -> bool:
@@ -295,7 +297,8 @@ async def measure(child: Child, messages: int) -> dict[str, float]:
     me = Identity.from_seed(os.urandom(32))
     peer_id, addrs = child.hello["peer_id"], child.hello["addrs"]
     figures: dict[str, float] = {}
-    async with open_mesh(me, LOOPBACK) as mesh:
+    # No liveness pings of their own: the pings phase sends them, counted.
+    async with open_mesh(me, LOOPBACK, liveness=False) as mesh:
         await mesh.connect(peer_id, addrs[:1])
         await mesh.pubsub.subscribe(TOPIC_CAPS)
         await mesh.pubsub.subscribe(TOPIC_LEDGER)
@@ -373,12 +376,22 @@ async def measure(child: Child, messages: int) -> dict[str, float]:
             lambda: streams(1, b"b" * 65536, kib // 64),
             lambda r: r["bytes"] >= base_bytes + kib * 1024,
         )
-        pinger = PingService(mesh.host)
         pings = max(50, messages // 2)
+        [conn] = mesh.host.get_network().get_connections(ID.from_base58(peer_id))
+        answered = [trio.Event()]
+
+        def on_header(header: bytes) -> None:
+            if yamux_pong(header) is not None:
+                answered[0].set()
+
+        watch_frames(conn.muxed_conn, on_header)
 
         async def ping() -> None:
-            for _ in range(pings):
-                await pinger.ping(ID.from_base58(peer_id), 1)
+            for nonce in range(1, pings + 1):
+                answered[0] = trio.Event()
+                await send_yamux_ping(conn.muxed_conn, nonce)
+                with trio.fail_after(5):
+                    await answered[0].wait()
 
         figures["ping_client_ms"], figures["ping_server_ms"] = await phase(child, "pings", pings, ping, lambda r: True)
         report = await trio.to_thread.run_sync(child.ask)
@@ -394,13 +407,14 @@ UPKEEP_SETTLE_S = 100.0
 UPKEEP_WINDOW_S = 30.0
 
 
-def daemon_upkeep(stream_ms: float) -> dict[str, float]:
+def daemon_upkeep(stream_ms: float, ping_ms: float) -> dict[str, float]:
     """What a real daemon pays each second with no message priced per message: alone (its timers), and
     per connection in a settled mesh of UPKEEP_PEERS (mean over them).
 
     The mesh's idle table syncs (one per TABLE_SYNC_S) and ledger digest compares (one per
-    ANTI_ENTROPY_S), each a stream exchange of ``stream_ms`` client + server, are priced per message
-    by the simulator: they are taken out here, so as not to count them twice."""
+    ANTI_ENTROPY_S), each a stream exchange of ``stream_ms`` client + server, and each idle connection's
+    liveness ping (one per QUIET seconds, each end paying ``ping_ms``, half the exchange) are
+    priced per message by the simulator: they are taken out here, so as not to count them twice."""
     rng = random.Random(1)
 
     def idle(peers: list[PeerProcess], settle: float) -> tuple[float, float, float]:
@@ -433,7 +447,7 @@ def daemon_upkeep(stream_ms: float) -> dict[str, float]:
     connections = max(connections, 1.0)
     return {
         "upkeep_ms_per_s": alone_ms,
-        "connection_ms_per_s": max(0.0, mesh_ms - alone_ms - priced_ms) / connections,
+        "connection_ms_per_s": max(0.0, (mesh_ms - alone_ms - priced_ms) / connections - ping_ms / QUIET),
         "connection_bytes_per_s": mesh_bytes / connections,
     }
 
@@ -479,7 +493,7 @@ def costs_from(figures: dict[str, float], pure: dict[str, float], upkeep: dict[s
             "heads_per_head": round((len(sample_heads(ME)) - len(sample_heads(ME, 0))) / MAX_ANNOUNCED_HEADS, 1),
             "frame_overhead": frame,
             "stream_open": STREAM_OPEN_BYTES,
-            "ping": 32 + frame,
+            "ping": frame,  # a yamux PING is a bare header
             "provider_ad": int(figures["provider_ad_bytes"]),
             "connection_per_s": round(upkeep["connection_bytes_per_s"], 1),
         },
@@ -508,7 +522,10 @@ def main() -> None:
     finally:
         child.stop()
     print("idle daemons …", file=sys.stderr)
-    upkeep = daemon_upkeep(figures["stream_client_ms"] + figures["stream_server_ms"])
+    upkeep = daemon_upkeep(
+        figures["stream_client_ms"] + figures["stream_server_ms"],
+        (figures["ping_client_ms"] + figures["ping_server_ms"]) / 2,
+    )
     costs = costs_from(figures, pure, upkeep)
     text = json.dumps(costs, indent=2, sort_keys=True) + "\n"
     print(text, end="")

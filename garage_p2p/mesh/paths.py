@@ -2,38 +2,34 @@
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Iterable
-
-import trio
 from libp2p.connection_types import ConnectionType
-from libp2p.host.ping import PingService
 from libp2p.peer.id import ID
 
 from ..core.routing import PathInfo
 from .host import Mesh
-from .streams import disconnect_quietly
-
-log = logging.getLogger(__name__)
-
-PING_INTERVAL = 10.0
-PING_TIMEOUT = 3.0
-EWMA = 0.3
 
 
 class PathTracker:
+    """Round-trip time and connection kind of the peers we are connected to.
+
+    The RTT is the muxer's own: yamux times the PINGs mesh/liveness.py sends on quiet connections
+    (every 5 s while idle; a connection busy with a stream needs no ping and keeps its last figure).
+    This used to ping each connected provider over /ipfs/ping every 10 s (a stream per ping, per
+    provider, per consumer) and disconnect one that did not answer: liveness does both now.
+    """
+
     def __init__(self, mesh: Mesh) -> None:
         self.mesh = mesh
-        self.rtt: dict[str, float] = {}
-        """Smoothed round-trip time per peer, seconds."""
-        self._ping = PingService(mesh.host)
+
+    def _connections(self, peer_id: str) -> list:
+        try:
+            return list(self.mesh.host.get_network().get_connections(ID.from_base58(peer_id)))
+        except Exception:  # an invalid id from the caller: simply not connected
+            return []
 
     def connection_kind(self, peer_id: str) -> str | None:
         """``direct``, ``relayed`` or None when not connected."""
-        try:
-            conns = self.mesh.host.get_network().get_connections(ID.from_base58(peer_id))
-        except Exception:  # an invalid id from the caller: simply not connected
-            return None
+        conns = self._connections(peer_id)
         if not conns:
             return None
         kinds = set()
@@ -47,39 +43,16 @@ class PathTracker:
             kinds.add("relayed" if relayed else "direct")
         return "direct" if "direct" in kinds else "relayed"
 
+    def rtt(self, peer_id: str) -> float | None:
+        """The smoothed round-trip time to ``peer_id`` in seconds; None until one was measured."""
+        return min((rtt for conn in self._connections(peer_id) if (rtt := _muxer_rtt(conn)) > 0), default=None)
+
     def path(self, peer_id: str) -> PathInfo:
-        return PathInfo(rtt=self.rtt.get(peer_id), relayed=self.connection_kind(peer_id) == "relayed")
+        return PathInfo(rtt=self.rtt(peer_id), relayed=self.connection_kind(peer_id) == "relayed")
 
-    async def measure(self, peer_id: str) -> float | None:
-        """The peer's smoothed rtt after one more ping; None if it did not answer. A connected provider
-        that does not answer is disconnected, so that discovery looks whether it is gone (a connection cut
-        without a FIN stays open in py-libp2p until something is written to it)."""
-        answered = False
-        with trio.move_on_after(PING_TIMEOUT):
-            try:
-                [rtt_ms] = await self._ping.ping(ID.from_base58(peer_id), 1)
-                answered = True
-            except Exception as exc:  # unreachable, or no ping protocol
-                log.debug("ping %s failed: %s", peer_id, exc)
-        if not answered:
-            await disconnect_quietly(self.mesh.host, peer_id)
-            return None
-        # The library reports whole milliseconds; half a millisecond is the honest floor.
-        sample = max(rtt_ms, 0.5) / 1000
-        old = self.rtt.get(peer_id)
-        self.rtt[peer_id] = sample if old is None else (1 - EWMA) * old + EWMA * sample
-        return self.rtt[peer_id]
 
-    async def serve(self, peers: Callable[[], Iterable[str]], *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        """Ping the peers routing cares about (connected providers) every few seconds."""
-        task_status.started()
-        while True:
-            connected = set(self.mesh.connected_peers())
-            for peer_id in list(self.rtt):
-                if peer_id not in connected:
-                    del self.rtt[peer_id]
-            async with trio.open_nursery() as nursery:
-                for peer_id in peers():
-                    if peer_id in connected:
-                        nursery.start_soon(self.measure, peer_id)
-            await trio.sleep(PING_INTERVAL)
+def _muxer_rtt(conn) -> float:
+    """yamux's smoothed RTT in seconds: 0.0 before its first pong, and for muxers that time none (QUIC)."""
+    rtt = getattr(conn.muxed_conn, "rtt", None)
+    value = rtt() if callable(rtt) else 0.0
+    return value if isinstance(value, float) else 0.0

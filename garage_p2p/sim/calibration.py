@@ -93,9 +93,6 @@ IDLE_CONNECTIONS = 15
 """Connections an idle daemon holds: the auto-connector's target, (low + high watermark) / 2
 (mesh/host.py). Each costs its keepalives and gossipsub heartbeat (``connection_per_s`` in costs.json)."""
 
-PING_INTERVAL_S = 10.0
-"""A consumer pings each provider it holds a connection to this often (mesh/paths.py PING_INTERVAL)."""
-
 HEADS_MIN_GAP_S = 1.0
 """Ledger heads go out within a second of a change (ledger/sync.py MIN_GAP)."""
 

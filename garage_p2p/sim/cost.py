@@ -238,10 +238,19 @@ class CostMeter:
         self.bytes_in[row, peers] += moved / 2
         self.bytes_out[row, peers] += moved / 2
 
-    def ping(self, client: int, server: int, count: float) -> None:
-        size = self.costs.bytes["ping"]
-        self.charge(client, PINGS, count * self.ms["ping_client"], b_in=count * size, b_out=count * size, m_in=count)
-        self.charge(server, PINGS, count * self.ms["ping_server"], b_in=count * size, b_out=count * size, m_in=count)
+    def pings(self, peers: np.ndarray, degrees: np.ndarray, seconds: float, quiet: float) -> None:
+        """``seconds`` of liveness pings on each of ``peers``' idle connections (``degrees`` of them): one
+        exchange per ``quiet`` seconds per connection, sent by either end, so each end pays half of
+        one ping sent and answered (mesh/liveness.py)."""
+        if not len(peers):
+            return
+        row = self._row[PINGS]
+        exchanges = degrees * seconds / quiet
+        self.cpu_ms[row, peers] += exchanges * (self.ms["ping_client"] + self.ms["ping_server"]) / 2
+        moved = exchanges * self.costs.bytes["ping"]  # a ping one way, its answer the other
+        self.bytes_in[row, peers] += moved
+        self.bytes_out[row, peers] += moved
+        self.msgs_in[row, peers] += exchanges
 
     # -- figures -------------------------------------------------------------------------------
 

@@ -58,6 +58,7 @@ from ..core.exchange import RequestReader, ResponseEnd, ResponseReader, end_fram
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import LedgerState, make_entry
+from ..core.liveness import QUIET as LIVENESS_QUIET
 from ..core.messages import EndInfo, RequestHead, Timings, Usage
 from ..core.receipts import (
     Receipt,
@@ -721,11 +722,7 @@ class World:
                 self._table_sync(i, self._tables_rng.choice(neighbours))
             else:
                 self._table_sync(i, self.peers[i].sync_partner.choose(neighbours, self._tables_rng.random()))
-        pings = cal.TABLE_SYNC_S / cal.PING_INTERVAL_S
-        for c in self.online_consumers:
-            for p_idx, conn in sorted(self.peers[c].conns.items()):
-                if not (conn.closed or conn.dead) and self.peers[p_idx].online:
-                    self.meter.ping(c, p_idx, pings)
+        self.meter.pings(peers, degrees, cal.TABLE_SYNC_S, LIVENESS_QUIET)
         if self.engine.now + cal.TABLE_SYNC_S <= end:
             self.engine.after(cal.TABLE_SYNC_S, self._cost_tick, end)
 
