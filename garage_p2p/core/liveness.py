@@ -11,11 +11,14 @@ not said anything for PONG_TIMEOUT seconds after that ping.
 Any frame received counts as life, so a connection that carries traffic is never pinged, and one
 ping per QUIET seconds keeps an idle connection checked from both sides (the ping is a frame the
 other side receives, which resets its own quiet clock): an idle connection costs one ping and one
-pong per QUIET seconds, whichever side sends it.
+pong per QUIET seconds. One side leads (the adapter picks it: the smaller peer id) and the other
+follows FOLLOWER_LAG later: with one clock for both, the two sides last heard a frame at the same
+moment (an exchange), pinged together, crossed, and stayed in step, two pings per QUIET seconds.
 
 The numbers. A peer that goes silent just after its last frame is pinged QUIET seconds later and
-closed PONG_TIMEOUT after that: QUIET + PONG_TIMEOUT = 9 s, under the 10 s the mesh promises
-(issue 18), with a second to spare for the event loop. PONG_TIMEOUT is 4 s, more than ten times a
+closed PONG_TIMEOUT after that: QUIET + PONG_TIMEOUT = 9 s on the leading side, 9.5 s on the
+following one, under the 10 s the mesh promises (issue 18), with half a second to spare for the
+event loop. PONG_TIMEOUT is 4 s, more than ten times a
 loaded daemon's GIL pauses (a few hundred ms) and TCP's first retransmissions (200 ms, 400 ms …),
 so a busy or lossy peer is not declared dead. QUIET is 5 s, not less, because it sets the idle
 cost: ~45 connections cost ~9 ping exchanges a second, each a 12-byte yamux PING frame each way.
@@ -35,6 +38,8 @@ from dataclasses import dataclass
 
 QUIET = 5.0
 """Seconds without a received frame after which a connection is pinged."""
+FOLLOWER_LAG = 0.5
+"""Seconds the following side of a connection waits beyond QUIET: the leading side's ping arrives first."""
 PONG_TIMEOUT = 4.0
 """Seconds a pinged connection has to say anything (the pong or any other frame) before it is closed."""
 STALL = 1.0
@@ -87,6 +92,8 @@ class _Watched:
     peer_id: str
     heard_at: float
     """When the last frame arrived (or the connection opened)."""
+    quiet: float
+    """Seconds of quiet after which we ping (QUIET leading, plus FOLLOWER_LAG following)."""
     pinged_at: float | None = None
     """When the last ping was sent; it is outstanding while no frame arrived after it."""
     deadline: float = 0.0
@@ -100,8 +107,8 @@ class _Watched:
         """Whether a ping is outstanding: sent, and nothing heard since."""
         return self.pinged_at is not None and self.heard_at <= self.pinged_at
 
-    def due(self, quiet: float) -> float:
-        return self.deadline if self.waiting() else self.heard_at + quiet
+    def due(self) -> float:
+        return self.deadline if self.waiting() else self.heard_at + self.quiet
 
 
 class Liveness:
@@ -116,9 +123,10 @@ class Liveness:
         self.closed_silent = 0
         """Connections closed since start because their peer went silent."""
 
-    def opened(self, conn: int, peer_id: str, now: float) -> None:
-        """A connection to ``peer_id`` is up (its handshake is a frame heard)."""
-        self._conns[conn] = _Watched(peer_id, now)
+    def opened(self, conn: int, peer_id: str, now: float, *, leads: bool = True) -> None:
+        """A connection to ``peer_id`` is up (its handshake is a frame heard). ``leads``: our side pings
+        first; the two ends must agree (one leads, one follows) or they ping in step."""
+        self._conns[conn] = _Watched(peer_id, now, self.quiet if leads else self.quiet + FOLLOWER_LAG)
 
     def closed(self, conn: int) -> None:
         """A connection is gone, for whatever reason."""
@@ -146,7 +154,7 @@ class Liveness:
 
     def get_timer(self) -> float | None:
         """When ``handle_timer`` has something to do; None while nothing is watched."""
-        return min((w.due(self.quiet) for w in self._conns.values()), default=None)
+        return min((w.due() for w in self._conns.values()), default=None)
 
     def handle_timer(self, now: float) -> list[Command]:
         """Ping what has been quiet, close what stayed silent after its ping."""
@@ -163,7 +171,7 @@ class Liveness:
                     self.closed_silent += 1
                     last = all(w.peer_id != watched.peer_id for w in self._conns.values())
                     commands.append(Close(conn, watched.peer_id, now - watched.heard_at, last))
-            elif now >= watched.heard_at + self.quiet:
+            elif now >= watched.heard_at + watched.quiet:
                 if watched.nonce == MAX_NONCE:  # wrapped (after ~680 years of pings at QUIET)
                     watched.nonce = watched.answered = 0
                 watched.nonce += 1

@@ -90,7 +90,9 @@ class LivenessService(Notifee):
             return  # QUIC
         self._ids[conn] = conn_id
         self._conns[conn_id] = conn
-        self.core.opened(conn_id, peer_id, self.clock())
+        # The smaller id leads: both ends apply the same rule to the same two ids.
+        leads = self.keeper.swarm.get_peer_id().to_bytes() < conn.muxed_conn.peer_id.to_bytes()
+        self.core.opened(conn_id, peer_id, self.clock(), leads=leads)
         self._wake.set()  # its first ping may be due before the timer we sleep on
 
     async def disconnected(self, network, conn) -> None:

@@ -1,4 +1,4 @@
-from garage_p2p.core.liveness import PONG_TIMEOUT, QUIET, STALL, Close, Liveness, Penalise, Ping
+from garage_p2p.core.liveness import FOLLOWER_LAG, PONG_TIMEOUT, QUIET, STALL, Close, Liveness, Penalise, Ping
 
 T0 = 1000.0
 
@@ -85,3 +85,35 @@ def test_a_pong_for_no_ping_of_ours_is_penalised_not_fatal():
     assert isinstance(replayed, Penalise)
     assert live.watching(1)  # alive, just misbehaving: the penalty box decides about bans
     assert live.pong(99, 1, T0) == []  # a connection we do not watch (closed a moment ago)
+
+
+def test_the_two_ends_of_an_idle_connection_ping_once_per_quiet_period_between_them():
+    """Both ends last heard a frame at the same moment (an exchange): with one clock they pinged in
+    step, crossing, twice per QUIET seconds for ever. The follower waits FOLLOWER_LAG longer, so the
+    leader's ping always arrives first and resets its clock."""
+    leader, follower = Liveness(), Liveness()
+    leader.opened(1, "follower", T0, leads=True)
+    follower.opened(1, "leader", T0, leads=False)
+    ends = {"leader": (leader, follower), "follower": (follower, leader)}
+    now = T0
+    for _ in range(1000):
+        due, name = min((live.get_timer(), name) for name, (live, _) in ends.items())
+        if due > T0 + 100:
+            break
+        now = due
+        live, other = ends[name]
+        for command in live.handle_timer(now):
+            assert isinstance(command, Ping)
+            other.heard(1, now + 0.001)  # the ping arrives: a frame for the other end
+            live.pong(1, command.nonce, now + 0.002)
+    assert follower.pings == 0
+    assert 100 / QUIET - 1 <= leader.pings <= 100 / QUIET
+
+
+def test_a_silent_peer_is_closed_within_ten_seconds_by_the_following_end_too():
+    live = Liveness()
+    live.opened(1, "leader", T0, leads=False)
+    seen, _ = drive(live, T0 + 60, answer=False)
+    [(pinged_at, _), (closed_at, close)] = seen
+    assert pinged_at == T0 + QUIET + FOLLOWER_LAG and isinstance(close, Close)
+    assert closed_at - T0 <= 10
