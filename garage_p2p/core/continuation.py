@@ -1,0 +1,509 @@
+"""Token-exact mid-stream failover: one answer, written by one or more providers.
+
+Sans-IO. The consumer's endpoint decides at the start whether a request may fail over
+(``plan``), sends the provider the body the plan gives, and feeds every response byte of every
+attempt into one ``Transcript``. The transcript gives the bytes the client sees (the first
+provider's chunk shape, the token id fields stripped), and, when a provider is lost mid-answer,
+the body that continues the answer on another one (``Transcript.continuation``).
+
+The mechanism ("clean ids", measured in docs/notes/failover_research.md, identical byte for byte
+at temperature 0 at every cut point):
+
+1. Every provider request goes to vLLM as ``"stream": true, "return_token_ids": true`` with the
+   usage chunk on: each chunk then carries the ids of its tokens and the first one the prompt's
+   ids. A non-streamed client request is streamed at the provider and assembled here.
+2. The clean boundary is the end of the last chunk whose text was not empty. A chunk with ids and
+   no text means the detokenizer holds back an incomplete UTF-8 piece; the client has seen no
+   text for it, so those tokens are regenerated rather than continued from (continuing from them
+   hits vLLM#48853, which re-emits the whole prompt).
+3. The continuation is ``POST /v1/completions`` with ``prompt`` = prompt ids + the clean ids, the
+   client's sampling fields, ``max_tokens`` and ``min_tokens`` reduced by what was generated, no
+   ``stop``/``echo``/``n``; its chunks are rewritten into the client's shape (a chat request's
+   continuation becomes ``chat.completion.chunk`` deltas with the first chunk's id, model and
+   creation time).
+4. ``usage``: the original prompt's tokens; completion tokens = clean ids before the last attempt
+   + the last attempt's own completion tokens (its prompt held the rest).
+
+Requests whose continuation would not be exact are not failed over (``plan`` says why): ``n`` > 1,
+tools and structured outputs (the grammar and parsers restart), ``logprobs``/``echo``/``best_of``,
+``stop`` strings (vLLM misses a stop string that straddles the cut), frequency and presence
+penalties (vLLM counts them over output tokens only), continuous usage stats, a batch of prompts.
+A sampled request fails over with the seed ``continuation_seed(seed, k)``: reproducible for the
+same cut, never the uninterrupted sample (vLLM restarts the random stream).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from .errors import PeerFault
+from .messages import ErrorInfo, Usage, dumps
+from .sse import SseSplitter, event_data
+
+CHAT = "/v1/chat/completions"
+COMPLETIONS = "/v1/completions"
+
+FAILOVER_HEADER = "x-garage-failover"
+"""Request header; ``off`` disables failover for the request (the body then goes out unchanged)."""
+MAX_FAILOVERS = 2
+"""Continuations per answer at most: a third lost provider in one answer says the model's
+providers are failing, not that one rig went away."""
+MAX_IDS_PER_CHUNK = 4096
+"""Token ids one chunk may carry (vLLM sends one chunk per token, or a few under load)."""
+MAX_TRACKED_IDS = 2_000_000
+"""Prompt + generated ids the transcript keeps; a longer answer is served without failover."""
+MAX_TOKEN_ID = 2**31 - 1
+"""Largest token id accepted (vocabularies are far smaller; this only rejects garbage)."""
+MAX_ANSWER_CHARS = 64 * 1024 * 1024
+"""Text a non-streamed answer may accumulate (the endpoint's response limit)."""
+
+_NOT_EXACT_FIELDS = (
+    "tools",
+    "functions",
+    "response_format",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "logprobs",
+    "top_logprobs",
+    "prompt_logprobs",
+    "echo",
+    "best_of",
+    "suffix",
+    "stop",
+)
+"""Fields that, when set, make a continuation inexact (why: module docstring)."""
+
+_CONTINUED_FIELDS = (
+    "model",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "seed",
+    "logit_bias",
+    "repetition_penalty",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "ignore_eos",
+    "stop_token_ids",
+    "bad_words",
+    "allowed_token_ids",
+    "user",
+    "priority",
+)
+"""Sampling fields copied from the client's body into a continuation (``/v1/completions`` takes
+each of them with the same meaning); everything else of the client's body is dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How a request goes out: failover on or off, and the body for the provider."""
+
+    failover: bool
+    """True when a lost provider is replaced mid-answer."""
+    reason: str
+    """Why failover is off ("" when on)."""
+    body: dict[str, Any]
+    """The body to send: the client's, plus ``stream``, ``return_token_ids`` and the usage chunk
+    when failover is on (nothing else is changed)."""
+    client_stream: bool
+    """Whether the client asked for server-sent events."""
+    client_usage: bool
+    """Whether the client asked for the usage chunk of a stream."""
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0.0
+
+
+def not_exact_reason(path: str, body: dict[str, Any]) -> str:
+    """Why a continuation of this request would not equal the uninterrupted answer ("" if it would)."""
+    for name in _NOT_EXACT_FIELDS:
+        value = body.get(name)
+        # ``logprobs: 0`` on /v1/completions asks for logprobs: only None, False and empties are "unset".
+        if not (value is None or value is False or value in ([], "", {})):
+            return f"{name} is set"
+    if body.get("n", 1) != 1:
+        return "n is not 1"
+    if _number(body.get("frequency_penalty")) != 0 or _number(body.get("presence_penalty")) != 0:
+        return "frequency or presence penalty"
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("continuous_usage_stats"):
+        return "continuous usage stats"
+    if path == COMPLETIONS:
+        prompt = body.get("prompt")
+        single = isinstance(prompt, str) or (
+            isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
+        )
+        if not single:
+            return "prompt is a batch"
+    elif path != CHAT:
+        return f"no failover on {path}"
+    for name in ("max_tokens", "max_completion_tokens", "min_tokens"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            return f"{name} is not an integer"  # the backend answers the 400
+    return ""
+
+
+def plan(path: str, body: dict[str, Any], header: str | None) -> Plan:
+    """Decide failover for a client request and give the body its provider gets."""
+    client_stream = body.get("stream") is True
+    options = body.get("stream_options")
+    client_usage = client_stream and isinstance(options, dict) and options.get("include_usage") is True
+    reason = "x-garage-failover: off" if (header or "").strip().lower() == "off" else not_exact_reason(path, body)
+    if reason:
+        return Plan(False, reason, body, client_stream, client_usage)
+    sent = dict(body)
+    sent["stream"] = True
+    sent["return_token_ids"] = True
+    sent["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+    return Plan(True, "", sent, client_stream, client_usage)
+
+
+def lost(info: ErrorInfo, truncated: bool) -> bool:
+    """Whether a failure mid-answer means "the provider is lost" (fail over) rather than "the
+    request failed" (tell the client): a cut connection, a broken protocol, a backend that failed
+    or went away. A 4xx is the request's own problem and a 504 is its deadline: not lost."""
+    return truncated or info.status in (500, 502, 503)
+
+
+def continuation_seed(seed: int, generated: int) -> int:
+    """The seed of a sampled continuation after ``generated`` tokens: a function of both, so a run
+    that fails over at the same point is reproducible (the same seed would re-draw the answer's
+    first draws, measured)."""
+    return (seed * 1_000_003 + generated * 7_919) % 2**63
+
+
+def _ids(value: object, what: str) -> list[int]:
+    if not isinstance(value, list) or len(value) > MAX_TRACKED_IDS:
+        raise PeerFault(f"{what} is not a list of token ids")
+    for t in value:
+        if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t <= MAX_TOKEN_ID:
+            raise PeerFault(f"{what} holds something that is not a token id")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class Shape:
+    """What every chunk the client sees carries, taken from the first provider's first chunk."""
+
+    id: str
+    """The chunk ``id`` (``chatcmpl-…`` or ``cmpl-…``)."""
+    created: int
+    """The ``created`` time."""
+    model: str
+    """The ``model`` name."""
+
+
+@dataclass
+class Transcript:
+    """One answer as the client sees it, across the attempts of the providers that wrote it.
+
+    Feed each attempt's response bytes to ``feed``; it returns what to send the client (nothing
+    for a non-streamed client, whose answer ``assemble`` builds at the end). Raises PeerFault for
+    a provider that sends what vLLM does not (malformed chunks or ids): that provider is at fault.
+    """
+
+    path: str
+    """The client's endpoint (``CHAT`` or ``COMPLETIONS``)."""
+    plan: Plan
+    """The request's plan."""
+    prompt_ids: list[int] | None = None
+    """The original prompt's ids, from the first provider's first chunk."""
+    ids: list[int] = field(default_factory=list)
+    """Generated ids up to the clean boundary, from every attempt, in order."""
+    pending: list[int] = field(default_factory=list)
+    """Ids of the current attempt after its clean boundary (held-back text)."""
+    tracking: bool = True
+    """False once a chunk came without ids (a backend that is not vLLM): no failover then."""
+    shape: Shape | None = None
+    """The client-visible chunk shape, once the first chunk arrived."""
+    attempt_path: str = CHAT
+    """The endpoint of the current attempt (continuations are ``COMPLETIONS``)."""
+    attempt_prefix: int = 0
+    """Generated ids that were in the current attempt's prompt."""
+    attempt_prompt: int | None = None
+    """Prompt ids sent with the current attempt (a continuation), to check the echo."""
+    attempts: int = 0
+    """Attempts begun."""
+    finish_reason: str | None = None
+    """The finishing provider's reason."""
+    stop_reason: object = None
+    """vLLM's ``stop_reason`` next to it (a stop token id, or None)."""
+    usage: Usage | None = None
+    """The client's usage, once the last attempt reported its own."""
+    done: bool = False
+    """True once an attempt ended the answer (its ``[DONE]``)."""
+    text: list[str] = field(default_factory=list)
+    """The text forwarded so far (kept for a non-streamed client)."""
+    role_sent: bool = False
+    """True once the chat role chunk went to the client."""
+    _chars: int = 0
+    _splitter: SseSplitter = field(default_factory=SseSplitter)
+
+    def begin(self) -> None:
+        """A new attempt starts: the first, or a continuation after ``continuation``."""
+        self.attempts += 1
+        self.pending = []
+        self._splitter = SseSplitter()
+        if self.attempts == 1:
+            self.attempt_path = self.path
+
+    @property
+    def generated(self) -> int:
+        """Ids in the answer up to the clean boundary."""
+        return len(self.ids)
+
+    def feed(self, data: bytes) -> bytes:
+        """Response bytes of the current attempt in; bytes for the client out."""
+        out: list[bytes] = []
+        for event in self._splitter.feed(data):
+            payload = event_data(event)
+            if payload is None:
+                continue
+            if payload.strip() == b"[DONE]":
+                self.done = True
+                if self.plan.client_stream:
+                    out.append(b"data: [DONE]\n\n")
+                continue
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                raise PeerFault("a stream event is not JSON") from None
+            if not isinstance(chunk, dict):
+                raise PeerFault("a stream event is not a JSON object")
+            if "error" in chunk:
+                # The backend failed the request itself (e.g. out of context): the client's answer.
+                self.done = True
+                self.tracking = False
+                out.append(b"data: " + payload + b"\n\n")
+                continue
+            for client_chunk in self._chunk(chunk):
+                if self.plan.client_stream:
+                    out.append(b"data: " + dumps(client_chunk) + b"\n\n")
+        return b"".join(out)
+
+    def _chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """One provider chunk in (recorded), the client's chunks out (zero or one)."""
+        if self.shape is None:
+            created = chunk.get("created")
+            self.shape = Shape(
+                str(chunk.get("id", ""))[:256],
+                created if isinstance(created, int) and not isinstance(created, bool) else 0,
+                str(chunk.get("model", ""))[:256],
+            )
+        chat_in = self.attempt_path == CHAT
+        if chat_in and "prompt_token_ids" in chunk:
+            self._prompt(chunk["prompt_token_ids"])
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or len(choices) > 1:
+            raise PeerFault("a stream chunk without one choice")
+        usage = chunk.get("usage")
+        if not choices:
+            if isinstance(usage, dict):
+                self.usage = self._client_usage(usage)
+                if self.plan.client_usage:
+                    return [self._client_chunk({"choices": [], "usage": _usage_json(self.usage)})]
+            return []
+        choice = choices[0]
+        if not isinstance(choice, dict):
+            raise PeerFault("a choice is not an object")
+        if not chat_in and "prompt_token_ids" in choice:
+            self._prompt(choice["prompt_token_ids"])
+        if chat_in:
+            delta = choice.get("delta")
+            if not isinstance(delta, dict):
+                raise PeerFault("a chat chunk without a delta")
+            text = delta.get("content")
+        else:
+            delta = {}
+            text = choice.get("text")
+        if text is not None and not isinstance(text, str):
+            raise PeerFault("a chunk's text is not a string")
+        self._record(choice, text or "")
+        finish = choice.get("finish_reason")
+        if finish is not None:
+            if not isinstance(finish, str) or len(finish) > 64:
+                raise PeerFault("a finish_reason is not a short string")
+            self.finish_reason = finish
+            self.stop_reason = choice.get("stop_reason")
+        return self._forward(chunk, choice, delta, text or "", finish)
+
+    def _prompt(self, value: object) -> None:
+        ids = _ids(value, "prompt_token_ids")
+        if self.attempts == 1:
+            if self.prompt_ids is None:
+                self.prompt_ids = list(ids)
+        elif self.attempt_prompt is not None and len(ids) != self.attempt_prompt:
+            raise PeerFault("the continuation's prompt ids are not the ones sent")
+
+    def _record(self, choice: dict[str, Any], text: str) -> None:
+        if not self.tracking:
+            return
+        if "token_ids" not in choice or choice["token_ids"] is None:
+            if text:
+                self.tracking = False  # a backend without token ids: served, but not failed over
+            return
+        ids = _ids(choice["token_ids"], "token_ids")
+        if len(ids) > MAX_IDS_PER_CHUNK:
+            raise PeerFault("a chunk carries too many token ids")
+        self.pending.extend(ids)
+        if text:
+            self.ids.extend(self.pending)
+            self.pending = []
+        if len(self.ids) + len(self.pending) + len(self.prompt_ids or ()) > MAX_TRACKED_IDS:
+            self.tracking = False
+
+    def _forward(
+        self, chunk: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any], text: str, finish: object
+    ) -> list[dict[str, Any]]:
+        """The client's chunk for a provider chunk, in the client's shape, without the id fields."""
+        if text:
+            self._chars += len(text)
+            if self._chars > MAX_ANSWER_CHARS:
+                raise PeerFault("the answer exceeds the response size limit")
+            if not self.plan.client_stream:
+                self.text.append(text)
+        if self.path == CHAT:
+            out_delta = {k: v for k, v in delta.items() if k != "token_ids"} if self.attempt_path == CHAT else {}
+            if self.attempt_path != CHAT and text:
+                out_delta["content"] = text
+            if "role" in out_delta:
+                if self.role_sent:
+                    del out_delta["role"]
+                self.role_sent = True
+            has_more = any(k != "content" for k in out_delta) or out_delta.get("content")
+            if not has_more and finish is None:
+                return []  # only held-back ids: the uninterrupted stream has no such chunk
+            out_choice: dict[str, Any] = {"index": 0, "delta": out_delta, "logprobs": None, "finish_reason": finish}
+        else:
+            if not text and finish is None:
+                return []
+            out_choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
+        if finish is not None and "stop_reason" in choice:
+            out_choice["stop_reason"] = choice["stop_reason"]
+        extra = {"usage": chunk["usage"]} if isinstance(chunk.get("usage"), dict) and self.plan.client_usage else {}
+        if extra:
+            self.usage = self._client_usage(chunk["usage"])
+            extra = {"usage": _usage_json(self.usage)}
+        return [self._client_chunk({"choices": [out_choice], **extra})]
+
+    def _client_chunk(self, body: dict[str, Any]) -> dict[str, Any]:
+        assert self.shape is not None
+        kind = "chat.completion.chunk" if self.path == CHAT else "text_completion"
+        return {"id": self.shape.id, "object": kind, "created": self.shape.created, "model": self.shape.model, **body}
+
+    def _client_usage(self, raw: dict[str, Any]) -> Usage:
+        """The client's usage from the current attempt's own: original prompt, every generated token."""
+        completion = raw.get("completion_tokens")
+        if not isinstance(completion, int) or isinstance(completion, bool) or not 0 <= completion <= MAX_TRACKED_IDS:
+            raise PeerFault("usage.completion_tokens is not a token count")
+        if self.attempts == 1:
+            prompt = raw.get("prompt_tokens")
+            if not isinstance(prompt, int) or isinstance(prompt, bool) or not 0 <= prompt <= MAX_TRACKED_IDS:
+                raise PeerFault("usage.prompt_tokens is not a token count")
+            return Usage(prompt_tokens=prompt, completion_tokens=completion)
+        return Usage(prompt_tokens=len(self.prompt_ids or ()), completion_tokens=self.attempt_prefix + completion)
+
+    # -- failing over -------------------------------------------------------------------
+
+    def can_continue(self) -> str:
+        """Why the answer cannot be continued elsewhere ("" if it can)."""
+        if not self.plan.failover:
+            return self.plan.reason
+        if self.done:
+            return "the answer had ended"
+        if not self.tracking:
+            return "the provider sent no token ids"
+        if self.prompt_ids is None:
+            return "the provider sent no prompt ids"
+        if self.attempts > MAX_FAILOVERS:
+            return f"{MAX_FAILOVERS} failovers already"
+        return ""
+
+    def continuation(self) -> dict[str, Any]:
+        """The ``/v1/completions`` body that continues the answer from its clean boundary; call
+        ``begin`` before feeding its response. Only when ``can_continue()`` is ""."""
+        assert self.prompt_ids is not None and self.plan.failover
+        body = self.plan.body
+        k = len(self.ids)
+        prompt = self.prompt_ids + self.ids
+        sent: dict[str, Any] = {name: body[name] for name in _CONTINUED_FIELDS if name in body}
+        sent.update(prompt=prompt, n=1, stream=True, return_token_ids=True, stream_options={"include_usage": True})
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        if isinstance(limit, int):
+            sent["max_tokens"] = max(1, limit - k)
+        minimum = body.get("min_tokens")
+        if isinstance(minimum, int) and minimum > 0:
+            sent["min_tokens"] = max(0, minimum - k)
+        seed = body.get("seed")
+        if isinstance(seed, int) and not isinstance(seed, bool):
+            sent["seed"] = continuation_seed(seed, k)
+        self.attempt_path = COMPLETIONS
+        self.attempt_prefix = k
+        self.attempt_prompt = len(prompt)
+        return sent
+
+    def exhausted(self) -> bool:
+        """True when the clean ids already reach the client's ``max_tokens`` (nothing left to
+        generate: the answer ends here with ``length``)."""
+        body = self.plan.body
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        return isinstance(limit, int) and len(self.ids) >= limit
+
+    def finish_here(self) -> bytes:
+        """End an exhausted answer without another provider: the finish chunk, usage, ``[DONE]``."""
+        self.finish_reason = "length"
+        self.usage = Usage(prompt_tokens=len(self.prompt_ids or ()), completion_tokens=len(self.ids))
+        self.done = True
+        if not self.plan.client_stream:
+            return b""
+        finish: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": "length"}
+        if self.path == CHAT:
+            finish["delta"] = {}
+        else:
+            finish["text"] = ""
+        chunks = [self._client_chunk({"choices": [finish]})]
+        if self.plan.client_usage:
+            chunks.append(self._client_chunk({"choices": [], "usage": _usage_json(self.usage)}))
+        return b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+
+    # -- a non-streamed client ------------------------------------------------------------
+
+    def assemble(self) -> dict[str, Any]:
+        """The non-streamed response body of the whole answer (after ``done``)."""
+        shape = self.shape or Shape("", 0, "")
+        text = "".join(self.text)
+        choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": self.finish_reason}
+        if self.path == CHAT:
+            choice["message"] = {"role": "assistant", "content": text}
+            kind: Literal["chat.completion", "text_completion"] = "chat.completion"
+        else:
+            choice["text"] = text
+            kind = "text_completion"
+        if self.stop_reason is not None:
+            choice["stop_reason"] = self.stop_reason
+        body: dict[str, Any] = {
+            "id": shape.id,
+            "object": kind,
+            "created": shape.created,
+            "model": shape.model,
+            "choices": [choice],
+        }
+        if self.usage is not None:
+            body["usage"] = _usage_json(self.usage)
+        return body
+
+
+def _usage_json(usage: Usage) -> dict[str, int]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.prompt_tokens + usage.completion_tokens,
+    }
