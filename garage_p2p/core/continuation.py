@@ -299,7 +299,7 @@ class Transcript:
                 str(chunk.get("model", ""))[:256],
             )
         chat_in = self.attempt_path == CHAT
-        if chat_in and "prompt_token_ids" in chunk:
+        if chat_in and chunk.get("prompt_token_ids") is not None:
             self._prompt(chunk["prompt_token_ids"])
         choices = chunk.get("choices")
         if not isinstance(choices, list) or len(choices) > 1:
@@ -314,7 +314,7 @@ class Transcript:
         choice = choices[0]
         if not isinstance(choice, dict):
             raise PeerFault("a choice is not an object")
-        if not chat_in and "prompt_token_ids" in choice:
+        if not chat_in and choice.get("prompt_token_ids") is not None:
             self._prompt(choice["prompt_token_ids"])
         if chat_in:
             delta = choice.get("delta")
