@@ -232,6 +232,9 @@ class Transcript:
     """Prompt ids sent with the current attempt (a continuation), to check the echo."""
     attempts: int = 0
     """Attempts begun."""
+    fresh: bool = True
+    """True while the current attempt is the client's own request (the first one, or a restart
+    when its provider was lost before anything reached the client)."""
     finish_reason: str | None = None
     """The finishing provider's reason."""
     stop_reason: object = None
@@ -251,6 +254,7 @@ class Transcript:
         """A new attempt starts: the first, or a continuation after ``continuation``."""
         self.attempts += 1
         self.pending = []
+        self.finish_reason = None
         self._splitter = SseSplitter()
         if self.attempts == 1:
             self.attempt_path = self.path
@@ -337,7 +341,7 @@ class Transcript:
 
     def _prompt(self, value: object) -> None:
         ids = _ids(value, "prompt_token_ids")
-        if self.attempts == 1:
+        if self.fresh:
             if self.prompt_ids is None:
                 self.prompt_ids = list(ids)
         elif self.attempt_prompt is not None and len(ids) != self.attempt_prompt:
@@ -404,7 +408,7 @@ class Transcript:
         completion = raw.get("completion_tokens")
         if not isinstance(completion, int) or isinstance(completion, bool) or not 0 <= completion <= MAX_TRACKED_IDS:
             raise PeerFault("usage.completion_tokens is not a token count")
-        if self.attempts == 1:
+        if self.fresh:
             prompt = raw.get("prompt_tokens")
             if not isinstance(prompt, int) or isinstance(prompt, bool) or not 0 <= prompt <= MAX_TRACKED_IDS:
                 raise PeerFault("usage.prompt_tokens is not a token count")
@@ -421,7 +425,7 @@ class Transcript:
             return "the answer had ended"
         if not self.tracking:
             return "the provider sent no token ids"
-        if self.prompt_ids is None:
+        if self.prompt_ids is None and self._chars:
             return "the provider sent no prompt ids"
         if self.attempts > MAX_FAILOVERS:
             return f"{MAX_FAILOVERS} failovers already"
@@ -429,9 +433,15 @@ class Transcript:
 
     def continuation(self) -> dict[str, Any]:
         """The ``/v1/completions`` body that continues the answer from its clean boundary; call
-        ``begin`` before feeding its response. Only when ``can_continue()`` is ""."""
-        assert self.prompt_ids is not None and self.plan.failover
+        ``begin`` before feeding its response. Only when ``can_continue()`` is "".
+
+        Lost before the prompt's ids arrived (so before any text): the client's request again."""
+        assert self.plan.failover
         body = self.plan.body
+        if self.prompt_ids is None:
+            self.ids, self.attempt_path, self.fresh = [], self.path, True
+            return dict(body)
+        self.fresh = False
         k = len(self.ids)
         prompt = self.prompt_ids + self.ids
         sent: dict[str, Any] = {name: body[name] for name in _CONTINUED_FIELDS if name in body}
@@ -450,28 +460,33 @@ class Transcript:
         self.attempt_prompt = len(prompt)
         return sent
 
-    def exhausted(self) -> bool:
-        """True when the clean ids already reach the client's ``max_tokens`` (nothing left to
-        generate: the answer ends here with ``length``)."""
+    def ended(self) -> bool:
+        """True when the answer is whole though its provider was lost before ``[DONE]``: its
+        finish chunk came, or the clean ids reach the client's ``max_tokens``."""
         body = self.plan.body
         limit = body.get("max_completion_tokens", body.get("max_tokens"))
-        return isinstance(limit, int) and len(self.ids) >= limit
+        return self.finish_reason is not None or (isinstance(limit, int) and len(self.ids) >= limit)
 
     def finish_here(self) -> bytes:
-        """End an exhausted answer without another provider: the finish chunk, usage, ``[DONE]``."""
-        self.finish_reason = "length"
-        self.usage = Usage(prompt_tokens=len(self.prompt_ids or ()), completion_tokens=len(self.ids))
+        """End an ``ended`` answer without another provider: what the client still lacks of the
+        finish chunk, the usage chunk and ``[DONE]``."""
+        chunks = []
+        if self.finish_reason is None:
+            self.finish_reason = "length"
+            finish: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": "length"}
+            if self.path == CHAT:
+                finish["delta"] = {}
+            else:
+                finish["text"] = ""
+            chunks.append(self._client_chunk({"choices": [finish]}))
+        if self.usage is None:
+            generated = len(self.ids) + len(self.pending)
+            self.usage = Usage(prompt_tokens=len(self.prompt_ids or ()), completion_tokens=generated)
+            if self.plan.client_usage:
+                chunks.append(self._client_chunk({"choices": [], "usage": _usage_json(self.usage)}))
         self.done = True
         if not self.plan.client_stream:
             return b""
-        finish: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": "length"}
-        if self.path == CHAT:
-            finish["delta"] = {}
-        else:
-            finish["text"] = ""
-        chunks = [self._client_chunk({"choices": [finish]})]
-        if self.plan.client_usage:
-            chunks.append(self._client_chunk({"choices": [], "usage": _usage_json(self.usage)}))
         return b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
 
     # -- a non-streamed client ------------------------------------------------------------

@@ -148,8 +148,8 @@ class Answer:
             self.transcript.generated,
             failure.info.error.message,
         )
-        if self.transcript.exhausted():
-            # Every token the client asked for is in: end the answer here.
+        if self.transcript.ended():
+            # The answer is whole (its finish chunk came, or every token asked for): end it here.
             out = self.transcript.finish_here()
             if out:
                 await emit(out)
