@@ -247,7 +247,9 @@ def create_app(
 
         async def events() -> AsyncIterator[bytes]:
             # The answer runs in the peer's nursery and hands its bytes over a channel: an async
-            # generator must not yield inside a nursery of its own.
+            # generator must not yield inside a nursery of its own. It outlives a client that
+            # hangs up after the answer's [DONE]: the provider's END (and its receipt's
+            # counter-signature) is still to be read then.
             status = 499  # the client went away, unless the answer ends first
             chunks_send, chunks_receive = trio.open_memory_channel[bytes](STREAM_BUFFER)
             scope = trio.CancelScope()
@@ -255,8 +257,8 @@ def create_app(
             async def produce() -> None:
                 nonlocal status
                 with scope:
-                    async with chunks_send:
-                        try:
+                    try:
+                        async with chunks_send:
                             failure = await answer.run(chunks_send.send)
                             if failure is not None:
                                 log.warning("%s failed mid-stream: %s", answer.providers, failure.error.message)
@@ -264,8 +266,11 @@ def create_app(
                                 await chunks_send.send(sse_error(failure))
                             else:
                                 status = 200
-                        except trio.BrokenResourceError:
-                            pass  # the client went away
+                    except trio.BrokenResourceError:
+                        pass  # the client went away
+                    finally:
+                        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                            await answer.exchange.aclose()
 
             dispatcher.background.start_soon(produce)
             try:
@@ -274,10 +279,11 @@ def create_app(
                         metrics.data(live, data)
                         yield data
             finally:
-                scope.cancel()
+                if not answer.transcript.done:
+                    scope.cancel()  # the client went away mid-answer: stop the provider
+                elif status == 499:
+                    status = 200  # the client had the whole answer
                 settle(status)
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
-                    await answer.exchange.aclose()
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}

