@@ -7,13 +7,16 @@ KILL_AFTER events lands mid-answer), one consumer. Trials alternate between
   failover  the default (token-exact mid-stream failover, core/continuation.py)
   off       the same request with ``x-garage-failover: off`` (the behaviour before it)
 
-and in each trial the serving provider is SIGKILLed after KILL_AFTER events of its answer. One
-provider is killed per trial, so the run starts 2 × trials + 1 of them. Prints, per mode: answers
-complete and byte-identical to the uninterrupted one, errors, time to last byte (p50) against
-the uninterrupted answer's, and the failover gap (the longest pause between two chunks the
-client saw, p50 / max).
+and in each trial the serving provider is lost after KILL_AFTER events of its answer: SIGKILLed
+(``--kind kill``: its connections close) or SIGSTOPped (``--kind stop``: frozen, its connections
+stay open, only the stall deadline sees it; the baseline then hangs until the client's own
+timeout, CLIENT_TIMEOUT here). One provider is lost per trial, so the run starts 2 × trials + 1.
+Prints, per mode: answers complete and byte-identical to the uninterrupted one, errors, time to
+last byte (p50) against the uninterrupted answer's, and the failover gap (the longest pause
+between two chunks the client saw, p50 / max).
 
-    .venv/bin/python benchmarks/failover.py [--trials 3] [--tokens 300]    # ~2.5 min with vLLM's start
+    .venv/bin/python benchmarks/failover.py [--kind kill|stop] [--trials 3] [--tokens 300]
+    # kill: ~1 min with vLLM's start; stop: ~2 min (the baseline waits out its timeouts)
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -37,6 +42,8 @@ from tools.slow_link import SlowLink, slow_link  # noqa: E402
 
 DELAY = 0.005
 KILL_AFTER = 40
+CLIENT_TIMEOUT = 20.0
+"""Seconds the client waits for the next byte (the baseline's frozen provider would hold it 600 s)."""
 MESSAGES = [{"role": "user", "content": "Say something about peers."}]
 
 
@@ -54,8 +61,17 @@ class Trial:
 def stream(api_url: str, body: dict, headers: dict[str, str]) -> Trial:
     text, error, done, times = [], None, 0, []
     start = time.monotonic()
-    with httpx.stream("POST", api_url + "/chat/completions", json=body, headers=headers, timeout=120) as r:
-        for line in r.iter_lines():
+    url = api_url + "/chat/completions"
+    with httpx.stream("POST", url, json=body, headers=headers, timeout=CLIENT_TIMEOUT) as r:
+        lines = r.iter_lines()
+        while True:
+            try:
+                line = next(lines)
+            except StopIteration:
+                break
+            except httpx.ReadTimeout:
+                error = f"hung: nothing for {CLIENT_TIMEOUT:.0f} s"
+                break
             if not line.startswith("data: "):
                 continue
             times.append(time.monotonic())
@@ -75,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--trials", type=int, default=3, help="trials per mode")
     parser.add_argument("--tokens", type=int, default=300, help="max_tokens of the answer (ignore_eos)")
+    parser.add_argument("--kind", choices=("kill", "stop"), default="kill", help="SIGKILL or SIGSTOP the provider")
     args = parser.parse_args()
     body = {"model": "tiny", "messages": MESSAGES, "max_tokens": args.tokens, "temperature": 0, "stream": True}
     body["ignore_eos"] = True
@@ -110,16 +127,23 @@ def main() -> None:
         assert reference.error is None and reference.done == 1, reference
 
         def arm() -> None:
-            live = [pid for pid, (p, _) in providers.items() if p.process.poll() is None]
+            live = [pid for pid, (p, _) in providers.items() if p.process.poll() is None and p not in lost]
 
             def kill(pid: str) -> None:
                 for other in live:
                     providers[other][1].disarm()
-                providers[pid][0].kill()
+                peer = providers[pid][0]
+                if args.kind == "kill":
+                    peer.kill()
+                else:
+                    os.killpg(peer.process.pid, signal.SIGSTOP)
+                    lost.append(peer)
 
             for pid in live:
                 providers[pid][1].trip(KILL_AFTER, lambda pid=pid: kill(pid))
 
+        lost: list[PeerProcess] = []
+        stack.callback(lambda: [p.kill() for p in lost])  # frozen ones: SIGKILL ends them too
         results: dict[str, list[Trial]] = {"failover": [], "off": []}
         for _ in range(args.trials):
             for mode, headers in (("failover", {}), ("off", {"x-garage-failover": "off"})):
@@ -128,7 +152,8 @@ def main() -> None:
         for _, link in providers.values():
             link.disarm()
 
-    print(f"\nstreamed chat, {args.tokens} tokens at temperature 0, serving provider SIGKILLed after ~{KILL_AFTER}")
+    how = "SIGKILLed" if args.kind == "kill" else "SIGSTOPped"
+    print(f"\nstreamed chat, {args.tokens} tokens at temperature 0, serving provider {how} after ~{KILL_AFTER}")
     print(
         f"events ({DELAY * 1000:.0f} ms per event on its link); uninterrupted: {reference.total_s:.2f} s to last byte,"
     )

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from .errors import PeerFault
-from .messages import ErrorInfo, Usage, dumps
+from .messages import ErrorInfo, Usage, dumps, error_info
 from .sse import SseSplitter, event_data
 
 CHAT = "/v1/chat/completions"
@@ -247,6 +247,8 @@ class Transcript:
     """The text forwarded so far (kept for a non-streamed client)."""
     role_sent: bool = False
     """True once the chat role chunk went to the client."""
+    backend_error: dict[str, Any] | None = None
+    """The error object the backend sent in the stream (it failed the request itself)."""
     _chars: int = 0
     _splitter: SseSplitter = field(default_factory=SseSplitter)
 
@@ -286,6 +288,8 @@ class Transcript:
                 # The backend failed the request itself (e.g. out of context): the client's answer.
                 self.done = True
                 self.tracking = False
+                error = chunk["error"]
+                self.backend_error = error if isinstance(error, dict) else {"message": str(error)[:8192]}
                 out.append(b"data: " + payload + b"\n\n")
                 continue
             for client_chunk in self._chunk(chunk):
@@ -490,6 +494,15 @@ class Transcript:
         return b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
 
     # -- a non-streamed client ------------------------------------------------------------
+
+    def backend_failure(self) -> ErrorInfo | None:
+        """The backend's in-stream error as the error of a non-streamed answer, if it sent one."""
+        if self.backend_error is None:
+            return None
+        code = self.backend_error.get("code")
+        status = code if isinstance(code, int) and 400 <= code <= 599 else 500
+        message = str(self.backend_error.get("message") or "the backend failed the request")
+        return error_info(status, message, type=str(self.backend_error.get("type") or "server_error")[:128])
 
     def assemble(self) -> dict[str, Any]:
         """The non-streamed response body of the whole answer (after ``done``)."""

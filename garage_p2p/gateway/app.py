@@ -231,7 +231,7 @@ def create_app(
                 pass
 
             try:
-                failure = await answer.run(nothing)
+                failure = await answer.run(nothing) or answer.transcript.backend_failure()
                 if failure is not None:
                     response: Response = error_response(failure, headers)
                 else:

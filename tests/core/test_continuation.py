@@ -268,3 +268,12 @@ def test_a_backend_without_token_ids_is_served_but_not_failed_over():
     }
     assert b'"a"' in transcript.feed(event(chunk))
     assert transcript.can_continue() == "the provider sent no token ids"
+
+
+def test_a_backend_error_in_the_stream_ends_the_answer_without_failover():
+    transcript = Transcript(CHAT, plan(CHAT, {"model": "t", "messages": [{}]}, None))
+    transcript.begin()
+    transcript.feed(event({"error": {"message": "context too long", "type": "BadRequestError", "code": 400}}))
+    assert transcript.done and transcript.can_continue() == "the answer had ended"
+    failure = transcript.backend_failure()
+    assert failure is not None and failure.status == 400 and failure.error.message == "context too long"
