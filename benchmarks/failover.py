@@ -172,6 +172,9 @@ def main() -> None:
         )
         if errors:
             print(f"{'':<10}errors: {', '.join(errors)}")
+        for t in trials:
+            got = "identical" if t.text == reference.text else f"{len(t.text)}/{len(reference.text)} chars"
+            print(f"{'':<10}  {got}, [DONE] x{t.done}, {t.error or 'no error'}, {t.total_s:.2f} s")
     print(f"\nwall {time.monotonic() - t0:.0f} s")
 
 

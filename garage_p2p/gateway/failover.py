@@ -130,8 +130,9 @@ class Answer:
     async def _lose(self, failure: ResponseFailed, emit: Callable[[bytes], Awaitable[None]]) -> ErrorInfo | None:
         """Close the attempt that failed; None if the answer may go on elsewhere, else its error."""
         provider = self.exchange.provider
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
-            await self.exchange.aclose()
+        # Closed in the background: resetting a frozen provider's stream may wait on its full
+        # window, and the answer should not.
+        self._dispatcher.background.start_soon(_close, self.exchange)
         if not lost(failure.info, failure.truncated):
             return failure.info
         self._dispatcher.router.failed(provider, time.time())
@@ -179,3 +180,9 @@ class Answer:
         self.exchange = started.exchange
         self.providers.append(started.exchange.provider)
         return started
+
+
+async def _close(exchange: FrameExchange) -> None:
+    """Close (reset) a lost provider's exchange, within CLOSE_TIMEOUT."""
+    with trio.move_on_after(CLOSE_TIMEOUT):
+        await exchange.aclose()
