@@ -510,7 +510,7 @@ class Transcript:
         text = "".join(self.text)
         choice: dict[str, Any] = {"index": 0, "logprobs": None, "finish_reason": self.finish_reason}
         if self.path == CHAT:
-            choice["message"] = {"role": "assistant", "content": text}
+            choice["message"] = {"role": "assistant", "content": text, "refusal": None}
             kind: Literal["chat.completion", "text_completion"] = "chat.completion"
         else:
             choice["text"] = text
