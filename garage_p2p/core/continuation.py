@@ -201,6 +201,36 @@ class Shape:
     """The ``model`` name."""
 
 
+@dataclass(frozen=True, slots=True)
+class Fed:
+    """What ``Transcript.feed`` made of a provider's bytes."""
+
+    out: bytes
+    """Bytes for the client (empty for a non-streamed client)."""
+    fault: str | None
+    """Why the provider broke the rules, if it did: it is lost, its later events are dropped."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Parsed:
+    """One provider chunk, validated, not yet recorded."""
+
+    prompt_ids: list[int] | None
+    """The prompt's ids, if the chunk carries them."""
+    usage: Usage | None
+    """The client's usage, if the chunk carries the attempt's own."""
+    choice: dict[str, Any] | None
+    """The chunk's one choice (None for the usage chunk)."""
+    delta: dict[str, Any]
+    """A chat chunk's delta (empty for completions)."""
+    text: str
+    """The choice's text ("" for none)."""
+    ids: list[int] | None
+    """The choice's token ids (None when it carries none)."""
+    finish: str | None
+    """Its finish reason."""
+
+
 @dataclass
 class Transcript:
     """One answer as the client sees it, across the attempts of the providers that wrote it.
@@ -266,39 +296,47 @@ class Transcript:
         """Ids in the answer up to the clean boundary."""
         return len(self.ids)
 
-    def feed(self, data: bytes) -> bytes:
-        """Response bytes of the current attempt in; bytes for the client out."""
+    def feed(self, data: bytes) -> Fed:
+        """Response bytes of the current attempt in; what the client gets out, and the provider's
+        fault if an event broke the rules (the events before it still count, the rest do not)."""
         out: list[bytes] = []
         for event in self._splitter.feed(data):
-            payload = event_data(event)
-            if payload is None:
-                continue
-            if payload.strip() == b"[DONE]":
-                self.done = True
-                if self.plan.client_stream:
-                    out.append(b"data: [DONE]\n\n")
-                continue
             try:
-                chunk = json.loads(payload)
-            except ValueError:
-                raise PeerFault("a stream event is not JSON") from None
-            if not isinstance(chunk, dict):
-                raise PeerFault("a stream event is not a JSON object")
-            if "error" in chunk:
-                # The backend failed the request itself (e.g. out of context): the client's answer.
-                self.done = True
-                self.tracking = False
-                error = chunk["error"]
-                self.backend_error = error if isinstance(error, dict) else {"message": str(error)[:8192]}
-                out.append(b"data: " + payload + b"\n\n")
-                continue
-            for client_chunk in self._chunk(chunk):
-                if self.plan.client_stream:
-                    out.append(b"data: " + dumps(client_chunk) + b"\n\n")
-        return b"".join(out)
+                out.append(self._event(event))
+            except PeerFault as exc:
+                return Fed(b"".join(out), str(exc))
+        return Fed(b"".join(out), None)
+
+    def _event(self, event: bytes) -> bytes:
+        """One SSE event in, the client's bytes out."""
+        payload = event_data(event)
+        if payload is None:
+            return b""
+        if payload.strip() == b"[DONE]":
+            self.done = True
+            return b"data: [DONE]\n\n" if self.plan.client_stream else b""
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            raise PeerFault("a stream event is not JSON") from None
+        if not isinstance(chunk, dict):
+            raise PeerFault("a stream event is not a JSON object")
+        if "error" in chunk:
+            # The backend failed the request itself (e.g. out of context): the client's answer.
+            self.done = True
+            self.tracking = False
+            error = chunk["error"]
+            self.backend_error = error if isinstance(error, dict) else {"message": str(error)[:8192]}
+            return b"data: " + payload + b"\n\n"
+        chunks = self._chunk(chunk)
+        if not self.plan.client_stream:
+            return b""
+        return b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks)
 
     def _chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
-        """One provider chunk in (recorded), the client's chunks out (zero or one)."""
+        """One provider chunk in, the client's chunks out (zero or one). The chunk is validated
+        whole before anything is recorded: a bad one changes nothing."""
+        parsed = self._parse(chunk)
         if self.shape is None:
             created = chunk.get("created")
             self.shape = Shape(
@@ -306,80 +344,82 @@ class Transcript:
                 created if isinstance(created, int) and not isinstance(created, bool) else 0,
                 str(chunk.get("model", ""))[:256],
             )
+        if parsed.prompt_ids is not None and self.fresh and self.prompt_ids is None:
+            self.prompt_ids = parsed.prompt_ids
+        if parsed.usage is not None:
+            self.usage = parsed.usage
+        if parsed.choice is None:
+            if parsed.usage is not None and self.plan.client_usage:
+                return [self._client_chunk({"choices": [], "usage": _usage_json(parsed.usage)})]
+            return []
+        self._record(parsed)
+        if parsed.finish is not None:
+            self.finish_reason = parsed.finish
+            self.stop_reason = parsed.choice.get("stop_reason")
+        return self._forward(parsed)
+
+    def _parse(self, chunk: dict[str, Any]) -> _Parsed:
+        """Validate a provider chunk (PeerFault if it is not what vLLM sends); records nothing."""
         chat_in = self.attempt_path == CHAT
-        if chat_in and chunk.get("prompt_token_ids") is not None:
-            self._prompt(chunk["prompt_token_ids"])
         choices = chunk.get("choices")
         if not isinstance(choices, list) or len(choices) > 1:
             raise PeerFault("a stream chunk without one choice")
-        usage = chunk.get("usage")
-        if not choices:
-            if isinstance(usage, dict):
-                self.usage = self._client_usage(usage)
-                if self.plan.client_usage:
-                    return [self._client_chunk({"choices": [], "usage": _usage_json(self.usage)})]
-            return []
-        choice = choices[0]
-        if not isinstance(choice, dict):
+        choice = choices[0] if choices else None
+        if choice is not None and not isinstance(choice, dict):
             raise PeerFault("a choice is not an object")
-        if not chat_in and choice.get("prompt_token_ids") is not None:
-            self._prompt(choice["prompt_token_ids"])
+        raw_prompt = chunk.get("prompt_token_ids") if chat_in else (choice or {}).get("prompt_token_ids")
+        prompt_ids = None if raw_prompt is None else list(_ids(raw_prompt, "prompt_token_ids"))
+        if prompt_ids is not None and not self.fresh and len(prompt_ids) != self.attempt_prompt:
+            raise PeerFault("the continuation's prompt ids are not the ones sent")
+        usage = self._client_usage(chunk["usage"]) if isinstance(chunk.get("usage"), dict) else None
+        if choice is None:
+            return _Parsed(prompt_ids, usage, None, {}, "", None, None)
         if chat_in:
             delta = choice.get("delta")
             if not isinstance(delta, dict):
                 raise PeerFault("a chat chunk without a delta")
             text = delta.get("content")
         else:
-            delta = {}
-            text = choice.get("text")
+            delta, text = {}, choice.get("text")
         if text is not None and not isinstance(text, str):
             raise PeerFault("a chunk's text is not a string")
-        self._record(choice, text or "")
+        if self._chars + len(text or "") > MAX_ANSWER_CHARS:
+            raise PeerFault("the answer exceeds the response size limit")
+        ids = None
+        if choice.get("token_ids") is not None:
+            ids = _ids(choice["token_ids"], "token_ids")
+            if len(ids) > MAX_IDS_PER_CHUNK:
+                raise PeerFault("a chunk carries too many token ids")
         finish = choice.get("finish_reason")
-        if finish is not None:
-            if not isinstance(finish, str) or len(finish) > 64:
-                raise PeerFault("a finish_reason is not a short string")
-            self.finish_reason = finish
-            self.stop_reason = choice.get("stop_reason")
-        return self._forward(chunk, choice, delta, text or "", finish)
+        if finish is not None and (not isinstance(finish, str) or len(finish) > 64):
+            raise PeerFault("a finish_reason is not a short string")
+        return _Parsed(prompt_ids, usage, choice, delta, text or "", ids, finish)
 
-    def _prompt(self, value: object) -> None:
-        ids = _ids(value, "prompt_token_ids")
-        if self.fresh:
-            if self.prompt_ids is None:
-                self.prompt_ids = list(ids)
-        elif self.attempt_prompt is not None and len(ids) != self.attempt_prompt:
-            raise PeerFault("the continuation's prompt ids are not the ones sent")
-
-    def _record(self, choice: dict[str, Any], text: str) -> None:
+    def _record(self, parsed: _Parsed) -> None:
+        """Note the chunk's ids; a chunk with text moves the clean boundary past them."""
         if not self.tracking:
             return
-        if "token_ids" not in choice or choice["token_ids"] is None:
-            if text:
+        if parsed.ids is None:
+            if parsed.text:
                 self.tracking = False  # a backend without token ids: served, but not failed over
             return
-        ids = _ids(choice["token_ids"], "token_ids")
-        if len(ids) > MAX_IDS_PER_CHUNK:
-            raise PeerFault("a chunk carries too many token ids")
-        self.pending.extend(ids)
-        if text:
+        self.pending.extend(parsed.ids)
+        if parsed.text:
             self.ids.extend(self.pending)
             self.pending = []
         if len(self.ids) + len(self.pending) + len(self.prompt_ids or ()) > MAX_TRACKED_IDS:
             self.tracking = False
 
-    def _forward(
-        self, chunk: dict[str, Any], choice: dict[str, Any], delta: dict[str, Any], text: str, finish: object
-    ) -> list[dict[str, Any]]:
+    def _forward(self, parsed: _Parsed) -> list[dict[str, Any]]:
         """The client's chunk for a provider chunk, in the client's shape, without the id fields."""
+        text, finish = parsed.text, parsed.finish
+        assert parsed.choice is not None
         if text:
             self._chars += len(text)
-            if self._chars > MAX_ANSWER_CHARS:
-                raise PeerFault("the answer exceeds the response size limit")
             if not self.plan.client_stream:
                 self.text.append(text)
         if self.path == CHAT:
-            out_delta = {k: v for k, v in delta.items() if k != "token_ids"} if self.attempt_path == CHAT else {}
+            out_delta = {k: v for k, v in parsed.delta.items() if k != "token_ids"} if self.attempt_path == CHAT else {}
             if self.attempt_path != CHAT and text:
                 out_delta["content"] = text
             if "role" in out_delta:
@@ -394,12 +434,9 @@ class Transcript:
             if not text and finish is None:
                 return []
             out_choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish}
-        if finish is not None and "stop_reason" in choice:
-            out_choice["stop_reason"] = choice["stop_reason"]
-        extra = {"usage": chunk["usage"]} if isinstance(chunk.get("usage"), dict) and self.plan.client_usage else {}
-        if extra:
-            self.usage = self._client_usage(chunk["usage"])
-            extra = {"usage": _usage_json(self.usage)}
+        if finish is not None and "stop_reason" in parsed.choice:
+            out_choice["stop_reason"] = parsed.choice["stop_reason"]
+        extra = {"usage": _usage_json(parsed.usage)} if parsed.usage is not None and self.plan.client_usage else {}
         return [self._client_chunk({"choices": [out_choice], **extra})]
 
     def _client_chunk(self, body: dict[str, Any]) -> dict[str, Any]:

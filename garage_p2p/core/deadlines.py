@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
+from typing import Any
+
+from .messages import dumps
 
 FIRST_BYTE_FACTOR = 4.0
 """Multiple of the expected time to first byte allowed (a p50 figure; the tail is long)."""
@@ -71,6 +74,14 @@ def first_byte_timeout(advertised: float, delivered: float | None, prompt_tokens
     expected = max(advertised, delivered or 0.0)
     wanted = FIRST_BYTE_FACTOR * expected + prompt_tokens / PREFILL_TPS + FIRST_BYTE_SLACK
     return max(0.0, min(remaining, max(FIRST_BYTE_MIN, wanted)))
+
+
+def prompt_estimate(body: dict[str, Any]) -> int:
+    """A pessimistic guess of a request's prompt tokens for its first-byte deadline: the JSON
+    bytes of its ``messages`` or ``prompt`` / 3 (English runs 3 to 4 bytes a token; more tokens
+    means a longer deadline, the safe side)."""
+    prompt = body.get("messages", body.get("prompt"))
+    return len(dumps(prompt)) // 3 if prompt is not None else 0
 
 
 def p95(values: list[float]) -> float:

@@ -27,6 +27,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..core.continuation import FAILOVER_HEADER, Transcript, plan
+from ..core.deadlines import prompt_estimate
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.live_requests import LiveRequest
 from ..core.messages import (
@@ -87,13 +88,6 @@ def validate_body(path: str, body: dict[str, Any]) -> str:
 def sse_error(info: ErrorInfo) -> bytes:
     """An error as an SSE event; the openai client raises on it."""
     return b"data: " + dumps(error_body(info)) + b"\n\n"
-
-
-def prompt_estimate(body: dict[str, Any]) -> int:
-    """A pessimistic guess of the prompt's tokens (its JSON bytes / 3; tokens run 3 to 4 bytes
-    of English), for the first-byte deadline: a long prompt takes long to prefill."""
-    prompt = body.get("messages", body.get("prompt"))
-    return len(dumps(prompt)) // 3 if prompt is not None else 0
 
 
 def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRequest:

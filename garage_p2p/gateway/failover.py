@@ -20,7 +20,6 @@ import trio
 
 from ..core.continuation import Transcript, lost
 from ..core.deadlines import Expired
-from ..core.errors import PeerFault
 from ..core.exchange import ResponseEnd, ResponseEvent, ResponseFailed, truncated_failure
 from ..core.messages import ErrorInfo, RequestHead, Usage, error_info
 from ..core.routing import RouteRequest
@@ -111,21 +110,20 @@ class Answer:
                 # An END without the stream's [DONE]: the answer is not whole.
                 return truncated_failure("the answer ended without its last event")
             return None
-        try:
-            out = self.transcript.feed(event.data)
-        except PeerFault as exc:
-            log.warning("provider %s sent an invalid answer: %s", self.exchange.provider, exc)
-            return ResponseFailed(
-                error_info(
-                    502,
-                    f"the provider sent an invalid response: {exc}",
-                    type="server_error",
-                    code="provider_protocol_error",
-                )
+        fed = self.transcript.feed(event.data)
+        if fed.out:
+            await emit(fed.out)
+        if fed.fault is None:
+            return None
+        log.warning("provider %s sent an invalid answer: %s", self.exchange.provider, fed.fault)
+        return ResponseFailed(
+            error_info(
+                502,
+                f"the provider sent an invalid response: {fed.fault}",
+                type="server_error",
+                code="provider_protocol_error",
             )
-        if out:
-            await emit(out)
-        return None
+        )
 
     async def _lose(self, failure: ResponseFailed, emit: Callable[[bytes], Awaitable[None]]) -> ErrorInfo | None:
         """Close the attempt that failed; None if the answer may go on elsewhere, else its error."""

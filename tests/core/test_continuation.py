@@ -17,7 +17,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from garage_p2p.core.continuation import CHAT, COMPLETIONS, MAX_FAILOVERS, Transcript, continuation_seed, plan
-from garage_p2p.core.errors import PeerFault
 
 PROMPT_IDS = [7, 8, 9, 10]
 
@@ -105,7 +104,7 @@ def run_with_cuts(path: str, tokens: list[bytes], cuts: list[int], stream: bool 
     wire = provider_stream(path, tokens, 0, usage_prompt=len(PROMPT_IDS))
     out = []
     for cut in cuts:
-        out.append(transcript.feed(wire[:cut]))
+        out.append(transcript.feed(wire[:cut]).out)
         if transcript.done:
             return transcript, b"".join(out)
         assert transcript.can_continue() == ""
@@ -123,7 +122,7 @@ def run_with_cuts(path: str, tokens: list[bytes], cuts: list[int], stream: bool 
         assert sent["prompt"] == PROMPT_IDS + [100 + i for i in range(k)]
         assert sent["max_tokens"] == len(tokens) - k and "stop" not in sent and sent["n"] == 1
         wire = provider_stream(COMPLETIONS, tokens, k, usage_prompt=len(PROMPT_IDS) + k)
-    out.append(transcript.feed(wire))
+    out.append(transcript.feed(wire).out)
     return transcript, b"".join(out)
 
 
@@ -236,8 +235,8 @@ def test_malformed_ids_are_the_providers_fault(bad):
         "model": "t",
         "choices": [{"index": 0, "delta": {"content": "a"}, **bad}],
     }
-    with pytest.raises(PeerFault):
-        transcript.feed(event(chunk))
+    assert transcript.feed(event(chunk)).fault is not None
+    assert transcript.generated == 0 and transcript.text == []  # the bad chunk changed nothing
 
 
 @pytest.mark.parametrize(
@@ -252,8 +251,7 @@ def test_malformed_ids_are_the_providers_fault(bad):
 def test_malformed_chunks_are_the_providers_fault(wire):
     transcript = Transcript(CHAT, plan(CHAT, {"model": "t", "messages": [{}]}, None))
     transcript.begin()
-    with pytest.raises(PeerFault):
-        transcript.feed(wire)
+    assert transcript.feed(wire).fault is not None
 
 
 def test_a_backend_without_token_ids_is_served_but_not_failed_over():
@@ -266,7 +264,7 @@ def test_a_backend_without_token_ids_is_served_but_not_failed_over():
         "model": "t",
         "choices": [{"index": 0, "delta": {"content": "a"}}],
     }
-    assert b'"a"' in transcript.feed(event(chunk))
+    assert b'"a"' in transcript.feed(event(chunk)).out
     assert transcript.can_continue() == "the provider sent no token ids"
 
 
@@ -277,3 +275,35 @@ def test_a_backend_error_in_the_stream_ends_the_answer_without_failover():
     assert transcript.done and transcript.can_continue() == "the answer had ended"
     failure = transcript.backend_failure()
     assert failure is not None and failure.status == 400 and failure.error.message == "context too long"
+
+
+@settings(max_examples=200, deadline=None)
+@given(tokens=TOKENS, path=st.sampled_from([CHAT, COMPLETIONS]), data=st.data())
+def test_a_provider_that_breaks_the_rules_mid_frame_loses_nothing_before_the_fault(tokens, path, data):
+    """Its events before the bad one reach the client, in whatever frames they came; the answer
+    continues from them."""
+    body = {"model": "tiny", "max_tokens": len(tokens), "temperature": 0, "stream": True, "prompt": "hi"}
+    transcript = Transcript(path, plan(path, {**body, "messages": [{}]} if path == CHAT else body, None))
+    transcript.begin()
+    events = provider_stream(path, tokens, 0, usage_prompt=len(PROMPT_IDS)).split(b"\n\n")[:-1]
+    bad = data.draw(st.integers(1, len(tokens)))  # a token chunk (event 0 holds the prompt ids)
+    events[bad] = events[bad].replace(b'"token_ids": [', b'"token_ids": [-5, ')
+    wire = b"".join(e + b"\n\n" for e in events[: bad + 1])
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(wire)), max_size=4)))
+    out, fault = [], None
+    for a, b in zip([0, *cuts], [*cuts, len(wire)], strict=True):
+        fed = transcript.feed(wire[a:b])
+        out.append(fed.out)
+        fault = fault or fed.fault
+    assert fault is not None and not transcript.done
+    k = transcript.generated
+    if transcript.prompt_ids is not None:
+        transcript.continuation()
+        transcript.begin()
+        out.append(transcript.feed(provider_stream(COMPLETIONS, tokens, k, usage_prompt=len(PROMPT_IDS) + k)).out)
+    else:  # nothing had reached the client: the request again
+        transcript.continuation()
+        transcript.begin()
+        out.append(transcript.feed(provider_stream(path, tokens, 0, usage_prompt=len(PROMPT_IDS))).out)
+    text, _, done = client_view(b"".join(out))
+    assert text == b"".join(tokens).decode("utf-8", "replace") and done == 1

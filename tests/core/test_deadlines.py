@@ -14,6 +14,7 @@ from garage_p2p.core.deadlines import (
     FirstByteHistory,
     StreamDeadlines,
     first_byte_timeout,
+    prompt_estimate,
 )
 
 
@@ -77,3 +78,9 @@ def test_first_byte_history_is_a_bounded_moving_average():
     for i in range(1000):
         h.record(f"p{i}", 1.0)
     assert len(h.seconds) <= 256 and h.get("a") is None
+
+
+def test_a_long_prompt_is_estimated_long():
+    short = prompt_estimate({"messages": [{"role": "user", "content": "hi"}]})
+    assert 0 < short < 20 and prompt_estimate({"prompt": "x" * 30_000}) >= 10_000
+    assert prompt_estimate({}) == 0
