@@ -7,7 +7,8 @@ online, nobody asking) and each gossip policy, one simulated run prints per peer
   model (garage_p2p/sim/costs.json, measured by ``python -m tools.calibrate_costs``);
 - what those bytes are made of, per kind of message (``sim/cost.py``): ads (gossip copies in and out),
   table syncs (anti-entropy by cursor), ledger heads (idle: a digest compared with a neighbour every
-  ~15 s) and pings (none idle: only consumers ping the providers they use); and the CPU of ads + tables;
+  ~15 s) and liveness pings (every idle connection, one yamux PING exchange per 5 s); and the CPU of
+  ads + tables;
 - how long until a provider that joins is known by 99 % of the peers (p99 over the joins; every
   consumer asks for every model, so the peers that use its model are all of them).
 
