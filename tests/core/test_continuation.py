@@ -215,6 +215,17 @@ def test_a_sampled_continuation_gets_a_seed_of_its_own_cut():
     assert (sent["min_tokens"], sent["max_tokens"], sent["temperature"]) == (5 - k, 8 - k, 0.9)
 
 
+def one_chat_chunk(text: str, **choice) -> dict:
+    """A chat chunk carrying ``text``, with ``choice``'s fields added to its one choice."""
+    return {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "t",
+        "choices": [{"index": 0, "delta": {"content": text}, **choice}],
+    }
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -228,14 +239,7 @@ def test_a_sampled_continuation_gets_a_seed_of_its_own_cut():
 def test_malformed_ids_are_the_providers_fault(bad):
     transcript = Transcript(CHAT, plan(CHAT, {"model": "t", "messages": [{}]}, None))
     transcript.begin()
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "t",
-        "choices": [{"index": 0, "delta": {"content": "a"}, **bad}],
-    }
-    assert transcript.feed(event(chunk)).fault is not None
+    assert transcript.feed(event(one_chat_chunk("a", **bad))).fault is not None
     assert transcript.generated == 0 and transcript.text == []  # the bad chunk changed nothing
 
 
@@ -257,14 +261,7 @@ def test_malformed_chunks_are_the_providers_fault(wire):
 def test_a_backend_without_token_ids_is_served_but_not_failed_over():
     transcript = Transcript(CHAT, plan(CHAT, {"model": "t", "messages": [{}], "stream": True}, None))
     transcript.begin()
-    chunk = {
-        "id": "c",
-        "object": "chat.completion.chunk",
-        "created": 1,
-        "model": "t",
-        "choices": [{"index": 0, "delta": {"content": "a"}}],
-    }
-    assert b'"a"' in transcript.feed(event(chunk)).out
+    assert b'"a"' in transcript.feed(event(one_chat_chunk("a"))).out
     assert transcript.can_continue() == "the provider sent no token ids"
 
 
