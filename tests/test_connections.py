@@ -281,3 +281,13 @@ async def test_a_closed_mesh_stops_accepting_on_its_port():
         port = int(mesh.addrs()[0].split("/tcp/")[1].split("/")[0])
     with pytest.raises(OSError):
         await trio.open_tcp_stream("127.0.0.1", port)
+
+
+async def test_a_penalty_after_the_mesh_closed_is_counted_without_a_crash():
+    """Gossip is still validated while the host's services stop, after the mesh's nursery closed: a ban
+    then started a disconnect in it ("Nursery is closed to new arrivals", a CI failure)."""
+    async with open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK) as mesh:
+        pass
+    for _ in range(100):  # well past any ban threshold
+        mesh.penalise("12D3KooWflooder", "gossip", "a flood")
+    assert mesh.penalties.faults("12D3KooWflooder", "gossip") > 0

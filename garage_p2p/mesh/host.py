@@ -501,6 +501,9 @@ async def open_mesh(
             try:
                 yield mesh
             finally:
+                # Gossip still arrives while the host's services stop after this nursery has closed: a
+                # penalty then must not start a disconnect in it ("closed to new arrivals").
+                mesh._nursery = None
                 nursery.cancel_scope.cancel()
                 stop_reporting()
                 await _close_listeners(host)
