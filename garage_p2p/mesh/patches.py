@@ -190,22 +190,29 @@ def watch_frames(muxed_conn, on_header: Callable[[bytes], None]) -> bool:
     return True
 
 
-def yamux_pong(header: bytes) -> int | None:
-    """The value a yamux PING answer (ACK) carries; None for any other frame (a ping to us, data …)."""
+@functools.cache
+def _yamux_ping() -> tuple[struct.Struct, int, int, int, int]:
+    """yamux's header layout, its size, and the PING type and flags, read from the library once:
+    ``yamux_pong`` runs for every frame received, where an import statement cost ~0.8 µs a frame."""
     from libp2p.stream_muxer.yamux.yamux import FLAG_ACK, FLAG_SYN, HEADER_SIZE, TYPE_PING, YAMUX_HEADER_FORMAT
 
-    if len(header) != HEADER_SIZE or header[1] != TYPE_PING:
+    return struct.Struct(YAMUX_HEADER_FORMAT), HEADER_SIZE, TYPE_PING, FLAG_SYN, FLAG_ACK
+
+
+def yamux_pong(header: bytes) -> int | None:
+    """The value a yamux PING answer (ACK) carries; None for any other frame (a ping to us, data …)."""
+    layout, size, ping, syn, ack = _yamux_ping()
+    if len(header) != size or header[1] != ping:
         return None
-    _, _, flags, _, value = struct.unpack(YAMUX_HEADER_FORMAT, header)
+    _, _, flags, _, value = layout.unpack(header)
     # As the library reads it: SYN is a ping to answer, whatever else is set.
-    return value if flags & FLAG_ACK and not flags & FLAG_SYN else None
+    return value if flags & ack and not flags & syn else None
 
 
 async def send_yamux_ping(muxed_conn, value: int) -> None:
     """Write a yamux PING carrying ``value`` on ``muxed_conn`` (the peer's muxer answers it, no stream)."""
-    from libp2p.stream_muxer.yamux.yamux import FLAG_SYN, TYPE_PING, YAMUX_HEADER_FORMAT
-
-    await muxed_conn._write_frame(struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_PING, FLAG_SYN, 0, value))
+    layout, _, ping, syn, _ = _yamux_ping()
+    await muxed_conn._write_frame(layout.pack(0, ping, syn, 0, value))
     # The library still times the answer (its rtt(), which stream windows read) from this.
     muxed_conn._ping_sent_time = trio.current_time()
 
