@@ -453,7 +453,10 @@ async def open_mesh(
         spam_protection_enabled=False,
         eclipse_protection_enabled=False,
     )
+    # The listeners close last, once pubsub and the host have stopped: pubsub reads their sockets
+    # (get_addrs) for every message it forwards, and a closed one failed it ("bad file descriptor").
     async with AsyncExitStack() as stack:
+        stack.push_async_callback(_close_listeners, host)
         await stack.enter_async_context(host.run(listen_addrs))
         # Validation results are kept no longer than messages are remembered as seen: a message sent
         # again once it is forgotten meets the topic validators (their replay rule: mesh/gossip.py)
@@ -506,7 +509,6 @@ async def open_mesh(
                 mesh._nursery = None
                 nursery.cancel_scope.cancel()
                 stop_reporting()
-                await _close_listeners(host)
                 # The library starts a thread for its seen-messages cache and
                 # never stops it: a process that opens meshes one after another
                 # (tests, the simulator's emulation) kept one thread per mesh.
