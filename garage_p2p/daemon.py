@@ -30,7 +30,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__
-from .core.capabilities import Benchmark, ModelOffer, PeerTable
+from .core.capabilities import Benchmark, CapabilityAd, ModelOffer, PeerTable
 from .core.identity import Identity
 from .core.ledger_caps import ReplicationCaps
 from .core.limits import Limits
@@ -260,6 +260,21 @@ def _resume_heard(table: PeerTable, peer_id: str) -> None:
     """A connection to ``peer_id`` completed its handshake: a route withdrawn for silence comes back."""
     if table.resume(peer_id, time.time()):
         log.info("peer %s is back: its routes are restored", peer_id)
+
+
+def _watched_closely(table: PeerTable, mesh: Mesh, peer_id: str) -> bool:
+    """Whether a silent ``peer_id`` must be found within 10 s (mesh/liveness.py): a provider we route
+    to, or a relay holding our reservation (our relayed address dies with it)."""
+    entry = table.get(peer_id, time.time())
+    if entry is not None and entry.ad.models:
+        return True
+    return mesh.nat is not None and peer_id in mesh.nat.reservations
+
+
+def _heard_ad(known: KnownPeers, mesh: Mesh, ad: CapabilityAd) -> None:
+    known.note(ad.peer_id, ad.addrs)
+    if mesh.liveness is not None and ad.models:
+        mesh.liveness.refresh(ad.peer_id)  # a new provider: watched closely from now
 
 
 async def _probe_backends(peer: Peer, client: httpx.AsyncClient, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -570,6 +585,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         if mesh.liveness is not None:
             mesh.liveness.on_silent = partial(_withdraw_silent, table)
             mesh.liveness.on_back = partial(_resume_heard, table)
+            mesh.liveness.closely = partial(_watched_closely, table, mesh)
         provider = ProviderService(
             backends,
             client,
@@ -612,7 +628,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             on_peer_addrs=known.note,
             on_new_connection=caps.republish_soon,
         )
-        caps.on_ad = lambda ad: known.note(ad.peer_id, ad.addrs)
+        caps.on_ad = partial(_heard_ad, known, mesh)
         paths = PathTracker(mesh)
         cosigner = Cosigner(identity, ledger)
         ledger_sync = LedgerSync(mesh, ledger, lambda peer_id: _addrs_of(table, peer_id))

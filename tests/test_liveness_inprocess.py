@@ -100,3 +100,33 @@ async def test_a_pong_for_no_ping_is_penalised_and_the_connection_lives_on():
             await muxed._write_frame(struct.pack(YAMUX_HEADER_FORMAT, 0, TYPE_PING, FLAG_ACK, 0, nonce))
         await wait_for(lambda: a.penalties.faults(b.peer_id, "liveness") == 2, 5)
         assert b.peer_id in a.connected_peers()
+
+
+async def test_a_peer_we_serve_is_watched_closely_and_one_nothing_waits_on_only_after_relaxed():
+    serving = trio.Event()
+
+    async def hold(stream) -> None:  # a's handler serves c's request: c must be watched closely
+        serving.set()
+        await trio.sleep_forever()
+
+    async with (
+        open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK) as a,
+        open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK) as b,
+        open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK) as c,
+    ):
+        assert a.liveness is not None
+        a.liveness.core.quiet, a.liveness.core.pong_timeout, a.liveness.core.relaxed_quiet = 0.3, 0.5, 2.0
+        a.liveness.closely = lambda peer_id: False  # no routes: only what a serves matters
+        silent: list[str] = []
+        a.liveness.on_silent = silent.append
+        a.set_handler(ECHO, hold)
+        await a.connect(b.peer_id, b.addrs()[:1])
+        stream = await c.open_stream(a.peer_id, a.addrs()[:1], ECHO)
+        await stream.write(b"request")
+        with trio.fail_after(5):
+            await serving.wait()
+        silence(b, a.peer_id)
+        silence(c, a.peer_id)
+        await wait_for(lambda: silent == [c.peer_id], 5)
+        assert b.peer_id in a.connected_peers()  # relaxed: its ping is not even due yet
+        await wait_for(lambda: silent == [c.peer_id, b.peer_id], 10)

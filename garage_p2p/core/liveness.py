@@ -27,6 +27,13 @@ Our own stalls are not the peer's silence: if ``handle_timer`` runs more than ST
 loop was blocked, so the pongs may be sitting unread in the socket), the pings outstanding get
 STALL_GRACE more seconds for the reader to catch up before anything is closed.
 
+Only what we would miss is watched this closely. A connection whose peer is neither a route of ours
+(a provider we may send requests to) nor busy with a request (either way) is pinged after RELAXED
+seconds of quiet instead: nothing waits on it, and closing it 30 s late costs a socket, not an
+answer. The adapter says which peers matter (``closely`` in ``handle_timer``, asked only when a
+connection's QUIET has passed, and ``closer`` when one starts to); an idle peer in a mesh of
+consumers pings six times less. A mesh of providers routes to each other and pays the full rate.
+
 A pong must answer a ping we sent: its nonce must be newer than the last one answered and no newer
 than the last one sent (pongs come back in order on an ordered transport). Any other is the peer's
 fault (``Penalise``), and still counts as life: the peer is there, just misbehaving.
@@ -34,10 +41,13 @@ fault (``Penalise``), and still counts as life: the peer is there, just misbehav
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 QUIET = 5.0
 """Seconds without a received frame after which a connection is pinged."""
+RELAXED = 30.0
+"""Seconds without a received frame after which a connection that carries no route and no request is pinged."""
 FOLLOWER_LAG = 0.5
 """Seconds the following side of a connection waits beyond QUIET: the leading side's ping arrives first."""
 PONG_TIMEOUT = 4.0
@@ -87,6 +97,10 @@ class Penalise:
 Command = Ping | Close | Penalise
 
 
+def _always(peer_id: str) -> bool:
+    return True
+
+
 @dataclass(slots=True)
 class _Watched:
     peer_id: str
@@ -94,6 +108,10 @@ class _Watched:
     """When the last frame arrived (or the connection opened)."""
     quiet: float
     """Seconds of quiet after which we ping (QUIET leading, plus FOLLOWER_LAG following)."""
+    relaxed_quiet: float
+    """The same for a connection nothing waits on (RELAXED, plus FOLLOWER_LAG following)."""
+    relaxed: bool = False
+    """Checked after ``quiet`` and found to matter to nobody: the ping waits for ``relaxed_quiet``."""
     pinged_at: float | None = None
     """When the last ping was sent; it is outstanding while no frame arrived after it."""
     deadline: float = 0.0
@@ -108,14 +126,19 @@ class _Watched:
         return self.pinged_at is not None and self.heard_at <= self.pinged_at
 
     def due(self) -> float:
-        return self.deadline if self.waiting() else self.heard_at + self.quiet
+        if self.waiting():
+            return self.deadline
+        return self.heard_at + (self.relaxed_quiet if self.relaxed else self.quiet)
 
 
 class Liveness:
     """Every watched connection's last frame and outstanding ping; pings and closes as commands."""
 
-    def __init__(self, quiet: float = QUIET, pong_timeout: float = PONG_TIMEOUT) -> None:
+    def __init__(
+        self, quiet: float = QUIET, pong_timeout: float = PONG_TIMEOUT, relaxed_quiet: float = RELAXED
+    ) -> None:
         self.quiet = quiet
+        self.relaxed_quiet = relaxed_quiet
         self.pong_timeout = pong_timeout
         self._conns: dict[int, _Watched] = {}
         self.pings = 0
@@ -126,7 +149,15 @@ class Liveness:
     def opened(self, conn: int, peer_id: str, now: float, *, leads: bool = True) -> None:
         """A connection to ``peer_id`` is up (its handshake is a frame heard). ``leads``: our side pings
         first; the two ends must agree (one leads, one follows) or they ping in step."""
-        self._conns[conn] = _Watched(peer_id, now, self.quiet if leads else self.quiet + FOLLOWER_LAG)
+        lag = 0.0 if leads else FOLLOWER_LAG
+        self._conns[conn] = _Watched(peer_id, now, self.quiet + lag, max(self.quiet, self.relaxed_quiet) + lag)
+
+    def closer(self, peer_id: str) -> None:
+        """``peer_id`` matters now (it became a route, or a request started): its connections go back to
+        QUIET at once, not after their relaxed wait. O(connections)."""
+        for watched in self._conns.values():
+            if watched.peer_id == peer_id:
+                watched.relaxed = False
 
     def closed(self, conn: int) -> None:
         """A connection is gone, for whatever reason."""
@@ -147,6 +178,8 @@ class Liveness:
         if not watched.answered < nonce <= watched.nonce:
             return [Penalise(watched.peer_id, f"a pong for no ping of ours (nonce {nonce}, last sent {watched.nonce})")]
         watched.answered = nonce
+        if nonce == watched.nonce:
+            watched.pinged_at = None  # answered, even on a clock too coarse to see time pass
         return []
 
     def watching(self, conn: int) -> bool:
@@ -156,8 +189,10 @@ class Liveness:
         """When ``handle_timer`` has something to do; None while nothing is watched."""
         return min((w.due() for w in self._conns.values()), default=None)
 
-    def handle_timer(self, now: float) -> list[Command]:
-        """Ping what has been quiet, close what stayed silent after its ping."""
+    def handle_timer(self, now: float, closely: Callable[[str], bool] = _always) -> list[Command]:
+        """Ping what has been quiet, close what stayed silent after its ping. ``closely``: whether a
+        peer matters (a route, a request in flight); asked of a connection quiet for ``quiet`` seconds,
+        and one that does not waits for ``relaxed_quiet`` (then is pinged, and asked again next time)."""
         due = self.get_timer()
         if due is not None and now - due > STALL:
             for watched in self._conns.values():
@@ -172,6 +207,11 @@ class Liveness:
                     last = all(w.peer_id != watched.peer_id for w in self._conns.values())
                     commands.append(Close(conn, watched.peer_id, now - watched.heard_at, last))
             elif now >= watched.heard_at + watched.quiet:
+                if not watched.relaxed and not closely(watched.peer_id):
+                    watched.relaxed = True
+                if watched.relaxed and now < watched.heard_at + watched.relaxed_quiet:
+                    continue
+                watched.relaxed = False
                 if watched.nonce == MAX_NONCE:  # wrapped (after ~680 years of pings at QUIET)
                     watched.nonce = watched.answered = 0
                 watched.nonce += 1

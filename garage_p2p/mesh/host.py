@@ -182,7 +182,11 @@ class Mesh:
             if not self.admits(stream.peer_id):
                 await close_quietly(stream, reset=True)
                 return
-            await handler(stream)
+            if self.liveness is None:
+                await handler(stream)
+                return
+            with self.liveness.serving(stream.peer_id):  # a peer waiting on us is watched closely
+                await handler(stream)
 
         self.host.set_stream_handler(protocol, guarded)
 

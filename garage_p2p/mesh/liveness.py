@@ -15,13 +15,20 @@ under yamux's read loop marks every stream on it reset, so a request in flight t
 once instead of waiting for its deadline. When it was the peer's last connection, ``on_silent``
 withdraws the peer's routes (the daemon suspends its ad); ``on_back`` hears of every new connection
 (the daemon resumes a suspended ad: a handshake that completed is the peer heard from again).
+
+Closely or relaxed (core/liveness.py RELAXED): a peer is watched closely while one of our stream
+handlers serves it (``serving``, which the mesh holds around every handler: a consumer waiting on
+our answer) or while ``closely`` says so (the daemon: a provider in our table, a relay we hold a
+reservation on). ``refresh`` is the daemon's word that a peer started to matter.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from functools import partial
 
 import trio
@@ -58,6 +65,10 @@ class LivenessService(Notifee):
         """Called with a peer whose last connection was closed for silence (its routes go)."""
         self.on_back: Callable[[str], None] = lambda peer_id: None
         """Called with the peer of every new connection (it was heard from)."""
+        self.closely: Callable[[str], bool] = lambda peer_id: True
+        """Whether a peer we serve nothing to matters anyway (the daemon: a route of ours)."""
+        self._serving: Counter[str] = Counter()
+        """Peer → our stream handlers serving it now."""
         self._ids: dict[object, int] = {}
         """A watched connection -> its id in the core."""
         self._conns: dict[int, object] = {}
@@ -76,7 +87,29 @@ class LivenessService(Notifee):
                 with trio.move_on_at(math.inf if due is None else due):
                     await self._wake.wait()
                 self._wake = trio.Event()
-                self._run(self.core.handle_timer(self.clock()))
+                self._run(self.core.handle_timer(self.clock(), self._matters))
+
+    def _matters(self, peer_id: str) -> bool:
+        return self._serving[peer_id] > 0 or self.closely(peer_id)
+
+    def refresh(self, peer_id: str) -> None:
+        """``peer_id`` may matter now (its ad arrived): its connections go back to QUIET if it does."""
+        if self._matters(peer_id):
+            self.core.closer(peer_id)
+            self._wake.set()
+
+    @contextmanager
+    def serving(self, peer_id: str) -> Iterator[None]:
+        """Watch ``peer_id`` closely while one of our handlers serves it."""
+        self._serving[peer_id] += 1
+        self.core.closer(peer_id)
+        self._wake.set()
+        try:
+            yield
+        finally:
+            self._serving[peer_id] -= 1
+            if self._serving[peer_id] <= 0:
+                del self._serving[peer_id]
 
     # -- the notifee -----------------------------------------------------------------------------
 

@@ -59,6 +59,7 @@ from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import LedgerState, make_entry
 from ..core.liveness import QUIET as LIVENESS_QUIET
+from ..core.liveness import RELAXED as LIVENESS_RELAXED
 from ..core.messages import EndInfo, RequestHead, Timings, Usage
 from ..core.receipts import (
     Receipt,
@@ -722,9 +723,23 @@ class World:
                 self._table_sync(i, self._tables_rng.choice(neighbours))
             else:
                 self._table_sync(i, self.peers[i].sync_partner.choose(neighbours, self._tables_rng.random()))
-        self.meter.pings(peers, degrees, cal.TABLE_SYNC_S, LIVENESS_QUIET)
+        # A connection is pinged every QUIET seconds when one end routes to the other (a provider) or
+        # holds a reservation on it (a relay); every RELAXED seconds otherwise (core/liveness.py).
+        closely = np.array([self._watched_closely(i) for i in online], dtype=np.int64)
+        self.meter.pings(peers, closely, cal.TABLE_SYNC_S, LIVENESS_QUIET)
+        self.meter.pings(peers, degrees - closely, cal.TABLE_SYNC_S, LIVENESS_RELAXED)
         if self.engine.now + cal.TABLE_SYNC_S <= end:
             self.engine.after(cal.TABLE_SYNC_S, self._cost_tick, end)
+
+    def _watched_closely(self, i: int) -> int:
+        """How many of peer ``i``'s connections are watched closely, by either end."""
+        peer = self.peers[i]
+        if peer.role == PROVIDER:
+            return self.topo.degree(i)
+        peers = self.peers
+        return sum(
+            1 for n in self.topo.neighbours[i] if peers[n].role == PROVIDER or n in peer.relays or i in peers[n].relays
+        )
 
     def _settle_costs(self) -> None:
         online = self.topo.online_peers()

@@ -1,4 +1,4 @@
-from garage_p2p.core.liveness import FOLLOWER_LAG, PONG_TIMEOUT, QUIET, STALL, Close, Liveness, Penalise, Ping
+from garage_p2p.core.liveness import FOLLOWER_LAG, PONG_TIMEOUT, QUIET, RELAXED, STALL, Close, Liveness, Penalise, Ping
 
 T0 = 1000.0
 
@@ -117,3 +117,37 @@ def test_a_silent_peer_is_closed_within_ten_seconds_by_the_following_end_too():
     [(pinged_at, _), (closed_at, close)] = seen
     assert pinged_at == T0 + QUIET + FOLLOWER_LAG and isinstance(close, Close)
     assert closed_at - T0 <= 10
+
+
+def test_a_connection_nothing_waits_on_is_pinged_after_relaxed_and_one_that_matters_again_at_once():
+    live = Liveness()
+    live.opened(1, "consumer", T0)
+    live.opened(2, "provider", T0)
+    asked: list[str] = []
+
+    def closely(peer_id: str) -> bool:
+        asked.append(peer_id)
+        return peer_id == "provider"
+
+    assert live.handle_timer(T0 + QUIET, closely) == [Ping(2, 1)]  # the consumer's waits
+    assert sorted(asked) == ["consumer", "provider"]
+    pings: dict[int, list[float]] = {1: [], 2: [T0 + QUIET]}
+    live.pong(2, 1, T0 + QUIET)
+    for step in range(1, 2 * int(RELAXED) + 2):  # 30.5 s more, each ping answered at once
+        now = T0 + QUIET + step / 2
+        for command in live.handle_timer(now, closely):
+            pings[command.conn].append(now)
+            live.pong(command.conn, command.nonce, now)
+    assert pings[1] == [T0 + RELAXED]
+    assert pings[2] == [T0 + QUIET * k for k in range(1, int((QUIET + RELAXED) / QUIET) + 1)]
+
+    # A consumer that goes silent is closed RELAXED + PONG_TIMEOUT after its last frame.
+    seen, _ = drive(live, T0 + 2 * RELAXED + PONG_TIMEOUT - 0.1, answer=False)
+    assert not any(isinstance(c, Close) and c.conn == 1 for _, c in seen) and live.watching(1)
+
+    # One that starts to matter (a request came from it) is back to QUIET at once.
+    live.opened(3, "later", T0 + 100)
+    assert live.handle_timer(T0 + 100 + QUIET, closely) == []
+    live.closer("later")
+    assert live.get_timer() <= T0 + 100 + QUIET
+    assert [type(c) for c in live.handle_timer(T0 + 100 + QUIET, lambda peer_id: True)] == [Ping]
