@@ -499,6 +499,7 @@ async def open_mesh(
                 mesh.liveness = LivenessService(mesh.connections, mesh.penalise)
                 host.get_network().register_notifee(mesh.liveness)
                 await nursery.start(mesh.liveness.serve)
+                mesh.nat.ping_relays = False
             nursery.start_soon(_sweep_not_admitted, mesh)
             await nursery.start(mesh.nat.serve, candidates)
             if bootstrap:

@@ -107,6 +107,11 @@ class NatService:
         self._nursery: trio.Nursery | None = None
         self._ping = PingService(host)
         self._not_relays: dict[str, float] = {}
+        self.ping_relays = True
+        """Ping our relays each turn (/ipfs/ping, ~2 ms at each end) to find a silently dead one: only
+        without liveness (mesh/liveness.py), which watches them closely and closes a silent one."""
+        self.reserved = trio.Event()
+        """Set when a reservation is made or lost (then replaced): our relayed addresses changed."""
         """Candidates that refused or failed a reservation, until when to skip them."""
 
     # -- reachability -----------------------------------------------------------
@@ -153,12 +158,19 @@ class NatService:
             while True:
                 # Only a peer known to be behind NAT needs relays; "unknown"
                 # lasts until identify's first observation, a second or so.
-                if self.reachability() == "private" and not self.relay_service:
+                # Read once a turn: it parses every observed address (~0.3 ms).
+                private = self.reachability() == "private"
+                if private and not self.relay_service:
                     await self._keep_reservations(relay_candidates())
                 elif self.reservations:
                     self.reservations.clear()
+                    self._reservations_changed()
                 # Look again soon while a peer behind NAT has no relay yet.
-                await trio.sleep(RESERVE_INTERVAL if self.reservations or self.reachability() != "private" else 1.0)
+                await trio.sleep(1.0 if private and not self.reservations else RESERVE_INTERVAL)
+
+    def _reservations_changed(self) -> None:
+        self.reserved.set()
+        self.reserved = trio.Event()
 
     async def _alive(self, relay_id: str) -> bool:
         """A relay whose link died silently still looks connected: ping it."""
@@ -174,9 +186,10 @@ class NatService:
     async def _keep_reservations(self, candidates: Sequence[str]) -> None:
         for relay_id in list(self.reservations):
             connected = {str(p) for p in self.host.get_connected_peers()}
-            if relay_id not in connected or not await self._alive(relay_id):
+            if relay_id not in connected or (self.ping_relays and not await self._alive(relay_id)):
                 log.info("lost the relay %s", relay_id)
                 del self.reservations[relay_id]
+                self._reservations_changed()
         own = str(self.host.get_id())
         for addr in candidates:
             if len(self.reservations) >= MAX_RESERVATIONS:
@@ -202,6 +215,7 @@ class NatService:
             if ok:
                 base = addr.split("/p2p/")[0]
                 self.reservations[relay_id] = f"{base}/p2p/{relay_id}/p2p-circuit/p2p/{own}"
+                self._reservations_changed()
                 self.reservation_ms[relay_id] = (time.monotonic() - started) * 1000
                 log.info("reserved a slot on relay %s (%.0f ms)", relay_id, self.reservation_ms[relay_id])
 
