@@ -9,7 +9,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1")
+# TCP only. py-libp2p 0.8.1 dials QUIC first whenever a peer lists a QUIC address, and a QUIC
+# connection has no yamux frames for liveness to watch (a frozen peer held it for aioquic's 600 s
+# idle timeout), brings no hole punching (docs/platform.md) and keeps the library's inbound-slot
+# behaviour (docs/library-patches.md). `--listen /ip4/0.0.0.0/udp/4001/quic-v1` opts in.
+DEFAULT_LISTEN = ("/ip4/0.0.0.0/tcp/4001",)
 
 
 class SettingsError(Exception):

@@ -27,7 +27,7 @@ def test_layers_defaults_config_env_flags(tmp_path):
     assert s.api == "127.0.0.1:9002"  # env beats the file
     assert s.request_timeout == 30  # the file beats the default
     assert s.backends == {"a": "http://127.0.0.1:1/v1", "b": "http://127.0.0.1:2/v1"}
-    assert s.listen == ["/ip4/0.0.0.0/tcp/4001", "/ip4/0.0.0.0/udp/4001/quic-v1"]
+    assert s.listen == ["/ip4/0.0.0.0/tcp/4001"]  # TCP only: QUIC connections are not watched (liveness)
     s = load_settings({"home": str(tmp_path), "api": "127.0.0.1:9003"}, env)
     assert s.api == "127.0.0.1:9003"  # flags beat everything
     assert load_settings({}, {"GARAGE_HOME": str(tmp_path)}).home == tmp_path
