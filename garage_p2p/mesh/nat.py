@@ -107,12 +107,12 @@ class NatService:
         self._nursery: trio.Nursery | None = None
         self._ping = PingService(host)
         self._not_relays: dict[str, float] = {}
+        """Candidates that refused or failed a reservation, until when to skip them."""
         self.ping_relays = True
         """Ping our relays each turn (/ipfs/ping, ~2 ms at each end) to find a silently dead one: only
         without liveness (mesh/liveness.py), which watches them closely and closes a silent one."""
         self.reserved = trio.Event()
         """Set when a reservation is made or lost (then replaced): our relayed addresses changed."""
-        """Candidates that refused or failed a reservation, until when to skip them."""
 
     # -- reachability -----------------------------------------------------------
 

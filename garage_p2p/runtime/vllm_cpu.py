@@ -41,7 +41,9 @@ def default_tiny_model() -> Path:
     return Path(os.environ.get("GARAGE_TINY_MODEL") or _garage_cache() / "models" / "tiny-llama")
 
 
-def vllm_cpu_command(python: Path, model_dir: Path, served_name: str, host: str, port: int) -> list[str]:
+def vllm_cpu_command(
+    python: Path, model_dir: Path, served_name: str, host: str, port: int, dtype: str = "float32"
+) -> list[str]:
     """Command line for the vLLM OpenAI server on the CPU."""
     return [
         str(python),
@@ -52,7 +54,7 @@ def vllm_cpu_command(python: Path, model_dir: Path, served_name: str, host: str,
         "--served-model-name", served_name,
         "--host", host,
         "--port", str(port),
-        "--dtype", "float32",
+        "--dtype", dtype,
         "--max-model-len", "512",
         # No CUDA graphs / compilation on the CPU: eager start-up is much faster.
         "--enforce-eager",
@@ -170,6 +172,7 @@ def run_vllm_cpu(
     port: int | None = None,
     log_path: Path | None = None,
     ready_timeout: float = 300.0,
+    dtype: str = "float32",
 ) -> Iterator[VllmServer]:
     """Start a vLLM-CPU server, yield it once it serves, stop its whole process group on exit.
 
@@ -194,7 +197,7 @@ def run_vllm_cpu(
     base = f"http://{host}:{port}"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port),
+            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype),
             env=vllm_cpu_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
