@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from pydantic import Field
 
@@ -170,6 +171,46 @@ def expected_receipt_problem(
         return "receipt is for another request"
     if receipt.model != model:
         return f"receipt is for model {receipt.model!r}, not {model!r}"
+    return None
+
+
+OBSERVED_SLACK_S = 0.05
+"""Seconds a receipt's time may exceed what the consumer observed (clock granularity, the END's own trip)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the consumer saw of one request: the bound on what it will vouch for (issue 19)."""
+
+    wall_s: float
+    """Seconds from sending the request head to receiving the END frame, by the consumer's clock."""
+    gpus: int
+    """The GPU count in the provider's signed ad (the most a receipt may multiply the time by)."""
+    completion_tokens: int | None = None
+    """Tokens the consumer received (ids counted, or the answer's usage), when it knows."""
+    prompt_tokens: int | None = None
+    """Prompt tokens the backend reported (its prompt ids, or usage), when the consumer knows."""
+
+
+def observed_receipt_problem(receipt: Receipt, observed: Observed) -> str | None:
+    """Why a consumer should not vouch for this receipt given what it saw, or None.
+
+    The provider's time is bounded by the consumer's wall time × the GPUs the provider advertised,
+    and its token counts must be the ones the consumer received. A provider claiming 8 GPUs or ten
+    times its real time gets no counter-signature (its receipt never enters its log).
+    """
+    if receipt.gpus > observed.gpus:
+        return f"receipt claims {receipt.gpus} GPUs, the provider's ad says {observed.gpus}"
+    limit_us = (observed.wall_s + OBSERVED_SLACK_S) * observed.gpus * 1e6
+    if receipt.gpu_us > limit_us:
+        return (
+            f"receipt claims {receipt.gpu_us / 1e6:.3f} GPU-s; we waited {observed.wall_s:.3f} s "
+            f"on {observed.gpus} GPU(s)"
+        )
+    if observed.completion_tokens is not None and receipt.completion_tokens != observed.completion_tokens:
+        return f"receipt claims {receipt.completion_tokens} completion tokens; we received {observed.completion_tokens}"
+    if observed.prompt_tokens is not None and receipt.prompt_tokens != observed.prompt_tokens:
+        return f"receipt claims {receipt.prompt_tokens} prompt tokens; the answer said {observed.prompt_tokens}"
     return None
 
 

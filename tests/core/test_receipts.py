@@ -6,11 +6,13 @@ from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.gpu_meter import GpuMeter, ReceiptClock
 from garage_p2p.core.ledger import overclaims
 from garage_p2p.core.receipts import (
+    Observed,
     ReceiptInvalid,
     check_cosignature,
     cosign_receipt,
     encode_receipt,
     expected_receipt_problem,
+    observed_receipt_problem,
     pack_signed,
     sign_receipt,
     unpack_signed,
@@ -67,6 +69,24 @@ def test_consumer_refuses_receipts_that_are_not_its_own():
     assert expected_receipt_problem(r, consumer=B.peer_id, provider=C.peer_id, request_id="req-1", model="tiny")
     assert expected_receipt_problem(r, consumer=B.peer_id, provider=A.peer_id, request_id="req-2", model="tiny")
     assert expected_receipt_problem(r, consumer=B.peer_id, provider=A.peer_id, request_id="req-1", model="big")
+
+
+def test_consumer_vouches_only_for_what_it_observed():
+    r = receipt(A, B, "req-1", gpus=1, gpu_us=500_000, prompt_tokens=10, completion_tokens=20)
+    assert observed_receipt_problem(r, Observed(wall_s=0.5, gpus=1, completion_tokens=20, prompt_tokens=10)) is None
+    assert observed_receipt_problem(r, Observed(wall_s=0.5, gpus=1)) is None  # counts unknown: time only
+    # Ten times the time we waited, or GPUs the ad never claimed: refused.
+    assert "we waited 0.050 s" in observed_receipt_problem(r, Observed(wall_s=0.05, gpus=1))
+    eight = receipt(A, B, "req-1", gpus=8, gpu_us=4_000_000)
+    assert "claims 8 GPUs" in observed_receipt_problem(eight, Observed(wall_s=0.5, gpus=1))
+    assert observed_receipt_problem(eight, Observed(wall_s=0.5, gpus=8)) is None
+    # Tokens other than those received: refused.
+    assert "21" in observed_receipt_problem(
+        receipt(A, B, "req-1", completion_tokens=21), Observed(wall_s=1, gpus=1, completion_tokens=20)
+    )
+    assert observed_receipt_problem(
+        receipt(A, B, "req-1", prompt_tokens=99), Observed(wall_s=1, gpus=1, prompt_tokens=10)
+    )
 
 
 def test_self_dealing_receipt_is_invalid():
