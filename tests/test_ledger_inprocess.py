@@ -5,6 +5,7 @@ The backend is the StandInBackend (an instrument, not a model).
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import trio
@@ -13,7 +14,7 @@ from garage_p2p.core.exchange import head_frame
 from garage_p2p.core.ledger import ZERO_HASH, make_entry
 from garage_p2p.core.ledger_sync import PROTOCOL_LEDGER
 from garage_p2p.core.messages import PROTOCOL_OPENAI, EndInfo, ErrorReply, RequestHead, decode_json, encode_json
-from garage_p2p.core.receipts import cosign_receipt, encode_receipt, sign_receipt
+from garage_p2p.core.receipts import cosign_receipt, encode_receipt, sign_receipt, unpack_signed
 from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.ledger.book import pack_pending
 from garage_p2p.mesh.streams import read_some, write_all
@@ -72,20 +73,40 @@ async def test_requests_yield_counter_signed_receipts_that_every_peer_holds(tmp_
     store.close()
 
 
+async def _raw_request(c, a, request_id: str, body: dict) -> tuple[bytes, EndInfo, object]:
+    """One request to ``a`` by hand: (the DATA payloads, the END, the stream, still open: no COSIGN yet)."""
+    stream = await c.mesh.open_stream(a.identity.peer_id, first_addr(a), PROTOCOL_OPENAI)
+    head = RequestHead(request_id=request_id, path="/v1/chat/completions", body=body, timeout=10)
+    await write_all(stream, head_frame(head))
+    decoder = FrameDecoder({t: 1 << 20 for t in (FrameType.DATA, FrameType.END, FrameType.ERROR)})
+    data, end = b"", None
+    while end is None:
+        for frame in decoder.feed(await read_some(stream)):
+            if frame.type is FrameType.DATA:
+                data += frame.payload
+            if frame.type is FrameType.END:
+                end = decode_json(EndInfo, frame.payload)
+    return data, end, stream
+
+
+async def test_the_receipt_signs_the_digest_of_the_answer_bytes_the_consumer_received(tmp_path):
+    async with standin_backend(token_delay=0.01) as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+                await wait_for_model(c, "tiny")
+                for stream in (False, True):
+                    data, end, raw = await _raw_request(c, a, f"digest-{stream}", {**CHAT, "stream": stream})
+                    await raw.close()
+                    receipt, _, _ = unpack_signed(end.receipt)
+                    assert len(data) > 0 and receipt.answer_digest == hashlib.sha256(data).hexdigest()
+
+
 async def test_a_consumer_that_does_not_counter_sign_is_remembered(tmp_path):
     async with standin_backend() as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
             async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
                 await wait_for_model(c, "tiny")
-                stream = await c.mesh.open_stream(a.identity.peer_id, first_addr(a), PROTOCOL_OPENAI)
-                head = RequestHead(request_id="rude-1", path="/v1/chat/completions", body=CHAT, timeout=10)
-                await write_all(stream, head_frame(head))
-                decoder = FrameDecoder({t: 1 << 20 for t in (FrameType.DATA, FrameType.END, FrameType.ERROR)})
-                end = None
-                while end is None:
-                    for frame in decoder.feed(await read_some(stream)):
-                        if frame.type is FrameType.END:
-                            end = decode_json(EndInfo, frame.payload)
+                _, end, stream = await _raw_request(c, a, "rude-1", CHAT)
                 assert end.receipt is not None
                 await stream.close()  # and no COSIGN
                 pc = c.identity.peer_id

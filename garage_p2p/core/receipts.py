@@ -14,6 +14,7 @@ a newer peer may add fields that older peers ignore but still verify.
 from __future__ import annotations
 
 import base64
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,10 @@ class Receipt(WireModel):
     """When the provider received the request (ms since the Unix epoch, its clock)."""
     end_ms: int = Field(ge=0)
     """When the provider finished it (ms since the Unix epoch, its clock)."""
+    answer_digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    """SHA-256 (hex) of the answer's bytes as the provider sent them (every DATA frame's payload, in
+    order): signed, the answer is provably the provider's (a spot-check's evidence), and the consumer
+    vouches only for the bytes it received. None from providers before it."""
 
     @property
     def gpu_seconds(self) -> float:
@@ -86,8 +91,9 @@ def check_receipt(receipt: Receipt) -> None:
 
 
 def encode_receipt(receipt: Receipt) -> bytes:
-    """The receipt's bytes as the provider signs them."""
-    return receipt.model_dump_json().encode()
+    """The receipt's bytes as the provider signs them (unset optional fields left out: a receipt
+    without an answer digest is byte for byte what providers before it signed)."""
+    return receipt.model_dump_json(exclude_none=True).encode()
 
 
 def parse_receipt(raw: bytes) -> Receipt:
@@ -212,6 +218,22 @@ def observed_receipt_problem(receipt: Receipt, observed: Observed) -> str | None
     if observed.prompt_tokens is not None and receipt.prompt_tokens != observed.prompt_tokens:
         return f"receipt claims {receipt.prompt_tokens} prompt tokens; the answer said {observed.prompt_tokens}"
     return None
+
+
+class AnswerDigest:
+    """The running SHA-256 of an answer's DATA payloads, on either side of the exchange."""
+
+    def __init__(self) -> None:
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+        """Payload bytes hashed so far."""
+
+    def update(self, payload: bytes) -> None:
+        self._hash.update(payload)
+        self.bytes += len(payload)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 def gpu_us_of(seconds: float) -> int:

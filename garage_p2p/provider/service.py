@@ -28,6 +28,7 @@ from ..core.limits import Limits
 from ..core.messages import EndInfo, ErrorInfo, Load, RequestHead, Timings, Usage, error_info
 from ..core.penalties import Penalise
 from ..core.receipts import (
+    AnswerDigest,
     Receipt,
     ReceiptInvalid,
     encode_receipt,
@@ -92,6 +93,8 @@ class _Metering:
     """Prompt + completion tokens the backend reported (charged to the consumer's rate)."""
     outcome: _Outcome = field(default_factory=_Outcome)
     """Where the request's status and usage are noted (the metrics read them)."""
+    answer: AnswerDigest = field(default_factory=AnswerDigest)
+    """The bytes of every DATA frame sent: the receipt signs their digest (the answer, provably ours)."""
 
 
 SERVICE = "openai"
@@ -419,9 +422,9 @@ class ProviderService:
                 if response.status_code >= 400:
                     return metering.outcome.error(await _backend_error(response))
                 if head.stream:
-                    usage, tail = await self._relay_stream(response, send, strip_usage)
+                    usage, tail = await self._relay_stream(response, send, strip_usage, metering.answer)
                 else:
-                    usage, tail = await self._relay_body(response)
+                    usage, tail = await self._relay_body(response, metering.answer)
         except httpx.ConnectError as exc:
             backend.healthy = False
             return metering.outcome.error(
@@ -469,12 +472,13 @@ class ProviderService:
             gpu_us=min(gpu_us_of(gpu_seconds), (end_ms - metering.start_ms) * 1000 * backend.gpus),
             start_ms=metering.start_ms,
             end_ms=end_ms,
+            answer_digest=metering.answer.hexdigest(),
         )
         raw = encode_receipt(receipt)
         metering.receipt = raw
         return pack_signed(raw, sign_receipt(self.identity, raw))
 
-    async def _relay_body(self, response: httpx.Response) -> tuple[Usage | None, bytes]:
+    async def _relay_body(self, response: httpx.Response, answer: AnswerDigest) -> tuple[Usage | None, bytes]:
         """Read the whole JSON body; (usage, its DATA frames)."""
         chunks: list[bytes] = []
         size = 0
@@ -484,6 +488,7 @@ class ProviderService:
                 raise httpx.DecodingError("backend response exceeds the size limit")
             chunks.append(chunk)
         body = b"".join(chunks)
+        answer.update(body)
         frames = b"".join(data_frame(body[i : i + DATA_FRAME_MAX]) for i in range(0, len(body), DATA_FRAME_MAX))
         try:
             usage = _usage(json.loads(body).get("usage"))
@@ -492,7 +497,7 @@ class ProviderService:
         return usage, frames
 
     async def _relay_stream(
-        self, response: httpx.Response, send: SendFrame, strip_usage: bool
+        self, response: httpx.Response, send: SendFrame, strip_usage: bool, answer: AnswerDigest
     ) -> tuple[Usage | None, bytes]:
         """Pass events on as they come; (usage, the DATA frame still to send)."""
         coalescer = Coalescer(self.coalesce_delay, self.coalesce_bytes)
@@ -513,8 +518,9 @@ class ProviderService:
         with single_exceptions():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
-                await self._coalesce_loop(chunks_receive, coalescer, splitter, send, strip_usage, usage_box)
+                await self._coalesce_loop(chunks_receive, coalescer, splitter, send, strip_usage, usage_box, answer)
         tail = (coalescer.flush(trio.current_time()) or b"") + splitter.rest()
+        answer.update(tail)
         return (usage_box[0] if usage_box else None), (data_frame(tail) if tail else b"")
 
     @staticmethod
@@ -525,6 +531,7 @@ class ProviderService:
         send: SendFrame,
         strip_usage: bool,
         usage_box: list[Usage],
+        answer: AnswerDigest,
     ) -> None:
         async with chunks:
             while True:
@@ -548,6 +555,7 @@ class ProviderService:
                             kept.append(event)
                     out = coalescer.push(b"".join(kept), now) if kept else coalescer.due(now)
                 if out:
+                    answer.update(out)
                     await send(data_frame(out))
 
 
