@@ -644,7 +644,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         )
         caps.on_ad = partial(_heard_ad, known, mesh)
         paths = PathTracker(mesh)
-        cosigner = Cosigner(identity, ledger)
+        cosigner = Cosigner(identity, ledger, lambda peer: _gpus_of(table, peer) or 1)
         ledger_sync = LedgerSync(mesh, ledger, lambda peer_id: _addrs_of(table, peer_id))
         dispatcher = Dispatcher(
             mesh,

@@ -14,7 +14,7 @@ from garage_p2p.core.exchange import head_frame
 from garage_p2p.core.ledger import ZERO_HASH, make_entry
 from garage_p2p.core.ledger_sync import PROTOCOL_LEDGER
 from garage_p2p.core.messages import PROTOCOL_OPENAI, EndInfo, ErrorReply, RequestHead, decode_json, encode_json
-from garage_p2p.core.receipts import cosign_receipt, encode_receipt, sign_receipt, unpack_signed
+from garage_p2p.core.receipts import cosign_receipt, encode_receipt, pack_signed, sign_receipt, unpack_signed
 from garage_p2p.core.wire import FrameDecoder, FrameType, encode_frame
 from garage_p2p.ledger.book import pack_pending
 from garage_p2p.mesh.streams import read_some, write_all
@@ -99,6 +99,44 @@ async def test_the_receipt_signs_the_digest_of_the_answer_bytes_the_consumer_rec
                     await raw.close()
                     receipt, _, _ = unpack_signed(end.receipt)
                     assert len(data) > 0 and receipt.answer_digest == hashlib.sha256(data).hexdigest()
+
+
+async def test_a_consumer_vouches_for_no_more_gpus_or_time_than_it_saw(tmp_path, http):
+    """Issue 19 item 3: a provider claiming 8 GPUs (its ad shows none), more time than the consumer
+    waited, or an answer other than the bytes it sent gets no counter-signature; honest receipts do."""
+    async with standin_backend(token_delay=0.01) as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
+                await wait_for_model(c, "tiny")
+                pa, pc = a.identity.peer_id, c.identity.peer_id
+                assert (await http.post(c.api_url + "/chat/completions", json=CHAT)).status_code == 200
+                await wait_for(lambda: a.ledger.state.head(pa).seq == 1, timeout=15)
+                a.provider.backends["tiny"].gpus = 8  # claims eight GPUs on a peer that advertises none
+                assert (await http.post(c.api_url + "/chat/completions", json=CHAT)).status_code == 200
+                await wait_for(lambda: c.cosigner.refused.get(pa) == 1, timeout=15)
+                a.provider.backends["tiny"].gpus = 1
+                honest = a.provider._receipt
+
+                def inflated(*args):  # 5 GPU-s more, its start moved back 5 s to make room
+                    receipt, _, _ = unpack_signed(honest(*args))
+                    more = {"start_ms": receipt.start_ms - 5_000, "gpu_us": receipt.gpu_us + 5_000_000}
+                    raw = encode_receipt(receipt.model_copy(update=more))
+                    return pack_signed(raw, sign_receipt(a.identity, raw))
+
+                a.provider._receipt = inflated
+                assert (await http.post(c.api_url + "/chat/completions", json=CHAT)).status_code == 200
+                await wait_for(lambda: c.cosigner.refused.get(pa) == 2, timeout=15)
+
+                def other_answer(*args):  # signs a digest of bytes it never sent
+                    receipt, _, _ = unpack_signed(honest(*args))
+                    raw = encode_receipt(receipt.model_copy(update={"answer_digest": "0" * 64}))
+                    return pack_signed(raw, sign_receipt(a.identity, raw))
+
+                a.provider._receipt = other_answer
+                assert (await http.post(c.api_url + "/chat/completions", json=CHAT)).status_code == 200
+                await wait_for(lambda: c.cosigner.refused.get(pa) == 3, timeout=15)
+                await wait_for(lambda: a.ledger.refusals.get(pc) == 3, timeout=15)
+                assert a.ledger.state.head(pa).seq == 1  # only the honest receipt entered its log
 
 
 async def test_a_consumer_that_does_not_counter_sign_is_remembered(tmp_path):

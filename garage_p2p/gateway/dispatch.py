@@ -28,6 +28,7 @@ from ..core.deadlines import FirstByteHistory, StreamDeadlines, first_byte_timeo
 from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed, head_frame
 from ..core.messages import PROTOCOL_OPENAI, EndInfo, ErrorInfo, Load, RequestHead, error_info
 from ..core.routing import Candidate, PathInfo, Router, RouteRequest
+from ..ledger.cosign import Seen
 from ..mesh.host import DialError, Mesh
 from ..provider.service import ProviderService
 from .exchange import FrameExchange, stream_exchange
@@ -69,7 +70,7 @@ class Dispatcher:
         own_ad: Callable[[], CapabilityAd],
         path: Callable[[str], PathInfo] = lambda peer_id: PathInfo(),
         lookup: Callable[[str], Awaitable[int]] | None = None,
-        countersign: Callable[[str, RequestHead, EndInfo], bytes | None] | None = None,
+        countersign: Callable[[str, RequestHead, EndInfo, Seen | None], bytes | None] | None = None,
         flagged: Callable[[str], bool] = lambda peer_id: False,
     ) -> None:
         self.mesh = mesh
@@ -273,8 +274,8 @@ class Dispatcher:
         if self._countersign is not None:
             sign = self._countersign
 
-            def countersign(end: EndInfo) -> bytes | None:
-                return sign(peer_id, head, end)
+            def countersign(end: EndInfo, seen: Seen | None) -> bytes | None:
+                return sign(peer_id, head, end, seen)
 
         return stream_exchange(peer_id, stream, deadline, head.timeout, on_close, countersign, self._nursery, on_load)
 

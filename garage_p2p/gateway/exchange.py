@@ -12,8 +12,10 @@ from collections.abc import Callable
 import trio
 
 from ..core.errors import PeerFault
-from ..core.exchange import ResponseEnd, ResponseEvent, ResponseFailed, ResponseReader, truncated_failure
+from ..core.exchange import ResponseData, ResponseEnd, ResponseEvent, ResponseFailed, ResponseReader, truncated_failure
 from ..core.messages import EndInfo, Load, error_info
+from ..core.receipts import AnswerDigest
+from ..ledger.cosign import Seen
 from ..mesh.streams import NegotiatingStream, StreamBroken
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,12 @@ class FrameExchange:
         """Set when the provider broke the protocol (the caller penalises it)."""
         self.end: EndInfo | None = None
         """The END frame's contents, once it arrived."""
+        self.opened_at = trio.current_time()
+        """When the exchange began (the request head went out)."""
+        self.ended_at: float | None = None
+        """When its END arrived."""
+        self.answer = AnswerDigest()
+        """The DATA payloads received, hashed: what the provider's receipt must sign."""
 
     @property
     def received_data(self) -> bool:
@@ -102,11 +110,20 @@ class FrameExchange:
                     )
                 )
         event = self._pending.pop(0)
-        if isinstance(event, ResponseEnd):
+        if isinstance(event, ResponseData):
+            self.answer.update(event.data)
+        elif isinstance(event, ResponseEnd):
             self.end = event.info
+            self.ended_at = trio.current_time()
         if isinstance(event, ResponseEnd | ResponseFailed) and event.info.load is not None and self._on_load:
             self._on_load(event.info.load)
         return event
+
+    def seen(self) -> Seen | None:
+        """What we saw of a finished exchange (the counter-signature's bounds); None before its END."""
+        if self.ended_at is None:
+            return None
+        return Seen(wall_s=self.ended_at - self.opened_at, answer_digest=self.answer.hexdigest())
 
     async def aclose(self) -> None:
         if self._closed:
@@ -136,11 +153,11 @@ def stream_exchange(
     background=None,
     on_load: Callable[[Load], None] | None = None,
 ) -> FrameExchange:
-    """An exchange on a libp2p stream; ``countersign(end)`` gives the COSIGN frame to send after END."""
+    """An exchange on a libp2p stream; ``countersign(end, seen)`` gives the COSIGN frame to send after END."""
 
     async def close(unfinished: bool) -> None:
         if not unfinished and countersign is not None and exchange.end is not None:
-            frame = countersign(exchange.end)
+            frame = countersign(exchange.end, exchange.seen())
             if frame is not None:
                 with trio.move_on_after(COSIGN_WRITE_TIMEOUT):
                     try:
