@@ -23,7 +23,9 @@ API = "http://127.0.0.1:8000/v1"
 class NatMesh:
     """garage-peer processes in a running lab (tools/natlab.nat_lab)."""
 
-    def __init__(self, lab, root: Path) -> None:
+    def __init__(self, lab, root: Path, *, token_delay: float = 0.01, relay_seconds: int | None = None) -> None:
+        """``token_delay``: A's stand-in's seconds per token; ``relay_seconds``: the relays' limit on
+        each relayed connection (their default when None)."""
         self.lab = lab
         self.peers: dict[str, PeerProcess] = {}
         self.started_at: dict[str, float] = {}
@@ -32,12 +34,15 @@ class NatMesh:
         relays = []
         for name in ("r1", "r2"):
             host = lab.hosts[name]
+            if relay_seconds is not None:
+                (root / name).mkdir(parents=True, exist_ok=True)
+                (root / name / "config.toml").write_text(f"relay_seconds = {relay_seconds}\n")
             peer = self._start(name, root, ["--listen", f"/ip4/{host.ip}/tcp/4001", "--relay"])
             relays.append(next(a for a in peer.info["addrs"] if host.ip in a))
         a = lab.hosts["a"]
         self.procs.append(
             subprocess.Popen(
-                standin_command(8101, token_delay=0.01, prefix=a.exec_prefix()),
+                standin_command(8101, token_delay=token_delay, prefix=a.exec_prefix()),
                 cwd=REPO,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,

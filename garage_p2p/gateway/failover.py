@@ -22,6 +22,7 @@ from ..core.continuation import Transcript, lost
 from ..core.deadlines import Expired
 from ..core.exchange import ResponseEnd, ResponseEvent, ResponseFailed, truncated_failure
 from ..core.messages import ErrorInfo, RequestHead, Usage, error_info
+from ..core.relaying import cut_by_relay
 from ..core.routing import RouteRequest
 from .dispatch import Dispatcher, DispatchFailed, Started
 from .exchange import FrameExchange, deadline_failure
@@ -133,7 +134,8 @@ class Answer:
         self._dispatcher.background.start_soon(_close, self.exchange)
         if not lost(failure.info, failure.truncated):
             return failure.info
-        self._dispatcher.router.failed(provider, time.time())
+        if not self._cut_by_relay(provider):
+            self._dispatcher.router.failed(provider, time.time())
         if self.transcript.done:
             return None
         reason = self.transcript.can_continue()
@@ -154,6 +156,15 @@ class Answer:
             failure.info.error.message,
         )
         return None
+
+    def _cut_by_relay(self, provider: str) -> bool:
+        """Whether the provider's relay cut its connection at the relay's limit: not the provider's
+        fault, so it is not banned and the answer may go on at it over a new circuit."""
+        if not cut_by_relay(self._dispatcher.mesh.relay_deadline(provider), trio.current_time()):
+            return False
+        self.transcript.moves += 1
+        log.info("%s: the relay's limit cut the connection to %s; moving the answer", self._head.request_id, provider)
+        return True
 
     async def _continue(self) -> Started:
         """Start the continuation at another provider (DispatchFailed if none starts)."""

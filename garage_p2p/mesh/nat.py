@@ -19,6 +19,7 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import multiaddr
 import trio
@@ -33,6 +34,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
+from .patches import RELAY_LIMITS
 from .streams import disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -43,6 +45,8 @@ RESERVE_INTERVAL = 5.0
 RESERVE_TIMEOUT = 10.0
 RELAY_PING_TIMEOUT = 3.0
 NOT_A_RELAY_BACKOFF = 60.0
+RELAY_SECONDS = 120
+"""A relay's limit on each relayed connection's life by default (``relay_seconds``)."""
 
 _LAN_NETS = [
     ipaddress.ip_network(n)
@@ -84,8 +88,24 @@ class PublicPredialDCUtR(DCUtRProtocol):
         return await super()._try_unilateral_upgrade(peer_id)
 
 
+MAX_CIRCUITS_KEPT = 1024
+"""Relayed connections remembered (``NatService.circuits``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedCircuit:
+    """A relayed connection we dialled, and the relay's limits on it."""
+
+    opened: float
+    """When it opened (trio time)."""
+    seconds: float | None
+    """Its life at most, from the relay's answer (None: unlimited)."""
+    data: int | None
+    """Bytes it may carry at most (None: unlimited)."""
+
+
 def relay_limits(
-    *, circuits: int = 64, reservations: int = 128, seconds: int = 120, data_bytes: int = 128 * 1024 * 1024
+    *, circuits: int = 64, reservations: int = 128, seconds: int = RELAY_SECONDS, data_bytes: int = 128 * 1024 * 1024
 ) -> RelayLimits:
     """What a relay gives each relayed connection: bounded, since relaying costs its owner."""
     return RelayLimits(duration=seconds, data=data_bytes, max_circuit_conns=circuits, max_reservations=reservations)
@@ -110,6 +130,9 @@ class NatService:
         self.ping_relays = True
         """Ping our relays each turn (/ipfs/ping, ~2 ms at each end) to find a silently dead one: only
         without liveness (mesh/liveness.py), which watches them closely and closes a silent one."""
+        self.circuits: dict[str, RelayedCircuit] = {}
+        """Peer id → the relayed connection we dialled to it last (kept after it closed: a cut is judged
+        by it), bounded by the peers we dial."""
         self.reserved = trio.Event()
         """Set when a reservation is made or lost (then replaced): our relayed addresses changed."""
         """Candidates that refused or failed a reservation, until when to skip them."""
@@ -220,8 +243,26 @@ class NatService:
                 log.info("reserved a slot on relay %s (%.0f ms)", relay_id, self.reservation_ms[relay_id])
 
     async def dial_relayed(self, circuit_addr: str) -> None:
-        """A relayed connection through ``circuit_addr`` (…/p2p/R/p2p-circuit/p2p/X)."""
-        await self.transport.dial(multiaddr.Multiaddr(circuit_addr))
+        """A relayed connection through ``circuit_addr`` (…/p2p/R/p2p-circuit/p2p/X), and when its
+        relay will cut it: the limit the relay's answer carries (mesh/patches.py), else ours."""
+        noted: list[tuple[int, int]] = []
+        token = RELAY_LIMITS.set(noted)
+        try:
+            await self.transport.dial(multiaddr.Multiaddr(circuit_addr))
+        finally:
+            RELAY_LIMITS.reset(token)
+        seconds, data = noted[-1] if noted else (self.limits.duration, self.limits.data)
+        peer_id = circuit_addr.rsplit("/p2p/", 1)[-1]
+        self.circuits.pop(peer_id, None)  # re-inserted last: the oldest are dropped first
+        self.circuits[peer_id] = RelayedCircuit(trio.current_time(), float(seconds) if seconds else None, data or None)
+        while len(self.circuits) > MAX_CIRCUITS_KEPT:
+            del self.circuits[next(iter(self.circuits))]
+
+    def relay_deadline(self, peer_id: str) -> float | None:
+        """When the relay cuts our last relayed connection to ``peer_id`` (trio time); None if we
+        dialled none or its relay set no time limit."""
+        circuit = self.circuits.get(peer_id)
+        return None if circuit is None or circuit.seconds is None else circuit.opened + circuit.seconds
 
 
 def _ip(addr: str) -> str | None:
