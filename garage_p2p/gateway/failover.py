@@ -51,6 +51,8 @@ class Answer:
         """The exchange of the current attempt."""
         self.providers: list[str] = [started.exchange.provider]
         """Every provider that wrote part of the answer, in order."""
+        self.relay_deadline = dispatcher.mesh.relay_deadline(started.exchange.provider)
+        """When a relay cuts the current attempt's connection (None: direct, or no limit)."""
 
     @property
     def usage(self) -> Usage | None:
@@ -134,7 +136,7 @@ class Answer:
         self._dispatcher.background.start_soon(_close, self.exchange)
         if not lost(failure.info, failure.truncated):
             return failure.info
-        if not self._cut_by_relay(provider):
+        if not await self._cut_by_relay(provider):
             self._dispatcher.router.failed(provider, time.time())
         if self.transcript.done:
             return None
@@ -157,12 +159,14 @@ class Answer:
         )
         return None
 
-    def _cut_by_relay(self, provider: str) -> bool:
+    async def _cut_by_relay(self, provider: str) -> bool:
         """Whether the provider's relay cut its connection at the relay's limit: not the provider's
-        fault, so it is not banned and the answer may go on at it over a new circuit."""
-        if not cut_by_relay(self._dispatcher.mesh.relay_deadline(provider), trio.current_time()):
+        fault, so it is not banned and the answer may go on at it over a new circuit (the cut
+        connection is closed, so the next stream dials one)."""
+        if not cut_by_relay(self.relay_deadline, trio.current_time()):
             return False
         self.transcript.moves += 1
+        await self._dispatcher.mesh.drop_relayed(provider)
         log.info("%s: the relay's limit cut the connection to %s; moving the answer", self._head.request_id, provider)
         return True
 
@@ -188,6 +192,7 @@ class Answer:
         )
         self.exchange = started.exchange
         self.providers.append(started.exchange.provider)
+        self.relay_deadline = self._dispatcher.mesh.relay_deadline(started.exchange.provider)
         return started
 
 

@@ -314,8 +314,13 @@ class Mesh:
         raise DialError(f"cannot reach {peer_id}: {'; '.join(errors)[:500]}")
 
     def relay_deadline(self, peer_id: str) -> float | None:
-        """When the relay cuts our last relayed connection to ``peer_id`` (trio time), if we dialled one."""
+        """When a relay cuts our connection to ``peer_id`` (trio time); None if direct or not connected."""
         return self.nat.relay_deadline(peer_id) if self.nat is not None else None
+
+    async def drop_relayed(self, peer_id: str) -> None:
+        """Close our relayed connections to ``peer_id`` (its relay cut them), keeping a direct one."""
+        if self.nat is not None:
+            await self.nat.drop_relayed(peer_id)
 
     async def disconnect(self, peer_id: str) -> None:
         """Close every connection to ``peer_id`` (they are dead or unwanted)."""

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import multiaddr
 import trio
+from libp2p.connection_types import ConnectionType
 from libp2p.host.ping import PingService
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -44,6 +45,8 @@ MAX_RESERVATIONS = 2
 RESERVE_INTERVAL = 5.0
 RESERVE_TIMEOUT = 10.0
 RELAY_PING_TIMEOUT = 3.0
+CLOSE_TIMEOUT = 2.0
+"""Seconds to close a relayed connection that its relay cut."""
 NOT_A_RELAY_BACKOFF = 60.0
 RELAY_SECONDS = 120
 """A relay's limit on each relayed connection's life by default (``relay_seconds``)."""
@@ -71,6 +74,16 @@ def is_circuit(addr: str) -> bool:
     return "/p2p-circuit" in addr
 
 
+def is_relayed(conn) -> bool:
+    """Whether a swarm connection goes through a relay."""
+    try:
+        return conn.get_connection_type() == ConnectionType.RELAYED or any(
+            is_circuit(str(a)) for a in conn.get_transport_addresses()
+        )
+    except Exception:  # a connection closing under us
+        return False
+
+
 class PublicPredialDCUtR(DCUtRProtocol):
     """DCUtR without the pre-dial to a relayed peer's private addresses.
 
@@ -94,10 +107,8 @@ MAX_CIRCUITS_KEPT = 1024
 
 @dataclass(frozen=True, slots=True)
 class RelayedCircuit:
-    """A relayed connection we dialled, and the relay's limits on it."""
+    """The limits a relay announced for the relayed connection we dialled through it."""
 
-    opened: float
-    """When it opened (trio time)."""
     seconds: float | None
     """Its life at most, from the relay's answer (None: unlimited)."""
     data: int | None
@@ -131,8 +142,7 @@ class NatService:
         """Ping our relays each turn (/ipfs/ping, ~2 ms at each end) to find a silently dead one: only
         without liveness (mesh/liveness.py), which watches them closely and closes a silent one."""
         self.circuits: dict[str, RelayedCircuit] = {}
-        """Peer id → the relayed connection we dialled to it last (kept after it closed: a cut is judged
-        by it), bounded by the peers we dial."""
+        """Peer id → the limits of the relayed connection we dialled to it last (MAX_CIRCUITS_KEPT)."""
         self.reserved = trio.Event()
         """Set when a reservation is made or lost (then replaced): our relayed addresses changed."""
         """Candidates that refused or failed a reservation, until when to skip them."""
@@ -254,15 +264,49 @@ class NatService:
         seconds, data = noted[-1] if noted else (self.limits.duration, self.limits.data)
         peer_id = circuit_addr.rsplit("/p2p/", 1)[-1]
         self.circuits.pop(peer_id, None)  # re-inserted last: the oldest are dropped first
-        self.circuits[peer_id] = RelayedCircuit(trio.current_time(), float(seconds) if seconds else None, data or None)
+        self.circuits[peer_id] = RelayedCircuit(float(seconds) if seconds else None, data or None)
         while len(self.circuits) > MAX_CIRCUITS_KEPT:
             del self.circuits[next(iter(self.circuits))]
 
+    async def drop_relayed(self, peer_id: str) -> None:
+        """Close our relayed connections to ``peer_id`` and forget them (a relay cut them, and the
+        swarm keeps listing a closed connection for a while: the next dial would not happen)."""
+        try:
+            conns = list(self.host.get_network().get_connections(ID.from_base58(peer_id)))
+        except Exception:  # an invalid id: not connected
+            return
+        network = self.host.get_network()
+        for conn in conns:
+            if is_relayed(conn):
+                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                    scope.shield = True
+                    try:
+                        await conn.close()
+                    except Exception:  # already closing: the relay cut it
+                        pass
+                # A closed connection stayed listed, and BasicHost.connect took it for a live one:
+                # the next dial did nothing and the stream found "no valid connections".
+                network.remove_conn(conn)
+
     def relay_deadline(self, peer_id: str) -> float | None:
-        """When the relay cuts our last relayed connection to ``peer_id`` (trio time); None if we
-        dialled none or its relay set no time limit."""
+        """When a relay cuts our connection to ``peer_id`` (trio time); None when it is direct (new
+        streams take the direct one), absent, or has no time limit.
+
+        The limit is the one the relay announced when we dialled through it, else our own relays'
+        (a connection the peer dialled to us: 0.8.1's STOP handler is not patched)."""
+        try:
+            conns = list(self.host.get_network().get_connections(ID.from_base58(peer_id)))
+        except Exception:  # an invalid id: not connected
+            return None
+        if not conns or not all(is_relayed(conn) for conn in conns):
+            return None
         circuit = self.circuits.get(peer_id)
-        return None if circuit is None or circuit.seconds is None else circuit.opened + circuit.seconds
+        seconds = circuit.seconds if circuit is not None else (float(self.limits.duration) or None)
+        if seconds is None:
+            return None
+        # SwarmConn._created_at (wall clock, a seam in mesh/patches.py): when the connection opened.
+        opened = min(float(getattr(conn, "_created_at", time.time())) for conn in conns)
+        return trio.current_time() + (opened + seconds - time.time())
 
 
 def _ip(addr: str) -> str | None:

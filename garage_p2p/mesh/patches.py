@@ -82,6 +82,8 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.relay.circuit_v2.transport:read_delimited_msg", None),
     ("libp2p.relay.circuit_v2.transport:CircuitV2Transport._dial_via_circuit_addr", "read_delimited_msg(relay_stream"),
     ("libp2p.relay.circuit_v2.transport:CircuitV2Transport.dial_peer_info", "read_delimited_msg(relay_stream"),
+    # mesh/nat.py forgets a relayed connection its relay cut (drop_relayed).
+    ("libp2p.network.swarm:Swarm.remove_conn", None),
     # mDNS registration, which BasicHost.run calls on trio's thread and which blocks for zeroconf's probes.
     ("libp2p.discovery.mdns.broadcaster:PeerBroadcaster.register", "self.zeroconf.register_service("),
 )
