@@ -587,6 +587,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             settings.bootstrap,
             mdns=settings.mdns,
             relay_service=settings.relay,
+            relay_seconds=settings.relay_seconds,
             relay_candidates=relay_candidates,
             psk=psk,
             peer_filter=peer_filter,

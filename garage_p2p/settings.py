@@ -84,6 +84,9 @@ class Settings(BaseModel):
     """Ask for an API key even on a loopback endpoint (any other address always does)."""
     relay: bool = False
     """Offer a circuit relay to peers behind NAT (for publicly reachable peers; on for bootstrap nodes)."""
+    relay_seconds: int = Field(default=120, ge=1, le=86400)
+    """A relay's limit on each relayed connection's life, in seconds (its other limit: 128 MiB); its users
+    learn it from the relay's answer and move their streams before it (docs/discovery-and-routing.md)."""
     runtime_model: Path | None = None
     """Serve this model (a directory, or a model id already in the local Hugging Face cache) from a vLLM
     container the daemon runs in Podman."""

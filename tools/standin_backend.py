@@ -10,6 +10,13 @@ so load reporting can be exercised without vLLM: requests in progress count as r
 and the "KV cache" fills at 1/32 per running request. With ``max_running`` it imitates a
 GPU's batch limit: further requests wait (and count as waiting) for a free slot.
 
+It speaks enough of vLLM's token-id extension for token-exact failover (core/continuation.py):
+with ``return_token_ids`` a streamed chunk carries its token's id (``1000 + position``) and the
+prompt's ids (``PROMPT_IDS``; for a chat request at the top of the first chunk, for completions
+in the choice), and ``/v1/completions`` takes a prompt of token ids and goes on from the position
+its trailing generated ids reach. The answer is a function of the position only, so an answer
+continued from any token is byte for byte the uninterrupted one.
+
 Run: ``python -m tools.standin_backend --port 8101 --model tiny``
 """
 
@@ -31,6 +38,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 WORD = "tok"
+PROMPT_IDS = list(range(1, 9))
+"""The ids of every text prompt (8 tokens, as ``usage.prompt_tokens`` says)."""
+GENERATED_ID = 1000
+"""The id of the token at answer position k is ``GENERATED_ID + k`` (above every prompt id)."""
 KV_SLOTS = 32
 """Running requests that "fill" the imitated KV cache (vLLM's --max-num-seqs in our runs)."""
 
@@ -120,12 +131,14 @@ def create_standin_app(
         chat = request.url.path.endswith("/chat/completions")
         n = int(body.get("max_tokens") or 16)
         rid = f"standin-{uuid.uuid4().hex[:12]}"
-        usage = {"prompt_tokens": 8, "completion_tokens": n, "total_tokens": 8 + n}
+        prompt_ids, start = _prompt(body, chat)
+        usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n}
+        with_ids = body.get("return_token_ids") is True
         created = int(time.time())
         if not body.get("stream"):
             async with slot():
                 await trio.sleep(first_token_delay + token_delay * n)
-            text = " ".join([WORD] * n)
+            text = "".join(_piece(start + i) for i in range(n))
             choice = {"index": 0, "finish_reason": "length"}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
             return JSONResponse(
@@ -148,8 +161,8 @@ def create_standin_app(
                 for i in range(n):
                     if token_delay:
                         await trio.sleep(token_delay)
-                    piece = WORD if i == 0 else " " + WORD
                     delta = {"index": 0, "finish_reason": "length" if i == n - 1 else None}
+                    piece = _piece(start + i)
                     delta.update({"delta": {"content": piece}} if chat else {"text": piece})
                     chunk = {
                         "id": rid,
@@ -158,6 +171,11 @@ def create_standin_app(
                         "model": model,
                         "choices": [delta],
                     }
+                    if with_ids:
+                        # vLLM's shape: the token's ids in the choice, the prompt's in the first chunk.
+                        delta["token_ids"] = [GENERATED_ID + start + i]
+                        if i == 0:
+                            (chunk if chat else delta)["prompt_token_ids"] = prompt_ids
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
                 if include_usage:
                     chunk = {
@@ -190,6 +208,25 @@ def create_standin_app(
             Route("/metrics", metrics),
         ]
     )
+
+
+def _piece(position: int) -> str:
+    """The text of the answer's token at ``position``."""
+    return WORD if position == 0 else " " + WORD
+
+
+def _prompt(body: dict, chat: bool) -> tuple[list[int], int]:
+    """The prompt's token ids, and the answer position it continues from (0 for a new answer).
+
+    A completions prompt of token ids is a continuation: its trailing generated ids
+    (``>= GENERATED_ID``) are the answer so far."""
+    prompt = body.get("prompt")
+    if chat or not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
+        return list(PROMPT_IDS), 0
+    start = 0
+    while start < len(prompt) and prompt[len(prompt) - 1 - start] >= GENERATED_ID:
+        start += 1
+    return list(prompt), start
 
 
 async def serve_standin(app: Starlette, host: str, port: int, *, task_status=trio.TASK_STATUS_IGNORED) -> None:

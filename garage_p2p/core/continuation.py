@@ -262,6 +262,9 @@ class Transcript:
     """Prompt ids sent with the current attempt (a continuation), to check the echo."""
     attempts: int = 0
     """Attempts begun."""
+    moves: int = 0
+    """Attempts begun because a relay cut the connection at its limit (core/relaying.py): the
+    provider is fine, so they do not count against MAX_FAILOVERS."""
     fresh: bool = True
     """True while the current attempt is the client's own request (the first one, or a restart
     when its provider was lost before anything reached the client)."""
@@ -468,7 +471,7 @@ class Transcript:
             return "the provider sent no token ids"
         if self.prompt_ids is None and self._chars:
             return "the provider sent no prompt ids"
-        if self.attempts > MAX_FAILOVERS:
+        if self.attempts - self.moves > MAX_FAILOVERS:
             return f"{MAX_FAILOVERS} failovers already"
         return ""
 

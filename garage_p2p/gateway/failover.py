@@ -22,6 +22,7 @@ from ..core.continuation import Transcript, lost
 from ..core.deadlines import Expired
 from ..core.exchange import ResponseEnd, ResponseEvent, ResponseFailed, truncated_failure
 from ..core.messages import ErrorInfo, RequestHead, Usage, error_info
+from ..core.relaying import cut_by_relay
 from ..core.routing import RouteRequest
 from .dispatch import Dispatcher, DispatchFailed, Started
 from .exchange import FrameExchange, deadline_failure
@@ -50,6 +51,8 @@ class Answer:
         """The exchange of the current attempt."""
         self.providers: list[str] = [started.exchange.provider]
         """Every provider that wrote part of the answer, in order."""
+        self.relay_deadline = dispatcher.mesh.relay_deadline(started.exchange.provider)
+        """When a relay cuts the current attempt's connection (None: direct, or no limit)."""
 
     @property
     def usage(self) -> Usage | None:
@@ -133,7 +136,8 @@ class Answer:
         self._dispatcher.background.start_soon(_close, self.exchange)
         if not lost(failure.info, failure.truncated):
             return failure.info
-        self._dispatcher.router.failed(provider, time.time())
+        if not await self._cut_by_relay(provider):
+            self._dispatcher.router.failed(provider, time.time())
         if self.transcript.done:
             return None
         reason = self.transcript.can_continue()
@@ -154,6 +158,17 @@ class Answer:
             failure.info.error.message,
         )
         return None
+
+    async def _cut_by_relay(self, provider: str) -> bool:
+        """Whether the provider's relay cut its connection at the relay's limit: not the provider's
+        fault, so it is not banned and the answer may go on at it over a new circuit (the cut
+        connection is closed, so the next stream dials one)."""
+        if not cut_by_relay(self.relay_deadline, trio.current_time()):
+            return False
+        self.transcript.moves += 1
+        await self._dispatcher.mesh.drop_relayed(provider)
+        log.info("%s: the relay's limit cut the connection to %s; moving the answer", self._head.request_id, provider)
+        return True
 
     async def _continue(self) -> Started:
         """Start the continuation at another provider (DispatchFailed if none starts)."""
@@ -177,6 +192,7 @@ class Answer:
         )
         self.exchange = started.exchange
         self.providers.append(started.exchange.provider)
+        self.relay_deadline = self._dispatcher.mesh.relay_deadline(started.exchange.provider)
         return started
 
 

@@ -36,7 +36,7 @@ from ..core.peer_filter import OPEN, PeerFilter
 from ..core.penalties import PenaltyBox
 from .connections import ConnectionKeeper, Notifee
 from .liveness import LivenessService
-from .nat import NatService, is_circuit, is_lan_addr
+from .nat import RELAY_SECONDS, NatService, is_circuit, is_lan_addr, relay_limits
 from .patches import apply_library_patches, refuse_dials, report_forged_gossip, report_muxer_faults
 from .streams import NegotiatingStream, PeerStream, close_quietly, disconnect_quietly
 
@@ -313,6 +313,15 @@ class Mesh:
             raise DialError(f"dialling {peer_id} timed out after {timeout:.0f} s")
         raise DialError(f"cannot reach {peer_id}: {'; '.join(errors)[:500]}")
 
+    def relay_deadline(self, peer_id: str) -> float | None:
+        """When a relay cuts our connection to ``peer_id`` (trio time); None if direct or not connected."""
+        return self.nat.relay_deadline(peer_id) if self.nat is not None else None
+
+    async def drop_relayed(self, peer_id: str) -> None:
+        """Close our relayed connections to ``peer_id`` (its relay cut them), keeping a direct one."""
+        if self.nat is not None:
+            await self.nat.drop_relayed(peer_id)
+
     async def disconnect(self, peer_id: str) -> None:
         """Close every connection to ``peer_id`` (they are dead or unwanted)."""
         await disconnect_quietly(self.host, peer_id)
@@ -410,6 +419,7 @@ async def open_mesh(
     *,
     mdns: bool = False,
     relay_service: bool = False,
+    relay_seconds: int = RELAY_SECONDS,
     relay_candidates=None,
     psk: bytes | None = None,
     peer_filter: PeerFilter = OPEN,
@@ -473,7 +483,7 @@ async def open_mesh(
             host=host,
             pubsub=pubsub,
             identity=identity,
-            nat=NatService(host, relay_service=relay_service),
+            nat=NatService(host, relay_service=relay_service, limits=relay_limits(seconds=relay_seconds)),
             peer_filter=peer_filter,
             penalties=penalties or PenaltyBox(),
         )

@@ -19,9 +19,11 @@ import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import multiaddr
 import trio
+from libp2p.connection_types import ConnectionType
 from libp2p.host.ping import PingService
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
@@ -33,6 +35,7 @@ from libp2p.relay.circuit_v2.resources import RelayLimits
 from libp2p.relay.circuit_v2.transport import CircuitV2Transport
 from libp2p.tools.anyio_service import background_trio_service
 
+from .patches import RELAY_LIMITS
 from .streams import disconnect_quietly
 
 log = logging.getLogger(__name__)
@@ -42,7 +45,11 @@ MAX_RESERVATIONS = 2
 RESERVE_INTERVAL = 5.0
 RESERVE_TIMEOUT = 10.0
 RELAY_PING_TIMEOUT = 3.0
+CLOSE_TIMEOUT = 2.0
+"""Seconds to close a relayed connection that its relay cut."""
 NOT_A_RELAY_BACKOFF = 60.0
+RELAY_SECONDS = 120
+"""A relay's limit on each relayed connection's life by default (``relay_seconds``)."""
 
 _LAN_NETS = [
     ipaddress.ip_network(n)
@@ -67,6 +74,16 @@ def is_circuit(addr: str) -> bool:
     return "/p2p-circuit" in addr
 
 
+def is_relayed(conn) -> bool:
+    """Whether a swarm connection goes through a relay."""
+    try:
+        return conn.get_connection_type() == ConnectionType.RELAYED or any(
+            is_circuit(str(a)) for a in conn.get_transport_addresses()
+        )
+    except Exception:  # a connection closing under us
+        return False
+
+
 class PublicPredialDCUtR(DCUtRProtocol):
     """DCUtR without the pre-dial to a relayed peer's private addresses.
 
@@ -84,8 +101,22 @@ class PublicPredialDCUtR(DCUtRProtocol):
         return await super()._try_unilateral_upgrade(peer_id)
 
 
+MAX_CIRCUITS_KEPT = 1024
+"""Relayed connections remembered (``NatService.circuits``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedCircuit:
+    """The limits a relay announced for the relayed connection we dialled through it."""
+
+    seconds: float | None
+    """Its life at most, from the relay's answer (None: unlimited)."""
+    data: int | None
+    """Bytes it may carry at most (None: unlimited)."""
+
+
 def relay_limits(
-    *, circuits: int = 64, reservations: int = 128, seconds: int = 120, data_bytes: int = 128 * 1024 * 1024
+    *, circuits: int = 64, reservations: int = 128, seconds: int = RELAY_SECONDS, data_bytes: int = 128 * 1024 * 1024
 ) -> RelayLimits:
     """What a relay gives each relayed connection: bounded, since relaying costs its owner."""
     return RelayLimits(duration=seconds, data=data_bytes, max_circuit_conns=circuits, max_reservations=reservations)
@@ -111,6 +142,8 @@ class NatService:
         self.ping_relays = True
         """Ping our relays each turn (/ipfs/ping, ~2 ms at each end) to find a silently dead one: only
         without liveness (mesh/liveness.py), which watches them closely and closes a silent one."""
+        self.circuits: dict[str, RelayedCircuit] = {}
+        """Peer id → the limits of the relayed connection we dialled to it last (MAX_CIRCUITS_KEPT)."""
         self.reserved = trio.Event()
         """Set when a reservation is made or lost (then replaced): our relayed addresses changed."""
 
@@ -220,8 +253,60 @@ class NatService:
                 log.info("reserved a slot on relay %s (%.0f ms)", relay_id, self.reservation_ms[relay_id])
 
     async def dial_relayed(self, circuit_addr: str) -> None:
-        """A relayed connection through ``circuit_addr`` (…/p2p/R/p2p-circuit/p2p/X)."""
-        await self.transport.dial(multiaddr.Multiaddr(circuit_addr))
+        """A relayed connection through ``circuit_addr`` (…/p2p/R/p2p-circuit/p2p/X), and when its
+        relay will cut it: the limit the relay's answer carries (mesh/patches.py), else ours."""
+        noted: list[tuple[int, int]] = []
+        token = RELAY_LIMITS.set(noted)
+        try:
+            await self.transport.dial(multiaddr.Multiaddr(circuit_addr))
+        finally:
+            RELAY_LIMITS.reset(token)
+        seconds, data = noted[-1] if noted else (self.limits.duration, self.limits.data)
+        peer_id = circuit_addr.rsplit("/p2p/", 1)[-1]
+        self.circuits.pop(peer_id, None)  # re-inserted last: the oldest are dropped first
+        self.circuits[peer_id] = RelayedCircuit(float(seconds) if seconds else None, data or None)
+        while len(self.circuits) > MAX_CIRCUITS_KEPT:
+            del self.circuits[next(iter(self.circuits))]
+
+    async def drop_relayed(self, peer_id: str) -> None:
+        """Close our relayed connections to ``peer_id`` and forget them (a relay cut them, and the
+        swarm keeps listing a closed connection for a while: the next dial would not happen)."""
+        try:
+            conns = list(self.host.get_network().get_connections(ID.from_base58(peer_id)))
+        except Exception:  # an invalid id: not connected
+            return
+        network = self.host.get_network()
+        for conn in conns:
+            if is_relayed(conn):
+                with trio.move_on_after(CLOSE_TIMEOUT) as scope:
+                    scope.shield = True
+                    try:
+                        await conn.close()
+                    except Exception:  # already closing: the relay cut it
+                        pass
+                # A closed connection stayed listed, and BasicHost.connect took it for a live one:
+                # the next dial did nothing and the stream found "no valid connections".
+                network.remove_conn(conn)
+
+    def relay_deadline(self, peer_id: str) -> float | None:
+        """When a relay cuts our connection to ``peer_id`` (trio time); None when it is direct (new
+        streams take the direct one), absent, or has no time limit.
+
+        The limit is the one the relay announced when we dialled through it, else our own relays'
+        (a connection the peer dialled to us: 0.8.1's STOP handler is not patched)."""
+        try:
+            conns = list(self.host.get_network().get_connections(ID.from_base58(peer_id)))
+        except Exception:  # an invalid id: not connected
+            return None
+        if not conns or not all(is_relayed(conn) for conn in conns):
+            return None
+        circuit = self.circuits.get(peer_id)
+        seconds = circuit.seconds if circuit is not None else (float(self.limits.duration) or None)
+        if seconds is None:
+            return None
+        # SwarmConn._created_at (wall clock, a seam in mesh/patches.py): when the connection opened.
+        opened = min(float(getattr(conn, "_created_at", time.time())) for conn in conns)
+        return trio.current_time() + (opened + seconds - time.time())
 
 
 def _ip(addr: str) -> str | None:

@@ -78,6 +78,12 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.stream_muxer.yamux.yamux:TYPE_PING", None),
     ("libp2p.stream_muxer.yamux.yamux:FLAG_SYN", None),
     ("libp2p.stream_muxer.yamux.yamux:FLAG_ACK", None),
+    # The relay's CONNECT answer carries its limits (circuit v2 STATUS ``limit``); 0.8.1 reads and drops them.
+    ("libp2p.relay.circuit_v2.transport:read_delimited_msg", None),
+    ("libp2p.relay.circuit_v2.transport:CircuitV2Transport._dial_via_circuit_addr", "read_delimited_msg(relay_stream"),
+    ("libp2p.relay.circuit_v2.transport:CircuitV2Transport.dial_peer_info", "read_delimited_msg(relay_stream"),
+    # mesh/nat.py forgets a relayed connection its relay cut (drop_relayed).
+    ("libp2p.network.swarm:Swarm.remove_conn", None),
     # mDNS registration, which BasicHost.run calls on trio's thread and which blocks for zeroconf's probes.
     ("libp2p.discovery.mdns.broadcaster:PeerBroadcaster.register", "self.zeroconf.register_service("),
 )
@@ -131,6 +137,7 @@ def apply_library_patches() -> None:
         return
     import libp2p.network.swarm as swarm
     import libp2p.pubsub.pubsub as pubsub
+    import libp2p.relay.circuit_v2.transport as relay_transport
     import libp2p.stream_muxer.yamux.yamux as yamux
     from libp2p.discovery.mdns.broadcaster import PeerBroadcaster
     from libp2p.stream_muxer.yamux.yamux import Yamux, YamuxStream
@@ -168,6 +175,9 @@ def apply_library_patches() -> None:
     yamux.read_exactly = _noting_headers(yamux.read_exactly)
     Yamux._read_data_body = _body_unnoted(Yamux._read_data_body)
     Yamux._measure_rtt_loop = _no_rtt_loop
+    # A relayed dial read the relay's STATUS and dropped its limits: our streams could not know when
+    # the relay would cut them (mesh/nat.py dial_relayed keeps them).
+    relay_transport.read_delimited_msg = _noting_relay_limit(relay_transport.read_delimited_msg)
     _applied = True
 
 
@@ -534,3 +544,23 @@ def _refusing_dial(dial_peer):
         return await dial_peer(self, peer_id)
 
     return refusing_dial_peer
+
+
+# -- a relay's limits (mesh/nat.py) ------------------------------------------------------
+
+RELAY_LIMITS: ContextVar[list[tuple[int, int]] | None] = ContextVar("garage_relay_limits", default=None)
+"""Set by a relayed dial to a list: the ``(duration s, data bytes)`` of each relay STATUS read in it."""
+
+
+def _noting_relay_limit(read):
+    @functools.wraps(read)
+    async def read_noting(stream, msg_cls):
+        msg = await read(stream, msg_cls)
+        noted = RELAY_LIMITS.get()
+        # Only a HopMessage STATUS with a limit: duration and data are uint32, 0 meaning unlimited.
+        if noted is not None and msg_cls.__name__ == "HopMessage" and msg.type == msg_cls.STATUS:
+            if msg.HasField("limit"):
+                noted.append((int(msg.limit.duration), int(msg.limit.data)))
+        return msg
+
+    return read_noting

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from libp2p.connection_types import ConnectionType
 from libp2p.peer.id import ID
 
 from ..core.routing import PathInfo
 from .host import Mesh
+from .nat import is_relayed
 
 
 class PathTracker:
@@ -32,15 +32,7 @@ class PathTracker:
         conns = self._connections(peer_id)
         if not conns:
             return None
-        kinds = set()
-        for conn in conns:
-            try:
-                relayed = conn.get_connection_type() == ConnectionType.RELAYED or any(
-                    "/p2p-circuit" in str(a) for a in conn.get_transport_addresses()
-                )
-            except Exception:
-                relayed = False
-            kinds.add("relayed" if relayed else "direct")
+        kinds = {"relayed" if is_relayed(conn) else "direct" for conn in conns}
         return "direct" if "direct" in kinds else "relayed"
 
     def rtt(self, peer_id: str) -> float | None:
