@@ -8,10 +8,11 @@ on a machine other work shares.
 
 For each source tree (this checkout, then ``--baseline REV`` unpacked with git archive), ``--peers``
 ``garage-peer`` processes start on 127.0.0.1 (no mDNS), each from two random ready peers; after
-``--settle`` seconds, ``--joins`` times: the existing peers' CPU is read over ``--window`` seconds
-(their idle rate), then a provider (a stand-in backend serving ``tiny``) starts from two random
-peers and the same window is read again. It stays: the next join meets one peer more. Printed, per
-join (median over the joins):
+``--settle`` seconds, ``--joins`` times: the existing peers' CPU is read over ``--idle`` seconds
+(their idle rate), then a provider (a stand-in backend serving ``tiny``; ``--consumers``: a peer
+serving nothing) starts from two random peers and their CPU is read again over ``--window`` seconds
+from its start. It stays: the next join meets one peer more. Printed, per join (median over the
+joins):
 
 - the joiner's CPU until it was ready (interpreter start, imports and ``open_peer``), and its CPU
   over the whole window (ready plus what it did next: dials, lookup, first ads);
@@ -22,7 +23,7 @@ join (median over the joins):
 
 Every process started is killed on the way out.
 
-    python benchmarks/join_cost.py [--peers 10] [--joins 3] [--window 8] [--settle 10]
+    python benchmarks/join_cost.py [--peers 10] [--joins 3] [--window 8] [--idle 20] [--settle 30]
                                    [--baseline REV | --no-baseline] [--json]
 """
 
@@ -65,7 +66,11 @@ class Join:
     ready_s: float
     """Process start to ready (run/peer.json written)."""
     listed_s: float | None
-    """Process start to the last existing peer's table holding the provider's ad; None: some never did."""
+    """Process start to the last existing peer's table holding the joiner's ad; None: some never did."""
+    connections: int
+    """The joiner's connections at the end of the window."""
+    opened: int
+    """Connections the joiner opened or accepted within the window (trimmed ones included)."""
 
 
 @dataclass
@@ -92,9 +97,11 @@ def mesh_cpu(peers: list[PeerProcess]) -> float:
     return sum(proc_cpu_s(p.process.pid) for p in peers)
 
 
-def listed_since(peers: list[PeerProcess], provider_id: str, wall0: float, timeout: float) -> float | None:
-    """Seconds from ``wall0`` until the last peer's table took the provider's ad (polled only until
-    each lists it; the figure is the table's own ``known_since``)."""
+def listed_since(
+    peers: list[PeerProcess], joiner_id: str, provider: bool, wall0: float, timeout: float
+) -> float | None:
+    """Seconds from ``wall0`` until the last peer's table took the joiner's ad (with the model, for a
+    provider; polled only until each lists it, the figure is the table's own ``known_since``)."""
     since: dict[int, float] = {}
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=5, trust_env=False) as client:
@@ -106,7 +113,10 @@ def listed_since(peers: list[PeerProcess], provider_id: str, wall0: float, timeo
                     rows = client.get(base_url(p) + "/garage/v1/peers").json()["peers"]
                 except (httpx.HTTPError, ValueError, KeyError):
                     continue
-                row = next((r for r in rows if r["peer_id"] == provider_id and MODEL in r.get("models", [])), None)
+                row = next(
+                    (r for r in rows if r["peer_id"] == joiner_id and (not provider or MODEL in r.get("models", []))),
+                    None,
+                )
                 if row is not None:
                     since[i] = row["known_since"] - wall0
             if len(since) < len(peers):
@@ -115,14 +125,22 @@ def listed_since(peers: list[PeerProcess], provider_id: str, wall0: float, timeo
 
 
 def one_join(
-    peers: list[PeerProcess], home: Path, tree: Path, backend: str, rng: random.Random, window: float
+    peers: list[PeerProcess],
+    home: Path,
+    tree: Path,
+    backend: str | None,
+    rng: random.Random,
+    window: float,
+    idle: float,
 ) -> tuple[Join, PeerProcess]:
+    """A joiner (a provider of ``backend``, or a consumer if None) and what it cost."""
     idle0 = mesh_cpu(peers)
-    time.sleep(window)
-    idle_rate = (mesh_cpu(peers) - idle0) / window
-    provider_id = load_or_create_identity(home)[0].peer_id
+    time.sleep(idle)
+    idle_rate = (mesh_cpu(peers) - idle0) / idle
+    joiner_id = load_or_create_identity(home)[0].peer_id
     boot = [b.addr for b in rng.sample(peers, 2)]
-    provider = PeerProcess(home, peer_args(bootstrap=boot, backends={MODEL: backend}, extra=QUIET), tree=tree)
+    backends = {MODEL: backend} if backend else {}
+    provider = PeerProcess(home, peer_args(bootstrap=boot, backends=backends, extra=QUIET), tree=tree)
     cpu0 = mesh_cpu(peers)
     t0, wall0 = time.monotonic(), time.time()
     provider.start()
@@ -136,8 +154,11 @@ def one_join(
     time.sleep(max(0.0, t0 + window - time.monotonic()))
     induced = mesh_cpu(peers) - cpu0 - idle_rate * (time.monotonic() - t0)
     own_window = proc_cpu_s(pid)
-    listed = listed_since(peers, provider_id, wall0, timeout=30)
-    return Join(own_ready, own_window, induced, ready_s, listed), provider
+    status = httpx.get(base_url(provider) + "/garage/v1/status", timeout=10).json()
+    listed = listed_since(peers, joiner_id, backend is not None, wall0, timeout=30)
+    counts = status["connection_counts"]
+    join = Join(own_ready, own_window, induced, ready_s, listed, status["connections"], counts["opened_total"])
+    return join, provider
 
 
 def run_column(name: str, tree: Path, root: Path, args: argparse.Namespace) -> Column:
@@ -148,7 +169,8 @@ def run_column(name: str, tree: Path, root: Path, args: argparse.Namespace) -> C
         print(f"{name}: {len(peers)} peers ready; settling", file=sys.stderr, flush=True)
         time.sleep(args.settle)
         for j in range(args.joins):
-            join, provider = one_join(peers, root / f"joiner{j}", tree, backend, rng, args.window)
+            serves = None if args.consumers else backend
+            join, provider = one_join(peers, root / f"joiner{j}", tree, serves, rng, args.window, args.idle)
             started.append(provider)
             col.joins.append(join)
             print(f"{name}: join {j + 1}: {join}", file=sys.stderr, flush=True)
@@ -172,10 +194,13 @@ def print_table(columns: list[Column], args: argparse.Namespace) -> None:
         ],
         "time to ready, s": [med([j.ready_s for j in c.joins]) for c in columns],
         "listed by all from process start, s": [med([j.listed_s for j in c.joins]) for c in columns],
+        "joiner's connections at the window's end": [med([j.connections for j in c.joins]) for c in columns],
+        "  connections it opened or accepted": [med([j.opened for j in c.joins]) for c in columns],
     }
+    joiner = "consumer" if args.consumers else "provider"
     print(
-        f"One provider joining a mesh of {args.peers} (then {args.peers + 1}, …) garage-peer processes on 127.0.0.1, "
-        f"no mDNS; median of {args.joins} joins; CPU = utime + stime"
+        f"One {joiner} joining a mesh of {args.peers} (then {args.peers + 1}, …) garage-peer processes on "
+        f"127.0.0.1, no mDNS; median of {args.joins} joins; CPU = utime + stime over {args.window:.0f} s from its start"
     )
     width = max(map(len, table)) + 2
     widths = [max(len(c.tree), 18) + 3 for c in columns]
@@ -191,9 +216,11 @@ def main() -> None:
     parser.add_argument("--peers", type=int, default=10, help="the mesh a provider joins (default 10)")
     parser.add_argument("--joins", type=int, default=3, help="providers joining, one after another (default 3)")
     parser.add_argument("--window", type=float, default=8.0, help="seconds of CPU counted per join (default 8)")
-    parser.add_argument("--settle", type=float, default=10.0, help="seconds between the mesh ready and the first join")
+    parser.add_argument("--idle", type=float, default=20.0, help="seconds the idle rate is read over before each join")
+    parser.add_argument("--settle", type=float, default=30.0, help="seconds between the mesh ready and the first join")
     parser.add_argument("--baseline", default=BASELINE, help=f"revision to compare with (default {BASELINE})")
     parser.add_argument("--no-baseline", action="store_true", help="measure this checkout only")
+    parser.add_argument("--consumers", action="store_true", help="the joiners serve nothing (default: providers)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the bootstrap choices")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
