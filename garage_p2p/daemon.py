@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
@@ -61,7 +61,6 @@ from .provider.service import ProviderService
 from .runtime.container_spec import RuntimeSpec
 from .runtime.hardware import detect_hardware, driver_version
 from .runtime.model_dirs import resolve_model
-from .runtime.model_runtime import ModelRuntime
 from .runtime.podman_service import open_podman
 from .settings import Settings, SettingsError
 from .store.admin_token import new_admin_token, remove_admin_token, write_admin_token
@@ -69,6 +68,11 @@ from .store.bench_store import load_benchmarks
 from .store.identity_file import load_or_create_identity
 from .store.keys import KeyStore
 from .store.known_peers import KnownPeers
+
+if TYPE_CHECKING:
+    # The container runtime (and the podman client, ~0.05 CPU-s to import) is loaded only by a
+    # peer that runs one (--model-dir): every other peer's start to ready is that much shorter.
+    from .runtime.model_runtime import ModelRuntime
 
 log = logging.getLogger(__name__)
 
@@ -663,6 +667,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths, ledger, ledger_sync, cosigner
         )
         if spec is not None:
+            from .runtime.model_runtime import ModelRuntime  # lazy: see the TYPE_CHECKING import
+
             peer.runtime = ModelRuntime(spec, podman_url, backends[spec.served_name], on_change=caps.republish_soon)
             await nursery.start(peer.runtime.serve)
         peer.benchmarks = await trio.to_thread.run_sync(load_benchmarks, settings.home)

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -20,11 +21,13 @@ from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
 from libp2p.rcmgr import Direction
 
+from garage_p2p.core.capabilities import make_ad, sign_ad
 from garage_p2p.core.identity import Identity
 from garage_p2p.mesh import connections, discovery
 from garage_p2p.mesh import host as mesh_host
 from garage_p2p.mesh.connections import MinuteCounter, Notifee
 from garage_p2p.mesh.host import Mesh, open_mesh
+from tools.testkit import free_port
 
 from .conftest import LOOPBACK, first_addr, running_peer, standin_backend, wait_for, wait_for_model
 
@@ -291,3 +294,21 @@ async def test_a_penalty_after_the_mesh_closed_is_counted_without_a_crash():
     for _ in range(100):  # well past any ban threshold
         mesh.penalise("12D3KooWflooder", "gossip", "a flood")
     assert mesh.penalties.faults("12D3KooWflooder", "gossip") > 0
+
+
+async def test_a_joiner_seeds_its_dht_table_from_the_ads_and_does_not_refresh_at_once(tmp_path):
+    """A joining peer's first DHT refresh was a lookup per bucket, ten queries in flight: in a mesh of
+    tens it dialled most peers within a second of its start (issue 17: 173 of 212 dials in a 20-daemon
+    start). The ads of its first table sync name enough peers to fill its routing table instead."""
+    async with running_peer(tmp_path / "b") as b:
+        now = time.time()
+        for i in range(discovery.DHT_FULL_TABLE):
+            other = Identity.from_seed(bytes([i + 1]) * 32)
+            addr = f"/ip4/127.0.0.1/tcp/{free_port()}/p2p/{other.peer_id}"
+            ad = make_ad(other, seq=1, now=now, ttl=600, addrs=(addr,), models=(), version="x")
+            assert b.table.offer(sign_ad(other, ad), now, via=other.peer_id).entry is not None
+        async with running_peer(tmp_path / "a", bootstrap=first_addr(b)) as a:
+            with trio.fail_after(20):
+                await a.discovery.dht_joined.wait()
+            assert a.discovery.dht.routing_table.size() >= discovery.DHT_FULL_TABLE
+            assert a.discovery.dht_refreshes == 0

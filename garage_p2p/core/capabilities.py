@@ -423,6 +423,10 @@ class PeerTable:
         self._arrivals = 0
         self._admits = admits
         self._entries: dict[str, PeerEntry] = {}
+        self._wires: dict[bytes, str] = {}
+        """The signed bytes of every held ad, to its peer. Every table a joining peer fetches holds
+        most of the mesh, and a peer fetching a joiner's table gets back its own: the same bytes
+        offered again are known without verifying and parsing them again (~0.4 ms an ad)."""
         # Highest seq seen per peer, kept after expiry (bounded, oldest dropped).
         self._seen_seq: OrderedDict[str, int] = OrderedDict()
         self._max_peers = max_peers
@@ -465,6 +469,11 @@ class PeerTable:
         cannot alter what it published); None for an ad from a table.
         """
         deliverer = publisher or via
+        held = self._wires.get(wire)
+        if held is not None and self._entries[held].expires_at > now:
+            if held == deliverer:
+                self.clock_skew.pop(held, None)  # its clock fits again, as below
+            return Intake(reason="an ad the table holds already")
         try:
             ad = open_ad(wire, now)
         except AdContentFault as exc:
@@ -541,6 +550,8 @@ class PeerTable:
         )
         self._arrivals += 1
         self._entries[ad.peer_id] = entry
+        if wire:
+            self._wires[wire] = ad.peer_id
         self._relayed += source != ad.peer_id
         heapq.heappush(self._by_expiry, (expires_at, entry.arrival, ad.peer_id))
         heapq.heappush(self._by_received, (now, entry.arrival, ad.peer_id))
@@ -574,6 +585,8 @@ class PeerTable:
 
     def _drop(self, peer_id: str) -> None:
         entry = self._entries.pop(peer_id)
+        if self._wires.get(entry.wire) == peer_id:
+            del self._wires[entry.wire]
         self._relayed -= not entry.direct
         self._index.remove(peer_id, (m.name for m in entry.ad.models), entry.ad.region)
         self._bytes -= len(entry.wire)

@@ -26,6 +26,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
+import multiaddr
 import trio
 from libp2p.kad_dht.kad_dht import DHTMode, KadDHT
 from libp2p.peer.id import ID
@@ -50,6 +51,7 @@ from ..core.sync_partner import SyncPartner
 from ..core.wire import FrameDecoder, FrameType, encode_frame
 from .caps import warn_clock_skew
 from .host import ConnectionWatch, DialError, Mesh
+from .nat import is_circuit
 from .streams import FrameStream, PeerStream, StreamBroken, close_quietly, read_some, write_all
 
 log = logging.getLogger(__name__)
@@ -67,7 +69,10 @@ DHT_REFRESH_SPARSE = 90.0
 """Seconds between refreshes while the table holds fewer peers and the last refresh still found new
 ones (joining); a small mesh whose table holds everyone already refreshes every DHT_REFRESH."""
 DHT_FULL_TABLE = 10
-"""Routing-table size from which refreshes slow to DHT_REFRESH (go-libp2p-kad-dht refreshes below 10 too)."""
+"""Routing-table size from which refreshes slow to DHT_REFRESH (go-libp2p-kad-dht refreshes below 10 too).
+Peers known by their signed ads are put in the table up to this size without a dial (``_seed_dht``)."""
+DHT_ADDR_TTL = 3600
+"""Seconds a seeded peer's addresses stay in the peerstore (what the library gives the peers a lookup finds)."""
 LOOKUP_TIMEOUT = 5.0
 JOINING_CONNECTIONS = 2
 ANNOUNCE_GAP = 30.0
@@ -123,6 +128,12 @@ class Discovery:
         self._sync_partner: SyncPartner[str] = SyncPartner()
         """The neighbour whose table the anti-entropy rounds follow (``core.sync_partner``)."""
         self._provided: set[str] = set()
+        self._first_table = trio.Event()
+        """Set once a first table was fetched (or tried): the DHT's first refresh waits for it."""
+        self.dht_joined = trio.Event()
+        """Set once connected, the first table seeded the DHT table and the first refresh was decided."""
+        self.dht_refreshes = 0
+        """DHT routing-table refreshes run (each an iterative lookup per bucket, dialling as it goes)."""
         self._announced = -ANNOUNCE_GAP
         """When we last announced ourselves on joining (trio time)."""
         self._checking: set[str] = set()
@@ -341,7 +352,9 @@ class Discovery:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._announce_soon)
             await self._refresh_from(peer_id)
+            self._first_table.set()
             await self._add_to_dht(peer_id)
+            await self._seed_dht()
 
     async def _announce_soon(self) -> None:
         # Only while joining (first connections), and once per ANNOUNCE_GAP: later
@@ -360,6 +373,30 @@ class Discovery:
         except Exception as exc:  # a peer that does not run the DHT, or is gone already
             log.debug("not adding %s to the DHT table: %s", peer_id, exc)
 
+    async def _seed_dht(self) -> None:
+        """Fill the DHT routing table up to DHT_FULL_TABLE from the ad table, without a dial.
+
+        A joining peer's first refresh is an iterative lookup per bucket, ten queries in flight:
+        in a mesh of tens it dialled most peers within a second of the start, and each of them
+        paid a handshake, identify, gossip and table syncs, to be trimmed again above TRIM_ABOVE.
+        The signed ads from the first table sync name those peers and their addresses already.
+        Only below DHT_FULL_TABLE: a full bucket would make the library ping its oldest peer."""
+        routing = self.dht.routing_table
+        now = time.time()
+        for entry in self.table.entries(now):  # bounded by the table's capacity
+            if routing.size() >= DHT_FULL_TABLE:
+                return
+            direct = [a for a in entry.ad.addrs if not is_circuit(a)]
+            if not direct or not self.mesh.admits(entry.ad.peer_id):
+                continue
+            try:
+                peer_id, addrs = ID.from_base58(entry.ad.peer_id), [multiaddr.Multiaddr(a) for a in direct]
+                # In the peerstore too, as the library's own lookups do: its queries dial from there.
+                self.mesh.host.get_peerstore().add_addrs(peer_id, addrs, DHT_ADDR_TTL)
+                await routing.add_peer(PeerInfo(peer_id, addrs))
+            except Exception as exc:  # an id or address the library will not take
+                log.debug("not seeding %s into the DHT table: %s", entry.ad.peer_id, exc)
+
     async def _maintain(self) -> None:
         last_provide = -REPROVIDE_INTERVAL
         last_dht_refresh = -DHT_REFRESH
@@ -373,14 +410,23 @@ class Discovery:
                 # us an impostor's ads). By cursor, from the same partner while it stays
                 # connected: each ad comes once this way, not once per neighbour.
                 await self._refresh_from(partner)
+            if connected and not self._first_table.is_set():
+                with trio.move_on_after(TABLE_FETCH_TIMEOUT):  # the first table seeds the DHT's
+                    await self._first_table.wait()
+            await self._seed_dht()
             now = trio.current_time()
             sparse = dht_growing and self.dht.routing_table.size() < DHT_FULL_TABLE
+            if connected and not self.dht_joined.is_set():
+                if not sparse:
+                    last_dht_refresh = now  # seeded full: no lookup storm on joining; the next one in DHT_REFRESH
+                self.dht_joined.set()
             if connected and now - last_dht_refresh >= (DHT_REFRESH_SPARSE if sparse else DHT_REFRESH):
                 # A refresh is an iterative lookup per non-empty bucket, each opening streams to a
                 # dozen peers and verifying their signed records: in a mesh of joining peers, a
                 # refresh every 30 s was most of every peer's idle CPU. Table sync and our own
                 # additions on connect fill the table; the refresh only finds what those missed.
                 last_dht_refresh = now
+                self.dht_refreshes += 1
                 for peer_id in connected:
                     await self._add_to_dht(peer_id)
                 before = self.dht.routing_table.size()
@@ -394,4 +440,8 @@ class Discovery:
             if trio.current_time() - last_provide >= REPROVIDE_INTERVAL or not served <= self._provided:
                 await self.provide()
                 last_provide = trio.current_time()
-            await trio.sleep(REFRESH_INTERVAL if served <= self._provided else 2.0)
+            # A peer that was not connected yet goes round again as soon as its first table is in:
+            # that seeds its DHT table before the first refresh is decided.
+            joined = self._first_table.is_set()
+            with trio.move_on_after(REFRESH_INTERVAL if served <= self._provided else 2.0):
+                await (trio.sleep_forever() if joined else self._first_table.wait())

@@ -428,3 +428,24 @@ def test_a_full_table_evicts_the_ad_received_first_and_expires_in_arrival_order_
     # a's first ad (ttl 50) no longer counts; c, a and d expire by their own ttl, in order of arrival.
     assert table.expire(NOW + 33.5) == [c.peer_id, a.peer_id]
     assert table.expire(NOW + 60) == [d.peer_id] and len(table) == 0
+
+
+def test_an_ad_held_already_is_not_verified_again(monkeypatch):
+    """Every table a joining peer fetches holds most of the mesh, and each peer that fetches the
+    joiner's table gets its own ads back: ~0.4 ms an ad to verify and parse, per ad, per table."""
+    from garage_p2p.core import capabilities
+
+    verified = []
+    real_verify = capabilities.verify
+    monkeypatch.setattr(capabilities, "verify", lambda *args: verified.append(1) or real_verify(*args))
+    a, b = ident(), ident()
+    table = PeerTable(self_peer_id=b.peer_id)
+    wire = sign_ad(a, ad_of(a))
+    assert table.offer(wire, NOW, via=b.peer_id).entry is not None
+    again = table.offer(bytes(wire), NOW + 1, via=ident().peer_id)  # the same bytes, from another table
+    assert again.entry is None and again.blame is None and len(verified) == 1
+    # Past its expiry it is no longer held: offered again, it is checked (and found stale).
+    assert table.offer(wire, NOW + 60, via=b.peer_id).entry is None and len(verified) == 2
+    # A newer ad replaces it; the old bytes are no longer held, and are refused as old news once verified.
+    assert table.offer(sign_ad(a, ad_of(a, seq=2, now=NOW + 61)), NOW + 61, via=b.peer_id).entry is not None
+    assert table.offer(wire, NOW + 61, via=b.peer_id).entry is None and len(verified) == 4
