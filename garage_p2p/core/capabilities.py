@@ -584,6 +584,8 @@ class PeerTable:
 
     def _make_room(self, peer_id: str, source: str, size: int, now: float) -> None:
         """Room for a new peer's ad from ``source``; AdRejected if it is not to have any."""
+        if source == peer_id and len(self._entries) < self._max_peers and self._bytes + size <= self._max_bytes:
+            return  # the common case, in short: its author brought it and the table has room
         dealt_with = set(self.dealt_with())
         favoured = source == peer_id or peer_id in dealt_with
         if not favoured and (
@@ -716,10 +718,15 @@ class PeerTable:
             servable_count = sum(1 for e in self._entries.values() if e.wire and servable(e, now))
             cursor = self._arrivals if len(page) == servable_count else 0
             return TableAnswer([own_ad, *page], TableCursor(epoch=self.epoch, cursor=cursor))
-        newer = sorted(
-            (e for e in self._entries.values() if e.arrival > request.since and e.wire and servable(e, now)),
-            key=lambda e: e.arrival,
-        )
+        # ``_entries`` is in arrival order (``apply`` drops a replaced entry and adds the new one last),
+        # so what arrived after the cursor is its tail: O(what changed), not O(table).
+        newer: list[PeerEntry] = []
+        for entry in reversed(self._entries.values()):
+            if entry.arrival <= request.since:
+                break
+            if entry.wire and servable(entry, now):
+                newer.append(entry)
+        newer.reverse()
         ads: list[bytes] = []
         total, cursor = 0, self._arrivals
         for entry in newer:
