@@ -28,6 +28,7 @@ import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from pydantic import Field, field_validator
 
@@ -400,6 +401,9 @@ class Intake:
     time the table notices; None otherwise."""
 
 
+_offer_name = attrgetter("name")
+
+
 class PeerTable:
     """Newest ad per peer, with expiry; remembers seqs so replays are refused.
 
@@ -553,7 +557,7 @@ class PeerTable:
         heapq.heappush(self._by_received, (now, arrival, peer_id))
         if len(self._by_expiry) > 2 * len(self._entries) + 64:
             self._reindex()
-        self._index.add(peer_id, [m.name for m in ad.models], ad.region)
+        self._index.add(peer_id, map(_offer_name, ad.models), ad.region)
         self._bytes += len(wire)
         # get, not Counter's own lookup: a missing source (every direct ad's) is a Python-level call there.
         self._held[source] = self._held.get(source, 0) + 1
