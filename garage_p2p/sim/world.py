@@ -813,22 +813,28 @@ class World:
         applied = consumer.applied_seq
         row = None
         waiting = set()
+        table = consumer.table
         for p in self._maybe_news(consumer, model):
+            if not p.ads:
+                continue
+            newest = p.ads[-1][1].seq
             after = applied.get(p.idx, 0)
-            if not p.ads or p.ads[-1][1].seq <= after:
+            if newest <= after:
                 continue  # nothing newer than what it applied (seqs grow along ``p.ads``)
             if row is None:  # a Dijkstra, and the overlay changes often: only when something is new
                 row = self.topo.gossip_delay(consumer.idx)
             found = self._newest_arrived(p, consumer, row, now, after)
-            if found is not None:
-                ad, arrival = found
-                applied[p.idx] = ad.seq
-                try:
-                    consumer.table.apply(ad, EPOCH + arrival)
-                except AdRejected:
-                    pass
-            if p.ads[-1][1].seq > applied.get(p.idx, 0):
+            if found is None:
                 waiting.add(p.idx)
+                continue
+            ad, arrival = found
+            applied[p.idx] = ad.seq
+            if ad.seq < newest:
+                waiting.add(p.idx)  # an older ad arrived; the newest is on its way
+            try:
+                table.apply(ad, EPOCH + arrival)
+            except AdRejected:
+                pass
         consumer.caught_up[model] = (len(self.published[model]), waiting)
         consumer.table.expire(EPOCH + now)
 
