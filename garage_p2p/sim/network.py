@@ -63,8 +63,11 @@ class Topology:
         # Every mesh link in both directions, kept as links come and go, so that building the graph
         # for a Dijkstra is a few array operations rather than a walk over every neighbour set.
         self._link_slot: dict[tuple[int, int], int] = {}
-        self._link_ends = np.zeros((64, 2), dtype=np.int64)
+        self._link_from = np.zeros(64, dtype=np.int64)
+        self._link_to = np.zeros(64, dtype=np.int64)
         self._link_live = np.zeros(64, dtype=bool)
+        self._link_s = np.zeros(64, dtype=float)
+        """Each link's latency (a link's ends never move)."""
         self._free_slots: list[int] = []
         self._slots_used = 0
         self.cut: list[tuple[int, int]] = []
@@ -202,11 +205,14 @@ class Topology:
                 slot = self._slots_used
                 self._slots_used += 1
                 if slot == len(self._link_live):
-                    self._link_ends = np.concatenate([self._link_ends, np.zeros_like(self._link_ends)])
+                    self._link_from = np.concatenate([self._link_from, np.zeros_like(self._link_from)])
+                    self._link_to = np.concatenate([self._link_to, np.zeros_like(self._link_to)])
                     self._link_live = np.concatenate([self._link_live, np.zeros_like(self._link_live)])
+                    self._link_s = np.concatenate([self._link_s, np.zeros_like(self._link_s)])
             self._link_slot[ends] = slot
-            self._link_ends[slot] = ends
+            self._link_from[slot], self._link_to[slot] = ends
             self._link_live[slot] = True
+            self._link_s[slot] = 0.0 if self.loopback else self._link_latency(*ends)
 
     def _unlink(self, a: int, b: int) -> None:
         self.neighbours[a].discard(b)
@@ -237,13 +243,14 @@ class Topology:
         self._dist[source] = dist
         return dist
 
+    def _link_latency(self, a: int, b: int) -> float:
+        """``one_way`` in numpy's arithmetic, as the graph always weighed its links."""
+        return self._access[a] + self._access[b] + self._city_matrix[self._city[a], self._city[b]]
+
     def _build_graph(self) -> csr_matrix:
         # Links come in any order: the distances Dijkstra finds do not depend on it.
-        r, c = self._link_ends[: self._slots_used][self._link_live[: self._slots_used]].T
-        if self.loopback:
-            weights = np.zeros(len(r))
-        else:
-            weights = self._access[r] + self._access[c] + self._city_matrix[self._city[r], self._city[c]]
-        weights = weights + cal.GOSSIP_HOP_MS / 1000
+        live = self._link_live[: self._slots_used]
+        r, c = self._link_from[: self._slots_used][live], self._link_to[: self._slots_used][live]
+        weights = self._link_s[: self._slots_used][live] + cal.GOSSIP_HOP_MS / 1000
         n = len(self.places)
         return csr_matrix((weights, (r, c)), shape=(n, n))
