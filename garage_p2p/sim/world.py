@@ -15,6 +15,8 @@ Two economies keep 1,000 peers fast without changing what any peer sees:
 - A consumer's table is brought up to date when it routes, from each
   provider's recent ads and their arrival times (publication + gossip
   delay); the table is only ever read when routing, so it is the same table.
+  After its first, a catch-up looks only at the providers that published
+  since, or whose newest ad was still on its way (``_maybe_news``).
 - An ad is signed and checked when its content changes; the periodic
   re-announcements of an unchanged ad reuse the checked ad with a new seq and
   time, instead of paying ~0.3 ms of ed25519 each.
