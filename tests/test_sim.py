@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from typer.testing import CliRunner
 from garage_p2p.cli.garage import app
 from garage_p2p.core.capabilities import SERVE_MARGIN
 from garage_p2p.core.ledger import decode_entry
+from garage_p2p.sim.calibration import GOSSIP_HOP_MS
 from garage_p2p.sim.metrics import summarize
 from garage_p2p.sim.run import run_scenario
 from garage_p2p.sim.scenario import Scenario, ScenarioError, load_scenario, twin_scenario
@@ -184,3 +186,58 @@ def test_a_table_in_the_simulator_serves_by_the_cores_rule():
 
     assert fetch_at(published + SERVE_MARGIN)  # fresh: served
     assert not fetch_at(published + ad.ttl - 1)  # live at the server, but less than SERVE_MARGIN left
+
+
+def test_a_catch_up_looks_at_every_provider_with_news(monkeypatch):
+    """A consumer's catch-up looks only at the providers that may have news (``_maybe_news``): each with
+    an ad newer than the consumer applied is among them, through churn, restarts and a partition."""
+    original = World._catch_up
+    checked = []
+
+    def checking(self, consumer, model):
+        news = {
+            p.idx for p in self.providers_of[model] if p.ads and p.ads[-1][1].seq > consumer.applied_seq.get(p.idx, 0)
+        }
+        assert news <= {p.idx for p in self._maybe_news(consumer, model)}
+        checked.append(len(consumer.caught_up))
+        original(self, consumer, model)
+
+    monkeypatch.setattr(World, "_catch_up", checking)
+    World(scenario(), 3).run()
+    assert len(checked) > 100 and sum(1 for n in checked if n) > 50  # most after a first catch-up
+
+
+def test_a_run_pauses_the_cycle_collector_and_leaves_it_as_it_found_it():
+    """The cyclic garbage collector is off while a world runs, on again after, and stays off after a run
+    if it was off before."""
+    seen = []
+    original = World._sample
+
+    def sampling(self):
+        seen.append(gc.isenabled())
+        original(self)
+
+    assert gc.isenabled()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(World, "_sample", sampling)
+        World(scenario(sim={"duration_s": 120, "drain_s": 0}), 1).run()
+        assert seen and not any(seen) and gc.isenabled()
+        gc.disable()
+        try:
+            World(scenario(sim={"duration_s": 60, "drain_s": 0}), 1).run()
+            assert not gc.isenabled()
+        finally:
+            gc.enable()
+
+
+def test_the_gossip_graph_holds_exactly_the_mesh_links_after_churn_and_a_partition():
+    """The overlay's graph, kept link by link as peers come and go and a partition cuts and heals, is
+    the mesh of the neighbour sets: each link both ways, weighted by its latency plus a hop."""
+    world = World(scenario(), 5)
+    world.run()
+    topo = world.topo
+    graph = topo._build_graph().tocoo()
+    links = {(int(a), int(b)): w for a, b, w in zip(graph.row, graph.col, graph.data, strict=True)}
+    assert len(links) == graph.nnz
+    assert set(links) == {(a, b) for a in range(len(topo.places)) for b in topo.neighbours[a]}
+    assert all(w == pytest.approx(topo.one_way(a, b) + GOSSIP_HOP_MS / 1000) for (a, b), w in links.items())

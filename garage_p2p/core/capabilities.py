@@ -28,6 +28,7 @@ import json
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
+from operator import attrgetter
 
 from pydantic import Field, field_validator
 
@@ -400,6 +401,9 @@ class Intake:
     time the table notices; None otherwise."""
 
 
+_offer_name = attrgetter("name")
+
+
 class PeerTable:
     """Newest ad per peer, with expiry; remembers seqs so replays are refused.
 
@@ -514,50 +518,57 @@ class PeerTable:
 
         AdRejected if it is not newer than what we have, or there is no room for it.
         """
-        if not self._admits(ad.peer_id):
+        # A consumer's table takes every provider's ad, so this runs often: fields read once into locals.
+        peer_id, seq = ad.peer_id, ad.seq
+        if not self._admits(peer_id):
             raise AdRejected("a peer this peer's allow/deny lists do not admit")
-        if ad.peer_id == self._self:
-            if ad.seq not in self._own_seqs:
+        if peer_id == self._self:
+            if seq not in self._own_seqs:
                 # Validly signed with our key, yet not issued by us.
                 self.impostor_addrs = ad.addrs
                 raise AdRejected("an ad signed with our key that we did not issue")
             raise AdRejected("our own ad")
-        last = self._seen_seq.get(ad.peer_id)
-        if last is not None and ad.seq <= last:
-            raise AdRejected(f"seq {ad.seq} is not newer than {last}")
+        seen = self._seen_seq
+        last = seen.get(peer_id)
+        if last is not None and seq <= last:
+            raise AdRejected(f"seq {seq} is not newer than {last}")
         expires_at = check_fresh(ad, now)
-        source = source or ad.peer_id
-        old = self._entries.get(ad.peer_id)
+        source = source or peer_id
+        old = self._entries.get(peer_id)
         if old is not None:
-            self._drop(ad.peer_id)
+            self._drop(peer_id)
         else:
-            self._make_room(ad.peer_id, source, len(wire), now)
-        self._seen_seq[ad.peer_id] = ad.seq
-        self._seen_seq.move_to_end(ad.peer_id)
-        self._suspended.pop(ad.peer_id, None)  # a newer ad: nothing to resume
-        while len(self._seen_seq) > 2 * self._max_peers:
-            gone, _ = self._seen_seq.popitem(last=False)
+            self._make_room(peer_id, source, len(wire), now)
+        seen[peer_id] = seq
+        if last is not None:
+            seen.move_to_end(peer_id)  # a new key is last already
+        if self._suspended:
+            self._suspended.pop(peer_id, None)  # a newer ad: nothing to resume
+        while len(seen) > 2 * self._max_peers:
+            gone, _ = seen.popitem(last=False)
             if gone in self._entries:
                 self._drop(gone)
+        arrival = self._arrivals = self._arrivals + 1
+        first_seen = now if old is None else old.first_seen
         entry = PeerEntry(
             ad=ad,
             expires_at=expires_at,
             received_at=now,
             wire=wire,
             source=source,
-            first_seen=old.first_seen if old is not None else now,
-            arrival=self._arrivals + 1,
+            first_seen=first_seen,
+            arrival=arrival,
         )
-        self._arrivals += 1
-        self._entries[ad.peer_id] = entry
+        self._entries[peer_id] = entry
         if wire:
-            self._wires[wire] = ad.peer_id
-        self._relayed += source != ad.peer_id
-        heapq.heappush(self._by_expiry, (expires_at, entry.arrival, ad.peer_id))
-        heapq.heappush(self._by_received, (now, entry.arrival, ad.peer_id))
+            self._wires[wire] = peer_id
+        if source != peer_id:
+            self._relayed += 1
+        heapq.heappush(self._by_expiry, (expires_at, arrival, peer_id))
+        heapq.heappush(self._by_received, (now, arrival, peer_id))
         if len(self._by_expiry) > 2 * len(self._entries) + 64:
             self._reindex()
-        self._index.add(ad.peer_id, [m.name for m in ad.models], ad.region)
+        self._index.add(peer_id, map(_offer_name, ad.models), ad.region)
         self._bytes += len(wire)
         # get, not Counter's own lookup: a missing source (every direct ad's) is a Python-level call there.
         self._held[source] = self._held.get(source, 0) + 1
@@ -597,6 +608,8 @@ class PeerTable:
 
     def _make_room(self, peer_id: str, source: str, size: int, now: float) -> None:
         """Room for a new peer's ad from ``source``; AdRejected if it is not to have any."""
+        if source == peer_id and len(self._entries) < self._max_peers and self._bytes + size <= self._max_bytes:
+            return  # the common case, in short: its author brought it and the table has room
         dealt_with = set(self.dealt_with())
         favoured = source == peer_id or peer_id in dealt_with
         if not favoured and (
@@ -729,10 +742,15 @@ class PeerTable:
             servable_count = sum(1 for e in self._entries.values() if e.wire and servable(e, now))
             cursor = self._arrivals if len(page) == servable_count else 0
             return TableAnswer([own_ad, *page], TableCursor(epoch=self.epoch, cursor=cursor))
-        newer = sorted(
-            (e for e in self._entries.values() if e.arrival > request.since and e.wire and servable(e, now)),
-            key=lambda e: e.arrival,
-        )
+        # ``_entries`` is in arrival order (``apply`` drops a replaced entry and adds the new one last),
+        # so what arrived after the cursor is its tail: O(what changed), not O(table).
+        newer: list[PeerEntry] = []
+        for entry in reversed(self._entries.values()):
+            if entry.arrival <= request.since:
+                break
+            if entry.wire and servable(entry, now):
+                newer.append(entry)
+        newer.reverse()
         ads: list[bytes] = []
         total, cursor = 0, self._arrivals
         for entry in newer:

@@ -67,6 +67,12 @@ def region_keys(region: str | None) -> tuple[str, ...]:
     return tuple("-".join(labels[: i + 1]) for i in range(len(labels)))
 
 
+@lru_cache(maxsize=4096)
+def _index_keys(region: str | None) -> tuple[str, ...]:
+    """Every key a provider in ``region`` is filed under: "" (any region) and ``region_keys``."""
+    return ("", *region_keys(region))
+
+
 def region_key(wanted: str | None) -> str:
     """The key to draw from for the constraint ``wanted`` ("" for none)."""
     return "-".join(wanted.split("-")[:REGION_INDEX_DEPTH]) if wanted else ""
@@ -79,7 +85,7 @@ class ProviderIndex:
         self._sets: dict[tuple[str, str], IndexedSet] = {}
 
     def add(self, peer_id: str, models: Iterable[str], region: str | None) -> None:
-        keys = ("", *region_keys(region))
+        keys = _index_keys(region)
         for model in models:
             for key in keys:
                 members = self._sets.get((model, key))
@@ -89,7 +95,7 @@ class ProviderIndex:
 
     def remove(self, peer_id: str, models: Iterable[str], region: str | None) -> None:
         for model in models:
-            for key in ("", *region_keys(region)):
+            for key in _index_keys(region):
                 members = self._sets.get((model, key))
                 if members is not None:
                     members.discard(peer_id)

@@ -7,10 +7,12 @@ derived from the seed and a name (``stream``), never from global state.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import heapq
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 
@@ -18,6 +20,27 @@ def stream(seed: int, *names: object) -> random.Random:
     """An independent random stream for one purpose, fixed by the seed and the names."""
     key = ":".join([str(seed), *map(str, names)]).encode()
     return random.Random(int.from_bytes(hashlib.sha256(key).digest()[:8], "big"))
+
+
+@contextmanager
+def cycles_uncollected() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a run, restored after.
+
+    A run keeps millions of objects alive (every consumer's table of ads) and makes almost no
+    reference cycles (25 objects in a 6-minute sweden-10k run; reference counting frees the rest),
+    so each full collection walked the whole heap to find nothing: a tenth of a run's time.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        # What the run made waits in the youngest generation, and the next collection would walk it all
+        # (seconds): frozen and thawed, it lands in the oldest, walked at the next full collection only.
+        gc.freeze()
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
 
 
 class Engine:

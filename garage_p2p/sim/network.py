@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from itertools import chain
 
 import numpy as np
 from scipy.sparse import csr_matrix
@@ -61,6 +60,16 @@ class Topology:
         self._epoch = 0
         self._graph: csr_matrix | None = None
         self._dist: dict[int, np.ndarray] = {}
+        # Every mesh link in both directions, kept as links come and go, so that building the graph
+        # for a Dijkstra is a few array operations rather than a walk over every neighbour set.
+        self._link_slot: dict[tuple[int, int], int] = {}
+        self._link_from = np.zeros(64, dtype=np.int64)
+        self._link_to = np.zeros(64, dtype=np.int64)
+        self._link_live = np.zeros(64, dtype=bool)
+        self._link_s = np.zeros(64, dtype=float)
+        """Each link's latency (a link's ends never move)."""
+        self._free_slots: list[int] = []
+        self._slots_used = 0
         self.cut: list[tuple[int, int]] = []
         """Links cut by the partition, restored after the heal."""
 
@@ -93,6 +102,10 @@ class Topology:
         """The peers online, in index order."""
         return sorted(self._online_list)
 
+    def online_indices(self) -> np.ndarray:
+        """The peers online, in no particular order, to index arrays of all peers with."""
+        return np.fromiter(self._online_list, dtype=np.int64, count=len(self._online_list))
+
     def degree(self, peer: int) -> int:
         """Its gossip mesh links now."""
         return len(self.neighbours[peer])
@@ -123,8 +136,7 @@ class Topology:
             self._online_pos[last] = pos
         former = sorted(self.neighbours[peer])
         for other in former:
-            self.neighbours[other].discard(peer)
-        self.neighbours[peer].clear()
+            self._unlink(peer, other)
         self._changed()
         return former
 
@@ -150,8 +162,7 @@ class Topology:
                 or not self.direct_possible(peer, other)
             ):
                 continue
-            self.neighbours[peer].add(other)
-            self.neighbours[other].add(peer)
+            self._link(peer, other)
             added += 1
         return added > 0
 
@@ -167,8 +178,7 @@ class Topology:
                 if a < b and side_of[a] != side_of[b]:
                     self.cut.append((a, b))
         for a, b in self.cut:
-            self.neighbours[a].discard(b)
-            self.neighbours[b].discard(a)
+            self._unlink(a, b)
         self._changed()
 
     def heal(self) -> list[tuple[int, int]]:
@@ -181,10 +191,36 @@ class Topology:
         """Restore one link (both ends still online); True if it was added."""
         if not (self.online[a] and self.online[b]) or b in self.neighbours[a] or not self.same_side(a, b):
             return False
-        self.neighbours[a].add(b)
-        self.neighbours[b].add(a)
+        self._link(a, b)
         self._changed()
         return True
+
+    def _link(self, a: int, b: int) -> None:
+        self.neighbours[a].add(b)
+        self.neighbours[b].add(a)
+        for ends in ((a, b), (b, a)):
+            if self._free_slots:
+                slot = self._free_slots.pop()
+            else:
+                slot = self._slots_used
+                self._slots_used += 1
+                if slot == len(self._link_live):
+                    self._link_from = np.concatenate([self._link_from, np.zeros_like(self._link_from)])
+                    self._link_to = np.concatenate([self._link_to, np.zeros_like(self._link_to)])
+                    self._link_live = np.concatenate([self._link_live, np.zeros_like(self._link_live)])
+                    self._link_s = np.concatenate([self._link_s, np.zeros_like(self._link_s)])
+            self._link_slot[ends] = slot
+            self._link_from[slot], self._link_to[slot] = ends
+            self._link_live[slot] = True
+            self._link_s[slot] = 0.0 if self.loopback else self._link_latency(*ends)
+
+    def _unlink(self, a: int, b: int) -> None:
+        self.neighbours[a].discard(b)
+        self.neighbours[b].discard(a)
+        for ends in ((a, b), (b, a)):
+            slot = self._link_slot.pop(ends)
+            self._link_live[slot] = False
+            self._free_slots.append(slot)
 
     # -- gossip distances ------------------------------------------------------------
 
@@ -207,17 +243,14 @@ class Topology:
         self._dist[source] = dist
         return dist
 
+    def _link_latency(self, a: int, b: int) -> float:
+        """``one_way`` in numpy's arithmetic, as the graph always weighed its links."""
+        return self._access[a] + self._access[b] + self._city_matrix[self._city[a], self._city[b]]
+
     def _build_graph(self) -> csr_matrix:
-        online = self._online_list
-        counts = np.fromiter((len(self.neighbours[a]) for a in online), dtype=np.int64, count=len(online))
-        r = np.repeat(np.asarray(online, dtype=np.int64), counts)
-        c = np.fromiter(
-            chain.from_iterable(self.neighbours[a] for a in online), dtype=np.int64, count=int(counts.sum())
-        )
-        if self.loopback:
-            weights = np.zeros(len(r))
-        else:
-            weights = self._access[r] + self._access[c] + self._city_matrix[self._city[r], self._city[c]]
-        weights = weights + cal.GOSSIP_HOP_MS / 1000
+        # Links come in any order: the distances Dijkstra finds do not depend on it.
+        live = self._link_live[: self._slots_used]
+        r, c = self._link_from[: self._slots_used][live], self._link_to[: self._slots_used][live]
+        weights = self._link_s[: self._slots_used][live] + cal.GOSSIP_HOP_MS / 1000
         n = len(self.places)
         return csr_matrix((weights, (r, c)), shape=(n, n))

@@ -103,6 +103,9 @@ class SimPeer:
     table: PeerTable | None = None
     router: Router | None = None
     applied_seq: dict[int, int] = field(default_factory=dict)
+    caught_up: dict[str, tuple[int, set[int]]] = field(default_factory=dict)
+    """Per model, at its last catch-up: the length of ``World.published`` then, and the providers whose
+    newest ad had not reached it yet (only those and the ones that published since can have news)."""
     conns: dict[int, Conn] = field(default_factory=dict)
     in_flight: int = 0
     # provider
