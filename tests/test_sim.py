@@ -184,3 +184,26 @@ def test_a_table_in_the_simulator_serves_by_the_cores_rule():
 
     assert fetch_at(published + SERVE_MARGIN)  # fresh: served
     assert not fetch_at(published + ad.ttl - 1)  # live at the server, but less than SERVE_MARGIN left
+
+
+def test_an_answer_whose_provider_vanishes_continues_elsewhere_through_the_cores_policy():
+    """Providers that vanish mid-answer (power cut: their connections go silent) and relays cut by
+    their time limit: with failover (core/request_policy.py) the answers continue on another
+    provider and none waits for its 504; without it they are cut. (One in this run is still cut:
+    the providers its continuation tried had vanished too, an explicit error.)"""
+    churning = scenario(
+        sim={"duration_s": 600, "drain_s": 300},
+        churn={"provider_online": [0.8], "consumer_online": [1.0], "mean_session_min": 3, "graceful_share": 0.0},
+        load={"requests_per_consumer_hour": 120, "max_tokens_median": 800, "stream_share": 1.0},
+        events=[],
+    )
+    on = summarize(World(churning, 3).run())["requests"]
+    off = summarize(
+        World(churning.model_copy(update={"load": churning.load.model_copy(update={"failover": False})}), 3).run()
+    )["requests"]
+    assert on["lost"] == off["lost"] == 0
+    assert off["cut_mid_stream"] > 0
+    assert on["failed_over"] > 0
+    assert on["cut_mid_stream"] * 10 < off["cut_mid_stream"]
+    assert not any(key.startswith("504") for key in on["errors"])
+    assert on["success_rate"] > off["success_rate"]
