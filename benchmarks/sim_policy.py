@@ -4,7 +4,7 @@
 path re-implemented dispatch by hand and did no failover), extracted with ``git archive`` into a
 temporary directory and run from there; "after" is this tree's, which drives
 ``core.request_policy`` (first-byte and stall deadlines, mid-stream failover); "after, failover
-off" is the same with every client sending ``x-garage-failover: off``. Each run is its own
+off" (``--with-off``) is the same with every client sending ``x-garage-failover: off``. Each run is its own
 process, with the same scenario, seed and (shortened) duration.
 
     .venv/bin/python benchmarks/sim_policy.py                                  # the three scenarios
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DURATIONS = {"sweden-1k": 1200.0, "flash-crowd": 900.0, "relay-loss": 1200.0}
+DURATIONS = {"sweden-1k": 1200.0, "flash-crowd": 780.0, "relay-loss": 1200.0}
 """Simulated seconds per scenario: long enough for its event (the flash crowd at 600 s, the relay
 loss at 600 s), short enough for a few minutes of wall time each on a busy 2-core machine."""
 
@@ -77,7 +77,7 @@ def main() -> None:
     parser.add_argument("--scenarios", nargs="*", default=list(DURATIONS))
     parser.add_argument("--before", default="main", help="git revision of the 'before' simulator")
     parser.add_argument("--duration", type=float, help="simulated seconds (default: per scenario)")
-    parser.add_argument("--no-off", action="store_true", help="skip the 'after, failover off' run")
+    parser.add_argument("--with-off", action="store_true", help="also run 'after, failover off'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp)
@@ -93,7 +93,7 @@ def main() -> None:
         for scenario in args.scenarios:
             duration = args.duration or DURATIONS.get(scenario, 1200.0)
             runs = [(f"before ({args.before})", before, False), ("after", ROOT, False)]
-            if not args.no_off:
+            if args.with_off:
                 runs.append(("after, failover off", ROOT, True))
             for label, src, off in runs:
                 f = figures(simulate(src, scenario, duration, failover_off=off))
