@@ -90,12 +90,12 @@ class Answer:
             while commands := policy.commands():
                 for command in commands:
                     await self._execute(command, emit)
+            if emit is None and policy.answered:
+                return None  # the response begins; ``run`` goes on (or finds the answer already whole)
             if policy.finished is not None:
                 if policy.finished.error is None:
                     await self.aclose()  # END after the answer: counter-signed in the background
                 return policy.finished
-            if emit is None and policy.answered:
-                return None
             exchange = self.exchange
             assert exchange is not None, "the policy waits for an attempt that is not open"
             policy.waiting(trio.current_time())
