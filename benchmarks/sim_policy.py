@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-DURATIONS = {"sweden-1k": 1200.0, "flash-crowd": 780.0, "relay-loss": 1200.0}
+DURATIONS = {"sweden-1k": 3600.0, "flash-crowd": 780.0, "relay-loss": 1200.0}
 """Simulated seconds per scenario: long enough for its event (the flash crowd at 600 s, the relay
 loss at 600 s), short enough for a few minutes of wall time each on a busy 2-core machine."""
 
