@@ -241,3 +241,26 @@ def test_the_gossip_graph_holds_exactly_the_mesh_links_after_churn_and_a_partiti
     assert len(links) == graph.nnz
     assert set(links) == {(a, b) for a in range(len(topo.places)) for b in topo.neighbours[a]}
     assert all(w == pytest.approx(topo.one_way(a, b) + GOSSIP_HOP_MS / 1000) for (a, b), w in links.items())
+
+
+def test_an_answer_whose_provider_vanishes_continues_elsewhere_through_the_cores_policy():
+    """Providers that vanish mid-answer (power cut: their connections go silent) and relays cut by
+    their time limit: with failover (core/request_policy.py) the answers continue on another
+    provider and none waits for its 504; without it they are cut. (One in this run is still cut:
+    the providers its continuation tried had vanished too, an explicit error.)"""
+    churning = scenario(
+        sim={"duration_s": 600, "drain_s": 300},
+        churn={"provider_online": [0.8], "consumer_online": [1.0], "mean_session_min": 3, "graceful_share": 0.0},
+        load={"requests_per_consumer_hour": 120, "max_tokens_median": 800, "stream_share": 1.0},
+        events=[],
+    )
+    on = summarize(World(churning, 3).run())["requests"]
+    off = summarize(
+        World(churning.model_copy(update={"load": churning.load.model_copy(update={"failover": False})}), 3).run()
+    )["requests"]
+    assert on["lost"] == off["lost"] == 0
+    assert off["cut_mid_stream"] > 0
+    assert on["failed_over"] > 0
+    assert on["cut_mid_stream"] * 10 < off["cut_mid_stream"]
+    assert not any(key.startswith("504") for key in on["errors"])
+    assert on["success_rate"] > off["success_rate"]

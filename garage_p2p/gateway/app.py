@@ -2,11 +2,12 @@
 
 Validates what it must (JSON, ``model``, ``messages``/``prompt``, size),
 hands the body to a provider and streams the answer back. Every error is an
-OpenAI error object. A provider lost mid-answer is replaced by another that
-continues it token for token (gateway/failover.py, core/continuation.py);
-the body then gains only ``stream``, ``return_token_ids`` and the usage
-chunk. A response that cannot be continued ends with an SSE error event,
-never a silent truncation.
+OpenAI error object. Every request takes one path: ``core.request_policy``
+driven by gateway/answer.py. A provider lost mid-answer is replaced by
+another that continues it token for token (core/continuation.py); the body
+then gains only ``stream``, ``return_token_ids`` and the usage chunk. A
+response that cannot be continued ends with an SSE error event, never a
+silent truncation.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ from starlette.routing import Route
 from .. import __version__
 from ..core.continuation import FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
-from ..core.exchange import ResponseData, ResponseEnd, ResponseFailed
 from ..core.live_requests import LiveRequest
 from ..core.messages import (
     ENDPOINT_PATHS,
@@ -39,19 +39,19 @@ from ..core.messages import (
     error_body,
     error_info,
 )
+from ..core.request_policy import RequestPolicy
 from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
+from .answer import Answer
 from .auth import Gatekeeper, Refused, browser_refusal
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
-from .dispatch import Dispatcher, DispatchFailed
-from .failover import Answer
+from .dispatch import Dispatcher
 from .jobs_api import job_routes
 from .metrics import CONTENT_TYPE, Metrics
 
 log = logging.getLogger(__name__)
 
-MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 CLOSE_TIMEOUT = 5.0
 """Seconds to close an exchange the client abandoned (a stream reset), shielded from its cancellation."""
 STREAM_BUFFER = 16
@@ -129,14 +129,12 @@ def create_app(
             raise
 
     async def complete(request: Request, request_id: str, live: LiveRequest) -> Response:
-        exchange = None
         answer: Answer | None = None
         grant = None
 
         def settle(status: int) -> None:
             # The key's token budget is charged with what the providers reported.
-            end = exchange.end if exchange is not None else None
-            usage: Usage | None = answer.usage if answer is not None else end.usage if end is not None else None
+            usage: Usage | None = answer.usage if answer is not None else None
             if grant is not None:
                 gate.finish(grant, usage)
             metrics.end(live, status, usage.prompt_tokens if usage else 0, usage.completion_tokens if usage else 0)
@@ -164,72 +162,47 @@ def create_app(
         sending = plan(path, body, request.headers.get(FAILOVER_HEADER))
         head = RequestHead(request_id=request_id, path=path, body=sending.body, timeout=request_timeout)
         live.model, live.stream = model, sending.client_stream
-        try:
-            started = await dispatcher.start(head, route, prompt_tokens=prompt_estimate(body))
-        except DispatchFailed as exc:
-            return refuse(exc.info, {"x-request-id": request_id})
-        exchange = started.exchange
-        live.peer = exchange.provider
-        live.path = "local" if exchange.provider == peer_id else path_kind(exchange.provider)
-        headers = {"x-garage-provider": exchange.provider, "x-request-id": request_id}
-        if sending.failover:
-            answer = Answer(dispatcher, head, route, Transcript(path, sending), started)
-            return await answered(answer, headers, live, settle)
-        if not head.stream:
-            status = 499  # cancelled: the client went away
-            try:
-                response = await _collect(exchange, started.first, headers, live)
-                status = response.status_code
-                return response
-            finally:
-                settle(status)
-
-        async def events() -> AsyncIterator[bytes]:
-            status = 499  # the client went away, unless the answer ends first
-            try:
-                event = started.first
-                while True:
-                    if isinstance(event, ResponseData):
-                        metrics.data(live, event.data)
-                        yield event.data
-                    elif isinstance(event, ResponseFailed):
-                        log.warning(
-                            "%s failed mid-stream on %s: %s", request_id, exchange.provider, event.info.error.message
-                        )
-                        status = event.info.status
-                        yield sse_error(event.info)
-                        return
-                    else:
-                        status = 200
-                        return
-                    event = await exchange.next_event()
-            finally:
-                # Settle first: when the client hangs up, Starlette cancels this
-                # generator and every await below raises at once.
-                settle(status)
-                with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
-                    await exchange.aclose()
-
-        return StreamingResponse(
-            events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
+        policy = RequestPolicy(
+            head,
+            model,
+            trio.current_time(),
+            transcript=Transcript(path, sending) if sending.failover else None,
+            client_stream=sending.client_stream,
+            prompt_tokens=prompt_estimate(body),
+            first_bytes=dispatcher.first_bytes,
         )
+        answer = Answer(dispatcher, route, policy)
+        try:
+            refused = await answer.start()
+        except BaseException:
+            with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
+                await answer.aclose()
+            raise
+        if refused is not None:
+            assert refused.error is not None  # a whole answer needs a provider that answered
+            return refuse(refused.error, {"x-request-id": request_id})
+        provider = answer.providers[0]
+        live.peer = provider
+        live.path = "local" if provider == peer_id else path_kind(provider)
+        headers = {"x-garage-provider": provider, "x-request-id": request_id}
+        return await answered(answer, headers, live, settle)
 
     async def answered(
         answer: Answer, headers: dict[str, str], live: LiveRequest, settle: Callable[[int], None]
     ) -> Response:
-        """The response of a request that fails over: streamed, or assembled from the stream."""
-        if not answer.transcript.plan.client_stream:
+        """The response of a request a provider answers: streamed, or one body."""
+        if not answer.policy.client_stream:
             status = 499  # cancelled: the client went away
 
             async def nothing(data: bytes) -> None:
                 pass
 
             try:
-                failure = await answer.run(nothing) or answer.transcript.backend_failure()
-                if failure is not None:
-                    response: Response = error_response(failure, headers)
+                finish = await answer.run(nothing)
+                if finish.error is not None:
+                    response: Response = error_response(finish.error, headers)
                 else:
-                    body = dumps(answer.transcript.assemble())
+                    body = finish.body or b""
                     metrics.data(live, body)
                     response = Response(body, media_type="application/json", headers=headers)
                 status = response.status_code
@@ -237,7 +210,7 @@ def create_app(
             finally:
                 settle(status)
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
-                    await answer.exchange.aclose()
+                    await answer.aclose()
 
         async def events() -> AsyncIterator[bytes]:
             # The answer runs in the peer's nursery and hands its bytes over a channel: an async
@@ -253,18 +226,17 @@ def create_app(
                 with scope:
                     try:
                         async with chunks_send:
-                            failure = await answer.run(chunks_send.send)
-                            if failure is not None:
-                                log.warning("%s failed mid-stream: %s", answer.providers, failure.error.message)
-                                status = failure.status
-                                await chunks_send.send(sse_error(failure))
+                            finish = await answer.run(chunks_send.send)
+                            if finish.error is not None:
+                                status = finish.error.status
+                                await chunks_send.send(sse_error(finish.error))
                             else:
                                 status = 200
                     except trio.BrokenResourceError:
                         pass  # the client went away
                     finally:
                         with trio.CancelScope(shield=True, deadline=trio.current_time() + CLOSE_TIMEOUT):
-                            await answer.exchange.aclose()
+                            await answer.aclose()
 
             dispatcher.background.start_soon(produce)
             try:
@@ -273,7 +245,8 @@ def create_app(
                         metrics.data(live, data)
                         yield data
             finally:
-                if not answer.transcript.done:
+                transcript = answer.policy.transcript
+                if not (answer.policy.done or (transcript is not None and transcript.done)):
                     scope.cancel()  # the client went away mid-answer: stop the provider
                 elif status == 499:
                     status = 200  # the client had the whole answer
@@ -282,29 +255,6 @@ def create_app(
         return StreamingResponse(
             events(), media_type="text/event-stream", headers={**headers, "cache-control": "no-cache"}
         )
-
-    async def _collect(exchange, first, headers: dict[str, str], live) -> Response:
-        chunks: list[bytes] = []
-        size = 0
-        event = first
-        try:
-            while not isinstance(event, ResponseEnd):
-                if isinstance(event, ResponseFailed):
-                    return error_response(event.info, headers)
-                size += len(event.data)
-                if size > MAX_RESPONSE_BYTES:
-                    return error_response(
-                        error_info(
-                            502, "the provider's response is too large", type="server_error", code="response_too_large"
-                        ),
-                        headers,
-                    )
-                metrics.data(live, event.data)
-                chunks.append(event.data)
-                event = await exchange.next_event()
-        finally:
-            await exchange.aclose()
-        return Response(b"".join(chunks), media_type="application/json", headers=headers)
 
     async def list_models(request: Request) -> Response:
         created = int(time.time())

@@ -100,5 +100,10 @@ ANTI_ENTROPY_S = 15.0
 """Each peer compares heads with a random neighbour every 15 s × U(0.5, 1.5) (ledger/sync.py); while they
 agree the compare is a digest (the cost model prices it as one small exchange)."""
 
-MAX_ATTEMPTS = 3
-"""Providers tried per request before it fails (gateway/dispatch.py)."""
+QUEUE_WAIT_S = 2.0
+"""Seconds a request waits in a full provider's line before its 429 (provider/service.py QUEUE_WAIT)."""
+
+STREAM_TICK_S = 0.4
+"""How often the simulated consumer reads a running stream. The real gaps are ~20-50 ms (one
+coalesced frame per token or few); reading every 0.4 s gives the stall deadline its floor, as a
+live stream does (core/deadlines.py: STALL_FLOOR = STALL_FACTOR × 0.4 s), at a tenth of the events."""

@@ -43,6 +43,13 @@ class RequestRecord:
     """When the first response byte reached the client."""
     tokens: int = 0
     """Tokens generated."""
+    failovers: int = 0
+    """Times the answer continued at another provider after its provider was lost mid-answer."""
+
+    @property
+    def cut(self) -> bool:
+        """A streamed answer that ended in an error after the client had its first bytes."""
+        return self.stream and self.status not in (None, 200) and self.first_byte is not None
 
     @property
     def ok(self) -> bool:
@@ -205,6 +212,9 @@ def summarize(obs: Observations) -> dict:
             "ok": len(ok),
             "errors": dict(sorted(errors.items())),
             "lost": len(reqs) - len(done),
+            "cut_mid_stream": sum(r.cut for r in done),
+            "failovers": sum(r.failovers for r in done),
+            "failed_over": sum(r.failovers > 0 for r in done),
             "success_rate": _r(len(ok) / len(done)) if done else None,
             "latency_s": {f"p{q}": _r(percentile(latency, q)) for q in (50, 90, 99)},
             "ttft_s": {f"p{q}": _r(percentile(ttft, q)) for q in (50, 90, 99)},

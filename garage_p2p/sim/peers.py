@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..core.ad_schedule import AdSchedule
+from ..core.admission import Admission
 from ..core.capabilities import CapabilityAd, PeerTable, TableCursor
+from ..core.deadlines import FirstByteHistory
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import ZERO_HASH, LedgerState
+from ..core.request_policy import RequestPolicy
 from ..core.routing import Router
 from ..core.sync_partner import SyncPartner
 from .hardware import GpuKind
@@ -62,28 +65,52 @@ class Conn:
 
 @dataclass(slots=True)
 class Flight:
-    """One request on its way: the consumer's side of the exchange."""
+    """One client request on its way: the consumer's side, driving ``core.request_policy``, and
+    the provider side of its current attempt."""
 
     record: RequestRecord
     consumer: int
-    head: bytes
-    """The HEAD frame, as the consumer encoded it."""
     request_id: str
     prompt_tokens: int
-    deadline: float
-    candidates: list[int] = field(default_factory=list)
-    tried: int = 0
-    busy: bool = False
-    last_error: str = ""
+    policy: RequestPolicy
+    """The request's policy: attempts, deadlines, bans, failover, errors."""
     looked_up: bool = False
+    done: bool = False
+    timer_at: float | None = None
+    """When the policy's timer is next checked (one wake pending at a time)."""
+    timer_token: int = 0
+    """Names the pending wake; an older one is stale."""
+    # The current attempt:
+    attempt: int = 0
+    """The policy's number of it (callbacks of an older attempt are ignored)."""
     provider: int | None = None
     conn: Conn | None = None
-    done: bool = False
+    head: bytes = b""
+    """Its HEAD frame, as the consumer encoded it."""
+    outstanding: str | None = None
+    """The provider the router counts it against (``Router.started`` until ``finished``)."""
+    path: str = ""
+    """Its endpoint (a continuation's is ``/v1/completions``)."""
+    prompt_len: int = 0
+    """Its prompt tokens (a continuation's holds the answer so far)."""
+    tokens: int = 0
+    """Tokens it generates."""
+    streamed: bool = True
+    """Whether its provider streams (a non-streamed one sends its body at the end)."""
+    fed: int = -1
+    """Tokens the consumer has read of it (-1: not even the first chunk)."""
+    fed_at: float = 0.0
+    """When the consumer read its latest data."""
+    back: float = 0.0
+    """One-way time from its provider back to the consumer, with the mesh's overhead."""
+    silent_from: float | None = None
+    """When its provider went silent (vanished): nothing it sends after reaches the consumer."""
     # Provider side, while it runs there:
     key: int = 0
     arrived: float = 0.0
     mark: float = 0.0
     first_byte: float | None = None
+    """When the provider sent its first token."""
 
 
 @dataclass(slots=True)
@@ -108,6 +135,8 @@ class SimPeer:
     newest ad had not reached it yet (only those and the ones that published since can have news)."""
     conns: dict[int, Conn] = field(default_factory=dict)
     in_flight: int = 0
+    first_bytes: FirstByteHistory = field(default_factory=FirstByteHistory)
+    """How fast each provider started answering it (the first-byte deadline's history)."""
     # provider
     gpu_name: str = ""
     kind: GpuKind | None = None
@@ -115,6 +144,11 @@ class SimPeer:
     gpu: SharedGpu | None = None
     meter: GpuMeter | None = None
     flights: dict[int, Flight] = field(default_factory=dict)
+    """Requests running on its GPU (admitted)."""
+    waiting: dict[int, Flight] = field(default_factory=dict)
+    """Requests in its admission line."""
+    admission: Admission | None = None
+    """Its slots, shared among consumer peers as the daemon's provider shares them (``core.admission``)."""
     batch: dict[int, tuple] = field(default_factory=dict)
     """Batch lines on the GPU: key → (job token, started, meter mark, tokens)."""
     draining: bool = False

@@ -51,6 +51,8 @@ HEADLINE: tuple[tuple[str, str, str, str], ...] = (
     ("Requests", "Answered (200)", "requests.ok", "count"),
     ("Requests", "Lost (no answer by the end)", "requests.lost", "count"),
     ("Requests", "Success rate (of ended)", "requests.success_rate", "share"),
+    ("Requests", "Cut mid-stream (an error after the first bytes)", "requests.cut_mid_stream", "count"),
+    ("Requests", "Failed over mid-answer", "requests.failed_over", "count"),
     ("Requests", "Latency p50", "requests.latency_s.p50", "seconds"),
     ("Requests", "Latency p90", "requests.latency_s.p90", "seconds"),
     ("Requests", "Latency p99", "requests.latency_s.p99", "seconds"),

@@ -111,6 +111,8 @@ class LoadSection(_Section):
     """Share of requests that stream."""
     timeout_s: float = Field(default=120.0, gt=0, le=3600)
     """Each request's deadline."""
+    failover: bool = True
+    """Whether a provider lost mid-answer is replaced (false: every client sends ``x-garage-failover: off``)."""
 
 
 class Event(_Section):

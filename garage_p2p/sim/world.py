@@ -33,6 +33,7 @@ import math
 import numpy as np
 
 from ..core.ad_schedule import AdSchedule
+from ..core.admission import Admission, Outcome
 from ..core.capabilities import (
     MAX_AD_BYTES,
     MAX_TABLE_BYTES,
@@ -56,13 +57,25 @@ from ..core.capabilities import (
     open_ad,
     sign_ad,
 )
-from ..core.exchange import RequestReader, ResponseEnd, ResponseReader, end_frame, head_frame
+from ..core.continuation import CHAT, Transcript, plan
+from ..core.deadlines import FirstByteHistory
+from ..core.exchange import (
+    RequestReader,
+    ResponseData,
+    ResponseEnd,
+    ResponseFailed,
+    ResponseReader,
+    end_frame,
+    head_frame,
+    truncated_failure,
+)
 from ..core.gpu_meter import GpuMeter
 from ..core.identity import Identity
 from ..core.ledger import LedgerState, make_entry
+from ..core.limits import Limits
 from ..core.liveness import QUIET as LIVENESS_QUIET
 from ..core.liveness import RELAXED as LIVENESS_RELAXED
-from ..core.messages import EndInfo, RequestHead, Timings, Usage
+from ..core.messages import EndInfo, ErrorInfo, RequestHead, Timings, Usage, error_info
 from ..core.receipts import (
     Receipt,
     check_cosignature,
@@ -74,10 +87,12 @@ from ..core.receipts import (
     sign_receipt,
     unpack_signed,
 )
+from ..core.request_policy import Answering, Ban, Close, Finish, Open, RequestPolicy, Route
 from ..core.routing import PathInfo, Router, RouteRequest
 from ..core.sync_partner import SyncPartner
 from ..core.wire import HEADER_SIZE
 from . import calibration as cal
+from .answers import attempt_shape, first_chunk, last_chunks, token_chunk
 from .cost import ADS, HEADS, JSON_TOKEN_BYTES, REQUESTS, TABLES, TOKEN_CHUNK_BYTES, CostMeter, Costs
 from .engine import Engine, cycles_uncollected, stream
 from .hardware import CONCURRENCY, GPUS
@@ -102,6 +117,21 @@ FAR_CURSOR = 2**62
 """A cursor past any arrival: the answer names only where the table stands now."""
 DRAIN_S = 30.0
 """A peer switching off gracefully serves what it runs for at most this long."""
+LOCAL_PARTY = "local"
+"""The admission party of a provider's own job lines (provider/service.py LOCAL)."""
+MAX_TICKS = 100_000
+"""Stream reads per look at most (a bound on the loop; a look spans seconds, not hours)."""
+BUSY = error_info(
+    429,
+    "provider is at its concurrency limit",
+    type="rate_limit_error",
+    code="provider_busy",
+    retryable=True,
+    retry_after=1.0,
+)
+"""A full provider's answer (``ProviderService._admit``)."""
+DRAINING = error_info(503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True)
+"""A draining provider's answer."""
 
 
 def hour_share(curve: tuple[float, ...], hour: float) -> float:
@@ -343,8 +373,13 @@ class World:
                 peer.applied_seq = {}
                 peer.caught_up = {}
                 peer.conns = {}
+                peer.first_bytes = FirstByteHistory()
                 self.engine.after(cal.HANDSHAKE_MS / 1000, self._fetch_table, peer, peer.session)
         if peer.role == PROVIDER:
+            # A fresh daemon: its slots shared as ``ProviderService`` shares them (daemon defaults:
+            # a consumer peer may hold half of them).
+            peer.admission = Admission(CONCURRENCY, Limits(concurrency=max(1, CONCURRENCY // 2)))
+            peer.waiting = {}
             self._reserve_relays(peer)
         self._start_ads(peer, initial)
         if peer.state is not None:
@@ -434,12 +469,14 @@ class World:
             peer.batch.clear()  # its leases expire at the submitters
             stuck = set(peer.flights)
             peer.gpu.drop(self.engine.now, stuck)
-            for key in sorted(stuck):
-                flight = peer.flights.pop(key)
+            for key in sorted(stuck | set(peer.waiting)):
+                flight = peer.flights.pop(key, None) or peer.waiting.pop(key)
+                flight.key = 0
+                flight.silent_from = self.engine.now
                 if flight.conn is not None:
                     flight.conn.dead = True
                     flight.conn.active.discard(flight.record.id)
-            # The requests it ran hang until their deadline.
+            # The requests it ran hear nothing more: their stall (or first-byte) deadline finds it lost.
 
     def _drain(self, peer: SimPeer) -> None:
         """Withdraw the ad, finish what runs (30 s at most), then leave."""
@@ -458,9 +495,10 @@ class World:
         if not peer.online or peer.session != session:
             return
         # The process exits: its connections close, what still runs is cut off.
-        for key in sorted(peer.flights):
-            flight = peer.flights[key]
-            self._cut(flight, "the provider shut down")
+        for key in sorted({*peer.flights, *peer.waiting}):
+            flight = peer.flights.get(key) or peer.waiting.get(key)
+            if flight is not None:
+                self._cut(flight, "the provider shut down")
         peer.gpu.drop(self.engine.now, set(peer.batch))
         peer.batch.clear()
         self._leave(peer)
@@ -884,42 +922,82 @@ class World:
             "max_tokens": ask.max_tokens,
             "stream": ask.stream,
         }
-        head = head_frame(
-            RequestHead(
-                request_id=request_id, path="/v1/chat/completions", body=body, timeout=self.scenario.load.timeout_s
-            )
+        # What the consumer's endpoint does (gateway/app.py): plan failover, then drive the policy.
+        sending = plan(CHAT, body, None if self.scenario.load.failover else "off")
+        head = RequestHead(request_id=request_id, path=CHAT, body=sending.body, timeout=self.scenario.load.timeout_s)
+        policy = RequestPolicy(
+            head,
+            ask.model,
+            now,
+            transcript=Transcript(CHAT, sending) if sending.failover else None,
+            client_stream=ask.stream,
+            prompt_tokens=ask.prompt_tokens,
+            first_bytes=consumer.first_bytes,
         )
-        flight = Flight(record, consumer.idx, head, request_id, ask.prompt_tokens, now + self.scenario.load.timeout_s)
+        flight = Flight(record, consumer.idx, request_id, ask.prompt_tokens, policy)
         consumer.in_flight += 1
-        self.engine.at(flight.deadline, self._deadline, flight)
-        self._route(flight)
+        self._drive(flight)
 
-    def _route(self, flight: Flight) -> None:
+    def _drive(self, flight: Flight) -> None:
+        """Execute the policy's commands, then wake for its timer (gateway/answer.py, simulated)."""
+        policy = flight.policy
+        consumer = self.peers[flight.consumer]
+        while commands := policy.commands():
+            for command in commands:
+                if isinstance(command, Route):
+                    self._route(flight, command)
+                elif isinstance(command, Open):
+                    self._attempt(flight, command)
+                elif isinstance(command, Close):
+                    self._stop_attempt(flight)
+                elif isinstance(command, Ban):
+                    consumer.router.failed(command.provider, EPOCH + self.engine.now)
+                    if command.disconnect:
+                        consumer.conns.pop(self.by_id[command.provider].idx, None)
+                elif isinstance(command, Answering):
+                    consumer.router.succeeded(command.provider)
+                elif isinstance(command, Finish):
+                    self._finish(flight, command)
+        self._arm_timer(flight)
+
+    def _arm_timer(self, flight: Flight) -> None:
+        """Wake at the policy's timer; one wake pending at a time (an early one re-arms)."""
+        at = flight.policy.get_timer()
+        if at is None or (flight.timer_at is not None and flight.timer_at <= at):
+            return
+        flight.timer_token += 1
+        flight.timer_at = at
+        self.engine.at(at, self._wake, flight, flight.timer_token)
+
+    def _wake(self, flight: Flight, token: int) -> None:
+        if flight.done or token != flight.timer_token:
+            return
+        flight.timer_at = None
+        now = self.engine.now
+        self._feed(flight, now)
+        flight.policy.handle_timer(now)
+        self._drive(flight)
+
+    def _route(self, flight: Flight, command: Route) -> None:
         consumer = self.peers[flight.consumer]
         now = self.engine.now
         model = flight.record.model
         self._catch_up(consumer, model)
-        request = RouteRequest(model, expected_tokens=flight.record.max_tokens)
+        request = RouteRequest(model, expected_tokens=command.expected_tokens or flight.record.max_tokens)
         ads = consumer.router.shortlist(consumer.table, request, EPOCH + now)
         if not ads and not flight.looked_up and not consumer.table.serving(model):
             # Nobody known: ask the DHT once (dispatch.py), then fetch the found peers' ads.
             flight.looked_up = True
             self.counters["dht_lookups"] += 1
-            self.engine.after(cal.DHT_LOOKUP_S, self._looked_up, flight)
-            return
-        if not ads and not consumer.table.serving(model):
-            self._finish(flight, 404, "model_not_found")
+            self.engine.after(cal.DHT_LOOKUP_S, self._looked_up, flight, command)
             return
         # Only providers we hold a connection to have a measured path; the rest are unknown (PathInfo()).
         paths = {ad.peer_id: self._path(consumer, self.by_id[ad.peer_id].idx) for ad in ads}
         candidates = consumer.router.choose(ads, request, paths, EPOCH + now)
-        if not candidates:
-            self._finish(flight, 503, "no_provider_available")
-            return
-        flight.candidates = [self.by_id[c.peer_id].idx for c in candidates[: cal.MAX_ATTEMPTS]]
-        self._attempt(flight)
+        known = [] if candidates else ads or [e.ad for e in consumer.table.providers(model, EPOCH + now)]
+        flight.policy.routed(candidates, known, request, now)
 
-    def _looked_up(self, flight: Flight) -> None:
+    def _looked_up(self, flight: Flight, command: Route) -> None:
         if flight.done:
             return
         consumer = self.peers[flight.consumer]
@@ -937,7 +1015,8 @@ class World:
                     consumer.table.apply(ad, EPOCH + now)
                 except AdRejected:
                     pass
-        self._route(flight)
+        self._route(flight, command)
+        self._drive(flight)
 
     def _path(self, consumer: SimPeer, p: int) -> PathInfo:
         conn = consumer.conns.get(p)
@@ -951,38 +1030,38 @@ class World:
             return self.topo.rtt(c, conn.relay) + self.topo.rtt(conn.relay, p)
         return self.topo.rtt(c, p)
 
-    def _attempt(self, flight: Flight) -> None:
-        if flight.done:
-            return
+    def _attempt(self, flight: Flight, command: Open) -> None:
+        """Open the attempt's stream: over the connection held, or a new one (``Dispatcher.open``)."""
         now = self.engine.now
         consumer = self.peers[flight.consumer]
-        if flight.tried >= len(flight.candidates) or now >= flight.deadline:
-            if now >= flight.deadline:
-                self._finish(flight, 504, "deadline_exceeded")
-            elif flight.busy:
-                self._finish(flight, 429, "providers_busy")
-            else:
-                self._finish(flight, 503, "no_provider_available")
-            return
-        p_idx = flight.candidates[flight.tried]
-        flight.tried += 1
-        flight.record.attempts += 1
+        provider = self.by_id[command.provider]
+        p_idx = provider.idx
+        flight.attempt = command.attempt
         flight.provider = p_idx
-        flight.record.provider = self.peers[p_idx].peer_id
-        provider = self.peers[p_idx]
+        flight.conn = None
+        flight.key = 0
+        flight.first_byte = None
+        flight.fed = -1
+        flight.silent_from = None
+        flight.request_id = command.head.request_id
+        flight.head = head_frame(command.head)
+        flight.path = command.head.path
+        flight.prompt_len, flight.tokens, flight.streamed = attempt_shape(command.head, flight.prompt_tokens)
+        flight.record.attempts += 1
+        flight.record.provider = provider.peer_id
         conn = consumer.conns.get(p_idx)
         if conn is not None and (conn.dead or conn.session != provider.session or not provider.online):
             if provider.online and conn.session != provider.session:
-                # A restarted provider answers the old connection with a reset: retry at once.
+                # A restarted provider answers the old connection with a reset: dial again at once.
                 consumer.conns.pop(p_idx, None)
                 self.counters["reset_retries"] += 1
                 conn = None
             else:
-                # The far end vanished silently: the HEAD goes out and nothing ever comes back.
+                # The far end vanished silently: the HEAD goes out and nothing ever comes back
+                # (the first-byte deadline ends the wait).
                 conn.dead = True
-                consumer.router.started(provider.peer_id)
-                flight.conn = conn
                 self.counters["silent_hangs"] += 1
+                self._opened(flight, provider, conn)
                 return
         if conn is None:
             conn = self._dial(consumer, provider)
@@ -990,11 +1069,16 @@ class World:
                 return self._dial_failed(flight, provider)
             consumer.conns[p_idx] = conn
             self._connected(consumer.idx, p_idx)
-        consumer.router.started(provider.peer_id)
-        flight.conn = conn
+        self._opened(flight, provider, conn)
         conn.active.add(flight.record.id)
         send_at = max(now, conn.ready) + self._one_way_over(consumer.idx, p_idx, conn, max(now, conn.ready))
-        self.engine.at(send_at, self._at_provider, flight, provider, conn)
+        self.engine.at(send_at, self._at_provider, flight, flight.attempt, provider, conn)
+
+    def _opened(self, flight: Flight, provider: SimPeer, conn: Conn) -> None:
+        self.peers[flight.consumer].router.started(provider.peer_id)
+        flight.outstanding = provider.peer_id
+        flight.conn = conn
+        flight.policy.opened(flight.attempt, self.engine.now)
 
     @staticmethod
     def _relay_of(conn: Conn | None, at: float) -> int | None:
@@ -1055,20 +1139,19 @@ class World:
                 self.topo.rtt(consumer.idx, provider.relays[0]) + cal.RELAY_DIAL_MS / 1000
             )  # the relay: no reservation
         else:
-            delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.deadline - now))  # a host that is gone: time out
-        flight.last_error = "provider_unreachable"
-        self.engine.after(delay, self._retry, flight, provider)
+            delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.policy.end - now))  # a host that is gone: time out
+        self.engine.after(delay, self._open_failed, flight, flight.attempt)
 
-    def _retry(self, flight: Flight, provider: SimPeer) -> None:
+    def _open_failed(self, flight: Flight, attempt: int) -> None:
         if flight.done:
             return
-        self.peers[flight.consumer].router.failed(provider.peer_id, EPOCH + self.engine.now)
-        self._attempt(flight)
+        flight.policy.open_failed(attempt, "no connection", self.engine.now)
+        self._drive(flight)
 
     # -- the provider's side -----------------------------------------------------------------
 
-    def _at_provider(self, flight: Flight, provider: SimPeer, conn: Conn) -> None:
-        if flight.done or flight.conn is not conn:
+    def _at_provider(self, flight: Flight, attempt: int, provider: SimPeer, conn: Conn) -> None:
+        if flight.done or flight.attempt != attempt:
             return
         now = self.engine.now
         if conn.closed:
@@ -1077,48 +1160,74 @@ class World:
             conn.dead = True
             conn.active.discard(flight.record.id)
             self.counters["silent_hangs"] += 1
-            return  # nobody there: the request hangs until its deadline
+            return  # nobody there: the first-byte deadline ends the wait
         reader = RequestReader()
         head = reader.feed(flight.head)
         assert head is not None and head.request_id == flight.request_id
         relay = self._relay_of(conn, now)
         self.meter.stream(flight.consumer, provider.idx, REQUESTS, up=len(flight.head), down=0, relay=relay)
         if provider.draining:
-            return self._refused(flight, provider, conn, busy=False)
-        if len(provider.flights) + len(provider.batch) >= CONCURRENCY:
-            return self._refused(flight, provider, conn, busy=True)
+            return self._refused(flight, provider, conn, DRAINING)
+        # The provider's admission (``ProviderService._admit``): a slot, a place in line, or a 429.
+        assert provider.admission is not None
         self._next_key += 1
         flight.key = self._next_key
         flight.arrived = now
+        decision = provider.admission.request(self.peers[flight.consumer].peer_id, flight.key, now)
+        if decision.outcome is Outcome.REFUSE:
+            retry = max(1.0, decision.verdict.retry_after)
+            return self._refused(flight, provider, conn, BUSY.model_copy(update={"retry_after": retry}))
+        if decision.outcome is Outcome.WAIT:
+            provider.waiting[flight.key] = flight
+            self.engine.after(cal.QUEUE_WAIT_S, self._queue_timeout, flight, provider, flight.key)
+            return
+        self._admitted(flight, provider)
+
+    def _admitted(self, flight: Flight, provider: SimPeer) -> None:
+        """A slot is the attempt's: its tokens go on the GPU."""
+        now = self.engine.now
+        conn = flight.conn
+        assert conn is not None
         flight.mark = provider.meter.begin(now)
         provider.flights[flight.key] = flight
-        kind = provider.kind
         scale = 8.0 / provider.gpu.params_b
-        ttft = kind.ttft_ms / 1000 / scale * max(1.0, provider.gpu.running / 4)
+        ttft = provider.kind.ttft_ms / 1000 / scale * max(1.0, provider.gpu.running / 4)
         # Prefill counts as work at the single-stream rate: the stream's first token comes after it.
-        provider.gpu.start(now, flight.record.max_tokens + ttft * provider.gpu.rate(1), flight.key)
+        provider.gpu.start(now, flight.tokens + ttft * provider.gpu.rate(1), flight.key)
         flight.first_byte = now + ttft
-        if flight.record.stream:
-            back = self._one_way_over(flight.consumer, provider.idx, conn, now)
-            flight.record.first_byte = now + ttft + back + cal.MESH_OVERHEAD_MS / 1000
+        flight.back = self._one_way_over(flight.consumer, provider.idx, conn, now) + cal.MESH_OVERHEAD_MS / 1000
         self._schedule_gpu(provider)
         self._ad_changed(provider)
 
-    def _refused(self, flight: Flight, provider: SimPeer, conn: Conn, *, busy: bool) -> None:
+    def _queue_timeout(self, flight: Flight, provider: SimPeer, key: int) -> None:
+        """QUEUE_WAIT in line without a slot: the consumer would rather try another provider."""
+        if provider.waiting.get(key) is not flight:
+            return
+        del provider.waiting[key]
+        assert provider.admission is not None and flight.conn is not None
+        provider.admission.cancel(key)
+        self._refused(flight, provider, flight.conn, BUSY)
+
+    def _release(self, provider: SimPeer, party: str, tokens: int) -> None:
+        """A slot of ``party`` frees: start whoever the line says is next."""
+        assert provider.admission is not None
+        for ticket in provider.admission.release(party, tokens, self.engine.now):
+            waiting = provider.waiting.pop(ticket, None)
+            if waiting is not None:  # (a batch line never waits)
+                self._admitted(waiting, provider)
+
+    def _refused(self, flight: Flight, provider: SimPeer, conn: Conn, info: ErrorInfo) -> None:
         conn.active.discard(flight.record.id)
-        flight.busy |= busy
-        flight.last_error = "provider_busy" if busy else "provider_draining"
+        flight.key = 0
         self.meter.frames(provider.idx, flight.consumer, REQUESTS, 1, 200, self._relay_of(conn, self.engine.now))
         back = self._one_way_over(flight.consumer, provider.idx, conn, self.engine.now)
-        self.engine.after(back, self._retry_refused, flight, provider)
+        self.engine.after(back, self._deliver, flight, flight.attempt, ResponseFailed(info))
 
-    def _retry_refused(self, flight: Flight, provider: SimPeer) -> None:
-        if flight.done:
+    def _deliver(self, flight: Flight, attempt: int, event: ResponseFailed) -> None:
+        if flight.done or flight.attempt != attempt:
             return
-        router = self.peers[flight.consumer].router
-        router.finished(provider.peer_id)
-        router.failed(provider.peer_id, EPOCH + self.engine.now)
-        self._attempt(flight)
+        flight.policy.received(attempt, event, self.engine.now)
+        self._drive(flight)
 
     def _schedule_gpu(self, provider: SimPeer) -> None:
         when = provider.gpu.next_completion(self.engine.now)
@@ -1138,6 +1247,10 @@ class World:
         key = self._next_key
         scale = 8.0 / provider.gpu.params_b
         ttft = provider.kind.ttft_ms / 1000 / scale
+        # A job line takes a slot as the peer's own request (``ProviderService`` party LOCAL): the
+        # jobs model starts one only when there is room.
+        assert provider.admission is not None
+        provider.admission.request(LOCAL_PARTY, key, now, contributor=True)
         provider.batch[key] = (token, now, provider.meter.begin(now), tokens)
         provider.gpu.start(now, tokens + ttft * provider.gpu.rate(1), key)
         self._schedule_gpu(provider)
@@ -1179,53 +1292,91 @@ class World:
         now = self.engine.now
         if key in provider.batch:
             token, started, mark, tokens = provider.batch.pop(key)
+            self._release(provider, LOCAL_PARTY, tokens)
             provider.record.tokens += tokens
             self.jobs.line_done(provider, token, tokens, started, provider.meter.end(mark, now))
             self._ad_changed(provider)
             self._maybe_drained(provider)
             return
         flight = provider.flights.pop(key)
+        flight.key = 0
         gpu_s = provider.meter.end(flight.mark, now)
-        record = flight.record
+        consumer = self.peers[flight.consumer]
+        self._release(provider, consumer.peer_id, flight.prompt_len + flight.tokens)
         receipt = Receipt(
             request_id=flight.request_id,
-            consumer=self.peers[flight.consumer].peer_id,
+            consumer=consumer.peer_id,
             provider=provider.peer_id,
             model=provider.model,
-            prompt_tokens=flight.prompt_tokens,
-            completion_tokens=record.max_tokens,
+            prompt_tokens=flight.prompt_len,
+            completion_tokens=flight.tokens,
             gpus=1,
             gpu_us=gpu_us_of(gpu_s),
             start_ms=int((EPOCH + flight.arrived) * 1000),
             end_ms=int((EPOCH + now) * 1000),
         )
         raw = encode_receipt(receipt)
+        first_byte = flight.first_byte if flight.first_byte is not None else now
         info = EndInfo(
-            usage=Usage(prompt_tokens=flight.prompt_tokens, completion_tokens=record.max_tokens),
-            timings=Timings(
-                first_byte_ms=(flight.first_byte - flight.arrived) * 1000, total_ms=(now - flight.arrived) * 1000
-            ),
+            usage=Usage(prompt_tokens=flight.prompt_len, completion_tokens=flight.tokens),
+            timings=Timings(first_byte_ms=(first_byte - flight.arrived) * 1000, total_ms=(now - flight.arrived) * 1000),
             receipt=pack_signed(raw, sign_receipt(provider.identity, raw)),
             load=self._live_load(provider),
         )
         conn = flight.conn
         end = end_frame(info)
-        streamed = record.stream
-        frames = record.max_tokens + 1 if streamed else 2
-        body = record.max_tokens * (TOKEN_CHUNK_BYTES if streamed else JSON_TOKEN_BYTES) + len(end)
+        frames = flight.tokens + 1 if flight.streamed else 2
+        body = flight.tokens * (TOKEN_CHUNK_BYTES if flight.streamed else JSON_TOKEN_BYTES) + len(end)
         self.meter.frames(provider.idx, flight.consumer, REQUESTS, frames, body, self._relay_of(conn, now))
         self.meter.charge(provider.idx, REQUESTS, self.meter.ms["receipt"] / 2)
+        provider.record.tokens += flight.tokens
         back = self._one_way_over(flight.consumer, provider.idx, conn, now) + cal.MESH_OVERHEAD_MS / 1000
-        self.engine.after(back, self._at_consumer, flight, provider, end)
+        self.engine.after(back, self._at_consumer, flight, flight.attempt, provider, end)
         self._ad_changed(provider)
         self._maybe_drained(provider)
 
-    def _at_consumer(self, flight: Flight, provider: SimPeer, data: bytes) -> None:
-        if flight.done:
+    def _feed(self, flight: Flight, now: float) -> None:
+        """The attempt's stream as the consumer read it up to ``now``: its first chunk, then what
+        the provider generated, every STREAM_TICK_S (read when the consumer looks: at its timer, a
+        cut, the END), the last token held for the END's chunk. Nothing the provider sent after it
+        went silent arrives."""
+        if flight.first_byte is None or not flight.streamed or flight.provider is None or flight.done:
             return
+        start = flight.first_byte + flight.back
+        until = now if flight.silent_from is None else min(now, flight.silent_from + flight.back)
+        provider = self.peers[flight.provider]
+        rate = provider.gpu.rate(max(1, provider.gpu.running))
+        at = start if flight.fed < 0 else flight.fed_at + cal.STREAM_TICK_S
+        attempt = flight.attempt
+        for _ in range(MAX_TICKS):
+            if at > until or flight.done or flight.attempt != attempt:
+                return
+            if flight.fed < 0:
+                data = first_chunk(flight.path, flight.prompt_len)
+                flight.fed = 0
+                if flight.record.stream and flight.record.first_byte is None:
+                    flight.record.first_byte = at
+            else:
+                generated = min(flight.tokens - 1, int((at - start) * rate))
+                if generated <= flight.fed:
+                    at += cal.STREAM_TICK_S
+                    continue
+                data = token_chunk(flight.path, generated - flight.fed)
+                flight.fed = generated
+            flight.fed_at = at
+            flight.policy.received(attempt, ResponseData(data), at)
+            at += cal.STREAM_TICK_S
+
+    def _at_consumer(self, flight: Flight, attempt: int, provider: SimPeer, data: bytes) -> None:
+        if flight.done or flight.attempt != attempt:
+            return
+        now = self.engine.now
         consumer = self.peers[flight.consumer]
         if flight.conn is not None:
             flight.conn.active.discard(flight.record.id)
+        self._feed(flight, now)
+        if flight.done or flight.attempt != attempt:
+            return
         [event] = ResponseReader().feed(data)
         assert isinstance(event, ResponseEnd)
         receipt, raw, _ = unpack_signed(event.info.receipt)
@@ -1237,17 +1388,17 @@ class World:
             model=flight.record.model,
         )
         assert problem is None, problem
-        consumer.router.succeeded(provider.peer_id)
         if event.info.load is not None:
-            consumer.router.observe(provider.peer_id, flight.record.model, event.info.load, EPOCH + self.engine.now)
-        record = flight.record
-        record.tokens = event.info.usage.completion_tokens
-        record.path = flight.conn.kind_at(self.engine.now) if flight.conn else None
-        if record.first_byte is None:
-            record.first_byte = self.engine.now
-        provider.record.tokens += record.tokens
+            consumer.router.observe(provider.peer_id, flight.record.model, event.info.load, EPOCH + now)
+        if not flight.streamed:
+            body = b'{"object":"chat.completion"}'  # the provider's whole body, passed through
+        else:
+            rest = last_chunks(flight.path, flight.tokens - max(0, flight.fed), flight.prompt_len, flight.tokens)
+            body = (first_chunk(flight.path, flight.prompt_len) if flight.fed < 0 else b"") + rest
+        flight.policy.received(attempt, ResponseData(body), now)
+        flight.policy.received(attempt, event, now)
         provider.record.requests += 1
-        self._finish(flight, 200, None)
+        self._drive(flight)
         cosig = cosign_receipt(consumer.identity, raw)
         self.meter.charge(consumer.idx, REQUESTS, self.meter.ms["receipt"] / 2)
         self.meter.frames(
@@ -1268,63 +1419,79 @@ class World:
 
     # -- endings ---------------------------------------------------------------------------------
 
-    def _finish(self, flight: Flight, status: int, code: str | None) -> None:
+    def _finish(self, flight: Flight, finish: Finish) -> None:
         if flight.done:
             return
+        self._stop_attempt(flight)
         flight.done = True
         consumer = self.peers[flight.consumer]
         consumer.in_flight -= 1
+        now = self.engine.now
         record = flight.record
-        record.ended = self.engine.now
-        record.status = status
-        record.code = code
-        if flight.provider is not None and consumer.router.outstanding.get(self.peers[flight.provider].peer_id):
-            consumer.router.finished(self.peers[flight.provider].peer_id)
+        record.ended = now
+        record.failovers = flight.policy.failovers
+        if finish.error is None:
+            record.status, record.code = 200, None
+            usage = flight.policy.usage
+            record.tokens = usage.completion_tokens if usage is not None else record.max_tokens
+            record.path = flight.conn.kind_at(now) if flight.conn else None
+            if record.first_byte is None:
+                record.first_byte = now
+        else:
+            record.status, record.code = finish.error.status, finish.error.error.code
+
+    def _stop_attempt(self, flight: Flight) -> None:
+        """The policy closed the attempt (or the request ended): stop it and stop counting it."""
+        self._stop_at_provider(flight)
+        if flight.outstanding is not None:
+            self.peers[flight.consumer].router.finished(flight.outstanding)
+            flight.outstanding = None
 
     def _stop_at_provider(self, flight: Flight) -> None:
-        """The stream is gone: the provider stops generating for it, and the connection forgets it."""
-        if flight.provider is not None:
+        """The stream is gone: the provider stops generating for it (or drops it from its line),
+        and the connection forgets it."""
+        if flight.provider is not None and flight.key:
             provider = self.peers[flight.provider]
+            consumer = self.peers[flight.consumer].peer_id
             if provider.flights.get(flight.key) is flight:
                 provider.flights.pop(flight.key)
                 provider.meter.end(flight.mark, self.engine.now)
                 provider.gpu.drop(self.engine.now, {flight.key})
+                self._release(provider, consumer, flight.prompt_len + max(0, flight.fed))
                 self._schedule_gpu(provider)
+                self._maybe_drained(provider)
+            elif provider.waiting.get(flight.key) is flight:
+                del provider.waiting[flight.key]
+                assert provider.admission is not None
+                provider.admission.cancel(flight.key)
+            flight.key = 0
         if flight.conn is not None:
             flight.conn.active.discard(flight.record.id)
 
-    def _deadline(self, flight: Flight) -> None:
-        if flight.done:
-            return
-        self._stop_at_provider(flight)  # the consumer gives up and resets the stream
-        self._finish(flight, 504, "deadline_exceeded")
-
     def _cut(self, flight: Flight, why: str) -> None:
-        """The stream broke under the request (relay gone, reset, provider shut down)."""
+        """The stream broke under the request (relay gone, reset, provider shut down): the consumer
+        reads what arrived before, then the cut (core/request_policy.py decides what follows)."""
         if flight.done:
             return
-        provider = self.peers[flight.provider]
+        now = self.engine.now
+        attempt = flight.attempt
+        self._feed(flight, now)
+        if flight.done or flight.attempt != attempt:
+            return
         self._stop_at_provider(flight)
-        data_seen = (
-            flight.record.stream
-            and flight.record.first_byte is not None
-            and flight.record.first_byte <= self.engine.now
-        )
-        if data_seen:
-            self._finish(flight, 502, "provider_disconnected")
-        else:
-            # Nothing reached the client yet: the dispatcher tries the next provider.
-            self.engine.after(0.0, self._retry, flight, provider)
+        flight.policy.received(attempt, truncated_failure(why), now)
+        self._drive(flight)
 
     def _break(self, consumer: SimPeer, p_idx: int, conn: Conn, why: str) -> None:
         """A connection closes under its requests: those at the provider are cut; those on the way find it closed."""
         if consumer.conns.get(p_idx) is conn:
             consumer.conns.pop(p_idx)
         conn.closed = True
-        ids = sorted(conn.active)
+        ids = set(conn.active)
         conn.active.clear()
         provider = self.peers[p_idx]
-        for flight in [f for f in provider.flights.values() if f.record.id in ids]:
+        running = [*provider.flights.values(), *provider.waiting.values()]
+        for flight in sorted((f for f in running if f.record.id in ids), key=lambda f: f.record.id):
             self._cut(flight, why)
 
     # == scenario events ==========================================================================
