@@ -47,6 +47,12 @@ class FakeMesh:
     async def disconnect(self, peer_id: str) -> None:
         pass
 
+    def relay_deadline(self, peer_id: str) -> float | None:
+        return None  # direct connections only
+
+    async def drop_relayed(self, peer_id: str) -> None:
+        pass
+
 
 class FakeDispatcher:
     """The dispatcher's surface the adapter uses, over scripted providers."""
