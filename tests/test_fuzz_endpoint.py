@@ -149,8 +149,22 @@ def endpoint_document(base_url: str) -> dict[str, Any]:
     }
 
 
+def _nullable_as_null_type(node: Any) -> Any:
+    """The document's schemas as JSON Schema 2020-12 reads them: the official document says OpenAPI
+    3.1 yet marks nullable fields with 3.0's ``nullable: true``, which a 2020-12 validator ignores
+    (so OpenAI's own ``"logprobs": null`` in a stream chunk would not conform)."""
+    if isinstance(node, list):
+        return [_nullable_as_null_type(item) for item in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: _nullable_as_null_type(value) for key, value in node.items()}
+    if out.get("nullable") is True and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
 def _validator(document: dict[str, Any], name: str) -> Draft202012Validator:
-    registry = Registry().with_resource("urn:endpoint", Resource.opaque(document))
+    registry = Registry().with_resource("urn:endpoint", Resource.opaque(_nullable_as_null_type(document)))
     return Draft202012Validator({"$ref": f"urn:endpoint#/components/schemas/{name}"}, registry=registry)
 
 

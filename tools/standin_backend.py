@@ -129,6 +129,20 @@ def create_standin_app(
                 status_code=404,
             )
         chat = request.url.path.endswith("/chat/completions")
+        prompt = body.get("prompt")
+        if not chat and isinstance(prompt, list) and prompt and not _token_ids(prompt):
+            # vLLM refuses a prompt list that is neither text nor token ids it knows.
+            return JSONResponse(
+                {
+                    "error": {
+                        "message": "prompt: a list must hold token ids (0 to 2**31 - 1)",
+                        "type": "BadRequestError",
+                        "param": "prompt",
+                        "code": 400,
+                    }
+                },
+                status_code=400,
+            )
         n = int(body.get("max_tokens") or 16)
         rid = f"standin-{uuid.uuid4().hex[:12]}"
         prompt_ids, start = _prompt(body, chat)
@@ -215,13 +229,19 @@ def _piece(position: int) -> str:
     return WORD if position == 0 else " " + WORD
 
 
+def _token_ids(prompt: list) -> bool:
+    return all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in prompt) or all(
+        isinstance(t, str) for t in prompt
+    )
+
+
 def _prompt(body: dict, chat: bool) -> tuple[list[int], int]:
     """The prompt's token ids, and the answer position it continues from (0 for a new answer).
 
     A completions prompt of token ids is a continuation: its trailing generated ids
     (``>= GENERATED_ID``) are the answer so far."""
     prompt = body.get("prompt")
-    if chat or not isinstance(prompt, list) or not all(isinstance(t, int) for t in prompt):
+    if chat or not isinstance(prompt, list) or not prompt or not isinstance(prompt[0], int):
         return list(PROMPT_IDS), 0
     start = 0
     while start < len(prompt) and prompt[len(prompt) - 1 - start] >= GENERATED_ID:
