@@ -3,8 +3,8 @@
 The gateway (gateway/answer.py) and the simulator (sim/world.py) drive the same ``RequestPolicy``,
 the aioquic way: they tell it what happened (``routed``, ``opened``, ``open_failed``,
 ``received``, ``handle_timer``), each with ``now`` on their monotonic clock, and execute the
-commands it queues (``commands()``): ``Route``, ``Open``, ``Close``, ``Ban``, ``Answering``,
-``Emit``, ``Finish``. ``get_timer()`` says when to call ``handle_timer`` next.
+commands it queues (``commands()``): ``Route``, ``Open``, ``Close``, ``Ban``, ``Moved``,
+``Answering``, ``Emit``, ``Finish``. ``get_timer()`` says when to call ``handle_timer`` next.
 
 The rules it owns:
 
@@ -21,6 +21,11 @@ The rules it owns:
   in a new round; without one (``x-garage-failover: off`` or a request that would not continue
   exactly) the answer ends with the provider's error. "No provider could continue" says both why
   the provider was lost and why no other took over.
+- A loss at the relay's limit (``core.relaying``: the attempt's connection was relayed and the
+  relay's announced deadline came) after the attempt brought tokens is no fault of the provider:
+  ``Moved`` instead of ``Ban`` (the relayed connection is dropped, so the continuation dials a new
+  circuit or takes a direct connection, possibly to the same provider), and it does not count
+  against ``MAX_FAILOVERS``.
 
 Without a transcript the provider's bytes pass through untouched (a non-streamed client gets
 the provider's body); with one, the client's bytes are the transcript's.
