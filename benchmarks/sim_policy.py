@@ -1,8 +1,8 @@
 """The request policy in the simulator, before and after: success, answers cut mid-stream, 504s.
 
-"before" is the simulator of another git revision (``--before``, default ``main``: its request
-path re-implemented dispatch by hand and did no failover), extracted with ``git archive`` into a
-temporary directory and run from there; "after" is this tree's, which drives
+"before" is the simulator of another git revision (``--before``, default BEFORE, main just before
+the policy landed: its request path re-implemented dispatch by hand and did no failover),
+extracted with ``git archive`` into a temporary directory and run from there; "after" is this tree's, which drives
 ``core.request_policy`` (first-byte and stall deadlines, mid-stream failover); "after, failover
 off" (``--with-off``) is the same with every client sending ``x-garage-failover: off``. Each run is its own
 process, with the same scenario, seed and (shortened) duration.
@@ -21,6 +21,8 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+BEFORE = "82a295e"
+"""main before core/request_policy.py drove the simulator (the merge of the simulator's speed-ups)."""
 DURATIONS = {"sweden-1k": 3600.0, "flash-crowd": 780.0, "relay-loss": 1200.0}
 """Simulated seconds per scenario: long enough for its event (the flash crowd at 600 s, the relay
 loss at 600 s), short enough for a few minutes of wall time each on a busy 2-core machine."""
@@ -75,7 +77,7 @@ def figures(requests: dict) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", nargs="*", default=list(DURATIONS))
-    parser.add_argument("--before", default="main", help="git revision of the 'before' simulator")
+    parser.add_argument("--before", default=BEFORE, help="git revision of the 'before' simulator")
     parser.add_argument("--duration", type=float, help="simulated seconds (default: per scenario)")
     parser.add_argument("--with-off", action="store_true", help="also run 'after, failover off'")
     args = parser.parse_args()
