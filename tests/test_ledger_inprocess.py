@@ -286,3 +286,25 @@ async def test_a_refusal_from_a_ledger_server_is_not_blamed_on_it(tmp_path):
         await client.mesh.connect(ps, first_addr(server))
         assert await client.ledger_sync.full_sync(ps) == 0
         assert client.mesh.penalties.faults(ps) == 0
+
+
+async def test_done_and_end_leave_the_provider_in_one_write(tmp_path):
+    """A provider killed between [DONE] and END left its consumer a whole answer with no receipt (CI:
+    test_ledger_crash, the soak): [DONE] is held back and written with END."""
+    async with standin_backend(token_delay=0.01) as backend:
+        async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
+            writes: list[bytes] = []
+
+            async def send(data: bytes) -> None:
+                writes.append(data)
+
+            a.provider.coalesce_delay = 0.0  # every event goes out as it comes: [DONE] would go alone
+
+            head = RequestHead(
+                request_id="one-write", path="/v1/chat/completions", body={**CHAT, "stream": True}, timeout=10
+            )
+            await a.provider.serve(head, send, consumer=make_identity("c").peer_id)
+            [last] = [w for w in writes if b"data: [DONE]" in w]
+            assert last is writes[-1]
+            decoded = FrameDecoder({t: 1 << 20 for t in (FrameType.DATA, FrameType.END)}).feed(last)
+            assert [f.type for f in decoded][-2:] == [FrameType.DATA, FrameType.END]

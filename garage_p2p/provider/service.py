@@ -97,6 +97,8 @@ class _Metering:
     """The bytes of every DATA frame sent: the receipt signs their digest (the answer, provably ours)."""
 
 
+DONE_EVENT = b"data: [DONE]"
+"""The stream's last event (trailing newlines aside)."""
 SERVICE = "openai"
 """Faults on ``/garage/openai/1.0.0`` are counted under this name."""
 LOCAL = "local"
@@ -503,6 +505,7 @@ class ProviderService:
         coalescer = Coalescer(self.coalesce_delay, self.coalesce_bytes)
         splitter = SseSplitter()
         usage_box: list[Usage] = []
+        done_box: list[bytes] = []
         chunks_send, chunks_receive = trio.open_memory_channel[bytes](64)
 
         async def pump() -> None:
@@ -518,8 +521,12 @@ class ProviderService:
         with single_exceptions():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
-                await self._coalesce_loop(chunks_receive, coalescer, splitter, send, strip_usage, usage_box, answer)
-        tail = (coalescer.flush(trio.current_time()) or b"") + splitter.rest()
+                await self._coalesce_loop(
+                    chunks_receive, coalescer, splitter, send, strip_usage, usage_box, answer, done_box
+                )
+        # [DONE] goes out with END, in one write: a provider killed between the two left a consumer
+        # with a whole answer and no receipt to counter-sign (CI: test_ledger_crash, the soak).
+        tail = (coalescer.flush(trio.current_time()) or b"") + splitter.rest() + b"".join(done_box)
         answer.update(tail)
         return (usage_box[0] if usage_box else None), (data_frame(tail) if tail else b"")
 
@@ -532,6 +539,7 @@ class ProviderService:
         strip_usage: bool,
         usage_box: list[Usage],
         answer: AnswerDigest,
+        done_box: list[bytes],
     ) -> None:
         async with chunks:
             while True:
@@ -548,6 +556,9 @@ class ProviderService:
                 else:
                     kept = []
                     for event in splitter.feed(chunk):
+                        if event.rstrip() == DONE_EVENT:
+                            done_box.append(event)  # held for the tail (sent with END)
+                            continue
                         found, is_usage_only = _stream_usage(event)
                         if found is not None:
                             usage_box[:] = [found]
