@@ -288,9 +288,10 @@ async def test_a_refusal_from_a_ledger_server_is_not_blamed_on_it(tmp_path):
         assert client.mesh.penalties.faults(ps) == 0
 
 
-async def test_done_and_end_leave_the_provider_in_one_write(tmp_path):
-    """A provider killed between [DONE] and END left its consumer a whole answer with no receipt (CI:
-    test_ledger_crash, the soak): [DONE] is held back and written with END."""
+async def test_the_answer_s_end_and_its_receipt_leave_the_provider_in_one_write(tmp_path):
+    """A provider killed between its finish chunk (or [DONE]) and END left its consumer a whole answer
+    and no receipt (CI: test_ledger_crash, the soak): from the finish chunk on, events are held back
+    and written with END; the tokens before it still stream as they come."""
     async with standin_backend(token_delay=0.01) as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}) as a:
             writes: list[bytes] = []
@@ -305,6 +306,7 @@ async def test_done_and_end_leave_the_provider_in_one_write(tmp_path):
             )
             await a.provider.serve(head, send, consumer=make_identity("c").peer_id)
             [last] = [w for w in writes if b"data: [DONE]" in w]
-            assert last is writes[-1]
+            assert last is writes[-1] and len(writes) > 2
+            assert [w for w in writes if b'"finish_reason":"' in w] == [last]
             decoded = FrameDecoder({t: 1 << 20 for t in (FrameType.DATA, FrameType.END)}).feed(last)
             assert [f.type for f in decoded][-2:] == [FrameType.DATA, FrameType.END]

@@ -99,6 +99,8 @@ class _Metering:
 
 DONE_EVENT = b"data: [DONE]"
 """The stream's last event (trailing newlines aside)."""
+FINISHING = b'"finish_reason":"'
+"""In a chunk that finishes a choice (vLLM writes compact JSON; an unfinished one has null)."""
 SERVICE = "openai"
 """Faults on ``/garage/openai/1.0.0`` are counted under this name."""
 LOCAL = "local"
@@ -424,7 +426,9 @@ class ProviderService:
                 if response.status_code >= 400:
                     return metering.outcome.error(await _backend_error(response))
                 if head.stream:
-                    usage, tail = await self._relay_stream(response, send, strip_usage, metering.answer)
+                    n = body.get("n")
+                    choices = n if isinstance(n, int) and 1 <= n <= 128 else 1
+                    usage, tail = await self._relay_stream(response, send, strip_usage, metering.answer, choices)
                 else:
                     usage, tail = await self._relay_body(response, metering.answer)
         except httpx.ConnectError as exc:
@@ -499,7 +503,7 @@ class ProviderService:
         return usage, frames
 
     async def _relay_stream(
-        self, response: httpx.Response, send: SendFrame, strip_usage: bool, answer: AnswerDigest
+        self, response: httpx.Response, send: SendFrame, strip_usage: bool, answer: AnswerDigest, choices: int = 1
     ) -> tuple[Usage | None, bytes]:
         """Pass events on as they come; (usage, the DATA frame still to send)."""
         coalescer = Coalescer(self.coalesce_delay, self.coalesce_bytes)
@@ -521,12 +525,15 @@ class ProviderService:
         with single_exceptions():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
+                # Held back from the last choice's finish chunk on (``n`` choices finish one by one).
+                finishing = [choices]
                 await self._coalesce_loop(
-                    chunks_receive, coalescer, splitter, send, strip_usage, usage_box, answer, done_box
+                    chunks_receive, coalescer, splitter, send, strip_usage, usage_box, answer, done_box, finishing
                 )
-        # [DONE] goes out with END, in one write: a provider killed between the two left a consumer
-        # with a whole answer and no receipt to counter-sign (CI: test_ledger_crash, the soak).
-        tail = (coalescer.flush(trio.current_time()) or b"") + splitter.rest() + b"".join(done_box)
+        # The finish chunk, the usage and [DONE] go out with END, in one write: a provider killed
+        # between them left its consumer a whole answer (it ends an answer at its finish chunk) and
+        # no receipt to counter-sign (CI: test_ledger_crash and the soak lost receipts to SIGKILLs).
+        tail = (coalescer.flush(trio.current_time()) or b"") + b"".join(done_box) + splitter.rest()
         answer.update(tail)
         return (usage_box[0] if usage_box else None), (data_frame(tail) if tail else b"")
 
@@ -540,6 +547,7 @@ class ProviderService:
         usage_box: list[Usage],
         answer: AnswerDigest,
         done_box: list[bytes],
+        finishing: list[int],
     ) -> None:
         async with chunks:
             while True:
@@ -556,13 +564,15 @@ class ProviderService:
                 else:
                     kept = []
                     for event in splitter.feed(chunk):
-                        if event.rstrip() == DONE_EVENT:
-                            done_box.append(event)  # held for the tail (sent with END)
-                            continue
                         found, is_usage_only = _stream_usage(event)
                         if found is not None:
                             usage_box[:] = [found]
-                        if not (strip_usage and is_usage_only):
+                        if strip_usage and is_usage_only:
+                            continue
+                        finishing[0] -= event.count(FINISHING)
+                        if done_box or finishing[0] <= 0 or event.rstrip() == DONE_EVENT:
+                            done_box.append(event)  # the answer's end: held for the tail, sent with END
+                        else:
                             kept.append(event)
                     out = coalescer.push(b"".join(kept), now) if kept else coalescer.due(now)
                 if out:
