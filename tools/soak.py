@@ -1146,14 +1146,25 @@ def _served(mesh: SoakMesh) -> dict[str, tuple[str, LedgerState]]:
     return {p.process.peer_id: (p.label, read_ledger(p.process.home)) for p in mesh.providers}
 
 
+ATTEMPT_IDS = 8
+"""Continuations looked for per request: ``<id>.1`` … (two failovers, and the relay moves)."""
+
+
+def _attempt_ids(request_id: str) -> list[str]:
+    """A request's receipt ids: its own, and its continuations' (a failed-over answer's receipts are
+    at the providers that continued it, each for the tokens it made; a provider killed before its
+    END signed nothing, by design)."""
+    return [request_id, *(f"{request_id}.{n}" for n in range(1, ATTEMPT_IDS))]
+
+
 def _missing(report: SoakReport, mesh: SoakMesh, consumer_ids: dict[str, str]) -> tuple[list[SoakRequest], list[str]]:
     served = _served(mesh)
     missing = []
     for r in report.requests:
         if r.outcome != "ok":
             continue
-        holder = served.get(r.provider or "")
-        if holder is None or not holder[1].has_receipt(r.provider, consumer_ids[r.consumer], r.request_id or ""):
+        consumer, ids = consumer_ids[r.consumer], _attempt_ids(r.request_id or "")
+        if not any(state.has_receipt(pid, consumer, rid) for pid, (_, state) in served.items() for rid in ids):
             missing.append(r)
     batch_missing = []
     for job in report.jobs:
@@ -1207,9 +1218,10 @@ def _consumers_missing(report: SoakReport, mesh: SoakMesh, consumer_ids: dict[st
     providers = [p.process.peer_id for p in mesh.providers]
     missing = 0
     for r in report.requests:
-        if r.outcome == "ok" and not states[r.consumer].has_receipt(
-            r.provider or "", consumer_ids[r.consumer], r.request_id or ""
-        ):
+        if r.outcome != "ok":
+            continue
+        state, ids = states[r.consumer], _attempt_ids(r.request_id or "")
+        if not any(state.has_receipt(pid, consumer_ids[r.consumer], rid) for pid in providers for rid in ids):
             missing += 1
     for job in report.jobs:
         state, me = states[job.consumer], consumer_ids[job.consumer]
@@ -1352,9 +1364,10 @@ def run_soak(
                 if r.outcome != "ok":
                     continue
                 report.receipts_checked += 1
-                key = (consumer_ids[r.consumer], r.request_id)
-                if key in served.get(r.provider or "", set()):
-                    continue
+                consumer = consumer_ids[r.consumer]
+                ids = _attempt_ids(r.request_id or "")
+                if any((consumer, rid) in rows for rows in served.values() for rid in ids):
+                    continue  # at the provider that answered, or at those that continued it
                 label = next((p.label for p in mesh.providers if p.process.peer_id == r.provider), r.provider)
                 end = r.start + r.latency
                 near = [f"{c.signal} at {c.at:.1f}s" for c in kills if c.peer == label and end - 2 <= c.at <= end + 15]
