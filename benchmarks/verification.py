@@ -39,6 +39,8 @@ from garage_p2p.runtime.vllm_cpu import default_tiny_model, default_vllm_python,
 
 ROOT = Path(__file__).resolve().parents[1]
 OTHER_SEED = 4321
+VOCAB = 1024
+"""The test model's vocabulary (bootstrap/make_tiny_model.py VOCAB_SIZE): the sampled test's tail."""
 WORDS = "peer mesh model route token answer rig relay ledger credit shard stream gpu count".split()
 
 
@@ -88,9 +90,6 @@ def check(client: httpx.Client, verifier: str, got: dict, temperature: float, to
     scores = scores_from_prompt_logprobs(rows, len(got["prompt_ids"]), got["ids"], top)
     judged = judge_greedy(scores) if temperature == 0 else judge_sampled(scores, temperature, VOCAB)
     return {"passed": judged.passed, "statistic": judged.statistic, "seconds": seconds}
-
-
-VOCAB = 1024  # bootstrap/make_tiny_model.py VOCAB_SIZE
 
 
 def main() -> None:
