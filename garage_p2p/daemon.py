@@ -38,10 +38,12 @@ from .core.messages import PROTOCOL_OPENAI
 from .core.peer_filter import PeerFilter
 from .core.penalties import PenaltyBox
 from .core.swarm_key import SwarmKeyError, fingerprint, parse_key
+from .core.verdicts import VerdictBook
 from .gateway.app import create_app
 from .gateway.auth import Gatekeeper, is_loopback
 from .gateway.dispatch import Dispatcher
 from .gateway.metrics import MeshSnapshot, Metrics
+from .gateway.spot_checks import SpotChecks
 from .jobs.submitter import JobManager
 from .jobs.worker import JobWorker
 from .ledger.book import Ledger
@@ -99,6 +101,7 @@ class Peer:
     ledger_sync: LedgerSync
     cosigner: Cosigner
     runtime: ModelRuntime | None = None
+    spot_checks: SpotChecks | None = None
     jobs: JobManager | None = None
     job_worker: JobWorker | None = None
     api_url: str = ""
@@ -190,6 +193,10 @@ class Peer:
                     "known_since": entry.first_seen,
                     "ledger_flagged": self.ledger.state.flagged(ad.peer_id),
                     "cosign_refusals": self.ledger.refusals.get(ad.peer_id, 0),
+                    "checks": self.spot_checks.book.records[ad.peer_id].view()
+                    if self.spot_checks and ad.peer_id in self.spot_checks.book.records
+                    else None,
+                    "refuted": bool(self.spot_checks and self.spot_checks.book.refuted(ad.peer_id)),
                 }
             )
         return out
@@ -358,6 +365,8 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
         },
         job_shards=sum(j["shards"] for j in jobs),
         job_lines_served=peer.job_worker.lines_done if peer.job_worker else 0,
+        spot_checks=dict(peer.spot_checks.counts) if peer.spot_checks else {},
+        refuted_providers=peer.spot_checks.book.refuted_count() if peer.spot_checks else 0,
         draining=peer.provider.draining,
     )
 
@@ -663,6 +672,12 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             countersign=cosigner.cosign,
             flagged=ledger.state.flagged,
         )
+        verdicts = VerdictBook(
+            identity.peer_id, lambda peer_id: not mesh.admits(peer_id) or ledger.state.flagged(peer_id)
+        )
+        dispatcher.refuted = verdicts.refuted
+        spot_checks = SpotChecks(dispatcher, identity, verdicts, rate=settings.spot_check_rate, rng=random.Random())
+        dispatcher.spot_checks = spot_checks
         peer = Peer(
             settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths, ledger, ledger_sync, cosigner
         )
@@ -673,6 +688,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             await nursery.start(peer.runtime.serve)
         peer.benchmarks = await trio.to_thread.run_sync(load_benchmarks, settings.home)
         peer.driver_version = await trio.to_thread.run_sync(driver_version)
+        peer.spot_checks = spot_checks
         offers_of.append(peer)
         peers_of.append(peer)
         if backends:
@@ -682,6 +698,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         await nursery.start(known.serve)
         await nursery.start(ledger.serve)
         await nursery.start(ledger_sync.serve)
+        await nursery.start(spot_checks.serve)
 
         async def model_known(model: str) -> bool:
             if model not in dispatcher.known_models():

@@ -69,6 +69,10 @@ class Settings(BaseModel):
     liveness: bool = True
     """Ping quiet connections and close those whose peer went silent, withdrawing its routes, within 10 s
     (off only to measure the difference: benchmarks/liveness.py)."""
+    spot_check_rate: float = Field(default=0.025, ge=0, le=1)
+    """Share of the answers this peer receives that it re-verifies on another provider of the model, off the
+    request path (0: none). The default refutes a provider serving another model within its first 200
+    temperature-0 answers with 99 % probability (docs/verification.md)."""
     dht_mode: Literal["auto", "server", "client"] = "auto"
     """Kademlia role: servers hold records; peers behind NAT should be clients."""
     region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")

@@ -17,6 +17,14 @@ in the choice), and ``/v1/completions`` takes a prompt of token ids and goes on 
 its trailing generated ids reach. The answer is a function of the position only, so an answer
 continued from any token is byte for byte the uninterrupted one.
 
+With ``prompt_logprobs`` (a spot-check's prefill, core/verification.py) it scores every prompt
+position as its own generation would: its favourite after k generated ids is the id of answer
+position k.
+
+With ``random_text`` it stands in for a DISHONEST provider: its answers are random token ids
+(below RANDOM_VOCAB, so a real tiny model can score them) and, asked to verify, it makes its
+scores up.
+
 Run: ``python -m tools.standin_backend --port 8101 --model tiny``
 """
 
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import random
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -42,6 +51,8 @@ PROMPT_IDS = list(range(1, 9))
 """The ids of every text prompt (8 tokens, as ``usage.prompt_tokens`` says)."""
 GENERATED_ID = 1000
 """The id of the token at answer position k is ``GENERATED_ID + k`` (above every prompt id)."""
+RANDOM_VOCAB = 1024
+"""Ids a random-text stand-in draws from (bootstrap/make_tiny_model.py's vocabulary)."""
 KV_SLOTS = 32
 """Running requests that "fill" the imitated KV cache (vLLM's --max-num-seqs in our runs)."""
 
@@ -72,7 +83,11 @@ def metrics_text(model: str, running: int, waiting: int = 0, served: int = 0) ->
 
 
 def create_standin_app(
-    model: str, token_delay: float = 0.0, first_token_delay: float = 0.0, max_running: int | None = None
+    model: str,
+    token_delay: float = 0.0,
+    first_token_delay: float = 0.0,
+    max_running: int | None = None,
+    random_text: bool = False,
 ) -> Starlette:
     # Requests being answered right now (a stream counts until its last event is sent),
     # and those queued for a slot when max_running is set.
@@ -146,6 +161,8 @@ def create_standin_app(
         n = int(body.get("max_tokens") or 16)
         rid = f"standin-{uuid.uuid4().hex[:12]}"
         prompt_ids, start = _prompt(body, chat)
+        rng = random.Random(rid)
+        ids = [rng.randrange(1, RANDOM_VOCAB) if random_text else GENERATED_ID + start + i for i in range(n)]
         usage = {"prompt_tokens": len(prompt_ids), "completion_tokens": n, "total_tokens": len(prompt_ids) + n}
         with_ids = body.get("return_token_ids") is True
         created = int(time.time())
@@ -155,6 +172,9 @@ def create_standin_app(
             text = "".join(_piece(start + i) for i in range(n))
             choice = {"index": 0, "finish_reason": "length"}
             choice.update({"message": {"role": "assistant", "content": text}} if chat else {"text": text})
+            top = body.get("prompt_logprobs")
+            if not chat and isinstance(top, int) and top >= 0:
+                choice["prompt_logprobs"] = _prompt_logprobs(prompt_ids, top, rng if random_text else None)
             return JSONResponse(
                 {
                     "id": rid,
@@ -187,7 +207,7 @@ def create_standin_app(
                     }
                     if with_ids:
                         # vLLM's shape: the token's ids in the choice, the prompt's in the first chunk.
-                        delta["token_ids"] = [GENERATED_ID + start + i]
+                        delta["token_ids"] = [ids[i]]
                         if i == 0:
                             (chunk if chat else delta)["prompt_token_ids"] = prompt_ids
                     yield b"data: " + json.dumps(chunk, separators=(",", ":")).encode() + b"\n\n"
@@ -229,6 +249,21 @@ def _piece(position: int) -> str:
     return WORD if position == 0 else " " + WORD
 
 
+def _prompt_logprobs(prompt: list[int], top: int, rng: random.Random | None) -> list:
+    """vLLM's ``prompt_logprobs`` rows: None, then per position id -> {logprob, rank}, the prompt's own
+    token included. Honest: the favourite is what this stand-in would generate there; ``rng``: made up."""
+    rows: list = [None]
+    run = 0  # generated ids just before the position
+    for j in range(1, len(prompt)):
+        run = run + 1 if prompt[j - 1] >= GENERATED_ID else 0
+        favourite = rng.randrange(1, RANDOM_VOCAB) if rng else GENERATED_ID + run
+        row = {str(favourite): {"logprob": -0.01, "rank": 1}}
+        if prompt[j] != favourite:
+            row[str(prompt[j])] = {"logprob": -9.0, "rank": 2}
+        rows.append(row)
+    return rows
+
+
 def _token_ids(prompt: list) -> bool:
     return all(isinstance(t, int) and not isinstance(t, bool) and 0 <= t < 2**31 for t in prompt) or all(
         isinstance(t, str) for t in prompt
@@ -267,10 +302,11 @@ def main() -> None:
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds per generated token")
     parser.add_argument("--first-token-delay", type=float, default=0.0)
     parser.add_argument("--max-running", type=int, default=None, help="batch limit; more requests wait")
+    parser.add_argument("--random-text", action="store_true", help="a DISHONEST provider: random tokens")
     # vLLM's other flags are accepted and ignored: the runtime starts this image like a vLLM one.
     args, _ = parser.parse_known_args()
     model = args.served_model_name or args.model
-    app = create_standin_app(model, args.token_delay, args.first_token_delay, args.max_running)
+    app = create_standin_app(model, args.token_delay, args.first_token_delay, args.max_running, args.random_text)
     print(f"StandInBackend (an instrument, not a model) serving {model!r} on {args.host}:{args.port}", flush=True)
     trio.run(serve_standin, app, args.host, args.port)
 

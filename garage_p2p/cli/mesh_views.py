@@ -60,6 +60,11 @@ def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_outp
         flags = ["LEDGER-FORK"] if p["ledger_flagged"] else []
         if p["cosign_refusals"]:
             flags.append(f"unsigned:{p['cosign_refusals']}")
+        if p.get("refuted"):
+            flags.append("REFUTED")
+        checks = p.get("checks")
+        if checks:
+            flags.append(f"checks:{checks['passed']}ok/{checks['refuted']}bad/{checks['inconclusive']}?")
         rows.append(
             [
                 _short(p["peer_id"]),

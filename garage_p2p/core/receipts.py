@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import Field
 
@@ -65,6 +67,10 @@ class Receipt(WireModel):
     """SHA-256 (hex) of the answer's bytes as the provider sent them (every DATA frame's payload, in
     order): signed, the answer is provably the provider's (a spot-check's evidence), and the consumer
     vouches only for the bytes it received. None from providers before it."""
+    request_digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    """SHA-256 (hex) of the request the provider received (``request_digest``): a spot-check's
+    evidence then shows what was asked (the temperature decides how an answer is judged), and the
+    consumer vouches only for its own request. None from providers before it."""
 
     @property
     def gpu_seconds(self) -> float:
@@ -73,6 +79,13 @@ class Receipt(WireModel):
     @property
     def tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+def request_digest(path: str, body: dict[str, Any]) -> str:
+    """SHA-256 (hex) of a request as the provider received it: its path and its body as canonical
+    JSON (both sides parse the same wire JSON, so both compute the same digest)."""
+    canonical = json.dumps({"path": path, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def check_receipt(receipt: Receipt) -> None:

@@ -47,6 +47,9 @@ MIN_TOKENS = 8
 """Answers shorter than this are not judged (too little evidence either way)."""
 MAX_TOP = 20
 """Top log-probabilities per position read from a verifier (vLLM's default ``max_logprobs``)."""
+VERIFIERS_DIFFER_SHARE = 0.1
+"""Share of positions at which two verifiers of one model may prefer different tokens (near-ties
+across dtypes and GPUs) and still count as the same model."""
 MAX_TOKENS = 8192
 """Completion tokens judged at most (a bound on the work a verifier's reply can cause)."""
 
@@ -59,6 +62,8 @@ class TokenScore:
     """The verifier's log-probability of the token the provider sent (temperature 1)."""
     top: tuple[float, ...]
     """The verifier's highest log-probabilities at that position, descending (at least one)."""
+    top_id: int = -1
+    """The token the verifier likes best there (two verifiers of one model agree on it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +117,8 @@ def scores_from_prompt_logprobs(
                 raise PeerFault(f"the verifier's log-probability {logprob} is not one")
         if token not in values:
             raise PeerFault(f"the verifier did not score token {token} at position {prompt_len + i}")
-        scores.append(TokenScore(values[token], tuple(sorted(values.values(), reverse=True))))
+        best = max(values, key=lambda k: (values[k], -k))
+        scores.append(TokenScore(values[token], tuple(sorted(values.values(), reverse=True)), best))
     return scores
 
 
@@ -162,6 +168,17 @@ def _expected_logprob(top: tuple[float, ...], temperature: float, vocab_size: in
     mean = sum(w * lp for w, lp in zip(weights, support, strict=True)) / norm
     var = sum(w * (lp - mean) ** 2 for w, lp in zip(weights, support, strict=True)) / norm
     return mean, var
+
+
+def verifiers_agree(a: Sequence[TokenScore], b: Sequence[TokenScore]) -> bool:
+    """Whether two verifiers scored an answer as one model would: their favourite tokens differ at no
+    more than VERIFIERS_DIFFER_SHARE of the positions (at least one). Two honest GPUs of one model
+    differ only at near-ties; another model, or a verifier making numbers up, differs almost
+    everywhere. Two failing verdicts refute a provider only when their verifiers agree."""
+    if len(a) != len(b) or not a:
+        return False
+    differ = sum(1 for x, y in zip(a, b, strict=True) if x.top_id != y.top_id)
+    return differ <= max(1, math.floor(VERIFIERS_DIFFER_SHARE * len(a)))
 
 
 def detection_within(rate: float, per_check: float, within: int) -> float:

@@ -41,6 +41,10 @@ class FrameType(enum.IntEnum):
     """``/garage/caps/2.0.0``: the asker's JSON ``TableRequest`` (its cursor)."""
     TABLE_CURSOR = 49
     """``/garage/caps/2.0.0``: the server's JSON ``TableCursor``, before the ads (DATA frames)."""
+    EVIDENCE_REQUEST = 64
+    """``/garage/evidence/1.0.0``: the JSON ``EvidenceRequest`` (a verdict's evidence digest)."""
+    EVIDENCE_REPLY = 65
+    """``/garage/evidence/1.0.0``: the evidence bytes, or an error reply."""
 
 
 KiB = 1024

@@ -16,6 +16,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -32,6 +33,14 @@ from .exchange import FrameExchange, stream_exchange
 log = logging.getLogger(__name__)
 
 DIAL_TIMEOUT = 5.0
+
+
+class Sampler(Protocol):
+    """Who keeps a share of the answers for spot-checks (gateway/spot_checks.py)."""
+
+    def sample(self) -> bool: ...
+
+    def offer(self, head: RequestHead, exchange: FrameExchange) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +69,7 @@ class Dispatcher:
         lookup: Callable[[str], Awaitable[int]] | None = None,
         countersign: Callable[[str, RequestHead, EndInfo, Seen | None], bytes | None] | None = None,
         flagged: Callable[[str], bool] = lambda peer_id: False,
+        refuted: Callable[[str], bool] = lambda peer_id: False,
     ) -> None:
         self.mesh = mesh
         self.table = table
@@ -72,6 +82,10 @@ class Dispatcher:
         self._lookup = lookup
         self.first_bytes = FirstByteHistory()
         """How fast each provider started answering us (the first-byte deadline's history)."""
+        self.refuted = refuted
+        """Providers a spot-check proved to serve something else than their model: never routed to."""
+        self.spot_checks: Sampler | None = None
+        """Samples the exchanges whose answers are spot-checked (gateway/spot_checks.py), if any."""
 
     @property
     def background(self) -> trio.Nursery:
@@ -102,7 +116,8 @@ class Dispatcher:
 
     def shortlist(self, request: RouteRequest) -> list[CapabilityAd]:
         """The providers worth scoring for ``request`` (``Router.shortlist``), ourselves included."""
-        return self.router.shortlist(self.table, request, time.time(), also=(self._own_ad(),))
+        ads = self.router.shortlist(self.table, request, time.time(), also=(self._own_ad(),))
+        return [ad for ad in ads if not self.refuted(ad.peer_id)]
 
     def explain(self, request: RouteRequest) -> list[Candidate]:
         """Every provider of the model with its score (``garage route``)."""
@@ -121,9 +136,17 @@ class Dispatcher:
         return Routed(candidates, known, {ad.peer_id: ad.addrs for ad in ads})
 
     async def open(
-        self, peer_id: str, addrs: tuple[str, ...], head: RequestHead, model: str, deadline: float
+        self,
+        peer_id: str,
+        addrs: tuple[str, ...],
+        head: RequestHead,
+        model: str,
+        deadline: float,
+        *,
+        sample: bool = True,
     ) -> FrameExchange:
-        """Open ``peer_id``'s stream and send ``head`` (DialError if it cannot be reached)."""
+        """Open ``peer_id``'s stream and send ``head`` (DialError if it cannot be reached). ``sample``:
+        whether the answer may be drawn for a spot-check (a verifier's own reply is not)."""
         on_close = self.router.finished
 
         def on_load(load: Load) -> None:
@@ -140,7 +163,19 @@ class Dispatcher:
             def countersign(end: EndInfo, seen: Seen | None) -> bytes | None:
                 return sign(peer_id, head, end, seen)
 
-        return stream_exchange(peer_id, stream, deadline, head.timeout, on_close, countersign, self._nursery, on_load)
+        checks = self.spot_checks
+        on_whole = None
+        if sample and checks is not None and checks.sample():
+
+            def on_whole(exchange: FrameExchange) -> None:
+                checks.offer(head, exchange)
+
+        exchange = stream_exchange(
+            peer_id, stream, deadline, head.timeout, on_close, countersign, self._nursery, on_load, on_whole
+        )
+        if on_whole is not None:
+            exchange.kept = []
+        return exchange
 
     def _open_local(
         self,

@@ -70,6 +70,8 @@ class FrameExchange:
         """When its END arrived."""
         self.answer = AnswerDigest()
         """The DATA payloads received, hashed: what the provider's receipt must sign."""
+        self.kept: list[bytes] | None = None
+        """The DATA payloads themselves, when the answer is sampled for a spot-check (the evidence)."""
 
     @property
     def received_data(self) -> bool:
@@ -112,6 +114,8 @@ class FrameExchange:
         event = self._pending.pop(0)
         if isinstance(event, ResponseData):
             self.answer.update(event.data)
+            if self.kept is not None:
+                self.kept.append(event.data)
         elif isinstance(event, ResponseEnd):
             self.end = event.info
             self.ended_at = trio.current_time()
@@ -152,8 +156,10 @@ def stream_exchange(
     countersign=None,
     background=None,
     on_load: Callable[[Load], None] | None = None,
+    on_whole: Callable[[FrameExchange], None] | None = None,
 ) -> FrameExchange:
-    """An exchange on a libp2p stream; ``countersign(end, seen)`` gives the COSIGN frame to send after END."""
+    """An exchange on a libp2p stream; ``countersign(end, seen)`` gives the COSIGN frame to send after END,
+    and ``on_whole`` is told of an exchange that ended with its END (a sampled answer's spot-check)."""
 
     async def close(unfinished: bool) -> None:
         if not unfinished and countersign is not None and exchange.end is not None:
@@ -164,6 +170,8 @@ def stream_exchange(
                         await stream.write(frame)
                     except StreamBroken:
                         pass  # the provider gets it pushed later (the ledger keeps it)
+            if on_whole is not None:
+                on_whole(exchange)
         # An unfinished exchange is reset so the provider stops generating.
         await stream.close(reset=unfinished)
 

@@ -94,6 +94,11 @@ class MeshSnapshot:
     """Batch lines this peer answered as a worker since start."""
     draining: bool = False
     """Whether the provider refuses new requests (shutting down or drained)."""
+    spot_checks: dict[str, int] = field(default_factory=dict)
+    """Spot-checks of answers this peer received, by outcome, and verdicts heard, by what became of them
+    (gateway/spot_checks.py)."""
+    refuted_providers: int = 0
+    """Providers a check (ours, or a verdict we confirmed) proved to serve another model."""
 
 
 class Metrics:
@@ -261,6 +266,20 @@ class _Scraped:
         for service, count in sorted(s.faults.items()):
             faults.add_metric([service], count)
         yield faults
+        checks = CounterMetricFamily(
+            "garage_spot_checks",
+            "Spot-checks of received answers by outcome (passed, refuted, inconclusive, unchecked, dropped), and "
+            "verdicts heard by what became of them (verdict_confirmed, verdict_false, verdict_invalid ...).",
+            labels=["result"],
+        )
+        for result in sorted({"passed", "refuted", "inconclusive", *s.spot_checks}):
+            checks.add_metric([result], s.spot_checks.get(result, 0))
+        yield checks
+        yield GaugeMetricFamily(
+            "garage_refuted_providers",
+            "Providers proved to serve another model than they advertise (routed around).",
+            value=s.refuted_providers,
+        )
         for name, documentation, counts in (
             ("garage_gossip_published", "Gossip messages this peer published, by topic.", s.gossip_published),
             (

@@ -19,7 +19,14 @@ from ..core.errors import PeerFault
 from ..core.exchange import cosign_frame
 from ..core.identity import Identity
 from ..core.messages import EndInfo, RequestHead
-from ..core.receipts import Observed, cosign_receipt, expected_receipt_problem, observed_receipt_problem, unpack_signed
+from ..core.receipts import (
+    Observed,
+    cosign_receipt,
+    expected_receipt_problem,
+    observed_receipt_problem,
+    request_digest,
+    unpack_signed,
+)
 from .book import Ledger, pack_pending
 
 log = logging.getLogger(__name__)
@@ -73,6 +80,8 @@ class Cosigner:
             )
             if problem is None and receipt.answer_digest not in (None, seen.answer_digest):
                 problem = "receipt signs another answer than the bytes we received"
+            if problem is None and receipt.request_digest not in (None, request_digest(head.path, head.body)):
+                problem = "receipt signs another request than the one we sent"
         if problem is not None:
             return self._refuse(provider, problem)
         cosig = cosign_receipt(self.identity, raw)

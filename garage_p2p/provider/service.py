@@ -34,6 +34,7 @@ from ..core.receipts import (
     encode_receipt,
     gpu_us_of,
     pack_signed,
+    request_digest,
     sign_receipt,
 )
 from ..core.sse import SseSplitter, event_data
@@ -479,6 +480,7 @@ class ProviderService:
             start_ms=metering.start_ms,
             end_ms=end_ms,
             answer_digest=metering.answer.hexdigest(),
+            request_digest=request_digest(head.path, head.body),
         )
         raw = encode_receipt(receipt)
         metering.receipt = raw

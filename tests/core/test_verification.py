@@ -54,7 +54,7 @@ def test_vllm_prompt_logprobs_are_read_for_the_completion_positions_and_bad_repl
         {"642": {"logprob": -6.50, "rank": 3}, "7": {"logprob": -6.00, "rank": 1}},
     ]
     scores = scores_from_prompt_logprobs(rows, 2, [694, 642])
-    assert scores == [TokenScore(-6.10, (-6.10,)), TokenScore(-6.50, (-6.00, -6.50))]
+    assert scores == [TokenScore(-6.10, (-6.10,), 694), TokenScore(-6.50, (-6.00, -6.50), 7)]
     with pytest.raises(PeerFault):
         scores_from_prompt_logprobs(rows, 2, [694, 642, 1])  # short
     with pytest.raises(PeerFault):
