@@ -77,6 +77,7 @@ def standin_command(
     host: str | None = None,
     python: str = sys.executable,
     prefix: Sequence[str] = (),
+    random_text: bool = False,
 ) -> list[str]:
     """The command line of a StandInBackend process (an instrument, not a model).
 
@@ -90,6 +91,8 @@ def standin_command(
         args += ["--model", model]
     if token_delay is not None:
         args += ["--token-delay", str(token_delay)]
+    if random_text:
+        args.append("--random-text")  # a dishonest provider
     return args
 
 

@@ -96,6 +96,9 @@ def main_command(
     podman_socket: Path | None = typer.Option(
         None, "--podman-socket", help="Use this Podman API socket instead of starting one."
     ),
+    spot_check_rate: float | None = typer.Option(
+        None, "--spot-check-rate", help="Share of received answers re-verified on another provider (0: none)."
+    ),
 ) -> None:
     """Run the Garage P2P peer daemon in the foreground."""
     try:
@@ -125,6 +128,7 @@ def main_command(
                 "runtime_gpus": runtime_gpus,
                 "runtime_port": runtime_port,
                 "podman_socket": podman_socket,
+                "spot_check_rate": spot_check_rate,
             }
         )
     except SettingsError as exc:
