@@ -30,7 +30,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__
 from .core.capabilities import Benchmark, CapabilityAd, ModelOffer, PeerTable
-from .core.credit import CreditBook
+from .core.credit import CreditBook, credit_view
 from .core.identity import Identity
 from .core.ledger_caps import ReplicationCaps
 from .core.limits import Limits
@@ -226,7 +226,10 @@ class Peer:
         return out
 
     def ledger_view(self, peer: str | None) -> dict[str, Any]:
-        return balances_view(self.ledger.state, peer, self.credit.view(time.monotonic()))
+        # Fresh, not the admission's cached view: the operator sees a verdict's effect at once.
+        return balances_view(
+            self.ledger.state, peer, credit_view(self.ledger.state, self.identity.peer_id, self.credit.refuted)
+        )
 
     async def drain(self) -> None:
         """Stop taking requests, withdraw our models, let in-flight requests finish, stop the container."""
@@ -572,8 +575,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         settings.ledger_max_unknown_seq,
     )
     ledger = await Ledger.open(identity, settings.home / "ledger.sqlite", ledger_caps)
-    # Contributors first in our line, by GPU time that reached us (sybils' receipts mint none). Refuted
-    # providers: none until verdicts exist (issue 19 item 2 sets ``credit.refuted``).
+    # Contributors first in our line, by GPU time that reached us (sybils' receipts mint none); the
+    # providers our verdicts refuted count for nothing (``credit.refuted``, set once verdicts exist).
     credit = CreditBook(ledger.state, identity.peer_id)
     async with (
         _closing(ledger),
@@ -660,7 +663,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         verdicts = VerdictBook(
             identity.peer_id, lambda peer_id: not mesh.admits(peer_id) or ledger.state.flagged(peer_id)
         )
-        dispatcher.refuted = verdicts.refuted
+        dispatcher.refuted = credit.refuted = verdicts.refuted
         spot_checks = SpotChecks(dispatcher, identity, verdicts, rate=settings.spot_check_rate, rng=random.Random())
         dispatcher.spot_checks = spot_checks
         peer = Peer(

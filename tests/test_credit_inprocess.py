@@ -87,3 +87,9 @@ async def test_a_sybil_ring_buys_no_place_in_line_and_its_work_shows_unverified(
         # The daemon's admin API gives the same view.
         api = (await http.get(p.api_url.removesuffix("/v1") + "/garage/v1/ledger", params={"peer": ps})).json()
         assert api["viewer"] == pp and api["peers"][0]["unverified"]["gpu_seconds"] == 20 * 60
+        # Once P's verdicts refute H (as its spot-checks would), H's time moves to refuted.
+        p.spot_checks.book.checked(ph, "refuted", pp, [])
+        api = (await http.get(p.api_url.removesuffix("/v1") + "/garage/v1/ledger", params={"peer": ph})).json()
+        row = api["peers"][0]
+        assert row["refuted"]["gpu_seconds"] == row["contributed"]["gpu_seconds"] > 0
+        assert row["verified"]["gpu_seconds"] == 0 and not row["contributor"]
