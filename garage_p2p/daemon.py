@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -31,6 +30,7 @@ from hypercorn.trio import serve as hypercorn_serve
 
 from . import __version__
 from .core.capabilities import Benchmark, CapabilityAd, ModelOffer, PeerTable
+from .core.credit import CreditBook, credit_view
 from .core.identity import Identity
 from .core.ledger_caps import ReplicationCaps
 from .core.limits import Limits
@@ -100,6 +100,8 @@ class Peer:
     ledger: Ledger
     ledger_sync: LedgerSync
     cosigner: Cosigner
+    credit: CreditBook
+    """Who goes first in our provider's line, and the ledger's verified / unverified split, as we see it."""
     runtime: ModelRuntime | None = None
     spot_checks: SpotChecks | None = None
     jobs: JobManager | None = None
@@ -224,7 +226,10 @@ class Peer:
         return out
 
     def ledger_view(self, peer: str | None) -> dict[str, Any]:
-        return balances_view(self.ledger.state, peer)
+        # Fresh, not the admission's cached view: the operator sees a verdict's effect at once.
+        return balances_view(
+            self.ledger.state, peer, credit_view(self.ledger.state, self.identity.peer_id, self.credit.refuted)
+        )
 
     async def drain(self) -> None:
         """Stop taking requests, withdraw our models, let in-flight requests finish, stop the container."""
@@ -498,26 +503,6 @@ async def _closing(ledger: Ledger) -> AsyncIterator[None]:
             await ledger.aclose()
 
 
-CONTRIBUTORS_EVERY = 5.0
-"""Seconds between recomputations of who gave the mesh more GPU time than it used."""
-
-
-def _contributors(ledger: Ledger) -> Callable[[str], bool]:
-    """Whether a peer's ledger balance is positive, from balances at most a few seconds old."""
-    cached: dict[str, bool] = {}
-    at = -math.inf
-
-    def contributor(peer_id: str) -> bool:
-        nonlocal cached, at
-        now = time.monotonic()
-        if now - at > CONTRIBUTORS_EVERY:
-            cached = {p: b.net_gpu_us > 0 and not b.flagged for p, b in ledger.state.balances().items()}
-            at = now
-        return cached.get(peer_id, False)
-
-    return contributor
-
-
 def _swarm_key(settings: Settings) -> bytes | None:
     """The private mesh's key, or None for the open mesh; SettingsError for an unusable file."""
     path = settings.swarm_key_path()
@@ -590,6 +575,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         settings.ledger_max_unknown_seq,
     )
     ledger = await Ledger.open(identity, settings.home / "ledger.sqlite", ledger_caps)
+    # Contributors first in our line, by GPU time that reached us (sybils' receipts mint none); the
+    # providers our verdicts refuted count for nothing (``credit.refuted``, set once verdicts exist).
+    credit = CreditBook(ledger.state, identity.peer_id)
     async with (
         _closing(ledger),
         _maybe_podman(settings, spec) as podman_url,
@@ -623,7 +611,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             peer_limits=Limits(
                 tpm=settings.peer_tpm, concurrency=settings.peer_concurrency or max(1, settings.max_concurrency // 2)
             ),
-            contributor=_contributors(ledger),
+            contributor=lambda peer: credit.contributor(peer, time.monotonic()),
             max_head_bytes=settings.max_body_bytes + 64 * 1024,
             penalise=mesh.penalise,
         )
@@ -675,11 +663,23 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         verdicts = VerdictBook(
             identity.peer_id, lambda peer_id: not mesh.admits(peer_id) or ledger.state.flagged(peer_id)
         )
-        dispatcher.refuted = verdicts.refuted
+        dispatcher.refuted = credit.refuted = verdicts.refuted
         spot_checks = SpotChecks(dispatcher, identity, verdicts, rate=settings.spot_check_rate, rng=random.Random())
         dispatcher.spot_checks = spot_checks
         peer = Peer(
-            settings, identity, mesh, table, provider, dispatcher, caps, discovery, paths, ledger, ledger_sync, cosigner
+            settings,
+            identity,
+            mesh,
+            table,
+            provider,
+            dispatcher,
+            caps,
+            discovery,
+            paths,
+            ledger,
+            ledger_sync,
+            cosigner,
+            credit,
         )
         if spec is not None:
             from .runtime.model_runtime import ModelRuntime  # lazy: see the TYPE_CHECKING import

@@ -58,6 +58,25 @@ def test_show_log_export_verify_on_a_clean_ledger(tmp_path):
     assert result.exit_code == 0 and "checked 5 entries from 2 authors" in result.output and "ok" in result.output
 
 
+def test_show_splits_contributed_time_as_a_viewer_sees_it(tmp_path):
+    write(tmp_path, chain(A, B, 3) + chain(B, C, 2))
+    # No identity in this home: no one's eyes, nothing verified.
+    view = json.loads(run("show", "--json", "--home", str(tmp_path)).output)
+    assert view["viewer"] is None and all(p["verified"]["gpu_seconds"] == 0 for p in view["peers"])
+    # As C sees it: B served C 1 s; of A's 1.5 s for B, 1 s reached C through B.
+    view = json.loads(run("show", "--json", "--viewer", C.peer_id, "--home", str(tmp_path)).output)
+    by_peer = {p["peer_id"]: p for p in view["peers"]}
+    assert {k: by_peer[A.peer_id][k]["gpu_seconds"] for k in ("verified", "unverified", "refuted")} == {
+        "verified": pytest.approx(1.0),
+        "unverified": pytest.approx(0.5),
+        "refuted": 0,
+    }
+    assert by_peer[B.peer_id]["verified"]["gpu_seconds"] == pytest.approx(1.0)
+    assert by_peer[A.peer_id]["contributor"] and not by_peer[C.peer_id]["contributor"]
+    table = run("show", "--viewer", C.peer_id, "--home", str(tmp_path)).output
+    assert f"credit as {C.peer_id} sees it" in table and "CONTRIBUTOR" in table
+
+
 def test_verify_reports_forks_tampering_duplicates_and_overclaims(tmp_path):
     honest = chain(A, B, 3)
     fork = entry(A, C, 2, honest[0].hash, "other-history")

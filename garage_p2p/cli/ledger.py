@@ -15,9 +15,11 @@ from pathlib import Path
 
 import typer
 
+from ..core.credit import credit_view
 from ..core.errors import PeerFault
 from ..core.ledger import LedgerState, decode_entry
 from ..ledger.views import RECEIPT_COLUMNS, balances_view, counted_rows, verify_entries
+from ..store.identity_file import IdentityFileError, key_path, load_identity
 from ..store.ledger_store import LedgerStore
 from .client import JsonOption, print_json, print_table
 from .common import HomeOption, fail, resolve_home
@@ -26,6 +28,9 @@ app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="The GPU-hours ledger: balances, entries, verification, export."
 )
 PeerOption = typer.Option(None, "--peer", help="Only this peer (a peer id).")
+ViewerOption = typer.Option(
+    None, "--viewer", help="Weigh credit as this peer sees it (a peer id; default: this home's identity)."
+)
 
 
 def _store(home: Path | None) -> LedgerStore:
@@ -56,14 +61,31 @@ def _state(home: Path | None) -> LedgerState:
     return state
 
 
+def _viewer(home: Path | None) -> str | None:
+    """This home's peer id, whose eyes credit is weighed with; None if it has no identity yet."""
+    home = resolve_home(home)
+    if not key_path(home).exists():
+        return None
+    try:
+        return load_identity(home).peer_id
+    except IdentityFileError as exc:
+        fail(str(exc))
+
+
 def _short(peer_id: str) -> str:
     return peer_id[:8] + "…" + peer_id[-6:]
 
 
 @app.command("show")
-def show(peer: str | None = PeerOption, home: Path | None = HomeOption, json_output: bool = JsonOption) -> None:
-    """Balances: GPU-hours contributed and consumed, tokens and requests, per peer and per model."""
-    view = balances_view(_state(home), peer)
+def show(
+    peer: str | None = PeerOption,
+    viewer: str | None = ViewerOption,
+    home: Path | None = HomeOption,
+    json_output: bool = JsonOption,
+) -> None:
+    """Balances: GPU-hours contributed (verified, unverified, refuted) and consumed, per peer and per model."""
+    state = _state(home)
+    view = balances_view(state, peer, credit_view(state, viewer or _viewer(home)))
     if json_output:
         return print_json(view)
     if not view["peers"]:
@@ -73,18 +95,36 @@ def show(peer: str | None = PeerOption, home: Path | None = HomeOption, json_out
         [
             _short(p["peer_id"]),
             f"{p['contributed']['gpu_hours']:.6f}",
+            f"{p['verified']['gpu_hours']:.6f}",
+            f"{p['unverified']['gpu_hours']:.6f}",
+            f"{p['refuted']['gpu_hours']:.6f}",
             f"{p['consumed']['gpu_hours']:.6f}",
             f"{p['net_gpu_hours']:+.6f}",
             p["contributed"]["tokens"],
             p["consumed"]["tokens"],
             p["contributed"]["requests"],
             p["consumed"]["requests"],
-            "FORKED" if p["flagged"] else "",
+            " ".join(f for f, on in (("FORKED", p["flagged"]), ("CONTRIBUTOR", p["contributor"])) if on),
         ]
         for p in view["peers"]
     ]
+    typer.echo(f"credit as {view['viewer'] or 'no one (no identity in this home)'} sees it")
     print_table(
-        ["PEER", "GPU-H GIVEN", "GPU-H USED", "NET", "TOK SERVED", "TOK USED", "REQ SERVED", "REQ USED", "FLAG"], rows
+        [
+            "PEER",
+            "GPU-H GIVEN",
+            "VERIFIED",
+            "UNVERIFIED",
+            "REFUTED",
+            "GPU-H USED",
+            "NET",
+            "TOK SERVED",
+            "TOK USED",
+            "REQ SERVED",
+            "REQ USED",
+            "FLAG",
+        ],
+        rows,
     )
     typer.echo("")
     print_table(

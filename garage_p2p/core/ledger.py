@@ -470,6 +470,12 @@ class LedgerState:
         """Author → entries held of its log naming ``consumer`` (do not modify)."""
         return self._providers.get(consumer, {})
 
+    def gpu_us(self, provider: str, consumer: str) -> int:
+        """GPU-µs of ``provider``'s counted receipts (its prefix) naming ``consumer``."""
+        totals = self._totals.get(provider)
+        part = totals.by_consumer.get(consumer) if totals else None
+        return part.gpu_us if part else 0
+
     def has_receipt(self, author: str, consumer: str, request_id: str) -> bool:
         totals = self._totals.get(author)
         return totals is not None and (consumer, request_id) in totals.seen

@@ -6,6 +6,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..core.credit import CreditView, credit_view
 from ..core.errors import PeerFault
 from ..core.ledger import Entry, KeyCache, LedgerState, Totals, decode_entry, overclaims
 
@@ -26,33 +27,49 @@ RECEIPT_COLUMNS = (
 )
 
 
+def gpu_time_view(gpu_us: int) -> dict[str, float]:
+    return {"gpu_seconds": gpu_us / 1e6, "gpu_hours": gpu_us / 3.6e9}
+
+
 def totals_view(t: Totals) -> dict[str, Any]:
     return {
         "requests": t.requests,
         "prompt_tokens": t.prompt_tokens,
         "completion_tokens": t.completion_tokens,
         "tokens": t.tokens,
-        "gpu_seconds": t.gpu_us / 1e6,
-        "gpu_hours": t.gpu_hours,
+        **gpu_time_view(t.gpu_us),
     }
 
 
-def balances_view(state: LedgerState, peer: str | None = None) -> dict[str, Any]:
-    """Per peer: contributed and consumed; per model; the flagged authors."""
+def balances_view(state: LedgerState, peer: str | None = None, credit: CreditView | None = None) -> dict[str, Any]:
+    """Per peer: contributed (split as ``credit``'s viewer weighs it) and consumed; per model; the flagged authors.
+
+    Without ``credit`` no one's eyes are used: nothing is verified.
+    """
+    credit = credit if credit is not None else credit_view(state, None)
     balances = state.balances()
     if peer is not None:
         balances = {p: b for p, b in balances.items() if p == peer}
-    return {
-        "peers": [
+    peers = []
+    for b in sorted(balances.values(), key=lambda b: (-b.contributed.gpu_us, b.peer_id)):
+        split = credit.split(b.peer_id, b.contributed.gpu_us)
+        peers.append(
             {
                 "peer_id": b.peer_id,
                 "contributed": totals_view(b.contributed),
                 "consumed": totals_view(b.consumed),
                 "net_gpu_hours": b.net_gpu_us / 3.6e9,
                 "flagged": b.flagged,
+                "verified": gpu_time_view(split.verified),
+                "unverified": gpu_time_view(split.unverified),
+                "refuted": gpu_time_view(split.refuted),
+                "credit_gpu_hours": credit.credit(b.peer_id) / 3.6e9,
+                "contributor": b.peer_id in credit.contributors,
             }
-            for b in sorted(balances.values(), key=lambda b: (-b.contributed.gpu_us, b.peer_id))
-        ],
+        )
+    return {
+        "viewer": credit.viewer,
+        "peers": peers,
         "models": [{"model": m, **totals_view(t)} for m, t in state.by_model().items()],
         "flagged": state.flagged_authors(),
         "entries": len(state),
