@@ -38,6 +38,7 @@ from .core.messages import PROTOCOL_OPENAI
 from .core.peer_filter import PeerFilter
 from .core.penalties import PenaltyBox
 from .core.swarm_key import SwarmKeyError, fingerprint, parse_key
+from .gateway.admin import delivery_fields
 from .gateway.app import create_app
 from .gateway.auth import Gatekeeper, is_loopback
 from .gateway.dispatch import Dispatcher
@@ -190,6 +191,7 @@ class Peer:
                     "known_since": entry.first_seen,
                     "ledger_flagged": self.ledger.state.flagged(ad.peer_id),
                     "cosign_refusals": self.ledger.refusals.get(ad.peer_id, 0),
+                    **delivery_fields(self.dispatcher.router, ad, now),
                 }
             )
         return out
@@ -341,6 +343,7 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
             "flood": peer.caps.flooded,
         },
         banned_peers=peer.mesh.penalties.banned_count(now),
+        overclaiming_providers=len(peer.dispatcher.router.overclaimers(peer.table, time.time())),
         faults=dict(peer.mesh.penalties.totals),
         gossip_published=dict(peer.mesh.gossip.published),
         gossip_received=dict(peer.mesh.gossip.received),
