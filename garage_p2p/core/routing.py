@@ -53,7 +53,7 @@ from itertools import islice
 from typing import Protocol
 
 from .capabilities import CapabilityAd, Load, ModelOffer
-from .delivery import Claim, Delivery, DeliveryBook, stream_rate
+from .delivery import Claim, Delivery, DeliveryBook
 from .provider_index import IndexedSet
 
 DEFAULT_TOKENS = 256
@@ -155,11 +155,6 @@ def region_matches(wanted: str | None, region: str | None) -> bool:
     if wanted is None:
         return True
     return region is not None and (region == wanted or region.startswith(wanted + "-"))
-
-
-def per_stream_rate(offer: ModelOffer, streams: float) -> float:
-    """Tokens/s one stream gets while ``streams`` run at once, by the ad's benchmark alone."""
-    return stream_rate(offer.benchmark, streams)
 
 
 @dataclass(slots=True)
