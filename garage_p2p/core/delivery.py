@@ -173,8 +173,8 @@ class Claim:
 
     def rate(self, streams: float) -> float:
         """Tokens/s one stream gets while ``streams`` run there."""
-        claimed = stream_rate(self.curve, 1.0)
-        return stream_rate(self.curve, streams) * self.single_tps / claimed
+        # The curve's shape, scaled to the single-stream figure believed.
+        return stream_rate(self.curve, streams) * self.single_tps / stream_rate(self.curve, 1.0)
 
 
 def _blend(prior: float, weight: float, total: float) -> float:
