@@ -39,6 +39,7 @@ from .core.peer_filter import PeerFilter
 from .core.penalties import PenaltyBox
 from .core.swarm_key import SwarmKeyError, fingerprint, parse_key
 from .core.verdicts import VerdictBook
+from .gateway.admin import delivery_fields
 from .gateway.app import create_app
 from .gateway.auth import Gatekeeper, is_loopback
 from .gateway.dispatch import Dispatcher
@@ -199,6 +200,7 @@ class Peer:
                     if self.spot_checks and ad.peer_id in self.spot_checks.book.records
                     else None,
                     "refuted": bool(self.spot_checks and self.spot_checks.book.refuted(ad.peer_id)),
+                    **delivery_fields(self.dispatcher.router, ad, now),
                 }
             )
         return out
@@ -353,6 +355,7 @@ def mesh_snapshot(peer: Peer) -> MeshSnapshot:
             "flood": peer.caps.flooded,
         },
         banned_peers=peer.mesh.penalties.banned_count(now),
+        overclaiming_providers=len(peer.dispatcher.router.overclaimers(peer.table, time.time())),
         faults=dict(peer.mesh.penalties.totals),
         gossip_published=dict(peer.mesh.gossip.published),
         gossip_received=dict(peer.mesh.gossip.received),

@@ -11,6 +11,7 @@ import trio
 import trio.testing
 
 from garage_p2p.core.deadlines import FIRST_BYTE_MIN, FirstByteHistory
+from garage_p2p.core.delivery import Delivery
 from garage_p2p.core.exchange import ResponseData, ResponseEnd, ResponseEvent
 from garage_p2p.core.messages import EndInfo, RequestHead, Usage
 from garage_p2p.core.request_policy import RequestPolicy
@@ -64,6 +65,10 @@ class FakeDispatcher:
         self.first_bytes = FirstByteHistory()
         self.scripts = scripts
         self.opened: list[FakeExchange] = []
+        self.deliveries: list[tuple[str, str, Delivery]] = []
+
+    def delivered(self, peer_id: str, model: str, delivery: Delivery) -> None:
+        self.deliveries.append((peer_id, model, delivery))
 
     async def route(self, request: RouteRequest) -> Routed:
         candidates = [Candidate(p, 1.0, True) for p in self.scripts if self.router.banned_until(p) == 0]
@@ -106,6 +111,7 @@ async def test_a_silent_provider_costs_its_first_byte_deadline_on_the_clock_then
 
         finish = await answer.run(emit)
         assert finish.error is None and got == [b"x"]
+        assert [(p, m) for p, m, _ in fake.deliveries] == [("good", "tiny")]  # what it delivered, for routing
         await trio.testing.wait_all_tasks_blocked()  # the lost one is closed in the background
         assert fake.opened[0].closed and fake.opened[1].closed
 

@@ -9,13 +9,16 @@ from __future__ import annotations
 import collections
 import time
 from contextlib import asynccontextmanager
+from functools import partial
 
 import httpx
 import trio
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
+from typer.testing import CliRunner
 
+from garage_p2p.cli.garage import app
 from garage_p2p.core.capabilities import Benchmark
 from garage_p2p.runtime.bench import run_benchmark
 from garage_p2p.store.bench_store import save_benchmark
@@ -169,3 +172,46 @@ async def test_unknown_model_is_looked_up_in_the_dht_before_404(tmp_path, http):
                     start = time.monotonic()
                     r = await http.post(c.api_url + "/chat/completions", json={**CHAT, "model": "nobody-serves-this"})
                     assert r.status_code == 404 and time.monotonic() - start < 8
+
+
+async def test_routing_stops_preferring_a_provider_that_claims_ten_times_its_real_speed(tmp_path, http):
+    """Two StandInBackends (not models) of the same real speed; one provider's benchmark says 10×.
+    The claim wins the first requests; what the answers deliver takes over within a few, the
+    overclaimer is flagged in ``garage peers`` (JSON and table) and /metrics, and no longer preferred."""
+    now = time.time()
+    # The honest one claims a little under its stand-in's 100 tokens/s, the liar 10× that.
+    honest_bench = Benchmark(single_stream_tps=60, aggregate_tps=200, concurrency=4, ttft_p50_ms=20, measured_at=now)
+    liar_bench = Benchmark(single_stream_tps=600, aggregate_tps=2000, concurrency=4, ttft_p50_ms=20, measured_at=now)
+    save_benchmark(tmp_path / "honest", "tiny", honest_bench)
+    save_benchmark(tmp_path / "liar", "tiny", liar_bench)
+    chat = {**CHAT, "max_tokens": 32, "stream": True}
+    async with standin_backend(token_delay=0.01) as honest_url, standin_backend(token_delay=0.01) as liar_url:
+        async with running_peer(tmp_path / "honest", backends={"tiny": honest_url}) as honest:
+            async with running_peer(tmp_path / "liar", backends={"tiny": liar_url}, bootstrap=first_addr(honest)):
+                async with running_peer(tmp_path / "c", bootstrap=first_addr(honest)) as c:
+                    await wait_for_model(c, "tiny", providers=2)
+                    honest_id = honest.identity.peer_id
+
+                    async def ask() -> str:
+                        async with http.stream("POST", c.api_url + "/chat/completions", json=chat) as r:
+                            assert r.status_code == 200
+                            body = b"".join([chunk async for chunk in r.aiter_bytes()])
+                            assert body.count(b"data: ") >= 32 and body.endswith(b"data: [DONE]\n\n")
+                            return r.headers["x-garage-provider"]
+
+                    served = [await ask() for _ in range(10)]
+                    print("served by", ["honest" if p == honest_id else "liar" for p in served])
+                    assert served[0] != honest_id  # its claim wins at first
+                    switched = served.index(honest_id)
+                    assert switched <= 3  # three answers override the claim...
+                    assert set(served[switched:]) == {honest_id}  # ...and routing stays off it
+                    base = c.api_url.removesuffix("/v1")
+                    peers = {p["peer_id"]: p for p in (await http.get(base + "/garage/v1/peers")).json()["peers"]}
+                    liar = peers[served[0]]["delivery"]["tiny"]
+                    assert peers[served[0]]["overclaims"] and liar["overclaims"]
+                    assert liar["claimed_tps"] == 600 and liar["delivered_tps"] < 200
+                    assert not peers[honest_id]["overclaims"] and peers[honest_id]["delivery"]["tiny"]["delivered_tps"]
+                    scraped = (await http.get(base + "/metrics")).text
+                    assert "garage_overclaiming_providers 1.0" in scraped
+                    table = await trio.to_thread.run_sync(partial(CliRunner().invoke, app, ["peers", "--api", base]))
+                    assert table.exit_code == 0 and "OVERCLAIMS" in table.output and "tiny:600→" in table.output

@@ -112,7 +112,7 @@ def test_an_overloaded_mesh_answers_busy_not_silence():
         sim={"duration_s": 300, "drain_s": 150},
         peers={"provider_share": 0.1},
         churn={"provider_online": [1.0], "consumer_online": [1.0]},
-        load={"requests_per_consumer_hour": 600, "max_tokens_median": 600},
+        load={"requests_per_consumer_hour": 800, "max_tokens_median": 600},
         events=[],
     )
     summary = summarize(World(crowded, 2).run())

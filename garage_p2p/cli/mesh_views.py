@@ -49,7 +49,7 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
 
 
 def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
-    """Peers this peer knows: connection, RTT, models, GPU, load, last seen."""
+    """Peers this peer knows: connection, RTT, models, GPU, load, claimed vs delivered speed, last seen."""
     data = get(api, home, "/garage/v1/peers")["peers"]
     if json_output:
         return print_json(data)
@@ -65,6 +65,8 @@ def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_outp
         checks = p.get("checks")
         if checks:
             flags.append(f"checks:{checks['passed']}ok/{checks['refuted']}bad/{checks['inconclusive']}?")
+        if p.get("overclaims"):
+            flags.append("OVERCLAIMS")
         rows.append(
             [
                 _short(p["peer_id"]),
@@ -74,11 +76,40 @@ def peers(home: Path | None = HomeOption, api: str | None = ApiOption, json_outp
                 p["hardware"],
                 load or None,
                 p["region"],
+                _speeds(p.get("delivery", {})),
                 f"{p['last_seen_s']:.0f}s ago",
                 " ".join(flags) or None,
             ]
         )
-    print_table(["PEER", "CONN", "RTT", "MODELS", "HARDWARE", "LOAD", "REGION", "SEEN", "FLAGS"], rows)
+    print_table(
+        [
+            "PEER",
+            "CONN",
+            "RTT",
+            "MODELS",
+            "HARDWARE",
+            "LOAD",
+            "REGION",
+            "TOK/S, TTFT CLAIMED→DELIVERED",
+            "SEEN",
+            "FLAGS",
+        ],
+        rows,
+    )
+
+
+def _speeds(delivery: dict[str, dict]) -> str | None:
+    """Per model: claimed → delivered tokens/s and TTFT (``-`` where unknown; ``!`` overclaims)."""
+
+    def num(value: float | None, unit: str) -> str:
+        return "-" if value is None else f"{value:.0f}{unit}"
+
+    parts = [
+        f"{model}:{num(d['claimed_tps'], '')}→{num(d['delivered_tps'], '')} "
+        f"{num(d['claimed_ttft_ms'], 'ms')}→{num(d['delivered_ttft_ms'], 'ms')}{'!' if d['overclaims'] else ''}"
+        for model, d in delivery.items()
+    ]
+    return ", ".join(parts) or None
 
 
 def bans(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:

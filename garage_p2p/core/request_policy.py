@@ -4,7 +4,7 @@ The gateway (gateway/answer.py) and the simulator (sim/world.py) drive the same 
 the aioquic way: they tell it what happened (``routed``, ``opened``, ``open_failed``,
 ``received``, ``handle_timer``), each with ``now`` on their monotonic clock, and execute the
 commands it queues (``commands()``): ``Route``, ``Open``, ``Close``, ``Ban``, ``Moved``,
-``Answering``, ``Emit``, ``Finish``. ``get_timer()`` says when to call ``handle_timer`` next.
+``Answering``, ``Delivered``, ``Emit``, ``Finish``. ``get_timer()`` says when to call ``handle_timer`` next.
 
 The rules it owns:
 
@@ -21,6 +21,8 @@ The rules it owns:
   in a new round; without one (``x-garage-failover: off`` or a request that would not continue
   exactly) the answer ends with the provider's error. "No provider could continue" says both why
   the provider was lost and why no other took over.
+- A streamed attempt that ends (its END came) reports what the provider delivered: its TTFT and
+  tokens/s (``Delivered``, for ``Router.delivered``: routing believes delivery over benchmarks).
 - A loss at the relay's limit (``core.relaying``: the attempt's connection was relayed and the
   relay's announced deadline came) after the attempt brought tokens is no fault of the provider:
   ``Moved`` instead of ``Ban`` (the relayed connection is dropped, so the continuation dials a new
@@ -41,6 +43,7 @@ from typing import cast
 from .capabilities import CapabilityAd
 from .continuation import Transcript, lost
 from .deadlines import Expired, FirstByteHistory, StreamDeadlines, first_byte_timeout
+from .delivery import Delivery, attempt_delivery
 from .exchange import ResponseData, ResponseEnd, ResponseEvent, ResponseFailed, truncated_failure
 from .messages import EndpointPath, ErrorInfo, RequestHead, Usage, dumps, error_info
 from .relaying import cut_by_relay
@@ -118,6 +121,16 @@ class Answering:
 
 
 @dataclass(frozen=True, slots=True)
+class Delivered:
+    """The attempt's provider finished a streamed answer: what it delivered (``Router.delivered``)."""
+
+    provider: str
+    """The provider's peer id."""
+    delivery: Delivery
+    """Its TTFT and tokens/s as we measured them (durations: no clock to convert)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Emit:
     """Bytes for a streaming client."""
 
@@ -135,7 +148,7 @@ class Finish:
     """A non-streamed client's response body (None for a stream or an error)."""
 
 
-Command = Route | Open | Close | Ban | Moved | Answering | Emit | Finish
+Command = Route | Open | Close | Ban | Moved | Answering | Delivered | Emit | Finish
 
 
 def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> ErrorInfo:
@@ -252,6 +265,8 @@ class RequestPolicy:
         """Tokens the answer had when the current attempt opened (a move must have made progress)."""
         self._deadlines: StreamDeadlines | None = None
         self._sent = 0.0
+        self._first_at = 0.0
+        """When the current attempt's first event came."""
         self._lost: ErrorInfo | None = None
         self._body: list[bytes] = []
         self._size = 0
@@ -345,6 +360,7 @@ class RequestPolicy:
             self._data(event.data, now)
         elif isinstance(event, ResponseEnd):
             self.end_usage = event.info.usage
+            self._delivered(event, now)
             if self.transcript is not None and not self.transcript.done:
                 # An END without the stream's [DONE]: the answer is not whole.
                 self._lose(truncated_failure("the answer ended without its last event"), now)
@@ -443,11 +459,30 @@ class RequestPolicy:
     def _first_event(self, now: float) -> None:
         assert self._provider is not None
         self.first_bytes.record(self._provider, now - self._sent)
+        self._first_at = now
         self._commands.append(Answering(self._provider, first=not self.providers))
         self.providers.append(self._provider)
         self._lost = None
 
     # -- answering -------------------------------------------------------------------------------
+
+    def _delivered(self, end: ResponseEnd, now: float) -> None:
+        """The attempt's END: what its provider delivered, if the answer was streamed (a body's
+        first byte is its last: no TTFT nor pace to read)."""
+        assert self._provider is not None
+        rnd = self._round
+        if not rnd.head.stream:
+            return
+        if self.transcript is not None:
+            tokens = self.transcript.generated - self._generated_at_open  # counted by us
+        else:
+            tokens = end.info.usage.completion_tokens if end.info.usage else 0
+        rtt = rnd.candidates[rnd.tried - 1].parts.get("rtt", 0.0)
+        delivery = attempt_delivery(
+            sent=self._sent, first=self._first_at, ended=now, rtt=rtt, tokens=tokens, end=end.info
+        )
+        if delivery is not None:
+            self._commands.append(Delivered(self._provider, delivery))
 
     def _data(self, data: bytes, now: float) -> None:
         if self.transcript is None:

@@ -14,6 +14,13 @@ interpolated between the benchmark's single-stream and aggregate figures. A
 provider with no benchmark gets pessimistic defaults. A KV cache over 95 %
 full scales the estimate by 1.5 (the backend starts preempting).
 
+``ttft`` and the single-stream speed are not the ad's figures but what the
+provider delivered to us (``core.delivery``: decayed means of its answers' TTFT
+and tokens/s, fed by ``delivered``), with the ad's benchmark only a prior that a
+few answers override. A provider that delivers far below its claim
+(``overclaims``) loses its benchmark altogether: it is scored at the worse of
+what it delivered and the pessimistic defaults.
+
 The live load is the fresher of the ad's (when it is under AD_LOAD_MAX_AGE
 old: ads are re-sent on change and a long heartbeat, not every few seconds)
 and the one the provider itself put in its last END or busy reply to us
@@ -46,11 +53,10 @@ from itertools import islice
 from typing import Protocol
 
 from .capabilities import CapabilityAd, Load, ModelOffer
+from .delivery import Claim, Delivery, DeliveryBook
 from .provider_index import IndexedSet
 
 DEFAULT_TOKENS = 256
-DEFAULT_SINGLE_TPS = 20.0
-DEFAULT_TTFT = 0.5
 RELAY_PENALTY = 0.15
 FAILURE_PENALTY = 1.0
 FORK_PENALTY = 30.0
@@ -151,22 +157,6 @@ def region_matches(wanted: str | None, region: str | None) -> bool:
     return region is not None and (region == wanted or region.startswith(wanted + "-"))
 
 
-def per_stream_rate(offer: ModelOffer, streams: float) -> float:
-    """Tokens/s one stream gets while ``streams`` run at once."""
-    bench = offer.benchmark
-    single = bench.single_stream_tps if bench and bench.single_stream_tps > 0 else DEFAULT_SINGLE_TPS
-    if streams <= 1:
-        return single
-    if bench and bench.aggregate_tps > 0 and bench.concurrency > 1:
-        c = bench.concurrency
-        at_c = bench.aggregate_tps / c
-        if streams <= c:
-            # Linear from single at 1 stream to aggregate/c at c streams.
-            return single + (at_c - single) * (streams - 1) / (c - 1)
-        return bench.aggregate_tps / streams
-    return single / streams
-
-
 @dataclass(slots=True)
 class _Failures:
     count: int
@@ -193,6 +183,8 @@ class Router:
         """Model → provider → its latest observed load, least recently heard first."""
         self.outstanding: dict[str, int] = {}
         """Requests we have running at each provider."""
+        self.delivery = DeliveryBook()
+        """What each provider delivered to us, per model (``delivered``)."""
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -238,6 +230,28 @@ class Router:
         while len(seen) > MAX_OBSERVED_PER_MODEL:
             seen.popitem(last=False)
 
+    def delivered(self, ad: CapabilityAd | None, model: str, delivery: Delivery, now: float) -> None:
+        """``ad``'s provider finished an answer of ``model`` at ``now`` and delivered ``delivery``
+        (None: we no longer hold its ad; its benchmark's curve is then unknown)."""
+        if ad is None:
+            return
+        offer = offer_of(ad, model)
+        self.delivery.record(ad.peer_id, model, delivery, offer.benchmark if offer else None, now)
+
+    def claim(self, ad: CapabilityAd, offer: ModelOffer, now: float) -> Claim:
+        """``ad``'s speed for ``offer`` as routing believes it: the benchmark corrected by delivery."""
+        return self.delivery.claim(ad.peer_id, offer.name, offer.benchmark, now)
+
+    def overclaimers(self, pool: ProviderPool, now: float) -> set[str]:
+        """Providers flagged ``overclaims`` for a model whose ad we hold (bounded by the book's size)."""
+        out: set[str] = set()
+        for peer_id, model in self.delivery.tracked():
+            ad = pool.live_ad(peer_id, now)
+            offer = offer_of(ad, model) if ad is not None else None
+            if ad is not None and offer is not None and self.claim(ad, offer, now).overclaims:
+                out.add(peer_id)
+        return out
+
     def _heard(self, model: str, now: float) -> OrderedDict[str, Observed]:
         """The observed loads of ``model``'s providers, the ones past OBSERVED_MAX_AGE dropped
         (oldest first, so this costs what it drops)."""
@@ -271,15 +285,14 @@ class Router:
         load = self.live_load(ad, offer, now)
         running = (load.running + load.waiting) if load else 0.0
         busy = running + self.outstanding.get(peer, 0)
-        bench = offer.benchmark
-        concurrency = bench.concurrency if bench else 1
-        ttft = bench.ttft_p50_ms / 1000 if bench and bench.ttft_p50_ms > 0 else DEFAULT_TTFT
+        claim = self.claim(ad, offer, now)
+        concurrency = claim.curve.concurrency if claim.curve else 1
         queue_factor = 1 + (load.waiting if load else 0.0) / max(1, concurrency)
         parts = {
             "rtt": path.rtt or 0.0,
             "relay": self._relay_penalty if path.relayed else 0.0,
-            "ttft": ttft * queue_factor,
-            "generate": request.expected_tokens / max(1e-6, per_stream_rate(offer, busy + 1)),
+            "ttft": claim.ttft * queue_factor,
+            "generate": request.expected_tokens / max(1e-6, claim.rate(busy + 1)),
             "failures": FAILURE_PENALTY * self.failures(peer),
             "ledger_fork": FORK_PENALTY if self._flagged(peer) else 0.0,
         }

@@ -13,8 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..core.capabilities import CapabilityAd
 from ..core.messages import error_body, error_info
-from ..core.routing import DEFAULT_TOKENS, RouteRequest
+from ..core.routing import DEFAULT_TOKENS, Router, RouteRequest
 from .dispatch import Dispatcher
 
 
@@ -37,6 +38,33 @@ class AdminSource(Protocol):
     async def drain(self) -> None: ...
 
     async def resume(self) -> None: ...
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _tps(rate: float | None) -> float | None:
+    return None if rate is None else round(rate, 1)
+
+
+def delivery_fields(router: Router, ad: CapabilityAd, now: float) -> dict[str, Any]:
+    """For ``garage peers``: per model ``ad`` offers, its claimed against delivered tokens/s and TTFT
+    (core/delivery.py), what routing believes, and whether it ``overclaims`` (any model)."""
+    per_model: dict[str, dict[str, Any]] = {}
+    for offer in ad.models:
+        claim = router.claim(ad, offer, now)
+        per_model[offer.name] = {
+            "claimed_tps": _tps(claim.claimed_tps),
+            "delivered_tps": _tps(claim.delivered_tps),
+            "routed_tps": _tps(claim.single_tps),
+            "claimed_ttft_ms": _ms(claim.claimed_ttft),
+            "delivered_ttft_ms": _ms(claim.delivered_ttft),
+            "routed_ttft_ms": _ms(claim.ttft),
+            "observations": round(claim.observations, 2),
+            "overclaims": claim.overclaims,
+        }
+    return {"delivery": per_model, "overclaims": any(m["overclaims"] for m in per_model.values())}
 
 
 def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:

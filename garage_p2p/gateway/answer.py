@@ -22,7 +22,19 @@ from dataclasses import replace
 import trio
 
 from ..core.messages import RequestHead, Usage
-from ..core.request_policy import Answering, Ban, Close, Command, Emit, Finish, Moved, Open, RequestPolicy, Route
+from ..core.request_policy import (
+    Answering,
+    Ban,
+    Close,
+    Command,
+    Delivered,
+    Emit,
+    Finish,
+    Moved,
+    Open,
+    RequestPolicy,
+    Route,
+)
 from ..core.routing import RouteRequest
 from ..mesh.host import DialError
 from .dispatch import Dispatcher
@@ -144,6 +156,8 @@ class Answer:
             dispatcher.router.succeeded(command.provider)
             if not command.first:
                 log.info("%s: continued at %s", self.head.request_id, command.provider)
+        elif isinstance(command, Delivered):
+            dispatcher.delivered(command.provider, self._route.model, command.delivery)
         elif isinstance(command, Emit):
             if emit is None:
                 self._early.append(command.data)

@@ -22,6 +22,7 @@ import trio
 
 from ..core.capabilities import CapabilityAd, PeerTable
 from ..core.deadlines import FirstByteHistory
+from ..core.delivery import Delivery
 from ..core.exchange import head_frame
 from ..core.messages import PROTOCOL_OPENAI, EndInfo, Load, RequestHead
 from ..core.routing import Candidate, PathInfo, Router, RouteRequest
@@ -101,6 +102,14 @@ class Dispatcher:
         if model is None or any(m.name == model for m in own.models):
             ads.insert(0, own)
         return ads
+
+    def delivered(self, peer_id: str, model: str, delivery: Delivery) -> None:
+        """``peer_id`` finished an answer of ``model``: what it delivered goes to the router."""
+        now = time.time()
+        own = self._own_ad()
+        entry = None if peer_id == own.peer_id else self.table.get(peer_id, now)
+        ad = own if peer_id == own.peer_id else (entry.ad if entry is not None else None)
+        self.router.delivered(ad, model, delivery, now)
 
     def known_models(self) -> dict[str, list[str]]:
         """Model → peers serving it, ourselves included."""

@@ -67,6 +67,8 @@ class MeshSnapshot:
     """Ads refused since start, by reason: ``invalid`` (schema, signature, clock), ``flood`` (rate)."""
     banned_peers: int = 0
     """Peers banned now for repeated faults."""
+    overclaiming_providers: int = 0
+    """Providers whose delivered tokens/s is far below their benchmark's (core/delivery.py)."""
     faults: dict[str, int] = field(default_factory=dict)
     """Faults of other peers since start, by the service that counted them (``ledger``, ``jobs``...)."""
     gossip_published: dict[str, int] = field(default_factory=dict)
@@ -260,6 +262,11 @@ class _Scraped:
             rejected.add_metric([reason], s.ads_rejected.get(reason, 0))
         yield rejected
         yield GaugeMetricFamily("garage_banned_peers", "Peers banned now after repeated faults.", value=s.banned_peers)
+        yield GaugeMetricFamily(
+            "garage_overclaiming_providers",
+            "Providers delivering far below their advertised benchmark (routing ignores the claim).",
+            value=s.overclaiming_providers,
+        )
         faults = CounterMetricFamily(
             "garage_peer_faults", "Faults of other peers (bad input), by the service counting them.", labels=["service"]
         )

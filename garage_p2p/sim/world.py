@@ -87,7 +87,7 @@ from ..core.receipts import (
     sign_receipt,
     unpack_signed,
 )
-from ..core.request_policy import Answering, Ban, Close, Finish, Open, RequestPolicy, Route
+from ..core.request_policy import Answering, Ban, Close, Delivered, Finish, Open, RequestPolicy, Route
 from ..core.routing import PathInfo, Router, RouteRequest
 from ..core.sync_partner import SyncPartner
 from ..core.wire import HEADER_SIZE
@@ -956,6 +956,11 @@ class World:
                         consumer.conns.pop(self.by_id[command.provider].idx, None)
                 elif isinstance(command, Answering):
                     consumer.router.succeeded(command.provider)
+                elif isinstance(command, Delivered):
+                    at = EPOCH + self.engine.now
+                    entry = consumer.table.get(command.provider, at)
+                    ad = entry.ad if entry is not None else None
+                    consumer.router.delivered(ad, flight.record.model, command.delivery, at)
                 elif isinstance(command, Finish):
                     self._finish(flight, command)
         self._arm_timer(flight)

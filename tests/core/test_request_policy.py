@@ -28,6 +28,7 @@ from garage_p2p.core.request_policy import (
     Answering,
     Ban,
     Close,
+    Delivered,
     Emit,
     Finish,
     Moved,
@@ -101,6 +102,7 @@ class Run:
     now: float
     policy: RequestPolicy
     moved: list[str]
+    delivered: list[Delivered]
 
 
 def drive(
@@ -134,6 +136,7 @@ def drive(
     opened: list[str] = []
     banned: list[str] = []
     moved: list[str] = []
+    delivered: list[Delivered] = []
     closed: set[int] = set()
     playing: list[ResponseEvent | None] = []
     attempt = 0
@@ -161,11 +164,13 @@ def drive(
                     banned.append(command.provider)
                 elif isinstance(command, Moved):
                     moved.append(command.provider)
+                elif isinstance(command, Delivered):
+                    delivered.append(command)
                 elif isinstance(command, Emit):
                     out.append(command.data)
                 elif isinstance(command, Finish):
                     assert policy.commands() == []
-                    return Run(command, b"".join(out), opened, banned, now, policy, moved)
+                    return Run(command, b"".join(out), opened, banned, now, policy, moved, delivered)
                 else:
                     assert isinstance(command, Answering)
         if policy.finished is not None:
@@ -415,3 +420,26 @@ def test_a_relay_s_cut_moves_the_answer_to_the_same_provider_unbanned_and_uncoun
     # A relay that cuts before a token came through is no move (it would loop): the provider is banned.
     stuck = drive({"p": Script("cut", at=2)}, TEXT, relayed=True)
     assert stuck.finish.error is not None and stuck.banned == ["p"] and len(stuck.moved) < 10
+
+
+def test_a_streamed_answer_reports_what_its_provider_delivered():
+    run = drive({"a": Script()}, TEXT)
+    assert_whole(run)
+    [delivered] = run.delivered
+    d = delivered.delivery
+    assert delivered.provider == "a" and d.tokens == len(TEXT)  # counted in the transcript
+    assert d.ttft == pytest.approx(FRAME_GAP)  # the first frame came one gap after the head
+    assert d.decode == pytest.approx(run.now - 1000.0 - FRAME_GAP)  # first frame to END
+
+
+def test_a_continued_answer_reports_only_the_provider_that_finished_with_its_own_tokens():
+    run = drive({"lost": Script("cut", at=4), "other": Script()}, TEXT, rng=_first("lost"))
+    assert_whole(run)
+    [delivered] = run.delivered
+    assert delivered.provider == "other" and 0 < delivered.delivery.tokens < len(TEXT)
+
+
+def test_a_non_streamed_answer_reports_no_delivery():
+    """Its first byte is its last: neither a TTFT nor a pace can be read from it."""
+    run = drive({"a": Script()}, TEXT, stream=False, failover=False)
+    assert run.finish.error is None and run.delivered == []

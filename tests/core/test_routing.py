@@ -3,6 +3,7 @@ import random
 import pytest
 
 from garage_p2p.core.capabilities import Benchmark, Load, ModelOffer, PeerTable, make_ad
+from garage_p2p.core.delivery import stream_rate
 from garage_p2p.core.identity import Identity
 from garage_p2p.core.routing import (
     AD_LOAD_MAX_AGE,
@@ -15,7 +16,6 @@ from garage_p2p.core.routing import (
     PathInfo,
     Router,
     RouteRequest,
-    per_stream_rate,
     region_matches,
 )
 
@@ -66,14 +66,14 @@ def test_waiting_queue_full_kv_cache_rtt_and_relay_cost_time():
     assert relayed.estimate == pytest.approx(base + 0.15) and relayed.parts["relay"] == 0.15
 
 
-def test_per_stream_rate_interpolates_between_the_benchmarks():
+def test_stream_rate_interpolates_between_the_benchmarks():
     offer = ModelOffer(name="m", benchmark=FAST)
-    assert per_stream_rate(offer, 1) == 100
-    assert per_stream_rate(offer, 8) == pytest.approx(50)  # 400 / 8
-    assert per_stream_rate(offer, 4.5) == pytest.approx(75)  # halfway from 1 to 8
-    assert per_stream_rate(offer, 16) == pytest.approx(25)
+    assert stream_rate(offer.benchmark, 1) == 100
+    assert stream_rate(offer.benchmark, 8) == pytest.approx(50)  # 400 / 8
+    assert stream_rate(offer.benchmark, 4.5) == pytest.approx(75)  # halfway from 1 to 8
+    assert stream_rate(offer.benchmark, 16) == pytest.approx(25)
     unknown = ModelOffer(name="m")
-    assert per_stream_rate(unknown, 1) == 20 and per_stream_rate(unknown, 4) == 5
+    assert stream_rate(unknown.benchmark, 1) == 20 and stream_rate(unknown.benchmark, 4) == 5
 
 
 def test_region_and_pin_constraints():
