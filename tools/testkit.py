@@ -27,6 +27,7 @@ from garage_p2p.sim.metrics import percentile
 
 __all__ = [
     "REPO",
+    "checks_done",
     "free_port",
     "percentile",
     "proc_cpu_s",
@@ -94,6 +95,17 @@ def standin_command(
     if random_text:
         args.append("--random-text")  # a dishonest provider
     return args
+
+
+def checks_done(api_url: str) -> int:
+    """Answers a peer's spot-checks are done with (judged, or set aside), from its /metrics."""
+    text = httpx.get(api_url.removesuffix("/v1") + "/metrics", timeout=5).text
+    done = ("passed", "refuted", "inconclusive", "unchecked", "dropped")
+    return sum(
+        int(float(line.rsplit(" ", 1)[1]))
+        for line in text.splitlines()
+        if line.startswith("garage_spot_checks_total{") and any(f'result="{r}"' in line for r in done)
+    )
 
 
 def standin_up(base_url: str) -> bool:

@@ -97,7 +97,7 @@ class Dispatcher:
         """Ads of the providers of ``model`` (every peer if None), ourselves included."""
         now = time.time()
         entries = self.table.entries(now) if model is None else self.table.providers(model, now)
-        ads = [e.ad for e in entries]
+        ads = [e.ad for e in entries if not self.refuted(e.ad.peer_id)]  # proven not to serve what they say
         own = self._own_ad()
         if model is None or any(m.name == model for m in own.models):
             ads.insert(0, own)
