@@ -62,6 +62,10 @@ async def test_a_random_text_provider_is_refuted_and_routed_around_by_the_checke
                 assert {p["peer_id"] for p in views if p["refuted"]} == {dishonest}
                 metrics = (await http.get(c.api_url.removesuffix("/v1") + "/metrics")).text
                 assert 'garage_spot_checks_total{result="refuted"} 1.0' in metrics
+                # A peer that joins later catches up from the peers it connects to, and re-checks.
+                async with running_peer(tmp_path / "late", bootstrap=first_addr(b), spot_check_rate=0.0) as late:
+                    await wait_for(lambda: late.spot_checks.book.refuted(dishonest), timeout=30)
+                    assert late.spot_checks.counts["verdict_confirmed"] == 1
 
 
 async def test_forged_and_unbacked_verdicts_are_refused_and_penalised(tmp_path):

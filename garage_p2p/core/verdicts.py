@@ -46,10 +46,21 @@ MAX_HELD = 1024
 
 
 class EvidenceRequest(WireModel):
-    """Asks a checker for the evidence of one of its verdicts."""
+    """Asks a peer for the evidence of a verdict it holds, or (no digest) for the verdicts it holds."""
 
-    digest: str = Field(pattern="^[0-9a-f]{64}$")
-    """The verdict's ``evidence_digest``."""
+    digest: str | None = Field(default=None, pattern="^[0-9a-f]{64}$")
+    """The verdict's ``evidence_digest``; None: list the verdicts held (a newcomer catching up)."""
+
+
+MAX_LISTED = 64
+"""Verdicts one reply lists at most (the newest): refuted providers are few."""
+
+
+class VerdictList(WireModel):
+    """The verdicts a peer holds (its own and those it confirmed), as they were gossiped."""
+
+    verdicts: tuple[str, ...] = Field(max_length=MAX_LISTED)
+    """Signed verdicts (base64, ``sign_verdict``)."""
 
 
 class VerdictInvalid(PeerFault):

@@ -74,6 +74,10 @@ class _Job:
     """The evidence of an answer we received (empty for a verdict heard: fetched first)."""
     verdict: Verdict | None = None
     """The verdict to re-check; None for our own check."""
+    blob: bytes = b""
+    """The verdict as its checker signed it (held and served once confirmed)."""
+    source: str = ""
+    """The peer that holds the verdict's evidence (its checker, or the peer we caught up from)."""
 
 
 class SpotChecks:
@@ -123,12 +127,12 @@ class SpotChecks:
             return
         self._queue(_Job(evidence), "dropped")
 
-    def heard(self, verdict: Verdict) -> None:
-        """A verdict gossiped to us (its signature verified)."""
+    def heard(self, verdict: Verdict, blob: bytes, source: str) -> None:
+        """A verdict from the mesh (its signature verified); ``source`` holds its evidence."""
         take = self.book.hear(verdict)
         self.counts[f"verdict_{take.value}"] += 1
         if take is Take.RECHECK:
-            self._queue(_Job(b"", verdict), "verdict_dropped")
+            self._queue(_Job(b"", verdict, blob, source), "verdict_dropped")
 
     def _queue(self, job: _Job, overflow: str) -> None:
         try:
@@ -141,7 +145,7 @@ class SpotChecks:
     async def _run(self, job: _Job) -> None:
         verdict = job.verdict
         try:
-            raw = job.evidence if verdict is None else await self.gossip.fetch(verdict)
+            raw = job.evidence if verdict is None else await self.gossip.fetch(verdict, job.source)
             case = open_evidence(raw)
             if verdict is not None and (case.provider, case.receipt.request_id, case.model) != (
                 verdict.provider,
@@ -155,7 +159,7 @@ class SpotChecks:
                 self.counts["unchecked"] += 1
             else:
                 self.counts["verdict_invalid"] += 1
-                self.dispatcher.mesh.penalise(verdict.checker, SERVICE, f"verdict: {exc}")
+                self.dispatcher.mesh.penalise(job.source, SERVICE, f"verdict: {exc}")
             return
         except (DialError, StreamBroken, trio.TooSlowError) as exc:
             log.info("the evidence of a verdict by %s is out of reach: %s", verdict and verdict.checker, exc)
@@ -190,6 +194,8 @@ class SpotChecks:
             ] += 1
             if outcome is Outcome.PASSED:
                 self.dispatcher.mesh.penalise(verdict.checker, SERVICE, "a verdict our verifiers found false")
+            elif outcome is Outcome.REFUTED:
+                self.gossip.hold(job.blob, raw)  # for peers that join later
             return
         self.counts[outcome.value] += 1
         if outcome is Outcome.REFUTED:
