@@ -19,7 +19,12 @@ joins):
 - the CPU induced on the existing peers: their CPU over the window minus their idle rate's;
 - time to ready, and time from the process start until the last peer's table took the provider's
   ad (``known_since`` in ``/garage/v1/peers``: nothing is polled during the window);
-- what ``import garage_p2p.cli.peer`` alone costs (CPU, in a fresh interpreter).
+- starting the mesh: the CPU-seconds all its daemons had used when the last was ready, per
+  daemon (each start's own and what it made the others do);
+- what importing the daemon (``garage_p2p.cli.peer`` and ``garage_p2p.daemon``) alone costs
+  (CPU, in a fresh interpreter, the collector on).
+
+Each tree is byte-compiled first, as an installed package is (``tools.testkit.compile_tree``).
 
 Every process started is killed on the way out.
 
@@ -47,10 +52,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tools/ lives bes
 from benchmarks.idle_mesh import MODEL, QUIET, base_url, checkout_rev, fleet, start_mesh  # noqa: E402
 from garage_p2p.cli.peer_process import PeerProcess, peer_args  # noqa: E402
 from garage_p2p.store.identity_file import load_or_create_identity  # noqa: E402
-from tools.testkit import REPO, free_port, proc_cpu_s, standin_process, tree_of  # noqa: E402
+from tools.testkit import REPO, compile_tree, free_port, proc_cpu_s, standin_process, tree_of  # noqa: E402
 
-BASELINE = "eee6427"
-"""main when this benchmark was written: before the join was made cheaper."""
+BASELINE = "afa90bc"
+"""main before the start paused the collector (eee6427: before the first round of cheaper joins)."""
 
 
 @dataclass
@@ -79,13 +84,17 @@ class Column:
 
     tree: str
     import_cpu_s: float = 0.0
-    """``import garage_p2p.cli.peer`` in a fresh interpreter, CPU-seconds (interpreter start included)."""
+    """Importing the daemon in a fresh interpreter, CPU-seconds (interpreter start included)."""
+    start_cpu_s: float = 0.0
+    """Starting the mesh (four at a time, each from two ready peers): the CPU-seconds all its daemons
+    had used when the last was ready, per daemon. A join's whole cost while a mesh starts."""
     joins: list[Join] = field(default_factory=list)
 
 
 def import_cpu(tree: Path) -> float:
-    """CPU-seconds of a fresh interpreter importing the daemon's entry point (best of three)."""
-    code = "import garage_p2p.cli.peer, os; t = os.times(); print(t.user + t.system)"
+    """CPU-seconds of a fresh interpreter importing the daemon's entry point and the daemon (which
+    the entry point may import only once it runs), best of three."""
+    code = "import garage_p2p.cli.peer, garage_p2p.daemon, os; t = os.times(); print(t.user + t.system)"
     runs = [
         float(subprocess.run([sys.executable, "-c", code], cwd=tree, capture_output=True, text=True, check=True).stdout)
         for _ in range(3)
@@ -162,10 +171,11 @@ def one_join(
 
 
 def run_column(name: str, tree: Path, root: Path, args: argparse.Namespace) -> Column:
-    col = Column(tree=name, import_cpu_s=import_cpu(tree))
+    col = Column(tree=name, import_cpu_s=import_cpu(compile_tree(tree)))
     rng = random.Random(args.seed)
     with fleet() as started, standin_process(free_port()) as backend:
         peers, _, _ = start_mesh(args.peers, tree, root, rng, 4, 300, False, started)
+        col.start_cpu_s = sum(proc_cpu_s(p.process.pid) for p in peers) / len(peers)
         print(f"{name}: {len(peers)} peers ready; settling", file=sys.stderr, flush=True)
         time.sleep(args.settle)
         for j in range(args.joins):
@@ -185,7 +195,8 @@ def print_table(columns: list[Column], args: argparse.Namespace) -> None:
         return f"{statistics.median(values):.2f}"
 
     table = {
-        "import garage_p2p.cli.peer, CPU s": [f"{c.import_cpu_s:.2f}" for c in columns],
+        "import the daemon, CPU s": [f"{c.import_cpu_s:.2f}" for c in columns],
+        f"mesh start: CPU s per daemon (all {args.peers})": [f"{c.start_cpu_s:.2f}" for c in columns],
         "joiner's CPU to ready, s": [med([j.own_ready_cpu_s for j in c.joins]) for c in columns],
         f"joiner's CPU over {args.window:.0f} s, s": [med([j.own_window_cpu_s for j in c.joins]) for c in columns],
         "CPU induced on the others, s": [med([j.induced_cpu_s for j in c.joins]) for c in columns],
