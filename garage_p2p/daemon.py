@@ -644,10 +644,10 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             caps.latest_ad,
             lambda: [n for n, b in backends.items() if b.healthy],
             dht_mode="client" if settings.dht_mode == "client" else "server",
-            on_peer_addrs=known.note,
+            on_ad=partial(_heard_ad, known, mesh),
             on_new_connection=caps.republish_soon,
         )
-        caps.on_ad = partial(_heard_ad, known, mesh)
+        caps.on_ad = discovery.on_ad  # an ad is news the same way from gossip and from a table sync
         paths = PathTracker(mesh)
         cosigner = Cosigner(identity, ledger, lambda peer: _gpus_of(table, peer) or 1)
         ledger_sync = LedgerSync(mesh, ledger, lambda peer_id: _addrs_of(table, peer_id))

@@ -310,3 +310,25 @@ async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed
             assert c.discovery._cursors[h_id] == before  # the last answer held nothing new: only h's own ad
             await h.caps.withdraw()
             await wait_for(lambda: "tiny" not in c.dispatcher.known_models(), 5)
+
+
+async def test_a_provider_learned_from_a_table_sync_is_watched_closely_like_one_heard_by_gossip(tmp_path):
+    """An ad that is news reaches the same hook (known peers, liveness) whether gossip or a table sync
+    brought it: a provider found only through a table sync is a route, so its connection is pinged at
+    the close pace at once."""
+    async with standin_backend() as url, running_peer(tmp_path / "p", backends={"tiny": url}) as p:
+        async with running_peer(tmp_path / "c", bootstrap=first_addr(p)) as c:
+            await wait_for_model(c, "tiny")
+            heard: list[str] = []
+            hook = c.discovery.on_ad
+            assert hook is not None and c.caps.on_ad is hook
+
+            def spy(ad) -> None:
+                heard.append(ad.peer_id)
+                hook(ad)
+
+            c.discovery.on_ad = spy
+            wire = c.table.entries(time.time())[0].wire  # p's ad as c holds it
+            c.table.forget(p.identity.peer_id)
+            assert c.discovery._apply(wire, p.identity.peer_id, []) == 1  # a table page's ad, news again
+            assert heard == [p.identity.peer_id]
