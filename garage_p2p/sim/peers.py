@@ -105,6 +105,10 @@ class Flight:
     """One-way time from its provider back to the consumer, with the mesh's overhead."""
     silent_from: float | None = None
     """When its provider went silent (vanished): nothing it sends after reaches the consumer."""
+    why: str = ""
+    """What the consumer's timer found when it last fired on the attempt (for the failure breakdown)."""
+    noted: bool = False
+    """Whether the attempt's ending is in the record's ``tried`` already."""
     # Provider side, while it runs there:
     key: int = 0
     arrived: float = 0.0

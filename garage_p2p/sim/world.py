@@ -949,6 +949,7 @@ class World:
                 elif isinstance(command, Open):
                     self._attempt(flight, command)
                 elif isinstance(command, Close):
+                    self._note(flight, flight.why or "closed")
                     self._stop_attempt(flight)
                 elif isinstance(command, Ban):
                     consumer.router.failed(command.provider, EPOCH + self.engine.now)
@@ -975,6 +976,10 @@ class World:
         flight.timer_at = None
         now = self.engine.now
         self._feed(flight, now)
+        if now >= flight.policy.end:
+            flight.why = "the request's deadline"
+        else:
+            flight.why = "first-byte deadline" if flight.fed < 0 and flight.streamed else "stall deadline"
         flight.policy.handle_timer(now)
         self._drive(flight)
 
@@ -1049,6 +1054,8 @@ class World:
         flight.prompt_len, flight.tokens, flight.streamed = attempt_shape(command.head, flight.prompt_tokens)
         flight.record.attempts += 1
         flight.record.provider = provider.peer_id
+        flight.why, flight.noted = "", False
+        flight.record.tried.append(f"p{p_idx} {self._state_of(provider)}")
         conn = consumer.conns.get(p_idx)
         if conn is not None and (conn.dead or conn.session != provider.session or not provider.online):
             if provider.online and conn.session != provider.session:
@@ -1134,12 +1141,16 @@ class World:
         if provider.online:
             # Refused (a partition with resets) or no relay to carry it: quick.
             delay = self.topo.rtt(consumer.idx, provider.idx) + cal.RELAY_DIAL_MS / 1000
+            why = "dial refused" if not self.topo.same_side(consumer.idx, provider.idx) else "no relay to reach it"
         elif self.topo.places[provider.idx].nat != PUBLIC and any(self.peers[r].online for r in provider.relays):
             delay = (
                 self.topo.rtt(consumer.idx, provider.relays[0]) + cal.RELAY_DIAL_MS / 1000
             )  # the relay: no reservation
+            why = "its relay holds no reservation"
         else:
             delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.policy.end - now))  # a host that is gone: time out
+            why = "dial timeout"
+        self._note(flight, why)
         self.engine.after(delay, self._open_failed, flight, flight.attempt)
 
     def _open_failed(self, flight: Flight, attempt: int) -> None:
@@ -1226,6 +1237,7 @@ class World:
     def _deliver(self, flight: Flight, attempt: int, event: ResponseFailed) -> None:
         if flight.done or flight.attempt != attempt:
             return
+        self._note(flight, str(event.info.error.code))
         flight.policy.received(attempt, event, self.engine.now)
         self._drive(flight)
 
@@ -1395,6 +1407,7 @@ class World:
         else:
             rest = last_chunks(flight.path, flight.tokens - max(0, flight.fed), flight.prompt_len, flight.tokens)
             body = (first_chunk(flight.path, flight.prompt_len) if flight.fed < 0 else b"") + rest
+        self._note(flight, "answered")
         flight.policy.received(attempt, ResponseData(body), now)
         flight.policy.received(attempt, event, now)
         provider.record.requests += 1
@@ -1439,6 +1452,43 @@ class World:
                 record.first_byte = now
         else:
             record.status, record.code = finish.error.status, finish.error.error.code
+            record.reachable, record.routable = self._reachability(consumer, record.model)
+
+    def _state_of(self, provider: SimPeer) -> str:
+        """A provider's state as the simulator knows it (the consumer does not): for the failure breakdown."""
+        if not provider.online:
+            return "vanished"
+        path = "public" if self.topo.places[provider.idx].nat == PUBLIC else f"{len(provider.relays)} relays"
+        return f"draining {path}" if provider.draining else f"online {path}"
+
+    def _note(self, flight: Flight, outcome: str) -> None:
+        """How the current attempt ended, once (the failure breakdown's ``tried``)."""
+        if not flight.noted and flight.record.tried:
+            flight.record.tried[-1] += f": {outcome}"
+            flight.noted = True
+
+    def _reachable(self, consumer: SimPeer, provider: SimPeer) -> bool:
+        """Whether ``consumer`` could reach ``provider`` now and be served (the simulator's truth)."""
+        if not provider.online or provider.draining or not self.topo.same_side(consumer.idx, provider.idx):
+            return False
+        if self.topo.places[provider.idx].nat == PUBLIC or self.topo.loopback:
+            return True
+        conn = consumer.conns.get(provider.idx)
+        if conn is not None and not conn.dead and not conn.closed and conn.session == provider.session:
+            return True
+        return any(self.peers[r].online and self.topo.same_side(consumer.idx, r) for r in provider.relays)
+
+    def _reachability(self, consumer: SimPeer, model: str) -> tuple[int, int]:
+        """Providers of ``model`` the consumer could reach now, and of those the ones its table holds
+        and its router has not banned."""
+        now = EPOCH + self.engine.now
+        reachable = [p for p in self.providers_of[model] if self._reachable(consumer, p)]
+        routable = sum(
+            1
+            for p in reachable
+            if consumer.table.get(p.peer_id, now) is not None and consumer.router.banned_until(p.peer_id) <= now
+        )
+        return len(reachable), routable
 
     def _stop_attempt(self, flight: Flight) -> None:
         """The policy closed the attempt (or the request ended): stop it and stop counting it."""
@@ -1479,6 +1529,7 @@ class World:
         if flight.done or flight.attempt != attempt:
             return
         self._stop_at_provider(flight)
+        self._note(flight, f"cut after {max(0, flight.fed)} tokens: {why}")
         flight.policy.received(attempt, truncated_failure(why), now)
         self._drive(flight)
 
