@@ -54,6 +54,13 @@ RELAY_RECOVERY_S = 7.5
 """After its relay died, a NAT-ed peer was served through its second relay
 7.5 s later (tests/integration/test_nat_traversal.py, issue 4)."""
 
+RESERVE_RETRY_S = 1.0
+"""A peer behind NAT with no reservation looks for a relay again after this (mesh/nat.py
+``NatService.serve``: 1 s while it has none)."""
+
+RESERVE_INTERVAL_S = 5.0
+"""... and after this while it holds fewer than RELAY_RESERVATIONS (mesh/nat.py RESERVE_INTERVAL)."""
+
 RELAY_CONNECTION_LIMIT_S = 120.0
 """Our relays cut a relayed connection after 2 minutes (bootstrap/relay-node.toml)."""
 

@@ -157,6 +157,8 @@ class SimPeer:
     """Batch lines on the GPU: key → (job token, started, meter mark, tokens)."""
     draining: bool = False
     relays: list[int] = field(default_factory=list)
+    reserving: int = 0
+    """Names its pending look for relays (``World._rereserve``): an older one is stale."""
     ad_seq: int = 0
     schedule: AdSchedule | None = None
     """When its next ad goes out (the new gossip policy; None under the legacy one)."""

@@ -272,6 +272,11 @@ class World:
                 self._schedule_switch(p, on=False)
             else:
                 self._schedule_switch(p, on=True)
+        for p in self.peers:
+            if p.online and p.role == PROVIDER:
+                # Running a while: a provider behind NAT holds its reservations (the relays came
+                # online in the loop above, some after it).
+                self._reserve_relays(p)
         self._steady_state()
         for event in sc.events:
             eng.at(event.at_s, self._event, event)
@@ -380,7 +385,8 @@ class World:
             # a consumer peer may hold half of them).
             peer.admission = Admission(CONCURRENCY, Limits(concurrency=max(1, CONCURRENCY // 2)))
             peer.waiting = {}
-            self._reserve_relays(peer)
+            if not initial:
+                self._reserve_relays(peer)
         self._start_ads(peer, initial)
         if peer.state is not None:
             self.ledger.start_anti_entropy(peer)
@@ -514,6 +520,7 @@ class World:
             return
         live = [r.idx for r in self.relays if r.online and self.topo.same_side(r.idx, peer.idx)]
         peer.relays = sorted(peer.rng.sample(live, min(cal.RELAY_RESERVATIONS, len(live))))
+        self._keep_reserving(peer, 0.0)
 
     def _relay_gone(self, relay: SimPeer) -> None:
         self.counters["relays_lost"] += 1
@@ -526,11 +533,22 @@ class World:
         for p in self.peers:
             if p.role == PROVIDER and relay.idx in p.relays:
                 p.relays = [r for r in p.relays if r != relay.idx]
-                self.engine.after(cal.RELAY_RECOVERY_S, self._rereserve, p, p.session)
+                self._keep_reserving(p, cal.RELAY_RECOVERY_S)
                 self._ad_changed(p)
 
-    def _rereserve(self, peer: SimPeer, session: int) -> None:
-        if not peer.online or peer.session != session:
+    def _keep_reserving(self, peer: SimPeer, delay: float) -> None:
+        """A provider behind NAT short of reservations looks again after ``delay`` (and then every
+        RESERVE_RETRY_S while it has none, RESERVE_INTERVAL_S while it has fewer than it wants), as
+        ``NatService`` does; one look pending at a time."""
+        if self.topo.places[peer.idx].nat == PUBLIC or len(peer.relays) >= cal.RELAY_RESERVATIONS:
+            return
+        if not delay:
+            delay = cal.RESERVE_INTERVAL_S if peer.relays else cal.RESERVE_RETRY_S
+        peer.reserving += 1
+        self.engine.after(delay, self._rereserve, peer, peer.session, peer.reserving)
+
+    def _rereserve(self, peer: SimPeer, session: int, look: int | None = None) -> None:
+        if not peer.online or peer.session != session or (look is not None and look != peer.reserving):
             return
         live = [
             r.idx for r in self.relays if r.online and r.idx not in peer.relays and self.topo.same_side(r.idx, peer.idx)
@@ -539,6 +557,7 @@ class World:
         if live and missing > 0:
             peer.relays = sorted(peer.relays + peer.rng.sample(live, min(missing, len(live))))
             self._ad_changed(peer)
+        self._keep_reserving(peer, 0.0)
 
     # == ads =====================================================================================
 
