@@ -1104,7 +1104,9 @@ class World:
         self.peers[flight.consumer].router.started(provider.peer_id)
         flight.outstanding = provider.peer_id
         flight.conn = conn
-        flight.policy.opened(flight.attempt, self.engine.now)
+        # When the relay will cut the connection, as ``Mesh.relay_deadline`` says (None: direct).
+        relay_deadline = conn.expires if conn.kind_at(self.engine.now) == "relayed" else None
+        flight.policy.opened(flight.attempt, self.engine.now, relay_deadline)
 
     @staticmethod
     def _relay_of(conn: Conn | None, at: float) -> int | None:
