@@ -1251,6 +1251,9 @@ class World:
     def _refused(self, flight: Flight, provider: SimPeer, conn: Conn, info: ErrorInfo) -> None:
         conn.active.discard(flight.record.id)
         flight.key = 0
+        if info.status == 429:
+            # A busy reply carries the provider's live load for the consumer's router (``ProviderService``).
+            info = info.model_copy(update={"load": self._live_load(provider)})
         self.meter.frames(provider.idx, flight.consumer, REQUESTS, 1, 200, self._relay_of(conn, self.engine.now))
         back = self._one_way_over(flight.consumer, provider.idx, conn, self.engine.now)
         self.engine.after(back, self._deliver, flight, flight.attempt, ResponseFailed(info))
@@ -1259,6 +1262,10 @@ class World:
         if flight.done or flight.attempt != attempt:
             return
         self._note(flight, str(event.info.error.code))
+        provider = self.peers[flight.provider] if flight.provider is not None else None
+        if event.info.load is not None and provider is not None:
+            consumer = self.peers[flight.consumer]
+            consumer.router.observe(provider.peer_id, flight.record.model, event.info.load, EPOCH + self.engine.now)
         flight.policy.received(attempt, event, self.engine.now)
         self._drive(flight)
 
