@@ -61,6 +61,12 @@ RESERVE_RETRY_S = 1.0
 RESERVE_INTERVAL_S = 5.0
 """... and after this while it holds fewer than RELAY_RESERVATIONS (mesh/nat.py RESERVE_INTERVAL)."""
 
+LIVENESS_DETECT_S = 9.0
+"""From a peer vanishing to the far end of a watched connection closing it and withdrawing the
+peer's routes: the last frame, QUIET (5 s) of silence, a ping, PONG_TIMEOUT (4 s) without an answer
+(core/liveness.py; the worst case of a connection that was busy, tests/test_liveness_inprocess.py
+and benchmarks/liveness.py measure ≤ 10 s)."""
+
 RELAY_CONNECTION_LIMIT_S = 120.0
 """Our relays cut a relayed connection after 2 minutes (bootstrap/relay-node.toml)."""
 

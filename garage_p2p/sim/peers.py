@@ -58,6 +58,8 @@ class Conn:
     """Reset or closed: requests still on their way find it gone."""
     active: set[int] = field(default_factory=set)
     """Requests running over it."""
+    hung: list[tuple[Flight, int]] = field(default_factory=list)
+    """Attempts (flight, attempt number) waiting on it since its far end vanished: liveness cuts them."""
 
     def kind_at(self, now: float) -> str:
         return "direct" if self.direct_at is not None and now >= self.direct_at else self.kind

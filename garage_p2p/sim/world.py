@@ -446,7 +446,8 @@ class World:
         reach = float(arrivals[k - 1])
         self.obs.joins.append(JoinRecord(peer.peer_id, since, base + reach if math.isfinite(reach) else None))
 
-    def _leave(self, peer: SimPeer) -> None:
+    def _leave(self, peer: SimPeer) -> list[int]:
+        """The peer goes offline; returns its former gossip neighbours."""
         now = self.engine.now
         peer.online = False
         if peer.record is not None:
@@ -466,10 +467,11 @@ class World:
                 self._consumer_pos[last] = pos
         if peer.role == RELAY:
             self._relay_gone(peer)
+        return former
 
     def _vanish(self, peer: SimPeer) -> None:
-        """Power cut: nothing is said; its connections go silent (py-libp2p has no keepalive)."""
-        self._leave(peer)
+        """Power cut: nothing is said; its connections go silent until liveness closes them."""
+        former = self._leave(peer)
         if peer.gpu is not None:
             peer.gpu.drop(self.engine.now, set(peer.batch))
             peer.batch.clear()  # its leases expire at the submitters
@@ -482,7 +484,36 @@ class World:
                 if flight.conn is not None:
                     flight.conn.dead = True
                     flight.conn.active.discard(flight.record.id)
-            # The requests it ran hear nothing more: their stall (or first-byte) deadline finds it lost.
+                    flight.conn.hung.append((flight, flight.attempt))
+            # The requests it ran hear nothing more: their stall (or first-byte) deadline finds it lost,
+            # or liveness, whichever comes first.
+        self._watch_silence(peer, former)
+
+    def _watch_silence(self, peer: SimPeer, former: list[int]) -> None:
+        """Liveness (mesh/liveness.py): every consumer holding a connection to the vanished peer (one it
+        dialled, or a gossip link) finds it silent LIVENESS_DETECT_S later, closes the connection
+        (what ran on it fails at once) and withdraws the peer's routes (the daemon's ``_withdraw_silent``)."""
+        if peer.role != PROVIDER:
+            return
+        watchers = {i for i in former if self.peers[i].role == CONSUMER}
+        watchers.update(c.idx for c in self.peers if c.role == CONSUMER and peer.idx in c.conns)
+        for i in sorted(watchers):
+            watcher = self.peers[i]
+            self.engine.after(cal.LIVENESS_DETECT_S, self._silent, watcher, watcher.session, peer, peer.session)
+
+    def _silent(self, consumer: SimPeer, own_session: int, provider: SimPeer, session: int) -> None:
+        if not consumer.online or consumer.session != own_session:
+            return  # it left meanwhile: its connections went with it
+        conn = consumer.conns.get(provider.idx)
+        if conn is not None and conn.session == session:
+            consumer.conns.pop(provider.idx)
+            conn.closed = True
+            for flight, attempt in conn.hung:
+                if not flight.done and flight.attempt == attempt and flight.conn is conn:
+                    self._cut(flight, "the connection went silent (liveness)")
+            conn.hung.clear()
+        if provider.session == session and consumer.table is not None:
+            consumer.table.suspend(provider.peer_id)  # until it is heard from again (a newer ad)
 
     def _drain(self, peer: SimPeer) -> None:
         """Withdraw the ad, finish what runs (30 s at most), then leave."""
@@ -1088,6 +1119,7 @@ class World:
                 conn.dead = True
                 self.counters["silent_hangs"] += 1
                 self._opened(flight, provider, conn)
+                conn.hung.append((flight, flight.attempt))
                 return
         if conn is None:
             conn = self._dial(consumer, provider)
@@ -1191,6 +1223,7 @@ class World:
         if not provider.online or provider.session != conn.session:
             conn.dead = True
             conn.active.discard(flight.record.id)
+            conn.hung.append((flight, attempt))
             self.counters["silent_hangs"] += 1
             return  # nobody there: the first-byte deadline ends the wait
         reader = RequestReader()
