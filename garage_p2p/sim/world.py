@@ -1554,6 +1554,7 @@ class World:
     def _stop_attempt(self, flight: Flight) -> None:
         """The policy closed the attempt (or the request ended): stop it and stop counting it."""
         self._stop_at_provider(flight)
+        flight.first_byte = None  # nothing more of it is read (a wake before the next attempt feeds nothing)
         if flight.outstanding is not None:
             self.peers[flight.consumer].router.finished(flight.outstanding)
             flight.outstanding = None
