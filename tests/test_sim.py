@@ -66,8 +66,9 @@ def test_no_request_is_lost_and_the_ledger_converges_after_the_heal():
     assert requests["total"] > 300
     assert requests["lost"] == 0
     assert all(r.ended is not None and r.status is not None for r in world.obs.requests)
-    # The partition made some requests fail, each with an explicit error.
-    assert requests["ok"] < requests["total"]
+    # The partition refused dials across it (fresh rounds then found providers on the consumer's
+    # side); a request that failed anyway did so with an explicit error.
+    assert summary["counters"]["dial_failures"] > 0
     assert all(r.code for r in world.obs.requests if not r.ok)
     # Relayed and direct paths both carried answers; the relays were used.
     assert requests["direct"] > 0 and requests["relayed"] > 0
@@ -112,7 +113,9 @@ def test_an_overloaded_mesh_answers_busy_not_silence():
         sim={"duration_s": 300, "drain_s": 150},
         peers={"provider_share": 0.1},
         churn={"provider_online": [1.0], "consumer_online": [1.0]},
-        load={"requests_per_consumer_hour": 600, "max_tokens_median": 600},
+        # Past what its 6 providers serve (about 60 % get answered). At 600 an hour it was at the edge:
+        # 2 × 429 of 2,292, none once NAT-ed providers kept their relay reservations.
+        load={"requests_per_consumer_hour": 1200, "max_tokens_median": 600},
         events=[],
     )
     summary = summarize(World(crowded, 2).run())
