@@ -501,18 +501,28 @@ class World:
             watcher = self.peers[i]
             self.engine.after(cal.LIVENESS_DETECT_S, self._silent, watcher, watcher.session, peer, peer.session)
 
-    def _silent(self, consumer: SimPeer, own_session: int, provider: SimPeer, session: int) -> None:
+    def _silent(
+        self, consumer: SimPeer, own_session: int, provider: SimPeer, session: int, path: Conn | None = None
+    ) -> None:
+        """Liveness closed the consumer's silent connection to ``provider`` (``path``: that one, its
+        relay gone; None: whichever reached the vanished ``session``) and, as it was its only one,
+        withdrew the provider's routes until a newer ad."""
         if not consumer.online or consumer.session != own_session:
             return  # it left meanwhile: its connections went with it
         conn = consumer.conns.get(provider.idx)
-        if conn is not None and conn.session == session:
-            consumer.conns.pop(provider.idx)
+        if path is not None and conn is not path:
+            # Replaced meanwhile (a new dial): only what waited on the silent one fails.
+            conn = path
+        if conn is not None and conn.session == session and not conn.closed:
+            if consumer.conns.get(provider.idx) is conn:
+                consumer.conns.pop(provider.idx)
             conn.closed = True
             for flight, attempt in conn.hung:
                 if not flight.done and flight.attempt == attempt and flight.conn is conn:
                     self._cut(flight, "the connection went silent (liveness)")
             conn.hung.clear()
-        if provider.session == session and consumer.table is not None:
+        last = provider.idx not in consumer.conns and provider.idx not in self.topo.neighbours[consumer.idx]
+        if last and provider.session == session and consumer.table is not None:
             consumer.table.suspend(provider.peer_id)  # until it is heard from again (a newer ad)
 
     def _drain(self, peer: SimPeer) -> None:
@@ -554,18 +564,40 @@ class World:
         self._keep_reserving(peer, 0.0)
 
     def _relay_gone(self, relay: SimPeer) -> None:
+        """A relay vanished without a word: what went through it goes silent, and each end finds out
+        by liveness (LIVENESS_DETECT_S), the consumer for its relayed connections, the provider for its
+        reservation; the provider then reserves elsewhere (RELAY_RECOVERY_S, measured) and its ad
+        names the new relay."""
         self.counters["relays_lost"] += 1
+        now = self.engine.now
         for consumer in self.peers:
             if consumer.role != CONSUMER:
                 continue
             for p_idx, conn in sorted(consumer.conns.items()):
-                if conn.relay == relay.idx and conn.kind_at(self.engine.now) == "relayed":
-                    self._break(consumer, p_idx, conn, "the relay went away")
+                if conn.relay == relay.idx and conn.kind_at(now) == "relayed" and not conn.dead:
+                    self._path_silent(consumer, p_idx, conn)
         for p in self.peers:
             if p.role == PROVIDER and relay.idx in p.relays:
-                p.relays = [r for r in p.relays if r != relay.idx]
-                self._keep_reserving(p, cal.RELAY_RECOVERY_S)
-                self._ad_changed(p)
+                self.engine.after(cal.LIVENESS_DETECT_S, self._reservation_lost, p, p.session, relay.idx)
+
+    def _path_silent(self, consumer: SimPeer, p_idx: int, conn: Conn) -> None:
+        """The connection's relay vanished: nothing more crosses it, in either direction."""
+        conn.dead = True
+        provider = self.peers[p_idx]
+        for flight in [*provider.flights.values(), *provider.waiting.values()]:
+            if flight.record.id in conn.active:
+                flight.silent_from = self.engine.now
+                conn.hung.append((flight, flight.attempt))
+        conn.active.clear()
+        self.engine.after(cal.LIVENESS_DETECT_S, self._silent, consumer, consumer.session, provider, conn.session, conn)
+
+    def _reservation_lost(self, provider: SimPeer, session: int, relay: int) -> None:
+        """The provider's liveness found its relay silent: it drops the reservation, and its ad the address."""
+        if not provider.online or provider.session != session or relay not in provider.relays:
+            return
+        provider.relays = [r for r in provider.relays if r != relay]
+        self._keep_reserving(provider, cal.RELAY_RECOVERY_S)
+        self._ad_changed(provider)
 
     def _keep_reserving(self, peer: SimPeer, delay: float) -> None:
         """A provider behind NAT short of reservations looks again after ``delay`` (and then every
@@ -1191,7 +1223,11 @@ class World:
         consumer = self.peers[flight.consumer]
         now = self.engine.now
         self.counters["dial_failures"] += 1
-        if provider.online:
+        if provider.online and provider.relays and not any(self.peers[r].online for r in provider.relays):
+            # Every relay its ad names vanished (it has not noticed yet): the dials time out.
+            delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.policy.end - now))
+            why = "its relays are gone: dial timeout"
+        elif provider.online:
             # Refused (a partition with resets) or no relay to carry it: quick.
             delay = self.topo.rtt(consumer.idx, provider.idx) + cal.RELAY_DIAL_MS / 1000
             why = "dial refused" if not self.topo.same_side(consumer.idx, provider.idx) else "no relay to reach it"
