@@ -110,8 +110,10 @@ async def test_errors_are_openai_error_objects(tmp_path, http, openai_schema):
 
 
 async def test_busy_provider_answers_429_with_retry_after(tmp_path, http):
-    # The second request waits in the provider's line for 2 s (QUEUE_WAIT), then gets 429.
-    async with standin_backend(first_token_delay=3.0) as backend:
+    # The second request waits in the provider's line for 2 s (QUEUE_WAIT) and gets 429; the policy's
+    # fresh rounds (after the 1 s retry_after) find the provider still busy or still banned, all
+    # within ~6 s, while the first holds the only slot for 8 (4 tokens, 2 s apart): the client gets the 429.
+    async with standin_backend(token_delay=2.0) as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}, max_concurrency=1) as a:
             async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
                 await wait_for_model(c, "tiny")
