@@ -84,9 +84,11 @@ class LineError:
 
 
 def parse_batch(
-    text: str | Iterable[str], model: str | None = None, *, bodies: bool = True
+    text: str | Iterable[str], model: str | None = None, *, bodies: bool = True, endpoint: str | None = None
 ) -> tuple[list[BatchLine], list[LineError], str | None]:
     """(valid lines, errors, the job's model). Every line must name the same model (or ``model`` overrides).
+
+    ``endpoint``: the one ``url`` every line must have (a Batch API batch names it once for all).
 
     ``text``: the file's text, or its lines (without line ends) as they are read. ``bodies=False``
     keeps only each body's model (``{"model": ...}``): a big upload is checked without holding
@@ -117,6 +119,8 @@ def parse_batch(
             url = item.get("url")
             if url not in ENDPOINT_PATHS:
                 raise ValueError(f"url must be one of {', '.join(ENDPOINT_PATHS)}")
+            if endpoint is not None and url != endpoint:
+                raise ValueError(f"url {url!r} is not the batch's endpoint {endpoint!r}")
             body = item.get("body")
             if not isinstance(body, dict):
                 raise ValueError("body must be a JSON object")
