@@ -142,7 +142,8 @@ async def test_bad_input_is_an_openai_error_and_invalid_lines_fail_the_batch(tmp
         )
         assert too_big.status_code == 413
         # Lines a batch cannot run fail it whole, each error naming its line (OpenAI validates first).
-        mixed = batch_file(2) + b"not json\n" + batch_file(1, "/v1/completions")
+        other_url = batch_file(1, "/v1/completions").replace(b"req-0", b"other")
+        mixed = batch_file(2) + b"not json\n" + other_url
         bad = await client.files.create(file=("bad.jsonl", mixed), purpose="batch")
         failed = await create(input_file_id=bad.id, endpoint="/v1/chat/completions", completion_window="24h")
         assert failed.status == "failed" and failed.failed_at is not None
