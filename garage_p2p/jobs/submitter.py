@@ -434,7 +434,7 @@ class JobManager:
         providers = {lease.provider for lease in job.state.leases.values()}
         if job.row.max_providers and peer_id not in providers and len(providers) >= job.row.max_providers:
             return LeaseGrant()
-        lease = job.state.claim(peer_id, time.time())  # Unix time: receipts are checked against it
+        lease = job.state.claim(peer_id, time.time(), request.working)  # Unix time: receipts are checked against it
         if lease is None:
             return LeaseGrant(done=job.state.finished)
         pending = [line for line in job.state.shards[lease.shard] if line.custom_id not in job.state.done_ids]
@@ -484,7 +484,7 @@ class JobManager:
                 faults.append(f"{line.custom_id}: {fault}")
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()
-        new = job.state.complete(request.lease_id, list(parsed)) or []
+        new = job.state.complete(request.lease_id, list(parsed), time.time()) or []
         now = time.time()
         rows = []
         for custom_id in new:
