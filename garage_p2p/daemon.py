@@ -45,6 +45,7 @@ from .gateway.auth import Gatekeeper, is_loopback
 from .gateway.dispatch import Dispatcher
 from .gateway.metrics import MeshSnapshot, Metrics
 from .gateway.spot_checks import SpotChecks
+from .jobs.batches import BatchService
 from .jobs.submitter import JobManager
 from .jobs.worker import JobWorker
 from .ledger.book import Ledger
@@ -107,6 +108,8 @@ class Peer:
     spot_checks: SpotChecks | None = None
     jobs: JobManager | None = None
     job_worker: JobWorker | None = None
+    batches: BatchService | None = None
+    """The Batch API (``/v1/files``, ``/v1/batches``) over ``jobs``."""
     api_url: str = ""
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
@@ -720,6 +723,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
         await nursery.start(peer.jobs.serve)
         await nursery.start(peer.job_worker.serve)
+        peer.batches = BatchService(peer.jobs, settings.home)
+        await nursery.start(peer.batches.serve)
         if backends:
             nursery.start_soon(_watch_load, peer, client)
         nursery.start_soon(_rejoin_known_peers, peer, known)

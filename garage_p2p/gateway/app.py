@@ -44,6 +44,7 @@ from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
 from .answer import Answer
 from .auth import Gatekeeper, Refused, browser_refusal
+from .batch_api import batch_routes
 from .bodies import BadRequest, invalid_request, read_json_body
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher
@@ -340,7 +341,9 @@ def create_app(
     ]
     routes += [
         Route(r.path, gated(r.endpoint), methods=r.methods)
-        for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)
+        for r in admin_routes(admin, dispatcher)
+        + job_routes(lambda: admin.jobs)
+        + batch_routes(lambda: getattr(admin, "batches", None))
     ]
     routes += dashboard_routes()
     return HeaderLimits(
