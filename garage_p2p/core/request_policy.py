@@ -161,6 +161,15 @@ def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> 
             param="model",
             code="model_not_found",
         )
+    offers = [offer for ad in known for offer in ad.models if offer.name == request.model]
+    if offers and not any(offer.serves(request.path) for offer in offers):
+        return error_info(
+            404,
+            f"no provider of the model {request.model!r} serves {request.path}",
+            type="invalid_request_error",
+            param="model",
+            code="path_not_served",
+        )
     if request.pinned_peer is not None and all(ad.peer_id != request.pinned_peer for ad in known):
         return error_info(
             503,
