@@ -170,10 +170,12 @@ def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> 
             param="model",
             code="path_not_served",
         )
-    if request.pinned_peer is not None and all(ad.peer_id != request.pinned_peer for ad in known):
+    pinned = [o for ad in known if ad.peer_id == request.pinned_peer for o in ad.models if o.name == request.model]
+    if request.pinned_peer is not None and not any(o.serves(request.path) for o in pinned):
+        on = f" on {request.path}" if pinned else ""
         return error_info(
             503,
-            f"peer {request.pinned_peer} does not serve {request.model!r} (x-garage-peer)",
+            f"peer {request.pinned_peer} does not serve {request.model!r}{on} (x-garage-peer)",
             type="server_error",
             code="pinned_peer_unavailable",
         )
