@@ -308,9 +308,9 @@ async def _probe_backends(peer: Peer, client: httpx.AsyncClient, *, task_status=
         for backend in backends.values():
             if backend.managed:
                 continue
-            was = (backend.healthy, backend.backend_model)
+            was = (backend.healthy, backend.backend_model, backend.paths)
             await backend.probe(client)
-            changed |= was != (backend.healthy, backend.backend_model)
+            changed |= was != (backend.healthy, backend.backend_model, backend.paths)
         if changed:
             peer.caps.republish_soon()
         if first:

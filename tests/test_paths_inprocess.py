@@ -56,14 +56,18 @@ async def mesh(tmp_path):
                 async with running_peer(tmp_path / "c", bootstrap=first_addr(a) + first_addr(b)) as c:
                     await wait_for_model(c, "tiny", providers=2)
                     await wait_for_model(c, "plain")
+                    await wait_for(lambda: "embeddings" in (offer_of(c, a, "tiny").paths or ()))
                     yield a, b, c
+
+
+def offer_of(consumer, provider, model: str):
+    return next(m for m in consumer.table.get(provider.identity.peer_id, time.time()).ad.models if m.name == model)
 
 
 async def test_each_path_goes_only_to_providers_advertising_it_with_the_clients_bytes(tmp_path, http):
     async with mesh(tmp_path) as (a, b, c):
         a_id, b_id, c_id = a.identity.peer_id, b.identity.peer_id, c.identity.peer_id
-        [offer] = [m for m in c.table.get(a_id, time.time()).ad.models if m.name == "tiny"]
-        assert set(offer.paths or ()) >= {"chat", "embeddings", "responses", "transcriptions", "tokenize"}
+        assert set(offer_of(c, a, "tiny").paths or ()) >= {"chat", "embeddings", "responses", "transcriptions"}
         assert all(m.paths is None for m in c.table.get(b_id, time.time()).ad.models)  # as an older peer's ad
         # JSON as no serialiser writes it: the backend gets these bytes, not a re-encoding.
         sent = b'{ "input" : "hi",\n  "model":"tiny", "scale": 1.0e0, "note": "\\u00e9"}'
@@ -129,6 +133,16 @@ async def test_a_path_no_provider_of_the_model_serves_is_a_404_naming_it(tmp_pat
         )
         expected = body.replace(b"\r\n\r\nalias\r\n", b"\r\n\r\ntiny\r\n", 1)
         assert r.status_code == 200 and r.json()["standin_received"]["sha256"] == hashlib.sha256(expected).hexdigest()
+        # A plain-text answer keeps its content type.
+        field = f'Content-Disposition: form-data; name="response_format"\r\n\r\ntext\r\n--{BOUNDARY}--'
+        text = transcription_body("tiny").replace(f"--{BOUNDARY}--".encode(), f"--{BOUNDARY}\r\n{field}".encode())
+        r = await http.post(
+            c.api_url + "/audio/transcriptions",
+            content=text,
+            headers={"content-type": f"multipart/form-data; boundary={BOUNDARY}"},
+        )
+        assert r.status_code == 200 and r.text == "tok tok tok\n"
+        assert r.headers["content-type"] == "text/plain; charset=utf-8"
 
 
 async def test_the_responses_api_plain_and_streamed(tmp_path, http):

@@ -19,8 +19,10 @@ import time
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from garage_p2p.core.multipart import form_field
 
 PROMPT_TOKENS = 8
 """Prompt tokens every request of these paths counts (as the chat stand-in's prompts)."""
@@ -64,6 +66,8 @@ def path_routes(model: str, paths: tuple[str, ...]) -> list[Route]:
         elif path == "/v1/responses":
             return _responses(body, name, received)
         elif path in ("/v1/audio/transcriptions", "/v1/audio/translations"):
+            if form_field(body, request.headers.get("content-type"), "response_format") == "text":
+                return PlainTextResponse("tok tok tok\n")  # as vLLM answers response_format=text
             out = {"text": "tok tok tok", "usage": {"type": "duration", "seconds": 1}}
         elif path == "/v1/rerank":
             out = {"id": "rerank-standin", "model": name, "results": [], "usage": {"total_tokens": PROMPT_TOKENS}}

@@ -127,6 +127,10 @@ class Timings(WireModel):
     """From the HEAD's arrival to the END frame."""
 
 
+ANSWER_TYPE = r"^[a-z]+/[a-z0-9.+-]+(; ?charset=[a-z0-9-]+)?$"
+"""What an END may say its answer's content type is (no parameters but a charset)."""
+
+
 class EndInfo(WireModel):
     """Body of an END frame: the response is complete."""
 
@@ -136,6 +140,9 @@ class EndInfo(WireModel):
     """The provider's timings."""
     receipt: str | None = Field(default=None, max_length=4096)
     """The provider-signed receipt, base64(signature | receipt JSON); the consumer counter-signs it."""
+    content_type: str | None = Field(default=None, max_length=128, pattern=ANSWER_TYPE)
+    """The backend's ``Content-Type`` of a whole (non-streamed) answer to a path other than chat
+    and completions, when it is not JSON (a transcription as ``text/plain`` or ``text/vtt``)."""
     load: Load | None = None
     """The provider's live load for the model as the request ended (what its ads carry): the
     consumer's router scores it by this until a fresher ad says otherwise (ads are not re-sent

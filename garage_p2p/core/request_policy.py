@@ -266,6 +266,8 @@ class RequestPolicy:
         """The request's end, once it came."""
         self.end_usage: Usage | None = None
         """The usage the last provider's END reported (the client's when nothing failed over)."""
+        self.end_content_type: str | None = None
+        """The content type the last provider's END gave its whole answer (None: JSON)."""
         self._commands: deque[Command] = deque()
         self._round = _Round(head, prompt_tokens, [])
         self._routing = True
@@ -371,6 +373,7 @@ class RequestPolicy:
             self._data(event.data, now)
         elif isinstance(event, ResponseEnd):
             self.end_usage = event.info.usage
+            self.end_content_type = event.info.content_type
             self._delivered(event, now)
             if self.transcript is not None and not self.transcript.done:
                 # An END without the stream's [DONE]: the answer is not whole.

@@ -218,7 +218,8 @@ def create_app(
                 else:
                     body = finish.body or b""
                     metrics.data(live, body)
-                    response = Response(body, media_type="application/json", headers=headers)
+                    kind = answer.policy.end_content_type if answer.head.raw is not None else None
+                    response = Response(body, media_type=kind or "application/json", headers=headers)
                 status = response.status_code
                 return response
             finally:

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 
 MAX_OPENAPI_BYTES = 4 * 1024 * 1024
 """The backend's /openapi.json at most (vLLM's is about 200 KB)."""
+OPENAPI_TIMEOUT = 20.0
+"""Seconds to read /openapi.json: vLLM (FastAPI) builds it on the first request, which took over
+5 s on a busy 2-core machine."""
 
 
 @dataclass
@@ -39,6 +42,9 @@ class Backend:
     paths: tuple[str, ...] | None = None
     """Ids of the endpoint paths the backend serves (core/endpoints.py), read from its
     /openapi.json when it became healthy; None when it publishes none (chat and completions)."""
+    paths_read: bool = False
+    """Whether /openapi.json was answered since the backend became healthy (else read again at
+    the next probe)."""
 
     def url(self, path: str) -> str:
         """The backend URL for an endpoint path: ``/v1/...`` under the base URL, others (vLLM's
@@ -75,8 +81,8 @@ class Backend:
         self.backend_model = chosen.get("id")
         length = chosen.get("max_model_len")
         self.context_length = length if isinstance(length, int) and length > 0 else None
-        if not self.healthy:
-            self.paths = await self.published_paths(client, timeout)
+        if not self.healthy or not self.paths_read:
+            self.paths, self.paths_read = await self.published_paths(client)
             log.info(
                 "backend %s ready at %s (model %s, paths %s)",
                 self.name,
@@ -88,20 +94,24 @@ class Backend:
         self.failures = 0
         return True
 
-    async def published_paths(self, client: httpx.AsyncClient, timeout: float) -> tuple[str, ...] | None:
-        """The mesh's paths among those the backend's /openapi.json lists (vLLM registers only the
-        routes of its model's tasks); None if it publishes no such document."""
+    async def published_paths(self, client: httpx.AsyncClient) -> tuple[tuple[str, ...] | None, bool]:
+        """(the mesh's paths among those the backend's /openapi.json lists, whether it answered).
+        vLLM registers only the routes of its model's tasks. No document (404, not JSON): None, as
+        a backend of chat and completions; no answer (a timeout): None for now, to be read again."""
         try:
-            async with client.stream("GET", self.url("/openapi.json"), timeout=timeout) as response:
+            async with client.stream("GET", self.url("/openapi.json"), timeout=OPENAPI_TIMEOUT) as response:
                 if response.status_code != 200:
-                    return None
+                    return None, response.status_code < 500
                 raw = b""
                 async for chunk in response.aiter_bytes():
                     raw += chunk
                     if len(raw) > MAX_OPENAPI_BYTES:
                         log.warning("backend %s: /openapi.json exceeds %d bytes", self.name, MAX_OPENAPI_BYTES)
-                        return None
+                        return None, True
             paths = json.loads(raw).get("paths")
-        except (httpx.HTTPError, ValueError, AttributeError):
-            return None
-        return served_path_ids(paths) if isinstance(paths, dict) else None
+        except httpx.HTTPError as exc:
+            log.info("backend %s: no /openapi.json yet (%s); chat and completions until it answers", self.name, exc)
+            return None, False
+        except (ValueError, AttributeError):
+            return None, True
+        return (served_path_ids(paths) if isinstance(paths, dict) else None), True

@@ -42,7 +42,7 @@ from ..core.sse import SseSplitter, event_data
 from ..mesh.streams import PeerStream, StreamBroken, close_quietly, read_some, write_all
 from ..trio_util import single_exceptions
 from .backend import Backend
-from .usage import body_usage, event_usage
+from .usage import answer_type, body_usage, event_usage
 
 if TYPE_CHECKING:
     from ..gateway.metrics import Metrics
@@ -408,6 +408,7 @@ class ProviderService:
         body["model"] = backend.backend_model or backend.name
         strip_usage = False
         raw = head.raw is not None
+        content_type = None
         if raw:
             content, headers = raw_request(head, backend)
         elif head.stream:
@@ -441,6 +442,8 @@ class ProviderService:
                     )
                 else:
                     usage, tail = await self._relay_body(response, metering.answer, body_usage if raw else None)
+                    if raw:
+                        content_type = answer_type(response.headers.get("content-type"))
         except httpx.ConnectError as exc:
             backend.healthy = False
             return metering.outcome.error(
@@ -463,7 +466,9 @@ class ProviderService:
         )
         signed = self._receipt(head, backend, usage, metering)
         # The last data and END go in one write: one muxer frame fewer per request.
-        end = EndInfo(usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name))
+        end = EndInfo(
+            usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name), content_type=content_type
+        )
         return tail + end_frame(end)
 
     def _receipt(self, head: RequestHead, backend: Backend, usage: Usage | None, metering: _Metering) -> str | None:

@@ -1,4 +1,4 @@
-"""Token counts of the answers of paths other than chat and completions, for receipts and limits.
+"""Token counts (and content types) of the answers of paths other than chat and completions.
 
 Each kind reports its usage its own way: embeddings, score and rerank count prompt tokens (and
 only ``total_tokens`` in some vLLM versions), the Responses API says ``input_tokens`` and
@@ -9,12 +9,14 @@ answers a ``count``. What reports none (``/detokenize``, audio) is metered by GP
 from __future__ import annotations
 
 import json
+import re
 
-from ..core.messages import Usage
+from ..core.messages import ANSWER_TYPE, Usage
 from ..core.sse import event_data
 
 MAX_TOKENS = 10_000_000
 """A count above this is not believed (the receipt's own limit)."""
+CONTENT_TYPE = re.compile(ANSWER_TYPE)
 
 
 def _count(value: object) -> int | None:
@@ -59,3 +61,12 @@ def event_usage(event: bytes) -> Usage | None:
         return usage_of(json.loads(data)) if data else None
     except ValueError:
         return None
+
+
+def answer_type(header: str | None) -> str | None:
+    """The content type to tell the consumer for a whole answer: None for JSON (the default) or one
+    that ``EndInfo`` cannot carry (then the consumer says JSON, as before)."""
+    value = (header or "").strip().lower()
+    if not value or value.startswith("application/json") or not CONTENT_TYPE.match(value):
+        return None
+    return value
