@@ -7,7 +7,9 @@ driven by gateway/answer.py. A provider lost mid-answer is replaced by
 another that continues it token for token (core/continuation.py); the body
 then gains only ``stream``, ``return_token_ids`` and the usage chunk. A
 response that cannot be continued ends with an SSE error event, never a
-silent truncation.
+silent truncation. Every other path a provider serves (core/endpoints.py: embeddings, Responses,
+audio, rerank, score, tokenize) goes as the client's bytes, to providers advertising the path;
+only its ``model`` (and ``stream``) is read, and it is never failed over mid-answer.
 """
 
 from __future__ import annotations
