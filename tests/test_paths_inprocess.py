@@ -108,6 +108,11 @@ async def test_each_path_goes_only_to_providers_advertising_it_with_the_clients_
             c.api_url + "/embeddings", json={"model": "tiny", "input": "x"}, headers={"x-garage-peer": b_id}
         )
         assert r.status_code == 503 and r.json()["error"]["message"].endswith("on /v1/embeddings (x-garage-peer)")
+        # ...and `garage route --path` says why.
+        admin = c.api_url.removesuffix("/v1") + "/garage/v1/route"
+        route = (await http.get(admin, params={"model": "tiny", "path": "/v1/embeddings"})).json()
+        reasons = {x["peer_id"]: x["reason"] for x in route["candidates"]}
+        assert reasons == {a_id: "", b_id: "does not serve /v1/embeddings"}
 
 
 async def test_a_path_no_provider_of_the_model_serves_is_a_404_naming_it(tmp_path, http):

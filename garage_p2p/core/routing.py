@@ -285,8 +285,6 @@ class Router:
         peer = ad.peer_id
         if offer is None:
             return Candidate(peer, float("inf"), False, "does not serve the model")
-        if not offer.serves(request.path):
-            return Candidate(peer, float("inf"), False, f"does not serve {request.path}")
         load = self.live_load(ad, offer, now)
         running = (load.running + load.waiting) if load else 0.0
         busy = running + self.outstanding.get(peer, 0)
@@ -306,7 +304,9 @@ class Router:
             estimate *= 1.5
             parts["kv_full_factor"] = 1.5
         reason = ""
-        if request.pinned_peer is not None and peer != request.pinned_peer:
+        if not offer.serves(request.path):
+            reason = f"does not serve {request.path}"
+        elif request.pinned_peer is not None and peer != request.pinned_peer:
             reason = "not the pinned peer"
         elif not region_matches(request.region, ad.region):
             reason = f"region {ad.region or 'unset'} is not {request.region}"
