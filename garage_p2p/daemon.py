@@ -131,6 +131,7 @@ class Peer:
                     max_concurrency=self.provider.max_concurrency,
                     benchmark=self.benchmarks.get(backend.name),
                     load=self.provider.live_load(backend.name),
+                    paths=backend.paths,
                 )
             )
         return tuple(offers)
@@ -310,9 +311,9 @@ async def _probe_backends(peer: Peer, client: httpx.AsyncClient, *, task_status=
         for backend in backends.values():
             if backend.managed:
                 continue
-            was = (backend.healthy, backend.backend_model)
+            was = (backend.healthy, backend.backend_model, backend.paths)
             await backend.probe(client)
-            changed |= was != (backend.healthy, backend.backend_model)
+            changed |= was != (backend.healthy, backend.backend_model, backend.paths)
         if changed:
             peer.caps.republish_soon()
         if first:

@@ -34,9 +34,10 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
+from .endpoints import GENERATION_PATHS
 from .gossip_guard import TopicRule
 from .limits import Limits
-from .messages import ENDPOINT_PATHS, WireModel
+from .messages import WireModel
 from .receipts import Receipt
 
 TOPIC_JOBS = "garage/jobs/1"
@@ -130,8 +131,8 @@ def parse_batch(
             if item.get("method", "POST") != "POST":
                 raise ValueError("method must be POST")
             url = item.get("url")
-            if url not in ENDPOINT_PATHS:
-                raise ValueError(f"url must be one of {', '.join(ENDPOINT_PATHS)}")
+            if url not in GENERATION_PATHS:
+                raise ValueError(f"url must be one of {', '.join(GENERATION_PATHS)}")
             if endpoint is not None and url != endpoint:
                 raise ValueError(f"url {url!r} is not the batch's endpoint {endpoint!r}")
             body = item.get("body")
@@ -236,7 +237,7 @@ class LeaseGrant(WireModel):
                 raise ValueError("a line needs a request_id of 1 to 64 characters")
             if not (isinstance(custom_id, str) and 0 < len(custom_id) <= MAX_CUSTOM_ID):
                 raise ValueError("a line needs a custom_id")
-            if line.get("url") not in ENDPOINT_PATHS or not isinstance(line.get("body"), dict):
+            if line.get("url") not in GENERATION_PATHS or not isinstance(line.get("body"), dict):
                 raise ValueError("a line needs a known url and an object body")
         return lines
 

@@ -173,10 +173,21 @@ def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> 
             param="model",
             code="model_not_found",
         )
-    if request.pinned_peer is not None and all(ad.peer_id != request.pinned_peer for ad in known):
+    offers = [offer for ad in known for offer in ad.models if offer.name == request.model]
+    if offers and not any(offer.serves(request.path) for offer in offers):
+        return error_info(
+            404,
+            f"no provider of the model {request.model!r} serves {request.path}",
+            type="invalid_request_error",
+            param="model",
+            code="path_not_served",
+        )
+    pinned = [o for ad in known if ad.peer_id == request.pinned_peer for o in ad.models if o.name == request.model]
+    if request.pinned_peer is not None and not any(o.serves(request.path) for o in pinned):
+        on = f" on {request.path}" if pinned else ""
         return error_info(
             503,
-            f"peer {request.pinned_peer} does not serve {request.model!r} (x-garage-peer)",
+            f"peer {request.pinned_peer} does not serve {request.model!r}{on} (x-garage-peer)",
             type="server_error",
             code="pinned_peer_unavailable",
         )
@@ -273,6 +284,8 @@ class RequestPolicy:
         """The request's end, once it came."""
         self.end_usage: Usage | None = None
         """The usage the last provider's END reported (the client's when nothing failed over)."""
+        self.end_content_type: str | None = None
+        """The content type the last provider's END gave its whole answer (None: JSON)."""
         self._commands: deque[Command] = deque()
         self._round = _Round(head, prompt_tokens, [])
         self._routing = True
@@ -388,6 +401,7 @@ class RequestPolicy:
             self._data(event.data, now)
         elif isinstance(event, ResponseEnd):
             self.end_usage = event.info.usage
+            self.end_content_type = event.info.content_type
             self._delivered(event, now)
             if self.transcript is not None and not self.transcript.done:
                 # An END without the stream's [DONE]: the answer is not whole.

@@ -7,7 +7,9 @@ driven by gateway/answer.py. A provider lost mid-answer is replaced by
 another that continues it token for token (core/continuation.py); the body
 then gains only ``stream``, ``return_token_ids`` and the usage chunk. A
 response that cannot be continued ends with an SSE error event, never a
-silent truncation.
+silent truncation. Every other path a provider serves (core/endpoints.py: embeddings, Responses,
+audio, rerank, score, tokenize) goes as the client's bytes, to providers advertising the path;
+only its ``model`` (and ``stream``) is read, and it is never failed over mid-answer.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from ..core.continuation import FAILOVER_HEADER, Transcript, plan
+from ..core.continuation import CHAT, FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
+from ..core.endpoints import GENERATION_PATHS
 from ..core.live_requests import LiveRequest
 from ..core.messages import (
     ENDPOINT_PATHS,
@@ -45,7 +48,7 @@ from .admin import AdminSource, admin_routes
 from .answer import Answer
 from .auth import Gatekeeper, Refused, browser_refusal
 from .batch_api import batch_routes
-from .bodies import BadRequest, invalid_request, read_json_body
+from .bodies import BadRequest, invalid_request, read_json_body, read_raw_request
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher
 from .jobs_api import job_routes
@@ -91,7 +94,7 @@ def sse_error(info: ErrorInfo) -> bytes:
     return b"data: " + dumps(error_body(info)) + b"\n\n"
 
 
-def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRequest:
+def route_request(request: Request, model: str, body: dict[str, Any], path: str = CHAT) -> RouteRequest:
     """The routing constraints a client may set: ``x-garage-region``, ``x-garage-peer``."""
     region = request.headers.get("x-garage-region", "").strip().lower() or None
     pinned = request.headers.get("x-garage-peer", "").strip() or None
@@ -103,7 +106,7 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
         raise invalid_request("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     expected = tokens if isinstance(tokens, int) and 0 < tokens <= 1_000_000 else DEFAULT_TOKENS
-    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
+    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned, path=path)
 
 
 def create_app(
@@ -151,17 +154,30 @@ def create_app(
         except Refused as exc:
             return refuse(exc.info)
         path = request.url.path
+        raw: bytes | None = None
         try:
-            body = await read_json_body(request, max_body_bytes)
-            model = validate_body(path, body)
-            route = route_request(request, model, body)
+            if path in GENERATION_PATHS:
+                body = await read_json_body(request, max_body_bytes)
+                model = validate_body(path, body)
+            else:  # the client's bytes go as they are; the mesh reads only the model (and stream)
+                body, raw = await read_raw_request(request, path, max_body_bytes)
+                model = body["model"]
+            route = route_request(request, model, body, path)
         except BadRequest as exc:
             return refuse(exc.info)
         except ClientDisconnect:
             settle(499)
             return Response(status_code=499)
-        sending = plan(path, body, request.headers.get(FAILOVER_HEADER))
-        head = RequestHead(request_id=request_id, path=path, body=sending.body, timeout=request_timeout)
+        sending = plan(path, body, request.headers.get(FAILOVER_HEADER))  # no failover but on chat/completions
+        head = RequestHead(
+            request_id=request_id,
+            path=path,
+            body=sending.body,
+            timeout=request_timeout,
+            body_bytes=None if raw is None else len(raw),
+            content_type=None if raw is None else request.headers.get("content-type", "")[:256] or None,
+            raw=raw,
+        )
         live.model, live.stream = model, sending.client_stream
         policy = RequestPolicy(
             head,
@@ -205,7 +221,8 @@ def create_app(
                 else:
                     body = finish.body or b""
                     metrics.data(live, body)
-                    response = Response(body, media_type="application/json", headers=headers)
+                    kind = answer.policy.end_content_type if answer.head.raw is not None else None
+                    response = Response(body, media_type=kind or "application/json", headers=headers)
                 status = response.status_code
                 return response
             finally:

@@ -7,7 +7,9 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ..core.endpoints import MULTIPART_PATHS
 from ..core.messages import ErrorInfo, error_info
+from ..core.multipart import MultipartError, form_field
 
 
 class BadRequest(Exception):
@@ -24,6 +26,11 @@ def invalid_request(
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     """The request's JSON object, read with a size limit."""
+    return parse_json_body(await read_body(request, limit))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body bytes, read with a size limit."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise invalid_request(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
@@ -34,8 +41,13 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         if size > limit:
             raise invalid_request(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """A request body's JSON object; BadRequest if it is not one the mesh can carry."""
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
     except RecursionError:
@@ -75,3 +87,27 @@ def _depth(value: Any) -> int:
         if deepest > MAX_DEPTH:
             break
     return deepest
+
+
+async def read_raw_request(request: Request, path: str, limit: int) -> tuple[dict[str, Any], bytes]:
+    """A request to a path other than chat and completions: (what the mesh reads of it, its bytes
+    as the client sent them). Only ``model`` and ``stream`` are read: a JSON object's, or a
+    multipart body's form fields (the audio paths)."""
+    raw = await read_body(request, limit)
+    if path in MULTIPART_PATHS:
+        try:
+            model = form_field(raw, request.headers.get("content-type"), "model")
+            stream = form_field(raw, request.headers.get("content-type"), "stream")
+        except MultipartError as exc:
+            raise invalid_request(str(exc), code="invalid_multipart") from None
+        summary: dict[str, Any] = {"model": model} if model else {}
+        if stream is not None and stream.strip().lower() == "true":
+            summary["stream"] = True
+    else:
+        body = parse_json_body(raw)
+        summary = {k: body[k] for k in ("model", "stream") if k in body}
+    if not isinstance(summary.get("model"), str) or not summary["model"]:
+        raise invalid_request("you must provide a model parameter", param="model", code="missing_model")
+    if "stream" in summary and not isinstance(summary["stream"], bool):
+        raise invalid_request("stream must be a boolean", param="stream")
+    return summary, raw

@@ -23,8 +23,8 @@ from typing import Any
 
 import trio
 
+from ..core.endpoints import GENERATION_PATHS
 from ..core.jobs import LineError
-from ..core.messages import ENDPOINT_PATHS
 from ..core.wire import MiB
 from .batch_store import BatchRow, BatchStore, FileRow
 from .submitter import InvalidInput, JobManager, JobRejected, ModelUnavailable
@@ -66,7 +66,8 @@ SPEC_ENDPOINTS = (
     "/v1/images/edits",
     "/v1/videos",
 )
-"""The endpoints OpenAI's ``CreateBatchRequest`` names; the mesh runs those it forwards (ENDPOINT_PATHS)."""
+"""The endpoints OpenAI's ``CreateBatchRequest`` names; the mesh's jobs run chat and completions lines
+(GENERATION_PATHS: their bodies travel as JSON, so a job line is a request like any other)."""
 
 
 class BatchRefused(Exception):
@@ -400,9 +401,9 @@ def _create_request(body: dict[str, Any]) -> dict[str, Any]:
     endpoint = body.get("endpoint")
     if endpoint not in SPEC_ENDPOINTS:
         raise BatchRefused(f"endpoint must be one of {', '.join(SPEC_ENDPOINTS)}", param="endpoint")
-    if endpoint not in ENDPOINT_PATHS:
+    if endpoint not in GENERATION_PATHS:
         raise BatchRefused(
-            f"the mesh runs batches for {', '.join(ENDPOINT_PATHS)}, not {endpoint}",
+            f"the mesh runs batches for {', '.join(GENERATION_PATHS)}, not {endpoint}",
             param="endpoint",
             code="unsupported_endpoint",
         )

@@ -26,6 +26,7 @@ from ..core.gpu_meter import GpuMeter, ReceiptClock
 from ..core.identity import Identity
 from ..core.limits import Limits
 from ..core.messages import EndInfo, ErrorInfo, Load, RequestHead, Timings, Usage, error_info
+from ..core.multipart import MultipartError, replace_field
 from ..core.penalties import Penalise
 from ..core.receipts import (
     AnswerDigest,
@@ -41,6 +42,7 @@ from ..core.sse import SseSplitter, event_data
 from ..mesh.streams import PeerStream, StreamBroken, close_quietly, read_some, write_all
 from ..trio_util import single_exceptions
 from .backend import Backend
+from .usage import answer_type, body_usage, event_usage
 
 if TYPE_CHECKING:
     from ..gateway.metrics import Metrics
@@ -405,7 +407,11 @@ class ProviderService:
         body = dict(head.body)
         body["model"] = backend.backend_model or backend.name
         strip_usage = False
-        if head.stream:
+        raw = head.raw is not None
+        content_type = None
+        if raw:
+            content, headers = raw_request(head, backend)
+        elif head.stream:
             # Meter every stream: ask for the usage chunk, and hide it again
             # from a client that did not ask for it.
             options = body.get("stream_options")
@@ -414,13 +420,15 @@ class ProviderService:
                 strip_usage = True
                 options["include_usage"] = True
             body["stream_options"] = options
+        if not raw:
+            content, headers = json.dumps(body, separators=(",", ":")).encode(), {"content-type": "application/json"}
         queue_ms = (trio.current_time() - start) * 1000
         try:
             async with self.client.stream(
                 "POST",
                 backend.url(head.path),
-                content=json.dumps(body, separators=(",", ":")).encode(),
-                headers={"content-type": "application/json"},
+                content=content,
+                headers=headers,
                 timeout=httpx.Timeout(connect=5.0, read=head.timeout, write=30.0, pool=5.0),
             ) as response:
                 first_byte_ms = (trio.current_time() - start) * 1000
@@ -429,9 +437,13 @@ class ProviderService:
                 if head.stream:
                     n = body.get("n")
                     choices = n if isinstance(n, int) and 1 <= n <= 128 else 1
-                    usage, tail = await self._relay_stream(response, send, strip_usage, metering.answer, choices)
+                    usage, tail = await self._relay_stream(
+                        response, send, strip_usage, metering.answer, choices, event_usage if raw else None
+                    )
                 else:
-                    usage, tail = await self._relay_body(response, metering.answer)
+                    usage, tail = await self._relay_body(response, metering.answer, body_usage if raw else None)
+                    if raw:
+                        content_type = answer_type(response.headers.get("content-type"))
         except httpx.ConnectError as exc:
             backend.healthy = False
             return metering.outcome.error(
@@ -454,7 +466,9 @@ class ProviderService:
         )
         signed = self._receipt(head, backend, usage, metering)
         # The last data and END go in one write: one muxer frame fewer per request.
-        end = EndInfo(usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name))
+        end = EndInfo(
+            usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name), content_type=content_type
+        )
         return tail + end_frame(end)
 
     def _receipt(self, head: RequestHead, backend: Backend, usage: Usage | None, metering: _Metering) -> str | None:
@@ -480,14 +494,17 @@ class ProviderService:
             start_ms=metering.start_ms,
             end_ms=end_ms,
             answer_digest=metering.answer.hexdigest(),
-            request_digest=request_digest(head.path, head.body),
+            request_digest=request_digest(head.path, head.body, head.raw),
         )
         raw = encode_receipt(receipt)
         metering.receipt = raw
         return pack_signed(raw, sign_receipt(self.identity, raw))
 
-    async def _relay_body(self, response: httpx.Response, answer: AnswerDigest) -> tuple[Usage | None, bytes]:
-        """Read the whole JSON body; (usage, its DATA frames)."""
+    async def _relay_body(
+        self, response: httpx.Response, answer: AnswerDigest, read_usage: Callable[[bytes], Usage | None] | None = None
+    ) -> tuple[Usage | None, bytes]:
+        """Read the whole JSON body; (usage, its DATA frames). ``read_usage``: how a path other than
+        chat and completions reports its usage (provider/usage.py)."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
@@ -498,6 +515,8 @@ class ProviderService:
         body = b"".join(chunks)
         answer.update(body)
         frames = b"".join(data_frame(body[i : i + DATA_FRAME_MAX]) for i in range(0, len(body), DATA_FRAME_MAX))
+        if read_usage is not None:
+            return read_usage(body), frames
         try:
             usage = _usage(json.loads(body).get("usage"))
         except (ValueError, AttributeError):
@@ -505,9 +524,16 @@ class ProviderService:
         return usage, frames
 
     async def _relay_stream(
-        self, response: httpx.Response, send: SendFrame, strip_usage: bool, answer: AnswerDigest, choices: int = 1
+        self,
+        response: httpx.Response,
+        send: SendFrame,
+        strip_usage: bool,
+        answer: AnswerDigest,
+        choices: int = 1,
+        read_usage: Callable[[bytes], Usage | None] | None = None,
     ) -> tuple[Usage | None, bytes]:
-        """Pass events on as they come; (usage, the DATA frame still to send)."""
+        """Pass events on as they come; (usage, the DATA frame still to send). ``read_usage``: how a
+        path other than chat and completions reports its usage in an event (provider/usage.py)."""
         coalescer = Coalescer(self.coalesce_delay, self.coalesce_bytes)
         splitter = SseSplitter()
         usage_box: list[Usage] = []
@@ -530,7 +556,16 @@ class ProviderService:
                 # Held back from the last choice's finish chunk on (``n`` choices finish one by one).
                 finishing = [choices]
                 await self._coalesce_loop(
-                    chunks_receive, coalescer, splitter, send, strip_usage, usage_box, answer, done_box, finishing
+                    chunks_receive,
+                    coalescer,
+                    splitter,
+                    send,
+                    strip_usage,
+                    usage_box,
+                    answer,
+                    done_box,
+                    finishing,
+                    read_usage,
                 )
         # The finish chunk, the usage and [DONE] go out with END, in one write: a provider killed
         # between them left its consumer a whole answer (it ends an answer at its finish chunk) and
@@ -550,6 +585,7 @@ class ProviderService:
         answer: AnswerDigest,
         done_box: list[bytes],
         finishing: list[int],
+        read_usage: Callable[[bytes], Usage | None] | None,
     ) -> None:
         async with chunks:
             while True:
@@ -566,7 +602,7 @@ class ProviderService:
                 else:
                     kept = []
                     for event in splitter.feed(chunk):
-                        found, is_usage_only = _stream_usage(event)
+                        found, is_usage_only = (read_usage(event), False) if read_usage else _stream_usage(event)
                         if found is not None:
                             usage_box[:] = [found]
                         if strip_usage and is_usage_only:
@@ -580,6 +616,32 @@ class ProviderService:
                 if out:
                     answer.update(out)
                     await send(data_frame(out))
+
+
+def raw_request(head: RequestHead, backend: Backend) -> tuple[bytes, dict[str, str]]:
+    """The backend request of a path other than chat and completions: the client's bytes and
+    content type, with only the model's name changed if the backend knows it by another name."""
+    assert head.raw is not None
+    content = head.raw
+    ours, theirs = head.body.get("model"), backend.backend_model or backend.name
+    if ours != theirs:
+        content = renamed(content, head.content_type, theirs)
+    return content, ({"content-type": head.content_type} if head.content_type else {})
+
+
+def renamed(content: bytes, content_type: str | None, model: str) -> bytes:
+    """A raw body naming ``model`` instead (a JSON object re-encoded, a multipart field replaced;
+    a body that is neither is sent as it is, and the backend says what is wrong with it)."""
+    try:
+        if content_type is not None and content_type.lower().startswith("multipart/"):
+            return replace_field(content, content_type, "model", model)
+        body = json.loads(content)
+    except (MultipartError, ValueError):
+        return content
+    if not isinstance(body, dict):
+        return content
+    body["model"] = model
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _usage(raw: object) -> Usage | None:
