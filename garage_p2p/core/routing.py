@@ -35,7 +35,10 @@ The order to try: power of two choices (two eligible providers of the
 shortlist drawn at random, the better one first), then the rest best first.
 The random draw keeps many consumers from herding onto the one provider that
 looks best in everyone's slightly stale table; the score keeps them off slow
-ones.
+ones. A request with an affinity (``core.affinity``: it shares a prefix with
+earlier requests, which a provider's prefix cache holds) tries that provider
+first instead, while it is within the load bound (``Router.affinity``); the
+shortlist always includes it.
 
 A provider that fails before its first byte is banned with exponential
 backoff (1 s, 2 s, 4 s … one minute); a success clears it. A provider whose
@@ -49,9 +52,20 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import Protocol
 
+from .affinity import (
+    HASH_SCAN_MAX,
+    HASH_SHORTLIST,
+    MAX_SLOWDOWN,
+    NO_AFFINITY,
+    Affinity,
+    AffinityBook,
+    AffinityKey,
+    load_cap,
+    rendezvous,
+)
 from .capabilities import CapabilityAd, Load, ModelOffer
 from .delivery import Claim, Delivery, DeliveryBook
 from .provider_index import IndexedSet
@@ -96,6 +110,8 @@ class RouteRequest:
     """Only providers in this region (``se`` matches ``se`` and ``se-sto``)."""
     pinned_peer: str | None = None
     """Only this provider."""
+    affinity: Affinity = NO_AFFINITY
+    """The prefixes it shares with earlier requests (``core.affinity.affinity_keys``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,6 +138,22 @@ class Candidate:
     """Why it is not eligible."""
     parts: Mapping[str, float] = field(default_factory=dict)
     """The estimate's terms, for ``garage route``."""
+    load: float = 0.0
+    """Requests running and queued there, ours included (the affinity's load bound)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AffinityChoice:
+    """What the request's affinity asked for and whether routing honoured it (``garage route``)."""
+
+    key: AffinityKey | None
+    """The key that matched (learned), or None when the provider comes from the anchor's hash."""
+    provider: str | None
+    """The provider it prefers (None: the request has no key, or no provider to hash to)."""
+    honoured: bool
+    """True when ``provider`` is tried first."""
+    reason: str
+    """Why it is or is not honoured."""
 
 
 class ProviderPool(Protocol):
@@ -185,6 +217,8 @@ class Router:
         """Requests we have running at each provider."""
         self.delivery = DeliveryBook()
         """What each provider delivered to us, per model (``delivered``)."""
+        self.affinities = AffinityBook()
+        """Which provider served each prefix last (``served``)."""
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -206,6 +240,11 @@ class Router:
 
     def succeeded(self, peer_id: str) -> None:
         self._failures.pop(peer_id, None)
+
+    def served(self, request: RouteRequest, peer_id: str, now: float) -> None:
+        """``peer_id`` answered ``request`` (its first event came): its cache holds the prefix."""
+        if request.affinity:
+            self.affinities.learn(request.affinity, peer_id, now)
 
     def started(self, peer_id: str) -> None:
         self.outstanding[peer_id] = self.outstanding.get(peer_id, 0) + 1
@@ -307,7 +346,7 @@ class Router:
             reason = f"region {ad.region or 'unset'} is not {request.region}"
         elif self.banned_until(peer) > now:
             reason = f"banned for {self.banned_until(peer) - now:.1f} s after {self.failures(peer)} failures"
-        return Candidate(peer, estimate, not reason, reason, parts)
+        return Candidate(peer, estimate, not reason, reason, parts, busy)
 
     def shortlist(
         self, pool: ProviderPool, request: RouteRequest, now: float, also: Sequence[CapabilityAd] = ()
@@ -331,11 +370,11 @@ class Router:
         if pinned is not None:
             ad = picked.get(pinned) or pool.live_ad(pinned, now)
             return [ad] if ad is not None and eligible(ad) else []
-        for peer_id in self.recent(model, now):
+        members = pool.serving(model, request.region)
+        for peer_id in chain(self._affine(request, members, now), self.recent(model, now)):
             ad = pool.live_ad(peer_id, now)
             if ad is not None and eligible(ad):
                 picked.setdefault(peer_id, ad)
-        members = pool.serving(model, request.region)
         drawn: set[str] = set()
         sampled = 0
         for _ in range(DRAW_ROUNDS):
@@ -354,6 +393,53 @@ class Router:
                     if sampled >= SAMPLE_SIZE:
                         break
         return list(picked.values())
+
+    def _affine(self, request: RouteRequest, members: IndexedSet, now: float) -> list[str]:
+        """The providers ``request``'s affinity prefers, for the shortlist: the one learned, and the
+        anchor's hash favourites when the model has at most HASH_SCAN_MAX providers."""
+        if not request.affinity:
+            return []
+        known = self.affinities.known(request.affinity, now)
+        out = [known[1]] if known is not None else []
+        if request.affinity.anchor is not None and len(members) <= HASH_SCAN_MAX:
+            out += rendezvous(request.affinity.anchor, members)[:HASH_SHORTLIST]
+        return out
+
+    def affinity(self, ranked: Sequence[Candidate], request: RouteRequest, now: float) -> AffinityChoice:
+        """The provider ``request``'s affinity asks for among ``ranked`` (eligible, best first) and
+        whether it is honoured: the one learned for its most specific known key, else the first in
+        the anchor's hash order within the bound (consistent hashing with bounded loads)."""
+        affinity = request.affinity
+        if not affinity:
+            return AffinityChoice(None, None, False, "the request has no affinity key")
+        eligible = {c.peer_id: c for c in ranked if c.eligible}
+        loads = [c.load for c in eligible.values()]
+        cap = load_cap(loads)
+        best = min((c.estimate for c in eligible.values()), default=0.0)
+
+        def refusal(peer: str) -> str:
+            c = eligible.get(peer)
+            if c is None:
+                listed = any(r.peer_id == peer for r in ranked)
+                return "not eligible" if listed else "not eligible or no longer known (banned, out of region, gone)"
+            if c.load + 1 > cap:
+                return f"over the load bound ({c.load:g} + 1 > {cap} of {len(loads)} providers)"
+            if c.estimate > MAX_SLOWDOWN * best:
+                return f"too slow ({c.estimate:.2f} s > {MAX_SLOWDOWN:g} × the best {best:.2f} s)"
+            return ""
+
+        known = self.affinities.known(affinity, now)
+        if known is not None:
+            key, peer = known
+            why = refusal(peer)
+            return AffinityChoice(key, peer, not why, why or f"learned, within the bound ({cap})")
+        if affinity.anchor is None or not eligible:
+            return AffinityChoice(None, None, False, "no provider learned for its keys")
+        order = rendezvous(affinity.anchor, eligible)
+        for peer in order:
+            if not refusal(peer):
+                return AffinityChoice(None, peer, True, f"hashed, within the bound ({cap})")
+        return AffinityChoice(None, order[0], False, f"hashed: {refusal(order[0])}")
 
     def rank(
         self,
@@ -378,6 +464,12 @@ class Router:
         ranked = [c for c in self.rank(ads, request, paths, now) if c.eligible]
         if len(ranked) < 2:
             return ranked
+        if request.affinity:
+            choice = self.affinity(ranked, request, now)
+            if choice.honoured:
+                return [c for c in ranked if c.peer_id == choice.provider] + [
+                    c for c in ranked if c.peer_id != choice.provider
+                ]
         a, b = self._rng.sample(ranked, 2)
         first = b if b.estimate < a.estimate else a  # a tie goes to the random draw
         return [first] + [c for c in ranked if c is not first]

@@ -13,10 +13,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..core.affinity import affinity_keys
 from ..core.capabilities import CapabilityAd
 from ..core.messages import error_body, error_info
 from ..core.routing import DEFAULT_TOKENS, Router, RouteRequest
+from .bodies import BadRequest, read_json_body
 from .dispatch import Dispatcher
+
+ROUTE_BODY_LIMIT = 4 * 1024 * 1024
+"""A request body ``garage route --request`` may send (the endpoint's default limit)."""
 
 
 class AdminSource(Protocol):
@@ -135,19 +140,28 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         return JSONResponse(source.runtime.view())
 
     async def route(request: Request) -> Response:
+        """How a request would be routed; POST the client's request body to see its affinity too."""
         model = request.query_params.get("model")
         if not model:
             info = error_info(
                 400, "route needs ?model=NAME", type="invalid_request_error", param="model", code="missing_model"
             )
             return JSONResponse(error_body(info), status_code=400)
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            try:
+                body = await read_json_body(request, ROUTE_BODY_LIMIT)
+            except BadRequest as exc:
+                return JSONResponse(error_body(exc.info), status_code=exc.info.status)
         tokens = request.query_params.get("tokens", "")
         route_request = RouteRequest(
             model=model,
             expected_tokens=int(tokens) if tokens.isdigit() and int(tokens) > 0 else DEFAULT_TOKENS,
             region=request.query_params.get("region") or None,
             pinned_peer=request.query_params.get("peer") or None,
+            affinity=affinity_keys(model, body),
         )
+        ranked, affinity = dispatcher.explain(route_request)
         candidates = [
             {
                 "peer_id": c.peer_id,
@@ -155,11 +169,23 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
                 "eligible": c.eligible,
                 "reason": c.reason,
                 "parts": dict(c.parts),
+                "load": c.load,
             }
-            for c in dispatcher.explain(route_request)
+            for c in ranked
         ]
         return JSONResponse(
-            {"model": model, "expected_tokens": route_request.expected_tokens, "candidates": candidates}
+            {
+                "model": model,
+                "expected_tokens": route_request.expected_tokens,
+                "candidates": candidates,
+                "affinity": {
+                    "keys": [k.label for k in route_request.affinity.keys],
+                    "matched": affinity.key.label if affinity.key is not None else None,
+                    "provider": affinity.provider,
+                    "honoured": affinity.honoured,
+                    "reason": affinity.reason,
+                },
+            }
         )
 
     return [
@@ -167,7 +193,7 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         Route("/garage/v1/peers", peers, methods=["GET"]),
         Route("/garage/v1/models", models, methods=["GET"]),
         Route("/garage/v1/bans", bans, methods=["GET"]),
-        Route("/garage/v1/route", route, methods=["GET"]),
+        Route("/garage/v1/route", route, methods=["GET", "POST"]),
         Route("/garage/v1/ledger", ledger, methods=["GET"]),
         Route("/garage/v1/drain", drain, methods=["POST"]),
         Route("/garage/v1/resume", resume, methods=["POST"]),

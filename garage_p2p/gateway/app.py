@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..core.affinity import affinity_keys
 from ..core.continuation import FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
 from ..core.live_requests import LiveRequest
@@ -91,7 +92,8 @@ def sse_error(info: ErrorInfo) -> bytes:
 
 
 def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRequest:
-    """The routing constraints a client may set: ``x-garage-region``, ``x-garage-peer``."""
+    """The routing constraints a client may set (``x-garage-region``, ``x-garage-peer``) and the
+    request's affinity keys (core/affinity.py)."""
     region = request.headers.get("x-garage-region", "").strip().lower() or None
     pinned = request.headers.get("x-garage-peer", "").strip() or None
     if region is not None and not REGION.fullmatch(region):
@@ -102,7 +104,8 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
         raise invalid_request("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     expected = tokens if isinstance(tokens, int) and 0 < tokens <= 1_000_000 else DEFAULT_TOKENS
-    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
+    affinity = affinity_keys(model, body)  # the prefixes it shares with earlier requests
+    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned, affinity=affinity)
 
 
 def create_app(
