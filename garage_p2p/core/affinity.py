@@ -39,8 +39,11 @@ beyond, consumers agree within their shortlists only, and each still sticks by w
 **The bound** (``within_bound``): an affinity is honoured only if the provider is eligible and on
 the shortlist, its load (requests running and queued there, ours included) satisfies
 ``load + 1 ≤ ⌈(1 + EPSILON) × (total + 1) / n⌉`` over the n eligible providers scored (Mirrokni's
-capacity, the request itself counted: with nothing running anywhere the affinity holds, and a
-popular prefix fills its provider to 1 + EPSILON times the mean, then spills to the next), and its
+capacity, the request itself counted: a popular prefix fills its provider to 1 + EPSILON times the
+mean, then spills to the next) or ``load + 1 ≤ least + SLACK``: in a lightly loaded mesh the mean
+is under one request and the capacity alone would honour an affinity only on an idle provider,
+though one more stream there makes no hotspot (SGLang's router keeps its cache-aware choice under
+an absolute imbalance threshold in the same way); and its
 estimate is at most MAX_SLOWDOWN times the best provider's (a cache hit saves a prefill; a
 provider much slower overall, a weaker rig or one running more streams, loses more in decode than
 that). Otherwise the usual order (power of two choices) decides. EPSILON = 0.25 rather than
@@ -60,6 +63,9 @@ from typing import Any
 
 EPSILON = 0.25
 """How far over the mean load a provider may go and still keep its affinities."""
+SLACK = 2
+"""Requests over the least loaded provider's that a provider may reach and keep its affinities
+(with one more request), whatever the mean."""
 MAX_SLOWDOWN = 1.25
 """An affinity is not honoured when its provider's estimate is over this many times the best."""
 MAX_KEYS = 16_384
@@ -204,8 +210,12 @@ def rendezvous(anchor: str, peers: Iterable[str]) -> list[str]:
 
 
 def load_cap(loads: Sequence[float], epsilon: float = EPSILON) -> int:
-    """The bounded-load capacity with one more request: ⌈(1 + ε) × (total + 1) / n⌉."""
-    return math.ceil((1 + epsilon) * (sum(loads) + 1) / max(1, len(loads)))
+    """The load a provider may reach with one more request: the bounded-load capacity
+    ⌈(1 + ε) × (total + 1) / n⌉, or SLACK over the least loaded provider if that is more."""
+    if not loads:
+        return SLACK
+    bounded = math.ceil((1 + epsilon) * (sum(loads) + 1) / len(loads))
+    return max(bounded, math.floor(min(loads)) + SLACK)
 
 
 def within_bound(load: float, loads: Sequence[float], epsilon: float = EPSILON) -> bool:

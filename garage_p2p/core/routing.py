@@ -241,10 +241,11 @@ class Router:
     def succeeded(self, peer_id: str) -> None:
         self._failures.pop(peer_id, None)
 
-    def served(self, request: RouteRequest, peer_id: str, now: float) -> None:
-        """``peer_id`` answered ``request`` (its first event came): its cache holds the prefix."""
-        if request.affinity:
-            self.affinities.learn(request.affinity, peer_id, now)
+    def served(self, affinity: Affinity, peer_id: str, now: float) -> None:
+        """``peer_id`` answered a request of ``affinity`` (its first event came): its cache holds the
+        request's prefix."""
+        if affinity:
+            self.affinities.learn(affinity, peer_id, now)
 
     def started(self, peer_id: str) -> None:
         self.outstanding[peer_id] = self.outstanding.get(peer_id, 0) + 1

@@ -154,7 +154,7 @@ class Answer:
             await dispatcher.mesh.drop_relayed(command.provider)
         elif isinstance(command, Answering):
             dispatcher.router.succeeded(command.provider)
-            dispatcher.router.served(self._route, command.provider, time.time())
+            dispatcher.router.served(self._route.affinity, command.provider, time.time())
             if not command.first:
                 log.info("%s: continued at %s", self.head.request_id, command.provider)
         elif isinstance(command, Delivered):

@@ -100,10 +100,10 @@ def test_turns_of_a_conversation_stick_to_the_provider_that_served_it():
     for seed in range(20):
         router = Router(random.Random(seed))
         served = first(router, ads, turns[0])
-        router.served(turns[0], served, NOW)
+        router.served(turns[0].affinity, served, NOW)
         for later in turns[1:]:
             assert first(router, ads, later) == served
-            router.served(later, served, NOW)
+            router.served(later.affinity, served, NOW)
     # Without the keys the same draws scatter the turns.
     router = Router(random.Random(0))
     assert len({first(router, ads, replace(t, affinity=affinity_keys("m", {}))) for t in turns * 3}) > 1
@@ -119,7 +119,7 @@ def test_a_hot_prefix_spreads_once_its_provider_is_over_the_bound():
         request = chat(conversation(n, 1)[0])
         peer = first(router, ads, request)
         router.started(peer)
-        router.served(request, peer, NOW)
+        router.served(request.affinity, peer, NOW)
         placed[n] = peer
     loads = Counter(placed.values())
     assert len(loads) == 4 and max(loads.values()) <= 1.5 * 40 / 4, loads
@@ -143,7 +143,7 @@ def test_an_affinity_is_not_honoured_over_the_bound_or_for_a_banned_or_much_slow
     ads = [ad(i) for i in range(3)]
     router = Router(random.Random(0))
     turn1, turn2 = (chat(m) for m in conversation(1, 2))
-    router.served(turn1, ads[0].peer_id, NOW)
+    router.served(turn1.affinity, ads[0].peer_id, NOW)
     router.started(ads[0].peer_id)
     assert router.affinity(router.rank(ads[:2], turn2, {}, NOW), turn2, NOW).honoured  # 1 + 1 <= ⌈1.25 × 2 / 2⌉
     router.started(ads[0].peer_id)
@@ -152,14 +152,14 @@ def test_an_affinity_is_not_honoured_over_the_bound_or_for_a_banned_or_much_slow
     assert hot.reason == "over the load bound (2 + 1 > 2 of 2 providers)"
     router.finished(ads[0].peer_id)
     router.finished(ads[0].peer_id)
-    router.served(turn1, ads[0].peer_id, NOW)
+    router.served(turn1.affinity, ads[0].peer_id, NOW)
     router.failed(ads[0].peer_id, NOW)
     banned = router.affinity(router.rank(ads, turn2, {}, NOW), turn2, NOW)
     assert banned.provider == ads[0].peer_id and not banned.honoured and banned.reason == "not eligible"
     assert ads[0].peer_id not in [c.peer_id for c in router.choose(ads, turn2, {}, NOW)]
     slow = [ad(0, Benchmark(single_stream_tps=5, aggregate_tps=20, concurrency=8, ttft_p50_ms=50, measured_at=0))]
     router = Router(random.Random(0))
-    router.served(turn1, slow[0].peer_id, NOW)
+    router.served(turn1.affinity, slow[0].peer_id, NOW)
     choice = router.affinity(router.rank(slow + ads[1:], turn2, {}, NOW), turn2, NOW)
     assert not choice.honoured and choice.reason.startswith("too slow")
 
@@ -171,10 +171,10 @@ def test_the_shortlist_holds_the_learned_provider_and_the_hash_favourites():
         table.apply(a, NOW)
     turn1, turn2 = (chat(m) for m in conversation(1, 2))
     router = Router(random.Random(3))
-    router.served(turn1, ads[123].peer_id, NOW)
+    router.served(turn1.affinity, ads[123].peer_id, NOW)
     for seed in range(10):
         router = Router(random.Random(seed))
-        router.served(turn1, ads[123].peer_id, NOW)
+        router.served(turn1.affinity, ads[123].peer_id, NOW)
         listed = router.shortlist(table, turn2, NOW)
         assert ads[123] in listed and len(listed) <= SHORTLIST_MAX + 3
     # Two consumers with different draws put the anchor's favourite first.
