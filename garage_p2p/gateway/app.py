@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
-from ..core.affinity import affinity_keys
+from ..core.affinity import NO_AFFINITY, affinity_keys
 from ..core.continuation import FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
 from ..core.live_requests import LiveRequest
@@ -91,7 +91,7 @@ def sse_error(info: ErrorInfo) -> bytes:
     return b"data: " + dumps(error_body(info)) + b"\n\n"
 
 
-def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRequest:
+def route_request(request: Request, model: str, body: dict[str, Any], *, affinity: bool = True) -> RouteRequest:
     """The routing constraints a client may set (``x-garage-region``, ``x-garage-peer``) and the
     request's affinity keys (core/affinity.py)."""
     region = request.headers.get("x-garage-region", "").strip().lower() or None
@@ -104,8 +104,8 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
         raise invalid_request("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     expected = tokens if isinstance(tokens, int) and 0 < tokens <= 1_000_000 else DEFAULT_TOKENS
-    affinity = affinity_keys(model, body)  # the prefixes it shares with earlier requests
-    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned, affinity=affinity)
+    keys = affinity_keys(model, body) if affinity else NO_AFFINITY  # the prefixes it shares with earlier requests
+    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned, affinity=keys)
 
 
 def create_app(
@@ -115,6 +115,7 @@ def create_app(
     peer_id: str,
     max_body_bytes: int,
     request_timeout: float,
+    cache_affinity: bool = True,
     gate: Gatekeeper,
     metrics: Metrics | None = None,
     path_kind: Callable[[str], str | None] = lambda peer: None,
@@ -156,7 +157,7 @@ def create_app(
         try:
             body = await read_json_body(request, max_body_bytes)
             model = validate_body(path, body)
-            route = route_request(request, model, body)
+            route = route_request(request, model, body, affinity=cache_affinity)
         except BadRequest as exc:
             return refuse(exc.info)
         except ClientDisconnect:

@@ -15,7 +15,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,9 +42,16 @@ def default_tiny_model() -> Path:
 
 
 def vllm_cpu_command(
-    python: Path, model_dir: Path, served_name: str, host: str, port: int, dtype: str = "float32"
+    python: Path,
+    model_dir: Path,
+    served_name: str,
+    host: str,
+    port: int,
+    dtype: str = "float32",
+    max_model_len: int = 512,
+    extra: Sequence[str] = (),
 ) -> list[str]:
-    """Command line for the vLLM OpenAI server on the CPU."""
+    """Command line for the vLLM OpenAI server on the CPU (``extra``: more flags)."""
     return [
         str(python),
         # The `vllm` console script of the vllm-cpu distribution crashes (it looks up the
@@ -55,12 +62,13 @@ def vllm_cpu_command(
         "--host", host,
         "--port", str(port),
         "--dtype", dtype,
-        "--max-model-len", "512",
+        "--max-model-len", str(max_model_len),
         # No CUDA graphs / compilation on the CPU: eager start-up is much faster.
         "--enforce-eager",
         "--max-num-seqs", "32",
         # Without an explicit size the KV cache reserves 0.9 x total RAM.
         "--kv-cache-memory-bytes", "64M",
+        *extra,
     ]  # fmt: skip
 
 
@@ -173,6 +181,8 @@ def run_vllm_cpu(
     log_path: Path | None = None,
     ready_timeout: float = 300.0,
     dtype: str = "float32",
+    max_model_len: int = 512,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[VllmServer]:
     """Start a vLLM-CPU server, yield it once it serves, stop its whole process group on exit.
 
@@ -197,7 +207,7 @@ def run_vllm_cpu(
     base = f"http://{host}:{port}"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype),
+            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype, max_model_len, extra_args),
             env=vllm_cpu_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
