@@ -46,7 +46,9 @@ though one more stream there makes no hotspot (SGLang's router keeps its cache-a
 an absolute imbalance threshold in the same way); and its
 estimate is at most MAX_SLOWDOWN times the best provider's (a cache hit saves a prefill; a
 provider much slower overall, a weaker rig or one running more streams, loses more in decode than
-that). Otherwise the usual order (power of two choices) decides. EPSILON = 0.25 rather than
+that). Otherwise the request spills to the next provider in the anchor's hash order that passes
+(Mirrokni's placement: every consumer spills a hot prefix alike, and the spill's cache then holds
+it too); if none does, the usual order (power of two choices) decides. EPSILON = 0.25 rather than
 Mirrokni's ~0.5: with two providers the ceiling makes small counts lumpy; 0.25 keeps a hot prefix's
 provider within 1.45 × the mean load once six requests run at once (0.5 allows 1.7 ×).
 """
@@ -66,7 +68,7 @@ EPSILON = 0.25
 SLACK = 2
 """Requests over the least loaded provider's that a provider may reach and keep its affinities
 (with one more request), whatever the mean."""
-MAX_SLOWDOWN = 1.25
+MAX_SLOWDOWN = 1.5
 """An affinity is not honoured when its provider's estimate is over this many times the best."""
 MAX_KEYS = 16_384
 """Keys a consumer remembers (about 4,000 conversations: four keys each)."""

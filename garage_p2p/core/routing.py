@@ -37,8 +37,9 @@ The random draw keeps many consumers from herding onto the one provider that
 looks best in everyone's slightly stale table; the score keeps them off slow
 ones. A request with an affinity (``core.affinity``: it shares a prefix with
 earlier requests, which a provider's prefix cache holds) tries that provider
-first instead, while it is within the load bound (``Router.affinity``); the
-shortlist always includes it.
+first instead, while it is within the load bound, else spills to the next
+in its hash order within the bound (``Router.affinity``); the shortlist
+always includes it.
 
 A provider that fails before its first byte is banned with exponential
 backoff (1 s, 2 s, 4 s … one minute); a success clears it. A provider whose
@@ -150,10 +151,15 @@ class AffinityChoice:
     """The key that matched (learned), or None when the provider comes from the anchor's hash."""
     provider: str | None
     """The provider it prefers (None: the request has no key, or no provider to hash to)."""
-    honoured: bool
-    """True when ``provider`` is tried first."""
+    target: str | None
+    """The provider tried first: ``provider`` if honoured, else where it spills (None: the usual order)."""
     reason: str
     """Why it is or is not honoured."""
+
+    @property
+    def honoured(self) -> bool:
+        """True when ``provider`` is tried first."""
+        return self.provider is not None and self.target == self.provider
 
 
 class ProviderPool(Protocol):
@@ -407,12 +413,13 @@ class Router:
         return out
 
     def affinity(self, ranked: Sequence[Candidate], request: RouteRequest, now: float) -> AffinityChoice:
-        """The provider ``request``'s affinity asks for among ``ranked`` (eligible, best first) and
-        whether it is honoured: the one learned for its most specific known key, else the first in
-        the anchor's hash order within the bound (consistent hashing with bounded loads)."""
+        """The provider ``request``'s affinity asks for among ``ranked`` (best first) and where the
+        request goes first: the one learned for its most specific known key, else the anchor's hash
+        favourite, if it is within the bound; else the next in the anchor's hash order within the
+        bound (consistent hashing with bounded loads); else the usual order."""
         affinity = request.affinity
         if not affinity:
-            return AffinityChoice(None, None, False, "the request has no affinity key")
+            return AffinityChoice(None, None, None, "the request has no affinity key")
         eligible = {c.peer_id: c for c in ranked if c.eligible}
         loads = [c.load for c in eligible.values()]
         cap = load_cap(loads)
@@ -430,17 +437,23 @@ class Router:
             return ""
 
         known = self.affinities.known(affinity, now)
+        order = rendezvous(affinity.anchor, eligible) if affinity.anchor is not None else []
         if known is not None:
-            key, peer = known
-            why = refusal(peer)
-            return AffinityChoice(key, peer, not why, why or f"learned, within the bound ({cap})")
-        if affinity.anchor is None or not eligible:
-            return AffinityChoice(None, None, False, "no provider learned for its keys")
-        order = rendezvous(affinity.anchor, eligible)
-        for peer in order:
-            if not refusal(peer):
-                return AffinityChoice(None, peer, True, f"hashed, within the bound ({cap})")
-        return AffinityChoice(None, order[0], False, f"hashed: {refusal(order[0])}")
+            key, wanted = known
+        elif order:
+            key, wanted = None, order[0]
+        else:
+            return AffinityChoice(None, None, None, "no provider learned for its keys, none to hash to")
+        why = refusal(wanted)
+        if not why:
+            how = "learned" if key is not None else "hashed"
+            return AffinityChoice(key, wanted, wanted, f"{how}, within the bound ({cap})")
+        # Spill as consistent hashing with bounded loads does: to the next provider in the anchor's
+        # hash order within the bound, the same for every consumer (its cache then holds it too).
+        spill = next((peer for peer in order if peer != wanted and not refusal(peer)), None)
+        if spill is None:
+            return AffinityChoice(key, wanted, None, why)
+        return AffinityChoice(key, wanted, spill, f"{why}; spilled to {spill[-8:]}, next in hash order")
 
     def rank(
         self,
@@ -466,11 +479,9 @@ class Router:
         if len(ranked) < 2:
             return ranked
         if request.affinity:
-            choice = self.affinity(ranked, request, now)
-            if choice.honoured:
-                return [c for c in ranked if c.peer_id == choice.provider] + [
-                    c for c in ranked if c.peer_id != choice.provider
-                ]
+            target = self.affinity(ranked, request, now).target
+            if target is not None:
+                return [c for c in ranked if c.peer_id == target] + [c for c in ranked if c.peer_id != target]
         a, b = self._rng.sample(ranked, 2)
         first = b if b.estimate < a.estimate else a  # a tie goes to the random draw
         return [first] + [c for c in ranked if c is not first]

@@ -183,6 +183,7 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
                     "matched": affinity.key.label if affinity.key is not None else None,
                     "provider": affinity.provider,
                     "honoured": affinity.honoured,
+                    "target": affinity.target,
                     "reason": affinity.reason,
                 },
             }
