@@ -16,8 +16,10 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -220,3 +222,22 @@ def run_vllm_cpu(
         yield VllmServer(base_url=f"{base}/v1", port=port, pid=proc.pid, log_path=log_path)
     finally:
         _stop_group(proc)
+
+
+@contextlib.contextmanager
+def run_vllm_cpus(count: int, *, log_dir: Path, **kwargs: Any) -> Iterator[list[VllmServer]]:
+    """``count`` servers (``run_vllm_cpu``'s arguments, logs ``log_dir/vllm-<i>.log``) started at
+    once: start-up is mostly three processes importing torch, which overlap; stopped on exit."""
+    with contextlib.ExitStack() as stack:
+        managers = [run_vllm_cpu(log_path=log_dir / f"vllm-{i}.log", **kwargs) for i in range(count)]
+        with ThreadPoolExecutor(count) as pool:
+            futures = [pool.submit(m.__enter__) for m in managers]
+        failure: BaseException | None = None
+        for manager, future in zip(managers, futures, strict=True):
+            if future.exception() is None:
+                stack.push(manager)  # its __exit__ stops it
+            else:
+                failure = failure or future.exception()
+        if failure is not None:
+            raise failure
+        yield [f.result() for f in futures]
