@@ -423,17 +423,20 @@ class Router:
         eligible = {c.peer_id: c for c in ranked if c.eligible}
         loads = [c.load for c in eligible.values()]
         cap = load_cap(loads)
-        best = min((c.estimate for c in eligible.values()), default=0.0)
+        # Decode time only: the prefill a cache hit saves is in the TTFT term, and a provider's
+        # delivered TTFT swings with its cache (a miss prefills the whole prompt).
+        best = min((c.parts.get("generate", 0.0) for c in eligible.values()), default=0.0)
 
-        def refusal(peer: str) -> str:
+        def refusal(peer: str, best: float = best) -> str:
             c = eligible.get(peer)
             if c is None:
                 listed = any(r.peer_id == peer for r in ranked)
                 return "not eligible" if listed else "not eligible or no longer known (banned, out of region, gone)"
             if c.load + 1 > cap:
                 return f"over the load bound ({c.load:g} + 1 > {cap} of {len(loads)} providers)"
-            if c.estimate > MAX_SLOWDOWN * best:
-                return f"too slow ({c.estimate:.2f} s > {MAX_SLOWDOWN:g} × the best {best:.2f} s)"
+            generate = c.parts.get("generate", 0.0)
+            if generate > MAX_SLOWDOWN * best:
+                return f"too slow (decodes in {generate:.2f} s > {MAX_SLOWDOWN:g} × the best {best:.2f} s)"
             return ""
 
         known = self.affinities.known(affinity, now)
@@ -450,7 +453,10 @@ class Router:
             return AffinityChoice(key, wanted, wanted, f"{how}, within the bound ({cap})")
         # Spill as consistent hashing with bounded loads does: to the next provider in the anchor's
         # hash order within the bound, the same for every consumer (its cache then holds it too).
-        spill = next((peer for peer in order if peer != wanted and not refusal(peer)), None)
+        # A spill target is judged against the provider it relieves, not the best: the router believes
+        # a provider it used little near its pessimistic prior, and an overloaded one must shed load.
+        relieved = eligible[wanted].parts.get("generate", 0.0) if wanted in eligible else best
+        spill = next((p for p in order if p != wanted and not refusal(p, max(best, relieved))), None)
         if spill is None:
             return AffinityChoice(key, wanted, None, why)
         return AffinityChoice(key, wanted, spill, f"{why}; spilled to {spill[-8:]}, next in hash order")
