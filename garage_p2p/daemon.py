@@ -736,6 +736,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             peer_id=identity.peer_id,
             max_body_bytes=settings.max_body_bytes,
             request_timeout=settings.request_timeout,
+            cache_affinity=settings.cache_affinity,
             gate=gate,
             metrics=metrics,
             path_kind=paths.connection_kind,

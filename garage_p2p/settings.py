@@ -75,6 +75,8 @@ class Settings(BaseModel):
     """Share of the answers this peer receives that it re-verifies on another provider of the model, off the
     request path (0: none). The default refutes a provider serving another model within its first 200
     temperature-0 answers with 99 % probability (docs/verification.md)."""
+    cache_affinity: bool = True
+    """Route requests that share a prefix to the provider whose cache holds it (core/affinity.py)."""
     dht_mode: Literal["auto", "server", "client"] = "auto"
     """Kademlia role: servers hold records; peers behind NAT should be clients."""
     region: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]{0,63}$")

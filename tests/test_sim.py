@@ -391,3 +391,22 @@ def test_a_busy_reply_tells_the_consumers_router_the_providers_live_load(monkeyp
     )
     World(crowded, 2).run()
     assert busy_observed and all(n == 1 for n in busy_observed)
+
+
+def test_turns_of_a_conversation_stay_with_their_provider_through_the_cores_affinity():
+    """The workload's conversations carry affinity keys; the core's router keeps a conversation's
+    turns where the previous one was answered, while that provider is within its load bound."""
+    talky = scenario(
+        sim={"duration_s": 240, "drain_s": 100},
+        peers={"gpus": {"RTX 4070": 1}, "relay_share": 0.0},
+        network={"cities": {"Stockholm": 1}, "public": 1.0, "cone": 0.0, "symmetric": 0.0},
+        churn={"provider_online": [1.0], "consumer_online": [1.0]},
+        load={"requests_per_consumer_hour": 120, "conversation_turns": 6},
+        events=[],
+    )
+    summary = summarize(World(talky, 3).run())
+    assert summary["requests"]["success_rate"] == 1.0
+    counters = summary["counters"]
+    kept = counters["conversation_turns_kept"] / counters["conversation_turns"]
+    print(f"{counters['conversation_turns']} later turns, {kept:.0%} kept their provider")
+    assert counters["conversation_turns"] > 100 and kept >= 0.8  # 3 % without the affinity

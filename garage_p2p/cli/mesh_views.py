@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
 
-from .client import ApiOption, JsonOption, get, print_json, print_table
-from .common import HomeOption
+from .client import ApiOption, JsonOption, call, get, print_json, print_table
+from .common import HomeOption, fail
 
 
 def _short(peer_id: str) -> str:
@@ -153,26 +154,49 @@ def route(
     region: str | None = typer.Option(None, "--region", help="As the x-garage-region header."),
     peer: str | None = typer.Option(None, "--peer", help="As the x-garage-peer header."),
     path: str = typer.Option("/v1/chat/completions", "--path", help="The endpoint path, e.g. /v1/embeddings."),
+    request: Path | None = typer.Option(
+        None, "--request", help="A chat or completions request body (JSON): show its cache affinity."
+    ),
     home: Path | None = HomeOption,
     api: str | None = ApiOption,
     json_output: bool = JsonOption,
 ) -> None:
-    """How this peer would route a request: every provider with its score."""
-    data = get(
-        api,
-        home,
-        "/garage/v1/route",
-        {"model": model, "tokens": tokens, "region": region or "", "peer": peer or "", "path": path},
-    )
+    """How this peer would route a request: every provider with its score, and the affinity."""
+    params = {"model": model, "tokens": tokens, "region": region or "", "peer": peer or "", "path": path}
+    if request is None:
+        data = get(api, home, "/garage/v1/route", params)
+    else:
+        try:
+            body = json.loads(request.read_text())
+        except (OSError, ValueError) as exc:
+            fail(f"cannot read the request body {request}: {exc}")
+        data = call("POST", api, home, "/garage/v1/route", params, body=body)
     if json_output:
         return print_json(data)
     rows = []
     for c in data["candidates"]:
         parts = " ".join(f"{k}={v:.3f}" for k, v in c["parts"].items() if v)
         rows.append(
-            [_short(c["peer_id"]), f"{c['estimate_s']:.3f} s", "yes" if c["eligible"] else f"no: {c['reason']}", parts]
+            [
+                _short(c["peer_id"]),
+                f"{c['estimate_s']:.3f} s",
+                f"{c['load']:g}",
+                "yes" if c["eligible"] else f"no: {c['reason']}",
+                parts,
+            ]
         )
     if not rows:
         typer.echo(f"no provider of {model} is known")
         return
-    print_table(["PROVIDER", "ESTIMATE", "ELIGIBLE", "TERMS"], rows)
+    print_table(["PROVIDER", "ESTIMATE", "LOAD", "ELIGIBLE", "TERMS"], rows)
+    affinity = data["affinity"]
+    if not affinity["keys"]:
+        typer.echo("affinity: none (give --request BODY.json to see a request's)")
+        return
+    wanted = _short(affinity["provider"]) if affinity["provider"] else "none"
+    matched = f"key {affinity['matched']}" if affinity["matched"] else "no key learned, hashed"
+    verdict = "honoured" if affinity["honoured"] else "not honoured"
+    typer.echo(f"affinity: {matched} → {wanted}, {verdict}: {affinity['reason']}")
+    keys = affinity["keys"]
+    shown = ", ".join(keys[:4]) + (f", … ({len(keys)} in all)" if len(keys) > 4 else "")
+    typer.echo(f"  keys looked up, most specific first: {shown}")

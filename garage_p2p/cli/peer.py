@@ -124,6 +124,11 @@ def main_command(
     spot_check_rate: float | None = typer.Option(
         None, "--spot-check-rate", help="Share of received answers re-verified on another provider (0: none)."
     ),
+    cache_affinity: bool | None = typer.Option(
+        None,
+        "--cache-affinity/--no-cache-affinity",
+        help="Send requests that share a prefix to the provider that cached it (default on).",
+    ),
 ) -> None:
     """Run the Garage P2P peer daemon in the foreground."""
     from ..settings import SettingsError, load_settings, parse_backend
@@ -156,6 +161,7 @@ def main_command(
                 "runtime_port": runtime_port,
                 "podman_socket": podman_socket,
                 "spot_check_rate": spot_check_rate,
+                "cache_affinity": cache_affinity,
             }
         )
     except SettingsError as exc:

@@ -35,7 +35,11 @@ The order to try: power of two choices (two eligible providers of the
 shortlist drawn at random, the better one first), then the rest best first.
 The random draw keeps many consumers from herding onto the one provider that
 looks best in everyone's slightly stale table; the score keeps them off slow
-ones.
+ones. A request with an affinity (``core.affinity``: it shares a prefix with
+earlier requests, which a provider's prefix cache holds) tries that provider
+first instead, while it is within the load bound, else spills to the next
+in its hash order within the bound (``Router.affinity``); the shortlist
+always includes it.
 
 A provider that fails before its first byte is banned with exponential
 backoff (1 s, 2 s, 4 s … one minute); a success clears it. A provider whose
@@ -49,9 +53,20 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import chain, islice
 from typing import Protocol
 
+from .affinity import (
+    HASH_SCAN_MAX,
+    HASH_SHORTLIST,
+    MAX_SLOWDOWN,
+    NO_AFFINITY,
+    Affinity,
+    AffinityBook,
+    AffinityKey,
+    load_cap,
+    rendezvous,
+)
 from .capabilities import CapabilityAd, Load, ModelOffer
 from .delivery import Claim, Delivery, DeliveryBook
 from .endpoints import CHAT
@@ -99,6 +114,8 @@ class RouteRequest:
     """Only this provider."""
     path: str = CHAT
     """The endpoint path: only providers advertising it for the model (``ModelOffer.serves``)."""
+    affinity: Affinity = NO_AFFINITY
+    """The prefixes it shares with earlier requests (``core.affinity.affinity_keys``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +142,27 @@ class Candidate:
     """Why it is not eligible."""
     parts: Mapping[str, float] = field(default_factory=dict)
     """The estimate's terms, for ``garage route``."""
+    load: float = 0.0
+    """Requests running and queued there, ours included (the affinity's load bound)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AffinityChoice:
+    """What the request's affinity asked for and whether routing honoured it (``garage route``)."""
+
+    key: AffinityKey | None
+    """The key that matched (learned), or None when the provider comes from the anchor's hash."""
+    provider: str | None
+    """The provider it prefers (None: the request has no key, or no provider to hash to)."""
+    target: str | None
+    """The provider tried first: ``provider`` if honoured, else where it spills (None: the usual order)."""
+    reason: str
+    """Why it is or is not honoured."""
+
+    @property
+    def honoured(self) -> bool:
+        """True when ``provider`` is tried first."""
+        return self.provider is not None and self.target == self.provider
 
 
 class ProviderPool(Protocol):
@@ -188,6 +226,8 @@ class Router:
         """Requests we have running at each provider."""
         self.delivery = DeliveryBook()
         """What each provider delivered to us, per model (``delivered``)."""
+        self.affinities = AffinityBook()
+        """Which provider served each prefix last (``served``)."""
 
     # -- bookkeeping ------------------------------------------------------------
 
@@ -209,6 +249,12 @@ class Router:
 
     def succeeded(self, peer_id: str) -> None:
         self._failures.pop(peer_id, None)
+
+    def served(self, affinity: Affinity, peer_id: str, now: float) -> None:
+        """``peer_id`` answered a request of ``affinity`` (its first event came): its cache holds the
+        request's prefix."""
+        if affinity:
+            self.affinities.learn(affinity, peer_id, now)
 
     def started(self, peer_id: str) -> None:
         self.outstanding[peer_id] = self.outstanding.get(peer_id, 0) + 1
@@ -312,7 +358,7 @@ class Router:
             reason = f"region {ad.region or 'unset'} is not {request.region}"
         elif self.banned_until(peer) > now:
             reason = f"banned for {self.banned_until(peer) - now:.1f} s after {self.failures(peer)} failures"
-        return Candidate(peer, estimate, not reason, reason, parts)
+        return Candidate(peer, estimate, not reason, reason, parts, busy)
 
     def shortlist(
         self, pool: ProviderPool, request: RouteRequest, now: float, also: Sequence[CapabilityAd] = ()
@@ -338,11 +384,11 @@ class Router:
         if pinned is not None:
             ad = picked.get(pinned) or pool.live_ad(pinned, now)
             return [ad] if ad is not None and eligible(ad) else []
-        for peer_id in self.recent(model, now):
+        members = pool.serving(model, request.region)
+        for peer_id in chain(self._affine(request, members, now), self.recent(model, now)):
             ad = pool.live_ad(peer_id, now)
             if ad is not None and eligible(ad):
                 picked.setdefault(peer_id, ad)
-        members = pool.serving(model, request.region)
         drawn: set[str] = set()
         sampled = 0
         for _ in range(DRAW_ROUNDS):
@@ -361,6 +407,66 @@ class Router:
                     if sampled >= SAMPLE_SIZE:
                         break
         return list(picked.values())
+
+    def _affine(self, request: RouteRequest, members: IndexedSet, now: float) -> list[str]:
+        """The providers ``request``'s affinity prefers, for the shortlist: the one learned, and the
+        anchor's hash favourites when the model has at most HASH_SCAN_MAX providers."""
+        if not request.affinity:
+            return []
+        known = self.affinities.known(request.affinity, now)
+        out = [known[1]] if known is not None else []
+        if request.affinity.anchor is not None and len(members) <= HASH_SCAN_MAX:
+            out += rendezvous(request.affinity.anchor, members)[:HASH_SHORTLIST]
+        return out
+
+    def affinity(self, ranked: Sequence[Candidate], request: RouteRequest, now: float) -> AffinityChoice:
+        """The provider ``request``'s affinity asks for among ``ranked`` (best first) and where the
+        request goes first: the one learned for its most specific known key, else the anchor's hash
+        favourite, if it is within the bound; else the next in the anchor's hash order within the
+        bound (consistent hashing with bounded loads); else the usual order."""
+        affinity = request.affinity
+        if not affinity:
+            return AffinityChoice(None, None, None, "the request has no affinity key")
+        eligible = {c.peer_id: c for c in ranked if c.eligible}
+        loads = [c.load for c in eligible.values()]
+        cap = load_cap(loads)
+        # Decode time only: the prefill a cache hit saves is in the TTFT term, and a provider's
+        # delivered TTFT swings with its cache (a miss prefills the whole prompt).
+        best = min((c.parts.get("generate", 0.0) for c in eligible.values()), default=0.0)
+
+        def refusal(peer: str, best: float = best) -> str:
+            c = eligible.get(peer)
+            if c is None:
+                listed = any(r.peer_id == peer for r in ranked)
+                return "not eligible" if listed else "not eligible or no longer known (banned, out of region, gone)"
+            if c.load + 1 > cap:
+                return f"over the load bound ({c.load:g} + 1 > {cap} of {len(loads)} providers)"
+            generate = c.parts.get("generate", 0.0)
+            if generate > MAX_SLOWDOWN * best:
+                return f"too slow (decodes in {generate:.2f} s > {MAX_SLOWDOWN:g} × the best {best:.2f} s)"
+            return ""
+
+        known = self.affinities.known(affinity, now)
+        order = rendezvous(affinity.anchor, eligible) if affinity.anchor is not None else []
+        if known is not None:
+            key, wanted = known
+        elif order:
+            key, wanted = None, order[0]
+        else:
+            return AffinityChoice(None, None, None, "no provider learned for its keys, none to hash to")
+        why = refusal(wanted)
+        if not why:
+            how = "learned" if key is not None else "hashed"
+            return AffinityChoice(key, wanted, wanted, f"{how}, within the bound ({cap})")
+        # Spill as consistent hashing with bounded loads does: to the next provider in the anchor's
+        # hash order within the bound, the same for every consumer (its cache then holds it too).
+        # A spill target is judged against the provider it relieves, not the best: the router believes
+        # a provider it used little near its pessimistic prior, and an overloaded one must shed load.
+        relieved = eligible[wanted].parts.get("generate", 0.0) if wanted in eligible else best
+        spill = next((p for p in order if p != wanted and not refusal(p, max(best, relieved))), None)
+        if spill is None:
+            return AffinityChoice(key, wanted, None, why)
+        return AffinityChoice(key, wanted, spill, f"{why}; spilled to {spill[-8:]}, next in hash order")
 
     def rank(
         self,
@@ -385,6 +491,10 @@ class Router:
         ranked = [c for c in self.rank(ads, request, paths, now) if c.eligible]
         if len(ranked) < 2:
             return ranked
+        if request.affinity:
+            target = self.affinity(ranked, request, now).target
+            if target is not None:
+                return [c for c in ranked if c.peer_id == target] + [c for c in ranked if c.peer_id != target]
         a, b = self._rng.sample(ranked, 2)
         first = b if b.estimate < a.estimate else a  # a tie goes to the random draw
         return [first] + [c for c in ranked if c is not first]

@@ -13,11 +13,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ..core.affinity import affinity_keys
 from ..core.capabilities import CapabilityAd
 from ..core.endpoints import CHAT, ENDPOINT_PATHS
 from ..core.messages import error_body, error_info
 from ..core.routing import DEFAULT_TOKENS, Router, RouteRequest
+from .bodies import BadRequest, read_json_body
 from .dispatch import Dispatcher
+
+ROUTE_BODY_LIMIT = 4 * 1024 * 1024
+"""A request body ``garage route --request`` may send (the endpoint's default limit)."""
 
 
 class AdminSource(Protocol):
@@ -136,12 +141,19 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         return JSONResponse(source.runtime.view())
 
     async def route(request: Request) -> Response:
+        """How a request would be routed; POST the client's request body to see its affinity too."""
         model = request.query_params.get("model")
         if not model:
             info = error_info(
                 400, "route needs ?model=NAME", type="invalid_request_error", param="model", code="missing_model"
             )
             return JSONResponse(error_body(info), status_code=400)
+        body: dict[str, Any] = {}
+        if request.method == "POST":
+            try:
+                body = await read_json_body(request, ROUTE_BODY_LIMIT)
+            except BadRequest as exc:
+                return JSONResponse(error_body(exc.info), status_code=exc.info.status)
         tokens = request.query_params.get("tokens", "")
         path = request.query_params.get("path") or CHAT
         if path not in ENDPOINT_PATHS:
@@ -155,7 +167,9 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
             region=request.query_params.get("region") or None,
             pinned_peer=request.query_params.get("peer") or None,
             path=path,
+            affinity=affinity_keys(model, body),
         )
+        ranked, affinity = dispatcher.explain(route_request)
         candidates = [
             {
                 "peer_id": c.peer_id,
@@ -163,11 +177,24 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
                 "eligible": c.eligible,
                 "reason": c.reason,
                 "parts": dict(c.parts),
+                "load": c.load,
             }
-            for c in dispatcher.explain(route_request)
+            for c in ranked
         ]
         return JSONResponse(
-            {"model": model, "expected_tokens": route_request.expected_tokens, "candidates": candidates}
+            {
+                "model": model,
+                "expected_tokens": route_request.expected_tokens,
+                "candidates": candidates,
+                "affinity": {
+                    "keys": [k.label for k in route_request.affinity.keys],
+                    "matched": affinity.key.label if affinity.key is not None else None,
+                    "provider": affinity.provider,
+                    "honoured": affinity.honoured,
+                    "target": affinity.target,
+                    "reason": affinity.reason,
+                },
+            }
         )
 
     return [
@@ -175,7 +202,7 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         Route("/garage/v1/peers", peers, methods=["GET"]),
         Route("/garage/v1/models", models, methods=["GET"]),
         Route("/garage/v1/bans", bans, methods=["GET"]),
-        Route("/garage/v1/route", route, methods=["GET"]),
+        Route("/garage/v1/route", route, methods=["GET", "POST"]),
         Route("/garage/v1/ledger", ledger, methods=["GET"]),
         Route("/garage/v1/drain", drain, methods=["POST"]),
         Route("/garage/v1/resume", resume, methods=["POST"]),

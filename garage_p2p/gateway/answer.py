@@ -161,6 +161,7 @@ class Answer:
             await dispatcher.mesh.drop_relayed(command.provider)
         elif isinstance(command, Answering):
             dispatcher.router.succeeded(command.provider)
+            dispatcher.router.served(self._route.affinity, command.provider, time.time())
             if not command.first:
                 log.info("%s: continued at %s", self.head.request_id, command.provider)
         elif isinstance(command, Delivered):
@@ -177,6 +178,11 @@ class Answer:
         policy = self.policy
         self._attempt = command.attempt
         self.exchange = None
+        router = self._dispatcher.router
+        # Counted from the choice, not once the dial is done: requests routed meanwhile (a burst)
+        # see it, which the affinity's load bound needs; the exchange's close uncounts it.
+        router.started(command.provider)
+        opened = False
         try:
             exchange = await self._dispatcher.open(
                 command.provider,
@@ -185,11 +191,14 @@ class Answer:
                 self._route.model,
                 policy.end,
             )
+            opened = True
         except DialError as exc:
             log.info("provider %s unreachable: %s", command.provider, exc)
             policy.open_failed(command.attempt, str(exc), trio.current_time())
             return
-        self._dispatcher.router.started(command.provider)
+        finally:
+            if not opened:
+                router.finished(command.provider)
         self.exchange = exchange
         policy.opened(command.attempt, trio.current_time(), self._dispatcher.mesh.relay_deadline(command.provider))
 

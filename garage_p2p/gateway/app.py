@@ -29,6 +29,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..core.affinity import NO_AFFINITY, affinity_keys
 from ..core.continuation import CHAT, FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
 from ..core.endpoints import GENERATION_PATHS
@@ -94,8 +95,11 @@ def sse_error(info: ErrorInfo) -> bytes:
     return b"data: " + dumps(error_body(info)) + b"\n\n"
 
 
-def route_request(request: Request, model: str, body: dict[str, Any], path: str = CHAT) -> RouteRequest:
-    """The routing constraints a client may set: ``x-garage-region``, ``x-garage-peer``."""
+def route_request(
+    request: Request, model: str, body: dict[str, Any], path: str = CHAT, *, affinity: bool = True
+) -> RouteRequest:
+    """The routing constraints a client may set (``x-garage-region``, ``x-garage-peer``) and the
+    request's affinity keys (core/affinity.py; chat and completions: the paths with a prefix cache)."""
     region = request.headers.get("x-garage-region", "").strip().lower() or None
     pinned = request.headers.get("x-garage-peer", "").strip() or None
     if region is not None and not REGION.fullmatch(region):
@@ -106,7 +110,11 @@ def route_request(request: Request, model: str, body: dict[str, Any], path: str 
         raise invalid_request("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     expected = tokens if isinstance(tokens, int) and 0 < tokens <= 1_000_000 else DEFAULT_TOKENS
-    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned, path=path)
+    # The prefixes it shares with earlier requests.
+    keys = affinity_keys(model, body) if affinity and path in GENERATION_PATHS else NO_AFFINITY
+    return RouteRequest(
+        model=model, expected_tokens=expected, region=region, pinned_peer=pinned, path=path, affinity=keys
+    )
 
 
 def create_app(
@@ -116,6 +124,7 @@ def create_app(
     peer_id: str,
     max_body_bytes: int,
     request_timeout: float,
+    cache_affinity: bool = True,
     gate: Gatekeeper,
     metrics: Metrics | None = None,
     path_kind: Callable[[str], str | None] = lambda peer: None,
@@ -162,7 +171,7 @@ def create_app(
             else:  # the client's bytes go as they are; the mesh reads only the model (and stream)
                 body, raw = await read_raw_request(request, path, max_body_bytes)
                 model = body["model"]
-            route = route_request(request, model, body, path)
+            route = route_request(request, model, body, path, affinity=cache_affinity)
         except BadRequest as exc:
             return refuse(exc.info)
         except ClientDisconnect:

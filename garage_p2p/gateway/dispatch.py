@@ -26,7 +26,7 @@ from ..core.delivery import Delivery
 from ..core.endpoints import GENERATION_PATHS
 from ..core.exchange import head_frame
 from ..core.messages import PROTOCOL_OPENAI, EndInfo, Load, RequestHead
-from ..core.routing import Candidate, PathInfo, Router, RouteRequest
+from ..core.routing import AffinityChoice, Candidate, PathInfo, Router, RouteRequest
 from ..ledger.cosign import Seen
 from ..mesh.host import Mesh
 from ..provider.service import ProviderService
@@ -129,10 +129,13 @@ class Dispatcher:
         ads = self.router.shortlist(self.table, request, time.time(), also=(self._own_ad(),))
         return [ad for ad in ads if not self.refuted(ad.peer_id)]
 
-    def explain(self, request: RouteRequest) -> list[Candidate]:
-        """Every provider of the model with its score (``garage route``)."""
+    def explain(self, request: RouteRequest) -> tuple[list[Candidate], AffinityChoice]:
+        """Every provider of the model with its score, and what the request's affinity asks for
+        (``garage route``)."""
         ads = self.provider_ads(request.model)
-        return self.router.rank(ads, request, self.paths(ads), time.time())
+        now = time.time()
+        ranked = self.router.rank(ads, request, self.paths(ads), now)
+        return ranked, self.router.affinity(ranked, request, now)
 
     async def route(self, request: RouteRequest) -> Routed:
         """The ranked providers for ``request`` (asking the DHT once if nobody is known to serve it)."""

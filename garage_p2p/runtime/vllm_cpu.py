@@ -15,9 +15,11 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,9 +50,10 @@ def vllm_cpu_command(
     host: str,
     port: int,
     dtype: str = "float32",
-    extra_args: tuple[str, ...] = (),
+    max_model_len: int = 512,
+    extra_args: Sequence[str] = (),
 ) -> list[str]:
-    """Command line for the vLLM OpenAI server on the CPU."""
+    """Command line for the vLLM OpenAI server on the CPU (``extra_args``: more flags, after ours)."""
     return [
         str(python),
         # The `vllm` console script of the vllm-cpu distribution crashes (it looks up the
@@ -61,7 +64,7 @@ def vllm_cpu_command(
         "--host", host,
         "--port", str(port),
         "--dtype", dtype,
-        "--max-model-len", "512",
+        "--max-model-len", str(max_model_len),
         # No CUDA graphs / compilation on the CPU: eager start-up is much faster.
         "--enforce-eager",
         "--max-num-seqs", "32",
@@ -180,7 +183,8 @@ def run_vllm_cpu(
     log_path: Path | None = None,
     ready_timeout: float = 300.0,
     dtype: str = "float32",
-    extra_args: tuple[str, ...] = (),
+    max_model_len: int = 512,
+    extra_args: Sequence[str] = (),
 ) -> Iterator[VllmServer]:
     """Start a vLLM-CPU server, yield it once it serves, stop its whole process group on exit.
 
@@ -206,7 +210,7 @@ def run_vllm_cpu(
     base = f"http://{host}:{port}"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype, extra_args),
+            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype, max_model_len, extra_args),
             env=vllm_cpu_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
@@ -219,3 +223,22 @@ def run_vllm_cpu(
         yield VllmServer(base_url=f"{base}/v1", port=port, pid=proc.pid, log_path=log_path)
     finally:
         _stop_group(proc)
+
+
+@contextlib.contextmanager
+def run_vllm_cpus(count: int, *, log_dir: Path, **kwargs: Any) -> Iterator[list[VllmServer]]:
+    """``count`` servers (``run_vllm_cpu``'s arguments, logs ``log_dir/vllm-<i>.log``) started at
+    once: start-up is mostly three processes importing torch, which overlap; stopped on exit."""
+    with contextlib.ExitStack() as stack:
+        managers = [run_vllm_cpu(log_path=log_dir / f"vllm-{i}.log", **kwargs) for i in range(count)]
+        with ThreadPoolExecutor(count) as pool:
+            futures = [pool.submit(m.__enter__) for m in managers]
+        failure: BaseException | None = None
+        for manager, future in zip(managers, futures, strict=True):
+            if future.exception() is None:
+                stack.push(manager)  # its __exit__ stops it
+            else:
+                failure = failure or future.exception()
+        if failure is not None:
+            raise failure
+        yield [f.result() for f in futures]

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.ad_schedule import AdSchedule
 from ..core.admission import Admission
+from ..core.affinity import NO_AFFINITY, Affinity
 from ..core.capabilities import CapabilityAd, PeerTable, TableCursor
 from ..core.deadlines import FirstByteHistory
 from ..core.gpu_meter import GpuMeter
@@ -26,6 +27,7 @@ from ..core.sync_partner import SyncPartner
 from .hardware import GpuKind
 from .metrics import ProviderRecord, RequestRecord
 from .provider import SharedGpu
+from .workload import Conversation
 
 PROVIDER, CONSUMER, RELAY = "provider", "consumer", "relay"
 
@@ -76,6 +78,10 @@ class Flight:
     prompt_tokens: int
     policy: RequestPolicy
     """The request's policy: attempts, deadlines, bans, failover, errors."""
+    affinity: Affinity = NO_AFFINITY
+    """Its conversation's affinity key (``core.affinity``), if it continues or starts one."""
+    conversation: Conversation | None = None
+    """The conversation it is a turn of (``load.conversation_turns``)."""
     looked_up: bool = False
     done: bool = False
     timer_at: float | None = None

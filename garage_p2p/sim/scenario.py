@@ -113,6 +113,9 @@ class LoadSection(_Section):
     """Each request's deadline."""
     failover: bool = True
     """Whether a provider lost mid-answer is replaced (false: every client sends ``x-garage-failover: off``)."""
+    conversation_turns: float = Field(default=1.0, ge=1, le=1000)
+    """Mean requests per conversation: a consumer's request continues its conversation (same model,
+    same affinity key, as cache-aware routing sees it) with probability 1 − 1 / turns."""
 
 
 class Event(_Section):

@@ -35,6 +35,42 @@ def draw_ask(rng: random.Random, scenario: Scenario) -> Ask:
     return Ask(model, max(1, min(load.max_tokens_max, tokens)), max(1, prompt), rng.random() < load.stream_share)
 
 
+@dataclass(slots=True)
+class Conversation:
+    """A consumer's conversation: its turns share a prefix (an affinity key) and a model."""
+
+    id: str
+    """Names it (the affinity key cache-aware routing sees)."""
+    model: str
+    """Every turn's model."""
+    turns: int = 1
+    """Requests so far."""
+    last: str | None = None
+    """The provider that answered its latest turn."""
+
+
+class Conversations:
+    """Each consumer's current conversation: a request continues it with probability 1 − 1 / turns
+    (``load.conversation_turns``); with 1 (the default) requests are unrelated and draw nothing."""
+
+    def __init__(self, rng: random.Random, turns: float) -> None:
+        self._rng = rng
+        self._continue = 1 - 1 / turns
+        self._current: dict[str, Conversation] = {}
+
+    def turn(self, consumer: str, request_id: str, model: str) -> Conversation | None:
+        """The conversation ``consumer``'s request belongs to (a new one named ``request_id`` for
+        ``model``), or None when conversations are off."""
+        if self._continue <= 0:
+            return None
+        held = self._current.get(consumer)
+        if held is not None and self._rng.random() < self._continue:
+            held.turns += 1
+            return held
+        held = self._current[consumer] = Conversation(request_id, model)
+        return held
+
+
 def rate_factor(scenario: Scenario, t: float) -> float:
     """The flash crowds' multiplier of the request rate at ``t``."""
     factor = 1.0

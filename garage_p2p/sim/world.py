@@ -29,11 +29,13 @@ from per-message costs measured on real hosts. Ads follow ``core.ad_schedule``
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 
 from ..core.ad_schedule import AdSchedule
 from ..core.admission import Admission, Outcome
+from ..core.affinity import conversation_affinity
 from ..core.capabilities import (
     MAX_AD_BYTES,
     MAX_TABLE_BYTES,
@@ -103,7 +105,7 @@ from .network import CONE, PUBLIC, SYMMETRIC, Place, Topology
 from .peers import CONSUMER, PROVIDER, RELAY, Conn, Flight, SimPeer, region_of
 from .provider import SharedGpu
 from .scenario import Scenario
-from .workload import draw_ask, peak_factor, rate_factor
+from .workload import Conversation, Conversations, draw_ask, peak_factor, rate_factor
 
 EPOCH = 1_800_000_000.0
 """Unix time of the simulation's start (ads and receipts carry wall-clock times)."""
@@ -179,6 +181,7 @@ class World:
         self.jobs = JobsNet(self)
         self._request_rng = stream(seed, "requests")
         self._ask_rng = stream(seed, "asks")
+        self._conversations = Conversations(stream(seed, "conversations"), scenario.load.conversation_turns)
         self._churn_rng = stream(seed, "churn")
         self._next_request_id = 0
         self._next_key = 0
@@ -995,6 +998,9 @@ class World:
         ask = draw_ask(self._ask_rng, self.scenario)
         self._next_request_id += 1
         rid = self._next_request_id
+        conversation = self._conversations.turn(consumer.peer_id, f"sim-{rid}", ask.model)
+        if conversation is not None:
+            ask = replace(ask, model=conversation.model)
         record = RequestRecord(rid, consumer.peer_id, ask.model, now, ask.max_tokens, ask.stream)
         self.obs.requests.append(record)
         request_id = f"sim-{rid}"
@@ -1017,6 +1023,9 @@ class World:
             first_bytes=consumer.first_bytes,
         )
         flight = Flight(record, consumer.idx, request_id, ask.prompt_tokens, policy)
+        if conversation is not None:
+            flight.affinity = conversation_affinity(conversation.model, conversation.id)
+            flight.conversation = conversation
         consumer.in_flight += 1
         self._drive(flight)
 
@@ -1039,6 +1048,9 @@ class World:
                         consumer.conns.pop(self.by_id[command.provider].idx, None)
                 elif isinstance(command, Answering):
                     consumer.router.succeeded(command.provider)
+                    consumer.router.served(flight.affinity, command.provider, EPOCH + self.engine.now)
+                    if command.first and flight.conversation is not None:
+                        self._turn_answered(flight.conversation, command.provider)
                 elif isinstance(command, Delivered):
                     at = EPOCH + self.engine.now
                     entry = consumer.table.get(command.provider, at)
@@ -1075,7 +1087,8 @@ class World:
         now = self.engine.now
         model = flight.record.model
         self._catch_up(consumer, model)
-        request = RouteRequest(model, expected_tokens=command.expected_tokens or flight.record.max_tokens)
+        tokens = command.expected_tokens or flight.record.max_tokens
+        request = RouteRequest(model, expected_tokens=tokens, affinity=flight.affinity)
         ads = consumer.router.shortlist(consumer.table, request, EPOCH + now)
         if not ads and not flight.looked_up and not consumer.table.serving(model):
             # Nobody known: ask the DHT once (dispatch.py), then fetch the found peers' ads.
@@ -1088,6 +1101,15 @@ class World:
         candidates = consumer.router.choose(ads, request, paths, EPOCH + now)
         known = [] if candidates else ads or [e.ad for e in consumer.table.providers(model, EPOCH + now)]
         flight.policy.routed(candidates, known, request, now)
+
+    def _turn_answered(self, conversation: Conversation, provider: str) -> None:
+        """Count the later turns of conversations and those answered where the previous one was
+        (cache-aware routing keeps them there while the provider is within its load bound)."""
+        if conversation.last is not None:
+            self.counters["conversation_turns"] = self.counters.get("conversation_turns", 0) + 1
+            kept = self.counters.get("conversation_turns_kept", 0)
+            self.counters["conversation_turns_kept"] = kept + (provider == conversation.last)
+        conversation.last = provider
 
     def _looked_up(self, flight: Flight, command: Route) -> None:
         if flight.done:
