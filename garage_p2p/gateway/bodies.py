@@ -7,7 +7,7 @@ from typing import Any
 
 from starlette.requests import Request
 
-from ..core.messages import ErrorInfo, error_info
+from ..core.messages import ErrorInfo, error_info, vllm_error
 
 
 class BadRequest(Exception):
@@ -19,7 +19,21 @@ class BadRequest(Exception):
 def invalid_request(
     message: str, *, param: str | None = None, code: str = "invalid_request", status: int = 400
 ) -> BadRequest:
-    return BadRequest(error_info(status, message, type="invalid_request_error", param=param, code=code))
+    return BadRequest(error_info(status, message, param=param, code=code))
+
+
+def vllm_refusal(message: str, *, param: str | None = None) -> BadRequest:
+    """A body refused as vLLM's request validation refuses it (type ``Bad Request``, the
+    parameter as ``body.<field>``, the integer code), so that a client sees one dialect."""
+    return BadRequest(vllm_error(400, f"1 validation error:\n  {message}", type="Bad Request", param=param))
+
+
+def check_json_content_type(request: Request) -> None:
+    """vLLM takes only ``application/json`` bodies (a body sent as text/plain or with no content
+    type is refused, not guessed at): so does the endpoint."""
+    media_type = request.headers.get("content-type", "").lower().split(";", maxsplit=1)[0].strip()
+    if media_type != "application/json":
+        raise vllm_refusal("Unsupported Media Type: Only 'application/json' is allowed")
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -36,12 +50,14 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         chunks.append(chunk)
     try:
         body = json.loads(b"".join(chunks))
+    except json.JSONDecodeError as exc:
+        raise vllm_refusal(f"JSON decode error at body.{exc.pos}: {exc.msg}", param=f"body.{exc.pos}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise vllm_refusal(f"JSON decode error: {exc}", param="body") from None
     except RecursionError:
         raise invalid_request(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise invalid_request("request body must be a JSON object", code="invalid_json")
+        raise vllm_refusal("Input should be a valid dictionary or object to extract fields from", param="body")
     # What a provider will take: the body travels in a request frame that the far
     # side parses with a depth limit and that must encode as UTF-8. Refused here,
     # the client gets a 400; sent, the provider would blame the honest peer.
