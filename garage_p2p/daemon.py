@@ -128,6 +128,7 @@ class Peer:
                     max_concurrency=self.provider.max_concurrency,
                     benchmark=self.benchmarks.get(backend.name),
                     load=self.provider.live_load(backend.name),
+                    card=backend.card,
                 )
             )
         return tuple(offers)

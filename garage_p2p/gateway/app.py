@@ -27,6 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from .. import __version__
+from ..core.capabilities import ModelCard, ModelOffer
 from ..core.continuation import FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
 from ..core.live_requests import LiveRequest
@@ -44,7 +45,7 @@ from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
 from .answer import Answer
 from .auth import Gatekeeper, Refused, browser_refusal
-from .bodies import BadRequest, invalid_request, read_json_body
+from .bodies import BadRequest, check_json_content_type, invalid_request, read_json_body, vllm_refusal
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher
 from .jobs_api import job_routes
@@ -70,19 +71,52 @@ def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JS
 
 
 def validate_body(path: str, body: dict[str, Any]) -> str:
-    """Check the fields the mesh needs; the backend validates the rest. Returns the model."""
+    """Check the fields the mesh needs (the model to route by, whether to stream), refused as vLLM
+    refuses them; the backend validates the rest (``messages``, ``prompt`` …) and its answer
+    reaches the client unchanged. Returns the model."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
-        raise invalid_request("you must provide a model parameter", param="model", code="missing_model")
-    if path == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise invalid_request("messages must be a non-empty array", param="messages", code="missing_messages")
-    elif "prompt" not in body:
-        raise invalid_request("you must provide a prompt parameter", param="prompt", code="missing_prompt")
+        # vLLM would serve its only model; a mesh has many.
+        raise vllm_refusal("Input should be a valid string naming the model", param="body.model")
     if "stream" in body and not isinstance(body["stream"], bool):
-        raise invalid_request("stream must be a boolean", param="stream")
+        raise vllm_refusal("Input should be a valid boolean", param="body.stream")
     return model
+
+
+def model_entry(name: str, offers: list[tuple[str, ModelOffer]], created: int) -> dict[str, Any]:
+    """A model of ``/v1/models`` as its backend lists it (vLLM's ``ModelCard``), with the peers
+    that serve it (``providers``, the mesh's field). The card is the first provider's that has
+    one (this peer's own first); ``max_model_len`` the smallest any provider takes, so that a
+    prompt sized to it fits wherever it is sent."""
+    card = next((offer.card for _, offer in offers if offer.card is not None), None) or ModelCard()
+    lengths = [offer.context_length for _, offer in offers if offer.context_length is not None]
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": card.owned_by or "vllm",
+        "root": card.root,
+        "parent": card.parent,
+        "max_model_len": min(lengths) if lengths else None,
+        # vLLM's permission object is fixed (vLLM offers no way to change it): not worth an ad's bytes.
+        "permission": [{**MODEL_PERMISSION, "id": f"modelperm-{uuid.uuid4().hex[:16]}", "created": created}],
+        "providers": [peer for peer, _ in offers],
+    }
+
+
+MODEL_PERMISSION = {
+    "object": "model_permission",
+    "allow_create_engine": False,
+    "allow_sampling": True,
+    "allow_logprobs": True,
+    "allow_search_indices": False,
+    "allow_view": True,
+    "allow_fine_tuning": False,
+    "organization": "*",
+    "group": None,
+    "is_blocking": False,
+}
+"""vLLM 0.32's ``ModelPermission`` of every model (its ``id`` and ``created`` are drawn per answer)."""
 
 
 def sse_error(info: ErrorInfo) -> bytes:
@@ -151,6 +185,7 @@ def create_app(
             return refuse(exc.info)
         path = request.url.path
         try:
+            check_json_content_type(request)
             body = await read_json_body(request, max_body_bytes)
             model = validate_body(path, body)
             route = route_request(request, model, body)
@@ -257,11 +292,12 @@ def create_app(
         )
 
     async def list_models(request: Request) -> Response:
+        offers: dict[str, list[tuple[str, ModelOffer]]] = {}
+        for ad in dispatcher.provider_ads():
+            for offer in ad.models:
+                offers.setdefault(offer.name, []).append((ad.peer_id, offer))
         created = int(time.time())
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "garage-mesh", "providers": peers}
-            for name, peers in sorted(dispatcher.known_models().items())
-        ]
+        data = [model_entry(name, offers[name], created) for name in sorted(offers)]
         return JSONResponse({"object": "list", "data": data})
 
     async def prometheus(request: Request) -> Response:
@@ -279,16 +315,13 @@ def create_app(
             error_info(
                 exc.status_code,
                 f"{request.method} {request.url.path}: {exc.detail}",
-                type="invalid_request_error",
                 code=code,
             )
         )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s", request.url.path)
-        return error_response(
-            error_info(500, "internal error in the garage peer", type="server_error", code="internal_error")
-        )
+        return error_response(error_info(500, "internal error in the garage peer", code="internal_error"))
 
     def gated(endpoint):
         """The endpoint's access rules for every route but /health and the dashboard's shell.
@@ -365,7 +398,6 @@ class HeaderLimits:
                 info = error_info(
                     431,
                     f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes",
-                    type="invalid_request_error",
                     code="headers_too_large",
                 )
                 await error_response(info, {"connection": "close"})(scope, receive, send)

@@ -6,6 +6,9 @@ import logging
 from dataclasses import dataclass, field
 
 import httpx
+from pydantic import ValidationError
+
+from ..core.capabilities import ModelCard
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +25,8 @@ class Backend:
     """The model id the backend itself expects (found from its /models)."""
     context_length: int | None = None
     """The backend's max_model_len, if it reports one."""
+    card: ModelCard | None = None
+    """The rest of the backend's ``/v1/models`` entry that clients read (advertised with the model)."""
     gpus: int = 1
     """Devices the model occupies (a CPU-only backend counts as one); receipts bill GPU time by it."""
     managed: bool = False
@@ -62,8 +67,22 @@ class Backend:
         self.backend_model = chosen.get("id")
         length = chosen.get("max_model_len")
         self.context_length = length if isinstance(length, int) and length > 0 else None
+        self.card = model_card(chosen)
         if not self.healthy:
             log.info("backend %s ready at %s (model %s)", self.name, self.base_url, self.backend_model)
         self.healthy = True
         self.failures = 0
         return True
+
+
+def model_card(entry: dict) -> ModelCard:
+    """The advertised card of a backend's ``/v1/models`` entry: each field that is a string within
+    its limit (``ModelCard``), the others left out."""
+    fields = {}
+    for name in ModelCard.model_fields:
+        try:
+            ModelCard(**{name: entry.get(name)})
+        except ValidationError:
+            continue
+        fields[name] = entry.get(name)
+    return ModelCard(**fields)
