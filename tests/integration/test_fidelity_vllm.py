@@ -359,7 +359,7 @@ def test_the_openai_client_sees_the_same_objects(pair):
     assert chat[0] == chat[1]
     text = dumped(lambda c: c.completions.create(**TEXT).model_dump())
     assert text[0] == text[1]
-    chunks = dumped(lambda c: [x.model_dump() for x in c.chat.completions.create(**CHAT, stream=True)])
+    chunks = dumped(lambda c: fold([x.model_dump() for x in c.chat.completions.create(**CHAT, stream=True)]))
     assert chunks[0] == chunks[1]
 
     def refused(client: openai.OpenAI, **body) -> tuple[type, Any, Any, Any]:
