@@ -77,7 +77,7 @@ def test_text_completion(line_mesh, client):
 def test_bad_requests_get_openai_errors(line_mesh, client):
     with pytest.raises(openai.NotFoundError) as exc:
         client.chat.completions.create(model="no-such-model", messages=MESSAGES)
-    assert (exc.value.code, exc.value.type) == (404, "NotFoundError")
+    assert (exc.value.body["code"], exc.value.type) == (404, "NotFoundError")  # as vLLM answers it
     url = line_mesh.c.api_url + "/chat/completions"
     r = httpx.post(url, content=b"{oops", headers={"content-type": "application/json"})
     assert r.status_code == 400 and r.json()["error"]["param"] == "body.1"
