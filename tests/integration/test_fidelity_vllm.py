@@ -11,7 +11,9 @@ are diffed. Before the diff, ``normalise`` removes only what legitimately differ
 - the difference between a ``null`` and an absent field: OpenAI clients read both as None, and a
   non-streamed answer that may fail over is built by the mesh from the stream
   (docs/protocol.md), which cannot know which null fields a vLLM version writes;
-- the order of an object's keys (JSON objects are unordered), and an error's ``message`` (prose).
+- the order of an object's keys (JSON objects are unordered), and an error's ``message`` (prose);
+- where a stream's chunks begin and end (``fold``): vLLM sends one token per chunk, or several
+  when its reader lags, so two streams of vLLM itself differ there.
 
 Everything else must be equal: text, token counts, finish and stop reasons, logprobs, tool
 calls, ``system_fingerprint``, the model name, the error's status, ``type``, ``param`` and
