@@ -377,7 +377,7 @@ class Transcript:
             self.finish_reason = parsed.finish
             self.stop_reason = parsed.choice.get("stop_reason")
         out = self._forward(parsed)
-        if parsed.finish is not None and not self.plan.client_usage:
+        if parsed.finish is not None and self.plan.client_stream and not self.plan.client_usage:
             self.held.extend(out)
             return []
         return out
