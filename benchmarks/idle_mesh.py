@@ -10,7 +10,10 @@ namespace it makes, with only a loopback (root; the multicast stays in it); ``--
 the host's loopback without it. The script prints, side by side with the targets:
 
 - the time from the first process start to the last peer ready (``--start-timeout``: past it,
-  the peers still starting are killed and the rest measured);
+  the peers still starting are killed and the rest measured), and the CPU-seconds all daemons had
+  used by then, per daemon (a start's own and what it made the others do: unlike the wall time,
+  it holds on a machine other work shares), with the start that CPU alone would take on the
+  machine's idle cores. Each tree is byte-compiled first, as an installed package is;
 - after ``--settle`` seconds, over ``--measure`` seconds: CPU per daemon (utime + stime from
   /proc/PID/stat), every ``garage_*_total`` counter of /metrics that moved (messages per second
   per peer), bytes sent + received per second per peer on daemon-to-daemon connections (``ss
@@ -60,6 +63,7 @@ from tools.netns import netns_available, private_loopback  # noqa: E402
 from tools.testkit import (  # noqa: E402
     REPO,
     Socket,
+    compile_tree,
     daemon_sockets,
     free_port,
     percentile,
@@ -97,6 +101,9 @@ class Column:
     """Time to ready of the first peer, alone (one daemon's start on this machine, now)."""
     start_s: float | None = None
     """First process start to the last peer ready; None when the start timeout passed first."""
+    start_cpu_s: float = 0.0
+    """CPU-seconds the ready daemons had used when the last became ready, per daemon: a start's own
+    and what it made the others do, as wall time on a shared machine is not."""
     cpu_mean_pct: float = 0.0
     """Idle CPU per daemon over the window, mean, in % of one core."""
     cpu_max_pct: float = 0.0
@@ -334,11 +341,13 @@ def provider_trials(
 def run_column(name: str, tree: Path, n: int, root: Path, args: argparse.Namespace) -> Column:
     col = Column(tree=name, peers=n)
     rng = random.Random(args.seed)
+    compile_tree(tree)
     with fleet() as started:
         peers, col.start_s, col.first_ready_s = start_mesh(
             n, tree, root, rng, args.start_concurrency, args.start_timeout, args.mdns, started
         )
         col.ready = len(peers)
+        col.start_cpu_s = sum(proc_cpu_s(p.process.pid) for p in peers) / max(1, len(peers))
         print(f"{name}: {len(peers)} of {n} peers ready; settling and measuring", file=sys.stderr, flush=True)
         if len(peers) >= 2:
             measure_idle(col, peers, args.settle, args.measure)
@@ -376,6 +385,8 @@ def rows(col: Column, timeout: float, listed_timeout: float) -> dict[str, str]:
         "peers": str(col.ready),
         "first peer alone: ready (s)": f"{col.first_ready_s:.1f}",
         "start them all (s)": start,
+        "  CPU-s per daemon by then, all daemons'": f"{col.start_cpu_s:.2f}",
+        f"  start them all on {os.cpu_count()} idle cores ≈ (s)": f"{col.start_cpu_s * col.ready / os.cpu_count():.1f}",
         "idle CPU per daemon, mean (% core)": f"{col.cpu_mean_pct:.2f}" + mark(col.cpu_mean_pct <= TARGET_CPU_MEAN_PCT),
         "idle CPU per daemon, max (% core)": f"{col.cpu_max_pct:.2f}" + mark(col.cpu_max_pct <= TARGET_CPU_MAX_PCT),
     }

@@ -4,7 +4,9 @@ One process: a submitter peer and N provider peers (real libp2p hosts on
 127.0.0.1). Each provider fronts a StandInBackend that behaves like a small
 GPU: a fixed 20 ms per token and at most 4 requests in its batch (more wait),
 so the providers, not this machine's two cores, are the limit. The job is the
-same each time: LINES lines of 16 tokens each, in shards of SHARD lines.
+same each time: LINES lines of 16 tokens each, in shards of SHARD lines. Each
+run also prints the CPU seconds this process used and the machine's load: on a
+shared machine, a run whose peers were starved of CPU is slow for that reason.
 
     .venv/bin/python benchmarks/jobs.py [--lines 240] [--shard 10]
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -73,7 +76,7 @@ async def run(providers: int, lines: int, shard: int) -> dict:
                     await trio.sleep(0.1)
             base = submitter.api_url.removesuffix("/v1")
             async with httpx.AsyncClient(timeout=60) as client:
-                start = time.monotonic()
+                start, cpu = time.monotonic(), time.process_time()
                 job = (
                     await client.post(base + "/garage/v1/jobs", json={"input": batch(lines), "shard_size": shard})
                 ).json()
@@ -84,10 +87,16 @@ async def run(providers: int, lines: int, shard: int) -> dict:
                         if status["status"] != "running":
                             break
                         await trio.sleep(0.1)
-                elapsed = time.monotonic() - start
+                elapsed, cpu = time.monotonic() - start, time.process_time() - cpu
             if status["status"] != "completed" or status["succeeded"] != lines:
                 raise SystemExit(f"the job did not complete: {status}")
-            result = {"seconds": elapsed, "lines_per_s": lines / elapsed, "tokens_per_s": lines * TOKENS / elapsed}
+            result = {
+                "seconds": elapsed,
+                "lines_per_s": lines / elapsed,
+                "tokens_per_s": lines * TOKENS / elapsed,
+                "cpu_s": cpu,
+                "load": os.getloadavg()[0],
+            }
             nursery.cancel_scope.cancel()
     return result
 
@@ -112,7 +121,8 @@ def main() -> None:
         r = results[n]
         print(
             f"  {n} provider{'s' if n > 1 else ' '}: {r['seconds']:6.1f} s  {r['lines_per_s']:6.1f} lines/s  "
-            f"{r['tokens_per_s']:7.0f} tok/s  speed-up x{r['lines_per_s'] / results[1]['lines_per_s']:.2f}",
+            f"{r['tokens_per_s']:7.0f} tok/s  speed-up x{r['lines_per_s'] / results[1]['lines_per_s']:.2f}  "
+            f"({r['cpu_s']:.1f} CPU-s, load {r['load']:.1f})",
             flush=True,
         )
 

@@ -56,19 +56,23 @@ def wait_http(url: str, timeout: float = 120.0) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-async def latency_round_robin(urls: dict[str, str], n: int) -> dict[str, list[float]]:
+async def latency_round_robin(
+    urls: dict[str, str], n: int, path: str = "/chat/completions", body: dict = BODY
+) -> dict[str, list[float]]:
     out: dict[str, list[float]] = {k: [] for k in urls}
     async with httpx.AsyncClient(timeout=30, headers=HEADERS) as client:
         for _ in range(n):
             for name, url in urls.items():
                 t = time.perf_counter()
-                r = await client.post(url + "/chat/completions", json=BODY)
+                r = await client.post(url + path, json=body)
                 out[name].append(time.perf_counter() - t)
                 assert r.status_code == 200, r.text
     return out
 
 
-async def throughput(url: str, total: int, concurrency: int) -> float:
+async def throughput(
+    url: str, total: int, concurrency: int, path: str = "/chat/completions", body: dict = BODY
+) -> float:
     done = 0
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=HEADERS) as client:
@@ -77,7 +81,7 @@ async def throughput(url: str, total: int, concurrency: int) -> float:
             nonlocal done
             while done < total:
                 done += 1
-                r = await client.post(url + "/chat/completions", json=BODY)
+                r = await client.post(url + path, json=body)
                 assert r.status_code == 200, r.text
 
         t = time.perf_counter()

@@ -45,6 +45,7 @@ from .gateway.auth import Gatekeeper, is_loopback
 from .gateway.dispatch import Dispatcher
 from .gateway.metrics import MeshSnapshot, Metrics
 from .gateway.spot_checks import SpotChecks
+from .jobs.batches import BatchService
 from .jobs.submitter import JobManager
 from .jobs.worker import JobWorker
 from .ledger.book import Ledger
@@ -107,6 +108,8 @@ class Peer:
     spot_checks: SpotChecks | None = None
     jobs: JobManager | None = None
     job_worker: JobWorker | None = None
+    batches: BatchService | None = None
+    """The Batch API (``/v1/files``, ``/v1/batches``) over ``jobs``."""
     api_url: str = ""
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
@@ -128,6 +131,7 @@ class Peer:
                     max_concurrency=self.provider.max_concurrency,
                     benchmark=self.benchmarks.get(backend.name),
                     load=self.provider.live_load(backend.name),
+                    paths=backend.paths,
                     card=backend.card,
                 )
             )
@@ -308,9 +312,9 @@ async def _probe_backends(peer: Peer, client: httpx.AsyncClient, *, task_status=
         for backend in backends.values():
             if backend.managed:
                 continue
-            was = (backend.healthy, backend.backend_model)
+            was = (backend.healthy, backend.backend_model, backend.paths)
             await backend.probe(client)
-            changed |= was != (backend.healthy, backend.backend_model)
+            changed |= was != (backend.healthy, backend.backend_model, backend.paths)
         if changed:
             peer.caps.republish_soon()
         if first:
@@ -645,10 +649,10 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
             caps.latest_ad,
             lambda: [n for n, b in backends.items() if b.healthy],
             dht_mode="client" if settings.dht_mode == "client" else "server",
-            on_peer_addrs=known.note,
+            on_ad=partial(_heard_ad, known, mesh),
             on_new_connection=caps.republish_soon,
         )
-        caps.on_ad = partial(_heard_ad, known, mesh)
+        caps.on_ad = discovery.on_ad  # an ad is news the same way from gossip and from a table sync
         paths = PathTracker(mesh)
         cosigner = Cosigner(identity, ledger, lambda peer: _gpus_of(table, peer) or 1)
         ledger_sync = LedgerSync(mesh, ledger, lambda peer_id: _addrs_of(table, peer_id))
@@ -721,6 +725,8 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         peer.job_worker = JobWorker(mesh, provider, ledger, lambda peer_id: _addrs_of(table, peer_id))
         await nursery.start(peer.jobs.serve)
         await nursery.start(peer.job_worker.serve)
+        peer.batches = BatchService(peer.jobs, settings.home)
+        await nursery.start(peer.batches.serve)
         if backends:
             nursery.start_soon(_watch_load, peer, client)
         nursery.start_soon(_rejoin_known_peers, peer, known)

@@ -12,8 +12,8 @@ import trio.testing
 
 from garage_p2p.core.deadlines import FIRST_BYTE_MIN, FirstByteHistory
 from garage_p2p.core.delivery import Delivery
-from garage_p2p.core.exchange import ResponseData, ResponseEnd, ResponseEvent
-from garage_p2p.core.messages import EndInfo, RequestHead, Usage
+from garage_p2p.core.exchange import ResponseData, ResponseEnd, ResponseEvent, ResponseFailed
+from garage_p2p.core.messages import EndInfo, RequestHead, Usage, error_info
 from garage_p2p.core.request_policy import RequestPolicy
 from garage_p2p.core.routing import Candidate, Router, RouteRequest
 from garage_p2p.gateway.answer import Answer
@@ -124,6 +124,30 @@ async def test_an_answer_whose_first_event_ends_it_is_an_answer(autojump_clock: 
         finish = await answer.run(_nothing)
         assert finish.error is None and finish.body == b""
         assert answer.usage == END.info.usage
+
+
+async def test_a_round_of_busy_providers_waits_their_retry_after_on_the_clock_then_a_fresh_round_answers(
+    autojump_clock: trio.testing.MockClock,
+):
+    busy = error_info(429, "busy", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=2.0)
+    scripts: dict[str, Callable[[], list[ResponseEvent | None]]] = {
+        name: lambda: [ResponseFailed(busy)] for name in ("b1", "b2", "b3")
+    }
+    scripts["good"] = lambda: [ResponseData(b"x"), END]
+    async with trio.open_nursery() as nursery:
+        fake = FakeDispatcher(nursery, scripts)
+        answer = Answer(fake, RouteRequest("tiny"), policy(stream=True))  # type: ignore[arg-type]
+        started = trio.current_time()
+        assert await answer.start() is None  # no attempt open during the wait: the adapter sleeps
+        assert answer.providers == ["good"] and len(fake.opened) == 4
+        assert 2.0 <= trio.current_time() - started < 3.0
+        got: list[bytes] = []
+
+        async def emit(data: bytes) -> None:
+            got.append(data)
+
+        finish = await answer.run(emit)
+        assert finish.error is None and got == [b"x"]
 
 
 async def _nothing(data: bytes) -> None:

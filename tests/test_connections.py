@@ -17,9 +17,12 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import pytest
 import trio
 import trio.testing
+from libp2p.discovery.events.peerDiscovery import peerDiscovery
 from libp2p.network.exceptions import SwarmException
 from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo
 from libp2p.rcmgr import Direction
+from multiaddr import Multiaddr
 
 from garage_p2p.core.capabilities import make_ad, sign_ad
 from garage_p2p.core.identity import Identity
@@ -312,3 +315,40 @@ async def test_a_joiner_seeds_its_dht_table_from_the_ads_and_does_not_refresh_at
                 await a.discovery.dht_joined.wait()
             assert a.discovery.dht.routing_table.size() >= discovery.DHT_FULL_TABLE
             assert a.discovery.dht_refreshes == 0
+
+
+async def test_a_burst_of_mdns_finds_is_dialled_only_up_to_the_connection_target(monkeypatch):
+    """A LAN answers a joining peer's first mDNS query at once. Counted only once connected, every
+    find of that burst was dialled (a 20-daemon LAN became a full mesh at every join); the dials
+    under way count now."""
+    monkeypatch.setattr(mesh_host, "CONNECTION_TARGET", 3)
+    async with AsyncExitStack() as stack:
+        a, *others = [
+            await stack.enter_async_context(open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK)) for _ in range(7)
+        ]
+        dialled: list[str] = []
+        under_way: set[str] = set()
+        connect = a.connect
+
+        async def counted_connect(peer_id: str, addrs, *args) -> None:
+            dialled.append(peer_id)
+            under_way.add(peer_id)
+            try:
+                await connect(peer_id, addrs, *args)
+            finally:
+                under_way.discard(peer_id)
+
+        monkeypatch.setattr(a, "connect", counted_connect)
+        finds = [PeerInfo(ID.from_base58(o.peer_id), [Multiaddr(o.addrs()[0])]) for o in others]
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(mesh_host._connect_mdns_finds, a)
+            await trio.testing.wait_all_tasks_blocked()  # it listens for finds
+
+            def lan_answers() -> None:  # zeroconf's thread reports each find
+                for find in finds:
+                    peerDiscovery.emit_peer_discovered(find)
+
+            await trio.to_thread.run_sync(lan_answers)
+            await wait_for(lambda: dialled and not under_way)
+            nursery.cancel_scope.cancel()
+        assert len(dialled) == 3 and len(a.connected_peers()) == 3

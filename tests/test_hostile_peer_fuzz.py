@@ -287,6 +287,17 @@ def openai_garbage(rng: random.Random) -> list[tuple[str, bytes]]:
         ("END before the head", encode_frame(FrameType.END, b"{}")),
         ("a ledger frame on the openai protocol", encode_frame(FrameType.LEDGER_REQUEST, b'{"op":"heads"}')),
         (
+            "a raw body longer than its HEAD announced",
+            encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/tokenize","body":{},"timeout":1,"body_bytes":2}')
+            + encode_frame(FrameType.DATA, b"abc"),
+        ),
+        (
+            "a raw body announced over the limit",
+            encode_frame(
+                FrameType.HEAD, b'{"request_id":"x","path":"/tokenize","body":{},"timeout":1,"body_bytes":60000000}'
+            ),
+        ),
+        (
             "HEAD for a path we do not serve",
             encode_frame(FrameType.HEAD, b'{"request_id":"x","path":"/etc/passwd","body":{},"timeout":1}'),
         ),

@@ -216,3 +216,31 @@ async def test_a_submitter_without_models_has_heartbeats_while_its_job_runs(tmp_
         assert r.status_code == 201, r.text
         await wait_for(lambda: caps.published > published, 10)
         assert caps.schedule.heartbeat and submitter.jobs.running()
+
+
+async def test_a_provider_claims_its_next_shard_before_the_current_one_ends(tmp_path, http):
+    async with AsyncExitStack() as stack:
+        submitter = await stack.enter_async_context(running_peer(tmp_path / "s"))
+        url = await stack.enter_async_context(standin_backend(token_delay=0.05))
+        provider = await stack.enter_async_context(
+            running_peer(tmp_path / "p", backends={"tiny": url}, bootstrap=first_addr(submitter))
+        )
+        await wait_for_model(submitter, "tiny")
+        r = await http.post(
+            submitter.api_url.removesuffix("/v1") + "/garage/v1/jobs", json={"input": batch(40), "shard_size": 6}
+        )
+        job = submitter.jobs.jobs[r.json()["id"]]
+        mine = provider.identity.peer_id
+
+        def two_leases() -> bool:  # the current shard's tail and the next shard, at once
+            return sum(lease.provider == mine for lease in job.state.leases.values()) == 2
+
+        await wait_for(two_leases, timeout=30, interval=0.01)
+
+        async def finished():
+            return (await job_status(http, submitter, job.row.id))["status"] == "completed"
+
+        await wait_for(finished, timeout=60, interval=0.2)
+        assert sorted(r["custom_id"] for r in await output(http, submitter, job.row.id)) == sorted(
+            f"req-{i}" for i in range(40)
+        )

@@ -131,8 +131,10 @@ async def test_errors_are_openai_error_objects(tmp_path, http, openai_schema):
 
 
 async def test_busy_provider_answers_429_with_retry_after(tmp_path, http):
-    # The second request waits in the provider's line for 2 s (QUEUE_WAIT), then gets 429.
-    async with standin_backend(first_token_delay=3.0) as backend:
+    # The second request waits in the provider's line for 2 s (QUEUE_WAIT) and gets 429; the policy's
+    # fresh rounds (after the 1 s retry_after) find the provider still busy or still banned, all
+    # within ~6 s, while the first holds the only slot for 8 (4 tokens, 2 s apart): the client gets the 429.
+    async with standin_backend(token_delay=2.0) as backend:
         async with running_peer(tmp_path / "a", backends={"tiny": backend}, max_concurrency=1) as a:
             async with running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c:
                 await wait_for_model(c, "tiny")
@@ -331,3 +333,25 @@ async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed
             assert c.discovery._cursors[h_id] == before  # the last answer held nothing new: only h's own ad
             await h.caps.withdraw()
             await wait_for(lambda: "tiny" not in c.dispatcher.known_models(), 5)
+
+
+async def test_a_provider_learned_from_a_table_sync_is_watched_closely_like_one_heard_by_gossip(tmp_path):
+    """An ad that is news reaches the same hook (known peers, liveness) whether gossip or a table sync
+    brought it: a provider found only through a table sync is a route, so its connection is pinged at
+    the close pace at once."""
+    async with standin_backend() as url, running_peer(tmp_path / "p", backends={"tiny": url}) as p:
+        async with running_peer(tmp_path / "c", bootstrap=first_addr(p)) as c:
+            await wait_for_model(c, "tiny")
+            heard: list[str] = []
+            hook = c.discovery.on_ad
+            assert hook is not None and c.caps.on_ad is hook
+
+            def spy(ad) -> None:
+                heard.append(ad.peer_id)
+                hook(ad)
+
+            c.discovery.on_ad = spy
+            wire = c.table.entries(time.time())[0].wire  # p's ad as c holds it
+            c.table.forget(p.identity.peer_id)
+            assert c.discovery._apply(wire, p.identity.peer_id, []) == 1  # a table page's ad, news again
+            assert heard == [p.identity.peer_id]

@@ -85,8 +85,37 @@ def make_observations(shift: float = 0.0) -> Observations:
             attempts=1,
             tokens=50,
         ),  # no first byte time
-        req(4, "c2", "m", 200, 50, True, ended=203.0, status=503, code="provider_busy", provider="p2", attempts=3),
-        req(5, "c1", "m", 320, 50, True, ended=440.0, status=504, code="deadline_exceeded", provider="p3", attempts=1),
+        req(
+            4,
+            "c2",
+            "m",
+            200,
+            50,
+            True,
+            ended=203.0,
+            status=503,
+            code="provider_busy",
+            provider="p2",
+            attempts=3,
+            tried=["p1 online public: provider_busy", "p9 vanished: dial timeout", "p2 online 2 relays: provider_busy"],
+            reachable=2,
+            routable=0,
+        ),
+        req(
+            5,
+            "c1",
+            "m",
+            320,
+            50,
+            True,
+            ended=440.0,
+            status=504,
+            code="deadline_exceeded",
+            provider="p3",
+            attempts=1,
+            reachable=0,
+            routable=0,
+        ),
         req(
             6,
             "c2",
@@ -202,6 +231,10 @@ def test_markdown_shows_the_headline_figures(plain):
     assert "| 503 | `provider_busy` | 1 | 16.7 % |" in md  # 1 of the 6 that ended
     assert "partition: Stockholm \\| rest" in md  # a '|' cannot split the events table
     assert "| `dials` | 12 |" in md
+    # Why each failed: whether anyone could have served it, and what each attempt met.
+    assert "| 503 provider_busy, 2 reachable, none routable (unknown or banned) | 1 |" in md
+    assert "| 504 deadline_exceeded, no provider reachable | 1 |" in md
+    assert "p9 vanished: dial timeout; p2 online 2 relays: provider_busy |" in md
     for name in PLOTS:
         assert f"]({name})" in md
     assert "Simulation vs emulation" not in md

@@ -46,6 +46,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from .standin_paths import path_routes
+
 WORD = "tok"
 PROMPT_IDS = list(range(1, 9))
 """The ids of every text prompt (8 tokens, as ``usage.prompt_tokens`` says)."""
@@ -88,7 +90,10 @@ def create_standin_app(
     first_token_delay: float = 0.0,
     max_running: int | None = None,
     random_text: bool = False,
+    paths: tuple[str, ...] | None = None,
 ) -> Starlette:
+    """``paths``: the other endpoint paths to serve (tools/standin_paths.py), published with chat and
+    completions in ``/openapi.json``; None serves chat and completions and publishes no document."""
     # Requests being answered right now (a stream counts until its last event is sent),
     # and those queued for a slot when max_running is set.
     running = 0
@@ -240,6 +245,7 @@ def create_standin_app(
             Route("/v1/completions", complete, methods=["POST"]),
             Route("/health", health),
             Route("/metrics", metrics),
+            *(path_routes(model, paths) if paths is not None else []),
         ]
     )
 

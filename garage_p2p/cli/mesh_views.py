@@ -152,13 +152,17 @@ def route(
     tokens: int = typer.Option(256, "--tokens", help="Expected output tokens."),
     region: str | None = typer.Option(None, "--region", help="As the x-garage-region header."),
     peer: str | None = typer.Option(None, "--peer", help="As the x-garage-peer header."),
+    path: str = typer.Option("/v1/chat/completions", "--path", help="The endpoint path, e.g. /v1/embeddings."),
     home: Path | None = HomeOption,
     api: str | None = ApiOption,
     json_output: bool = JsonOption,
 ) -> None:
     """How this peer would route a request: every provider with its score."""
     data = get(
-        api, home, "/garage/v1/route", {"model": model, "tokens": tokens, "region": region or "", "peer": peer or ""}
+        api,
+        home,
+        "/garage/v1/route",
+        {"model": model, "tokens": tokens, "region": region or "", "peer": peer or "", "path": path},
     )
     if json_output:
         return print_json(data)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import re
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from operator import attrgetter
 
 from pydantic import Field, field_validator
 
+from .endpoints import DEFAULT_PATH_IDS, MAX_PATH_IDS, PATH_ID_PATTERN, path_id
 from .errors import PeerFault
 from .identity import Identity, IdentityError, peer_id_from_public_key, verify
 from .limits import Limiter, Limits
@@ -40,6 +42,7 @@ from .messages import WireModel, decode_json
 from .provider_index import IndexedSet, ProviderIndex
 from .wire import HEADER_SIZE
 
+PATH_ID = re.compile(PATH_ID_PATTERN.strip("^$"))
 TOPIC_CAPS = "garage/caps/1"
 AD_DOMAIN = b"garage-caps-ad/1\n"
 MAX_AD_BYTES = 8 * 1024
@@ -135,6 +138,22 @@ class ModelOffer(WireModel):
     """Live load when the ad was made."""
     card: ModelCard | None = None
     """What the backend's ``/v1/models`` says of the model, for the endpoint's ``/v1/models``."""
+    paths: tuple[str, ...] | None = Field(default=None, max_length=MAX_PATH_IDS)
+    """Ids of the endpoint paths served for the model (core/endpoints.py ``PATH_IDS``: ``chat``,
+    ``embeddings``, ``tokenize``…), as the backend publishes them; None (an ad from before them):
+    chat and completions. Ids this peer does not know are a newer peer's: kept, never routed to."""
+
+    @field_validator("paths")
+    @classmethod
+    def _path_ids(cls, paths: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        if paths is not None and not all(PATH_ID.fullmatch(p) for p in paths):
+            raise ValueError("a path id is not a short lowercase name")
+        return paths
+
+    def serves(self, path: str) -> bool:
+        """Whether the model is served on endpoint ``path``."""
+        pid = path_id(path)
+        return pid is not None and pid in (DEFAULT_PATH_IDS if self.paths is None else self.paths)
 
 
 class GpuSpec(WireModel):

@@ -38,12 +38,11 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from .endpoints import CHAT as CHAT
+from .endpoints import COMPLETIONS as COMPLETIONS
 from .errors import PeerFault
 from .messages import ErrorInfo, Usage, dumps, error_info
 from .sse import SseSplitter, event_data
-
-CHAT = "/v1/chat/completions"
-COMPLETIONS = "/v1/completions"
 
 FAILOVER_HEADER = "x-garage-failover"
 """Request header; ``off`` disables failover for the request (the body then goes out unchanged)."""

@@ -98,22 +98,45 @@ COSIGN_BYTES = 64
 
 
 class RequestReader:
-    """Provider side: bytes from the consumer in, the request head (and later its counter-signature) out."""
+    """Provider side: bytes from the consumer in, the request head (with its raw body, if it
+    announced one) and later its counter-signature out."""
 
-    def __init__(self, max_head_bytes: int = DEFAULT_LIMITS[FrameType.HEAD]) -> None:
-        self._decoder = FrameDecoder({FrameType.HEAD: max_head_bytes, FrameType.COSIGN: COSIGN_BYTES})
+    def __init__(self, max_head_bytes: int = DEFAULT_LIMITS[FrameType.HEAD], max_body_bytes: int | None = None) -> None:
+        self._decoder = FrameDecoder(
+            {
+                FrameType.HEAD: max_head_bytes,
+                FrameType.DATA: DEFAULT_LIMITS[FrameType.DATA],
+                FrameType.COSIGN: COSIGN_BYTES,
+            }
+        )
+        self.max_body_bytes = max_head_bytes if max_body_bytes is None else max_body_bytes
+        """The largest raw body a HEAD may announce."""
         self.head: RequestHead | None = None
+        """The request head, once it and its raw body are complete."""
         self.cosig: bytes | None = None
         """The consumer's counter-signature of the receipt, once it arrived."""
+        self._announced: RequestHead | None = None
+        self._body: list[bytes] = []
+        self._size = 0
 
     def feed(self, data: bytes) -> RequestHead | None:
-        """Returns the head once it is complete; PeerFault on anything out of order."""
+        """Returns the head once it (and its raw body) is complete; PeerFault on anything out of order."""
         for frame in self._decoder.feed(data):
-            if self.head is None:
+            if self._announced is None:
                 if frame.type is not FrameType.HEAD:
                     raise FrameError(f"{frame.type.name} frame before the request head")
-                self.head = decode_json(RequestHead, frame.payload)
-            elif frame.type is FrameType.COSIGN and self.cosig is None:
+                head = decode_json(RequestHead, frame.payload)
+                if head.body_bytes is not None and head.body_bytes > self.max_body_bytes:
+                    raise PeerFault(f"a request body of {head.body_bytes} bytes exceeds {self.max_body_bytes}")
+                self._announced = head.model_copy(update={"raw": None})  # the raw body is never in the JSON
+                self._complete()
+            elif self.head is None and frame.type is FrameType.DATA:
+                self._size += len(frame.payload)
+                if self._size > (self._announced.body_bytes or 0):
+                    raise FrameError("more request body than the head announced")
+                self._body.append(frame.payload)
+                self._complete()
+            elif self.head is not None and frame.type is FrameType.COSIGN and self.cosig is None:
                 if len(frame.payload) != COSIGN_BYTES:
                     raise FrameError("a counter-signature has 64 bytes")
                 self.cosig = frame.payload
@@ -121,13 +144,31 @@ class RequestReader:
                 raise FrameError(f"unexpected {frame.type.name} frame after the request head")
         return self.head
 
+    def _complete(self) -> None:
+        announced = self._announced
+        assert announced is not None
+        if announced.body_bytes is None:
+            self.head = announced
+        elif self._size == announced.body_bytes:
+            self.head = announced.model_copy(update={"raw": b"".join(self._body)})
+            self._body = []
+
     def eof(self) -> None:
         if self.head is None:
             raise PeerFault("stream closed before a complete request head")
 
 
+RAW_FRAME_BYTES = 256 * 1024
+"""A raw request body goes out in DATA frames of this size at most."""
+
+
 def head_frame(head: RequestHead) -> bytes:
-    return encode_frame(FrameType.HEAD, encode_json(head))
+    """The HEAD frame, and the raw body's DATA frames after it if the head has one."""
+    frames = encode_frame(FrameType.HEAD, encode_json(head))
+    raw = head.raw or b""
+    return frames + b"".join(
+        encode_frame(FrameType.DATA, raw[i : i + RAW_FRAME_BYTES]) for i in range(0, len(raw), RAW_FRAME_BYTES)
+    )
 
 
 def data_frame(data: bytes) -> bytes:

@@ -7,16 +7,19 @@ anything malformed as the sender's fault.
 from __future__ import annotations
 
 import json
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .endpoints import ENDPOINT_PATHS as ENDPOINT_PATHS
+from .endpoints import GENERATION_PATHS
+from .endpoints import EndpointPath as EndpointPath
 from .errors import PeerFault
 
 PROTOCOL_OPENAI = "/garage/openai/1.0.0"
 
-ENDPOINT_PATHS = ("/v1/chat/completions", "/v1/completions")
-EndpointPath = Literal["/v1/chat/completions", "/v1/completions"]
+MAX_RAW_BODY = 64 * 1024 * 1024
+"""Bytes of a raw request body a HEAD may announce at most (the receiver's own limit is smaller)."""
 
 
 class WireModel(BaseModel):
@@ -35,9 +38,26 @@ class RequestHead(WireModel):
     path: EndpointPath
     """Which OpenAI endpoint the body is for."""
     body: dict[str, Any]
-    """The OpenAI request body, as the client sent it."""
+    """Chat and completions: the OpenAI request body, as the client sent it (parsed). Other paths:
+    only what the mesh reads of the raw body (``model``, and ``stream`` if set)."""
     timeout: float = Field(gt=0, le=3600)
     """Seconds the consumer will still wait; relative, so clocks need not agree."""
+    body_bytes: int | None = Field(default=None, ge=0, le=MAX_RAW_BODY)
+    """Paths other than chat and completions: the length of the client's raw body, which follows
+    the HEAD in DATA frames (None: no raw body)."""
+    content_type: str | None = Field(default=None, max_length=256)
+    """The client's ``Content-Type`` for the raw body (a multipart body's boundary is in it)."""
+    raw: bytes | None = Field(default=None, exclude=True)
+    """The raw body itself: never in the HEAD's JSON; the provider's ``RequestReader`` sets it from
+    the DATA frames that follow."""
+
+    @model_validator(mode="after")
+    def _one_body(self) -> RequestHead:
+        if (self.body_bytes is not None) == (self.path in GENERATION_PATHS):
+            raise ValueError("chat and completions carry a parsed body, every other path a raw one")
+        if self.raw is not None and len(self.raw) != self.body_bytes:
+            raise ValueError("the raw body's length is not body_bytes")
+        return self
 
     @property
     def stream(self) -> bool:
@@ -153,6 +173,10 @@ class Timings(WireModel):
     """From the HEAD's arrival to the END frame."""
 
 
+ANSWER_TYPE = r"^[a-z]+/[a-z0-9.+-]+(; ?charset=[a-z0-9-]+)?$"
+"""What an END may say its answer's content type is (no parameters but a charset)."""
+
+
 class EndInfo(WireModel):
     """Body of an END frame: the response is complete."""
 
@@ -162,6 +186,9 @@ class EndInfo(WireModel):
     """The provider's timings."""
     receipt: str | None = Field(default=None, max_length=4096)
     """The provider-signed receipt, base64(signature | receipt JSON); the consumer counter-signs it."""
+    content_type: str | None = Field(default=None, max_length=128, pattern=ANSWER_TYPE)
+    """The backend's ``Content-Type`` of a whole (non-streamed) answer to a path other than chat
+    and completions, when it is not JSON (a transcription as ``text/plain`` or ``text/vtt``)."""
     load: Load | None = None
     """The provider's live load for the model as the request ended (what its ads carry): the
     consumer's router scores it by this until a fresher ad says otherwise (ads are not re-sent

@@ -81,10 +81,14 @@ class Receipt(WireModel):
         return self.prompt_tokens + self.completion_tokens
 
 
-def request_digest(path: str, body: dict[str, Any]) -> str:
+def request_digest(path: str, body: dict[str, Any], raw: bytes | None = None) -> str:
     """SHA-256 (hex) of a request as the provider received it: its path and its body as canonical
-    JSON (both sides parse the same wire JSON, so both compute the same digest)."""
-    canonical = json.dumps({"path": path, "body": body}, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    JSON (both sides parse the same wire JSON, so both compute the same digest), and the digest of
+    its raw body if it has one (paths other than chat and completions)."""
+    signed: dict[str, Any] = {"path": path, "body": body}
+    if raw is not None:
+        signed["raw"] = hashlib.sha256(raw).hexdigest()
+    canonical = json.dumps(signed, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 

@@ -12,9 +12,16 @@ The rules it owns:
   dialled, is busy (429), fails with a retryable error, or sends nothing within its first-byte
   deadline (``core.deadlines``) before its first byte is banned and the next one is tried. A
   failure that is not retryable (the request's own 4xx) ends the request at once.
-- A round that finds nobody answers 404 (nobody serves the model), 503 (none eligible or none
+- A round whose candidates all failed that way is followed by a fresh one (the router banned them,
+  so it ranks others), up to MAX_ROUNDS per start of the answer: at once when none was busy, after
+  the shortest ``retry_after`` when some were (``Route`` then comes from ``handle_timer``), as an
+  OpenAI client does on a 429 with Retry-After, if that wait is at most MAX_BUSY_WAIT and ends
+  before the request's deadline. A busy mesh costs the client a second, not an error it would
+  retry itself.
+- The last round that finds nobody answers 404 (nobody serves the model), 503 (none eligible or none
   reachable), 429 ``providers_busy`` with the shortest ``retry_after`` (every one tried was
-  busy) or 504 (the request's deadline passed).
+  busy) or 504 (the request's deadline passed). A fresh round with nobody eligible left answers what
+  the round before it found.
 - Once a provider answers, its stream is watched for stalls (``StreamDeadlines``). A provider
   lost mid-answer (``continuation.lost``: cut, stalled, broken, failed backend) is banned; with a
   ``Transcript`` (failover on) the answer continues at another provider from its clean boundary,
@@ -50,7 +57,12 @@ from .relaying import cut_by_relay
 from .routing import Candidate, RouteRequest
 
 MAX_ATTEMPTS = 3
-"""Providers tried per routing round (the answer's start, and each continuation)."""
+"""Providers tried per routing round."""
+MAX_ROUNDS = 3
+"""Routing rounds per start of the answer (its first byte, and each continuation)."""
+MAX_BUSY_WAIT = 5.0
+"""Seconds the policy waits at most for busy providers before a fresh round; a longer
+``retry_after`` goes to the client as the 429 it is."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 """A passed-through non-streamed body larger than this is refused (the endpoint's response limit)."""
 FIRST_BYTE_PARTS = ("rtt", "relay", "ttft")
@@ -156,10 +168,20 @@ def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> 
     if not known:
         # As vLLM answers a model it does not serve (no peer in the mesh does).
         return vllm_error(404, f"The model `{request.model}` does not exist.", type="NotFoundError", param="model")
-    if request.pinned_peer is not None and all(ad.peer_id != request.pinned_peer for ad in known):
+    offers = [offer for ad in known for offer in ad.models if offer.name == request.model]
+    if offers and not any(offer.serves(request.path) for offer in offers):
+        return error_info(
+            404,
+            f"no provider of the model {request.model!r} serves {request.path}",
+            param="model",
+            code="path_not_served",
+        )
+    pinned = [o for ad in known if ad.peer_id == request.pinned_peer for o in ad.models if o.name == request.model]
+    if request.pinned_peer is not None and not any(o.serves(request.path) for o in pinned):
+        on = f" on {request.path}" if pinned else ""
         return error_info(
             503,
-            f"peer {request.pinned_peer} does not serve {request.model!r} (x-garage-peer)",
+            f"peer {request.pinned_peer} does not serve {request.model!r}{on} (x-garage-peer)",
             code="pinned_peer_unavailable",
         )
     if request.region is not None:
@@ -210,6 +232,12 @@ class _Round:
     """The shortest ``retry_after`` of the busy providers (None: none was busy)."""
     last: ErrorInfo | None = None
     """The latest failure."""
+    expected_tokens: int | None = None
+    """What ``Route`` asks the router for (a continuation's remainder; None: the client's request)."""
+    number: int = 1
+    """The round's number within its start of the answer (MAX_ROUNDS at most)."""
+    before: ErrorInfo | None = None
+    """The error of the round before it, if it is a fresh round after one that failed."""
 
 
 class RequestPolicy:
@@ -246,9 +274,13 @@ class RequestPolicy:
         """The request's end, once it came."""
         self.end_usage: Usage | None = None
         """The usage the last provider's END reported (the client's when nothing failed over)."""
+        self.end_content_type: str | None = None
+        """The content type the last provider's END gave its whole answer (None: JSON)."""
         self._commands: deque[Command] = deque()
         self._round = _Round(head, prompt_tokens, [])
         self._routing = True
+        self._resume_at: float | None = None
+        """When a fresh round starts after busy providers' ``retry_after`` (None: not waiting)."""
         self._provider: str | None = None
         self._relay_deadline: float | None = None
         """When a relay cuts the current attempt's connection (None: direct, or no limit)."""
@@ -278,6 +310,12 @@ class RequestPolicy:
         return self.finished is not None
 
     @property
+    def pausing(self) -> bool:
+        """True while no attempt is open and the policy waits for its timer (busy providers'
+        ``retry_after``) before the next round."""
+        return self._resume_at is not None and not self.done
+
+    @property
     def answered(self) -> bool:
         """True once a provider answered: the client's response has begun."""
         return bool(self.providers)
@@ -291,6 +329,8 @@ class RequestPolicy:
         """When to call ``handle_timer`` (absolute), or None once done."""
         if self.done:
             return None
+        if self._resume_at is not None:
+            return min(self._resume_at, self.end)
         if self._deadlines is None:
             return self.end  # routing or dialling: the driver bounds a dial by its own timeout
         return self._deadlines.get_timer()
@@ -307,7 +347,7 @@ class RequestPolicy:
         self._routing = False
         self._round.candidates = list(candidates[:MAX_ATTEMPTS])
         if not self._round.candidates:
-            return self._round_failed(no_candidate_error(known, request))
+            return self._round_failed(self._round.before or no_candidate_error(known, request))
         self._next(now)
 
     def opened(self, attempt: int, now: float, relay_deadline: float | None = None) -> None:
@@ -349,6 +389,7 @@ class RequestPolicy:
             self._data(event.data, now)
         elif isinstance(event, ResponseEnd):
             self.end_usage = event.info.usage
+            self.end_content_type = event.info.content_type
             self._delivered(event, now)
             if self.transcript is not None and not self.transcript.done:
                 # An END without the stream's [DONE]: the answer is not whole.
@@ -373,6 +414,11 @@ class RequestPolicy:
                 self._commands.append(Close(self.attempts, self._provider))
             answering = self._deadlines is not None and self._deadlines.last is not None
             return self._finish(self._with_loss(deadline_error(self.head.timeout, answered=answering)))
+        if self._resume_at is not None:
+            if now >= self._resume_at:
+                self._resume_at = None
+                self._route()
+            return
         if self._deadlines is None:
             return
         expired = self._deadlines.handle_timer(now)
@@ -394,7 +440,7 @@ class RequestPolicy:
         if now >= self.end:
             return self._round_failed(deadline_error(self.head.timeout, answered=False))
         if rnd.tried >= len(rnd.candidates):
-            return self._round_failed(self._exhausted())
+            return self._round_exhausted(now)
         candidate = rnd.candidates[rnd.tried]
         rnd.tried += 1
         self.attempts += 1
@@ -431,6 +477,27 @@ class RequestPolicy:
             f"no provider of {self.model!r} could be reached{detail}",
             code="no_provider_available",
         )
+
+    def _round_exhausted(self, now: float) -> None:
+        """Every candidate of the round failed before its first byte: a fresh round (at once, or
+        after the busy providers' ``retry_after``) if the rules allow one, else the request's error."""
+        rnd = self._round
+        info = self._exhausted()
+        wait = rnd.busy or 0.0
+        if rnd.number >= MAX_ROUNDS or wait > MAX_BUSY_WAIT or now + wait >= self.end:
+            return self._round_failed(info)
+        self._round = _Round(
+            rnd.head, rnd.prompt_tokens, [], expected_tokens=rnd.expected_tokens, number=rnd.number + 1, before=info
+        )
+        if wait > 0:
+            self._resume_at = now + wait
+        else:
+            self._route()
+
+    def _route(self) -> None:
+        """Ask the driver for the round's candidates."""
+        self._routing = True
+        self._commands.append(Route(self._round.expected_tokens))
 
     def _round_failed(self, info: ErrorInfo) -> None:
         """Nobody started this round: the request's error (with the loss that began it, if any)."""
@@ -546,9 +613,13 @@ class RequestPolicy:
         )
         left = body.get("max_tokens")
         prompt = body.get("prompt")
-        self._round = _Round(head, len(prompt) if isinstance(prompt, list) else 0, [])
-        self._routing = True
-        self._commands.append(Route(left if isinstance(left, int) else None))
+        self._round = _Round(
+            head,
+            len(prompt) if isinstance(prompt, list) else 0,
+            [],
+            expected_tokens=left if isinstance(left, int) else None,
+        )
+        self._route()
 
     def _complete(self) -> None:
         """The answer is whole."""
@@ -563,6 +634,7 @@ class RequestPolicy:
 
     def _finish(self, error: ErrorInfo | None, body: bytes | None = None) -> None:
         self._deadlines = None
+        self._resume_at = None
         self.finished = Finish(error, body)
         self._commands.append(self.finished)
 

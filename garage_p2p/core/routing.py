@@ -54,6 +54,7 @@ from typing import Protocol
 
 from .capabilities import CapabilityAd, Load, ModelOffer
 from .delivery import Claim, Delivery, DeliveryBook
+from .endpoints import CHAT
 from .provider_index import IndexedSet
 
 DEFAULT_TOKENS = 256
@@ -96,6 +97,8 @@ class RouteRequest:
     """Only providers in this region (``se`` matches ``se`` and ``se-sto``)."""
     pinned_peer: str | None = None
     """Only this provider."""
+    path: str = CHAT
+    """The endpoint path: only providers advertising it for the model (``ModelOffer.serves``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +304,9 @@ class Router:
             estimate *= 1.5
             parts["kv_full_factor"] = 1.5
         reason = ""
-        if request.pinned_peer is not None and peer != request.pinned_peer:
+        if not offer.serves(request.path):
+            reason = f"does not serve {request.path}"
+        elif request.pinned_peer is not None and peer != request.pinned_peer:
             reason = "not the pinned peer"
         elif not region_matches(request.region, ad.region):
             reason = f"region {ad.region or 'unset'} is not {request.region}"
@@ -319,9 +324,11 @@ class Router:
         model, pinned = request.model, request.pinned_peer
 
         def eligible(ad: CapabilityAd | None) -> bool:
+            offer = offer_of(ad, model) if ad is not None else None
             return (
                 ad is not None
-                and offer_of(ad, model) is not None
+                and offer is not None
+                and offer.serves(request.path)
                 and (pinned is None or ad.peer_id == pinned)
                 and region_matches(request.region, ad.region)
                 and self.banned_until(ad.peer_id) <= now

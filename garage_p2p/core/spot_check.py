@@ -35,8 +35,9 @@ from typing import Any
 from pydantic import Field
 
 from .continuation import Transcript, plan
+from .endpoints import GenerationPath
 from .errors import PeerFault
-from .messages import EndpointPath, WireModel, decode_json
+from .messages import WireModel, decode_json
 from .receipts import Receipt, request_digest, unpack_signed
 from .verification import (
     MIN_TOKENS,
@@ -64,8 +65,8 @@ class EvidenceInvalid(PeerFault):
 class Evidence(WireModel):
     """An answer, provably a provider's: what a verdict's ``evidence_digest`` names."""
 
-    path: EndpointPath
-    """The endpoint the provider served."""
+    path: GenerationPath
+    """The endpoint the provider served (only chat and completions answers are checked)."""
     body: dict[str, Any]
     """The request body exactly as the provider received it (RequestHead.body)."""
     receipt: str
@@ -74,7 +75,7 @@ class Evidence(WireModel):
     """Base64 of the answer's bytes as the provider sent them (its DATA payloads, in order)."""
 
 
-def encode_evidence(path: EndpointPath, body: dict[str, Any], receipt: str, answer: bytes) -> bytes:
+def encode_evidence(path: GenerationPath, body: dict[str, Any], receipt: str, answer: bytes) -> bytes:
     return (
         Evidence(path=path, body=body, receipt=receipt, answer=base64.b64encode(answer).decode())
         .model_dump_json(exclude_none=True)

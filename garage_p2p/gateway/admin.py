@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..core.capabilities import CapabilityAd
+from ..core.endpoints import CHAT, ENDPOINT_PATHS
 from ..core.messages import error_body, error_info
 from ..core.routing import DEFAULT_TOKENS, Router, RouteRequest
 from .dispatch import Dispatcher
@@ -137,11 +138,18 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
             info = error_info(400, "route needs ?model=NAME", param="model", code="missing_model")
             return JSONResponse(error_body(info), status_code=400)
         tokens = request.query_params.get("tokens", "")
+        path = request.query_params.get("path") or CHAT
+        if path not in ENDPOINT_PATHS:
+            info = error_info(
+                400, f"path must be one of {', '.join(ENDPOINT_PATHS)}", type="invalid_request_error", param="path"
+            )
+            return JSONResponse(error_body(info), status_code=400)
         route_request = RouteRequest(
             model=model,
             expected_tokens=int(tokens) if tokens.isdigit() and int(tokens) > 0 else DEFAULT_TOKENS,
             region=request.query_params.get("region") or None,
             pinned_peer=request.query_params.get("peer") or None,
+            path=path,
         )
         candidates = [
             {

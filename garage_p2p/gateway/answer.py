@@ -108,6 +108,13 @@ class Answer:
                 if policy.finished.error is None:
                     await self.aclose()  # END after the answer: counter-signed in the background
                 return policy.finished
+            if policy.pausing:
+                # Busy providers asked for a moment (their retry_after): no attempt is open.
+                timer = policy.get_timer()
+                assert timer is not None
+                await trio.sleep_until(timer)
+                policy.handle_timer(trio.current_time())
+                continue
             exchange = self.exchange
             assert exchange is not None, "the policy waits for an attempt that is not open"
             policy.waiting(trio.current_time())

@@ -7,7 +7,9 @@ driven by gateway/answer.py. A provider lost mid-answer is replaced by
 another that continues it token for token (core/continuation.py); the body
 then gains only ``stream``, ``return_token_ids`` and the usage chunk. A
 response that cannot be continued ends with an SSE error event, never a
-silent truncation.
+silent truncation. Every other path a provider serves (core/endpoints.py: embeddings, Responses,
+audio, rerank, score, tokenize) goes as the client's bytes, to providers advertising the path;
+only its ``model`` (and ``stream``) is read, and it is never failed over mid-answer.
 """
 
 from __future__ import annotations
@@ -28,8 +30,9 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..core.capabilities import ModelCard, ModelOffer
-from ..core.continuation import FAILOVER_HEADER, Transcript, plan
+from ..core.continuation import CHAT, FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
+from ..core.endpoints import GENERATION_PATHS
 from ..core.live_requests import LiveRequest
 from ..core.messages import (
     ENDPOINT_PATHS,
@@ -45,7 +48,15 @@ from ..core.routing import DEFAULT_TOKENS, RouteRequest
 from .admin import AdminSource, admin_routes
 from .answer import Answer
 from .auth import Gatekeeper, Refused, browser_refusal
-from .bodies import BadRequest, check_json_content_type, invalid_request, read_json_body, vllm_refusal
+from .batch_api import batch_routes
+from .bodies import (
+    BadRequest,
+    check_json_content_type,
+    invalid_request,
+    read_json_body,
+    read_raw_request,
+    validate_body,
+)
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher
 from .jobs_api import job_routes
@@ -68,19 +79,6 @@ def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JS
     if info.retry_after is not None:
         headers["retry-after"] = str(max(1, round(info.retry_after)))
     return JSONResponse(error_body(info), status_code=info.status, headers=headers)
-
-
-def validate_body(path: str, body: dict[str, Any]) -> str:
-    """Check the fields the mesh needs (the model to route by, whether to stream), refused as vLLM
-    refuses them; the backend validates the rest (``messages``, ``prompt`` …) and its answer
-    reaches the client unchanged. Returns the model."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        # vLLM would serve its only model; a mesh has many.
-        raise vllm_refusal("Input should be a valid string naming the model", param="body.model")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise vllm_refusal("Input should be a valid boolean", param="body.stream")
-    return model
 
 
 def model_entry(name: str, offers: list[tuple[str, ModelOffer]], created: int) -> dict[str, Any]:
@@ -124,7 +122,7 @@ def sse_error(info: ErrorInfo) -> bytes:
     return b"data: " + dumps(error_body(info)) + b"\n\n"
 
 
-def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRequest:
+def route_request(request: Request, model: str, body: dict[str, Any], path: str = CHAT) -> RouteRequest:
     """The routing constraints a client may set: ``x-garage-region``, ``x-garage-peer``."""
     region = request.headers.get("x-garage-region", "").strip().lower() or None
     pinned = request.headers.get("x-garage-peer", "").strip() or None
@@ -136,7 +134,7 @@ def route_request(request: Request, model: str, body: dict[str, Any]) -> RouteRe
         raise invalid_request("x-garage-peer must be a peer id (12D3KooW...)", param="x-garage-peer")
     tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     expected = tokens if isinstance(tokens, int) and 0 < tokens <= 1_000_000 else DEFAULT_TOKENS
-    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned)
+    return RouteRequest(model=model, expected_tokens=expected, region=region, pinned_peer=pinned, path=path)
 
 
 def create_app(
@@ -184,18 +182,31 @@ def create_app(
         except Refused as exc:
             return refuse(exc.info)
         path = request.url.path
+        raw: bytes | None = None
         try:
-            check_json_content_type(request)
-            body = await read_json_body(request, max_body_bytes)
-            model = validate_body(path, body)
-            route = route_request(request, model, body)
+            if path in GENERATION_PATHS:
+                check_json_content_type(request)
+                body = await read_json_body(request, max_body_bytes)
+                model = validate_body(body)
+            else:  # the client's bytes go as they are; the mesh reads only the model (and stream)
+                body, raw = await read_raw_request(request, path, max_body_bytes)
+                model = body["model"]
+            route = route_request(request, model, body, path)
         except BadRequest as exc:
             return refuse(exc.info)
         except ClientDisconnect:
             settle(499)
             return Response(status_code=499)
-        sending = plan(path, body, request.headers.get(FAILOVER_HEADER))
-        head = RequestHead(request_id=request_id, path=path, body=sending.body, timeout=request_timeout)
+        sending = plan(path, body, request.headers.get(FAILOVER_HEADER))  # no failover but on chat/completions
+        head = RequestHead(
+            request_id=request_id,
+            path=path,
+            body=sending.body,
+            timeout=request_timeout,
+            body_bytes=None if raw is None else len(raw),
+            content_type=None if raw is None else request.headers.get("content-type", "")[:256] or None,
+            raw=raw,
+        )
         live.model, live.stream = model, sending.client_stream
         policy = RequestPolicy(
             head,
@@ -239,7 +250,8 @@ def create_app(
                 else:
                     body = finish.body or b""
                     metrics.data(live, body)
-                    response = Response(body, media_type="application/json", headers=headers)
+                    kind = answer.policy.end_content_type if answer.head.raw is not None else None
+                    response = Response(body, media_type=kind or "application/json", headers=headers)
                 status = response.status_code
                 return response
             finally:
@@ -373,7 +385,9 @@ def create_app(
     ]
     routes += [
         Route(r.path, gated(r.endpoint), methods=r.methods)
-        for r in admin_routes(admin, dispatcher) + job_routes(lambda: admin.jobs)
+        for r in admin_routes(admin, dispatcher)
+        + job_routes(lambda: admin.jobs)
+        + batch_routes(lambda: getattr(admin, "batches", None))
     ]
     routes += dashboard_routes()
     return HeaderLimits(

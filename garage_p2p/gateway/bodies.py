@@ -7,7 +7,9 @@ from typing import Any
 
 from starlette.requests import Request
 
+from ..core.endpoints import MULTIPART_PATHS
 from ..core.messages import ErrorInfo, error_info, vllm_error
+from ..core.multipart import MultipartError, form_field
 
 
 class BadRequest(Exception):
@@ -38,6 +40,11 @@ def check_json_content_type(request: Request) -> None:
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
     """The request's JSON object, read with a size limit."""
+    return parse_json_body(await read_body(request, limit))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body bytes, read with a size limit."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise invalid_request(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
@@ -48,8 +55,13 @@ async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
         if size > limit:
             raise invalid_request(f"request body exceeds {limit} bytes", code="request_too_large", status=413)
         chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_json_body(raw: bytes) -> dict[str, Any]:
+    """A request body's JSON object; BadRequest if it is not one the mesh can carry."""
     try:
-        body = json.loads(b"".join(chunks))
+        body = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise vllm_refusal(f"JSON decode error at body.{exc.pos}: {exc.msg}", param=f"body.{exc.pos}") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -91,3 +103,39 @@ def _depth(value: Any) -> int:
         if deepest > MAX_DEPTH:
             break
     return deepest
+
+
+async def read_raw_request(request: Request, path: str, limit: int) -> tuple[dict[str, Any], bytes]:
+    """A request to a path other than chat and completions: (what the mesh reads of it, its bytes
+    as the client sent them). Only ``model`` and ``stream`` are read: a JSON object's, or a
+    multipart body's form fields (the audio paths)."""
+    if path not in MULTIPART_PATHS:
+        check_json_content_type(request)  # as vLLM's JSON routes (all but the audio ones)
+    raw = await read_body(request, limit)
+    if path in MULTIPART_PATHS:
+        try:
+            model = form_field(raw, request.headers.get("content-type"), "model")
+            stream = form_field(raw, request.headers.get("content-type"), "stream")
+        except MultipartError as exc:
+            raise invalid_request(str(exc), code="invalid_multipart") from None
+        summary: dict[str, Any] = {"model": model} if model else {}
+        if stream is not None and stream.strip().lower() == "true":
+            summary["stream"] = True
+    else:
+        body = parse_json_body(raw)
+        summary = {k: body[k] for k in ("model", "stream") if k in body}
+    validate_body(summary)
+    return summary, raw
+
+
+def validate_body(body: dict[str, Any]) -> str:
+    """Check the fields the mesh needs (the model to route by, whether to stream), refused as vLLM
+    refuses them; the backend validates the rest (``messages``, ``prompt`` …) and its answer
+    reaches the client unchanged. Returns the model."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        # vLLM would serve its only model; a mesh has many.
+        raise vllm_refusal("Input should be a valid string naming the model", param="body.model")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise vllm_refusal("Input should be a valid boolean", param="body.stream")
+    return model

@@ -23,6 +23,7 @@ import trio
 from ..core.capabilities import CapabilityAd, PeerTable
 from ..core.deadlines import FirstByteHistory
 from ..core.delivery import Delivery
+from ..core.endpoints import GENERATION_PATHS
 from ..core.exchange import head_frame
 from ..core.messages import PROTOCOL_OPENAI, EndInfo, Load, RequestHead
 from ..core.routing import Candidate, PathInfo, Router, RouteRequest
@@ -174,7 +175,8 @@ class Dispatcher:
 
         checks = self.spot_checks
         on_whole = None
-        if sample and checks is not None and checks.sample():
+        # Only chat and completions answers carry the token ids a spot-check scores.
+        if sample and checks is not None and head.path in GENERATION_PATHS and checks.sample():
 
             def on_whole(exchange: FrameExchange) -> None:
                 checks.offer(head, exchange)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..core.messages import error_body, error_info
-from ..jobs.submitter import KEY_INPUT_QUOTA, MAX_INPUT_BYTES, JobManager, JobRejected
+from ..jobs.submitter import KEY_INPUT_QUOTA, MAX_INPUT_BYTES, JobManager, JobRejected, ModelUnavailable
 from .bodies import BadRequest, invalid_request, read_json_body
 
 
@@ -52,14 +52,19 @@ class Reservation:
     size: int = 0
     submitted: bool = False
     """The job exists: its bytes now count in the key's running total."""
+    too_large: Callable[[int], BadRequest] | None = None
+    """The 413 past ``left`` (None: a job input's)."""
 
     def fits(self, n: int) -> bool:
         return (self.shared.held if self.shared else self.size) + n <= self.left
 
+    def refusal(self) -> BadRequest:
+        return (self.too_large or _too_large)(self.left)
+
     def take(self, n: int) -> None:
         """Count ``n`` more bytes, or BadRequest (413) past what the key may still submit."""
         if not self.fits(n):
-            raise _too_large(self.left)
+            raise self.refusal()
         self.size += n
         if self.shared is not None:
             self.shared.held += n
@@ -82,13 +87,13 @@ class InputReservations:
         return self._of[owner].held if owner in self._of else 0
 
     @contextmanager
-    def upload(self, owner: str | None) -> Iterator[Reservation]:
+    def upload(self, owner: str | None, too_large: Callable[[int], BadRequest] | None = None) -> Iterator[Reservation]:
         """Enter it before the key's running total is read into ``left``: a job of the key submitted
         meanwhile then stays held."""
         shared = self._of.setdefault(owner, _KeyUploads()) if owner is not None else None
         if shared is not None:
             shared.active += 1
-        reservation = Reservation(shared)
+        reservation = Reservation(shared, too_large=too_large)
         try:
             yield reservation
         finally:
@@ -104,7 +109,7 @@ async def spool(request: Request, path: Path, reservation: Reservation) -> int:
     """Write the request body to ``path`` as it arrives; its size, or BadRequest (413) past the reservation."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and not reservation.fits(int(declared)):
-        raise _too_large(reservation.left)
+        raise reservation.refusal()
     async with await trio.open_file(path, "wb") as f:
         async for chunk in request.stream():
             reservation.take(len(chunk))
@@ -191,7 +196,7 @@ def job_routes(jobs: Any) -> list[Route]:
                 input_bytes=size,
             )
         except JobRejected as exc:
-            return _error(404 if "serves" in str(exc) else 400, str(exc), "job_rejected")
+            return _error(404 if isinstance(exc, ModelUnavailable) else 400, str(exc), "job_rejected")
         reservation.submitted = True
         return JSONResponse(progress, status_code=201)
 

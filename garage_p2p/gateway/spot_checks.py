@@ -118,7 +118,10 @@ class SpotChecks:
     def offer(self, head: RequestHead, exchange: FrameExchange) -> None:
         """A sampled exchange ended with its END: queue its answer's check."""
         end = exchange.end
-        if exchange.kept is None or end is None or end.receipt is None:
+        # Only answers with their token ids can be scored (failover asks every provider for them;
+        # a request that may not fail over, e.g. with stop strings, goes out as the client sent it).
+        with_ids = head.body.get("return_token_ids") is True
+        if exchange.kept is None or end is None or end.receipt is None or not with_ids:
             self.counts["unchecked"] += 1
             return
         evidence = encode_evidence(head.path, head.body, end.receipt, b"".join(exchange.kept))

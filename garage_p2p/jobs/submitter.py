@@ -80,6 +80,18 @@ class JobRejected(Exception):
     """A submission that cannot run; the message says why."""
 
 
+class InvalidInput(JobRejected):
+    """A submission with malformed lines where every line must be valid (a Batch API batch)."""
+
+    def __init__(self, errors: list[LineError]) -> None:
+        super().__init__(f"{len(errors)} lines of the input are invalid")
+        self.errors = errors
+
+
+class ModelUnavailable(JobRejected):
+    """No peer in the mesh serves the job's model."""
+
+
 class _Refused(Exception):
     """A provider's request we cannot serve that is not its fault (an error reply, no penalty)."""
 
@@ -238,18 +250,25 @@ class JobManager:
         deadline_s: float | None,
         owner: str | None = None,
         input_bytes: int = 0,
+        job_id: str | None = None,
+        endpoint: str | None = None,
+        strict: bool = False,
     ) -> dict[str, Any]:
         """Start a job from the batch file's text, or from the file (``source``: a spooled upload).
 
         ``owner``: the API key that submits it (None: the peer's own CLI); ``input_bytes`` count
-        against that key's quota while the job runs.
+        against that key's quota while the job runs. A Batch API batch gives its own ``job_id``,
+        the ``endpoint`` of every line, and ``strict``: one invalid line refuses the whole input
+        (InvalidInput), as OpenAI fails such a batch, instead of becoming an entry of the errors file.
         """
-        lines, errors, job_model = await trio.to_thread.run_sync(_parse, source, model)
+        lines, errors, job_model = await trio.to_thread.run_sync(_parse, source, model, endpoint)
+        if strict and errors:
+            raise InvalidInput(errors)
         if job_model is None:
             raise JobRejected("no line names a model (and no --model was given)")
         if lines and not await self.model_known(job_model):
-            raise JobRejected(f"no peer in the mesh serves the model {job_model!r}")
-        job_id = f"job-{secrets.token_hex(8)}"
+            raise ModelUnavailable(f"no peer in the mesh serves the model {job_model!r}")
+        job_id = job_id or f"job-{secrets.token_hex(8)}"
         row = JobRow(
             job_id, job_model, "running", time.time(), time.time() + deadline_s if deadline_s else None,
             max(1, min(shard_size, MAX_SHARD_SIZE)), max_providers, len(lines) + len(errors), owner, input_bytes,
@@ -415,7 +434,7 @@ class JobManager:
         providers = {lease.provider for lease in job.state.leases.values()}
         if job.row.max_providers and peer_id not in providers and len(providers) >= job.row.max_providers:
             return LeaseGrant()
-        lease = job.state.claim(peer_id, time.time())  # Unix time: receipts are checked against it
+        lease = job.state.claim(peer_id, time.time(), request.working)  # Unix time: receipts are checked against it
         if lease is None:
             return LeaseGrant(done=job.state.finished)
         pending = [line for line in job.state.shards[lease.shard] if line.custom_id not in job.state.done_ids]
@@ -465,7 +484,7 @@ class JobManager:
                 faults.append(f"{line.custom_id}: {fault}")
             if cosig is not None:
                 cosigs[request_id(job.row.id, line.index)] = cosig.hex()
-        new = job.state.complete(request.lease_id, list(parsed)) or []
+        new = job.state.complete(request.lease_id, list(parsed), time.time()) or []
         now = time.time()
         rows = []
         for custom_id in new:
@@ -524,12 +543,14 @@ def _input_lines(path: Path) -> Iterator[Iterator[str]]:
         yield (line.rstrip("\r\n") for line in f)
 
 
-def _parse(source: str | Path, model: str | None) -> tuple[list[BatchLine], list[LineError], str | None]:
+def _parse(
+    source: str | Path, model: str | None, endpoint: str | None = None
+) -> tuple[list[BatchLine], list[LineError], str | None]:
     """parse_batch over text, or over a spooled upload without holding it or its bodies in memory."""
     if isinstance(source, str):
-        return parse_batch(source, model)
+        return parse_batch(source, model, endpoint=endpoint)
     with _input_lines(source) as lines:
-        return parse_batch(lines, model, bodies=False)
+        return parse_batch(lines, model, bodies=False, endpoint=endpoint)
 
 
 def _stored_lines(

@@ -4,7 +4,10 @@ On a job announcement for a model this peer serves, a work loop claims a
 shard from the submitter over ``/garage/jobs/1.0.0`` (pull-based: a provider
 behind NAT dials out), runs its lines through the same ``ProviderService`` as
 interactive requests (so each line gets a signed receipt for the submitter),
-hands the results in and logs the receipts the submitter counter-signed.
+hands the results in and logs the receipts the submitter counter-signed. It
+claims its next shard as soon as every line of the current one has a slot, so
+the lines of the two overlap and the provider does not idle at a shard's end or
+while its results travel (the claim names the lease still in flight).
 
 Batch work yields to interactive requests: a line starts only while the
 interactive requests in flight stay under half the provider's concurrency
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -54,6 +58,25 @@ REPLY_LIMITS = {FrameType.JOB_REPLY: 32 * MiB}
 
 class Refused(Exception):
     """The submitter answered with an error reply (it refused our request: not its fault)."""
+
+
+@dataclass
+class _Work:
+    """One job worked on: the stream to its submitter and the shards in flight."""
+
+    job: JobAnnouncement
+    conn: FrameStream
+    limiter: trio.CapacityLimiter
+    """The provider's batch lines for this job, shared by its shards in flight."""
+    leases: list[str] = field(default_factory=list)
+    """The leases in flight (named in each claim, so the submitter keeps them)."""
+    asking: trio.Lock = field(default_factory=trio.Lock)
+    ended: trio.Event = field(default_factory=trio.Event)
+    """Set when a shard of the job ends."""
+
+    async def shard_ended(self) -> None:
+        await self.ended.wait()
+        self.ended = trio.Event()
 
 
 class JobWorker:
@@ -125,51 +148,71 @@ class JobWorker:
             log.info("job %s: cannot reach the submitter: %s", job.job_id, exc)
             self.slots.release(job.job_id)
             return
-        conn = FrameStream(stream, REPLY_LIMITS)
-        idle = 0
+        work = _Work(job, FrameStream(stream, REPLY_LIMITS), trio.CapacityLimiter(self.concurrency))
         try:
-            while idle < IDLE_CLAIMS and self.provider.serves(job.model) and not self.provider.draining:
-                grant = None
-                with trio.move_on_at(self.slots.deadlines[job.job_id]):
-                    grant = decode_json(LeaseGrant, await self._ask(conn, JobRequest(op="claim", job_id=job.job_id)))
-                if grant is None:
-                    # It announced work and holds one of our slots, but gives none: the slot is freed,
-                    # and a submitter that does so again soon is wasting slots on purpose.
-                    stall = f"no work within {self.slots.progress_s:.0f} s of a claim"
-                    if self.slots.stalled(job.job_id, trio.current_time()):
-                        raise PeerFault(f"{stall}, again")
-                    log.info("job %s: %s; slot freed", job.job_id, stall)
-                    break
-                if grant.done:
-                    break
-                if grant.lease_id is None:
-                    idle += 1
-                    await trio.sleep(1.0)
-                    continue
-                idle = 0
-                self.slots.progress(job.job_id, trio.current_time())
-                results, receipts = await self._run_shard(job, grant)
-                ack = decode_json(
-                    ResultsAck,
-                    await self._ask(
-                        conn,
-                        JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results)),
-                    ),
-                )
-                self.slots.progress(job.job_id, trio.current_time())
-                await self._log_receipts(job.submitter, receipts, ack)
-        except PeerFault as exc:
-            self.mesh.penalise(job.submitter, SERVICE, f"job {job.job_id}: {exc}")
-        except (Refused, StreamBroken, trio.TooSlowError) as exc:
-            log.info("job %s: stopped working on it: %s", job.job_id, exc)
+            async with trio.open_nursery() as shards:
+                await self._claim_forever(work, shards)
+        except* PeerFault as group:
+            self.mesh.penalise(job.submitter, SERVICE, f"job {job.job_id}: {group.exceptions[0]}")
+        except* (Refused, StreamBroken, trio.TooSlowError) as group:
+            log.info("job %s: stopped working on it: %s", job.job_id, group.exceptions[0])
         finally:
             self.slots.release(job.job_id)
             await close_quietly(stream)
 
-    async def _ask(self, conn: FrameStream, request: JobRequest) -> bytes:
-        with trio.fail_after(REQUEST_TIMEOUT):
-            await write_all(conn.stream, encode_frame(FrameType.JOB_REQUEST, encode_json(request)))
-            frame = await conn.read()
+    async def _claim_forever(self, work: _Work, shards: trio.Nursery) -> None:
+        """Claim shards and start them, the next one as soon as every line of the last has a slot:
+        the lines of two shards overlap, so the provider never idles between a shard and the next."""
+        job = work.job
+        idle = 0
+        while idle < IDLE_CLAIMS and self.provider.serves(job.model) and not self.provider.draining:
+            grant = None
+            with trio.move_on_at(self.slots.deadlines[job.job_id]):
+                claim = JobRequest(op="claim", job_id=job.job_id, working=tuple(work.leases))
+                grant = decode_json(LeaseGrant, await self._ask(work, claim))
+            if grant is None:
+                # It announced work and holds one of our slots, but gives none: the slot is freed,
+                # and a submitter that does so again soon is wasting slots on purpose.
+                stall = f"no work within {self.slots.progress_s:.0f} s of a claim"
+                if self.slots.stalled(job.job_id, trio.current_time()):
+                    raise PeerFault(f"{stall}, again")
+                log.info("job %s: %s; slot freed", job.job_id, stall)
+                return
+            if grant.done:
+                return
+            if grant.lease_id is None:
+                if work.leases:
+                    await work.shard_ended()  # nothing more for now: ask again when ours is done
+                else:
+                    idle += 1
+                    await trio.sleep(1.0)
+                continue
+            idle = 0
+            self.slots.progress(job.job_id, trio.current_time())
+            started = trio.Event()
+            work.leases.append(grant.lease_id)
+            shards.start_soon(self._shard, work, grant, started)
+            await started.wait()
+
+    async def _shard(self, work: _Work, grant: LeaseGrant, started: trio.Event) -> None:
+        """Run one lease's lines (``started`` is set once each has a slot) and hand in the results."""
+        job = work.job
+        try:
+            results, receipts = await self._run_shard(job, grant, work.limiter, started)
+            request = JobRequest(op="results", job_id=job.job_id, lease_id=grant.lease_id, results=tuple(results))
+            ack = decode_json(ResultsAck, await self._ask(work, request))
+        finally:
+            work.leases.remove(grant.lease_id)
+            work.ended.set()
+        self.slots.progress(job.job_id, trio.current_time())
+        await self._log_receipts(job.submitter, receipts, ack)
+
+    async def _ask(self, work: _Work, request: JobRequest) -> bytes:
+        """One request and its reply (one at a time on the stream: a claim and a shard's results may overlap)."""
+        async with work.asking:
+            with trio.fail_after(REQUEST_TIMEOUT):
+                await write_all(work.conn.stream, encode_frame(FrameType.JOB_REQUEST, encode_json(request)))
+                frame = await work.conn.read()
         if frame is None:
             raise StreamBroken("the submitter closed the stream")
         reason = refusal(frame.payload)
@@ -178,14 +221,18 @@ class JobWorker:
         return frame.payload
 
     async def _run_shard(
-        self, job: JobAnnouncement, grant: LeaseGrant
+        self, job: JobAnnouncement, grant: LeaseGrant, limiter: trio.CapacityLimiter, started: trio.Event
     ) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
         results: list[dict[str, Any]] = []
         receipts: dict[str, bytes] = {}
-        limiter = trio.CapacityLimiter(self.concurrency)
+        waiting = len(grant.lines)
 
         async def one(line: dict[str, Any]) -> None:
+            nonlocal waiting
             async with limiter:
+                waiting -= 1
+                if waiting == 0:
+                    started.set()
                 await self._yield_to_interactive()
                 self.batch_in_flight += 1
                 try:
@@ -199,10 +246,15 @@ class JobWorker:
                     receipts[line["request_id"]] = raw
                 self.lines_done += 1
 
-        with trio.move_on_after(grant.deadline_s):
-            async with trio.open_nursery() as nursery:
-                for line in grant.lines:
-                    nursery.start_soon(one, line)
+        if waiting == 0:
+            started.set()
+        try:
+            with trio.move_on_after(grant.deadline_s):
+                async with trio.open_nursery() as nursery:
+                    for line in grant.lines:
+                        nursery.start_soon(one, line)
+        finally:
+            started.set()  # the deadline passed before every line had a slot
         return results, receipts
 
     async def _yield_to_interactive(self) -> None:

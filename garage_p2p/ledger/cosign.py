@@ -80,7 +80,7 @@ class Cosigner:
             )
             if problem is None and receipt.answer_digest not in (None, seen.answer_digest):
                 problem = "receipt signs another answer than the bytes we received"
-            if problem is None and receipt.request_digest not in (None, request_digest(head.path, head.body)):
+            if problem is None and receipt.request_digest not in (None, request_digest(head.path, head.body, head.raw)):
                 problem = "receipt signs another request than the one we sent"
         if problem is not None:
             return self._refuse(provider, problem)

@@ -40,6 +40,7 @@ from ..core.capabilities import (
     TABLE_CONTROL_BYTES,
     TABLE_FETCH_GAP,
     TABLE_REQUESTS,
+    CapabilityAd,
     PeerTable,
     TableCursor,
     TableRequest,
@@ -104,7 +105,7 @@ class Discovery:
         served_models: Callable[[], Sequence[str]],
         *,
         dht_mode: str = "server",
-        on_peer_addrs: Callable[[str, Sequence[str]], None] | None = None,
+        on_ad: Callable[[CapabilityAd], None] | None = None,
         on_new_connection: Callable[[], None] | None = None,
     ) -> None:
         self.on_new_connection = on_new_connection
@@ -119,7 +120,8 @@ class Discovery:
             # refuse them all. Eclipse resistance comes from signed ads instead.
             max_peers_per_subnet=0,
         )
-        self.on_peer_addrs = on_peer_addrs
+        self.on_ad = on_ad
+        """Told every ad a table sync brought that was news (as ``CapsService.on_ad`` is for gossip)."""
         self._requests = Limiter(max_parties=4096)
         self._fetched: dict[str, float] = {}
         """When we last asked each peer for its table (time.monotonic)."""
@@ -259,8 +261,8 @@ class Discovery:
             warn_clock_skew(source, intake.clock_skew)
         if intake.entry is None:
             return 0
-        if self.on_peer_addrs is not None:
-            self.on_peer_addrs(intake.entry.ad.peer_id, intake.entry.ad.addrs)
+        if self.on_ad is not None:
+            self.on_ad(intake.entry.ad)
         return 1
 
     # -- DHT --------------------------------------------------------------------

@@ -381,10 +381,16 @@ async def _keep_bootstrap(mesh: Mesh, bootstrap: Sequence[str]) -> None:
 
 
 async def _connect_mdns_finds(mesh: Mesh) -> None:
-    """Dial the peers mDNS finds on the LAN while we hold fewer than CONNECTION_TARGET connections
-    (the library only notes them)."""
+    """Dial the peers mDNS finds on the LAN while we hold fewer than CONNECTION_TARGET connections,
+    counting the dials still under way (the library only notes the finds).
+
+    A joining peer's first query is answered by the whole LAN within a second: counted only once
+    connected, every find of that burst was dialled (all 19 others of a 20-daemon LAN; in one of
+    50, twice the trimming bound), and each dial cost both ends a handshake, identify, gossip, a
+    table and a ledger sync, for most of those connections to be trimmed 20 s later (issue 17)."""
     found_send, found = trio.open_memory_channel[PeerInfo](64)
     token = trio.lowlevel.current_trio_token()
+    dialling: set[str] = set()
 
     def on_found(info: PeerInfo) -> None:  # runs in zeroconf's thread
         try:
@@ -396,16 +402,23 @@ async def _connect_mdns_finds(mesh: Mesh) -> None:
     try:
         async with trio.open_nursery() as nursery:
             async for info in found:
-                if str(info.peer_id) == mesh.peer_id or len(mesh.connected_peers()) >= CONNECTION_TARGET:
+                peer_id = str(info.peer_id)
+                connected = mesh.connected_peers()
+                if peer_id == mesh.peer_id or peer_id in connected or peer_id in dialling:
+                    continue
+                if len(connected) + len(dialling) >= CONNECTION_TARGET:  # bounded: so is the set
                     continue
 
-                async def dial(info: PeerInfo = info) -> None:
+                async def dial(peer_id: str = peer_id, info: PeerInfo = info) -> None:
                     try:
-                        await mesh.connect(str(info.peer_id), [str(a) for a in info.addrs])
-                        log.info("connected to %s found by mDNS", info.peer_id)
+                        await mesh.connect(peer_id, [str(a) for a in info.addrs])
+                        log.info("connected to %s found by mDNS", peer_id)
                     except DialError as exc:
                         log.debug("mDNS peer unreachable: %s", exc)
+                    finally:
+                        dialling.discard(peer_id)
 
+                dialling.add(peer_id)
                 nursery.start_soon(dial)
     finally:
         peerDiscovery.unregister_peer_discovered_handler(on_found)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -9,8 +10,15 @@ import httpx
 from pydantic import ValidationError
 
 from ..core.capabilities import ModelCard
+from ..core.endpoints import served_path_ids
 
 log = logging.getLogger(__name__)
+
+MAX_OPENAPI_BYTES = 4 * 1024 * 1024
+"""The backend's /openapi.json at most (vLLM's is about 200 KB)."""
+OPENAPI_TIMEOUT = 20.0
+"""Seconds to read /openapi.json: vLLM (FastAPI) builds it on the first request, which took over
+5 s on a busy 2-core machine."""
 
 
 @dataclass
@@ -35,10 +43,20 @@ class Backend:
     """Whether the last probe found it answering; only healthy models are advertised."""
     failures: int = field(default=0)
     """Consecutive failed probes."""
+    paths: tuple[str, ...] | None = None
+    """Ids of the endpoint paths the backend serves (core/endpoints.py), read from its
+    /openapi.json when it became healthy; None when it publishes none (chat and completions)."""
+    paths_read: bool = False
+    """Whether /openapi.json was answered since the backend became healthy (else read again at
+    the next probe)."""
 
     def url(self, path: str) -> str:
-        """The backend URL for an endpoint path such as ``/v1/chat/completions``."""
-        return self.base_url.rstrip("/") + path.removeprefix("/v1")
+        """The backend URL for an endpoint path: ``/v1/...`` under the base URL, others (vLLM's
+        ``/tokenize``, ``/openapi.json``) at the server's root, the base URL without its ``/v1``."""
+        base = self.base_url.rstrip("/")
+        if path.startswith("/v1/"):
+            return base + path.removeprefix("/v1")
+        return base.removesuffix("/v1") + path
 
     async def probe(self, client: httpx.AsyncClient, timeout: float = 3.0) -> bool:
         """Ask the backend which models it serves; update health and the model id."""
@@ -68,11 +86,40 @@ class Backend:
         length = chosen.get("max_model_len")
         self.context_length = length if isinstance(length, int) and length > 0 else None
         self.card = model_card(chosen)
-        if not self.healthy:
-            log.info("backend %s ready at %s (model %s)", self.name, self.base_url, self.backend_model)
+        if not self.healthy or not self.paths_read:
+            self.paths, self.paths_read = await self.published_paths(client)
+            log.info(
+                "backend %s ready at %s (model %s, paths %s)",
+                self.name,
+                self.base_url,
+                self.backend_model,
+                ", ".join(self.paths or ("chat", "completions")),
+            )
         self.healthy = True
         self.failures = 0
         return True
+
+    async def published_paths(self, client: httpx.AsyncClient) -> tuple[tuple[str, ...] | None, bool]:
+        """(the mesh's paths among those the backend's /openapi.json lists, whether it answered).
+        vLLM registers only the routes of its model's tasks. No document (404, not JSON): None, as
+        a backend of chat and completions; no answer (a timeout): None for now, to be read again."""
+        try:
+            async with client.stream("GET", self.url("/openapi.json"), timeout=OPENAPI_TIMEOUT) as response:
+                if response.status_code != 200:
+                    return None, response.status_code < 500
+                raw = b""
+                async for chunk in response.aiter_bytes():
+                    raw += chunk
+                    if len(raw) > MAX_OPENAPI_BYTES:
+                        log.warning("backend %s: /openapi.json exceeds %d bytes", self.name, MAX_OPENAPI_BYTES)
+                        return None, True
+            paths = json.loads(raw).get("paths")
+        except httpx.HTTPError as exc:
+            log.info("backend %s: no /openapi.json yet (%s); chat and completions until it answers", self.name, exc)
+            return None, False
+        except (ValueError, AttributeError):
+            return None, True
+        return (served_path_ids(paths) if isinstance(paths, dict) else None), True
 
 
 def model_card(entry: dict) -> ModelCard:

@@ -27,6 +27,7 @@ from ..core.gpu_meter import GpuMeter, ReceiptClock
 from ..core.identity import Identity
 from ..core.limits import Limits
 from ..core.messages import MAX_ERROR_BODY, EndInfo, ErrorInfo, Load, RequestHead, Timings, Usage, error_info
+from ..core.multipart import MultipartError, replace_field
 from ..core.penalties import Penalise
 from ..core.receipts import (
     AnswerDigest,
@@ -42,6 +43,7 @@ from ..core.sse import SseSplitter, event_data
 from ..mesh.streams import PeerStream, StreamBroken, close_quietly, read_some, write_all
 from ..trio_util import single_exceptions
 from .backend import Backend
+from .usage import answer_type, body_usage, event_usage
 
 if TYPE_CHECKING:
     from ..gateway.metrics import Metrics
@@ -98,6 +100,9 @@ class _Relay:
     """The usage the backend reported."""
     fingerprint: str | None = None
     """The dropped usage chunk's ``system_fingerprint``, for the held finish chunks."""
+    read_usage: Callable[[bytes], Usage | None] | None = None
+    """How a path other than chat and completions reports its usage in its body or an event
+    (provider/usage.py); None: chat's and completions' way."""
 
 
 @dataclass
@@ -413,18 +418,25 @@ class ProviderService:
         backend_model = backend.backend_model or backend.name
         body = {**head.body, "model": backend_model}
         strip_usage = False
-        if head.stream:
+        raw = head.raw is not None
+        content_type = None
+        if raw:
+            content, headers = raw_request(head, backend)
+        elif head.stream:
             # Meter every stream: ask for the usage chunk, and hide it again
             # from a client that did not ask for it (core/backend_answer.py).
             body, strip_usage = metered_body(body)
-        relay = _Relay(strip_usage, backend_model, backend.name)
+        if not raw:
+            content, headers = json.dumps(body, separators=(",", ":")).encode(), {"content-type": "application/json"}
+        read_usage = (event_usage if head.stream else body_usage) if raw else None
+        relay = _Relay(strip_usage, backend_model, backend.name, read_usage=read_usage)
         queue_ms = (trio.current_time() - start) * 1000
         try:
             async with self.client.stream(
                 "POST",
                 backend.url(head.path),
-                content=json.dumps(body, separators=(",", ":")).encode(),
-                headers={"content-type": "application/json"},
+                content=content,
+                headers=headers,
                 timeout=httpx.Timeout(connect=5.0, read=head.timeout, write=30.0, pool=5.0),
             ) as response:
                 first_byte_ms = (trio.current_time() - start) * 1000
@@ -435,7 +447,10 @@ class ProviderService:
                     choices = n if isinstance(n, int) and 1 <= n <= 128 else 1
                     usage, tail = await self._relay_stream(response, send, relay, metering.answer, choices)
                 else:
-                    usage, tail = await self._relay_body(response, relay, metering.answer)
+                    if raw:
+                        content_type = answer_type(response.headers.get("content-type"))
+                    # Only a JSON answer names the model; any other (content_type) passes as it is.
+                    usage, tail = await self._relay_body(response, relay, metering.answer, rename=content_type is None)
         except httpx.ConnectError as exc:
             backend.healthy = False
             return metering.outcome.error(
@@ -457,7 +472,9 @@ class ProviderService:
         )
         signed = self._receipt(head, backend, usage, metering)
         # The last data and END go in one write: one muxer frame fewer per request.
-        end = EndInfo(usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name))
+        end = EndInfo(
+            usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name), content_type=content_type
+        )
         return tail + end_frame(end)
 
     def _receipt(self, head: RequestHead, backend: Backend, usage: Usage | None, metering: _Metering) -> str | None:
@@ -483,16 +500,17 @@ class ProviderService:
             start_ms=metering.start_ms,
             end_ms=end_ms,
             answer_digest=metering.answer.hexdigest(),
-            request_digest=request_digest(head.path, head.body),
+            request_digest=request_digest(head.path, head.body, head.raw),
         )
         raw = encode_receipt(receipt)
         metering.receipt = raw
         return pack_signed(raw, sign_receipt(self.identity, raw))
 
     async def _relay_body(
-        self, response: httpx.Response, relay: _Relay, answer: AnswerDigest
+        self, response: httpx.Response, relay: _Relay, answer: AnswerDigest, rename: bool = True
     ) -> tuple[Usage | None, bytes]:
-        """Read the whole JSON body; (usage, its DATA frames)."""
+        """Read the whole body; (usage, its DATA frames). ``rename``: give the model the client's
+        name (a JSON answer)."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
@@ -500,9 +518,13 @@ class ProviderService:
             if size > MAX_RESPONSE_BYTES:
                 raise httpx.DecodingError("backend response exceeds the size limit")
             chunks.append(chunk)
-        body = rename_model(b"".join(chunks), relay.backend_model, relay.model)
+        body = b"".join(chunks)
+        if rename:
+            body = rename_model(body, relay.backend_model, relay.model)
         answer.update(body)
         frames = b"".join(data_frame(body[i : i + DATA_FRAME_MAX]) for i in range(0, len(body), DATA_FRAME_MAX))
+        if relay.read_usage is not None:
+            return relay.read_usage(body), frames
         try:
             usage = _usage(json.loads(body).get("usage"))
         except (ValueError, AttributeError):
@@ -570,7 +592,10 @@ class ProviderService:
                     kept = []
                     for event in splitter.feed(chunk):
                         event = rename_model(event, relay.backend_model, relay.model)
-                        found, usage_only = _stream_usage(event)
+                        if relay.read_usage is not None:
+                            found, usage_only = relay.read_usage(event), None
+                        else:
+                            found, usage_only = _stream_usage(event)
                         if found is not None:
                             relay.usage = found
                         if relay.strip_usage and usage_only is not None:
@@ -586,6 +611,32 @@ class ProviderService:
                 if out:
                     answer.update(out)
                     await send(data_frame(out))
+
+
+def raw_request(head: RequestHead, backend: Backend) -> tuple[bytes, dict[str, str]]:
+    """The backend request of a path other than chat and completions: the client's bytes and
+    content type, with only the model's name changed if the backend knows it by another name."""
+    assert head.raw is not None
+    content = head.raw
+    ours, theirs = head.body.get("model"), backend.backend_model or backend.name
+    if ours != theirs:
+        content = renamed(content, head.content_type, theirs)
+    return content, ({"content-type": head.content_type} if head.content_type else {})
+
+
+def renamed(content: bytes, content_type: str | None, model: str) -> bytes:
+    """A raw body naming ``model`` instead (a JSON object re-encoded, a multipart field replaced;
+    a body that is neither is sent as it is, and the backend says what is wrong with it)."""
+    try:
+        if content_type is not None and content_type.lower().startswith("multipart/"):
+            return replace_field(content, content_type, "model", model)
+        body = json.loads(content)
+    except (MultipartError, ValueError):
+        return content
+    if not isinstance(body, dict):
+        return content
+    body["model"] = model
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _usage(raw: object) -> Usage | None:

@@ -234,6 +234,7 @@ class ModelRuntime:
                     models = await client.get(self.spec.base_url + "/models")
                     names = [m.get("id") for m in models.json().get("data", [])]
                     if health.status_code == 200 and models.status_code == 200 and self.spec.served_name in names:
+                        self.backend.paths, _ = await self.backend.published_paths(client)  # what it advertises
                         return True
                 except (httpx.HTTPError, ValueError, AttributeError):
                     pass

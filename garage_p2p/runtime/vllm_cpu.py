@@ -42,7 +42,13 @@ def default_tiny_model() -> Path:
 
 
 def vllm_cpu_command(
-    python: Path, model_dir: Path, served_name: str, host: str, port: int, dtype: str = "float32"
+    python: Path,
+    model_dir: Path,
+    served_name: str,
+    host: str,
+    port: int,
+    dtype: str = "float32",
+    extra_args: tuple[str, ...] = (),
 ) -> list[str]:
     """Command line for the vLLM OpenAI server on the CPU."""
     return [
@@ -66,6 +72,7 @@ def vllm_cpu_command(
         # weights give valid JSON within a few tokens (tests/integration/test_fidelity_vllm.py).
         "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
         "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
+        *extra_args,  # e.g. ("--runner", "pooling", "--convert", "embed"): the same model as an embedder
     ]  # fmt: skip
 
 
@@ -178,10 +185,12 @@ def run_vllm_cpu(
     log_path: Path | None = None,
     ready_timeout: float = 300.0,
     dtype: str = "float32",
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[VllmServer]:
     """Start a vLLM-CPU server, yield it once it serves, stop its whole process group on exit.
 
     Start-up takes about a minute on 2 cores (three processes each import torch).
+    ``extra_args`` go to vLLM after ours (a later flag wins).
     stdout and stderr go to `log_path` (a fresh temporary file when None; it is kept).
     Raises FileNotFoundError if `python` or the model is missing, and VllmStartError,
     quoting the log's tail, if the server exits or is not ready within `ready_timeout` s.
@@ -202,7 +211,7 @@ def run_vllm_cpu(
     base = f"http://{host}:{port}"
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype),
+            vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype, extra_args),
             env=vllm_cpu_env(),
             stdin=subprocess.DEVNULL,
             stdout=log,

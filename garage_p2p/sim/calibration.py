@@ -54,6 +54,19 @@ RELAY_RECOVERY_S = 7.5
 """After its relay died, a NAT-ed peer was served through its second relay
 7.5 s later (tests/integration/test_nat_traversal.py, issue 4)."""
 
+RESERVE_RETRY_S = 1.0
+"""A peer behind NAT with no reservation looks for a relay again after this (mesh/nat.py
+``NatService.serve``: 1 s while it has none)."""
+
+RESERVE_INTERVAL_S = 5.0
+"""... and after this while it holds fewer than RELAY_RESERVATIONS (mesh/nat.py RESERVE_INTERVAL)."""
+
+LIVENESS_DETECT_S = 9.0
+"""From a peer vanishing to the far end of a watched connection closing it and withdrawing the
+peer's routes: the last frame, QUIET (5 s) of silence, a ping, PONG_TIMEOUT (4 s) without an answer
+(core/liveness.py; the worst case of a connection that was busy, tests/test_liveness_inprocess.py
+and benchmarks/liveness.py measure ≤ 10 s)."""
+
 RELAY_CONNECTION_LIMIT_S = 120.0
 """Our relays cut a relayed connection after 2 minutes (bootstrap/relay-node.toml)."""
 

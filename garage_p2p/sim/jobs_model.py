@@ -188,7 +188,7 @@ class JobsNet:
     def _results(self, p: SimPeer, session: int, shard: Shard) -> None:
         world = self.world
         job = shard.job
-        new = job.state.complete(shard.lease.lease_id, shard.done) or []
+        new = job.state.complete(shard.lease.lease_id, shard.done, world.engine.now) or []
         now = world.engine.now
         job.record.lines_done = len(job.state.done_ids)
         if job.state.finished and job.record.finished is None:

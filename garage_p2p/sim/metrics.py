@@ -45,6 +45,14 @@ class RequestRecord:
     """Tokens generated."""
     failovers: int = 0
     """Times the answer continued at another provider after its provider was lost mid-answer."""
+    tried: list[str] = field(default_factory=list)
+    """What each attempt met, in order: the provider, its state when tried, and how the attempt ended
+    (simulator only: ``p17 vanished relayed: no reservation``)."""
+    reachable: int | None = None
+    """For a failure: providers of the model the consumer could have reached when it failed (online,
+    serving, a path to them); None where unknown (real peers) or for a success."""
+    routable: int | None = None
+    """For a failure: of those, the ones its table held and its router had not banned."""
 
     @property
     def cut(self) -> bool:
@@ -138,6 +146,21 @@ class Observations:
     """What each peer paid in CPU and bytes (``sim.cost.CostMeter.summary``); None where not modelled."""
 
 
+MAX_FAILURES_LISTED = 200
+"""Failed requests listed one by one in the summary (the first ones; ``failure_kinds`` counts them all)."""
+
+
+def _reach(r: RequestRecord) -> str:
+    """Whether the failed request had anyone to go to: the breakdown's second key."""
+    if r.reachable is None:
+        return "reachability unknown"
+    if r.reachable == 0:
+        return "no provider reachable"
+    if not r.routable:
+        return f"{r.reachable} reachable, none routable (unknown or banned)"
+    return "a provider was routable"
+
+
 def percentile(values: list[float], q: float) -> float | None:
     """The q-th percentile (0–100), nearest-rank; None for no values."""
     if not values:
@@ -206,6 +229,11 @@ def summarize(obs: Observations) -> dict:
             series["latency_p50"][i] = _r(percentile(lat, 50))
             series["latency_p99"][i] = _r(percentile(lat, 99))
             series["relayed_share"][i] = _r(sum(r.path == "relayed" for r in good) / len(good))
+    failed = [r for r in done if not r.ok]
+    breakdown: dict[str, int] = {}
+    for r in failed:
+        key = f"{r.status} {r.code}, {_reach(r)}"
+        breakdown[key] = breakdown.get(key, 0) + 1
     return {
         "requests": {
             "total": len(reqs),
@@ -222,6 +250,19 @@ def summarize(obs: Observations) -> dict:
             "relayed": paths["relayed"],
             "relayed_share": _r(paths["relayed"] / len(ok)) if ok else None,
             "tokens": sum(r.tokens for r in ok),
+            "failure_kinds": dict(sorted(breakdown.items())),
+            "failures": [
+                {
+                    "at": _r(r.submitted, 3),
+                    "took": _r(r.ended - r.submitted, 3),
+                    "error": f"{r.status} {r.code}",
+                    "cut": r.cut,
+                    "tried": r.tried,
+                    "reachable": r.reachable,
+                    "routable": r.routable,
+                }
+                for r in failed[:MAX_FAILURES_LISTED]
+            ],
         },
         "discovery": {
             "joins": len(obs.joins),

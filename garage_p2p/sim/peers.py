@@ -58,6 +58,8 @@ class Conn:
     """Reset or closed: requests still on their way find it gone."""
     active: set[int] = field(default_factory=set)
     """Requests running over it."""
+    hung: list[tuple[Flight, int]] = field(default_factory=list)
+    """Attempts (flight, attempt number) waiting on it since its far end vanished: liveness cuts them."""
 
     def kind_at(self, now: float) -> str:
         return "direct" if self.direct_at is not None and now >= self.direct_at else self.kind
@@ -105,6 +107,10 @@ class Flight:
     """One-way time from its provider back to the consumer, with the mesh's overhead."""
     silent_from: float | None = None
     """When its provider went silent (vanished): nothing it sends after reaches the consumer."""
+    why: str = ""
+    """What the consumer's timer found when it last fired on the attempt (for the failure breakdown)."""
+    noted: bool = False
+    """Whether the attempt's ending is in the record's ``tried`` already."""
     # Provider side, while it runs there:
     key: int = 0
     arrived: float = 0.0
@@ -153,6 +159,8 @@ class SimPeer:
     """Batch lines on the GPU: key → (job token, started, meter mark, tokens)."""
     draining: bool = False
     relays: list[int] = field(default_factory=list)
+    reserving: int = 0
+    """Names its pending look for relays (``World._rereserve``): an older one is stale."""
     ad_seq: int = 0
     schedule: AdSchedule | None = None
     """When its next ad goes out (the new gossip policy; None under the legacy one)."""

@@ -265,6 +265,7 @@ def render_markdown(*, scenario: Scenario, seed: int, summary: dict, twin: dict 
     lines += _headline_section(summary)
     lines += _cost_section(summary)
     lines += _errors_section(summary)
+    lines += _failures_section(summary)
     lines += _jobs_section(summary)
     lines += _events_section(summary)
     lines += _counters_section(summary)
@@ -359,6 +360,43 @@ def _errors_section(summary: dict) -> list[str]:
             ]
         )
     return lines + _table(["Status", "Code", "Requests", "Share of ended"], rows, "llrr") + [""]
+
+
+FAILURES_SHOWN = 20
+"""Failed requests listed one by one in report.md (report.json lists more)."""
+
+
+def _failures_section(summary: dict) -> list[str]:
+    """Why requests failed: by error and whether any provider was reachable, then the first ones
+    with what each attempt met (simulator only: real peers do not say)."""
+    kinds = _get(summary, "requests.failure_kinds") or {}
+    failures = _get(summary, "requests.failures") or []
+    if not kinds or all("reachability unknown" in str(k) for k in kinds):
+        return []
+    lines = [
+        "## Failed requests",
+        "",
+        "Each failure by its error and whether the consumer could have been served at all when it failed "
+        "(providers of the model online, serving, with a path to them; routable: also in its table and not "
+        "banned by its router).",
+        "",
+    ]
+    rows = [[_cell(str(kind)), fmt_count(count)] for kind, count in kinds.items()]
+    lines += _table(["Error, reachability", "Requests"], rows, "lr") + [""]
+    rows = [
+        [
+            _trim(f["at"]) if _is_number(f.get("at")) else DASH,
+            fmt_seconds(f.get("took")),
+            _cell(str(f.get("error"))) + (" (cut)" if f.get("cut") else ""),
+            fmt_plain(f.get("reachable")),
+            fmt_plain(f.get("routable")),
+            _cell("; ".join(str(t) for t in f.get("tried") or [])) or DASH,
+        ]
+        for f in failures[:FAILURES_SHOWN]
+    ]
+    shown = f"The first {len(rows)} of {sum(kinds.values())}" if len(rows) < sum(kinds.values()) else "Every one"
+    lines += [f"{shown}, with what each attempt met (the provider, its state, how the attempt ended):", ""]
+    return lines + _table(["At (s)", "Took", "Error", "Reachable", "Routable", "Attempts"], rows, "rrlrrl") + [""]
 
 
 def _jobs_section(summary: dict) -> list[str]:

@@ -271,6 +271,11 @@ class World:
                 self._schedule_switch(p, on=False)
             else:
                 self._schedule_switch(p, on=True)
+        for p in self.peers:
+            if p.online and p.role == PROVIDER:
+                # Running a while: a provider behind NAT holds its reservations (the relays came
+                # online in the loop above, some after it).
+                self._reserve_relays(p)
         self._steady_state()
         for event in sc.events:
             eng.at(event.at_s, self._event, event)
@@ -379,7 +384,8 @@ class World:
             # a consumer peer may hold half of them).
             peer.admission = Admission(CONCURRENCY, Limits(concurrency=max(1, CONCURRENCY // 2)))
             peer.waiting = {}
-            self._reserve_relays(peer)
+            if not initial:
+                self._reserve_relays(peer)
         self._start_ads(peer, initial)
         if peer.state is not None:
             self.ledger.start_anti_entropy(peer)
@@ -439,7 +445,8 @@ class World:
         reach = float(arrivals[k - 1])
         self.obs.joins.append(JoinRecord(peer.peer_id, since, base + reach if math.isfinite(reach) else None))
 
-    def _leave(self, peer: SimPeer) -> None:
+    def _leave(self, peer: SimPeer) -> list[int]:
+        """The peer goes offline; returns its former gossip neighbours."""
         now = self.engine.now
         peer.online = False
         if peer.record is not None:
@@ -459,10 +466,11 @@ class World:
                 self._consumer_pos[last] = pos
         if peer.role == RELAY:
             self._relay_gone(peer)
+        return former
 
     def _vanish(self, peer: SimPeer) -> None:
-        """Power cut: nothing is said; its connections go silent (py-libp2p has no keepalive)."""
-        self._leave(peer)
+        """Power cut: nothing is said; its connections go silent until liveness closes them."""
+        former = self._leave(peer)
         if peer.gpu is not None:
             peer.gpu.drop(self.engine.now, set(peer.batch))
             peer.batch.clear()  # its leases expire at the submitters
@@ -475,7 +483,46 @@ class World:
                 if flight.conn is not None:
                     flight.conn.dead = True
                     flight.conn.active.discard(flight.record.id)
-            # The requests it ran hear nothing more: their stall (or first-byte) deadline finds it lost.
+                    flight.conn.hung.append((flight, flight.attempt))
+            # The requests it ran hear nothing more: their stall (or first-byte) deadline finds it lost,
+            # or liveness, whichever comes first.
+        self._watch_silence(peer, former)
+
+    def _watch_silence(self, peer: SimPeer, former: list[int]) -> None:
+        """Liveness (mesh/liveness.py): every consumer holding a connection to the vanished peer (one it
+        dialled, or a gossip link) finds it silent LIVENESS_DETECT_S later, closes the connection
+        (what ran on it fails at once) and withdraws the peer's routes (the daemon's ``_withdraw_silent``)."""
+        if peer.role != PROVIDER:
+            return
+        watchers = {i for i in former if self.peers[i].role == CONSUMER}
+        watchers.update(c.idx for c in self.peers if c.role == CONSUMER and peer.idx in c.conns)
+        for i in sorted(watchers):
+            watcher = self.peers[i]
+            self.engine.after(cal.LIVENESS_DETECT_S, self._silent, watcher, watcher.session, peer, peer.session)
+
+    def _silent(
+        self, consumer: SimPeer, own_session: int, provider: SimPeer, session: int, path: Conn | None = None
+    ) -> None:
+        """Liveness closed the consumer's silent connection to ``provider`` (``path``: that one, its
+        relay gone; None: whichever reached the vanished ``session``) and, as it was its only one,
+        withdrew the provider's routes until a newer ad."""
+        if not consumer.online or consumer.session != own_session:
+            return  # it left meanwhile: its connections went with it
+        conn = consumer.conns.get(provider.idx)
+        if path is not None and conn is not path:
+            # Replaced meanwhile (a new dial): only what waited on the silent one fails.
+            conn = path
+        if conn is not None and conn.session == session and not conn.closed:
+            if consumer.conns.get(provider.idx) is conn:
+                consumer.conns.pop(provider.idx)
+            conn.closed = True
+            for flight, attempt in conn.hung:
+                if not flight.done and flight.attempt == attempt and flight.conn is conn:
+                    self._cut(flight, "the connection went silent (liveness)")
+            conn.hung.clear()
+        last = provider.idx not in consumer.conns and provider.idx not in self.topo.neighbours[consumer.idx]
+        if last and provider.session == session and consumer.table is not None:
+            consumer.table.suspend(provider.peer_id)  # until it is heard from again (a newer ad)
 
     def _drain(self, peer: SimPeer) -> None:
         """Withdraw the ad, finish what runs (30 s at most), then leave."""
@@ -513,23 +560,57 @@ class World:
             return
         live = [r.idx for r in self.relays if r.online and self.topo.same_side(r.idx, peer.idx)]
         peer.relays = sorted(peer.rng.sample(live, min(cal.RELAY_RESERVATIONS, len(live))))
+        self._keep_reserving(peer, 0.0)
 
     def _relay_gone(self, relay: SimPeer) -> None:
+        """A relay vanished without a word: what went through it goes silent, and each end finds out
+        by liveness (LIVENESS_DETECT_S), the consumer for its relayed connections, the provider for its
+        reservation; the provider then reserves elsewhere (RELAY_RECOVERY_S, measured) and its ad
+        names the new relay."""
         self.counters["relays_lost"] += 1
+        now = self.engine.now
         for consumer in self.peers:
             if consumer.role != CONSUMER:
                 continue
             for p_idx, conn in sorted(consumer.conns.items()):
-                if conn.relay == relay.idx and conn.kind_at(self.engine.now) == "relayed":
-                    self._break(consumer, p_idx, conn, "the relay went away")
+                if conn.relay == relay.idx and conn.kind_at(now) == "relayed" and not conn.dead:
+                    self._path_silent(consumer, p_idx, conn)
         for p in self.peers:
             if p.role == PROVIDER and relay.idx in p.relays:
-                p.relays = [r for r in p.relays if r != relay.idx]
-                self.engine.after(cal.RELAY_RECOVERY_S, self._rereserve, p, p.session)
-                self._ad_changed(p)
+                self.engine.after(cal.LIVENESS_DETECT_S, self._reservation_lost, p, p.session, relay.idx)
 
-    def _rereserve(self, peer: SimPeer, session: int) -> None:
-        if not peer.online or peer.session != session:
+    def _path_silent(self, consumer: SimPeer, p_idx: int, conn: Conn) -> None:
+        """The connection's relay vanished: nothing more crosses it, in either direction."""
+        conn.dead = True
+        provider = self.peers[p_idx]
+        for flight in [*provider.flights.values(), *provider.waiting.values()]:
+            if flight.record.id in conn.active:
+                flight.silent_from = self.engine.now
+                conn.hung.append((flight, flight.attempt))
+        conn.active.clear()
+        self.engine.after(cal.LIVENESS_DETECT_S, self._silent, consumer, consumer.session, provider, conn.session, conn)
+
+    def _reservation_lost(self, provider: SimPeer, session: int, relay: int) -> None:
+        """The provider's liveness found its relay silent: it drops the reservation, and its ad the address."""
+        if not provider.online or provider.session != session or relay not in provider.relays:
+            return
+        provider.relays = [r for r in provider.relays if r != relay]
+        self._keep_reserving(provider, cal.RELAY_RECOVERY_S)
+        self._ad_changed(provider)
+
+    def _keep_reserving(self, peer: SimPeer, delay: float) -> None:
+        """A provider behind NAT short of reservations looks again after ``delay`` (and then every
+        RESERVE_RETRY_S while it has none, RESERVE_INTERVAL_S while it has fewer than it wants), as
+        ``NatService`` does; one look pending at a time."""
+        if self.topo.places[peer.idx].nat == PUBLIC or len(peer.relays) >= cal.RELAY_RESERVATIONS:
+            return
+        if not delay:
+            delay = cal.RESERVE_INTERVAL_S if peer.relays else cal.RESERVE_RETRY_S
+        peer.reserving += 1
+        self.engine.after(delay, self._rereserve, peer, peer.session, peer.reserving)
+
+    def _rereserve(self, peer: SimPeer, session: int, look: int | None = None) -> None:
+        if not peer.online or peer.session != session or (look is not None and look != peer.reserving):
             return
         live = [
             r.idx for r in self.relays if r.online and r.idx not in peer.relays and self.topo.same_side(r.idx, peer.idx)
@@ -538,6 +619,7 @@ class World:
         if live and missing > 0:
             peer.relays = sorted(peer.relays + peer.rng.sample(live, min(missing, len(live))))
             self._ad_changed(peer)
+        self._keep_reserving(peer, 0.0)
 
     # == ads =====================================================================================
 
@@ -948,6 +1030,7 @@ class World:
                 elif isinstance(command, Open):
                     self._attempt(flight, command)
                 elif isinstance(command, Close):
+                    self._note(flight, flight.why or "closed")
                     self._stop_attempt(flight)
                 elif isinstance(command, Ban):
                     consumer.router.failed(command.provider, EPOCH + self.engine.now)
@@ -979,6 +1062,10 @@ class World:
         flight.timer_at = None
         now = self.engine.now
         self._feed(flight, now)
+        if now >= flight.policy.end:
+            flight.why = "the request's deadline"
+        else:
+            flight.why = "first-byte deadline" if flight.fed < 0 and flight.streamed else "stall deadline"
         flight.policy.handle_timer(now)
         self._drive(flight)
 
@@ -1053,6 +1140,8 @@ class World:
         flight.prompt_len, flight.tokens, flight.streamed = attempt_shape(command.head, flight.prompt_tokens)
         flight.record.attempts += 1
         flight.record.provider = provider.peer_id
+        flight.why, flight.noted = "", False
+        flight.record.tried.append(f"p{p_idx} {self._state_of(provider)}")
         conn = consumer.conns.get(p_idx)
         if conn is not None and (conn.dead or conn.session != provider.session or not provider.online):
             if provider.online and conn.session != provider.session:
@@ -1066,6 +1155,7 @@ class World:
                 conn.dead = True
                 self.counters["silent_hangs"] += 1
                 self._opened(flight, provider, conn)
+                conn.hung.append((flight, flight.attempt))
                 return
         if conn is None:
             conn = self._dial(consumer, provider)
@@ -1082,7 +1172,9 @@ class World:
         self.peers[flight.consumer].router.started(provider.peer_id)
         flight.outstanding = provider.peer_id
         flight.conn = conn
-        flight.policy.opened(flight.attempt, self.engine.now)
+        # When the relay will cut the connection, as ``Mesh.relay_deadline`` says (None: direct).
+        relay_deadline = conn.expires if conn.kind_at(self.engine.now) == "relayed" else None
+        flight.policy.opened(flight.attempt, self.engine.now, relay_deadline)
 
     @staticmethod
     def _relay_of(conn: Conn | None, at: float) -> int | None:
@@ -1135,15 +1227,23 @@ class World:
         consumer = self.peers[flight.consumer]
         now = self.engine.now
         self.counters["dial_failures"] += 1
-        if provider.online:
+        if provider.online and provider.relays and not any(self.peers[r].online for r in provider.relays):
+            # Every relay its ad names vanished (it has not noticed yet): the dials time out.
+            delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.policy.end - now))
+            why = "its relays are gone: dial timeout"
+        elif provider.online:
             # Refused (a partition with resets) or no relay to carry it: quick.
             delay = self.topo.rtt(consumer.idx, provider.idx) + cal.RELAY_DIAL_MS / 1000
+            why = "dial refused" if not self.topo.same_side(consumer.idx, provider.idx) else "no relay to reach it"
         elif self.topo.places[provider.idx].nat != PUBLIC and any(self.peers[r].online for r in provider.relays):
             delay = (
                 self.topo.rtt(consumer.idx, provider.relays[0]) + cal.RELAY_DIAL_MS / 1000
             )  # the relay: no reservation
+            why = "its relay holds no reservation"
         else:
             delay = min(cal.DIAL_TIMEOUT_S, max(0.0, flight.policy.end - now))  # a host that is gone: time out
+            why = "dial timeout"
+        self._note(flight, why)
         self.engine.after(delay, self._open_failed, flight, flight.attempt)
 
     def _open_failed(self, flight: Flight, attempt: int) -> None:
@@ -1163,6 +1263,7 @@ class World:
         if not provider.online or provider.session != conn.session:
             conn.dead = True
             conn.active.discard(flight.record.id)
+            conn.hung.append((flight, attempt))
             self.counters["silent_hangs"] += 1
             return  # nobody there: the first-byte deadline ends the wait
         reader = RequestReader()
@@ -1223,6 +1324,9 @@ class World:
     def _refused(self, flight: Flight, provider: SimPeer, conn: Conn, info: ErrorInfo) -> None:
         conn.active.discard(flight.record.id)
         flight.key = 0
+        if info.status == 429:
+            # A busy reply carries the provider's live load for the consumer's router (``ProviderService``).
+            info = info.model_copy(update={"load": self._live_load(provider)})
         self.meter.frames(provider.idx, flight.consumer, REQUESTS, 1, 200, self._relay_of(conn, self.engine.now))
         back = self._one_way_over(flight.consumer, provider.idx, conn, self.engine.now)
         self.engine.after(back, self._deliver, flight, flight.attempt, ResponseFailed(info))
@@ -1230,6 +1334,11 @@ class World:
     def _deliver(self, flight: Flight, attempt: int, event: ResponseFailed) -> None:
         if flight.done or flight.attempt != attempt:
             return
+        self._note(flight, str(event.info.error.code))
+        provider = self.peers[flight.provider] if flight.provider is not None else None
+        if event.info.load is not None and provider is not None:
+            consumer = self.peers[flight.consumer]
+            consumer.router.observe(provider.peer_id, flight.record.model, event.info.load, EPOCH + self.engine.now)
         flight.policy.received(attempt, event, self.engine.now)
         self._drive(flight)
 
@@ -1399,6 +1508,7 @@ class World:
         else:
             rest = last_chunks(flight.path, flight.tokens - max(0, flight.fed), flight.prompt_len, flight.tokens)
             body = (first_chunk(flight.path, flight.prompt_len) if flight.fed < 0 else b"") + rest
+        self._note(flight, "answered")
         flight.policy.received(attempt, ResponseData(body), now)
         flight.policy.received(attempt, event, now)
         provider.record.requests += 1
@@ -1443,10 +1553,48 @@ class World:
                 record.first_byte = now
         else:
             record.status, record.code = finish.error.status, finish.error.error.code
+            record.reachable, record.routable = self._reachability(consumer, record.model)
+
+    def _state_of(self, provider: SimPeer) -> str:
+        """A provider's state as the simulator knows it (the consumer does not): for the failure breakdown."""
+        if not provider.online:
+            return "vanished"
+        path = "public" if self.topo.places[provider.idx].nat == PUBLIC else f"{len(provider.relays)} relays"
+        return f"draining {path}" if provider.draining else f"online {path}"
+
+    def _note(self, flight: Flight, outcome: str) -> None:
+        """How the current attempt ended, once (the failure breakdown's ``tried``)."""
+        if not flight.noted and flight.record.tried:
+            flight.record.tried[-1] += f": {outcome}"
+            flight.noted = True
+
+    def _reachable(self, consumer: SimPeer, provider: SimPeer) -> bool:
+        """Whether ``consumer`` could reach ``provider`` now and be served (the simulator's truth)."""
+        if not provider.online or provider.draining or not self.topo.same_side(consumer.idx, provider.idx):
+            return False
+        if self.topo.places[provider.idx].nat == PUBLIC or self.topo.loopback:
+            return True
+        conn = consumer.conns.get(provider.idx)
+        if conn is not None and not conn.dead and not conn.closed and conn.session == provider.session:
+            return True
+        return any(self.peers[r].online and self.topo.same_side(consumer.idx, r) for r in provider.relays)
+
+    def _reachability(self, consumer: SimPeer, model: str) -> tuple[int, int]:
+        """Providers of ``model`` the consumer could reach now, and of those the ones its table holds
+        and its router has not banned."""
+        now = EPOCH + self.engine.now
+        reachable = [p for p in self.providers_of[model] if self._reachable(consumer, p)]
+        routable = sum(
+            1
+            for p in reachable
+            if consumer.table.get(p.peer_id, now) is not None and consumer.router.banned_until(p.peer_id) <= now
+        )
+        return len(reachable), routable
 
     def _stop_attempt(self, flight: Flight) -> None:
         """The policy closed the attempt (or the request ended): stop it and stop counting it."""
         self._stop_at_provider(flight)
+        flight.first_byte = None  # nothing more of it is read (a wake before the next attempt feeds nothing)
         if flight.outstanding is not None:
             self.peers[flight.consumer].router.finished(flight.outstanding)
             flight.outstanding = None
@@ -1483,6 +1631,7 @@ class World:
         if flight.done or flight.attempt != attempt:
             return
         self._stop_at_provider(flight)
+        self._note(flight, f"cut after {max(0, flight.fed)} tokens: {why}")
         flight.policy.received(attempt, truncated_failure(why), now)
         self._drive(flight)
 

@@ -225,3 +225,36 @@ def test_a_provider_result_with_numbers_the_store_cannot_hold_is_a_problem():
         {"custom_id": "c"},
     ]
     assert all(result_problem(r) is not None for r in bad)
+
+
+def test_a_running_shard_is_duplicated_only_at_the_tail_or_when_it_straggles():
+    job = make(n=60, size=3)  # 20 shards
+    leases = [job.claim(f"P{i}", 0) for i in range(20)]
+    assert all(lease is not None and not lease.duplicate for lease in leases)
+    # Every shard is running and 20 are left: an idle provider gets nothing rather than a duplicate.
+    assert job.claim("idle", 0) is None
+    for lease in leases[:10]:
+        job.complete(lease.lease_id, [line.custom_id for line in job.shards[lease.shard]], now=1.0)
+    assert job.claim("idle", 1.5) is None  # 10 left, each running for 1.5 s where a shard took 1 s
+    straggler = job.claim("idle", 2.5)  # past twice the typical shard's time
+    assert straggler is not None and straggler.duplicate and straggler.shard == leases[10].shard
+    for lease in leases[11:18]:
+        job.complete(lease.lease_id, [line.custom_id for line in job.shards[lease.shard]], now=1.0)
+    # Two shards left (the tail): they are duplicated however young, each once.
+    job.complete(straggler.lease_id, [line.custom_id for line in job.shards[straggler.shard]], now=2.6)
+    tail = [job.claim(f"T{i}", 2.6) for i in range(3)]
+    assert [lease.duplicate for lease in tail[:2]] == [True, True] and tail[2] is None
+    assert {lease.shard for lease in tail[:2]} == {leases[18].shard, leases[19].shard}
+
+
+def test_a_provider_claims_its_next_shard_while_it_works_on_one():
+    job = make(n=6, size=3)  # two shards: the tail from the start
+    first = job.claim("A", 0)
+    second = job.claim("A", 1, working=[first.lease_id])
+    assert second.shard != first.shard and set(job.leases) == {first.lease_id, second.lease_id}
+    # A claim that does not name a lease gives it up (the provider restarted, or its stream broke).
+    third = job.claim("A", 2, working=[second.lease_id])
+    assert set(job.leases) == {second.lease_id, third.lease_id} and third.shard == first.shard
+    # A provider never duplicates its own shard; another one does.
+    assert job.claim("A", 3, working=[second.lease_id, third.lease_id]) is None
+    assert job.claim("B", 3).duplicate

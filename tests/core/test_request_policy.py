@@ -25,6 +25,8 @@ from garage_p2p.core.exchange import ResponseData, ResponseEnd, ResponseEvent, R
 from garage_p2p.core.messages import EndInfo, RequestHead, Usage, error_body, error_info
 from garage_p2p.core.request_policy import (
     MAX_ATTEMPTS,
+    MAX_BUSY_WAIT,
+    MAX_ROUNDS,
     Answering,
     Ban,
     Close,
@@ -56,6 +58,8 @@ class Script:
     at: int = 0
     """For a loss: frames sent before it."""
     retry_after: float = 1.0
+    busy_first: int = 0
+    """Requests it answers busy (429) before it behaves as ``kind`` says."""
 
 
 def frames(wire: bytes) -> list[bytes]:
@@ -72,9 +76,9 @@ def answer_frames(head: RequestHead, tokens: list[bytes]) -> list[bytes]:
     return frames(provider_stream(head.path, tokens, 0, usage_prompt=len(PROMPT_IDS)))
 
 
-def events_of(script: Script, head: RequestHead, tokens: list[bytes]) -> list[ResponseEvent | None]:
-    """The provider's events; None is silence (nothing more comes)."""
-    if script.kind == "busy":
+def events_of(script: Script, head: RequestHead, tokens: list[bytes], call: int = 1) -> list[ResponseEvent | None]:
+    """The provider's events for its ``call``-th request; None is silence (nothing more comes)."""
+    if script.kind == "busy" or call <= script.busy_first:
         info = error_info(429, "busy", type="rate_limit_error", code="provider_busy", retryable=True)
         return [ResponseFailed(info.model_copy(update={"retry_after": script.retry_after}))]
     if script.kind == "refuse":
@@ -114,8 +118,10 @@ def drive(
     failover: bool = True,
     rng: random.Random | None = None,
     relayed: bool = False,
+    ban_s: float | None = None,
 ) -> Run:
-    """The gateway's loop, without I/O: route to the providers not banned, play their scripts."""
+    """The gateway's loop, without I/O: route to the providers not banned, play their scripts. A ban
+    lasts ``ban_s`` (None: for good)."""
     body = {"model": "tiny", "max_tokens": len(tokens), "temperature": 0, "stream": stream}
     body.update({"messages": [{"role": "user", "content": "hi"}]} if path == CHAT else {"prompt": "hi"})
     sending = plan(path, body, None if failover else "off")
@@ -135,6 +141,8 @@ def drive(
     out: list[bytes] = []
     opened: list[str] = []
     banned: list[str] = []
+    banned_until: dict[str, float] = {}
+    calls: dict[str, int] = {}
     moved: list[str] = []
     delivered: list[Delivered] = []
     closed: set[int] = set()
@@ -144,7 +152,7 @@ def drive(
         while commands := policy.commands():
             for command in commands:
                 if isinstance(command, Route):
-                    candidates = [Candidate(p, 1.0, True) for p in order if p not in banned]
+                    candidates = [Candidate(p, 1.0, True) for p in order if banned_until.get(p, now) <= now]
                     known = [] if not scripts else [_ad(p) for p in scripts]
                     policy.routed(candidates, known, RouteRequest("tiny"), now)
                 elif isinstance(command, Open):
@@ -152,16 +160,18 @@ def drive(
                     attempt = command.attempt
                     opened.append(command.provider)
                     script = scripts[command.provider]
+                    calls[command.provider] = calls.get(command.provider, 0) + 1
                     if script.kind == "unreachable":
                         policy.open_failed(attempt, "no route", now)
                     else:
-                        playing = events_of(script, command.head, tokens)
+                        playing = events_of(script, command.head, tokens, calls[command.provider])
                         # Relayed: the relay's limit is reached as the attempt opens (any loss is its cut).
                         policy.opened(attempt, now, now if relayed else None)
                 elif isinstance(command, Close):
                     closed.add(command.attempt)
                 elif isinstance(command, Ban):
                     banned.append(command.provider)
+                    banned_until[command.provider] = float("inf") if ban_s is None else now + ban_s
                 elif isinstance(command, Moved):
                     moved.append(command.provider)
                 elif isinstance(command, Delivered):
@@ -306,13 +316,13 @@ def test_busy_unreachable_and_silent_providers_are_banned_and_passed_over():
         if shuffled[:3] == order[:3]:
             break
     run = drive(scripts, TEXT, rng=random.Random(seed))
-    # MAX_ATTEMPTS providers per round: the good one, fourth, is never reached.
-    assert run.opened == order[:MAX_ATTEMPTS] and MAX_ATTEMPTS == 3
+    # MAX_ATTEMPTS providers per round: the good one, fourth, answers in a fresh round, after the
+    # busy one's retry_after (1 s).
+    assert run.opened == order and MAX_ATTEMPTS == 3
     assert run.banned == order[:3]
-    assert run.finish.error is not None and run.finish.error.status == 429  # one was busy
-    assert run.finish.error.error.code == "providers_busy" and run.finish.error.retry_after == 1.0
+    assert_whole(run)
     # The silent one cost its first-byte deadline, not the request's 600 s.
-    assert run.now - 1000.0 < 2 * FIRST_BYTE_MIN
+    assert FIRST_BYTE_MIN + 1.0 <= run.now - 1000.0 < 2 * FIRST_BYTE_MIN + 1.0
 
 
 def test_a_silent_provider_loses_the_request_at_its_first_byte_deadline_and_the_next_answers():
@@ -333,6 +343,84 @@ def test_every_provider_busy_is_a_429_with_the_shortest_retry_after():
     assert run.finish.error is not None
     assert (run.finish.error.status, run.finish.error.error.code) == (429, "providers_busy")
     assert run.finish.error.retry_after == 3.0
+
+
+def _order(first: list[str], names: list[str]) -> random.Random:
+    """A random whose shuffle of ``names`` puts ``first`` first, in that order."""
+    for seed in range(10_000):
+        shuffled = list(names)
+        random.Random(seed).shuffle(shuffled)
+        if shuffled[: len(first)] == first:
+            return random.Random(seed)
+    raise AssertionError
+
+
+def test_busy_providers_are_waited_for_their_retry_after_then_a_fresh_round_answers():
+    """Every provider of the first round busy (429, retry after 2 s): the client gets the answer a
+    moment later, not the 429 it would have retried itself."""
+    scripts = {name: Script(busy_first=1, retry_after=2.0) for name in ("a", "b", "c")}
+    run = drive(scripts, TEXT, ban_s=1.0)
+    assert_whole(run)
+    assert len(run.opened) == MAX_ATTEMPTS + 1 and set(run.opened[:3]) == {"a", "b", "c"}
+    assert 2.0 <= run.now - 1000.0 < 2.0 + 1.0  # the wait, and the answer's frames
+
+
+def test_a_busy_wait_longer_than_the_cap_or_past_the_deadline_is_the_clients_429():
+    scripts = {name: Script(busy_first=1, retry_after=MAX_BUSY_WAIT + 1.0) for name in ("a", "b", "c")}
+    run = drive(scripts, TEXT, ban_s=1.0)
+    assert len(run.opened) == MAX_ATTEMPTS
+    assert run.finish.error is not None and run.finish.error.status == 429
+    assert run.finish.error.retry_after == MAX_BUSY_WAIT + 1.0 and run.now - 1000.0 < 1.0
+    head = RequestHead(request_id="r", path=CHAT, body={"model": "tiny"}, timeout=1.5)
+    policy = RequestPolicy(
+        head, "tiny", 0.0, transcript=None, client_stream=False, prompt_tokens=0, first_bytes=FirstByteHistory()
+    )
+    policy.commands()
+    policy.routed([Candidate("a", 1.0, True)], [], RouteRequest("tiny"), 0.0)
+    [open_] = policy.commands()
+    assert isinstance(open_, Open)
+    policy.opened(open_.attempt, 0.0)
+    busy = error_info(429, "busy", type="rate_limit_error", code="provider_busy", retryable=True, retry_after=2.0)
+    policy.received(open_.attempt, ResponseFailed(busy), 0.1)
+    finish = policy.commands()[-1]
+    assert isinstance(finish, Finish) and finish.error is not None and finish.error.status == 429
+    assert not policy.pausing  # 0.1 + 2 s is past the request's 1.5 s
+
+
+def test_a_round_of_unreachable_providers_is_followed_at_once_by_a_fresh_one():
+    names = ["d1", "d2", "d3", "good"]
+    scripts = {name: Script("unreachable") for name in names[:3]} | {"good": Script()}
+    run = drive(scripts, TEXT, rng=_order(names[:3], names))
+    assert run.opened == names and run.banned == names[:3]
+    assert_whole(run)
+    assert run.now - 1000.0 < 1.0  # no wait: nobody asked for one
+
+
+def test_fresh_rounds_are_bounded_and_the_last_one_says_what_happened():
+    """Providers busy whatever happens: MAX_ROUNDS rounds, then the 429; a fresh round with nobody
+    eligible left answers the round before it (not "every provider failed recently")."""
+    scripts = {name: Script("busy", retry_after=1.0) for name in ("a", "b", "c")}
+    run = drive(scripts, TEXT, ban_s=0.5)
+    assert len(run.opened) == MAX_ROUNDS * MAX_ATTEMPTS
+    assert run.finish.error is not None and (run.finish.error.status, run.finish.error.error.code) == (
+        429,
+        "providers_busy",
+    )
+    assert run.now - 1000.0 < MAX_ROUNDS * 1.0
+    forever = drive(scripts, TEXT)  # banned for good: the second round finds nobody
+    assert len(forever.opened) == MAX_ATTEMPTS
+    assert forever.finish.error is not None and forever.finish.error.error.code == "providers_busy"
+
+
+def test_a_continuation_whose_round_is_busy_waits_and_finishes_the_answer():
+    """The answer's provider lost mid-answer, every other one busy for a moment: the stream goes on
+    after the wait instead of ending in an error."""
+    names = ["lost", "b1", "b2", "b3"]
+    scripts = {"lost": Script("cut", 3)} | {name: Script(busy_first=1) for name in names[1:]}
+    run = drive(scripts, TEXT, rng=_order(names, names), ban_s=1.0)
+    assert_whole(run)
+    assert run.opened[:4] == names and run.opened[-1] in names[1:]
+    assert run.policy.failovers >= 1
 
 
 def test_every_provider_unreachable_is_a_503_naming_the_last_failure():
