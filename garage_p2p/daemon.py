@@ -132,6 +132,7 @@ class Peer:
                     benchmark=self.benchmarks.get(backend.name),
                     load=self.provider.live_load(backend.name),
                     paths=backend.paths,
+                    card=backend.card,
                 )
             )
         return tuple(offers)

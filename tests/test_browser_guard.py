@@ -49,7 +49,7 @@ async def test_another_sites_page_cannot_drain_the_peer_or_spend_its_credit(tmp_
         assert drained.status_code == 403 and drained.json()["error"]["code"] == "cross_origin_refused"
         assert not peer.provider.draining
         chat = await http.post(f"{base}/v1/chat/completions", json=CHAT, headers=evil)
-        assert chat.status_code == 403 and chat.json()["error"]["type"] == "permission_error"
+        assert chat.status_code == 403 and chat.json()["error"]["type"] == "PermissionDeniedError"
         rebound = await http.get(
             f"{base}/garage/v1/status", headers={"host": "rebind.evil.example", "sec-fetch-site": "same-origin"}
         )

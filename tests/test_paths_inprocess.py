@@ -122,14 +122,21 @@ async def test_a_path_no_provider_of_the_model_serves_is_a_404_naming_it(tmp_pat
         error = r.json()["error"]
         assert "/v1/embeddings" in error["message"] and error["code"] == "path_not_served"
         r = await http.post(c.api_url + "/rerank", json={"model": "nobody", "query": "q", "documents": ["d"]})
-        assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+        assert r.status_code == 404 and r.json()["error"]["code"] == 404  # as vLLM answers an unknown model
         r = await http.post(
             c.api_url + "/audio/translations", content=b"not multipart", headers={"content-type": "text/plain"}
         )
         assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_multipart"
-        # The backend knows ``alias`` as ``tiny``: the model field is the one thing the provider changes.
+        # vLLM's JSON paths take application/json only: refused as vLLM refuses it, not forwarded.
+        r = await http.post(
+            c.api_url + "/embeddings", content=b'{"model":"tiny","input":"hi"}', headers={"content-type": "text/plain"}
+        )
+        assert r.status_code == 400 and r.json()["error"]["code"] == 400
+        assert "Only 'application/json' is allowed" in r.json()["error"]["message"]
+        # The backend knows ``alias`` as ``tiny``: the model field is the one thing the provider changes,
+        # in the request and back in a JSON answer (core/backend_answer.py).
         r = await http.post(c.api_url + "/embeddings", json={"model": "alias", "input": "hi"})
-        assert r.status_code == 200 and r.json()["model"] == "tiny"
+        assert r.status_code == 200 and r.json()["model"] == "alias"
         body = transcription_body("alias")
         r = await http.post(
             c.api_url + "/audio/transcriptions",

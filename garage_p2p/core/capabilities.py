@@ -108,6 +108,19 @@ class Benchmark(WireModel):
     """Unix time of the measurement."""
 
 
+class ModelCard(WireModel):
+    """The fields of a backend's ``/v1/models`` entry that clients read (vLLM's ``ModelCard``;
+    ``context_length`` is its ``max_model_len``). A field the backend sent longer than its limit
+    is left out rather than cut: the ad stays small (MAX_AD_BYTES) and says nothing untrue."""
+
+    owned_by: str | None = Field(default=None, max_length=64)
+    """Who owns the model, as the backend says (vLLM: ``vllm``)."""
+    root: str | None = Field(default=None, max_length=256)
+    """The model the backend loaded: a hub id or a path on the provider's machine."""
+    parent: str | None = Field(default=None, max_length=256)
+    """The base model of an adapter (a LoRA), else None."""
+
+
 class ModelOffer(WireModel):
     """One model a peer serves."""
 
@@ -123,6 +136,8 @@ class ModelOffer(WireModel):
     """The latest benchmark of the backend, if one was run."""
     load: Load | None = None
     """Live load when the ad was made."""
+    card: ModelCard | None = None
+    """What the backend's ``/v1/models`` says of the model, for the endpoint's ``/v1/models``."""
     paths: tuple[str, ...] | None = Field(default=None, max_length=MAX_PATH_IDS)
     """Ids of the endpoint paths served for the model (core/endpoints.py ``PATH_IDS``: ``chat``,
     ``embeddings``, ``tokenize``…), as the backend publishes them; None (an ad from before them):
@@ -219,8 +234,9 @@ def make_ad(
     region: str | None = None,
     relay: bool = False,
 ) -> CapabilityAd:
-    """An unsigned ad for ``identity``."""
-    return CapabilityAd(
+    """An unsigned ad for ``identity``; without the models' cards if they would make it too big
+    to be taken (MAX_AD_BYTES: many models with long ``root`` paths)."""
+    ad = CapabilityAd(
         peer_id=identity.peer_id,
         public_key=identity.public_key.hex(),
         seq=seq,
@@ -233,6 +249,10 @@ def make_ad(
         region=region,
         relay=relay,
     )
+    signed_size = len(ad.model_dump_json(exclude_none=True)) + 64  # sign_ad's payload and signature
+    if any(m.card is not None for m in models) and signed_size > MAX_AD_BYTES:
+        ad = ad.model_copy(update={"models": tuple(m.model_copy(update={"card": None}) for m in models)})
+    return ad
 
 
 class AdRejected(Exception):

@@ -281,6 +281,12 @@ class Transcript:
     """True once the chat role chunk went to the client."""
     backend_error: dict[str, Any] | None = None
     """The error object the backend sent in the stream (it failed the request itself)."""
+    fingerprint: str | None = None
+    """The backend's ``system_fingerprint``, from its usage chunk."""
+    held: list[dict[str, Any]] = field(default_factory=list)
+    """The client's finish chunks, held until the usage chunk: vLLM writes ``system_fingerprint``
+    on them when the client did not ask for usage, and on the usage chunk we hide when it did
+    not. They are in the provider's last frame with it (provider/service.py), so nothing waits."""
     _chars: int = 0
     _splitter: SseSplitter = field(default_factory=SseSplitter)
 
@@ -316,7 +322,7 @@ class Transcript:
             return b""
         if payload.strip() == b"[DONE]":
             self.done = True
-            return b"data: [DONE]\n\n" if self.plan.client_stream else b""
+            return self._release() + b"data: [DONE]\n\n" if self.plan.client_stream else b""
         try:
             chunk = json.loads(payload)
         except ValueError:
@@ -335,6 +341,13 @@ class Transcript:
             return b""
         return b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks)
 
+    def _release(self) -> bytes:
+        """The held finish chunks, with the fingerprint if it came."""
+        held, self.held = self.held, []
+        if self.fingerprint is not None:
+            held = [{**c, "system_fingerprint": self.fingerprint} for c in held]
+        return b"".join(b"data: " + dumps(c) + b"\n\n" for c in held)
+
     def _chunk(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
         """One provider chunk in, the client's chunks out (zero or one). The chunk is validated
         whole before anything is recorded: a bad one changes nothing."""
@@ -350,15 +363,23 @@ class Transcript:
             self.prompt_ids = parsed.prompt_ids
         if parsed.usage is not None:
             self.usage = parsed.usage
+        fingerprint = chunk.get("system_fingerprint")
+        if isinstance(fingerprint, str) and len(fingerprint) <= 256:
+            self.fingerprint = fingerprint
         if parsed.choice is None:
             if parsed.usage is not None and self.plan.client_usage:
-                return [self._client_chunk({"choices": [], "usage": _usage_json(parsed.usage)})]
+                extra = {"system_fingerprint": self.fingerprint} if self.fingerprint is not None else {}
+                return [self._client_chunk({"choices": [], "usage": _usage_json(parsed.usage), **extra})]
             return []
         self._record(parsed)
         if parsed.finish is not None:
             self.finish_reason = parsed.finish
             self.stop_reason = parsed.choice.get("stop_reason")
-        return self._forward(parsed)
+        out = self._forward(parsed)
+        if parsed.finish is not None and self.plan.client_stream and not self.plan.client_usage:
+            self.held.extend(out)
+            return []
+        return out
 
     def _parse(self, chunk: dict[str, Any]) -> _Parsed:
         """Validate a provider chunk (PeerFault if it is not what vLLM sends); records nothing."""
@@ -530,7 +551,8 @@ class Transcript:
         self.done = True
         if not self.plan.client_stream:
             return b""
-        return b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
+        held = self._release()
+        return held + b"".join(b"data: " + dumps(c) + b"\n\n" for c in chunks) + b"data: [DONE]\n\n"
 
     # -- a non-streamed client ------------------------------------------------------------
 
@@ -541,7 +563,8 @@ class Transcript:
         code = self.backend_error.get("code")
         status = code if isinstance(code, int) and 400 <= code <= 599 else 500
         message = str(self.backend_error.get("message") or "the backend failed the request")
-        return error_info(status, message, type=str(self.backend_error.get("type") or "server_error")[:128])
+        kind = self.backend_error.get("type")
+        return error_info(status, message, type=str(kind)[:128] if kind else None)
 
     def assemble(self) -> dict[str, Any]:
         """The non-streamed response body of the whole answer (after ``done``)."""
@@ -563,6 +586,8 @@ class Transcript:
             "model": shape.model,
             "choices": [choice],
         }
+        if self.fingerprint is not None:
+            body["system_fingerprint"] = self.fingerprint
         if self.usage is not None:
             body["usage"] = _usage_json(self.usage)
         return body

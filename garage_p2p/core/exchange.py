@@ -51,7 +51,6 @@ def truncated_failure(detail: str) -> ResponseFailed:
         error_info(
             502,
             f"the provider's response was cut off: {detail}",
-            type="server_error",
             code="provider_disconnected",
             retryable=True,
         ),

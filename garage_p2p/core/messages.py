@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .endpoints import ENDPOINT_PATHS as ENDPOINT_PATHS
 from .endpoints import GENERATION_PATHS
@@ -71,7 +71,7 @@ class OpenAIError(WireModel):
     message: str = Field(max_length=8192)
     """Human-readable explanation."""
     type: str = Field(max_length=128)
-    """Error class, e.g. ``invalid_request_error``."""
+    """Error class, as vLLM names them: ``BadRequestError``, ``NotFoundError`` … (``error_type``)."""
     param: str | None = Field(default=None, max_length=256)
     """The request parameter at fault, if any."""
     code: str | None = Field(default=None, max_length=128)
@@ -91,6 +91,36 @@ class Load(WireModel):
     """Mesh requests this peer is serving for the model."""
 
 
+MAX_ERROR_BODY = 16 * 1024
+"""Bytes of a backend's error response passed through whole (vLLM's run to ~11 KB at most); twice
+that once escaped in the ERROR frame's JSON, well within the frame's 64 KiB."""
+
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+    405: "MethodNotAllowedError",
+    409: "ConflictError",
+    413: "RequestTooLargeError",
+    422: "UnprocessableEntityError",
+    429: "RateLimitError",
+    431: "RequestHeaderFieldsTooLargeError",
+    500: "InternalServerError",
+    501: "NotImplementedError",
+    502: "BadGatewayError",
+    503: "ServiceUnavailableError",
+    504: "GatewayTimeoutError",
+}
+"""The ``type`` of an error by its status: vLLM's names where vLLM has one (it names its errors
+after the openai client's exception classes), the same style for the rest (docs/protocol.md)."""
+
+
+def error_type(status: int) -> str:
+    """The error ``type`` for an HTTP status (``ERROR_TYPES``)."""
+    return ERROR_TYPES.get(status) or ("InternalServerError" if status >= 500 else "BadRequestError")
+
+
 class ErrorInfo(WireModel):
     """Body of an ERROR frame: the request failed."""
 
@@ -105,6 +135,22 @@ class ErrorInfo(WireModel):
     load: Load | None = None
     """The provider's live load for the model when it refused (a busy reply), so the consumer's
     router sees the queue now rather than in an ad that may be minutes old."""
+    body: str | None = Field(default=None, max_length=MAX_ERROR_BODY)
+    """The backend's own error response (a JSON object), which the consumer's endpoint answers
+    with unchanged; ``error`` summarises it for the mesh's decisions (and for older peers, which
+    ignore this field). None for an error the mesh raised."""
+
+    @field_validator("body")
+    @classmethod
+    def _json_object(cls, body: str | None) -> str | None:
+        if body is not None:
+            try:
+                parsed = json.loads(body)
+            except ValueError:
+                raise ValueError("body is not JSON") from None
+            if not isinstance(parsed, dict):
+                raise ValueError("body is not a JSON object")
+        return body
 
 
 class Usage(WireModel):
@@ -185,23 +231,36 @@ def error_info(
     status: int,
     message: str,
     *,
-    type: str,
+    type: str | None = None,
     code: str | None = None,
     param: str | None = None,
     retryable: bool = False,
     retry_after: float | None = None,
 ) -> ErrorInfo:
-    """Shorthand for building an ErrorInfo."""
+    """Shorthand for building an ErrorInfo; ``type`` defaults to the status's (``error_type``)."""
     return ErrorInfo(
         status=status,
-        error=OpenAIError(message=message[:8192], type=type, code=code, param=param),
+        error=OpenAIError(message=message[:8192], type=type or error_type(status), code=code, param=param),
         retryable=retryable,
         retry_after=retry_after,
     )
 
 
+def vllm_error(status: int, message: str, *, type: str, param: str | None = None) -> ErrorInfo:
+    """An error the mesh gives where vLLM would give the same one (a request it refuses before
+    any backend sees it): vLLM's ``type`` and ``param`` and its integer ``code`` (the status) in
+    the body the client gets; ``error`` summarises it with a string code like every other."""
+    error = {"message": message[:8192], "type": type, "param": param, "code": status}
+    return error_info(status, message, type=type, param=param, code=str(status)).model_copy(
+        update={"body": dumps({"error": error}).decode()}
+    )
+
+
 def error_body(info: ErrorInfo) -> dict[str, Any]:
-    """The OpenAI ``ErrorResponse`` JSON object for an error."""
+    """The JSON object to answer an error with: the backend's own, or an OpenAI ``ErrorResponse``."""
+    if info.body is not None:
+        body: dict[str, Any] = json.loads(info.body)  # a JSON object: checked on decoding
+        return body
     return {"error": info.error.model_dump()}
 
 

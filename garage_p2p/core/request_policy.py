@@ -52,7 +52,7 @@ from .continuation import Transcript, lost
 from .deadlines import Expired, FirstByteHistory, StreamDeadlines, first_byte_timeout
 from .delivery import Delivery, attempt_delivery
 from .exchange import ResponseData, ResponseEnd, ResponseEvent, ResponseFailed, truncated_failure
-from .messages import EndpointPath, ErrorInfo, RequestHead, Usage, dumps, error_info
+from .messages import EndpointPath, ErrorInfo, RequestHead, Usage, dumps, error_info, vllm_error
 from .relaying import cut_by_relay
 from .routing import Candidate, RouteRequest
 
@@ -166,19 +166,13 @@ Command = Route | Open | Close | Ban | Moved | Answering | Delivered | Emit | Fi
 def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> ErrorInfo:
     """Why a round found no provider to try: nobody serves the model (404), or none is eligible."""
     if not known:
-        return error_info(
-            404,
-            f"no peer in the mesh serves the model {request.model!r}",
-            type="invalid_request_error",
-            param="model",
-            code="model_not_found",
-        )
+        # As vLLM answers a model it does not serve (no peer in the mesh does).
+        return vllm_error(404, f"The model `{request.model}` does not exist.", type="NotFoundError", param="model")
     offers = [offer for ad in known for offer in ad.models if offer.name == request.model]
     if offers and not any(offer.serves(request.path) for offer in offers):
         return error_info(
             404,
             f"no provider of the model {request.model!r} serves {request.path}",
-            type="invalid_request_error",
             param="model",
             code="path_not_served",
         )
@@ -188,7 +182,6 @@ def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> 
         return error_info(
             503,
             f"peer {request.pinned_peer} does not serve {request.model!r}{on} (x-garage-peer)",
-            type="server_error",
             code="pinned_peer_unavailable",
         )
     if request.region is not None:
@@ -197,13 +190,11 @@ def no_candidate_error(known: Sequence[CapabilityAd], request: RouteRequest) -> 
             503,
             f"no provider of {request.model!r} in region {request.region!r} (x-garage-region); "
             f"providers are in: {', '.join(regions)}",
-            type="server_error",
             code="no_provider_in_region",
         )
     return error_info(
         503,
         f"every provider of {request.model!r} failed recently; try again shortly",
-        type="server_error",
         code="no_provider_available",
     )
 
@@ -213,14 +204,13 @@ def deadline_error(timeout: float, *, answered: bool) -> ErrorInfo:
     message = (
         f"no complete answer within {timeout:.0f} s" if answered else f"no provider answered within {timeout:.0f} s"
     )
-    return error_info(504, message, type="timeout_error", code="deadline_exceeded")
+    return error_info(504, message, code="deadline_exceeded")
 
 
 def _first_byte_error(limit: float) -> ErrorInfo:
     return error_info(
         504,
         f"the provider sent nothing within {limit:.1f} s",
-        type="timeout_error",
         code="first_byte_deadline",
         retryable=True,
     )
@@ -383,9 +373,7 @@ class RequestPolicy:
             return
         assert self._provider is not None
         self._commands.append(Ban(self._provider, disconnect=False))
-        self._round.last = error_info(
-            503, f"provider unreachable: {reason}", type="server_error", code="provider_unreachable"
-        )
+        self._round.last = error_info(503, f"provider unreachable: {reason}", code="provider_unreachable")
         self._next(now)
 
     def received(self, attempt: int, event: ResponseEvent, now: float) -> None:
@@ -480,7 +468,6 @@ class RequestPolicy:
             return error_info(
                 429,
                 "every provider of this model is busy",
-                type="rate_limit_error",
                 code="providers_busy",
                 retry_after=rnd.busy,
             )
@@ -488,7 +475,6 @@ class RequestPolicy:
         return error_info(
             503,
             f"no provider of {self.model!r} could be reached{detail}",
-            type="server_error",
             code="no_provider_available",
         )
 
@@ -522,7 +508,8 @@ class RequestPolicy:
         if self._lost is None:
             return info
         message = f"{self._lost.error.message}; no provider could continue the answer: {info.error.message}"
-        return self._lost.model_copy(update={"error": self._lost.error.model_copy(update={"message": message[:8192]})})
+        error = self._lost.error.model_copy(update={"message": message[:8192]})
+        return self._lost.model_copy(update={"error": error, "body": None})  # the backend's body says less
 
     def _first_event(self, now: float) -> None:
         assert self._provider is not None
@@ -561,11 +548,7 @@ class RequestPolicy:
             if self._size > MAX_RESPONSE_BYTES:
                 assert self._provider is not None
                 self._commands.append(Close(self.attempts, self._provider))
-                return self._finish(
-                    error_info(
-                        502, "the provider's response is too large", type="server_error", code="response_too_large"
-                    )
-                )
+                return self._finish(error_info(502, "the provider's response is too large", code="response_too_large"))
             self._body.append(data)
             return
         fed = self.transcript.feed(data)
@@ -575,7 +558,6 @@ class RequestPolicy:
             failure = error_info(
                 502,
                 f"the provider sent an invalid response: {fed.fault}",
-                type="server_error",
                 code="provider_protocol_error",
             )
             self._lose(ResponseFailed(failure), now)

@@ -94,16 +94,13 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         host = request.client.host if request.client else ""
         if host in ("127.0.0.1", "::1") or host.startswith("127."):
             return None
-        info = error_info(
-            403, "control actions are accepted from this machine only", type="permission_error", code="local_only"
-        )
+        info = error_info(403, "control actions are accepted from this machine only", code="local_only")
         return JSONResponse(error_body(info), status_code=403)
 
     def no_runtime() -> Response:
         info = error_info(
             404,
             "this peer runs no model container (start garage-peer with --model-dir)",
-            type="invalid_request_error",
             code="no_runtime",
         )
         return JSONResponse(error_body(info), status_code=404)
@@ -144,9 +141,7 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         """How a request would be routed; POST the client's request body to see its affinity too."""
         model = request.query_params.get("model")
         if not model:
-            info = error_info(
-                400, "route needs ?model=NAME", type="invalid_request_error", param="model", code="missing_model"
-            )
+            info = error_info(400, "route needs ?model=NAME", param="model", code="missing_model")
             return JSONResponse(error_body(info), status_code=400)
         body: dict[str, Any] = {}
         if request.method == "POST":

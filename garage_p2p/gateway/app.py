@@ -30,6 +30,7 @@ from starlette.routing import Route
 
 from .. import __version__
 from ..core.affinity import NO_AFFINITY, affinity_keys
+from ..core.capabilities import ModelCard, ModelOffer
 from ..core.continuation import CHAT, FAILOVER_HEADER, Transcript, plan
 from ..core.deadlines import prompt_estimate
 from ..core.endpoints import GENERATION_PATHS
@@ -49,7 +50,14 @@ from .admin import AdminSource, admin_routes
 from .answer import Answer
 from .auth import Gatekeeper, Refused, browser_refusal
 from .batch_api import batch_routes
-from .bodies import BadRequest, invalid_request, read_json_body, read_raw_request
+from .bodies import (
+    BadRequest,
+    check_json_content_type,
+    invalid_request,
+    read_json_body,
+    read_raw_request,
+    validate_body,
+)
 from .dashboard import dashboard_routes
 from .dispatch import Dispatcher
 from .jobs_api import job_routes
@@ -74,20 +82,40 @@ def error_response(info: ErrorInfo, headers: dict[str, str] | None = None) -> JS
     return JSONResponse(error_body(info), status_code=info.status, headers=headers)
 
 
-def validate_body(path: str, body: dict[str, Any]) -> str:
-    """Check the fields the mesh needs; the backend validates the rest. Returns the model."""
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise invalid_request("you must provide a model parameter", param="model", code="missing_model")
-    if path == "/v1/chat/completions":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise invalid_request("messages must be a non-empty array", param="messages", code="missing_messages")
-    elif "prompt" not in body:
-        raise invalid_request("you must provide a prompt parameter", param="prompt", code="missing_prompt")
-    if "stream" in body and not isinstance(body["stream"], bool):
-        raise invalid_request("stream must be a boolean", param="stream")
-    return model
+def model_entry(name: str, offers: list[tuple[str, ModelOffer]], created: int) -> dict[str, Any]:
+    """A model of ``/v1/models`` as its backend lists it (vLLM's ``ModelCard``), with the peers
+    that serve it (``providers``, the mesh's field). The card is the first provider's that has
+    one (this peer's own first); ``max_model_len`` the smallest any provider takes, so that a
+    prompt sized to it fits wherever it is sent."""
+    card = next((offer.card for _, offer in offers if offer.card is not None), None) or ModelCard()
+    lengths = [offer.context_length for _, offer in offers if offer.context_length is not None]
+    return {
+        "id": name,
+        "object": "model",
+        "created": created,
+        "owned_by": card.owned_by or "vllm",
+        "root": card.root,
+        "parent": card.parent,
+        "max_model_len": min(lengths) if lengths else None,
+        # vLLM's permission object is fixed (vLLM offers no way to change it): not worth an ad's bytes.
+        "permission": [{**MODEL_PERMISSION, "id": f"modelperm-{uuid.uuid4().hex[:16]}", "created": created}],
+        "providers": [peer for peer, _ in offers],
+    }
+
+
+MODEL_PERMISSION = {
+    "object": "model_permission",
+    "allow_create_engine": False,
+    "allow_sampling": True,
+    "allow_logprobs": True,
+    "allow_search_indices": False,
+    "allow_view": True,
+    "allow_fine_tuning": False,
+    "organization": "*",
+    "group": None,
+    "is_blocking": False,
+}
+"""vLLM 0.32's ``ModelPermission`` of every model (its ``id`` and ``created`` are drawn per answer)."""
 
 
 def sse_error(info: ErrorInfo) -> bytes:
@@ -166,8 +194,9 @@ def create_app(
         raw: bytes | None = None
         try:
             if path in GENERATION_PATHS:
+                check_json_content_type(request)
                 body = await read_json_body(request, max_body_bytes)
-                model = validate_body(path, body)
+                model = validate_body(body)
             else:  # the client's bytes go as they are; the mesh reads only the model (and stream)
                 body, raw = await read_raw_request(request, path, max_body_bytes)
                 model = body["model"]
@@ -284,11 +313,12 @@ def create_app(
         )
 
     async def list_models(request: Request) -> Response:
+        offers: dict[str, list[tuple[str, ModelOffer]]] = {}
+        for ad in dispatcher.provider_ads():
+            for offer in ad.models:
+                offers.setdefault(offer.name, []).append((ad.peer_id, offer))
         created = int(time.time())
-        data = [
-            {"id": name, "object": "model", "created": created, "owned_by": "garage-mesh", "providers": peers}
-            for name, peers in sorted(dispatcher.known_models().items())
-        ]
+        data = [model_entry(name, offers[name], created) for name in sorted(offers)]
         return JSONResponse({"object": "list", "data": data})
 
     async def prometheus(request: Request) -> Response:
@@ -306,16 +336,13 @@ def create_app(
             error_info(
                 exc.status_code,
                 f"{request.method} {request.url.path}: {exc.detail}",
-                type="invalid_request_error",
                 code=code,
             )
         )
 
     async def server_error(request: Request, exc: Exception) -> Response:
         log.exception("internal error on %s", request.url.path)
-        return error_response(
-            error_info(500, "internal error in the garage peer", type="server_error", code="internal_error")
-        )
+        return error_response(error_info(500, "internal error in the garage peer", code="internal_error"))
 
     def gated(endpoint):
         """The endpoint's access rules for every route but /health and the dashboard's shell.
@@ -394,7 +421,6 @@ class HeaderLimits:
                 info = error_info(
                     431,
                     f"request headers exceed {MAX_HEADERS} fields or {MAX_HEADER_BYTES} bytes",
-                    type="invalid_request_error",
                     code="headers_too_large",
                 )
                 await error_response(info, {"connection": "close"})(scope, receive, send)

@@ -79,7 +79,6 @@ def browser_refusal(headers, anonymous_allowed: bool) -> ErrorInfo | None:
         return error_info(
             403,
             "Requests from another site's web page are refused. Open the dashboard at this peer's own address.",
-            type="permission_error",
             code="cross_origin_refused",
         )
     if anonymous_allowed and not is_loopback(host_name(host)):
@@ -87,7 +86,6 @@ def browser_refusal(headers, anonymous_allowed: bool) -> ErrorInfo | None:
             403,
             f"Host {host!r} is not this machine: without an API key the endpoint answers browsers only at 127.0.0.1 "
             "or localhost.",
-            type="permission_error",
             code="host_refused",
         )
     return None
@@ -166,7 +164,6 @@ class Gatekeeper:
                     401,
                     "The admin token is not this peer's: a new one is written to HOME/run/admin.token at every "
                     "start; the `garage` CLI reads it there (pass --home if the peer runs with another HOME).",
-                    type="invalid_request_error",
                     code="invalid_admin_token",
                 )
             )
@@ -182,7 +179,6 @@ class Gatekeeper:
                     f"The admin API at {self.where} needs an API key (`Authorization: Bearer gk-…`; create one "
                     "with `garage keys create`), or the operator's admin token, which the `garage` CLI on this "
                     "peer's machine reads from HOME/run/admin.token and sends by itself.",
-                    type="invalid_request_error",
                     code="invalid_api_key",
                 )
             )
@@ -204,7 +200,6 @@ class Gatekeeper:
                         401,
                         f"You didn't provide an API key. The endpoint at {self.where} needs one: send "
                         "`Authorization: Bearer gk-…` (create a key with `garage keys create`).",
-                        type="invalid_request_error",
                         code="invalid_api_key",
                     )
                 )
@@ -217,7 +212,6 @@ class Gatekeeper:
                     401,
                     f"Incorrect API key provided: {shown}. It is unknown here or revoked; `garage keys list` shows "
                     "the keys of this peer.",
-                    type="invalid_request_error",
                     code="invalid_api_key",
                 )
             )
@@ -231,7 +225,6 @@ class Gatekeeper:
                     429,
                     f"Rate limit reached for key {key.id} on {verdict.limit}. "
                     f"Try again in {verdict.retry_after:.1f} s.",
-                    type="rate_limit_error",
                     code="rate_limit_exceeded",
                     retry_after=max(1.0, verdict.retry_after),
                 )

@@ -36,10 +36,13 @@ CHUNK = 64 * 1024
 
 
 def _refused(exc: BatchRefused | BadRequest) -> JSONResponse:
-    if isinstance(exc, BadRequest):
-        info = exc.info
-    else:
-        info = error_info(exc.status, exc.message, type="invalid_request_error", param=exc.param, code=exc.code)
+    # OpenAI's type for every refusal: vLLM has no Batch API whose dialect to speak (the shared
+    # body readers name the type by the status, as vLLM does on its paths).
+    info = (
+        exc.info if isinstance(exc, BadRequest) else error_info(exc.status, exc.message, param=exc.param, code=exc.code)
+    )
+    if info.body is None:
+        info = info.model_copy(update={"error": info.error.model_copy(update={"type": "invalid_request_error"})})
     headers = {"connection": "close"} if info.status == 413 else None  # the body may still be arriving
     return JSONResponse(error_body(info), status_code=info.status, headers=headers)
 

@@ -8,7 +8,7 @@ from typing import Any
 from starlette.requests import Request
 
 from ..core.endpoints import MULTIPART_PATHS
-from ..core.messages import ErrorInfo, error_info
+from ..core.messages import ErrorInfo, error_info, vllm_error
 from ..core.multipart import MultipartError, form_field
 
 
@@ -21,7 +21,21 @@ class BadRequest(Exception):
 def invalid_request(
     message: str, *, param: str | None = None, code: str = "invalid_request", status: int = 400
 ) -> BadRequest:
-    return BadRequest(error_info(status, message, type="invalid_request_error", param=param, code=code))
+    return BadRequest(error_info(status, message, param=param, code=code))
+
+
+def vllm_refusal(message: str, *, param: str | None = None) -> BadRequest:
+    """A body refused as vLLM's request validation refuses it (type ``Bad Request``, the
+    parameter as ``body.<field>``, the integer code), so that a client sees one dialect."""
+    return BadRequest(vllm_error(400, f"1 validation error:\n  {message}", type="Bad Request", param=param))
+
+
+def check_json_content_type(request: Request) -> None:
+    """vLLM takes only ``application/json`` bodies (a body sent as text/plain or with no content
+    type is refused, not guessed at): so does the endpoint."""
+    media_type = request.headers.get("content-type", "").lower().split(";", maxsplit=1)[0].strip()
+    if media_type != "application/json":
+        raise vllm_refusal("Unsupported Media Type: Only 'application/json' is allowed")
 
 
 async def read_json_body(request: Request, limit: int) -> dict[str, Any]:
@@ -48,12 +62,14 @@ def parse_json_body(raw: bytes) -> dict[str, Any]:
     """A request body's JSON object; BadRequest if it is not one the mesh can carry."""
     try:
         body = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise vllm_refusal(f"JSON decode error at body.{exc.pos}: {exc.msg}", param=f"body.{exc.pos}") from None
     except (ValueError, UnicodeDecodeError) as exc:
-        raise invalid_request(f"request body is not valid JSON: {exc}", code="invalid_json") from None
+        raise vllm_refusal(f"JSON decode error: {exc}", param="body") from None
     except RecursionError:
         raise invalid_request(f"request body nests deeper than {MAX_DEPTH} levels", code="invalid_json") from None
     if not isinstance(body, dict):
-        raise invalid_request("request body must be a JSON object", code="invalid_json")
+        raise vllm_refusal("Input should be a valid dictionary or object to extract fields from", param="body")
     # What a provider will take: the body travels in a request frame that the far
     # side parses with a depth limit and that must encode as UTF-8. Refused here,
     # the client gets a 400; sent, the provider would blame the honest peer.
@@ -93,6 +109,8 @@ async def read_raw_request(request: Request, path: str, limit: int) -> tuple[dic
     """A request to a path other than chat and completions: (what the mesh reads of it, its bytes
     as the client sent them). Only ``model`` and ``stream`` are read: a JSON object's, or a
     multipart body's form fields (the audio paths)."""
+    if path not in MULTIPART_PATHS:
+        check_json_content_type(request)  # as vLLM's JSON routes (all but the audio ones)
     raw = await read_body(request, limit)
     if path in MULTIPART_PATHS:
         try:
@@ -106,8 +124,18 @@ async def read_raw_request(request: Request, path: str, limit: int) -> tuple[dic
     else:
         body = parse_json_body(raw)
         summary = {k: body[k] for k in ("model", "stream") if k in body}
-    if not isinstance(summary.get("model"), str) or not summary["model"]:
-        raise invalid_request("you must provide a model parameter", param="model", code="missing_model")
-    if "stream" in summary and not isinstance(summary["stream"], bool):
-        raise invalid_request("stream must be a boolean", param="stream")
+    validate_body(summary)
     return summary, raw
+
+
+def validate_body(body: dict[str, Any]) -> str:
+    """Check the fields the mesh needs (the model to route by, whether to stream), refused as vLLM
+    refuses them; the backend validates the rest (``messages``, ``prompt`` …) and its answer
+    reaches the client unchanged. Returns the model."""
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        # vLLM would serve its only model; a mesh has many.
+        raise vllm_refusal("Input should be a valid string naming the model", param="body.model")
+    if "stream" in body and not isinstance(body["stream"], bool):
+        raise vllm_refusal("Input should be a valid boolean", param="body.stream")
+    return model

@@ -24,9 +24,7 @@ COSIGN_WRITE_TIMEOUT = 2.0
 
 
 def deadline_failure(timeout: float) -> ResponseFailed:
-    return ResponseFailed(
-        error_info(504, f"no complete answer within {timeout:.0f} s", type="timeout_error", code="deadline_exceeded")
-    )
+    return ResponseFailed(error_info(504, f"no complete answer within {timeout:.0f} s", code="deadline_exceeded"))
 
 
 class FrameExchange:
@@ -106,7 +104,6 @@ class FrameExchange:
                     error_info(
                         502,
                         f"the provider sent an invalid response: {exc}",
-                        type="server_error",
                         code="provider_protocol_error",
                         retryable=not self.received_data,
                     )

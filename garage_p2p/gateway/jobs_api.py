@@ -19,7 +19,7 @@ from .bodies import BadRequest, invalid_request, read_json_body
 
 
 def _error(status: int, message: str, code: str) -> JSONResponse:
-    info = error_info(status, message, type="invalid_request_error", code=code)
+    info = error_info(status, message, code=code)
     return JSONResponse(error_body(info), status_code=status)
 
 

@@ -7,7 +7,9 @@ import logging
 from dataclasses import dataclass, field
 
 import httpx
+from pydantic import ValidationError
 
+from ..core.capabilities import ModelCard
 from ..core.endpoints import served_path_ids
 
 log = logging.getLogger(__name__)
@@ -31,6 +33,8 @@ class Backend:
     """The model id the backend itself expects (found from its /models)."""
     context_length: int | None = None
     """The backend's max_model_len, if it reports one."""
+    card: ModelCard | None = None
+    """The rest of the backend's ``/v1/models`` entry that clients read (advertised with the model)."""
     gpus: int = 1
     """Devices the model occupies (a CPU-only backend counts as one); receipts bill GPU time by it."""
     managed: bool = False
@@ -81,6 +85,7 @@ class Backend:
         self.backend_model = chosen.get("id")
         length = chosen.get("max_model_len")
         self.context_length = length if isinstance(length, int) and length > 0 else None
+        self.card = model_card(chosen)
         if not self.healthy or not self.paths_read:
             self.paths, self.paths_read = await self.published_paths(client)
             log.info(
@@ -115,3 +120,16 @@ class Backend:
         except (ValueError, AttributeError):
             return None, True
         return (served_path_ids(paths) if isinstance(paths, dict) else None), True
+
+
+def model_card(entry: dict) -> ModelCard:
+    """The advertised card of a backend's ``/v1/models`` entry: each field that is a string within
+    its limit (``ModelCard``), the others left out."""
+    fields = {}
+    for name in ModelCard.model_fields:
+        try:
+            ModelCard(**{name: entry.get(name)})
+        except ValidationError:
+            continue
+        fields[name] = entry.get(name)
+    return ModelCard(**fields)

@@ -19,13 +19,14 @@ import httpx
 import trio
 
 from ..core.admission import Admission, Outcome
+from ..core.backend_answer import FINISHING, metered_body, rename_model, stamp_fingerprint
 from ..core.coalesce import Coalescer
 from ..core.errors import PeerFault
 from ..core.exchange import RequestReader, data_frame, end_frame, error_frame
 from ..core.gpu_meter import GpuMeter, ReceiptClock
 from ..core.identity import Identity
 from ..core.limits import Limits
-from ..core.messages import EndInfo, ErrorInfo, Load, RequestHead, Timings, Usage, error_info
+from ..core.messages import MAX_ERROR_BODY, EndInfo, ErrorInfo, Load, RequestHead, Timings, Usage, error_info
 from ..core.multipart import MultipartError, replace_field
 from ..core.penalties import Penalise
 from ..core.receipts import (
@@ -53,7 +54,6 @@ HEAD_TIMEOUT = 10.0
 COSIGN_TIMEOUT = 10.0
 """How long a provider waits for the consumer's counter-signature after END."""
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-MAX_ERROR_BODY = 64 * 1024
 DATA_FRAME_MAX = 256 * 1024
 
 SendFrame = Callable[[bytes], Awaitable[None]]
@@ -83,6 +83,29 @@ class _Outcome:
 
 
 @dataclass
+class _Relay:
+    """How one answer is relayed: what is changed back (core/backend_answer.py), what is held."""
+
+    strip_usage: bool
+    """Drop the usage-only chunk: the client did not ask for it (the provider did, to meter)."""
+    backend_model: str
+    """The model name the backend answers with."""
+    model: str
+    """The name the client asked for (differs for a model served under an alias)."""
+    finishing: int = 1
+    """Finish chunks still to come before the answer's end is held back."""
+    held: list[bytes] = field(default_factory=list)
+    """Events from the answer's end on, sent with END."""
+    usage: Usage | None = None
+    """The usage the backend reported."""
+    fingerprint: str | None = None
+    """The dropped usage chunk's ``system_fingerprint``, for the held finish chunks."""
+    read_usage: Callable[[bytes], Usage | None] | None = None
+    """How a path other than chat and completions reports its usage in its body or an event
+    (provider/usage.py); None: chat's and completions' way."""
+
+
+@dataclass
 class _Metering:
     """One request's GPU accounting, from admission to END."""
 
@@ -102,8 +125,6 @@ class _Metering:
 
 DONE_EVENT = b"data: [DONE]"
 """The stream's last event (trailing newlines aside)."""
-FINISHING = b'"finish_reason":"'
-"""In a chunk that finishes a choice (vLLM writes compact JSON; an unfinished one has null)."""
 SERVICE = "openai"
 """Faults on ``/garage/openai/1.0.0`` are counted under this name."""
 LOCAL = "local"
@@ -193,9 +214,7 @@ class ProviderService:
                 try:
                     await write_all(
                         stream,
-                        error_frame(
-                            error_info(400, f"bad request frame: {exc}", type="invalid_request_error", code="bad_frame")
-                        ),
+                        error_frame(error_info(400, f"bad request frame: {exc}", code="bad_frame")),
                     )
                 except StreamBroken:
                     pass
@@ -278,11 +297,7 @@ class ProviderService:
         backend = self.backends.get(model) if isinstance(model, str) else None
         if self.draining:
             await send(
-                outcome.error(
-                    error_info(
-                        503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True
-                    )
-                )
+                outcome.error(error_info(503, "provider is shutting down", code="provider_draining", retryable=True))
             )
             return None
         if backend is None or not backend.healthy:
@@ -291,7 +306,6 @@ class ProviderService:
                     error_info(
                         404,
                         f"this provider does not serve model {model!r}",
-                        type="invalid_request_error",
                         param="model",
                         code="model_not_found",
                         retryable=True,
@@ -338,7 +352,6 @@ class ProviderService:
             return error_info(
                 429,
                 f"provider limit reached for this peer: {verdict.limit}",
-                type="rate_limit_error",
                 code="provider_busy",
                 retryable=True,
                 retry_after=max(1.0, verdict.retry_after),
@@ -364,7 +377,6 @@ class ProviderService:
         return error_info(
             429,
             f"provider is at its concurrency limit ({self.max_concurrency} requests)",
-            type="rate_limit_error",
             code="provider_busy",
             retryable=True,
             retry_after=1.0,
@@ -386,7 +398,6 @@ class ProviderService:
                     error_info(
                         504,
                         f"the provider did not finish within {head.timeout:.0f} s",
-                        type="timeout_error",
                         code="deadline_exceeded",
                     )
                 )
@@ -404,8 +415,8 @@ class ProviderService:
         self, head: RequestHead, backend: Backend, send: SendFrame, start: float, metering: _Metering
     ) -> bytes:
         """Run the backend call; returns the final END or ERROR frame to send."""
-        body = dict(head.body)
-        body["model"] = backend.backend_model or backend.name
+        backend_model = backend.backend_model or backend.name
+        body = {**head.body, "model": backend_model}
         strip_usage = False
         raw = head.raw is not None
         content_type = None
@@ -413,15 +424,12 @@ class ProviderService:
             content, headers = raw_request(head, backend)
         elif head.stream:
             # Meter every stream: ask for the usage chunk, and hide it again
-            # from a client that did not ask for it.
-            options = body.get("stream_options")
-            options = dict(options) if isinstance(options, dict) else {}
-            if not options.get("include_usage"):
-                strip_usage = True
-                options["include_usage"] = True
-            body["stream_options"] = options
+            # from a client that did not ask for it (core/backend_answer.py).
+            body, strip_usage = metered_body(body)
         if not raw:
             content, headers = json.dumps(body, separators=(",", ":")).encode(), {"content-type": "application/json"}
+        read_usage = (event_usage if head.stream else body_usage) if raw else None
+        relay = _Relay(strip_usage, backend_model, backend.name, read_usage=read_usage)
         queue_ms = (trio.current_time() - start) * 1000
         try:
             async with self.client.stream(
@@ -437,27 +445,25 @@ class ProviderService:
                 if head.stream:
                     n = body.get("n")
                     choices = n if isinstance(n, int) and 1 <= n <= 128 else 1
-                    usage, tail = await self._relay_stream(
-                        response, send, strip_usage, metering.answer, choices, event_usage if raw else None
-                    )
+                    usage, tail = await self._relay_stream(response, send, relay, metering.answer, choices)
                 else:
-                    usage, tail = await self._relay_body(response, metering.answer, body_usage if raw else None)
                     if raw:
                         content_type = answer_type(response.headers.get("content-type"))
+                    # Only a JSON answer names the model; any other (content_type) passes as it is.
+                    usage, tail = await self._relay_body(response, relay, metering.answer, rename=content_type is None)
         except httpx.ConnectError as exc:
             backend.healthy = False
             return metering.outcome.error(
                 error_info(
                     502,
                     f"the provider's backend is unreachable: {exc}",
-                    type="server_error",
                     code="backend_unavailable",
                     retryable=True,
                 )
             )
         except httpx.HTTPError as exc:
             return metering.outcome.error(
-                error_info(502, f"the provider's backend failed: {exc}", type="server_error", code="backend_error")
+                error_info(502, f"the provider's backend failed: {exc}", code="backend_error")
             )
         timings = Timings(
             queue_ms=queue_ms,
@@ -501,10 +507,10 @@ class ProviderService:
         return pack_signed(raw, sign_receipt(self.identity, raw))
 
     async def _relay_body(
-        self, response: httpx.Response, answer: AnswerDigest, read_usage: Callable[[bytes], Usage | None] | None = None
+        self, response: httpx.Response, relay: _Relay, answer: AnswerDigest, rename: bool = True
     ) -> tuple[Usage | None, bytes]:
-        """Read the whole JSON body; (usage, its DATA frames). ``read_usage``: how a path other than
-        chat and completions reports its usage (provider/usage.py)."""
+        """Read the whole body; (usage, its DATA frames). ``rename``: give the model the client's
+        name (a JSON answer)."""
         chunks: list[bytes] = []
         size = 0
         async for chunk in response.aiter_bytes():
@@ -513,10 +519,12 @@ class ProviderService:
                 raise httpx.DecodingError("backend response exceeds the size limit")
             chunks.append(chunk)
         body = b"".join(chunks)
+        if rename:
+            body = rename_model(body, relay.backend_model, relay.model)
         answer.update(body)
         frames = b"".join(data_frame(body[i : i + DATA_FRAME_MAX]) for i in range(0, len(body), DATA_FRAME_MAX))
-        if read_usage is not None:
-            return read_usage(body), frames
+        if relay.read_usage is not None:
+            return relay.read_usage(body), frames
         try:
             usage = _usage(json.loads(body).get("usage"))
         except (ValueError, AttributeError):
@@ -524,20 +532,11 @@ class ProviderService:
         return usage, frames
 
     async def _relay_stream(
-        self,
-        response: httpx.Response,
-        send: SendFrame,
-        strip_usage: bool,
-        answer: AnswerDigest,
-        choices: int = 1,
-        read_usage: Callable[[bytes], Usage | None] | None = None,
+        self, response: httpx.Response, send: SendFrame, relay: _Relay, answer: AnswerDigest, choices: int = 1
     ) -> tuple[Usage | None, bytes]:
-        """Pass events on as they come; (usage, the DATA frame still to send). ``read_usage``: how a
-        path other than chat and completions reports its usage in an event (provider/usage.py)."""
+        """Pass events on as they come; (usage, the DATA frame still to send)."""
         coalescer = Coalescer(self.coalesce_delay, self.coalesce_bytes)
         splitter = SseSplitter()
-        usage_box: list[Usage] = []
-        done_box: list[bytes] = []
         chunks_send, chunks_receive = trio.open_memory_channel[bytes](64)
 
         async def pump() -> None:
@@ -553,26 +552,20 @@ class ProviderService:
         with single_exceptions():
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(pump)
-                # Held back from the last choice's finish chunk on (``n`` choices finish one by one).
-                finishing = [choices]
-                await self._coalesce_loop(
-                    chunks_receive,
-                    coalescer,
-                    splitter,
-                    send,
-                    strip_usage,
-                    usage_box,
-                    answer,
-                    done_box,
-                    finishing,
-                    read_usage,
-                )
+                # Held back from the last choice's finish chunk on (``n`` choices finish one by one);
+                # from the first one when the usage chunk is dropped: the finish chunks then get
+                # its system_fingerprint, which comes last.
+                relay.finishing = 1 if relay.strip_usage else choices
+                await self._coalesce_loop(chunks_receive, coalescer, splitter, send, relay, answer)
         # The finish chunk, the usage and [DONE] go out with END, in one write: a provider killed
         # between them left its consumer a whole answer (it ends an answer at its finish chunk) and
         # no receipt to counter-sign (CI: test_ledger_crash and the soak lost receipts to SIGKILLs).
-        tail = (coalescer.flush(trio.current_time()) or b"") + b"".join(done_box) + splitter.rest()
+        held = relay.held
+        if relay.fingerprint is not None:
+            held = [stamp_fingerprint(event, relay.fingerprint) for event in held]
+        tail = (coalescer.flush(trio.current_time()) or b"") + b"".join(held) + splitter.rest()
         answer.update(tail)
-        return (usage_box[0] if usage_box else None), (data_frame(tail) if tail else b"")
+        return relay.usage, (data_frame(tail) if tail else b"")
 
     @staticmethod
     async def _coalesce_loop(
@@ -580,12 +573,8 @@ class ProviderService:
         coalescer: Coalescer,
         splitter: SseSplitter,
         send: SendFrame,
-        strip_usage: bool,
-        usage_box: list[Usage],
+        relay: _Relay,
         answer: AnswerDigest,
-        done_box: list[bytes],
-        finishing: list[int],
-        read_usage: Callable[[bytes], Usage | None] | None,
     ) -> None:
         async with chunks:
             while True:
@@ -602,14 +591,20 @@ class ProviderService:
                 else:
                     kept = []
                     for event in splitter.feed(chunk):
-                        found, is_usage_only = (read_usage(event), False) if read_usage else _stream_usage(event)
+                        event = rename_model(event, relay.backend_model, relay.model)
+                        if relay.read_usage is not None:
+                            found, usage_only = relay.read_usage(event), None
+                        else:
+                            found, usage_only = _stream_usage(event)
                         if found is not None:
-                            usage_box[:] = [found]
-                        if strip_usage and is_usage_only:
+                            relay.usage = found
+                        if relay.strip_usage and usage_only is not None:
+                            fingerprint = usage_only.get("system_fingerprint")
+                            relay.fingerprint = fingerprint if isinstance(fingerprint, str) else None
                             continue
-                        finishing[0] -= event.count(FINISHING)
-                        if done_box or finishing[0] <= 0 or event.rstrip() == DONE_EVENT:
-                            done_box.append(event)  # the answer's end: held for the tail, sent with END
+                        relay.finishing -= event.count(FINISHING)
+                        if relay.held or relay.finishing <= 0 or event.rstrip() == DONE_EVENT:
+                            relay.held.append(event)  # the answer's end: held for the tail, sent with END
                         else:
                             kept.append(event)
                     out = coalescer.push(b"".join(kept), now) if kept else coalescer.due(now)
@@ -655,29 +650,30 @@ def _usage(raw: object) -> Usage | None:
         return None
 
 
-def _stream_usage(event: bytes) -> tuple[Usage | None, bool]:
-    """(usage, whether the event is a usage-only chunk) for one SSE event."""
+def _stream_usage(event: bytes) -> tuple[Usage | None, dict | None]:
+    """(usage, the chunk if it is a usage-only chunk) for one SSE event."""
     if b'"usage"' not in event or b'"prompt_tokens"' not in event:
-        return None, False
+        return None, None
     data = event_data(event)
     try:
         chunk = json.loads(data) if data else None
     except ValueError:
-        return None, False
+        return None, None
     if not isinstance(chunk, dict):
-        return None, False
-    return _usage(chunk.get("usage")), chunk.get("choices") == []
+        return None, None
+    return _usage(chunk.get("usage")), (chunk if chunk.get("choices") == [] else None)
 
 
 async def _backend_error(response: httpx.Response) -> ErrorInfo:
-    """Map a backend's HTTP error to an OpenAI error (vLLM has used two shapes)."""
+    """A backend's HTTP error for the ERROR frame: its body to pass on unchanged (a JSON object)
+    and an OpenAI error summarising it (vLLM has used two shapes)."""
     raw = b""
     async for chunk in response.aiter_bytes():
         raw += chunk
         if len(raw) > MAX_ERROR_BODY:
             break
     status = response.status_code
-    message, type_, code, param = f"backend answered HTTP {status}", None, None, None
+    message, type_, code, param, passed = f"backend answered HTTP {status}", None, None, None, None
     try:
         payload = json.loads(raw[:MAX_ERROR_BODY])
         error = payload.get("error", payload) if isinstance(payload, dict) else {}
@@ -686,10 +682,11 @@ async def _backend_error(response: httpx.Response) -> ErrorInfo:
             type_ = error.get("type") if isinstance(error.get("type"), str) else None
             code = str(error["code"]) if error.get("code") is not None else None
             param = error.get("param") if isinstance(error.get("param"), str) else None
-    except ValueError:
+        if isinstance(payload, dict) and len(raw) <= MAX_ERROR_BODY:
+            passed = raw.decode()
+    except ValueError:  # UnicodeDecodeError included
         if raw:
             message = raw[:500].decode(errors="replace")
-    if type_ is None:
-        type_ = "invalid_request_error" if status < 500 else "server_error"
     status = status if 400 <= status <= 599 else 502
-    return error_info(status, message, type=type_, code=code, param=param, retryable=status in (429, 502, 503, 504))
+    info = error_info(status, message, type=type_, code=code, param=param, retryable=status in (429, 502, 503, 504))
+    return info.model_copy(update={"body": passed})

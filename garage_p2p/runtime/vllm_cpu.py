@@ -70,6 +70,11 @@ def vllm_cpu_command(
         "--max-num-seqs", "32",
         # Without an explicit size the KV cache reserves 0.9 x total RAM.
         "--kv-cache-memory-bytes", "64M",
+        # Tool calls (named and "required" tool_choice need a parser; pythonic needs no special
+        # tokens in the vocabulary) and guided JSON without free whitespace, so that even random
+        # weights give valid JSON within a few tokens (tests/integration/test_fidelity_vllm.py).
+        "--enable-auto-tool-choice", "--tool-call-parser", "pythonic",
+        "--structured-outputs-config", '{"backend": "xgrammar", "disable_any_whitespace": true}',
         *extra_args,  # e.g. ("--runner", "pooling", "--convert", "embed"): the same model as an embedder
     ]  # fmt: skip
 

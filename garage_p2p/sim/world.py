@@ -126,13 +126,12 @@ MAX_TICKS = 100_000
 BUSY = error_info(
     429,
     "provider is at its concurrency limit",
-    type="rate_limit_error",
     code="provider_busy",
     retryable=True,
     retry_after=1.0,
 )
 """A full provider's answer (``ProviderService._admit``)."""
-DRAINING = error_info(503, "provider is shutting down", type="server_error", code="provider_draining", retryable=True)
+DRAINING = error_info(503, "provider is shutting down", code="provider_draining", retryable=True)
 """A draining provider's answer."""
 
 

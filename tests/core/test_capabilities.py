@@ -17,6 +17,7 @@ from garage_p2p.core.capabilities import (
     AdStale,
     GpuSpec,
     Hardware,
+    ModelCard,
     ModelOffer,
     PeerTable,
     TableRequest,
@@ -27,6 +28,7 @@ from garage_p2p.core.capabilities import (
 from garage_p2p.core.errors import PeerFault
 from garage_p2p.core.identity import Identity
 from garage_p2p.core.wire import FrameType, encode_frame
+from garage_p2p.provider.backend import model_card
 
 NOW = 1_800_000_000.0
 
@@ -449,3 +451,27 @@ def test_an_ad_held_already_is_not_verified_again(monkeypatch):
     # A newer ad replaces it; the old bytes are no longer held, and are refused as old news once verified.
     assert table.offer(sign_ad(a, ad_of(a, seq=2, now=NOW + 61)), NOW + 61, via=b.peer_id).entry is not None
     assert table.offer(wire, NOW + 61, via=b.peer_id).entry is None and len(verified) == 4
+
+
+def test_model_cards_travel_in_the_ad_unless_they_would_make_it_too_big():
+    """/v1/models needs each backend's card (issue 20); an ad stays within MAX_AD_BYTES."""
+    a = ident()
+
+    def ad_with(count: int, root: str):
+        card = ModelCard(owned_by="vllm", root=root, parent=root)
+        models = tuple(ModelOffer(name=f"model-{i}", context_length=512, card=card) for i in range(count))
+        ad = make_ad(a, seq=1, now=NOW, ttl=20.0, addrs=(), models=models, version="test")
+        return open_ad(sign_ad(a, ad), NOW)
+
+    small = ad_with(2, "/models/tiny-llama")
+    assert [m.card.root for m in small.models] == ["/models/tiny-llama"] * 2
+    big = ad_with(16, "/" + "r" * 255)  # 16 cards of 256-character roots and parents: over 8 KiB
+    assert len(big.models) == 16 and all(m.card is None and m.context_length == 512 for m in big.models)
+    with pytest.raises(ValueError):
+        ModelCard(root="r" * 257)
+
+
+def test_a_backends_card_keeps_what_fits_and_leaves_out_the_rest():
+    card = model_card({"id": "tiny", "owned_by": "vllm", "root": "r" * 300, "parent": None, "max_model_len": 512})
+    assert card == ModelCard(owned_by="vllm")
+    assert model_card({"owned_by": 7}) == ModelCard()

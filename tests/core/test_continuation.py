@@ -304,3 +304,35 @@ def test_a_provider_that_breaks_the_rules_mid_frame_loses_nothing_before_the_fau
         out.append(transcript.feed(provider_stream(path, tokens, 0, usage_prompt=len(PROMPT_IDS))).out)
     text, _, done = client_view(b"".join(out))
     assert text == b"".join(tokens).decode("utf-8", "replace") and done == 1
+
+
+def with_fingerprint(wire: bytes, fingerprint: str) -> bytes:
+    """A provider stream whose usage chunk carries ``system_fingerprint``, as vLLM's does."""
+    events = []
+    for block in wire.split(b"\n\n")[:-1]:
+        data = block.removeprefix(b"data: ")
+        if data != b"[DONE]" and json.loads(data)["choices"] == []:
+            block = event({**json.loads(data), "system_fingerprint": fingerprint})[:-2]
+        events.append(block + b"\n\n")
+    return b"".join(events)
+
+
+@pytest.mark.parametrize("path", [CHAT, COMPLETIONS])
+def test_the_hidden_usage_chunks_fingerprint_goes_on_the_finish_chunk(path):
+    """vLLM writes system_fingerprint on the usage chunk, or on the finish chunk when the client
+    did not ask for usage: the transcript (which forces the usage chunk) moves it there."""
+    tokens = [b"a", b" b", b"cd"]
+    wire = with_fingerprint(provider_stream(path, tokens, 0, usage_prompt=4), "fp-1")
+    body = {"model": "tiny", "max_tokens": 3, "stream": True}
+    body.update({"messages": [{"role": "user", "content": "hi"}]} if path == CHAT else {"prompt": "hi"})
+    for options, usage_chunk in ({}, False), ({"stream_options": {"include_usage": True}}, True):
+        transcript = Transcript(path, plan(path, {**body, **options}, None))
+        transcript.begin()
+        _, chunks, done = client_view(transcript.feed(wire).out)
+        stamped = [c for c in chunks if c.get("system_fingerprint") == "fp-1"]
+        assert len(stamped) == 1 and done == 1
+        assert (stamped[0]["choices"] == []) is usage_chunk  # the usage chunk when asked, else the finish chunk
+    whole = Transcript(path, plan(path, {**body, "stream": False}, None))
+    whole.begin()
+    whole.feed(wire)
+    assert whole.assemble()["system_fingerprint"] == "fp-1"

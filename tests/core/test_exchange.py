@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from garage_p2p.core.errors import PeerFault
@@ -12,7 +14,7 @@ from garage_p2p.core.exchange import (
     error_frame,
     head_frame,
 )
-from garage_p2p.core.messages import EndInfo, Load, RequestHead, Usage, error_info
+from garage_p2p.core.messages import EndInfo, Load, RequestHead, Usage, encode_json, error_body, error_info
 from garage_p2p.core.wire import FrameType, encode_frame
 
 HEAD = RequestHead(request_id="r1", path="/v1/chat/completions", body={"model": "m", "stream": True}, timeout=30)
@@ -40,6 +42,20 @@ def test_error_frame():
     reader = ResponseReader()
     [event] = reader.feed(error_frame(error_info(429, "busy", type="rate_limit_error", retryable=True, retry_after=1)))
     assert isinstance(event, ResponseFailed) and event.info.retryable and not event.truncated
+
+
+def test_a_backends_error_body_reaches_the_client_whole_and_must_be_a_json_object():
+    vllm = '{"error":{"message":"too long","type":"BadRequestError","param":"max_tokens","code":400}}'
+    info = error_info(400, "too long", code="400").model_copy(update={"body": vllm})
+    [event] = ResponseReader().feed(error_frame(info))
+    assert error_body(event.info) == {
+        "error": {"message": "too long", "type": "BadRequestError", "param": "max_tokens", "code": 400}
+    }
+    for bad in ("[1]", "not json"):
+        summary = encode_json(error_info(400, "too long", code="400"))
+        frame = encode_frame(FrameType.ERROR, summary[:-1] + b',"body":' + json.dumps(bad).encode() + b"}")
+        with pytest.raises(PeerFault):
+            ResponseReader().feed(frame)
 
 
 def test_anything_after_end_is_a_fault():

@@ -22,7 +22,7 @@ from garage_p2p.core.capabilities import CapabilityAd
 from garage_p2p.core.continuation import CHAT, COMPLETIONS, MAX_FAILOVERS, Transcript, plan
 from garage_p2p.core.deadlines import FIRST_BYTE_MIN, STALL_FLOOR, FirstByteHistory
 from garage_p2p.core.exchange import ResponseData, ResponseEnd, ResponseEvent, ResponseFailed, truncated_failure
-from garage_p2p.core.messages import EndInfo, RequestHead, Usage, error_info
+from garage_p2p.core.messages import EndInfo, RequestHead, Usage, error_body, error_info
 from garage_p2p.core.request_policy import (
     MAX_ATTEMPTS,
     MAX_BUSY_WAIT,
@@ -439,11 +439,9 @@ def test_a_request_the_provider_refuses_is_not_tried_elsewhere():
 def test_nobody_serving_the_model_is_a_404():
     run = drive({}, TEXT)
     error = run.finish.error
-    assert error is not None and (error.status, error.error.code, error.error.param) == (
-        404,
-        "model_not_found",
-        "model",
-    )
+    assert error is not None and (error.status, error.error.type, error.error.param) == (404, "NotFoundError", "model")
+    # As vLLM answers a model it does not serve: its integer code in the body the client gets.
+    assert error_body(error)["error"]["code"] == 404
 
 
 def test_known_providers_none_eligible_in_the_region_is_a_503_naming_the_regions():

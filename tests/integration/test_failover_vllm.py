@@ -188,5 +188,5 @@ def test_with_no_provider_left_the_stream_ends_with_an_error_then_503(rig):
     start = time.monotonic()
     r = httpx.post(rig.c.api_url + "/chat/completions", json={"model": "tiny", "messages": MESSAGES}, timeout=60)
     assert r.status_code == 503, r.text
-    assert r.json()["error"]["type"] == "server_error"
+    assert r.json()["error"]["type"] == "ServiceUnavailableError"
     assert time.monotonic() - start < 15
