@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from garage_p2p.cli.garage import app
 from garage_p2p.core.receipts import cosign_receipt, encode_receipt
+from garage_p2p.core.spot_check import Outcome
 from tools.ledger_builders import identity as make_identity
 from tools.ledger_builders import receipt as make_receipt
 
@@ -88,7 +89,7 @@ async def test_a_sybil_ring_buys_no_place_in_line_and_its_work_shows_unverified(
         api = (await http.get(p.api_url.removesuffix("/v1") + "/garage/v1/ledger", params={"peer": ps})).json()
         assert api["viewer"] == pp and api["peers"][0]["unverified"]["gpu_seconds"] == 20 * 60
         # Once P's verdicts refute H (as its spot-checks would), H's time moves to refuted.
-        p.spot_checks.book.checked(ph, "refuted", pp, [])
+        p.spot_checks.book.checked(ph, Outcome.REFUTED, pp, [])
         api = (await http.get(p.api_url.removesuffix("/v1") + "/garage/v1/ledger", params={"peer": ph})).json()
         row = api["peers"][0]
         assert row["refuted"]["gpu_seconds"] == row["contributed"]["gpu_seconds"] > 0

@@ -12,9 +12,7 @@ from __future__ import annotations
 import hashlib
 import time
 
-import trio
-
-from garage_p2p.core.verdicts import Verdict, sign_verdict
+from garage_p2p.core.verdicts import TOPIC_VERDICTS, Verdict, sign_verdict
 from garage_p2p.mesh.verdicts import SERVICE
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
@@ -77,7 +75,8 @@ async def test_forged_and_unbacked_verdicts_are_refused_and_penalised(tmp_path):
                 running_peer(tmp_path / "b", bootstrap=boot) as b,
             ):
                 await wait_for(lambda: hostile.identity.peer_id in b.mesh.connected_peers(), timeout=20)
-                await trio.sleep(1.5)  # gossipsub's mesh forms on its heartbeat
+                # Published gossip reaches only the topic's mesh, which forms on gossipsub's heartbeat.
+                await wait_for(lambda: hostile.mesh.gossip_peers(TOPIC_VERDICTS) > 0, timeout=20)
                 accused = p.identity.peer_id
 
                 def verdict(request_id: str) -> Verdict:

@@ -33,6 +33,7 @@ from .identity import Identity, verify
 from .limits import Limits
 from .messages import WireModel, decode_json
 from .receipts import peer_key
+from .spot_check import Outcome
 
 TOPIC_VERDICTS = "garage/verdicts/1"
 VERDICT_GOSSIP = TopicRule("verdicts", Limits(rpm=6))
@@ -161,8 +162,8 @@ class VerdictBook:
         self.discredited = discredited
         """Peers whose verdicts count for nothing (banned, or their ledger log forked)."""
         self.records: dict[str, Record] = {}
-        self._heard: OrderedDict[tuple[str, str, str], str] = OrderedDict()
-        """(checker, provider, request id) → what became of it."""
+        self._heard: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        """(checker, provider, request id) of the verdicts taken for a re-check, oldest first (a set)."""
 
     def record(self, provider: str) -> Record:
         return self.records.setdefault(provider, Record())
@@ -175,15 +176,15 @@ class VerdictBook:
     def refuted_count(self) -> int:
         return sum(1 for record in self.records.values() if record.refuted)
 
-    def checked(self, provider: str, outcome: str, checker: str, dissenters: list[str]) -> None:
+    def checked(self, provider: str, outcome: Outcome, checker: str, dissenters: list[str]) -> None:
         """The outcome of a check (ours, or our re-check of ``checker``'s verdict)."""
         record = self.record(provider)
-        if outcome == "passed":
+        if outcome is Outcome.PASSED:
             if checker == self.own:
                 record.passed += 1
             else:
                 record.false_verdicts += 1
-        elif outcome == "refuted":
+        elif outcome is Outcome.REFUTED:
             record.refuted += 1
             record.refuted_by.add(checker)
         else:
@@ -198,7 +199,7 @@ class VerdictBook:
             return Take.IGNORED
         if key in self._heard or self.refuted(verdict.provider):
             return Take.KNOWN
-        self._heard[key] = Take.RECHECK.value
+        self._heard[key] = None
         while len(self._heard) > MAX_HELD:
             self._heard.popitem(last=False)
         return Take.RECHECK

@@ -178,8 +178,10 @@ class Dispatcher:
 
         checks = self.spot_checks
         on_whole = None
-        # Only chat and completions answers carry the token ids a spot-check scores.
-        if sample and checks is not None and head.path in GENERATION_PATHS and checks.sample():
+        # Only answers with their token ids can be scored: chat and completions that may fail over
+        # (failover asks for the ids; a request that may not, e.g. with stop strings, goes out as sent).
+        scorable = head.path in GENERATION_PATHS and head.body.get("return_token_ids") is True
+        if sample and checks is not None and scorable and checks.sample():
 
             def on_whole(exchange: FrameExchange) -> None:
                 checks.offer(head, exchange)

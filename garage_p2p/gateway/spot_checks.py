@@ -118,10 +118,7 @@ class SpotChecks:
     def offer(self, head: RequestHead, exchange: FrameExchange) -> None:
         """A sampled exchange ended with its END: queue its answer's check."""
         end = exchange.end
-        # Only answers with their token ids can be scored (failover asks every provider for them;
-        # a request that may not fail over, e.g. with stop strings, goes out as the client sent it).
-        with_ids = head.body.get("return_token_ids") is True
-        if exchange.kept is None or end is None or end.receipt is None or not with_ids:
+        if exchange.kept is None or end is None or end.receipt is None:
             self.counts["unchecked"] += 1
             return
         evidence = encode_evidence(head.path, head.body, end.receipt, b"".join(exchange.kept))
@@ -181,7 +178,7 @@ class SpotChecks:
             await self._verify(check)
         outcome = check.outcome or Outcome.INCONCLUSIVE
         checker = self.identity.peer_id if verdict is None else verdict.checker
-        self.book.checked(case.provider, outcome.value, checker, check.dissenters)
+        self.book.checked(case.provider, outcome, checker, check.dissenters)
         log.info(
             "spot-check of %s's answer %s: %s (%s)",
             case.provider,

@@ -200,8 +200,8 @@ def test_the_book_rechecks_a_verdict_once_and_ignores_discredited_checkers():
     assert book.hear(_verdict(checker=OTHER)) is Take.IGNORED  # banned or fork-flagged
     assert book.hear(_verdict(checker=OTHER, provider=CONSUMER.peer_id)) is Take.IGNORED
     assert not book.refuted(PROVIDER.peer_id)
-    book.checked(PROVIDER.peer_id, "passed", heard.checker, [])  # our re-check found it false
+    book.checked(PROVIDER.peer_id, Outcome.PASSED, heard.checker, [])  # our re-check found it false
     assert not book.refuted(PROVIDER.peer_id) and book.records[PROVIDER.peer_id].false_verdicts == 1
-    book.checked(PROVIDER.peer_id, "refuted", CONSUMER.peer_id, ["x"])
+    book.checked(PROVIDER.peer_id, Outcome.REFUTED, CONSUMER.peer_id, ["x"])
     assert book.refuted(PROVIDER.peer_id) and book.records["x"].dissents == 1
     assert book.hear(_verdict(checker=identity("third"), request_id="req-2")) is Take.KNOWN  # refuted already
