@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import traceback
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -86,3 +87,22 @@ def openai_schema():
 def as_target(peer: Peer) -> Target:
     """An in-process peer as an attack in tools/attacks sees it."""
     return Target(peer_id=peer.identity.peer_id, addrs=tuple(first_addr(peer)), api_url=peer.api_url)
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    """The exceptions inside nested groups (trio nurseries nest them past the printer's depth)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failure inside nested nurseries prints only "max_group_depth is 10": name its leaves."""
+    outcome = yield
+    report = outcome.get_result()
+    if call.excinfo is not None and isinstance(call.excinfo.value, BaseExceptionGroup):
+        leaves = _leaves(call.excinfo.value)
+        text = "\n".join("".join(traceback.format_exception(leaf)[-6:]) for leaf in leaves)
+        if report.failed and leaves:
+            report.longrepr = f"{report.longrepr}\n\nleaf exceptions:\n{text}"

@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack
 import httpx
 import openai
 import pytest
+import trio
 
 from garage_p2p.core.limits import Limits
 from garage_p2p.jobs import batches as batches_module
@@ -39,7 +40,13 @@ async def raw(http: httpx.AsyncClient, peer, path: str, headers=None) -> dict:
 
 async def finished(client: openai.AsyncOpenAI, batch_id: str, timeout: float = 60) -> openai.types.Batch:
     final = ("completed", "failed", "expired", "cancelled")
-    await wait_for(lambda: _status(client, batch_id, final), timeout, interval=0.2)
+    try:
+        await wait_for(lambda: _status(client, batch_id, final), timeout, interval=0.2)
+    except trio.TooSlowError:
+        # Where it stalled: the job behind the batch (lines done, leases, providers) says.
+        async with httpx.AsyncClient(timeout=10) as http:
+            job = (await http.get(str(client.base_url).removesuffix("/v1/") + f"/garage/v1/jobs/{batch_id}")).text
+        raise AssertionError(f"batch {batch_id} not finished within {timeout} s; its job: {job}") from None
     return await client.batches.retrieve(batch_id)
 
 
