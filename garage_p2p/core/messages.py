@@ -88,7 +88,8 @@ class Load(WireModel):
     kv_cache_usage: float | None = Field(default=None, ge=0, le=1)
     """Fraction of the KV cache in use, if the backend reports it."""
     in_flight: int = Field(default=0, ge=0, le=1_000_000)
-    """Mesh requests this peer is serving for the model."""
+    """Mesh requests this peer's backend is working on for the model (an END's figure leaves out
+    its own request, answered by then)."""
 
 
 MAX_ERROR_BODY = 16 * 1024

@@ -144,6 +144,12 @@ class Candidate:
     """The estimate's terms, for ``garage route``."""
     load: float = 0.0
     """Requests running and queued there, ours included (the affinity's load bound)."""
+    alone: float = 0.0
+    """Seconds to decode the request's expected tokens as its only stream there: its speed without
+    its load, which the affinity's slowdown rule compares (the load bound judges the load)."""
+    speed_known: bool = False
+    """Whether ``alone`` rests on its ad's benchmark or answers it delivered to us, not on the
+    pessimistic prior alone (which the slowdown rule does not hold against it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +191,9 @@ class Observed:
     """What its END or busy reply said."""
     at: float
     """When we read it (the ``now`` the caller gave)."""
+    ours: int = 0
+    """Our own requests in flight there when it said so: its figure counts them, and so does
+    ``Router.outstanding`` while they last (counting both made a burst spill for phantom load)."""
 
 
 def offer_of(ad: CapabilityAd, model: str) -> ModelOffer | None:
@@ -274,7 +283,8 @@ class Router:
             while len(self._observed) > MAX_OBSERVED_MODELS:
                 self._observed.popitem(last=False)
         self._observed.move_to_end(model)
-        seen[peer_id] = Observed(load, now)
+        # The request whose END or busy reply carries ``load`` is one of ours and is not in it.
+        seen[peer_id] = Observed(load, now, max(0, self.outstanding.get(peer_id, 0) - 1))
         seen.move_to_end(peer_id)
         while len(seen) > MAX_OBSERVED_PER_MODEL:
             seen.popitem(last=False)
@@ -315,14 +325,28 @@ class Router:
         """The providers of ``model`` we heard from last, latest first (RECENT_SIZE at most)."""
         return islice(reversed(self._heard(model, now)), RECENT_SIZE)
 
-    def live_load(self, ad: CapabilityAd, offer: ModelOffer, now: float) -> Load | None:
+    def live_load(self, ad: CapabilityAd, offer: ModelOffer, now: float) -> Observed | None:
         """The fresher of the ad's load (if under AD_LOAD_MAX_AGE old) and the observed one."""
         issued = min(ad.issued_at, now)  # an issuer whose clock is ahead is not fresher for it
         advertised = offer.load if offer.load is not None and now - issued <= AD_LOAD_MAX_AGE else None
         seen = self._heard(offer.name, now).get(ad.peer_id)
         if seen is not None and (advertised is None or seen.at >= issued):
-            return seen.load
-        return advertised
+            return seen
+        return Observed(advertised, issued) if advertised is not None else None
+
+    def busy(self, peer_id: str, seen: Observed | None) -> float:
+        """Requests at ``peer_id`` now, ours included: the others it last told us of, plus ours now.
+
+        Its own count of the mesh requests it serves (``in_flight``, exact when it sent it) is
+        preferred to its backend's (scraped every few seconds, so a burst that has ended still
+        shows); both counted ours of that moment, which are taken out, then ours of now added.
+        """
+        ours = self.outstanding.get(peer_id, 0)
+        if seen is None:
+            return float(ours)
+        load = seen.load
+        reported = load.in_flight if load.in_flight else load.running + load.waiting
+        return max(0.0, reported - seen.ours) + ours
 
     # -- scoring ----------------------------------------------------------------
 
@@ -331,9 +355,9 @@ class Router:
         peer = ad.peer_id
         if offer is None:
             return Candidate(peer, float("inf"), False, "does not serve the model")
-        load = self.live_load(ad, offer, now)
-        running = (load.running + load.waiting) if load else 0.0
-        busy = running + self.outstanding.get(peer, 0)
+        seen = self.live_load(ad, offer, now)
+        load = seen.load if seen is not None else None
+        busy = self.busy(peer, seen)
         claim = self.claim(ad, offer, now)
         concurrency = claim.curve.concurrency if claim.curve else 1
         queue_factor = 1 + (load.waiting if load else 0.0) / max(1, concurrency)
@@ -358,7 +382,17 @@ class Router:
             reason = f"region {ad.region or 'unset'} is not {request.region}"
         elif self.banned_until(peer) > now:
             reason = f"banned for {self.banned_until(peer) - now:.1f} s after {self.failures(peer)} failures"
-        return Candidate(peer, estimate, not reason, reason, parts, busy)
+        alone = request.expected_tokens / max(1e-6, claim.rate(1))
+        return Candidate(
+            peer,
+            estimate,
+            not reason,
+            reason,
+            parts,
+            busy,
+            alone,
+            claim.observations > 0 or claim.claimed_tps is not None,
+        )
 
     def shortlist(
         self, pool: ProviderPool, request: RouteRequest, now: float, also: Sequence[CapabilityAd] = ()
@@ -430,9 +464,13 @@ class Router:
         eligible = {c.peer_id: c for c in ranked if c.eligible}
         loads = [c.load for c in eligible.values()]
         cap = load_cap(loads)
-        # Decode time only: the prefill a cache hit saves is in the TTFT term, and a provider's
-        # delivered TTFT swings with its cache (a miss prefills the whole prompt).
-        best = min((c.parts.get("generate", 0.0) for c in eligible.values()), default=0.0)
+        # Decode speed only: the prefill a cache hit saves is in the TTFT term, and a provider's
+        # delivered TTFT swings with its cache (a miss prefills the whole prompt); its load is the
+        # bound's to judge (with it, one more stream of ours made a provider "too slow").
+        best = min((c.alone for c in eligible.values()), default=0.0)
+        # Too slow only on evidence: a provider with no benchmark that we never used is scored at the
+        # pessimistic prior (an honest rig earns its speed), and refusing it the prefixes hashed to it
+        # would keep it unused, and unmeasured, for ever. One answer measures it.
 
         def refusal(peer: str, best: float = best) -> str:
             c = eligible.get(peer)
@@ -441,9 +479,8 @@ class Router:
                 return "not eligible" if listed else "not eligible or no longer known (banned, out of region, gone)"
             if c.load + 1 > cap:
                 return f"over the load bound ({c.load:g} + 1 > {cap} of {len(loads)} providers)"
-            generate = c.parts.get("generate", 0.0)
-            if generate > MAX_SLOWDOWN * best:
-                return f"too slow (decodes in {generate:.2f} s > {MAX_SLOWDOWN:g} × the best {best:.2f} s)"
+            if c.speed_known and c.alone > MAX_SLOWDOWN * best:
+                return f"too slow (decodes alone in {c.alone:.2f} s > {MAX_SLOWDOWN:g} × the best {best:.2f} s)"
             return ""
 
         known = self.affinities.known(affinity, now)
@@ -462,7 +499,7 @@ class Router:
         # hash order within the bound, the same for every consumer (its cache then holds it too).
         # A spill target is judged against the provider it relieves, not the best: the router believes
         # a provider it used little near its pessimistic prior, and an overloaded one must shed load.
-        relieved = eligible[wanted].parts.get("generate", 0.0) if wanted in eligible else best
+        relieved = eligible[wanted].alone if wanted in eligible else best
         spill = next((p for p in order if p != wanted and not refusal(p, max(best, relieved))), None)
         if spill is None:
             return AffinityChoice(key, wanted, None, why)

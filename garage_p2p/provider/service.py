@@ -121,6 +121,8 @@ class _Metering:
     """Where the request's status and usage are noted (the metrics read them)."""
     answer: AnswerDigest = field(default_factory=AnswerDigest)
     """The bytes of every DATA frame sent: the receipt signs their digest (the answer, provably ours)."""
+    generating: str | None = None
+    """The model whose load (``in_flight``) counts the request until its backend answered it."""
 
 
 DONE_EVENT = b"data: [DONE]"
@@ -388,6 +390,7 @@ class ProviderService:
         meter = metering.meter
         self.in_flight += 1
         self.in_flight_by_model[backend.name] = self.in_flight_by_model.get(backend.name, 0) + 1
+        metering.generating = backend.name
         self._idle = trio.Event() if self.in_flight == 1 else self._idle
         try:
             with trio.move_on_after(head.timeout) as scope:
@@ -407,7 +410,7 @@ class ProviderService:
             if metering.mark >= 0:
                 meter.end(metering.mark, trio.current_time())
             self.in_flight -= 1
-            self.in_flight_by_model[backend.name] -= 1
+            self._answered(metering)
             if self.in_flight == 0:
                 self._idle.set()
 
@@ -471,11 +474,20 @@ class ProviderService:
             total_ms=(trio.current_time() - start) * 1000,
         )
         signed = self._receipt(head, backend, usage, metering)
+        self._answered(metering)
         # The last data and END go in one write: one muxer frame fewer per request.
         end = EndInfo(
             usage=usage, timings=timings, receipt=signed, load=self.live_load(backend.name), content_type=content_type
         )
         return tail + end_frame(end)
+
+    def _answered(self, metering: _Metering) -> None:
+        """The backend is done with the request: the load END frames carry stops counting it. Its
+        own END reports the others (a consumer knows its own requests), and two answers ending
+        together do not count each other while their ENDs are written."""
+        if metering.generating is not None:
+            self.in_flight_by_model[metering.generating] -= 1
+            metering.generating = None
 
     def _receipt(self, head: RequestHead, backend: Backend, usage: Usage | None, metering: _Metering) -> str | None:
         """End the request's GPU metering; for a remote consumer, the signed receipt for END."""

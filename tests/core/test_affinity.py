@@ -11,6 +11,7 @@ from garage_p2p.core.affinity import (
     conversation_affinity,
 )
 from garage_p2p.core.capabilities import Benchmark, ModelOffer, PeerTable, make_ad
+from garage_p2p.core.delivery import Delivery
 from garage_p2p.core.identity import Identity
 from garage_p2p.core.routing import SHORTLIST_MAX, Router, RouteRequest
 
@@ -163,6 +164,26 @@ def test_an_affinity_is_not_honoured_over_the_bound_or_for_a_banned_or_much_slow
     router.served(turn1.affinity, slow[0].peer_id, NOW)
     choice = router.affinity(router.rank(slow + ads[1:], turn2, {}, NOW), turn2, NOW)
     assert not choice.honoured and choice.reason.startswith("too slow")
+
+
+def test_a_provider_known_only_by_the_pessimistic_prior_is_not_too_slow_until_it_delivers():
+    """Two rigs without benchmarks: the one we used is fast; the other, never used, sits at the
+    slow default prior. The conversation it served keeps it (refusing it would leave it unmeasured
+    for ever); once its own answers show it slow, the rule applies."""
+    fast, unknown = ad(1, bench=None), ad(2, bench=None)
+    router = Router(random.Random(0))
+    quick = Delivery(ttft=0.01, tokens=32, decode=0.1, streams=1)
+    for i in range(5):
+        router.delivered(fast, "m", quick, NOW + i)
+    turn1, turn2 = (chat(m) for m in conversation(3, 2))
+    router.served(turn1.affinity, unknown.peer_id, NOW)
+    choice = router.affinity(router.rank([fast, unknown], turn2, {}, NOW + 5), turn2, NOW + 5)
+    assert choice.provider == unknown.peer_id and choice.honoured, choice.reason
+    crawl = Delivery(ttft=0.01, tokens=32, decode=10.0, streams=1)
+    for i in range(3):
+        router.delivered(unknown, "m", crawl, NOW + 6 + i)
+    choice = router.affinity(router.rank([fast, unknown], turn2, {}, NOW + 9), turn2, NOW + 9)
+    assert not choice.honoured and choice.reason.startswith("too slow"), choice.reason
 
 
 def test_the_shortlist_holds_the_learned_provider_and_the_hash_favourites():

@@ -54,6 +54,29 @@ def test_load_and_our_own_outstanding_requests_raise_the_estimate():
     assert router.outstanding == {}
 
 
+def test_a_load_told_at_an_end_does_not_count_our_own_requests_twice():
+    """Two of ours ran there when one's END said so; once they are done, a new burst of ours sees
+    the provider as idle as it is, not busy with phantoms (the affinity bound spilled on them)."""
+    router = Router(random.Random(0))
+    pid = ad(1).peer_id
+    for _ in range(2):
+        router.started(pid)
+    # The END of one of ours counts the other (in_flight), and its backend's scrape lags (running 3).
+    router.observe(pid, "m", Load(running=3, in_flight=1), NOW)
+    for _ in range(2):
+        router.finished(pid)
+    assert router.score(ad(1), REQ, PathInfo(), NOW).load == 0
+    router.started(pid)
+    assert router.score(ad(1), REQ, PathInfo(), NOW).load == 1
+    # Another consumer's request is there too (the END of our one request counts only that): it counts.
+    router.observe(pid, "m", Load(in_flight=1), NOW + 1)
+    assert router.score(ad(1), REQ, PathInfo(), NOW + 1).load == 2
+    # A provider that does not count its mesh requests: its backend's figure, less ours then.
+    router.started(pid)
+    router.observe(pid, "m", Load(running=4), NOW + 2)
+    assert router.score(ad(1), REQ, PathInfo(), NOW + 2).load == 5
+
+
 def test_waiting_queue_full_kv_cache_rtt_and_relay_cost_time():
     router = Router(random.Random(0))
     base = router.score(ad(1), REQ, PathInfo(), NOW).estimate
