@@ -304,6 +304,33 @@ async def test_a_maximal_honest_table_is_taken_without_blame(tmp_path):
         assert b.mesh.penalties.faults(a.identity.peer_id) == 0
 
 
+async def test_a_first_table_fetch_carries_only_the_ads_the_asker_lacks(tmp_path):
+    """Issue 17: a new connection's table sync sends what the asker's have-list does not hold, not the
+    whole table: two peers that hold the same 30 ads exchange only their own ads."""
+    async with running_peer(tmp_path / "a") as a, running_peer(tmp_path / "b") as b:
+        now = time.time()
+        for _ in range(30):
+            peer = Identity.from_seed(os.urandom(32))
+            wire = ad_of_size(peer, 800, now=now)
+            for p in (a, b):
+                assert p.table.offer(wire, now, via=peer.peer_id).entry is not None
+        served: list[int] = []
+        answer = a.table.answer
+
+        def counted(*args, **kwargs):
+            result = answer(*args, **kwargs)
+            served.append(len(result.ads))
+            return result
+
+        a.table.answer = counted  # an instrument on the real server's answers
+        b.discovery._cursors.pop(a.identity.peer_id, None)  # a first request, whatever connecting did
+        b.discovery._fetched.clear()
+        assert await b.discovery.fetch_table(a.identity.peer_id, first_addr(a)) <= 1
+        assert served[-1] == 1  # a's own ad: b held the rest (and a does not send b its own)
+        assert len(answer(b"own", time.time()).ads) > 30  # what a first request got before have-lists
+        assert b.mesh.penalties.faults(a.identity.peer_id) == 0
+
+
 async def test_an_idle_mesh_stays_quiet_and_anti_entropy_sends_only_what_changed(tmp_path, http):
     """Issue 17: once a provider and a consumer have met, neither publishes an ad while nothing changes
     (it used to be one every 5 s each), and a table sync with the cursor of the last one carries only

@@ -23,6 +23,7 @@ fit in the table (it was valid when the relay got it).
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import re
@@ -82,6 +83,11 @@ TABLE_ANSWER_ADS = TABLE_PAGE_ADS + 1
 """Ads (one frame each) in one answer to a table request: a page and the server's own ad."""
 TABLE_CONTROL_BYTES = 256
 """Bytes of a table request or of the answer's cursor (small JSON) at most."""
+HAVE_DIGEST_BYTES = 8
+"""Bytes of an ad's digest in a have-list (``ad_digest``): 2⁶⁴ makes a collision among a table's
+ads, which would only withhold one ad from one answer, a non-event."""
+TABLE_HAVE_BYTES = TABLE_PAGE_ADS * HAVE_DIGEST_BYTES
+"""Bytes of a have-list at most (a TABLE_HAVE frame): the digests of a page of ads."""
 TABLE_ANSWER_BYTES = TABLE_CONTROL_BYTES + TABLE_PAGE_BYTES + MAX_AD_BYTES + (TABLE_ANSWER_ADS + 1) * HEADER_SIZE
 """Bytes of one answer on the stream at most, frame headers included: the receiver's bound on what
 an honest server sends (``PeerTable.answer``: its cursor, its own ad and a page)."""
@@ -366,6 +372,18 @@ class PeerEntry:
         return self.source == self.ad.peer_id
 
 
+def ad_digest(wire: bytes) -> bytes:
+    """A signed ad's digest in a have-list."""
+    return hashlib.sha256(wire).digest()[:HAVE_DIGEST_BYTES]
+
+
+def parse_have(payload: bytes) -> frozenset[bytes]:
+    """The digests of a TABLE_HAVE frame; PeerFault if it is not a whole number of them."""
+    if len(payload) % HAVE_DIGEST_BYTES:
+        raise PeerFault(f"a have-list of {len(payload)} bytes, not a multiple of {HAVE_DIGEST_BYTES}")
+    return frozenset(payload[i : i + HAVE_DIGEST_BYTES] for i in range(0, len(payload), HAVE_DIGEST_BYTES))
+
+
 def servable(entry: PeerEntry, now: float) -> bool:
     """Whether a table may pass ``entry`` on at ``now``: it has SERVE_MARGIN left to live, and is
     within its ttl of its issue time, so a receiver whose clock is up to MAX_CLOCK_SKEW ahead of
@@ -402,6 +420,9 @@ class TableRequest(WireModel):
     since: int | None = Field(default=None, ge=0, lt=2**63)
     """The cursor the server gave last time: only ads that arrived after it. None: the first page
     by ``choose_page``; 0: everything, in arrival order, a page at a time."""
+    have_follows: bool = False
+    """A TABLE_HAVE frame follows: the digests of ads the asker holds, which a first page leaves out
+    (a server of an older version ignores the field and never reads the frame)."""
 
 
 class TableCursor(WireModel):
@@ -761,24 +782,44 @@ class PeerTable:
         """Live entries, in peer-id order (deterministic)."""
         return [e for pid, e in sorted(self._entries.items()) if e.expires_at > now]
 
-    def page(self, now: float, max_ads: int, max_bytes: int) -> list[bytes]:
+    def page(self, now: float, max_ads: int, max_bytes: int, have: Collection[bytes] = ()) -> list[bytes]:
         """Signed ads to serve a peer that asks for our table, at most ``max_ads`` and ``max_bytes``
-        (``choose_page``)."""
-        held = (e for e in self._entries.values() if e.wire)
+        (``choose_page``), leaving out those whose digest is in ``have``."""
+        held = (e for e in self._entries.values() if e.wire and (not have or ad_digest(e.wire) not in have))
         return [e.wire for e in choose_page(held, now, max_ads, max_bytes, set(self.dealt_with()))]
 
-    def answer(self, own_ad: bytes, now: float, request: TableRequest = TableRequest()) -> TableAnswer:
+    def have(self, now: float) -> bytes:
+        """Our have-list (a TABLE_HAVE payload): the digests of up to TABLE_PAGE_ADS ads we hold, the
+        latest arrived first. A table server leaves those out of our first page: a joiner's
+        neighbours each held the mesh's ads already, and fetching its copy of them both ways on every
+        new connection was most of what a joining mesh cost (issue 17)."""
+        digests: list[bytes] = []
+        for entry in reversed(self._entries.values()):
+            if len(digests) >= TABLE_PAGE_ADS:
+                break
+            if entry.wire and entry.expires_at > now:
+                digests.append(ad_digest(entry.wire))
+        return b"".join(digests)
+
+    def answer(
+        self, own_ad: bytes, now: float, request: TableRequest = TableRequest(), have: Collection[bytes] = ()
+    ) -> TableAnswer:
         """What a table server sends a peer that asks: its own ad, then one page (within
         TABLE_ANSWER_ADS and TABLE_ANSWER_BYTES once framed), and the cursor to ask from next time.
 
-        A first request (no cursor, or one of another epoch) gets the page ``choose_page`` picks;
-        if that was not everything, the cursor is 0 and the asker pages through the rest in arrival
-        order. A request with a cursor gets only what arrived after it: an idle mesh answers
-        (almost) nothing, so periodic anti-entropy costs what changed, not the table's size.
+        A first request (no cursor, or one of another epoch) gets the page ``choose_page`` picks of
+        the ads whose digests are not in ``have`` (the asker's have-list); if that was not all of
+        them, the cursor is 0 and the asker pages through the rest in arrival order. A request with
+        a cursor gets only what arrived after it: an idle mesh answers (almost) nothing, so periodic
+        anti-entropy costs what changed, not the table's size.
         """
         if request.since is None or request.epoch != self.epoch:
-            page = self.page(now, TABLE_PAGE_ADS, TABLE_PAGE_BYTES)
-            servable_count = sum(1 for e in self._entries.values() if e.wire and servable(e, now))
+            page = self.page(now, TABLE_PAGE_ADS, TABLE_PAGE_BYTES, have)
+            servable_count = sum(
+                1
+                for e in self._entries.values()
+                if e.wire and servable(e, now) and (not have or ad_digest(e.wire) not in have)
+            )
             cursor = self._arrivals if len(page) == servable_count else 0
             return TableAnswer([own_ad, *page], TableCursor(epoch=self.epoch, cursor=cursor))
         # ``_entries`` is in arrival order (``apply`` drops a replaced entry and adds the new one last),

@@ -41,6 +41,8 @@ class FrameType(enum.IntEnum):
     """``/garage/caps/2.0.0``: the asker's JSON ``TableRequest`` (its cursor)."""
     TABLE_CURSOR = 49
     """``/garage/caps/2.0.0``: the server's JSON ``TableCursor``, before the ads (DATA frames)."""
+    TABLE_HAVE = 50
+    """``/garage/caps/2.0.0``: the asker's have-list after its request (``TableRequest.have_follows``)."""
     EVIDENCE_REQUEST = 64
     """``/garage/evidence/1.0.0``: the JSON ``EvidenceRequest`` (a verdict's evidence digest)."""
     EVIDENCE_REPLY = 65

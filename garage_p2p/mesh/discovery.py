@@ -11,6 +11,8 @@
 - ``/garage/caps/2.0.0``: on every new connection both sides fetch the
   other's table of signed ads, so a joining peer knows the mesh at once
   instead of after a gossip round. Each ad is verified like a gossiped one.
+  A first request carries a have-list (digests of the ads the asker holds),
+  and the answer leaves those out.
   The asker sends the cursor the server gave it last time, and gets only the
   ads that arrived since (``PeerTable.answer``): periodic anti-entropy costs
   what changed, not the table's size. An answer is one bounded page; a peer
@@ -39,11 +41,13 @@ from ..core.capabilities import (
     TABLE_ANSWER_BYTES,
     TABLE_CONTROL_BYTES,
     TABLE_FETCH_GAP,
+    TABLE_HAVE_BYTES,
     TABLE_REQUESTS,
     CapabilityAd,
     PeerTable,
     TableCursor,
     TableRequest,
+    parse_have,
 )
 from ..core.errors import PeerFault
 from ..core.limits import Limiter
@@ -87,6 +91,8 @@ would be trimmed again, a handshake every ~25 s for ever."""
 GONE_DIAL_TIMEOUT = 3.0
 """A provider not dialled again within this is taken for gone (its ad is dropped until a newer one)."""
 MAX_CURSORS = 1024
+WRITE_CHUNK = 32 * 1024
+"""Bytes of table answer frames put in one stream write (well within a Noise message's 64 KiB)."""
 """Table cursors kept (one per peer we asked lately)."""
 
 
@@ -163,13 +169,36 @@ class Discovery:
             return
         try:
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
-                frame = await FrameStream(stream, {FrameType.TABLE_REQUEST: TABLE_CONTROL_BYTES}).read()
+                frames = FrameStream(
+                    stream, {FrameType.TABLE_REQUEST: TABLE_CONTROL_BYTES, FrameType.TABLE_HAVE: TABLE_HAVE_BYTES}
+                )
+                frame = await frames.read()
                 if frame is None:
                     return
-                answer = self.table.answer(self.own_ad(), time.time(), decode_json(TableRequest, frame.payload))
-                await write_all(stream, encode_frame(FrameType.TABLE_CURSOR, encode_json(answer.cursor)))
-                for ad in answer.ads:  # frame by frame: the page is never copied into one buffer
-                    await write_all(stream, encode_frame(FrameType.DATA, ad))
+                if frame.type != FrameType.TABLE_REQUEST:
+                    raise PeerFault("a table request must come first")
+                request = decode_json(TableRequest, frame.payload)
+                have: frozenset[bytes] = frozenset()
+                if request.have_follows:
+                    listed = await frames.read()
+                    if listed is None or listed.type != FrameType.TABLE_HAVE:
+                        raise PeerFault("a have-list announced, not sent")
+                    have = parse_have(listed.payload)
+                answer = self.table.answer(self.own_ad(), time.time(), request, have)
+                chunk = [encode_frame(FrameType.TABLE_CURSOR, encode_json(answer.cursor))]
+                size = len(chunk[0])
+                for ad in answer.ads:
+                    # Frames go in writes of up to WRITE_CHUNK bytes: each write is a yamux frame and a
+                    # Noise message of its own, and a write per ad was the bulk of a joining mesh's
+                    # table answers (the page itself is bounded: TABLE_ANSWER_BYTES).
+                    frame = encode_frame(FrameType.DATA, ad)
+                    if size + len(frame) > WRITE_CHUNK:
+                        await write_all(stream, b"".join(chunk))
+                        chunk, size = [], 0
+                    chunk.append(frame)
+                    size += len(frame)
+                if chunk:
+                    await write_all(stream, b"".join(chunk))
         except PeerFault as exc:
             self.mesh.penalise(peer_id, SERVICE, f"bad table request: {exc}")
         except StreamBroken:
@@ -188,7 +217,9 @@ class Discovery:
         faults: list[tuple[str, str]] = []
         cursor: TableCursor | None = None
         last = self._cursors.get(peer_id)
-        request = TableRequest(epoch=last.epoch, since=last.cursor) if last else TableRequest()
+        # A first request says what we hold, so the page leaves it out; later ones have a cursor.
+        have = b"" if last else self.table.have(time.time())
+        request = TableRequest(epoch=last.epoch, since=last.cursor) if last else TableRequest(have_follows=bool(have))
         try:
             stream = await self.mesh.open_stream(peer_id, addrs, PROTOCOL_CAPS, TABLE_FETCH_TIMEOUT)
         except DialError as exc:
@@ -196,7 +227,8 @@ class Discovery:
             return 0
         try:
             with trio.move_on_after(TABLE_FETCH_TIMEOUT):
-                await write_all(stream, encode_frame(FrameType.TABLE_REQUEST, encode_json(request)))
+                asked = encode_frame(FrameType.TABLE_REQUEST, encode_json(request))
+                await write_all(stream, asked + encode_frame(FrameType.TABLE_HAVE, have) if have else asked)
                 while data := await read_some(stream):
                     size += len(data)
                     if size > TABLE_ANSWER_BYTES:

@@ -29,6 +29,8 @@ CREATE TABLE IF NOT EXISTS peers (
 """
 MAX_ADDRS = 16
 MAX_PEERS = 5000
+REWRITE_AFTER = 600.0
+"""Seconds before a peer heard of again with the same addresses is written again."""
 
 
 @dataclass(frozen=True)
@@ -45,16 +47,30 @@ class KnownPeers:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._pending: dict[str, KnownPeer] = {}
+        self._written: dict[str, KnownPeer] = {}
+        """What the file holds of each peer noted since we started (bounded: MAX_PEERS)."""
         self._lock = trio.Lock()
+        self._db: sqlite3.Connection | None = None
+        """One connection for the process's life, used under the lock: opening one per flush (WAL
+        and schema set-up each time) was a tenth of a joining peer's CPU while it heard the mesh's ads."""
 
     def _connect(self) -> sqlite3.Connection:
-        return open_wal(self.path, SCHEMA, "NORMAL")
+        if self._db is None:
+            self._db = open_wal(self.path, SCHEMA, "NORMAL")
+        return self._db
 
     def note(self, peer_id: str, addrs: Sequence[str], now: float | None = None) -> None:
-        """Remember a peer's addresses (written at the next flush)."""
+        """Remember a peer's addresses (written at the next flush). The same addresses again are
+        written only once REWRITE_AFTER has passed: ``last_seen`` orders the peers a restart dials,
+        and minutes are precision enough for that."""
         usable = tuple(a for a in addrs if "/p2p-circuit" not in a)[:MAX_ADDRS]
-        if usable:
-            self._pending[peer_id] = KnownPeer(peer_id, usable, now if now is not None else time.time())
+        if not usable:
+            return
+        seen = now if now is not None else time.time()
+        held = self._written.get(peer_id)
+        if held is not None and held.addrs == usable and seen - held.last_seen < REWRITE_AFTER:
+            return
+        self._pending[peer_id] = KnownPeer(peer_id, usable, seen)
 
     async def flush(self) -> None:
         if not self._pending:
@@ -62,9 +78,15 @@ class KnownPeers:
         batch, self._pending = list(self._pending.values()), {}
         async with self._lock:
             await trio.to_thread.run_sync(self._write, batch)
+        for peer in batch:
+            self._written.pop(peer.peer_id, None)
+            self._written[peer.peer_id] = peer
+        while len(self._written) > MAX_PEERS:
+            del self._written[next(iter(self._written))]
 
     def _write(self, batch: list[KnownPeer]) -> None:
-        with self._connect() as db:
+        db = self._connect()
+        with db:
             db.executemany(
                 "INSERT INTO peers (peer_id, addrs, last_seen) VALUES (?, ?, ?) "
                 "ON CONFLICT(peer_id) DO UPDATE SET addrs = excluded.addrs, last_seen = excluded.last_seen",
@@ -75,7 +97,14 @@ class KnownPeers:
                 "DELETE FROM peers WHERE peer_id NOT IN (SELECT peer_id FROM peers ORDER BY last_seen DESC LIMIT ?)",
                 (MAX_PEERS,),
             )
-        db.close()
+
+    async def close(self) -> None:
+        """Flush what is pending and close the file."""
+        await self.flush()
+        async with self._lock:
+            if self._db is not None:
+                await trio.to_thread.run_sync(self._db.close)
+                self._db = None
 
     async def recent(self, limit: int = 32) -> list[KnownPeer]:
         """The most recently seen peers."""
@@ -83,13 +112,11 @@ class KnownPeers:
             return await trio.to_thread.run_sync(self._read, limit)
 
     def _read(self, limit: int) -> list[KnownPeer]:
-        db = self._connect()
-        try:
-            rows = db.execute(
-                "SELECT peer_id, addrs, last_seen FROM peers ORDER BY last_seen DESC LIMIT ?", (limit,)
-            ).fetchall()
-        finally:
-            db.close()
+        rows = (
+            self._connect()
+            .execute("SELECT peer_id, addrs, last_seen FROM peers ORDER BY last_seen DESC LIMIT ?", (limit,))
+            .fetchall()
+        )
         out = []
         for peer_id, addrs, last_seen in rows:
             try:
@@ -106,4 +133,4 @@ class KnownPeers:
                 await self.flush()
         finally:
             with trio.CancelScope(shield=True):
-                await self.flush()
+                await self.close()

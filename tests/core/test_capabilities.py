@@ -5,6 +5,7 @@ import pytest
 
 from garage_p2p.core.capabilities import (
     AD_DOMAIN,
+    HAVE_DIGEST_BYTES,
     MAX_AD_BYTES,
     MAX_CLOCK_SKEW,
     SERVE_MARGIN,
@@ -23,6 +24,7 @@ from garage_p2p.core.capabilities import (
     TableRequest,
     make_ad,
     open_ad,
+    parse_have,
     sign_ad,
 )
 from garage_p2p.core.errors import PeerFault
@@ -396,6 +398,29 @@ def test_a_table_answers_a_cursor_with_only_what_arrived_since():
     assert [open_ad(w, NOW).peer_id for w in later.ads[1:]] == [newcomer.peer_id, peers[0].peer_id]
     # A cursor of another epoch (the server restarted) gets the first page again.
     assert len(table.answer(b"own", NOW, TableRequest(epoch=8, since=first.cursor.cursor)).ads) == 7
+
+
+def test_a_first_page_leaves_out_what_the_askers_have_list_holds():
+    """A joiner's neighbours hold the mesh's ads already: their first fetch of its table says so and
+    gets only the rest (and the cursor still says "you have it all", so no paging follows)."""
+    server, asker = PeerTable(epoch=3), PeerTable()
+    peers = [ident() for _ in range(6)]
+    for peer in peers:
+        wire = sign_ad(peer, ad_of(peer))
+        assert server.offer(wire, NOW, via=peer.peer_id).entry
+        if peer is not peers[-1]:
+            assert asker.offer(wire, NOW, via=peer.peer_id).entry
+    have = parse_have(asker.have(NOW))
+    assert len(have) == 5
+    answer = server.answer(b"own", NOW, TableRequest(have_follows=True), have)
+    assert [open_ad(w, NOW).peer_id for w in answer.ads[1:]] == [peers[-1].peer_id]
+    assert answer.cursor.cursor == server.answer(b"own", NOW).cursor.cursor != 0  # all it lacked, in one page
+    # A newer ad of a peer it holds is not in its have-list: it is served.
+    server.offer(sign_ad(peers[0], ad_of(peers[0], seq=2)), NOW, via=peers[0].peer_id)
+    answer = server.answer(b"own", NOW, TableRequest(have_follows=True), have)
+    assert {open_ad(w, NOW).peer_id for w in answer.ads[1:]} == {peers[0].peer_id, peers[-1].peer_id}
+    with pytest.raises(PeerFault, match="multiple"):
+        parse_have(b"\0" * (HAVE_DIGEST_BYTES + 1))
 
 
 def test_a_table_larger_than_a_page_is_paged_through_in_arrival_order():
