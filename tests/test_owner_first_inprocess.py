@@ -1,0 +1,118 @@
+"""Owner first with real peers (real libp2p, real HTTP) and real probes.
+
+The GPU probe reads a stand-in ``nvidia-smi`` (tests/data/standin-nvidia-smi, no GPU behind it)
+that reports a foreign GPU process while a flag file exists; the process-name probe sees a real
+process (a copy of ``sleep`` under a chosen name).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+from garage_p2p.provider.owner_probe import named_processes
+
+from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+
+STANDIN_SMI = Path(__file__).resolve().parent / "data" / "standin-nvidia-smi"
+CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+OWNER = {"owner_quiet": 1.0, "owner_probe_interval": 0.2, "owner_drain_timeout": 1.0}
+
+
+@pytest.fixture
+def standin_gpu(tmp_path, monkeypatch) -> Path:
+    """Puts the stand-in first on PATH as ``nvidia-smi``; returns its flag file (absent: the GPU is idle)."""
+    bin_dir = tmp_path / "standin-bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-smi").symlink_to(STANDIN_SMI)
+    flag = tmp_path / "owner-plays"
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("STANDIN_NVIDIA_SMI_FLAG", str(flag))
+    return flag
+
+
+async def chat(client: httpx.AsyncClient, api_url: str, pin: str | None = None) -> httpx.Response:
+    headers = {"x-garage-peer": pin} if pin else {}
+    return await client.post(api_url + "/chat/completions", json=CHAT, headers=headers, timeout=30)
+
+
+async def test_a_foreign_gpu_process_drains_the_provider_and_quiet_brings_it_back(tmp_path, standin_gpu):
+    async with (
+        standin_backend() as url_a,
+        standin_backend() as url_b,
+        running_peer(tmp_path / "a", backends={"tiny": url_a}, owner_gpu="on", **OWNER) as a,
+        running_peer(tmp_path / "b", backends={"tiny": url_b}, bootstrap=first_addr(a)) as b,
+        running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c,
+        httpx.AsyncClient() as client,
+    ):
+        await wait_for_model(c, "tiny", providers=2)
+        assert a.status()["not_serving"] is None
+        assert (await chat(client, c.api_url, pin=a.identity.peer_id)).status_code == 200
+
+        standin_gpu.write_text("4242, game-standin\n")
+        await wait_for(lambda: a.provider.draining)
+        assert a.status()["not_serving"] == "paused: owner activity: GPU process game-standin (pid 4242)"
+        # The ad is withdrawn: the consumer routes to B alone, and A takes no new work.
+        await wait_for(lambda: c.dispatcher.known_models().get("tiny") == [b.identity.peer_id])
+        assert (await chat(client, c.api_url)).status_code == 200
+        refused = await chat(client, c.api_url, pin=a.identity.peer_id)
+        assert refused.status_code >= 500, refused.text
+        assert not b.provider.draining
+
+        standin_gpu.unlink()
+        await wait_for(lambda: a.status()["not_serving"] is None, timeout=15)
+        await wait_for_model(c, "tiny", providers=2)
+        assert (await chat(client, c.api_url, pin=a.identity.peer_id)).status_code == 200
+
+
+async def test_the_process_name_probe_sees_a_running_process(tmp_path):
+    name = "owner-game-standin"  # longer than comm's 15 characters: matched on the command line
+    game = tmp_path / name
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", game)
+    assert named_processes([name]) == ()
+    async with (
+        standin_backend() as url,
+        running_peer(tmp_path / "a", backends={"tiny": url}, owner_processes=[name, "other.exe"], **OWNER) as a,
+    ):
+        assert a.status()["not_serving"] is None
+        process = subprocess.Popen([str(game), "60"])
+        try:
+            await wait_for(lambda: a.provider.draining)
+            assert a.status()["not_serving"] == f"paused: owner activity: process {name}"
+            assert a.status()["owner"]["resume_in_s"] is not None
+        finally:
+            process.kill()
+            process.wait()
+        await wait_for(lambda: a.status()["not_serving"] is None, timeout=15)
+        assert not a.provider.draining
+
+
+async def test_a_drain_by_hand_outlasts_the_owner(tmp_path):
+    """``garage drain`` holds though the owner goes quiet; ``garage resume`` waits for the owner."""
+    name = "hand-standin"
+    game = tmp_path / name
+    shutil.copy(shutil.which("sleep") or "/bin/sleep", game)
+    async with (
+        standin_backend() as url,
+        running_peer(tmp_path / "a", backends={"tiny": url}, owner_processes=[name], **OWNER) as a,
+    ):
+        process = subprocess.Popen([str(game), "60"])
+        try:
+            await wait_for(lambda: a.provider.draining)
+            await a.resume()  # the owner still plays: no
+            assert a.provider.draining and a.status()["not_serving"].startswith("paused: owner activity")
+            await a.drain()
+        finally:
+            process.kill()
+            process.wait()
+        await wait_for(lambda: a.owner is not None and a.owner.decision.serving, timeout=15)
+        await trio.sleep(0)
+        assert a.provider.draining and a.status()["not_serving"].startswith("drained")
+        await a.resume()
+        assert not a.provider.draining and a.status()["not_serving"] is None
