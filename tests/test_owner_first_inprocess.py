@@ -7,6 +7,7 @@ process (a copy of ``sleep`` under a chosen name).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ import trio
 from garage_p2p.provider.owner_probe import named_processes
 
 from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .test_failover_inprocess import imitation_app, serving
 
 STANDIN_SMI = Path(__file__).resolve().parent / "data" / "standin-nvidia-smi"
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
@@ -116,3 +118,38 @@ async def test_a_drain_by_hand_outlasts_the_owner(tmp_path):
         assert a.provider.draining and a.status()["not_serving"].startswith("drained")
         await a.resume()
         assert not a.provider.draining and a.status()["not_serving"] is None
+
+
+async def test_an_answer_in_flight_past_the_drain_bound_is_continued_elsewhere(tmp_path, standin_gpu):
+    """A's answer outlives owner_drain_timeout: A cuts it and the consumer finishes it on B, token-exact."""
+    tokens = 600  # ~3 s of tokens at the imitation's pace: far past the 0.3 s bound
+    body = {**CHAT, "max_tokens": tokens, "stream": True}
+    owner = {**OWNER, "owner_drain_timeout": 0.3}
+    async with (
+        serving(imitation_app()) as url_a,
+        serving(imitation_app()) as url_b,
+        running_peer(tmp_path / "a", backends={"tiny": url_a}, owner_gpu="on", **owner) as a,
+        running_peer(tmp_path / "c", bootstrap=first_addr(a)) as c,
+        httpx.AsyncClient(timeout=60) as client,
+        trio.open_nursery() as nursery,
+    ):
+        await wait_for_model(c, "tiny")
+        answer: list[httpx.Response] = []
+
+        async def ask() -> None:
+            answer.append(await client.post(c.api_url + "/chat/completions", json=body))
+
+        nursery.start_soon(ask)
+        await wait_for(lambda: a.provider.in_flight == 1)  # A, the only provider, answers
+        async with running_peer(tmp_path / "b", backends={"tiny": url_b}, bootstrap=first_addr(a)) as b:
+            await wait_for_model(c, "tiny", providers=2)
+            standin_gpu.write_text("4242, game-standin\n")
+            # B takes the answer over while it is still being written (A alone would finish it later).
+            await wait_for(lambda: b.provider.in_flight == 1, timeout=10)
+            assert a.provider.in_flight == 0 and not answer
+            await wait_for(lambda: bool(answer), timeout=30)
+            assert a.owner is not None and a.owner.last_in_flight_ended is not None
+        chunks = [json.loads(line[6:]) for line in answer[0].text.splitlines() if line[6:7] == "{"]
+        text = "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks if ch["choices"])
+        assert text == "".join(f" t{i}" for i in range(tokens))
+        assert answer[0].text.count("[DONE]") == 1
