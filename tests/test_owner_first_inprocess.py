@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -37,6 +38,18 @@ def standin_gpu(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("STANDIN_NVIDIA_SMI_FLAG", str(flag))
     return flag
+
+
+def garage_status(api_url: str) -> str:
+    """What ``garage status`` prints for the peer at ``api_url``."""
+    done = subprocess.run(
+        [sys.executable, "-m", "garage_p2p.cli.garage", "status", "--api", api_url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 async def chat(client: httpx.AsyncClient, api_url: str, pin: str | None = None) -> httpx.Response:
@@ -88,6 +101,8 @@ async def test_the_process_name_probe_sees_a_running_process(tmp_path):
             await wait_for(lambda: a.provider.draining)
             assert a.status()["not_serving"] == f"paused: owner activity: process {name}"
             assert a.status()["owner"]["resume_in_s"] is not None
+            shown = await trio.to_thread.run_sync(garage_status, a.api_url)
+            assert f"serving     no: paused: owner activity: process {name}" in shown
         finally:
             process.kill()
             process.wait()
