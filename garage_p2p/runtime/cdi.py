@@ -17,7 +17,7 @@ GPU_KIND = "nvidia.com/gpu"
 GENERATE = "sudo nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml"
 """The fix: the NVIDIA Container Toolkit writes the spec for the installed driver and GPUs."""
 MAX_SPEC_BYTES = 1024 * 1024
-_KIND = re.compile(r"""^\s*["']?kind["']?\s*:\s*["']?([^"'\s,}]+)""", re.MULTILINE)
+_KIND = re.compile(r"""(?:^|[{,])\s*["']?kind["']?\s*:\s*["']?([^"'\s,}]+)""", re.MULTILINE)
 _NAME = re.compile(r"""(?:^\s*-\s*|\{\s*)["']?name["']?\s*:\s*["']?([^"'\s,}]+)""", re.MULTILINE)
 
 
