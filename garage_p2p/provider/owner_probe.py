@@ -143,7 +143,8 @@ class OwnerProbe:
                 gpu_processes = tuple(
                     f"{name} (pid {pid})" for pid, name in parse_compute_apps(apps) if not is_ours(pid, container)
                 )[:8]
-            util = await _smi(self.nvidia_smi, QUERY_UTIL)
+            # A foreign process says enough: nvidia-smi costs tens of ms of CPU a call on a real driver.
+            util = None if gpu_processes else await _smi(self.nvidia_smi, QUERY_UTIL)
             utilisation = parse_utilisation(util) if util is not None else None
         named = await trio.to_thread.run_sync(named_processes, self.processes) if self.processes else ()
         return OwnerSample(
