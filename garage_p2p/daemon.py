@@ -61,6 +61,7 @@ from .mesh.patches import apply_library_patches
 from .mesh.paths import PathTracker
 from .provider.backend import Backend
 from .provider.backend_metrics import metrics_url, scrape_load
+from .provider.owner_watch import OwnerWatch, owner_watch_for
 from .provider.service import ProviderService
 from .runtime.container_spec import RuntimeSpec
 from .runtime.hardware import detect_hardware, driver_version
@@ -114,6 +115,10 @@ class Peer:
     benchmarks: dict[str, Benchmark] = field(default_factory=dict)
     started_at: float = field(default_factory=time.time)
     driver_version: str | None = None
+    owner: OwnerWatch | None = None
+    """Owner first: steps aside while the rig's owner uses it (provider/owner_watch.py); None: no probe asked for."""
+    drained_by_hand: bool = False
+    """``garage drain`` holds until ``garage resume``, whatever the owner watch sees."""
     _http_stop: trio.Event = field(default_factory=trio.Event)
     _stopping: bool = False
 
@@ -170,6 +175,8 @@ class Peer:
             "dht_mode": self.discovery.dht_mode,
             "dht_table_size": self.discovery.dht.get_routing_table_size(),
             "draining": self.provider.draining,
+            "not_serving": self.not_serving(),
+            "owner": self.owner.view() if self.owner else None,
             "in_flight": self.provider.in_flight,
             "runtime": self.runtime.view() if self.runtime else None,
             "ledger": ledger_summary(self.ledger.state, self.identity.peer_id),
@@ -238,8 +245,19 @@ class Peer:
             self.ledger.state, peer, credit_view(self.ledger.state, self.identity.peer_id, self.credit.refuted)
         )
 
+    def not_serving(self) -> str | None:
+        """Why the provider refuses requests (``garage status``, the dashboard); None while it serves."""
+        if self._stopping:
+            return "shutting down"
+        if self.drained_by_hand:
+            return "drained (garage resume serves again)"
+        if self.owner is not None and not self.owner.decision.serving:
+            return f"paused: {self.owner.decision.reason}"
+        return "draining" if self.provider.draining else None
+
     async def drain(self) -> None:
         """Stop taking requests, withdraw our models, let in-flight requests finish, stop the container."""
+        self.drained_by_hand = True
         log.info("draining: no new requests; in flight: %d", self.provider.in_flight)
         self.provider.draining = True
         await self.caps.withdraw()
@@ -250,7 +268,11 @@ class Peer:
         log.info("drained")
 
     async def resume(self) -> None:
-        """Serve again after a drain."""
+        """Serve again after a drain (not while the owner comes first: the owner watch resumes then)."""
+        self.drained_by_hand = False
+        if self.owner is not None and not self.owner.decision.serving:
+            log.info("not resuming: %s", self.not_serving())
+            return
         self.provider.draining = False
         self.caps.withdrawn = False
         if self.runtime is not None:
@@ -699,6 +721,11 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         peer.spot_checks = spot_checks
         offers_of.append(peer)
         peers_of.append(peer)
+        peer.owner = owner_watch_for(
+            settings, provider, caps, runtime=lambda: peer.runtime, held=lambda: peer.drained_by_hand or peer._stopping
+        )
+        if peer.owner is not None:
+            await nursery.start(peer.owner.serve)
         if backends:
             await nursery.start(_probe_backends, peer, client)
         await nursery.start(caps.serve)

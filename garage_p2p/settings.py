@@ -9,6 +9,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .core.owner_activity import parse_window
+
 # TCP only. py-libp2p 0.8.1 dials QUIC first whenever a peer lists a QUIC address, and a QUIC
 # connection has no yamux frames for liveness to watch (a frozen peer held it for aioquic's 600 s
 # idle timeout), brings no hole punching (docs/platform.md) and keeps the library's inbound-slot
@@ -114,6 +116,22 @@ class Settings(BaseModel):
     """Extra vLLM arguments."""
     podman_socket: Path | None = None
     """Use this Podman API socket instead of starting ``podman system service`` under HOME."""
+    owner_gpu: Literal["auto", "on", "off"] = "auto"
+    """Step aside when a GPU process that is not ours runs, or the GPU is busy while we serve nothing
+    (``nvidia-smi``). ``auto``: when the daemon runs its own model container (a backend started by hand
+    would look like the owner's process)."""
+    owner_processes: list[str] = []
+    """Process names that mean the owner is using the machine (e.g. a game's ``game.exe``)."""
+    owner_schedule: list[str] = []
+    """Hours of the day (local time) the rig never serves, e.g. ``18:00-23:00``."""
+    owner_quiet: float = Field(default=120.0, ge=0, le=24 * 3600)
+    """Seconds without owner activity before the rig serves again."""
+    owner_drain_timeout: float = Field(default=10.0, ge=0, le=600)
+    """Seconds in-flight answers get to finish once the owner is seen; then their consumers fail over."""
+    owner_gpu_busy: float = Field(default=30.0, gt=0, le=100)
+    """GPU utilisation (percent) that counts as the owner's while we serve nothing."""
+    owner_probe_interval: float = Field(default=2.0, ge=0.1, le=60)
+    """Seconds between two looks at the machine."""
 
     @field_validator("api")
     @classmethod
@@ -137,6 +155,13 @@ class Settings(BaseModel):
         value = value.strip()
         if value and value != "all" and not all(p.strip().isdigit() for p in value.split(",")):
             raise ValueError(f"expected '', 'all' or GPU indices like '0,1', got {value!r}")
+        return value
+
+    @field_validator("owner_schedule")
+    @classmethod
+    def _schedule(cls, value: list[str]) -> list[str]:
+        for window in value:
+            parse_window(window)  # its ValueError says what is wrong
         return value
 
     @property
@@ -170,7 +195,7 @@ def parse_backend(spec: str) -> tuple[str, str]:
     return name, url
 
 
-_LIST_KEYS = {"listen", "bootstrap", "runtime_args"}
+_LIST_KEYS = {"listen", "bootstrap", "runtime_args", "owner_processes", "owner_schedule"}
 
 
 def read_bootstrap_file(path: Path) -> list[str]:

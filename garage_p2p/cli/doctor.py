@@ -7,12 +7,13 @@ from typing import Any
 
 import typer
 
+from ..runtime.cdi import CDI_DIRS, GENERATE, GPU_KIND, GpuSpec, nvidia_cdi_specs
 from .client import ApiOption, JsonOption, get, print_json
 from .common import HomeOption
 
 
-def diagnose(status: dict[str, Any]) -> list[dict[str, str]]:
-    """Checks as (check, state ok|warn|fail, detail, fix)."""
+def diagnose(status: dict[str, Any], cdi: list[GpuSpec] | None = None) -> list[dict[str, str]]:
+    """Checks as (check, state ok|warn|fail, detail, fix); ``cdi``: this machine's GPU CDI specs, None: unchecked."""
     checks: list[dict[str, str]] = []
 
     def add(check: str, state: str, detail: str, fix: str = "") -> None:
@@ -85,6 +86,16 @@ def diagnose(status: dict[str, Any]) -> list[dict[str, str]]:
         )
     else:
         add("gpu", "ok", f"{hardware}, driver {driver or 'unknown'}")
+        if cdi is not None:
+            _check_cdi(add, cdi)
+    owner = status.get("owner")
+    if status.get("not_serving"):
+        resume = owner.get("resume_in_s") if owner else None
+        add(
+            "serving",
+            "warn",
+            status["not_serving"] + (f" (serving again in {resume:.0f} s if nothing changes)" if resume else ""),
+        )
     skewed = status.get("clock_skew") or {}
     if skewed:
         add(
@@ -107,9 +118,21 @@ def diagnose(status: dict[str, Any]) -> list[dict[str, str]]:
     return checks
 
 
+def _check_cdi(add, specs: list[GpuSpec]) -> None:
+    """A GPU reaches the model container only through a CDI spec (runtime/cdi.py)."""
+    if not specs:
+        add("gpu cdi", "fail", f"no {GPU_KIND} CDI spec in {' or '.join(map(str, CDI_DIRS))}", GENERATE)
+        return
+    spec = specs[0]
+    if "all" not in spec.devices:
+        add("gpu cdi", "warn", f"{spec.path} has no device 'all' (--gpus all fails)", f"regenerate it: {GENERATE}")
+    else:
+        add("gpu cdi", "ok", f"{spec.path}: {GPU_KIND}=" + ",".join(spec.devices[:8]))
+
+
 def doctor(home: Path | None = HomeOption, api: str | None = ApiOption, json_output: bool = JsonOption) -> None:
     """Check reachability, relays, DHT, backends, GPU and identity; exit 1 on any failure."""
-    checks = diagnose(get(api, home, "/garage/v1/status"))
+    checks = diagnose(get(api, home, "/garage/v1/status"), nvidia_cdi_specs())
     if json_output:
         print_json(checks)
     else:

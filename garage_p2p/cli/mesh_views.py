@@ -36,6 +36,10 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
             f"{counts['opened_last_minute']} opened, {counts['closed_last_minute']} closed"
         )
     typer.echo(f"in flight   {data['in_flight']}{'   DRAINING' if data['draining'] else ''}")
+    if data.get("not_serving"):
+        owner = data.get("owner") or {}
+        resume = owner.get("resume_in_s")
+        typer.echo(f"serving     no: {data['not_serving']}" + (f" (again in {resume:.0f} s)" if resume else ""))
     led = data["ledger"]
     typer.echo(
         f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given "

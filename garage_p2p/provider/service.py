@@ -180,6 +180,9 @@ class ProviderService:
         """Where served requests are counted (``/metrics``); None counts nothing."""
         self._idle = trio.Event()
         self._idle.set()
+        self._cuttable: set[trio.CancelScope] = set()
+        """The backend calls in flight, for ``release_in_flight``."""
+        self._released: set[trio.CancelScope] = set()
 
     def live_load(self, model: str) -> Load:
         """The live load of ``model``'s backend, as ads, END frames and busy replies carry it."""
@@ -193,6 +196,13 @@ class ProviderService:
     async def wait_idle(self) -> None:
         """Return once no request is in flight."""
         await self._idle.wait()
+
+    def release_in_flight(self) -> int:
+        """Cut every answer in flight with a retryable 503 (its consumer fails over); how many were cut."""
+        for scope in self._cuttable:
+            self._released.add(scope)
+            scope.cancel()
+        return len(self._cuttable)
 
     # -- the mesh side --------------------------------------------------------
 
@@ -394,8 +404,22 @@ class ProviderService:
         self._idle = trio.Event() if self.in_flight == 1 else self._idle
         try:
             with trio.move_on_after(head.timeout) as scope:
-                frame = await self._forward(head, backend, send, start, metering)
-            if scope.cancelled_caught:
+                self._cuttable.add(scope)
+                try:
+                    frame = await self._forward(head, backend, send, start, metering)
+                finally:
+                    self._cuttable.discard(scope)
+            if scope in self._released:
+                # Cut for the owner (provider/owner_watch.py): a 503 mid-answer is "provider lost", so
+                # the consumer continues the answer on another provider; no receipt for a cut answer.
+                self._released.discard(scope)
+                metering.receipt = None
+                frame = metering.outcome.error(
+                    error_info(
+                        503, "the provider stepped aside for its owner", code="provider_draining", retryable=True
+                    )
+                )
+            elif scope.cancelled_caught:
                 metering.receipt = None
                 frame = metering.outcome.error(
                     error_info(

@@ -343,6 +343,8 @@
     fact(dl, "Peers known", num(s.known_peers, 0));
     fact(dl, "DHT", s.dht_mode);
     fact(dl, "Draining", s.draining ? "yes" : "no");
+    // Why the rig does not serve: the owner comes first (owner activity, schedule), or a drain.
+    fact(dl, "Serving", typeof s.not_serving === "string" ? `no: ${s.not_serving}` : "yes");
     fact(dl, "Requests in flight", num(s.in_flight, 0));
     if (s.runtime && typeof s.runtime === "object") fact(dl, "Model container", s.runtime.state || s.runtime.status || "present");
     if (s.ledger && typeof s.ledger === "object") {
