@@ -8,16 +8,22 @@ turn t + 1), each turn the whole conversation so far plus a new question, answer
 tokens at temperature 0 (``ignore_eos``).
 
 Two system prompts are measured: ``shared`` (one long system prompt for every conversation, a team's
-assistant) and ``distinct`` (a long prompt of its own per conversation, e.g. a RAG document). The
-system prompt is the longest that leaves room for the six turns in the tiny model's 1,024 positions
-(bootstrap/make_tiny_model.py); the report gives its length in tokens (vLLM's /tokenize).
+assistant) and ``distinct`` (a long prompt of its own per conversation, e.g. a RAG document), of
+about SYSTEM_TOKENS tokens (the report gives its length from vLLM's /tokenize).
+
+The servers run the prefill-heavy model (bootstrap/make_tiny_model.py --prefill-heavy, 4,096
+positions), not the tiny one: the tiny model prefills a 1,000-token prompt in less time than the
+mesh's own overhead, so a cache hit could not show in the TTFT; this one prefills about as a real
+model does against its serving overhead. Each provider runs ``garage bench`` first, as start.sh
+does on a rig: with the slow default prior instead, both consumers kept to whichever provider
+they used first, and "off" was no baseline.
 
 Reported per trace and mode: the prefix-cache hit rate of turns 2–6 from vLLM's own counters
 (``vllm:prefix_cache_hits`` / ``vllm:prefix_cache_queries``, prompt tokens, both servers), TTFT p50
 of turns 2–6 (client-side, first streamed event), the share of later turns answered by the
 previous turn's provider, and requests per provider.
 
-    python benchmarks/cache_routing.py            # ~2 min on 2 cores: two vLLM start-ups, 4 × 96 requests
+    python benchmarks/cache_routing.py            # ~4 min on 2 cores: two vLLM start-ups, 4 × 96 requests
     python benchmarks/cache_routing.py --json
 """
 
@@ -37,9 +43,17 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tools.cache_rig import MAX_MODEL_LEN, CacheRig, cache_rig, text, turn_body  # noqa: E402
+from tools.cache_rig import CacheRig, cache_rig, prefill_heavy_model, text, turn_body  # noqa: E402
 from tools.testkit import percentile  # noqa: E402
 
+MAX_MODEL_LEN = 4096
+"""The prefill-heavy model's positions: room for a 1,000-token system prompt and six turns."""
+SYSTEM_TOKENS = 1100
+"""The system prompt's length in tokens, about (the issue asks for 1,000 or more)."""
+KV_CACHE = "768M"
+"""Each server's KV cache: a trace's 16 conversations of ~1,600 tokens at 16 KiB a token (4 layers ×
+K and V × 512 × float32) need ~420 MiB; a GPU's is larger still. The runtime's 64 MiB default held
+two of them, and both modes missed alike."""
 CONVERSATIONS = 16
 TURNS = 6
 CONCURRENCY = 4
@@ -68,17 +82,18 @@ class Trace:
 
 
 def system_words(rig: CacheRig, rng: random.Random) -> tuple[int, int]:
-    """The most words of system prompt whose tokens leave TURNS turns of room; and its tokens."""
+    """The fewest words of system prompt that make SYSTEM_TOKENS tokens (within TURNS turns of room
+    in MAX_MODEL_LEN); and its tokens."""
     base = rig.servers[0].base_url.removesuffix("/v1")
-    budget = MAX_MODEL_LEN - TURNS * TURN_ROOM - ANSWER_TOKENS
-    words = 400
+    assert SYSTEM_TOKENS + TURNS * TURN_ROOM + ANSWER_TOKENS <= MAX_MODEL_LEN
+    words = 200
     with httpx.Client(timeout=30) as client:
-        while words > 0:
+        while words < 2000:
             count = client.post(base + "/tokenize", json={"model": "tiny", "prompt": text(rng, words)}).json()["count"]
-            if count <= budget:
+            if count >= SYSTEM_TOKENS:
                 return words, count
-            words -= 5
-    raise AssertionError("no system prompt fits")
+            words += 10
+    raise AssertionError("no system prompt reaches SYSTEM_TOKENS")
 
 
 def ask(client: httpx.Client, url: str, body: dict) -> tuple[str, float, str]:
@@ -148,7 +163,10 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="cache-routing-") as root:
-        with cache_rig(Path(root), {"on": [], "off": ["--no-cache-affinity"]}) as rig:
+        consumers = {"on": [], "off": ["--no-cache-affinity"]}
+        with cache_rig(
+            Path(root), consumers, prefill_heavy_model(), MAX_MODEL_LEN, benchmarked=True, kv_cache=KV_CACHE
+        ) as rig:
             for consumer in rig.consumers.values():
                 rig.warm(consumer)
             words, tokens = system_words(rig, random.Random(0))

@@ -1,6 +1,6 @@
 """Make a tiny random-weight Llama model (tokenizer + weights) on this machine.
 
-Usage: python make_tiny_model.py OUTDIR [--seed N]
+Usage: python make_tiny_model.py OUTDIR [--seed N] [--prefill-heavy]
 
 Why: the demo and the integration tests run a real vLLM server, but no model hub is
 reachable from the development and CI machines, so we cannot download even a small model.
@@ -13,6 +13,12 @@ Instead we build one locally, deterministically (fixed seeds, sorted inputs):
   head_dim >= 32), 2 layers, intermediate 256, 1024 positions, float32 safetensors.
 
 Its output is gibberish; it exists to exercise the serving path (~2 MB, made in seconds).
+
+``--prefill-heavy`` makes a wider one for the cache-routing benchmark (benchmarks/cache_routing.py):
+hidden 512, 8 heads, 4 layers, intermediate 1536, 4,096 positions (~60 MB). The tiny model's prefill
+is so cheap that a prompt of 1,000 tokens costs less than the mesh's own overhead, so a prefix-cache
+hit saves nothing visible; this one prefills about as a real model does against its serving
+overhead, and a cache hit shows in the time to first token as it does on a GPU.
 
 Runs under the vLLM venv's python (needs torch, transformers, tokenizers). The model is
 written to OUTDIR.tmp and renamed into place, so OUTDIR is either absent or complete; if
@@ -101,19 +107,22 @@ def train_tokenizer():
     )
 
 
-def build_model(tokenizer, seed: int = SEED):
+TINY_SHAPE = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4}
+"""head_dim 32: the minimum vLLM's CPU attention accepts."""
+PREFILL_HEAVY_SHAPE = {"hidden_size": 512, "intermediate_size": 1536, "num_hidden_layers": 4, "num_attention_heads": 8}
+PREFILL_HEAVY_POSITIONS = 4096
+
+
+def build_model(tokenizer, seed: int = SEED, shape: dict = TINY_SHAPE, positions: int = 1024):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,  # head_dim 32: the minimum vLLM's CPU attention accepts
-        num_key_value_heads=4,
-        max_position_embeddings=1024,
+        **shape,
+        num_key_value_heads=shape["num_attention_heads"],
+        max_position_embeddings=positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -126,6 +135,8 @@ def build_model(tokenizer, seed: int = SEED):
 
 def main(argv: list[str]) -> int:
     seed = SEED
+    heavy = "--prefill-heavy" in argv
+    argv = [a for a in argv if a != "--prefill-heavy"]
     if len(argv) == 4 and argv[2] == "--seed" and argv[3].isdigit():
         # Other weights, the same tokenizer: a different model under the same name (the
         # verification benchmark's dishonest provider).
@@ -150,17 +161,21 @@ def main(argv: list[str]) -> int:
     with open(outdir.with_name(outdir.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not is_complete(outdir):
-            build(outdir, seed)
+            build(outdir, seed, heavy)
     return 0
 
 
-def build(outdir: Path, seed: int = SEED) -> None:
+def build(outdir: Path, seed: int = SEED, heavy: bool = False) -> None:
     tmp = outdir.with_name(outdir.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)  # leftovers of an interrupted run
     tmp.mkdir()
 
     tokenizer = train_tokenizer()
-    model = build_model(tokenizer, seed)
+    if heavy:
+        tokenizer.model_max_length = PREFILL_HEAVY_POSITIONS
+        model = build_model(tokenizer, seed, PREFILL_HEAVY_SHAPE, PREFILL_HEAVY_POSITIONS)
+    else:
+        model = build_model(tokenizer, seed)
     tokenizer.save_pretrained(tmp)
     model.save_pretrained(tmp, safe_serialization=True)
     if not is_complete(tmp):

