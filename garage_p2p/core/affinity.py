@@ -44,26 +44,29 @@ mean, then spills to the next) or ``load + 1 ≤ least + SLACK``: in a lightly l
 is under one request and the capacity alone would honour an affinity only on an idle provider,
 though one more stream there makes no hotspot (SGLang's router keeps its cache-aware choice under
 an absolute imbalance threshold in the same way); and its decode time as the request's only stream
-there (``Candidate.alone``: its speed, not its load, which the bound judges) is at most
-MAX_SLOWDOWN times the best provider's: a weaker rig loses more in decode than a cache hit saves.
-Not the whole estimate: its TTFT term holds the prefill a cache hit saves, and a provider's
+there by its benchmark (``Candidate.alone``: its speed, not its load, which the bound judges) is at
+most MAX_SLOWDOWN times the best benchmark's: a weaker rig loses more in decode than a cache hit
+saves. Not the whole estimate: its TTFT term holds the prefill a cache hit saves, and a provider's
 delivered TTFT swings with its own cache (a miss prefills the whole prompt), so identical servers
 refused each other's conversations by it on the busy two-core test machine (at 1.5 ×: 9 of 12 later
 turns kept their provider; at 3 ×, in the benchmark, 69 %). Nor the loaded decode time: one more
-stream of ours on a CPU server doubled it, and a conversation left a provider for that. Nor a
-speed known only from the pessimistic prior (no benchmark, never used): refused its hashed
-prefixes, such a provider stayed unused, and unmeasured, for ever; one answer measures it.
+stream of ours on a CPU server doubled it, and a conversation left a provider for that. Nor the
+speed routing believes (benchmark or prior blended with delivery): a provider used little sits near
+the slow prior, and an 8-token answer's tokens come in one burst, so delivery "measured" one server
+at 800 tokens/s and its twin at 20. A benchmark is taken the same way on every rig; delivery counts
+here only when it proved a benchmark an overclaim; a rig with no benchmark is not held to the rule.
 
-The load is the provider's own count of the mesh requests its backend works on, told on the END
-of each of ours (``Load.in_flight``, leaving out the answered request), less those of ours it
-counted, plus ours now (``Router.busy``): its backend's scraped queue lags by seconds, and counting
-our requests both there and in ours made a burst spill for phantoms.
 Otherwise the request spills to the next provider in the anchor's hash order that passes, its
 decode time judged against the provider it relieves, not the best (Mirrokni's placement: every
 consumer spills a hot prefix alike, and the spill's cache then holds it too); if none does, the
 usual order (power of two choices) decides. EPSILON = 0.25 rather than Mirrokni's ~0.5: with two
 providers the ceiling makes small counts lumpy; 0.25 keeps a hot prefix's provider within 1.45 ×
 the mean load once six requests run at once (0.5 allows 1.7 ×).
+
+The load is the provider's count of the mesh requests its backend works on, told on the END of
+each of ours (``Load.in_flight``, leaving out the answered request), less those of ours it counted,
+plus ours now (``Router.busy``); not its backend's scraped queue, which lags by seconds: counting
+our requests both there and in ours, a burst spilled for phantoms.
 """
 
 from __future__ import annotations

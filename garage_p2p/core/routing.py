@@ -149,8 +149,8 @@ class Candidate:
     (or, with none or an overclaim, what delivery and the prior say): its speed without its load,
     which the affinity's slowdown rule compares (the load bound judges the load)."""
     speed_known: bool = False
-    """Whether ``alone`` rests on its ad's benchmark or answers it delivered to us, not on the
-    pessimistic prior alone (which the slowdown rule does not hold against it)."""
+    """Whether ``alone`` rests on its ad's benchmark (or on what it delivered, if that proved the
+    benchmark an overclaim): a provider with no benchmark is not held to the slowdown rule."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,16 +338,16 @@ class Router:
     def busy(self, peer_id: str, seen: Observed | None) -> float:
         """Requests at ``peer_id`` now, ours included: the others it last told us of, plus ours now.
 
-        Its own count of the mesh requests it serves (``in_flight``, exact when it sent it) is
-        preferred to its backend's (scraped every few seconds, so a burst that has ended still
-        shows); both counted ours of that moment, which are taken out, then ours of now added.
+        Its own count of the mesh requests its backend works on (``in_flight``, exact when it sent
+        it), not its backend's running and waiting figures: those are scraped every few seconds, so
+        a burst that has ended still shows in them (the last answer of a burst, told "0 others",
+        once fell back to them and saw seven phantoms). Both counted ours of that moment, which are
+        taken out, then ours of now added.
         """
         ours = self.outstanding.get(peer_id, 0)
         if seen is None:
             return float(ours)
-        load = seen.load
-        reported = load.in_flight if load.in_flight else load.running + load.waiting
-        return max(0.0, reported - seen.ours) + ours
+        return float(max(0, seen.load.in_flight - seen.ours) + ours)
 
     # -- scoring ----------------------------------------------------------------
 
@@ -384,11 +384,13 @@ class Router:
         elif self.banned_until(peer) > now:
             reason = f"banned for {self.banned_until(peer) - now:.1f} s after {self.failures(peer)} failures"
         # The slowdown rule compares like with like: each provider's benchmark (taken the same way
-        # on every rig), unless delivery proved it an overclaim; the blend with delivery is for the
-        # estimate. Mixed, a provider we used much was judged by what a short answer's stream
-        # showed (fast: its tokens come in bursts) against another's benchmark, and refused.
-        comparable = claim.claimed_tps if claim.claimed_tps is not None and not claim.overclaims else claim.single_tps
-        alone = request.expected_tokens / max(1e-6, comparable)
+        # on every rig, 64-token answers), or what it delivered if that proved the benchmark an
+        # overclaim; never a blend with the slow prior or with short answers' streams, which is for
+        # the estimate. Mixed, a provider we used much was judged against one we used little
+        # (near the prior), and an 8-token answer's stream, its tokens in one burst, "decoded" at
+        # 800 tokens/s against another's 20: conversations left their provider for noise.
+        comparable = claim.single_tps if claim.overclaims else claim.claimed_tps
+        alone = request.expected_tokens / max(1e-6, comparable or claim.single_tps)
         return Candidate(
             peer,
             estimate,
@@ -397,7 +399,7 @@ class Router:
             parts,
             busy,
             alone,
-            claim.observations > 0 or claim.claimed_tps is not None,
+            comparable is not None,
         )
 
     def shortlist(
@@ -473,10 +475,10 @@ class Router:
         # Decode speed only: the prefill a cache hit saves is in the TTFT term, and a provider's
         # delivered TTFT swings with its cache (a miss prefills the whole prompt); its load is the
         # bound's to judge (with it, one more stream of ours made a provider "too slow").
-        best = min((c.alone for c in eligible.values()), default=0.0)
-        # Too slow only on evidence: a provider with no benchmark that we never used is scored at the
-        # pessimistic prior (an honest rig earns its speed), and refusing it the prefixes hashed to it
-        # would keep it unused, and unmeasured, for ever. One answer measures it.
+        best = min((c.alone for c in eligible.values() if c.speed_known), default=0.0)
+        # Too slow only on a benchmark's evidence: a provider with none is scored near the
+        # pessimistic prior until it has delivered much (an honest rig earns its speed), and
+        # refusing it the prefixes hashed to it would keep it unused, and unmeasured, for ever.
 
         def refusal(peer: str, best: float = best) -> str:
             c = eligible.get(peer)

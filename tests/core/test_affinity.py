@@ -166,23 +166,27 @@ def test_an_affinity_is_not_honoured_over_the_bound_or_for_a_banned_or_much_slow
     assert not choice.honoured and choice.reason.startswith("too slow")
 
 
-def test_a_provider_known_only_by_the_pessimistic_prior_is_not_too_slow_until_it_delivers():
-    """Two rigs without benchmarks: the one we used is fast; the other, never used, sits at the
-    slow default prior. The conversation it served keeps it (refusing it would leave it unmeasured
-    for ever); once its own answers show it slow, the rule applies."""
+def test_the_slowdown_rule_judges_benchmarks_not_the_prior_or_short_streams():
+    """A rig with no benchmark that we used little sits near the slow default prior, and a short
+    answer's stream (its tokens in one burst) makes another look fast: neither is evidence, so its
+    conversation stays. A benchmark that delivery proves an overclaim is."""
     fast, unknown = ad(1, bench=None), ad(2, bench=None)
     router = Router(random.Random(0))
-    quick = Delivery(ttft=0.01, tokens=32, decode=0.1, streams=1)
+    burst = Delivery(ttft=0.01, tokens=32, decode=0.01, streams=1)  # 3,100 tokens/s "delivered"
     for i in range(5):
-        router.delivered(fast, "m", quick, NOW + i)
+        router.delivered(fast, "m", burst, NOW + i)
     turn1, turn2 = (chat(m) for m in conversation(3, 2))
     router.served(turn1.affinity, unknown.peer_id, NOW)
     choice = router.affinity(router.rank([fast, unknown], turn2, {}, NOW + 5), turn2, NOW + 5)
     assert choice.provider == unknown.peer_id and choice.honoured, choice.reason
+    # Another rig claims the benchmark's speed and delivers a tenth of it: flagged, judged by delivery.
+    liar, honest = ad(3), ad(4)
+    router = Router(random.Random(0))
     crawl = Delivery(ttft=0.01, tokens=32, decode=10.0, streams=1)
-    for i in range(3):
-        router.delivered(unknown, "m", crawl, NOW + 6 + i)
-    choice = router.affinity(router.rank([fast, unknown], turn2, {}, NOW + 9), turn2, NOW + 9)
+    for i in range(4):
+        router.delivered(liar, "m", crawl, NOW + i)
+    router.served(turn1.affinity, liar.peer_id, NOW)
+    choice = router.affinity(router.rank([liar, honest], turn2, {}, NOW + 5), turn2, NOW + 5)
     assert not choice.honoured and choice.reason.startswith("too slow"), choice.reason
 
 
