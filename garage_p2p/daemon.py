@@ -282,6 +282,12 @@ class Peer:
         self.caps.republish_soon()
         log.info("resumed")
 
+    async def reload_benchmarks(self) -> dict[str, Any]:
+        """Read HOME/bench.json again (``garage bench`` rewrote it) and advertise the figures now."""
+        self.benchmarks = await trio.to_thread.run_sync(load_benchmarks, self.settings.home)
+        self.caps.republish_soon()
+        return {name: b.model_dump(mode="json") for name, b in self.benchmarks.items()}
+
     async def shutdown(self) -> None:
         """Graceful stop: no new requests, withdraw the ad, drain in-flight ones."""
         if self._stopping:
