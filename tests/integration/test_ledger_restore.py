@@ -137,6 +137,7 @@ def test_reinstalled_rig_with_a_long_log_continues_it_instead_of_starting_over(t
             peers.append(a)
             a.wait_ready()
             _served(c, a, 2)
+            status = _status(a).get("ledger_restore")
             wait_until(
                 lambda: (seen := ledger_of(c)).head(a.peer_id).seq >= long_log + 2 or seen.flagged(a.peer_id),
                 60,
@@ -146,6 +147,8 @@ def test_reinstalled_rig_with_a_long_log_continues_it_instead_of_starting_over(t
                 p.stop()
             _no_fork_anywhere(peers, a.peer_id)
             assert ledger_of(a).head(a.peer_id).seq == long_log + 2
+            assert status is not None and status["phase"] == "restored", status
+            print(f"restore: {status}")
         finally:
             for p in peers:
                 p.stop()
