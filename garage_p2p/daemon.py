@@ -255,6 +255,8 @@ class Peer:
             return "drained (garage resume serves again)"
         if self.owner is not None and not self.owner.decision.serving:
             return f"paused: {self.owner.decision.reason}"
+        if not self.ledger.own_open.is_set() and self.ledger.restore is not None:
+            return f"to other peers, until our own ledger log is restored: {self.ledger.restore.reason}"
         return "draining" if self.provider.draining else None
 
     async def drain(self) -> None:

@@ -45,9 +45,6 @@ def status(home: Path | None = HomeOption, api: str | None = ApiOption, json_out
         f"ledger      {led['entries']} entries from {led['authors']} authors; own log {led['own_seq']}; GPU-h given "
         f"{led['contributed_gpu_hours']:.6f}, used {led['consumed_gpu_hours']:.6f}"
     )
-    restore = data.get("ledger_restore")
-    if restore and restore["phase"] != "restored":
-        typer.echo(f"NOT SERVING other peers: restoring our own ledger log: {restore['reason']}")
     if data.get("runtime"):
         rt = data["runtime"]
         typer.echo(f"runtime     {rt['container']} ({rt['image']}): {rt['state']}, {rt['restarts']} restarts")

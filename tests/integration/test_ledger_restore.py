@@ -168,7 +168,7 @@ def test_a_peer_alone_opens_its_log_after_the_timeout(tmp_path):
             first = _status(a)["ledger_restore"]
             assert first["phase"] == "restoring", first
             shown = garage("status", "--home", str(a.home)).stdout
-            assert "NOT SERVING other peers: restoring our own ledger log" in shown, shown
+            assert "serving     no: to other peers, until our own ledger log is restored" in shown, shown
             restored = wait_until(lambda: _status(a)["ledger_restore"]["phase"] == "restored", 30, "A opening its log")
             assert "no peer held a newer head" in _status(a)["ledger_restore"]["reason"]
             c = PeerProcess(tmp_path / "c", peer_args(bootstrap=[a.addr])).start()
