@@ -50,6 +50,7 @@ from .jobs.submitter import JobManager
 from .jobs.worker import JobWorker
 from .ledger.book import Ledger
 from .ledger.cosign import Cosigner
+from .ledger.restore import refuse_while_restoring, restore_own_log
 from .ledger.sync import LedgerSync
 from .ledger.views import balances_view, ledger_summary
 from .mesh.caps import SERVICE as AD_FAULTS
@@ -180,6 +181,7 @@ class Peer:
             "in_flight": self.provider.in_flight,
             "runtime": self.runtime.view() if self.runtime else None,
             "ledger": ledger_summary(self.ledger.state, self.identity.peer_id),
+            "ledger_restore": self.ledger.restore.view() if self.ledger.restore else None,
             "backends": [
                 {"model": b.name, "url": b.base_url, "healthy": b.healthy, "backend_model": b.backend_model}
                 for b in self.provider.backends.values()
@@ -253,6 +255,8 @@ class Peer:
             return "drained (garage resume serves again)"
         if self.owner is not None and not self.owner.decision.serving:
             return f"paused: {self.owner.decision.reason}"
+        if not self.ledger.own_open.is_set() and self.ledger.restore is not None:
+            return f"to other peers, until our own ledger log is restored: {self.ledger.restore.reason}"
         return "draining" if self.provider.draining else None
 
     async def drain(self) -> None:
@@ -279,6 +283,12 @@ class Peer:
             self.runtime.start()
         self.caps.republish_soon()
         log.info("resumed")
+
+    async def reload_benchmarks(self) -> dict[str, Any]:
+        """Read HOME/bench.json again (``garage bench`` rewrote it) and advertise the figures now."""
+        self.benchmarks = await trio.to_thread.run_sync(load_benchmarks, self.settings.home)
+        self.caps.republish_soon()
+        return {name: b.model_dump(mode="json") for name, b in self.benchmarks.items()}
 
     async def shutdown(self) -> None:
         """Graceful stop: no new requests, withdraw the ad, drain in-flight ones."""
@@ -604,7 +614,9 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         settings.ledger_max_unknown_entries,
         settings.ledger_max_unknown_seq,
     )
-    ledger = await Ledger.open(identity, settings.home / "ledger.sqlite", ledger_caps)
+    # A new identity has no log anywhere to restore; a kept one may have a newer log in the mesh than here.
+    restore = None if created else settings.ledger_restore_timeout
+    ledger = await Ledger.open(identity, settings.home / "ledger.sqlite", ledger_caps, restore_timeout=restore)
     # Contributors first in our line, by GPU time that reached us (sybils' receipts mint none); the
     # providers our verdicts refuted count for nothing (``credit.refuted``, set once verdicts exist).
     credit = CreditBook(ledger.state, identity.peer_id)
@@ -651,7 +663,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         )
         metrics.serving(set(backends))
         provider.metrics = metrics
-        mesh.set_handler(PROTOCOL_OPENAI, provider.handle_stream)
+        mesh.set_handler(PROTOCOL_OPENAI, refuse_while_restoring(ledger, provider.handle_stream))
         for backend in backends.values():
             await backend.probe(client)
         offers_of: list[Peer] = []  # the Peer exists only once its parts do
@@ -733,6 +745,7 @@ async def open_peer(settings: Settings) -> AsyncIterator[Peer]:
         await nursery.start(known.serve)
         await nursery.start(ledger.serve)
         await nursery.start(ledger_sync.serve)
+        await nursery.start(restore_own_log, ledger, ledger_sync, mesh.connected_peers)
         await nursery.start(spot_checks.serve)
 
         async def model_known(model: str) -> bool:

@@ -64,6 +64,9 @@ class Settings(BaseModel):
     """Entries of peers with no tie to this one, all together."""
     ledger_max_unknown_seq: int = Field(default=1_000, ge=0)
     """How far into the log of a peer with no tie to this one it replicates."""
+    ledger_restore_timeout: float = Field(default=20.0, ge=0)
+    """At start, seconds our own log stays closed (and other peers' requests are turned away) while no
+    peer has told us its head, unless one holds a newer head: then until it is pulled back (docs/ledger.md)."""
     drain_timeout: float = Field(default=30.0, ge=0)
     """On shutdown, seconds in-flight requests get to finish."""
     log_level: str = "INFO"

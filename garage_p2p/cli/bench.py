@@ -13,7 +13,7 @@ from ..core.capabilities import Benchmark
 from ..runtime.bench import BenchError, resolve_model, run_benchmark
 from ..settings import SettingsError, load_settings, parse_backend
 from ..store.bench_store import bench_path, save_benchmark
-from .client import aligned
+from .client import aligned, post
 from .common import HomeOption, fail, resolve_home
 
 BackendOption = typer.Option(
@@ -78,6 +78,21 @@ def format_table(results: dict[str, Benchmark]) -> str:
     return aligned(header, rows)
 
 
+def _tell_running_peer(home: Path) -> None:
+    """A peer running in HOME advertises the new figures now, not at its next start."""
+    if not (home / "run" / "peer.json").exists():
+        typer.echo("no peer is running in this HOME: it advertises the figures when it starts", err=True)
+        return
+    try:
+        advertised = post(None, home, "/garage/v1/bench/reload", timeout=10)
+    except typer.Exit:  # the error is printed; the figures are saved all the same
+        typer.echo("the figures are saved; the peer advertises them when it starts again", err=True)
+        return
+    typer.echo(
+        f"the running peer now advertises the benchmarks of: {', '.join(sorted(advertised)) or 'none'}", err=True
+    )
+
+
 def bench(
     home: Path | None = HomeOption,
     backend: list[str] | None = BackendOption,
@@ -90,7 +105,7 @@ def bench(
     """Measure each backend's speed (tokens/s alone and under load, time to first token).
 
     The figures are saved in HOME/bench.json; the peer puts them in its ads so that
-    others can route to it well.
+    others can route to it well (a peer running in HOME is told to, at once).
     """
     backends = _backends(home, backend)
     if not backends:
@@ -105,6 +120,8 @@ def bench(
             typer.echo(json.dumps({name: b.model_dump(mode="json") for name, b in results.items()}, indent=2))
         else:
             typer.echo(format_table(results))
+    if results:
+        _tell_running_peer(target_home)
     if errors:
         for line in errors[:-1]:
             typer.echo(f"error: {line}", err=True)

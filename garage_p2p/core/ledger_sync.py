@@ -93,7 +93,7 @@ class LedgerRequest(WireModel):
     after: str | None = Field(default=None, max_length=128)
     """heads: return authors sorted after this one."""
     author: str | None = Field(default=None, max_length=128)
-    """range: whose entries."""
+    """range: whose entries. heads: only this author's head (a restarting peer asks for its own log's)."""
     from_seq: int = Field(default=1, ge=1)
     """range: first seq wanted."""
     limit: int = Field(default=MAX_RANGE_ENTRIES, ge=1, le=MAX_RANGE_ENTRIES)
@@ -159,8 +159,14 @@ def heads_digest(state: LedgerState) -> str:
 
 
 def heads_page(
-    state: LedgerState, after: str | None, limit: int = MAX_HEADS_PAGE, digest: str | None = None
+    state: LedgerState,
+    after: str | None,
+    limit: int = MAX_HEADS_PAGE,
+    digest: str | None = None,
+    author: str | None = None,
 ) -> HeadsPage:
+    if author is not None:
+        return HeadsPage(heads=(HeadInfo.of(author, state.head(author)),) if state.held(author) else ())
     if digest is not None and after is None and heads_digest(state) == digest:
         return HeadsPage(heads=(), same=True)
     authors = [a for a in state.authors() if after is None or a > after]

@@ -45,6 +45,8 @@ class AdminSource(Protocol):
 
     async def resume(self) -> None: ...
 
+    async def reload_benchmarks(self) -> dict[str, Any]: ...
+
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 1)
@@ -116,6 +118,11 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
             return refused
         await source.resume()
         return JSONResponse(source.status())
+
+    async def reload_benchmarks(request: Request) -> Response:
+        if (refused := refuse_remote(request)) is not None:
+            return refused
+        return JSONResponse(await source.reload_benchmarks())
 
     async def runtime_status(request: Request) -> Response:
         if source.runtime is None:
@@ -201,6 +208,7 @@ def admin_routes(source: AdminSource, dispatcher: Dispatcher) -> list[Route]:
         Route("/garage/v1/ledger", ledger, methods=["GET"]),
         Route("/garage/v1/drain", drain, methods=["POST"]),
         Route("/garage/v1/resume", resume, methods=["POST"]),
+        Route("/garage/v1/bench/reload", reload_benchmarks, methods=["POST"]),
         Route("/garage/v1/runtime", runtime_status, methods=["GET"]),
         Route("/garage/v1/runtime/logs", runtime_logs, methods=["GET"]),
         Route("/garage/v1/runtime/restart", runtime_restart, methods=["POST"]),

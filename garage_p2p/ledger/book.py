@@ -29,6 +29,7 @@ from ..core.errors import PeerFault
 from ..core.identity import Identity
 from ..core.ledger import Entry, KeyCache, LedgerState, decode_entry, make_entry, verify_entry
 from ..core.ledger_caps import ReplicationCaps, ReplicationPolicy
+from ..core.ledger_restore import OwnLogRestore
 from ..core.ledger_sync import HeadInfo, Want, plan_pulls
 from ..core.receipts import Receipt, ReceiptInvalid, check_cosignature, check_provider_signature, parse_receipt
 from ..store.ledger_store import LedgerStore, Pending
@@ -83,6 +84,7 @@ class Ledger:
         store: LedgerStore,
         state: LedgerState,
         caps: ReplicationCaps | None = ReplicationCaps(),
+        restore: OwnLogRestore | None = None,
     ) -> None:
         self.identity = identity
         self.store = store
@@ -94,14 +96,32 @@ class Ledger:
         """Receipts each consumer did not counter-sign (remembered, and stored)."""
         self.on_change: list[Callable[[bool], None]] = []
         """Called after entries were added, with True when our own log grew (the sync service announces it)."""
+        self.restore = restore
+        """Until it opens, our log numbers nothing: its head may be older than the mesh's copy
+        (``core.ledger_restore``; ``ledger.restore`` drives it). None: open from the start."""
+        self.own_open = trio.Event()
+        """Set once our own log may grow (``append_own`` waits for it)."""
+        if restore is None or restore.open:
+            self.own_open.set()
         self._queue: list[_Queued] = []
         self._cosigned: list[Pending] = []
         self._own_lock = trio.Lock()
         self._db_lock = trio.Lock()
 
     @classmethod
-    async def open(cls, identity: Identity, path: Path, caps: ReplicationCaps | None = ReplicationCaps()) -> Ledger:
-        """Load the ledger under ``path`` (created if missing), within ``caps``."""
+    async def open(
+        cls,
+        identity: Identity,
+        path: Path,
+        caps: ReplicationCaps | None = ReplicationCaps(),
+        *,
+        restore_timeout: float | None = None,
+    ) -> Ledger:
+        """Load the ledger under ``path`` (created if missing), within ``caps``.
+
+        With ``restore_timeout``, our own log stays closed until ``ledger.restore`` pulled its head back from
+        the peers (or that many seconds passed with none holding a newer one).
+        """
         policy = ReplicationPolicy(identity.peer_id, caps)
 
         def load() -> tuple[LedgerStore, LedgerState, dict[str, int]]:
@@ -117,7 +137,8 @@ class Ledger:
             return store, state, store.refusals()
 
         store, state, refusals = await trio.to_thread.run_sync(load)
-        ledger = cls(identity, store, state, caps)
+        restore = None if restore_timeout is None else OwnLogRestore(trio.current_time(), restore_timeout)
+        ledger = cls(identity, store, state, caps, restore)
         ledger.refusals = refusals
         log.info("ledger: %d entries from %d authors", len(state), len(state.authors()))
         return ledger
@@ -143,12 +164,14 @@ class Ledger:
     async def append_own(self, raw: bytes, cosig: bytes) -> Entry | None:
         """Append a receipt we served, counter-signed; None if it is in our log already.
 
-        Raises ReceiptInvalid if the counter-signature does not verify.
+        Raises ReceiptInvalid if the counter-signature does not verify. Waits while our log is being
+        restored: numbering an entry before our head is back would fork our own log.
         """
         receipt = parse_receipt(raw)
         check_cosignature(receipt, raw, cosig, self.keys)
         if receipt.provider != self.identity.peer_id:
             raise ReceiptInvalid("receipt of another provider")
+        await self.own_open.wait()
         item = _Queued(raw, cosig)
         self._queue.append(item)
         async with self._own_lock:
@@ -185,6 +208,10 @@ class Ledger:
             item.entry = entry
         if entries:
             self._changed(True)
+
+    def open_own(self) -> None:
+        """Our own log may grow from now on (its head is restored, or no peer held a newer one)."""
+        self.own_open.set()
 
     def has_own_receipt(self, consumer: str, request_id: str) -> bool:
         return self.state.has_receipt(self.identity.peer_id, consumer, request_id)

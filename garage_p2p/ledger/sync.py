@@ -266,6 +266,30 @@ class LedgerSync:
         """Compare every head with ``peer_id`` and pull what we lack; entries added."""
         return await self._session(peer_id, self._compare_and_pull)
 
+    async def own_head(self, peer_id: str) -> tuple[int, int] | None:
+        """Ask ``peer_id`` for our own log's head and pull what it holds beyond ours.
+
+        (The seq of our log it holds, entries pulled), or None if it could not be asked. A peer that
+        claims more of our log than it serves is penalised (its claim would keep our log closed).
+        """
+        me = self.mesh.peer_id
+        answer: list[tuple[int, int]] = []
+
+        async def ask(conn: FrameStream, peer: str) -> int:
+            page = decode_json(HeadsPage, self._reply(await self._request(conn, LedgerRequest(op="heads", author=me))))
+            heads = [h for h in page.heads if h.author == me]
+            seq = heads[0].seq if heads else 0
+            added = await self._pull_on(conn, peer, self.ledger.plan(heads))
+            if self.ledger.state.head(me).seq < seq:
+                raise PeerFault(
+                    f"claims our log up to seq {seq} but served it only to {self.ledger.state.head(me).seq}"
+                )
+            answer.append((seq, added))
+            return added
+
+        await self._session(peer_id, ask)
+        return answer[0] if answer else None
+
     async def pull(self, peer_id: str, wants: list[Want]) -> int:
         """Pull ``wants`` from ``peer_id``; entries added."""
         return await self._session(peer_id, lambda conn, peer: self._pull_on(conn, peer, wants))
@@ -422,7 +446,7 @@ class LedgerSync:
         request = decode_json(LedgerRequest, frame.payload)
         state = self.ledger.state
         if request.op == "heads":
-            page = heads_page(state, request.after, request.limit, request.digest)
+            page = heads_page(state, request.after, request.limit, request.digest, request.author)
             return encode_frame(FrameType.LEDGER_REPLY, encode_json(page))
         if request.op == "range":
             if not request.author:
