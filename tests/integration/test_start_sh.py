@@ -446,13 +446,17 @@ def test_the_service_runs_its_model_container_rootless_or_refuses_without_limits
     try:
         _serve_or_refuse(rig, image)
     finally:
-        # Root's storage in the rig is the test's doing (an image built there), not start.sh's: gone again.
-        made = [p for p in ("/var/lib/containers", "/etc/cni/net.d/cni.lock") if not _listed(rig.before, p)]
-        rig.sh("podman system reset --force >/dev/null 2>&1; rm -rf -- " + shlex.join(made))
-
-
-def _listed(listing: list[str], path: str) -> bool:
-    return any(line.split("\t", 1)[0] == path for line in listing)
+        # Root's image in the rig is the test's doing (an image built there), not start.sh's: it goes
+        # again, with what root's Podman made around it (caches, its network lock).
+        rig.sh("podman rmi --all --force")
+        before = {line.split("\t", 1)[0] for line in rig.before}
+        made: list[str] = []
+        for path in sorted({line.split("\t", 1)[0] for line in rig.listing()} - before):
+            if path.startswith(("/var/lib/containers/", "/etc/cni/net.d/")) and not any(
+                path.startswith(m + "/") for m in made
+            ):
+                made.append(path)
+        rig.sh("rm -rf -- " + shlex.join(made))
 
 
 def _serve_or_refuse(rig: Rig, image: str) -> None:
