@@ -4,7 +4,7 @@
 #   sudo bash bootstrap/start.sh [options]
 #
 # Checks the machine (Linux: Debian, Ubuntu or Fedora; Python >= 3.11 with venv; Podman with
-# runc and newuidmap; systemd; the NVIDIA driver), then installs, each step only if it is not
+# runc, newuidmap and catatonit; systemd; the NVIDIA driver), then installs, each step only if it is not
 # already done (a second run changes nothing and says "already done" per step):
 #
 #   user      a system user and group `garage` (nologin)
@@ -189,6 +189,8 @@ check_podman() {
     # cgroups); rootless Podman maps the user's subordinate ids with the setuid newuidmap/newgidmap.
     command -v podman >/dev/null 2>&1 || { need podman runc -- "Podman is not installed (the peer runs its model server in rootless Podman)"; return; }
     command -v runc >/dev/null 2>&1 || need runc -- "runc is not installed (Garage's Podman settings use runc)"
+    # The container's PID 1 (--init): Debian's podman only recommends it.
+    [[ -x /usr/libexec/podman/catatonit ]] || command -v catatonit >/dev/null 2>&1 || need catatonit -- "catatonit is missing (the model container's init)"
     if ! command -v newuidmap >/dev/null 2>&1 || ! command -v newgidmap >/dev/null 2>&1; then
         case "$OS_FAMILY" in
             fedora) need shadow-utils -- "newuidmap is missing (rootless Podman needs it)" ;;

@@ -57,7 +57,7 @@ CONTAINERFILE = f"""\
 FROM {BASE_IMAGE}
 RUN apt-get update \\
  && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \\
-      systemd systemd-sysv dbus python3-venv podman runc uidmap \\
+      systemd systemd-sysv dbus python3-venv podman runc uidmap catatonit \\
  && apt-get clean && rm -rf /var/lib/apt/lists/* \\
  && printf '%s\\n' '[storage]' 'driver = "vfs"' 'runroot = "/run/containers/storage"' \\
       'graphroot = "/var/lib/containers/storage"' > /etc/containers/storage.conf \\
@@ -67,7 +67,8 @@ RUN apt-get update \\
 # (Podman's own units fail in a container without its settings; masked, the root is "running".)
 # Podman inside the rig: overlay cannot stack on the rig's own overlay root, so its storage is vfs
 # (root's and, through the driver named here, the garage user's rootless storage too); uidmap gives
-# the setuid newuidmap/newgidmap that rootless Podman maps the user's subordinate ids with.
+# the setuid newuidmap/newgidmap that rootless Podman maps the user's subordinate ids with, and
+# catatonit the container's init (both only recommended by Debian's podman).
 
 # What the comparison of the root before and after leaves out: kernel and runtime file systems,
 # logs and caches, systemd's own state (timers, random seed), the test's mounts, and the backups
