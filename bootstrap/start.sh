@@ -3,16 +3,22 @@
 #
 #   sudo bash bootstrap/start.sh [options]
 #
-# Checks the machine (Linux: Debian, Ubuntu or Fedora; Python >= 3.11 with venv; rootful
-# Podman with runc; systemd; the NVIDIA driver), then installs, each step only if it is not
+# Checks the machine (Linux: Debian, Ubuntu or Fedora; Python >= 3.11 with venv; Podman with
+# runc, newuidmap and catatonit; systemd; the NVIDIA driver), then installs, each step only if it is not
 # already done (a second run changes nothing and says "already done" per step):
 #
 #   user      a system user and group `garage` (nologin)
+#   subids    65536 subordinate uids and gids for garage (/etc/subuid, /etc/subgid): its rootless
+#             Podman runs the model container as a user of its own
 #   venv      PREFIX (a venv) with the package: `pip install SOURCE`
 #   links     /usr/local/bin/garage and /usr/local/bin/garage-peer → PREFIX/bin
 #   home      HOME, mode 0700, owned by garage
 #   identity  `garage init` as garage: HOME/identity.key, the peer id
 #   bench     `garage bench` when the peer has a model backend configured (see bench_step)
+#   limits    whether rootless Podman can enforce the container's limits here (cgroup v2 with
+#             delegation); if not, one line naming the fix (the runtime refuses to start it)
+#   images    with runtime_model in HOME/config.toml: its image, from root's Podman storage into
+#             garage's (`garage runtime copy-image`; build it first: garage runtime build-image)
 #   unit      /etc/systemd/system/garage-peer.service from bootstrap/garage-peer.service
 #   service   `systemctl enable --now garage-peer`, then waits for /health on the endpoint
 #
@@ -25,7 +31,8 @@
 #   --prefix DIR         the venv (default /opt/garage)
 #   --home DIR           the peer's home (default /var/lib/garage)
 #   --no-start           install and enable the unit but do not start the daemon now
-#   --uninstall          remove what this script added (the record is PREFIX/.install-manifest);
+#   --uninstall          remove what this script added (the record is PREFIX/.install-manifest),
+#                        with garage's containers, images and subordinate ids;
 #                        HOME/identity.key is kept (the peer id is precious)
 #   --purge              with --uninstall: remove the identity too; the machine is as before
 #   -h, --help           this text
@@ -178,9 +185,18 @@ check_python() {
 }
 
 check_podman() {
-    # The runtime runs model servers in rootful Podman with runc (crun fails on hybrid cgroups).
-    command -v podman >/dev/null 2>&1 || { need podman runc -- "Podman is not installed (the peer runs its model server in rootful Podman)"; return; }
+    # The service runs model servers in its user's rootless Podman with runc (crun fails on hybrid
+    # cgroups); rootless Podman maps the user's subordinate ids with the setuid newuidmap/newgidmap.
+    command -v podman >/dev/null 2>&1 || { need podman runc -- "Podman is not installed (the peer runs its model server in rootless Podman)"; return; }
     command -v runc >/dev/null 2>&1 || need runc -- "runc is not installed (Garage's Podman settings use runc)"
+    # The container's PID 1 (--init): Debian's podman only recommends it.
+    [[ -x /usr/libexec/podman/catatonit ]] || command -v catatonit >/dev/null 2>&1 || need catatonit -- "catatonit is missing (the model container's init)"
+    if ! command -v newuidmap >/dev/null 2>&1 || ! command -v newgidmap >/dev/null 2>&1; then
+        case "$OS_FAMILY" in
+            fedora) need shadow-utils -- "newuidmap is missing (rootless Podman needs it)" ;;
+            *) need uidmap -- "newuidmap is missing (rootless Podman needs it)" ;;
+        esac
+    fi
 }
 
 check_systemd() {
@@ -192,7 +208,7 @@ check_systemd() {
 
 check_tools() {
     local tool
-    for tool in useradd userdel groupdel runuser; do
+    for tool in useradd userdel groupdel usermod runuser; do
         if ! command -v "$tool" >/dev/null 2>&1; then
             case "$tool" in
                 runuser) need util-linux -- "runuser is missing" ;;
@@ -274,6 +290,11 @@ peer_run() {  # run a command as the garage user with the peer's home
     (cd / && runuser -u "$USER_NAME" -- env HOME="$GHOME" GARAGE_HOME="$GHOME" PYTHONDONTWRITEBYTECODE=1 "$@")
 }
 
+podman_as_user() {  # the garage user's rootless Podman, with the unit's XDG_RUNTIME_DIR (/run/garage)
+    [[ -d "/run/$USER_NAME" ]] || install -d -m 0700 -o "$USER_NAME" -g "$USER_NAME" "/run/$USER_NAME"
+    (cd / && runuser -u "$USER_NAME" -- env HOME="$GHOME" XDG_RUNTIME_DIR="/run/$USER_NAME" podman "$@")
+}
+
 mkdir_recorded() {  # create DIR and its missing parents, recording each
     local dir="$1" missing=()
     while [[ ! -e "$dir" ]]; do missing=("$dir" "${missing[@]}"); dir="$(dirname "$dir")"; done
@@ -326,6 +347,25 @@ user_step() {
     fi
     manifest_add user "$USER_NAME"
     step user "created system user $USER_NAME"
+}
+
+# Subordinate ids: rootless Podman maps the container's users (the server runs as nobody) onto
+# them. A free block of 65536 above every range in /etc/subuid and /etc/subgid, recorded so that
+# uninstall removes exactly it.
+SUBID_COUNT=65536
+subids_step() {
+    local have
+    have="$(awk -F: -v u="$USER_NAME" '$1 == u { print $2 ":" $3; exit }' /etc/subuid 2>/dev/null || true)"
+    if [[ -n "$have" ]] && grep -q "^$USER_NAME:" /etc/subgid 2>/dev/null; then
+        step subids "already done ($USER_NAME:$have)"
+        return
+    fi
+    local first
+    first="$(cat /etc/subuid /etc/subgid 2>/dev/null | awk -F: -v c="$SUBID_COUNT" 'BEGIN { m = 100000 } $3 > 0 { e = $2 + $3; if (e > m) m = e } END { print int((m + c - 1) / c) * c }')"
+    usermod --add-subuids "$first-$((first + SUBID_COUNT - 1))" --add-subgids "$first-$((first + SUBID_COUNT - 1))" "$USER_NAME" \
+        || die "usermod --add-subuids failed for $USER_NAME: add a line $USER_NAME:$first:$SUBID_COUNT to /etc/subuid and /etc/subgid"
+    manifest_add subids "$USER_NAME:$first:$SUBID_COUNT"
+    step subids "added $USER_NAME:$first:$SUBID_COUNT to /etc/subuid and /etc/subgid"
 }
 
 home_step() {
@@ -480,6 +520,41 @@ bench_step() {
     fi
 }
 
+runtime_image() {  # the image of runtime_model in HOME/config.toml, empty when there is none
+    peer_run "$PREFIX/bin/python" -c 'from garage_p2p.settings import load_settings
+s = load_settings({})
+print(s.runtime_image if s.runtime_model else "")' 2>/dev/null || true
+}
+
+# Rootless Podman enforces the container's memory, pids and CPU limits only on cgroup v2 with
+# those controllers delegated (the unit's Delegate=). Where it cannot, the runtime refuses to
+# start the container: said here in one line with the fix, a warning when a model is configured.
+limits_step() {
+    local line
+    if line="$("$PREFIX/bin/garage" runtime check-limits --for-unit 2>&1)"; then
+        step limits "$line"
+    elif [[ -n "$(runtime_image)" ]]; then
+        warn "the model container will not start (rootless limits): $line"
+    else
+        step limits "$line (matters once runtime_model is set)"
+    fi
+}
+
+images_step() {
+    local image out
+    image="$(runtime_image)"
+    if [[ -z "$image" ]]; then
+        step images "skipped: no runtime_model in $GHOME/config.toml (the service runs no model container)"
+        return
+    fi
+    if ! out="$("$PREFIX/bin/garage" runtime copy-image "$image" --to-user "$USER_NAME" 2>&1)"; then
+        warn "$(printf '%s' "$out" | tail -n1): then run start.sh again (or garage runtime build-image --for-user $USER_NAME)"
+        return
+    fi
+    manifest_add image "$image"
+    case "$out" in *"already in"*) step images "already done ($image)" ;; *) step images "$out" ;; esac
+}
+
 render_unit() {
     local template="$SCRIPT_DIR/garage-peer.service" state=""
     [[ -f "$template" ]] || die "$template is missing: run start.sh from a Garage P2P checkout"
@@ -601,11 +676,14 @@ install_main() {
     recorded_home="$(manifest_get home-path)"
     [[ "$recorded_home" == "$GHOME" ]] || die "$PREFIX was installed with --home $recorded_home: pass --home $recorded_home (or --uninstall first)" 2
     user_step
+    subids_step
     home_step
     venv_step
     links_step
     identity_step
     bench_step
+    limits_step
+    images_step
     unit_step
     service_step
     local url running=""
@@ -678,6 +756,21 @@ uninstall_main() {
         if [[ -L "$value" && "$(readlink "$value")" == "$PREFIX/bin/"* ]]; then rm -f -- "$value"; step links "removed $value"; fi
     done <"$MANIFEST"
 
+    # garage's rootless Podman: its containers and images (the storage lives in the home).
+    if getent passwd "$USER_NAME" >/dev/null && command -v podman >/dev/null; then
+        if manifest_has user "$USER_NAME" && [[ -d "$GHOME/.local/share/containers" ]]; then
+            podman_as_user system reset --force >/dev/null 2>&1 || warn "podman system reset as $USER_NAME failed: its storage is removed with $GHOME"
+            step images "removed $USER_NAME's Podman containers and images"
+        else
+            while IFS=$'\t' read -r kind value; do
+                [[ "$kind" == image ]] || continue
+                podman_as_user rmi --force "$value" >/dev/null 2>&1 || true
+                step images "removed $value from $USER_NAME's Podman storage"
+            done <"$MANIFEST"
+        fi
+    fi
+    rm -rf -- "/run/$USER_NAME"
+
     # The home: everything but the identity (and, with --purge, all of it if this script made it).
     if [[ -d "$GHOME" ]]; then
         if [[ $PURGE -eq 1 ]]; then
@@ -692,6 +785,16 @@ uninstall_main() {
             find "$GHOME" -mindepth 1 -maxdepth 1 ! -name identity.key -exec rm -rf -- {} +
         fi
     fi
+
+    while IFS=$'\t' read -r kind value; do
+        [[ "$kind" == subids ]] || continue
+        local first count
+        IFS=: read -r _ first count <<<"$value"
+        if getent passwd "$USER_NAME" >/dev/null; then
+            usermod --del-subuids "$first-$((first + count - 1))" --del-subgids "$first-$((first + count - 1))" "$USER_NAME" 2>/dev/null || true
+        fi
+        step subids "removed $value from /etc/subuid and /etc/subgid"
+    done <"$MANIFEST"
 
     # Processes of the user are gone with the unit; remove the user and group if ours.
     if manifest_has user "$USER_NAME" && getent passwd "$USER_NAME" >/dev/null; then

@@ -75,6 +75,10 @@ def diagnose(status: dict[str, Any], cdi: list[GpuSpec] | None = None) -> list[d
                 f"{backend['url']} is not answering",
                 "start the model server (vLLM), or fix --backend NAME=URL",
             )
+    limits = (status.get("runtime") or {}).get("limits")
+    if limits is not None:
+        # The container runs only with its memory, pids and CPU limits (runtime/rootless.py).
+        add("container limits", "ok" if limits["ok"] else "fail", limits["detail"], limits["fix"])
     hardware = status["hardware"]
     driver = status.get("driver_version")
     if hardware == "cpu":

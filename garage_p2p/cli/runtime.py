@@ -1,4 +1,4 @@
-"""``garage drain``, ``garage resume``, ``garage runtime status|logs|restart|build-image``."""
+"""``garage drain``, ``garage resume``, ``garage runtime status|logs|restart|build-image|copy-image|check-limits``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,15 @@ from pathlib import Path
 
 import typer
 
-from ..runtime.images import ImageBuildError, build_base, build_gpu, build_standin, build_vllm_cpu
+from ..runtime.images import (
+    ImageBuildError,
+    build_base,
+    build_gpu,
+    build_standin,
+    build_vllm_cpu,
+    copy_to_user,
+)
+from ..runtime.rootless import check_limits, check_this_process
 from .client import ApiOption, JsonOption, get, post, print_json
 from .common import HomeOption, fail, resolve_home
 
@@ -72,6 +80,9 @@ def build_image(
     rebuild: bool = typer.Option(
         False, "--rebuild", help="Build the image even if it exists (the Debian base is kept)."
     ),
+    for_user: str | None = typer.Option(
+        None, "--for-user", help="Also load it into this user's rootless storage (the service's user, as root)."
+    ),
     home: Path | None = HomeOption,
 ) -> None:
     """Build a server image locally (default: vLLM-CPU from a debootstrapped Debian; no registry)."""
@@ -88,3 +99,31 @@ def build_image(
         fail(str(exc))
     for built in results:
         typer.echo(f"{built.image}: {'already built' if built.cached else f'built in {built.seconds:.0f} s'}")
+    if for_user is not None:
+        copy_image(results[-1].image, for_user)
+
+
+@app.command("copy-image")
+def copy_image(
+    image: str = typer.Argument(..., help="An image in root's Podman storage."),
+    to_user: str = typer.Option(..., "--to-user", help="The user whose rootless Podman runs the model (garage)."),
+) -> None:
+    """Load an image of root's into a user's rootless Podman storage (as root; skipped if there already)."""
+    try:
+        copied = copy_to_user(image, to_user)
+    except (ImageBuildError, KeyError) as exc:  # KeyError: no such user
+        fail(str(exc))
+    typer.echo(f"{image}: {'already in' if copied.cached else 'loaded into'} {to_user}'s Podman storage")
+
+
+@app.command("check-limits")
+def check_limits_command(
+    for_unit: bool = typer.Option(
+        False, "--for-unit", help="Judge the host for a rootless unit with Delegate= (start.sh, before it runs)."
+    ),
+) -> None:
+    """Would Podman enforce the container's memory, pids and CPU limits? One line; exit 1 if not."""
+    check = check_limits(rootless=True) if for_unit else check_this_process()
+    typer.echo(check.line)
+    if not check.ok:
+        raise typer.Exit(1)

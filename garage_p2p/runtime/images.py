@@ -14,6 +14,8 @@ a registry; it is built only where one is reachable.
 
 from __future__ import annotations
 
+import os
+import pwd
 import re
 import shutil
 import subprocess
@@ -152,3 +154,47 @@ def build_gpu(home: Path, *, rebuild: bool = False) -> Built:
     start = time.monotonic()
     _run(["podman", "build", "-t", VLLM_GPU_IMAGE, str(REPO / "images" / "vllm")], env)
     return Built(VLLM_GPU_IMAGE, time.monotonic() - start, False)
+
+
+def user_podman(user: str) -> list[str]:
+    """``podman`` as USER (root only) with the environment its systemd unit gives it: the home from
+    passwd and XDG_RUNTIME_DIR=/run/USER (the unit's RuntimeDirectory=). Rootless Podman records its
+    run directory in its database and refuses another one later, so both must match the unit's."""
+    entry = pwd.getpwnam(user)
+    run_dir = Path("/run") / user
+    if not run_dir.is_dir():
+        run_dir.mkdir(mode=0o700)
+        os.chown(run_dir, entry.pw_uid, entry.pw_gid)
+    return ["runuser", "-u", user, "--", "env", f"HOME={entry.pw_dir}", f"XDG_RUNTIME_DIR={run_dir}", "podman"]
+
+
+def _image_id(args: list[str], image: str, env: dict[str, str]) -> str | None:
+    result = subprocess.run(
+        [*args, "image", "inspect", "--format", "{{.Id}}", image], env=env, capture_output=True, timeout=60, cwd="/"
+    )
+    if result.returncode != 0:
+        return None
+    return result.stdout.decode().strip() or None
+
+
+def copy_to_user(image: str, user: str) -> Built:
+    """Put root's IMAGE into USER's rootless storage (``podman save | podman load`` as USER), unless
+    the same image id is there already. The service's rootless Podman sees only its own storage."""
+    env = {k: v for k, v in os.environ.items() if k != "CONTAINERS_CONF"}
+    source = _image_id(["podman"], image, env)
+    if source is None:
+        raise ImageBuildError(f"{image} is not in root's Podman storage: build it first (garage runtime build-image)")
+    target = user_podman(user)
+    if _image_id(target, image, env) == source:
+        return Built(image, 0.0, True)
+    start = time.monotonic()
+    save = subprocess.Popen(["podman", "save", image], stdout=subprocess.PIPE, env=env, cwd="/")
+    try:
+        load = subprocess.run([*target, "load"], stdin=save.stdout, env=env, capture_output=True, timeout=1800, cwd="/")
+    finally:
+        if save.stdout is not None:
+            save.stdout.close()
+        save.wait()
+    if save.returncode != 0 or load.returncode != 0:
+        raise ImageBuildError(f"podman load as {user} failed: {load.stderr.decode(errors='replace')[-2000:]}")
+    return Built(image, time.monotonic() - start, False)

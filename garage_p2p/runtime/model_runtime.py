@@ -11,7 +11,10 @@
   reset after it stayed healthy for a minute);
 - on ``drain``: stop taking requests for it, let in-flight ones finish, stop
   the container; ``resume`` brings it back;
-- when the daemon stops, stop and remove the container.
+- when the daemon stops, stop and remove the container;
+- refuse to start it at all when Podman would not enforce its memory, pids and CPU
+  limits (rootless Podman on cgroup v1 or without delegation, runtime/rootless.py):
+  state ``refused``, with the reason and its fix as ``last_exit``.
 
 podman-py is synchronous (requests over the unix socket): every call runs in a
 worker thread under a timeout.
@@ -33,6 +36,7 @@ from podman.errors import APIError, NotFound
 
 from ..provider.backend import Backend
 from .container_spec import RuntimeSpec, create_kwargs
+from .rootless import LimitsCheck, check_limits, own_cgroup
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +54,7 @@ class RuntimeStatus:
     """What ``garage runtime status`` shows."""
 
     state: str = "starting"
-    """starting | healthy | restarting | draining | stopped | failed."""
+    """starting | healthy | restarting | draining | stopped | failed | refused (limits would not hold)."""
     container_id: str | None = None
     """Podman's id of the current container."""
     restarts: int = 0
@@ -63,6 +67,8 @@ class RuntimeStatus:
     """Seconds from start to healthy, last time."""
     logs: deque[str] = field(default_factory=lambda: deque(maxlen=LOG_LINES))
     """The container's last log lines."""
+    limits: LimitsCheck | None = None
+    """Whether Podman enforces the container's limits (None until Podman answered)."""
 
 
 class ModelRuntime:
@@ -159,6 +165,17 @@ class ModelRuntime:
 
     # -- the forever task ---------------------------------------------------------------
 
+    async def _probe_limits(self) -> LimitsCheck | None:
+        """Podman's word on whether it runs rootless, judged against our cgroup (the Podman we
+        start runs in it); None when Podman does not answer (creating the container says why)."""
+        try:
+            info = await self._call(lambda client: client.info())
+        except (APIError, OSError) as exc:
+            log.warning("podman info: %s", exc)
+            return None
+        rootless = bool(((info.get("host") or {}).get("security") or {}).get("rootless"))
+        return await trio.to_thread.run_sync(lambda: check_limits(rootless=rootless, cgroup=own_cgroup()))
+
     async def serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         backoff = 1.0
@@ -167,6 +184,16 @@ class ModelRuntime:
                 if not self._want_running:
                     self.status.state = "stopped"
                     await self._kick.wait()
+                    self._kick = trio.Event()
+                    continue
+                if self.status.limits is None:
+                    self.status.limits = await self._probe_limits()
+                if self.status.limits is not None and not self.status.limits.ok:
+                    # Never a container without its limits: a rig owner's machine is not ours to exhaust.
+                    self.status.state = "refused"
+                    self.status.last_exit = f"refused to start: {self.status.limits.line}"
+                    log.error("model server %s %s", self.spec.name, self.status.last_exit)
+                    await self._kick.wait()  # stop() or start() (after the host is fixed: restart the peer)
                     self._kick = trio.Event()
                     continue
                 ran_for = await self._run_once()
@@ -284,7 +311,7 @@ class ModelRuntime:
         self._want_running = False
         self._set_healthy(False)
         self._kick.set()
-        while self.status.state != "stopped":
+        while self.status.state not in ("stopped", "refused"):
             await trio.sleep(0.1)
 
     def start(self) -> None:
@@ -313,4 +340,5 @@ class ModelRuntime:
             "healthy_after_s": s.healthy_after_s,
             "url": self.spec.base_url,
             "gpus": list(self.spec.gpus) or ["cpu"],
+            "limits": s.limits.view() if s.limits else None,
         }
