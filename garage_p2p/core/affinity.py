@@ -65,8 +65,9 @@ the mean load once six requests run at once (0.5 allows 1.7 ×).
 
 The load is the provider's count of the mesh requests its backend works on, told on the END of
 each of ours (``Load.in_flight``, leaving out the answered request), less those of ours it counted,
-plus ours now (``Router.busy``); not its backend's scraped queue, which lags by seconds: counting
-our requests both there and in ours, a burst spilled for phantoms.
+plus ours now, plus its backend's queue (``Router.busy``); not its backend's scraped running
+figure, which lags by seconds: counting our requests both there and in ours, a burst spilled for
+phantoms.
 """
 
 from __future__ import annotations

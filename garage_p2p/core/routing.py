@@ -336,18 +336,21 @@ class Router:
         return Observed(advertised, issued) if advertised is not None else None
 
     def busy(self, peer_id: str, seen: Observed | None) -> float:
-        """Requests at ``peer_id`` now, ours included: the others it last told us of, plus ours now.
+        """Requests at ``peer_id`` now, ours included: the others it last told us of, plus ours now,
+        plus its backend's queue.
 
-        Its own count of the mesh requests its backend works on (``in_flight``, exact when it sent
-        it), not its backend's running and waiting figures: those are scraped every few seconds, so
-        a burst that has ended still shows in them (the last answer of a burst, told "0 others",
-        once fell back to them and saw seven phantoms). Both counted ours of that moment, which are
-        taken out, then ours of now added.
+        The others are its own count of the mesh requests its backend works on (``in_flight``, exact
+        when it sent it) less ours of that moment (it counted them). Not its backend's running
+        figure: that is scraped every few seconds, so a burst that has ended still shows in it (the
+        last answer of a burst, told "0 others", once fell back to it and saw seven phantoms). The
+        backend's queue (``waiting``) is added though it lags as much: requests queued there are
+        past what its batch runs at once, whoever sent them (a local user's, another consumer's),
+        and a queue two seconds old is still a reason to go elsewhere.
         """
         ours = self.outstanding.get(peer_id, 0)
         if seen is None:
             return float(ours)
-        return float(max(0, seen.load.in_flight - seen.ours) + ours)
+        return float(max(0, seen.load.in_flight - seen.ours) + ours) + seen.load.waiting
 
     # -- scoring ----------------------------------------------------------------
 

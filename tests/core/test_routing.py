@@ -71,9 +71,12 @@ def test_a_load_told_at_an_end_does_not_count_our_own_requests_twice():
     # Another consumer's request is there too (the END of our one request counts only that): it counts.
     router.observe(pid, "m", Load(in_flight=1), NOW + 1)
     assert router.score(ad(1), REQ, PathInfo(), NOW + 1).load == 2
-    # The last answer of a burst: nothing else there, whatever the lagging scrape says.
+    # The last answer of a burst: nothing else there, whatever the lagging scrape of running says.
     router.observe(pid, "m", Load(running=7, in_flight=0), NOW + 2)
     assert router.score(ad(1), REQ, PathInfo(), NOW + 2).load == 1
+    # A queue at its backend (past what its batch runs) counts, whoever sent it.
+    router.observe(pid, "m", Load(running=32, waiting=40, in_flight=0), NOW + 3)
+    assert router.score(ad(1), REQ, PathInfo(), NOW + 3).load == 41
 
 
 def test_waiting_queue_full_kv_cache_rtt_and_relay_cost_time():
