@@ -724,6 +724,11 @@ class PeerTable:
             self._suspended.popitem(last=False)
         return True
 
+    def suspended(self, peer_id: str, now: float) -> PeerEntry | None:
+        """The suspended entry of ``peer_id`` if its ad has not expired (its addresses, to try it again)."""
+        entry = self._suspended.get(peer_id)
+        return entry if entry is not None and entry.expires_at > now else None
+
     def resume(self, peer_id: str, now: float) -> bool:
         """Bring back a suspended ad: its peer was heard from again (a new connection to it), and its
         ad is still its newest and unexpired. Without this a peer back from a freeze stayed unrouted

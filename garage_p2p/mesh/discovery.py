@@ -365,7 +365,10 @@ class Discovery:
         drop its ad here. Ads live for hours, so liveness comes from the connection (issue 17)."""
         try:
             await trio.sleep(GONE_GRACE)  # a duplicate closing, or a reconnect in progress
-            entry = self.table.get(peer_id, time.time())
+            # Liveness may have suspended it already (the connection went silent): it is dialled all
+            # the same. A provider behind NAT whose relay died is most often reachable through its
+            # other relay, and nothing else would try: it was routed around until its next ad.
+            entry = self.table.get(peer_id, time.time()) or self.table.suspended(peer_id, time.time())
             if entry is None or not entry.ad.models or peer_id in self.mesh.connected_peers():
                 return
             now = trio.current_time()
