@@ -91,9 +91,9 @@ would be trimmed again, a handshake every ~25 s for ever."""
 GONE_DIAL_TIMEOUT = 3.0
 """A provider not dialled again within this is taken for gone (its ad is dropped until a newer one)."""
 MAX_CURSORS = 1024
+"""Table cursors kept (one per peer we asked lately)."""
 WRITE_CHUNK = 32 * 1024
 """Bytes of table answer frames put in one stream write (well within a Noise message's 64 KiB)."""
-"""Table cursors kept (one per peer we asked lately)."""
 
 
 def model_key(model: str) -> str:
