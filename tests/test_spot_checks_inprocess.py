@@ -75,8 +75,14 @@ async def test_forged_and_unbacked_verdicts_are_refused_and_penalised(tmp_path):
                 running_peer(tmp_path / "b", bootstrap=boot) as b,
             ):
                 await wait_for(lambda: hostile.identity.peer_id in b.mesh.connected_peers(), timeout=20)
-                # Published gossip reaches only the topic's mesh, which forms on gossipsub's heartbeat.
-                await wait_for(lambda: hostile.mesh.gossip_peers(TOPIC_VERDICTS) > 0, timeout=20)
+
+                # Published gossip reaches only the topic's mesh, which forms on gossipsub's heartbeat;
+                # b must be in it (with p alone there, p drops the forgery and b never sees it).
+                def b_in_mesh() -> bool:
+                    mesh = getattr(hostile.mesh.pubsub.router, "mesh", {})
+                    return b.identity.peer_id in {str(peer) for peer in mesh.get(TOPIC_VERDICTS, ())}
+
+                await wait_for(b_in_mesh, timeout=20)
                 accused = p.identity.peer_id
 
                 def verdict(request_id: str) -> Verdict:

@@ -364,11 +364,17 @@ class Router:
         busy = self.busy(peer, seen)
         claim = self.claim(ad, offer, now)
         concurrency = claim.curve.concurrency if claim.curve else 1
-        queue_factor = 1 + (load.waiting if load else 0.0) / max(1, concurrency)
+        waiting = load.waiting if load else 0.0
+        queue_factor = 1 + waiting / max(1, concurrency)
         parts = {
             "rtt": path.rtt or 0.0,
             "relay": self._relay_penalty if path.relayed else 0.0,
             "ttft": claim.ttft * queue_factor,
+            # Requests queued at its backend start before ours, a batch at a time: a batch's worth
+            # of decode per `concurrency` of them. A TTFT scaled by the queue was not enough: a
+            # provider whose answers come in one burst has a TTFT near nothing, and 40 queued
+            # requests cost it 60 ms.
+            "queue": (waiting / max(1, concurrency)) * request.expected_tokens / max(1e-6, claim.rate(concurrency)),
             "generate": request.expected_tokens / max(1e-6, claim.rate(busy + 1)),
             "failures": FAILURE_PENALTY * self.failures(peer),
             "ledger_fork": FORK_PENALTY if self._flagged(peer) else 0.0,
