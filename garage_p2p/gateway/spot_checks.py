@@ -58,6 +58,10 @@ QUEUE = 8
 """Checks waiting at most; more answers offered meanwhile go unchecked."""
 CHECK_TIMEOUT = 120.0
 """Seconds one check (every verifier it asks) may take."""
+VERIFIERS_WAIT = 20.0
+"""Seconds a check waits for its first verifier to be known (a newcomer's table fills in seconds)."""
+VERIFIERS_POLL = 0.5
+"""Seconds between two looks for that first verifier."""
 MAX_REPLY_BYTES = 32 * 1024 * 1024
 """A verifier's reply at most (``prompt_logprobs`` of every position)."""
 MAX_EVENTS = 100_000
@@ -203,9 +207,18 @@ class SpotChecks:
 
     async def _verify(self, check: SpotCheck) -> None:
         case = check.case
-        for _ in range(MAX_VERIFIERS):
-            routed = await self.dispatcher.route(RouteRequest(model=case.model, expected_tokens=1))
-            verifier = check.next_verifier([c.peer_id for c in routed.candidates])
+        for asked in range(MAX_VERIFIERS):
+            verifier = None
+            # The first verifier may not be known yet: a newcomer re-checks the verdicts it caught up
+            # on from its first connections, before their table syncs have told it who serves the
+            # model; it found nobody, called the check inconclusive and never looked again.
+            with trio.move_on_after(VERIFIERS_WAIT if asked == 0 else 0.0):
+                while True:
+                    routed = await self.dispatcher.route(RouteRequest(model=case.model, expected_tokens=1))
+                    verifier = check.next_verifier([c.peer_id for c in routed.candidates])
+                    if verifier is not None or asked > 0:
+                        break
+                    await trio.sleep(VERIFIERS_POLL)
             if verifier is None:
                 return
             try:
