@@ -89,6 +89,23 @@ def as_target(peer: Peer) -> Target:
     return Target(peer_id=peer.identity.peer_id, addrs=tuple(first_addr(peer)), api_url=peer.api_url)
 
 
+def doctor_status(**fields) -> dict:
+    """A healthy peer's ``garage status`` as ``garage doctor`` reads it, with ``fields`` changed."""
+    return {
+        "reachability": "public",
+        "observed_addrs": [],
+        "relay_reservations": {},
+        "connections": 1,
+        "known_peers": 1,
+        "dht_table_size": 1,
+        "dht_mode": "server",
+        "backends": [],
+        "hardware": "cpu",
+        "peer_id": "12D3KooWx",
+        **fields,
+    }
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     """The exceptions inside nested groups (trio nurseries nest them past the printer's depth)."""
     if isinstance(exc, BaseExceptionGroup):

@@ -11,6 +11,8 @@ from pathlib import Path
 from garage_p2p.cli.doctor import diagnose
 from garage_p2p.runtime.cdi import nvidia_cdi_specs
 
+from .conftest import doctor_status
+
 REPO = Path(__file__).resolve().parents[1]
 STANDIN_SMI = REPO / "tests" / "data" / "standin-nvidia-smi"
 YAML_SPEC = """---
@@ -64,18 +66,7 @@ def test_cdi_specs_are_read_from_yaml_and_json(tmp_path):
 
 
 def test_doctor_checks_the_cdi_spec_on_a_gpu_rig(tmp_path):
-    status = {
-        "reachability": "public",
-        "observed_addrs": [],
-        "relay_reservations": {},
-        "connections": 1,
-        "known_peers": 1,
-        "dht_table_size": 1,
-        "dht_mode": "server",
-        "backends": [],
-        "hardware": "1x NVIDIA GeForce RTX 4090",
-        "peer_id": "12D3KooWx",
-    }
+    status = doctor_status(hardware="1x NVIDIA GeForce RTX 4090")
     missing = next(c for c in diagnose(status, []) if c["check"] == "gpu cdi")
     assert missing["state"] == "fail" and "nvidia-ctk cdi generate" in missing["fix"]
     (tmp_path / "nvidia.yaml").write_text(YAML_SPEC)

@@ -12,6 +12,8 @@ from pathlib import Path
 from garage_p2p.cli.doctor import diagnose
 from garage_p2p.runtime.rootless import DELEGATE_FIX, UNIFIED_FIX, check_limits, own_cgroup
 
+from .conftest import doctor_status
+
 UNIT = "/system.slice/garage-peer.service"
 
 
@@ -90,18 +92,7 @@ def test_own_cgroup_reads_the_unified_line(tmp_path):
 
 
 def test_doctor_fails_on_a_runtime_that_refused(tmp_path):
-    status = {
-        "reachability": "public",
-        "observed_addrs": [],
-        "relay_reservations": {},
-        "connections": 1,
-        "known_peers": 1,
-        "dht_table_size": 1,
-        "dht_mode": "server",
-        "backends": [],
-        "hardware": "cpu",
-        "peer_id": "12D3KooWx",
-    }
+    status = doctor_status(hardware="cpu")
     tree = standin_cgroup_tree(tmp_path / "standin-cgroup-v1", v2=False)
     refused = check_limits(rootless=True, cgroup_root=tree, cgroup=UNIT)
     found = next(
