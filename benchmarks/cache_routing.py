@@ -71,6 +71,10 @@ class Trace:
 
     ttft_later: list[float] = field(default_factory=list)
     """Seconds to the first event of turns 2..TURNS."""
+    ttft_kept: list[float] = field(default_factory=list)
+    """Those of the turns answered by the previous turn's provider."""
+    ttft_moved: list[float] = field(default_factory=list)
+    """Those of the turns answered by another provider."""
     kept: int = 0
     """Later turns answered by the previous turn's provider."""
     later: int = 0
@@ -140,6 +144,7 @@ def run_trace(rig: CacheRig, consumer: str, kind: str, seed: int, words: int) ->
                     trace.ttft_later.append(ttft)
                     trace.later += 1
                     trace.kept += provider == last[n]
+                    (trace.ttft_kept if provider == last[n] else trace.ttft_moved).append(ttft)
                 last[n] = provider
                 histories[n] += [
                     {"role": "user", "content": questions[n]},
@@ -154,6 +159,14 @@ def run_trace(rig: CacheRig, consumer: str, kind: str, seed: int, words: int) ->
         "affinity": route.json()["affinity"]["reason"],
     }
     return trace
+
+
+def p50_ms(seconds: list[float]) -> float | None:
+    return round(1000 * percentile(seconds, 50), 1) if seconds else None
+
+
+def ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f} ms"
 
 
 def main() -> None:
@@ -179,6 +192,8 @@ def main() -> None:
                         "hit_rate_later": round(trace.hits / trace.queries, 3) if trace.queries else None,
                         "ttft_p50_later_ms": round(1000 * percentile(trace.ttft_later, 50), 1),
                         "kept_provider": round(trace.kept / trace.later, 3),
+                        "ttft_p50_kept_ms": p50_ms(trace.ttft_kept),
+                        "ttft_p50_moved_ms": p50_ms(trace.ttft_moved),
                         "requests_per_provider": [trace.providers[i] for i in range(len(rig.providers))],
                         "route_at_end": trace.route,
                     }
@@ -198,12 +213,16 @@ def main() -> None:
         f"{CONVERSATIONS} conversations x {TURNS} turns, {CONCURRENCY} at a time, system prompt {tokens} tokens "
         f"(of {MAX_MODEL_LEN} positions), answers {ANSWER_TOKENS} tokens; {summary['wall_s']} s"
     )
-    print(f"{'trace':9} {'affinity':8} {'hits t2-6':>9} {'TTFT p50 t2-6':>13} {'kept':>6}  per provider")
+    print(
+        f"{'trace':9} {'affinity':8} {'hits t2-6':>9} {'TTFT p50 t2-6':>13} {'kept':>6} "
+        f"{'kept/moved p50':>17}  per provider"
+    )
     for kind, modes in results.items():
         for mode, r in modes.items():
             print(
                 f"{kind:9} {mode:8} {r['hit_rate_later']:>9.1%} {r['ttft_p50_later_ms']:>10.1f} ms "
-                f"{r['kept_provider']:>6.0%}  {r['requests_per_provider']}  estimates at the end "
+                f"{r['kept_provider']:>6.0%} {ms(r['ttft_p50_kept_ms']):>8}/{ms(r['ttft_p50_moved_ms']):<8}  "
+                f"{r['requests_per_provider']}  estimates at the end "
                 f"{r['route_at_end']['estimates_s']}"
             )
 

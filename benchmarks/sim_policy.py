@@ -40,19 +40,30 @@ sc = sc.model_copy(update={{"sim": sc.sim.model_copy(update={{"duration_s": {dur
 if {failover_off!r}:
     sc = sc.model_copy(update={{"load": sc.load.model_copy(update={{"failover": False}})}})
 started = time.perf_counter()
-summary = summarize(run_world(sc, sc.sim.seed))
-requests = summary["requests"]
-requests["wall_s"] = time.perf_counter() - started
-print(json.dumps(requests))
+summary = summarize(run_world(sc, {seed!r} or sc.sim.seed))
+summary["requests"]["wall_s"] = time.perf_counter() - started
+print(json.dumps({{"requests": summary["requests"], "jobs": summary["jobs"]}}))
 """
 
 
-def simulate(src: Path, scenario: str, duration: float, *, failover_off: bool = False) -> dict:
+def extract(revision: str, into: Path) -> Path:
+    """The simulator (``garage_p2p``) of git ``revision``, extracted under ``into``: its root."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", revision, "garage_p2p"], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into
+
+
+def simulate(src: Path, scenario: str, duration: float, *, failover_off: bool = False, seed: int | None = None) -> dict:
+    """One run of ``scenario`` by the simulator under ``src``, in its own process: the summary's
+    ``requests`` (with ``wall_s``, the run's wall time) and ``jobs``."""
     code = RUN.format(
         src=str(src),
         path=str(ROOT / "simulations" / f"{scenario}.toml"),
         duration=duration,
         failover_off=failover_off,
+        seed=seed,
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=src)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -82,11 +93,7 @@ def main() -> None:
     parser.add_argument("--with-off", action="store_true", help="also run 'after, failover off'")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        before = Path(tmp)
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", args.before, "garage_p2p"], capture_output=True, check=True
-        )
-        subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+        before = extract(args.before, Path(tmp))
         print(
             f"{'scenario':<12} {'policy':<22} {'requests':>8} {'success %':>9} {'cut':>5} {'504s':>5} "
             f"{'failovers':>9} {'wall s':>7}  errors",
@@ -98,7 +105,7 @@ def main() -> None:
             if args.with_off:
                 runs.append(("after, failover off", ROOT, True))
             for label, src, off in runs:
-                f = figures(simulate(src, scenario, duration, failover_off=off))
+                f = figures(simulate(src, scenario, duration, failover_off=off)["requests"])
                 print(
                     f"{scenario:<12} {label:<22} {f['requests']:>8} {f['success %']:>9.2f} {f['cut mid-stream']:>5} "
                     f"{f['504s']:>5} {f['failovers']:>9} {f['wall s']:>7.1f}  {f['errors']}",
