@@ -126,6 +126,30 @@ async def test_a_malformed_pubsub_rpc_does_not_crash_the_host():
             assert (await subscription.get()).data == b"still here"
 
 
+async def test_a_new_subscriber_is_not_sent_the_topic_s_recent_messages_again():
+    """0.8.1 replays a topic's message-cache window to every peer that subscribes: each join cost the
+    peers it met one RPC per recent message, with a signed peer record rebuilt for each."""
+    async with two_meshes() as (_a, b):
+        await b.pubsub.subscribe("recent")
+        for n in range(5):
+            await b.pubsub.publish("recent", b"old %d" % n)
+        async with open_mesh(Identity.from_seed(os.urandom(32)), LOOPBACK) as c:
+            subscription = await c.pubsub.subscribe("recent")
+            await c.connect(b.peer_id, b.addrs()[:1])
+            await wait_for(lambda: ID.from_base58(c.peer_id) in b.pubsub.peer_topics.get("recent", set()))
+            await wait_for(lambda: ID.from_base58(b.peer_id) in c.pubsub.peer_topics.get("recent", set()))
+            await b.pubsub.publish("recent", b"new")
+            received = []
+            with trio.fail_after(10):
+                while not received or received[-1] != b"new":
+                    received.append((await subscription.get()).data)
+            await trio.testing.wait_all_tasks_blocked(0.2)
+            with pytest.raises(trio.WouldBlock):
+                while True:
+                    received.append(subscription.receive_channel.receive_nowait().data)
+        assert received == [b"new"]
+
+
 async def test_a_forged_gossip_message_costs_the_neighbour_that_sent_it():
     """0.8.1 drops a message whose signature does not verify and says nothing: its forwarder went unpenalised."""
     async with two_meshes() as (a, b):

@@ -50,6 +50,8 @@ SEAMS: tuple[tuple[str, str | None], ...] = (
     ("libp2p.stream_muxer.yamux.yamux:GO_AWAY_PROTOCOL_ERROR", None),
     ("libp2p.abc:AbstractSecureConn.get_local_peer", None),
     ("libp2p.pubsub.pubsub:Pubsub.stream_handler", None),
+    # The replay of a topic's recent messages to each new subscriber (turned off below).
+    ("libp2p.pubsub.pubsub:Pubsub._replay_recent_messages", None),
     # A forged gossip message is its forwarder's fault: push_msg names it, signature_validator judges.
     ("libp2p.pubsub.pubsub:Pubsub.push_msg", "signature_validator(msg)"),
     ("libp2p.pubsub.pubsub:signature_validator", None),
@@ -168,6 +170,14 @@ def apply_library_patches() -> None:
     # A malformed RPC (protobuf DecodeError) escaped the pubsub stream handler and crashed the host; and
     # at shutdown a message arriving after pubsub's nursery closed did the same. Both end that stream.
     pubsub.Pubsub.stream_handler = _guarded_pubsub_handler(pubsub.Pubsub.stream_handler)
+    # Every new subscriber to a topic was sent the topic's whole message-cache window again, one RPC
+    # per message, each with our signed peer record rebuilt from our listen addresses: 18 % of what a
+    # join cost the peers it met (py-spy, 12 joins into 30 peers), for messages it gets anyway. It is
+    # not gossipsub (go- and rust-libp2p do not replay); what a newcomer needs, the mesh hands it on
+    # connecting: every live ad (the table sync), the ledger (its pull), verdicts (their catch-up),
+    # and jobs are announced every 2 s. Our own messages queued for a peer not yet subscribed are
+    # still flushed to it (the library's ``flush_pending_messages``).
+    pubsub.Pubsub._replay_recent_messages = _no_replay
     # A gossip message whose signature does not verify was dropped without a word: the neighbour that
     # sent it (the claimed publisher never signed it) went unpenalised and could send more forever.
     pubsub.Pubsub.push_msg = _noting_forwarder(pubsub.Pubsub.push_msg)
@@ -192,6 +202,10 @@ def apply_library_patches() -> None:
     # the relay would cut them (mesh/nat.py dial_relayed keeps them).
     relay_transport.read_delimited_msg = _noting_relay_limit(relay_transport.read_delimited_msg)
     _applied = True
+
+
+async def _no_replay(self, peer_id, topic: str) -> None:
+    """``Pubsub._replay_recent_messages``, turned off (see ``apply_library_patches``)."""
 
 
 # -- yamux frames and pings: liveness (mesh/liveness.py) --------------------------------
