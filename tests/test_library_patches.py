@@ -299,3 +299,21 @@ def test_mdns_registration_does_not_hold_trio_s_thread():
     PeerBroadcaster.register(broadcaster)
     assert done.wait(5), "register_service never ran"
     assert ran_on == [ran_on[0]] and ran_on[0] is not threading.current_thread()
+
+
+def test_mdns_browses_our_service_type_only():
+    """0.8.1's mDNS listener also browsed DNS-SD's meta query, which the whole LAN answers at every
+    join and the library only logs."""
+    from libp2p.discovery.mdns.listener import PeerListener
+    from zeroconf import Zeroconf
+
+    patches.apply_library_patches()
+    zeroconf = Zeroconf(interfaces=["127.0.0.1"])
+    try:
+        listener = PeerListener(None, zeroconf, "_p2p._udp.local.", "me._p2p._udp.local.")
+        assert listener.browser.is_alive()
+        listener.meta_browser.join(5)
+        assert not listener.meta_browser.is_alive()
+        listener.browser.cancel()
+    finally:
+        zeroconf.close()
