@@ -11,6 +11,7 @@ changed default cannot silently void the measurement. The tiny model has 1,024 p
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import subprocess
 import sys
@@ -103,7 +104,11 @@ def cache_rig(
     speed and a consumer's router starts from that, not from the slow default prior (under which a
     router keeps to the first provider it used, whatever it is asked to do). ``kv_cache``: each
     server's KV cache (vLLM's ``--kv-cache-memory-bytes``, e.g. ``768M``) instead of the runtime's
-    64 MiB, which holds the tiny model's whole trace but two long conversations of a wider one."""
+    64 MiB, which holds the tiny model's whole trace but two long conversations of a wider one.
+
+    Server i's OpenMP threads run on core i (of two): two rigs, each with a core of its own. vLLM's
+    ``auto`` binding put both on core 0, so "two providers" shared one core and a request spilled to
+    the other one slowed the first as much as if it had stayed."""
     with contextlib.ExitStack() as stack:
         servers = stack.enter_context(
             run_vllm_cpus(
@@ -112,6 +117,7 @@ def cache_rig(
                 python=default_vllm_python(),
                 model_dir=model_dir or default_tiny_model(),
                 max_model_len=max_model_len,
+                cores=("0", "1") if (os.cpu_count() or 1) >= 2 else None,
                 extra_args=("--enable-prefix-caching", *(("--kv-cache-memory-bytes", kv_cache) if kv_cache else ())),
             )
         )

@@ -190,11 +190,14 @@ def run_vllm_cpu(
     dtype: str = "float32",
     max_model_len: int = 512,
     extra_args: Sequence[str] = (),
+    cores: str | None = None,
 ) -> Iterator[VllmServer]:
     """Start a vLLM-CPU server, yield it once it serves, stop its whole process group on exit.
 
     Start-up takes about a minute on 2 cores (three processes each import torch).
-    ``extra_args`` go to vLLM after ours (a later flag wins).
+    ``extra_args`` go to vLLM after ours (a later flag wins). ``cores``: the CPU ids its OpenMP
+    threads are bound to (``VLLM_CPU_OMP_THREADS_BIND``, e.g. ``"1"``); None leaves vLLM's
+    ``auto``, which on a 2-core machine binds every server to core 0 and keeps core 1 for the rest.
     stdout and stderr go to `log_path` (a fresh temporary file when None; it is kept).
     Raises FileNotFoundError if `python` or the model is missing, and VllmStartError,
     quoting the log's tail, if the server exits or is not ready within `ready_timeout` s.
@@ -216,7 +219,7 @@ def run_vllm_cpu(
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             vllm_cpu_command(Path(python), Path(model_dir), served_name, host, port, dtype, max_model_len, extra_args),
-            env=vllm_cpu_env(),
+            env={**vllm_cpu_env(), **({"VLLM_CPU_OMP_THREADS_BIND": cores} if cores is not None else {})},
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -231,11 +234,19 @@ def run_vllm_cpu(
 
 
 @contextlib.contextmanager
-def run_vllm_cpus(count: int, *, log_dir: Path, **kwargs: Any) -> Iterator[list[VllmServer]]:
-    """``count`` servers (``run_vllm_cpu``'s arguments, logs ``log_dir/vllm-<i>.log``) started at
-    once: start-up is mostly three processes importing torch, which overlap; stopped on exit."""
+def run_vllm_cpus(
+    count: int, *, log_dir: Path, cores: Sequence[str] | None = None, **kwargs: Any
+) -> Iterator[list[VllmServer]]:
+    """``count`` servers (``run_vllm_cpu``'s arguments, logs ``log_dir/vllm-<i>.log``, server i bound
+    to ``cores[i]`` if given) started at once: start-up is mostly three processes importing torch,
+    which overlap; stopped on exit."""
+    if cores is not None and len(cores) != count:
+        raise ValueError(f"{count} servers need {count} core lists, got {len(cores)}")
     with contextlib.ExitStack() as stack:
-        managers = [run_vllm_cpu(log_path=log_dir / f"vllm-{i}.log", **kwargs) for i in range(count)]
+        managers = [
+            run_vllm_cpu(log_path=log_dir / f"vllm-{i}.log", cores=cores[i] if cores else None, **kwargs)
+            for i in range(count)
+        ]
         with ThreadPoolExecutor(count) as pool:
             futures = [pool.submit(m.__enter__) for m in managers]
         failure: BaseException | None = None

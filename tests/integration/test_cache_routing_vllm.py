@@ -84,3 +84,10 @@ def test_a_long_shared_system_prompt_does_not_pile_a_burst_on_one_provider(rig):
             bursts.append(Counter(pool.map(lambda body: ask(client, rig, body)[0], bodies)))
     print(f"requests per provider in each burst: {[sorted(b.values()) for b in bursts]}")
     assert all(max(burst.values()) <= 1.5 * 8 / 2 for burst in bursts), bursts
+
+
+def test_each_provider_s_server_computes_on_a_core_of_its_own(rig):
+    """Two rigs, not two servers on one core: vLLM's automatic binding put both on core 0."""
+    for i, server in enumerate(rig.servers):
+        binding = [line for line in server.log_path.read_text().splitlines() if "local_rank=0, core ids=" in line]
+        assert binding and binding[-1].endswith(f"core ids=[{i}]"), binding
