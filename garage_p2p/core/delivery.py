@@ -66,8 +66,12 @@ OVERCLAIM_RATIO = 1 / 3
 OVERCLAIM_MIN_OBSERVATIONS = 2.5
 """Decayed weight of tokens/s observations needed before a provider can be flagged: three answers
 within a minute or two (each weighs a little less than the next)."""
-MIN_DECODE_TOKENS = 8
-"""Tokens an attempt must generate for its tokens/s to count (fewer: a few frames' jitter)."""
+MIN_DECODE_TOKENS = 16
+"""Tokens an attempt must generate for its tokens/s to count. Fewer are a few frames' jitter, and
+one stall decides them: vLLM interleaves other requests' prefills with a stream's decode, so an
+8-token answer's seven gaps held one 1,100-token prefill of another conversation and "ran" at a
+quarter of its speed. Two honest twin servers were flagged as overclaiming by such answers under
+the cache-routing benchmark's load, and their conversations refused as too slow."""
 MAX_QUEUE_CREDIT = 2.0
 """Seconds of reported admission queue taken out of a TTFT at most (the provider's QUEUE_WAIT)."""
 MAX_TRACKED = 1024

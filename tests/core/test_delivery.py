@@ -102,6 +102,11 @@ def test_short_answers_give_no_speed_and_the_book_is_bounded():
     book.record("p", "m", at_tps(5, tokens=4), HONEST, NOW)
     claim = book.claim("p", "m", HONEST, NOW)
     assert claim.delivered_tps is None and claim.delivered_ttft == pytest.approx(0.2)
+    # Eight tokens whose gaps held another request's long prefill: a stall, not the rig's speed.
+    for _ in range(4):
+        book.record("p", "m", at_tps(5, tokens=8), HONEST, NOW)
+    claim = book.claim("p", "m", HONEST, NOW)
+    assert claim.delivered_tps is None and not claim.overclaims
     for i in range(MAX_TRACKED + 10):
         book.record(f"p{i}", "m", at_tps(20), HONEST, NOW)
     assert len(book) == MAX_TRACKED
