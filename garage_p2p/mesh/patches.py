@@ -197,8 +197,8 @@ def apply_library_patches() -> None:
     # daemon with mDNS froze for that long at start, its readiness too. It runs on a thread of its own.
     PeerBroadcaster.register = _registering_in_background(PeerBroadcaster.register)
     # Every peer also browsed DNS-SD's meta query (which service types the LAN has), four queries at
-    # start, answered by the whole LAN, and only ever logged: a fifth of the mDNS packets a join cost
-    # a 30-peer LAN (/proc/net/snmp in a namespace, 200 → 165). Our service type is known.
+    # start, answered by the whole LAN, and only ever logged: 35 of the 200 mDNS packets a join made
+    # a 30-peer LAN send (/proc/net/snmp in a namespace). Our service type is known.
     PeerListener.__init__ = _without_meta_browser(PeerListener.__init__)
     # Liveness: every yamux frame header received goes to the connection's watcher (mesh/liveness.py);
     # the library's own RTT ping (both sides, every 30 s, never acted on) gives way to ours.
