@@ -89,6 +89,14 @@ async def test_a_replayed_heads_announcement_costs_its_author_nothing_and_its_se
         captured = []
         # X keeps what it hears on the ledger topic (as any subscriber can) to send it again later.
         x.mesh.pubsub.set_topic_validator(TOPIC_LEDGER, lambda via, message: captured.append(message) or True, False)
+
+        # A publishes its heads once, to the topic's mesh, which forms on gossipsub's heartbeat: X must
+        # be in it to hear them (pubsub no longer replays recent messages to a late subscriber).
+        def x_in_a_s_mesh() -> bool:
+            mesh = getattr(a.mesh.pubsub.router, "mesh", {})
+            return x.identity.peer_id in {str(peer) for peer in mesh.get(TOPIC_LEDGER, ())}
+
+        await wait_for(x_in_a_s_mesh, timeout=20)
         await wait_for_model(v, "tiny")
         r = await http.post(v.api_url + "/chat/completions", json=CHAT)
         assert r.status_code == 200
