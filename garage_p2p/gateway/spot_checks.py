@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import random
 import time
 import uuid
@@ -212,7 +213,9 @@ class SpotChecks:
             # The first verifier may not be known yet: a newcomer re-checks the verdicts it caught up
             # on from its first connections, before their table syncs have told it who serves the
             # model; it found nobody, called the check inconclusive and never looked again.
-            with trio.move_on_after(VERIFIERS_WAIT if asked == 0 else 0.0):
+            # Later verifiers are not waited for; the scope must not expire at once all the same: an
+            # expired one cancels the route's own lookup of the model at its first checkpoint.
+            with trio.move_on_after(VERIFIERS_WAIT if asked == 0 else math.inf):
                 while True:
                     routed = await self.dispatcher.route(RouteRequest(model=case.model, expected_tokens=1))
                     verifier = check.next_verifier([c.peer_id for c in routed.candidates])
