@@ -89,6 +89,13 @@ def as_target(peer: Peer) -> Target:
     return Target(peer_id=peer.identity.peer_id, addrs=tuple(first_addr(peer)), api_url=peer.api_url)
 
 
+def in_topic_mesh(publisher: Peer, peer: Peer, topic: str) -> bool:
+    """Whether ``peer`` is in ``publisher``'s gossipsub mesh for ``topic``: published gossip goes to the
+    topic's mesh, which forms on the heartbeat (pubsub replays nothing to a peer that joins it late)."""
+    mesh = getattr(publisher.mesh.pubsub.router, "mesh", {})
+    return peer.identity.peer_id in {str(p) for p in mesh.get(topic, ())}
+
+
 def doctor_status(**fields) -> dict:
     """A healthy peer's ``garage status`` as ``garage doctor`` reads it, with ``fields`` changed."""
     return {

@@ -22,7 +22,7 @@ from garage_p2p.mesh.host import gossip_sender
 from tools.attacks import gossip_flood
 from tools.attacks.forged_ledger import throwaway_log
 
-from .conftest import as_target, first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .conftest import as_target, first_addr, in_topic_mesh, running_peer, standin_backend, wait_for, wait_for_model
 from .test_ledger_inprocess import CHAT
 from .test_metrics import samples, value
 
@@ -92,11 +92,7 @@ async def test_a_replayed_heads_announcement_costs_its_author_nothing_and_its_se
 
         # A publishes its heads once, to the topic's mesh, which forms on gossipsub's heartbeat: X must
         # be in it to hear them (pubsub no longer replays recent messages to a late subscriber).
-        def x_in_a_s_mesh() -> bool:
-            mesh = getattr(a.mesh.pubsub.router, "mesh", {})
-            return x.identity.peer_id in {str(peer) for peer in mesh.get(TOPIC_LEDGER, ())}
-
-        await wait_for(x_in_a_s_mesh, timeout=20)
+        await wait_for(lambda: in_topic_mesh(a, x, TOPIC_LEDGER), timeout=20)
         await wait_for_model(v, "tiny")
         r = await http.post(v.api_url + "/chat/completions", json=CHAT)
         assert r.status_code == 200

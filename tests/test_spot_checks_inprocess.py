@@ -15,7 +15,7 @@ import time
 from garage_p2p.core.verdicts import TOPIC_VERDICTS, Verdict, sign_verdict
 from garage_p2p.mesh.verdicts import SERVICE
 
-from .conftest import first_addr, running_peer, standin_backend, wait_for, wait_for_model
+from .conftest import first_addr, in_topic_mesh, running_peer, standin_backend, wait_for, wait_for_model
 
 CHAT = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 16, "temperature": 0}
 
@@ -78,11 +78,7 @@ async def test_forged_and_unbacked_verdicts_are_refused_and_penalised(tmp_path):
 
                 # Published gossip reaches only the topic's mesh, which forms on gossipsub's heartbeat;
                 # b must be in it (with p alone there, p drops the forgery and b never sees it).
-                def b_in_mesh() -> bool:
-                    mesh = getattr(hostile.mesh.pubsub.router, "mesh", {})
-                    return b.identity.peer_id in {str(peer) for peer in mesh.get(TOPIC_VERDICTS, ())}
-
-                await wait_for(b_in_mesh, timeout=20)
+                await wait_for(lambda: in_topic_mesh(hostile, b, TOPIC_VERDICTS), timeout=20)
                 accused = p.identity.peer_id
 
                 def verdict(request_id: str) -> Verdict:
