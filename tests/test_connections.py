@@ -162,8 +162,11 @@ async def test_a_small_mesh_settles_with_one_connection_per_pair_and_then_no_chu
         churn = [seen.watch_for_churn() for _, seen in census]
         opened = [m.connections.opened.total for m, _ in census]
         subscriptions = [await m.pubsub.subscribe("quiet") for m, _ in census]
+        # Published gossip goes to the topic's mesh, which forms on the heartbeat: a publisher whose
+        # mesh is still empty sends to no one (and pubsub replays nothing to peers that join later).
         for mesh, _ in census:
             await wait_for(lambda m=mesh: len(m.pubsub.peer_topics.get("quiet", set())) == 7, 30)
+            await wait_for(lambda m=mesh: len(m.pubsub.router.mesh.get("quiet", ())) >= 4, 30)
         for mesh, _ in census:
             await mesh.pubsub.publish("quiet", mesh.peer_id.encode())
         for subscription in subscriptions:
