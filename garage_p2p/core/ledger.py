@@ -259,16 +259,19 @@ class LedgerState:
         self._count = 0
         self._held: dict[str, int] = {}
         self._top: dict[str, int] = {}
+        """Author → highest seq held (past gaps and forks too)."""
         self._tops: list[tuple[int, str]] = []
         """(-top seq, author) each time an author's top seq changed: a max-heap with stale items
         (``top_seq_max``), so a replication cap's check does not scan every author."""
-        """Author → highest seq held (past gaps and forks too)."""
         self._consumers: dict[str, dict[str, int]] = {}
         """Author → consumer → entries held of the author's naming that consumer."""
         self._providers: dict[str, dict[str, int]] = {}
         """Consumer → author → the same counts, looked up from the consumer's side."""
         self.version = 0
         """Bumped on every change (caches of views derived from the state compare it)."""
+        self.ties_version = 0
+        """Bumped when a pair (author, consumer) appears or goes: who dealt with whom, which is all an
+        author's standing depends on (``core.ledger_caps``), changes far less often than the state."""
 
     def __len__(self) -> int:
         """Entries held (fork proofs included)."""
@@ -307,9 +310,12 @@ class LedgerState:
         if entry.seq > self._top.get(author, 0):
             self._set_top(author, entry.seq)
         by_consumer = self._consumers.setdefault(author, {})
-        by_consumer[consumer] = by_consumer.get(consumer, 0) + 1
+        count = by_consumer.get(consumer, 0)
+        by_consumer[consumer] = count + 1
         by_author = self._providers.setdefault(consumer, {})
         by_author[author] = by_author.get(author, 0) + 1
+        if not count:
+            self.ties_version += 1
 
     def _set_top(self, author: str, seq: int) -> None:
         self._top[author] = seq
@@ -330,6 +336,8 @@ class LedgerState:
                 del counts[inner[1]]
                 if not counts:
                     del outer[inner[0]]
+        if author not in self._consumers or consumer not in self._consumers[author]:
+            self.ties_version += 1
 
     def remove(self, author: str, above_seq: int = 0) -> int:
         """Drop the author's entries past ``above_seq`` (all of them with 0); how many were dropped.
@@ -340,6 +348,8 @@ class LedgerState:
         log = self._logs.get(author)
         if log is None:
             return 0
+        if self._top.get(author, 0) <= above_seq:
+            return 0  # nothing past it: no walk of the log
         dropped = 0
         for seq in [s for s in log if s > above_seq]:
             for entry in log.pop(seq):

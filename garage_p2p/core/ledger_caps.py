@@ -98,7 +98,7 @@ class ReplicationPolicy:
     """Our peer id."""
     caps: ReplicationCaps | None = field(default_factory=ReplicationCaps)
     """What to hold at most."""
-    _cache: tuple[int, int, dict[str, Standing]] | None = field(default=None, repr=False)
+    _cache: tuple[int, int, _Order] | None = field(default=None, repr=False)
 
     def _trusted(self, state: LedgerState) -> set[str]:
         return {self.me, *state.providers_of(self.me), *state.consumers_of(self.me)}
@@ -128,13 +128,24 @@ class ReplicationPolicy:
         return Standing(rank, len(vouchers), author)
 
     def standings(self, state: LedgerState) -> dict[str, Standing]:
-        """Every held author's standing, as ``standing`` gives it (computed once per state version).
+        """Every held author's standing, as ``standing`` gives it."""
+        return self._order(state).standings
 
-        Walked from the few peers we dealt with rather than from every author:
-        the work is their consumers' providers, not every log's consumers'.
-        """
-        if self._cache is not None and self._cache[:2] == (id(state), state.version):
-            return self._cache[2]
+    def _order(self, state: LedgerState) -> _Order:
+        """The standings and the order of who is kept, computed again only when who dealt with whom
+        changed (``ties_version``): most entries a peer takes add to a pair it knows, and a replica
+        plans a pull for every head announced, so a rank and a sort of every author per pull was
+        most of what replication cost (sweden-10k's replicas, once past the unknown cap)."""
+        cached = self._cache
+        if cached is not None and cached[0] == id(state) and cached[1] == state.ties_version:
+            return cached[2]
+        order = _Order(self._trusted(state), self._standings(state))
+        self._cache = (id(state), state.ties_version, order)
+        return order
+
+    def _standings(self, state: LedgerState) -> dict[str, Standing]:
+        """Walked from the few peers we dealt with rather than from every author:
+        the work is their consumers' providers, not every log's consumers'."""
         vouchers: dict[str, set[str]] = {}
         for t in self._trusted(state):
             for provider in state.providers_of(t):  # it served t: one of its entries is t's counter-signature
@@ -144,12 +155,10 @@ class ReplicationPolicy:
                 for provider in state.providers_of(consumer):
                     if provider != t:
                         vouchers.setdefault(provider, set()).add(t)
-        out = {
+        return {
             a: self._rank(a, state.consumers_of(a), state.providers_of(a), vouchers.get(a, set()))
             for a in state.authors()
         }
-        self._cache = (id(state), state.version, out)
-        return out
 
     def budget(self, state: LedgerState) -> Budget:
         return Budget(self, state)
@@ -178,18 +187,18 @@ class ReplicationPolicy:
             excluding=self.me
         ) <= min(caps.max_seq, caps.max_unknown_seq):
             return []  # within every cap whatever anyone's standing
-        standings = self.standings(state)
         out: list[tuple[str, int]] = []
-        for author, s in standings.items():
-            cap = caps.seq_cap(s.rank)
-            if s.rank is not Rank.OWN and state.remove(author, cap):
-                out.append((author, cap))  # caps lowered since the entries were kept
-        if out:
-            standings = self.standings(state)  # trimmed receipts may have named peers we rank by
-        ordered = sorted(s for s in standings.values() if s.rank < Rank.SERVED_US)
-        unknown = sum(state.held(s.author) for s in ordered if s.rank is Rank.UNKNOWN)
-        total = sum(state.held(s.author) for s in standings.values() if s.rank is not Rank.OWN)
-        for s in ordered:  # least standing first, so the unknown authors go first
+        if state.top_seq_max(excluding=self.me) > min(caps.max_seq, caps.max_unknown_seq):
+            for author, s in self.standings(state).items():
+                cap = caps.seq_cap(s.rank)
+                if s.rank is not Rank.OWN and state.remove(author, cap):
+                    out.append((author, cap))  # caps lowered since the entries were kept
+        order = self._order(state)  # again: trimmed receipts may have named peers we rank by
+        sums = order.sums(state)
+        unknown, total = sums.unknown, sums.total
+        for s in order.order:  # least standing first, so the unknown authors go first
+            if s.rank >= Rank.SERVED_US:
+                break
             if total <= caps.max_entries and unknown <= caps.max_unknown_entries:
                 break
             held = state.held(s.author)
@@ -217,7 +226,7 @@ class Budget:
         self._others = len(state) - state.held(policy.me)
         self._taken = 0
         self._taken_unknown = 0
-        self._ranked: _Ranked | None = None
+        self._sums: _Sums | None = None
 
     def until(self, author: str, from_seq: int, until: int) -> int:
         """The last seq of ``from_seq..until`` to ask for (below ``from_seq``: none); what fits is taken.
@@ -255,15 +264,16 @@ class Budget:
             self._taken_unknown += wanted  # (as if unknown: an over-count only makes later room smaller)
             return wanted
         s = self._standing(author)
-        if s.rank is Rank.UNKNOWN and consumer is not None and consumer in self._rank_all().trusted:
+        if s.rank is Rank.UNKNOWN and consumer is not None and consumer in self._order().trusted:
             s = Standing(Rank.VOUCHED, 1, author)
         room = min(until, caps.seq_cap(s.rank)) - from_seq + 1
-        if s.rank < Rank.SERVED_US:
-            ranked = self._rank_all()
-            kept_anyway = ranked.total - ranked.below[bisect.bisect_left(ranked.order, s)]
+        if s.rank is Rank.UNKNOWN and room > 0:
+            room = min(room, caps.max_unknown_entries - self._sum().unknown - self._taken_unknown)
+        # What is kept anyway is at most all that is held: only near the total cap is it summed.
+        if s.rank < Rank.SERVED_US and room > 0 and self._others + self._taken + room > caps.max_entries:
+            sums = self._sum()
+            kept_anyway = sums.total - sums.below[bisect.bisect_left(self._order().order, s)]
             room = min(room, caps.max_entries - kept_anyway - self._taken)
-        if s.rank is Rank.UNKNOWN:
-            room = min(room, caps.max_unknown_entries - self._rank_all().unknown - self._taken_unknown)
         room = max(0, room)
         self._taken += room
         if s.rank is Rank.UNKNOWN:
@@ -271,30 +281,56 @@ class Budget:
         return room
 
     def _standing(self, author: str) -> Standing:
-        ranked = self._rank_all()
-        s = ranked.standings.get(author)
-        return s if s is not None else self.policy.standing(self.state, author, ranked.trusted)
+        order = self._order()
+        s = order.standings.get(author)
+        return s if s is not None else self.policy.standing(self.state, author, order.trusted)
 
-    def _rank_all(self) -> _Ranked:
-        if self._ranked is None:
-            self._ranked = _Ranked(self.policy, self.state)
-        return self._ranked
+    def _order(self) -> _Order:
+        return self.policy._order(self.state)
+
+    def _sum(self) -> _Sums:
+        if self._sums is None:
+            self._sums = self._order().sums(self.state)
+        return self._sums
 
 
-class _Ranked:
-    """Every held author in the order of who is kept, with running sums (for ``Budget``)."""
+class _Order:
+    """Every held author in the order of who is kept (least first), for one set of who dealt with whom."""
 
-    def __init__(self, policy: ReplicationPolicy, state: LedgerState) -> None:
-        self.trusted = policy._trusted(state)
-        self.standings = policy.standings(state)
-        self.order = sorted(s for s in self.standings.values() if s.rank is not Rank.OWN)
-        self.below: list[int] = []
-        """Entries of droppable authors ranked below the i-th (and below all, at the end)."""
-        droppable = 0
+    def __init__(self, trusted: set[str], standings: dict[str, Standing]) -> None:
+        self.trusted = trusted
+        """Us and the peers we dealt with."""
+        self.standings = standings
+        """Every held author's standing."""
+        self.order = sorted(
+            (s for s in standings.values() if s.rank is not Rank.OWN), key=lambda s: (s.rank, s.vouchers, s.author)
+        )
+        """The standings but ours, least standing first (the key is ``Standing``'s own order, without
+        a generated ``__lt__`` call per comparison)."""
+
+    def sums(self, state: LedgerState) -> _Sums:
+        """What the authors in this order hold now, summed as ``Budget`` needs it."""
+        held = state.held
+        below = [0]
+        droppable = total = unknown = 0
         for s in self.order:
-            self.below.append(droppable)
+            n = held(s.author)
+            total += n
             if s.rank < Rank.SERVED_US:
-                droppable += state.held(s.author)
-        self.below.append(droppable)
-        self.total = sum(state.held(s.author) for s in self.order)
-        self.unknown = sum(state.held(s.author) for s in self.order if s.rank is Rank.UNKNOWN)
+                droppable += n
+                if s.rank is Rank.UNKNOWN:
+                    unknown += n
+            below.append(droppable)
+        return _Sums(below=below, total=total, unknown=unknown)
+
+
+@dataclass(frozen=True, slots=True)
+class _Sums:
+    """Entries held, summed over an ``_Order`` at one moment."""
+
+    below: list[int]
+    """Entries of droppable authors ranked below the i-th (and below all, at the end)."""
+    total: int
+    """Entries of every author but us."""
+    unknown: int
+    """Entries of the authors with no standing."""

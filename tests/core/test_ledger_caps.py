@@ -156,3 +156,30 @@ def test_standings_of_all_authors_agree_with_each_authors_standing():
     policy = ReplicationPolicy(ME.peer_id, CAPS)
     assert policy.standings(state) == {a: policy.standing(state, a) for a in state.authors()}
     assert {s.rank for s in policy.standings(state).values()} == set(Rank)
+
+
+def test_standings_are_ranked_again_when_who_dealt_with_whom_changes_and_only_then():
+    """The order of who is kept is cached by ``ties_version``: an entry on a known pair keeps it, a new
+    pair (here: X serves us, so X is no longer unknown) ranks everyone again."""
+    state = replay(OWN + SERVED_US + UNKNOWN[:5])
+    policy = ReplicationPolicy(ME.peer_id, CAPS)
+    assert policy.standings(state)[X.peer_id].rank is Rank.UNKNOWN
+    ties = state.ties_version
+    state.add(UNKNOWN[5])  # X → Y again: more of a pair known
+    assert state.ties_version == ties
+    assert policy.standings(state)[X.peer_id].rank is Rank.UNKNOWN
+    state.add(entry(X, ME, 7, UNKNOWN[5].hash, "x-served-us"))
+    assert state.ties_version > ties
+    assert policy.standings(state)[X.peer_id].rank is Rank.SERVED_US
+    assert policy.standings(state) == {a: policy.standing(state, a) for a in state.authors()}
+    state.remove(X.peer_id, 6)  # X's entry naming us goes: X is unknown again
+    assert policy.standings(state)[X.peer_id].rank is Rank.UNKNOWN
+
+
+def test_a_budget_sums_what_is_held_as_it_is_when_the_budget_is_made():
+    """Held counts change with every entry while the order stays: each budget sums them afresh."""
+    state = replay(OWN + SERVED_US + UNKNOWN[:10])
+    policy = ReplicationPolicy(ME.peer_id, CAPS)
+    assert plan_pulls(state, heads(OTHER_UNKNOWN), policy) == [Want(Z.peer_id, 1, 5)]  # 15 unknown in all
+    state.remove(X.peer_id, 4)
+    assert plan_pulls(state, heads(OTHER_UNKNOWN), policy) == [Want(Z.peer_id, 1, 10)]  # room for 11, seq cap 10
