@@ -194,8 +194,8 @@ class ReplicationPolicy:
                 if s.rank is not Rank.OWN and state.remove(author, cap):
                     out.append((author, cap))  # caps lowered since the entries were kept
         order = self._order(state)  # again: trimmed receipts may have named peers we rank by
-        sums = order.sums(state)
-        unknown, total = sums.unknown, sums.total
+        total = len(state) - state.held(self.me)
+        unknown = order.unknown_held(state, total)
         for s in order.order:  # least standing first, so the unknown authors go first
             if s.rank >= Rank.SERVED_US:
                 break
@@ -227,6 +227,7 @@ class Budget:
         self._taken = 0
         self._taken_unknown = 0
         self._sums: _Sums | None = None
+        self._unknown: int | None = None
 
     def until(self, author: str, from_seq: int, until: int) -> int:
         """The last seq of ``from_seq..until`` to ask for (below ``from_seq``: none); what fits is taken.
@@ -268,7 +269,9 @@ class Budget:
             s = Standing(Rank.VOUCHED, 1, author)
         room = min(until, caps.seq_cap(s.rank)) - from_seq + 1
         if s.rank is Rank.UNKNOWN and room > 0:
-            room = min(room, caps.max_unknown_entries - self._sum().unknown - self._taken_unknown)
+            if self._unknown is None:
+                self._unknown = self._order().unknown_held(self.state, self._others)
+            room = min(room, caps.max_unknown_entries - self._unknown - self._taken_unknown)
         # What is kept anyway is at most all that is held: only near the total cap is it summed.
         if s.rank < Rank.SERVED_US and room > 0 and self._others + self._taken + room > caps.max_entries:
             sums = self._sum()
@@ -307,21 +310,27 @@ class _Order:
         )
         """The standings but ours, least standing first (the key is ``Standing``'s own order, without
         a generated ``__lt__`` call per comparison)."""
+        self.known = [s.author for s in self.order if s.rank is not Rank.UNKNOWN]
+        """The authors with some standing: in a large mesh a few among thousands."""
+
+    def unknown_held(self, state: LedgerState, others: int) -> int:
+        """Entries of the authors with no standing, from ``others`` (every entry but ours): summed over
+        the few authors with standing rather than the many without (a replica asks before each pull)."""
+        held = state.held
+        return others - sum(held(a) for a in self.known)
 
     def sums(self, state: LedgerState) -> _Sums:
         """What the authors in this order hold now, summed as ``Budget`` needs it."""
         held = state.held
         below = [0]
-        droppable = total = unknown = 0
+        droppable = total = 0
         for s in self.order:
             n = held(s.author)
             total += n
             if s.rank < Rank.SERVED_US:
                 droppable += n
-                if s.rank is Rank.UNKNOWN:
-                    unknown += n
             below.append(droppable)
-        return _Sums(below=below, total=total, unknown=unknown)
+        return _Sums(below=below, total=total)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,5 +341,3 @@ class _Sums:
     """Entries of droppable authors ranked below the i-th (and below all, at the end)."""
     total: int
     """Entries of every author but us."""
-    unknown: int
-    """Entries of the authors with no standing."""
