@@ -329,6 +329,9 @@ class JobState:
     durations: list[float] = field(default_factory=list)
     """How long the latest shards took, granted to results (the first lease of each; at most TYPICAL_OF)."""
     _next_lease: int = 0
+    _unfinished: list[int] | None = field(default=None, repr=False)
+    """The shards ``unfinished`` found, and the size of ``done_ids`` then."""
+    _unfinished_at: int = field(default=-1, repr=False)
 
     @classmethod
     def of(cls, job_id: str, lines: list[BatchLine], shard_size: int, lease_time: float = 300.0) -> JobState:
@@ -338,12 +341,26 @@ class JobState:
     def shard_done(self, shard: int) -> bool:
         return all(line.custom_id in self.done_ids for line in self.shards[shard])
 
+    def unfinished(self) -> list[int]:
+        """The shards with a line still without a result, in order.
+
+        Counted again only when a result came, and only over the shards unfinished before:
+        ``done_ids`` only grows, so a shard done stays done. (A claim asks for the shards left once per
+        lease it might duplicate; counting every line of a 20,000-line job each time made a claim cost
+        seconds.)
+        """
+        if self._unfinished is None or self._unfinished_at != len(self.done_ids):
+            was = range(len(self.shards)) if self._unfinished is None else self._unfinished
+            self._unfinished = [i for i in was if not self.shard_done(i)]
+            self._unfinished_at = len(self.done_ids)
+        return self._unfinished
+
     @property
     def finished(self) -> bool:
-        return self.cancelled or all(self.shard_done(i) for i in range(len(self.shards)))
+        return self.cancelled or not self.unfinished()
 
     def shards_left(self) -> int:
-        return sum(1 for i in range(len(self.shards)) if not self.shard_done(i))
+        return len(self.unfinished())
 
     def expire(self, now: float) -> list[Lease]:
         """Drop leases past their deadline (their shards can be leased again)."""
@@ -375,8 +392,8 @@ class JobState:
             if lease.lease_id not in keep:
                 del self.leases[lease.lease_id]
         leased = {lease.shard for lease in self.leases.values()}
-        for shard in range(len(self.shards)):
-            if not self.shard_done(shard) and shard not in leased:
+        for shard in self.unfinished():
+            if shard not in leased:
                 return self._grant(shard, provider, now, duplicate=False)
         # Tail stealing: an idle provider duplicates a shard running elsewhere, once, at the tail only.
         duplicated = {lease.shard for lease in self.leases.values() if lease.duplicate}

@@ -5,7 +5,9 @@ shards and leases it, as the daemon's submitter does. The submitter announces
 the job on gossip at once and every 2 s; a provider of the model that hears
 it claims a shard (a round trip to the submitter), runs its lines on its GPU
 (at most 4 at a time, and only while interactive requests use less than half
-its admission limit, as ``jobs/worker.py``), hands the results in, and claims
+its admission limit, as ``jobs/worker.py``), claims the next shard once every
+line of the last has started (naming the leases it still works on, so the two
+overlap), hands each shard's results in when its lines are done, and claims
 again until the job has nothing left. Each line's receipt is counter-signed
 by the submitter and logged like any other.
 """
@@ -61,6 +63,25 @@ class Shard:
     done: list[str] = field(default_factory=list)
     receipts: list[tuple[str, int, float, float]] = field(default_factory=list)
     """(custom_id, tokens, started, gpu seconds) per finished line."""
+
+
+@dataclass(eq=False)
+class Work:
+    """One provider's work loop on one job (``jobs/worker.py``'s ``_Work``)."""
+
+    job: SimJob
+    session: int
+    shards: list[Shard] = field(default_factory=list)
+    """Leases held, oldest first: the lines of two overlap (the next is claimed once every line of
+    the last has a slot)."""
+    running: int = 0
+    """Lines running for this job, at most WORKER_LINES across its shards (the worker's limiter)."""
+    claiming: bool = False
+    """A claim is on its way."""
+    waiting: bool = False
+    """The last claim found nothing while shards were held: the next waits for one to end."""
+    retrying: bool = False
+    """Interactive load holds every line back: ``_work`` runs again in RETRY_S."""
 
 
 class JobsNet:
@@ -120,72 +141,105 @@ class JobsNet:
     def _heard(self, p: SimPeer, session: int, job: SimJob) -> None:
         if p.online and p.session == session and not p.draining and p.idx not in job.workers and not job.state.finished:
             job.workers.add(p.idx)
-            self._claim(p, session, job, 0)
+            self._claim(p, Work(job, session), 0)
 
     def _reachable(self, p: SimPeer, job: SimJob) -> bool:
         return p.online and job.submitter.online and self.world.topo.same_side(p.idx, job.submitter.idx)
 
-    def _claim(self, p: SimPeer, session: int, job: SimJob, idle: int) -> None:
+    def _live(self, p: SimPeer, work: Work) -> bool:
+        return p.online and p.session == work.session
+
+    def _claim(self, p: SimPeer, work: Work, idle: int) -> None:
         world = self.world
-        if not p.online or p.session != session or p.draining or job.state.finished or idle >= IDLE_CLAIMS:
-            job.workers.discard(p.idx)
+        job = work.job
+        if not self._live(p, work) or p.draining or job.state.finished or idle >= IDLE_CLAIMS:
+            work.claiming = False
+            if not work.shards:
+                job.workers.discard(p.idx)
             return
+        work.claiming = True
         if not self._reachable(p, job):
-            world.engine.after(cal.DIAL_TIMEOUT_S, self._claim, p, session, job, idle + 1)
+            world.engine.after(cal.DIAL_TIMEOUT_S, self._claim, p, work, idle + 1)
             return
         rtt = world.topo.rtt(p.idx, job.submitter.idx)
-        world.engine.after(rtt / 2, self._at_submitter, p, session, job, idle)
+        world.engine.after(rtt / 2, self._at_submitter, p, work, idle)
 
-    def _at_submitter(self, p: SimPeer, session: int, job: SimJob, idle: int) -> None:
+    def _at_submitter(self, p: SimPeer, work: Work, idle: int) -> None:
         world = self.world
-        lease = job.state.claim(p.peer_id, world.engine.now) if job.submitter.online else None
+        job = work.job
+        working = [shard.lease.lease_id for shard in work.shards]
+        lease = job.state.claim(p.peer_id, world.engine.now, working) if job.submitter.online else None
         back = world.topo.rtt(p.idx, job.submitter.idx) / 2
         if lease is None:
-            world.engine.after(back + RETRY_S, self._claim, p, session, job, idle + 1)
+            if work.shards:
+                work.claiming = False  # nothing more for now: ask again when one of ours ends
+                work.waiting = True
+            else:
+                world.engine.after(back + RETRY_S, self._claim, p, work, idle + 1)
             return
         job.record.leases += 1
         job.record.duplicates += lease.duplicate
+        job.record.early_claims += bool(working)
         shard = Shard(job, lease, list(job.state.shards[lease.shard]))
-        world.engine.after(back, self._work, p, session, shard)
+        world.engine.after(back, self._granted, p, work, shard)
 
-    def _work(self, p: SimPeer, session: int, shard: Shard) -> None:
-        """Start lines while the GPU has room and interactive load allows."""
-        world = self.world
-        if not p.online or p.session != session:
+    def _granted(self, p: SimPeer, work: Work, shard: Shard) -> None:
+        work.claiming = False
+        if not self._live(p, work):
             return  # its lease expires at the submitter
-        interactive = len(p.flights)
-        while (
-            shard.todo
-            and shard.running < WORKER_LINES
-            and interactive < CONCURRENCY // 2
-            and interactive + len(p.batch) < CONCURRENCY
-        ):
-            line = shard.todo.pop(0)
-            world.start_batch_line(p, line.body["max_tokens"], (shard, line.custom_id, session))
-            shard.running += 1
-        if shard.todo and shard.running == 0:
-            world.engine.after(RETRY_S, self._work, p, session, shard)
+        work.shards.append(shard)
+        self._work(p, work)
 
-    def line_done(self, p: SimPeer, token: tuple[Shard, str, int], tokens: int, started: float, gpu_s: float) -> None:
-        shard, custom_id, session = token
+    def _work(self, p: SimPeer, work: Work) -> None:
+        """Start lines, oldest shard first, while the GPU has room and interactive load allows; claim the
+        next shard once every line of the newest has started."""
+        world = self.world
+        if not self._live(p, work):
+            return
+        interactive = len(p.flights)
+        for shard in work.shards:
+            while (
+                shard.todo
+                and work.running < WORKER_LINES
+                and interactive < CONCURRENCY // 2
+                and interactive + len(p.batch) < CONCURRENCY
+            ):
+                line = shard.todo.pop(0)
+                world.start_batch_line(p, line.body["max_tokens"], (work, shard, line.custom_id))
+                shard.running += 1
+                work.running += 1
+        if work.shards and not work.shards[-1].todo and not work.claiming and not work.waiting:
+            self._claim(p, work, 0)
+        elif any(shard.todo for shard in work.shards) and work.running == 0 and not work.retrying:
+            work.retrying = True
+            world.engine.after(RETRY_S, self._retry, p, work)
+
+    def _retry(self, p: SimPeer, work: Work) -> None:
+        work.retrying = False
+        self._work(p, work)
+
+    def line_done(self, p: SimPeer, token: tuple[Work, Shard, str], tokens: int, started: float, gpu_s: float) -> None:
+        work, shard, custom_id = token
         shard.running -= 1
+        work.running -= 1
         shard.done.append(custom_id)
         shard.receipts.append((custom_id, tokens, started, gpu_s))
-        if shard.todo:
-            self._work(p, session, shard)
-        elif shard.running == 0:
-            self._hand_in(p, session, shard)
+        if not shard.todo and shard.running == 0:
+            work.shards.remove(shard)
+            self._hand_in(p, work, shard)
+        self._work(p, work)
 
-    def _hand_in(self, p: SimPeer, session: int, shard: Shard) -> None:
+    def _hand_in(self, p: SimPeer, work: Work, shard: Shard) -> None:
         world = self.world
         job = shard.job
         if not self._reachable(p, job):
-            job.workers.discard(p.idx)
+            if not work.shards:
+                job.workers.discard(p.idx)
             return
         one_way = world.topo.rtt(p.idx, job.submitter.idx) / 2
-        world.engine.after(one_way, self._results, p, session, shard)
+        world.engine.after(one_way, self._results, p, work, shard)
 
-    def _results(self, p: SimPeer, session: int, shard: Shard) -> None:
+    def _results(self, p: SimPeer, work: Work, shard: Shard) -> None:
         world = self.world
         job = shard.job
         new = job.state.complete(shard.lease.lease_id, shard.done, world.engine.now) or []
@@ -199,7 +253,7 @@ class JobsNet:
             if custom_id in fresh:
                 world.batch_receipt(
                     p,
-                    session,
+                    work.session,
                     job.submitter,
                     f"{job.state.job_id}/{custom_id}",
                     job.record.model,
@@ -207,4 +261,6 @@ class JobsNet:
                     started,
                     gpu_s,
                 )
-        world.engine.after(world.topo.rtt(p.idx, job.submitter.idx) / 2, self._claim, p, session, job, 0)
+        if work.waiting or not (work.claiming or work.shards):  # a claim that found nothing waited for this
+            work.waiting = False
+            world.engine.after(world.topo.rtt(p.idx, job.submitter.idx) / 2, self._claim, p, work, 0)

@@ -114,6 +114,8 @@ class JobRecord:
     """Shards leased (re-leases and duplicates included)."""
     duplicates: int = 0
     """Duplicate leases of a running shard (tail stealing)."""
+    early_claims: int = 0
+    """Leases granted to a provider still working on another (the next claimed before the last ended)."""
 
 
 @dataclass
@@ -289,6 +291,7 @@ def summarize(obs: Observations) -> dict:
                 "duration_s": _r(None if j.finished is None else j.finished - j.submitted, 3),
                 "leases": j.leases,
                 "duplicates": j.duplicates,
+                "early_claims": j.early_claims,
             }
             for j in obs.jobs
         ],

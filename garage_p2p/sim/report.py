@@ -400,7 +400,7 @@ def _failures_section(summary: dict) -> list[str]:
 
 
 def _jobs_section(summary: dict) -> list[str]:
-    """Batch jobs: lines done, how long, leases and tail-stealing duplicates."""
+    """Batch jobs: lines done, how long, leases, tail-stealing duplicates and leases claimed early."""
     jobs = summary.get("jobs") or []
     if not jobs:
         return []
@@ -413,13 +413,14 @@ def _jobs_section(summary: dict) -> list[str]:
             fmt_seconds(j["duration_s"]),
             fmt_count(j["leases"]),
             fmt_count(j["duplicates"]),
+            fmt_count(j.get("early_claims", 0)),
         ]
         for j in jobs
     ]
     return [
         "## Batch jobs",
         "",
-        *_table(["Job", "Model", "Lines", "Done", "Took", "Leases", "Duplicates"], rows, "llrrrrr"),
+        *_table(["Job", "Model", "Lines", "Done", "Took", "Leases", "Duplicates", "Claimed early"], rows, "llrrrrrr"),
         "",
     ]
 

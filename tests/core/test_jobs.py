@@ -258,3 +258,20 @@ def test_a_provider_claims_its_next_shard_while_it_works_on_one():
     # A provider never duplicates its own shard; another one does.
     assert job.claim("A", 3, working=[second.lease_id, third.lease_id]) is None
     assert job.claim("B", 3).duplicate
+
+
+def test_the_shards_left_follow_results_however_they_are_recorded():
+    """The unfinished shards are counted again whenever ``done_ids`` grew: through ``complete``, or set
+    directly as the submitter does when it resumes a job from its store."""
+    job = make(n=9, size=3)
+    assert job.unfinished() == [0, 1, 2] and job.shards_left() == 3
+    lease = job.claim("A", 0)
+    job.complete(lease.lease_id, ["c0", "c1"])
+    assert job.shards_left() == 3  # one line of shard 0 is still without a result
+    job.complete(lease.lease_id, ["c2"])
+    assert job.unfinished() == [1, 2]
+    job.done_ids.update({"c6", "c7", "c8"})
+    assert job.unfinished() == [1] and not job.finished
+    assert job.claim("B", 1).shard == 1
+    job.done_ids.update({"c3", "c4", "c5"})
+    assert job.finished and job.claim("C", 2) is None
