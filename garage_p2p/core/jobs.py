@@ -395,27 +395,25 @@ class JobState:
         for shard in self.unfinished():
             if shard not in leased:
                 return self._grant(shard, provider, now, duplicate=False)
-        # Tail stealing: an idle provider duplicates a shard running elsewhere, once, at the tail only.
+        # Tail stealing: an idle provider duplicates a shard running elsewhere, once, at the tail only:
+        # when few shards are left, or the shard runs long. Decided once per claim, not per lease: a
+        # large job's claims come from every provider of its model, each over every open lease.
+        unfinished = set(self.unfinished())
+        few_left = len(unfinished) <= max(TAIL_MIN, math.ceil(TAIL_FRACTION * len(self.shards)))
+        straggles_after = STRAGGLER_FACTOR * statistics.median(self.durations) if self.durations else math.inf
+        if not few_left and not any(now - lease.granted_at > straggles_after for lease in self.leases.values()):
+            return None
         duplicated = {lease.shard for lease in self.leases.values() if lease.duplicate}
         mine = {lease.shard for lease in self.leases.values() if lease.provider == provider}
         for lease in sorted(self.leases.values(), key=lambda held: held.granted_at):
             if (
                 lease.shard not in duplicated
                 and lease.shard not in mine
-                and not self.shard_done(lease.shard)
-                and self._at_tail(lease, now)
+                and lease.shard in unfinished
+                and (few_left or now - lease.granted_at > straggles_after)
             ):
                 return self._grant(lease.shard, provider, now, duplicate=True)
         return None
-
-    def _at_tail(self, lease: Lease, now: float) -> bool:
-        """Whether a running shard may be duplicated: few shards are left, or it runs long."""
-        if self.shards_left() <= max(TAIL_MIN, math.ceil(TAIL_FRACTION * len(self.shards))):
-            return True
-        if not self.durations:
-            return False
-        typical = statistics.median(self.durations)
-        return now - lease.granted_at > STRAGGLER_FACTOR * typical
 
     def _grant(self, shard: int, provider: str, now: float, duplicate: bool) -> Lease:
         self._next_lease += 1
