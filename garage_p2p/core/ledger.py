@@ -247,6 +247,11 @@ class PeerBalance:
 # -- the CRDT ----------------------------------------------------------------------
 
 
+MAX_NEW_TIES = 4096
+"""New pairs a state remembers for the policies that rank its authors; one that fell further behind
+ranks every author afresh."""
+
+
 class LedgerState:
     """Author → seq → entries (at most two per seq, the smallest hashes)."""
 
@@ -272,6 +277,12 @@ class LedgerState:
         self.ties_version = 0
         """Bumped when a pair (author, consumer) appears or goes: who dealt with whom, which is all an
         author's standing depends on (``core.ledger_caps``), changes far less often than the state."""
+        self.ties_lost = 0
+        """Bumped when a pair goes (only replication caps drop entries): standings are then made afresh."""
+        self._new_ties: list[tuple[str, str]] = []
+        """Pairs (author, consumer) that appeared, oldest first, from position ``_new_ties_base`` on: a
+        replication policy ranks again only the authors they touch."""
+        self._new_ties_base = 0
 
     def __len__(self) -> int:
         """Entries held (fork proofs included)."""
@@ -316,6 +327,10 @@ class LedgerState:
         by_author[author] = by_author.get(author, 0) + 1
         if not count:
             self.ties_version += 1
+            self._new_ties.append((author, consumer))
+            if len(self._new_ties) > MAX_NEW_TIES:
+                self._new_ties_base += len(self._new_ties)
+                self._new_ties.clear()
 
     def _set_top(self, author: str, seq: int) -> None:
         self._top[author] = seq
@@ -338,6 +353,7 @@ class LedgerState:
                     del outer[inner[0]]
         if author not in self._consumers or consumer not in self._consumers[author]:
             self.ties_version += 1
+            self.ties_lost += 1
 
     def remove(self, author: str, above_seq: int = 0) -> int:
         """Drop the author's entries past ``above_seq`` (all of them with 0); how many were dropped.
@@ -471,6 +487,17 @@ class LedgerState:
         for item in set_aside:
             heapq.heappush(heap, item)
         return best
+
+    @property
+    def ties_position(self) -> int:
+        """Where the log of new pairs ends now (for ``ties_since``)."""
+        return self._new_ties_base + len(self._new_ties)
+
+    def ties_since(self, position: int) -> list[tuple[str, str]] | None:
+        """The pairs (author, consumer) that appeared since ``position`` (a ``ties_position`` read
+        earlier), oldest first; None if the log no longer reaches back that far."""
+        start = position - self._new_ties_base
+        return self._new_ties[start:] if start >= 0 else None
 
     def consumers_of(self, author: str) -> dict[str, int]:
         """Consumer → entries held of ``author``'s log naming it (do not modify)."""

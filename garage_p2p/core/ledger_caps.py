@@ -98,7 +98,8 @@ class ReplicationPolicy:
     """Our peer id."""
     caps: ReplicationCaps | None = field(default_factory=ReplicationCaps)
     """What to hold at most."""
-    _cache: tuple[int, int, _Order] | None = field(default=None, repr=False)
+    _cache: tuple[int, int, int, int, _Order] | None = field(default=None, repr=False)
+    """(id of the state, its ties_version, ties_lost, ties_position, the order made for them)."""
 
     def _trusted(self, state: LedgerState) -> set[str]:
         return {self.me, *state.providers_of(self.me), *state.consumers_of(self.me)}
@@ -132,15 +133,25 @@ class ReplicationPolicy:
         return self._order(state).standings
 
     def _order(self, state: LedgerState) -> _Order:
-        """The standings and the order of who is kept, computed again only when who dealt with whom
-        changed (``ties_version``): most entries a peer takes add to a pair it knows, and a replica
-        plans a pull for every head announced, so a rank and a sort of every author per pull was
-        most of what replication cost (sweden-10k's replicas, once past the unknown cap)."""
+        """The standings and the order of who is kept, kept up to date as who dealt with whom changes.
+
+        Most entries a peer takes add to a pair it knows: nothing to do. A new pair re-ranks only the
+        authors it touches (``_Order.retie``); a pair gone, or one of ours, ranks every author afresh.
+        A replica plans a pull for every head announced, and in a large mesh new pairs come every
+        second, so a rank and a sort of every author each time was most of what replication cost
+        (sweden-10k's replicas, once past the unknown cap).
+        """
         cached = self._cache
-        if cached is not None and cached[0] == id(state) and cached[1] == state.ties_version:
-            return cached[2]
+        if cached is not None and cached[0] == id(state):
+            _, version, lost, position, order = cached
+            if version == state.ties_version:
+                return order
+            ties = state.ties_since(position) if lost == state.ties_lost else None
+            if ties is not None and order.retie(self, state, ties):
+                self._cache = (id(state), state.ties_version, lost, state.ties_position, order)
+                return order
         order = _Order(self._trusted(state), self._standings(state))
-        self._cache = (id(state), state.ties_version, order)
+        self._cache = (id(state), state.ties_version, state.ties_lost, state.ties_position, order)
         return order
 
     def _standings(self, state: LedgerState) -> dict[str, Standing]:
@@ -305,13 +316,44 @@ class _Order:
         """Us and the peers we dealt with."""
         self.standings = standings
         """Every held author's standing."""
-        self.order = sorted(
-            (s for s in standings.values() if s.rank is not Rank.OWN), key=lambda s: (s.rank, s.vouchers, s.author)
-        )
-        """The standings but ours, least standing first (the key is ``Standing``'s own order, without
-        a generated ``__lt__`` call per comparison)."""
-        self.known = [s.author for s in self.order if s.rank is not Rank.UNKNOWN]
+        self.order = sorted((s for s in standings.values() if s.rank is not Rank.OWN), key=_key)
+        """The standings but ours, least standing first."""
+        self.known = {s.author for s in self.order if s.rank is not Rank.UNKNOWN}
         """The authors with some standing: in a large mesh a few among thousands."""
+
+    def retie(self, policy: ReplicationPolicy, state: LedgerState, ties: list[tuple[str, str]]) -> bool:
+        """Rank again the authors that new pairs (author, consumer) touch; False if one is ours (who we
+        trust changes: everything is ranked afresh).
+
+        An author's standing reads its consumers, its providers and its consumers' providers
+        (``standing``). A new pair (a, c) adds c to a's consumers and a to c's providers, so it can
+        change a's standing, and, if a is trusted, c's and that of every other provider of c.
+        """
+        touched: set[str] = set()
+        for author, consumer in ties:
+            if policy.me in (author, consumer):
+                return False
+            touched.add(author)
+            if author in self.trusted:
+                touched.add(consumer)
+                touched.update(state.providers_of(consumer))
+        for author in touched:
+            if not state.held(author):
+                continue  # a consumer with no log of its own: not ranked
+            new = policy.standing(state, author, self.trusted)
+            old = self.standings.get(author)
+            if new == old:
+                continue
+            self.standings[author] = new
+            if old is not None and old.rank is not Rank.OWN:
+                del self.order[bisect.bisect_left(self.order, _key(old), key=_key)]
+            if new.rank is not Rank.OWN:
+                bisect.insort(self.order, new, key=_key)
+                if new.rank is Rank.UNKNOWN:
+                    self.known.discard(author)
+                else:
+                    self.known.add(author)
+        return True
 
     def unknown_held(self, state: LedgerState, others: int) -> int:
         """Entries of the authors with no standing, from ``others`` (every entry but ours): summed over
@@ -331,6 +373,11 @@ class _Order:
                 droppable += n
             below.append(droppable)
         return _Sums(below=below, total=total)
+
+
+def _key(s: Standing) -> tuple[Rank, int, str]:
+    """``Standing``'s own order, without a generated ``__lt__`` call per comparison."""
+    return (s.rank, s.vouchers, s.author)
 
 
 @dataclass(frozen=True, slots=True)

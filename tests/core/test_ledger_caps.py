@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from garage_p2p.core.ledger import LedgerState, replay
 from garage_p2p.core.ledger_caps import PROBE_SEQS, Rank, ReplicationCaps, ReplicationPolicy, Standing
 from garage_p2p.core.ledger_sync import HeadInfo, Want, plan_pulls
@@ -183,3 +186,62 @@ def test_a_budget_sums_what_is_held_as_it_is_when_the_budget_is_made():
     assert plan_pulls(state, heads(OTHER_UNKNOWN), policy) == [Want(Z.peer_id, 1, 5)]  # 15 unknown in all
     state.remove(X.peer_id, 4)
     assert plan_pulls(state, heads(OTHER_UNKNOWN), policy) == [Want(Z.peer_id, 1, 10)]  # room for 11, seq cap 10
+
+
+PEOPLE = (ME, H, K, V, X, Y, Z)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(PEOPLE) - 1), st.integers(0, len(PEOPLE) - 1), st.booleans()),
+        min_size=1,
+        max_size=30,
+    )
+)
+def test_standings_kept_up_to_date_tie_by_tie_agree_with_a_fresh_ranking(steps):
+    """Whatever pairs appear (ours among them) and whatever is dropped, the order a policy keeps up to
+    date equals the one a new policy makes from scratch, and it is asked after every step."""
+    state = LedgerState()
+    policy = ReplicationPolicy(ME.peer_id, CAPS)
+    prev: dict[str, bytes] = {}
+    seqs: dict[str, int] = {}
+    for provider_i, consumer_i, drop in steps:
+        provider, consumer = PEOPLE[provider_i], PEOPLE[consumer_i]
+        if drop:
+            state.remove(provider.peer_id)
+            prev.pop(provider.peer_id, None)
+            seqs.pop(provider.peer_id, None)
+        elif provider is not consumer:
+            seq = seqs.get(provider.peer_id, 0) + 1
+            made = entry(provider, consumer, seq, prev.get(provider.peer_id, bytes(32)), f"r{len(state)}")
+            state.add(made)
+            prev[provider.peer_id], seqs[provider.peer_id] = made.hash, seq
+        fresh = ReplicationPolicy(ME.peer_id, CAPS)
+        assert policy.standings(state) == fresh.standings(state)
+        assert policy._order(state).order == fresh._order(state).order
+        assert policy._order(state).known == fresh._order(state).known
+
+
+def test_a_policy_that_fell_behind_the_log_of_new_pairs_ranks_afresh(monkeypatch):
+    monkeypatch.setattr("garage_p2p.core.ledger.MAX_NEW_TIES", 2)
+    state = replay(OWN + SERVED_US)
+    policy = ReplicationPolicy(ME.peer_id, CAPS)
+    policy.standings(state)
+    for log in (VOUCHED, UNKNOWN[:2], chain(Z, V, 2), chain(K, H, 2)):
+        for e in log:
+            state.add(e)
+    assert state.ties_since(0) is None
+    assert policy.standings(state) == ReplicationPolicy(ME.peer_id, CAPS).standings(state)
+
+
+def test_a_trusted_peer_serving_a_consumer_vouches_for_the_consumer_s_other_providers():
+    """The tie that reaches furthest: H (who served us) serves Y, whom X served: X is now vouched for,
+    and so is Y (which keeps a log of its own)."""
+    state = replay(SERVED_US + UNKNOWN[:2] + chain(Y, Z, 2))
+    policy = ReplicationPolicy(ME.peer_id, CAPS)
+    assert policy.standings(state)[X.peer_id].rank is policy.standings(state)[Y.peer_id].rank is Rank.UNKNOWN
+    state.add(entry(H, Y, 5, SERVED_US[-1].hash, "h-serves-y"))
+    assert policy.standings(state)[X.peer_id] == Standing(Rank.VOUCHED, 1, X.peer_id)
+    assert policy.standings(state)[Y.peer_id] == Standing(Rank.VOUCHED, 1, Y.peer_id)
+    assert policy.standings(state) == ReplicationPolicy(ME.peer_id, CAPS).standings(state)
