@@ -412,3 +412,29 @@ def test_turns_of_a_conversation_stay_with_their_provider_through_the_cores_affi
     kept = counters["conversation_turns_kept"] / counters["conversation_turns"]
     print(f"{counters['conversation_turns']} later turns, {kept:.0%} kept their provider")
     assert counters["conversation_turns"] > 100 and kept >= 0.8  # 3 % without the affinity
+
+
+def test_a_provider_that_shuts_down_with_requests_running_leaves_once():
+    """The drain's deadline cuts what still runs; cutting the last request finishes the drain from inside
+    (``_maybe_drained``), and the outer shutdown must not take the peer offline a second time."""
+    world = World(scenario(events=[], load={"requests_per_consumer_hour": 600}), 4)
+    busy = []
+
+    def look() -> None:
+        busy.extend(p for p in world.peers if p.role == PROVIDER and p.online and p.flights and not p.batch)
+
+    world.engine.at(300.0, look)
+    original = world.engine.run
+
+    def run_until_busy(until: float) -> None:
+        original(300.0)
+        assert busy, "no provider with requests running at 300 s"
+        provider = busy[0]
+        world._drain(provider)
+        assert provider.online and provider.flights  # the drain waits for them
+        world._drained(provider, provider.session)  # its deadline: it exits with them running
+        assert not provider.online and not provider.flights
+        original(until)
+
+    world.engine.run = run_until_busy  # type: ignore[method-assign]
+    world.run()

@@ -548,6 +548,8 @@ class World:
             flight = peer.flights.get(key) or peer.waiting.get(key)
             if flight is not None:
                 self._cut(flight, "the provider shut down")
+        if not peer.online:
+            return  # cutting its last flight ended the drain already (``_maybe_drained`` ran this)
         peer.gpu.drop(self.engine.now, set(peer.batch))
         peer.batch.clear()
         self._leave(peer)
