@@ -34,6 +34,13 @@ def ask(client: httpx.Client, rig: CacheRig, body: dict) -> tuple[str, dict]:
     return r.headers["x-garage-provider"], r.json()
 
 
+def routing_view(rig: CacheRig) -> str:
+    """The consumer's view of the providers now (``garage route --json``): what a failure message needs
+    to tell a provider that was slow from one that was dropped from routing."""
+    home = str(rig.consumers["c"].home)
+    return CliRunner().invoke(app, ["route", "tiny", "--home", home, "--json"]).output
+
+
 def test_turns_of_a_conversation_stick_to_one_provider_whose_cache_serves_them(rig, tmp_path):
     """Four conversations at once, turn by turn: the load alone would scatter their turns."""
     rng = random.Random(1)
@@ -57,6 +64,7 @@ def test_turns_of_a_conversation_stick_to_one_provider_whose_cache_serves_them(r
     kept = sum(t[i] == t[i - 1] for t in served for i in range(1, len(t)))
     print(f"{kept} of 12 later turns kept their provider; prefix-cache hits on turns 2-4: {rate:.0%}")
     # One may move once: four conversations hashed to one provider put it over the load bound.
+    print("the consumer's view of the providers:", routing_view(rig))  # shown if an assertion fails
     assert kept >= 11, [[rig.provider_of(p) for p in t] for t in served]
     assert rate >= 0.6  # each turn adds ~20 % new tokens: a question, an answer, a partial block
     # The explanation of the next turn names the key of the conversation so far and its provider.
@@ -83,6 +91,7 @@ def test_a_long_shared_system_prompt_does_not_pile_a_burst_on_one_provider(rig):
             bodies = [turn_body(system, [], text(rng, 8), 48) for _ in range(8)]
             bursts.append(Counter(pool.map(lambda body: ask(client, rig, body)[0], bodies)))
     print(f"requests per provider in each burst: {[sorted(b.values()) for b in bursts]}")
+    print("the consumer's view of the providers:", routing_view(rig))  # shown if an assertion fails
     assert all(max(burst.values()) <= 1.5 * 8 / 2 for burst in bursts), bursts
 
 
